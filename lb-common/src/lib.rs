@@ -1,0 +1,298 @@
+//! The contract between the eBPF datapath and the agent: map keys, map values
+//! and counter indexes. Every type is `#[repr(C)]` with explicit padding (hash
+//! keys must never carry uninitialised bytes) and a const size assertion.
+//!
+//! Byte order: addresses and ports are stored as they appear on the wire
+//! (network byte order), so the datapath never swaps bytes on the fast path.
+//! Userspace converts with the `wire` functions below.
+#![no_std]
+
+/// Conversions between host values and the wire-order map fields.
+pub mod wire {
+    /// An IPv4 address's octets as the u32 the maps hold.
+    pub const fn addr(octets: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(octets)
+    }
+    pub const fn addr_octets(addr: u32) -> [u8; 4] {
+        addr.to_ne_bytes()
+    }
+    /// A port number as the u16 the maps hold.
+    pub const fn port(port: u16) -> u16 {
+        port.to_be()
+    }
+    pub const fn port_number(port: u16) -> u16 {
+        u16::from_be(port)
+    }
+}
+
+/// Map names, shared so that the agent and `lb-agent get` name the same pins.
+pub mod map_names {
+    pub const FRONTENDS: &str = "LB_FRONTENDS";
+    pub const BACKEND_SLOTS: &str = "LB_BACKEND_SLOTS";
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    pub const CONNTRACK: &str = "LB_CONNTRACK";
+    pub const COUNTERS: &str = "LB_COUNTERS";
+    pub const SERVICE_META: &str = "LB_SERVICE_META";
+}
+
+/// Capacities of the maps; the agent rejects objects beyond them.
+pub const MAX_FRONTENDS: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 65_536;
+pub const MAX_BACKEND_SLOTS: u32 = 262_144;
+pub const MAX_CONNTRACK: u32 = 262_144;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// A Service frontend: one (address, port, protocol) the datapath answers for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendKey {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// L4 port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
+
+/// What the datapath needs to pick a backend for a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frontend {
+    /// One id per Service port; keys the backend slots and the service meta.
+    pub svc_id: u32,
+    /// Slots `0..backend_count` of `svc_id` are valid; 0 means no endpoint.
+    pub backend_count: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Frontend>() == 8);
+
+/// Slot `slot` of service `svc_id`; the value is a backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendSlotKey {
+    pub svc_id: u32,
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendSlotKey>() == 8);
+
+/// An endpoint address; keyed by a backend id the agent allocates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// L4 port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// Conntrack key: the 5-tuple exactly as the packet carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// `CtEntry::direction` of an entry keyed by the client's packet
+/// (client -> frontend): rewrite the destination to `nat_addr:nat_port`.
+pub const CT_FORWARD: u8 = 0;
+/// `CtEntry::direction` of an entry keyed by the backend's reply
+/// (backend -> client): rewrite the source to `nat_addr:nat_port`.
+pub const CT_REPLY: u8 = 1;
+
+/// A translation the datapath applies to every packet of a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// The address written into the packet, network byte order: the backend
+    /// for a forward entry, the frontend for a reply entry.
+    pub nat_addr: u32,
+    /// The port written into the packet, network byte order.
+    pub nat_port: u16,
+    /// `CT_FORWARD` or `CT_REPLY`.
+    pub direction: u8,
+    pub _pad: u8,
+    /// The Service port the flow belongs to, so state can be found per service.
+    pub svc_id: u32,
+    pub _pad2: u32,
+    /// `bpf_ktime_get_ns()` when the entry was created.
+    pub created_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+
+/// Service type as shown by `lb-agent get services`.
+pub const SVC_TYPE_CLUSTER_IP: u8 = 0;
+
+pub const META_NAME_LEN: usize = 64;
+pub const META_PORT_NAME_LEN: usize = 16;
+
+/// Who owns a `svc_id`, so another process can print the programmed state
+/// with names. Read by userspace only; the datapath never touches it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceMeta {
+    /// NUL-padded UTF-8.
+    pub namespace: [u8; META_NAME_LEN],
+    /// NUL-padded UTF-8.
+    pub name: [u8; META_NAME_LEN],
+    /// NUL-padded UTF-8; empty for an unnamed port.
+    pub port_name: [u8; META_PORT_NAME_LEN],
+    /// One of the `SVC_TYPE_*` constants.
+    pub svc_type: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<ServiceMeta>() == 152);
+
+impl ServiceMeta {
+    /// Strings longer than their field are cut (Kubernetes names fit).
+    pub fn new(namespace: &str, name: &str, port_name: &str, svc_type: u8) -> Self {
+        let mut meta = Self { svc_type, ..Self::default() };
+        copy_truncated(&mut meta.namespace, namespace);
+        copy_truncated(&mut meta.name, name);
+        copy_truncated(&mut meta.port_name, port_name);
+        meta
+    }
+    pub fn namespace(&self) -> &str {
+        until_nul(&self.namespace)
+    }
+    pub fn name(&self) -> &str {
+        until_nul(&self.name)
+    }
+    pub fn port_name(&self) -> &str {
+        until_nul(&self.port_name)
+    }
+}
+
+fn copy_truncated(dst: &mut [u8], src: &str) {
+    let len = src.len().min(dst.len());
+    dst[..len].copy_from_slice(&src.as_bytes()[..len]);
+}
+
+fn until_nul(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    core::str::from_utf8(&bytes[..end]).unwrap_or("<invalid utf-8>")
+}
+
+impl Default for ServiceMeta {
+    fn default() -> Self {
+        Self {
+            namespace: [0; META_NAME_LEN],
+            name: [0; META_NAME_LEN],
+            port_name: [0; META_PORT_NAME_LEN],
+            svc_type: SVC_TYPE_CLUSTER_IP,
+            _pad: [0; 7],
+        }
+    }
+}
+
+/// Why the datapath did what it did with a packet: the index into the
+/// per-CPU counter array. Every verdict is counted under exactly one reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 (ARP, IPv6, VLAN-tagged, ...): passed untouched.
+    PassNotIpv4 = 0,
+    /// IPv4 header with options: passed untouched.
+    PassIpOptions = 1,
+    /// IPv4 fragment: passed untouched.
+    PassFragment = 2,
+    /// Headers shorter than they claim: passed untouched.
+    PassTruncated = 3,
+    /// Neither TCP nor UDP: passed untouched.
+    PassNotTcpUdp = 4,
+    /// No frontend and no conntrack entry: not ours, passed untouched.
+    PassNoService = 5,
+    /// First packet of a flow to a frontend: backend chosen, destination rewritten.
+    ForwardNewFlow = 6,
+    /// A packet of a known flow: destination rewritten to its backend.
+    ForwardEstablished = 7,
+    /// A backend's reply: source rewritten to the frontend.
+    ReplyReverseNat = 8,
+    /// The frontend has no endpoint: dropped.
+    DropNoBackend = 9,
+    /// A slot or backend the frontend points at is missing (update race): dropped.
+    DropBackendMissing = 10,
+    /// The conntrack entry could not be written: dropped rather than
+    /// forwarding a flow whose replies could not be translated.
+    DropConntrackFull = 11,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 12;
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::PassNotIpv4,
+        Reason::PassIpOptions,
+        Reason::PassFragment,
+        Reason::PassTruncated,
+        Reason::PassNotTcpUdp,
+        Reason::PassNoService,
+        Reason::ForwardNewFlow,
+        Reason::ForwardEstablished,
+        Reason::ReplyReverseNat,
+        Reason::DropNoBackend,
+        Reason::DropBackendMissing,
+        Reason::DropConntrackFull,
+    ];
+
+    /// Stable snake_case name for output and tests.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassIpOptions => "pass_ip_options",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassTruncated => "pass_truncated",
+            Reason::PassNotTcpUdp => "pass_not_tcp_udp",
+            Reason::PassNoService => "pass_no_service",
+            Reason::ForwardNewFlow => "forward_new_flow",
+            Reason::ForwardEstablished => "forward_established",
+            Reason::ReplyReverseNat => "reply_reverse_nat",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropBackendMissing => "drop_backend_missing",
+            Reason::DropConntrackFull => "drop_conntrack_full",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, and have no implicit padding
+    // (the const size assertions above pin their layout).
+    unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for Frontend {}
+    unsafe impl aya::Pod for BackendSlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for ServiceMeta {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn service_meta_round_trips_and_truncates() {
+        let meta = super::ServiceMeta::new("default", "kubia", "http", 0);
+        assert_eq!((meta.namespace(), meta.name(), meta.port_name()), ("default", "kubia", "http"));
+        let long = "x".repeat(100);
+        assert_eq!(super::ServiceMeta::new(&long, "", "", 0).namespace().len(), super::META_NAME_LEN);
+    }
+
+    #[test]
+    fn reasons_are_indexed_densely_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "{}", r.name());
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Conntrack entries for a translated flow. A new flow gets two entries in
+//! the one LRU map: the client's 5-tuple (rewrite the destination to the
+//! backend) and the backend's reply 5-tuple (rewrite the source back to the
+//! frontend). Both directions are thus one lookup on any hook.
+
+use lb_common::{Backend, CT_FORWARD, CT_REPLY, CtEntry, CtKey};
+
+/// The 5-tuple of the backend's replies to the client of `flow`.
+#[inline(always)]
+pub fn reply_key(flow: &CtKey, backend: &Backend) -> CtKey {
+    CtKey {
+        saddr: backend.addr,
+        daddr: flow.saddr,
+        sport: backend.port,
+        dport: flow.sport,
+        proto: flow.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Rewrites `flow`'s destination to `backend`.
+#[inline(always)]
+pub fn forward_entry(backend: &Backend, svc_id: u32, now_ns: u64) -> CtEntry {
+    CtEntry {
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        direction: CT_FORWARD,
+        _pad: 0,
+        svc_id,
+        _pad2: 0,
+        created_ns: now_ns,
+    }
+}
+
+/// Rewrites the replies' source back to the frontend `flow` was sent to.
+#[inline(always)]
+pub fn reply_entry(flow: &CtKey, svc_id: u32, now_ns: u64) -> CtEntry {
+    CtEntry {
+        nat_addr: flow.daddr,
+        nat_port: flow.dport,
+        direction: CT_REPLY,
+        _pad: 0,
+        svc_id,
+        _pad2: 0,
+        created_ns: now_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_key_is_the_backend_answering_the_client() {
+        let flow = CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, _pad: [0; 3] };
+        let backend = Backend { addr: 9, port: 8, _pad: 0 };
+        let reply = reply_key(&flow, &backend);
+        assert_eq!((reply.saddr, reply.sport, reply.daddr, reply.dport), (9, 8, 1, 3));
+        let entry = reply_entry(&flow, 7, 0);
+        assert_eq!((entry.nat_addr, entry.nat_port, entry.direction), (2, 4, CT_REPLY));
+        let fwd = forward_entry(&backend, 7, 0);
+        assert_eq!((fwd.nat_addr, fwd.nat_port, fwd.direction), (9, 8, CT_FORWARD));
+    }
+}

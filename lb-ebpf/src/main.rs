@@ -1,0 +1,90 @@
+//! The eBPF object: the maps and the entry points. Entry points only
+//! dispatch: parse -> decide -> apply, counting one reason per packet.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+mod maps;
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{IPPROTO_UDP, Reason};
+use lb_ebpf::{
+    lb::{Hook, Verdict, decide},
+    nat::{self, Side},
+    parse::{IP_CHECK, IP_OFFSET, Packet, parse},
+};
+use maps::{MapTables, count};
+
+/// XDP on node devices and pod veths: new flows, established flows, replies.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let (action, reason) = match parse(ctx.data(), ctx.data_end()) {
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+        Ok(pkt) => match decide(&pkt.flow(), &MapTables, Hook::Xdp) {
+            Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
+            Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
+            Verdict::Rewrite { reason, side, addr, port } => {
+                // SAFETY: `pkt` was parsed from this context's packet just now.
+                unsafe { nat::rewrite(&pkt, side, addr, port) };
+                (xdp_action::XDP_PASS, reason)
+            }
+        },
+    };
+    count(Hook::Xdp, reason);
+    action
+}
+
+/// TC egress: the reverse translation of replies that did not cross XDP.
+/// TC never drops: a packet it cannot translate leaves untouched.
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    let reason = match parse(ctx.data(), ctx.data_end()) {
+        Err(reason) => reason,
+        Ok(pkt) => match decide(&pkt.flow(), &MapTables, Hook::TcEgress) {
+            Verdict::Pass(reason) | Verdict::Drop(reason) => reason,
+            Verdict::Rewrite { reason, side, addr, port } => match tc_rewrite(&ctx, &pkt, side, addr, port) {
+                Ok(()) => reason,
+                Err(_) => Reason::PassTruncated,
+            },
+        },
+    };
+    count(Hook::TcEgress, reason);
+    TC_ACT_OK as i32
+}
+
+/// Like `nat::rewrite`, but through the kernel's checksum helpers, which
+/// also keep a socket buffer's checksum offload state right.
+#[inline(always)]
+fn tc_rewrite(ctx: &TcContext, pkt: &Packet, side: Side, addr: u32, port: u16) -> Result<(), i64> {
+    let (addr_off, port_off) = side.offsets();
+    // SAFETY: offsets inside the headers `parse` checked; read before any
+    // helper call invalidates packet pointers.
+    let (old_addr, old_port): (u32, u16) = unsafe { (pkt.read(addr_off), pkt.read(port_off)) };
+    let l4_check = pkt.l4_check_offset();
+    let mangled_0 = if pkt.proto == IPPROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4;
+    ctx.l4_csum_replace(l4_check, u64::from(old_addr), u64::from(addr), addr_flags)?;
+    ctx.l4_csum_replace(l4_check, u64::from(old_port), u64::from(port), mangled_0 | 2)?;
+    ctx.l3_csum_replace(IP_OFFSET + IP_CHECK, u64::from(old_addr), u64::from(addr), 4)?;
+    ctx.store(addr_off, &addr, 0)?;
+    ctx.store(port_off, &port, 0)?;
+    Ok(())
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// On the host this crate is only type-checked; the object is built for
+/// `bpfel-unknown-none` by lb-userspace's build script.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

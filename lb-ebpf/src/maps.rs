@@ -1,0 +1,95 @@
+//! Every map of the datapath, pinned by name under the agent's bpf
+//! directory so that `lb-agent get` and a restarted agent find them.
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, MAX_BACKEND_SLOTS, MAX_BACKENDS,
+    MAX_CONNTRACK, MAX_FRONTENDS, Reason, ServiceMeta,
+};
+use lb_ebpf::lb::{Hook, Tables};
+
+/// (VIP, port, protocol) -> the Service port answering there.
+#[map]
+static LB_FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, 0);
+
+/// (svc_id, slot) -> backend id; slots 0..backend_count are valid.
+#[map]
+static LB_BACKEND_SLOTS: HashMap<BackendSlotKey, u32> = HashMap::pinned(MAX_BACKEND_SLOTS, 0);
+
+/// Backend id -> endpoint address and port.
+#[map]
+static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// 5-tuple -> translation; forward and reply entries of every flow.
+#[map]
+static LB_CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+/// Per-CPU packet counts, indexed by hook * Reason::COUNT + reason.
+#[map]
+static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(2 * Reason::COUNT, 0);
+
+/// svc_id -> namespace/name/port of its Service; read by userspace only.
+#[map]
+static LB_SERVICE_META: HashMap<u32, ServiceMeta> = HashMap::pinned(MAX_FRONTENDS, 0);
+
+/// The maps as the decision in `lb_ebpf::lb` sees them.
+pub struct MapTables;
+
+impl Tables for MapTables {
+    #[inline(always)]
+    fn conntrack(&self, key: &CtKey) -> Option<CtEntry> {
+        // SAFETY: entries are plain data copied out at once.
+        unsafe { LB_CONNTRACK.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), ()> {
+        LB_CONNTRACK.insert(key, entry, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn frontend(&self, key: &FrontendKey) -> Option<Frontend> {
+        // SAFETY: as above.
+        unsafe { LB_FRONTENDS.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32> {
+        // SAFETY: as above.
+        unsafe { LB_BACKEND_SLOTS.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn backend(&self, id: u32) -> Option<Backend> {
+        // SAFETY: as above.
+        unsafe { LB_BACKENDS.get(id).copied() }
+    }
+
+    #[inline(always)]
+    fn random(&self) -> u32 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_get_prandom_u32() }
+    }
+
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+#[inline(always)]
+pub fn count(hook: Hook, reason: Reason) {
+    let base = match hook {
+        Hook::Xdp => 0,
+        Hook::TcEgress => Reason::COUNT,
+    };
+    if let Some(counter) = LB_COUNTERS.get_ptr_mut(base + reason as u32) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs concurrently.
+        unsafe { *counter += 1 };
+    }
+}

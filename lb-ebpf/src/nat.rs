@@ -1,0 +1,98 @@
+//! Address/port rewrites with incremental checksum updates, done in software
+//! on the packet bytes (the XDP way; the TC hook uses the kernel's helpers).
+
+use crate::{
+    checksum,
+    parse::{IP_CHECK, IP_DADDR, IP_OFFSET, IP_SADDR, L4_DPORT, L4_OFFSET, L4_SPORT, Packet},
+};
+use lb_common::IPPROTO_UDP;
+
+/// Which end of the packet a translation rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Destination address and port (client -> backend).
+    Dst,
+    /// Source address and port (backend reply -> frontend).
+    Src,
+}
+
+impl Side {
+    /// Offsets of (IPv4 address, L4 port) from the start of the packet.
+    #[inline(always)]
+    pub fn offsets(self) -> (usize, usize) {
+        match self {
+            Side::Dst => (IP_OFFSET + IP_DADDR, L4_OFFSET + L4_DPORT),
+            Side::Src => (IP_OFFSET + IP_SADDR, L4_OFFSET + L4_SPORT),
+        }
+    }
+}
+
+/// Rewrites `side` of `pkt` to `addr:port` (both network byte order) and
+/// fixes the IPv4 and L4 checksums.
+///
+/// # Safety
+/// `pkt` must come from `parse` over a writable packet that is still valid.
+#[inline(always)]
+pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: u32, port: u16) {
+    let (addr_off, port_off) = side.offsets();
+    let l4_check_off = pkt.l4_check_offset();
+    // SAFETY: every offset is inside the headers `parse` bounds-checked.
+    unsafe {
+        let old_addr: u32 = pkt.read(addr_off);
+        let old_port: u16 = pkt.read(port_off);
+        let ip_check: u16 = pkt.read(IP_OFFSET + IP_CHECK);
+        let l4_check: u16 = pkt.read(l4_check_off);
+        let new_l4_check = if pkt.proto == IPPROTO_UDP {
+            checksum::update_udp(l4_check, old_addr, addr, old_port, port)
+        } else {
+            checksum::update(l4_check, old_addr, addr, old_port, port)
+        };
+        pkt.write(IP_OFFSET + IP_CHECK, checksum::update(ip_check, old_addr, addr, 0, 0));
+        pkt.write(l4_check_off, new_l4_check);
+        pkt.write(addr_off, addr);
+        pkt.write(port_off, port);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{packet_builder::{PacketBuilder, checksum_errors}, parse::parse};
+    use lb_common::IPPROTO_TCP;
+
+    fn rewritten(mut frame: Vec<u8>, side: Side, addr: [u8; 4], port: u16) -> Vec<u8> {
+        let data = frame.as_mut_ptr() as usize;
+        let pkt = parse(data, data + frame.len()).unwrap();
+        unsafe { rewrite(&pkt, side, u32::from_ne_bytes(addr), port.to_be()) };
+        frame
+    }
+
+    #[test]
+    fn dnat_and_snat_produce_exactly_the_translated_packet() {
+        let vip = [10, 96, 0, 10];
+        let pod = [10, 244, 1, 7];
+        let client = [10, 244, 0, 3];
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            let request = PacketBuilder::new(proto, client, 41000, vip, 80).payload(b"GET /");
+            let to_backend = PacketBuilder::new(proto, client, 41000, pod, 8080).payload(b"GET /");
+            let got = rewritten(request.build(), Side::Dst, pod, 8080);
+            assert_eq!(got, to_backend.build(), "dnat proto {proto}");
+            assert_eq!(checksum_errors(&got), None);
+
+            let reply = PacketBuilder::new(proto, pod, 8080, client, 41000).payload(b"200 OK");
+            let from_vip = PacketBuilder::new(proto, vip, 80, client, 41000).payload(b"200 OK");
+            let got = rewritten(reply.build(), Side::Src, vip, 80);
+            assert_eq!(got, from_vip.build(), "snat proto {proto}");
+        }
+    }
+
+    #[test]
+    fn udp_without_checksum_keeps_it_zero() {
+        let pkt = PacketBuilder::new(IPPROTO_UDP, [10, 0, 0, 1], 5000, [10, 96, 0, 1], 53).udp_zero_checksum();
+        let got = rewritten(pkt.build(), Side::Dst, [10, 244, 0, 9], 5353);
+        assert_eq!(&got[L4_OFFSET + 6..L4_OFFSET + 8], &[0, 0]);
+        assert_eq!(checksum_errors(&got), None);
+        let want = PacketBuilder::new(IPPROTO_UDP, [10, 0, 0, 1], 5000, [10, 244, 0, 9], 5353).udp_zero_checksum();
+        assert_eq!(got, want.build());
+    }
+}

@@ -1,0 +1,32 @@
+//! Builds the eBPF object (lb-ebpf) with aya-build so that the agent can
+//! embed it. Without bpf-linker (a plain `cargo check` or clippy on a fresh
+//! machine) an empty object is embedded instead and the agent refuses to
+//! start with a message saying how to build it properly.
+
+use std::{env, fs, path::PathBuf};
+
+fn main() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir.join("../lb-ebpf");
+    let common_dir = manifest_dir.join("../lb-common");
+    println!("cargo:rerun-if-changed={}", common_dir.display());
+    println!("cargo:rerun-if-env-changed=PATH");
+    println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+
+    if env::var_os("AYA_BUILD_SKIP").is_some() || !bpf_linker_on_path() {
+        println!("cargo:warning=bpf-linker not found or AYA_BUILD_SKIP set: embedding no eBPF object (run `cargo xtask build`)");
+        fs::write(out_dir.join("lb-datapath"), [])?;
+        return Ok(());
+    }
+    let root_dir = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-utf8 path {}", ebpf_dir.display()))?;
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "lb-ebpf", root_dir, ..Default::default() }],
+        aya_build::Toolchain::default(),
+    )
+}
+
+fn bpf_linker_on_path() -> bool {
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join("bpf-linker").is_file()))
+}

@@ -1,0 +1,142 @@
+//! `lb-agent run`: the control loop. Manifests -> model -> reconcile ->
+//! maps on every change, and the datapath attached to every interface that
+//! matches the patterns, including ones that appear later.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::{
+    datapath::{
+        loader::{Datapath, XdpAttachMode},
+        maps::DatapathMaps,
+    },
+    interfaces::InterfacePatterns,
+    model::{self, DesiredState, ModelOptions},
+    reconcile::Programmed,
+    source::{self, ManifestDir},
+};
+
+/// How often interfaces are listed: a new pod veth is attached within this.
+const INTERFACE_POLL: Duration = Duration::from_millis(200);
+/// A full rescan besides the watcher, in case an event was missed.
+const RESCAN: Duration = Duration::from_secs(5);
+
+pub struct AgentConfig {
+    pub manifests: PathBuf,
+    pub node_name: String,
+    pub interfaces: InterfacePatterns,
+    pub xdp_mode: XdpAttachMode,
+    pub bpf_dir: PathBuf,
+    pub model: ModelOptions,
+}
+
+struct Agent {
+    datapath: Datapath,
+    maps: DatapathMaps,
+    programmed: Programmed,
+    source: ManifestDir,
+    desired: DesiredState,
+    config: AgentConfig,
+    /// Interfaces that failed to attach, so the error is logged once.
+    failed: BTreeMap<String, u32>,
+}
+
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let (datapath, maps) = Datapath::load(&config.bpf_dir, config.xdp_mode)?;
+    let programmed = maps.programmed().context("reading the pinned maps")?;
+    let mut ticks = source::watch(&config.manifests)
+        .with_context(|| format!("watching manifest directory {}", config.manifests.display()))?;
+    info!(node = %config.node_name, manifests = %config.manifests.display(), bpf_dir = %config.bpf_dir.display(), "agent started");
+    let mut agent = Agent {
+        datapath,
+        maps,
+        programmed,
+        source: ManifestDir::new(config.manifests.clone()),
+        desired: DesiredState::default(),
+        config,
+        failed: BTreeMap::new(),
+    };
+    agent.sync_manifests(true);
+    agent.sync_interfaces();
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut interface_poll = tokio::time::interval(INTERFACE_POLL);
+    let mut rescan = tokio::time::interval(RESCAN);
+    loop {
+        tokio::select! {
+            Some(()) = ticks.recv() => agent.sync_manifests(false),
+            _ = rescan.tick() => agent.sync_manifests(false),
+            _ = interface_poll.tick() => agent.sync_interfaces(),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    info!("stopping: detaching from every interface");
+    agent.datapath.detach_all();
+    Ok(())
+}
+
+impl Agent {
+    fn sync_manifests(&mut self, force: bool) {
+        let report = self.source.scan();
+        for err in &report.errors {
+            error!("{err}");
+        }
+        if !report.changed && !force {
+            return;
+        }
+        let (desired, errors) = model::build(self.source.objects(), &self.desired, &self.config.model);
+        for err in &errors {
+            error!("{err}");
+        }
+        let ops = self.programmed.plan(&desired);
+        let mut failures = 0;
+        for op in &ops {
+            if let Err(err) = self.maps.apply(op) {
+                failures += 1;
+                error!(?op, "map update failed: {err}");
+            }
+        }
+        if failures > 0 {
+            // Start the next diff from what the maps really hold.
+            match self.maps.programmed() {
+                Ok(programmed) => self.programmed = programmed,
+                Err(err) => error!("re-reading the maps failed: {err}"),
+            }
+        }
+        self.desired = desired;
+        if !ops.is_empty() {
+            info!(services = self.desired.services.len(), map_writes = ops.len(), failures, "datapath updated");
+        }
+    }
+
+    fn sync_interfaces(&mut self) {
+        let present = match self.config.interfaces.present() {
+            Ok(present) => present,
+            Err(err) => return error!("{err}"),
+        };
+        let stale: Vec<String> = self
+            .datapath
+            .attached()
+            .filter(|(name, ifindex)| present.get(*name) != Some(ifindex))
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        for name in stale {
+            self.datapath.detach(&name);
+        }
+        self.failed.retain(|name, ifindex| present.get(name) == Some(ifindex));
+        for (name, ifindex) in present {
+            let attached = self.datapath.attached().any(|(n, _)| n == name);
+            if attached || self.failed.contains_key(&name) {
+                continue;
+            }
+            if let Err(err) = self.datapath.attach(&name, ifindex) {
+                warn!("{err}");
+                self.failed.insert(name, ifindex);
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Loads the embedded eBPF object with its maps pinned under the bpf
+//! directory, and attaches XDP (ingress) and TC (egress) to interfaces.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fs,
+    io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        TestRun, TestRunOptions,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{SchedClassifierLinkId, qdisc_add_clsact},
+        xdp::XdpLinkId,
+    },
+};
+use tracing::{info, warn};
+
+use super::maps::{DatapathMaps, MapsError};
+
+static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-datapath"));
+
+const XDP_PROGRAM: &str = "lb_xdp";
+const TC_PROGRAM: &str = "lb_tc_egress";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("this lb-agent was built without its eBPF object (bpf-linker was missing at build time): build it with `cargo xtask build`")]
+    NoObject,
+    #[error("bpf directory {}: {reason}", path.display())]
+    BpfDir { path: PathBuf, reason: String },
+    #[error("loading the eBPF object failed (maps pinned in {}): {source}", bpf_dir.display())]
+    Load { bpf_dir: PathBuf, source: Box<aya::EbpfError> },
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("interface {ifname}: {what}: {source}")]
+    Attach { ifname: String, what: &'static str, source: ProgramError },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+/// How XDP is attached, as `--xdp-mode` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode where the driver has it, generic otherwise.
+    Auto,
+    Native,
+    Skb,
+}
+
+/// The program a test run goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestProgram {
+    Xdp,
+    TcEgress,
+}
+
+#[derive(Debug)]
+pub struct TestRunOutput {
+    /// XDP action or TC verdict.
+    pub return_value: u32,
+    /// The packet as the program left it.
+    pub frame: Vec<u8>,
+    /// Average run time per repetition.
+    pub duration: std::time::Duration,
+}
+
+struct Attachment {
+    ifindex: u32,
+    xdp: XdpLinkId,
+    tc: SchedClassifierLinkId,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    mode: XdpAttachMode,
+    attached: BTreeMap<String, Attachment>,
+}
+
+impl Datapath {
+    /// Loads the programs, creating or reusing the maps pinned in `bpf_dir`.
+    pub fn load(bpf_dir: &Path, mode: XdpAttachMode) -> Result<(Self, DatapathMaps), LoaderError> {
+        if DATAPATH_OBJECT.is_empty() {
+            return Err(LoaderError::NoObject);
+        }
+        prepare_bpf_dir(bpf_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(bpf_dir)
+            .load(DATAPATH_OBJECT)
+            .map_err(|source| LoaderError::Load { bpf_dir: bpf_dir.to_owned(), source: Box::new(source) })?;
+        let program_err = |name| move |source| LoaderError::Program { name, source };
+        let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
+        xdp.load().map_err(program_err(XDP_PROGRAM))?;
+        let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
+        tc.load().map_err(program_err(TC_PROGRAM))?;
+        let maps = DatapathMaps::take(&mut ebpf)?;
+        Ok((Self { ebpf, mode, attached: BTreeMap::new() }, maps))
+    }
+
+    /// The interfaces the programs are attached to, with their ifindex.
+    pub fn attached(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.attached.iter().map(|(name, a)| (name.as_str(), a.ifindex))
+    }
+
+    /// Attaches XDP on ingress and TC on egress of `ifname`.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), LoaderError> {
+        let attach_err = |what| {
+            let ifname = ifname.to_owned();
+            move |source| LoaderError::Attach { ifname, what, source }
+        };
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?;
+        let (xdp_link, mode) = match self.mode {
+            XdpAttachMode::Native => (xdp.attach(ifname, XdpMode::Driver).map_err(attach_err("xdp (native)"))?, "native"),
+            XdpAttachMode::Skb => (xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?, "skb"),
+            XdpAttachMode::Auto => match xdp.attach(ifname, XdpMode::Driver) {
+                Ok(link) => (link, "native"),
+                Err(err) => {
+                    warn!(ifname, error = %err, "native xdp unavailable, using generic (skb) mode");
+                    (xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?, "skb")
+                }
+            },
+        };
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?;
+        let tc_link = match tc.attach(ifname, TcAttachType::Egress) {
+            Ok(link) => link,
+            // Kernels before TCX (6.6) need the clsact qdisc first.
+            Err(_) => {
+                let _ = qdisc_add_clsact(ifname);
+                match tc.attach(ifname, TcAttachType::Egress) {
+                    Ok(link) => link,
+                    Err(err) => {
+                        self.detach_xdp(xdp_link);
+                        return Err(attach_err("tc egress")(err));
+                    }
+                }
+            }
+        };
+        info!(ifname, ifindex, xdp_mode = mode, "attached");
+        self.attached.insert(ifname.to_owned(), Attachment { ifindex, xdp: xdp_link, tc: tc_link });
+        Ok(())
+    }
+
+    /// Detaches from `ifname`; a vanished interface took its links with it,
+    /// so errors from the kernel are expected and ignored.
+    pub fn detach(&mut self, ifname: &str) {
+        let Some(attachment) = self.attached.remove(ifname) else { return };
+        self.detach_xdp(attachment.xdp);
+        if let Ok(tc) = program::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM) {
+            let _ = tc.detach(attachment.tc);
+        }
+        info!(ifname, "detached");
+    }
+
+    pub fn detach_all(&mut self) {
+        let names: Vec<String> = self.attached.keys().cloned().collect();
+        for name in names {
+            self.detach(&name);
+        }
+    }
+
+    /// Runs one program on `frame` with BPF_PROG_TEST_RUN, against the live
+    /// maps: the basis of the fixture tables and the per-packet benchmark.
+    pub fn test_run(&mut self, program_kind: TestProgram, frame: &[u8], repeat: u32) -> Result<TestRunOutput, LoaderError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() };
+        let (name, result) = match program_kind {
+            TestProgram::Xdp => (XDP_PROGRAM, program::<Xdp>(&mut self.ebpf, XDP_PROGRAM)?.test_run(opts)),
+            TestProgram::TcEgress => {
+                (TC_PROGRAM, program::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM)?.test_run(opts))
+            }
+        };
+        let result = result.map_err(|source| LoaderError::Program { name, source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutput { return_value: result.return_value, frame: out, duration: result.duration })
+    }
+
+    fn detach_xdp(&mut self, link: XdpLinkId) {
+        if let Ok(xdp) = program::<Xdp>(&mut self.ebpf, XDP_PROGRAM) {
+            let _ = xdp.detach(link);
+        }
+    }
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoaderError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(LoaderError::Program { name, source: ProgramError::NotLoaded })?;
+    program.try_into().map_err(|source| LoaderError::Program { name, source })
+}
+
+/// Makes sure `bpf_dir` exists (0700) on a bpf filesystem, mounting bpffs
+/// on /sys/fs/bpf when the directory lives there and nothing is mounted.
+fn prepare_bpf_dir(bpf_dir: &Path) -> Result<(), LoaderError> {
+    let dir_err = |reason: String| LoaderError::BpfDir { path: bpf_dir.to_owned(), reason };
+    if bpf_dir.starts_with(DEFAULT_BPFFS) && !is_bpffs(Path::new(DEFAULT_BPFFS)) {
+        mount_bpffs(Path::new(DEFAULT_BPFFS)).map_err(|e| dir_err(format!("mounting bpffs on {DEFAULT_BPFFS} failed: {e}")))?;
+        info!(path = DEFAULT_BPFFS, "mounted bpffs");
+    }
+    fs::create_dir_all(bpf_dir).map_err(|e| dir_err(format!("cannot create it: {e}")))?;
+    fs::set_permissions(bpf_dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| dir_err(format!("cannot make it 0700: {e}")))?;
+    if !is_bpffs(bpf_dir) {
+        return Err(dir_err("not on a bpf filesystem (mount -t bpf bpf DIR)".into()));
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs writes into the zeroed struct we own.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+fn mount_bpffs(target: &Path) -> io::Result<()> {
+    fs::create_dir_all(target)?;
+    let c_target = CString::new(target.as_os_str().as_encoded_bytes())?;
+    // SAFETY: plain mount(2) with NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(c"bpf".as_ptr(), c_target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

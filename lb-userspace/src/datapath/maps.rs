@@ -1,0 +1,104 @@
+//! Typed handles on the datapath's maps, from a freshly loaded object or
+//! from the pins another process left under the bpf directory.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use lb_common::{Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, Reason, ServiceMeta, map_names};
+
+use crate::reconcile::{MapOp, Programmed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {name} is missing from the eBPF object")]
+    Missing { name: &'static str },
+    #[error("cannot open pinned map {}: {source} (is the agent running with this --bpf-dir?)", path.display())]
+    Pin { path: PathBuf, source: MapError },
+    #[error("map {name} has an unexpected type or layout: {source}")]
+    Layout { name: &'static str, source: MapError },
+}
+
+pub struct DatapathMaps {
+    pub frontends: HashMap<MapData, FrontendKey, Frontend>,
+    pub backend_slots: HashMap<MapData, BackendSlotKey, u32>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub conntrack: HashMap<MapData, CtKey, CtEntry>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub service_meta: HashMap<MapData, u32, ServiceMeta>,
+}
+
+impl DatapathMaps {
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))
+    }
+
+    /// Opens the maps an agent pinned under `bpf_dir`.
+    pub fn open_pinned(bpf_dir: &Path) -> Result<Self, MapsError> {
+        Self::build(|name| {
+            let path = bpf_dir.join(name);
+            MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|source| MapsError::Pin { path, source })
+        })
+    }
+
+    fn build(mut open: impl FnMut(&'static str) -> Result<Map, MapsError>) -> Result<Self, MapsError> {
+        Ok(Self {
+            frontends: typed(&mut open, map_names::FRONTENDS)?,
+            backend_slots: typed(&mut open, map_names::BACKEND_SLOTS)?,
+            backends: typed(&mut open, map_names::BACKENDS)?,
+            conntrack: typed(&mut open, map_names::CONNTRACK)?,
+            counters: typed(&mut open, map_names::COUNTERS)?,
+            service_meta: typed(&mut open, map_names::SERVICE_META)?,
+        })
+    }
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(
+    open: &mut impl FnMut(&'static str) -> Result<Map, MapsError>,
+    name: &'static str,
+) -> Result<T, MapsError> {
+    T::try_from(open(name)?).map_err(|source| MapsError::Layout { name, source })
+}
+
+impl DatapathMaps {
+    /// Writes one reconcile operation. Deleting what is already gone is fine.
+    pub fn apply(&mut self, op: &MapOp) -> Result<(), MapError> {
+        let result = match op {
+            MapOp::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
+            MapOp::PutSlot { key, backend_id } => self.backend_slots.insert(key, backend_id, 0),
+            MapOp::PutMeta { svc_id, meta } => self.service_meta.insert(svc_id, meta, 0),
+            MapOp::PutFrontend { key, frontend } => self.frontends.insert(key, frontend, 0),
+            MapOp::DeleteFrontend(key) => self.frontends.remove(key),
+            MapOp::DeleteSlot(key) => self.backend_slots.remove(key),
+            MapOp::DeleteMeta(svc_id) => self.service_meta.remove(svc_id),
+            MapOp::DeleteBackend(id) => self.backends.remove(id),
+        };
+        match result {
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    /// What the maps hold now, for the reconciler to diff against.
+    pub fn programmed(&self) -> Result<Programmed, MapError> {
+        Ok(Programmed::adopt(
+            self.frontends.iter().collect::<Result<Vec<_>, _>>()?,
+            self.backend_slots.iter().collect::<Result<Vec<_>, _>>()?,
+            self.backends.iter().collect::<Result<Vec<_>, _>>()?,
+            self.service_meta.iter().collect::<Result<Vec<_>, _>>()?,
+        ))
+    }
+
+    /// Packets per reason, summed over CPUs: (XDP, TC egress) per reason.
+    pub fn counters(&self) -> Result<Vec<(Reason, u64, u64)>, MapError> {
+        let total = |index: u32| -> Result<u64, MapError> {
+            Ok(self.counters.get(&index, 0)?.iter().sum())
+        };
+        Reason::ALL
+            .iter()
+            .map(|r| Ok((*r, total(*r as u32)?, total(Reason::COUNT + *r as u32)?)))
+            .collect()
+    }
+}

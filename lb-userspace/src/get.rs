@@ -1,0 +1,132 @@
+//! `lb-agent get …`: what the datapath is programmed with, read from the
+//! pinned maps (so it works from any process), printed like kubectl does.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+
+use lb_common::{FrontendKey, IPPROTO_TCP, IPPROTO_UDP, ServiceMeta, wire};
+
+use crate::datapath::maps::DatapathMaps;
+
+/// One Service as programmed: the rows of `get services`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProgrammedService {
+    pub cluster_ip: String,
+    /// "80/TCP"-style entries with the port name when there is one.
+    pub ports: Vec<String>,
+    pub endpoints: Vec<String>,
+}
+
+fn protocol_name(proto: u8) -> &'static str {
+    match proto {
+        IPPROTO_TCP => "TCP",
+        IPPROTO_UDP => "UDP",
+        _ => "?",
+    }
+}
+
+/// Services keyed by (namespace, name), from the maps.
+pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(String, String), ProgrammedService>> {
+    let mut services: BTreeMap<(String, String), ProgrammedService> = BTreeMap::new();
+    for entry in maps.frontends.iter() {
+        let (key, frontend): (FrontendKey, _) = entry?;
+        let meta = maps.service_meta.get(&frontend.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        let svc = services.entry((meta.namespace().to_owned(), meta.name().to_owned())).or_default();
+        svc.cluster_ip = Ipv4Addr::from(wire::addr_octets(key.addr)).to_string();
+        let port = format!("{}/{}", wire::port_number(key.port), protocol_name(key.proto));
+        svc.ports.push(match meta.port_name() {
+            "" => port,
+            name => format!("{name}:{port}"),
+        });
+        for slot in 0..u32::from(frontend.backend_count) {
+            let slot_key = lb_common::BackendSlotKey { svc_id: frontend.svc_id, slot };
+            let endpoint = maps
+                .backend_slots
+                .get(&slot_key, 0)
+                .and_then(|id| maps.backends.get(&id, 0))
+                .map(|b| format!("{}:{}", Ipv4Addr::from(wire::addr_octets(b.addr)), wire::port_number(b.port)))
+                .unwrap_or_else(|_| "<missing>".into());
+            svc.endpoints.push(endpoint);
+        }
+    }
+    for svc in services.values_mut() {
+        svc.ports.sort();
+        svc.endpoints.sort();
+        svc.endpoints.dedup();
+    }
+    Ok(services)
+}
+
+pub fn format_services(services: &BTreeMap<(String, String), ProgrammedService>) -> String {
+    let rows: Vec<[String; 6]> = services
+        .iter()
+        .map(|((ns, name), svc)| {
+            let endpoints = if svc.endpoints.is_empty() { "<none>".to_owned() } else { svc.endpoints.join(",") };
+            [ns.clone(), name.clone(), "ClusterIP".into(), svc.cluster_ip.clone(), svc.ports.join(","), endpoints]
+        })
+        .collect();
+    table(["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"], &rows)
+}
+
+pub fn format_counters(counters: &[(lb_common::Reason, u64, u64)]) -> String {
+    let rows: Vec<[String; 3]> =
+        counters.iter().map(|(r, xdp, tc)| [r.name().to_owned(), xdp.to_string(), tc.to_string()]).collect();
+    table(["REASON", "XDP", "TC-EGRESS"], &rows)
+}
+
+/// Left-aligned columns separated by three spaces, like kubectl.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}   ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_print_like_kubectl() {
+        let mut services = BTreeMap::new();
+        services.insert(
+            ("default".to_owned(), "kubia".to_owned()),
+            ProgrammedService {
+                cluster_ip: "10.96.0.10".into(),
+                ports: vec!["80/TCP".into()],
+                endpoints: vec!["10.244.0.2:8080".into(), "10.244.0.3:8080".into()],
+            },
+        );
+        services.insert(("default".to_owned(), "empty".to_owned()), ProgrammedService {
+            cluster_ip: "10.96.0.11".into(),
+            ports: vec!["http:80/TCP".into()],
+            endpoints: vec![],
+        });
+        let out = format_services(&services);
+        assert_eq!(
+            out,
+            "NAMESPACE   NAME    TYPE        CLUSTER-IP   PORT(S)       ENDPOINTS\n\
+             default     empty   ClusterIP   10.96.0.11   http:80/TCP   <none>\n\
+             default     kubia   ClusterIP   10.96.0.10   80/TCP        10.244.0.2:8080,10.244.0.3:8080\n"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The agent's library: control source -> model -> reconcile -> maps.
+
+pub mod agent;
+pub mod datapath;
+pub mod get;
+pub mod interfaces;
+pub mod reconcile;
+pub mod model;
+pub mod source;

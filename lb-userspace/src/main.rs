@@ -1,0 +1,122 @@
+//! lb-agent: the per-node agent of the XDP Service datapath.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_userspace::{
+    agent::{self, AgentConfig},
+    datapath::{loader::XdpAttachMode, maps::DatapathMaps},
+    get,
+    interfaces::InterfacePatterns,
+    model::ModelOptions,
+};
+
+#[derive(Parser)]
+#[command(name = "lb-agent", version, about = "Kubernetes Services in XDP: the per-node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Program the datapath from a manifest directory and keep it in sync.
+    Run(RunArgs),
+    /// Print what the datapath is programmed with (reads the pinned maps).
+    Get {
+        #[arg(value_enum)]
+        what: GetWhat,
+        #[arg(long, default_value = "/sys/fs/bpf/lb")]
+        bpf_dir: PathBuf,
+    },
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    /// Directory of Service, Pod, Endpoints and EndpointSlice manifests (*.yaml, *.yml, *.json).
+    #[arg(long)]
+    manifests: PathBuf,
+    /// This node's name, as pods' spec.nodeName uses it.
+    #[arg(long)]
+    node_name: String,
+    /// Node devices to attach to: names or wildcards (repeatable).
+    #[arg(long = "device", value_name = "PATTERN")]
+    devices: Vec<String>,
+    /// Pod veths (host side) to attach to, e.g. 'h-*' (repeatable); ones created later are attached within 1 s.
+    #[arg(long = "pod-device", value_name = "PATTERN")]
+    pod_devices: Vec<String>,
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    xdp_mode: XdpModeArg,
+    /// Where the maps are pinned; two agents on one host need two directories.
+    #[arg(long, default_value = "/sys/fs/bpf/lb")]
+    bpf_dir: PathBuf,
+    /// Range for clusterIPs of Services whose manifest has none.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum XdpModeArg {
+    /// Native where the driver supports it, generic (skb) otherwise.
+    Auto,
+    Native,
+    Skb,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GetWhat {
+    Services,
+    Counters,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("lb-agent needs root (it loads eBPF programs and reads pinned maps): run it with sudo");
+    }
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Get { what, bpf_dir } => {
+            let maps = DatapathMaps::open_pinned(&bpf_dir)?;
+            let out = match what {
+                GetWhat::Services => get::format_services(&get::programmed_services(&maps)?),
+                GetWhat::Counters => get::format_counters(&maps.counters().context("reading counters")?),
+            };
+            print!("{out}");
+            Ok(())
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.devices.is_empty() && args.pod_devices.is_empty() {
+        bail!("nothing to attach to: give at least one --device or --pod-device");
+    }
+    if !args.manifests.is_dir() {
+        bail!("manifest directory {} does not exist or is not a directory", args.manifests.display());
+    }
+    let patterns = args.devices.iter().chain(&args.pod_devices).map(String::as_str);
+    let config = AgentConfig {
+        manifests: args.manifests,
+        node_name: args.node_name,
+        interfaces: InterfacePatterns::new(patterns)?,
+        xdp_mode: match args.xdp_mode {
+            XdpModeArg::Auto => XdpAttachMode::Auto,
+            XdpModeArg::Native => XdpAttachMode::Native,
+            XdpModeArg::Skb => XdpAttachMode::Skb,
+        },
+        bpf_dir: args.bpf_dir,
+        model: ModelOptions {
+            service_cidr: args.service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?,
+        },
+    };
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::run(config))
+}

@@ -1,0 +1,1580 @@
+//! The desired state: plain Rust Services with their endpoints, computed from
+//! Kubernetes objects the way the API server (defaults, validation, ClusterIP
+//! allocation) and the endpoints controllers would. [`build`] is a pure function.
+
+use std::collections::btree_map::Entry as MapEntry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use thiserror::Error;
+use tracing::debug;
+
+use crate::source::{Objects, Sourced};
+
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ModelError {
+    /// `object` is `Kind namespace/name`, `field` a path such as `spec.ports[0].port`.
+    #[error("{file}: {object}: {field}: {reason}")]
+    Invalid {
+        file: PathBuf,
+        object: String,
+        field: String,
+        reason: String,
+    },
+    #[error("{file}: Service {service}: spec.clusterIP: {ip} is already used by Service {holder}")]
+    ClusterIpTaken {
+        file: PathBuf,
+        service: ServiceName,
+        ip: Ipv4Addr,
+        holder: ServiceName,
+    },
+    #[error("{file}: Service {service}: no free address left in the service CIDR {cidr}")]
+    CidrExhausted {
+        file: PathBuf,
+        service: ServiceName,
+        cidr: Ipv4Cidr,
+    },
+    #[error("{value:?} is not an IPv4 CIDR: {reason}")]
+    BadCidr { value: String, reason: String },
+}
+
+/// A Service's identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ServiceName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The name of any object; the source has defaulted its namespace.
+    fn of(meta: &ObjectMeta) -> Self {
+        ServiceName::new(
+            meta.namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Kubernetes' spelling; absent means TCP.
+    fn parse(text: Option<&str>) -> Result<Protocol, String> {
+        match text {
+            None | Some("TCP") => Ok(Protocol::Tcp),
+            Some("UDP") => Ok(Protocol::Udp),
+            Some("SCTP") => Err("SCTP is not supported".to_owned()),
+            Some(other) => Err(format!("unknown protocol {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterIp {
+    Ip(Ipv4Addr),
+    /// Headless (`clusterIP: None`), and every ExternalName service.
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: ServiceName,
+    pub service_type: ServiceType,
+    pub cluster_ip: ClusterIp,
+    pub external_name: Option<String>,
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// Headless and ExternalName services are answered by DNS, not by a
+    /// virtual IP: they are listed but nothing is programmed for them.
+    pub fn programs_datapath(&self) -> bool {
+        self.service_type != ServiceType::ExternalName
+            && matches!(self.cluster_ip, ClusterIp::Ip(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `""` when unnamed.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Sorted by (addr, port), one per (addr, port).
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// The endpoints that take new connections: the ready ones, sorted by
+    /// (addr, port) and deduplicated, so every node picks from the same list.
+    pub fn active_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        let mut active: Vec<&Endpoint> = self.endpoints.iter().filter(|e| e.ready).collect();
+        active.sort_by_key(|e| (e.addr, e.port));
+        active.dedup_by_key(|e| (e.addr, e.port));
+        active.into_iter()
+    }
+}
+
+/// One backend of a service port, with EndpointSlice condition semantics:
+/// `ready` takes new connections (never while terminating, unless the service
+/// publishes not-ready addresses), `serving` passes its readiness probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    /// The pod's name, when the endpoint is a pod.
+    pub target: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub services: BTreeMap<ServiceName, Service>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Where services without an explicit `spec.clusterIP` get theirs.
+    pub service_cidr: Ipv4Cidr,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        // Kubernetes' (kubeadm's) default service CIDR.
+        ModelOptions {
+            service_cidr: Ipv4Cidr {
+                network: Ipv4Addr::new(10, 96, 0, 0),
+                prefix_len: 12,
+            },
+        }
+    }
+}
+
+/// An IPv4 network such as `10.96.0.0/12` (host bits must be zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    network: Ipv4Addr,
+    prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    /// The first assignable address and how many there are: all but the
+    /// network and broadcast addresses.
+    fn hosts(self) -> (u32, u64) {
+        let size = 1u64 << (32 - u32::from(self.prefix_len));
+        (
+            u32::from(self.network).wrapping_add(1),
+            size.saturating_sub(2),
+        )
+    }
+
+    fn contains_host(self, ip: Ipv4Addr) -> bool {
+        let (first, count) = self.hosts();
+        u32::from(ip)
+            .checked_sub(first)
+            .is_some_and(|offset| u64::from(offset) < count)
+    }
+
+    /// The first free address from the name's hash on (linear probing), so
+    /// every node computes the same address for the same services.
+    fn free_host(
+        self,
+        name: &ServiceName,
+        taken: &BTreeMap<Ipv4Addr, ServiceName>,
+    ) -> Option<Ipv4Addr> {
+        let (first, count) = self.hosts();
+        if count == 0 {
+            return None;
+        }
+        let start = fnv1a(name.to_string().as_bytes()) % count;
+        (0..count)
+            // The offset is below `count` <= 2^32 - 2, so it fits.
+            .map(|i| Ipv4Addr::from(first.wrapping_add(((start + i) % count) as u32)))
+            .find(|ip| !taken.contains_key(ip))
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = ModelError;
+
+    fn from_str(value: &str) -> Result<Self, ModelError> {
+        let bad = |reason: &str| ModelError::BadCidr {
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (addr, prefix) = value
+            .split_once('/')
+            .ok_or_else(|| bad("expected ADDRESS/PREFIX-LENGTH"))?;
+        let network: Ipv4Addr = addr.parse().map_err(|_| bad("the address is not IPv4"))?;
+        let prefix_len: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| bad("the prefix length is not 0-32"))?;
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0);
+        if u32::from(network) & !mask != 0 {
+            return Err(bad("host bits are set"));
+        }
+        Ok(Ipv4Cidr {
+            network,
+            prefix_len,
+        })
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+/// 64-bit FNV-1a: tiny, stable across builds and platforms (unlike std's hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Computes the desired state. A Service that fails validation keeps its
+/// model from `previous` as it was, endpoints included (if it had one), so
+/// that a bad edit does not take a working service down; `previous` also
+/// keeps allocated cluster IPs stable.
+pub fn build(
+    objects: &Objects,
+    previous: &DesiredState,
+    opts: &ModelOptions,
+) -> (DesiredState, Vec<ModelError>) {
+    let mut errors = Vec::new();
+    let mut entries = BTreeMap::new();
+    for service in &objects.services {
+        match validate(service) {
+            Ok(spec) => {
+                entries.insert(spec.name.clone(), Entry::New(spec));
+            }
+            Err(err) => {
+                errors.push(err);
+                let name = ServiceName::of(&service.object.metadata);
+                if let Some(kept) = previous.services.get(&name) {
+                    entries.insert(name, Entry::Kept(&service.file, kept.clone()));
+                }
+            }
+        }
+    }
+    let mut addresses = assign_addresses(&mut entries, previous, opts.service_cidr, &mut errors);
+    let index = Index::new(objects, &mut errors);
+    let services = entries
+        .into_iter()
+        .map(|(name, entry)| {
+            let service = match entry {
+                Entry::Kept(_, service) => service,
+                Entry::New(spec) => {
+                    let cluster_ip = addresses.remove(&name).unwrap_or(ClusterIp::None);
+                    realise(spec, cluster_ip, &index, &mut errors)
+                }
+            };
+            (name, service)
+        })
+        .collect();
+    (DesiredState { services }, errors)
+}
+
+enum Entry<'a> {
+    New(Spec<'a>),
+    /// The previous model of a service that no longer validates.
+    Kept(&'a Path, Service),
+}
+
+/// A Service that passed validation, before its address is settled.
+struct Spec<'a> {
+    file: &'a Path,
+    name: ServiceName,
+    service_type: ServiceType,
+    address: Address,
+    external_name: Option<String>,
+    ports: Vec<PortSpec>,
+    /// Present and non-empty: endpoints come from pods.
+    selector: Option<&'a BTreeMap<String, String>>,
+    publish_not_ready: bool,
+}
+
+enum Address {
+    Explicit(Ipv4Addr),
+    Allocate,
+    None,
+}
+
+struct PortSpec {
+    name: String,
+    port: u16,
+    protocol: Protocol,
+    target: Target,
+}
+
+enum Target {
+    Port(u16),
+    /// A container port name, resolved per pod.
+    Name(String),
+}
+
+fn invalid(
+    file: &Path,
+    object: String,
+    field: impl Into<String>,
+    reason: impl Into<String>,
+) -> ModelError {
+    ModelError::Invalid {
+        file: file.to_owned(),
+        object,
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn port_number(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|p| *p != 0)
+}
+
+/// An address of a backend: `Ok(None)` for IPv6, which is skipped.
+fn ipv4(text: &str) -> Result<Option<Ipv4Addr>, String> {
+    match text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => Ok(Some(ip)),
+        Ok(IpAddr::V6(_)) => Ok(None),
+        Err(_) => Err(format!("{text:?} is not an IP address")),
+    }
+}
+
+fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
+    let name = ServiceName::of(&service.object.metadata);
+    let bad = |field: &str, reason: String| {
+        invalid(&service.file, format!("Service {name}"), field, reason)
+    };
+    let no_spec = core::ServiceSpec::default();
+    let spec = service.object.spec.as_ref().unwrap_or(&no_spec);
+
+    let service_type = match spec.type_.as_deref() {
+        None | Some("ClusterIP") => ServiceType::ClusterIp,
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some("ExternalName") => ServiceType::ExternalName,
+        Some(other) => return Err(bad("spec.type", format!("unknown type {other:?}"))),
+    };
+    let external_name = match (service_type, spec.external_name.as_deref()) {
+        (ServiceType::ExternalName, Some(name)) if !name.is_empty() => Some(name.to_owned()),
+        (ServiceType::ExternalName, _) => {
+            return Err(bad(
+                "spec.externalName",
+                "required for type ExternalName".into(),
+            ));
+        }
+        _ => None,
+    };
+    let address = match (service_type, spec.cluster_ip.as_deref()) {
+        (ServiceType::ExternalName, _) => Address::None,
+        (_, None | Some("")) => Address::Allocate,
+        (ServiceType::ClusterIp, Some("None")) => Address::None,
+        (_, Some("None")) => {
+            return Err(bad(
+                "spec.clusterIP",
+                "None (headless) is only allowed for type ClusterIP".into(),
+            ));
+        }
+        (_, Some(text)) => match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => Address::Explicit(ip),
+            Ok(IpAddr::V6(_)) => {
+                return Err(bad("spec.clusterIP", "ipv6 is not supported yet".into()));
+            }
+            Err(_) => {
+                return Err(bad(
+                    "spec.clusterIP",
+                    format!("{text:?} is not an IP address"),
+                ));
+            }
+        },
+    };
+
+    let raw_ports = spec.ports.as_deref().unwrap_or_default();
+    if raw_ports.is_empty() && matches!(address, Address::Explicit(_) | Address::Allocate) {
+        return Err(bad(
+            "spec.ports",
+            "a service with a cluster IP needs at least one port".into(),
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut frontends = BTreeSet::new();
+    let mut ports = Vec::with_capacity(raw_ports.len());
+    for (i, raw) in raw_ports.iter().enumerate() {
+        let field = |f: &str| format!("spec.ports[{i}].{f}");
+        let port = port_number(raw.port)
+            .ok_or_else(|| bad(&field("port"), format!("{} is not in 1-65535", raw.port)))?;
+        let protocol = Protocol::parse(raw.protocol.as_deref())
+            .map_err(|reason| bad(&field("protocol"), reason))?;
+        let target = match &raw.target_port {
+            None => Target::Port(port),
+            Some(IntOrString::Int(n)) => Target::Port(
+                port_number(*n)
+                    .ok_or_else(|| bad(&field("targetPort"), format!("{n} is not in 1-65535")))?,
+            ),
+            Some(IntOrString::String(name)) if name.chars().any(|c| c.is_ascii_alphabetic()) => {
+                Target::Name(name.clone())
+            }
+            // Kubernetes port names contain a letter; "8080" is a quoted number.
+            Some(IntOrString::String(name)) => {
+                return Err(bad(
+                    &field("targetPort"),
+                    format!("{name:?} is neither a port number nor a port name"),
+                ));
+            }
+        };
+        let name = raw.name.clone().unwrap_or_default();
+        if name.is_empty() && raw_ports.len() > 1 {
+            return Err(bad(
+                &field("name"),
+                "required when a service has more than one port".into(),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(bad(&field("name"), format!("{name:?} names two ports")));
+        }
+        if !frontends.insert((port, protocol)) {
+            return Err(bad(
+                &field("port"),
+                format!("{port}/{protocol} is listed twice"),
+            ));
+        }
+        ports.push(PortSpec {
+            name,
+            port,
+            protocol,
+            target,
+        });
+    }
+
+    Ok(Spec {
+        file: &service.file,
+        name,
+        service_type,
+        address,
+        external_name,
+        ports,
+        selector: service
+            .object
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .filter(|s| !s.is_empty()),
+        publish_not_ready: spec.publish_not_ready_addresses == Some(true),
+    })
+}
+
+/// Settles every cluster IP. Explicit addresses first: the service that held
+/// an address in `previous` keeps it (the first one keeps working), else the
+/// first in name order. Then allocated ones: a service keeps its previous
+/// address while free, the others hash into the CIDR in name order. Services
+/// left without an address are removed from `entries`.
+fn assign_addresses(
+    entries: &mut BTreeMap<ServiceName, Entry<'_>>,
+    previous: &DesiredState,
+    cidr: Ipv4Cidr,
+    errors: &mut Vec<ModelError>,
+) -> BTreeMap<ServiceName, ClusterIp> {
+    let previous_ip = |name: &ServiceName| match previous.services.get(name).map(|s| s.cluster_ip) {
+        Some(ClusterIp::Ip(ip)) => Some(ip),
+        _ => None,
+    };
+    let mut taken: BTreeMap<Ipv4Addr, ServiceName> = BTreeMap::new();
+    let mut assigned = BTreeMap::new();
+
+    // (address, is a newcomer, name): sorting puts each address's holder first.
+    let mut claims: Vec<(Ipv4Addr, bool, ServiceName)> = entries
+        .iter()
+        .filter_map(|(name, entry)| {
+            let ip = match entry {
+                Entry::Kept(
+                    _,
+                    Service {
+                        cluster_ip: ClusterIp::Ip(ip),
+                        ..
+                    },
+                ) => *ip,
+                Entry::New(Spec {
+                    address: Address::Explicit(ip),
+                    ..
+                }) => *ip,
+                _ => return None,
+            };
+            Some((ip, previous_ip(name) != Some(ip), name.clone()))
+        })
+        .collect();
+    claims.sort();
+    let mut losers = Vec::new();
+    for (ip, _, name) in claims {
+        match taken.get(&ip) {
+            Some(holder) => losers.push((name, ip, holder.clone())),
+            None => {
+                taken.insert(ip, name.clone());
+                assigned.insert(name, ClusterIp::Ip(ip));
+            }
+        }
+    }
+    for (name, ip, holder) in losers {
+        let file = match &entries[&name] {
+            Entry::New(spec) => spec.file,
+            Entry::Kept(file, _) => *file,
+        };
+        errors.push(ModelError::ClusterIpTaken {
+            file: file.to_owned(),
+            service: name.clone(),
+            ip,
+            holder,
+        });
+        // Like an update the API server would refuse: the old version stays
+        // while its address is free.
+        match (
+            previous_ip(&name).filter(|p| !taken.contains_key(p)),
+            previous.services.get(&name),
+        ) {
+            (Some(kept_ip), Some(kept)) => {
+                taken.insert(kept_ip, name.clone());
+                entries.insert(name, Entry::Kept(file, kept.clone()));
+            }
+            _ => {
+                entries.remove(&name);
+            }
+        }
+    }
+
+    let mut fresh = Vec::new();
+    for (name, entry) in entries.iter() {
+        match entry {
+            Entry::New(Spec {
+                address: Address::Allocate,
+                ..
+            }) => {
+                match previous_ip(name)
+                    .filter(|ip| cidr.contains_host(*ip) && !taken.contains_key(ip))
+                {
+                    Some(ip) => {
+                        taken.insert(ip, name.clone());
+                        assigned.insert(name.clone(), ClusterIp::Ip(ip));
+                    }
+                    None => fresh.push(name.clone()),
+                }
+            }
+            Entry::New(Spec {
+                address: Address::None,
+                ..
+            }) => {
+                assigned.insert(name.clone(), ClusterIp::None);
+            }
+            _ => {}
+        }
+    }
+    for name in fresh {
+        match cidr.free_host(&name, &taken) {
+            Some(ip) => {
+                taken.insert(ip, name.clone());
+                assigned.insert(name, ClusterIp::Ip(ip));
+            }
+            None => {
+                if let Some(Entry::New(spec)) = entries.remove(&name) {
+                    errors.push(ModelError::CidrExhausted {
+                        file: spec.file.to_owned(),
+                        service: name,
+                        cidr,
+                    });
+                }
+            }
+        }
+    }
+    assigned
+}
+
+/// The objects endpoints are made from, indexed by what services look them up by.
+struct Index<'a> {
+    /// Pods that can be endpoints, by namespace.
+    pods: BTreeMap<&'a str, Vec<PodInfo<'a>>>,
+    endpoints: BTreeMap<(&'a str, &'a str), &'a Sourced<core::Endpoints>>,
+    /// By namespace and the `kubernetes.io/service-name` label.
+    slices: BTreeMap<(&'a str, &'a str), Vec<&'a Sourced<EndpointSlice>>>,
+}
+
+struct PodInfo<'a> {
+    name: &'a str,
+    labels: Option<&'a BTreeMap<String, String>>,
+    addr: Ipv4Addr,
+    /// The pod's `Ready` condition.
+    ready: bool,
+    terminating: bool,
+    node_name: Option<&'a str>,
+    containers: &'a [core::Container],
+}
+
+fn namespace(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+impl<'a> Index<'a> {
+    fn new(objects: &'a Objects, errors: &mut Vec<ModelError>) -> Self {
+        let mut pods: BTreeMap<&str, Vec<PodInfo>> = BTreeMap::new();
+        for pod in &objects.pods {
+            match PodInfo::new(pod) {
+                Ok(Some(info)) => pods
+                    .entry(namespace(&pod.object.metadata))
+                    .or_default()
+                    .push(info),
+                Ok(None) => {}
+                Err(err) => errors.push(err),
+            }
+        }
+        let endpoints = objects
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    (
+                        namespace(&e.object.metadata),
+                        e.object.metadata.name.as_deref().unwrap_or_default(),
+                    ),
+                    e,
+                )
+            })
+            .collect();
+        let mut slices: BTreeMap<_, Vec<_>> = BTreeMap::new();
+        for slice in &objects.endpoint_slices {
+            let meta = &slice.object.metadata;
+            if let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                slices
+                    .entry((namespace(meta), service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        Index {
+            pods,
+            endpoints,
+            slices,
+        }
+    }
+
+    /// The Endpoints subsets and EndpointSlices of a service without selector.
+    fn manual_groups(&self, service: &ServiceName, errors: &mut Vec<ModelError>) -> Vec<Group> {
+        let key = (service.namespace.as_str(), service.name.as_str());
+        let mut groups = self
+            .endpoints
+            .get(&key)
+            .map(|e| Group::from_endpoints(e, errors))
+            .unwrap_or_default();
+        for slice in self.slices.get(&key).into_iter().flatten() {
+            groups.extend(Group::from_slice(slice, errors));
+        }
+        groups
+    }
+}
+
+impl<'a> PodInfo<'a> {
+    /// `None` for a pod that cannot be an endpoint (finished, no IPv4 address yet).
+    fn new(pod: &'a Sourced<core::Pod>) -> Result<Option<Self>, ModelError> {
+        let meta = &pod.object.metadata;
+        let name = meta.name.as_deref().unwrap_or_default();
+        let status = pod.object.status.as_ref();
+        if let Some(phase @ ("Succeeded" | "Failed")) = status.and_then(|s| s.phase.as_deref()) {
+            debug!(pod = name, phase, "pod has finished: not an endpoint");
+            return Ok(None);
+        }
+        let ips = status.and_then(|s| s.pod_ip.as_deref()).into_iter().chain(
+            status
+                .and_then(|s| s.pod_ips.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .map(|ip| ip.ip.as_str()),
+        );
+        let mut addr = None;
+        for ip in ips {
+            let parsed = ipv4(ip).map_err(|reason| {
+                invalid(
+                    &pod.file,
+                    format!("Pod {}", ServiceName::of(meta)),
+                    "status.podIP",
+                    reason,
+                )
+            })?;
+            if parsed.is_some() {
+                addr = parsed;
+                break;
+            }
+        }
+        let Some(addr) = addr else {
+            debug!(pod = name, "pod has no IPv4 address: not an endpoint");
+            return Ok(None);
+        };
+        let ready = status
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let spec = pod.object.spec.as_ref();
+        Ok(Some(PodInfo {
+            name,
+            labels: meta.labels.as_ref(),
+            addr,
+            ready,
+            terminating: meta.deletion_timestamp.is_some(),
+            node_name: spec.and_then(|s| s.node_name.as_deref()),
+            containers: spec.map(|s| s.containers.as_slice()).unwrap_or_default(),
+        }))
+    }
+
+    fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(k, v)| self.labels.and_then(|l| l.get(k)) == Some(v))
+    }
+
+    /// The number a container port name stands for in this pod.
+    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.containers
+            .iter()
+            .flat_map(|c| c.ports.as_deref().unwrap_or_default())
+            .find(|p| {
+                p.name.as_deref() == Some(name)
+                    && Protocol::parse(p.protocol.as_deref()) == Ok(protocol)
+            })
+            .and_then(|p| port_number(p.container_port))
+    }
+}
+
+/// Addresses sharing one list of ports: an Endpoints subset or an EndpointSlice.
+#[derive(Default)]
+struct Group {
+    backends: Vec<Backend>,
+    ports: Vec<(String, u16, Protocol)>,
+}
+
+struct Backend {
+    addr: Ipv4Addr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    node_name: Option<String>,
+    target: Option<String>,
+}
+
+impl Group {
+    fn from_endpoints(
+        endpoints: &Sourced<core::Endpoints>,
+        errors: &mut Vec<ModelError>,
+    ) -> Vec<Group> {
+        let object = format!("Endpoints {}", ServiceName::of(&endpoints.object.metadata));
+        let mut groups = Vec::new();
+        for (s, subset) in endpoints.object.subsets.iter().flatten().enumerate() {
+            let mut group = Group::default();
+            let lists = [
+                ("addresses", &subset.addresses, true),
+                ("notReadyAddresses", &subset.not_ready_addresses, false),
+            ];
+            for (list, addresses, ready) in lists {
+                for (a, address) in addresses.iter().flatten().enumerate() {
+                    match ipv4(&address.ip) {
+                        Ok(Some(addr)) => group.backends.push(Backend {
+                            addr,
+                            ready,
+                            serving: ready,
+                            terminating: false,
+                            node_name: address.node_name.clone(),
+                            target: address.target_ref.as_ref().and_then(|t| t.name.clone()),
+                        }),
+                        Ok(None) => debug!(%object, ip = address.ip, "skipping an IPv6 address"),
+                        Err(reason) => errors.push(invalid(
+                            &endpoints.file,
+                            object.clone(),
+                            format!("subsets[{s}].{list}[{a}].ip"),
+                            reason,
+                        )),
+                    }
+                }
+            }
+            for (p, port) in subset.ports.iter().flatten().enumerate() {
+                let field = |f: &str| format!("subsets[{s}].ports[{p}].{f}");
+                let Some(number) = port_number(port.port) else {
+                    errors.push(invalid(
+                        &endpoints.file,
+                        object.clone(),
+                        field("port"),
+                        format!("{} is not in 1-65535", port.port),
+                    ));
+                    continue;
+                };
+                match Protocol::parse(port.protocol.as_deref()) {
+                    Ok(protocol) => {
+                        group
+                            .ports
+                            .push((port.name.clone().unwrap_or_default(), number, protocol))
+                    }
+                    Err(reason) => errors.push(invalid(
+                        &endpoints.file,
+                        object.clone(),
+                        field("protocol"),
+                        reason,
+                    )),
+                }
+            }
+            groups.push(group);
+        }
+        groups
+    }
+
+    fn from_slice(slice: &Sourced<EndpointSlice>, errors: &mut Vec<ModelError>) -> Option<Group> {
+        let object = format!("EndpointSlice {}", ServiceName::of(&slice.object.metadata));
+        if slice.object.address_type != "IPv4" {
+            debug!(%object, address_type = slice.object.address_type, "skipping a slice that is not IPv4");
+            return None;
+        }
+        let mut group = Group::default();
+        for (e, endpoint) in slice.object.endpoints.iter().flatten().enumerate() {
+            // Consumers use only the first address (the others are reserved).
+            let addr = match endpoint
+                .addresses
+                .first()
+                .map(|a| ipv4(a).map(|ip| (a, ip)))
+            {
+                Some(Ok((_, Some(addr)))) => addr,
+                Some(Ok((text, None))) => {
+                    errors.push(invalid(
+                        &slice.file,
+                        object.clone(),
+                        format!("endpoints[{e}].addresses[0]"),
+                        format!("{text:?} is not IPv4 in an IPv4 slice"),
+                    ));
+                    continue;
+                }
+                Some(Err(reason)) => {
+                    errors.push(invalid(
+                        &slice.file,
+                        object.clone(),
+                        format!("endpoints[{e}].addresses[0]"),
+                        reason,
+                    ));
+                    continue;
+                }
+                None => {
+                    errors.push(invalid(
+                        &slice.file,
+                        object.clone(),
+                        format!("endpoints[{e}].addresses"),
+                        "needs an address",
+                    ));
+                    continue;
+                }
+            };
+            let conditions = endpoint.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            group.backends.push(Backend {
+                addr,
+                ready,
+                serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+                terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+                node_name: endpoint.node_name.clone(),
+                target: endpoint.target_ref.as_ref().and_then(|t| t.name.clone()),
+            });
+        }
+        for (p, port) in slice.object.ports.iter().flatten().enumerate() {
+            let field = |f: &str| format!("ports[{p}].{f}");
+            // An absent port means "all ports", which a frontend cannot use.
+            let Some(raw) = port.port else { continue };
+            let Some(number) = port_number(raw) else {
+                errors.push(invalid(
+                    &slice.file,
+                    object.clone(),
+                    field("port"),
+                    format!("{raw} is not in 1-65535"),
+                ));
+                continue;
+            };
+            match Protocol::parse(port.protocol.as_deref()) {
+                Ok(protocol) => {
+                    group
+                        .ports
+                        .push((port.name.clone().unwrap_or_default(), number, protocol))
+                }
+                Err(reason) => errors.push(invalid(
+                    &slice.file,
+                    object.clone(),
+                    field("protocol"),
+                    reason,
+                )),
+            }
+        }
+        Some(group)
+    }
+}
+
+/// Adds an endpoint once per (addr, port); a ready copy beats a not-ready one.
+fn add_endpoint(endpoints: &mut BTreeMap<(Ipv4Addr, u16), Endpoint>, endpoint: Endpoint) {
+    match endpoints.entry((endpoint.addr, endpoint.port)) {
+        MapEntry::Vacant(slot) => {
+            slot.insert(endpoint);
+        }
+        MapEntry::Occupied(mut slot) => {
+            if endpoint.ready && !slot.get().ready {
+                slot.insert(endpoint);
+            }
+        }
+    }
+}
+
+/// A validated spec with its address, plus its endpoints.
+fn realise(
+    spec: Spec<'_>,
+    cluster_ip: ClusterIp,
+    index: &Index<'_>,
+    errors: &mut Vec<ModelError>,
+) -> Service {
+    let external = spec.service_type == ServiceType::ExternalName;
+    let groups = match spec.selector {
+        None if !external => index.manual_groups(&spec.name, errors),
+        _ => Vec::new(),
+    };
+    let pods: Vec<&PodInfo> = match spec.selector {
+        Some(selector) if !external => index
+            .pods
+            .get(spec.name.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|pod| pod.matches(selector))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let single_port = spec.ports.len() == 1;
+    let ports = spec
+        .ports
+        .into_iter()
+        .map(|port| {
+            let mut endpoints = BTreeMap::new();
+            for pod in &pods {
+                let number = match &port.target {
+                    Target::Port(n) => *n,
+                    Target::Name(name) => match pod.named_port(name, port.protocol) {
+                        Some(n) => n,
+                        None => {
+                            debug!(service = %spec.name, pod = pod.name, port = name, "pod has no such named port");
+                            continue;
+                        }
+                    },
+                };
+                add_endpoint(
+                    &mut endpoints,
+                    Endpoint {
+                        addr: pod.addr,
+                        port: number,
+                        ready: spec.publish_not_ready || (pod.ready && !pod.terminating),
+                        serving: pod.ready,
+                        terminating: pod.terminating,
+                        node_name: pod.node_name.map(str::to_owned),
+                        target: Some(pod.name.to_owned()),
+                    },
+                );
+            }
+            for group in &groups {
+                let matching = group.ports.iter().filter(|(name, _, protocol)| {
+                    *protocol == port.protocol && (*name == port.name || (single_port && name.is_empty()))
+                });
+                for (_, number, _) in matching {
+                    for b in &group.backends {
+                        add_endpoint(
+                            &mut endpoints,
+                            Endpoint {
+                                addr: b.addr,
+                                port: *number,
+                                ready: b.ready,
+                                serving: b.serving,
+                                terminating: b.terminating,
+                                node_name: b.node_name.clone(),
+                                target: b.target.clone(),
+                            },
+                        );
+                    }
+                }
+            }
+            ServicePort { name: port.name, port: port.port, protocol: port.protocol, endpoints: endpoints.into_values().collect() }
+        })
+        .collect();
+    Service {
+        name: spec.name,
+        service_type: spec.service_type,
+        cluster_ip,
+        external_name: spec.external_name,
+        ports,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::objects_from_yaml;
+
+    const KUBIA: &str = "
+apiVersion: v1
+kind: Service
+metadata:
+  name: kubia
+spec:
+  ports:
+  - port: 80
+    targetPort: 8080
+  selector:
+    app: kubia
+";
+
+    fn pod(name: &str, ip: &str, ready: bool, labels: &str, extra: &str) -> String {
+        format!(
+            "---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {labels}
+{extra}status:
+  phase: Running
+  podIP: {ip}
+  conditions:
+  - type: Ready
+    status: \"{}\"
+",
+            if ready { "True" } else { "False" }
+        )
+    }
+
+    fn build_yaml(yaml: &str) -> (DesiredState, Vec<ModelError>) {
+        build(
+            &objects_from_yaml(yaml),
+            &DesiredState::default(),
+            &ModelOptions::default(),
+        )
+    }
+
+    fn service<'a>(state: &'a DesiredState, name: &str) -> &'a Service {
+        &state.services[&ServiceName::new("default", name)]
+    }
+
+    fn active(port: &ServicePort) -> Vec<String> {
+        port.active_endpoints()
+            .map(|e| format!("{}:{}", e.addr, e.port))
+            .collect()
+    }
+
+    fn messages(errors: &[ModelError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn kubia_selector_endpoints_only_ready_pods_are_active() {
+        let yaml = [
+            KUBIA.to_owned(),
+            pod(
+                "kubia-7nogl",
+                "10.108.2.6",
+                true,
+                "{app: kubia}",
+                "spec:\n  nodeName: node-2\n  containers: []\n",
+            ),
+            pod("kubia-3inly", "10.108.1.4", true, "{app: kubia}", ""),
+            pod("kubia-xk2q1", "10.108.2.5", false, "{app: kubia}", ""),
+            pod("other", "10.108.2.9", true, "{app: other}", ""),
+        ]
+        .concat();
+        let (state, errors) = build_yaml(&yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let kubia = service(&state, "kubia");
+        assert_eq!(kubia.service_type, ServiceType::ClusterIp);
+        assert!(kubia.programs_datapath());
+        let ClusterIp::Ip(ip) = kubia.cluster_ip else {
+            panic!("no cluster IP")
+        };
+        assert!(ModelOptions::default().service_cidr.contains_host(ip));
+        let port = &kubia.ports[0];
+        assert_eq!(
+            (port.name.as_str(), port.port, port.protocol),
+            ("", 80, Protocol::Tcp)
+        );
+        assert_eq!(port.endpoints.len(), 3);
+        assert_eq!(active(port), ["10.108.1.4:8080", "10.108.2.6:8080"]);
+        let ep = &port.endpoints[2];
+        assert_eq!(
+            (ep.target.as_deref(), ep.node_name.as_deref(), ep.serving),
+            (Some("kubia-7nogl"), Some("node-2"), true)
+        );
+    }
+
+    #[test]
+    fn named_target_port_resolves_per_pod() {
+        let containers = |http: u16| {
+            format!(
+                "spec:\n  containers:\n  - name: kubia\n    ports:\n    - name: http\n      containerPort: {http}\n    - name: dns\n      containerPort: 53\n      protocol: UDP\n"
+            )
+        };
+        let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  selector: {app: kubia}\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: dns\n  - name: dns-tcp\n    port: 53\n    targetPort: dns\n";
+        let yaml = [
+            svc.to_owned(),
+            pod("a", "10.0.0.1", true, "{app: kubia}", &containers(8080)),
+            pod("b", "10.0.0.2", true, "{app: kubia}", &containers(9090)),
+            pod(
+                "c",
+                "10.0.0.3",
+                true,
+                "{app: kubia}",
+                "spec:\n  containers: []\n",
+            ),
+        ]
+        .concat();
+        let (state, errors) = build_yaml(&yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let ports = &service(&state, "kubia").ports;
+        assert_eq!(active(&ports[0]), ["10.0.0.1:8080", "10.0.0.2:9090"]);
+        assert_eq!(active(&ports[1]), ["10.0.0.1:53", "10.0.0.2:53"]);
+        // "dns" is a UDP port in the pods, so it does not serve TCP.
+        assert_eq!(active(&ports[2]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn terminating_and_finished_pods() {
+        let yaml = [
+            KUBIA.to_owned(),
+            pod(
+                "going",
+                "10.0.0.1",
+                true,
+                "{app: kubia}",
+                "  deletionTimestamp: \"2024-01-01T00:00:00Z\"\n",
+            ),
+            pod("done", "10.0.0.2", true, "{app: kubia}", "")
+                .replace("phase: Running", "phase: Succeeded"),
+            pod("v6", "fd00::1", true, "{app: kubia}", ""),
+        ]
+        .concat();
+        let (state, errors) = build_yaml(&yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let port = &service(&state, "kubia").ports[0];
+        assert_eq!(port.endpoints.len(), 1);
+        let ep = &port.endpoints[0];
+        assert_eq!((ep.ready, ep.serving, ep.terminating), (false, true, true));
+    }
+
+    #[test]
+    fn endpoints_without_selector() {
+        let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: external-service}
+spec:
+  ports:
+  - name: web
+    port: 80
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: external-service}
+subsets:
+- addresses: [{ip: 22.22.22.22}, {ip: 11.11.11.11, nodeName: n1}]
+  notReadyAddresses: [{ip: 33.33.33.33}]
+  ports: [{port: 8080}]
+- addresses: [{ip: '11. 11. 11. 11'}, {ip: 'fd00::1'}]
+  ports: [{port: 9090, name: other}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: multi}
+spec:
+  ports: [{name: a, port: 80}, {name: b, port: 81}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: multi}
+subsets:
+- addresses: [{ip: 1.1.1.1}]
+  ports: [{name: a, port: 8080}, {name: b, port: 8081}, {port: 9999}]
+";
+        let (state, errors) = build_yaml(yaml);
+        assert_eq!(
+            messages(&errors),
+            [
+                "test.yaml: Endpoints default/external-service: subsets[1].addresses[0].ip: \"11. 11. 11. 11\" is not an IP address"
+            ]
+        );
+        let port = &service(&state, "external-service").ports[0];
+        assert_eq!(active(port), ["11.11.11.11:8080", "22.22.22.22:8080"]);
+        assert_eq!(port.endpoints.len(), 3);
+        assert_eq!(port.endpoints[0].node_name.as_deref(), Some("n1"));
+        let multi = &service(&state, "multi").ports;
+        assert_eq!(active(&multi[0]), ["1.1.1.1:8080"]);
+        assert_eq!(active(&multi[1]), ["1.1.1.1:8081"]);
+    }
+
+    #[test]
+    fn endpoint_slice_conditions_and_union_with_endpoints() {
+        let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: s-abc
+  labels: {kubernetes.io/service-name: s}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.0.0.1]
+  nodeName: n1
+  targetRef: {kind: Pod, name: s-1}
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+- addresses: [10.0.0.3]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.0.0.4]
+  conditions: {ready: false}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: s-v6
+  labels: {kubernetes.io/service-name: s}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ['fd00::1']}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: other
+  labels: {kubernetes.io/service-name: t}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.9.9.9]}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: s}
+subsets:
+- addresses: [{ip: 10.0.0.4}, {ip: 10.0.0.5}]
+  ports: [{name: http, port: 8080}]
+";
+        let (state, errors) = build_yaml(yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let port = &service(&state, "s").ports[0];
+        let conditions: Vec<_> = port
+            .endpoints
+            .iter()
+            .map(|e| (e.addr.to_string(), e.ready, e.serving, e.terminating))
+            .collect();
+        assert_eq!(
+            conditions,
+            [
+                ("10.0.0.1".to_owned(), true, true, false),
+                ("10.0.0.2".to_owned(), false, false, false),
+                ("10.0.0.3".to_owned(), false, true, true),
+                ("10.0.0.4".to_owned(), true, true, false),
+                ("10.0.0.5".to_owned(), true, true, false),
+            ]
+        );
+        assert_eq!(port.endpoints[0].target.as_deref(), Some("s-1"));
+        assert_eq!(
+            active(port),
+            ["10.0.0.1:8080", "10.0.0.4:8080", "10.0.0.5:8080"]
+        );
+    }
+
+    fn named(names: &[&str], extra: &str) -> String {
+        names
+            .iter()
+            .map(|n| format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec:\n  ports: [{{port: 80}}]\n{extra}"))
+            .collect()
+    }
+
+    fn ips(state: &DesiredState) -> Vec<(String, ClusterIp)> {
+        state
+            .services
+            .values()
+            .map(|s| (s.name.name.clone(), s.cluster_ip))
+            .collect()
+    }
+
+    #[test]
+    fn cluster_ip_allocation_is_deterministic_stable_and_avoids_explicit_ones() {
+        let names = ["a", "b", "c", "kubia"];
+        let (first, errors) = build_yaml(&named(&names, ""));
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut reversed = objects_from_yaml(&named(&names, ""));
+        reversed.services.reverse();
+        let (again, _) = build(
+            &reversed,
+            &DesiredState::default(),
+            &ModelOptions::default(),
+        );
+        assert_eq!(ips(&first), ips(&again));
+
+        // An explicit address on the slot kubia would hash to: kubia moves on.
+        let cidr = ModelOptions::default().service_cidr;
+        let slot = cidr
+            .free_host(&ServiceName::new("default", "kubia"), &BTreeMap::new())
+            .unwrap();
+        assert_eq!(service(&first, "kubia").cluster_ip, ClusterIp::Ip(slot));
+        let explicit = format!(
+            "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: z}}\nspec:\n  clusterIP: {slot}\n  ports: [{{port: 80}}]\n",
+            named(&["kubia"], "")
+        );
+        let (state, _) = build_yaml(&explicit);
+        assert_eq!(service(&state, "z").cluster_ip, ClusterIp::Ip(slot));
+        let ClusterIp::Ip(moved) = service(&state, "kubia").cluster_ip else {
+            panic!()
+        };
+        assert_ne!(moved, slot);
+        assert!(cidr.contains_host(moved));
+
+        // A previous address is kept while free, whatever the hash says.
+        let mut previous = first.clone();
+        let pinned = Ipv4Addr::new(10, 96, 0, 77);
+        previous
+            .services
+            .get_mut(&ServiceName::new("default", "kubia"))
+            .unwrap()
+            .cluster_ip = ClusterIp::Ip(pinned);
+        let (state, _) = build(
+            &objects_from_yaml(&named(&names, "")),
+            &previous,
+            &ModelOptions::default(),
+        );
+        assert_eq!(service(&state, "kubia").cluster_ip, ClusterIp::Ip(pinned));
+        assert_eq!(
+            service(&state, "a").cluster_ip,
+            service(&first, "a").cluster_ip
+        );
+    }
+
+    #[test]
+    fn duplicate_explicit_cluster_ip_first_holder_keeps_it() {
+        let yaml = named(&["a", "b"], "  clusterIP: 10.96.0.10\n");
+        let (state, errors) = build_yaml(&yaml);
+        assert_eq!(
+            messages(&errors),
+            [
+                "test.yaml: Service default/b: spec.clusterIP: 10.96.0.10 is already used by Service default/a"
+            ]
+        );
+        assert_eq!(
+            ips(&state),
+            [("a".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]
+        );
+
+        // The one that already had it keeps it, even when later in name order.
+        let mut previous = DesiredState::default();
+        let b = Service {
+            name: ServiceName::new("default", "b"),
+            ..service(&state, "a").clone()
+        };
+        previous.services.insert(b.name.clone(), b);
+        let (state, errors) = build(
+            &objects_from_yaml(&yaml),
+            &previous,
+            &ModelOptions::default(),
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            ips(&state),
+            [("b".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]
+        );
+    }
+
+    #[test]
+    fn exhausted_cidr_is_an_error() {
+        let opts = ModelOptions {
+            service_cidr: "192.168.0.0/30".parse().unwrap(),
+        };
+        let (state, errors) = build(
+            &objects_from_yaml(&named(&["a", "b", "c"], "")),
+            &DesiredState::default(),
+            &opts,
+        );
+        assert_eq!(state.services.len(), 2);
+        let addrs: BTreeSet<_> = state
+            .services
+            .values()
+            .map(|s| format!("{:?}", s.cluster_ip))
+            .collect();
+        assert_eq!(addrs.len(), 2);
+        assert_eq!(
+            messages(&errors),
+            [
+                "test.yaml: Service default/c: no free address left in the service CIDR 192.168.0.0/30"
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_service_keeps_its_previous_model() {
+        let (good, _) = build_yaml(KUBIA);
+        let broken = KUBIA.replace("port: 80", "port: 0");
+        let (state, errors) = build(&objects_from_yaml(&broken), &good, &ModelOptions::default());
+        assert_eq!(
+            messages(&errors),
+            ["test.yaml: Service default/kubia: spec.ports[0].port: 0 is not in 1-65535"]
+        );
+        assert_eq!(state, good);
+        // Without a previous model there is nothing to keep.
+        let (state, _) = build_yaml(&broken);
+        assert!(state.services.is_empty());
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let cases = [
+            (
+                "  type: Weird\n  ports: [{port: 80}]\n",
+                "spec.type: unknown type \"Weird\"",
+            ),
+            (
+                "  ports: [{port: 80, protocol: SCTP}]\n",
+                "spec.ports[0].protocol: SCTP is not supported",
+            ),
+            (
+                "  clusterIP: fd00::10\n  ports: [{port: 80}]\n",
+                "spec.clusterIP: ipv6 is not supported yet",
+            ),
+            (
+                "  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n",
+                "spec.clusterIP: \"10.96.0.300\" is not an IP address",
+            ),
+            (
+                "  ports: [{port: 80, targetPort: 70000}]\n",
+                "spec.ports[0].targetPort: 70000 is not in 1-65535",
+            ),
+            (
+                "  ports: [{port: 80, targetPort: ''}]\n",
+                "spec.ports[0].targetPort: \"\" is neither a port number nor a port name",
+            ),
+            (
+                "  ports: [{port: 80}, {port: 81}]\n",
+                "spec.ports[0].name: required when a service has more than one port",
+            ),
+            (
+                "  ports: [{name: a, port: 80}, {name: b, port: 80}]\n",
+                "spec.ports[1].port: 80/TCP is listed twice",
+            ),
+            (
+                "  type: ExternalName\n",
+                "spec.externalName: required for type ExternalName",
+            ),
+            (
+                "  type: NodePort\n  clusterIP: None\n  ports: [{port: 80}]\n",
+                "spec.clusterIP: None (headless) is only allowed for type ClusterIP",
+            ),
+            (
+                "  ports: []\n",
+                "spec.ports: a service with a cluster IP needs at least one port",
+            ),
+        ];
+        for (spec, reason) in cases {
+            let (_, errors) = build_yaml(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n{spec}"
+            ));
+            assert_eq!(
+                messages(&errors),
+                [format!("test.yaml: Service default/s: {reason}")],
+                "{spec}"
+            );
+        }
+    }
+
+    #[test]
+    fn headless_and_external_name_are_listed_but_not_programmed() {
+        let yaml = format!(
+            "{KUBIA}---\napiVersion: v1\nkind: Service\nmetadata: {{name: headless}}\nspec:\n  clusterIP: None\n  selector: {{app: kubia}}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: external-service}}\nspec:\n  type: ExternalName\n  externalName: someapi.somecompany.com\n  ports: [{{port: 80}}]\n{}",
+            pod("kubia-1", "10.0.0.1", true, "{app: kubia}", "")
+        );
+        let (state, errors) = build_yaml(&yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let headless = service(&state, "headless");
+        assert_eq!(headless.cluster_ip, ClusterIp::None);
+        assert!(!headless.programs_datapath());
+        assert_eq!(active(&headless.ports[0]), ["10.0.0.1:8080"]);
+        let external = service(&state, "external-service");
+        assert_eq!(external.service_type, ServiceType::ExternalName);
+        assert_eq!(
+            external.external_name.as_deref(),
+            Some("someapi.somecompany.com")
+        );
+        assert_eq!(external.cluster_ip, ClusterIp::None);
+        assert!(!external.programs_datapath());
+        assert!(service(&state, "kubia").programs_datapath());
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        let cidr: Ipv4Cidr = "10.96.0.0/12".parse().unwrap();
+        assert_eq!(cidr, ModelOptions::default().service_cidr);
+        assert_eq!(cidr.to_string(), "10.96.0.0/12");
+        assert!(cidr.contains_host(Ipv4Addr::new(10, 111, 255, 254)));
+        assert!(!cidr.contains_host(Ipv4Addr::new(10, 111, 255, 255)));
+        assert!(!cidr.contains_host(Ipv4Addr::new(10, 96, 0, 0)));
+        assert_eq!(
+            "10.96.0.1/12".parse::<Ipv4Cidr>().unwrap_err().to_string(),
+            "\"10.96.0.1/12\" is not an IPv4 CIDR: host bits are set"
+        );
+        assert!("10.96.0.0".parse::<Ipv4Cidr>().is_err());
+        assert!("10.96.0.0/33".parse::<Ipv4Cidr>().is_err());
+        assert!("0.0.0.0/0".parse::<Ipv4Cidr>().is_ok());
+    }
+}

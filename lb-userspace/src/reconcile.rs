@@ -1,0 +1,364 @@
+//! Desired state -> map operations. The reconciler keeps what it believes
+//! the maps hold ([`Programmed`]), diffs the model against it and emits only
+//! the changes, ordered so that a live frontend never has zero or dangling
+//! backends:
+//! 1. new backends are written before any slot points at them;
+//! 2. a frontend's slots are written before its count grows past them, and
+//!    removed only after its count shrank below them;
+//! 3. backends are deleted only when no slot references them any more.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use lb_common::{
+    Backend, BackendSlotKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP,
+    ServiceMeta, wire,
+};
+use tracing::warn;
+
+use crate::model::{ClusterIp, DesiredState, Protocol};
+
+/// One write to the maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend { id: u32, backend: Backend },
+    PutSlot { key: BackendSlotKey, backend_id: u32 },
+    PutMeta { svc_id: u32, meta: ServiceMeta },
+    PutFrontend { key: FrontendKey, frontend: Frontend },
+    DeleteFrontend(FrontendKey),
+    DeleteSlot(BackendSlotKey),
+    DeleteMeta(u32),
+    DeleteBackend(u32),
+}
+
+/// A frontend as the maps hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ProgrammedFrontend {
+    svc_id: u32,
+    /// Backend id per slot.
+    slots: Vec<u32>,
+    meta: ServiceMeta,
+}
+
+/// A frontend as the model wants it.
+struct WantedFrontend {
+    backends: Vec<Backend>,
+    meta: ServiceMeta,
+}
+
+/// What the reconciler believes the maps hold.
+#[derive(Debug, Default)]
+pub struct Programmed {
+    frontends: BTreeMap<FrontendKey, ProgrammedFrontend>,
+    backend_ids: HashMap<Backend, u32>,
+    /// Ids are not reused at once: a packet that read a slot just before it
+    /// changed must still find the backend it named.
+    next_backend_id: u32,
+}
+
+impl Programmed {
+    /// Rebuilds the picture from map contents left by an earlier agent.
+    pub fn adopt(
+        frontends: impl IntoIterator<Item = (FrontendKey, Frontend)>,
+        slots: impl IntoIterator<Item = (BackendSlotKey, u32)>,
+        backends: impl IntoIterator<Item = (u32, Backend)>,
+        metas: impl IntoIterator<Item = (u32, ServiceMeta)>,
+    ) -> Self {
+        let slots: HashMap<BackendSlotKey, u32> = slots.into_iter().collect();
+        let metas: HashMap<u32, ServiceMeta> = metas.into_iter().collect();
+        let backend_ids: HashMap<Backend, u32> = backends.into_iter().map(|(id, b)| (b, id)).collect();
+        let frontends = frontends
+            .into_iter()
+            .map(|(key, fe)| {
+                let slots = (0..u32::from(fe.backend_count))
+                    .filter_map(|slot| slots.get(&BackendSlotKey { svc_id: fe.svc_id, slot }).copied())
+                    .collect();
+                let meta = metas.get(&fe.svc_id).copied().unwrap_or_default();
+                (key, ProgrammedFrontend { svc_id: fe.svc_id, slots, meta })
+            })
+            .collect();
+        let next_backend_id = backend_ids.values().max().map_or(1, |id| id + 1);
+        Self { frontends, backend_ids, next_backend_id }
+    }
+
+    /// The operations that bring the maps from what they hold to `desired`,
+    /// in a safe order; `self` is updated as if they were all applied.
+    pub fn plan(&mut self, desired: &DesiredState) -> Vec<MapOp> {
+        let wanted = wanted_frontends(desired);
+        let mut ops = Vec::new();
+
+        // 1. Backends first.
+        for fe in wanted.values() {
+            for backend in &fe.backends {
+                if !self.backend_ids.contains_key(backend) {
+                    let id = self.allocate_backend_id();
+                    self.backend_ids.insert(*backend, id);
+                    ops.push(MapOp::PutBackend { id, backend: *backend });
+                }
+            }
+        }
+
+        // 2. Frontends whose slots or meta changed, and new ones.
+        for (key, fe) in &wanted {
+            let slots: Vec<u32> = fe.backends.iter().map(|b| self.backend_ids[b]).collect();
+            let old = self.frontends.get(key);
+            if old.is_some_and(|old| old.slots == slots && old.meta == fe.meta) {
+                continue;
+            }
+            let svc_id = old.map_or_else(|| self.allocate_svc_id(), |old| old.svc_id);
+            let old_slots = old.map(|old| old.slots.clone()).unwrap_or_default();
+            for (slot, id) in slots.iter().enumerate() {
+                if old_slots.get(slot) != Some(id) {
+                    ops.push(MapOp::PutSlot { key: BackendSlotKey { svc_id, slot: slot as u32 }, backend_id: *id });
+                }
+            }
+            if old.is_none_or(|old| old.meta != fe.meta) {
+                ops.push(MapOp::PutMeta { svc_id, meta: fe.meta });
+            }
+            if old_slots.len() != slots.len() || old.is_none() {
+                let frontend = Frontend { svc_id, backend_count: slots.len() as u16, _pad: 0 };
+                ops.push(MapOp::PutFrontend { key: *key, frontend });
+            }
+            for slot in slots.len()..old_slots.len() {
+                ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id, slot: slot as u32 }));
+            }
+            self.frontends.insert(*key, ProgrammedFrontend { svc_id, slots, meta: fe.meta });
+        }
+
+        // 3. Frontends that are no longer wanted.
+        let gone: Vec<FrontendKey> = self.frontends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        for key in gone {
+            let old = self.frontends.remove(&key).expect("key listed above");
+            ops.push(MapOp::DeleteFrontend(key));
+            for slot in 0..old.slots.len() {
+                ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id: old.svc_id, slot: slot as u32 }));
+            }
+            ops.push(MapOp::DeleteMeta(old.svc_id));
+        }
+
+        // 4. Backends nothing points at any more.
+        let referenced: BTreeSet<u32> = self.frontends.values().flat_map(|fe| fe.slots.iter().copied()).collect();
+        let mut unreferenced: Vec<(Backend, u32)> =
+            self.backend_ids.iter().filter(|(_, id)| !referenced.contains(id)).map(|(b, id)| (*b, *id)).collect();
+        unreferenced.sort_by_key(|(_, id)| *id);
+        for (backend, id) in unreferenced {
+            self.backend_ids.remove(&backend);
+            ops.push(MapOp::DeleteBackend(id));
+        }
+        ops
+    }
+
+    fn allocate_backend_id(&mut self) -> u32 {
+        while self.backend_ids.values().any(|id| *id == self.next_backend_id) || self.next_backend_id == 0 {
+            self.next_backend_id = self.next_backend_id.wrapping_add(1);
+        }
+        let id = self.next_backend_id;
+        self.next_backend_id = self.next_backend_id.wrapping_add(1);
+        id
+    }
+
+    /// The lowest id no frontend uses.
+    fn allocate_svc_id(&self) -> u32 {
+        let used: BTreeSet<u32> = self.frontends.values().map(|fe| fe.svc_id).collect();
+        (1..).find(|id| !used.contains(id)).expect("fewer than u32::MAX frontends")
+    }
+}
+
+/// The frontends the model asks for, keyed like the frontend map.
+fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFrontend> {
+    let mut wanted = BTreeMap::new();
+    for service in desired.services.values() {
+        if !service.programs_datapath() {
+            continue;
+        }
+        let ClusterIp::Ip(vip) = service.cluster_ip else { continue };
+        for port in &service.ports {
+            let proto = match port.protocol {
+                Protocol::Tcp => IPPROTO_TCP,
+                Protocol::Udp => IPPROTO_UDP,
+            };
+            let key = FrontendKey { addr: wire::addr(vip.octets()), port: wire::port(port.port), proto, _pad: 0 };
+            let backends = port
+                .active_endpoints()
+                .map(|ep| Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), _pad: 0 })
+                .collect();
+            let meta = ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, SVC_TYPE_CLUSTER_IP);
+            if wanted.insert(key, WantedFrontend { backends, meta }).is_some() {
+                // The model rejects such conflicts; this only guards the maps.
+                warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
+            }
+        }
+    }
+    wanted
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{Endpoint, Service, ServiceName, ServicePort, ServiceType};
+
+    fn endpoint(last: u8, ready: bool) -> Endpoint {
+        Endpoint {
+            addr: Ipv4Addr::new(10, 244, 0, last),
+            port: 8080,
+            ready,
+            serving: ready,
+            terminating: false,
+            node_name: None,
+            target: None,
+        }
+    }
+
+    fn state(services: &[(&str, [u8; 4], &[Endpoint])]) -> DesiredState {
+        let mut desired = DesiredState::default();
+        for (name, vip, endpoints) in services {
+            let name = ServiceName::new("default", *name);
+            desired.services.insert(
+                name.clone(),
+                Service {
+                    name,
+                    service_type: ServiceType::ClusterIp,
+                    cluster_ip: ClusterIp::Ip(Ipv4Addr::from(*vip)),
+                    external_name: None,
+                    ports: vec![ServicePort {
+                        name: String::new(),
+                        port: 80,
+                        protocol: Protocol::Tcp,
+                        endpoints: endpoints.to_vec(),
+                    }],
+                },
+            );
+        }
+        desired
+    }
+
+    /// Applies `ops` to a model of the maps, checking after every single
+    /// write that no frontend counts a slot that is missing or points at a
+    /// missing backend.
+    #[derive(Default)]
+    struct Maps {
+        frontends: BTreeMap<FrontendKey, Frontend>,
+        slots: BTreeMap<BackendSlotKey, u32>,
+        backends: BTreeMap<u32, Backend>,
+    }
+
+    impl Maps {
+        fn apply_checked(&mut self, ops: &[MapOp]) {
+            for (i, op) in ops.iter().enumerate() {
+                match op {
+                    MapOp::PutBackend { id, backend } => drop(self.backends.insert(*id, *backend)),
+                    MapOp::PutSlot { key, backend_id } => drop(self.slots.insert(*key, *backend_id)),
+                    MapOp::PutFrontend { key, frontend } => drop(self.frontends.insert(*key, *frontend)),
+                    MapOp::DeleteFrontend(key) => drop(self.frontends.remove(key)),
+                    MapOp::DeleteSlot(key) => drop(self.slots.remove(key)),
+                    MapOp::DeleteBackend(id) => drop(self.backends.remove(id)),
+                    MapOp::PutMeta { .. } | MapOp::DeleteMeta(_) => {}
+                }
+                for fe in self.frontends.values() {
+                    for slot in 0..u32::from(fe.backend_count) {
+                        let id = self.slots.get(&BackendSlotKey { svc_id: fe.svc_id, slot });
+                        assert!(
+                            id.is_some_and(|id| self.backends.contains_key(id)),
+                            "after op {i} ({op:?}) slot {slot} of svc {} dangles",
+                            fe.svc_id
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    const VIP: [u8; 4] = [10, 96, 0, 10];
+
+    #[test]
+    fn only_ready_endpoints_are_programmed_in_order() {
+        let mut programmed = Programmed::default();
+        let ops = programmed.plan(&state(&[("kubia", VIP, &[endpoint(3, true), endpoint(2, true), endpoint(4, false)])]));
+        let backends: Vec<_> = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::PutBackend { backend, .. } => Some(Ipv4Addr::from(wire::addr_octets(backend.addr))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(backends, [Ipv4Addr::new(10, 244, 0, 2), Ipv4Addr::new(10, 244, 0, 3)]);
+        let frontend = ops.iter().find_map(|op| match op {
+            MapOp::PutFrontend { frontend, .. } => Some(*frontend),
+            _ => None,
+        });
+        assert_eq!(frontend.unwrap().backend_count, 2);
+    }
+
+    #[test]
+    fn an_unchanged_state_writes_nothing() {
+        let desired = state(&[("kubia", VIP, &[endpoint(2, true)])]);
+        let mut programmed = Programmed::default();
+        assert!(!programmed.plan(&desired).is_empty());
+        assert_eq!(programmed.plan(&desired), []);
+    }
+
+    #[test]
+    fn scaling_3_2_3_never_leaves_a_dangling_slot_and_writes_only_the_difference() {
+        let three = [endpoint(2, true), endpoint(3, true), endpoint(4, true)];
+        let mut maps = Maps::default();
+        let mut programmed = Programmed::default();
+        maps.apply_checked(&programmed.plan(&state(&[("kubia", VIP, &three)])));
+
+        // The middle one goes: slot 1 is rewritten, the count shrinks, slot 2 goes, then its backend.
+        let ops = programmed.plan(&state(&[("kubia", VIP, &[three[0].clone(), three[2].clone()])]));
+        maps.apply_checked(&ops);
+        assert!(matches!(ops.as_slice(), [
+            MapOp::PutSlot { .. },
+            MapOp::PutFrontend { frontend: Frontend { backend_count: 2, .. }, .. },
+            MapOp::DeleteSlot(BackendSlotKey { slot: 2, .. }),
+            MapOp::DeleteBackend(_),
+        ]), "{ops:?}");
+
+        let ops = programmed.plan(&state(&[("kubia", VIP, &three)]));
+        maps.apply_checked(&ops);
+        assert!(matches!(ops.first(), Some(MapOp::PutBackend { .. })), "{ops:?}");
+        assert_eq!(maps.frontends.values().next().unwrap().backend_count, 3);
+        assert_eq!(maps.backends.len(), 3);
+    }
+
+    #[test]
+    fn removing_a_service_removes_everything_it_owned_and_nothing_else() {
+        let mut maps = Maps::default();
+        let mut programmed = Programmed::default();
+        let both = state(&[("a", VIP, &[endpoint(2, true)]), ("b", [10, 96, 0, 11], &[endpoint(2, true), endpoint(5, true)])]);
+        maps.apply_checked(&programmed.plan(&both));
+        assert_eq!(maps.backends.len(), 2, "a shared endpoint is one backend");
+        maps.apply_checked(&programmed.plan(&state(&[("a", VIP, &[endpoint(2, true)])])));
+        assert_eq!(maps.frontends.len(), 1);
+        assert_eq!(maps.slots.len(), 1);
+        assert_eq!(maps.backends.len(), 1);
+        maps.apply_checked(&programmed.plan(&DesiredState::default()));
+        assert!(maps.frontends.is_empty() && maps.slots.is_empty() && maps.backends.is_empty());
+    }
+
+    #[test]
+    fn an_adopted_picture_diffs_like_the_original() {
+        let desired = state(&[("kubia", VIP, &[endpoint(2, true), endpoint(3, true)])]);
+        let mut programmed = Programmed::default();
+        let mut maps = Maps::default();
+        maps.apply_checked(&programmed.plan(&desired));
+        let metas: Vec<(u32, ServiceMeta)> = programmed.frontends.values().map(|fe| (fe.svc_id, fe.meta)).collect();
+        let mut adopted = Programmed::adopt(
+            maps.frontends.clone(),
+            maps.slots.clone(),
+            maps.backends.clone(),
+            metas,
+        );
+        assert_eq!(adopted.plan(&desired), []);
+        // Stale entries left by an earlier agent are removed.
+        assert!(!adopted.plan(&DesiredState::default()).is_empty());
+    }
+
+    #[test]
+    fn a_service_without_endpoints_gets_a_frontend_with_no_backends() {
+        let mut programmed = Programmed::default();
+        let ops = programmed.plan(&state(&[("kubia", VIP, &[endpoint(2, false)])]));
+        assert!(ops.iter().any(|op| matches!(op, MapOp::PutFrontend { frontend: Frontend { backend_count: 0, .. }, .. })));
+    }
+}
