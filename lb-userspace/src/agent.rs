@@ -59,8 +59,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config,
         failed: BTreeMap::new(),
     };
-    agent.sync_manifests(true);
+    // Interfaces first: a frontend programmed before the veths of its
+    // backends are attached would see replies that nothing translates.
+    // Interfaces first: traffic to a frontend must not start while the
+    // veths of its backends are still being attached.
     agent.sync_interfaces();
+    agent.sync_manifests(true);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut interface_poll = tokio::time::interval(INTERFACE_POLL);

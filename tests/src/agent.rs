@@ -1,0 +1,153 @@
+//! `lb-agent run` as a process inside a node namespace, with its own
+//! manifest directory and bpf directory, removed again on drop.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{
+    netns::{ChildGuard, unique_name},
+    topology::{Node, POD_DEVICE_PATTERN},
+};
+
+pub struct AgentProcess {
+    pub manifests: PathBuf,
+    pub bpf_dir: PathBuf,
+    pub log: PathBuf,
+    bin: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl AgentProcess {
+    /// Starts the agent in `node`, attached to the node's pod veths, and
+    /// waits until it has programmed its first state.
+    pub fn start(node: &Node, manifests: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let id = unique_name("a");
+        let dir = std::env::temp_dir().join(&id);
+        let manifests_dir = dir.join("manifests");
+        fs::create_dir_all(&manifests_dir)?;
+        let mut agent = Self {
+            manifests: manifests_dir,
+            bpf_dir: PathBuf::from("/sys/fs/bpf").join(&id),
+            log: dir.join("agent.log"),
+            bin: crate::workspace_binary("LB_AGENT_BIN", "lb-agent")?,
+            child: None,
+        };
+        for (file, text) in manifests {
+            agent.write_manifest(file, text)?;
+        }
+        let log = fs::File::create(&agent.log)?;
+        let mut cmd = node.ns.command(&agent.bin);
+        cmd.arg("run")
+            .arg("--manifests")
+            .arg(&agent.manifests)
+            .args(["--node-name", node.ns.name(), "--pod-device", POD_DEVICE_PATTERN])
+            .arg("--bpf-dir")
+            .arg(&agent.bpf_dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log);
+        agent.child = Some(node.ns.spawn(&mut cmd)?);
+        agent.wait_for_log("agent started", Duration::from_secs(10))?;
+        Ok(agent)
+    }
+
+    /// Writes (or replaces) a manifest file the way an editor would: a new
+    /// file renamed into place, so the agent never reads half a file.
+    pub fn write_manifest(&self, file: &str, text: &str) -> anyhow::Result<()> {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.manifests.join(file)).with_context(|| format!("install manifest {file}"))
+    }
+
+    pub fn remove_manifest(&self, file: &str) -> anyhow::Result<()> {
+        fs::remove_file(self.manifests.join(file)).with_context(|| format!("remove manifest {file}"))
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the agent's log contains `needle`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.0.try_wait().ok().flatten()) {
+                bail!("lb-agent exited with {status}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("lb-agent did not log {needle:?} within {timeout:?}:\n{}", self.log_text())
+    }
+
+    /// `lb-agent get WHAT` against this agent's pinned maps.
+    pub fn get(&self, what: &str) -> anyhow::Result<String> {
+        let out = crate::netns::checked(Command::new(&self.bin).args(["get", what, "--bpf-dir"]).arg(&self.bpf_dir))?;
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Polls `get services` until `check` accepts it; how long that took.
+    pub fn wait_for_services(&self, timeout: Duration, check: impl Fn(&str) -> bool) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let services = self.get("services")?;
+            if check(&services) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!("programmed services did not converge within {timeout:?}:\n{services}\nagent log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The counter of `reason` on the XDP hook.
+    pub fn xdp_counter(&self, reason: &str) -> anyhow::Result<u64> {
+        let counters = self.get("counters")?;
+        counters
+            .lines()
+            .find_map(|l| {
+                let mut cols = l.split_whitespace();
+                (cols.next() == Some(reason)).then(|| cols.next().and_then(|v| v.parse().ok())).flatten()
+            })
+            .with_context(|| format!("no counter {reason} in:\n{counters}"))
+    }
+
+    /// Stops the agent with SIGTERM, as a service manager would.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+            child.0.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = fs::remove_dir_all(&self.bpf_dir);
+        if let Some(dir) = self.manifests.parent().filter(|d| d.starts_with(std::env::temp_dir())) {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Manifest text for a pod of the kubia example.
+pub fn pod_manifest(name: &str, ip: std::net::Ipv4Addr, ready: bool) -> String {
+    let status = if ready { "True" } else { "False" };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: kubia\nspec:\n  containers:\n  - name: kubia\n    image: luksa/kubia\n    ports:\n    - name: http\n      containerPort: 8080\nstatus:\n  podIP: {ip}\n  conditions:\n  - type: Ready\n    status: \"{status}\"\n"
+    )
+}
+

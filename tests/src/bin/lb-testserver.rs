@@ -1,0 +1,82 @@
+//! The server test pods run: HTTP that answers with the pod's name and the
+//! peer address it saw (so tests see load spreading and source addresses),
+//! and a UDP echo that does the same before echoing the payload.
+//!
+//! `lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]...`
+//! prints `ready` once every socket is bound.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    thread,
+};
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut name, mut http, mut udp) = (None, Vec::new(), Vec::new());
+    while let Some(flag) = args.next() {
+        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--name" => name = Some(value),
+            "--http" => http.push(value.parse::<SocketAddr>().with_context(|| format!("--http {value}"))?),
+            "--udp" => udp.push(value.parse::<SocketAddr>().with_context(|| format!("--udp {value}"))?),
+            _ => bail!("unknown flag {flag}; usage: lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]..."),
+        }
+    }
+    let name: &'static str = Box::leak(name.context("--name is required")?.into_boxed_str());
+    let mut workers = Vec::new();
+    for addr in http {
+        let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
+        workers.push(thread::spawn(move || serve_http(name, listener)));
+    }
+    for addr in udp {
+        let socket = UdpSocket::bind(addr).with_context(|| format!("cannot bind udp {addr}"))?;
+        workers.push(thread::spawn(move || serve_udp(name, socket)));
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    for worker in workers {
+        let _ = worker.join();
+    }
+    Ok(())
+}
+
+fn greeting(name: &str, peer: SocketAddr) -> String {
+    format!("You've hit {name}\nclient: {peer}\n")
+}
+
+fn serve_http(name: &'static str, listener: TcpListener) {
+    for stream in listener.incoming().flatten() {
+        thread::spawn(move || {
+            let _ = answer_http(name, stream);
+        });
+    }
+}
+
+fn answer_http(name: &str, mut stream: TcpStream) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    // Read the request head; the body, if any, is ignored.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let body = greeting(name, peer);
+    // One write, one segment.
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes())
+}
+
+fn serve_udp(name: &str, socket: UdpSocket) {
+    let mut buf = [0u8; 65536];
+    while let Ok((len, peer)) = socket.recv_from(&mut buf) {
+        let mut reply = greeting(name, peer).into_bytes();
+        reply.extend_from_slice(&buf[..len]);
+        let _ = socket.send_to(&reply, peer);
+    }
+}

@@ -1,0 +1,114 @@
+//! Network namespaces that clean up after themselves, and processes and
+//! closures that run inside them.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, bail};
+
+/// Runs `cmd`, turning a failure into an error with its command line and stderr.
+pub fn checked(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
+}
+
+/// `ip ARGS...`, checked.
+pub fn ip(args: &[&str]) -> anyhow::Result<Output> {
+    checked(Command::new("ip").args(args))
+}
+
+/// A name unique on this host across test processes: `lb<pid><n><hint>`.
+pub fn unique_name(hint: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("lb{}{}{hint}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A network namespace, deleted (with its interfaces) on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn create(hint: &str) -> anyhow::Result<Self> {
+        let name = unique_name(hint);
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs in this namespace. `nsenter --net` switches only
+    /// the network namespace (`ip netns exec` would also remount /sys and
+    /// hide the host's bpffs from the agent).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        cmd
+    }
+
+    pub fn exec(&self, argv: &[&str]) -> anyhow::Result<Output> {
+        checked(self.command(argv[0]).args(&argv[1..]))
+    }
+
+    /// Starts a process in the namespace; it is killed when the guard drops.
+    pub fn spawn(&self, cmd: &mut Command) -> anyhow::Result<ChildGuard> {
+        let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;
+        Ok(ChildGuard(child))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace, so that std
+    /// sockets opened by `f` live there.
+    pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> anyhow::Result<R> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("open {path}"))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a namespace fd we own affects only this thread.
+                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        bail!("setns into {path}: {}", std::io::Error::last_os_error());
+                    }
+                    Ok(f())
+                })
+                .join()
+                .expect("closure run in a namespace panicked")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unique_names_fit_interface_names_and_differ() {
+        let (a, b) = (super::unique_name("n"), super::unique_name("n"));
+        assert_ne!(a, b);
+        assert!(a.len() <= 15, "{a}");
+    }
+}

@@ -1,0 +1,94 @@
+//! One Kubernetes node as namespaces (DESIGN.md §4): a node namespace that
+//! routes, and pod namespaces joined to it by veth pairs, Calico-style:
+//! each pod has its IP as a /32 on `eth0` and a default route via the
+//! link-local gateway 169.254.1.1, which is the host-side veth's MAC.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::Ipv4Addr,
+    process::Stdio,
+};
+
+use anyhow::{Context, bail};
+
+use crate::netns::{ChildGuard, Netns};
+
+const GATEWAY: &str = "169.254.1.1";
+/// Wildcard matching every pod veth of a node, for `--pod-device`.
+pub const POD_DEVICE_PATTERN: &str = "h-*";
+
+pub struct Node {
+    pub ns: Netns,
+}
+
+pub struct Pod {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub ns: Netns,
+    /// The host side of the pod's veth, in the node namespace.
+    pub host_veth: String,
+    servers: Vec<ChildGuard>,
+}
+
+impl Node {
+    pub fn new() -> anyhow::Result<Self> {
+        let ns = Netns::create("n")?;
+        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
+            ns.exec(&["sysctl", "-qw", sysctl])?;
+        }
+        Ok(Self { ns })
+    }
+
+    /// A pod named `name` (at most 13 characters: its veth is `h-<name>`).
+    pub fn add_pod(&self, name: &str, ip: Ipv4Addr) -> anyhow::Result<Pod> {
+        if name.len() > 13 {
+            bail!("pod name {name} is longer than 13 characters");
+        }
+        let ns = Netns::create("p")?;
+        let host_veth = format!("h-{name}");
+        let (node, pod) = (self.ns.name(), ns.name());
+        // Created directly inside both namespaces: names never clash on the host.
+        crate::netns::ip(&["link", "add", &host_veth, "netns", node, "type", "veth", "peer", "name", "eth0", "netns", pod])?;
+        let addr = format!("{ip}/32");
+        ns.exec(&["ip", "addr", "add", &addr, "dev", "eth0"])?;
+        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        ns.exec(&["ip", "route", "add", GATEWAY, "dev", "eth0", "scope", "link"])?;
+        ns.exec(&["ip", "route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
+        self.ns.exec(&["ip", "link", "set", &host_veth, "up"])?;
+        self.ns.exec(&["ip", "route", "add", &addr, "dev", &host_veth])?;
+        let mac = self.mac(&host_veth)?;
+        ns.exec(&["ip", "neigh", "replace", GATEWAY, "lladdr", &mac, "dev", "eth0", "nud", "permanent"])?;
+        Ok(Pod { name: name.to_owned(), ip, ns, host_veth, servers: Vec::new() })
+    }
+
+    fn mac(&self, ifname: &str) -> anyhow::Result<String> {
+        let out = self.ns.exec(&["ip", "-o", "link", "show", ifname])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .with_context(|| format!("no MAC address for {ifname} in {text:?}"))
+    }
+}
+
+impl Pod {
+    /// Starts `lb-testserver` answering HTTP on `http_port` and UDP on
+    /// `udp_port`, and waits until it is listening.
+    pub fn serve(&mut self, http_port: u16, udp_port: u16) -> anyhow::Result<()> {
+        let bin = crate::workspace_binary("LB_TESTSERVER_BIN", "lb-testserver")?;
+        let mut cmd = self.ns.command(bin);
+        cmd.args(["--name", &self.name, "--http", &format!("0.0.0.0:{http_port}"), "--udp", &format!("0.0.0.0:{udp_port}")])
+            .stdout(Stdio::piped());
+        let mut guard = self.ns.spawn(&mut cmd)?;
+        let stdout = guard.0.stdout.take().expect("piped");
+        // The server prints `ready` once bound, or exits (EOF) with an error.
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("lb-testserver in pod {} did not start (said {line:?})", self.name);
+        }
+        self.servers.push(guard);
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! ClusterIP end to end: a node namespace, pod namespaces running
+//! lb-testserver, lb-agent attached to the pod veths, real TCP and UDP.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{AgentProcess, pod_manifest},
+    client::{http_get, seen_client, served_by, udp_request},
+    require_root,
+    topology::{Node, Pod},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The seeds' kubia Service with a UDP port beside the HTTP one.
+const KUBIA_SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: kubia
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - name: http
+    port: 80
+    targetPort: http
+  - name: echo
+    port: 53
+    protocol: UDP
+    targetPort: 5353
+  selector:
+    app: kubia
+";
+
+struct Cluster {
+    node: Node,
+    backends: Vec<Pod>,
+    client: Pod,
+}
+
+/// A node with `n` kubia pods (10.244.0.2, .3, ...) serving HTTP on 8080
+/// and UDP on 5353, and a client pod 10.244.0.100.
+fn cluster(n: u8) -> Cluster {
+    let node = Node::new().unwrap();
+    let backends = (0..n)
+        .map(|i| {
+            let mut pod = node.add_pod(&format!("kubia-{i}"), Ipv4Addr::new(10, 244, 0, 2 + i)).unwrap();
+            pod.serve(8080, 5353).unwrap();
+            pod
+        })
+        .collect();
+    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
+    Cluster { node, backends, client }
+}
+
+fn pods_manifest(pods: &[&Pod], ready: impl Fn(&Pod) -> bool) -> String {
+    pods.iter().map(|p| pod_manifest(&p.name, p.ip, ready(p))).collect::<Vec<_>>().join("---\n")
+}
+
+/// Which pods answered `requests` HTTP requests to the VIP.
+fn http_spread(client: &Pod, requests: usize) -> BTreeSet<String> {
+    (0..requests)
+        .map(|_| served_by(&http_get(&client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()).to_owned())
+        .collect()
+}
+
+fn names(pods: &[&Pod]) -> BTreeSet<String> {
+    pods.iter().map(|p| p.name.clone()).collect()
+}
+
+fn endpoint_count(services: &str) -> usize {
+    services.lines().nth(1).map_or(0, |row| row.matches(":8080").count())
+}
+
+#[test]
+fn tcp_and_udp_to_the_cluster_ip_reach_every_ready_backend_and_replies_come_from_the_vip() {
+    require_root();
+    let c = cluster(4);
+    let ready: Vec<&Pod> = c.backends[..3].iter().collect();
+    let all: Vec<&Pod> = c.backends.iter().collect();
+    let unready = &c.backends[3];
+    let pods = pods_manifest(&all, |p| p.name != unready.name);
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+
+    // TCP: every ready pod answers, the unready one never does, and each saw
+    // the client pod's own address (no SNAT for pod -> service traffic).
+    let mut served = BTreeSet::new();
+    for _ in 0..40 {
+        let body = http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+        served.insert(served_by(&body).to_owned());
+        assert!(seen_client(&body).starts_with(&format!("{}:", c.client.ip)), "{body}");
+    }
+    assert_eq!(served, names(&ready));
+
+    // UDP: the reply comes from VIP:53, never from the pod's own address.
+    let mut served = BTreeSet::new();
+    for i in 0..40 {
+        let payload = format!("ping {i}");
+        let (reply, from) = udp_request(&c.client.ns, SocketAddrV4::new(VIP, 53), payload.as_bytes(), TIMEOUT).unwrap();
+        assert_eq!(from, SocketAddrV4::new(VIP, 53).into(), "{reply}");
+        assert!(reply.ends_with(&payload), "{reply}");
+        served.insert(served_by(&reply).to_owned());
+    }
+    assert_eq!(served, names(&ready));
+    assert!(agent.xdp_counter("reply_reverse_nat").unwrap() >= 80);
+}
+
+#[test]
+fn traffic_that_is_not_for_a_service_is_untouched() {
+    require_root();
+    let c = cluster(1);
+    let pods = pods_manifest(&[&c.backends[0]], |_| true);
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
+    let passed_before = agent.xdp_counter("pass_no_service").unwrap();
+    let pod = &c.backends[0];
+
+    let body = http_get(&c.client.ns, SocketAddrV4::new(pod.ip, 8080), TIMEOUT).unwrap();
+    assert_eq!(served_by(&body), pod.name);
+    assert!(seen_client(&body).starts_with(&format!("{}:", c.client.ip)));
+    let (reply, from) = udp_request(&c.client.ns, SocketAddrV4::new(pod.ip, 5353), b"direct", TIMEOUT).unwrap();
+    assert_eq!(from, SocketAddrV4::new(pod.ip, 5353).into(), "{reply}");
+
+    assert!(agent.xdp_counter("pass_no_service").unwrap() > passed_before);
+    assert_eq!(agent.xdp_counter("forward_new_flow").unwrap(), 0, "direct traffic was translated");
+}
+
+#[test]
+fn scaling_the_pods_3_2_3_by_editing_manifests_takes_effect_within_a_second() {
+    require_root();
+    let c = cluster(3);
+    let three: Vec<&Pod> = c.backends.iter().collect();
+    let two: Vec<&Pod> = c.backends[..2].iter().collect();
+    let mut agent =
+        AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods_manifest(&three, |_| true))])
+            .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    assert_eq!(http_spread(&c.client, 30), names(&three));
+
+    for (pods, expected) in [(&two, 2), (&three, 3)] {
+        agent.write_manifest("pods.yaml", &pods_manifest(pods, |_| true)).unwrap();
+        let took = agent.wait_for_services(Duration::from_secs(1), |s| endpoint_count(s) == expected).unwrap();
+        eprintln!("{expected} endpoints programmed {took:?} after the manifest changed");
+        assert_eq!(http_spread(&c.client, 30), names(pods));
+    }
+
+    // A pod created after the agent started is attached to within a second:
+    // its requests to the VIP are translated.
+    let late_client = c.node.add_pod("late", Ipv4Addr::new(10, 244, 0, 101)).unwrap();
+    agent.wait_for_log(&format!("attached ifname=\"{}\"", late_client.host_veth), Duration::from_secs(1)).unwrap();
+    assert!(names(&three).contains(served_by(&http_get(&late_client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap())));
+}
+
+#[test]
+fn a_malformed_manifest_leaves_the_running_services_intact() {
+    require_root();
+    let c = cluster(2);
+    let two: Vec<&Pod> = c.backends.iter().collect();
+    let mut agent =
+        AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods_manifest(&two, |_| true))])
+            .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    let before = agent.get("services").unwrap();
+
+    // A file that is not YAML, and a broken edit of the live Service.
+    agent.write_manifest("garbage.yaml", "kind: [unclosed\n\u{1}\u{2}").unwrap();
+    agent.write_manifest("kubia.yaml", &KUBIA_SERVICE.replace("port: 80", "port: eighty")).unwrap();
+    agent.wait_for_log("kubia.yaml", Duration::from_secs(2)).unwrap();
+    agent.wait_for_log("garbage.yaml", Duration::from_secs(2)).unwrap();
+    let log = agent.log_text();
+    assert!(log.contains("Service default/kubia"), "the error names the object:\n{log}");
+
+    assert_eq!(agent.get("services").unwrap(), before);
+    assert_eq!(http_spread(&c.client, 20), names(&two));
+
+    // Fixing the file is picked up again.
+    agent.write_manifest("kubia.yaml", &KUBIA_SERVICE.replace("port: 80", "port: 8000")).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("http:8000/TCP")).unwrap();
+    let body = http_get(&c.client.ns, SocketAddrV4::new(VIP, 8000), TIMEOUT).unwrap();
+    assert!(names(&two).contains(served_by(&body)));
+}
