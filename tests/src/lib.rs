@@ -3,7 +3,6 @@
 //! Used by the integration tests and by `cargo xtask demo`.
 
 pub mod agent;
-pub mod bpf;
 pub mod client;
 pub mod netns;
 pub mod topology;

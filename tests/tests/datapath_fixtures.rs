@@ -4,8 +4,14 @@
 
 use lb_common::{Backend, BackendSlotKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason, wire};
 use lb_ebpf::packet_builder::{PacketBuilder, checksum_errors};
-use lb_tests::{bpf::ScratchDatapath, require_root};
-use lb_userspace::{datapath::loader::TestProgram, reconcile::MapOp};
+use lb_tests::{netns::unique_name, require_root};
+use lb_userspace::{
+    datapath::{
+        loader::{Datapath, TestProgram, XdpAttachMode},
+        maps::DatapathMaps,
+    },
+    reconcile::MapOp,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -15,6 +21,28 @@ const VIP: [u8; 4] = [10, 96, 0, 10];
 const EMPTY_VIP: [u8; 4] = [10, 96, 0, 11];
 const CLIENT: [u8; 4] = [10, 244, 0, 3];
 const POD: [u8; 4] = [10, 244, 1, 7];
+
+/// The datapath loaded into this kernel, its maps pinned in a scratch
+/// directory that is removed on drop.
+struct ScratchDatapath {
+    datapath: Datapath,
+    maps: DatapathMaps,
+    dir: std::path::PathBuf,
+}
+
+impl ScratchDatapath {
+    fn load() -> Self {
+        let dir = std::path::PathBuf::from("/sys/fs/bpf").join(unique_name("f"));
+        let (datapath, maps) = Datapath::load(&dir, XdpAttachMode::Auto).expect("load the datapath");
+        Self { datapath, maps, dir }
+    }
+}
+
+impl Drop for ScratchDatapath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 
 struct Fixture {
     what: &'static str,

@@ -51,7 +51,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Runs `cmd`, failing with its command line when it fails.
-pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub fn checked(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
@@ -67,7 +67,7 @@ fn cargo() -> Command {
 
 fn build() -> anyhow::Result<()> {
     setup::run()?;
-    run(cargo().args(["build", "--release", "-p", "lb-userspace", "-p", "lb-tests", "--bins"]))
+    checked(cargo().args(["build", "--release", "-p", "lb-userspace", "-p", "lb-tests", "--bins"]))
 }
 
 fn test(filter: Option<&str>) -> anyhow::Result<()> {
@@ -79,10 +79,10 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     let root = workspace_root();
     let release = root.join("target/release");
     // Host unit tests of the kernel/user contract and the packet logic.
-    run(cargo().args(["test", "-p", "lb-common", "-p", "lb-ebpf", "--lib"]))?;
+    checked(cargo().args(["test", "-p", "lb-common", "-p", "lb-ebpf", "--lib"]))?;
     // Agent unit tests, then fixtures and netns integration tests against
     // the binaries built above.
-    run(cargo().args(["test", "--release", "-p", "lb-userspace"]))?;
+    checked(cargo().args(["test", "--release", "-p", "lb-userspace"]))?;
     let mut integration = cargo();
     integration
         .args(["test", "--release", "-p", "lb-tests"])
@@ -91,5 +91,5 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     if let Some(filter) = filter {
         integration.args(["--", filter]);
     }
-    run(&mut integration)
+    checked(&mut integration)
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::run;
+use crate::checked;
 
 /// Commands the tests and the demo call, and the Debian package of each.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux"), ("curl", "curl")];
@@ -33,8 +33,8 @@ fn nightly_rust_src() -> anyhow::Result<()> {
     let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
     match installed {
         Ok(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
-        Ok(_) => run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"])),
-        Err(_) => run(Command::new("rustup").args([
+        Ok(_) => checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"])),
+        Err(_) => checked(Command::new("rustup").args([
             "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
         ])),
     }
@@ -59,7 +59,7 @@ fn bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("xtask: building bpf-linker against nightly's LLVM {major} (one-time, a few minutes)");
-    run(Command::new("cargo")
+    checked(Command::new("cargo")
         .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features", "--features"])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix))?;
@@ -104,6 +104,6 @@ fn debian_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("xtask: installing Debian packages {missing:?}");
-    run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    checked(Command::new("apt-get").arg("update"))?;
+    checked(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
 }
