@@ -15,7 +15,9 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
 
     if env::var_os("AYA_BUILD_SKIP").is_some() || !bpf_linker_on_path() {
-        println!("cargo:warning=bpf-linker not found or AYA_BUILD_SKIP set: embedding no eBPF object (run `cargo xtask build`)");
+        println!(
+            "cargo:warning=bpf-linker not found or AYA_BUILD_SKIP set: embedding no eBPF object (run `cargo xtask build`)"
+        );
         fs::write(out_dir.join("lb-datapath"), [])?;
         return Ok(());
     }
@@ -27,6 +29,5 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn bpf_linker_on_path() -> bool {
-    env::var_os("PATH")
-        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join("bpf-linker").is_file()))
+    env::var_os("PATH").is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join("bpf-linker").is_file()))
 }

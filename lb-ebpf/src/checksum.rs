@@ -24,13 +24,7 @@ fn halves(v: u32) -> (u32, u32) {
 pub fn update(check: u16, old_addr: u32, new_addr: u32, old_word: u16, new_word: u16) -> u16 {
     let (oa_lo, oa_hi) = halves(!old_addr);
     let (na_lo, na_hi) = halves(new_addr);
-    let sum = u32::from(!check)
-        + oa_lo
-        + oa_hi
-        + na_lo
-        + na_hi
-        + u32::from(!old_word)
-        + u32::from(new_word);
+    let sum = u32::from(!check) + oa_lo + oa_hi + na_lo + na_hi + u32::from(!old_word) + u32::from(new_word);
     !fold(sum)
 }
 

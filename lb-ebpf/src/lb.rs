@@ -6,10 +6,14 @@
 use crate::{conntrack, nat::Side};
 use lb_common::{Backend, BackendSlotKey, CT_REPLY, CtEntry, CtKey, Frontend, FrontendKey, Reason};
 
+/// A conntrack entry could not be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InsertFailed;
+
 /// The maps and helpers the decision reads and writes.
 pub trait Tables {
     fn conntrack(&self, key: &CtKey) -> Option<CtEntry>;
-    fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), ()>;
+    fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed>;
     fn frontend(&self, key: &FrontendKey) -> Option<Frontend>;
     fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32>;
     fn backend(&self, id: u32) -> Option<Backend>;
@@ -31,7 +35,12 @@ pub enum Verdict {
     Pass(Reason),
     Drop(Reason),
     /// Rewrite `side` to `addr:port` (network byte order), then pass.
-    Rewrite { reason: Reason, side: Side, addr: u32, port: u16 },
+    Rewrite {
+        reason: Reason,
+        side: Side,
+        addr: u32,
+        port: u16,
+    },
 }
 
 #[inline(always)]
@@ -57,9 +66,8 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
         return Verdict::Drop(Reason::DropNoBackend);
     }
     let slot = tables.random() % u32::from(frontend.backend_count);
-    let Some(backend) = tables
-        .backend_slot(&BackendSlotKey { svc_id: frontend.svc_id, slot })
-        .and_then(|id| tables.backend(id))
+    let Some(backend) =
+        tables.backend_slot(&BackendSlotKey { svc_id: frontend.svc_id, slot }).and_then(|id| tables.backend(id))
     else {
         return Verdict::Drop(Reason::DropBackendMissing);
     };
@@ -80,7 +88,10 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
 mod tests {
     use super::*;
     use lb_common::{CT_FORWARD, IPPROTO_TCP};
-    use std::{cell::{Cell, RefCell}, collections::HashMap};
+    use std::{
+        cell::{Cell, RefCell},
+        collections::HashMap,
+    };
 
     #[derive(Default)]
     struct FakeTables {
@@ -96,9 +107,9 @@ mod tests {
         fn conntrack(&self, key: &CtKey) -> Option<CtEntry> {
             self.conntrack.borrow().get(key).copied()
         }
-        fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), ()> {
+        fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
             if self.conntrack_full {
-                return Err(());
+                return Err(InsertFailed);
             }
             self.conntrack.borrow_mut().insert(*key, *entry);
             Ok(())
@@ -193,11 +204,17 @@ mod tests {
 
         let mut missing_slot = service(3);
         missing_slot.slots.clear();
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), &missing_slot, Hook::Xdp), Verdict::Drop(Reason::DropBackendMissing));
+        assert_eq!(
+            decide(&flow(CLIENT, VIP, 1, 80), &missing_slot, Hook::Xdp),
+            Verdict::Drop(Reason::DropBackendMissing)
+        );
 
         let mut missing_backend = service(3);
         missing_backend.backends.clear();
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), &missing_backend, Hook::Xdp), Verdict::Drop(Reason::DropBackendMissing));
+        assert_eq!(
+            decide(&flow(CLIENT, VIP, 1, 80), &missing_backend, Hook::Xdp),
+            Verdict::Drop(Reason::DropBackendMissing)
+        );
 
         let mut full = service(3);
         full.conntrack_full = true;

@@ -13,14 +13,14 @@ use lb_common::{IPPROTO_UDP, Reason};
 use lb_ebpf::{
     lb::{Hook, Verdict, decide},
     nat::{self, Side},
-    parse::{IP_CHECK, IP_OFFSET, Packet, parse},
+    parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
 };
 use maps::{MapTables, count};
 
 /// XDP on node devices and pod veths: new flows, established flows, replies.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    let (action, reason) = match parse(ctx.data(), ctx.data_end()) {
+    let (action, reason) = match parse(ctx.data(), ctx.data_end(), Frame::Linear) {
         Err(reason) => (xdp_action::XDP_PASS, reason),
         Ok(pkt) => match decide(&pkt.flow(), &MapTables, Hook::Xdp) {
             Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
@@ -40,7 +40,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 /// TC never drops: a packet it cannot translate leaves untouched.
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    let reason = match parse(ctx.data(), ctx.data_end()) {
+    let reason = match tc_parse(&ctx) {
         Err(reason) => reason,
         Ok(pkt) => match decide(&pkt.flow(), &MapTables, Hook::TcEgress) {
             Verdict::Pass(reason) | Verdict::Drop(reason) => reason,
@@ -51,7 +51,23 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
         },
     };
     count(Hook::TcEgress, reason);
-    TC_ACT_OK as i32
+    #[allow(clippy::unnecessary_cast, reason = "the binding is u32 on BPF targets")]
+    let ok = TC_ACT_OK as i32;
+    ok
+}
+
+/// Parses a socket buffer whose headers may not all be in its linear part
+/// yet: then they are pulled in and parsed again.
+#[inline(always)]
+fn tc_parse(ctx: &TcContext) -> Result<Packet, Reason> {
+    let frame = Frame::Skb { len: ctx.len() };
+    match parse(ctx.data(), ctx.data_end(), frame) {
+        Err(Reason::PassTruncated) if ctx.len() as usize >= L4_OFFSET + TCP_HEADER_LEN => {
+            ctx.pull_data((L4_OFFSET + TCP_HEADER_LEN) as u32).map_err(|_| Reason::PassTruncated)?;
+            parse(ctx.data(), ctx.data_end(), frame)
+        }
+        result => result,
+    }
 }
 
 /// Like `nat::rewrite`, but through the kernel's checksum helpers, which

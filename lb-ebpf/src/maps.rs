@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_FRONTENDS, Reason, ServiceMeta,
+    Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK,
+    MAX_FRONTENDS, Reason, ServiceMeta,
 };
-use lb_ebpf::lb::{Hook, Tables};
+use lb_ebpf::lb::{Hook, InsertFailed, Tables};
 
 /// (VIP, port, protocol) -> the Service port answering there.
 #[map]
@@ -47,8 +47,8 @@ impl Tables for MapTables {
     }
 
     #[inline(always)]
-    fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), ()> {
-        LB_CONNTRACK.insert(key, entry, 0).map_err(|_| ())
+    fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
+        LB_CONNTRACK.insert(key, entry, 0).map_err(|_| InsertFailed)
     }
 
     #[inline(always)]

@@ -57,12 +57,15 @@ pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: u32, port: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{packet_builder::{PacketBuilder, checksum_errors}, parse::parse};
+    use crate::{
+        packet_builder::{PacketBuilder, checksum_errors},
+        parse::{Frame, parse},
+    };
     use lb_common::IPPROTO_TCP;
 
     fn rewritten(mut frame: Vec<u8>, side: Side, addr: [u8; 4], port: u16) -> Vec<u8> {
         let data = frame.as_mut_ptr() as usize;
-        let pkt = parse(data, data + frame.len()).unwrap();
+        let pkt = parse(data, data + frame.len(), Frame::Linear).unwrap();
         unsafe { rewrite(&pkt, side, u32::from_ne_bytes(addr), port.to_be()) };
         frame
     }

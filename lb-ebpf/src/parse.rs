@@ -12,6 +12,8 @@ const IP_MF_AND_OFFSET: u16 = 0x3fff;
 
 pub const IP_OFFSET: usize = size_of::<EthHdr>();
 pub const L4_OFFSET: usize = IP_OFFSET + size_of::<Ipv4Hdr>();
+/// The longest L4 header the datapath reads (TCP without options).
+pub const TCP_HEADER_LEN: usize = size_of::<TcpHdr>();
 /// Offsets inside the IPv4 header.
 pub const IP_CHECK: usize = 10;
 pub const IP_SADDR: usize = 12;
@@ -76,9 +78,19 @@ fn fits(data: usize, data_end: usize, offset: usize, len: usize) -> bool {
     data + offset + len <= data_end
 }
 
+/// Where the packet ends, beyond the headers that must be in `[data, data_end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// The whole frame is `[data, data_end)` (XDP without fragments).
+    Linear,
+    /// A socket buffer of `len` bytes whose payload may sit in fragments
+    /// past `data_end` (TC).
+    Skb { len: u32 },
+}
+
 /// Parse the packet in `[data, data_end)`.
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize) -> Result<Packet, Reason> {
+pub fn parse(data: usize, data_end: usize, frame: Frame) -> Result<Packet, Reason> {
     if !fits(data, data_end, 0, size_of::<EthHdr>()) {
         return Err(Reason::PassTruncated);
     }
@@ -106,14 +118,18 @@ pub fn parse(data: usize, data_end: usize) -> Result<Packet, Reason> {
         return Err(Reason::PassFragment);
     }
     let l4_len = match ip.proto {
-        IPPROTO_TCP => size_of::<TcpHdr>(),
+        IPPROTO_TCP => TCP_HEADER_LEN,
         IPPROTO_UDP => size_of::<UdpHdr>(),
         _ => return Err(Reason::PassNotTcpUdp),
     };
     // The IP total length must cover the L4 header, and the frame must hold
     // what the IP header claims (a frame may be longer: Ethernet padding).
     let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
-    if tot_len < ihl + l4_len || !fits(data, data_end, IP_OFFSET, tot_len) {
+    let frame_holds_ip_packet = match frame {
+        Frame::Linear => fits(data, data_end, IP_OFFSET, tot_len),
+        Frame::Skb { len } => IP_OFFSET + tot_len <= len as usize,
+    };
+    if tot_len < ihl + l4_len || !frame_holds_ip_packet {
         return Err(Reason::PassTruncated);
     }
     if !fits(data, data_end, L4_OFFSET, l4_len) {
@@ -129,7 +145,18 @@ mod tests {
 
     fn parse_bytes(bytes: &[u8]) -> Result<Packet, Reason> {
         let data = bytes.as_ptr() as usize;
-        parse(data, data + bytes.len())
+        parse(data, data + bytes.len(), Frame::Linear)
+    }
+
+    #[test]
+    fn an_skb_may_hold_its_payload_beyond_the_linear_headers() {
+        let pkt = PacketBuilder::new(IPPROTO_TCP, [10, 0, 0, 1], 1, [10, 0, 0, 2], 2).payload(&[7; 100]).build();
+        let data = pkt.as_ptr() as usize;
+        let headers_end = data + L4_OFFSET + 20;
+        let len = pkt.len() as u32;
+        assert!(parse(data, headers_end, Frame::Skb { len }).is_ok());
+        assert_eq!(parse(data, headers_end, Frame::Linear), Err(Reason::PassTruncated));
+        assert_eq!(parse(data, headers_end, Frame::Skb { len: len - 1 }), Err(Reason::PassTruncated));
     }
 
     #[test]

@@ -116,11 +116,10 @@ mod tests {
                 endpoints: vec!["10.244.0.2:8080".into(), "10.244.0.3:8080".into()],
             },
         );
-        services.insert(("default".to_owned(), "empty".to_owned()), ProgrammedService {
-            cluster_ip: "10.96.0.11".into(),
-            ports: vec!["http:80/TCP".into()],
-            endpoints: vec![],
-        });
+        services.insert(
+            ("default".to_owned(), "empty".to_owned()),
+            ProgrammedService { cluster_ip: "10.96.0.11".into(), ports: vec!["http:80/TCP".into()], endpoints: vec![] },
+        );
         let out = format_services(&services);
         assert_eq!(
             out,

@@ -4,6 +4,6 @@ pub mod agent;
 pub mod datapath;
 pub mod get;
 pub mod interfaces;
-pub mod reconcile;
 pub mod model;
+pub mod reconcile;
 pub mod source;

@@ -72,9 +72,7 @@ enum GetWhat {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -115,7 +113,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         bpf_dir: args.bpf_dir,
         model: ModelOptions {
-            service_cidr: args.service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?,
+            service_cidr: args
+                .service_cidr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?,
         },
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::run(config))

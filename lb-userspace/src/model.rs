@@ -25,25 +25,11 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub enum ModelError {
     /// `object` is `Kind namespace/name`, `field` a path such as `spec.ports[0].port`.
     #[error("{file}: {object}: {field}: {reason}")]
-    Invalid {
-        file: PathBuf,
-        object: String,
-        field: String,
-        reason: String,
-    },
+    Invalid { file: PathBuf, object: String, field: String, reason: String },
     #[error("{file}: Service {service}: spec.clusterIP: {ip} is already used by Service {holder}")]
-    ClusterIpTaken {
-        file: PathBuf,
-        service: ServiceName,
-        ip: Ipv4Addr,
-        holder: ServiceName,
-    },
+    ClusterIpTaken { file: PathBuf, service: ServiceName, ip: Ipv4Addr, holder: ServiceName },
     #[error("{file}: Service {service}: no free address left in the service CIDR {cidr}")]
-    CidrExhausted {
-        file: PathBuf,
-        service: ServiceName,
-        cidr: Ipv4Cidr,
-    },
+    CidrExhausted { file: PathBuf, service: ServiceName, cidr: Ipv4Cidr },
     #[error("{value:?} is not an IPv4 CIDR: {reason}")]
     BadCidr { value: String, reason: String },
 }
@@ -57,18 +43,13 @@ pub struct ServiceName {
 
 impl ServiceName {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ServiceName {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        ServiceName { namespace: namespace.into(), name: name.into() }
     }
 
     /// The name of any object; the source has defaulted its namespace.
     fn of(meta: &ObjectMeta) -> Self {
         ServiceName::new(
-            meta.namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_owned()),
+            meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
             meta.name.clone().unwrap_or_default(),
         )
     }
@@ -135,8 +116,7 @@ impl Service {
     /// Headless and ExternalName services are answered by DNS, not by a
     /// virtual IP: they are listed but nothing is programmed for them.
     pub fn programs_datapath(&self) -> bool {
-        self.service_type != ServiceType::ExternalName
-            && matches!(self.cluster_ip, ClusterIp::Ip(_))
+        self.service_type != ServiceType::ExternalName && matches!(self.cluster_ip, ClusterIp::Ip(_))
     }
 }
 
@@ -190,12 +170,7 @@ pub struct ModelOptions {
 impl Default for ModelOptions {
     fn default() -> Self {
         // Kubernetes' (kubeadm's) default service CIDR.
-        ModelOptions {
-            service_cidr: Ipv4Cidr {
-                network: Ipv4Addr::new(10, 96, 0, 0),
-                prefix_len: 12,
-            },
-        }
+        ModelOptions { service_cidr: Ipv4Cidr { network: Ipv4Addr::new(10, 96, 0, 0), prefix_len: 12 } }
     }
 }
 
@@ -211,26 +186,17 @@ impl Ipv4Cidr {
     /// network and broadcast addresses.
     fn hosts(self) -> (u32, u64) {
         let size = 1u64 << (32 - u32::from(self.prefix_len));
-        (
-            u32::from(self.network).wrapping_add(1),
-            size.saturating_sub(2),
-        )
+        (u32::from(self.network).wrapping_add(1), size.saturating_sub(2))
     }
 
     fn contains_host(self, ip: Ipv4Addr) -> bool {
         let (first, count) = self.hosts();
-        u32::from(ip)
-            .checked_sub(first)
-            .is_some_and(|offset| u64::from(offset) < count)
+        u32::from(ip).checked_sub(first).is_some_and(|offset| u64::from(offset) < count)
     }
 
     /// The first free address from the name's hash on (linear probing), so
     /// every node computes the same address for the same services.
-    fn free_host(
-        self,
-        name: &ServiceName,
-        taken: &BTreeMap<Ipv4Addr, ServiceName>,
-    ) -> Option<Ipv4Addr> {
+    fn free_host(self, name: &ServiceName, taken: &BTreeMap<Ipv4Addr, ServiceName>) -> Option<Ipv4Addr> {
         let (first, count) = self.hosts();
         if count == 0 {
             return None;
@@ -247,29 +213,16 @@ impl FromStr for Ipv4Cidr {
     type Err = ModelError;
 
     fn from_str(value: &str) -> Result<Self, ModelError> {
-        let bad = |reason: &str| ModelError::BadCidr {
-            value: value.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (addr, prefix) = value
-            .split_once('/')
-            .ok_or_else(|| bad("expected ADDRESS/PREFIX-LENGTH"))?;
+        let bad = |reason: &str| ModelError::BadCidr { value: value.to_owned(), reason: reason.to_owned() };
+        let (addr, prefix) = value.split_once('/').ok_or_else(|| bad("expected ADDRESS/PREFIX-LENGTH"))?;
         let network: Ipv4Addr = addr.parse().map_err(|_| bad("the address is not IPv4"))?;
-        let prefix_len: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| bad("the prefix length is not 0-32"))?;
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(prefix_len))
-            .unwrap_or(0);
+        let prefix_len: u8 =
+            prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| bad("the prefix length is not 0-32"))?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
         if u32::from(network) & !mask != 0 {
             return Err(bad("host bits are set"));
         }
-        Ok(Ipv4Cidr {
-            network,
-            prefix_len,
-        })
+        Ok(Ipv4Cidr { network, prefix_len })
     }
 }
 
@@ -281,20 +234,14 @@ impl fmt::Display for Ipv4Cidr {
 
 /// 64-bit FNV-1a: tiny, stable across builds and platforms (unlike std's hasher).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Computes the desired state. A Service that fails validation keeps its
 /// model from `previous` as it was, endpoints included (if it had one), so
 /// that a bad edit does not take a working service down; `previous` also
 /// keeps allocated cluster IPs stable.
-pub fn build(
-    objects: &Objects,
-    previous: &DesiredState,
-    opts: &ModelOptions,
-) -> (DesiredState, Vec<ModelError>) {
+pub fn build(objects: &Objects, previous: &DesiredState, opts: &ModelOptions) -> (DesiredState, Vec<ModelError>) {
     let mut errors = Vec::new();
     let mut entries = BTreeMap::new();
     for service in &objects.services {
@@ -367,18 +314,8 @@ enum Target {
     Name(String),
 }
 
-fn invalid(
-    file: &Path,
-    object: String,
-    field: impl Into<String>,
-    reason: impl Into<String>,
-) -> ModelError {
-    ModelError::Invalid {
-        file: file.to_owned(),
-        object,
-        field: field.into(),
-        reason: reason.into(),
-    }
+fn invalid(file: &Path, object: String, field: impl Into<String>, reason: impl Into<String>) -> ModelError {
+    ModelError::Invalid { file: file.to_owned(), object, field: field.into(), reason: reason.into() }
 }
 
 fn port_number(n: i32) -> Option<u16> {
@@ -396,9 +333,7 @@ fn ipv4(text: &str) -> Result<Option<Ipv4Addr>, String> {
 
 fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
     let name = ServiceName::of(&service.object.metadata);
-    let bad = |field: &str, reason: String| {
-        invalid(&service.file, format!("Service {name}"), field, reason)
-    };
+    let bad = |field: &str, reason: String| invalid(&service.file, format!("Service {name}"), field, reason);
     let no_spec = core::ServiceSpec::default();
     let spec = service.object.spec.as_ref().unwrap_or(&no_spec);
 
@@ -412,10 +347,7 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
     let external_name = match (service_type, spec.external_name.as_deref()) {
         (ServiceType::ExternalName, Some(name)) if !name.is_empty() => Some(name.to_owned()),
         (ServiceType::ExternalName, _) => {
-            return Err(bad(
-                "spec.externalName",
-                "required for type ExternalName".into(),
-            ));
+            return Err(bad("spec.externalName", "required for type ExternalName".into()));
         }
         _ => None,
     };
@@ -424,10 +356,7 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         (_, None | Some("")) => Address::Allocate,
         (ServiceType::ClusterIp, Some("None")) => Address::None,
         (_, Some("None")) => {
-            return Err(bad(
-                "spec.clusterIP",
-                "None (headless) is only allowed for type ClusterIP".into(),
-            ));
+            return Err(bad("spec.clusterIP", "None (headless) is only allowed for type ClusterIP".into()));
         }
         (_, Some(text)) => match text.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) => Address::Explicit(ip),
@@ -435,69 +364,47 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
                 return Err(bad("spec.clusterIP", "ipv6 is not supported yet".into()));
             }
             Err(_) => {
-                return Err(bad(
-                    "spec.clusterIP",
-                    format!("{text:?} is not an IP address"),
-                ));
+                return Err(bad("spec.clusterIP", format!("{text:?} is not an IP address")));
             }
         },
     };
 
     let raw_ports = spec.ports.as_deref().unwrap_or_default();
     if raw_ports.is_empty() && matches!(address, Address::Explicit(_) | Address::Allocate) {
-        return Err(bad(
-            "spec.ports",
-            "a service with a cluster IP needs at least one port".into(),
-        ));
+        return Err(bad("spec.ports", "a service with a cluster IP needs at least one port".into()));
     }
     let mut names = BTreeSet::new();
     let mut frontends = BTreeSet::new();
     let mut ports = Vec::with_capacity(raw_ports.len());
     for (i, raw) in raw_ports.iter().enumerate() {
         let field = |f: &str| format!("spec.ports[{i}].{f}");
-        let port = port_number(raw.port)
-            .ok_or_else(|| bad(&field("port"), format!("{} is not in 1-65535", raw.port)))?;
-        let protocol = Protocol::parse(raw.protocol.as_deref())
-            .map_err(|reason| bad(&field("protocol"), reason))?;
+        let port =
+            port_number(raw.port).ok_or_else(|| bad(&field("port"), format!("{} is not in 1-65535", raw.port)))?;
+        let protocol = Protocol::parse(raw.protocol.as_deref()).map_err(|reason| bad(&field("protocol"), reason))?;
         let target = match &raw.target_port {
             None => Target::Port(port),
             Some(IntOrString::Int(n)) => Target::Port(
-                port_number(*n)
-                    .ok_or_else(|| bad(&field("targetPort"), format!("{n} is not in 1-65535")))?,
+                port_number(*n).ok_or_else(|| bad(&field("targetPort"), format!("{n} is not in 1-65535")))?,
             ),
             Some(IntOrString::String(name)) if name.chars().any(|c| c.is_ascii_alphabetic()) => {
                 Target::Name(name.clone())
             }
             // Kubernetes port names contain a letter; "8080" is a quoted number.
             Some(IntOrString::String(name)) => {
-                return Err(bad(
-                    &field("targetPort"),
-                    format!("{name:?} is neither a port number nor a port name"),
-                ));
+                return Err(bad(&field("targetPort"), format!("{name:?} is neither a port number nor a port name")));
             }
         };
         let name = raw.name.clone().unwrap_or_default();
         if name.is_empty() && raw_ports.len() > 1 {
-            return Err(bad(
-                &field("name"),
-                "required when a service has more than one port".into(),
-            ));
+            return Err(bad(&field("name"), "required when a service has more than one port".into()));
         }
         if !names.insert(name.clone()) {
             return Err(bad(&field("name"), format!("{name:?} names two ports")));
         }
         if !frontends.insert((port, protocol)) {
-            return Err(bad(
-                &field("port"),
-                format!("{port}/{protocol} is listed twice"),
-            ));
+            return Err(bad(&field("port"), format!("{port}/{protocol} is listed twice")));
         }
-        ports.push(PortSpec {
-            name,
-            port,
-            protocol,
-            target,
-        });
+        ports.push(PortSpec { name, port, protocol, target });
     }
 
     Ok(Spec {
@@ -507,12 +414,7 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         address,
         external_name,
         ports,
-        selector: service
-            .object
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.as_ref())
-            .filter(|s| !s.is_empty()),
+        selector: service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()),
         publish_not_ready: spec.publish_not_ready_addresses == Some(true),
     })
 }
@@ -540,17 +442,8 @@ fn assign_addresses(
         .iter()
         .filter_map(|(name, entry)| {
             let ip = match entry {
-                Entry::Kept(
-                    _,
-                    Service {
-                        cluster_ip: ClusterIp::Ip(ip),
-                        ..
-                    },
-                ) => *ip,
-                Entry::New(Spec {
-                    address: Address::Explicit(ip),
-                    ..
-                }) => *ip,
+                Entry::Kept(_, Service { cluster_ip: ClusterIp::Ip(ip), .. }) => *ip,
+                Entry::New(Spec { address: Address::Explicit(ip), .. }) => *ip,
                 _ => return None,
             };
             Some((ip, previous_ip(name) != Some(ip), name.clone()))
@@ -572,18 +465,10 @@ fn assign_addresses(
             Entry::New(spec) => spec.file,
             Entry::Kept(file, _) => *file,
         };
-        errors.push(ModelError::ClusterIpTaken {
-            file: file.to_owned(),
-            service: name.clone(),
-            ip,
-            holder,
-        });
+        errors.push(ModelError::ClusterIpTaken { file: file.to_owned(), service: name.clone(), ip, holder });
         // Like an update the API server would refuse: the old version stays
         // while its address is free.
-        match (
-            previous_ip(&name).filter(|p| !taken.contains_key(p)),
-            previous.services.get(&name),
-        ) {
+        match (previous_ip(&name).filter(|p| !taken.contains_key(p)), previous.services.get(&name)) {
             (Some(kept_ip), Some(kept)) => {
                 taken.insert(kept_ip, name.clone());
                 entries.insert(name, Entry::Kept(file, kept.clone()));
@@ -597,13 +482,8 @@ fn assign_addresses(
     let mut fresh = Vec::new();
     for (name, entry) in entries.iter() {
         match entry {
-            Entry::New(Spec {
-                address: Address::Allocate,
-                ..
-            }) => {
-                match previous_ip(name)
-                    .filter(|ip| cidr.contains_host(*ip) && !taken.contains_key(ip))
-                {
+            Entry::New(Spec { address: Address::Allocate, .. }) => {
+                match previous_ip(name).filter(|ip| cidr.contains_host(*ip) && !taken.contains_key(ip)) {
                     Some(ip) => {
                         taken.insert(ip, name.clone());
                         assigned.insert(name.clone(), ClusterIp::Ip(ip));
@@ -611,10 +491,7 @@ fn assign_addresses(
                     None => fresh.push(name.clone()),
                 }
             }
-            Entry::New(Spec {
-                address: Address::None,
-                ..
-            }) => {
+            Entry::New(Spec { address: Address::None, .. }) => {
                 assigned.insert(name.clone(), ClusterIp::None);
             }
             _ => {}
@@ -628,11 +505,7 @@ fn assign_addresses(
             }
             None => {
                 if let Some(Entry::New(spec)) = entries.remove(&name) {
-                    errors.push(ModelError::CidrExhausted {
-                        file: spec.file.to_owned(),
-                        service: name,
-                        cidr,
-                    });
+                    errors.push(ModelError::CidrExhausted { file: spec.file.to_owned(), service: name, cidr });
                 }
             }
         }
@@ -669,10 +542,7 @@ impl<'a> Index<'a> {
         let mut pods: BTreeMap<&str, Vec<PodInfo>> = BTreeMap::new();
         for pod in &objects.pods {
             match PodInfo::new(pod) {
-                Ok(Some(info)) => pods
-                    .entry(namespace(&pod.object.metadata))
-                    .or_default()
-                    .push(info),
+                Ok(Some(info)) => pods.entry(namespace(&pod.object.metadata)).or_default().push(info),
                 Ok(None) => {}
                 Err(err) => errors.push(err),
             }
@@ -680,41 +550,22 @@ impl<'a> Index<'a> {
         let endpoints = objects
             .endpoints
             .iter()
-            .map(|e| {
-                (
-                    (
-                        namespace(&e.object.metadata),
-                        e.object.metadata.name.as_deref().unwrap_or_default(),
-                    ),
-                    e,
-                )
-            })
+            .map(|e| ((namespace(&e.object.metadata), e.object.metadata.name.as_deref().unwrap_or_default()), e))
             .collect();
         let mut slices: BTreeMap<_, Vec<_>> = BTreeMap::new();
         for slice in &objects.endpoint_slices {
             let meta = &slice.object.metadata;
             if let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-                slices
-                    .entry((namespace(meta), service.as_str()))
-                    .or_default()
-                    .push(slice);
+                slices.entry((namespace(meta), service.as_str())).or_default().push(slice);
             }
         }
-        Index {
-            pods,
-            endpoints,
-            slices,
-        }
+        Index { pods, endpoints, slices }
     }
 
     /// The Endpoints subsets and EndpointSlices of a service without selector.
     fn manual_groups(&self, service: &ServiceName, errors: &mut Vec<ModelError>) -> Vec<Group> {
         let key = (service.namespace.as_str(), service.name.as_str());
-        let mut groups = self
-            .endpoints
-            .get(&key)
-            .map(|e| Group::from_endpoints(e, errors))
-            .unwrap_or_default();
+        let mut groups = self.endpoints.get(&key).map(|e| Group::from_endpoints(e, errors)).unwrap_or_default();
         for slice in self.slices.get(&key).into_iter().flatten() {
             groups.extend(Group::from_slice(slice, errors));
         }
@@ -732,22 +583,14 @@ impl<'a> PodInfo<'a> {
             debug!(pod = name, phase, "pod has finished: not an endpoint");
             return Ok(None);
         }
-        let ips = status.and_then(|s| s.pod_ip.as_deref()).into_iter().chain(
-            status
-                .and_then(|s| s.pod_ips.as_deref())
-                .unwrap_or_default()
-                .iter()
-                .map(|ip| ip.ip.as_str()),
-        );
+        let ips = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .into_iter()
+            .chain(status.and_then(|s| s.pod_ips.as_deref()).unwrap_or_default().iter().map(|ip| ip.ip.as_str()));
         let mut addr = None;
         for ip in ips {
             let parsed = ipv4(ip).map_err(|reason| {
-                invalid(
-                    &pod.file,
-                    format!("Pod {}", ServiceName::of(meta)),
-                    "status.podIP",
-                    reason,
-                )
+                invalid(&pod.file, format!("Pod {}", ServiceName::of(meta)), "status.podIP", reason)
             })?;
             if parsed.is_some() {
                 addr = parsed;
@@ -776,9 +619,7 @@ impl<'a> PodInfo<'a> {
     }
 
     fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
-        selector
-            .iter()
-            .all(|(k, v)| self.labels.and_then(|l| l.get(k)) == Some(v))
+        selector.iter().all(|(k, v)| self.labels.and_then(|l| l.get(k)) == Some(v))
     }
 
     /// The number a container port name stands for in this pod.
@@ -786,10 +627,7 @@ impl<'a> PodInfo<'a> {
         self.containers
             .iter()
             .flat_map(|c| c.ports.as_deref().unwrap_or_default())
-            .find(|p| {
-                p.name.as_deref() == Some(name)
-                    && Protocol::parse(p.protocol.as_deref()) == Ok(protocol)
-            })
+            .find(|p| p.name.as_deref() == Some(name) && Protocol::parse(p.protocol.as_deref()) == Ok(protocol))
             .and_then(|p| port_number(p.container_port))
     }
 }
@@ -811,18 +649,13 @@ struct Backend {
 }
 
 impl Group {
-    fn from_endpoints(
-        endpoints: &Sourced<core::Endpoints>,
-        errors: &mut Vec<ModelError>,
-    ) -> Vec<Group> {
+    fn from_endpoints(endpoints: &Sourced<core::Endpoints>, errors: &mut Vec<ModelError>) -> Vec<Group> {
         let object = format!("Endpoints {}", ServiceName::of(&endpoints.object.metadata));
         let mut groups = Vec::new();
         for (s, subset) in endpoints.object.subsets.iter().flatten().enumerate() {
             let mut group = Group::default();
-            let lists = [
-                ("addresses", &subset.addresses, true),
-                ("notReadyAddresses", &subset.not_ready_addresses, false),
-            ];
+            let lists =
+                [("addresses", &subset.addresses, true), ("notReadyAddresses", &subset.not_ready_addresses, false)];
             for (list, addresses, ready) in lists {
                 for (a, address) in addresses.iter().flatten().enumerate() {
                     match ipv4(&address.ip) {
@@ -856,17 +689,8 @@ impl Group {
                     continue;
                 };
                 match Protocol::parse(port.protocol.as_deref()) {
-                    Ok(protocol) => {
-                        group
-                            .ports
-                            .push((port.name.clone().unwrap_or_default(), number, protocol))
-                    }
-                    Err(reason) => errors.push(invalid(
-                        &endpoints.file,
-                        object.clone(),
-                        field("protocol"),
-                        reason,
-                    )),
+                    Ok(protocol) => group.ports.push((port.name.clone().unwrap_or_default(), number, protocol)),
+                    Err(reason) => errors.push(invalid(&endpoints.file, object.clone(), field("protocol"), reason)),
                 }
             }
             groups.push(group);
@@ -883,11 +707,7 @@ impl Group {
         let mut group = Group::default();
         for (e, endpoint) in slice.object.endpoints.iter().flatten().enumerate() {
             // Consumers use only the first address (the others are reserved).
-            let addr = match endpoint
-                .addresses
-                .first()
-                .map(|a| ipv4(a).map(|ip| (a, ip)))
-            {
+            let addr = match endpoint.addresses.first().map(|a| ipv4(a).map(|ip| (a, ip))) {
                 Some(Ok((_, Some(addr)))) => addr,
                 Some(Ok((text, None))) => {
                     errors.push(invalid(
@@ -899,12 +719,7 @@ impl Group {
                     continue;
                 }
                 Some(Err(reason)) => {
-                    errors.push(invalid(
-                        &slice.file,
-                        object.clone(),
-                        format!("endpoints[{e}].addresses[0]"),
-                        reason,
-                    ));
+                    errors.push(invalid(&slice.file, object.clone(), format!("endpoints[{e}].addresses[0]"), reason));
                     continue;
                 }
                 None => {
@@ -933,26 +748,12 @@ impl Group {
             // An absent port means "all ports", which a frontend cannot use.
             let Some(raw) = port.port else { continue };
             let Some(number) = port_number(raw) else {
-                errors.push(invalid(
-                    &slice.file,
-                    object.clone(),
-                    field("port"),
-                    format!("{raw} is not in 1-65535"),
-                ));
+                errors.push(invalid(&slice.file, object.clone(), field("port"), format!("{raw} is not in 1-65535")));
                 continue;
             };
             match Protocol::parse(port.protocol.as_deref()) {
-                Ok(protocol) => {
-                    group
-                        .ports
-                        .push((port.name.clone().unwrap_or_default(), number, protocol))
-                }
-                Err(reason) => errors.push(invalid(
-                    &slice.file,
-                    object.clone(),
-                    field("protocol"),
-                    reason,
-                )),
+                Ok(protocol) => group.ports.push((port.name.clone().unwrap_or_default(), number, protocol)),
+                Err(reason) => errors.push(invalid(&slice.file, object.clone(), field("protocol"), reason)),
             }
         }
         Some(group)
@@ -974,12 +775,7 @@ fn add_endpoint(endpoints: &mut BTreeMap<(Ipv4Addr, u16), Endpoint>, endpoint: E
 }
 
 /// A validated spec with its address, plus its endpoints.
-fn realise(
-    spec: Spec<'_>,
-    cluster_ip: ClusterIp,
-    index: &Index<'_>,
-    errors: &mut Vec<ModelError>,
-) -> Service {
+fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mut Vec<ModelError>) -> Service {
     let external = spec.service_type == ServiceType::ExternalName;
     let groups = match spec.selector {
         None if !external => index.manual_groups(&spec.name, errors),
@@ -1046,16 +842,15 @@ fn realise(
                     }
                 }
             }
-            ServicePort { name: port.name, port: port.port, protocol: port.protocol, endpoints: endpoints.into_values().collect() }
+            ServicePort {
+                name: port.name,
+                port: port.port,
+                protocol: port.protocol,
+                endpoints: endpoints.into_values().collect(),
+            }
         })
         .collect();
-    Service {
-        name: spec.name,
-        service_type: spec.service_type,
-        cluster_ip,
-        external_name: spec.external_name,
-        ports,
-    }
+    Service { name: spec.name, service_type: spec.service_type, cluster_ip, external_name: spec.external_name, ports }
 }
 
 #[cfg(test)]
@@ -1096,11 +891,7 @@ metadata:
     }
 
     fn build_yaml(yaml: &str) -> (DesiredState, Vec<ModelError>) {
-        build(
-            &objects_from_yaml(yaml),
-            &DesiredState::default(),
-            &ModelOptions::default(),
-        )
+        build(&objects_from_yaml(yaml), &DesiredState::default(), &ModelOptions::default())
     }
 
     fn service<'a>(state: &'a DesiredState, name: &str) -> &'a Service {
@@ -1108,9 +899,7 @@ metadata:
     }
 
     fn active(port: &ServicePort) -> Vec<String> {
-        port.active_endpoints()
-            .map(|e| format!("{}:{}", e.addr, e.port))
-            .collect()
+        port.active_endpoints().map(|e| format!("{}:{}", e.addr, e.port)).collect()
     }
 
     fn messages(errors: &[ModelError]) -> Vec<String> {
@@ -1121,13 +910,7 @@ metadata:
     fn kubia_selector_endpoints_only_ready_pods_are_active() {
         let yaml = [
             KUBIA.to_owned(),
-            pod(
-                "kubia-7nogl",
-                "10.108.2.6",
-                true,
-                "{app: kubia}",
-                "spec:\n  nodeName: node-2\n  containers: []\n",
-            ),
+            pod("kubia-7nogl", "10.108.2.6", true, "{app: kubia}", "spec:\n  nodeName: node-2\n  containers: []\n"),
             pod("kubia-3inly", "10.108.1.4", true, "{app: kubia}", ""),
             pod("kubia-xk2q1", "10.108.2.5", false, "{app: kubia}", ""),
             pod("other", "10.108.2.9", true, "{app: other}", ""),
@@ -1138,15 +921,10 @@ metadata:
         let kubia = service(&state, "kubia");
         assert_eq!(kubia.service_type, ServiceType::ClusterIp);
         assert!(kubia.programs_datapath());
-        let ClusterIp::Ip(ip) = kubia.cluster_ip else {
-            panic!("no cluster IP")
-        };
+        let ClusterIp::Ip(ip) = kubia.cluster_ip else { panic!("no cluster IP") };
         assert!(ModelOptions::default().service_cidr.contains_host(ip));
         let port = &kubia.ports[0];
-        assert_eq!(
-            (port.name.as_str(), port.port, port.protocol),
-            ("", 80, Protocol::Tcp)
-        );
+        assert_eq!((port.name.as_str(), port.port, port.protocol), ("", 80, Protocol::Tcp));
         assert_eq!(port.endpoints.len(), 3);
         assert_eq!(active(port), ["10.108.1.4:8080", "10.108.2.6:8080"]);
         let ep = &port.endpoints[2];
@@ -1168,13 +946,7 @@ metadata:
             svc.to_owned(),
             pod("a", "10.0.0.1", true, "{app: kubia}", &containers(8080)),
             pod("b", "10.0.0.2", true, "{app: kubia}", &containers(9090)),
-            pod(
-                "c",
-                "10.0.0.3",
-                true,
-                "{app: kubia}",
-                "spec:\n  containers: []\n",
-            ),
+            pod("c", "10.0.0.3", true, "{app: kubia}", "spec:\n  containers: []\n"),
         ]
         .concat();
         let (state, errors) = build_yaml(&yaml);
@@ -1190,15 +962,8 @@ metadata:
     fn terminating_and_finished_pods() {
         let yaml = [
             KUBIA.to_owned(),
-            pod(
-                "going",
-                "10.0.0.1",
-                true,
-                "{app: kubia}",
-                "  deletionTimestamp: \"2024-01-01T00:00:00Z\"\n",
-            ),
-            pod("done", "10.0.0.2", true, "{app: kubia}", "")
-                .replace("phase: Running", "phase: Succeeded"),
+            pod("going", "10.0.0.1", true, "{app: kubia}", "  deletionTimestamp: \"2024-01-01T00:00:00Z\"\n"),
+            pod("done", "10.0.0.2", true, "{app: kubia}", "").replace("phase: Running", "phase: Succeeded"),
             pod("v6", "fd00::1", true, "{app: kubia}", ""),
         ]
         .concat();
@@ -1315,11 +1080,8 @@ subsets:
         let (state, errors) = build_yaml(yaml);
         assert!(errors.is_empty(), "{errors:?}");
         let port = &service(&state, "s").ports[0];
-        let conditions: Vec<_> = port
-            .endpoints
-            .iter()
-            .map(|e| (e.addr.to_string(), e.ready, e.serving, e.terminating))
-            .collect();
+        let conditions: Vec<_> =
+            port.endpoints.iter().map(|e| (e.addr.to_string(), e.ready, e.serving, e.terminating)).collect();
         assert_eq!(
             conditions,
             [
@@ -1331,10 +1093,7 @@ subsets:
             ]
         );
         assert_eq!(port.endpoints[0].target.as_deref(), Some("s-1"));
-        assert_eq!(
-            active(port),
-            ["10.0.0.1:8080", "10.0.0.4:8080", "10.0.0.5:8080"]
-        );
+        assert_eq!(active(port), ["10.0.0.1:8080", "10.0.0.4:8080", "10.0.0.5:8080"]);
     }
 
     fn named(names: &[&str], extra: &str) -> String {
@@ -1345,11 +1104,7 @@ subsets:
     }
 
     fn ips(state: &DesiredState) -> Vec<(String, ClusterIp)> {
-        state
-            .services
-            .values()
-            .map(|s| (s.name.name.clone(), s.cluster_ip))
-            .collect()
+        state.services.values().map(|s| (s.name.name.clone(), s.cluster_ip)).collect()
     }
 
     #[test]
@@ -1359,18 +1114,12 @@ subsets:
         assert!(errors.is_empty(), "{errors:?}");
         let mut reversed = objects_from_yaml(&named(&names, ""));
         reversed.services.reverse();
-        let (again, _) = build(
-            &reversed,
-            &DesiredState::default(),
-            &ModelOptions::default(),
-        );
+        let (again, _) = build(&reversed, &DesiredState::default(), &ModelOptions::default());
         assert_eq!(ips(&first), ips(&again));
 
         // An explicit address on the slot kubia would hash to: kubia moves on.
         let cidr = ModelOptions::default().service_cidr;
-        let slot = cidr
-            .free_host(&ServiceName::new("default", "kubia"), &BTreeMap::new())
-            .unwrap();
+        let slot = cidr.free_host(&ServiceName::new("default", "kubia"), &BTreeMap::new()).unwrap();
         assert_eq!(service(&first, "kubia").cluster_ip, ClusterIp::Ip(slot));
         let explicit = format!(
             "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: z}}\nspec:\n  clusterIP: {slot}\n  ports: [{{port: 80}}]\n",
@@ -1378,30 +1127,17 @@ subsets:
         );
         let (state, _) = build_yaml(&explicit);
         assert_eq!(service(&state, "z").cluster_ip, ClusterIp::Ip(slot));
-        let ClusterIp::Ip(moved) = service(&state, "kubia").cluster_ip else {
-            panic!()
-        };
+        let ClusterIp::Ip(moved) = service(&state, "kubia").cluster_ip else { panic!() };
         assert_ne!(moved, slot);
         assert!(cidr.contains_host(moved));
 
         // A previous address is kept while free, whatever the hash says.
         let mut previous = first.clone();
         let pinned = Ipv4Addr::new(10, 96, 0, 77);
-        previous
-            .services
-            .get_mut(&ServiceName::new("default", "kubia"))
-            .unwrap()
-            .cluster_ip = ClusterIp::Ip(pinned);
-        let (state, _) = build(
-            &objects_from_yaml(&named(&names, "")),
-            &previous,
-            &ModelOptions::default(),
-        );
+        previous.services.get_mut(&ServiceName::new("default", "kubia")).unwrap().cluster_ip = ClusterIp::Ip(pinned);
+        let (state, _) = build(&objects_from_yaml(&named(&names, "")), &previous, &ModelOptions::default());
         assert_eq!(service(&state, "kubia").cluster_ip, ClusterIp::Ip(pinned));
-        assert_eq!(
-            service(&state, "a").cluster_ip,
-            service(&first, "a").cluster_ip
-        );
+        assert_eq!(service(&state, "a").cluster_ip, service(&first, "a").cluster_ip);
     }
 
     #[test]
@@ -1410,56 +1146,29 @@ subsets:
         let (state, errors) = build_yaml(&yaml);
         assert_eq!(
             messages(&errors),
-            [
-                "test.yaml: Service default/b: spec.clusterIP: 10.96.0.10 is already used by Service default/a"
-            ]
+            ["test.yaml: Service default/b: spec.clusterIP: 10.96.0.10 is already used by Service default/a"]
         );
-        assert_eq!(
-            ips(&state),
-            [("a".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]
-        );
+        assert_eq!(ips(&state), [("a".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]);
 
         // The one that already had it keeps it, even when later in name order.
         let mut previous = DesiredState::default();
-        let b = Service {
-            name: ServiceName::new("default", "b"),
-            ..service(&state, "a").clone()
-        };
+        let b = Service { name: ServiceName::new("default", "b"), ..service(&state, "a").clone() };
         previous.services.insert(b.name.clone(), b);
-        let (state, errors) = build(
-            &objects_from_yaml(&yaml),
-            &previous,
-            &ModelOptions::default(),
-        );
+        let (state, errors) = build(&objects_from_yaml(&yaml), &previous, &ModelOptions::default());
         assert_eq!(errors.len(), 1);
-        assert_eq!(
-            ips(&state),
-            [("b".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]
-        );
+        assert_eq!(ips(&state), [("b".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]);
     }
 
     #[test]
     fn exhausted_cidr_is_an_error() {
-        let opts = ModelOptions {
-            service_cidr: "192.168.0.0/30".parse().unwrap(),
-        };
-        let (state, errors) = build(
-            &objects_from_yaml(&named(&["a", "b", "c"], "")),
-            &DesiredState::default(),
-            &opts,
-        );
+        let opts = ModelOptions { service_cidr: "192.168.0.0/30".parse().unwrap() };
+        let (state, errors) = build(&objects_from_yaml(&named(&["a", "b", "c"], "")), &DesiredState::default(), &opts);
         assert_eq!(state.services.len(), 2);
-        let addrs: BTreeSet<_> = state
-            .services
-            .values()
-            .map(|s| format!("{:?}", s.cluster_ip))
-            .collect();
+        let addrs: BTreeSet<_> = state.services.values().map(|s| format!("{:?}", s.cluster_ip)).collect();
         assert_eq!(addrs.len(), 2);
         assert_eq!(
             messages(&errors),
-            [
-                "test.yaml: Service default/c: no free address left in the service CIDR 192.168.0.0/30"
-            ]
+            ["test.yaml: Service default/c: no free address left in the service CIDR 192.168.0.0/30"]
         );
     }
 
@@ -1468,10 +1177,7 @@ subsets:
         let (good, _) = build_yaml(KUBIA);
         let broken = KUBIA.replace("port: 80", "port: 0");
         let (state, errors) = build(&objects_from_yaml(&broken), &good, &ModelOptions::default());
-        assert_eq!(
-            messages(&errors),
-            ["test.yaml: Service default/kubia: spec.ports[0].port: 0 is not in 1-65535"]
-        );
+        assert_eq!(messages(&errors), ["test.yaml: Service default/kubia: spec.ports[0].port: 0 is not in 1-65535"]);
         assert_eq!(state, good);
         // Without a previous model there is nothing to keep.
         let (state, _) = build_yaml(&broken);
@@ -1481,26 +1187,14 @@ subsets:
     #[test]
     fn validation_errors_name_the_field() {
         let cases = [
-            (
-                "  type: Weird\n  ports: [{port: 80}]\n",
-                "spec.type: unknown type \"Weird\"",
-            ),
-            (
-                "  ports: [{port: 80, protocol: SCTP}]\n",
-                "spec.ports[0].protocol: SCTP is not supported",
-            ),
-            (
-                "  clusterIP: fd00::10\n  ports: [{port: 80}]\n",
-                "spec.clusterIP: ipv6 is not supported yet",
-            ),
+            ("  type: Weird\n  ports: [{port: 80}]\n", "spec.type: unknown type \"Weird\""),
+            ("  ports: [{port: 80, protocol: SCTP}]\n", "spec.ports[0].protocol: SCTP is not supported"),
+            ("  clusterIP: fd00::10\n  ports: [{port: 80}]\n", "spec.clusterIP: ipv6 is not supported yet"),
             (
                 "  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n",
                 "spec.clusterIP: \"10.96.0.300\" is not an IP address",
             ),
-            (
-                "  ports: [{port: 80, targetPort: 70000}]\n",
-                "spec.ports[0].targetPort: 70000 is not in 1-65535",
-            ),
+            ("  ports: [{port: 80, targetPort: 70000}]\n", "spec.ports[0].targetPort: 70000 is not in 1-65535"),
             (
                 "  ports: [{port: 80, targetPort: ''}]\n",
                 "spec.ports[0].targetPort: \"\" is neither a port number nor a port name",
@@ -1509,32 +1203,18 @@ subsets:
                 "  ports: [{port: 80}, {port: 81}]\n",
                 "spec.ports[0].name: required when a service has more than one port",
             ),
-            (
-                "  ports: [{name: a, port: 80}, {name: b, port: 80}]\n",
-                "spec.ports[1].port: 80/TCP is listed twice",
-            ),
-            (
-                "  type: ExternalName\n",
-                "spec.externalName: required for type ExternalName",
-            ),
+            ("  ports: [{name: a, port: 80}, {name: b, port: 80}]\n", "spec.ports[1].port: 80/TCP is listed twice"),
+            ("  type: ExternalName\n", "spec.externalName: required for type ExternalName"),
             (
                 "  type: NodePort\n  clusterIP: None\n  ports: [{port: 80}]\n",
                 "spec.clusterIP: None (headless) is only allowed for type ClusterIP",
             ),
-            (
-                "  ports: []\n",
-                "spec.ports: a service with a cluster IP needs at least one port",
-            ),
+            ("  ports: []\n", "spec.ports: a service with a cluster IP needs at least one port"),
         ];
         for (spec, reason) in cases {
-            let (_, errors) = build_yaml(&format!(
-                "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n{spec}"
-            ));
-            assert_eq!(
-                messages(&errors),
-                [format!("test.yaml: Service default/s: {reason}")],
-                "{spec}"
-            );
+            let (_, errors) =
+                build_yaml(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n{spec}"));
+            assert_eq!(messages(&errors), [format!("test.yaml: Service default/s: {reason}")], "{spec}");
         }
     }
 
@@ -1552,10 +1232,7 @@ subsets:
         assert_eq!(active(&headless.ports[0]), ["10.0.0.1:8080"]);
         let external = service(&state, "external-service");
         assert_eq!(external.service_type, ServiceType::ExternalName);
-        assert_eq!(
-            external.external_name.as_deref(),
-            Some("someapi.somecompany.com")
-        );
+        assert_eq!(external.external_name.as_deref(), Some("someapi.somecompany.com"));
         assert_eq!(external.cluster_ip, ClusterIp::None);
         assert!(!external.programs_datapath());
         assert!(service(&state, "kubia").programs_datapath());

@@ -10,8 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    Backend, BackendSlotKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP,
-    ServiceMeta, wire,
+    Backend, BackendSlotKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP, ServiceMeta, wire,
 };
 use tracing::warn;
 
@@ -274,7 +273,8 @@ mod tests {
     #[test]
     fn only_ready_endpoints_are_programmed_in_order() {
         let mut programmed = Programmed::default();
-        let ops = programmed.plan(&state(&[("kubia", VIP, &[endpoint(3, true), endpoint(2, true), endpoint(4, false)])]));
+        let ops =
+            programmed.plan(&state(&[("kubia", VIP, &[endpoint(3, true), endpoint(2, true), endpoint(4, false)])]));
         let backends: Vec<_> = ops
             .iter()
             .filter_map(|op| match op {
@@ -308,12 +308,18 @@ mod tests {
         // The middle one goes: slot 1 is rewritten, the count shrinks, slot 2 goes, then its backend.
         let ops = programmed.plan(&state(&[("kubia", VIP, &[three[0].clone(), three[2].clone()])]));
         maps.apply_checked(&ops);
-        assert!(matches!(ops.as_slice(), [
-            MapOp::PutSlot { .. },
-            MapOp::PutFrontend { frontend: Frontend { backend_count: 2, .. }, .. },
-            MapOp::DeleteSlot(BackendSlotKey { slot: 2, .. }),
-            MapOp::DeleteBackend(_),
-        ]), "{ops:?}");
+        assert!(
+            matches!(
+                ops.as_slice(),
+                [
+                    MapOp::PutSlot { .. },
+                    MapOp::PutFrontend { frontend: Frontend { backend_count: 2, .. }, .. },
+                    MapOp::DeleteSlot(BackendSlotKey { slot: 2, .. }),
+                    MapOp::DeleteBackend(_),
+                ]
+            ),
+            "{ops:?}"
+        );
 
         let ops = programmed.plan(&state(&[("kubia", VIP, &three)]));
         maps.apply_checked(&ops);
@@ -326,7 +332,8 @@ mod tests {
     fn removing_a_service_removes_everything_it_owned_and_nothing_else() {
         let mut maps = Maps::default();
         let mut programmed = Programmed::default();
-        let both = state(&[("a", VIP, &[endpoint(2, true)]), ("b", [10, 96, 0, 11], &[endpoint(2, true), endpoint(5, true)])]);
+        let both =
+            state(&[("a", VIP, &[endpoint(2, true)]), ("b", [10, 96, 0, 11], &[endpoint(2, true), endpoint(5, true)])]);
         maps.apply_checked(&programmed.plan(&both));
         assert_eq!(maps.backends.len(), 2, "a shared endpoint is one backend");
         maps.apply_checked(&programmed.plan(&state(&[("a", VIP, &[endpoint(2, true)])])));
@@ -344,12 +351,7 @@ mod tests {
         let mut maps = Maps::default();
         maps.apply_checked(&programmed.plan(&desired));
         let metas: Vec<(u32, ServiceMeta)> = programmed.frontends.values().map(|fe| (fe.svc_id, fe.meta)).collect();
-        let mut adopted = Programmed::adopt(
-            maps.frontends.clone(),
-            maps.slots.clone(),
-            maps.backends.clone(),
-            metas,
-        );
+        let mut adopted = Programmed::adopt(maps.frontends.clone(), maps.slots.clone(), maps.backends.clone(), metas);
         assert_eq!(adopted.plan(&desired), []);
         // Stale entries left by an earlier agent are removed.
         assert!(!adopted.plan(&DesiredState::default()).is_empty());
@@ -359,6 +361,8 @@ mod tests {
     fn a_service_without_endpoints_gets_a_frontend_with_no_backends() {
         let mut programmed = Programmed::default();
         let ops = programmed.plan(&state(&[("kubia", VIP, &[endpoint(2, false)])]));
-        assert!(ops.iter().any(|op| matches!(op, MapOp::PutFrontend { frontend: Frontend { backend_count: 0, .. }, .. })));
+        assert!(
+            ops.iter().any(|op| matches!(op, MapOp::PutFrontend { frontend: Frontend { backend_count: 0, .. }, .. }))
+        );
     }
 }

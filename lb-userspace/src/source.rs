@@ -41,15 +41,9 @@ const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, Error)]
 pub enum SourceError {
     #[error("{dir}: cannot list the manifest directory: {source}")]
-    ListDir {
-        dir: PathBuf,
-        source: Arc<io::Error>,
-    },
+    ListDir { dir: PathBuf, source: Arc<io::Error> },
     #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        source: Arc<io::Error>,
-    },
+    Read { file: PathBuf, source: Arc<io::Error> },
     #[error("{file}: {size} bytes is over the {} MiB limit for a manifest file", MAX_FILE_SIZE >> 20)]
     TooLarge { file: PathBuf, size: u64 },
     #[error("{file}: {reason}")]
@@ -63,16 +57,9 @@ pub enum SourceError {
         reason: String,
     },
     #[error("{file}: {object} is already defined in {first}; this copy is ignored")]
-    Duplicate {
-        file: PathBuf,
-        first: PathBuf,
-        object: ObjectId,
-    },
+    Duplicate { file: PathBuf, first: PathBuf, object: ObjectId },
     #[error("{dir}: cannot watch the manifest directory: {source}")]
-    Watch {
-        dir: PathBuf,
-        source: Arc<notify::Error>,
-    },
+    Watch { dir: PathBuf, source: Arc<notify::Error> },
 }
 
 /// Where a document sits in its file: `document 2`, or `document 1 items[3]`
@@ -105,14 +92,9 @@ pub enum Kind {
 
 impl Kind {
     fn of(api_version: &str, kind: &str) -> Option<Kind> {
-        [
-            Kind::Service,
-            Kind::Pod,
-            Kind::Endpoints,
-            Kind::EndpointSlice,
-        ]
-        .into_iter()
-        .find(|k| k.type_meta() == (api_version, kind))
+        [Kind::Service, Kind::Pod, Kind::Endpoints, Kind::EndpointSlice]
+            .into_iter()
+            .find(|k| k.type_meta() == (api_version, kind))
     }
 
     /// `(apiVersion, kind)` as written in manifests.
@@ -136,13 +118,7 @@ pub struct ObjectId {
 
 impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}/{}",
-            self.kind.type_meta().1,
-            self.namespace,
-            self.name
-        )
+        write!(f, "{} {}/{}", self.kind.type_meta().1, self.namespace, self.name)
     }
 }
 
@@ -168,22 +144,10 @@ impl Objects {
     fn push(&mut self, file: &Path, object: Object) {
         let file = file.to_owned();
         match object {
-            Object::Service(object) => self.services.push(Sourced {
-                file,
-                object: *object,
-            }),
-            Object::Pod(object) => self.pods.push(Sourced {
-                file,
-                object: *object,
-            }),
-            Object::Endpoints(object) => self.endpoints.push(Sourced {
-                file,
-                object: *object,
-            }),
-            Object::EndpointSlice(object) => self.endpoint_slices.push(Sourced {
-                file,
-                object: *object,
-            }),
+            Object::Service(object) => self.services.push(Sourced { file, object: *object }),
+            Object::Pod(object) => self.pods.push(Sourced { file, object: *object }),
+            Object::Endpoints(object) => self.endpoints.push(Sourced { file, object: *object }),
+            Object::EndpointSlice(object) => self.endpoint_slices.push(Sourced { file, object: *object }),
         }
     }
 }
@@ -269,12 +233,7 @@ enum Format {
 
 impl ManifestDir {
     pub fn new(dir: PathBuf) -> Self {
-        ManifestDir {
-            dir,
-            files: BTreeMap::new(),
-            objects: Objects::default(),
-            duplicates: Vec::new(),
-        }
+        ManifestDir { dir, files: BTreeMap::new(), objects: Objects::default(), duplicates: Vec::new() }
     }
 
     /// Brings the objects up to date with the directory, re-reading only the
@@ -285,10 +244,7 @@ impl ManifestDir {
             // Keep everything: a directory that cannot be listed for a moment
             // must not withdraw every service.
             Err(err) => {
-                return ScanReport {
-                    changed: false,
-                    errors: vec![err],
-                };
+                return ScanReport { changed: false, errors: vec![err] };
             }
         };
         let before = self.files.len();
@@ -308,13 +264,7 @@ impl ManifestDir {
             return ScanReport::default();
         }
         self.merge();
-        let errors = self
-            .files
-            .values()
-            .flat_map(|f| &f.errors)
-            .chain(&self.duplicates)
-            .cloned()
-            .collect();
+        let errors = self.files.values().flat_map(|f| &f.errors).chain(&self.duplicates).cloned().collect();
         ScanReport { changed, errors }
     }
 
@@ -350,10 +300,7 @@ impl ManifestDir {
 
 /// The manifest files directly in `dir`, with how to parse each.
 fn list_manifests(dir: &Path) -> Result<BTreeMap<PathBuf, Format>, SourceError> {
-    let list_err = |source| SourceError::ListDir {
-        dir: dir.to_owned(),
-        source: Arc::new(source),
-    };
+    let list_err = |source| SourceError::ListDir { dir: dir.to_owned(), source: Arc::new(source) };
     let mut files = BTreeMap::new();
     for entry in fs::read_dir(dir).map_err(list_err)? {
         let entry = entry.map_err(list_err)?;
@@ -397,12 +344,7 @@ fn load(path: &Path, format: Format, previous: Option<&FileState>) -> Load {
         // Report a stat failure once, not on every scan.
         Err(_) if previous.is_some_and(|p| p.stamp.is_none()) => return Load::Unchanged,
         Err(err) => {
-            return Load::Read(settle(
-                None,
-                Vec::new(),
-                vec![io_error(path, err)],
-                previous,
-            ));
+            return Load::Read(settle(None, Vec::new(), vec![io_error(path, err)], previous));
         }
     };
     let stamp = Stamp::of(&meta);
@@ -417,30 +359,19 @@ fn load(path: &Path, format: Format, previous: Option<&FileState>) -> Load {
 }
 
 fn io_error(path: &Path, err: io::Error) -> SourceError {
-    SourceError::Read {
-        file: path.to_owned(),
-        source: Arc::new(err),
-    }
+    SourceError::Read { file: path.to_owned(), source: Arc::new(err) }
 }
 
 fn read_limited(path: &Path, len: u64) -> Result<Vec<u8>, SourceError> {
     if len > MAX_FILE_SIZE {
-        return Err(SourceError::TooLarge {
-            file: path.to_owned(),
-            size: len,
-        });
+        return Err(SourceError::TooLarge { file: path.to_owned(), size: len });
     }
     let mut bytes = Vec::with_capacity(len as usize);
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     // The file may have grown since the stat.
-    file.take(MAX_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_error(path, e))?;
+    file.take(MAX_FILE_SIZE + 1).read_to_end(&mut bytes).map_err(|e| io_error(path, e))?;
     if bytes.len() as u64 > MAX_FILE_SIZE {
-        return Err(SourceError::TooLarge {
-            file: path.to_owned(),
-            size: bytes.len() as u64,
-        });
+        return Err(SourceError::TooLarge { file: path.to_owned(), size: bytes.len() as u64 });
     }
     Ok(bytes)
 }
@@ -457,23 +388,10 @@ fn settle(
     if let Some(previous) = previous.filter(|_| !errors.is_empty()) {
         let provided: BTreeSet<ObjectId> = objects.iter().map(Object::id).collect();
         let before = objects.len();
-        objects.extend(
-            previous
-                .objects
-                .iter()
-                .filter(|o| !provided.contains(&o.id()))
-                .cloned(),
-        );
-        debug!(
-            kept = objects.len() - before,
-            "keeping objects of the last good version of a broken file"
-        );
+        objects.extend(previous.objects.iter().filter(|o| !provided.contains(&o.id())).cloned());
+        debug!(kept = objects.len() - before, "keeping objects of the last good version of a broken file");
     }
-    FileState {
-        stamp,
-        objects,
-        errors,
-    }
+    FileState { stamp, objects, errors }
 }
 
 /// Every recognised object of a file, and every problem met on the way.
@@ -484,20 +402,14 @@ fn parse(path: &Path, format: Format, bytes: &[u8]) -> (Vec<Object>, Vec<SourceE
         Format::Json => match serde_json::from_slice::<Value>(bytes) {
             Ok(value) => vec![value],
             Err(err) => {
-                errors.push(SourceError::Syntax {
-                    file: path.to_owned(),
-                    reason: err.to_string(),
-                });
+                errors.push(SourceError::Syntax { file: path.to_owned(), reason: err.to_string() });
                 Vec::new()
             }
         },
         Format::Yaml => match std::str::from_utf8(bytes) {
             Ok(text) => yaml_documents(path, text, &mut errors),
             Err(err) => {
-                errors.push(SourceError::Syntax {
-                    file: path.to_owned(),
-                    reason: format!("not UTF-8: {err}"),
-                });
+                errors.push(SourceError::Syntax { file: path.to_owned(), reason: format!("not UTF-8: {err}") });
                 Vec::new()
             }
         },
@@ -510,18 +422,13 @@ fn parse(path: &Path, format: Format, bytes: &[u8]) -> (Vec<Object>, Vec<SourceE
             Value::Object(mut map) if map.get("kind").and_then(Value::as_str) == Some("List") => {
                 match map.remove("items") {
                     None | Some(Value::Null) => Vec::new(),
-                    Some(Value::Array(items)) => items
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, item)| (Some(i), item))
-                        .collect(),
+                    Some(Value::Array(items)) => {
+                        items.into_iter().enumerate().map(|(i, item)| (Some(i), item)).collect()
+                    }
                     Some(_) => {
                         errors.push(SourceError::Document {
                             file: path.to_owned(),
-                            at: Location {
-                                document,
-                                item: None,
-                            },
+                            at: Location { document, item: None },
                             object: None,
                             reason: "items: a List needs a sequence of items".into(),
                         });
@@ -544,10 +451,7 @@ fn parse(path: &Path, format: Format, bytes: &[u8]) -> (Vec<Object>, Vec<SourceE
                 Ok(Some(object)) => {
                     let id = object.id();
                     if let Some(first) = seen.get(&id) {
-                        errors.push(document_error(
-                            Some(id),
-                            format!("defined again; {first} is used"),
-                        ));
+                        errors.push(document_error(Some(id), format!("defined again; {first} is used")));
                     } else {
                         seen.insert(id, at);
                         objects.push(object);
@@ -571,10 +475,7 @@ fn yaml_documents(path: &Path, text: &str, errors: &mut Vec<SourceError>) -> Vec
                 // would repeat it forever), so the rest of the file is lost.
                 errors.push(SourceError::Document {
                     file: path.to_owned(),
-                    at: Location {
-                        document: index + 1,
-                        item: None,
-                    },
+                    at: Location { document: index + 1, item: None },
                     object: None,
                     reason: err.to_string(),
                 });
@@ -595,11 +496,7 @@ fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
     let api_version = field("apiVersion").ok_or((None, "apiVersion is missing".to_owned()))?;
     let kind_name = field("kind").ok_or((None, "kind is missing".to_owned()))?;
     let Some(kind) = Kind::of(api_version, kind_name) else {
-        debug!(
-            api_version,
-            kind = kind_name,
-            "ignoring an object of a kind this source does not use"
-        );
+        debug!(api_version, kind = kind_name, "ignoring an object of a kind this source does not use");
         return Ok(None);
     };
     let meta = map.get("metadata");
@@ -607,15 +504,8 @@ fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         return Err((None, format!("{kind_name} without metadata.name")));
     };
-    let namespace = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty());
-    let id = ObjectId {
-        kind,
-        namespace: namespace.unwrap_or("default").to_owned(),
-        name: name.to_owned(),
-    };
+    let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).filter(|n| !n.is_empty());
+    let id = ObjectId { kind, namespace: namespace.unwrap_or("default").to_owned(), name: name.to_owned() };
     let object = match kind {
         Kind::Service => typed(value).map(Object::Service),
         Kind::Pod => typed(value).map(Object::Pod),
@@ -630,11 +520,7 @@ fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
 fn typed<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: Value) -> Result<Box<T>, String> {
     let mut object: Box<T> = serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        if path == "." {
-            err.inner().to_string()
-        } else {
-            format!("{path}: {}", err.inner())
-        }
+        if path == "." { err.inner().to_string() } else { format!("{path}: {}", err.inner()) }
     })?;
     let namespace = &mut object.metadata_mut().namespace;
     if namespace.as_deref().is_none_or(str::is_empty) {
@@ -663,10 +549,7 @@ impl DirWatch {
 /// and renames into the directory are both seen. Reads are not events, so a
 /// scan does not trigger the next one.
 pub fn watch(dir: &Path) -> Result<DirWatch, SourceError> {
-    let watch_err = |source| SourceError::Watch {
-        dir: dir.to_owned(),
-        source: Arc::new(source),
-    };
+    let watch_err = |source| SourceError::Watch { dir: dir.to_owned(), source: Arc::new(source) };
     let (events_tx, events_rx) = std_mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match event {
@@ -687,19 +570,14 @@ pub fn watch(dir: &Path) -> Result<DirWatch, SourceError> {
         }
     })
     .map_err(watch_err)?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(watch_err)?;
+    watcher.watch(dir, RecursiveMode::NonRecursive).map_err(watch_err)?;
     // One pending tick is enough: the scan it causes sees every change.
     let (ticks_tx, ticks) = mpsc::channel(1);
     thread::Builder::new()
         .name("manifest-watch".into())
         .spawn(move || debounce(&events_rx, &ticks_tx))
         .map_err(|e| watch_err(notify::Error::io(e)))?;
-    Ok(DirWatch {
-        _watcher: watcher,
-        ticks,
-    })
+    Ok(DirWatch { _watcher: watcher, ticks })
 }
 
 fn debounce(events: &std_mpsc::Receiver<()>, ticks: &mpsc::Sender<()>) {
@@ -745,8 +623,7 @@ mod tests {
             use std::sync::atomic::{AtomicUsize, Ordering};
             static COUNT: AtomicUsize = AtomicUsize::new(0);
             let n = COUNT.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("lb-source-{tag}-{}-{n}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("lb-source-{tag}-{}-{n}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             TempDir(dir)
@@ -766,17 +643,11 @@ mod tests {
     }
 
     fn service(name: &str, port: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: {port}\n"
-        )
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n  - port: {port}\n")
     }
 
     fn service_names(dir: &ManifestDir) -> Vec<String> {
-        dir.objects()
-            .services
-            .iter()
-            .map(|s| s.object.metadata.name.clone().unwrap())
-            .collect()
+        dir.objects().services.iter().map(|s| s.object.metadata.name.clone().unwrap()).collect()
     }
 
     fn messages(report: &ScanReport) -> Vec<String> {
@@ -805,47 +676,27 @@ mod tests {
             )]
         );
         assert_eq!(dir.objects().services[0].file, file);
-        assert_eq!(
-            dir.objects().services[0]
-                .object
-                .metadata
-                .namespace
-                .as_deref(),
-            Some("default")
-        );
+        assert_eq!(dir.objects().services[0].object.metadata.namespace.as_deref(), Some("default"));
     }
 
     #[test]
     fn broken_file_keeps_what_it_no_longer_provides() {
         let tmp = TempDir::new("keep");
-        tmp.write(
-            "svc.yaml",
-            &format!("{}---\n{}", service("a", "80"), service("b", "81")),
-        );
+        tmp.write("svc.yaml", &format!("{}---\n{}", service("a", "80"), service("b", "81")));
         let mut dir = ManifestDir::new(tmp.0.clone());
         dir.scan();
         assert_eq!(service_names(&dir), ["a", "b"]);
 
         // A whole-file syntax error: both kept.
-        tmp.write(
-            "svc.yaml",
-            "apiVersion: v1\nkind: Service\nmetadata: [unclosed\n",
-        );
+        tmp.write("svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: [unclosed\n");
         let report = dir.scan();
         assert!(report.changed);
         assert_eq!(report.errors.len(), 1, "{:?}", messages(&report));
-        assert!(
-            messages(&report)[0].contains("svc.yaml: document 1: "),
-            "{:?}",
-            messages(&report)
-        );
+        assert!(messages(&report)[0].contains("svc.yaml: document 1: "), "{:?}", messages(&report));
         assert_eq!(service_names(&dir), ["a", "b"]);
 
         // Parsed objects are taken even from a broken file, the rest kept.
-        tmp.write(
-            "svc.yaml",
-            &format!("{}---\n{}", service("a", "8080"), service("b", "x")),
-        );
+        tmp.write("svc.yaml", &format!("{}---\n{}", service("a", "8080"), service("b", "x")));
         dir.scan();
         let ports: Vec<i32> = dir
             .objects()
@@ -857,34 +708,12 @@ mod tests {
         assert_eq!(ports, [8080, 81]);
 
         // A syntax error mid-file: what follows it is lost, so kept too.
-        tmp.write(
-            "svc.yaml",
-            &format!(
-                "{}---\nspec: [\n---\n{}",
-                service("a", "9090"),
-                service("c", "82")
-            ),
-        );
+        tmp.write("svc.yaml", &format!("{}---\nspec: [\n---\n{}", service("a", "9090"), service("c", "82")));
         let report = dir.scan();
         assert_eq!(report.errors.len(), 1, "{:?}", messages(&report));
-        assert!(
-            messages(&report)[0].contains("svc.yaml: document 2: "),
-            "{:?}",
-            messages(&report)
-        );
+        assert!(messages(&report)[0].contains("svc.yaml: document 2: "), "{:?}", messages(&report));
         assert_eq!(service_names(&dir), ["a", "b"]);
-        assert_eq!(
-            dir.objects().services[0]
-                .object
-                .spec
-                .as_ref()
-                .unwrap()
-                .ports
-                .as_ref()
-                .unwrap()[0]
-                .port,
-            9090
-        );
+        assert_eq!(dir.objects().services[0].object.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 9090);
 
         // A clean file replaces its previous objects exactly.
         tmp.write("svc.yaml", &service("a", "80"));
@@ -927,11 +756,7 @@ mod tests {
         tmp.write("notes.txt", "not yaml: [");
         tmp.write("svc.YAML", &service("upper", "80"));
         fs::create_dir(tmp.0.join("sub.yaml")).unwrap();
-        fs::write(
-            tmp.0.join("sub.yaml").join("nested.yaml"),
-            service("nested", "80"),
-        )
-        .unwrap();
+        fs::write(tmp.0.join("sub.yaml").join("nested.yaml"), service("nested", "80")).unwrap();
         let mut dir = ManifestDir::new(tmp.0.clone());
         let report = dir.scan();
         assert!(report.errors.is_empty(), "{:?}", messages(&report));
@@ -953,15 +778,15 @@ mod tests {
             "single.json",
             r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"a-1"},"addressType":"IPv4","endpoints":[]}"#,
         );
-        tmp.write("list.yaml", "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Endpoints\n  metadata:\n    name: e\n");
+        tmp.write(
+            "list.yaml",
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Endpoints\n  metadata:\n    name: e\n",
+        );
         let mut dir = ManifestDir::new(tmp.0.clone());
         let report = dir.scan();
         let objects = dir.objects();
         assert_eq!(objects.services.len(), 1);
-        assert_eq!(
-            objects.services[0].object.metadata.namespace.as_deref(),
-            Some("web")
-        );
+        assert_eq!(objects.services[0].object.metadata.namespace.as_deref(), Some("web"));
         assert_eq!(objects.pods.len(), 1);
         assert_eq!(objects.endpoints.len(), 1);
         assert_eq!(objects.endpoint_slices.len(), 1);
@@ -977,31 +802,16 @@ mod tests {
     #[test]
     fn document_errors_name_the_reason() {
         let tmp = TempDir::new("docerr");
-        tmp.write(
-            "x.yaml",
-            "- just\n- a list\n---\nkind: Service\n---\napiVersion: v1\nkind: Pod\nmetadata: {}\n",
-        );
+        tmp.write("x.yaml", "- just\n- a list\n---\nkind: Service\n---\napiVersion: v1\nkind: Pod\nmetadata: {}\n");
         tmp.write("y.json", "{ not json");
         let mut dir = ManifestDir::new(tmp.0.clone());
         let errors = messages(&dir.scan());
         let x = tmp.0.join("x.yaml");
-        assert_eq!(
-            errors[0],
-            format!("{}: document 1: not a mapping", x.display())
-        );
-        assert_eq!(
-            errors[1],
-            format!("{}: document 2: apiVersion is missing", x.display())
-        );
-        assert_eq!(
-            errors[2],
-            format!("{}: document 3: Pod without metadata.name", x.display())
-        );
+        assert_eq!(errors[0], format!("{}: document 1: not a mapping", x.display()));
+        assert_eq!(errors[1], format!("{}: document 2: apiVersion is missing", x.display()));
+        assert_eq!(errors[2], format!("{}: document 3: Pod without metadata.name", x.display()));
         assert!(
-            errors[3].starts_with(&format!(
-                "{}: key must be a string",
-                tmp.0.join("y.json").display()
-            )),
+            errors[3].starts_with(&format!("{}: key must be a string", tmp.0.join("y.json").display())),
             "{errors:?}"
         );
     }
@@ -1032,19 +842,11 @@ mod tests {
         let path = tmp.write("big.yaml", &service("a", "80"));
         let mut dir = ManifestDir::new(tmp.0.clone());
         dir.scan();
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(MAX_FILE_SIZE + 1)
-            .unwrap();
+        File::options().write(true).open(&path).unwrap().set_len(MAX_FILE_SIZE + 1).unwrap();
         let report = dir.scan();
         assert_eq!(
             messages(&report),
-            [format!(
-                "{}: 16777217 bytes is over the 16 MiB limit for a manifest file",
-                path.display()
-            )]
+            [format!("{}: 16777217 bytes is over the 16 MiB limit for a manifest file", path.display())]
         );
         assert_eq!(service_names(&dir), ["a"]);
     }
@@ -1088,9 +890,6 @@ mod tests {
 
         let tmpfile = tmp.write(".new.tmp", &service("n", "80"));
         fs::rename(tmpfile, tmp.0.join("n.yaml")).unwrap();
-        assert!(
-            wait(&mut watch, 2000),
-            "no tick for a rename into the directory"
-        );
+        assert!(wait(&mut watch, 2000), "no tick for a rename into the directory");
     }
 }

@@ -24,9 +24,14 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts the agent in `node`, attached to the node's pod veths, and
-    /// waits until it has programmed its first state.
+    /// Starts the agent in `node`, attached to all of the node's pod veths,
+    /// and waits until it has started.
     pub fn start(node: &Node, manifests: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on(node, manifests, POD_DEVICE_PATTERN)
+    }
+
+    /// Like [`AgentProcess::start`], attached to the pod veths matching `pod_devices`.
+    pub fn start_on(node: &Node, manifests: &[(&str, &str)], pod_devices: &str) -> anyhow::Result<Self> {
         let id = unique_name("a");
         let dir = std::env::temp_dir().join(&id);
         let manifests_dir = dir.join("manifests");
@@ -46,7 +51,7 @@ impl AgentProcess {
         cmd.arg("run")
             .arg("--manifests")
             .arg(&agent.manifests)
-            .args(["--node-name", node.ns.name(), "--pod-device", POD_DEVICE_PATTERN])
+            .args(["--node-name", node.ns.name(), "--pod-device", pod_devices])
             .arg("--bpf-dir")
             .arg(&agent.bpf_dir)
             .env("RUST_LOG", "info")
@@ -104,7 +109,10 @@ impl AgentProcess {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {
-                bail!("programmed services did not converge within {timeout:?}:\n{services}\nagent log:\n{}", self.log_text());
+                bail!(
+                    "programmed services did not converge within {timeout:?}:\n{services}\nagent log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -150,4 +158,3 @@ pub fn pod_manifest(name: &str, ip: std::net::Ipv4Addr, ready: bool) -> String {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: kubia\nspec:\n  containers:\n  - name: kubia\n    image: luksa/kubia\n    ports:\n    - name: http\n      containerPort: 8080\nstatus:\n  podIP: {ip}\n  conditions:\n  - type: Ready\n    status: \"{status}\"\n"
     )
 }
-

@@ -13,20 +13,27 @@ use crate::netns::Netns;
 /// `GET /` to `addr` from inside `ns`; the response body.
 pub fn http_get(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<String> {
     ns.run_in(|| -> anyhow::Result<String> {
-        let mut stream = TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
+        let mut stream =
+            TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
         stream.set_read_timeout(Some(timeout))?;
         // One write, one segment.
         stream.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
         let mut response = String::new();
         stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
-        let (_, body) = response.split_once("\r\n\r\n").with_context(|| format!("no http response from {addr}: {response:?}"))?;
+        let (_, body) =
+            response.split_once("\r\n\r\n").with_context(|| format!("no http response from {addr}: {response:?}"))?;
         Ok(body.to_owned())
     })?
 }
 
 /// One datagram to `addr` from a fresh socket in `ns`; the reply and the
 /// address it came from.
-pub fn udp_request(ns: &Netns, addr: SocketAddrV4, payload: &[u8], timeout: Duration) -> anyhow::Result<(String, SocketAddr)> {
+pub fn udp_request(
+    ns: &Netns,
+    addr: SocketAddrV4,
+    payload: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<(String, SocketAddr)> {
     ns.run_in(|| -> anyhow::Result<(String, SocketAddr)> {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         socket.set_read_timeout(Some(timeout))?;

@@ -48,7 +48,9 @@ impl Node {
         let host_veth = format!("h-{name}");
         let (node, pod) = (self.ns.name(), ns.name());
         // Created directly inside both namespaces: names never clash on the host.
-        crate::netns::ip(&["link", "add", &host_veth, "netns", node, "type", "veth", "peer", "name", "eth0", "netns", pod])?;
+        crate::netns::ip(&[
+            "link", "add", &host_veth, "netns", node, "type", "veth", "peer", "name", "eth0", "netns", pod,
+        ])?;
         let addr = format!("{ip}/32");
         ns.exec(&["ip", "addr", "add", &addr, "dev", "eth0"])?;
         ns.exec(&["ip", "link", "set", "eth0", "up"])?;
@@ -78,8 +80,15 @@ impl Pod {
     pub fn serve(&mut self, http_port: u16, udp_port: u16) -> anyhow::Result<()> {
         let bin = crate::workspace_binary("LB_TESTSERVER_BIN", "lb-testserver")?;
         let mut cmd = self.ns.command(bin);
-        cmd.args(["--name", &self.name, "--http", &format!("0.0.0.0:{http_port}"), "--udp", &format!("0.0.0.0:{udp_port}")])
-            .stdout(Stdio::piped());
+        cmd.args([
+            "--name",
+            &self.name,
+            "--http",
+            &format!("0.0.0.0:{http_port}"),
+            "--udp",
+            &format!("0.0.0.0:{udp_port}"),
+        ])
+        .stdout(Stdio::piped());
         let mut guard = self.ns.spawn(&mut cmd)?;
         let stdout = guard.0.stdout.take().expect("piped");
         // The server prints `ready` once bound, or exits (EOF) with an error.

@@ -112,6 +112,33 @@ fn tcp_and_udp_to_the_cluster_ip_reach_every_ready_backend_and_replies_come_from
 }
 
 #[test]
+fn replies_that_bypass_xdp_are_translated_on_tc_egress() {
+    require_root();
+    let c = cluster(2);
+    let two: Vec<&Pod> = c.backends.iter().collect();
+    // Only the client's veth is attached: the backends' replies reach it
+    // untranslated and only TC egress can give them the VIP back.
+    let agent = AgentProcess::start_on(
+        &c.node,
+        &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods_manifest(&two, |_| true))],
+        &c.client.host_veth,
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    assert_eq!(http_spread(&c.client, 20), names(&two));
+    let (reply, from) = udp_request(&c.client.ns, SocketAddrV4::new(VIP, 53), b"via tc", TIMEOUT).unwrap();
+    assert_eq!(from, SocketAddrV4::new(VIP, 53).into(), "{reply}");
+    assert_eq!(agent.xdp_counter("reply_reverse_nat").unwrap(), 0);
+    let counters = agent.get("counters").unwrap();
+    let tc_reverse: u64 = counters
+        .lines()
+        .find(|l| l.starts_with("reply_reverse_nat"))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .unwrap();
+    assert!(tc_reverse >= 21, "{counters}");
+}
+
+#[test]
 fn traffic_that_is_not_for_a_service_is_untouched() {
     require_root();
     let c = cluster(1);
@@ -154,7 +181,9 @@ fn scaling_the_pods_3_2_3_by_editing_manifests_takes_effect_within_a_second() {
     // its requests to the VIP are translated.
     let late_client = c.node.add_pod("late", Ipv4Addr::new(10, 244, 0, 101)).unwrap();
     agent.wait_for_log(&format!("attached ifname=\"{}\"", late_client.host_veth), Duration::from_secs(1)).unwrap();
-    assert!(names(&three).contains(served_by(&http_get(&late_client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap())));
+    assert!(
+        names(&three).contains(served_by(&http_get(&late_client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()))
+    );
 }
 
 #[test]

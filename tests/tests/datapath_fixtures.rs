@@ -72,9 +72,18 @@ fn program_services(dp: &mut ScratchDatapath) {
         MapOp::PutBackend { id: 2, backend: backend(5353) },
         MapOp::PutSlot { key: BackendSlotKey { svc_id: 1, slot: 0 }, backend_id: 1 },
         MapOp::PutSlot { key: BackendSlotKey { svc_id: 2, slot: 0 }, backend_id: 2 },
-        MapOp::PutFrontend { key: frontend(VIP, 80, IPPROTO_TCP), frontend: Frontend { svc_id: 1, backend_count: 1, _pad: 0 } },
-        MapOp::PutFrontend { key: frontend(VIP, 53, IPPROTO_UDP), frontend: Frontend { svc_id: 2, backend_count: 1, _pad: 0 } },
-        MapOp::PutFrontend { key: frontend(EMPTY_VIP, 80, IPPROTO_TCP), frontend: Frontend { svc_id: 3, backend_count: 0, _pad: 0 } },
+        MapOp::PutFrontend {
+            key: frontend(VIP, 80, IPPROTO_TCP),
+            frontend: Frontend { svc_id: 1, backend_count: 1, _pad: 0 },
+        },
+        MapOp::PutFrontend {
+            key: frontend(VIP, 53, IPPROTO_UDP),
+            frontend: Frontend { svc_id: 2, backend_count: 1, _pad: 0 },
+        },
+        MapOp::PutFrontend {
+            key: frontend(EMPTY_VIP, 80, IPPROTO_TCP),
+            frontend: Frontend { svc_id: 3, backend_count: 0, _pad: 0 },
+        },
     ];
     for op in &ops {
         dp.maps.apply(op).unwrap();
@@ -98,41 +107,146 @@ fn fixtures() -> Vec<Fixture> {
         t
     };
     let mut rows = vec![
-        f("tcp syn to the vip goes to the backend", Xdp, tcp(CLIENT, 40000, VIP, 80), XDP_PASS,
-          Some(tcp(CLIENT, 40000, POD, 8080)), Reason::ForwardNewFlow),
-        f("the next packet of that flow goes to the same backend", Xdp, tcp(CLIENT, 40000, VIP, 80).tcp_flags(0x10),
-          XDP_PASS, Some(tcp(CLIENT, 40000, POD, 8080).tcp_flags(0x10)), Reason::ForwardEstablished),
-        f("the backend's reply leaves from the vip (xdp)", Xdp, tcp(POD, 8080, CLIENT, 40000).tcp_flags(0x12),
-          XDP_PASS, Some(tcp(VIP, 80, CLIENT, 40000).tcp_flags(0x12)), Reason::ReplyReverseNat),
-        f("the backend's reply leaves from the vip (tc egress)", TcEgress, tcp(POD, 8080, CLIENT, 40000).tcp_flags(0x12),
-          TC_ACT_OK, Some(tcp(VIP, 80, CLIENT, 40000).tcp_flags(0x12)), Reason::ReplyReverseNat),
-        f("tc egress does not start flows", TcEgress, tcp(CLIENT, 40001, VIP, 80), TC_ACT_OK, None,
-          Reason::PassNoService),
-        f("udp to the vip goes to the backend", Xdp, udp(CLIENT, 5000, VIP, 53).payload(b"query"), XDP_PASS,
-          Some(udp(CLIENT, 5000, POD, 5353).payload(b"query")), Reason::ForwardNewFlow),
-        f("the udp answer comes from the vip", Xdp, udp(POD, 5353, CLIENT, 5000).payload(b"answer"), XDP_PASS,
-          Some(udp(VIP, 53, CLIENT, 5000).payload(b"answer")), Reason::ReplyReverseNat),
-        f("udp without checksum keeps checksum 0", Xdp, udp(CLIENT, 5001, VIP, 53).udp_zero_checksum(), XDP_PASS,
-          Some(udp(CLIENT, 5001, POD, 5353).udp_zero_checksum()), Reason::ForwardNewFlow),
-        f("traffic to other addresses is untouched", Xdp, tcp(CLIENT, 40002, POD, 8080), XDP_PASS, None,
-          Reason::PassNoService),
-        f("another port of the vip is untouched", Xdp, tcp(CLIENT, 40003, VIP, 81), XDP_PASS, None,
-          Reason::PassNoService),
-        f("udp to the tcp port of the vip is untouched", Xdp, udp(CLIENT, 40004, VIP, 80), XDP_PASS, None,
-          Reason::PassNoService),
-        f("ip options to the vip are passed untouched", Xdp, tcp(CLIENT, 40005, VIP, 80).ip_options(2), XDP_PASS,
-          None, Reason::PassIpOptions),
-        f("icmp to the vip is passed untouched", Xdp, PacketBuilder::new(1, CLIENT, 0, VIP, 0), XDP_PASS, None,
-          Reason::PassNotTcpUdp),
-        f("a vip without endpoints drops", Xdp, tcp(CLIENT, 40006, EMPTY_VIP, 80), XDP_DROP, None,
-          Reason::DropNoBackend),
+        f(
+            "tcp syn to the vip goes to the backend",
+            Xdp,
+            tcp(CLIENT, 40000, VIP, 80),
+            XDP_PASS,
+            Some(tcp(CLIENT, 40000, POD, 8080)),
+            Reason::ForwardNewFlow,
+        ),
+        f(
+            "the next packet of that flow goes to the same backend",
+            Xdp,
+            tcp(CLIENT, 40000, VIP, 80).tcp_flags(0x10),
+            XDP_PASS,
+            Some(tcp(CLIENT, 40000, POD, 8080).tcp_flags(0x10)),
+            Reason::ForwardEstablished,
+        ),
+        f(
+            "the backend's reply leaves from the vip (xdp)",
+            Xdp,
+            tcp(POD, 8080, CLIENT, 40000).tcp_flags(0x12),
+            XDP_PASS,
+            Some(tcp(VIP, 80, CLIENT, 40000).tcp_flags(0x12)),
+            Reason::ReplyReverseNat,
+        ),
+        f(
+            "the backend's reply leaves from the vip (tc egress)",
+            TcEgress,
+            tcp(POD, 8080, CLIENT, 40000).tcp_flags(0x12),
+            TC_ACT_OK,
+            Some(tcp(VIP, 80, CLIENT, 40000).tcp_flags(0x12)),
+            Reason::ReplyReverseNat,
+        ),
+        f(
+            "tc egress does not start flows",
+            TcEgress,
+            tcp(CLIENT, 40001, VIP, 80),
+            TC_ACT_OK,
+            None,
+            Reason::PassNoService,
+        ),
+        f(
+            "udp to the vip goes to the backend",
+            Xdp,
+            udp(CLIENT, 5000, VIP, 53).payload(b"query"),
+            XDP_PASS,
+            Some(udp(CLIENT, 5000, POD, 5353).payload(b"query")),
+            Reason::ForwardNewFlow,
+        ),
+        f(
+            "the udp answer comes from the vip",
+            Xdp,
+            udp(POD, 5353, CLIENT, 5000).payload(b"answer"),
+            XDP_PASS,
+            Some(udp(VIP, 53, CLIENT, 5000).payload(b"answer")),
+            Reason::ReplyReverseNat,
+        ),
+        f(
+            "udp without checksum keeps checksum 0",
+            Xdp,
+            udp(CLIENT, 5001, VIP, 53).udp_zero_checksum(),
+            XDP_PASS,
+            Some(udp(CLIENT, 5001, POD, 5353).udp_zero_checksum()),
+            Reason::ForwardNewFlow,
+        ),
+        f(
+            "traffic to other addresses is untouched",
+            Xdp,
+            tcp(CLIENT, 40002, POD, 8080),
+            XDP_PASS,
+            None,
+            Reason::PassNoService,
+        ),
+        f(
+            "another port of the vip is untouched",
+            Xdp,
+            tcp(CLIENT, 40003, VIP, 81),
+            XDP_PASS,
+            None,
+            Reason::PassNoService,
+        ),
+        f(
+            "udp to the tcp port of the vip is untouched",
+            Xdp,
+            udp(CLIENT, 40004, VIP, 80),
+            XDP_PASS,
+            None,
+            Reason::PassNoService,
+        ),
+        f(
+            "ip options to the vip are passed untouched",
+            Xdp,
+            tcp(CLIENT, 40005, VIP, 80).ip_options(2),
+            XDP_PASS,
+            None,
+            Reason::PassIpOptions,
+        ),
+        f(
+            "icmp to the vip is passed untouched",
+            Xdp,
+            PacketBuilder::new(1, CLIENT, 0, VIP, 0),
+            XDP_PASS,
+            None,
+            Reason::PassNotTcpUdp,
+        ),
+        f(
+            "a vip without endpoints drops",
+            Xdp,
+            tcp(CLIENT, 40006, EMPTY_VIP, 80),
+            XDP_DROP,
+            None,
+            Reason::DropNoBackend,
+        ),
     ];
     fragment[12..14].copy_from_slice(&[0x08, 0x00]);
-    rows.push(Fixture { what: "a fragment to the vip is passed untouched", program: Xdp, input: fragment, verdict: XDP_PASS, output: None, reason: Reason::PassFragment });
-    rows.push(Fixture { what: "a truncated tcp header is passed untouched", program: Xdp, input: truncated, verdict: XDP_PASS, output: None, reason: Reason::PassTruncated });
+    rows.push(Fixture {
+        what: "a fragment to the vip is passed untouched",
+        program: Xdp,
+        input: fragment,
+        verdict: XDP_PASS,
+        output: None,
+        reason: Reason::PassFragment,
+    });
+    rows.push(Fixture {
+        what: "a truncated tcp header is passed untouched",
+        program: Xdp,
+        input: truncated,
+        verdict: XDP_PASS,
+        output: None,
+        reason: Reason::PassTruncated,
+    });
     let mut arp = tcp(CLIENT, 1, VIP, 80).build();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    rows.push(Fixture { what: "arp is passed untouched", program: Xdp, input: arp, verdict: XDP_PASS, output: None, reason: Reason::PassNotIpv4 });
+    rows.push(Fixture {
+        what: "arp is passed untouched",
+        program: Xdp,
+        input: arp,
+        verdict: XDP_PASS,
+        output: None,
+        reason: Reason::PassNotIpv4,
+    });
     rows
 }
 
@@ -158,9 +272,12 @@ fn datapath_fixture_table() {
             failures.push(format!("{}: verdict {} != {}", fx.what, out.return_value, fx.verdict));
         }
         if &out.frame != expected {
-            failures.push(format!("{}: output frame differs\n got  {:02x?}\n want {:02x?}", fx.what, out.frame, expected));
+            failures
+                .push(format!("{}: output frame differs\n got  {:02x?}\n want {:02x?}", fx.what, out.frame, expected));
         }
-        if fx.output.is_some() && let Some(err) = checksum_errors(&out.frame) {
+        if fx.output.is_some()
+            && let Some(err) = checksum_errors(&out.frame)
+        {
             failures.push(format!("{}: {err}", fx.what));
         }
         let i = index(fx.program);
@@ -181,7 +298,9 @@ fn an_established_flow_keeps_its_backend_among_many() {
         dp.maps.apply(&MapOp::PutBackend { id: 10 + i, backend }).unwrap();
         dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { svc_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
     }
-    dp.maps.apply(&MapOp::PutFrontend { key: frontend, frontend: Frontend { svc_id: 9, backend_count: 5, _pad: 0 } }).unwrap();
+    dp.maps
+        .apply(&MapOp::PutFrontend { key: frontend, frontend: Frontend { svc_id: 9, backend_count: 5, _pad: 0 } })
+        .unwrap();
 
     let mut chosen = std::collections::BTreeSet::new();
     for client_port in 30000..30064u16 {

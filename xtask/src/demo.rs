@@ -88,7 +88,10 @@ fn demo(root: &Path) -> anyhow::Result<()> {
 
     step("writing the seeds' kubia Service and Pod manifests, starting lb-agent");
     let pod_manifests: Vec<String> = pods.iter().map(|p| pod_manifest(&p.name, p.ip, true)).collect();
-    let agent = AgentProcess::start(&node, &[("kubia-svc.yaml", KUBIA_SERVICE), ("kubia-pods.yaml", &pod_manifests.join("---\n"))])?;
+    let agent = AgentProcess::start(
+        &node,
+        &[("kubia-svc.yaml", KUBIA_SERVICE), ("kubia-pods.yaml", &pod_manifests.join("---\n"))],
+    )?;
     println!("{}", indent(KUBIA_SERVICE));
     agent.wait_for_services(Duration::from_secs(5), |s| s.matches(":8080").count() == 3)?;
 
@@ -113,7 +116,8 @@ fn demo(root: &Path) -> anyhow::Result<()> {
 
     step("lb-agent get counters (packets per verdict)");
     let counters = agent.get("counters")?;
-    let nonzero = counters.lines().enumerate().filter(|(i, l)| *i == 0 || l.split_whitespace().skip(1).any(|n| n != "0"));
+    let nonzero =
+        counters.lines().enumerate().filter(|(i, l)| *i == 0 || l.split_whitespace().skip(1).any(|n| n != "0"));
     println!("{}", indent(&nonzero.map(|(_, l)| l).collect::<Vec<_>>().join("\n")));
     step("cleaning up: agent stopped, namespaces removed");
     Ok(())

@@ -35,7 +35,13 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         Ok(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
         Ok(_) => checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"])),
         Err(_) => checked(Command::new("rustup").args([
-            "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
         ])),
     }
 }
@@ -59,10 +65,12 @@ fn bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("xtask: building bpf-linker against nightly's LLVM {major} (one-time, a few minutes)");
-    checked(Command::new("cargo")
-        .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features", "--features"])
-        .arg(format!("llvm-{major}"))
-        .env("LLVM_PREFIX", &prefix))?;
+    checked(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--force", "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
     fs::write(&stamp, format!("llvm-{major}\n"))?;
     Ok(())
 }
@@ -97,7 +105,9 @@ fn llvm_prefix(major: u32) -> anyhow::Result<PathBuf> {
 fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(cmd, _)| !Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success()))
+        .filter(|(cmd, _)| {
+            !Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -105,5 +115,10 @@ fn debian_packages() -> anyhow::Result<()> {
     }
     println!("xtask: installing Debian packages {missing:?}");
     checked(Command::new("apt-get").arg("update"))?;
-    checked(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

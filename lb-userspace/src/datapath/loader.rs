@@ -4,8 +4,7 @@
 use std::{
     collections::BTreeMap,
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
@@ -13,8 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        TestRun, TestRunOptions,
-        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         tc::{SchedClassifierLinkId, qdisc_add_clsact},
         xdp::XdpLinkId,
     },
@@ -32,7 +30,9 @@ const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
-    #[error("this lb-agent was built without its eBPF object (bpf-linker was missing at build time): build it with `cargo xtask build`")]
+    #[error(
+        "this lb-agent was built without its eBPF object (bpf-linker was missing at build time): build it with `cargo xtask build`"
+    )]
     NoObject,
     #[error("bpf directory {}: {reason}", path.display())]
     BpfDir { path: PathBuf, reason: String },
@@ -117,7 +117,9 @@ impl Datapath {
         };
         let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?;
         let (xdp_link, mode) = match self.mode {
-            XdpAttachMode::Native => (xdp.attach(ifname, XdpMode::Driver).map_err(attach_err("xdp (native)"))?, "native"),
+            XdpAttachMode::Native => {
+                (xdp.attach(ifname, XdpMode::Driver).map_err(attach_err("xdp (native)"))?, "native")
+            }
             XdpAttachMode::Skb => (xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?, "skb"),
             XdpAttachMode::Auto => match xdp.attach(ifname, XdpMode::Driver) {
                 Ok(link) => (link, "native"),
@@ -167,7 +169,12 @@ impl Datapath {
 
     /// Runs one program on `frame` with BPF_PROG_TEST_RUN, against the live
     /// maps: the basis of the fixture tables and the per-packet benchmark.
-    pub fn test_run(&mut self, program_kind: TestProgram, frame: &[u8], repeat: u32) -> Result<TestRunOutput, LoaderError> {
+    pub fn test_run(
+        &mut self,
+        program_kind: TestProgram,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutput, LoaderError> {
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() };
         let (name, result) = match program_kind {
@@ -192,9 +199,7 @@ fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, L
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(LoaderError::Program { name, source: ProgramError::NotLoaded })?;
+    let program = ebpf.program_mut(name).ok_or(LoaderError::Program { name, source: ProgramError::NotLoaded })?;
     program.try_into().map_err(|source| LoaderError::Program { name, source })
 }
 
@@ -203,7 +208,8 @@ where
 fn prepare_bpf_dir(bpf_dir: &Path) -> Result<(), LoaderError> {
     let dir_err = |reason: String| LoaderError::BpfDir { path: bpf_dir.to_owned(), reason };
     if bpf_dir.starts_with(DEFAULT_BPFFS) && !is_bpffs(Path::new(DEFAULT_BPFFS)) {
-        mount_bpffs(Path::new(DEFAULT_BPFFS)).map_err(|e| dir_err(format!("mounting bpffs on {DEFAULT_BPFFS} failed: {e}")))?;
+        mount_bpffs(Path::new(DEFAULT_BPFFS))
+            .map_err(|e| dir_err(format!("mounting bpffs on {DEFAULT_BPFFS} failed: {e}")))?;
         info!(path = DEFAULT_BPFFS, "mounted bpffs");
     }
     fs::create_dir_all(bpf_dir).map_err(|e| dir_err(format!("cannot create it: {e}")))?;
@@ -228,8 +234,7 @@ fn mount_bpffs(target: &Path) -> io::Result<()> {
     fs::create_dir_all(target)?;
     let c_target = CString::new(target.as_os_str().as_encoded_bytes())?;
     // SAFETY: plain mount(2) with NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), c_target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast())
-    };
+    let rc =
+        unsafe { libc::mount(c"bpf".as_ptr(), c_target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast()) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

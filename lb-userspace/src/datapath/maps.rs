@@ -37,9 +37,7 @@ impl DatapathMaps {
     pub fn open_pinned(bpf_dir: &Path) -> Result<Self, MapsError> {
         Self::build(|name| {
             let path = bpf_dir.join(name);
-            MapData::from_pin(&path)
-                .and_then(Map::from_map_data)
-                .map_err(|source| MapsError::Pin { path, source })
+            MapData::from_pin(&path).and_then(Map::from_map_data).map_err(|source| MapsError::Pin { path, source })
         })
     }
 
@@ -93,12 +91,7 @@ impl DatapathMaps {
 
     /// Packets per reason, summed over CPUs: (XDP, TC egress) per reason.
     pub fn counters(&self) -> Result<Vec<(Reason, u64, u64)>, MapError> {
-        let total = |index: u32| -> Result<u64, MapError> {
-            Ok(self.counters.get(&index, 0)?.iter().sum())
-        };
-        Reason::ALL
-            .iter()
-            .map(|r| Ok((*r, total(*r as u32)?, total(Reason::COUNT + *r as u32)?)))
-            .collect()
+        let total = |index: u32| -> Result<u64, MapError> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
+        Reason::ALL.iter().map(|r| Ok((*r, total(*r as u32)?, total(Reason::COUNT + *r as u32)?))).collect()
     }
 }

@@ -22,7 +22,9 @@ fn main() -> anyhow::Result<()> {
             "--name" => name = Some(value),
             "--http" => http.push(value.parse::<SocketAddr>().with_context(|| format!("--http {value}"))?),
             "--udp" => udp.push(value.parse::<SocketAddr>().with_context(|| format!("--udp {value}"))?),
-            _ => bail!("unknown flag {flag}; usage: lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]..."),
+            _ => bail!(
+                "unknown flag {flag}; usage: lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]..."
+            ),
         }
     }
     let name: &'static str = Box::leak(name.context("--name is required")?.into_boxed_str());
