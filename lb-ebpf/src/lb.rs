@@ -43,6 +43,15 @@ pub enum Verdict {
     },
 }
 
+impl Verdict {
+    #[inline(always)]
+    pub fn reason(&self) -> Reason {
+        match *self {
+            Verdict::Pass(reason) | Verdict::Drop(reason) | Verdict::Rewrite { reason, .. } => reason,
+        }
+    }
+}
+
 #[inline(always)]
 pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
     if let Some(entry) = tables.conntrack(flow) {

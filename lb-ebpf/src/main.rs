@@ -9,6 +9,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::debug;
 use lb_common::{IPPROTO_UDP, Reason};
 use lb_ebpf::{
     lb::{Hook, Verdict, decide},
@@ -22,15 +23,31 @@ use maps::{MapTables, count};
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = match parse(ctx.data(), ctx.data_end(), Frame::Linear) {
         Err(reason) => (xdp_action::XDP_PASS, reason),
-        Ok(pkt) => match decide(&pkt.flow(), &MapTables, Hook::Xdp) {
-            Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
-            Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
-            Verdict::Rewrite { reason, side, addr, port } => {
-                // SAFETY: `pkt` was parsed from this context's packet just now.
-                unsafe { nat::rewrite(&pkt, side, addr, port) };
-                (xdp_action::XDP_PASS, reason)
+        Ok(pkt) => {
+            let flow = pkt.flow();
+            let verdict = decide(&flow, &MapTables, Hook::Xdp);
+            // Compiled in, but removed by the verifier unless the agent runs
+            // with --datapath-debug (AYA_LOG_LEVEL is a load-time constant).
+            debug!(
+                &ctx,
+                "{:i}:{} -> {:i}:{} proto {}: {}",
+                u32::from_be(flow.saddr),
+                u16::from_be(flow.sport),
+                u32::from_be(flow.daddr),
+                u16::from_be(flow.dport),
+                flow.proto,
+                verdict.reason().name()
+            );
+            match verdict {
+                Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
+                Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
+                Verdict::Rewrite { reason, side, addr, port } => {
+                    // SAFETY: `pkt` was parsed from this context's packet just now.
+                    unsafe { nat::rewrite(&pkt, side, addr, port) };
+                    (xdp_action::XDP_PASS, reason)
+                }
             }
-        },
+        }
     };
     count(Hook::Xdp, reason);
     action

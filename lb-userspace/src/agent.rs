@@ -5,7 +5,10 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -26,6 +29,8 @@ const RESCAN: Duration = Duration::from_secs(5);
 
 pub struct AgentConfig {
     pub manifests: PathBuf,
+    /// Log every datapath verdict (aya-log, target `lb_datapath`).
+    pub datapath_debug: bool,
     pub node_name: String,
     pub interfaces: InterfacePatterns,
     pub xdp_mode: XdpAttachMode,
@@ -45,7 +50,11 @@ struct Agent {
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let (datapath, maps) = Datapath::load(&config.bpf_dir, config.xdp_mode)?;
+    let (datapath, maps, logger) = Datapath::load(&config.bpf_dir, config.xdp_mode, config.datapath_debug)?;
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
+    let mut logger = logger
+        .map(|l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1))
+        .transpose()?;
     let programmed = maps.programmed().context("reading the pinned maps")?;
     let mut ticks = source::watch(&config.manifests)
         .with_context(|| format!("watching manifest directory {}", config.manifests.display()))?;
@@ -74,6 +83,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             Some(()) = ticks.recv() => agent.sync_manifests(false),
             _ = rescan.tick() => agent.sync_manifests(false),
             _ = interface_poll.tick() => agent.sync_interfaces(),
+            Some(guard) = async { Some(logger.as_mut()?.readable_mut().await) } => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }

@@ -51,6 +51,9 @@ struct RunArgs {
     /// Where the maps are pinned; two agents on one host need two directories.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpf_dir: PathBuf,
+    /// Log every datapath verdict through aya-log (with RUST_LOG=info,lb_datapath=debug).
+    #[arg(long)]
+    datapath_debug: bool,
     /// Range for clusterIPs of Services whose manifest has none.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
@@ -104,6 +107,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let patterns = args.devices.iter().chain(&args.pod_devices).map(String::as_str);
     let config = AgentConfig {
         manifests: args.manifests,
+        datapath_debug: args.datapath_debug,
         node_name: args.node_name,
         interfaces: InterfacePatterns::new(patterns)?,
         xdp_mode: match args.xdp_mode {

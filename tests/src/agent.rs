@@ -27,11 +27,11 @@ impl AgentProcess {
     /// Starts the agent in `node`, attached to all of the node's pod veths,
     /// and waits until it has started.
     pub fn start(node: &Node, manifests: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::start_on(node, manifests, POD_DEVICE_PATTERN)
+        Self::start_with(node, manifests, &["--pod-device", POD_DEVICE_PATTERN])
     }
 
-    /// Like [`AgentProcess::start`], attached to the pod veths matching `pod_devices`.
-    pub fn start_on(node: &Node, manifests: &[(&str, &str)], pod_devices: &str) -> anyhow::Result<Self> {
+    /// Like [`AgentProcess::start`], with `args` instead of `--pod-device 'h-*'`.
+    pub fn start_with(node: &Node, manifests: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Self> {
         let id = unique_name("a");
         let dir = std::env::temp_dir().join(&id);
         let manifests_dir = dir.join("manifests");
@@ -51,10 +51,11 @@ impl AgentProcess {
         cmd.arg("run")
             .arg("--manifests")
             .arg(&agent.manifests)
-            .args(["--node-name", node.ns.name(), "--pod-device", pod_devices])
+            .args(["--node-name", node.ns.name()])
+            .args(args)
             .arg("--bpf-dir")
             .arg(&agent.bpf_dir)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,lb_datapath=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log);

@@ -118,10 +118,10 @@ fn replies_that_bypass_xdp_are_translated_on_tc_egress() {
     let two: Vec<&Pod> = c.backends.iter().collect();
     // Only the client's veth is attached: the backends' replies reach it
     // untranslated and only TC egress can give them the VIP back.
-    let agent = AgentProcess::start_on(
+    let agent = AgentProcess::start_with(
         &c.node,
         &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods_manifest(&two, |_| true))],
-        &c.client.host_veth,
+        &["--pod-device", &c.client.host_veth],
     )
     .unwrap();
     agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
@@ -156,6 +156,24 @@ fn traffic_that_is_not_for_a_service_is_untouched() {
 
     assert!(agent.xdp_counter("pass_no_service").unwrap() > passed_before);
     assert_eq!(agent.xdp_counter("forward_new_flow").unwrap(), 0, "direct traffic was translated");
+    assert!(!agent.log_text().contains("pass_no_service"), "per-packet logs without --datapath-debug");
+}
+
+#[test]
+fn datapath_debug_logs_every_verdict_when_asked() {
+    require_root();
+    let c = cluster(1);
+    let pods = pods_manifest(&[&c.backends[0]], |_| true);
+    let mut agent = AgentProcess::start_with(
+        &c.node,
+        &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)],
+        &["--pod-device", "h-*", "--datapath-debug"],
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
+    http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    agent.wait_for_log(&format!("{}:", c.client.ip), TIMEOUT).unwrap();
+    agent.wait_for_log("-> 10.96.0.10:80 proto 6: forward_new_flow", TIMEOUT).unwrap();
 }
 
 #[test]

@@ -44,6 +44,8 @@ pub enum LoaderError {
     Attach { ifname: String, what: &'static str, source: ProgramError },
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error("reading the datapath's log: {0}")]
+    Log(#[from] aya_log::Error),
 }
 
 /// How XDP is attached, as `--xdp-mode` says.
@@ -78,6 +80,9 @@ struct Attachment {
     tc: SchedClassifierLinkId,
 }
 
+/// Forwards the datapath's aya-log records to the agent's log.
+pub type DatapathLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 pub struct Datapath {
     ebpf: Ebpf,
     mode: XdpAttachMode,
@@ -86,13 +91,22 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the programs, creating or reusing the maps pinned in `bpf_dir`.
-    pub fn load(bpf_dir: &Path, mode: XdpAttachMode) -> Result<(Self, DatapathMaps), LoaderError> {
+    /// With `debug_log`, the programs log every verdict through aya-log
+    /// (read them with the returned logger); without it the log statements
+    /// are dead code the verifier removes.
+    pub fn load(
+        bpf_dir: &Path,
+        mode: XdpAttachMode,
+        debug_log: bool,
+    ) -> Result<(Self, DatapathMaps, Option<DatapathLogger>), LoaderError> {
         if DATAPATH_OBJECT.is_empty() {
             return Err(LoaderError::NoObject);
         }
         prepare_bpf_dir(bpf_dir)?;
+        let log_level = if debug_log { aya_log::Level::Debug as u8 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(bpf_dir)
+            .override_global(aya_log::LEVEL, &log_level, false)
             .load(DATAPATH_OBJECT)
             .map_err(|source| LoaderError::Load { bpf_dir: bpf_dir.to_owned(), source: Box::new(source) })?;
         let program_err = |name| move |source| LoaderError::Program { name, source };
@@ -101,7 +115,8 @@ impl Datapath {
         let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
         tc.load().map_err(program_err(TC_PROGRAM))?;
         let maps = DatapathMaps::take(&mut ebpf)?;
-        Ok((Self { ebpf, mode, attached: BTreeMap::new() }, maps))
+        let logger = if debug_log { Some(aya_log::EbpfLogger::init(&mut ebpf)?) } else { None };
+        Ok((Self { ebpf, mode, attached: BTreeMap::new() }, maps, logger))
     }
 
     /// The interfaces the programs are attached to, with their ifindex.
