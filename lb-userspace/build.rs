@@ -9,18 +9,23 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir.join("../lb-ebpf");
-    let common_dir = manifest_dir.join("../lb-common");
-    println!("cargo:rerun-if-changed={}", common_dir.display());
+    println!("cargo:rerun-if-changed={}", manifest_dir.join("../lb-common").display());
     println!("cargo:rerun-if-env-changed=PATH");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
 
-    if env::var_os("AYA_BUILD_SKIP").is_some() || !bpf_linker_on_path() {
+    let linker = bpf_linker_on_path();
+    let Some(linker) = linker.filter(|_| env::var_os("AYA_BUILD_SKIP").is_none()) else {
         println!(
             "cargo:warning=bpf-linker not found or AYA_BUILD_SKIP set: embedding no eBPF object (run `cargo xtask build`)"
         );
+        // A path that never exists makes cargo rerun this script on every
+        // build, so the real object is built as soon as bpf-linker is there.
+        println!("cargo:rerun-if-changed={}", out_dir.join("bpf-linker-missing").display());
         fs::write(out_dir.join("lb-datapath"), [])?;
         return Ok(());
-    }
+    };
+    // A new bpf-linker (built for another LLVM) rebuilds the object.
+    println!("cargo:rerun-if-changed={}", linker.display());
     let root_dir = ebpf_dir.to_str().ok_or_else(|| anyhow::anyhow!("non-utf8 path {}", ebpf_dir.display()))?;
     aya_build::build_ebpf(
         [aya_build::Package { name: "lb-ebpf", root_dir, ..Default::default() }],
@@ -28,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     )
 }
 
-fn bpf_linker_on_path() -> bool {
-    env::var_os("PATH").is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join("bpf-linker").is_file()))
+fn bpf_linker_on_path() -> Option<PathBuf> {
+    let paths = env::var_os("PATH")?;
+    env::split_paths(&paths).map(|dir| dir.join("bpf-linker")).find(|path| path.is_file())
 }
