@@ -33,6 +33,8 @@ pub mod map_names {
     pub const CONNTRACK: &str = "LB_CONNTRACK";
     pub const COUNTERS: &str = "LB_COUNTERS";
     pub const SERVICE_META: &str = "LB_SERVICE_META";
+    pub const AFFINITY: &str = "LB_AFFINITY";
+    pub const VIPS: &str = "LB_VIPS";
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
@@ -40,6 +42,7 @@ pub const MAX_FRONTENDS: u32 = 65_536;
 pub const MAX_BACKENDS: u32 = 65_536;
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
+pub const MAX_AFFINITY: u32 = 65_536;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -63,11 +66,13 @@ const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
 pub struct Frontend {
     /// One id per Service port; keys the backend slots and the service meta.
     pub svc_id: u32,
+    /// `sessionAffinity: ClientIP` timeout; 0 means no affinity.
+    pub affinity_timeout_s: u32,
     /// Slots `0..backend_count` of `svc_id` are valid; 0 means no endpoint.
     pub backend_count: u16,
     pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<Frontend>() == 8);
+const _: () = assert!(core::mem::size_of::<Frontend>() == 12);
 
 /// Slot `slot` of service `svc_id`; the value is a backend id.
 #[repr(C)]
@@ -89,6 +94,28 @@ pub struct Backend {
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// Session affinity: which backend a client last got for a Service port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AffinityKey {
+    /// The client's IPv4 address, network byte order.
+    pub client: u32,
+    pub svc_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityEntry {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the client's last new connection: the
+    /// affinity lasts `affinity_timeout_s` from there, as kube-proxy's
+    /// `recent` match does.
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityEntry>() == 16);
 
 /// Conntrack key: the 5-tuple exactly as the packet carries it.
 #[repr(C)]
@@ -218,17 +245,23 @@ pub enum Reason {
     ForwardEstablished = 7,
     /// A backend's reply: source rewritten to the frontend.
     ReplyReverseNat = 8,
-    /// The frontend has no endpoint: dropped.
+    /// The frontend has no endpoint and the packet cannot be answered (it
+    /// is a TCP reset itself, or the answer could not be built): dropped.
     DropNoBackend = 9,
     /// A slot or backend the frontend points at is missing (update race): dropped.
     DropBackendMissing = 10,
     /// The conntrack entry could not be written: dropped rather than
     /// forwarding a flow whose replies could not be translated.
     DropConntrackFull = 11,
+    /// The frontend has no endpoint: answered with a TCP reset or an ICMP
+    /// port unreachable, so the client fails at once.
+    RejectNoBackend = 12,
+    /// An ICMP echo request to a Service address: answered.
+    EchoReply = 13,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassIpOptions,
@@ -242,6 +275,8 @@ impl Reason {
         Reason::DropNoBackend,
         Reason::DropBackendMissing,
         Reason::DropConntrackFull,
+        Reason::RejectNoBackend,
+        Reason::EchoReply,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -259,6 +294,8 @@ impl Reason {
             Reason::DropNoBackend => "drop_no_backend",
             Reason::DropBackendMissing => "drop_backend_missing",
             Reason::DropConntrackFull => "drop_conntrack_full",
+            Reason::RejectNoBackend => "reject_no_backend",
+            Reason::EchoReply => "echo_reply",
         }
     }
 }
@@ -273,6 +310,8 @@ mod pod {
     unsafe impl aya::Pod for BackendSlotKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for ServiceMeta {}
 }

@@ -4,7 +4,9 @@
 //! Map access goes through [`Tables`] so that the decision has host tests.
 
 use crate::{conntrack, nat::Side};
-use lb_common::{Backend, BackendSlotKey, CT_REPLY, CtEntry, CtKey, Frontend, FrontendKey, Reason};
+use lb_common::{
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_REPLY, CtEntry, CtKey, Frontend, FrontendKey, Reason,
+};
 
 /// A conntrack entry could not be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +16,8 @@ pub struct InsertFailed;
 pub trait Tables {
     fn conntrack(&self, key: &CtKey) -> Option<CtEntry>;
     fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed>;
+    fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry>;
+    fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry);
     fn frontend(&self, key: &FrontendKey) -> Option<Frontend>;
     fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32>;
     fn backend(&self, id: u32) -> Option<Backend>;
@@ -41,6 +45,8 @@ pub enum Verdict {
         addr: u32,
         port: u16,
     },
+    /// The frontend has no endpoint: answer with a reset or an ICMP error.
+    Reject,
 }
 
 impl Verdict {
@@ -48,6 +54,7 @@ impl Verdict {
     pub fn reason(&self) -> Reason {
         match *self {
             Verdict::Pass(reason) | Verdict::Drop(reason) | Verdict::Rewrite { reason, .. } => reason,
+            Verdict::Reject => Reason::RejectNoBackend,
         }
     }
 }
@@ -72,15 +79,16 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
         return Verdict::Pass(Reason::PassNoService);
     };
     if frontend.backend_count == 0 {
-        return Verdict::Drop(Reason::DropNoBackend);
+        return Verdict::Reject;
     }
-    let slot = tables.random() % u32::from(frontend.backend_count);
-    let Some(backend) =
-        tables.backend_slot(&BackendSlotKey { svc_id: frontend.svc_id, slot }).and_then(|id| tables.backend(id))
-    else {
+    let now = tables.now_ns();
+    let Some((backend_id, backend)) = select_backend(flow, &frontend, tables, now) else {
         return Verdict::Drop(Reason::DropBackendMissing);
     };
-    let now = tables.now_ns();
+    if frontend.affinity_timeout_s != 0 {
+        let key = AffinityKey { client: flow.saddr, svc_id: frontend.svc_id };
+        tables.affinity_insert(&key, &AffinityEntry { backend_id, _pad: 0, last_used_ns: now });
+    }
     // The reply entry goes in first: a forward entry without its reply
     // entry would deliver packets whose answers the client cannot match.
     let reply_key = conntrack::reply_key(flow, &backend);
@@ -91,6 +99,26 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
         return Verdict::Drop(Reason::DropConntrackFull);
     }
     Verdict::Rewrite { reason: Reason::ForwardNewFlow, side: Side::Dst, addr: backend.addr, port: backend.port }
+}
+
+/// The client's affinity backend while it is fresh, else a random slot.
+/// The agent removes affinity entries whose backend left the service, so an
+/// entry that names an existing backend is still valid.
+#[inline(always)]
+fn select_backend<T: Tables>(flow: &CtKey, frontend: &Frontend, tables: &T, now: u64) -> Option<(u32, Backend)> {
+    if frontend.affinity_timeout_s != 0 {
+        let key = AffinityKey { client: flow.saddr, svc_id: frontend.svc_id };
+        let timeout_ns = u64::from(frontend.affinity_timeout_s) * 1_000_000_000;
+        if let Some(entry) = tables.affinity(&key)
+            && now.wrapping_sub(entry.last_used_ns) < timeout_ns
+            && let Some(backend) = tables.backend(entry.backend_id)
+        {
+            return Some((entry.backend_id, backend));
+        }
+    }
+    let slot = tables.random() % u32::from(frontend.backend_count);
+    let id = tables.backend_slot(&BackendSlotKey { svc_id: frontend.svc_id, slot })?;
+    Some((id, tables.backend(id)?))
 }
 
 #[cfg(test)]
@@ -106,6 +134,8 @@ mod tests {
     struct FakeTables {
         conntrack: RefCell<HashMap<CtKey, CtEntry>>,
         conntrack_full: bool,
+        affinity: RefCell<HashMap<AffinityKey, AffinityEntry>>,
+        now: Cell<u64>,
         frontends: HashMap<FrontendKey, Frontend>,
         slots: HashMap<BackendSlotKey, u32>,
         backends: HashMap<u32, Backend>,
@@ -123,6 +153,12 @@ mod tests {
             self.conntrack.borrow_mut().insert(*key, *entry);
             Ok(())
         }
+        fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry> {
+            self.affinity.borrow().get(key).copied()
+        }
+        fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry) {
+            self.affinity.borrow_mut().insert(*key, *entry);
+        }
         fn frontend(&self, key: &FrontendKey) -> Option<Frontend> {
             self.frontends.get(key).copied()
         }
@@ -136,7 +172,7 @@ mod tests {
             self.random.get()
         }
         fn now_ns(&self) -> u64 {
-            42
+            self.now.get()
         }
     }
 
@@ -152,7 +188,7 @@ mod tests {
         let mut t = FakeTables::default();
         t.frontends.insert(
             FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 },
-            Frontend { svc_id: 1, backend_count: n, _pad: 0 },
+            Frontend { svc_id: 1, backend_count: n, ..Default::default() },
         );
         for i in 0..u32::from(n) {
             t.slots.insert(BackendSlotKey { svc_id: 1, slot: i }, 100 + i);
@@ -196,6 +232,60 @@ mod tests {
         assert_eq!(decide(&reply, &t, Hook::TcEgress), want);
     }
 
+    fn backend_of(v: Verdict) -> u32 {
+        match v {
+            Verdict::Rewrite { addr, .. } => addr,
+            other => panic!("not translated: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_ip_affinity_sticks_while_used_and_expires_after_the_timeout() {
+        let mut t = service(3);
+        t.frontends.values_mut().for_each(|fe| fe.affinity_timeout_s = 10);
+        let s = 1_000_000_000;
+        t.now.set(100 * s);
+        t.random.set(1);
+        let first = backend_of(decide(&flow(CLIENT, VIP, 1000, 80), &t, Hook::Xdp));
+        // New connections (new source ports) within the timeout stay, and
+        // each one renews the affinity.
+        for (i, port) in (1001..1010).enumerate() {
+            t.random.set(i as u32 + 2);
+            t.now.set((100 + 9 * (i as u64 + 1)) * s);
+            assert_eq!(backend_of(decide(&flow(CLIENT, VIP, port, 80), &t, Hook::Xdp)), first);
+        }
+        // Idle for longer than the timeout: a fresh random choice.
+        t.now.set(t.now.get() + 11 * s);
+        let chosen: std::collections::BTreeSet<u32> = (0..3)
+            .map(|r| {
+                t.random.set(r);
+                t.affinity.borrow_mut().clear();
+                backend_of(decide(&flow(CLIENT, VIP, 2000 + r as u16, 80), &t, Hook::Xdp))
+            })
+            .collect();
+        assert_eq!(chosen.len(), 3);
+        // Another client is not affected by this one's affinity.
+        t.affinity.borrow_mut().clear();
+        t.now.set(500 * s);
+        t.random.set(0);
+        let a = backend_of(decide(&flow(CLIENT, VIP, 3000, 80), &t, Hook::Xdp));
+        t.random.set(1);
+        let b = backend_of(decide(&flow(CLIENT + 1, VIP, 3000, 80), &t, Hook::Xdp));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn affinity_to_a_removed_backend_falls_back_to_a_slot() {
+        let mut t = service(2);
+        t.frontends.values_mut().for_each(|fe| fe.affinity_timeout_s = 10);
+        t.affinity.borrow_mut().insert(
+            AffinityKey { client: CLIENT, svc_id: 1 },
+            AffinityEntry { backend_id: 999, _pad: 0, last_used_ns: 0 },
+        );
+        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), &t, Hook::Xdp), Verdict::Rewrite { .. }));
+        assert_ne!(t.affinity.borrow()[&AffinityKey { client: CLIENT, svc_id: 1 }].backend_id, 999);
+    }
+
     #[test]
     fn tc_egress_never_starts_or_forwards_flows() {
         let t = service(3);
@@ -209,7 +299,7 @@ mod tests {
     fn misses_and_failures_are_counted_by_reason() {
         let t = service(3);
         assert_eq!(decide(&flow(CLIENT, VIP, 1, 81), &t, Hook::Xdp), Verdict::Pass(Reason::PassNoService));
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), &service(0), Hook::Xdp), Verdict::Drop(Reason::DropNoBackend));
+        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), &service(0), Hook::Xdp), Verdict::Reject);
 
         let mut missing_slot = service(3);
         missing_slot.slots.clear();

@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod lb;
 pub mod nat;
 pub mod parse;
+pub mod reply;
 
 #[cfg(any(test, feature = "packet-builder"))]
 pub mod packet_builder;

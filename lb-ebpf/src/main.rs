@@ -6,26 +6,30 @@ mod maps;
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, xdp_action},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
-use lb_common::{IPPROTO_UDP, Reason};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
 use lb_ebpf::{
     lb::{Hook, Verdict, decide},
     nat::{self, Side},
     parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
+    reply,
 };
-use maps::{MapTables, count};
+use maps::{MapTables, count, is_service_address};
 
-/// XDP on node devices and pod veths: new flows, established flows, replies.
+/// XDP on node devices and pod veths: new flows, established flows,
+/// replies, and the answers the datapath gives itself.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = match parse(ctx.data(), ctx.data_end(), Frame::Linear) {
+        Err(Reason::PassNotTcpUdp) => answer_echo(&ctx),
         Err(reason) => (xdp_action::XDP_PASS, reason),
         Ok(pkt) => {
             let flow = pkt.flow();
-            let verdict = decide(&flow, &MapTables, Hook::Xdp);
+            let (action, reason) = apply(&ctx, &pkt, decide(&flow, &MapTables, Hook::Xdp));
             // Compiled in, but removed by the verifier unless the agent runs
             // with --datapath-debug (AYA_LOG_LEVEL is a load-time constant).
             debug!(
@@ -36,21 +40,78 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
                 u32::from_be(flow.daddr),
                 u16::from_be(flow.dport),
                 flow.proto,
-                verdict.reason().name()
+                reason.name()
             );
-            match verdict {
-                Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
-                Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
-                Verdict::Rewrite { reason, side, addr, port } => {
-                    // SAFETY: `pkt` was parsed from this context's packet just now.
-                    unsafe { nat::rewrite(&pkt, side, addr, port) };
-                    (xdp_action::XDP_PASS, reason)
-                }
-            }
+            (action, reason)
         }
     };
     count(Hook::Xdp, reason);
     action
+}
+
+#[inline(always)]
+fn apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
+    match verdict {
+        Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
+        Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
+        Verdict::Rewrite { reason, side, addr, port } => {
+            // SAFETY: `pkt` was parsed from this context's packet just now.
+            unsafe { nat::rewrite(pkt, side, addr, port) };
+            (xdp_action::XDP_PASS, reason)
+        }
+        Verdict::Reject => reject(ctx, pkt),
+    }
+}
+
+/// Answers a packet for a Service without endpoints in place: a TCP reset
+/// or an ICMP port unreachable, handed to the kernel's routing, which sends
+/// it back to the client. Anything that fails half-way is dropped, never
+/// passed half-written.
+#[inline(always)]
+fn reject(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
+    const DROP: (u32, Reason) = (xdp_action::XDP_DROP, Reason::DropNoBackend);
+    if pkt.proto == IPPROTO_TCP {
+        // SAFETY: `pkt` is a parsed TCP packet of this context.
+        let tot_len = u16::from_be(unsafe { pkt.read(IP_OFFSET + 2) });
+        // SAFETY: as above.
+        let Some(reset) = (unsafe { reply::reset_for(pkt, tot_len) }) else { return DROP };
+        // SAFETY: as above.
+        unsafe { reply::write_reset(pkt, reset) };
+        return trim(ctx, reply::RST_FRAME_LEN).unwrap_or(DROP);
+    }
+    // SAFETY: growing the head into XDP's headroom; pointers are re-read after.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(reply::ICMP_ERROR_GROWTH as i32)) } != 0 {
+        return DROP;
+    }
+    let data = ctx.data();
+    if data + reply::ICMP_ERROR_FRAME_LEN > ctx.data_end() {
+        return DROP;
+    }
+    // SAFETY: the frame holds ICMP_ERROR_FRAME_LEN bytes (checked above).
+    unsafe { reply::write_port_unreachable(data) };
+    trim(ctx, reply::ICMP_ERROR_FRAME_LEN).unwrap_or(DROP)
+}
+
+/// Cuts the frame to `len` bytes: the answer written at its start.
+#[inline(always)]
+fn trim(ctx: &XdpContext, len: usize) -> Option<(u32, Reason)> {
+    // SAFETY: helpers on this program's own context.
+    let current = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i32;
+    (unsafe { bpf_xdp_adjust_tail(ctx.ctx, len as i32 - current) } == 0)
+        .then_some((xdp_action::XDP_PASS, Reason::RejectNoBackend))
+}
+
+/// Answers pings to Service addresses (kube-proxy and Cilium leave them
+/// unanswered); other ICMP passes untouched.
+#[inline(always)]
+fn answer_echo(ctx: &XdpContext) -> (u32, Reason) {
+    match reply::echo_request_to(ctx.data(), ctx.data_end()) {
+        // SAFETY: the context's own, writable frame.
+        Some(daddr) if is_service_address(daddr) && unsafe { reply::write_echo_reply(ctx.data(), ctx.data_end()) } => {
+            (xdp_action::XDP_PASS, Reason::EchoReply)
+        }
+        _ => (xdp_action::XDP_PASS, Reason::PassNotTcpUdp),
+    }
 }
 
 /// TC egress: the reverse translation of replies that did not cross XDP.
@@ -60,11 +121,12 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let reason = match tc_parse(&ctx) {
         Err(reason) => reason,
         Ok(pkt) => match decide(&pkt.flow(), &MapTables, Hook::TcEgress) {
-            Verdict::Pass(reason) | Verdict::Drop(reason) => reason,
             Verdict::Rewrite { reason, side, addr, port } => match tc_rewrite(&ctx, &pkt, side, addr, port) {
                 Ok(()) => reason,
                 Err(_) => Reason::PassTruncated,
             },
+            // TC only ever passes: `decide` starts nothing on this hook.
+            verdict => verdict.reason(),
         },
     };
     count(Hook::TcEgress, reason);

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK,
-    MAX_FRONTENDS, Reason, ServiceMeta,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, MAX_AFFINITY,
+    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, Reason, ServiceMeta,
 };
 use lb_ebpf::lb::{Hook, InsertFailed, Tables};
 
@@ -27,6 +27,14 @@ static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
 /// 5-tuple -> translation; forward and reply entries of every flow.
 #[map]
 static LB_CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+/// (client, svc_id) -> backend of the client's last new connection.
+#[map]
+static LB_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+/// Service addresses (value: how many frontends use it), for ICMP echo.
+#[map]
+static LB_VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, 0);
 
 /// Per-CPU packet counts, indexed by hook * Reason::COUNT + reason.
 #[map]
@@ -49,6 +57,18 @@ impl Tables for MapTables {
     #[inline(always)]
     fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
         LB_CONNTRACK.insert(key, entry, 0).map_err(|_| InsertFailed)
+    }
+
+    #[inline(always)]
+    fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry> {
+        // SAFETY: as above.
+        unsafe { LB_AFFINITY.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry) {
+        // Losing an affinity update only costs stickiness, never a packet.
+        let _ = LB_AFFINITY.insert(key, entry, 0);
     }
 
     #[inline(always)]
@@ -92,4 +112,10 @@ pub fn count(hook: Hook, reason: Reason) {
         // SAFETY: a per-CPU slot; nothing else on this CPU runs concurrently.
         unsafe { *counter += 1 };
     }
+}
+
+#[inline(always)]
+pub fn is_service_address(addr: u32) -> bool {
+    // SAFETY: only the presence of the entry is read.
+    unsafe { LB_VIPS.get(addr).is_some() }
 }

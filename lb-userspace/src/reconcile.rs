@@ -19,20 +19,46 @@ use crate::model::{ClusterIp, DesiredState, Protocol};
 /// One write to the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
-    PutBackend { id: u32, backend: Backend },
-    PutSlot { key: BackendSlotKey, backend_id: u32 },
-    PutMeta { svc_id: u32, meta: ServiceMeta },
-    PutFrontend { key: FrontendKey, frontend: Frontend },
+    PutBackend {
+        id: u32,
+        backend: Backend,
+    },
+    PutSlot {
+        key: BackendSlotKey,
+        backend_id: u32,
+    },
+    PutMeta {
+        svc_id: u32,
+        meta: ServiceMeta,
+    },
+    PutFrontend {
+        key: FrontendKey,
+        frontend: Frontend,
+    },
     DeleteFrontend(FrontendKey),
     DeleteSlot(BackendSlotKey),
     DeleteMeta(u32),
     DeleteBackend(u32),
+    /// Forget the session affinity of `svc_id`'s clients, except to the
+    /// backends in `keep`.
+    PurgeAffinity {
+        svc_id: u32,
+        keep: Vec<u32>,
+    },
+    /// An address the datapath answers pings for (network byte order), with
+    /// the number of frontends on it.
+    PutVip {
+        addr: u32,
+        frontends: u32,
+    },
+    DeleteVip(u32),
 }
 
 /// A frontend as the maps hold it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ProgrammedFrontend {
     svc_id: u32,
+    affinity_timeout_s: u32,
     /// Backend id per slot.
     slots: Vec<u32>,
     meta: ServiceMeta,
@@ -40,6 +66,7 @@ struct ProgrammedFrontend {
 
 /// A frontend as the model wants it.
 struct WantedFrontend {
+    affinity_timeout_s: u32,
     backends: Vec<Backend>,
     meta: ServiceMeta,
 }
@@ -48,6 +75,8 @@ struct WantedFrontend {
 #[derive(Debug, Default)]
 pub struct Programmed {
     frontends: BTreeMap<FrontendKey, ProgrammedFrontend>,
+    /// Service addresses, with how many frontends each has.
+    vips: BTreeMap<u32, u32>,
     backend_ids: HashMap<Backend, u32>,
     /// Ids are not reused at once: a packet that read a slot just before it
     /// changed must still find the backend it named.
@@ -61,6 +90,7 @@ impl Programmed {
         slots: impl IntoIterator<Item = (BackendSlotKey, u32)>,
         backends: impl IntoIterator<Item = (u32, Backend)>,
         metas: impl IntoIterator<Item = (u32, ServiceMeta)>,
+        vips: impl IntoIterator<Item = (u32, u32)>,
     ) -> Self {
         let slots: HashMap<BackendSlotKey, u32> = slots.into_iter().collect();
         let metas: HashMap<u32, ServiceMeta> = metas.into_iter().collect();
@@ -72,11 +102,11 @@ impl Programmed {
                     .filter_map(|slot| slots.get(&BackendSlotKey { svc_id: fe.svc_id, slot }).copied())
                     .collect();
                 let meta = metas.get(&fe.svc_id).copied().unwrap_or_default();
-                (key, ProgrammedFrontend { svc_id: fe.svc_id, slots, meta })
+                (key, ProgrammedFrontend { svc_id: fe.svc_id, affinity_timeout_s: fe.affinity_timeout_s, slots, meta })
             })
             .collect();
         let next_backend_id = backend_ids.values().max().map_or(1, |id| id + 1);
-        Self { frontends, backend_ids, next_backend_id }
+        Self { vips: vips.into_iter().collect(), frontends, backend_ids, next_backend_id }
     }
 
     /// The operations that bring the maps from what they hold to `desired`,
@@ -96,15 +126,19 @@ impl Programmed {
             }
         }
 
-        // 2. Frontends whose slots or meta changed, and new ones.
+        // 2. Frontends whose slots, affinity or meta changed, and new ones.
         for (key, fe) in &wanted {
             let slots: Vec<u32> = fe.backends.iter().map(|b| self.backend_ids[b]).collect();
             let old = self.frontends.get(key);
-            if old.is_some_and(|old| old.slots == slots && old.meta == fe.meta) {
+            let unchanged = |old: &ProgrammedFrontend| {
+                old.slots == slots && old.meta == fe.meta && old.affinity_timeout_s == fe.affinity_timeout_s
+            };
+            if old.is_some_and(unchanged) {
                 continue;
             }
             let svc_id = old.map_or_else(|| self.allocate_svc_id(), |old| old.svc_id);
             let old_slots = old.map(|old| old.slots.clone()).unwrap_or_default();
+            let old_affinity = old.map_or(0, |old| old.affinity_timeout_s);
             for (slot, id) in slots.iter().enumerate() {
                 if old_slots.get(slot) != Some(id) {
                     ops.push(MapOp::PutSlot { key: BackendSlotKey { svc_id, slot: slot as u32 }, backend_id: *id });
@@ -113,14 +147,28 @@ impl Programmed {
             if old.is_none_or(|old| old.meta != fe.meta) {
                 ops.push(MapOp::PutMeta { svc_id, meta: fe.meta });
             }
-            if old_slots.len() != slots.len() || old.is_none() {
-                let frontend = Frontend { svc_id, backend_count: slots.len() as u16, _pad: 0 };
+            if old_slots.len() != slots.len() || old_affinity != fe.affinity_timeout_s || old.is_none() {
+                let frontend = Frontend {
+                    svc_id,
+                    affinity_timeout_s: fe.affinity_timeout_s,
+                    backend_count: slots.len() as u16,
+                    _pad: 0,
+                };
                 ops.push(MapOp::PutFrontend { key: *key, frontend });
             }
             for slot in slots.len()..old_slots.len() {
                 ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id, slot: slot as u32 }));
             }
-            self.frontends.insert(*key, ProgrammedFrontend { svc_id, slots, meta: fe.meta });
+            // Clients stuck to a backend that left must choose again; with
+            // affinity switched off, nobody is stuck any more.
+            let lost_backend = old_slots.iter().any(|id| !slots.contains(id));
+            if old_affinity != 0 && (fe.affinity_timeout_s == 0 || lost_backend) {
+                let keep = if fe.affinity_timeout_s == 0 { Vec::new() } else { slots.clone() };
+                ops.push(MapOp::PurgeAffinity { svc_id, keep });
+            }
+            let programmed =
+                ProgrammedFrontend { svc_id, affinity_timeout_s: fe.affinity_timeout_s, slots, meta: fe.meta };
+            self.frontends.insert(*key, programmed);
         }
 
         // 3. Frontends that are no longer wanted.
@@ -132,9 +180,27 @@ impl Programmed {
                 ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id: old.svc_id, slot: slot as u32 }));
             }
             ops.push(MapOp::DeleteMeta(old.svc_id));
+            if old.affinity_timeout_s != 0 {
+                ops.push(MapOp::PurgeAffinity { svc_id: old.svc_id, keep: Vec::new() });
+            }
         }
 
-        // 4. Backends nothing points at any more.
+        // 4. Service addresses: answered only while a frontend is there.
+        let mut vips: BTreeMap<u32, u32> = BTreeMap::new();
+        for key in self.frontends.keys() {
+            *vips.entry(key.addr).or_default() += 1;
+        }
+        for (addr, frontends) in &vips {
+            if self.vips.get(addr) != Some(frontends) {
+                ops.push(MapOp::PutVip { addr: *addr, frontends: *frontends });
+            }
+        }
+        for addr in self.vips.keys().filter(|addr| !vips.contains_key(addr)) {
+            ops.push(MapOp::DeleteVip(*addr));
+        }
+        self.vips = vips;
+
+        // 5. Backends nothing points at any more.
         let referenced: BTreeSet<u32> = self.frontends.values().flat_map(|fe| fe.slots.iter().copied()).collect();
         let mut unreferenced: Vec<(Backend, u32)> =
             self.backend_ids.iter().filter(|(_, id)| !referenced.contains(id)).map(|(b, id)| (*b, *id)).collect();
@@ -181,7 +247,7 @@ fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFront
                 .map(|ep| Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), _pad: 0 })
                 .collect();
             let meta = ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, SVC_TYPE_CLUSTER_IP);
-            if wanted.insert(key, WantedFrontend { backends, meta }).is_some() {
+            if wanted.insert(key, WantedFrontend { affinity_timeout_s: 0, backends, meta }).is_some() {
                 // The model rejects such conflicts; this only guards the maps.
                 warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
             }
@@ -240,6 +306,7 @@ mod tests {
         frontends: BTreeMap<FrontendKey, Frontend>,
         slots: BTreeMap<BackendSlotKey, u32>,
         backends: BTreeMap<u32, Backend>,
+        vips: BTreeMap<u32, u32>,
     }
 
     impl Maps {
@@ -252,7 +319,9 @@ mod tests {
                     MapOp::DeleteFrontend(key) => drop(self.frontends.remove(key)),
                     MapOp::DeleteSlot(key) => drop(self.slots.remove(key)),
                     MapOp::DeleteBackend(id) => drop(self.backends.remove(id)),
-                    MapOp::PutMeta { .. } | MapOp::DeleteMeta(_) => {}
+                    MapOp::PutVip { addr, frontends } => drop(self.vips.insert(*addr, *frontends)),
+                    MapOp::DeleteVip(addr) => drop(self.vips.remove(addr)),
+                    MapOp::PutMeta { .. } | MapOp::DeleteMeta(_) | MapOp::PurgeAffinity { .. } => {}
                 }
                 for fe in self.frontends.values() {
                     for slot in 0..u32::from(fe.backend_count) {
@@ -340,8 +409,10 @@ mod tests {
         assert_eq!(maps.frontends.len(), 1);
         assert_eq!(maps.slots.len(), 1);
         assert_eq!(maps.backends.len(), 1);
+        assert_eq!(maps.vips.len(), 1);
         maps.apply_checked(&programmed.plan(&DesiredState::default()));
         assert!(maps.frontends.is_empty() && maps.slots.is_empty() && maps.backends.is_empty());
+        assert!(maps.vips.is_empty());
     }
 
     #[test]
@@ -351,7 +422,13 @@ mod tests {
         let mut maps = Maps::default();
         maps.apply_checked(&programmed.plan(&desired));
         let metas: Vec<(u32, ServiceMeta)> = programmed.frontends.values().map(|fe| (fe.svc_id, fe.meta)).collect();
-        let mut adopted = Programmed::adopt(maps.frontends.clone(), maps.slots.clone(), maps.backends.clone(), metas);
+        let mut adopted = Programmed::adopt(
+            maps.frontends.clone(),
+            maps.slots.clone(),
+            maps.backends.clone(),
+            metas,
+            maps.vips.clone(),
+        );
         assert_eq!(adopted.plan(&desired), []);
         // Stale entries left by an earlier agent are removed.
         assert!(!adopted.plan(&DesiredState::default()).is_empty());

@@ -1,9 +1,10 @@
 //! Clients that run inside a namespace: what a pod would do with curl or nc.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
-    time::Duration,
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -52,4 +53,81 @@ pub fn served_by(answer: &str) -> &str {
 /// The peer the test server saw (`client: IP:PORT`).
 pub fn seen_client(answer: &str) -> &str {
     answer.lines().nth(1).and_then(|l| l.strip_prefix("client: ")).unwrap_or("")
+}
+
+/// How a TCP connection attempt to `addr` from `ns` ends: `Ok(())` when it
+/// connects, else the error and how long it took to come.
+pub fn tcp_connect(
+    ns: &Netns,
+    addr: SocketAddrV4,
+    timeout: Duration,
+) -> anyhow::Result<Result<(), (io::ErrorKind, Duration)>> {
+    ns.run_in(|| {
+        let start = Instant::now();
+        TcpStream::connect_timeout(&addr.into(), timeout).map(drop).map_err(|e| (e.kind(), start.elapsed()))
+    })
+}
+
+/// A datagram to `addr` on a connected UDP socket from `ns`: the reply, or
+/// the error the socket reports (an ICMP port unreachable makes it
+/// `ConnectionRefused`).
+pub fn udp_exchange(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<io::Result<Vec<u8>>> {
+    ns.run_in(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(timeout))?;
+        socket.connect(addr)?;
+        socket.send(b"anyone there?")?;
+        let mut buf = [0u8; 2048];
+        let len = socket.recv(&mut buf)?;
+        Ok(buf[..len].to_vec())
+    })
+}
+
+/// Sends one ICMP echo request to `addr` from `ns` (a raw socket: we are
+/// root) and says whether an echo reply from `addr` came back in time.
+pub fn ping(ns: &Netns, addr: Ipv4Addr, timeout: Duration) -> anyhow::Result<bool> {
+    ns.run_in(|| -> anyhow::Result<bool> {
+        // SAFETY: plain socket calls on a descriptor this closure owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+            anyhow::ensure!(fd >= 0, "raw icmp socket: {}", io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut request = [8u8, 0, 0, 0, 0x4c, 0x42, 0, 1, b'l', b'b'];
+            let mut sum: u32 = request.chunks(2).map(|w| u32::from(u16::from_ne_bytes([w[0], w[1]]))).sum();
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            request[2..4].copy_from_slice(&(!(sum as u16)).to_ne_bytes());
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) },
+                sin_zero: [0; 8],
+            };
+            let sent = libc::sendto(
+                fd.as_raw_fd(),
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&raw const to).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            );
+            anyhow::ensure!(sent >= 0, "send ping: {}", io::Error::last_os_error());
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                let mut pollfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                let left = deadline.saturating_duration_since(Instant::now()).as_millis() as i32;
+                if libc::poll(&mut pollfd, 1, left.max(1)) <= 0 {
+                    continue;
+                }
+                let mut buf = [0u8; 1500];
+                let len = libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+                // A raw socket gets the IPv4 header too: an echo reply (type 0)
+                // from `addr` carrying our identifier.
+                if len >= 28 && buf[12..16] == addr.octets() && buf[20] == 0 && buf[24..26] == [0x4c, 0x42] {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    })?
 }

@@ -9,7 +9,7 @@ use std::{
 
 use lb_tests::{
     agent::{AgentProcess, pod_manifest},
-    client::{http_get, seen_client, served_by, udp_request},
+    client::{http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
     require_root,
     topology::{Node, Pod},
 };
@@ -231,4 +231,39 @@ fn a_malformed_manifest_leaves_the_running_services_intact() {
     agent.wait_for_services(TIMEOUT, |s| s.contains("http:8000/TCP")).unwrap();
     let body = http_get(&c.client.ns, SocketAddrV4::new(VIP, 8000), TIMEOUT).unwrap();
     assert!(names(&two).contains(served_by(&body)));
+}
+
+#[test]
+fn a_service_without_ready_endpoints_refuses_connections_at_once() {
+    require_root();
+    let c = cluster(1);
+    let pods = pods_manifest(&[&c.backends[0]], |_| false);
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("<none>")).unwrap();
+
+    let refused = tcp_connect(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    let (kind, after) = refused.expect_err("connected to a service without endpoints");
+    assert_eq!(kind, std::io::ErrorKind::ConnectionRefused);
+    assert!(after < Duration::from_millis(500), "refused only after {after:?}");
+
+    let udp = udp_exchange(&c.client.ns, SocketAddrV4::new(VIP, 53), TIMEOUT).unwrap();
+    assert_eq!(udp.expect_err("an answer from nowhere").kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(agent.xdp_counter("reject_no_backend").unwrap() >= 2);
+
+    // Once the pod is ready, the same client gets through.
+    agent.write_manifest("pods.yaml", &pods_manifest(&[&c.backends[0]], |_| true)).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
+    assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), "kubia-0");
+}
+
+#[test]
+fn a_service_address_answers_ping_and_other_addresses_stay_silent() {
+    require_root();
+    let c = cluster(1);
+    let pods = pods_manifest(&[&c.backends[0]], |_| true);
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
+    assert!(ping(&c.client.ns, VIP, TIMEOUT).unwrap(), "no echo reply from the service address");
+    assert!(!ping(&c.client.ns, Ipv4Addr::new(10, 96, 0, 99), Duration::from_millis(500)).unwrap());
+    assert_eq!(agent.xdp_counter("echo_reply").unwrap(), 1);
 }

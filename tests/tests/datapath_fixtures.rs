@@ -3,7 +3,11 @@
 //! and the exact output frame expected, and the counter it must bump.
 
 use lb_common::{Backend, BackendSlotKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason, wire};
-use lb_ebpf::packet_builder::{PacketBuilder, checksum_errors};
+use lb_ebpf::{
+    packet_builder::{PacketBuilder, checksum_errors},
+    parse::{Frame, parse},
+    reply,
+};
 use lb_tests::{netns::unique_name, require_root};
 use lb_userspace::{
     datapath::{
@@ -63,7 +67,7 @@ fn udp(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> PacketBuilder {
 }
 
 /// VIP:80/TCP and VIP:53/UDP with the one backend POD, and EMPTY_VIP:80/TCP
-/// without endpoints: one backend keeps every choice predictable.
+/// and :53/UDP without endpoints: one backend keeps every choice predictable.
 fn program_services(dp: &mut ScratchDatapath) {
     let backend = |port| Backend { addr: wire::addr(POD), port: wire::port(port), _pad: 0 };
     let frontend = |addr, port, proto| FrontendKey { addr: wire::addr(addr), port: wire::port(port), proto, _pad: 0 };
@@ -74,16 +78,22 @@ fn program_services(dp: &mut ScratchDatapath) {
         MapOp::PutSlot { key: BackendSlotKey { svc_id: 2, slot: 0 }, backend_id: 2 },
         MapOp::PutFrontend {
             key: frontend(VIP, 80, IPPROTO_TCP),
-            frontend: Frontend { svc_id: 1, backend_count: 1, _pad: 0 },
+            frontend: Frontend { svc_id: 1, backend_count: 1, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(VIP, 53, IPPROTO_UDP),
-            frontend: Frontend { svc_id: 2, backend_count: 1, _pad: 0 },
+            frontend: Frontend { svc_id: 2, backend_count: 1, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(EMPTY_VIP, 80, IPPROTO_TCP),
-            frontend: Frontend { svc_id: 3, backend_count: 0, _pad: 0 },
+            frontend: Frontend { svc_id: 3, backend_count: 0, ..Default::default() },
         },
+        MapOp::PutFrontend {
+            key: frontend(EMPTY_VIP, 53, IPPROTO_UDP),
+            frontend: Frontend { svc_id: 4, backend_count: 0, ..Default::default() },
+        },
+        MapOp::PutVip { addr: wire::addr(VIP), frontends: 2 },
+        MapOp::PutVip { addr: wire::addr(EMPTY_VIP), frontends: 2 },
     ];
     for op in &ops {
         dp.maps.apply(op).unwrap();
@@ -204,7 +214,7 @@ fn fixtures() -> Vec<Fixture> {
             Reason::PassIpOptions,
         ),
         f(
-            "icmp to the vip is passed untouched",
+            "icmp other than an echo request to the vip is passed untouched",
             Xdp,
             PacketBuilder::new(1, CLIENT, 0, VIP, 0),
             XDP_PASS,
@@ -212,14 +222,49 @@ fn fixtures() -> Vec<Fixture> {
             Reason::PassNotTcpUdp,
         ),
         f(
-            "a vip without endpoints drops",
+            "a reset to a vip without endpoints is dropped",
             Xdp,
-            tcp(CLIENT, 40006, EMPTY_VIP, 80),
+            tcp(CLIENT, 40006, EMPTY_VIP, 80).tcp_flags(0x04),
             XDP_DROP,
             None,
             Reason::DropNoBackend,
         ),
     ];
+    let syn = tcp(CLIENT, 40007, EMPTY_VIP, 80).build();
+    rows.push(Fixture {
+        what: "a syn to a vip without endpoints is refused with a reset",
+        program: Xdp,
+        output: Some(expected_reset(&syn)),
+        input: syn,
+        verdict: XDP_PASS,
+        reason: Reason::RejectNoBackend,
+    });
+    let datagram = udp(CLIENT, 5002, EMPTY_VIP, 53).payload(b"anyone?").build();
+    rows.push(Fixture {
+        what: "udp to a vip without endpoints gets an icmp port unreachable",
+        program: Xdp,
+        output: Some(expected_port_unreachable(&datagram)),
+        input: datagram,
+        verdict: XDP_PASS,
+        reason: Reason::RejectNoBackend,
+    });
+    let ping = echo_request(VIP);
+    rows.push(Fixture {
+        what: "a ping to a vip is answered",
+        program: Xdp,
+        output: Some(expected_echo_reply(&ping)),
+        input: ping,
+        verdict: XDP_PASS,
+        reason: Reason::EchoReply,
+    });
+    rows.push(Fixture {
+        what: "a ping to another address is untouched",
+        program: Xdp,
+        input: echo_request(POD),
+        verdict: XDP_PASS,
+        output: None,
+        reason: Reason::PassNotTcpUdp,
+    });
     fragment[12..14].copy_from_slice(&[0x08, 0x00]);
     rows.push(Fixture {
         what: "a fragment to the vip is passed untouched",
@@ -248,6 +293,42 @@ fn fixtures() -> Vec<Fixture> {
         reason: Reason::PassNotIpv4,
     });
     rows
+}
+
+/// The answers, as the host build of the same code writes them (its
+/// semantics have unit tests in `lb_ebpf::reply`): the kernel must agree.
+fn expected_reset(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let data = out.as_mut_ptr() as usize;
+    let pkt = parse(data, data + out.len(), Frame::Linear).unwrap();
+    let tot_len = u16::from_be_bytes([out[16], out[17]]);
+    unsafe { reply::write_reset(&pkt, reply::reset_for(&pkt, tot_len).unwrap()) };
+    out.truncate(reply::RST_FRAME_LEN);
+    out
+}
+
+fn expected_port_unreachable(frame: &[u8]) -> Vec<u8> {
+    let mut out = vec![0; reply::ICMP_ERROR_GROWTH];
+    out.extend_from_slice(frame);
+    unsafe { reply::write_port_unreachable(out.as_mut_ptr() as usize) };
+    out.truncate(reply::ICMP_ERROR_FRAME_LEN);
+    out
+}
+
+fn expected_echo_reply(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let data = out.as_mut_ptr() as usize;
+    assert!(unsafe { reply::write_echo_reply(data, data + out.len()) });
+    out
+}
+
+/// An ICMP echo request from CLIENT to `to`, checksums right.
+fn echo_request(to: [u8; 4]) -> Vec<u8> {
+    let mut ping = PacketBuilder::new(1, CLIENT, 0, to, 0).build();
+    ping[34..42].copy_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
+    let check = lb_ebpf::checksum::compute(&ping[34..], 0);
+    ping[36..38].copy_from_slice(&check.to_ne_bytes());
+    ping
 }
 
 #[test]
@@ -299,7 +380,10 @@ fn an_established_flow_keeps_its_backend_among_many() {
         dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { svc_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
     }
     dp.maps
-        .apply(&MapOp::PutFrontend { key: frontend, frontend: Frontend { svc_id: 9, backend_count: 5, _pad: 0 } })
+        .apply(&MapOp::PutFrontend {
+            key: frontend,
+            frontend: Frontend { svc_id: 9, backend_count: 5, ..Default::default() },
+        })
         .unwrap();
 
     let mut chosen = std::collections::BTreeSet::new();

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
-use lb_common::{Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, Reason, ServiceMeta, map_names};
+use lb_common::{
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, Reason, ServiceMeta,
+    map_names,
+};
 
 use crate::reconcile::{MapOp, Programmed};
 
@@ -25,6 +28,8 @@ pub struct DatapathMaps {
     pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     pub counters: PerCpuArray<MapData, u64>,
     pub service_meta: HashMap<MapData, u32, ServiceMeta>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
+    pub vips: HashMap<MapData, u32, u32>,
 }
 
 impl DatapathMaps {
@@ -49,6 +54,8 @@ impl DatapathMaps {
             conntrack: typed(&mut open, map_names::CONNTRACK)?,
             counters: typed(&mut open, map_names::COUNTERS)?,
             service_meta: typed(&mut open, map_names::SERVICE_META)?,
+            affinity: typed(&mut open, map_names::AFFINITY)?,
+            vips: typed(&mut open, map_names::VIPS)?,
         })
     }
 }
@@ -72,11 +79,28 @@ impl DatapathMaps {
             MapOp::DeleteSlot(key) => self.backend_slots.remove(key),
             MapOp::DeleteMeta(svc_id) => self.service_meta.remove(svc_id),
             MapOp::DeleteBackend(id) => self.backends.remove(id),
+            MapOp::PurgeAffinity { svc_id, keep } => self.purge_affinity(*svc_id, keep),
+            MapOp::PutVip { addr, frontends } => self.vips.insert(addr, frontends, 0),
+            MapOp::DeleteVip(addr) => self.vips.remove(addr),
         };
         match result {
             Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    fn purge_affinity(&mut self, svc_id: u32, keep: &[u32]) -> Result<(), MapError> {
+        let stale: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| key.svc_id == svc_id && !keep.contains(&entry.backend_id))
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            self.affinity.remove(&key)?;
+        }
+        Ok(())
     }
 
     /// What the maps hold now, for the reconciler to diff against.
@@ -86,6 +110,7 @@ impl DatapathMaps {
             self.backend_slots.iter().collect::<Result<Vec<_>, _>>()?,
             self.backends.iter().collect::<Result<Vec<_>, _>>()?,
             self.service_meta.iter().collect::<Result<Vec<_>, _>>()?,
+            self.vips.iter().collect::<Result<Vec<_>, _>>()?,
         ))
     }
 
