@@ -52,6 +52,9 @@ pub enum MapOp {
         frontends: u32,
     },
     DeleteVip(u32),
+    /// Forget the UDP flows to this backend: UDP has no end, so a client
+    /// that keeps its socket would keep sending to a removed backend.
+    FlushUdpFlows(Backend),
 }
 
 /// A frontend as the maps hold it.
@@ -159,9 +162,16 @@ impl Programmed {
             for slot in slots.len()..old_slots.len() {
                 ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id, slot: slot as u32 }));
             }
+            let lost: Vec<u32> = old_slots.iter().filter(|id| !slots.contains(id)).copied().collect();
+            if key.proto == IPPROTO_UDP {
+                for id in &lost {
+                    let backend = self.backend_ids.iter().find(|(_, b)| *b == id).map(|(b, _)| *b);
+                    ops.extend(backend.map(MapOp::FlushUdpFlows));
+                }
+            }
             // Clients stuck to a backend that left must choose again; with
             // affinity switched off, nobody is stuck any more.
-            let lost_backend = old_slots.iter().any(|id| !slots.contains(id));
+            let lost_backend = !lost.is_empty();
             if old_affinity != 0 && (fe.affinity_timeout_s == 0 || lost_backend) {
                 let keep = if fe.affinity_timeout_s == 0 { Vec::new() } else { slots.clone() };
                 ops.push(MapOp::PurgeAffinity { svc_id, keep });
@@ -321,7 +331,10 @@ mod tests {
                     MapOp::DeleteBackend(id) => drop(self.backends.remove(id)),
                     MapOp::PutVip { addr, frontends } => drop(self.vips.insert(*addr, *frontends)),
                     MapOp::DeleteVip(addr) => drop(self.vips.remove(addr)),
-                    MapOp::PutMeta { .. } | MapOp::DeleteMeta(_) | MapOp::PurgeAffinity { .. } => {}
+                    MapOp::PutMeta { .. }
+                    | MapOp::DeleteMeta(_)
+                    | MapOp::PurgeAffinity { .. }
+                    | MapOp::FlushUdpFlows(_) => {}
                 }
                 for fe in self.frontends.values() {
                     for slot in 0..u32::from(fe.backend_count) {

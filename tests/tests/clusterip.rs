@@ -267,3 +267,30 @@ fn a_service_address_answers_ping_and_other_addresses_stay_silent() {
     assert!(!ping(&c.client.ns, Ipv4Addr::new(10, 96, 0, 99), Duration::from_millis(500)).unwrap());
     assert_eq!(agent.xdp_counter("echo_reply").unwrap(), 1);
 }
+
+#[test]
+fn a_udp_flow_to_a_removed_backend_moves_to_a_live_one() {
+    require_root();
+    let c = cluster(2);
+    let both: Vec<&Pod> = c.backends.iter().collect();
+    let agent =
+        AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods_manifest(&both, |_| true))])
+            .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    // One socket, one 5-tuple: the flow the datapath keeps on its backend.
+    let socket = c.client.ns.run_in(|| std::net::UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let exchange = || {
+        socket.send_to(b"same flow", SocketAddrV4::new(VIP, 53)).unwrap();
+        let mut buf = [0u8; 512];
+        let (len, _) = socket.recv_from(&mut buf).unwrap();
+        served_by(&String::from_utf8_lossy(&buf[..len])).to_owned()
+    };
+    let first = exchange();
+    assert_eq!(exchange(), first, "a udp flow stays on its backend");
+
+    let remaining: Vec<&Pod> = c.backends.iter().filter(|p| p.name != first).collect();
+    agent.write_manifest("pods.yaml", &pods_manifest(&remaining, |_| true)).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
+    assert_eq!(exchange(), remaining[0].name, "the flow still goes to the removed backend");
+}

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, Reason, ServiceMeta,
-    map_names,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, Frontend, FrontendKey,
+    IPPROTO_UDP, Reason, ServiceMeta, map_names,
 };
 
 use crate::reconcile::{MapOp, Programmed};
@@ -82,11 +82,30 @@ impl DatapathMaps {
             MapOp::PurgeAffinity { svc_id, keep } => self.purge_affinity(*svc_id, keep),
             MapOp::PutVip { addr, frontends } => self.vips.insert(addr, frontends, 0),
             MapOp::DeleteVip(addr) => self.vips.remove(addr),
+            MapOp::FlushUdpFlows(backend) => self.flush_udp_flows(backend),
         };
         match result {
             Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    fn flush_udp_flows(&mut self, backend: &Backend) -> Result<(), MapError> {
+        let to_backend = |key: &CtKey, entry: &CtEntry| match entry.direction {
+            CT_FORWARD => entry.nat_addr == backend.addr && entry.nat_port == backend.port,
+            _ => key.saddr == backend.addr && key.sport == backend.port,
+        };
+        let stale: Vec<CtKey> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| key.proto == IPPROTO_UDP && to_backend(key, entry))
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            self.conntrack.remove(&key)?;
+        }
+        Ok(())
     }
 
     fn purge_affinity(&mut self, svc_id: u32, keep: &[u32]) -> Result<(), MapError> {
