@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod kubia;
 pub mod netns;
 pub mod topology;
 

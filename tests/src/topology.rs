@@ -78,17 +78,20 @@ impl Pod {
     /// Starts `lb-testserver` answering HTTP on `http_port` and UDP on
     /// `udp_port`, and waits until it is listening.
     pub fn serve(&mut self, http_port: u16, udp_port: u16) -> anyhow::Result<()> {
+        self.serve_on(&[http_port], &[udp_port])
+    }
+
+    /// Like [`Pod::serve`], on several ports.
+    pub fn serve_on(&mut self, http_ports: &[u16], udp_ports: &[u16]) -> anyhow::Result<()> {
         let bin = crate::workspace_binary("LB_TESTSERVER_BIN", "lb-testserver")?;
         let mut cmd = self.ns.command(bin);
-        cmd.args([
-            "--name",
-            &self.name,
-            "--http",
-            &format!("0.0.0.0:{http_port}"),
-            "--udp",
-            &format!("0.0.0.0:{udp_port}"),
-        ])
-        .stdout(Stdio::piped());
+        cmd.args(["--name", &self.name]).stdout(Stdio::piped());
+        for port in http_ports {
+            cmd.args(["--http", &format!("0.0.0.0:{port}")]);
+        }
+        for port in udp_ports {
+            cmd.args(["--udp", &format!("0.0.0.0:{port}")]);
+        }
         let mut guard = self.ns.spawn(&mut cmd)?;
         let stdout = guard.0.stdout.take().expect("piped");
         // The server prints `ready` once bound, or exits (EOF) with an error.

@@ -8,74 +8,12 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{AgentProcess, pod_manifest},
+    agent::AgentProcess,
     client::{http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
+    kubia::{KUBIA_SERVICE, TIMEOUT, VIP, cluster, endpoint_count, http_spread, names, pods_manifest},
     require_root,
-    topology::{Node, Pod},
+    topology::Pod,
 };
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The seeds' kubia Service with a UDP port beside the HTTP one.
-const KUBIA_SERVICE: &str = "\
-apiVersion: v1
-kind: Service
-metadata:
-  name: kubia
-spec:
-  clusterIP: 10.96.0.10
-  ports:
-  - name: http
-    port: 80
-    targetPort: http
-  - name: echo
-    port: 53
-    protocol: UDP
-    targetPort: 5353
-  selector:
-    app: kubia
-";
-
-struct Cluster {
-    node: Node,
-    backends: Vec<Pod>,
-    client: Pod,
-}
-
-/// A node with `n` kubia pods (10.244.0.2, .3, ...) serving HTTP on 8080
-/// and UDP on 5353, and a client pod 10.244.0.100.
-fn cluster(n: u8) -> Cluster {
-    let node = Node::new().unwrap();
-    let backends = (0..n)
-        .map(|i| {
-            let mut pod = node.add_pod(&format!("kubia-{i}"), Ipv4Addr::new(10, 244, 0, 2 + i)).unwrap();
-            pod.serve(8080, 5353).unwrap();
-            pod
-        })
-        .collect();
-    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
-    Cluster { node, backends, client }
-}
-
-fn pods_manifest(pods: &[&Pod], ready: impl Fn(&Pod) -> bool) -> String {
-    pods.iter().map(|p| pod_manifest(&p.name, p.ip, ready(p))).collect::<Vec<_>>().join("---\n")
-}
-
-/// Which pods answered `requests` HTTP requests to the VIP.
-fn http_spread(client: &Pod, requests: usize) -> BTreeSet<String> {
-    (0..requests)
-        .map(|_| served_by(&http_get(&client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()).to_owned())
-        .collect()
-}
-
-fn names(pods: &[&Pod]) -> BTreeSet<String> {
-    pods.iter().map(|p| p.name.clone()).collect()
-}
-
-fn endpoint_count(services: &str) -> usize {
-    services.lines().nth(1).map_or(0, |row| row.matches(":8080").count())
-}
 
 #[test]
 fn tcp_and_udp_to_the_cluster_ip_reach_every_ready_backend_and_replies_come_from_the_vip() {

@@ -1,0 +1,130 @@
+//! Service behaviours from the seeds (Kubernetes in Action ch. 5) and the
+//! Kubernetes e2e Service tests, on one node with real traffic.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::AgentProcess,
+    client::{http_get, served_by, tcp_connect, udp_request},
+    kubia::{TIMEOUT, VIP},
+    require_root,
+    topology::Node,
+};
+
+/// A kubia pod whose container names its ports `http` and `https` with
+/// its own numbers.
+fn pod_with_named_ports(name: &str, ip: Ipv4Addr, http: u16, https: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: kubia\nspec:\n  containers:\n  - name: kubia\n    image: luksa/kubia\n    ports:\n    - name: http\n      containerPort: {http}\n    - name: https\n      containerPort: {https}\nstatus:\n  podIP: {ip}\n  conditions:\n  - type: Ready\n    status: \"True\"\n"
+    )
+}
+
+fn service(ports: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  clusterIP: {VIP}\n  selector:\n    app: kubia\n  ports:\n{ports}"
+    )
+}
+
+const HTTP_AND_HTTPS: &str =
+    "  - name: http\n    port: 80\n    targetPort: http\n  - name: https\n    port: 443\n    targetPort: https\n";
+const DNS_OVER_TCP_AND_UDP: &str = "  - name: dns-tcp\n    port: 53\n    protocol: TCP\n    targetPort: http\n  - name: dns-udp\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n";
+
+fn answers(client: &lb_tests::topology::Pod, port: u16, requests: usize) -> BTreeSet<String> {
+    (0..requests)
+        .map(|_| served_by(&http_get(&client.ns, SocketAddrV4::new(VIP, port), TIMEOUT).unwrap()).to_owned())
+        .collect()
+}
+
+/// e2e "should serve multiport endpoints from pods", with the seeds' named
+/// ports: two pods map `http`/`https` to different numbers.
+#[test]
+fn multiport_service_with_named_target_ports_resolved_per_pod() {
+    require_root();
+    let node = Node::new().unwrap();
+    let mut a = node.add_pod("kubia-a", Ipv4Addr::new(10, 244, 0, 2)).unwrap();
+    let mut b = node.add_pod("kubia-b", Ipv4Addr::new(10, 244, 0, 3)).unwrap();
+    a.serve_on(&[8080, 8443], &[5353]).unwrap();
+    b.serve_on(&[9080, 9443], &[5353]).unwrap();
+    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
+    let pods = [pod_with_named_ports("kubia-a", a.ip, 8080, 8443), pod_with_named_ports("kubia-b", b.ip, 9080, 9443)]
+        .join("---\n");
+    let agent = AgentProcess::start(&node, &[("svc.yaml", &service(HTTP_AND_HTTPS)), ("pods.yaml", &pods)]).unwrap();
+    agent
+        .wait_for_services(TIMEOUT, |s| {
+            ["10.244.0.2:8443", "10.244.0.3:9443", "10.244.0.3:9080"].iter().all(|e| s.contains(e))
+        })
+        .unwrap();
+    let both: BTreeSet<String> = ["kubia-a", "kubia-b"].map(String::from).into();
+    assert_eq!(answers(&client, 80, 30), both);
+    assert_eq!(answers(&client, 443, 30), both);
+
+    // TCP and UDP on one port number, in one Service.
+    agent.write_manifest("svc.yaml", &service(DNS_OVER_TCP_AND_UDP)).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("dns-udp:53/UDP")).unwrap();
+    assert_eq!(answers(&client, 53, 30), both);
+    let (reply, from) = udp_request(&client.ns, SocketAddrV4::new(VIP, 53), b"query", TIMEOUT).unwrap();
+    assert_eq!(from, SocketAddrV4::new(VIP, 53).into(), "{reply}");
+
+    // Ports added to and removed from the live Service; the others keep serving.
+    agent
+        .write_manifest(
+            "svc.yaml",
+            &service(&format!("{HTTP_AND_HTTPS}{}", "  - name: alt\n    port: 8000\n    targetPort: http\n")),
+        )
+        .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("alt:8000/TCP") && !s.contains("dns")).unwrap();
+    assert_eq!(answers(&client, 8000, 20), both);
+    agent.write_manifest("svc.yaml", &service("  - name: http\n    port: 80\n    targetPort: http\n")).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| !s.contains("443")).unwrap();
+    assert_eq!(answers(&client, 80, 20), both);
+    assert!(tcp_connect(&client.ns, SocketAddrV4::new(VIP, 443), Duration::from_millis(300)).unwrap().is_err());
+}
+
+/// The seeds' "connecting to services living outside the cluster": a
+/// Service without a selector, its endpoints from a manual Endpoints object
+/// (an external database: a namespace outside the pod network), then from
+/// an EndpointSlice; adding a selector hands them to the pods, removing it
+/// hands them back.
+#[test]
+fn service_without_selector_uses_manual_endpoints_and_endpoint_slices() {
+    require_root();
+    let node = Node::new().unwrap();
+    let mut external = node.add_pod("ext-db", Ipv4Addr::new(192, 0, 2, 10)).unwrap();
+    external.serve(5432, 5353).unwrap();
+    let mut pod = node.add_pod("kubia-a", Ipv4Addr::new(10, 244, 0, 2)).unwrap();
+    pod.serve(5432, 5353).unwrap();
+    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
+    let service = |selector: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: external-service\nspec:\n  clusterIP: {VIP}\n  ports:\n  - port: 80\n    targetPort: 5432\n{selector}"
+        )
+    };
+    let endpoints = "apiVersion: v1\nkind: Endpoints\nmetadata:\n  name: external-service\nsubsets:\n- addresses:\n  - ip: 192.0.2.10\n  ports:\n  - port: 5432\n";
+    let pod_manifest = lb_tests::agent::pod_manifest("kubia-a", pod.ip, true);
+    let agent = AgentProcess::start(
+        &node,
+        &[("svc.yaml", &service("")), ("endpoints.yaml", endpoints), ("pod.yaml", &pod_manifest)],
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("192.0.2.10:5432")).unwrap();
+    assert_eq!(answers(&client, 80, 10), ["ext-db".to_owned()].into());
+
+    let with_selector = service("  selector:\n    app: kubia\n");
+    agent.write_manifest("svc.yaml", &with_selector).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("10.244.0.2:5432") && !s.contains("192.0.2.10")).unwrap();
+    assert_eq!(answers(&client, 80, 10), ["kubia-a".to_owned()].into());
+
+    agent.write_manifest("svc.yaml", &service("")).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("192.0.2.10:5432") && !s.contains("10.244.0.2")).unwrap();
+
+    // The same endpoint from an EndpointSlice instead.
+    agent.remove_manifest("endpoints.yaml").unwrap();
+    let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: external-service-1\n  labels:\n    kubernetes.io/service-name: external-service\naddressType: IPv4\nendpoints:\n- addresses:\n  - 192.0.2.10\n  conditions:\n    ready: true\nports:\n- port: 5432\n";
+    agent.write_manifest("slice.yaml", slice).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("192.0.2.10:5432")).unwrap();
+    assert_eq!(answers(&client, 80, 10), ["ext-db".to_owned()].into());
+}
