@@ -157,8 +157,25 @@ pub struct CtEntry {
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
 
-/// Service type as shown by `lb-agent get services`.
+/// Service types as `ServiceMeta` records them for `lb-agent get services`.
 pub const SVC_TYPE_CLUSTER_IP: u8 = 0;
+/// `clusterIP: None`: listed, nothing programmed.
+pub const SVC_TYPE_HEADLESS: u8 = 1;
+/// `type: ExternalName`: listed, nothing programmed.
+pub const SVC_TYPE_EXTERNAL_NAME: u8 = 2;
+pub const SVC_TYPE_NODE_PORT: u8 = 3;
+pub const SVC_TYPE_LOAD_BALANCER: u8 = 4;
+
+/// The `kubectl get svc` name of a `SVC_TYPE_*`.
+pub const fn svc_type_name(svc_type: u8) -> &'static str {
+    match svc_type {
+        SVC_TYPE_CLUSTER_IP | SVC_TYPE_HEADLESS => "ClusterIP",
+        SVC_TYPE_EXTERNAL_NAME => "ExternalName",
+        SVC_TYPE_NODE_PORT => "NodePort",
+        SVC_TYPE_LOAD_BALANCER => "LoadBalancer",
+        _ => "?",
+    }
+}
 
 pub const META_NAME_LEN: usize = 64;
 pub const META_PORT_NAME_LEN: usize = 16;

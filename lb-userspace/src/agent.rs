@@ -58,7 +58,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let programmed = maps.programmed().context("reading the pinned maps")?;
     let mut ticks = source::watch(&config.manifests)
         .with_context(|| format!("watching manifest directory {}", config.manifests.display()))?;
-    info!(node = %config.node_name, manifests = %config.manifests.display(), bpf_dir = %config.bpf_dir.display(), "agent started");
     let mut agent = Agent {
         datapath,
         maps,
@@ -68,12 +67,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config,
         failed: BTreeMap::new(),
     };
-    // Interfaces first: a frontend programmed before the veths of its
-    // backends are attached would see replies that nothing translates.
     // Interfaces first: traffic to a frontend must not start while the
     // veths of its backends are still being attached.
     agent.sync_interfaces();
     agent.sync_manifests(true);
+    let config = &agent.config;
+    info!(node = %config.node_name, manifests = %config.manifests.display(), bpf_dir = %config.bpf_dir.display(), "agent started");
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut interface_poll = tokio::time::interval(INTERFACE_POLL);

@@ -3,13 +3,17 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
-use lb_common::{FrontendKey, IPPROTO_TCP, IPPROTO_UDP, ServiceMeta, wire};
+use lb_common::{
+    FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
+};
 
 use crate::datapath::maps::DatapathMaps;
 
 /// One Service as programmed: the rows of `get services`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ProgrammedService {
+    pub svc_type: &'static str,
+    /// The address, `None` for headless, `<none>` for ExternalName.
     pub cluster_ip: String,
     /// "80/TCP"-style entries with the port name when there is one.
     pub ports: Vec<String>,
@@ -31,6 +35,7 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
         let (key, frontend): (FrontendKey, _) = entry?;
         let meta = maps.service_meta.get(&frontend.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
         let svc = services.entry((meta.namespace().to_owned(), meta.name().to_owned())).or_default();
+        svc.svc_type = svc_type_name(meta.svc_type);
         svc.cluster_ip = Ipv4Addr::from(wire::addr_octets(key.addr)).to_string();
         let port = format!("{}/{}", wire::port_number(key.port), protocol_name(key.proto));
         svc.ports.push(match meta.port_name() {
@@ -48,6 +53,24 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
             svc.endpoints.push(endpoint);
         }
     }
+    // Services without a frontend have only their meta entry.
+    for entry in maps.service_meta.iter() {
+        let (_, meta) = entry?;
+        let key = (meta.namespace().to_owned(), meta.name().to_owned());
+        let cluster_ip = match meta.svc_type {
+            SVC_TYPE_HEADLESS => "None",
+            SVC_TYPE_EXTERNAL_NAME => "<none>",
+            _ => continue,
+        };
+        services.insert(
+            key,
+            ProgrammedService {
+                svc_type: svc_type_name(meta.svc_type),
+                cluster_ip: cluster_ip.into(),
+                ..Default::default()
+            },
+        );
+    }
     for svc in services.values_mut() {
         svc.ports.sort();
         svc.endpoints.sort();
@@ -61,7 +84,8 @@ pub fn format_services(services: &BTreeMap<(String, String), ProgrammedService>)
         .iter()
         .map(|((ns, name), svc)| {
             let endpoints = if svc.endpoints.is_empty() { "<none>".to_owned() } else { svc.endpoints.join(",") };
-            [ns.clone(), name.clone(), "ClusterIP".into(), svc.cluster_ip.clone(), svc.ports.join(","), endpoints]
+            let ports = if svc.ports.is_empty() { "<none>".to_owned() } else { svc.ports.join(",") };
+            [ns.clone(), name.clone(), svc.svc_type.into(), svc.cluster_ip.clone(), ports, endpoints]
         })
         .collect();
     table(["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"], &rows)
@@ -111,6 +135,7 @@ mod tests {
         services.insert(
             ("default".to_owned(), "kubia".to_owned()),
             ProgrammedService {
+                svc_type: "ClusterIP",
                 cluster_ip: "10.96.0.10".into(),
                 ports: vec!["80/TCP".into()],
                 endpoints: vec!["10.244.0.2:8080".into(), "10.244.0.3:8080".into()],
@@ -118,7 +143,12 @@ mod tests {
         );
         services.insert(
             ("default".to_owned(), "empty".to_owned()),
-            ProgrammedService { cluster_ip: "10.96.0.11".into(), ports: vec!["http:80/TCP".into()], endpoints: vec![] },
+            ProgrammedService {
+                svc_type: "ClusterIP",
+                cluster_ip: "10.96.0.11".into(),
+                ports: vec!["http:80/TCP".into()],
+                endpoints: vec![],
+            },
         );
         let out = format_services(&services);
         assert_eq!(

@@ -10,11 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    Backend, BackendSlotKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP, ServiceMeta, wire,
+    Backend, BackendSlotKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP,
+    SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, wire,
 };
 use tracing::warn;
 
-use crate::model::{ClusterIp, DesiredState, Protocol};
+use crate::model::{ClusterIp, DesiredState, Protocol, Service, ServiceType};
 
 /// One write to the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,10 +75,20 @@ struct WantedFrontend {
     meta: ServiceMeta,
 }
 
+/// A Service with no frontend (headless, ExternalName): only its meta
+/// entry, so that `lb-agent get services` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ListedService {
+    svc_id: u32,
+    meta: ServiceMeta,
+}
+
 /// What the reconciler believes the maps hold.
 #[derive(Debug, Default)]
 pub struct Programmed {
     frontends: BTreeMap<FrontendKey, ProgrammedFrontend>,
+    /// Keyed by (namespace, name).
+    listed: BTreeMap<(String, String), ListedService>,
     /// Service addresses, with how many frontends each has.
     vips: BTreeMap<u32, u32>,
     backend_ids: HashMap<Backend, u32>,
@@ -108,8 +119,18 @@ impl Programmed {
                 (key, ProgrammedFrontend { svc_id: fe.svc_id, affinity_timeout_s: fe.affinity_timeout_s, slots, meta })
             })
             .collect();
+        let frontends: BTreeMap<FrontendKey, ProgrammedFrontend> = frontends;
+        let with_frontend: BTreeSet<u32> = frontends.values().map(|fe| fe.svc_id).collect();
+        let listed = metas
+            .iter()
+            .filter(|(svc_id, _)| !with_frontend.contains(svc_id))
+            .map(|(svc_id, meta)| {
+                let key = (meta.namespace().to_owned(), meta.name().to_owned());
+                (key, ListedService { svc_id: *svc_id, meta: *meta })
+            })
+            .collect();
         let next_backend_id = backend_ids.values().max().map_or(1, |id| id + 1);
-        Self { vips: vips.into_iter().collect(), frontends, backend_ids, next_backend_id }
+        Self { vips: vips.into_iter().collect(), frontends, listed, backend_ids, next_backend_id }
     }
 
     /// The operations that bring the maps from what they hold to `desired`,
@@ -195,7 +216,24 @@ impl Programmed {
             }
         }
 
-        // 4. Service addresses: answered only while a frontend is there.
+        // 4. Services listed without a frontend.
+        let wanted_listed = listed_services(desired);
+        let gone: Vec<(String, String)> =
+            self.listed.keys().filter(|k| !wanted_listed.contains_key(*k)).cloned().collect();
+        for key in gone {
+            let old = self.listed.remove(&key).expect("key listed above");
+            ops.push(MapOp::DeleteMeta(old.svc_id));
+        }
+        for (key, meta) in wanted_listed {
+            if self.listed.get(&key).is_some_and(|old| old.meta == meta) {
+                continue;
+            }
+            let svc_id = self.listed.get(&key).map_or_else(|| self.allocate_svc_id(), |old| old.svc_id);
+            ops.push(MapOp::PutMeta { svc_id, meta });
+            self.listed.insert(key, ListedService { svc_id, meta });
+        }
+
+        // 5. Service addresses: answered only while a frontend is there.
         let mut vips: BTreeMap<u32, u32> = BTreeMap::new();
         for key in self.frontends.keys() {
             *vips.entry(key.addr).or_default() += 1;
@@ -210,7 +248,7 @@ impl Programmed {
         }
         self.vips = vips;
 
-        // 5. Backends nothing points at any more.
+        // 6. Backends nothing points at any more.
         let referenced: BTreeSet<u32> = self.frontends.values().flat_map(|fe| fe.slots.iter().copied()).collect();
         let mut unreferenced: Vec<(Backend, u32)> =
             self.backend_ids.iter().filter(|(_, id)| !referenced.contains(id)).map(|(b, id)| (*b, *id)).collect();
@@ -233,7 +271,8 @@ impl Programmed {
 
     /// The lowest id no frontend uses.
     fn allocate_svc_id(&self) -> u32 {
-        let used: BTreeSet<u32> = self.frontends.values().map(|fe| fe.svc_id).collect();
+        let used: BTreeSet<u32> =
+            self.frontends.values().map(|fe| fe.svc_id).chain(self.listed.values().map(|l| l.svc_id)).collect();
         (1..).find(|id| !used.contains(id)).expect("fewer than u32::MAX frontends")
     }
 }
@@ -256,7 +295,7 @@ fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFront
                 .active_endpoints()
                 .map(|ep| Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), _pad: 0 })
                 .collect();
-            let meta = ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, SVC_TYPE_CLUSTER_IP);
+            let meta = ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, svc_type(service));
             if wanted.insert(key, WantedFrontend { affinity_timeout_s: 0, backends, meta }).is_some() {
                 // The model rejects such conflicts; this only guards the maps.
                 warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
@@ -266,12 +305,35 @@ fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFront
     wanted
 }
 
+/// Services the datapath has nothing to do for, by (namespace, name).
+fn listed_services(desired: &DesiredState) -> BTreeMap<(String, String), ServiceMeta> {
+    desired
+        .services
+        .values()
+        .filter(|service| !service.programs_datapath())
+        .map(|service| {
+            let meta = ServiceMeta::new(&service.name.namespace, &service.name.name, "", svc_type(service));
+            ((service.name.namespace.clone(), service.name.name.clone()), meta)
+        })
+        .collect()
+}
+
+fn svc_type(service: &Service) -> u8 {
+    match (service.service_type, service.cluster_ip) {
+        (ServiceType::ExternalName, _) => SVC_TYPE_EXTERNAL_NAME,
+        (_, ClusterIp::None) => SVC_TYPE_HEADLESS,
+        (ServiceType::ClusterIp, _) => SVC_TYPE_CLUSTER_IP,
+        (ServiceType::NodePort, _) => SVC_TYPE_NODE_PORT,
+        (ServiceType::LoadBalancer, _) => SVC_TYPE_LOAD_BALANCER,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::model::{Endpoint, Service, ServiceName, ServicePort, ServiceType};
+    use crate::model::{Endpoint, ServiceName, ServicePort};
 
     fn endpoint(last: u8, ready: bool) -> Endpoint {
         Endpoint {

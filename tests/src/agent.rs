@@ -25,7 +25,7 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Starts the agent in `node`, attached to all of the node's pod veths,
-    /// and waits until it has started.
+    /// and waits until it has attached and programmed its first state.
     pub fn start(node: &Node, manifests: &[(&str, &str)]) -> anyhow::Result<Self> {
         Self::start_with(node, manifests, &["--pod-device", POD_DEVICE_PATTERN])
     }

@@ -128,3 +128,46 @@ fn service_without_selector_uses_manual_endpoints_and_endpoint_slices() {
     agent.wait_for_services(TIMEOUT, |s| s.contains("192.0.2.10:5432")).unwrap();
     assert_eq!(answers(&client, 80, 10), ["ext-db".to_owned()].into());
 }
+
+/// The seeds' headless Service and ExternalName alias: DNS answers for
+/// them, so the datapath programs nothing, but both are listed.
+#[test]
+fn headless_and_external_name_services_are_listed_but_not_programmed() {
+    require_root();
+    let node = Node::new().unwrap();
+    let manifests = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: kubia-headless
+spec:
+  clusterIP: None
+  ports:
+  - port: 80
+    targetPort: 8080
+  selector:
+    app: kubia
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: external-service
+spec:
+  type: ExternalName
+  externalName: someapi.somecompany.com
+  ports:
+  - port: 80
+";
+    let pod = lb_tests::agent::pod_manifest("kubia-a", Ipv4Addr::new(10, 244, 0, 2), true);
+    let agent = AgentProcess::start(&node, &[("svc.yaml", manifests), ("pod.yaml", &pod)]).unwrap();
+    let services = agent.get("services").unwrap();
+    let rows: Vec<Vec<&str>> = services.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows,
+        [
+            ["default", "external-service", "ExternalName", "<none>", "<none>", "<none>"],
+            ["default", "kubia-headless", "ClusterIP", "None", "<none>", "<none>"],
+        ],
+        "{services}"
+    );
+}
