@@ -103,12 +103,29 @@ pub enum ClusterIp {
     None,
 }
 
+/// `spec.sessionAffinity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionAffinity {
+    None,
+    /// A client's new connections go to the backend of its last one, as long
+    /// as that was less than `timeout_seconds` ago.
+    ClientIp {
+        timeout_seconds: u32,
+    },
+}
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 h).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
+/// Kubernetes' upper bound for it (one day).
+const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86_400;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: ServiceName,
     pub service_type: ServiceType,
     pub cluster_ip: ClusterIp,
     pub external_name: Option<String>,
+    pub session_affinity: SessionAffinity,
     pub ports: Vec<ServicePort>,
 }
 
@@ -289,6 +306,7 @@ struct Spec<'a> {
     service_type: ServiceType,
     address: Address,
     external_name: Option<String>,
+    session_affinity: SessionAffinity,
     ports: Vec<PortSpec>,
     /// Present and non-empty: endpoints come from pods.
     selector: Option<&'a BTreeMap<String, String>>,
@@ -407,12 +425,35 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         ports.push(PortSpec { name, port, protocol, target });
     }
 
+    let session_affinity = match spec.session_affinity.as_deref() {
+        None | Some("None") => SessionAffinity::None,
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS as i32);
+            if !(1..=MAX_AFFINITY_TIMEOUT_SECONDS).contains(&timeout) {
+                return Err(bad(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    format!("{timeout} is not in 1-{MAX_AFFINITY_TIMEOUT_SECONDS}"),
+                ));
+            }
+            SessionAffinity::ClientIp { timeout_seconds: timeout as u32 }
+        }
+        Some(other) => {
+            return Err(bad("spec.sessionAffinity", format!("unknown value {other:?} (None or ClientIP)")));
+        }
+    };
+
     Ok(Spec {
         file: &service.file,
         name,
         service_type,
         address,
         external_name,
+        session_affinity,
         ports,
         selector: service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()),
         publish_not_ready: spec.publish_not_ready_addresses == Some(true),
@@ -850,7 +891,14 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
             }
         })
         .collect();
-    Service { name: spec.name, service_type: spec.service_type, cluster_ip, external_name: spec.external_name, ports }
+    Service {
+        name: spec.name,
+        service_type: spec.service_type,
+        cluster_ip,
+        external_name: spec.external_name,
+        session_affinity: spec.session_affinity,
+        ports,
+    }
 }
 
 #[cfg(test)]
@@ -1210,6 +1258,14 @@ subsets:
                 "spec.clusterIP: None (headless) is only allowed for type ClusterIP",
             ),
             ("  ports: []\n", "spec.ports: a service with a cluster IP needs at least one port"),
+            (
+                "  sessionAffinity: Sticky\n  ports: [{port: 80}]\n",
+                "spec.sessionAffinity: unknown value \"Sticky\" (None or ClientIP)",
+            ),
+            (
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}\n  ports: [{port: 80}]\n",
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is not in 1-86400",
+            ),
         ];
         for (spec, reason) in cases {
             let (_, errors) =

@@ -15,7 +15,7 @@ use lb_common::{
 };
 use tracing::warn;
 
-use crate::model::{ClusterIp, DesiredState, Protocol, Service, ServiceType};
+use crate::model::{ClusterIp, DesiredState, Protocol, Service, ServiceType, SessionAffinity};
 
 /// One write to the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,7 +296,11 @@ fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFront
                 .map(|ep| Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), _pad: 0 })
                 .collect();
             let meta = ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, svc_type(service));
-            if wanted.insert(key, WantedFrontend { affinity_timeout_s: 0, backends, meta }).is_some() {
+            let affinity_timeout_s = match service.session_affinity {
+                SessionAffinity::None => 0,
+                SessionAffinity::ClientIp { timeout_seconds } => timeout_seconds,
+            };
+            if wanted.insert(key, WantedFrontend { affinity_timeout_s, backends, meta }).is_some() {
                 // The model rejects such conflicts; this only guards the maps.
                 warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
             }
@@ -333,7 +337,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::model::{Endpoint, ServiceName, ServicePort};
+    use crate::model::{Endpoint, ServiceName, ServicePort, SessionAffinity};
 
     fn endpoint(last: u8, ready: bool) -> Endpoint {
         Endpoint {
@@ -358,6 +362,7 @@ mod tests {
                     service_type: ServiceType::ClusterIp,
                     cluster_ip: ClusterIp::Ip(Ipv4Addr::from(*vip)),
                     external_name: None,
+                    session_affinity: SessionAffinity::None,
                     ports: vec![ServicePort {
                         name: String::new(),
                         port: 80,
@@ -507,6 +512,38 @@ mod tests {
         assert_eq!(adopted.plan(&desired), []);
         // Stale entries left by an earlier agent are removed.
         assert!(!adopted.plan(&DesiredState::default()).is_empty());
+    }
+
+    #[test]
+    fn affinity_is_programmed_and_forgotten_when_switched_off_or_a_backend_leaves() {
+        let mut programmed = Programmed::default();
+        let mut sticky = state(&[("kubia", VIP, &[endpoint(2, true), endpoint(3, true)])]);
+        for service in sticky.services.values_mut() {
+            service.session_affinity = SessionAffinity::ClientIp { timeout_seconds: 30 };
+        }
+        let ops = programmed.plan(&sticky);
+        assert!(
+            ops.iter().any(|op| matches!(op, MapOp::PutFrontend { frontend, .. } if frontend.affinity_timeout_s == 30))
+        );
+
+        // A backend leaves: only its affinities go.
+        let mut one_left = sticky.clone();
+        for service in one_left.services.values_mut() {
+            service.ports[0].endpoints.truncate(1);
+        }
+        let ops = programmed.plan(&one_left);
+        let kept = ops.iter().find_map(|op| match op {
+            MapOp::PurgeAffinity { keep, .. } => Some(keep.clone()),
+            _ => None,
+        });
+        assert_eq!(kept.map(|k| k.len()), Some(1), "{ops:?}");
+
+        // Switched off: the frontend says so and every affinity goes.
+        let ops = programmed.plan(&state(&[("kubia", VIP, &[endpoint(2, true)])]));
+        assert!(
+            ops.iter().any(|op| matches!(op, MapOp::PutFrontend { frontend, .. } if frontend.affinity_timeout_s == 0))
+        );
+        assert!(ops.iter().any(|op| matches!(op, MapOp::PurgeAffinity { keep, .. } if keep.is_empty())));
     }
 
     #[test]

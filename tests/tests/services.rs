@@ -171,3 +171,44 @@ spec:
         "{services}"
     );
 }
+
+/// The seeds' `sessionAffinity: ClientIP` and e2e "should have session
+/// affinity timeout work": sticky while used, random again once the
+/// timeout passed, and switching None <-> ClientIP converges.
+#[test]
+fn session_affinity_client_ip_sticks_and_expires_after_its_timeout() {
+    require_root();
+    let c = lb_tests::kubia::cluster(3);
+    let affinity = |on: bool| {
+        let extra = if on {
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 1\n"
+        } else {
+            ""
+        };
+        format!("{}{extra}", service("  - name: http\n    port: 80\n    targetPort: 8080\n"))
+    };
+    let pods: Vec<&lb_tests::topology::Pod> = c.backends.iter().collect();
+    let agent = AgentProcess::start(
+        &c.node,
+        &[("svc.yaml", &affinity(true)), ("pods.yaml", &lb_tests::kubia::pods_manifest(&pods, |_| true))],
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| lb_tests::kubia::endpoint_count(s) == 3).unwrap();
+    assert_eq!(answers(&c.client, 80, 20).len(), 1, "new connections within the timeout stay on one pod");
+
+    // Idle past the timeout before each request: each is a fresh choice.
+    let after_expiry: BTreeSet<String> = (0..8)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(1100));
+            served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()).to_owned()
+        })
+        .collect();
+    assert!(after_expiry.len() > 1, "stickiness never expired: {after_expiry:?}");
+
+    agent.write_manifest("svc.yaml", &affinity(false)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(answers(&c.client, 80, 30).len(), 3, "without affinity every pod answers");
+    agent.write_manifest("svc.yaml", &affinity(true)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(answers(&c.client, 80, 20).len(), 1, "affinity again after switching back");
+}
