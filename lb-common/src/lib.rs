@@ -136,6 +136,12 @@ pub const CT_FORWARD: u8 = 0;
 /// `CtEntry::direction` of an entry keyed by the backend's reply
 /// (backend -> client): rewrite the source to `nat_addr:nat_port`.
 pub const CT_REPLY: u8 = 1;
+/// The client is its own backend (a pod reaching itself through its
+/// Service): the forward entry also rewrites the source to the frontend
+/// address, so the backend answers through the datapath instead of to
+/// itself, and the reply entry rewrites the destination back to the client,
+/// which is the reply's own source address.
+pub const CT_FLAG_HAIRPIN: u8 = 1;
 
 /// A translation the datapath applies to every packet of a flow.
 #[repr(C)]
@@ -148,7 +154,8 @@ pub struct CtEntry {
     pub nat_port: u16,
     /// `CT_FORWARD` or `CT_REPLY`.
     pub direction: u8,
-    pub _pad: u8,
+    /// `CT_FLAG_*` bits.
+    pub flags: u8,
     /// The Service port the flow belongs to, so state can be found per service.
     pub svc_id: u32,
     pub _pad2: u32,

@@ -3,14 +3,26 @@
 //! backend) and the backend's reply 5-tuple (rewrite the source back to the
 //! frontend). Both directions are thus one lookup on any hook.
 
-use lb_common::{Backend, CT_FORWARD, CT_REPLY, CtEntry, CtKey};
+use lb_common::{Backend, CT_FLAG_HAIRPIN, CT_FORWARD, CT_REPLY, CtEntry, CtKey};
 
-/// The 5-tuple of the backend's replies to the client of `flow`.
+/// Is the client of `flow` its own backend?
+#[inline(always)]
+pub fn is_hairpin(flow: &CtKey, backend: &Backend) -> bool {
+    flow.saddr == backend.addr
+}
+
+#[inline(always)]
+fn flags(hairpin: bool) -> u8 {
+    if hairpin { CT_FLAG_HAIRPIN } else { 0 }
+}
+
+/// The 5-tuple of the backend's replies to the client of `flow`; with
+/// hairpin they are addressed to the frontend (the source it saw).
 #[inline(always)]
 pub fn reply_key(flow: &CtKey, backend: &Backend) -> CtKey {
     CtKey {
         saddr: backend.addr,
-        daddr: flow.saddr,
+        daddr: if is_hairpin(flow, backend) { flow.daddr } else { flow.saddr },
         sport: backend.port,
         dport: flow.sport,
         proto: flow.proto,
@@ -20,12 +32,12 @@ pub fn reply_key(flow: &CtKey, backend: &Backend) -> CtKey {
 
 /// Rewrites `flow`'s destination to `backend`.
 #[inline(always)]
-pub fn forward_entry(backend: &Backend, svc_id: u32, now_ns: u64) -> CtEntry {
+pub fn forward_entry(flow: &CtKey, backend: &Backend, svc_id: u32, now_ns: u64) -> CtEntry {
     CtEntry {
         nat_addr: backend.addr,
         nat_port: backend.port,
         direction: CT_FORWARD,
-        _pad: 0,
+        flags: flags(is_hairpin(flow, backend)),
         svc_id,
         _pad2: 0,
         created_ns: now_ns,
@@ -34,12 +46,12 @@ pub fn forward_entry(backend: &Backend, svc_id: u32, now_ns: u64) -> CtEntry {
 
 /// Rewrites the replies' source back to the frontend `flow` was sent to.
 #[inline(always)]
-pub fn reply_entry(flow: &CtKey, svc_id: u32, now_ns: u64) -> CtEntry {
+pub fn reply_entry(flow: &CtKey, backend: &Backend, svc_id: u32, now_ns: u64) -> CtEntry {
     CtEntry {
         nat_addr: flow.daddr,
         nat_port: flow.dport,
         direction: CT_REPLY,
-        _pad: 0,
+        flags: flags(is_hairpin(flow, backend)),
         svc_id,
         _pad2: 0,
         created_ns: now_ns,
@@ -56,9 +68,19 @@ mod tests {
         let backend = Backend { addr: 9, port: 8, _pad: 0 };
         let reply = reply_key(&flow, &backend);
         assert_eq!((reply.saddr, reply.sport, reply.daddr, reply.dport), (9, 8, 1, 3));
-        let entry = reply_entry(&flow, 7, 0);
-        assert_eq!((entry.nat_addr, entry.nat_port, entry.direction), (2, 4, CT_REPLY));
-        let fwd = forward_entry(&backend, 7, 0);
-        assert_eq!((fwd.nat_addr, fwd.nat_port, fwd.direction), (9, 8, CT_FORWARD));
+        let entry = reply_entry(&flow, &backend, 7, 0);
+        assert_eq!((entry.nat_addr, entry.nat_port, entry.direction, entry.flags), (2, 4, CT_REPLY, 0));
+        let fwd = forward_entry(&flow, &backend, 7, 0);
+        assert_eq!((fwd.nat_addr, fwd.nat_port, fwd.direction, fwd.flags), (9, 8, CT_FORWARD, 0));
+    }
+
+    #[test]
+    fn a_client_that_is_its_own_backend_is_hairpinned_through_the_frontend() {
+        let flow = CtKey { saddr: 9, daddr: 2, sport: 3, dport: 4, proto: 6, _pad: [0; 3] };
+        let backend = Backend { addr: 9, port: 8, _pad: 0 };
+        let reply = reply_key(&flow, &backend);
+        assert_eq!((reply.saddr, reply.sport, reply.daddr, reply.dport), (9, 8, 2, 3), "answers go to the frontend");
+        assert_eq!(forward_entry(&flow, &backend, 7, 0).flags, CT_FLAG_HAIRPIN);
+        assert_eq!(reply_entry(&flow, &backend, 7, 0).flags, CT_FLAG_HAIRPIN);
     }
 }

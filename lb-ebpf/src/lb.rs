@@ -5,7 +5,8 @@
 
 use crate::{conntrack, nat::Side};
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_REPLY, CtEntry, CtKey, Frontend, FrontendKey, Reason,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FLAG_HAIRPIN, CT_REPLY, CtEntry, CtKey, Frontend,
+    FrontendKey, Reason,
 };
 
 /// A conntrack entry could not be written.
@@ -38,12 +39,14 @@ pub enum Hook {
 pub enum Verdict {
     Pass(Reason),
     Drop(Reason),
-    /// Rewrite `side` to `addr:port` (network byte order), then pass.
+    /// Rewrite `side` to `addr:port` (network byte order) and, for a
+    /// hairpinned flow, the other side's address to `other_addr`; then pass.
     Rewrite {
         reason: Reason,
         side: Side,
         addr: u32,
         port: u16,
+        other_addr: Option<u32>,
     },
     /// The frontend has no endpoint: answer with a reset or an ICMP error.
     Reject,
@@ -62,13 +65,18 @@ impl Verdict {
 #[inline(always)]
 pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
     if let Some(entry) = tables.conntrack(flow) {
-        let (reason, side) = if entry.direction == CT_REPLY {
-            (Reason::ReplyReverseNat, Side::Src)
+        let hairpin = entry.flags & CT_FLAG_HAIRPIN != 0;
+        // Hairpin: the forward packet leaves from the frontend address, the
+        // reply goes back to the client, which is the reply's own source.
+        let (reason, side, other_addr) = if entry.direction == CT_REPLY {
+            (Reason::ReplyReverseNat, Side::Src, hairpin.then_some(flow.saddr))
         } else {
-            (Reason::ForwardEstablished, Side::Dst)
+            (Reason::ForwardEstablished, Side::Dst, hairpin.then_some(flow.daddr))
         };
-        if hook == Hook::Xdp || side == Side::Src {
-            return Verdict::Rewrite { reason, side, addr: entry.nat_addr, port: entry.nat_port };
+        // TC egress translates plain replies only; hairpinned flows never
+        // leave their pod's veth without crossing XDP.
+        if hook == Hook::Xdp || (side == Side::Src && !hairpin) {
+            return Verdict::Rewrite { reason, side, addr: entry.nat_addr, port: entry.nat_port, other_addr };
         }
     }
     if hook != Hook::Xdp {
@@ -93,12 +101,18 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
     // entry would deliver packets whose answers the client cannot match.
     let reply_key = conntrack::reply_key(flow, &backend);
     let written = tables
-        .conntrack_insert(&reply_key, &conntrack::reply_entry(flow, frontend.svc_id, now))
-        .and_then(|()| tables.conntrack_insert(flow, &conntrack::forward_entry(&backend, frontend.svc_id, now)));
+        .conntrack_insert(&reply_key, &conntrack::reply_entry(flow, &backend, frontend.svc_id, now))
+        .and_then(|()| tables.conntrack_insert(flow, &conntrack::forward_entry(flow, &backend, frontend.svc_id, now)));
     if written.is_err() {
         return Verdict::Drop(Reason::DropConntrackFull);
     }
-    Verdict::Rewrite { reason: Reason::ForwardNewFlow, side: Side::Dst, addr: backend.addr, port: backend.port }
+    Verdict::Rewrite {
+        reason: Reason::ForwardNewFlow,
+        side: Side::Dst,
+        addr: backend.addr,
+        port: backend.port,
+        other_addr: conntrack::is_hairpin(flow, &backend).then_some(flow.daddr),
+    }
 }
 
 /// The client's affinity backend while it is fresh, else a random slot.
@@ -206,7 +220,13 @@ mod tests {
         let backend = Backend { addr: 0x0af4_000b, port: 8080, _pad: 0 };
         assert_eq!(
             v,
-            Verdict::Rewrite { reason: Reason::ForwardNewFlow, side: Side::Dst, addr: backend.addr, port: 8080 }
+            Verdict::Rewrite {
+                reason: Reason::ForwardNewFlow,
+                side: Side::Dst,
+                addr: backend.addr,
+                port: 8080,
+                other_addr: None
+            }
         );
         let ct = t.conntrack.borrow();
         assert_eq!(ct[&f].direction, CT_FORWARD);
@@ -223,11 +243,23 @@ mod tests {
             t.random.set(r);
             assert_eq!(
                 decide(&f, &t, Hook::Xdp),
-                Verdict::Rewrite { reason: Reason::ForwardEstablished, side: Side::Dst, addr, port: 8080 }
+                Verdict::Rewrite {
+                    reason: Reason::ForwardEstablished,
+                    side: Side::Dst,
+                    addr,
+                    port: 8080,
+                    other_addr: None
+                }
             );
         }
         let reply = flow(addr, CLIENT, 8080, 40000);
-        let want = Verdict::Rewrite { reason: Reason::ReplyReverseNat, side: Side::Src, addr: VIP, port: 80 };
+        let want = Verdict::Rewrite {
+            reason: Reason::ReplyReverseNat,
+            side: Side::Src,
+            addr: VIP,
+            port: 80,
+            other_addr: None,
+        };
         assert_eq!(decide(&reply, &t, Hook::Xdp), want);
         assert_eq!(decide(&reply, &t, Hook::TcEgress), want);
     }
@@ -284,6 +316,32 @@ mod tests {
         );
         assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), &t, Hook::Xdp), Verdict::Rewrite { .. }));
         assert_ne!(t.affinity.borrow()[&AffinityKey { client: CLIENT, svc_id: 1 }].backend_id, 999);
+    }
+
+    #[test]
+    fn a_pod_reaching_itself_is_hairpinned_through_the_vip_both_ways() {
+        let t = service(1);
+        let me = 0x0af4_000a; // the only backend
+        let f = flow(me, VIP, 40000, 80);
+        let hairpin_forward = Verdict::Rewrite {
+            reason: Reason::ForwardNewFlow,
+            side: Side::Dst,
+            addr: me,
+            port: 8080,
+            other_addr: Some(VIP),
+        };
+        assert_eq!(decide(&f, &t, Hook::Xdp), hairpin_forward);
+        // The backend answers the frontend address; the reply goes back to me from the VIP.
+        let reply = flow(me, VIP, 8080, 40000);
+        let hairpin_reply = Verdict::Rewrite {
+            reason: Reason::ReplyReverseNat,
+            side: Side::Src,
+            addr: VIP,
+            port: 80,
+            other_addr: Some(me),
+        };
+        assert_eq!(decide(&reply, &t, Hook::Xdp), hairpin_reply);
+        assert_eq!(decide(&reply, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
     }
 
     #[test]

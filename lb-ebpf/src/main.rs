@@ -54,9 +54,14 @@ fn apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
     match verdict {
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
-        Verdict::Rewrite { reason, side, addr, port } => {
+        Verdict::Rewrite { reason, side, addr, port, other_addr } => {
             // SAFETY: `pkt` was parsed from this context's packet just now.
-            unsafe { nat::rewrite(pkt, side, addr, port) };
+            unsafe {
+                nat::rewrite(pkt, side, addr, port);
+                if let Some(other) = other_addr {
+                    nat::rewrite_addr(pkt, side.opposite(), other);
+                }
+            }
             (xdp_action::XDP_PASS, reason)
         }
         Verdict::Reject => reject(ctx, pkt),
@@ -121,10 +126,12 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let reason = match tc_parse(&ctx) {
         Err(reason) => reason,
         Ok(pkt) => match decide(&pkt.flow(), &MapTables, Hook::TcEgress) {
-            Verdict::Rewrite { reason, side, addr, port } => match tc_rewrite(&ctx, &pkt, side, addr, port) {
-                Ok(()) => reason,
-                Err(_) => Reason::PassTruncated,
-            },
+            Verdict::Rewrite { reason, side, addr, port, other_addr: None } => {
+                match tc_rewrite(&ctx, &pkt, side, addr, port) {
+                    Ok(()) => reason,
+                    Err(_) => Reason::PassTruncated,
+                }
+            }
             // TC only ever passes: `decide` starts nothing on this hook.
             verdict => verdict.reason(),
         },

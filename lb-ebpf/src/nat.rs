@@ -17,6 +17,14 @@ pub enum Side {
 }
 
 impl Side {
+    #[inline(always)]
+    pub fn opposite(self) -> Side {
+        match self {
+            Side::Dst => Side::Src,
+            Side::Src => Side::Dst,
+        }
+    }
+
     /// Offsets of (IPv4 address, L4 port) from the start of the packet.
     #[inline(always)]
     pub fn offsets(self) -> (usize, usize) {
@@ -54,6 +62,16 @@ pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: u32, port: u16) {
     }
 }
 
+/// Rewrites only the address of `side` (the hairpin's second rewrite).
+///
+/// # Safety
+/// As for [`rewrite`].
+#[inline(always)]
+pub unsafe fn rewrite_addr(pkt: &Packet, side: Side, addr: u32) {
+    // SAFETY: as for `rewrite`; the port is rewritten to itself.
+    unsafe { rewrite(pkt, side, addr, pkt.read(side.offsets().1)) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +105,20 @@ mod tests {
             let got = rewritten(reply.build(), Side::Src, vip, 80);
             assert_eq!(got, from_vip.build(), "snat proto {proto}");
         }
+    }
+
+    #[test]
+    fn a_hairpin_rewrites_both_addresses_with_valid_checksums() {
+        let me = [10, 244, 0, 3];
+        let vip = [10, 96, 0, 10];
+        let mut frame = PacketBuilder::new(IPPROTO_TCP, me, 41000, vip, 80).build();
+        let data = frame.as_mut_ptr() as usize;
+        let pkt = parse(data, data + frame.len(), Frame::Linear).unwrap();
+        unsafe {
+            rewrite(&pkt, Side::Dst, u32::from_ne_bytes(me), 8080u16.to_be());
+            rewrite_addr(&pkt, Side::Src, u32::from_ne_bytes(vip));
+        }
+        assert_eq!(frame, PacketBuilder::new(IPPROTO_TCP, vip, 41000, me, 8080).build());
     }
 
     #[test]

@@ -212,3 +212,31 @@ fn session_affinity_client_ip_sticks_and_expires_after_its_timeout() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(answers(&c.client, 80, 20).len(), 1, "affinity again after switching back");
 }
+
+/// e2e "should allow pods to hairpin back to themselves through services":
+/// the only backend reaches itself through its own Service.
+#[test]
+fn a_pod_reaches_itself_through_its_own_service() {
+    require_root();
+    let c = lb_tests::kubia::cluster(1);
+    let me = &c.backends[0];
+    let agent = AgentProcess::start(
+        &c.node,
+        &[
+            ("svc.yaml", lb_tests::kubia::KUBIA_SERVICE),
+            ("pods.yaml", &lb_tests::kubia::pods_manifest(&[me], |_| true)),
+        ],
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| lb_tests::kubia::endpoint_count(s) == 1).unwrap();
+    for _ in 0..5 {
+        let body = http_get(&me.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+        assert_eq!(served_by(&body), me.name);
+    }
+    let (reply, from) = udp_request(&me.ns, SocketAddrV4::new(VIP, 53), b"me?", TIMEOUT).unwrap();
+    assert_eq!(from, SocketAddrV4::new(VIP, 53).into(), "{reply}");
+    assert_eq!(served_by(&reply), me.name);
+    // Other clients are not hairpinned: the backend still sees their address.
+    let body = http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    assert!(lb_tests::client::seen_client(&body).starts_with(&c.client.ip.to_string()), "{body}");
+}
