@@ -35,6 +35,7 @@ pub mod map_names {
     pub const SERVICE_META: &str = "LB_SERVICE_META";
     pub const AFFINITY: &str = "LB_AFFINITY";
     pub const VIPS: &str = "LB_VIPS";
+    pub const ENDPOINTS: &str = "LB_ENDPOINTS";
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
@@ -43,6 +44,7 @@ pub const MAX_BACKENDS: u32 = 65_536;
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
+pub const MAX_ENDPOINTS: u32 = 262_144;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -324,6 +326,48 @@ impl Reason {
     }
 }
 
+/// Endpoint `index` of Service port `svc_id`, ready or not.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointKey {
+    pub svc_id: u32,
+    pub index: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 8);
+
+/// `EndpointMeta::conditions` bits, as EndpointSlice conditions.
+pub const EP_READY: u8 = 1;
+pub const EP_SERVING: u8 = 2;
+pub const EP_TERMINATING: u8 = 4;
+
+/// Every endpoint of a Service port with its conditions, for
+/// `lb-agent get endpoints`. Read by userspace only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointMeta {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// L4 port, network byte order.
+    pub port: u16,
+    /// `EP_*` bits.
+    pub conditions: u8,
+    pub _pad: u8,
+    /// The pod's name, NUL-padded; empty when not a pod.
+    pub target: [u8; META_NAME_LEN],
+}
+const _: () = assert!(core::mem::size_of::<EndpointMeta>() == 72);
+
+impl EndpointMeta {
+    pub fn new(addr: u32, port: u16, conditions: u8, target: &str) -> Self {
+        let mut meta = Self { addr, port, conditions, _pad: 0, target: [0; META_NAME_LEN] };
+        copy_truncated(&mut meta.target, target);
+        meta
+    }
+    pub fn target(&self) -> &str {
+        until_nul(&self.target)
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -336,6 +380,8 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityEntry {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointMeta {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for ServiceMeta {}
 }

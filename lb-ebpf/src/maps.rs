@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, Frontend, FrontendKey, MAX_AFFINITY,
-    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_FRONTENDS, Reason, ServiceMeta,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, EndpointKey, EndpointMeta, Frontend,
+    FrontendKey, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRONTENDS, Reason,
+    ServiceMeta,
 };
 use lb_ebpf::lb::{Hook, InsertFailed, Tables};
 
@@ -31,6 +32,10 @@ static LB_CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CONNTRA
 /// (client, svc_id) -> backend of the client's last new connection.
 #[map]
 static LB_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+/// Every endpoint of each Service port with its conditions; userspace only.
+#[map]
+static LB_ENDPOINTS: HashMap<EndpointKey, EndpointMeta> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 /// Service addresses (value: how many frontends use it), for ICMP echo.
 #[map]

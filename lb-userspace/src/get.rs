@@ -4,7 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use lb_common::{
-    FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
+    EP_READY, EP_SERVING, EP_TERMINATING, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME,
+    SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
 };
 
 use crate::datapath::maps::DatapathMaps;
@@ -89,6 +90,30 @@ pub fn format_services(services: &BTreeMap<(String, String), ProgrammedService>)
         })
         .collect();
     table(["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"], &rows)
+}
+
+/// `get endpoints`: every endpoint of every Service port with its
+/// conditions, like `kubectl get endpointslices -o wide` would show them.
+pub fn format_endpoints(maps: &DatapathMaps) -> anyhow::Result<String> {
+    let mut rows: Vec<[String; 8]> = Vec::new();
+    for entry in maps.endpoints.iter() {
+        let (key, ep) = entry?;
+        let meta = maps.service_meta.get(&key.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        let flag = |bit: u8| (ep.conditions & bit != 0).to_string();
+        let port_name = if meta.port_name().is_empty() { "-" } else { meta.port_name() };
+        rows.push([
+            meta.namespace().to_owned(),
+            meta.name().to_owned(),
+            port_name.to_owned(),
+            format!("{}:{}", Ipv4Addr::from(wire::addr_octets(ep.addr)), wire::port_number(ep.port)),
+            flag(EP_READY),
+            flag(EP_SERVING),
+            flag(EP_TERMINATING),
+            if ep.target().is_empty() { "-".to_owned() } else { ep.target().to_owned() },
+        ]);
+    }
+    rows.sort();
+    Ok(table(["NAMESPACE", "NAME", "PORT", "ENDPOINT", "READY", "SERVING", "TERMINATING", "TARGET"], &rows))
 }
 
 pub fn format_counters(counters: &[(lb_common::Reason, u64, u64)]) -> String {

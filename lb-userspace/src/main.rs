@@ -70,6 +70,8 @@ enum XdpModeArg {
 #[derive(Clone, Copy, ValueEnum)]
 enum GetWhat {
     Services,
+    /// Every endpoint with its ready/serving/terminating conditions.
+    Endpoints,
     Counters,
 }
 
@@ -89,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             let maps = DatapathMaps::open_pinned(&bpf_dir)?;
             let out = match what {
                 GetWhat::Services => get::format_services(&get::programmed_services(&maps)?),
+                GetWhat::Endpoints => get::format_endpoints(&maps)?,
                 GetWhat::Counters => get::format_counters(&maps.counters().context("reading counters")?),
             };
             print!("{out}");

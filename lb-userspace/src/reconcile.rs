@@ -10,8 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::{
-    Backend, BackendSlotKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP,
-    SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, wire,
+    Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta, Frontend, FrontendKey,
+    IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER,
+    SVC_TYPE_NODE_PORT, ServiceMeta, wire,
 };
 use tracing::warn;
 
@@ -53,6 +54,12 @@ pub enum MapOp {
         frontends: u32,
     },
     DeleteVip(u32),
+    /// Endpoint `key.index` of a Service port, for `get endpoints`.
+    PutEndpoint {
+        key: EndpointKey,
+        meta: EndpointMeta,
+    },
+    DeleteEndpoint(EndpointKey),
     /// Forget the UDP flows to this backend: UDP has no end, so a client
     /// that keeps its socket would keep sending to a removed backend.
     FlushUdpFlows(Backend),
@@ -66,6 +73,8 @@ struct ProgrammedFrontend {
     /// Backend id per slot.
     slots: Vec<u32>,
     meta: ServiceMeta,
+    /// Every endpoint, ready or not, by index.
+    endpoints: Vec<EndpointMeta>,
 }
 
 /// A frontend as the model wants it.
@@ -73,6 +82,7 @@ struct WantedFrontend {
     affinity_timeout_s: u32,
     backends: Vec<Backend>,
     meta: ServiceMeta,
+    endpoints: Vec<EndpointMeta>,
 }
 
 /// A Service with no frontend (headless, ExternalName): only its meta
@@ -105,7 +115,12 @@ impl Programmed {
         backends: impl IntoIterator<Item = (u32, Backend)>,
         metas: impl IntoIterator<Item = (u32, ServiceMeta)>,
         vips: impl IntoIterator<Item = (u32, u32)>,
+        endpoints: impl IntoIterator<Item = (EndpointKey, EndpointMeta)>,
     ) -> Self {
+        let mut endpoints_of: BTreeMap<u32, BTreeMap<u32, EndpointMeta>> = BTreeMap::new();
+        for (key, meta) in endpoints {
+            endpoints_of.entry(key.svc_id).or_default().insert(key.index, meta);
+        }
         let slots: HashMap<BackendSlotKey, u32> = slots.into_iter().collect();
         let metas: HashMap<u32, ServiceMeta> = metas.into_iter().collect();
         let backend_ids: HashMap<Backend, u32> = backends.into_iter().map(|(id, b)| (b, id)).collect();
@@ -116,7 +131,9 @@ impl Programmed {
                     .filter_map(|slot| slots.get(&BackendSlotKey { svc_id: fe.svc_id, slot }).copied())
                     .collect();
                 let meta = metas.get(&fe.svc_id).copied().unwrap_or_default();
-                (key, ProgrammedFrontend { svc_id: fe.svc_id, affinity_timeout_s: fe.affinity_timeout_s, slots, meta })
+                let endpoints = endpoints_of.remove(&fe.svc_id).map(|e| e.into_values().collect()).unwrap_or_default();
+                let affinity_timeout_s = fe.affinity_timeout_s;
+                (key, ProgrammedFrontend { svc_id: fe.svc_id, affinity_timeout_s, slots, meta, endpoints })
             })
             .collect();
         let frontends: BTreeMap<FrontendKey, ProgrammedFrontend> = frontends;
@@ -155,7 +172,10 @@ impl Programmed {
             let slots: Vec<u32> = fe.backends.iter().map(|b| self.backend_ids[b]).collect();
             let old = self.frontends.get(key);
             let unchanged = |old: &ProgrammedFrontend| {
-                old.slots == slots && old.meta == fe.meta && old.affinity_timeout_s == fe.affinity_timeout_s
+                old.slots == slots
+                    && old.meta == fe.meta
+                    && old.affinity_timeout_s == fe.affinity_timeout_s
+                    && old.endpoints == fe.endpoints
             };
             if old.is_some_and(unchanged) {
                 continue;
@@ -197,8 +217,22 @@ impl Programmed {
                 let keep = if fe.affinity_timeout_s == 0 { Vec::new() } else { slots.clone() };
                 ops.push(MapOp::PurgeAffinity { svc_id, keep });
             }
-            let programmed =
-                ProgrammedFrontend { svc_id, affinity_timeout_s: fe.affinity_timeout_s, slots, meta: fe.meta };
+            let old_endpoints = old.map(|old| old.endpoints.clone()).unwrap_or_default();
+            for (index, meta) in fe.endpoints.iter().enumerate() {
+                if old_endpoints.get(index) != Some(meta) {
+                    ops.push(MapOp::PutEndpoint { key: EndpointKey { svc_id, index: index as u32 }, meta: *meta });
+                }
+            }
+            for index in fe.endpoints.len()..old_endpoints.len() {
+                ops.push(MapOp::DeleteEndpoint(EndpointKey { svc_id, index: index as u32 }));
+            }
+            let programmed = ProgrammedFrontend {
+                svc_id,
+                affinity_timeout_s: fe.affinity_timeout_s,
+                slots,
+                meta: fe.meta,
+                endpoints: fe.endpoints.clone(),
+            };
             self.frontends.insert(*key, programmed);
         }
 
@@ -211,6 +245,9 @@ impl Programmed {
                 ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id: old.svc_id, slot: slot as u32 }));
             }
             ops.push(MapOp::DeleteMeta(old.svc_id));
+            for index in 0..old.endpoints.len() {
+                ops.push(MapOp::DeleteEndpoint(EndpointKey { svc_id: old.svc_id, index: index as u32 }));
+            }
             if old.affinity_timeout_s != 0 {
                 ops.push(MapOp::PurgeAffinity { svc_id: old.svc_id, keep: Vec::new() });
             }
@@ -300,7 +337,19 @@ fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFront
                 SessionAffinity::None => 0,
                 SessionAffinity::ClientIp { timeout_seconds } => timeout_seconds,
             };
-            if wanted.insert(key, WantedFrontend { affinity_timeout_s, backends, meta }).is_some() {
+            let endpoints = port
+                .endpoints
+                .iter()
+                .map(|ep| {
+                    let conditions = [(ep.ready, EP_READY), (ep.serving, EP_SERVING), (ep.terminating, EP_TERMINATING)]
+                        .iter()
+                        .filter(|(set, _)| *set)
+                        .fold(0, |bits, (_, bit)| bits | bit);
+                    let target = ep.target.as_deref().unwrap_or_default();
+                    EndpointMeta::new(wire::addr(ep.addr.octets()), wire::port(ep.port), conditions, target)
+                })
+                .collect();
+            if wanted.insert(key, WantedFrontend { affinity_timeout_s, backends, meta, endpoints }).is_some() {
                 // The model rejects such conflicts; this only guards the maps.
                 warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
             }
@@ -384,6 +433,7 @@ mod tests {
         slots: BTreeMap<BackendSlotKey, u32>,
         backends: BTreeMap<u32, Backend>,
         vips: BTreeMap<u32, u32>,
+        endpoints: BTreeMap<EndpointKey, EndpointMeta>,
     }
 
     impl Maps {
@@ -398,6 +448,8 @@ mod tests {
                     MapOp::DeleteBackend(id) => drop(self.backends.remove(id)),
                     MapOp::PutVip { addr, frontends } => drop(self.vips.insert(*addr, *frontends)),
                     MapOp::DeleteVip(addr) => drop(self.vips.remove(addr)),
+                    MapOp::PutEndpoint { key, meta } => drop(self.endpoints.insert(*key, *meta)),
+                    MapOp::DeleteEndpoint(key) => drop(self.endpoints.remove(key)),
                     MapOp::PutMeta { .. }
                     | MapOp::DeleteMeta(_)
                     | MapOp::PurgeAffinity { .. }
@@ -457,9 +509,14 @@ mod tests {
         // The middle one goes: slot 1 is rewritten, the count shrinks, slot 2 goes, then its backend.
         let ops = programmed.plan(&state(&[("kubia", VIP, &[three[0].clone(), three[2].clone()])]));
         maps.apply_checked(&ops);
+        let datapath_ops: Vec<MapOp> = ops
+            .iter()
+            .filter(|op| !matches!(op, MapOp::PutEndpoint { .. } | MapOp::DeleteEndpoint(_)))
+            .cloned()
+            .collect();
         assert!(
             matches!(
-                ops.as_slice(),
+                datapath_ops.as_slice(),
                 [
                     MapOp::PutSlot { .. },
                     MapOp::PutFrontend { frontend: Frontend { backend_count: 2, .. }, .. },
@@ -508,6 +565,7 @@ mod tests {
             maps.backends.clone(),
             metas,
             maps.vips.clone(),
+            maps.endpoints.clone(),
         );
         assert_eq!(adopted.plan(&desired), []);
         // Stale entries left by an earlier agent are removed.

@@ -240,3 +240,31 @@ fn a_pod_reaches_itself_through_its_own_service() {
     let body = http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
     assert!(lb_tests::client::seen_client(&body).starts_with(&c.client.ip.to_string()), "{body}");
 }
+
+/// The seeds' troubleshooting advice: `get endpoints` shows which pods are
+/// part of the Service, ready or not.
+#[test]
+fn get_endpoints_shows_every_endpoint_with_its_conditions() {
+    require_root();
+    let c = lb_tests::kubia::cluster(2);
+    let pods: Vec<&lb_tests::topology::Pod> = c.backends.iter().collect();
+    let manifests = lb_tests::kubia::pods_manifest(&pods, |p| p.name == "kubia-0");
+    let agent =
+        AgentProcess::start(&c.node, &[("svc.yaml", lb_tests::kubia::KUBIA_SERVICE), ("pods.yaml", &manifests)])
+            .unwrap();
+    let endpoints = agent.get("endpoints").unwrap();
+    let rows: Vec<Vec<&str>> = endpoints.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["NAMESPACE", "NAME", "PORT", "ENDPOINT", "READY", "SERVING", "TERMINATING", "TARGET"]);
+    assert!(
+        rows.contains(&vec!["default", "kubia", "http", "10.244.0.2:8080", "true", "true", "false", "kubia-0"]),
+        "{endpoints}"
+    );
+    assert!(
+        rows.contains(&vec!["default", "kubia", "http", "10.244.0.3:8080", "false", "false", "false", "kubia-1"]),
+        "{endpoints}"
+    );
+    assert!(
+        rows.contains(&vec!["default", "kubia", "echo", "10.244.0.3:5353", "false", "false", "false", "kubia-1"]),
+        "{endpoints}"
+    );
+}

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, Frontend, FrontendKey,
-    IPPROTO_UDP, Reason, ServiceMeta, map_names,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, EndpointKey, EndpointMeta,
+    Frontend, FrontendKey, IPPROTO_UDP, Reason, ServiceMeta, map_names,
 };
 
 use crate::reconcile::{MapOp, Programmed};
@@ -30,6 +30,7 @@ pub struct DatapathMaps {
     pub service_meta: HashMap<MapData, u32, ServiceMeta>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     pub vips: HashMap<MapData, u32, u32>,
+    pub endpoints: HashMap<MapData, EndpointKey, EndpointMeta>,
 }
 
 impl DatapathMaps {
@@ -56,6 +57,7 @@ impl DatapathMaps {
             service_meta: typed(&mut open, map_names::SERVICE_META)?,
             affinity: typed(&mut open, map_names::AFFINITY)?,
             vips: typed(&mut open, map_names::VIPS)?,
+            endpoints: typed(&mut open, map_names::ENDPOINTS)?,
         })
     }
 }
@@ -82,6 +84,8 @@ impl DatapathMaps {
             MapOp::PurgeAffinity { svc_id, keep } => self.purge_affinity(*svc_id, keep),
             MapOp::PutVip { addr, frontends } => self.vips.insert(addr, frontends, 0),
             MapOp::DeleteVip(addr) => self.vips.remove(addr),
+            MapOp::PutEndpoint { key, meta } => self.endpoints.insert(key, meta, 0),
+            MapOp::DeleteEndpoint(key) => self.endpoints.remove(key),
             MapOp::FlushUdpFlows(backend) => self.flush_udp_flows(backend),
         };
         match result {
@@ -130,6 +134,7 @@ impl DatapathMaps {
             self.backends.iter().collect::<Result<Vec<_>, _>>()?,
             self.service_meta.iter().collect::<Result<Vec<_>, _>>()?,
             self.vips.iter().collect::<Result<Vec<_>, _>>()?,
+            self.endpoints.iter().collect::<Result<Vec<_>, _>>()?,
         ))
     }
 
