@@ -83,14 +83,24 @@ impl Pod {
 
     /// Like [`Pod::serve`], on several ports.
     pub fn serve_on(&mut self, http_ports: &[u16], udp_ports: &[u16]) -> anyhow::Result<()> {
+        let http = http_ports.iter().map(|p| ("--http", *p));
+        let udp = udp_ports.iter().map(|p| ("--udp", *p));
+        self.spawn_server(http.chain(udp))
+    }
+
+    /// Starts a line-echo TCP server (long-lived connections) on `port`.
+    pub fn serve_tcp_echo(&mut self, port: u16) -> anyhow::Result<()> {
+        self.spawn_server([("--tcp-echo", port)])
+    }
+
+    /// Runs `lb-testserver` with (flag, port) listeners on all addresses
+    /// and waits until it is listening.
+    fn spawn_server(&mut self, listeners: impl IntoIterator<Item = (&'static str, u16)>) -> anyhow::Result<()> {
         let bin = crate::workspace_binary("LB_TESTSERVER_BIN", "lb-testserver")?;
         let mut cmd = self.ns.command(bin);
         cmd.args(["--name", &self.name]).stdout(Stdio::piped());
-        for port in http_ports {
-            cmd.args(["--http", &format!("0.0.0.0:{port}")]);
-        }
-        for port in udp_ports {
-            cmd.args(["--udp", &format!("0.0.0.0:{port}")]);
+        for (flag, port) in listeners {
+            cmd.args([flag, &format!("0.0.0.0:{port}")]);
         }
         let mut guard = self.ns.spawn(&mut cmd)?;
         let stdout = guard.0.stdout.take().expect("piped");

@@ -268,3 +268,64 @@ fn get_endpoints_shows_every_endpoint_with_its_conditions() {
         "{endpoints}"
     );
 }
+
+/// e2e "should be able to preserve UDP traffic when server pod cycles" and
+/// the readiness seeds: a connection established to a backend that becomes
+/// terminating, then is removed, keeps working until it closes, while new
+/// connections go to the others.
+#[test]
+fn an_established_connection_survives_its_backend_terminating_and_being_removed() {
+    use std::io::{BufRead, BufReader, Write};
+    require_root();
+    let mut c = lb_tests::kubia::cluster(2);
+    for pod in &mut c.backends {
+        pod.serve_tcp_echo(7007).unwrap();
+    }
+    let svc = service(
+        "  - name: http\n    port: 80\n    targetPort: 8080\n  - name: chat\n    port: 7\n    targetPort: 7007\n",
+    );
+    let pod = |name: &str, ip, terminating: bool| {
+        let manifest = lb_tests::agent::pod_manifest(name, ip, true);
+        if terminating {
+            manifest.replace("metadata:\n", "metadata:\n  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n")
+        } else {
+            manifest
+        }
+    };
+    let (a, b) = (&c.backends[0], &c.backends[1]);
+    let agent = AgentProcess::start(
+        &c.node,
+        &[("svc.yaml", &svc), ("pods.yaml", &[pod(&a.name, a.ip, false), pod(&b.name, b.ip, false)].join("---\n"))],
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| lb_tests::kubia::endpoint_count(s) == 2).unwrap();
+
+    let stream = c
+        .client
+        .ns
+        .run_in(|| std::net::TcpStream::connect_timeout(&SocketAddrV4::new(VIP, 7).into(), TIMEOUT))
+        .unwrap()
+        .unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut lines = BufReader::new(stream.try_clone().unwrap()).lines();
+    let mut say = |text: &str| {
+        writeln!(&stream, "{text}").unwrap();
+        lines.next().unwrap().unwrap()
+    };
+    let first = say("hello");
+    let (owner, _) = first.split_once(": ").unwrap();
+    let owner = owner.to_owned();
+    let (ours, other) = if owner == a.name { (a, b) } else { (b, a) };
+
+    // Terminating: no new connections, the old one goes on.
+    let manifests = [pod(&ours.name, ours.ip, true), pod(&other.name, other.ip, false)].join("---\n");
+    agent.write_manifest("pods.yaml", &manifests).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| lb_tests::kubia::endpoint_count(s) == 1).unwrap();
+    assert_eq!(answers(&c.client, 80, 20), [other.name.clone()].into());
+    assert_eq!(say("still there?"), format!("{owner}: still there?"));
+
+    // Removed altogether: the old connection still goes on.
+    agent.write_manifest("pods.yaml", &pod(&other.name, other.ip, false)).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| !s.contains(&ours.ip.to_string())).unwrap();
+    assert_eq!(say("and now?"), format!("{owner}: and now?"));
+}

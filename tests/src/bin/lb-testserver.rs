@@ -2,8 +2,10 @@
 //! peer address it saw (so tests see load spreading and source addresses),
 //! and a UDP echo that does the same before echoing the payload.
 //!
-//! `lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]...`
-//! prints `ready` once every socket is bound.
+//! `lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]... [--tcp-echo ADDR:PORT]...`
+//! prints `ready` once every socket is bound. `--tcp-echo` keeps a
+//! connection open and answers each line with `NAME: line`, for tests of
+//! long-lived flows.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -15,13 +17,14 @@ use anyhow::{Context, bail};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut name, mut http, mut udp) = (None, Vec::new(), Vec::new());
+    let (mut name, mut http, mut udp, mut tcp_echo) = (None, Vec::new(), Vec::new(), Vec::new());
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--name" => name = Some(value),
             "--http" => http.push(value.parse::<SocketAddr>().with_context(|| format!("--http {value}"))?),
             "--udp" => udp.push(value.parse::<SocketAddr>().with_context(|| format!("--udp {value}"))?),
+            "--tcp-echo" => tcp_echo.push(value.parse::<SocketAddr>().with_context(|| format!("--tcp-echo {value}"))?),
             _ => bail!(
                 "unknown flag {flag}; usage: lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]..."
             ),
@@ -36,6 +39,10 @@ fn main() -> anyhow::Result<()> {
     for addr in udp {
         let socket = UdpSocket::bind(addr).with_context(|| format!("cannot bind udp {addr}"))?;
         workers.push(thread::spawn(move || serve_udp(name, socket)));
+    }
+    for addr in tcp_echo {
+        let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
+        workers.push(thread::spawn(move || serve_tcp_echo(name, listener)));
     }
     println!("ready");
     std::io::stdout().flush()?;
@@ -80,5 +87,19 @@ fn serve_udp(name: &str, socket: UdpSocket) {
         let mut reply = greeting(name, peer).into_bytes();
         reply.extend_from_slice(&buf[..len]);
         let _ = socket.send_to(&reply, peer);
+    }
+}
+
+fn serve_tcp_echo(name: &'static str, listener: TcpListener) {
+    for stream in listener.incoming().flatten() {
+        thread::spawn(move || {
+            let Ok(mut writer) = stream.try_clone() else { return };
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { return };
+                if writeln!(writer, "{name}: {line}").is_err() {
+                    return;
+                }
+            }
+        });
     }
 }
