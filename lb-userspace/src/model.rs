@@ -148,10 +148,15 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
-    /// The endpoints that take new connections: the ready ones, sorted by
-    /// (addr, port) and deduplicated, so every node picks from the same list.
+    /// The endpoints that take new connections: the ready ones or, when
+    /// none is ready, the serving ones that are terminating (kube-proxy's
+    /// fallback, so a rolling update never leaves the Service empty);
+    /// sorted by (addr, port) and deduplicated, so every node picks from
+    /// the same list.
     pub fn active_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        let mut active: Vec<&Endpoint> = self.endpoints.iter().filter(|e| e.ready).collect();
+        let any_ready = self.endpoints.iter().any(|e| e.ready);
+        let mut active: Vec<&Endpoint> =
+            self.endpoints.iter().filter(|e| if any_ready { e.ready } else { e.serving && e.terminating }).collect();
         active.sort_by_key(|e| (e.addr, e.port));
         active.dedup_by_key(|e| (e.addr, e.port));
         active.into_iter()
@@ -254,6 +259,16 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// A Service with this label belongs to another proxy (kube-proxy's
+/// `--service-proxy-name`); this agent has none, so it leaves them alone.
+const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// A Service with this label is treated as headless, as kube-proxy does.
+const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+fn service_label<'a>(service: &'a Sourced<core::Service>, label: &str) -> Option<&'a str> {
+    service.object.metadata.labels.as_ref()?.get(label).map(String::as_str)
+}
+
 /// Computes the desired state. A Service that fails validation keeps its
 /// model from `previous` as it was, endpoints included (if it had one), so
 /// that a bad edit does not take a working service down; `previous` also
@@ -262,6 +277,10 @@ pub fn build(objects: &Objects, previous: &DesiredState, opts: &ModelOptions) ->
     let mut errors = Vec::new();
     let mut entries = BTreeMap::new();
     for service in &objects.services {
+        if let Some(proxy) = service_label(service, SERVICE_PROXY_NAME_LABEL) {
+            debug!(service = %ServiceName::of(&service.object.metadata), proxy, "left to another proxy");
+            continue;
+        }
         match validate(service) {
             Ok(spec) => {
                 entries.insert(spec.name.clone(), Entry::New(spec));
@@ -369,8 +388,10 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         }
         _ => None,
     };
+    let headless_label = service_label(service, HEADLESS_LABEL).is_some();
     let address = match (service_type, spec.cluster_ip.as_deref()) {
         (ServiceType::ExternalName, _) => Address::None,
+        (ServiceType::ClusterIp, _) if headless_label => Address::None,
         (_, None | Some("")) => Address::Allocate,
         (ServiceType::ClusterIp, Some("None")) => Address::None,
         (_, Some("None")) => {
@@ -822,6 +843,16 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
         None if !external => index.manual_groups(&spec.name, errors),
         _ => Vec::new(),
     };
+    if spec.selector.is_some()
+        && let Some(endpoints) = index.endpoints.get(&(spec.name.namespace.as_str(), spec.name.name.as_str()))
+    {
+        errors.push(invalid(
+            &endpoints.file,
+            format!("Endpoints {}", spec.name),
+            "subsets",
+            format!("ignored: Service {} has a selector, its endpoints come from pods", spec.name),
+        ));
+    }
     let pods: Vec<&PodInfo> = match spec.selector {
         Some(selector) if !external => index
             .pods
@@ -873,7 +904,7 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
                             Endpoint {
                                 addr: b.addr,
                                 port: *number,
-                                ready: b.ready,
+                                ready: spec.publish_not_ready || b.ready,
                                 serving: b.serving,
                                 terminating: b.terminating,
                                 node_name: b.node_name.clone(),
@@ -1309,5 +1340,56 @@ subsets:
         assert!("10.96.0.0".parse::<Ipv4Cidr>().is_err());
         assert!("10.96.0.0/33".parse::<Ipv4Cidr>().is_err());
         assert!("0.0.0.0/0".parse::<Ipv4Cidr>().is_ok());
+    }
+
+    #[test]
+    fn with_no_ready_endpoint_the_serving_terminating_ones_take_new_connections() {
+        let terminating = "  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n";
+        let yaml = format!(
+            "{KUBIA}{}{}",
+            pod("a", "10.244.0.2", true, "{app: kubia}", terminating),
+            pod("b", "10.244.0.3", false, "{app: kubia}", "")
+        );
+        let (state, errors) = build_yaml(&yaml);
+        assert_eq!(messages(&errors), Vec::<String>::new());
+        assert_eq!(active(&service(&state, "kubia").ports[0]), ["10.244.0.2:8080"]);
+        // A ready pod beside it wins again.
+        let yaml = format!("{yaml}{}", pod("c", "10.244.0.4", true, "{app: kubia}", ""));
+        let (state, _) = build_yaml(&yaml);
+        assert_eq!(active(&service(&state, "kubia").ports[0]), ["10.244.0.4:8080"]);
+    }
+
+    #[test]
+    fn proxy_labels_leave_a_service_to_another_proxy_or_make_it_headless() {
+        let labelled =
+            |label: &str| KUBIA.replace("  name: kubia\n", &format!("  name: kubia\n  labels: {{{label}}}\n"));
+        let pods = pod("a", "10.244.0.2", true, "{app: kubia}", "");
+        let (state, _) = build_yaml(&format!("{}{pods}", labelled("service.kubernetes.io/service-proxy-name: other")));
+        assert!(state.services.is_empty(), "a service of another proxy is ignored");
+        let (state, _) = build_yaml(&format!("{}{pods}", labelled("service.kubernetes.io/headless: ''")));
+        let kubia = service(&state, "kubia");
+        assert_eq!(kubia.cluster_ip, ClusterIp::None);
+        assert!(!kubia.programs_datapath());
+    }
+
+    #[test]
+    fn an_endpoints_object_beside_a_selector_is_ignored_with_an_error_naming_both() {
+        let endpoints = "---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: kubia}\nsubsets: [{addresses: [{ip: 1.2.3.4}], ports: [{port: 80}]}]\n";
+        let yaml = format!("{KUBIA}{}{endpoints}", pod("a", "10.244.0.2", true, "{app: kubia}", ""));
+        let (state, errors) = build_yaml(&yaml);
+        assert_eq!(active(&service(&state, "kubia").ports[0]), ["10.244.0.2:8080"]);
+        let errors = messages(&errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("Endpoints default/kubia") && errors[0].contains("Service default/kubia has a selector")
+        );
+    }
+
+    #[test]
+    fn publish_not_ready_addresses_serves_unready_manual_endpoints_too() {
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  publishNotReadyAddresses: true\n  ports: [{port: 80}]\n";
+        let endpoints = "---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: db}\nsubsets: [{notReadyAddresses: [{ip: 1.2.3.4}], ports: [{port: 80}]}]\n";
+        let (state, _) = build_yaml(&format!("{svc}{endpoints}"));
+        assert_eq!(active(&service(&state, "db").ports[0]), ["1.2.3.4:80"]);
     }
 }
