@@ -202,7 +202,10 @@ pub struct ServiceMeta {
     pub port_name: [u8; META_PORT_NAME_LEN],
     /// One of the `SVC_TYPE_*` constants.
     pub svc_type: u8,
-    pub _pad: [u8; 7],
+    /// Position of the port in `spec.ports` (the first one is special for
+    /// the environment variables kubelet injects).
+    pub port_index: u8,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<ServiceMeta>() == 152);
 
@@ -243,7 +246,8 @@ impl Default for ServiceMeta {
             name: [0; META_NAME_LEN],
             port_name: [0; META_PORT_NAME_LEN],
             svc_type: SVC_TYPE_CLUSTER_IP,
-            _pad: [0; 7],
+            port_index: 0,
+            _pad: [0; 6],
         }
     }
 }

@@ -92,6 +92,35 @@ pub fn format_services(services: &BTreeMap<(String, String), ProgrammedService>)
     table(["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"], &rows)
 }
 
+/// The programmed Services as `lb-agent env` needs them: cluster IP and
+/// ports in `spec.ports` order.
+pub fn env_services(maps: &DatapathMaps) -> anyhow::Result<Vec<crate::env::EnvService>> {
+    // (port index, name, port, protocol): sorted back into spec order below.
+    type IndexedPort = (u8, String, u16, String);
+    let mut ports: BTreeMap<(String, String), (String, Vec<IndexedPort>)> = BTreeMap::new();
+    for entry in maps.frontends.iter() {
+        let (key, frontend) = entry?;
+        let Ok(meta) = maps.service_meta.get(&frontend.svc_id, 0) else { continue };
+        let ip = Ipv4Addr::from(wire::addr_octets(key.addr)).to_string();
+        let (_, list) = ports.entry((meta.namespace().to_owned(), meta.name().to_owned())).or_insert((ip, Vec::new()));
+        let port = (
+            meta.port_index,
+            meta.port_name().to_owned(),
+            wire::port_number(key.port),
+            protocol_name(key.proto).into(),
+        );
+        list.push(port);
+    }
+    Ok(ports
+        .into_iter()
+        .map(|((namespace, name), (cluster_ip, mut list))| {
+            list.sort();
+            let ports = list.into_iter().map(|(_, name, port, proto)| (name, port, proto)).collect();
+            crate::env::EnvService { namespace, name, cluster_ip, ports }
+        })
+        .collect())
+}
+
 /// `get endpoints`: every endpoint of every Service port with its
 /// conditions, like `kubectl get endpointslices -o wide` would show them.
 pub fn format_endpoints(maps: &DatapathMaps) -> anyhow::Result<String> {

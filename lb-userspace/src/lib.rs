@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod datapath;
+pub mod env;
 pub mod get;
 pub mod interfaces;
 pub mod model;

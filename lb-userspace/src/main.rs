@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     agent::{self, AgentConfig},
     datapath::{loader::XdpAttachMode, maps::DatapathMaps},
-    get,
+    env, get,
     interfaces::InterfacePatterns,
     model::ModelOptions,
 };
@@ -27,6 +27,14 @@ enum Command {
     Get {
         #[arg(value_enum)]
         what: GetWhat,
+        #[arg(long, default_value = "/sys/fs/bpf/lb")]
+        bpf_dir: PathBuf,
+    },
+    /// Print the variables kubelet would inject into a pod of NAMESPACE
+    /// for the Services programmed now (KUBIA_SERVICE_HOST=...).
+    Env {
+        #[arg(long, default_value = "default")]
+        namespace: String,
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
         bpf_dir: PathBuf,
     },
@@ -95,6 +103,13 @@ fn main() -> anyhow::Result<()> {
                 GetWhat::Counters => get::format_counters(&maps.counters().context("reading counters")?),
             };
             print!("{out}");
+            Ok(())
+        }
+        Command::Env { namespace, bpf_dir } => {
+            let maps = DatapathMaps::open_pinned(&bpf_dir)?;
+            for (name, value) in env::service_env(&get::env_services(&maps)?, &namespace) {
+                println!("{name}={value}");
+            }
             Ok(())
         }
     }

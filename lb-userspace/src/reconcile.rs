@@ -322,7 +322,7 @@ fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFront
             continue;
         }
         let ClusterIp::Ip(vip) = service.cluster_ip else { continue };
-        for port in &service.ports {
+        for (index, port) in service.ports.iter().enumerate() {
             let proto = match port.protocol {
                 Protocol::Tcp => IPPROTO_TCP,
                 Protocol::Udp => IPPROTO_UDP,
@@ -332,7 +332,10 @@ fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFront
                 .active_endpoints()
                 .map(|ep| Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), _pad: 0 })
                 .collect();
-            let meta = ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, svc_type(service));
+            let meta = ServiceMeta {
+                port_index: index as u8,
+                ..ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, svc_type(service))
+            };
             let affinity_timeout_s = match service.session_affinity {
                 SessionAffinity::None => 0,
                 SessionAffinity::ClientIp { timeout_seconds } => timeout_seconds,

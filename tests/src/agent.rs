@@ -101,6 +101,13 @@ impl AgentProcess {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// `lb-agent env --namespace NAMESPACE` against this agent's pinned maps.
+    pub fn get_env(&self, namespace: &str) -> anyhow::Result<String> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["env", "--namespace", namespace, "--bpf-dir"]).arg(&self.bpf_dir);
+        Ok(String::from_utf8(crate::netns::checked(&mut cmd)?.stdout)?)
+    }
+
     /// Polls `get services` until `check` accepts it; how long that took.
     pub fn wait_for_services(&self, timeout: Duration, check: impl Fn(&str) -> bool) -> anyhow::Result<Duration> {
         let start = Instant::now();

@@ -329,3 +329,24 @@ fn an_established_connection_survives_its_backend_terminating_and_being_removed(
     agent.wait_for_services(TIMEOUT, |s| !s.contains(&ours.ip.to_string())).unwrap();
     assert_eq!(say("and now?"), format!("{owner}: and now?"));
 }
+
+/// The seeds' "discovering services through environment variables".
+#[test]
+fn env_prints_what_kubelet_would_inject_for_the_services_now() {
+    require_root();
+    let node = Node::new().unwrap();
+    let pod = lb_tests::agent::pod_manifest("kubia-a", Ipv4Addr::new(10, 244, 0, 2), true);
+    let agent = AgentProcess::start(&node, &[("svc.yaml", &service(HTTP_AND_HTTPS)), ("pod.yaml", &pod)]).unwrap();
+    let env = agent.get_env("default").unwrap();
+    for line in [
+        "KUBIA_SERVICE_HOST=10.96.0.10",
+        "KUBIA_SERVICE_PORT=80",
+        "KUBIA_SERVICE_PORT_HTTP=80",
+        "KUBIA_SERVICE_PORT_HTTPS=443",
+        "KUBIA_PORT=tcp://10.96.0.10:80",
+        "KUBIA_PORT_443_TCP_ADDR=10.96.0.10",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} missing from:\n{env}");
+    }
+    assert_eq!(agent.get_env("other").unwrap(), "", "services of another namespace are not injected");
+}
