@@ -350,3 +350,71 @@ fn env_prints_what_kubelet_would_inject_for_the_services_now() {
     }
     assert_eq!(agent.get_env("other").unwrap(), "", "services of another namespace are not injected");
 }
+
+/// e2e "should fallback to terminating endpoints when there are no ready
+/// endpoints" and the headless seeds' `publishNotReadyAddresses`.
+#[test]
+fn terminating_endpoints_serve_when_none_is_ready_and_publish_not_ready_serves_unready_pods() {
+    require_root();
+    let c = lb_tests::kubia::cluster(2);
+    let (a, b) = (&c.backends[0], &c.backends[1]);
+    let terminating = lb_tests::agent::pod_manifest(&a.name, a.ip, true)
+        .replace("metadata:\n", "metadata:\n  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n");
+    let unready = lb_tests::agent::pod_manifest(&b.name, b.ip, false);
+    let svc = service("  - name: http\n    port: 80\n    targetPort: 8080\n");
+    let agent =
+        AgentProcess::start(&c.node, &[("svc.yaml", &svc), ("pods.yaml", &[terminating, unready].join("---\n"))])
+            .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| lb_tests::kubia::endpoint_count(s) == 1).unwrap();
+    assert_eq!(answers(&c.client, 80, 10), [a.name.clone()].into(), "the terminating, still serving pod");
+
+    agent.write_manifest("svc.yaml", &svc.replace("spec:\n", "spec:\n  publishNotReadyAddresses: true\n")).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| lb_tests::kubia::endpoint_count(s) == 2).unwrap();
+    assert_eq!(answers(&c.client, 80, 30), [a.name.clone(), b.name.clone()].into());
+}
+
+/// Labels kube-proxy honours, toggled on a live Service.
+#[test]
+fn the_headless_and_service_proxy_name_labels_are_honoured_when_toggled() {
+    require_root();
+    let c = lb_tests::kubia::cluster(1);
+    let svc = service("  - name: http\n    port: 80\n    targetPort: 8080\n");
+    let labelled = |label: &str| svc.replace("  name: kubia\n", &format!("  name: kubia\n  labels:\n    {label}\n"));
+    let pods = lb_tests::kubia::pods_manifest(&[&c.backends[0]], |_| true);
+    let agent = AgentProcess::start(&c.node, &[("svc.yaml", &svc), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| lb_tests::kubia::endpoint_count(s) == 1).unwrap();
+
+    agent.write_manifest("svc.yaml", &labelled("service.kubernetes.io/headless: \"\"")).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains(" None ")).unwrap();
+    assert!(tcp_connect(&c.client.ns, SocketAddrV4::new(VIP, 80), Duration::from_millis(300)).unwrap().is_err());
+
+    agent.write_manifest("svc.yaml", &labelled("service.kubernetes.io/service-proxy-name: other-proxy")).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| !s.contains("kubia")).unwrap();
+
+    agent.write_manifest("svc.yaml", &svc).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| lb_tests::kubia::endpoint_count(s) == 1).unwrap();
+    assert_eq!(answers(&c.client, 80, 5), [c.backends[0].name.clone()].into());
+}
+
+/// Bad input: a second Service claiming a live Service's cluster IP is
+/// refused with an error naming both; the first keeps working.
+#[test]
+fn a_service_claiming_a_taken_cluster_ip_is_refused_and_the_first_keeps_working() {
+    require_root();
+    let c = lb_tests::kubia::cluster(1);
+    let svc = service("  - name: http\n    port: 80\n    targetPort: 8080\n");
+    let pods = lb_tests::kubia::pods_manifest(&[&c.backends[0]], |_| true);
+    let mut agent = AgentProcess::start(&c.node, &[("svc.yaml", &svc), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| lb_tests::kubia::endpoint_count(s) == 1).unwrap();
+
+    agent.write_manifest("thief.yaml", &svc.replace("name: kubia\n", "name: thief\n")).unwrap();
+    agent
+        .wait_for_log(
+            "Service default/thief: spec.clusterIP: 10.96.0.10 is already used by Service default/kubia",
+            TIMEOUT,
+        )
+        .unwrap();
+    let services = agent.get("services").unwrap();
+    assert!(!services.contains("thief"), "{services}");
+    assert_eq!(answers(&c.client, 80, 5), [c.backends[0].name.clone()].into());
+}
