@@ -100,199 +100,173 @@ fn program_services(dp: &mut ScratchDatapath) {
     }
 }
 
+/// A row whose frame must leave as `output`.
+fn translated(
+    what: &'static str,
+    program: TestProgram,
+    input: Vec<u8>,
+    verdict: u32,
+    output: Vec<u8>,
+    reason: Reason,
+) -> Fixture {
+    Fixture { what, program, input, verdict, output: Some(output), reason }
+}
+
+/// A row whose frame must leave untouched.
+fn untouched(what: &'static str, program: TestProgram, input: Vec<u8>, verdict: u32, reason: Reason) -> Fixture {
+    Fixture { what, program, input, verdict, output: None, reason }
+}
+
 fn fixtures() -> Vec<Fixture> {
     use TestProgram::{TcEgress, Xdp};
-    let f = |what, program, input: PacketBuilder, verdict, output: Option<PacketBuilder>, reason| Fixture {
-        what,
-        program,
-        input: input.build(),
-        verdict,
-        output: output.map(|o| o.build()),
-        reason,
-    };
-    let mut fragment = tcp(CLIENT, 40010, VIP, 80).fragment(true, 0).build();
-    let truncated = {
-        let mut t = tcp(CLIENT, 40011, VIP, 80).build();
-        t.truncate(14 + 20 + 12);
-        t
-    };
-    let mut rows = vec![
-        f(
-            "tcp syn to the vip goes to the backend",
-            Xdp,
-            tcp(CLIENT, 40000, VIP, 80),
-            XDP_PASS,
-            Some(tcp(CLIENT, 40000, POD, 8080)),
-            Reason::ForwardNewFlow,
-        ),
-        f(
-            "the next packet of that flow goes to the same backend",
-            Xdp,
-            tcp(CLIENT, 40000, VIP, 80).tcp_flags(0x10),
-            XDP_PASS,
-            Some(tcp(CLIENT, 40000, POD, 8080).tcp_flags(0x10)),
-            Reason::ForwardEstablished,
-        ),
-        f(
-            "the backend's reply leaves from the vip (xdp)",
-            Xdp,
-            tcp(POD, 8080, CLIENT, 40000).tcp_flags(0x12),
-            XDP_PASS,
-            Some(tcp(VIP, 80, CLIENT, 40000).tcp_flags(0x12)),
-            Reason::ReplyReverseNat,
-        ),
-        f(
-            "the backend's reply leaves from the vip (tc egress)",
-            TcEgress,
-            tcp(POD, 8080, CLIENT, 40000).tcp_flags(0x12),
-            TC_ACT_OK,
-            Some(tcp(VIP, 80, CLIENT, 40000).tcp_flags(0x12)),
-            Reason::ReplyReverseNat,
-        ),
-        f(
-            "tc egress does not start flows",
-            TcEgress,
-            tcp(CLIENT, 40001, VIP, 80),
-            TC_ACT_OK,
-            None,
-            Reason::PassNoService,
-        ),
-        f(
-            "udp to the vip goes to the backend",
-            Xdp,
-            udp(CLIENT, 5000, VIP, 53).payload(b"query"),
-            XDP_PASS,
-            Some(udp(CLIENT, 5000, POD, 5353).payload(b"query")),
-            Reason::ForwardNewFlow,
-        ),
-        f(
-            "the udp answer comes from the vip",
-            Xdp,
-            udp(POD, 5353, CLIENT, 5000).payload(b"answer"),
-            XDP_PASS,
-            Some(udp(VIP, 53, CLIENT, 5000).payload(b"answer")),
-            Reason::ReplyReverseNat,
-        ),
-        f(
-            "udp without checksum keeps checksum 0",
-            Xdp,
-            udp(CLIENT, 5001, VIP, 53).udp_zero_checksum(),
-            XDP_PASS,
-            Some(udp(CLIENT, 5001, POD, 5353).udp_zero_checksum()),
-            Reason::ForwardNewFlow,
-        ),
-        f(
-            "traffic to other addresses is untouched",
-            Xdp,
-            tcp(CLIENT, 40002, POD, 8080),
-            XDP_PASS,
-            None,
-            Reason::PassNoService,
-        ),
-        f(
-            "another port of the vip is untouched",
-            Xdp,
-            tcp(CLIENT, 40003, VIP, 81),
-            XDP_PASS,
-            None,
-            Reason::PassNoService,
-        ),
-        f(
-            "udp to the tcp port of the vip is untouched",
-            Xdp,
-            udp(CLIENT, 40004, VIP, 80),
-            XDP_PASS,
-            None,
-            Reason::PassNoService,
-        ),
-        f(
-            "ip options to the vip are passed untouched",
-            Xdp,
-            tcp(CLIENT, 40005, VIP, 80).ip_options(2),
-            XDP_PASS,
-            None,
-            Reason::PassIpOptions,
-        ),
-        f(
-            "icmp other than an echo request to the vip is passed untouched",
-            Xdp,
-            PacketBuilder::new(1, CLIENT, 0, VIP, 0),
-            XDP_PASS,
-            None,
-            Reason::PassNotTcpUdp,
-        ),
-        f(
-            "a reset to a vip without endpoints is dropped",
-            Xdp,
-            tcp(CLIENT, 40006, EMPTY_VIP, 80).tcp_flags(0x04),
-            XDP_DROP,
-            None,
-            Reason::DropNoBackend,
-        ),
-    ];
-    let syn = tcp(CLIENT, 40007, EMPTY_VIP, 80).build();
-    rows.push(Fixture {
-        what: "a syn to a vip without endpoints is refused with a reset",
-        program: Xdp,
-        output: Some(expected_reset(&syn)),
-        input: syn,
-        verdict: XDP_PASS,
-        reason: Reason::RejectNoBackend,
-    });
-    let datagram = udp(CLIENT, 5002, EMPTY_VIP, 53).payload(b"anyone?").build();
-    rows.push(Fixture {
-        what: "udp to a vip without endpoints gets an icmp port unreachable",
-        program: Xdp,
-        output: Some(expected_port_unreachable(&datagram)),
-        input: datagram,
-        verdict: XDP_PASS,
-        reason: Reason::RejectNoBackend,
-    });
-    let ping = echo_request(VIP);
-    rows.push(Fixture {
-        what: "a ping to a vip is answered",
-        program: Xdp,
-        output: Some(expected_echo_reply(&ping)),
-        input: ping,
-        verdict: XDP_PASS,
-        reason: Reason::EchoReply,
-    });
-    rows.push(Fixture {
-        what: "a ping to another address is untouched",
-        program: Xdp,
-        input: echo_request(POD),
-        verdict: XDP_PASS,
-        output: None,
-        reason: Reason::PassNotTcpUdp,
-    });
-    fragment[12..14].copy_from_slice(&[0x08, 0x00]);
-    rows.push(Fixture {
-        what: "a fragment to the vip is passed untouched",
-        program: Xdp,
-        input: fragment,
-        verdict: XDP_PASS,
-        output: None,
-        reason: Reason::PassFragment,
-    });
-    rows.push(Fixture {
-        what: "a truncated tcp header is passed untouched",
-        program: Xdp,
-        input: truncated,
-        verdict: XDP_PASS,
-        output: None,
-        reason: Reason::PassTruncated,
-    });
+    let mut truncated = tcp(CLIENT, 40011, VIP, 80).build();
+    truncated.truncate(14 + 20 + 12);
     let mut arp = tcp(CLIENT, 1, VIP, 80).build();
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    rows.push(Fixture {
-        what: "arp is passed untouched",
-        program: Xdp,
-        input: arp,
-        verdict: XDP_PASS,
-        output: None,
-        reason: Reason::PassNotIpv4,
-    });
-    rows
+    let syn_to_empty = tcp(CLIENT, 40007, EMPTY_VIP, 80).build();
+    let udp_to_empty = udp(CLIENT, 5002, EMPTY_VIP, 53).payload(b"anyone?").build();
+    let ping = echo_request(VIP);
+    vec![
+        translated(
+            "tcp syn to the vip goes to the backend",
+            Xdp,
+            tcp(CLIENT, 40000, VIP, 80).build(),
+            XDP_PASS,
+            tcp(CLIENT, 40000, POD, 8080).build(),
+            Reason::ForwardNewFlow,
+        ),
+        translated(
+            "the next packet of that flow goes to the same backend",
+            Xdp,
+            tcp(CLIENT, 40000, VIP, 80).tcp_flags(0x10).build(),
+            XDP_PASS,
+            tcp(CLIENT, 40000, POD, 8080).tcp_flags(0x10).build(),
+            Reason::ForwardEstablished,
+        ),
+        translated(
+            "the backend's reply leaves from the vip (xdp)",
+            Xdp,
+            tcp(POD, 8080, CLIENT, 40000).tcp_flags(0x12).build(),
+            XDP_PASS,
+            tcp(VIP, 80, CLIENT, 40000).tcp_flags(0x12).build(),
+            Reason::ReplyReverseNat,
+        ),
+        translated(
+            "the backend's reply leaves from the vip (tc egress)",
+            TcEgress,
+            tcp(POD, 8080, CLIENT, 40000).tcp_flags(0x12).build(),
+            TC_ACT_OK,
+            tcp(VIP, 80, CLIENT, 40000).tcp_flags(0x12).build(),
+            Reason::ReplyReverseNat,
+        ),
+        untouched(
+            "tc egress does not start flows",
+            TcEgress,
+            tcp(CLIENT, 40001, VIP, 80).build(),
+            TC_ACT_OK,
+            Reason::PassNoService,
+        ),
+        translated(
+            "udp to the vip goes to the backend",
+            Xdp,
+            udp(CLIENT, 5000, VIP, 53).payload(b"query").build(),
+            XDP_PASS,
+            udp(CLIENT, 5000, POD, 5353).payload(b"query").build(),
+            Reason::ForwardNewFlow,
+        ),
+        translated(
+            "the udp answer comes from the vip",
+            Xdp,
+            udp(POD, 5353, CLIENT, 5000).payload(b"answer").build(),
+            XDP_PASS,
+            udp(VIP, 53, CLIENT, 5000).payload(b"answer").build(),
+            Reason::ReplyReverseNat,
+        ),
+        translated(
+            "udp without checksum keeps checksum 0",
+            Xdp,
+            udp(CLIENT, 5001, VIP, 53).udp_zero_checksum().build(),
+            XDP_PASS,
+            udp(CLIENT, 5001, POD, 5353).udp_zero_checksum().build(),
+            Reason::ForwardNewFlow,
+        ),
+        untouched(
+            "traffic to other addresses is untouched",
+            Xdp,
+            tcp(CLIENT, 40002, POD, 8080).build(),
+            XDP_PASS,
+            Reason::PassNoService,
+        ),
+        untouched(
+            "another port of the vip is untouched",
+            Xdp,
+            tcp(CLIENT, 40003, VIP, 81).build(),
+            XDP_PASS,
+            Reason::PassNoService,
+        ),
+        untouched(
+            "udp to the tcp port of the vip is untouched",
+            Xdp,
+            udp(CLIENT, 40004, VIP, 80).build(),
+            XDP_PASS,
+            Reason::PassNoService,
+        ),
+        untouched(
+            "ip options to the vip are passed untouched",
+            Xdp,
+            tcp(CLIENT, 40005, VIP, 80).ip_options(2).build(),
+            XDP_PASS,
+            Reason::PassIpOptions,
+        ),
+        untouched(
+            "a fragment to the vip is passed untouched",
+            Xdp,
+            tcp(CLIENT, 40010, VIP, 80).fragment(true, 0).build(),
+            XDP_PASS,
+            Reason::PassFragment,
+        ),
+        untouched("a truncated tcp header is passed untouched", Xdp, truncated, XDP_PASS, Reason::PassTruncated),
+        untouched("arp is passed untouched", Xdp, arp, XDP_PASS, Reason::PassNotIpv4),
+        untouched(
+            "icmp other than an echo request to the vip is passed untouched",
+            Xdp,
+            PacketBuilder::new(1, CLIENT, 0, VIP, 0).build(),
+            XDP_PASS,
+            Reason::PassNotTcpUdp,
+        ),
+        untouched(
+            "a reset to a vip without endpoints is dropped",
+            Xdp,
+            tcp(CLIENT, 40006, EMPTY_VIP, 80).tcp_flags(0x04).build(),
+            XDP_DROP,
+            Reason::DropNoBackend,
+        ),
+        translated(
+            "a syn to a vip without endpoints is refused with a reset",
+            Xdp,
+            syn_to_empty.clone(),
+            XDP_PASS,
+            expected_reset(&syn_to_empty),
+            Reason::RejectNoBackend,
+        ),
+        translated(
+            "udp to a vip without endpoints gets an icmp port unreachable",
+            Xdp,
+            udp_to_empty.clone(),
+            XDP_PASS,
+            expected_port_unreachable(&udp_to_empty),
+            Reason::RejectNoBackend,
+        ),
+        translated(
+            "a ping to a vip is answered",
+            Xdp,
+            ping.clone(),
+            XDP_PASS,
+            expected_echo_reply(&ping),
+            Reason::EchoReply,
+        ),
+        untouched("a ping to another address is untouched", Xdp, echo_request(POD), XDP_PASS, Reason::PassNotTcpUdp),
+    ]
 }
 
 /// The answers, as the host build of the same code writes them (its
