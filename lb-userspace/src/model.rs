@@ -30,6 +30,10 @@ pub enum ModelError {
     ClusterIpTaken { file: PathBuf, service: ServiceName, ip: Ipv4Addr, holder: ServiceName },
     #[error("{file}: Service {service}: no free address left in the service CIDR {cidr}")]
     CidrExhausted { file: PathBuf, service: ServiceName, cidr: Ipv4Cidr },
+    #[error("Service {service}: nodePort {node_port}/{protocol} is already used by Service {holder}")]
+    NodePortTaken { service: ServiceName, node_port: u16, protocol: Protocol, holder: ServiceName },
+    #[error("Service {service}: no free node port left in 30000-32767")]
+    NodePortsExhausted { service: ServiceName },
     #[error("{value:?} is not an IPv4 CIDR: {reason}")]
     BadCidr { value: String, reason: String },
 }
@@ -114,6 +118,9 @@ pub enum SessionAffinity {
     },
 }
 
+/// Kubernetes' default `--service-node-port-range`.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 h).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
 /// Kubernetes' upper bound for it (one day).
@@ -143,6 +150,8 @@ pub struct ServicePort {
     pub name: String,
     pub port: u16,
     pub protocol: Protocol,
+    /// The port every node answers on (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
     /// Sorted by (addr, port), one per (addr, port).
     pub endpoints: Vec<Endpoint>,
 }
@@ -309,7 +318,72 @@ pub fn build(objects: &Objects, previous: &DesiredState, opts: &ModelOptions) ->
             (name, service)
         })
         .collect();
-    (DesiredState { services }, errors)
+    let mut state = DesiredState { services };
+    assign_node_ports(&mut state, previous, &mut errors);
+    (state, errors)
+}
+
+/// Gives every NodePort/LoadBalancer port its node port, the same on every
+/// node: written ones first (a second Service writing a taken one loses it,
+/// with an error naming both), then the ones a port had before, then new
+/// ones from a hash of namespace/name/port, probing linearly.
+fn assign_node_ports(state: &mut DesiredState, previous: &DesiredState, errors: &mut Vec<ModelError>) {
+    type PortKey = (ServiceName, usize);
+    let exposed = |s: &Service| matches!(s.service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
+    let mut taken: BTreeMap<(u16, Protocol), PortKey> = BTreeMap::new();
+    let mut wanted: Vec<PortKey> = Vec::new();
+    for (name, service) in state.services.iter_mut().filter(|(_, s)| exposed(s)) {
+        for (i, port) in service.ports.iter_mut().enumerate() {
+            match port.node_port {
+                Some(node_port) => match taken.get(&(node_port, port.protocol)) {
+                    Some((holder, _)) => {
+                        errors.push(ModelError::NodePortTaken {
+                            service: name.clone(),
+                            node_port,
+                            protocol: port.protocol,
+                            holder: holder.clone(),
+                        });
+                        port.node_port = None;
+                    }
+                    None => drop(taken.insert((node_port, port.protocol), (name.clone(), i))),
+                },
+                None => wanted.push((name.clone(), i)),
+            }
+        }
+    }
+    let mut fresh = Vec::new();
+    for key in wanted {
+        let now = &state.services[&key.0].ports[key.1];
+        let protocol = now.protocol;
+        let before = previous
+            .services
+            .get(&key.0)
+            .and_then(|old| old.ports.iter().find(|p| p.port == now.port && p.protocol == protocol))
+            .and_then(|old| old.node_port);
+        match before.filter(|p| !taken.contains_key(&(*p, protocol))) {
+            Some(node_port) => {
+                taken.insert((node_port, protocol), key.clone());
+                state.services.get_mut(&key.0).expect("listed").ports[key.1].node_port = Some(node_port);
+            }
+            None => fresh.push(key),
+        }
+    }
+    let count = u64::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
+    for (name, i) in fresh {
+        let port = &state.services[&name].ports[i];
+        let protocol = port.protocol;
+        let start = fnv1a(format!("{name}/{}/{protocol}", port.port).as_bytes()) % count;
+        let free = (0..count)
+            .map(|k| NODE_PORT_RANGE.start() + ((start + k) % count) as u16)
+            .find(|p| !taken.contains_key(&(*p, protocol)));
+        match free {
+            Some(node_port) => {
+                taken.insert((node_port, protocol), (name.clone(), i));
+                state.services.get_mut(&name).expect("listed").ports[i].node_port = Some(node_port);
+            }
+            None => errors.push(ModelError::NodePortsExhausted { service: name }),
+        }
+    }
 }
 
 enum Entry<'a> {
@@ -343,6 +417,8 @@ struct PortSpec {
     port: u16,
     protocol: Protocol,
     target: Target,
+    /// `spec.ports[].nodePort` as written; allocated later when absent.
+    node_port: Option<u16>,
 }
 
 enum Target {
@@ -443,7 +519,23 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         if !frontends.insert((port, protocol)) {
             return Err(bad(&field("port"), format!("{port}/{protocol} is listed twice")));
         }
-        ports.push(PortSpec { name, port, protocol, target });
+        let exposed = matches!(service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
+        let node_port = match raw.node_port {
+            None | Some(0) => None,
+            Some(n) if !exposed => {
+                return Err(bad(
+                    &field("nodePort"),
+                    format!("{n} given, but only NodePort and LoadBalancer have node ports"),
+                ));
+            }
+            Some(n) => Some(
+                u16::try_from(n)
+                    .ok()
+                    .filter(|p| NODE_PORT_RANGE.contains(p))
+                    .ok_or_else(|| bad(&field("nodePort"), format!("{n} is not in 30000-32767")))?,
+            ),
+        };
+        ports.push(PortSpec { name, port, protocol, target, node_port });
     }
 
     let session_affinity = match spec.session_affinity.as_deref() {
@@ -918,6 +1010,7 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
                 name: port.name,
                 port: port.port,
                 protocol: port.protocol,
+                node_port: port.node_port,
                 endpoints: endpoints.into_values().collect(),
             }
         })
@@ -1391,5 +1484,48 @@ subsets:
         let endpoints = "---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: db}\nsubsets: [{notReadyAddresses: [{ip: 1.2.3.4}], ports: [{port: 80}]}]\n";
         let (state, _) = build_yaml(&format!("{svc}{endpoints}"));
         assert_eq!(active(&service(&state, "db").ports[0]), ["1.2.3.4:80"]);
+    }
+
+    #[test]
+    fn node_ports_are_kept_when_written_allocated_in_range_otherwise_and_never_shared() {
+        let svc = |name: &str, node_port: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: NodePort\n  ports: [{{port: 80{node_port}}}]\n"
+            )
+        };
+        let yaml = format!(
+            "{}{}{}",
+            svc("kubia-nodeport", ", nodePort: 30123"),
+            svc("auto", ""),
+            svc("thief", ", nodePort: 30123")
+        );
+        let (state, errors) = build_yaml(&yaml);
+        assert_eq!(service(&state, "kubia-nodeport").ports[0].node_port, Some(30123));
+        let auto = service(&state, "auto").ports[0].node_port.unwrap();
+        assert!(NODE_PORT_RANGE.contains(&auto) && auto != 30123);
+        assert_eq!(
+            messages(&errors),
+            ["Service default/thief: nodePort 30123/TCP is already used by Service default/kubia-nodeport"]
+        );
+        // The same answer on every node, and across rescans.
+        let (again, _) = build(&objects_from_yaml(&yaml), &state, &ModelOptions::default());
+        assert_eq!(service(&again, "auto").ports[0].node_port, Some(auto));
+        let (fresh, _) = build_yaml(&yaml);
+        assert_eq!(service(&fresh, "auto").ports[0].node_port, Some(auto));
+    }
+
+    #[test]
+    fn node_ports_outside_the_range_or_on_a_cluster_ip_service_are_refused() {
+        let (_, errors) = build_yaml(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 8080}]\n",
+        );
+        assert_eq!(
+            messages(&errors),
+            ["test.yaml: Service default/a: spec.ports[0].nodePort: 8080 is not in 30000-32767"]
+        );
+        let (_, errors) = build_yaml(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 80, nodePort: 30080}]\n",
+        );
+        assert!(messages(&errors)[0].contains("only NodePort and LoadBalancer have node ports"), "{errors:?}");
     }
 }

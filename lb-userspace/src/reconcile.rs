@@ -419,6 +419,7 @@ mod tests {
                         name: String::new(),
                         port: 80,
                         protocol: Protocol::Tcp,
+                        node_port: None,
                         endpoints: endpoints.to_vec(),
                     }],
                 },
