@@ -72,9 +72,15 @@ pub struct Frontend {
     pub affinity_timeout_s: u32,
     /// Slots `0..backend_count` of `svc_id` are valid; 0 means no endpoint.
     pub backend_count: u16,
-    pub _pad: u16,
+    /// `FRONTEND_FLAG_*` bits.
+    pub flags: u16,
 }
 const _: () = assert!(core::mem::size_of::<Frontend>() == 12);
+
+/// The frontend answers traffic arriving on the node's devices too (node
+/// ports, external and load-balancer IPs); without it only pods reach it,
+/// as cluster IPs are.
+pub const FRONTEND_FLAG_EXTERNAL: u16 = 1;
 
 /// Slot `slot` of service `svc_id`; the value is a backend id.
 #[repr(C)]
@@ -205,8 +211,17 @@ pub struct ServiceMeta {
     /// Position of the port in `spec.ports` (the first one is special for
     /// the environment variables kubelet injects).
     pub port_index: u8,
-    pub _pad: [u8; 6],
+    /// The Service port's node port (host order), 0 if it has none.
+    pub node_port: u16,
+    /// `FRONTEND_*`: which address of the Service this frontend answers on.
+    pub frontend_kind: u8,
+    pub _pad: [u8; 3],
 }
+
+/// `ServiceMeta::frontend_kind` of a frontend on the cluster IP.
+pub const FRONTEND_CLUSTER_IP: u8 = 0;
+/// `ServiceMeta::frontend_kind` of a frontend on a node address.
+pub const FRONTEND_NODE_PORT: u8 = 1;
 const _: () = assert!(core::mem::size_of::<ServiceMeta>() == 152);
 
 impl ServiceMeta {
@@ -247,7 +262,9 @@ impl Default for ServiceMeta {
             port_name: [0; META_PORT_NAME_LEN],
             svc_type: SVC_TYPE_CLUSTER_IP,
             port_index: 0,
-            _pad: [0; 6],
+            node_port: 0,
+            frontend_kind: FRONTEND_CLUSTER_IP,
+            _pad: [0; 3],
         }
     }
 }
@@ -288,10 +305,13 @@ pub enum Reason {
     RejectNoBackend = 12,
     /// An ICMP echo request to a Service address: answered.
     EchoReply = 13,
+    /// A cluster IP frontend reached through a node device: only pods may
+    /// use cluster IPs, so it is passed untouched.
+    PassInternalOnly = 14,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassIpOptions,
@@ -307,6 +327,7 @@ impl Reason {
         Reason::DropConntrackFull,
         Reason::RejectNoBackend,
         Reason::EchoReply,
+        Reason::PassInternalOnly,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -326,6 +347,7 @@ impl Reason {
             Reason::DropConntrackFull => "drop_conntrack_full",
             Reason::RejectNoBackend => "reject_no_backend",
             Reason::EchoReply => "echo_reply",
+            Reason::PassInternalOnly => "pass_internal_only",
         }
     }
 }

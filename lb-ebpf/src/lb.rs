@@ -5,8 +5,8 @@
 
 use crate::{conntrack, nat::Side};
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FLAG_HAIRPIN, CT_REPLY, CtEntry, CtKey, Frontend,
-    FrontendKey, Reason,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FLAG_HAIRPIN, CT_REPLY, CtEntry, CtKey,
+    FRONTEND_FLAG_EXTERNAL, Frontend, FrontendKey, Reason,
 };
 
 /// A conntrack entry could not be written.
@@ -29,8 +29,11 @@ pub trait Tables {
 /// Where the program runs, which decides what it may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
-    /// Ingress of node devices and pod veths: new flows, both directions.
+    /// Ingress of pod veths: new flows to any frontend, both directions.
     Xdp,
+    /// Ingress of the node's devices: new flows only to frontends open to
+    /// the outside (node ports, external IPs), both directions.
+    XdpNode,
     /// Egress: reverse translation only, for replies that bypassed XDP.
     TcEgress,
 }
@@ -75,17 +78,20 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
         };
         // TC egress translates plain replies only; hairpinned flows never
         // leave their pod's veth without crossing XDP.
-        if hook == Hook::Xdp || (side == Side::Src && !hairpin) {
+        if hook != Hook::TcEgress || (side == Side::Src && !hairpin) {
             return Verdict::Rewrite { reason, side, addr: entry.nat_addr, port: entry.nat_port, other_addr };
         }
     }
-    if hook != Hook::Xdp {
+    if hook == Hook::TcEgress {
         return Verdict::Pass(Reason::PassNoService);
     }
     let frontend_key = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, _pad: 0 };
     let Some(frontend) = tables.frontend(&frontend_key) else {
         return Verdict::Pass(Reason::PassNoService);
     };
+    if hook == Hook::XdpNode && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
+        return Verdict::Pass(Reason::PassInternalOnly);
+    }
     if frontend.backend_count == 0 {
         return Verdict::Reject;
     }
@@ -342,6 +348,16 @@ mod tests {
         };
         assert_eq!(decide(&reply, &t, Hook::Xdp), hairpin_reply);
         assert_eq!(decide(&reply, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
+    }
+
+    #[test]
+    fn from_a_node_device_only_external_frontends_are_reachable() {
+        let mut t = service(1);
+        let f = flow(CLIENT, VIP, 40000, 80);
+        assert_eq!(decide(&f, &t, Hook::XdpNode), Verdict::Pass(Reason::PassInternalOnly));
+        t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_EXTERNAL);
+        assert!(matches!(decide(&f, &t, Hook::XdpNode), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+        assert!(matches!(decide(&f, &t, Hook::XdpNode), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
     }
 
     #[test]

@@ -20,20 +20,32 @@ use lb_ebpf::{
 };
 use maps::{MapTables, count, is_service_address};
 
-/// XDP on node devices and pod veths: new flows, established flows,
+/// XDP on pod veths: new flows to any frontend, established flows,
 /// replies, and the answers the datapath gives itself.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    xdp_main(&ctx, Hook::Xdp)
+}
+
+/// XDP on the node's devices: the same, but new flows only to frontends
+/// open to the outside (a cluster IP is for pods).
+#[xdp]
+pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
+    xdp_main(&ctx, Hook::XdpNode)
+}
+
+#[inline(always)]
+fn xdp_main(ctx: &XdpContext, hook: Hook) -> u32 {
     let (action, reason) = match parse(ctx.data(), ctx.data_end(), Frame::Linear) {
-        Err(Reason::PassNotTcpUdp) => answer_echo(&ctx),
+        Err(Reason::PassNotTcpUdp) => answer_echo(ctx),
         Err(reason) => (xdp_action::XDP_PASS, reason),
         Ok(pkt) => {
             let flow = pkt.flow();
-            let (action, reason) = apply(&ctx, &pkt, decide(&flow, &MapTables, Hook::Xdp));
+            let (action, reason) = apply(ctx, &pkt, decide(&flow, &MapTables, hook));
             // Compiled in, but removed by the verifier unless the agent runs
             // with --datapath-debug (AYA_LOG_LEVEL is a load-time constant).
             debug!(
-                &ctx,
+                ctx,
                 "{:i}:{} -> {:i}:{} proto {}: {}",
                 u32::from_be(flow.saddr),
                 u16::from_be(flow.sport),

@@ -110,7 +110,7 @@ impl Tables for MapTables {
 #[inline(always)]
 pub fn count(hook: Hook, reason: Reason) {
     let base = match hook {
-        Hook::Xdp => 0,
+        Hook::Xdp | Hook::XdpNode => 0,
         Hook::TcEgress => Reason::COUNT,
     };
     if let Some(counter) = LB_COUNTERS.get_ptr_mut(base + reason as u32) {

@@ -2,7 +2,7 @@
 //! maps on every change, and the datapath attached to every interface that
 //! matches the patterns, including ones that appear later.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     datapath::{
-        loader::{Datapath, XdpAttachMode},
+        loader::{Datapath, InterfaceRole, XdpAttachMode},
         maps::DatapathMaps,
     },
     interfaces::InterfacePatterns,
@@ -32,7 +32,10 @@ pub struct AgentConfig {
     /// Log every datapath verdict (aya-log, target `lb_datapath`).
     pub datapath_debug: bool,
     pub node_name: String,
+    /// Every interface to attach to: node devices and pod veths.
     pub interfaces: InterfacePatterns,
+    /// The node's own devices (`--device`), whose addresses node ports use.
+    pub node_devices: InterfacePatterns,
     pub xdp_mode: XdpAttachMode,
     pub bpf_dir: PathBuf,
     pub model: ModelOptions,
@@ -47,6 +50,8 @@ struct Agent {
     config: AgentConfig,
     /// Interfaces that failed to attach, so the error is logged once.
     failed: BTreeMap<String, u32>,
+    /// IPv4 addresses of the node's devices, where node ports answer.
+    node_addrs: Vec<Ipv4Addr>,
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -66,6 +71,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         desired: DesiredState::default(),
         config,
         failed: BTreeMap::new(),
+        node_addrs: Vec::new(),
     };
     // Interfaces first: traffic to a frontend must not start while the
     // veths of its backends are still being attached.
@@ -109,7 +115,13 @@ impl Agent {
         for err in &errors {
             error!("{err}");
         }
-        let ops = self.programmed.plan(&desired);
+        self.desired = desired;
+        self.program();
+    }
+
+    /// Brings the maps in line with the model and this node's addresses.
+    fn program(&mut self) {
+        let ops = self.programmed.plan(&self.desired, &self.node_addrs);
         let mut failures = 0;
         for op in &ops {
             if let Err(err) = self.maps.apply(op) {
@@ -124,7 +136,6 @@ impl Agent {
                 Err(err) => error!("re-reading the maps failed: {err}"),
             }
         }
-        self.desired = desired;
         if !ops.is_empty() {
             info!(services = self.desired.services.len(), map_writes = ops.len(), failures, "datapath updated");
         }
@@ -135,6 +146,16 @@ impl Agent {
             Ok(present) => present,
             Err(err) => return error!("{err}"),
         };
+        // Node ports answer on the addresses of the node's devices.
+        match self.config.node_devices.ipv4_addresses() {
+            Ok(addrs) if addrs != self.node_addrs => {
+                info!(?addrs, "node addresses");
+                self.node_addrs = addrs;
+                self.program();
+            }
+            Ok(_) => {}
+            Err(err) => error!("{err}"),
+        }
         let stale: Vec<String> = self
             .datapath
             .attached()
@@ -150,10 +171,24 @@ impl Agent {
             if attached || self.failed.contains_key(&name) {
                 continue;
             }
-            if let Err(err) = self.datapath.attach(&name, ifindex) {
+            let role = if self.config.node_devices.matches(&name) { InterfaceRole::Node } else { InterfaceRole::Pod };
+            if role == InterfaceRole::Pod {
+                accept_local_sources(&name);
+            }
+            if let Err(err) = self.datapath.attach(&name, ifindex, role) {
                 warn!("{err}");
                 self.failed.insert(name, ifindex);
             }
         }
+    }
+}
+
+/// Replies to a node port leave a pod's veth translated to come from the
+/// node's own address; the kernel drops such packets as martians unless the
+/// interface accepts local source addresses.
+fn accept_local_sources(ifname: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local");
+    if let Err(err) = std::fs::write(&path, "1") {
+        warn!(ifname, "cannot set {path}: {err}: replies to node ports from this pod will be dropped");
     }
 }

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use lb_common::{
-    EP_READY, EP_SERVING, EP_TERMINATING, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME,
-    SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
+    EP_READY, EP_SERVING, EP_TERMINATING, FRONTEND_NODE_PORT, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+    SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
 };
 
 use crate::datapath::maps::DatapathMaps;
@@ -35,10 +35,17 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
     for entry in maps.frontends.iter() {
         let (key, frontend): (FrontendKey, _) = entry?;
         let meta = maps.service_meta.get(&frontend.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        // Node port frontends show up as the `80:30123/TCP` of the cluster IP's row.
+        if meta.frontend_kind == FRONTEND_NODE_PORT {
+            continue;
+        }
         let svc = services.entry((meta.namespace().to_owned(), meta.name().to_owned())).or_default();
         svc.svc_type = svc_type_name(meta.svc_type);
         svc.cluster_ip = Ipv4Addr::from(wire::addr_octets(key.addr)).to_string();
-        let port = format!("{}/{}", wire::port_number(key.port), protocol_name(key.proto));
+        let port = match meta.node_port {
+            0 => format!("{}/{}", wire::port_number(key.port), protocol_name(key.proto)),
+            node_port => format!("{}:{node_port}/{}", wire::port_number(key.port), protocol_name(key.proto)),
+        };
         svc.ports.push(match meta.port_name() {
             "" => port,
             name => format!("{name}:{port}"),
@@ -101,6 +108,9 @@ pub fn env_services(maps: &DatapathMaps) -> anyhow::Result<Vec<crate::env::EnvSe
     for entry in maps.frontends.iter() {
         let (key, frontend) = entry?;
         let Ok(meta) = maps.service_meta.get(&frontend.svc_id, 0) else { continue };
+        if meta.frontend_kind == FRONTEND_NODE_PORT {
+            continue;
+        }
         let ip = Ipv4Addr::from(wire::addr_octets(key.addr)).to_string();
         let (_, list) = ports.entry((meta.namespace().to_owned(), meta.name().to_owned())).or_insert((ip, Vec::new()));
         let port = (

@@ -1,7 +1,7 @@
 //! Which network interfaces the datapath should be attached to: the ones in
 //! this network namespace whose names match `--device`/`--pod-device`.
 
-use std::{collections::BTreeMap, ffi::CStr, io};
+use std::{collections::BTreeMap, ffi::CStr, io, net::Ipv4Addr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterfaceError {
@@ -31,6 +31,37 @@ impl InterfacePatterns {
     /// The interfaces present now that match, by name, with their ifindex.
     pub fn present(&self) -> Result<BTreeMap<String, u32>, InterfaceError> {
         Ok(list().map_err(InterfaceError::List)?.into_iter().filter(|(name, _)| self.matches(name)).collect())
+    }
+}
+
+impl InterfacePatterns {
+    /// The IPv4 addresses of the matching interfaces, sorted.
+    pub fn ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>, InterfaceError> {
+        let mut addrs = Vec::new();
+        // SAFETY: getifaddrs gives a list that stays valid until freeifaddrs;
+        // each entry's name is a C string and an AF_INET address a sockaddr_in.
+        unsafe {
+            let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+            if libc::getifaddrs(&mut head) != 0 {
+                return Err(InterfaceError::List(io::Error::last_os_error()));
+            }
+            let mut entry = head;
+            while !entry.is_null() {
+                let ifa = &*entry;
+                if !ifa.ifa_addr.is_null()
+                    && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+                    && self.matches(&CStr::from_ptr(ifa.ifa_name).to_string_lossy())
+                {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    addrs.push(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()));
+                }
+                entry = ifa.ifa_next;
+            }
+            libc::freeifaddrs(head);
+        }
+        addrs.sort();
+        addrs.dedup();
+        Ok(addrs)
     }
 }
 
@@ -72,6 +103,12 @@ mod tests {
     fn loopback_is_listed() {
         let p = InterfacePatterns::new(["lo"]).unwrap();
         assert_eq!(p.present().unwrap().get("lo"), Some(&1));
+    }
+
+    #[test]
+    fn loopback_has_its_address() {
+        let p = InterfacePatterns::new(["lo"]).unwrap();
+        assert_eq!(p.ipv4_addresses().unwrap(), [Ipv4Addr::LOCALHOST]);
     }
 
     #[test]

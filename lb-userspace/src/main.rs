@@ -128,6 +128,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         datapath_debug: args.datapath_debug,
         node_name: args.node_name,
         interfaces: InterfacePatterns::new(patterns)?,
+        node_devices: InterfacePatterns::new(args.devices.iter().map(String::as_str))?,
         xdp_mode: match args.xdp_mode {
             XdpModeArg::Auto => XdpAttachMode::Auto,
             XdpModeArg::Native => XdpAttachMode::Native,

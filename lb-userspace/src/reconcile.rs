@@ -7,12 +7,16 @@
 //!    removed only after its count shrank below them;
 //! 3. backends are deleted only when no slot references them any more.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    iter,
+    net::Ipv4Addr,
+};
 
 use lb_common::{
-    Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta, Frontend, FrontendKey,
-    IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER,
-    SVC_TYPE_NODE_PORT, ServiceMeta, wire,
+    Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta, FRONTEND_CLUSTER_IP,
+    FRONTEND_FLAG_EXTERNAL, FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP,
+    SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, wire,
 };
 use tracing::warn;
 
@@ -78,6 +82,7 @@ struct ProgrammedFrontend {
 }
 
 /// A frontend as the model wants it.
+#[derive(Clone)]
 struct WantedFrontend {
     affinity_timeout_s: u32,
     backends: Vec<Backend>,
@@ -152,8 +157,8 @@ impl Programmed {
 
     /// The operations that bring the maps from what they hold to `desired`,
     /// in a safe order; `self` is updated as if they were all applied.
-    pub fn plan(&mut self, desired: &DesiredState) -> Vec<MapOp> {
-        let wanted = wanted_frontends(desired);
+    pub fn plan(&mut self, desired: &DesiredState, node_addrs: &[Ipv4Addr]) -> Vec<MapOp> {
+        let wanted = wanted_frontends(desired, node_addrs);
         let mut ops = Vec::new();
 
         // 1. Backends first.
@@ -192,11 +197,12 @@ impl Programmed {
                 ops.push(MapOp::PutMeta { svc_id, meta: fe.meta });
             }
             if old_slots.len() != slots.len() || old_affinity != fe.affinity_timeout_s || old.is_none() {
+                let external = fe.meta.frontend_kind == FRONTEND_NODE_PORT;
                 let frontend = Frontend {
                     svc_id,
                     affinity_timeout_s: fe.affinity_timeout_s,
                     backend_count: slots.len() as u16,
-                    _pad: 0,
+                    flags: if external { FRONTEND_FLAG_EXTERNAL } else { 0 },
                 };
                 ops.push(MapOp::PutFrontend { key: *key, frontend });
             }
@@ -272,7 +278,7 @@ impl Programmed {
 
         // 5. Service addresses: answered only while a frontend is there.
         let mut vips: BTreeMap<u32, u32> = BTreeMap::new();
-        for key in self.frontends.keys() {
+        for (key, _) in self.frontends.iter().filter(|(_, fe)| fe.meta.frontend_kind == FRONTEND_CLUSTER_IP) {
             *vips.entry(key.addr).or_default() += 1;
         }
         for (addr, frontends) in &vips {
@@ -315,7 +321,7 @@ impl Programmed {
 }
 
 /// The frontends the model asks for, keyed like the frontend map.
-fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFrontend> {
+fn wanted_frontends(desired: &DesiredState, node_addrs: &[Ipv4Addr]) -> BTreeMap<FrontendKey, WantedFrontend> {
     let mut wanted = BTreeMap::new();
     for service in desired.services.values() {
         if !service.programs_datapath() {
@@ -334,6 +340,7 @@ fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFront
                 .collect();
             let meta = ServiceMeta {
                 port_index: index as u8,
+                node_port: port.node_port.unwrap_or(0),
                 ..ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, svc_type(service))
             };
             let affinity_timeout_s = match service.session_affinity {
@@ -352,9 +359,27 @@ fn wanted_frontends(desired: &DesiredState) -> BTreeMap<FrontendKey, WantedFront
                     EndpointMeta::new(wire::addr(ep.addr.octets()), wire::port(ep.port), conditions, target)
                 })
                 .collect();
-            if wanted.insert(key, WantedFrontend { affinity_timeout_s, backends, meta, endpoints }).is_some() {
-                // The model rejects such conflicts; this only guards the maps.
-                warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
+            let frontend = WantedFrontend { affinity_timeout_s, backends, meta, endpoints };
+            // The same backends behind every node address at the node port;
+            // the endpoints are listed once, under the cluster IP.
+            let node_frontends = port.node_port.into_iter().flat_map(|node_port| {
+                node_addrs.iter().map(move |addr| FrontendKey {
+                    addr: wire::addr(addr.octets()),
+                    port: wire::port(node_port),
+                    proto,
+                    _pad: 0,
+                })
+            });
+            let on_nodes = WantedFrontend {
+                meta: ServiceMeta { frontend_kind: FRONTEND_NODE_PORT, ..frontend.meta },
+                endpoints: Vec::new(),
+                ..frontend.clone()
+            };
+            for (key, frontend) in iter::once((key, frontend)).chain(node_frontends.map(|k| (k, on_nodes.clone()))) {
+                if wanted.insert(key, frontend).is_some() {
+                    // The model rejects such conflicts; this only guards the maps.
+                    warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
+                }
             }
         }
     }
@@ -386,8 +411,6 @@ fn svc_type(service: &Service) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
     use crate::model::{Endpoint, ServiceName, ServicePort, SessionAffinity};
 
@@ -475,11 +498,48 @@ mod tests {
 
     const VIP: [u8; 4] = [10, 96, 0, 10];
 
+    impl Programmed {
+        /// A plan for a node without node addresses (no NodePort frontends).
+        fn plan_for_test(&mut self, desired: &DesiredState) -> Vec<MapOp> {
+            self.plan(desired, &[])
+        }
+    }
+
+    #[test]
+    fn a_node_port_is_a_frontend_on_every_node_address_with_the_same_backends() {
+        let mut desired = state(&[("kubia", VIP, &[endpoint(2, true)])]);
+        for service in desired.services.values_mut() {
+            service.service_type = ServiceType::NodePort;
+            service.ports[0].node_port = Some(30123);
+        }
+        let nodes = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(198, 51, 100, 1)];
+        let mut maps = Maps::default();
+        let mut programmed = Programmed::default();
+        maps.apply_checked(&programmed.plan(&desired, &nodes));
+        let keys: Vec<(Ipv4Addr, u16)> = maps
+            .frontends
+            .keys()
+            .map(|k| (Ipv4Addr::from(wire::addr_octets(k.addr)), wire::port_number(k.port)))
+            .collect();
+        assert_eq!(keys.len(), 3);
+        assert!(keys.contains(&(Ipv4Addr::from(VIP), 80)));
+        assert!(keys.contains(&(nodes[0], 30123)) && keys.contains(&(nodes[1], 30123)));
+        assert!(maps.frontends.values().all(|fe| fe.backend_count == 1));
+        assert_eq!(maps.vips.len(), 1, "node addresses are not service addresses");
+        assert_eq!(maps.endpoints.len(), 1, "endpoints are listed once");
+        // A node address that goes away takes its frontend along.
+        maps.apply_checked(&programmed.plan(&desired, &nodes[..1]));
+        assert_eq!(maps.frontends.len(), 2);
+    }
+
     #[test]
     fn only_ready_endpoints_are_programmed_in_order() {
         let mut programmed = Programmed::default();
-        let ops =
-            programmed.plan(&state(&[("kubia", VIP, &[endpoint(3, true), endpoint(2, true), endpoint(4, false)])]));
+        let ops = programmed.plan_for_test(&state(&[(
+            "kubia",
+            VIP,
+            &[endpoint(3, true), endpoint(2, true), endpoint(4, false)],
+        )]));
         let backends: Vec<_> = ops
             .iter()
             .filter_map(|op| match op {
@@ -499,8 +559,8 @@ mod tests {
     fn an_unchanged_state_writes_nothing() {
         let desired = state(&[("kubia", VIP, &[endpoint(2, true)])]);
         let mut programmed = Programmed::default();
-        assert!(!programmed.plan(&desired).is_empty());
-        assert_eq!(programmed.plan(&desired), []);
+        assert!(!programmed.plan_for_test(&desired).is_empty());
+        assert_eq!(programmed.plan_for_test(&desired), []);
     }
 
     #[test]
@@ -508,10 +568,10 @@ mod tests {
         let three = [endpoint(2, true), endpoint(3, true), endpoint(4, true)];
         let mut maps = Maps::default();
         let mut programmed = Programmed::default();
-        maps.apply_checked(&programmed.plan(&state(&[("kubia", VIP, &three)])));
+        maps.apply_checked(&programmed.plan_for_test(&state(&[("kubia", VIP, &three)])));
 
         // The middle one goes: slot 1 is rewritten, the count shrinks, slot 2 goes, then its backend.
-        let ops = programmed.plan(&state(&[("kubia", VIP, &[three[0].clone(), three[2].clone()])]));
+        let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &[three[0].clone(), three[2].clone()])]));
         maps.apply_checked(&ops);
         let datapath_ops: Vec<MapOp> = ops
             .iter()
@@ -531,7 +591,7 @@ mod tests {
             "{ops:?}"
         );
 
-        let ops = programmed.plan(&state(&[("kubia", VIP, &three)]));
+        let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &three)]));
         maps.apply_checked(&ops);
         assert!(matches!(ops.first(), Some(MapOp::PutBackend { .. })), "{ops:?}");
         assert_eq!(maps.frontends.values().next().unwrap().backend_count, 3);
@@ -544,14 +604,14 @@ mod tests {
         let mut programmed = Programmed::default();
         let both =
             state(&[("a", VIP, &[endpoint(2, true)]), ("b", [10, 96, 0, 11], &[endpoint(2, true), endpoint(5, true)])]);
-        maps.apply_checked(&programmed.plan(&both));
+        maps.apply_checked(&programmed.plan_for_test(&both));
         assert_eq!(maps.backends.len(), 2, "a shared endpoint is one backend");
-        maps.apply_checked(&programmed.plan(&state(&[("a", VIP, &[endpoint(2, true)])])));
+        maps.apply_checked(&programmed.plan_for_test(&state(&[("a", VIP, &[endpoint(2, true)])])));
         assert_eq!(maps.frontends.len(), 1);
         assert_eq!(maps.slots.len(), 1);
         assert_eq!(maps.backends.len(), 1);
         assert_eq!(maps.vips.len(), 1);
-        maps.apply_checked(&programmed.plan(&DesiredState::default()));
+        maps.apply_checked(&programmed.plan_for_test(&DesiredState::default()));
         assert!(maps.frontends.is_empty() && maps.slots.is_empty() && maps.backends.is_empty());
         assert!(maps.vips.is_empty());
     }
@@ -561,7 +621,7 @@ mod tests {
         let desired = state(&[("kubia", VIP, &[endpoint(2, true), endpoint(3, true)])]);
         let mut programmed = Programmed::default();
         let mut maps = Maps::default();
-        maps.apply_checked(&programmed.plan(&desired));
+        maps.apply_checked(&programmed.plan_for_test(&desired));
         let metas: Vec<(u32, ServiceMeta)> = programmed.frontends.values().map(|fe| (fe.svc_id, fe.meta)).collect();
         let mut adopted = Programmed::adopt(
             maps.frontends.clone(),
@@ -571,9 +631,9 @@ mod tests {
             maps.vips.clone(),
             maps.endpoints.clone(),
         );
-        assert_eq!(adopted.plan(&desired), []);
+        assert_eq!(adopted.plan_for_test(&desired), []);
         // Stale entries left by an earlier agent are removed.
-        assert!(!adopted.plan(&DesiredState::default()).is_empty());
+        assert!(!adopted.plan_for_test(&DesiredState::default()).is_empty());
     }
 
     #[test]
@@ -583,7 +643,7 @@ mod tests {
         for service in sticky.services.values_mut() {
             service.session_affinity = SessionAffinity::ClientIp { timeout_seconds: 30 };
         }
-        let ops = programmed.plan(&sticky);
+        let ops = programmed.plan_for_test(&sticky);
         assert!(
             ops.iter().any(|op| matches!(op, MapOp::PutFrontend { frontend, .. } if frontend.affinity_timeout_s == 30))
         );
@@ -593,7 +653,7 @@ mod tests {
         for service in one_left.services.values_mut() {
             service.ports[0].endpoints.truncate(1);
         }
-        let ops = programmed.plan(&one_left);
+        let ops = programmed.plan_for_test(&one_left);
         let kept = ops.iter().find_map(|op| match op {
             MapOp::PurgeAffinity { keep, .. } => Some(keep.clone()),
             _ => None,
@@ -601,7 +661,7 @@ mod tests {
         assert_eq!(kept.map(|k| k.len()), Some(1), "{ops:?}");
 
         // Switched off: the frontend says so and every affinity goes.
-        let ops = programmed.plan(&state(&[("kubia", VIP, &[endpoint(2, true)])]));
+        let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &[endpoint(2, true)])]));
         assert!(
             ops.iter().any(|op| matches!(op, MapOp::PutFrontend { frontend, .. } if frontend.affinity_timeout_s == 0))
         );
@@ -611,7 +671,7 @@ mod tests {
     #[test]
     fn a_service_without_endpoints_gets_a_frontend_with_no_backends() {
         let mut programmed = Programmed::default();
-        let ops = programmed.plan(&state(&[("kubia", VIP, &[endpoint(2, false)])]));
+        let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &[endpoint(2, false)])]));
         assert!(
             ops.iter().any(|op| matches!(op, MapOp::PutFrontend { frontend: Frontend { backend_count: 0, .. }, .. }))
         );

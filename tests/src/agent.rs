@@ -126,7 +126,7 @@ impl AgentProcess {
         }
     }
 
-    /// The counter of `reason` on the XDP hook.
+    /// The counter of `reason` on the XDP hooks.
     pub fn xdp_counter(&self, reason: &str) -> anyhow::Result<u64> {
         let counters = self.get("counters")?;
         counters

@@ -63,6 +63,33 @@ impl Node {
         Ok(Pod { name: name.to_owned(), ip, ns, host_veth, servers: Vec::new() })
     }
 
+    /// An external client on a link to the node: the node's device
+    /// `ifname` gets `node_ip`/24, the client `client_ip`/24 on the same
+    /// link and a default route through the node.
+    pub fn add_external_client(&self, ifname: &str, node_ip: Ipv4Addr, client_ip: Ipv4Addr) -> anyhow::Result<Netns> {
+        let ns = Netns::create("x")?;
+        crate::netns::ip(&[
+            "link",
+            "add",
+            ifname,
+            "netns",
+            self.ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.ns.exec(&["ip", "addr", "add", &format!("{node_ip}/24"), "dev", ifname])?;
+        self.ns.exec(&["ip", "link", "set", ifname, "up"])?;
+        ns.exec(&["ip", "addr", "add", &format!("{client_ip}/24"), "dev", "eth0"])?;
+        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        ns.exec(&["ip", "route", "add", "default", "via", &node_ip.to_string()])?;
+        Ok(ns)
+    }
+
     fn mac(&self, ifname: &str) -> anyhow::Result<String> {
         let out = self.ns.exec(&["ip", "-o", "link", "show", ifname])?;
         let text = String::from_utf8_lossy(&out.stdout);

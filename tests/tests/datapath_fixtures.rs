@@ -2,7 +2,9 @@
 //! kernel, run on hand-built frames. Each row names the input, the verdict
 //! and the exact output frame expected, and the counter it must bump.
 
-use lb_common::{Backend, BackendSlotKey, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason, wire};
+use lb_common::{
+    Backend, BackendSlotKey, FRONTEND_FLAG_EXTERNAL, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason, wire,
+};
 use lb_ebpf::{
     packet_builder::{PacketBuilder, checksum_errors},
     parse::{Frame, parse},
@@ -25,6 +27,7 @@ const VIP: [u8; 4] = [10, 96, 0, 10];
 const EMPTY_VIP: [u8; 4] = [10, 96, 0, 11];
 const CLIENT: [u8; 4] = [10, 244, 0, 3];
 const POD: [u8; 4] = [10, 244, 1, 7];
+const NODE: [u8; 4] = [198, 51, 100, 1];
 
 /// The datapath loaded into this kernel, its maps pinned in a scratch
 /// directory that is removed on drop.
@@ -92,6 +95,10 @@ fn program_services(dp: &mut ScratchDatapath) {
             key: frontend(EMPTY_VIP, 53, IPPROTO_UDP),
             frontend: Frontend { svc_id: 4, backend_count: 0, ..Default::default() },
         },
+        MapOp::PutFrontend {
+            key: frontend(NODE, 30080, IPPROTO_TCP),
+            frontend: Frontend { svc_id: 1, backend_count: 1, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
+        },
         MapOp::PutVip { addr: wire::addr(VIP), frontends: 2 },
         MapOp::PutVip { addr: wire::addr(EMPTY_VIP), frontends: 2 },
     ];
@@ -118,7 +125,7 @@ fn untouched(what: &'static str, program: TestProgram, input: Vec<u8>, verdict: 
 }
 
 fn fixtures() -> Vec<Fixture> {
-    use TestProgram::{TcEgress, Xdp};
+    use TestProgram::{TcEgress, Xdp, XdpNode};
     let mut truncated = tcp(CLIENT, 40011, VIP, 80).build();
     truncated.truncate(14 + 20 + 12);
     let mut arp = tcp(CLIENT, 1, VIP, 80).build();
@@ -266,6 +273,21 @@ fn fixtures() -> Vec<Fixture> {
             Reason::EchoReply,
         ),
         untouched("a ping to another address is untouched", Xdp, echo_request(POD), XDP_PASS, Reason::PassNotTcpUdp),
+        untouched(
+            "a cluster ip reached through a node device is untouched",
+            XdpNode,
+            tcp(CLIENT, 40020, VIP, 80).build(),
+            XDP_PASS,
+            Reason::PassInternalOnly,
+        ),
+        translated(
+            "a node port reached through a node device goes to the backend",
+            XdpNode,
+            tcp(CLIENT, 40021, NODE, 30080).build(),
+            XDP_PASS,
+            tcp(CLIENT, 40021, POD, 8080).build(),
+            Reason::ForwardNewFlow,
+        ),
     ]
 }
 
@@ -313,7 +335,7 @@ fn datapath_fixture_table() {
     let mut failures = Vec::new();
     for fx in fixtures() {
         let index = |program| match program {
-            TestProgram::Xdp => 1,
+            TestProgram::Xdp | TestProgram::XdpNode => 1,
             TestProgram::TcEgress => 2,
         };
         let count = |dp: &ScratchDatapath| {

@@ -24,6 +24,7 @@ use super::maps::{DatapathMaps, MapsError};
 static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-datapath"));
 
 const XDP_PROGRAM: &str = "lb_xdp";
+const XDP_NODE_PROGRAM: &str = "lb_xdp_node";
 const TC_PROGRAM: &str = "lb_tc_egress";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -60,7 +61,10 @@ pub enum XdpAttachMode {
 /// The program a test run goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestProgram {
+    /// The pod veths' XDP program.
     Xdp,
+    /// The node devices' XDP program.
+    XdpNode,
     TcEgress,
 }
 
@@ -74,8 +78,18 @@ pub struct TestRunOutput {
     pub duration: std::time::Duration,
 }
 
+/// What an interface is to the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterfaceRole {
+    /// The host side of a pod's veth.
+    Pod,
+    /// One of the node's own devices (`--device`).
+    Node,
+}
+
 struct Attachment {
     ifindex: u32,
+    xdp_program: &'static str,
     xdp: XdpLinkId,
     tc: SchedClassifierLinkId,
 }
@@ -110,8 +124,9 @@ impl Datapath {
             .load(DATAPATH_OBJECT)
             .map_err(|source| LoaderError::Load { bpf_dir: bpf_dir.to_owned(), source: Box::new(source) })?;
         let program_err = |name| move |source| LoaderError::Program { name, source };
-        let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
-        xdp.load().map_err(program_err(XDP_PROGRAM))?;
+        for name in [XDP_PROGRAM, XDP_NODE_PROGRAM] {
+            program::<Xdp>(&mut ebpf, name)?.load().map_err(program_err(name))?;
+        }
         let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
         tc.load().map_err(program_err(TC_PROGRAM))?;
         let maps = DatapathMaps::take(&mut ebpf)?;
@@ -124,13 +139,18 @@ impl Datapath {
         self.attached.iter().map(|(name, a)| (name.as_str(), a.ifindex))
     }
 
-    /// Attaches XDP on ingress and TC on egress of `ifname`.
-    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), LoaderError> {
+    /// Attaches XDP on ingress and TC on egress of `ifname`; a node device
+    /// gets the XDP program that admits only external frontends.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32, role: InterfaceRole) -> Result<(), LoaderError> {
         let attach_err = |what| {
             let ifname = ifname.to_owned();
             move |source| LoaderError::Attach { ifname, what, source }
         };
-        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?;
+        let xdp_program = match role {
+            InterfaceRole::Pod => XDP_PROGRAM,
+            InterfaceRole::Node => XDP_NODE_PROGRAM,
+        };
+        let xdp: &mut Xdp = program(&mut self.ebpf, xdp_program)?;
         let (xdp_link, mode) = match self.mode {
             XdpAttachMode::Native => {
                 (xdp.attach(ifname, XdpMode::Driver).map_err(attach_err("xdp (native)"))?, "native")
@@ -153,14 +173,14 @@ impl Datapath {
                 match tc.attach(ifname, TcAttachType::Egress) {
                     Ok(link) => link,
                     Err(err) => {
-                        self.detach_xdp(xdp_link);
+                        self.detach_xdp(xdp_program, xdp_link);
                         return Err(attach_err("tc egress")(err));
                     }
                 }
             }
         };
-        info!(ifname, ifindex, xdp_mode = mode, "attached");
-        self.attached.insert(ifname.to_owned(), Attachment { ifindex, xdp: xdp_link, tc: tc_link });
+        info!(ifname, ifindex, xdp_mode = mode, ?role, "attached");
+        self.attached.insert(ifname.to_owned(), Attachment { ifindex, xdp_program, xdp: xdp_link, tc: tc_link });
         Ok(())
     }
 
@@ -168,7 +188,7 @@ impl Datapath {
     /// so errors from the kernel are expected and ignored.
     pub fn detach(&mut self, ifname: &str) {
         let Some(attachment) = self.attached.remove(ifname) else { return };
-        self.detach_xdp(attachment.xdp);
+        self.detach_xdp(attachment.xdp_program, attachment.xdp);
         if let Ok(tc) = program::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM) {
             let _ = tc.detach(attachment.tc);
         }
@@ -194,6 +214,9 @@ impl Datapath {
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() };
         let (name, result) = match program_kind {
             TestProgram::Xdp => (XDP_PROGRAM, program::<Xdp>(&mut self.ebpf, XDP_PROGRAM)?.test_run(opts)),
+            TestProgram::XdpNode => {
+                (XDP_NODE_PROGRAM, program::<Xdp>(&mut self.ebpf, XDP_NODE_PROGRAM)?.test_run(opts))
+            }
             TestProgram::TcEgress => {
                 (TC_PROGRAM, program::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM)?.test_run(opts))
             }
@@ -203,8 +226,8 @@ impl Datapath {
         Ok(TestRunOutput { return_value: result.return_value, frame: out, duration: result.duration })
     }
 
-    fn detach_xdp(&mut self, link: XdpLinkId) {
-        if let Ok(xdp) = program::<Xdp>(&mut self.ebpf, XDP_PROGRAM) {
+    fn detach_xdp(&mut self, xdp_program: &'static str, link: XdpLinkId) {
+        if let Ok(xdp) = program::<Xdp>(&mut self.ebpf, xdp_program) {
             let _ = xdp.detach(link);
         }
     }

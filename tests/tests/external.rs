@@ -1,0 +1,84 @@
+//! Exposing Services to external clients (the seeds' "exposing services to
+//! external clients"): an external client on a link to the node.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::AgentProcess,
+    client::{http_get, served_by, tcp_connect, udp_request},
+    kubia::{TIMEOUT, VIP, cluster, pods_manifest},
+    require_root,
+    topology::Pod,
+};
+
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const EXTERNAL_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
+
+/// The seeds' kubia-nodeport Service, with a UDP port beside it.
+fn nodeport_service(node_port: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia-nodeport\nspec:\n  type: NodePort\n  clusterIP: {VIP}\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n{node_port}  - name: echo\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n  selector:\n    app: kubia\n"
+    )
+}
+
+fn start(c: &lb_tests::kubia::Cluster, service: &str) -> AgentProcess {
+    let pods: Vec<&Pod> = c.backends.iter().collect();
+    AgentProcess::start_with(
+        &c.node,
+        &[("svc.yaml", service), ("pods.yaml", &pods_manifest(&pods, |_| true))],
+        &["--device", "uplink", "--pod-device", "h-*"],
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_node_port_answers_external_clients_and_pods_on_the_node_address() {
+    require_root();
+    let c = cluster(2);
+    let external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    let agent = start(&c, &nodeport_service("    nodePort: 30123\n"));
+    agent.wait_for_services(TIMEOUT, |s| s.contains("http:80:30123/TCP") && s.contains("NodePort")).unwrap();
+
+    let everyone: BTreeSet<String> = c.backends.iter().map(|p| p.name.clone()).collect();
+    let from_outside: BTreeSet<String> = (0..30)
+        .map(|_| {
+            let body = http_get(&external, SocketAddrV4::new(NODE_IP, 30123), TIMEOUT).unwrap();
+            // The backend sees the external client itself: this node serves it.
+            assert!(lb_tests::client::seen_client(&body).starts_with(&EXTERNAL_CLIENT.to_string()), "{body}");
+            served_by(&body).to_owned()
+        })
+        .collect();
+    assert_eq!(from_outside, everyone);
+    let body = http_get(&c.client.ns, SocketAddrV4::new(NODE_IP, 30123), TIMEOUT).unwrap();
+    assert!(everyone.contains(served_by(&body)), "pods reach the node port too");
+
+    // The UDP port got a node port of its own, the same on every node.
+    let services = agent.get("services").unwrap();
+    let udp_node_port: u16 = services
+        .split("echo:53:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no node port for the udp port in:\n{services}"));
+    assert!((30000..=32767).contains(&udp_node_port));
+    let (reply, from) = udp_request(&external, SocketAddrV4::new(NODE_IP, udp_node_port), b"hi", TIMEOUT).unwrap();
+    assert_eq!(from, SocketAddrV4::new(NODE_IP, udp_node_port).into(), "{reply}");
+}
+
+#[test]
+fn the_cluster_ip_is_not_reachable_from_outside() {
+    require_root();
+    let c = cluster(1);
+    let external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    let agent = start(&c, &nodeport_service("    nodePort: 30123\n"));
+    agent.wait_for_services(TIMEOUT, |s| s.contains("30123")).unwrap();
+    let attempt = tcp_connect(&external, SocketAddrV4::new(VIP, 80), Duration::from_millis(500)).unwrap();
+    assert!(attempt.is_err(), "an external client reached the cluster IP");
+    assert!(agent.xdp_counter("pass_internal_only").unwrap() >= 1);
+    // Pods still do.
+    assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), c.backends[0].name);
+}
