@@ -222,6 +222,9 @@ pub struct ServiceMeta {
 pub const FRONTEND_CLUSTER_IP: u8 = 0;
 /// `ServiceMeta::frontend_kind` of a frontend on a node address.
 pub const FRONTEND_NODE_PORT: u8 = 1;
+/// `ServiceMeta::frontend_kind` of a frontend on an external or
+/// load-balancer IP.
+pub const FRONTEND_EXTERNAL_IP: u8 = 2;
 const _: () = assert!(core::mem::size_of::<ServiceMeta>() == 152);
 
 impl ServiceMeta {

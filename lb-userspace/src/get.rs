@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use lb_common::{
-    EP_READY, EP_SERVING, EP_TERMINATING, FRONTEND_NODE_PORT, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-    SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
+    EP_READY, EP_SERVING, EP_TERMINATING, FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_NODE_PORT, FrontendKey,
+    IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
 };
 
 use crate::datapath::maps::DatapathMaps;
@@ -16,6 +16,8 @@ pub struct ProgrammedService {
     pub svc_type: &'static str,
     /// The address, `None` for headless, `<none>` for ExternalName.
     pub cluster_ip: String,
+    /// External and load-balancer IPs.
+    pub external_ips: Vec<String>,
     /// "80/TCP"-style entries with the port name when there is one.
     pub ports: Vec<String>,
     pub endpoints: Vec<String>,
@@ -35,11 +37,17 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
     for entry in maps.frontends.iter() {
         let (key, frontend): (FrontendKey, _) = entry?;
         let meta = maps.service_meta.get(&frontend.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
-        // Node port frontends show up as the `80:30123/TCP` of the cluster IP's row.
-        if meta.frontend_kind == FRONTEND_NODE_PORT {
-            continue;
-        }
         let svc = services.entry((meta.namespace().to_owned(), meta.name().to_owned())).or_default();
+        // Node ports show up as the `80:30123/TCP` of the cluster IP's
+        // ports, external IPs in their own column.
+        match meta.frontend_kind {
+            FRONTEND_NODE_PORT => continue,
+            FRONTEND_EXTERNAL_IP => {
+                svc.external_ips.push(Ipv4Addr::from(wire::addr_octets(key.addr)).to_string());
+                continue;
+            }
+            _ => {}
+        }
         svc.svc_type = svc_type_name(meta.svc_type);
         svc.cluster_ip = Ipv4Addr::from(wire::addr_octets(key.addr)).to_string();
         let port = match meta.node_port {
@@ -80,6 +88,8 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
         );
     }
     for svc in services.values_mut() {
+        svc.external_ips.sort();
+        svc.external_ips.dedup();
         svc.ports.sort();
         svc.endpoints.sort();
         svc.endpoints.dedup();
@@ -88,15 +98,15 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
 }
 
 pub fn format_services(services: &BTreeMap<(String, String), ProgrammedService>) -> String {
-    let rows: Vec<[String; 6]> = services
+    let list = |items: &[String]| if items.is_empty() { "<none>".to_owned() } else { items.join(",") };
+    let rows: Vec<[String; 7]> = services
         .iter()
         .map(|((ns, name), svc)| {
-            let endpoints = if svc.endpoints.is_empty() { "<none>".to_owned() } else { svc.endpoints.join(",") };
-            let ports = if svc.ports.is_empty() { "<none>".to_owned() } else { svc.ports.join(",") };
-            [ns.clone(), name.clone(), svc.svc_type.into(), svc.cluster_ip.clone(), ports, endpoints]
+            let (external, ports, endpoints) = (list(&svc.external_ips), list(&svc.ports), list(&svc.endpoints));
+            [ns.clone(), name.clone(), svc.svc_type.into(), svc.cluster_ip.clone(), external, ports, endpoints]
         })
         .collect();
-    table(["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "ENDPOINTS"], &rows)
+    table(["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS"], &rows)
 }
 
 /// The programmed Services as `lb-agent env` needs them: cluster IP and
@@ -108,7 +118,7 @@ pub fn env_services(maps: &DatapathMaps) -> anyhow::Result<Vec<crate::env::EnvSe
     for entry in maps.frontends.iter() {
         let (key, frontend) = entry?;
         let Ok(meta) = maps.service_meta.get(&frontend.svc_id, 0) else { continue };
-        if meta.frontend_kind == FRONTEND_NODE_PORT {
+        if meta.frontend_kind != FRONTEND_CLUSTER_IP {
             continue;
         }
         let ip = Ipv4Addr::from(wire::addr_octets(key.addr)).to_string();
@@ -199,9 +209,10 @@ mod tests {
         services.insert(
             ("default".to_owned(), "kubia".to_owned()),
             ProgrammedService {
-                svc_type: "ClusterIP",
+                svc_type: "LoadBalancer",
                 cluster_ip: "10.96.0.10".into(),
-                ports: vec!["80/TCP".into()],
+                external_ips: vec!["203.0.113.10".into()],
+                ports: vec!["80:30123/TCP".into()],
                 endpoints: vec!["10.244.0.2:8080".into(), "10.244.0.3:8080".into()],
             },
         );
@@ -211,15 +222,15 @@ mod tests {
                 svc_type: "ClusterIP",
                 cluster_ip: "10.96.0.11".into(),
                 ports: vec!["http:80/TCP".into()],
-                endpoints: vec![],
+                ..Default::default()
             },
         );
         let out = format_services(&services);
         assert_eq!(
             out,
-            "NAMESPACE   NAME    TYPE        CLUSTER-IP   PORT(S)       ENDPOINTS\n\
-             default     empty   ClusterIP   10.96.0.11   http:80/TCP   <none>\n\
-             default     kubia   ClusterIP   10.96.0.10   80/TCP        10.244.0.2:8080,10.244.0.3:8080\n"
+            "NAMESPACE   NAME    TYPE           CLUSTER-IP   EXTERNAL-IP    PORT(S)        ENDPOINTS\n\
+             default     empty   ClusterIP      10.96.0.11   <none>         http:80/TCP    <none>\n\
+             default     kubia   LoadBalancer   10.96.0.10   203.0.113.10   80:30123/TCP   10.244.0.2:8080,10.244.0.3:8080\n"
         );
     }
 }

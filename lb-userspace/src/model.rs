@@ -132,6 +132,10 @@ pub struct Service {
     pub service_type: ServiceType,
     pub cluster_ip: ClusterIp,
     pub external_name: Option<String>,
+    /// Addresses outside the cluster network the Service also answers on
+    /// (its ports, from outside too): `spec.externalIPs` and, for
+    /// LoadBalancer, `status.loadBalancer.ingress[].ip`.
+    pub external_ips: Vec<Ipv4Addr>,
     pub session_affinity: SessionAffinity,
     pub ports: Vec<ServicePort>,
 }
@@ -399,6 +403,7 @@ struct Spec<'a> {
     service_type: ServiceType,
     address: Address,
     external_name: Option<String>,
+    external_ips: Vec<Ipv4Addr>,
     session_affinity: SessionAffinity,
     ports: Vec<PortSpec>,
     /// Present and non-empty: endpoints come from pods.
@@ -538,6 +543,28 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         ports.push(PortSpec { name, port, protocol, target, node_port });
     }
 
+    let load_balancer_ips = service
+        .object
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|_| service_type == ServiceType::LoadBalancer)
+        .filter_map(|ingress| ingress.ip.as_deref())
+        .map(|ip| ("status.loadBalancer.ingress[].ip", ip));
+    let external_ips =
+        spec.external_ips.as_deref().unwrap_or_default().iter().map(|ip| ("spec.externalIPs", ip.as_str()));
+    let mut all_external_ips = Vec::new();
+    for (field, text) in external_ips.chain(load_balancer_ips) {
+        match ipv4(text) {
+            Ok(Some(ip)) if !all_external_ips.contains(&ip) => all_external_ips.push(ip),
+            Ok(_) => {}
+            Err(reason) => return Err(bad(field, reason)),
+        }
+    }
+
     let session_affinity = match spec.session_affinity.as_deref() {
         None | Some("None") => SessionAffinity::None,
         Some("ClientIP") => {
@@ -566,6 +593,7 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         service_type,
         address,
         external_name,
+        external_ips: all_external_ips,
         session_affinity,
         ports,
         selector: service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()),
@@ -1020,6 +1048,7 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
         service_type: spec.service_type,
         cluster_ip,
         external_name: spec.external_name,
+        external_ips: spec.external_ips,
         session_affinity: spec.session_affinity,
         ports,
     }
@@ -1527,5 +1556,17 @@ subsets:
             "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 80, nodePort: 30080}]\n",
         );
         assert!(messages(&errors)[0].contains("only NodePort and LoadBalancer have node ports"), "{errors:?}");
+    }
+
+    #[test]
+    fn external_and_load_balancer_ips_are_service_addresses() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: lb}\nspec:\n  type: LoadBalancer\n  externalIPs: [203.0.113.20]\n  ports: [{port: 80}]\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.10}, {hostname: lb.example}]\n";
+        let (state, errors) = build_yaml(yaml);
+        assert_eq!(messages(&errors), Vec::<String>::new());
+        let lb = service(&state, "lb");
+        assert_eq!(lb.external_ips, [Ipv4Addr::new(203, 0, 113, 20), Ipv4Addr::new(203, 0, 113, 10)]);
+        assert!(lb.ports[0].node_port.is_some(), "a LoadBalancer is a NodePort too");
+        let (_, errors) = build_yaml(&yaml.replace("203.0.113.20", "not-an-ip"));
+        assert!(messages(&errors)[0].contains("spec.externalIPs: \"not-an-ip\" is not an IP address"), "{errors:?}");
     }
 }

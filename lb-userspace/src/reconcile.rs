@@ -15,8 +15,9 @@ use std::{
 
 use lb_common::{
     Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta, FRONTEND_CLUSTER_IP,
-    FRONTEND_FLAG_EXTERNAL, FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP,
-    SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, wire,
+    FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+    SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
+    ServiceMeta, wire,
 };
 use tracing::warn;
 
@@ -197,7 +198,7 @@ impl Programmed {
                 ops.push(MapOp::PutMeta { svc_id, meta: fe.meta });
             }
             if old_slots.len() != slots.len() || old_affinity != fe.affinity_timeout_s || old.is_none() {
-                let external = fe.meta.frontend_kind == FRONTEND_NODE_PORT;
+                let external = fe.meta.frontend_kind != FRONTEND_CLUSTER_IP;
                 let frontend = Frontend {
                     svc_id,
                     affinity_timeout_s: fe.affinity_timeout_s,
@@ -278,7 +279,7 @@ impl Programmed {
 
         // 5. Service addresses: answered only while a frontend is there.
         let mut vips: BTreeMap<u32, u32> = BTreeMap::new();
-        for (key, _) in self.frontends.iter().filter(|(_, fe)| fe.meta.frontend_kind == FRONTEND_CLUSTER_IP) {
+        for (key, _) in self.frontends.iter().filter(|(_, fe)| fe.meta.frontend_kind != FRONTEND_NODE_PORT) {
             *vips.entry(key.addr).or_default() += 1;
         }
         for (addr, frontends) in &vips {
@@ -360,8 +361,9 @@ fn wanted_frontends(desired: &DesiredState, node_addrs: &[Ipv4Addr]) -> BTreeMap
                 })
                 .collect();
             let frontend = WantedFrontend { affinity_timeout_s, backends, meta, endpoints };
-            // The same backends behind every node address at the node port;
-            // the endpoints are listed once, under the cluster IP.
+            // The same backends behind every node address at the node port
+            // and every external IP at the port; the endpoints are listed
+            // once, under the cluster IP.
             let node_frontends = port.node_port.into_iter().flat_map(|node_port| {
                 node_addrs.iter().map(move |addr| FrontendKey {
                     addr: wire::addr(addr.octets()),
@@ -370,12 +372,22 @@ fn wanted_frontends(desired: &DesiredState, node_addrs: &[Ipv4Addr]) -> BTreeMap
                     _pad: 0,
                 })
             });
-            let on_nodes = WantedFrontend {
-                meta: ServiceMeta { frontend_kind: FRONTEND_NODE_PORT, ..frontend.meta },
+            let external_frontends = service.external_ips.iter().map(|addr| FrontendKey {
+                addr: wire::addr(addr.octets()),
+                port: wire::port(port.port),
+                proto,
+                _pad: 0,
+            });
+            let also = |kind| WantedFrontend {
+                meta: ServiceMeta { frontend_kind: kind, ..frontend.meta },
                 endpoints: Vec::new(),
                 ..frontend.clone()
             };
-            for (key, frontend) in iter::once((key, frontend)).chain(node_frontends.map(|k| (k, on_nodes.clone()))) {
+            let (on_nodes, on_external_ips) = (also(FRONTEND_NODE_PORT), also(FRONTEND_EXTERNAL_IP));
+            let all = iter::once((key, frontend))
+                .chain(node_frontends.map(|k| (k, on_nodes.clone())))
+                .chain(external_frontends.map(|k| (k, on_external_ips.clone())));
+            for (key, frontend) in all {
                 if wanted.insert(key, frontend).is_some() {
                     // The model rejects such conflicts; this only guards the maps.
                     warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
@@ -437,6 +449,7 @@ mod tests {
                     service_type: ServiceType::ClusterIp,
                     cluster_ip: ClusterIp::Ip(Ipv4Addr::from(*vip)),
                     external_name: None,
+                    external_ips: Vec::new(),
                     session_affinity: SessionAffinity::None,
                     ports: vec![ServicePort {
                         name: String::new(),

@@ -82,3 +82,32 @@ fn the_cluster_ip_is_not_reachable_from_outside() {
     // Pods still do.
     assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), c.backends[0].name);
 }
+
+/// The seeds' kubia-loadbalancer: the load balancer's ingress IP (and an
+/// externalIP) answer on the Service port, from outside too.
+#[test]
+fn load_balancer_ingress_and_external_ips_answer_on_the_service_port() {
+    require_root();
+    let c = cluster(1);
+    let external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia-loadbalancer\nspec:\n  type: LoadBalancer\n  clusterIP: {VIP}\n  externalIPs: [203.0.113.20]\n  ports:\n  - port: 80\n    targetPort: 8080\n  selector:\n    app: kubia\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.10\n"
+    );
+    let agent = start(&c, &service);
+    agent
+        .wait_for_services(TIMEOUT, |s| s.contains("203.0.113.10,203.0.113.20") && s.contains("LoadBalancer"))
+        .unwrap();
+    for ip in [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 20)] {
+        let body = http_get(&external, SocketAddrV4::new(ip, 80), TIMEOUT).unwrap();
+        assert_eq!(served_by(&body), c.backends[0].name, "via {ip}");
+        assert!(lb_tests::client::ping(&external, ip, TIMEOUT).unwrap(), "{ip} answers ping");
+    }
+    // A LoadBalancer is a NodePort too.
+    let services = agent.get("services").unwrap();
+    let node_port: u16 =
+        services.split("80:").nth(1).and_then(|r| r.split('/').next()).and_then(|p| p.parse().ok()).unwrap();
+    assert_eq!(
+        served_by(&http_get(&external, SocketAddrV4::new(NODE_IP, node_port), TIMEOUT).unwrap()),
+        c.backends[0].name
+    );
+}

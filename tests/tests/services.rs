@@ -165,8 +165,8 @@ spec:
     assert_eq!(
         rows,
         [
-            ["default", "external-service", "ExternalName", "<none>", "<none>", "<none>"],
-            ["default", "kubia-headless", "ClusterIP", "None", "<none>", "<none>"],
+            ["default", "external-service", "ExternalName", "<none>", "<none>", "<none>", "<none>"],
+            ["default", "kubia-headless", "ClusterIP", "None", "<none>", "<none>", "<none>"],
         ],
         "{services}"
     );
