@@ -81,6 +81,9 @@ const _: () = assert!(core::mem::size_of::<Frontend>() == 12);
 /// ports, external and load-balancer IPs); without it only pods reach it,
 /// as cluster IPs are.
 pub const FRONTEND_FLAG_EXTERNAL: u16 = 1;
+/// The backends are this node's only (traffic policy Local): with none,
+/// traffic is dropped as kube-proxy does, not refused.
+pub const FRONTEND_FLAG_NODE_LOCAL: u16 = 2;
 
 /// Slot `slot` of service `svc_id`; the value is a backend id.
 #[repr(C)]
@@ -295,8 +298,9 @@ pub enum Reason {
     ForwardEstablished = 7,
     /// A backend's reply: source rewritten to the frontend.
     ReplyReverseNat = 8,
-    /// The frontend has no endpoint and the packet cannot be answered (it
-    /// is a TCP reset itself, or the answer could not be built): dropped.
+    /// The frontend has no endpoint and the packet is not answered (traffic
+    /// policy Local, a TCP reset itself, or the answer could not be built):
+    /// dropped.
     DropNoBackend = 9,
     /// A slot or backend the frontend points at is missing (update race): dropped.
     DropBackendMissing = 10,

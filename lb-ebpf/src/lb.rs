@@ -6,7 +6,7 @@
 use crate::{conntrack, nat::Side};
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FLAG_HAIRPIN, CT_REPLY, CtEntry, CtKey,
-    FRONTEND_FLAG_EXTERNAL, Frontend, FrontendKey, Reason,
+    FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, Frontend, FrontendKey, Reason,
 };
 
 /// A conntrack entry could not be written.
@@ -93,7 +93,13 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
         return Verdict::Pass(Reason::PassInternalOnly);
     }
     if frontend.backend_count == 0 {
-        return Verdict::Reject;
+        // kube-proxy drops traffic for a Local policy without local
+        // endpoints, and refuses it otherwise.
+        return if frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0 {
+            Verdict::Drop(Reason::DropNoBackend)
+        } else {
+            Verdict::Reject
+        };
     }
     let now = tables.now_ns();
     let Some((backend_id, backend)) = select_backend(flow, &frontend, tables, now) else {
@@ -374,6 +380,12 @@ mod tests {
         let t = service(3);
         assert_eq!(decide(&flow(CLIENT, VIP, 1, 81), &t, Hook::Xdp), Verdict::Pass(Reason::PassNoService));
         assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), &service(0), Hook::Xdp), Verdict::Reject);
+        let mut local_without_endpoints = service(0);
+        local_without_endpoints.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_NODE_LOCAL);
+        assert_eq!(
+            decide(&flow(CLIENT, VIP, 1, 80), &local_without_endpoints, Hook::Xdp),
+            Verdict::Drop(Reason::DropNoBackend)
+        );
 
         let mut missing_slot = service(3);
         missing_slot.slots.clear();

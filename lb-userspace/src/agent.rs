@@ -2,7 +2,7 @@
 //! maps on every change, and the datapath attached to every interface that
 //! matches the patterns, including ones that appear later.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -18,7 +18,7 @@ use crate::{
     },
     interfaces::InterfacePatterns,
     model::{self, DesiredState, ModelOptions},
-    reconcile::Programmed,
+    reconcile::{NodeInfo, Programmed},
     source::{self, ManifestDir},
 };
 
@@ -50,8 +50,8 @@ struct Agent {
     config: AgentConfig,
     /// Interfaces that failed to attach, so the error is logged once.
     failed: BTreeMap<String, u32>,
-    /// IPv4 addresses of the node's devices, where node ports answer.
-    node_addrs: Vec<Ipv4Addr>,
+    /// This node's name and device addresses.
+    node: NodeInfo,
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -63,6 +63,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let programmed = maps.programmed().context("reading the pinned maps")?;
     let mut ticks = source::watch(&config.manifests)
         .with_context(|| format!("watching manifest directory {}", config.manifests.display()))?;
+    let node_name = config.node_name.clone();
     let mut agent = Agent {
         datapath,
         maps,
@@ -71,7 +72,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         desired: DesiredState::default(),
         config,
         failed: BTreeMap::new(),
-        node_addrs: Vec::new(),
+        node: NodeInfo { name: node_name, addrs: Vec::new() },
     };
     // Interfaces first: traffic to a frontend must not start while the
     // veths of its backends are still being attached.
@@ -121,7 +122,7 @@ impl Agent {
 
     /// Brings the maps in line with the model and this node's addresses.
     fn program(&mut self) {
-        let ops = self.programmed.plan(&self.desired, &self.node_addrs);
+        let ops = self.programmed.plan(&self.desired, &self.node);
         let mut failures = 0;
         for op in &ops {
             if let Err(err) = self.maps.apply(op) {
@@ -148,9 +149,9 @@ impl Agent {
         };
         // Node ports answer on the addresses of the node's devices.
         match self.config.node_devices.ipv4_addresses() {
-            Ok(addrs) if addrs != self.node_addrs => {
+            Ok(addrs) if addrs != self.node.addrs => {
                 info!(?addrs, "node addresses");
-                self.node_addrs = addrs;
+                self.node.addrs = addrs;
                 self.program();
             }
             Ok(_) => {}

@@ -118,6 +118,17 @@ pub enum SessionAffinity {
     },
 }
 
+/// `spec.externalTrafficPolicy` / `spec.internalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    /// Any endpoint in the cluster.
+    #[default]
+    Cluster,
+    /// Only endpoints on the node the traffic arrived at; none there means
+    /// the traffic is dropped.
+    Local,
+}
+
 /// Kubernetes' default `--service-node-port-range`.
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
 
@@ -136,6 +147,10 @@ pub struct Service {
     /// (its ports, from outside too): `spec.externalIPs` and, for
     /// LoadBalancer, `status.loadBalancer.ingress[].ip`.
     pub external_ips: Vec<Ipv4Addr>,
+    /// For traffic from outside (node ports, external IPs).
+    pub external_traffic_policy: TrafficPolicy,
+    /// For traffic from pods to the cluster IP.
+    pub internal_traffic_policy: TrafficPolicy,
     pub session_affinity: SessionAffinity,
     pub ports: Vec<ServicePort>,
 }
@@ -167,9 +182,18 @@ impl ServicePort {
     /// sorted by (addr, port) and deduplicated, so every node picks from
     /// the same list.
     pub fn active_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        let any_ready = self.endpoints.iter().any(|e| e.ready);
+        self.active_endpoints_on(None)
+    }
+
+    /// Like [`ServicePort::active_endpoints`], among the endpoints on
+    /// `node` only when given (traffic policy Local; the terminating
+    /// fallback applies per node, as kube-proxy does).
+    pub fn active_endpoints_on(&self, node: Option<&str>) -> impl Iterator<Item = &Endpoint> {
+        let candidates: Vec<&Endpoint> =
+            self.endpoints.iter().filter(|e| node.is_none_or(|n| e.node_name.as_deref() == Some(n))).collect();
+        let any_ready = candidates.iter().any(|e| e.ready);
         let mut active: Vec<&Endpoint> =
-            self.endpoints.iter().filter(|e| if any_ready { e.ready } else { e.serving && e.terminating }).collect();
+            candidates.into_iter().filter(|e| if any_ready { e.ready } else { e.serving && e.terminating }).collect();
         active.sort_by_key(|e| (e.addr, e.port));
         active.dedup_by_key(|e| (e.addr, e.port));
         active.into_iter()
@@ -404,6 +428,8 @@ struct Spec<'a> {
     address: Address,
     external_name: Option<String>,
     external_ips: Vec<Ipv4Addr>,
+    external_traffic_policy: TrafficPolicy,
+    internal_traffic_policy: TrafficPolicy,
     session_affinity: SessionAffinity,
     ports: Vec<PortSpec>,
     /// Present and non-empty: endpoints come from pods.
@@ -565,6 +591,14 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         }
     }
 
+    let policy = |field: &str, value: Option<&str>| match value {
+        None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
+        Some("Local") => Ok(TrafficPolicy::Local),
+        Some(other) => Err(bad(field, format!("unknown value {other:?} (Cluster or Local)"))),
+    };
+    let external_traffic_policy = policy("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref())?;
+    let internal_traffic_policy = policy("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref())?;
+
     let session_affinity = match spec.session_affinity.as_deref() {
         None | Some("None") => SessionAffinity::None,
         Some("ClientIP") => {
@@ -594,6 +628,8 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         address,
         external_name,
         external_ips: all_external_ips,
+        external_traffic_policy,
+        internal_traffic_policy,
         session_affinity,
         ports,
         selector: service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()),
@@ -1049,6 +1085,8 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
         cluster_ip,
         external_name: spec.external_name,
         external_ips: spec.external_ips,
+        external_traffic_policy: spec.external_traffic_policy,
+        internal_traffic_policy: spec.internal_traffic_policy,
         session_affinity: spec.session_affinity,
         ports,
     }
@@ -1568,5 +1606,28 @@ subsets:
         assert!(lb.ports[0].node_port.is_some(), "a LoadBalancer is a NodePort too");
         let (_, errors) = build_yaml(&yaml.replace("203.0.113.20", "not-an-ip"));
         assert!(messages(&errors)[0].contains("spec.externalIPs: \"not-an-ip\" is not an IP address"), "{errors:?}");
+    }
+
+    #[test]
+    fn traffic_policies_are_read_and_local_keeps_this_nodes_endpoints() {
+        let yaml = format!(
+            "{}  externalTrafficPolicy: Local\n  internalTrafficPolicy: Local\n{}{}",
+            KUBIA,
+            pod("a", "10.244.0.2", true, "{app: kubia}", "spec: {nodeName: node-a}\n"),
+            pod("b", "10.244.0.3", true, "{app: kubia}", "spec: {nodeName: node-b}\n"),
+        );
+        let (state, errors) = build_yaml(&yaml);
+        assert_eq!(messages(&errors), Vec::<String>::new());
+        let kubia = service(&state, "kubia");
+        assert_eq!(
+            (kubia.external_traffic_policy, kubia.internal_traffic_policy),
+            (TrafficPolicy::Local, TrafficPolicy::Local)
+        );
+        let on = |node| kubia.ports[0].active_endpoints_on(node).map(|e| e.addr.to_string()).collect::<Vec<_>>();
+        assert_eq!(on(Some("node-a")), ["10.244.0.2"]);
+        assert_eq!(on(Some("node-c")), Vec::<String>::new());
+        assert_eq!(on(None).len(), 2);
+        let (_, errors) = build_yaml(&format!("{KUBIA}  externalTrafficPolicy: Sometimes\n"));
+        assert!(messages(&errors)[0].contains("spec.externalTrafficPolicy: unknown value \"Sometimes\""), "{errors:?}");
     }
 }

@@ -15,13 +15,15 @@ use std::{
 
 use lb_common::{
     Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta, FRONTEND_CLUSTER_IP,
-    FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-    SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
-    ServiceMeta, wire,
+    FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_NODE_PORT, Frontend, FrontendKey,
+    IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER,
+    SVC_TYPE_NODE_PORT, ServiceMeta, wire,
 };
 use tracing::warn;
 
-use crate::model::{ClusterIp, DesiredState, Protocol, Service, ServiceType, SessionAffinity};
+use crate::model::{
+    ClusterIp, DesiredState, Protocol, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+};
 
 /// One write to the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +77,8 @@ pub enum MapOp {
 struct ProgrammedFrontend {
     svc_id: u32,
     affinity_timeout_s: u32,
+    /// `FRONTEND_FLAG_*`.
+    flags: u16,
     /// Backend id per slot.
     slots: Vec<u32>,
     meta: ServiceMeta,
@@ -86,6 +90,7 @@ struct ProgrammedFrontend {
 #[derive(Clone)]
 struct WantedFrontend {
     affinity_timeout_s: u32,
+    flags: u16,
     backends: Vec<Backend>,
     meta: ServiceMeta,
     endpoints: Vec<EndpointMeta>,
@@ -97,6 +102,15 @@ struct WantedFrontend {
 struct ListedService {
     svc_id: u32,
     meta: ServiceMeta,
+}
+
+/// What the reconciler needs to know of the node it runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// As pods' `spec.nodeName` has it: the endpoints a Local policy keeps.
+    pub name: String,
+    /// The node devices' addresses, where node ports answer.
+    pub addrs: Vec<Ipv4Addr>,
 }
 
 /// What the reconciler believes the maps hold.
@@ -138,8 +152,8 @@ impl Programmed {
                     .collect();
                 let meta = metas.get(&fe.svc_id).copied().unwrap_or_default();
                 let endpoints = endpoints_of.remove(&fe.svc_id).map(|e| e.into_values().collect()).unwrap_or_default();
-                let affinity_timeout_s = fe.affinity_timeout_s;
-                (key, ProgrammedFrontend { svc_id: fe.svc_id, affinity_timeout_s, slots, meta, endpoints })
+                let (affinity_timeout_s, flags) = (fe.affinity_timeout_s, fe.flags);
+                (key, ProgrammedFrontend { svc_id: fe.svc_id, affinity_timeout_s, flags, slots, meta, endpoints })
             })
             .collect();
         let frontends: BTreeMap<FrontendKey, ProgrammedFrontend> = frontends;
@@ -158,8 +172,8 @@ impl Programmed {
 
     /// The operations that bring the maps from what they hold to `desired`,
     /// in a safe order; `self` is updated as if they were all applied.
-    pub fn plan(&mut self, desired: &DesiredState, node_addrs: &[Ipv4Addr]) -> Vec<MapOp> {
-        let wanted = wanted_frontends(desired, node_addrs);
+    pub fn plan(&mut self, desired: &DesiredState, node: &NodeInfo) -> Vec<MapOp> {
+        let wanted = wanted_frontends(desired, node);
         let mut ops = Vec::new();
 
         // 1. Backends first.
@@ -179,6 +193,7 @@ impl Programmed {
             let old = self.frontends.get(key);
             let unchanged = |old: &ProgrammedFrontend| {
                 old.slots == slots
+                    && old.flags == fe.flags
                     && old.meta == fe.meta
                     && old.affinity_timeout_s == fe.affinity_timeout_s
                     && old.endpoints == fe.endpoints
@@ -197,13 +212,13 @@ impl Programmed {
             if old.is_none_or(|old| old.meta != fe.meta) {
                 ops.push(MapOp::PutMeta { svc_id, meta: fe.meta });
             }
-            if old_slots.len() != slots.len() || old_affinity != fe.affinity_timeout_s || old.is_none() {
-                let external = fe.meta.frontend_kind != FRONTEND_CLUSTER_IP;
+            let old_flags = old.map(|old| old.flags);
+            if old_slots.len() != slots.len() || old_affinity != fe.affinity_timeout_s || old_flags != Some(fe.flags) {
                 let frontend = Frontend {
                     svc_id,
                     affinity_timeout_s: fe.affinity_timeout_s,
                     backend_count: slots.len() as u16,
-                    flags: if external { FRONTEND_FLAG_EXTERNAL } else { 0 },
+                    flags: fe.flags,
                 };
                 ops.push(MapOp::PutFrontend { key: *key, frontend });
             }
@@ -236,6 +251,7 @@ impl Programmed {
             let programmed = ProgrammedFrontend {
                 svc_id,
                 affinity_timeout_s: fe.affinity_timeout_s,
+                flags: fe.flags,
                 slots,
                 meta: fe.meta,
                 endpoints: fe.endpoints.clone(),
@@ -322,7 +338,7 @@ impl Programmed {
 }
 
 /// The frontends the model asks for, keyed like the frontend map.
-fn wanted_frontends(desired: &DesiredState, node_addrs: &[Ipv4Addr]) -> BTreeMap<FrontendKey, WantedFrontend> {
+fn wanted_frontends(desired: &DesiredState, node: &NodeInfo) -> BTreeMap<FrontendKey, WantedFrontend> {
     let mut wanted = BTreeMap::new();
     for service in desired.services.values() {
         if !service.programs_datapath() {
@@ -334,11 +350,6 @@ fn wanted_frontends(desired: &DesiredState, node_addrs: &[Ipv4Addr]) -> BTreeMap
                 Protocol::Tcp => IPPROTO_TCP,
                 Protocol::Udp => IPPROTO_UDP,
             };
-            let key = FrontendKey { addr: wire::addr(vip.octets()), port: wire::port(port.port), proto, _pad: 0 };
-            let backends = port
-                .active_endpoints()
-                .map(|ep| Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), _pad: 0 })
-                .collect();
             let meta = ServiceMeta {
                 port_index: index as u8,
                 node_port: port.node_port.unwrap_or(0),
@@ -348,46 +359,27 @@ fn wanted_frontends(desired: &DesiredState, node_addrs: &[Ipv4Addr]) -> BTreeMap
                 SessionAffinity::None => 0,
                 SessionAffinity::ClientIp { timeout_seconds } => timeout_seconds,
             };
-            let endpoints = port
-                .endpoints
-                .iter()
-                .map(|ep| {
-                    let conditions = [(ep.ready, EP_READY), (ep.serving, EP_SERVING), (ep.terminating, EP_TERMINATING)]
-                        .iter()
-                        .filter(|(set, _)| *set)
-                        .fold(0, |bits, (_, bit)| bits | bit);
-                    let target = ep.target.as_deref().unwrap_or_default();
-                    EndpointMeta::new(wire::addr(ep.addr.octets()), wire::port(ep.port), conditions, target)
-                })
-                .collect();
-            let frontend = WantedFrontend { affinity_timeout_s, backends, meta, endpoints };
-            // The same backends behind every node address at the node port
-            // and every external IP at the port; the endpoints are listed
-            // once, under the cluster IP.
-            let node_frontends = port.node_port.into_iter().flat_map(|node_port| {
-                node_addrs.iter().map(move |addr| FrontendKey {
-                    addr: wire::addr(addr.octets()),
-                    port: wire::port(node_port),
-                    proto,
-                    _pad: 0,
-                })
-            });
-            let external_frontends = service.external_ips.iter().map(|addr| FrontendKey {
+            // Cluster IP: for pods, under the internal traffic policy; node
+            // ports and external IPs: from outside, under the external one.
+            let shared = Shared { port, node, meta, affinity_timeout_s };
+            let frontend = |kind, policy| shared.frontend(kind, policy);
+            let key = |addr: Ipv4Addr, port: u16| FrontendKey {
                 addr: wire::addr(addr.octets()),
-                port: wire::port(port.port),
+                port: wire::port(port),
                 proto,
                 _pad: 0,
-            });
-            let also = |kind| WantedFrontend {
-                meta: ServiceMeta { frontend_kind: kind, ..frontend.meta },
-                endpoints: Vec::new(),
-                ..frontend.clone()
             };
-            let (on_nodes, on_external_ips) = (also(FRONTEND_NODE_PORT), also(FRONTEND_EXTERNAL_IP));
-            let all = iter::once((key, frontend))
-                .chain(node_frontends.map(|k| (k, on_nodes.clone())))
-                .chain(external_frontends.map(|k| (k, on_external_ips.clone())));
-            for (key, frontend) in all {
+            let on_cluster_ip =
+                iter::once((key(vip, port.port), frontend(FRONTEND_CLUSTER_IP, service.internal_traffic_policy)));
+            let on_nodes = port
+                .node_port
+                .into_iter()
+                .flat_map(|node_port| node.addrs.iter().map(move |addr| key(*addr, node_port)));
+            let on_nodes = on_nodes.map(|k| (k, frontend(FRONTEND_NODE_PORT, service.external_traffic_policy)));
+            let on_external_ips = service.external_ips.iter().map(|addr| key(*addr, port.port));
+            let on_external_ips =
+                on_external_ips.map(|k| (k, frontend(FRONTEND_EXTERNAL_IP, service.external_traffic_policy)));
+            for (key, frontend) in on_cluster_ip.chain(on_nodes).chain(on_external_ips) {
                 if wanted.insert(key, frontend).is_some() {
                     // The model rejects such conflicts; this only guards the maps.
                     warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
@@ -396,6 +388,47 @@ fn wanted_frontends(desired: &DesiredState, node_addrs: &[Ipv4Addr]) -> BTreeMap
         }
     }
     wanted
+}
+
+/// What the frontends of one Service port have in common.
+struct Shared<'a> {
+    port: &'a ServicePort,
+    node: &'a NodeInfo,
+    meta: ServiceMeta,
+    affinity_timeout_s: u32,
+}
+
+impl Shared<'_> {
+    /// The frontend of `kind` under traffic `policy`. The endpoints are
+    /// listed once, under the cluster IP.
+    fn frontend(&self, kind: u8, policy: TrafficPolicy) -> WantedFrontend {
+        let local = policy == TrafficPolicy::Local;
+        let backends = self
+            .port
+            .active_endpoints_on(local.then_some(self.node.name.as_str()))
+            .map(|ep| Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), _pad: 0 })
+            .collect();
+        let external = if kind == FRONTEND_CLUSTER_IP { 0 } else { FRONTEND_FLAG_EXTERNAL };
+        let flags = external | if local { FRONTEND_FLAG_NODE_LOCAL } else { 0 };
+        let endpoints = if kind == FRONTEND_CLUSTER_IP { endpoint_metas(self.port) } else { Vec::new() };
+        let meta = ServiceMeta { frontend_kind: kind, ..self.meta };
+        WantedFrontend { affinity_timeout_s: self.affinity_timeout_s, flags, backends, meta, endpoints }
+    }
+}
+
+/// Every endpoint of `port` with its conditions, for `get endpoints`.
+fn endpoint_metas(port: &ServicePort) -> Vec<EndpointMeta> {
+    port.endpoints
+        .iter()
+        .map(|ep| {
+            let conditions = [(ep.ready, EP_READY), (ep.serving, EP_SERVING), (ep.terminating, EP_TERMINATING)]
+                .iter()
+                .filter(|(set, _)| *set)
+                .fold(0, |bits, (_, bit)| bits | bit);
+            let target = ep.target.as_deref().unwrap_or_default();
+            EndpointMeta::new(wire::addr(ep.addr.octets()), wire::port(ep.port), conditions, target)
+        })
+        .collect()
 }
 
 /// Services the datapath has nothing to do for, by (namespace, name).
@@ -450,6 +483,8 @@ mod tests {
                     cluster_ip: ClusterIp::Ip(Ipv4Addr::from(*vip)),
                     external_name: None,
                     external_ips: Vec::new(),
+                    external_traffic_policy: TrafficPolicy::Cluster,
+                    internal_traffic_policy: TrafficPolicy::Cluster,
                     session_affinity: SessionAffinity::None,
                     ports: vec![ServicePort {
                         name: String::new(),
@@ -514,7 +549,7 @@ mod tests {
     impl Programmed {
         /// A plan for a node without node addresses (no NodePort frontends).
         fn plan_for_test(&mut self, desired: &DesiredState) -> Vec<MapOp> {
-            self.plan(desired, &[])
+            self.plan(desired, &NodeInfo::default())
         }
     }
 
@@ -528,7 +563,8 @@ mod tests {
         let nodes = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(198, 51, 100, 1)];
         let mut maps = Maps::default();
         let mut programmed = Programmed::default();
-        maps.apply_checked(&programmed.plan(&desired, &nodes));
+        let node = |addrs: &[Ipv4Addr]| NodeInfo { name: "node-a".into(), addrs: addrs.to_vec() };
+        maps.apply_checked(&programmed.plan(&desired, &node(&nodes)));
         let keys: Vec<(Ipv4Addr, u16)> = maps
             .frontends
             .keys()
@@ -541,7 +577,7 @@ mod tests {
         assert_eq!(maps.vips.len(), 1, "node addresses are not service addresses");
         assert_eq!(maps.endpoints.len(), 1, "endpoints are listed once");
         // A node address that goes away takes its frontend along.
-        maps.apply_checked(&programmed.plan(&desired, &nodes[..1]));
+        maps.apply_checked(&programmed.plan(&desired, &node(&nodes[..1])));
         assert_eq!(maps.frontends.len(), 2);
     }
 

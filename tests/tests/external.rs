@@ -111,3 +111,65 @@ fn load_balancer_ingress_and_external_ips_answer_on_the_service_port() {
         c.backends[0].name
     );
 }
+
+/// The seeds' "preventing unnecessary network hops": with
+/// `externalTrafficPolicy: Local` an external client is only served by
+/// pods on the node it reached, which see its own address; with no pod
+/// there, its traffic is dropped, while pods still reach the cluster IP.
+/// `internalTrafficPolicy: Local` does the same for pod traffic.
+#[test]
+fn traffic_policy_local_keeps_traffic_on_the_node_it_arrived_at() {
+    require_root();
+    let c = cluster(2);
+    let external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    let on_node = |pod: &Pod, node: &str| {
+        lb_tests::agent::pod_manifest(&pod.name, pod.ip, true)
+            .replace("spec:\n", &format!("spec:\n  nodeName: {node}\n"))
+    };
+    let this_node = c.node.ns.name().to_owned();
+    let (here, elsewhere) = (&c.backends[0], &c.backends[1]);
+    let pods = [on_node(here, &this_node), on_node(elsewhere, "another-node")].join("---\n");
+    let service = |policies: &str| {
+        nodeport_service("    nodePort: 30123\n")
+            .replace("  type: NodePort\n", &format!("  type: NodePort\n{policies}"))
+    };
+    let agent = AgentProcess::start_with(
+        &c.node,
+        &[("svc.yaml", &service("  externalTrafficPolicy: Local\n")), ("pods.yaml", &pods)],
+        &["--device", "uplink", "--pod-device", "h-*"],
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("30123")).unwrap();
+    let from_outside = |requests| -> BTreeSet<String> {
+        (0..requests)
+            .map(|_| {
+                let body = http_get(&external, SocketAddrV4::new(NODE_IP, 30123), TIMEOUT).unwrap();
+                assert!(lb_tests::client::seen_client(&body).starts_with(&EXTERNAL_CLIENT.to_string()), "{body}");
+                served_by(&body).to_owned()
+            })
+            .collect()
+    };
+    let from_pods = |requests| -> BTreeSet<String> {
+        (0..requests)
+            .map(|_| served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()).to_owned())
+            .collect()
+    };
+    assert_eq!(from_outside(20), [here.name.clone()].into());
+    assert_eq!(from_pods(30), [here.name.clone(), elsewhere.name.clone()].into(), "the cluster IP stays Cluster");
+
+    // No local endpoint: external traffic is dropped, not refused.
+    agent.write_manifest("pods.yaml", &on_node(elsewhere, "another-node")).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| !s.contains(&here.ip.to_string())).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let attempt = tcp_connect(&external, SocketAddrV4::new(NODE_IP, 30123), Duration::from_millis(500)).unwrap();
+    assert_eq!(attempt.map_err(|(kind, _)| kind), Err(std::io::ErrorKind::TimedOut));
+    assert_eq!(from_pods(5), [elsewhere.name.clone()].into());
+
+    // internalTrafficPolicy: Local for pods, Cluster again from outside.
+    agent.write_manifest("pods.yaml", &pods).unwrap();
+    agent.write_manifest("svc.yaml", &service("  internalTrafficPolicy: Local\n")).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains(&here.ip.to_string())).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(from_pods(20), [here.name.clone()].into());
+    assert_eq!(from_outside(30), [here.name.clone(), elsewhere.name.clone()].into());
+}
