@@ -36,6 +36,7 @@ pub mod map_names {
     pub const AFFINITY: &str = "LB_AFFINITY";
     pub const VIPS: &str = "LB_VIPS";
     pub const ENDPOINTS: &str = "LB_ENDPOINTS";
+    pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
@@ -45,6 +46,7 @@ pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
 pub const MAX_ENDPOINTS: u32 = 262_144;
+pub const MAX_SOURCE_RANGES: u32 = 65_536;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -81,6 +83,22 @@ const _: () = assert!(core::mem::size_of::<Frontend>() == 12);
 /// ports, external and load-balancer IPs); without it only pods reach it,
 /// as cluster IPs are.
 pub const FRONTEND_FLAG_EXTERNAL: u16 = 1;
+/// Only clients in the frontend's `LB_SOURCE_RANGES` may use it
+/// (`loadBalancerSourceRanges`); others are dropped.
+pub const FRONTEND_FLAG_SOURCE_RANGES: u16 = 4;
+
+/// The data of an `LB_SOURCE_RANGES` (LPM trie) key: the frontend's svc_id,
+/// big-endian so the trie matches all of its bits first, then the client
+/// network. A key's prefix length is 32 + the network's prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceRange {
+    pub svc_id_be: u32,
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
+
 /// The backends are this node's only (traffic policy Local): with none,
 /// traffic is dropped as kube-proxy does, not refused.
 pub const FRONTEND_FLAG_NODE_LOCAL: u16 = 2;
@@ -315,10 +333,12 @@ pub enum Reason {
     /// A cluster IP frontend reached through a node device: only pods may
     /// use cluster IPs, so it is passed untouched.
     PassInternalOnly = 14,
+    /// A client outside the frontend's `loadBalancerSourceRanges`: dropped.
+    DropSourceRange = 15,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassIpOptions,
@@ -335,6 +355,7 @@ impl Reason {
         Reason::RejectNoBackend,
         Reason::EchoReply,
         Reason::PassInternalOnly,
+        Reason::DropSourceRange,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -355,6 +376,7 @@ impl Reason {
             Reason::RejectNoBackend => "reject_no_backend",
             Reason::EchoReply => "echo_reply",
             Reason::PassInternalOnly => "pass_internal_only",
+            Reason::DropSourceRange => "drop_source_range",
         }
     }
 }
@@ -415,6 +437,7 @@ mod pod {
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EndpointMeta {}
+    unsafe impl aya::Pod for SourceRange {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for ServiceMeta {}
 }

@@ -6,7 +6,7 @@
 use crate::{conntrack, nat::Side};
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FLAG_HAIRPIN, CT_REPLY, CtEntry, CtKey,
-    FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, Frontend, FrontendKey, Reason,
+    FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Reason,
 };
 
 /// A conntrack entry could not be written.
@@ -19,6 +19,8 @@ pub trait Tables {
     fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed>;
     fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry>;
     fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry);
+    /// Is `client` inside one of `svc_id`'s source ranges?
+    fn source_allowed(&self, svc_id: u32, client: u32) -> bool;
     fn frontend(&self, key: &FrontendKey) -> Option<Frontend>;
     fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32>;
     fn backend(&self, id: u32) -> Option<Backend>;
@@ -92,6 +94,9 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
     if hook == Hook::XdpNode && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
         return Verdict::Pass(Reason::PassInternalOnly);
     }
+    if frontend.flags & FRONTEND_FLAG_SOURCE_RANGES != 0 && !tables.source_allowed(frontend.svc_id, flow.saddr) {
+        return Verdict::Drop(Reason::DropSourceRange);
+    }
     if frontend.backend_count == 0 {
         // kube-proxy drops traffic for a Local policy without local
         // endpoints, and refuses it otherwise.
@@ -161,6 +166,7 @@ mod tests {
         conntrack: RefCell<HashMap<CtKey, CtEntry>>,
         conntrack_full: bool,
         affinity: RefCell<HashMap<AffinityKey, AffinityEntry>>,
+        allowed_clients: Vec<u32>,
         now: Cell<u64>,
         frontends: HashMap<FrontendKey, Frontend>,
         slots: HashMap<BackendSlotKey, u32>,
@@ -181,6 +187,9 @@ mod tests {
         }
         fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry> {
             self.affinity.borrow().get(key).copied()
+        }
+        fn source_allowed(&self, _svc_id: u32, client: u32) -> bool {
+            self.allowed_clients.contains(&client)
         }
         fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry) {
             self.affinity.borrow_mut().insert(*key, *entry);
@@ -364,6 +373,15 @@ mod tests {
         t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_EXTERNAL);
         assert!(matches!(decide(&f, &t, Hook::XdpNode), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
         assert!(matches!(decide(&f, &t, Hook::XdpNode), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+    }
+
+    #[test]
+    fn source_ranges_admit_only_their_clients() {
+        let mut t = service(1);
+        t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_SOURCE_RANGES);
+        t.allowed_clients.push(CLIENT);
+        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), &t, Hook::Xdp), Verdict::Rewrite { .. }));
+        assert_eq!(decide(&flow(CLIENT + 1, VIP, 1, 80), &t, Hook::Xdp), Verdict::Drop(Reason::DropSourceRange));
     }
 
     #[test]

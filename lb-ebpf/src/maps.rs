@@ -4,12 +4,12 @@
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, EndpointKey, EndpointMeta, Frontend,
-    FrontendKey, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRONTENDS, Reason,
-    ServiceMeta,
+    FrontendKey, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRONTENDS,
+    MAX_SOURCE_RANGES, Reason, ServiceMeta, SourceRange,
 };
 use lb_ebpf::lb::{Hook, InsertFailed, Tables};
 
@@ -36,6 +36,10 @@ static LB_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(
 /// Every endpoint of each Service port with its conditions; userspace only.
 #[map]
 static LB_ENDPOINTS: HashMap<EndpointKey, EndpointMeta> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// (svc_id, client network) of frontends with `loadBalancerSourceRanges`.
+#[map]
+static LB_SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
 
 /// Service addresses (value: how many frontends use it), for ICMP echo.
 #[map]
@@ -74,6 +78,12 @@ impl Tables for MapTables {
     fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry) {
         // Losing an affinity update only costs stickiness, never a packet.
         let _ = LB_AFFINITY.insert(key, entry, 0);
+    }
+
+    #[inline(always)]
+    fn source_allowed(&self, svc_id: u32, client: u32) -> bool {
+        let key = Key::new(64, SourceRange { svc_id_be: svc_id.to_be(), addr: client });
+        LB_SOURCE_RANGES.get(&key).is_some()
     }
 
     #[inline(always)]

@@ -147,6 +147,9 @@ pub struct Service {
     /// (its ports, from outside too): `spec.externalIPs` and, for
     /// LoadBalancer, `status.loadBalancer.ingress[].ip`.
     pub external_ips: Vec<Ipv4Addr>,
+    /// `loadBalancerSourceRanges`: the only clients its load-balancer and
+    /// external IPs take (empty: everyone).
+    pub source_ranges: Vec<Ipv4Cidr>,
     /// For traffic from outside (node ports, external IPs).
     pub external_traffic_policy: TrafficPolicy,
     /// For traffic from pods to the cluster IP.
@@ -241,6 +244,14 @@ pub struct Ipv4Cidr {
 }
 
 impl Ipv4Cidr {
+    pub fn network(self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix_len(self) -> u8 {
+        self.prefix_len
+    }
+
     /// The first assignable address and how many there are: all but the
     /// network and broadcast addresses.
     fn hosts(self) -> (u32, u64) {
@@ -428,6 +439,7 @@ struct Spec<'a> {
     address: Address,
     external_name: Option<String>,
     external_ips: Vec<Ipv4Addr>,
+    source_ranges: Vec<Ipv4Cidr>,
     external_traffic_policy: TrafficPolicy,
     internal_traffic_policy: TrafficPolicy,
     session_affinity: SessionAffinity,
@@ -591,6 +603,14 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         }
     }
 
+    let source_ranges = spec
+        .load_balancer_source_ranges
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter(|_| service_type == ServiceType::LoadBalancer)
+        .map(|text| text.trim().parse::<Ipv4Cidr>().map_err(|e| bad("spec.loadBalancerSourceRanges", e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
     let policy = |field: &str, value: Option<&str>| match value {
         None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
         Some("Local") => Ok(TrafficPolicy::Local),
@@ -628,6 +648,7 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         address,
         external_name,
         external_ips: all_external_ips,
+        source_ranges,
         external_traffic_policy,
         internal_traffic_policy,
         session_affinity,
@@ -1085,6 +1106,7 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
         cluster_ip,
         external_name: spec.external_name,
         external_ips: spec.external_ips,
+        source_ranges: spec.source_ranges,
         external_traffic_policy: spec.external_traffic_policy,
         internal_traffic_policy: spec.internal_traffic_policy,
         session_affinity: spec.session_affinity,
@@ -1604,6 +1626,14 @@ subsets:
         let lb = service(&state, "lb");
         assert_eq!(lb.external_ips, [Ipv4Addr::new(203, 0, 113, 20), Ipv4Addr::new(203, 0, 113, 10)]);
         assert!(lb.ports[0].node_port.is_some(), "a LoadBalancer is a NodePort too");
+        let ranged = yaml.replace("  ports:", "  loadBalancerSourceRanges: [192.0.2.0/24]\n  ports:");
+        let (state, _) = build_yaml(&ranged);
+        assert_eq!(service(&state, "lb").source_ranges, ["192.0.2.0/24".parse().unwrap()]);
+        let (_, errors) = build_yaml(&ranged.replace("192.0.2.0/24", "192.0.2.1/24"));
+        assert!(
+            messages(&errors)[0].contains("spec.loadBalancerSourceRanges: \"192.0.2.1/24\" is not an IPv4 CIDR"),
+            "{errors:?}"
+        );
         let (_, errors) = build_yaml(&yaml.replace("203.0.113.20", "not-an-ip"));
         assert!(messages(&errors)[0].contains("spec.externalIPs: \"not-an-ip\" is not an IP address"), "{errors:?}");
     }

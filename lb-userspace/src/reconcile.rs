@@ -15,14 +15,14 @@ use std::{
 
 use lb_common::{
     Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta, FRONTEND_CLUSTER_IP,
-    FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_NODE_PORT, Frontend, FrontendKey,
-    IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER,
-    SVC_TYPE_NODE_PORT, ServiceMeta, wire,
+    FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_SOURCE_RANGES,
+    FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME,
+    SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, wire,
 };
 use tracing::warn;
 
 use crate::model::{
-    ClusterIp, DesiredState, Protocol, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+    ClusterIp, DesiredState, Ipv4Cidr, Protocol, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
 
 /// One write to the maps.
@@ -67,6 +67,18 @@ pub enum MapOp {
         meta: EndpointMeta,
     },
     DeleteEndpoint(EndpointKey),
+    /// A client network (address, prefix length) a frontend with
+    /// `FRONTEND_FLAG_SOURCE_RANGES` admits.
+    PutSourceRange {
+        svc_id: u32,
+        addr: u32,
+        prefix_len: u8,
+    },
+    DeleteSourceRange {
+        svc_id: u32,
+        addr: u32,
+        prefix_len: u8,
+    },
     /// Forget the UDP flows to this backend: UDP has no end, so a client
     /// that keeps its socket would keep sending to a removed backend.
     FlushUdpFlows(Backend),
@@ -79,6 +91,8 @@ struct ProgrammedFrontend {
     affinity_timeout_s: u32,
     /// `FRONTEND_FLAG_*`.
     flags: u16,
+    /// (address, prefix length) of the admitted client networks.
+    source_ranges: Vec<(u32, u8)>,
     /// Backend id per slot.
     slots: Vec<u32>,
     meta: ServiceMeta,
@@ -91,6 +105,7 @@ struct ProgrammedFrontend {
 struct WantedFrontend {
     affinity_timeout_s: u32,
     flags: u16,
+    source_ranges: Vec<(u32, u8)>,
     backends: Vec<Backend>,
     meta: ServiceMeta,
     endpoints: Vec<EndpointMeta>,
@@ -136,7 +151,12 @@ impl Programmed {
         metas: impl IntoIterator<Item = (u32, ServiceMeta)>,
         vips: impl IntoIterator<Item = (u32, u32)>,
         endpoints: impl IntoIterator<Item = (EndpointKey, EndpointMeta)>,
+        source_ranges: impl IntoIterator<Item = (u32, u32, u8)>,
     ) -> Self {
+        let mut ranges_of: BTreeMap<u32, Vec<(u32, u8)>> = BTreeMap::new();
+        for (svc_id, addr, prefix_len) in source_ranges {
+            ranges_of.entry(svc_id).or_default().push((addr, prefix_len));
+        }
         let mut endpoints_of: BTreeMap<u32, BTreeMap<u32, EndpointMeta>> = BTreeMap::new();
         for (key, meta) in endpoints {
             endpoints_of.entry(key.svc_id).or_default().insert(key.index, meta);
@@ -153,7 +173,10 @@ impl Programmed {
                 let meta = metas.get(&fe.svc_id).copied().unwrap_or_default();
                 let endpoints = endpoints_of.remove(&fe.svc_id).map(|e| e.into_values().collect()).unwrap_or_default();
                 let (affinity_timeout_s, flags) = (fe.affinity_timeout_s, fe.flags);
-                (key, ProgrammedFrontend { svc_id: fe.svc_id, affinity_timeout_s, flags, slots, meta, endpoints })
+                let mut source_ranges = ranges_of.remove(&fe.svc_id).unwrap_or_default();
+                source_ranges.sort();
+                let svc_id = fe.svc_id;
+                (key, ProgrammedFrontend { svc_id, affinity_timeout_s, flags, source_ranges, slots, meta, endpoints })
             })
             .collect();
         let frontends: BTreeMap<FrontendKey, ProgrammedFrontend> = frontends;
@@ -194,6 +217,7 @@ impl Programmed {
             let unchanged = |old: &ProgrammedFrontend| {
                 old.slots == slots
                     && old.flags == fe.flags
+                    && old.source_ranges == fe.source_ranges
                     && old.meta == fe.meta
                     && old.affinity_timeout_s == fe.affinity_timeout_s
                     && old.endpoints == fe.endpoints
@@ -212,6 +236,12 @@ impl Programmed {
             if old.is_none_or(|old| old.meta != fe.meta) {
                 ops.push(MapOp::PutMeta { svc_id, meta: fe.meta });
             }
+            // New source ranges before the frontend may enforce them, stale
+            // ones after it no longer does.
+            let old_ranges = old.map(|old| old.source_ranges.clone()).unwrap_or_default();
+            for (addr, prefix_len) in fe.source_ranges.iter().filter(|r| !old_ranges.contains(r)) {
+                ops.push(MapOp::PutSourceRange { svc_id, addr: *addr, prefix_len: *prefix_len });
+            }
             let old_flags = old.map(|old| old.flags);
             if old_slots.len() != slots.len() || old_affinity != fe.affinity_timeout_s || old_flags != Some(fe.flags) {
                 let frontend = Frontend {
@@ -224,6 +254,9 @@ impl Programmed {
             }
             for slot in slots.len()..old_slots.len() {
                 ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id, slot: slot as u32 }));
+            }
+            for (addr, prefix_len) in old_ranges.iter().filter(|r| !fe.source_ranges.contains(r)) {
+                ops.push(MapOp::DeleteSourceRange { svc_id, addr: *addr, prefix_len: *prefix_len });
             }
             let lost: Vec<u32> = old_slots.iter().filter(|id| !slots.contains(id)).copied().collect();
             if key.proto == IPPROTO_UDP {
@@ -252,6 +285,7 @@ impl Programmed {
                 svc_id,
                 affinity_timeout_s: fe.affinity_timeout_s,
                 flags: fe.flags,
+                source_ranges: fe.source_ranges.clone(),
                 slots,
                 meta: fe.meta,
                 endpoints: fe.endpoints.clone(),
@@ -270,6 +304,9 @@ impl Programmed {
             ops.push(MapOp::DeleteMeta(old.svc_id));
             for index in 0..old.endpoints.len() {
                 ops.push(MapOp::DeleteEndpoint(EndpointKey { svc_id: old.svc_id, index: index as u32 }));
+            }
+            for (addr, prefix_len) in &old.source_ranges {
+                ops.push(MapOp::DeleteSourceRange { svc_id: old.svc_id, addr: *addr, prefix_len: *prefix_len });
             }
             if old.affinity_timeout_s != 0 {
                 ops.push(MapOp::PurgeAffinity { svc_id: old.svc_id, keep: Vec::new() });
@@ -361,7 +398,7 @@ fn wanted_frontends(desired: &DesiredState, node: &NodeInfo) -> BTreeMap<Fronten
             };
             // Cluster IP: for pods, under the internal traffic policy; node
             // ports and external IPs: from outside, under the external one.
-            let shared = Shared { port, node, meta, affinity_timeout_s };
+            let shared = Shared { port, source_ranges: &service.source_ranges, node, meta, affinity_timeout_s };
             let frontend = |kind, policy| shared.frontend(kind, policy);
             let key = |addr: Ipv4Addr, port: u16| FrontendKey {
                 addr: wire::addr(addr.octets()),
@@ -393,6 +430,7 @@ fn wanted_frontends(desired: &DesiredState, node: &NodeInfo) -> BTreeMap<Fronten
 /// What the frontends of one Service port have in common.
 struct Shared<'a> {
     port: &'a ServicePort,
+    source_ranges: &'a [Ipv4Cidr],
     node: &'a NodeInfo,
     meta: ServiceMeta,
     affinity_timeout_s: u32,
@@ -409,10 +447,19 @@ impl Shared<'_> {
             .map(|ep| Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), _pad: 0 })
             .collect();
         let external = if kind == FRONTEND_CLUSTER_IP { 0 } else { FRONTEND_FLAG_EXTERNAL };
-        let flags = external | if local { FRONTEND_FLAG_NODE_LOCAL } else { 0 };
+        // Source ranges guard the load-balancer (and external) IPs only.
+        let mut source_ranges: Vec<(u32, u8)> = if kind == FRONTEND_EXTERNAL_IP {
+            self.source_ranges.iter().map(|r| (wire::addr(r.network().octets()), r.prefix_len())).collect()
+        } else {
+            Vec::new()
+        };
+        source_ranges.sort();
+        source_ranges.dedup();
+        let ranged = if source_ranges.is_empty() { 0 } else { FRONTEND_FLAG_SOURCE_RANGES };
+        let flags = external | ranged | if local { FRONTEND_FLAG_NODE_LOCAL } else { 0 };
         let endpoints = if kind == FRONTEND_CLUSTER_IP { endpoint_metas(self.port) } else { Vec::new() };
         let meta = ServiceMeta { frontend_kind: kind, ..self.meta };
-        WantedFrontend { affinity_timeout_s: self.affinity_timeout_s, flags, backends, meta, endpoints }
+        WantedFrontend { affinity_timeout_s: self.affinity_timeout_s, flags, source_ranges, backends, meta, endpoints }
     }
 }
 
@@ -483,6 +530,7 @@ mod tests {
                     cluster_ip: ClusterIp::Ip(Ipv4Addr::from(*vip)),
                     external_name: None,
                     external_ips: Vec::new(),
+                    source_ranges: Vec::new(),
                     external_traffic_policy: TrafficPolicy::Cluster,
                     internal_traffic_policy: TrafficPolicy::Cluster,
                     session_affinity: SessionAffinity::None,
@@ -525,6 +573,7 @@ mod tests {
                     MapOp::DeleteVip(addr) => drop(self.vips.remove(addr)),
                     MapOp::PutEndpoint { key, meta } => drop(self.endpoints.insert(*key, *meta)),
                     MapOp::DeleteEndpoint(key) => drop(self.endpoints.remove(key)),
+                    MapOp::PutSourceRange { .. } | MapOp::DeleteSourceRange { .. } => {}
                     MapOp::PutMeta { .. }
                     | MapOp::DeleteMeta(_)
                     | MapOp::PurgeAffinity { .. }
@@ -679,6 +728,7 @@ mod tests {
             metas,
             maps.vips.clone(),
             maps.endpoints.clone(),
+            Vec::new(),
         );
         assert_eq!(adopted.plan_for_test(&desired), []);
         // Stale entries left by an earlier agent are removed.

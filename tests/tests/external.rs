@@ -173,3 +173,29 @@ fn traffic_policy_local_keeps_traffic_on_the_node_it_arrived_at() {
     assert_eq!(from_pods(20), [here.name.clone()].into());
     assert_eq!(from_outside(30), [here.name.clone(), elsewhere.name.clone()].into());
 }
+
+/// `loadBalancerSourceRanges`, enforced in the datapath: a client outside
+/// them is dropped and counted.
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients() {
+    require_root();
+    let c = cluster(1);
+    let external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    let service = |ranges: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia-loadbalancer\nspec:\n  type: LoadBalancer\n  clusterIP: {VIP}\n  loadBalancerSourceRanges: [{ranges}]\n  ports:\n  - port: 80\n    targetPort: 8080\n  selector:\n    app: kubia\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.10\n"
+        )
+    };
+    let lb = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
+    let agent = start(&c, &service("198.51.100.0/25, 192.0.2.0/24"));
+    agent.wait_for_services(TIMEOUT, |s| s.contains("203.0.113.10")).unwrap();
+    assert_eq!(served_by(&http_get(&external, lb, TIMEOUT).unwrap()), c.backends[0].name);
+
+    agent.write_manifest("svc.yaml", &service("192.0.2.0/24")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let attempt = tcp_connect(&external, lb, Duration::from_millis(500)).unwrap();
+    assert_eq!(attempt.map_err(|(kind, _)| kind), Err(std::io::ErrorKind::TimedOut));
+    assert!(agent.xdp_counter("drop_source_range").unwrap() >= 1);
+    // Pods are not load-balancer clients: the cluster IP is not guarded.
+    assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), c.backends[0].name);
+}

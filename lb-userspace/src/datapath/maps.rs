@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, EndpointKey, EndpointMeta,
-    Frontend, FrontendKey, IPPROTO_UDP, Reason, ServiceMeta, map_names,
+    Frontend, FrontendKey, IPPROTO_UDP, Reason, ServiceMeta, SourceRange, map_names,
 };
 
 use crate::reconcile::{MapOp, Programmed};
@@ -31,6 +31,7 @@ pub struct DatapathMaps {
     pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     pub vips: HashMap<MapData, u32, u32>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointMeta>,
+    pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
 }
 
 impl DatapathMaps {
@@ -58,6 +59,7 @@ impl DatapathMaps {
             affinity: typed(&mut open, map_names::AFFINITY)?,
             vips: typed(&mut open, map_names::VIPS)?,
             endpoints: typed(&mut open, map_names::ENDPOINTS)?,
+            source_ranges: typed(&mut open, map_names::SOURCE_RANGES)?,
         })
     }
 }
@@ -86,6 +88,12 @@ impl DatapathMaps {
             MapOp::DeleteVip(addr) => self.vips.remove(addr),
             MapOp::PutEndpoint { key, meta } => self.endpoints.insert(key, meta, 0),
             MapOp::DeleteEndpoint(key) => self.endpoints.remove(key),
+            MapOp::PutSourceRange { svc_id, addr, prefix_len } => {
+                self.source_ranges.insert(&source_range(*svc_id, *addr, *prefix_len), 1, 0)
+            }
+            MapOp::DeleteSourceRange { svc_id, addr, prefix_len } => {
+                self.source_ranges.remove(&source_range(*svc_id, *addr, *prefix_len))
+            }
             MapOp::FlushUdpFlows(backend) => self.flush_udp_flows(backend),
         };
         match result {
@@ -135,6 +143,10 @@ impl DatapathMaps {
             self.service_meta.iter().collect::<Result<Vec<_>, _>>()?,
             self.vips.iter().collect::<Result<Vec<_>, _>>()?,
             self.endpoints.iter().collect::<Result<Vec<_>, _>>()?,
+            self.source_ranges
+                .keys()
+                .map(|key| key.map(|k| (u32::from_be(k.data().svc_id_be), k.data().addr, (k.prefix_len() - 32) as u8)))
+                .collect::<Result<Vec<_>, _>>()?,
         ))
     }
 
@@ -143,4 +155,10 @@ impl DatapathMaps {
         let total = |index: u32| -> Result<u64, MapError> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
         Reason::ALL.iter().map(|r| Ok((*r, total(*r as u32)?, total(Reason::COUNT + *r as u32)?))).collect()
     }
+}
+
+/// The trie key of a frontend's client network: all 32 bits of the svc_id,
+/// then the network's prefix.
+fn source_range(svc_id: u32, addr: u32, prefix_len: u8) -> Key<SourceRange> {
+    Key::new(32 + u32::from(prefix_len), SourceRange { svc_id_be: svc_id.to_be(), addr })
 }
