@@ -16,6 +16,7 @@ use crate::{
         loader::{Datapath, InterfaceRole, XdpAttachMode},
         maps::DatapathMaps,
     },
+    health::{self, HealthServer},
     interfaces::InterfacePatterns,
     model::{self, DesiredState, ModelOptions},
     reconcile::{NodeInfo, Programmed},
@@ -52,6 +53,7 @@ struct Agent {
     failed: BTreeMap<String, u32>,
     /// This node's name and device addresses.
     node: NodeInfo,
+    health: HealthServer,
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -73,6 +75,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config,
         failed: BTreeMap::new(),
         node: NodeInfo { name: node_name, addrs: Vec::new() },
+        health: HealthServer::default(),
     };
     // Interfaces first: traffic to a frontend must not start while the
     // veths of its backends are still being attached.
@@ -120,8 +123,10 @@ impl Agent {
         self.program();
     }
 
-    /// Brings the maps in line with the model and this node's addresses.
+    /// Brings the maps (and the health check responders) in line with the
+    /// model and this node's addresses.
     fn program(&mut self) {
+        self.health.update(health::health_checks(&self.desired, &self.node.name));
         let ops = self.programmed.plan(&self.desired, &self.node);
         let mut failures = 0;
         for op in &ops {

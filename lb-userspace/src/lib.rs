@@ -4,6 +4,7 @@ pub mod agent;
 pub mod datapath;
 pub mod env;
 pub mod get;
+pub mod health;
 pub mod interfaces;
 pub mod model;
 pub mod reconcile;

@@ -154,6 +154,9 @@ pub struct Service {
     pub external_traffic_policy: TrafficPolicy,
     /// For traffic from pods to the cluster IP.
     pub internal_traffic_policy: TrafficPolicy,
+    /// LoadBalancer with `externalTrafficPolicy: Local`: where the agent
+    /// tells the load balancer whether this node has local endpoints.
+    pub health_check_node_port: Option<u16>,
     pub session_affinity: SessionAffinity,
     pub ports: Vec<ServicePort>,
 }
@@ -359,7 +362,31 @@ pub fn build(objects: &Objects, previous: &DesiredState, opts: &ModelOptions) ->
         .collect();
     let mut state = DesiredState { services };
     assign_node_ports(&mut state, previous, &mut errors);
+    assign_health_check_ports(&mut state, previous);
     (state, errors)
+}
+
+/// Gives every LoadBalancer with `externalTrafficPolicy: Local` without a
+/// written `healthCheckNodePort` one: its previous one, else one from a
+/// hash of its name, never a TCP node port in use.
+fn assign_health_check_ports(state: &mut DesiredState, previous: &DesiredState) {
+    let needs =
+        |s: &Service| s.service_type == ServiceType::LoadBalancer && s.external_traffic_policy == TrafficPolicy::Local;
+    let mut taken: BTreeSet<u16> = state
+        .services
+        .values()
+        .flat_map(|s| s.ports.iter().filter(|p| p.protocol == Protocol::Tcp).filter_map(|p| p.node_port))
+        .chain(state.services.values().filter_map(|s| s.health_check_node_port))
+        .collect();
+    let count = u64::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
+    for (name, service) in state.services.iter_mut().filter(|(_, s)| needs(s) && s.health_check_node_port.is_none()) {
+        let before = previous.services.get(name).and_then(|s| s.health_check_node_port).filter(|p| !taken.contains(p));
+        let start = fnv1a(format!("{name}/health").as_bytes()) % count;
+        let fresh =
+            || (0..count).map(|k| NODE_PORT_RANGE.start() + ((start + k) % count) as u16).find(|p| !taken.contains(p));
+        service.health_check_node_port = before.or_else(fresh);
+        taken.extend(service.health_check_node_port);
+    }
 }
 
 /// Gives every NodePort/LoadBalancer port its node port, the same on every
@@ -442,6 +469,7 @@ struct Spec<'a> {
     source_ranges: Vec<Ipv4Cidr>,
     external_traffic_policy: TrafficPolicy,
     internal_traffic_policy: TrafficPolicy,
+    health_check_node_port: Option<u16>,
     session_affinity: SessionAffinity,
     ports: Vec<PortSpec>,
     /// Present and non-empty: endpoints come from pods.
@@ -618,6 +646,20 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
     };
     let external_traffic_policy = policy("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref())?;
     let internal_traffic_policy = policy("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref())?;
+    let health_checked = service_type == ServiceType::LoadBalancer && external_traffic_policy == TrafficPolicy::Local;
+    let health_check_node_port = match spec.health_check_node_port {
+        None | Some(0) => None,
+        Some(_) if !health_checked => {
+            let reason = "only a LoadBalancer with externalTrafficPolicy Local has one".to_owned();
+            return Err(bad("spec.healthCheckNodePort", reason));
+        }
+        Some(n) => Some(
+            u16::try_from(n)
+                .ok()
+                .filter(|p| NODE_PORT_RANGE.contains(p))
+                .ok_or_else(|| bad("spec.healthCheckNodePort", format!("{n} is not in 30000-32767")))?,
+        ),
+    };
 
     let session_affinity = match spec.session_affinity.as_deref() {
         None | Some("None") => SessionAffinity::None,
@@ -651,6 +693,7 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         source_ranges,
         external_traffic_policy,
         internal_traffic_policy,
+        health_check_node_port,
         session_affinity,
         ports,
         selector: service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()),
@@ -1109,6 +1152,7 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
         source_ranges: spec.source_ranges,
         external_traffic_policy: spec.external_traffic_policy,
         internal_traffic_policy: spec.internal_traffic_policy,
+        health_check_node_port: spec.health_check_node_port,
         session_affinity: spec.session_affinity,
         ports,
     }
@@ -1659,5 +1703,23 @@ subsets:
         assert_eq!(on(None).len(), 2);
         let (_, errors) = build_yaml(&format!("{KUBIA}  externalTrafficPolicy: Sometimes\n"));
         assert!(messages(&errors)[0].contains("spec.externalTrafficPolicy: unknown value \"Sometimes\""), "{errors:?}");
+    }
+
+    #[test]
+    fn a_local_load_balancer_gets_a_health_check_node_port() {
+        let lb = |extra: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: lb}}\nspec:\n  type: LoadBalancer\n{extra}  ports: [{{port: 80}}]\n"
+            )
+        };
+        let (state, _) = build_yaml(&lb("  externalTrafficPolicy: Local\n"));
+        let port = service(&state, "lb").health_check_node_port.unwrap();
+        assert!(NODE_PORT_RANGE.contains(&port) && Some(port) != service(&state, "lb").ports[0].node_port);
+        let (state, _) = build_yaml(&lb("  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n"));
+        assert_eq!(service(&state, "lb").health_check_node_port, Some(32000));
+        let (state, _) = build_yaml(&lb(""));
+        assert_eq!(service(&state, "lb").health_check_node_port, None);
+        let (_, errors) = build_yaml(&lb("  healthCheckNodePort: 32000\n"));
+        assert!(messages(&errors)[0].contains("spec.healthCheckNodePort"), "{errors:?}");
     }
 }

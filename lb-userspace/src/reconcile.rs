@@ -533,6 +533,7 @@ mod tests {
                     source_ranges: Vec::new(),
                     external_traffic_policy: TrafficPolicy::Cluster,
                     internal_traffic_policy: TrafficPolicy::Cluster,
+                    health_check_node_port: None,
                     session_affinity: SessionAffinity::None,
                     ports: vec![ServicePort {
                         name: String::new(),

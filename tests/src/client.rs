@@ -13,7 +13,12 @@ use crate::netns::Netns;
 
 /// `GET /` to `addr` from inside `ns`; the response body.
 pub fn http_get(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<String> {
-    ns.run_in(|| -> anyhow::Result<String> {
+    Ok(http_request(ns, addr, timeout)?.1)
+}
+
+/// `GET /` to `addr` from inside `ns`; the status code and the body.
+pub fn http_request(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    ns.run_in(|| -> anyhow::Result<(u16, String)> {
         let mut stream =
             TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
         stream.set_read_timeout(Some(timeout))?;
@@ -21,9 +26,10 @@ pub fn http_get(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Re
         stream.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
         let mut response = String::new();
         stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
-        let (_, body) =
+        let (head, body) =
             response.split_once("\r\n\r\n").with_context(|| format!("no http response from {addr}: {response:?}"))?;
-        Ok(body.to_owned())
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+        Ok((status.with_context(|| format!("no status in {head:?}"))?, body.to_owned()))
     })?
 }
 

@@ -199,3 +199,42 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
     // Pods are not load-balancer clients: the cluster IP is not guarded.
     assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), c.backends[0].name);
 }
+
+/// kube-proxy's `healthCheckNodePort`: 200 with the count of local
+/// endpoints, 503 when there is none or only terminating ones remain.
+#[test]
+fn the_health_check_node_port_reports_local_endpoints() {
+    require_root();
+    let c = cluster(2);
+    let external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  clusterIP: {VIP}\n  ports:\n  - port: 80\n    targetPort: 8080\n  selector:\n    app: kubia\n"
+    );
+    let pod = |p: &Pod, node: &str, terminating: bool| {
+        let manifest = lb_tests::agent::pod_manifest(&p.name, p.ip, true)
+            .replace("spec:\n", &format!("spec:\n  nodeName: {node}\n"));
+        if terminating {
+            manifest.replace("metadata:\n", "metadata:\n  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n")
+        } else {
+            manifest
+        }
+    };
+    let this_node = c.node.ns.name().to_owned();
+    let (a, b) = (&c.backends[0], &c.backends[1]);
+    let agent = AgentProcess::start_with(
+        &c.node,
+        &[("svc.yaml", &service), ("pods.yaml", &[pod(a, &this_node, false), pod(b, &this_node, false)].join("---\n"))],
+        &["--device", "uplink", "--pod-device", "h-*"],
+    )
+    .unwrap();
+    let health = SocketAddrV4::new(NODE_IP, 32000);
+    let ask = || lb_tests::client::http_request(&external, health, TIMEOUT).unwrap();
+    assert_eq!(ask(), (200, r#"{"service":{"namespace":"default","name":"kubia"},"localEndpoints":2}"#.to_owned()));
+
+    agent
+        .write_manifest("pods.yaml", &[pod(a, &this_node, true), pod(b, "another-node", false)].join("---\n"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = ask();
+    assert_eq!((status, body.contains("\"localEndpoints\":0")), (503, true), "{body}");
+}
