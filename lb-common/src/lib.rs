@@ -120,9 +120,21 @@ pub struct Backend {
     pub addr: u32,
     /// L4 port, network byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// `BACKEND_FLAG_*` bits.
+    pub flags: u16,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// The endpoint runs on another node: external traffic sent there under
+/// `externalTrafficPolicy: Cluster` leaves with this node's address as its
+/// source, so that the replies come back through this node.
+pub const BACKEND_FLAG_REMOTE: u16 = 1;
+
+/// Source ports this node uses when it must stand in for an external
+/// client (SNAT): above Linux's default ephemeral range, so they do not
+/// meet the node's own connections.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// Session affinity: which backend a client last got for a Service port.
 #[repr(C)]
@@ -165,12 +177,12 @@ pub const CT_FORWARD: u8 = 0;
 /// `CtEntry::direction` of an entry keyed by the backend's reply
 /// (backend -> client): rewrite the source to `nat_addr:nat_port`.
 pub const CT_REPLY: u8 = 1;
-/// The client is its own backend (a pod reaching itself through its
-/// Service): the forward entry also rewrites the source to the frontend
-/// address, so the backend answers through the datapath instead of to
-/// itself, and the reply entry rewrites the destination back to the client,
-/// which is the reply's own source address.
-pub const CT_FLAG_HAIRPIN: u8 = 1;
+/// The entry also rewrites the other end of the packet, to
+/// `other_addr:other_port`: the source of a forward packet (the backend must
+/// answer through this node: a pod reaching itself through its Service, an
+/// external client whose backend is on another node), the destination of a
+/// reply (back to the real client).
+pub const CT_FLAG_REWRITE_OTHER: u8 = 1;
 
 /// A translation the datapath applies to every packet of a flow.
 #[repr(C)]
@@ -187,11 +199,15 @@ pub struct CtEntry {
     pub flags: u8,
     /// The Service port the flow belongs to, so state can be found per service.
     pub svc_id: u32,
-    pub _pad2: u32,
+    /// With `CT_FLAG_REWRITE_OTHER`: the other end's address and port
+    /// (network byte order).
+    pub other_addr: u32,
+    pub other_port: u16,
+    pub _pad: [u8; 6],
     /// `bpf_ktime_get_ns()` when the entry was created.
     pub created_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 
 /// Service types as `ServiceMeta` records them for `lb-agent get services`.
 pub const SVC_TYPE_CLUSTER_IP: u8 = 0;
@@ -335,10 +351,12 @@ pub enum Reason {
     PassInternalOnly = 14,
     /// A client outside the frontend's `loadBalancerSourceRanges`: dropped.
     DropSourceRange = 15,
+    /// No free SNAT source port for a flow to a backend on another node.
+    DropSnatExhausted = 16,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassIpOptions,
@@ -356,6 +374,7 @@ impl Reason {
         Reason::EchoReply,
         Reason::PassInternalOnly,
         Reason::DropSourceRange,
+        Reason::DropSnatExhausted,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -377,6 +396,7 @@ impl Reason {
             Reason::EchoReply => "echo_reply",
             Reason::PassInternalOnly => "pass_internal_only",
             Reason::DropSourceRange => "drop_source_range",
+            Reason::DropSnatExhausted => "drop_snat_exhausted",
         }
     }
 }

@@ -3,57 +3,67 @@
 //! backend) and the backend's reply 5-tuple (rewrite the source back to the
 //! frontend). Both directions are thus one lookup on any hook.
 
-use lb_common::{Backend, CT_FLAG_HAIRPIN, CT_FORWARD, CT_REPLY, CtEntry, CtKey};
+use lb_common::{Backend, CT_FLAG_REWRITE_OTHER, CT_FORWARD, CT_REPLY, CtEntry, CtKey};
 
-/// Is the client of `flow` its own backend?
+/// How a new flow is translated: to `backend`, and seen by it as coming
+/// from `source` when that is not the client itself (hairpin, SNAT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub backend: Backend,
+    /// (address, port), network byte order.
+    pub source: Option<(u32, u16)>,
+}
+
+/// Is the client of `flow` its own backend? Then it must see the frontend
+/// as its peer, or it would answer itself directly.
 #[inline(always)]
 pub fn is_hairpin(flow: &CtKey, backend: &Backend) -> bool {
     flow.saddr == backend.addr
 }
 
 #[inline(always)]
-fn flags(hairpin: bool) -> u8 {
-    if hairpin { CT_FLAG_HAIRPIN } else { 0 }
+fn flags(t: &Translation) -> u8 {
+    if t.source.is_some() { CT_FLAG_REWRITE_OTHER } else { 0 }
 }
 
-/// The 5-tuple of the backend's replies to the client of `flow`; with
-/// hairpin they are addressed to the frontend (the source it saw).
+/// The 5-tuple of the backend's replies to the client of `flow`: addressed
+/// to the source it saw.
 #[inline(always)]
-pub fn reply_key(flow: &CtKey, backend: &Backend) -> CtKey {
-    CtKey {
-        saddr: backend.addr,
-        daddr: if is_hairpin(flow, backend) { flow.daddr } else { flow.saddr },
-        sport: backend.port,
-        dport: flow.sport,
-        proto: flow.proto,
-        _pad: [0; 3],
-    }
+pub fn reply_key(flow: &CtKey, t: &Translation) -> CtKey {
+    let (daddr, dport) = t.source.unwrap_or((flow.saddr, flow.sport));
+    CtKey { saddr: t.backend.addr, daddr, sport: t.backend.port, dport, proto: flow.proto, _pad: [0; 3] }
 }
 
-/// Rewrites `flow`'s destination to `backend`.
+/// Rewrites `flow`'s destination to the backend (and its source to `t.source`).
 #[inline(always)]
-pub fn forward_entry(flow: &CtKey, backend: &Backend, svc_id: u32, now_ns: u64) -> CtEntry {
+pub fn forward_entry(t: &Translation, svc_id: u32, now_ns: u64) -> CtEntry {
+    let (other_addr, other_port) = t.source.unwrap_or((0, 0));
     CtEntry {
-        nat_addr: backend.addr,
-        nat_port: backend.port,
+        nat_addr: t.backend.addr,
+        nat_port: t.backend.port,
         direction: CT_FORWARD,
-        flags: flags(is_hairpin(flow, backend)),
+        flags: flags(t),
         svc_id,
-        _pad2: 0,
+        other_addr,
+        other_port,
+        _pad: [0; 6],
         created_ns: now_ns,
     }
 }
 
-/// Rewrites the replies' source back to the frontend `flow` was sent to.
+/// Rewrites the replies' source back to the frontend `flow` was sent to
+/// (and their destination back to the client).
 #[inline(always)]
-pub fn reply_entry(flow: &CtKey, backend: &Backend, svc_id: u32, now_ns: u64) -> CtEntry {
+pub fn reply_entry(flow: &CtKey, t: &Translation, svc_id: u32, now_ns: u64) -> CtEntry {
     CtEntry {
         nat_addr: flow.daddr,
         nat_port: flow.dport,
         direction: CT_REPLY,
-        flags: flags(is_hairpin(flow, backend)),
+        flags: flags(t),
         svc_id,
-        _pad2: 0,
+        other_addr: flow.saddr,
+        other_port: flow.sport,
+        _pad: [0; 6],
         created_ns: now_ns,
     }
 }
@@ -62,25 +72,30 @@ pub fn reply_entry(flow: &CtKey, backend: &Backend, svc_id: u32, now_ns: u64) ->
 mod tests {
     use super::*;
 
+    const FLOW: CtKey = CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, _pad: [0; 3] };
+    const BACKEND: Backend = Backend { addr: 9, port: 8, flags: 0 };
+
     #[test]
     fn reply_key_is_the_backend_answering_the_client() {
-        let flow = CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, _pad: [0; 3] };
-        let backend = Backend { addr: 9, port: 8, _pad: 0 };
-        let reply = reply_key(&flow, &backend);
+        let t = Translation { backend: BACKEND, source: None };
+        let reply = reply_key(&FLOW, &t);
         assert_eq!((reply.saddr, reply.sport, reply.daddr, reply.dport), (9, 8, 1, 3));
-        let entry = reply_entry(&flow, &backend, 7, 0);
+        let entry = reply_entry(&FLOW, &t, 7, 0);
         assert_eq!((entry.nat_addr, entry.nat_port, entry.direction, entry.flags), (2, 4, CT_REPLY, 0));
-        let fwd = forward_entry(&flow, &backend, 7, 0);
+        let fwd = forward_entry(&t, 7, 0);
         assert_eq!((fwd.nat_addr, fwd.nat_port, fwd.direction, fwd.flags), (9, 8, CT_FORWARD, 0));
     }
 
     #[test]
-    fn a_client_that_is_its_own_backend_is_hairpinned_through_the_frontend() {
-        let flow = CtKey { saddr: 9, daddr: 2, sport: 3, dport: 4, proto: 6, _pad: [0; 3] };
-        let backend = Backend { addr: 9, port: 8, _pad: 0 };
-        let reply = reply_key(&flow, &backend);
-        assert_eq!((reply.saddr, reply.sport, reply.daddr, reply.dport), (9, 8, 2, 3), "answers go to the frontend");
-        assert_eq!(forward_entry(&flow, &backend, 7, 0).flags, CT_FLAG_HAIRPIN);
-        assert_eq!(reply_entry(&flow, &backend, 7, 0).flags, CT_FLAG_HAIRPIN);
+    fn a_translated_source_is_where_replies_go_and_is_undone_on_them() {
+        // SNAT to (node 5, port 61000): the backend answers there.
+        let t = Translation { backend: BACKEND, source: Some((5, 61000)) };
+        let reply = reply_key(&FLOW, &t);
+        assert_eq!((reply.saddr, reply.sport, reply.daddr, reply.dport), (9, 8, 5, 61000));
+        let fwd = forward_entry(&t, 7, 0);
+        assert_eq!((fwd.flags, fwd.other_addr, fwd.other_port), (CT_FLAG_REWRITE_OTHER, 5, 61000));
+        let back = reply_entry(&FLOW, &t, 7, 0);
+        assert_eq!((back.nat_addr, back.nat_port, back.other_addr, back.other_port), (2, 4, 1, 3));
+        assert!(is_hairpin(&CtKey { saddr: 9, ..FLOW }, &BACKEND));
     }
 }

@@ -3,10 +3,14 @@
 //! frontend, then backend selection and the two conntrack entries.
 //! Map access goes through [`Tables`] so that the decision has host tests.
 
-use crate::{conntrack, nat::Side};
+use crate::{
+    conntrack::{self, Translation},
+    nat::Side,
+};
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FLAG_HAIRPIN, CT_REPLY, CtEntry, CtKey,
-    FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Reason,
+    AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FLAG_REWRITE_OTHER, CT_REPLY, CtEntry,
+    CtKey, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey,
+    Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 /// A conntrack entry could not be written.
@@ -17,6 +21,8 @@ pub struct InsertFailed;
 pub trait Tables {
     fn conntrack(&self, key: &CtKey) -> Option<CtEntry>;
     fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed>;
+    /// Like `conntrack_insert`, but fails when `key` is already there.
+    fn conntrack_insert_new(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed>;
     fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry>;
     fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry);
     /// Is `client` inside one of `svc_id`'s source ranges?
@@ -45,13 +51,14 @@ pub enum Verdict {
     Pass(Reason),
     Drop(Reason),
     /// Rewrite `side` to `addr:port` (network byte order) and, for a
-    /// hairpinned flow, the other side's address to `other_addr`; then pass.
+    /// hairpinned or SNATed flow, the other side to `other` (address,
+    /// port); then pass.
     Rewrite {
         reason: Reason,
         side: Side,
         addr: u32,
         port: u16,
-        other_addr: Option<u32>,
+        other: Option<(u32, u16)>,
     },
     /// The frontend has no endpoint: answer with a reset or an ICMP error.
     Reject,
@@ -70,18 +77,16 @@ impl Verdict {
 #[inline(always)]
 pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
     if let Some(entry) = tables.conntrack(flow) {
-        let hairpin = entry.flags & CT_FLAG_HAIRPIN != 0;
-        // Hairpin: the forward packet leaves from the frontend address, the
-        // reply goes back to the client, which is the reply's own source.
-        let (reason, side, other_addr) = if entry.direction == CT_REPLY {
-            (Reason::ReplyReverseNat, Side::Src, hairpin.then_some(flow.saddr))
+        let other = (entry.flags & CT_FLAG_REWRITE_OTHER != 0).then_some((entry.other_addr, entry.other_port));
+        let (reason, side) = if entry.direction == CT_REPLY {
+            (Reason::ReplyReverseNat, Side::Src)
         } else {
-            (Reason::ForwardEstablished, Side::Dst, hairpin.then_some(flow.daddr))
+            (Reason::ForwardEstablished, Side::Dst)
         };
-        // TC egress translates plain replies only; hairpinned flows never
-        // leave their pod's veth without crossing XDP.
-        if hook != Hook::TcEgress || (side == Side::Src && !hairpin) {
-            return Verdict::Rewrite { reason, side, addr: entry.nat_addr, port: entry.nat_port, other_addr };
+        // TC egress translates plain replies only; hairpinned and SNATed
+        // flows never reach a client without crossing XDP.
+        if hook != Hook::TcEgress || (side == Side::Src && other.is_none()) {
+            return Verdict::Rewrite { reason, side, addr: entry.nat_addr, port: entry.nat_port, other };
         }
     }
     if hook == Hook::TcEgress {
@@ -114,12 +119,37 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
         let key = AffinityKey { client: flow.saddr, svc_id: frontend.svc_id };
         tables.affinity_insert(&key, &AffinityEntry { backend_id, _pad: 0, last_used_ns: now });
     }
+    // An external client whose backend is on another node must be replaced
+    // by this node, or the backend would answer it directly.
+    let snat = hook == Hook::XdpNode
+        && backend.flags & BACKEND_FLAG_REMOTE != 0
+        && frontend.flags & FRONTEND_FLAG_NODE_LOCAL == 0;
+    let hairpin = conntrack::is_hairpin(flow, &backend);
+    let mut t = Translation { backend, source: hairpin.then_some((flow.daddr, flow.sport)) };
     // The reply entry goes in first: a forward entry without its reply
     // entry would deliver packets whose answers the client cannot match.
-    let reply_key = conntrack::reply_key(flow, &backend);
-    let written = tables
-        .conntrack_insert(&reply_key, &conntrack::reply_entry(flow, &backend, frontend.svc_id, now))
-        .and_then(|()| tables.conntrack_insert(flow, &conntrack::forward_entry(flow, &backend, frontend.svc_id, now)));
+    let mut reply_written = Err(InsertFailed);
+    if snat {
+        // A free source port: the reply entry is written only if no other
+        // flow of this backend uses the port yet.
+        for _ in 0..SNAT_ATTEMPTS {
+            let port = SNAT_PORT_MIN + (tables.random() % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16;
+            t.source = Some((flow.daddr, port.to_be()));
+            let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, now);
+            reply_written = tables.conntrack_insert_new(&conntrack::reply_key(flow, &t), &entry);
+            if reply_written.is_ok() {
+                break;
+            }
+        }
+        if reply_written.is_err() {
+            return Verdict::Drop(Reason::DropSnatExhausted);
+        }
+    } else {
+        let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, now);
+        reply_written = tables.conntrack_insert(&conntrack::reply_key(flow, &t), &entry);
+    }
+    let written =
+        reply_written.and_then(|()| tables.conntrack_insert(flow, &conntrack::forward_entry(&t, frontend.svc_id, now)));
     if written.is_err() {
         return Verdict::Drop(Reason::DropConntrackFull);
     }
@@ -128,9 +158,12 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
         side: Side::Dst,
         addr: backend.addr,
         port: backend.port,
-        other_addr: conntrack::is_hairpin(flow, &backend).then_some(flow.daddr),
+        other: t.source,
     }
 }
+
+/// How many random SNAT ports a new flow tries before it is dropped.
+const SNAT_ATTEMPTS: u32 = 4;
 
 /// The client's affinity backend while it is fresh, else a random slot.
 /// The agent removes affinity entries whose backend left the service, so an
@@ -185,6 +218,12 @@ mod tests {
             self.conntrack.borrow_mut().insert(*key, *entry);
             Ok(())
         }
+        fn conntrack_insert_new(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
+            if self.conntrack.borrow().contains_key(key) {
+                return Err(InsertFailed);
+            }
+            self.conntrack_insert(key, entry)
+        }
         fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry> {
             self.affinity.borrow().get(key).copied()
         }
@@ -227,7 +266,7 @@ mod tests {
         );
         for i in 0..u32::from(n) {
             t.slots.insert(BackendSlotKey { svc_id: 1, slot: i }, 100 + i);
-            t.backends.insert(100 + i, Backend { addr: 0x0af4_0000 + 10 + i, port: 8080, _pad: 0 });
+            t.backends.insert(100 + i, Backend { addr: 0x0af4_0000 + 10 + i, port: 8080, flags: 0 });
         }
         t
     }
@@ -238,7 +277,7 @@ mod tests {
         t.random.set(7); // 7 % 3 = slot 1
         let f = flow(CLIENT, VIP, 40000, 80);
         let v = decide(&f, &t, Hook::Xdp);
-        let backend = Backend { addr: 0x0af4_000b, port: 8080, _pad: 0 };
+        let backend = Backend { addr: 0x0af4_000b, port: 8080, flags: 0 };
         assert_eq!(
             v,
             Verdict::Rewrite {
@@ -246,12 +285,12 @@ mod tests {
                 side: Side::Dst,
                 addr: backend.addr,
                 port: 8080,
-                other_addr: None
+                other: None
             }
         );
         let ct = t.conntrack.borrow();
         assert_eq!(ct[&f].direction, CT_FORWARD);
-        let reply = ct[&conntrack::reply_key(&f, &backend)];
+        let reply = ct[&conntrack::reply_key(&f, &Translation { backend, source: None })];
         assert_eq!((reply.nat_addr, reply.nat_port, reply.svc_id), (VIP, 80, 1));
     }
 
@@ -264,23 +303,12 @@ mod tests {
             t.random.set(r);
             assert_eq!(
                 decide(&f, &t, Hook::Xdp),
-                Verdict::Rewrite {
-                    reason: Reason::ForwardEstablished,
-                    side: Side::Dst,
-                    addr,
-                    port: 8080,
-                    other_addr: None
-                }
+                Verdict::Rewrite { reason: Reason::ForwardEstablished, side: Side::Dst, addr, port: 8080, other: None }
             );
         }
         let reply = flow(addr, CLIENT, 8080, 40000);
-        let want = Verdict::Rewrite {
-            reason: Reason::ReplyReverseNat,
-            side: Side::Src,
-            addr: VIP,
-            port: 80,
-            other_addr: None,
-        };
+        let want =
+            Verdict::Rewrite { reason: Reason::ReplyReverseNat, side: Side::Src, addr: VIP, port: 80, other: None };
         assert_eq!(decide(&reply, &t, Hook::Xdp), want);
         assert_eq!(decide(&reply, &t, Hook::TcEgress), want);
     }
@@ -349,7 +377,7 @@ mod tests {
             side: Side::Dst,
             addr: me,
             port: 8080,
-            other_addr: Some(VIP),
+            other: Some((VIP, 40000)),
         };
         assert_eq!(decide(&f, &t, Hook::Xdp), hairpin_forward);
         // The backend answers the frontend address; the reply goes back to me from the VIP.
@@ -359,7 +387,7 @@ mod tests {
             side: Side::Src,
             addr: VIP,
             port: 80,
-            other_addr: Some(me),
+            other: Some((me, 40000)),
         };
         assert_eq!(decide(&reply, &t, Hook::Xdp), hairpin_reply);
         assert_eq!(decide(&reply, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
@@ -382,6 +410,43 @@ mod tests {
         t.allowed_clients.push(CLIENT);
         assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), &t, Hook::Xdp), Verdict::Rewrite { .. }));
         assert_eq!(decide(&flow(CLIENT + 1, VIP, 1, 80), &t, Hook::Xdp), Verdict::Drop(Reason::DropSourceRange));
+    }
+
+    #[test]
+    fn external_clients_of_a_remote_backend_are_replaced_by_this_node() {
+        let mut t = service(1);
+        t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_EXTERNAL);
+        t.backends.values_mut().for_each(|b| b.flags = BACKEND_FLAG_REMOTE);
+        t.random.set(5);
+        let node = VIP; // the frontend address the client asked: a node address
+        let f = flow(CLIENT, node, 40000, 80);
+        let Verdict::Rewrite { other: Some((src, port)), .. } = decide(&f, &t, Hook::XdpNode) else { panic!() };
+        assert_eq!(src, node);
+        assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(port)));
+        // The backend's reply to (node, port) goes back to the client from the frontend.
+        let backend = t.backends[&100];
+        let reply = flow(backend.addr, node, backend.port, port);
+        assert_eq!(
+            decide(&reply, &t, Hook::XdpNode),
+            Verdict::Rewrite {
+                reason: Reason::ReplyReverseNat,
+                side: Side::Src,
+                addr: node,
+                port: 80,
+                other: Some((CLIENT, 40000))
+            }
+        );
+        // The same random port for another flow to the same backend is taken,
+        // and every attempt draws it again: the flow is dropped, not mixed up.
+        let other_client = flow(CLIENT + 1, node, 40000, 80);
+        assert_eq!(decide(&other_client, &t, Hook::XdpNode), Verdict::Drop(Reason::DropSnatExhausted));
+        // From a pod veth, or under a Local policy, there is no SNAT.
+        assert!(matches!(decide(&flow(CLIENT, node, 40001, 80), &t, Hook::Xdp), Verdict::Rewrite { other: None, .. }));
+        t.frontends.values_mut().for_each(|fe| fe.flags |= FRONTEND_FLAG_NODE_LOCAL);
+        assert!(matches!(
+            decide(&flow(CLIENT, node, 40002, 80), &t, Hook::XdpNode),
+            Verdict::Rewrite { other: None, .. }
+        ));
     }
 
     #[test]

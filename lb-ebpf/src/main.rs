@@ -66,12 +66,12 @@ fn apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
     match verdict {
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
-        Verdict::Rewrite { reason, side, addr, port, other_addr } => {
+        Verdict::Rewrite { reason, side, addr, port, other } => {
             // SAFETY: `pkt` was parsed from this context's packet just now.
             unsafe {
                 nat::rewrite(pkt, side, addr, port);
-                if let Some(other) = other_addr {
-                    nat::rewrite_addr(pkt, side.opposite(), other);
+                if let Some((other_addr, other_port)) = other {
+                    nat::rewrite(pkt, side.opposite(), other_addr, other_port);
                 }
             }
             (xdp_action::XDP_PASS, reason)
@@ -138,7 +138,7 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let reason = match tc_parse(&ctx) {
         Err(reason) => reason,
         Ok(pkt) => match decide(&pkt.flow(), &MapTables, Hook::TcEgress) {
-            Verdict::Rewrite { reason, side, addr, port, other_addr: None } => {
+            Verdict::Rewrite { reason, side, addr, port, other: None } => {
                 match tc_rewrite(&ctx, &pkt, side, addr, port) {
                     Ok(()) => reason,
                     Err(_) => Reason::PassTruncated,

@@ -2,6 +2,7 @@
 //! directory so that `lb-agent get` and a restarted agent find them.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
@@ -66,6 +67,11 @@ impl Tables for MapTables {
     #[inline(always)]
     fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
         LB_CONNTRACK.insert(key, entry, 0).map_err(|_| InsertFailed)
+    }
+
+    #[inline(always)]
+    fn conntrack_insert_new(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
+        LB_CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)).map_err(|_| InsertFailed)
     }
 
     #[inline(always)]

@@ -62,16 +62,6 @@ pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: u32, port: u16) {
     }
 }
 
-/// Rewrites only the address of `side` (the hairpin's second rewrite).
-///
-/// # Safety
-/// As for [`rewrite`].
-#[inline(always)]
-pub unsafe fn rewrite_addr(pkt: &Packet, side: Side, addr: u32) {
-    // SAFETY: as for `rewrite`; the port is rewritten to itself.
-    unsafe { rewrite(pkt, side, addr, pkt.read(side.offsets().1)) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,7 +106,7 @@ mod tests {
         let pkt = parse(data, data + frame.len(), Frame::Linear).unwrap();
         unsafe {
             rewrite(&pkt, Side::Dst, u32::from_ne_bytes(me), 8080u16.to_be());
-            rewrite_addr(&pkt, Side::Src, u32::from_ne_bytes(vip));
+            rewrite(&pkt, Side::Src, u32::from_ne_bytes(vip), 41000u16.to_be());
         }
         assert_eq!(frame, PacketBuilder::new(IPPROTO_TCP, vip, 41000, me, 8080).build());
     }

@@ -178,9 +178,7 @@ impl Agent {
                 continue;
             }
             let role = if self.config.node_devices.matches(&name) { InterfaceRole::Node } else { InterfaceRole::Pod };
-            if role == InterfaceRole::Pod {
-                accept_local_sources(&name);
-            }
+            accept_local_sources(&name);
             if let Err(err) = self.datapath.attach(&name, ifindex, role) {
                 warn!("{err}");
                 self.failed.insert(name, ifindex);
@@ -189,9 +187,10 @@ impl Agent {
     }
 }
 
-/// Replies to a node port leave a pod's veth translated to come from the
-/// node's own address; the kernel drops such packets as martians unless the
-/// interface accepts local source addresses.
+/// Packets the datapath hands to the kernel may carry the node's own
+/// address as their source: replies to a node port leaving a pod's veth,
+/// and SNATed requests arriving on a node device. The kernel drops such
+/// packets as martians unless the interface accepts local source addresses.
 fn accept_local_sources(ifname: &str) {
     let path = format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local");
     if let Err(err) = std::fs::write(&path, "1") {

@@ -14,10 +14,11 @@ use std::{
 };
 
 use lb_common::{
-    Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta, FRONTEND_CLUSTER_IP,
-    FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_SOURCE_RANGES,
-    FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME,
-    SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, wire,
+    BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta,
+    FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
+    FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+    SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
+    ServiceMeta, wire,
 };
 use tracing::warn;
 
@@ -444,7 +445,13 @@ impl Shared<'_> {
         let backends = self
             .port
             .active_endpoints_on(local.then_some(self.node.name.as_str()))
-            .map(|ep| Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), _pad: 0 })
+            .map(|ep| {
+                // Another node's endpoint: external clients sent there are
+                // replaced by this node (SNAT), so that replies come back here.
+                let remote = ep.node_name.as_deref().is_some_and(|n| n != self.node.name);
+                let flags = if remote { BACKEND_FLAG_REMOTE } else { 0 };
+                Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), flags }
+            })
             .collect();
         let external = if kind == FRONTEND_CLUSTER_IP { 0 } else { FRONTEND_FLAG_EXTERNAL };
         // Source ranges guard the load-balancer (and external) IPs only.

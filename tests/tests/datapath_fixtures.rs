@@ -72,7 +72,7 @@ fn udp(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> PacketBuilder {
 /// VIP:80/TCP and VIP:53/UDP with the one backend POD, and EMPTY_VIP:80/TCP
 /// and :53/UDP without endpoints: one backend keeps every choice predictable.
 fn program_services(dp: &mut ScratchDatapath) {
-    let backend = |port| Backend { addr: wire::addr(POD), port: wire::port(port), _pad: 0 };
+    let backend = |port| Backend { addr: wire::addr(POD), port: wire::port(port), flags: 0 };
     let frontend = |addr, port, proto| FrontendKey { addr: wire::addr(addr), port: wire::port(port), proto, _pad: 0 };
     let ops = [
         MapOp::PutBackend { id: 1, backend: backend(8080) },
@@ -371,7 +371,7 @@ fn an_established_flow_keeps_its_backend_among_many() {
     let mut dp = ScratchDatapath::load();
     let frontend = FrontendKey { addr: wire::addr(VIP), port: wire::port(80), proto: IPPROTO_TCP, _pad: 0 };
     for i in 0..5u32 {
-        let backend = Backend { addr: wire::addr([10, 244, 2, 10 + i as u8]), port: wire::port(8080), _pad: 0 };
+        let backend = Backend { addr: wire::addr([10, 244, 2, 10 + i as u8]), port: wire::port(8080), flags: 0 };
         dp.maps.apply(&MapOp::PutBackend { id: 10 + i, backend }).unwrap();
         dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { svc_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
     }
