@@ -90,6 +90,12 @@ impl Node {
         Ok(ns)
     }
 
+    /// A route in the node namespace, e.g. another node's pod CIDR via it.
+    pub fn route(&self, cidr: &str, via: Ipv4Addr) -> anyhow::Result<()> {
+        self.ns.exec(&["ip", "route", "add", cidr, "via", &via.to_string()])?;
+        Ok(())
+    }
+
     fn mac(&self, ifname: &str) -> anyhow::Result<String> {
         let out = self.ns.exec(&["ip", "-o", "link", "show", ifname])?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -139,5 +145,57 @@ impl Pod {
         }
         self.servers.push(guard);
         Ok(())
+    }
+}
+
+/// A layer-2 network between nodes and external clients: a bridge in a
+/// namespace of its own.
+pub struct Fabric {
+    pub ns: Netns,
+    ports: std::cell::Cell<u32>,
+}
+
+impl Fabric {
+    pub fn new() -> anyhow::Result<Self> {
+        let ns = Netns::create("f")?;
+        ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        ns.exec(&["ip", "link", "set", "br0", "up"])?;
+        Ok(Self { ns, ports: std::cell::Cell::new(0) })
+    }
+
+    /// A veth from the bridge to `ns`, named `ifname` there, holding `ip`/24.
+    fn plug(&self, ns: &Netns, ifname: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+        let port = format!("p{}", self.ports.replace(self.ports.get() + 1));
+        crate::netns::ip(&[
+            "link",
+            "add",
+            &port,
+            "netns",
+            self.ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "netns",
+            ns.name(),
+        ])?;
+        self.ns.exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+        ns.exec(&["ip", "link", "set", ifname, "up"])?;
+        Ok(())
+    }
+
+    /// Joins `node` to the fabric through its device `ifname` with `ip`.
+    pub fn join(&self, node: &Node, ifname: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+        self.plug(&node.ns, ifname, ip)
+    }
+
+    /// An external client on the fabric, routing everything else via `gateway`.
+    pub fn add_client(&self, ip: Ipv4Addr, gateway: Ipv4Addr) -> anyhow::Result<Netns> {
+        let ns = Netns::create("c")?;
+        self.plug(&ns, "eth0", ip)?;
+        ns.exec(&["ip", "route", "add", "default", "via", &gateway.to_string()])?;
+        Ok(ns)
     }
 }
