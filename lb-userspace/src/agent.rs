@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub manifests: PathBuf,
     /// Log every datapath verdict (aya-log, target `lb_datapath`).
     pub datapath_debug: bool,
+    /// Let cluster IPs answer traffic arriving on the node's devices.
+    pub cluster_ips_external: bool,
     pub node_name: String,
     /// Every interface to attach to: node devices and pod veths.
     pub interfaces: InterfacePatterns,
@@ -65,7 +67,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let programmed = maps.programmed().context("reading the pinned maps")?;
     let mut ticks = source::watch(&config.manifests)
         .with_context(|| format!("watching manifest directory {}", config.manifests.display()))?;
-    let node_name = config.node_name.clone();
+    let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
     let mut agent = Agent {
         datapath,
         maps,
@@ -74,7 +76,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         desired: DesiredState::default(),
         config,
         failed: BTreeMap::new(),
-        node: NodeInfo { name: node_name, addrs: Vec::new() },
+        node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external },
         health: HealthServer::default(),
     };
     // Interfaces first: traffic to a frontend must not start while the

@@ -62,6 +62,10 @@ struct RunArgs {
     /// Log every datapath verdict through aya-log (with RUST_LOG=info,lb_datapath=debug).
     #[arg(long)]
     datapath_debug: bool,
+    /// Let cluster IPs answer traffic arriving on the node's devices (by
+    /// default only pods reach them, as in Kubernetes).
+    #[arg(long)]
+    cluster_ip_external: bool,
     /// Range for clusterIPs of Services whose manifest has none.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
@@ -126,6 +130,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = AgentConfig {
         manifests: args.manifests,
         datapath_debug: args.datapath_debug,
+        cluster_ips_external: args.cluster_ip_external,
         node_name: args.node_name,
         interfaces: InterfacePatterns::new(patterns)?,
         node_devices: InterfacePatterns::new(args.devices.iter().map(String::as_str))?,

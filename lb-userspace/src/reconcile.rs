@@ -127,6 +127,9 @@ pub struct NodeInfo {
     pub name: String,
     /// The node devices' addresses, where node ports answer.
     pub addrs: Vec<Ipv4Addr>,
+    /// Cluster IPs answer traffic from the node's devices too
+    /// (`--cluster-ip-external`); by default only pods reach them.
+    pub cluster_ips_external: bool,
 }
 
 /// What the reconciler believes the maps hold.
@@ -453,7 +456,8 @@ impl Shared<'_> {
                 Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), flags }
             })
             .collect();
-        let external = if kind == FRONTEND_CLUSTER_IP { 0 } else { FRONTEND_FLAG_EXTERNAL };
+        let internal_only = kind == FRONTEND_CLUSTER_IP && !self.node.cluster_ips_external;
+        let external = if internal_only { 0 } else { FRONTEND_FLAG_EXTERNAL };
         // Source ranges guard the load-balancer (and external) IPs only.
         let mut source_ranges: Vec<(u32, u8)> = if kind == FRONTEND_EXTERNAL_IP {
             self.source_ranges.iter().map(|r| (wire::addr(r.network().octets()), r.prefix_len())).collect()
@@ -620,7 +624,7 @@ mod tests {
         let nodes = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(198, 51, 100, 1)];
         let mut maps = Maps::default();
         let mut programmed = Programmed::default();
-        let node = |addrs: &[Ipv4Addr]| NodeInfo { name: "node-a".into(), addrs: addrs.to_vec() };
+        let node = |addrs: &[Ipv4Addr]| NodeInfo { name: "node-a".into(), addrs: addrs.to_vec(), ..Default::default() };
         maps.apply_checked(&programmed.plan(&desired, &node(&nodes)));
         let keys: Vec<(Ipv4Addr, u16)> = maps
             .frontends

@@ -81,6 +81,18 @@ fn the_cluster_ip_is_not_reachable_from_outside() {
     assert!(agent.xdp_counter("pass_internal_only").unwrap() >= 1);
     // Pods still do.
     assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), c.backends[0].name);
+    drop(agent);
+
+    // Unless the flag says so.
+    let pods: Vec<&Pod> = c.backends.iter().collect();
+    let agent = AgentProcess::start_with(
+        &c.node,
+        &[("svc.yaml", &nodeport_service("    nodePort: 30123\n")), ("pods.yaml", &pods_manifest(&pods, |_| true))],
+        &["--device", "uplink", "--pod-device", "h-*", "--cluster-ip-external"],
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("30123")).unwrap();
+    assert_eq!(served_by(&http_get(&external, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), c.backends[0].name);
 }
 
 /// The seeds' kubia-loadbalancer: the load balancer's ingress IP (and an
@@ -245,4 +257,33 @@ fn the_health_check_node_port_reports_local_endpoints() {
     std::thread::sleep(Duration::from_millis(300));
     let (status, body) = ask();
     assert_eq!((status, body.contains("\"localEndpoints\":0")), (503, true), "{body}");
+}
+
+/// e2e "should fallback to local terminating endpoints when there are no
+/// local ready endpoints with externalTrafficPolicy=Local".
+#[test]
+fn local_policy_falls_back_to_local_terminating_endpoints() {
+    require_root();
+    let c = cluster(2);
+    let external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    let this_node = c.node.ns.name().to_owned();
+    let (here, elsewhere) = (&c.backends[0], &c.backends[1]);
+    let terminating_here = lb_tests::agent::pod_manifest(&here.name, here.ip, true)
+        .replace("spec:\n", &format!("spec:\n  nodeName: {this_node}\n"))
+        .replace("metadata:\n", "metadata:\n  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n");
+    let ready_elsewhere = lb_tests::agent::pod_manifest(&elsewhere.name, elsewhere.ip, true)
+        .replace("spec:\n", "spec:\n  nodeName: another-node\n");
+    let service = nodeport_service("    nodePort: 30123\n")
+        .replace("  type: NodePort\n", "  type: NodePort\n  externalTrafficPolicy: Local\n");
+    let agent = AgentProcess::start_with(
+        &c.node,
+        &[("svc.yaml", &service), ("pods.yaml", &[terminating_here, ready_elsewhere].join("---\n"))],
+        &["--device", "uplink", "--pod-device", "h-*"],
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("30123")).unwrap();
+    let served: BTreeSet<String> = (0..10)
+        .map(|_| served_by(&http_get(&external, SocketAddrV4::new(NODE_IP, 30123), TIMEOUT).unwrap()).to_owned())
+        .collect();
+    assert_eq!(served, [here.name.clone()].into(), "the local terminating pod, not the remote ready one");
 }
