@@ -24,6 +24,13 @@ pub fn ip(args: &[&str]) -> anyhow::Result<Output> {
     checked(Command::new("ip").args(args))
 }
 
+/// A veth pair created directly in two namespaces (`a_name` in `a_ns`,
+/// `b_name` in `b_ns`), so its names never clash on the host.
+pub fn veth_pair(a_ns: &str, a_name: &str, b_ns: &str, b_name: &str) -> anyhow::Result<()> {
+    ip(&["link", "add", a_name, "netns", a_ns, "type", "veth", "peer", "name", b_name, "netns", b_ns])?;
+    Ok(())
+}
+
 /// A name unique on this host across test processes: `lb<pid><n><hint>`.
 pub fn unique_name(hint: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

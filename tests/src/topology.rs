@@ -48,9 +48,7 @@ impl Node {
         let host_veth = format!("h-{name}");
         let (node, pod) = (self.ns.name(), ns.name());
         // Created directly inside both namespaces: names never clash on the host.
-        crate::netns::ip(&[
-            "link", "add", &host_veth, "netns", node, "type", "veth", "peer", "name", "eth0", "netns", pod,
-        ])?;
+        crate::netns::veth_pair(node, &host_veth, pod, "eth0")?;
         let addr = format!("{ip}/32");
         ns.exec(&["ip", "addr", "add", &addr, "dev", "eth0"])?;
         ns.exec(&["ip", "link", "set", "eth0", "up"])?;
@@ -68,20 +66,7 @@ impl Node {
     /// link and a default route through the node.
     pub fn add_external_client(&self, ifname: &str, node_ip: Ipv4Addr, client_ip: Ipv4Addr) -> anyhow::Result<Netns> {
         let ns = Netns::create("x")?;
-        crate::netns::ip(&[
-            "link",
-            "add",
-            ifname,
-            "netns",
-            self.ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        crate::netns::veth_pair(self.ns.name(), ifname, ns.name(), "eth0")?;
         self.ns.exec(&["ip", "addr", "add", &format!("{node_ip}/24"), "dev", ifname])?;
         self.ns.exec(&["ip", "link", "set", ifname, "up"])?;
         ns.exec(&["ip", "addr", "add", &format!("{client_ip}/24"), "dev", "eth0"])?;
@@ -166,20 +151,7 @@ impl Fabric {
     /// A veth from the bridge to `ns`, named `ifname` there, holding `ip`/24.
     fn plug(&self, ns: &Netns, ifname: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
         let port = format!("p{}", self.ports.replace(self.ports.get() + 1));
-        crate::netns::ip(&[
-            "link",
-            "add",
-            &port,
-            "netns",
-            self.ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ifname,
-            "netns",
-            ns.name(),
-        ])?;
+        crate::netns::veth_pair(self.ns.name(), &port, ns.name(), ifname)?;
         self.ns.exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
         ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname])?;
         ns.exec(&["ip", "link", "set", ifname, "up"])?;
