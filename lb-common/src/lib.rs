@@ -37,6 +37,8 @@ pub mod map_names {
     pub const VIPS: &str = "LB_VIPS";
     pub const ENDPOINTS: &str = "LB_ENDPOINTS";
     pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
+    pub const REDIRECT_PORTS: &str = "LB_REDIRECT_PORTS";
+    pub const FAST_PATH_COUNTERS: &str = "LB_FAST_PATH_COUNTERS";
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
@@ -47,6 +49,7 @@ pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
 pub const MAX_ENDPOINTS: u32 = 262_144;
 pub const MAX_SOURCE_RANGES: u32 = 65_536;
+pub const MAX_REDIRECT_PORTS: u32 = 1_024;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -401,6 +404,52 @@ impl Reason {
     }
 }
 
+/// How a rewritten packet left XDP: the index into the fast-path counters.
+/// Every rewritten packet on an XDP hook is counted under exactly one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastPath {
+    /// Sent back out of the device it arrived on (XDP_TX).
+    Tx = 0,
+    /// Sent out of another device (XDP_REDIRECT).
+    Redirect = 1,
+    /// The FIB's egress device does not take XDP frames (not in
+    /// `--xdp-redirect-device`): passed to the kernel's routing.
+    StackDeviceNotEnabled = 2,
+    /// The next hop's MAC address is not known yet: passed, so that the
+    /// kernel resolves it.
+    StackNoNeighbour = 3,
+    /// The FIB does not forward it (a local address, no route, forwarding
+    /// off, larger than the MTU): passed to the kernel, which knows why.
+    StackNotForwarded = 4,
+    /// The TTL would run out: passed, so that the kernel sends the ICMP
+    /// time exceeded.
+    StackTtlExpired = 5,
+}
+
+impl FastPath {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [FastPath; Self::COUNT as usize] = [
+        FastPath::Tx,
+        FastPath::Redirect,
+        FastPath::StackDeviceNotEnabled,
+        FastPath::StackNoNeighbour,
+        FastPath::StackNotForwarded,
+        FastPath::StackTtlExpired,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            FastPath::Tx => "tx",
+            FastPath::Redirect => "redirect",
+            FastPath::StackDeviceNotEnabled => "stack_device_not_enabled",
+            FastPath::StackNoNeighbour => "stack_no_neighbour",
+            FastPath::StackNotForwarded => "stack_not_forwarded",
+            FastPath::StackTtlExpired => "stack_ttl_expired",
+        }
+    }
+}
+
 /// Endpoint `index` of Service port `svc_id`, ready or not.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -464,7 +513,7 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use super::Reason;
+    use super::{FastPath, Reason};
 
     #[test]
     fn service_meta_round_trips_and_truncates() {
@@ -478,6 +527,9 @@ mod tests {
     fn reasons_are_indexed_densely_in_order() {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as u32, i as u32, "{}", r.name());
+        }
+        for (i, f) in FastPath::ALL.iter().enumerate() {
+            assert_eq!(*f as u32, i as u32, "{}", f.name());
         }
     }
 }

@@ -28,6 +28,12 @@ pub fn update(check: u16, old_addr: u32, new_addr: u32, old_word: u16, new_word:
     !fold(sum)
 }
 
+/// The checksum after one 16-bit word changed from `old` to `new`.
+#[inline(always)]
+pub fn update_word(check: u16, old: u16, new: u16) -> u16 {
+    !fold(u32::from(!check) + u32::from(!old) + u32::from(new))
+}
+
 /// The UDP variant: a zero checksum means "none" and stays zero, and a
 /// computed zero is sent as all ones (RFC 768).
 #[inline(always)]

@@ -5,6 +5,7 @@
 
 pub mod checksum;
 pub mod conntrack;
+pub mod forward;
 pub mod lb;
 pub mod nat;
 pub mod parse;

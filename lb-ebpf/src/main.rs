@@ -6,19 +6,26 @@ mod maps;
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, xdp_action},
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
 use lb_ebpf::{
+    forward::{self, FibQuery, Step},
     lb::{Hook, Verdict, decide},
     nat::{self, Side},
     parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
     reply,
 };
-use maps::{MapTables, count, is_service_address};
+use maps::{KernelFib, MapTables, count, count_fast_path, is_service_address};
+
+/// Set to 1 by the agent at load time when any device takes XDP frames
+/// (`--xdp-redirect-device`); with 0 the verifier removes the fast path and
+/// rewritten packets skip the FIB lookup.
+#[unsafe(no_mangle)]
+static LB_FAST_PATH: u8 = 0;
 
 /// XDP on pod veths: new flows to any frontend, established flows,
 /// replies, and the answers the datapath gives itself.
@@ -74,9 +81,38 @@ fn apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
                     nat::rewrite(pkt, side.opposite(), other_addr, other_port);
                 }
             }
-            (xdp_action::XDP_PASS, reason)
+            (send(ctx, pkt), reason)
         }
         Verdict::Reject => reject(ctx, pkt),
+    }
+}
+
+/// The action for a rewritten packet: out from XDP when the fast path
+/// applies, else to the kernel's routing (see `lb_ebpf::forward`).
+#[inline(always)]
+fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
+    // SAFETY: a load-time constant; read volatile so that it is not folded.
+    if unsafe { core::ptr::read_volatile(&LB_FAST_PATH) } == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: `pkt` is this context's packet; no helper has run since parse.
+    let (query, ttl) = unsafe { (FibQuery::of(pkt), forward::ttl(pkt)) };
+    // SAFETY: the context's own metadata.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let step = forward::next_step(&KernelFib(ctx), ingress, ttl, &query);
+    count_fast_path(step.counter());
+    let hop = match step {
+        Step::Tx(hop) | Step::Redirect(hop) => hop,
+        Step::Stack(_) => return xdp_action::XDP_PASS,
+    };
+    // SAFETY: the context's writable frame; bounds are checked inside.
+    if !unsafe { forward::write_next_hop(ctx.data(), ctx.data_end(), &hop) } {
+        return xdp_action::XDP_PASS;
+    }
+    match step {
+        Step::Tx(_) => xdp_action::XDP_TX,
+        // SAFETY: a helper taking plain values.
+        _ => unsafe { bpf_redirect(hop.ifindex, 0) as u32 },
     }
 }
 

@@ -1,18 +1,25 @@
 //! Every map of the datapath, pinned by name under the agent's bpf
-//! directory so that `lb-agent get` and a restarted agent find them.
+//! directory so that `lb-agent get` and a restarted agent find them, and
+//! the maps and helpers behind `lb_ebpf`'s traits.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
 };
+
+const AF_INET: u8 = 2;
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, EndpointKey, EndpointMeta, Frontend,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, EndpointKey, EndpointMeta, FastPath, Frontend,
     FrontendKey, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRONTENDS,
-    MAX_SOURCE_RANGES, Reason, ServiceMeta, SourceRange,
+    MAX_REDIRECT_PORTS, MAX_SOURCE_RANGES, Reason, ServiceMeta, SourceRange,
 };
-use lb_ebpf::lb::{Hook, InsertFailed, Tables};
+use lb_ebpf::{
+    forward::{Fib, FibAnswer, FibQuery, NextHop},
+    lb::{Hook, InsertFailed, Tables},
+};
 
 /// (VIP, port, protocol) -> the Service port answering there.
 #[map]
@@ -45,6 +52,15 @@ static LB_SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::pinned(MAX_SOURCE_R
 /// Service addresses (value: how many frontends use it), for ICMP echo.
 #[map]
 static LB_VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, 0);
+
+/// ifindex -> 1 for the devices the agent lets XDP send frames to
+/// (`--xdp-redirect-device`).
+#[map]
+static LB_REDIRECT_PORTS: HashMap<u32, u32> = HashMap::pinned(MAX_REDIRECT_PORTS, 0);
+
+/// Per-CPU counts of how rewritten packets left XDP, indexed by FastPath.
+#[map]
+static LB_FAST_PATH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(FastPath::COUNT, 0);
 
 /// Per-CPU packet counts, indexed by hook * Reason::COUNT + reason.
 #[map]
@@ -130,6 +146,50 @@ pub fn count(hook: Hook, reason: Reason) {
         Hook::TcEgress => Reason::COUNT,
     };
     if let Some(counter) = LB_COUNTERS.get_ptr_mut(base + reason as u32) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs concurrently.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// The kernel's FIB as seen from one XDP context.
+pub struct KernelFib<'a>(pub &'a XdpContext);
+
+impl Fib for KernelFib<'_> {
+    #[inline(always)]
+    fn lookup(&self, ingress_ifindex: u32, query: &FibQuery) -> FibAnswer {
+        // SAFETY: all-zero is a valid value of this plain C struct.
+        let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        params.family = AF_INET;
+        params.l4_protocol = query.proto;
+        params.sport = query.sport;
+        params.dport = query.dport;
+        params.__bindgen_anon_1.tot_len = query.tot_len;
+        params.ifindex = ingress_ifindex;
+        params.__bindgen_anon_2.tos = query.tos;
+        params.__bindgen_anon_3.ipv4_src = query.saddr;
+        params.__bindgen_anon_4.ipv4_dst = query.daddr;
+        // SAFETY: the helper reads and writes `params`, whose size it is given.
+        let ret =
+            unsafe { bpf_fib_lookup(self.0.ctx.cast(), &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+        match ret as u32 {
+            BPF_FIB_LKUP_RET_SUCCESS => {
+                FibAnswer::Forward(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac })
+            }
+            BPF_FIB_LKUP_RET_NO_NEIGH => FibAnswer::NoNeighbour,
+            _ => FibAnswer::NotForwarded,
+        }
+    }
+
+    #[inline(always)]
+    fn takes_xdp_frames(&self, ifindex: u32) -> bool {
+        // SAFETY: only the presence of the entry is read.
+        unsafe { LB_REDIRECT_PORTS.get(ifindex).is_some() }
+    }
+}
+
+#[inline(always)]
+pub fn count_fast_path(outcome: FastPath) {
+    if let Some(counter) = LB_FAST_PATH_COUNTERS.get_ptr_mut(outcome as u32) {
         // SAFETY: a per-CPU slot; nothing else on this CPU runs concurrently.
         unsafe { *counter += 1 };
     }

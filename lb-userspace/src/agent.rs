@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub interfaces: InterfacePatterns,
     /// The node's own devices (`--device`), whose addresses node ports use.
     pub node_devices: InterfacePatterns,
+    /// Devices XDP may send rewritten frames to (`--xdp-redirect-device`).
+    pub redirect_devices: InterfacePatterns,
     pub xdp_mode: XdpAttachMode,
     pub bpf_dir: PathBuf,
     pub model: ModelOptions,
@@ -59,7 +61,8 @@ struct Agent {
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let (datapath, maps, logger) = Datapath::load(&config.bpf_dir, config.xdp_mode, config.datapath_debug)?;
+    let fast_path = !config.redirect_devices.is_empty();
+    let (datapath, maps, logger) = Datapath::load(&config.bpf_dir, config.xdp_mode, config.datapath_debug, fast_path)?;
     // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
     let mut logger = logger
         .map(|l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1))
@@ -185,6 +188,17 @@ impl Agent {
                 warn!("{err}");
                 self.failed.insert(name, ifindex);
             }
+        }
+        self.sync_redirect_ports();
+    }
+
+    fn sync_redirect_ports(&mut self) {
+        let ifindexes = match self.config.redirect_devices.present() {
+            Ok(present) => present.into_values().collect(),
+            Err(err) => return error!("{err}"),
+        };
+        if let Err(err) = self.maps.set_redirect_ports(&ifindexes) {
+            error!("cannot update the XDP redirect devices: {err}");
         }
     }
 }

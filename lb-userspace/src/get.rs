@@ -165,10 +165,12 @@ pub fn format_endpoints(maps: &DatapathMaps) -> anyhow::Result<String> {
     Ok(table(["NAMESPACE", "NAME", "PORT", "ENDPOINT", "READY", "SERVING", "TERMINATING", "TARGET"], &rows))
 }
 
-pub fn format_counters(counters: &[(lb_common::Reason, u64, u64)]) -> String {
+/// Packets per verdict reason, then how the rewritten ones left XDP.
+pub fn format_counters(counters: &[(lb_common::Reason, u64, u64)], fast_path: &[(lb_common::FastPath, u64)]) -> String {
     let rows: Vec<[String; 3]> =
         counters.iter().map(|(r, xdp, tc)| [r.name().to_owned(), xdp.to_string(), tc.to_string()]).collect();
-    table(["REASON", "XDP", "TC-EGRESS"], &rows)
+    let fast_rows: Vec<[String; 2]> = fast_path.iter().map(|(f, n)| [f.name().to_owned(), n.to_string()]).collect();
+    format!("{}\n{}", table(["REASON", "XDP", "TC-EGRESS"], &rows), table(["SENT-BY", "XDP"], &fast_rows))
 }
 
 /// Left-aligned columns separated by three spaces, like kubectl.

@@ -24,6 +24,10 @@ impl InterfacePatterns {
             .map(Self)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, ifname: &str) -> bool {
         self.0.iter().any(|p| p.matches(ifname))
     }

@@ -56,6 +56,12 @@ struct RunArgs {
     pod_devices: Vec<String>,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     xdp_mode: XdpModeArg,
+    /// Devices whose receiving side takes frames sent from XDP (repeatable):
+    /// rewritten packets routed out of them skip the kernel's stack
+    /// (bpf_fib_lookup + XDP_TX/XDP_REDIRECT). Physical NICs with native
+    /// XDP do; a veth only when its peer runs XDP.
+    #[arg(long = "xdp-redirect-device", value_name = "PATTERN")]
+    redirect_devices: Vec<String>,
     /// Where the maps are pinned; two agents on one host need two directories.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpf_dir: PathBuf,
@@ -104,7 +110,10 @@ fn main() -> anyhow::Result<()> {
             let out = match what {
                 GetWhat::Services => get::format_services(&get::programmed_services(&maps)?),
                 GetWhat::Endpoints => get::format_endpoints(&maps)?,
-                GetWhat::Counters => get::format_counters(&maps.counters().context("reading counters")?),
+                GetWhat::Counters => get::format_counters(
+                    &maps.counters().context("reading counters")?,
+                    &maps.fast_path_counters().context("reading fast path counters")?,
+                ),
             };
             print!("{out}");
             Ok(())
@@ -134,6 +143,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         node_name: args.node_name,
         interfaces: InterfacePatterns::new(patterns)?,
         node_devices: InterfacePatterns::new(args.devices.iter().map(String::as_str))?,
+        redirect_devices: InterfacePatterns::new(args.redirect_devices.iter().map(String::as_str))?,
         xdp_mode: match args.xdp_mode {
             XdpModeArg::Auto => XdpAttachMode::Auto,
             XdpModeArg::Native => XdpAttachMode::Native,

@@ -7,6 +7,7 @@ pub mod client;
 pub mod kubia;
 pub mod netns;
 pub mod topology;
+pub mod xdp_pass;
 
 use std::path::PathBuf;
 

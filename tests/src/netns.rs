@@ -68,6 +68,15 @@ impl Netns {
         checked(self.command(argv[0]).args(&argv[1..]))
     }
 
+    /// Makes `ifname` send frames with complete checksums, as frames from a
+    /// physical NIC always are: a veth otherwise hands on locally sent TCP
+    /// and UDP with only the pseudo-header summed (checksum offload), which
+    /// the kernel completes later but a frame forwarded from XDP keeps.
+    pub fn send_complete_checksums(&self, ifname: &str) -> anyhow::Result<()> {
+        self.exec(&["ethtool", "-K", ifname, "tx", "off"])?;
+        Ok(())
+    }
+
     /// Starts a process in the namespace; it is killed when the guard drops.
     pub fn spawn(&self, cmd: &mut Command) -> anyhow::Result<ChildGuard> {
         let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;

@@ -138,6 +138,7 @@ impl Pod {
 pub struct Fabric {
     pub ns: Netns,
     ports: std::cell::Cell<u32>,
+    xdp_links: std::cell::RefCell<Vec<std::os::fd::OwnedFd>>,
 }
 
 impl Fabric {
@@ -145,7 +146,7 @@ impl Fabric {
         let ns = Netns::create("f")?;
         ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         ns.exec(&["ip", "link", "set", "br0", "up"])?;
-        Ok(Self { ns, ports: std::cell::Cell::new(0) })
+        Ok(Self { ns, ports: std::cell::Cell::new(0), xdp_links: Default::default() })
     }
 
     /// A veth from the bridge to `ns`, named `ifname` there, holding `ip`/24.
@@ -155,6 +156,16 @@ impl Fabric {
         self.ns.exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
         ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname])?;
         ns.exec(&["ip", "link", "set", ifname, "up"])?;
+        Ok(())
+    }
+
+    /// Lets every port of the bridge take frames that nodes send from XDP
+    /// (see [`crate::xdp_pass`]).
+    pub fn accept_xdp_frames(&self) -> anyhow::Result<()> {
+        for port in 0..self.ports.get() {
+            let link = crate::xdp_pass::attach(&self.ns, &format!("p{port}"))?;
+            self.xdp_links.borrow_mut().push(link);
+        }
         Ok(())
     }
 

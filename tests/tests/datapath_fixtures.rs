@@ -40,7 +40,7 @@ struct ScratchDatapath {
 impl ScratchDatapath {
     fn load() -> Self {
         let dir = std::path::PathBuf::from("/sys/fs/bpf").join(unique_name("f"));
-        let (datapath, maps, _) = Datapath::load(&dir, XdpAttachMode::Auto, false).expect("load the datapath");
+        let (datapath, maps, _) = Datapath::load(&dir, XdpAttachMode::Auto, false, false).expect("load the datapath");
         Self { datapath, maps, dir }
     }
 }

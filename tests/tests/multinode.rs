@@ -25,14 +25,28 @@ struct Cluster {
     /// A pod on node A that only ever acts as a client.
     client_pod: Pod,
     external: Netns,
-    _agents: Vec<AgentProcess>,
+    /// Node A's agent, then node B's.
+    agents: Vec<AgentProcess>,
     /// kubia-a on node A, kubia-b on node B.
     _pods: [Pod; 2],
     _nodes: [Node; 2],
     _fabric: Fabric,
 }
 
+/// How nodes send what they forward to each other.
+#[derive(Clone, Copy, PartialEq)]
+enum Forwarding {
+    /// XDP_PASS to the kernel's routing.
+    Stack,
+    /// XDP_TX/XDP_REDIRECT onto the fabric, whose ports take XDP frames.
+    XdpFastPath,
+}
+
 fn cluster(policy: &str) -> Cluster {
+    cluster_forwarding(policy, Forwarding::Stack)
+}
+
+fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
     let fabric = Fabric::new().unwrap();
     let nodes = [Node::new().unwrap(), Node::new().unwrap()];
     fabric.join(&nodes[0], "fabric", NODE_A).unwrap();
@@ -45,6 +59,17 @@ fn cluster(policy: &str) -> Cluster {
     b.serve(8080, 5353).unwrap();
     let client_pod = nodes[0].add_pod("client", Ipv4Addr::new(10, 244, 1, 100)).unwrap();
     let external = fabric.add_client(CLIENT, NODE_A).unwrap();
+    let mut args = vec!["--device", "fabric", "--pod-device", "h-*"];
+    if forwarding == Forwarding::XdpFastPath {
+        fabric.accept_xdp_frames().unwrap();
+        for ns in nodes.iter().map(|n| (&n.ns, "fabric")).chain([(&external, "eth0")]) {
+            ns.0.send_complete_checksums(ns.1).unwrap();
+        }
+        for pod in [&a, &b, &client_pod] {
+            pod.ns.send_complete_checksums("eth0").unwrap();
+        }
+        args.extend(["--xdp-redirect-device", "fabric"]);
+    }
 
     // The same manifests on both nodes, pods placed by spec.nodeName.
     let service = format!(
@@ -58,13 +83,12 @@ fn cluster(policy: &str) -> Cluster {
         .iter()
         .map(|node| {
             let manifests = [("svc.yaml", service.as_str()), ("pods.yaml", pods.as_str())];
-            let agent =
-                AgentProcess::start_with(node, &manifests, &["--device", "fabric", "--pod-device", "h-*"]).unwrap();
+            let agent = AgentProcess::start_with(node, &manifests, &args).unwrap();
             agent.wait_for_services(TIMEOUT, |s| s.contains("30123") && s.matches(":8080").count() >= 1).unwrap();
             agent
         })
         .collect();
-    Cluster { client_pod, external, _agents: agents, _pods: [a, b], _nodes: nodes, _fabric: fabric }
+    Cluster { client_pod, external, agents, _pods: [a, b], _nodes: nodes, _fabric: fabric }
 }
 
 /// Which pod answered, and which client address it saw.
@@ -120,4 +144,29 @@ fn pods_reach_backends_on_the_other_node_through_the_cluster_ip() {
     let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
     let me = c.client_pod.ip.to_string();
     assert_eq!(got, [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into());
+}
+
+/// With `--xdp-redirect-device`, what node A forwards over the fabric
+/// leaves from XDP: a node port request for node B's backend and its
+/// translated reply go back out of the device they came in on (XDP_TX), a
+/// pod's request to node B's backend is redirected from the pod's veth to
+/// the fabric (XDP_REDIRECT). Packets for node A's own pods still go
+/// through the kernel, whose pod veths are not enabled. Every request is
+/// answered, by both nodes, with the same addresses as without the fast path.
+#[test]
+fn cluster_policy_forwards_over_the_fabric_from_xdp() {
+    require_root();
+    let c = cluster_forwarding("", Forwarding::XdpFastPath);
+    let node_a = &c.agents[0];
+    let via_a = answers(&c.external, SocketAddrV4::new(NODE_A, 30123), 30);
+    let want: BTreeSet<(String, String)> =
+        [("kubia-a".into(), CLIENT.to_string()), ("kubia-b".into(), NODE_A.to_string())].into();
+    assert_eq!(via_a, want);
+    assert!(node_a.xdp_counter("tx").unwrap() > 0, "{}", node_a.get("counters").unwrap());
+    assert!(node_a.xdp_counter("stack_device_not_enabled").unwrap() > 0, "{}", node_a.get("counters").unwrap());
+
+    let me = c.client_pod.ip.to_string();
+    let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
+    assert_eq!(got, [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into());
+    assert!(node_a.xdp_counter("redirect").unwrap() > 0, "{}", node_a.get("counters").unwrap());
 }

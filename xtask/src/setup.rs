@@ -13,7 +13,8 @@ use anyhow::{Context as _, bail};
 use crate::checked;
 
 /// Commands the tests and the demo call, and the Debian package of each.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("nsenter", "util-linux"), ("curl", "curl")];
+const DEBIAN_PACKAGES: &[(&str, &str)] =
+    &[("ip", "iproute2"), ("nsenter", "util-linux"), ("curl", "curl"), ("ethtool", "ethtool")];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;

@@ -26,6 +26,8 @@ static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 const XDP_PROGRAM: &str = "lb_xdp";
 const XDP_NODE_PROGRAM: &str = "lb_xdp_node";
 const TC_PROGRAM: &str = "lb_tc_egress";
+/// The load-time switch of the XDP fast path (lb-ebpf's `LB_FAST_PATH`).
+const FAST_PATH_GLOBAL: &str = "LB_FAST_PATH";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
@@ -107,11 +109,13 @@ impl Datapath {
     /// Loads the programs, creating or reusing the maps pinned in `bpf_dir`.
     /// With `debug_log`, the programs log every verdict through aya-log
     /// (read them with the returned logger); without it the log statements
-    /// are dead code the verifier removes.
+    /// are dead code the verifier removes. Likewise `fast_path` keeps or
+    /// removes the FIB lookup after each rewrite.
     pub fn load(
         bpf_dir: &Path,
         mode: XdpAttachMode,
         debug_log: bool,
+        fast_path: bool,
     ) -> Result<(Self, DatapathMaps, Option<DatapathLogger>), LoaderError> {
         if DATAPATH_OBJECT.is_empty() {
             return Err(LoaderError::NoObject);
@@ -121,6 +125,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(bpf_dir)
             .override_global(aya_log::LEVEL, &log_level, false)
+            .override_global(FAST_PATH_GLOBAL, &u8::from(fast_path), true)
             .load(DATAPATH_OBJECT)
             .map_err(|source| LoaderError::Load { bpf_dir: bpf_dir.to_owned(), source: Box::new(source) })?;
         let program_err = |name| move |source| LoaderError::Program { name, source };

@@ -1,12 +1,15 @@
 //! Typed handles on the datapath's maps, from a freshly loaded object or
 //! from the pins another process left under the bpf directory.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, EndpointKey, EndpointMeta,
-    Frontend, FrontendKey, IPPROTO_UDP, Reason, ServiceMeta, SourceRange, map_names,
+    FastPath, Frontend, FrontendKey, IPPROTO_UDP, Reason, ServiceMeta, SourceRange, map_names,
 };
 
 use crate::reconcile::{MapOp, Programmed};
@@ -32,6 +35,8 @@ pub struct DatapathMaps {
     pub vips: HashMap<MapData, u32, u32>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointMeta>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
+    pub redirect_ports: HashMap<MapData, u32, u32>,
+    pub fast_path_counters: PerCpuArray<MapData, u64>,
 }
 
 impl DatapathMaps {
@@ -60,6 +65,8 @@ impl DatapathMaps {
             vips: typed(&mut open, map_names::VIPS)?,
             endpoints: typed(&mut open, map_names::ENDPOINTS)?,
             source_ranges: typed(&mut open, map_names::SOURCE_RANGES)?,
+            redirect_ports: typed(&mut open, map_names::REDIRECT_PORTS)?,
+            fast_path_counters: typed(&mut open, map_names::FAST_PATH_COUNTERS)?,
         })
     }
 }
@@ -152,9 +159,30 @@ impl DatapathMaps {
 
     /// Packets per reason, summed over CPUs: (XDP, TC egress) per reason.
     pub fn counters(&self) -> Result<Vec<(Reason, u64, u64)>, MapError> {
-        let total = |index: u32| -> Result<u64, MapError> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
+        let total = |index: u32| sum_per_cpu(&self.counters, index);
         Reason::ALL.iter().map(|r| Ok((*r, total(*r as u32)?, total(Reason::COUNT + *r as u32)?))).collect()
     }
+
+    /// Rewritten packets per way out of XDP, summed over CPUs.
+    pub fn fast_path_counters(&self) -> Result<Vec<(FastPath, u64)>, MapError> {
+        FastPath::ALL.iter().map(|f| Ok((*f, sum_per_cpu(&self.fast_path_counters, *f as u32)?))).collect()
+    }
+
+    /// Makes `ifindexes` exactly the devices XDP may send frames to.
+    pub fn set_redirect_ports(&mut self, ifindexes: &BTreeSet<u32>) -> Result<(), MapError> {
+        let present: BTreeSet<u32> = self.redirect_ports.keys().collect::<Result<_, _>>()?;
+        for gone in present.difference(ifindexes) {
+            self.redirect_ports.remove(gone)?;
+        }
+        for new in ifindexes.difference(&present) {
+            self.redirect_ports.insert(new, 1, 0)?;
+        }
+        Ok(())
+    }
+}
+
+fn sum_per_cpu(array: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64, MapError> {
+    Ok(array.get(&index, 0)?.iter().sum())
 }
 
 /// The trie key of a frontend's client network: all 32 bits of the svc_id,

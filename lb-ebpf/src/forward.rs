@@ -1,0 +1,236 @@
+//! The fast path after a rewrite (DESIGN.md §3, step 5). When the kernel's
+//! FIB knows the next hop and its device takes XDP frames, the frame leaves
+//! from XDP: XDP_TX back out of the device it came in on, XDP_REDIRECT out
+//! of another. In every other case it is passed to the kernel's routing,
+//! which is always correct, with its Ethernet header untouched.
+//!
+//! The FIB and the set of enabled devices sit behind [`Fib`] so that the
+//! choice has host tests.
+
+use crate::{
+    checksum,
+    parse::{IP_CHECK, IP_OFFSET, Packet},
+};
+use lb_common::FastPath;
+
+/// Offset of the IPv4 TTL (followed by the protocol byte: one 16-bit word).
+const IP_TTL: usize = 8;
+const IP_TOT_LEN: usize = 2;
+const IP_TOS: usize = 1;
+const ETH_ALEN: usize = 6;
+
+/// What the FIB is asked: the packet as rewritten.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibQuery {
+    /// Addresses and ports in network byte order.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tos: u8,
+    /// IPv4 total length in host order, for the FIB's MTU check.
+    pub tot_len: u16,
+}
+
+impl FibQuery {
+    /// # Safety
+    /// `pkt` must come from `parse` over a packet that is still valid.
+    #[inline(always)]
+    pub unsafe fn of(pkt: &Packet) -> Self {
+        let flow = pkt.flow();
+        // SAFETY: inside the IPv4 header `parse` checked.
+        let (tos, tot_len) = unsafe { (pkt.read::<u8>(IP_OFFSET + IP_TOS), pkt.read::<u16>(IP_OFFSET + IP_TOT_LEN)) };
+        Self {
+            saddr: flow.saddr,
+            daddr: flow.daddr,
+            sport: flow.sport,
+            dport: flow.dport,
+            proto: flow.proto,
+            tos,
+            tot_len: u16::from_be(tot_len),
+        }
+    }
+}
+
+/// The device to send on and the Ethernet addresses to send with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; ETH_ALEN],
+    pub dmac: [u8; ETH_ALEN],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FibAnswer {
+    Forward(NextHop),
+    /// A route, but no neighbour entry for its next hop yet.
+    NoNeighbour,
+    /// Anything the kernel must handle itself: a local destination, no
+    /// route, forwarding disabled, a frame larger than the MTU.
+    NotForwarded,
+}
+
+/// The kernel's forwarding state as the fast path sees it.
+pub trait Fib {
+    fn lookup(&self, ingress_ifindex: u32, query: &FibQuery) -> FibAnswer;
+    /// Does the receiving side of `ifindex` take frames sent from XDP? (A
+    /// veth drops them unless its peer runs XDP or GRO.)
+    fn takes_xdp_frames(&self, ifindex: u32) -> bool;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Tx(NextHop),
+    Redirect(NextHop),
+    Stack(FastPath),
+}
+
+impl Step {
+    #[inline(always)]
+    pub fn counter(&self) -> FastPath {
+        match *self {
+            Step::Tx(_) => FastPath::Tx,
+            Step::Redirect(_) => FastPath::Redirect,
+            Step::Stack(reason) => reason,
+        }
+    }
+}
+
+/// Where a rewritten packet that arrived on `ingress_ifindex` with `ttl`
+/// goes next.
+#[inline(always)]
+pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> Step {
+    if ttl <= 1 {
+        return Step::Stack(FastPath::StackTtlExpired);
+    }
+    match fib.lookup(ingress_ifindex, query) {
+        FibAnswer::NoNeighbour => Step::Stack(FastPath::StackNoNeighbour),
+        FibAnswer::NotForwarded => Step::Stack(FastPath::StackNotForwarded),
+        FibAnswer::Forward(hop) if !fib.takes_xdp_frames(hop.ifindex) => Step::Stack(FastPath::StackDeviceNotEnabled),
+        FibAnswer::Forward(hop) if hop.ifindex == ingress_ifindex => Step::Tx(hop),
+        FibAnswer::Forward(hop) => Step::Redirect(hop),
+    }
+}
+
+/// The packet's TTL.
+///
+/// # Safety
+/// As for [`FibQuery::of`].
+#[inline(always)]
+pub unsafe fn ttl(pkt: &Packet) -> u8 {
+    // SAFETY: inside the IPv4 header `parse` checked.
+    unsafe { pkt.read(IP_OFFSET + IP_TTL) }
+}
+
+/// Does what the kernel's forwarding would have done to the frame between
+/// `data` and `data_end`: new Ethernet addresses and the TTL decremented,
+/// with the IPv4 checksum updated. Writes nothing and returns false when the
+/// frame is shorter than its headers (the bounds are checked again because
+/// helper calls invalidate earlier checks).
+///
+/// # Safety
+/// `data..data_end` must be the context's writable frame.
+#[inline(always)]
+pub unsafe fn write_next_hop(data: usize, data_end: usize, hop: &NextHop) -> bool {
+    if data + IP_OFFSET + IP_CHECK + 2 > data_end {
+        return false;
+    }
+    let pkt = Packet { data, proto: 0 };
+    // SAFETY: the Ethernet header and the IPv4 header up to its checksum
+    // are inside the frame (checked above).
+    unsafe {
+        pkt.write(0, hop.dmac);
+        pkt.write(ETH_ALEN, hop.smac);
+        let old: u16 = pkt.read(IP_OFFSET + IP_TTL);
+        let [ttl, proto] = old.to_ne_bytes();
+        let new = u16::from_ne_bytes([ttl.wrapping_sub(1), proto]);
+        let check: u16 = pkt.read(IP_OFFSET + IP_CHECK);
+        pkt.write(IP_OFFSET + IP_TTL, new);
+        pkt.write(IP_OFFSET + IP_CHECK, checksum::update_word(check, old, new));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        packet_builder::PacketBuilder,
+        parse::{Frame, parse},
+    };
+    use lb_common::IPPROTO_TCP;
+
+    const INGRESS: u32 = 2;
+    const OTHER: u32 = 7;
+
+    struct FakeFib {
+        answer: FibAnswer,
+        enabled: &'static [u32],
+    }
+
+    impl Fib for FakeFib {
+        fn lookup(&self, _ingress_ifindex: u32, _query: &FibQuery) -> FibAnswer {
+            self.answer
+        }
+        fn takes_xdp_frames(&self, ifindex: u32) -> bool {
+            self.enabled.contains(&ifindex)
+        }
+    }
+
+    fn hop(ifindex: u32) -> NextHop {
+        NextHop { ifindex, smac: [2, 0, 0, 0, 0, 1], dmac: [2, 0, 0, 0, 0, 2] }
+    }
+
+    #[test]
+    fn chooses_tx_redirect_or_the_stack() {
+        let q = FibQuery::default();
+        let cases = [
+            ("same device, enabled", FibAnswer::Forward(hop(INGRESS)), &[INGRESS][..], 64, Step::Tx(hop(INGRESS))),
+            ("other device, enabled", FibAnswer::Forward(hop(OTHER)), &[OTHER][..], 64, Step::Redirect(hop(OTHER))),
+            (
+                "other device, not enabled",
+                FibAnswer::Forward(hop(OTHER)),
+                &[INGRESS][..],
+                64,
+                Step::Stack(FastPath::StackDeviceNotEnabled),
+            ),
+            ("no neighbour", FibAnswer::NoNeighbour, &[INGRESS][..], 64, Step::Stack(FastPath::StackNoNeighbour)),
+            (
+                "local or no route",
+                FibAnswer::NotForwarded,
+                &[INGRESS][..],
+                64,
+                Step::Stack(FastPath::StackNotForwarded),
+            ),
+            ("ttl 1", FibAnswer::Forward(hop(INGRESS)), &[INGRESS][..], 1, Step::Stack(FastPath::StackTtlExpired)),
+        ];
+        for (what, answer, enabled, ttl, want) in cases {
+            assert_eq!(next_step(&FakeFib { answer, enabled }, INGRESS, ttl, &q), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn next_hop_rewrites_macs_and_ttl_with_a_valid_checksum() {
+        let mut frame = PacketBuilder::new(IPPROTO_TCP, [10, 0, 0, 1], 40000, [10, 96, 0, 10], 80).build();
+        let range = frame.as_mut_ptr() as usize..frame.as_mut_ptr() as usize + frame.len();
+        let pkt = parse(range.start, range.end, Frame::Linear).unwrap();
+        // SAFETY: `frame` is alive and writable.
+        let (query, ttl_before) = unsafe { (FibQuery::of(&pkt), ttl(&pkt)) };
+        assert_eq!((query.proto, query.tot_len as usize), (IPPROTO_TCP, frame.len() - IP_OFFSET));
+        // SAFETY: as above.
+        assert!(unsafe { write_next_hop(range.start, range.end, &hop(OTHER)) });
+        assert_eq!(&frame[..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+        assert_eq!(frame[IP_OFFSET + IP_TTL], ttl_before - 1);
+        assert_eq!(checksum::compute(&frame[IP_OFFSET..IP_OFFSET + 20], 0), 0, "IPv4 checksum");
+    }
+
+    #[test]
+    fn next_hop_leaves_a_short_frame_alone() {
+        let mut frame = [0u8; IP_OFFSET + IP_CHECK + 1];
+        let start = frame.as_mut_ptr() as usize;
+        // SAFETY: `frame` is alive and writable.
+        assert!(!unsafe { write_next_hop(start, start + frame.len(), &hop(OTHER)) });
+        assert_eq!(frame, [0u8; IP_OFFSET + IP_CHECK + 1]);
+    }
+}
