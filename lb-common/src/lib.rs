@@ -25,6 +25,39 @@ pub mod wire {
     }
 }
 
+/// Hashes shared by the datapath (flow -> Maglev entry) and the agent
+/// (backend -> Maglev permutation): fixed functions with a fixed seed, so
+/// that every node makes the same choices.
+pub mod hash {
+    /// The seed of every hash below; the same on every node.
+    pub const SEED: u64 = 0x6c62_2d6d_6167_6c65;
+
+    /// A 64-bit finaliser (splitmix64): every input bit affects every
+    /// output bit.
+    #[inline(always)]
+    pub const fn mix64(mut x: u64) -> u64 {
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    /// The hash of a flow's 5-tuple, fields as the maps hold them (network
+    /// byte order).
+    #[inline(always)]
+    pub const fn flow(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u64 {
+        let addrs = (saddr as u64) << 32 | daddr as u64;
+        let ports = (sport as u64) << 32 | (dport as u64) << 16 | proto as u64;
+        mix64(addrs ^ mix64(ports ^ SEED))
+    }
+
+    /// The two hashes of a backend (address and port as the maps hold
+    /// them) that place it in a Maglev table: its offset and its skip.
+    pub const fn backend(addr: u32, port: u16) -> (u64, u64) {
+        let key = (addr as u64) << 16 | port as u64;
+        (mix64(key ^ SEED), mix64(key ^ mix64(SEED)))
+    }
+}
+
 /// Map names, shared so that the agent and `lb-agent get` name the same pins.
 pub mod map_names {
     pub const FRONTENDS: &str = "LB_FRONTENDS";
