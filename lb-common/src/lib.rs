@@ -72,6 +72,8 @@ pub mod map_names {
     pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
     pub const REDIRECT_PORTS: &str = "LB_REDIRECT_PORTS";
     pub const FAST_PATH_COUNTERS: &str = "LB_FAST_PATH_COUNTERS";
+    pub const MAGLEV: &str = "LB_MAGLEV";
+    pub const CT_STATS: &str = "LB_CT_STATS";
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
@@ -83,6 +85,9 @@ pub const MAX_AFFINITY: u32 = 65_536;
 pub const MAX_ENDPOINTS: u32 = 262_144;
 pub const MAX_SOURCE_RANGES: u32 = 65_536;
 pub const MAX_REDIRECT_PORTS: u32 = 1_024;
+/// Default room for Maglev tables, in entries (2 bytes each): 32 MiB, e.g.
+/// 16 000 frontends of 10 backends (1 009 entries each).
+pub const MAX_MAGLEV_ENTRIES: u32 = 1 << 24;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -112,8 +117,18 @@ pub struct Frontend {
     pub backend_count: u16,
     /// `FRONTEND_FLAG_*` bits.
     pub flags: u16,
+    /// The frontend's Maglev table: entries `maglev_offset..+maglev_size`
+    /// of `LB_MAGLEV`, each a slot. Size 0: backends are picked at random.
+    pub maglev_offset: u32,
+    pub maglev_size: u32,
 }
-const _: () = assert!(core::mem::size_of::<Frontend>() == 12);
+const _: () = assert!(core::mem::size_of::<Frontend>() == 20);
+
+/// Maglev entries (backend slots) per `LB_MAGLEV` element: the array packs
+/// them, as each array element takes at least 8 bytes.
+pub const MAGLEV_ENTRIES_PER_ELEMENT: u32 = 4;
+/// One `LB_MAGLEV` element.
+pub type MaglevElement = [u16; MAGLEV_ENTRIES_PER_ELEMENT as usize];
 
 /// The frontend answers traffic arriving on the node's devices too (node
 /// ports, external and load-balancer IPs); without it only pods reach it,
@@ -239,11 +254,73 @@ pub struct CtEntry {
     /// (network byte order).
     pub other_addr: u32,
     pub other_port: u16,
-    pub _pad: [u8; 6],
-    /// `bpf_ktime_get_ns()` when the entry was created.
+    /// `CT_STATE_*`, from the packets of this entry's direction.
+    pub state: u8,
+    pub _pad: [u8; 5],
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC) when the entry was created.
     pub created_ns: u64,
+    /// The same clock when a packet last refreshed the entry (at most
+    /// [`CT_REFRESH_NS`] behind the last packet).
+    pub last_seen_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 40);
+
+/// Indexes of the per-CPU `LB_CT_STATS` array.
+pub mod ct_stats {
+    /// Conntrack entries the datapath wrote for new flows (two per flow).
+    pub const CREATED: u32 = 0;
+    /// Entries the agent removed (expired, flushed); written by the agent.
+    pub const REMOVED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// TCP: a SYN was seen, nothing answered it yet.
+pub const CT_STATE_SYN: u8 = 0;
+/// TCP past the handshake; UDP always.
+pub const CT_STATE_ESTABLISHED: u8 = 1;
+/// TCP: a FIN or RST was seen in this direction.
+pub const CT_STATE_CLOSING: u8 = 2;
+
+/// `last_seen_ns` is rewritten at most this often per entry (and on state
+/// changes): a write per packet would bounce the cache line between CPUs.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Idle time after which a conntrack entry is expired, per protocol and
+/// TCP state. A load-time constant of the programs; the agent's sweep uses
+/// the same values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_syn_s: u32,
+    pub tcp_established_s: u32,
+    pub tcp_closing_s: u32,
+    pub udp_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtTimeouts>() == 16);
+
+impl CtTimeouts {
+    /// Cilium's defaults: 60 s for a handshake, 6 h established, 10 s
+    /// closing, 60 s for UDP.
+    pub const DEFAULT: CtTimeouts =
+        CtTimeouts { tcp_syn_s: 60, tcp_established_s: 21_600, tcp_closing_s: 10, udp_s: 60 };
+
+    #[inline(always)]
+    pub const fn timeout_ns(&self, proto: u8, state: u8) -> u64 {
+        let s = match (proto, state) {
+            (IPPROTO_TCP, CT_STATE_SYN) => self.tcp_syn_s,
+            (IPPROTO_TCP, CT_STATE_CLOSING) => self.tcp_closing_s,
+            (IPPROTO_TCP, _) => self.tcp_established_s,
+            _ => self.udp_s,
+        };
+        s as u64 * 1_000_000_000
+    }
+
+    /// Has `entry` (of a flow of protocol `proto`) been idle too long at `now_ns`?
+    #[inline(always)]
+    pub const fn expired(&self, proto: u8, entry: &CtEntry, now_ns: u64) -> bool {
+        now_ns.saturating_sub(entry.last_seen_ns) > self.timeout_ns(proto, entry.state)
+    }
+}
 
 /// Service types as `ServiceMeta` records them for `lb-agent get services`.
 pub const SVC_TYPE_CLUSTER_IP: u8 = 0;
@@ -541,6 +618,7 @@ mod pod {
     unsafe impl aya::Pod for EndpointMeta {}
     unsafe impl aya::Pod for SourceRange {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for CtTimeouts {}
     unsafe impl aya::Pod for ServiceMeta {}
 }
 

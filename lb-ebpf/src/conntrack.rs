@@ -2,8 +2,47 @@
 //! the one LRU map: the client's 5-tuple (rewrite the destination to the
 //! backend) and the backend's reply 5-tuple (rewrite the source back to the
 //! frontend). Both directions are thus one lookup on any hook.
+//!
+//! Each entry follows the TCP state of its own direction's packets (SYN,
+//! established, closing), which decides its idle timeout (`CtTimeouts`).
 
-use lb_common::{Backend, CT_FLAG_REWRITE_OTHER, CT_FORWARD, CT_REPLY, CtEntry, CtKey};
+use lb_common::{
+    Backend, CT_FLAG_REWRITE_OTHER, CT_FORWARD, CT_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN,
+    CtEntry, CtKey, IPPROTO_TCP,
+};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP segment that opens a connection (SYN without ACK).
+#[inline(always)]
+pub fn is_opening(proto: u8, tcp_flags: u8) -> bool {
+    proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// The state of a new flow's entries, from its first packet: a flow that
+/// starts mid-connection (its entries expired or were evicted) is taken as
+/// established.
+#[inline(always)]
+pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
+    if is_opening(proto, tcp_flags) { CT_STATE_SYN } else { next_state(proto, CT_STATE_ESTABLISHED, tcp_flags) }
+}
+
+/// The state after a packet of the entry's own direction.
+#[inline(always)]
+pub fn next_state(proto: u8, state: u8, tcp_flags: u8) -> u8 {
+    if proto != IPPROTO_TCP {
+        CT_STATE_ESTABLISHED
+    } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 || state == CT_STATE_CLOSING {
+        CT_STATE_CLOSING
+    } else if tcp_flags & TCP_ACK != 0 {
+        CT_STATE_ESTABLISHED
+    } else {
+        state
+    }
+}
 
 /// How a new flow is translated: to `backend`, and seen by it as coming
 /// from `source` when that is not the client itself (hairpin, SNAT).
@@ -36,7 +75,7 @@ pub fn reply_key(flow: &CtKey, t: &Translation) -> CtKey {
 
 /// Rewrites `flow`'s destination to the backend (and its source to `t.source`).
 #[inline(always)]
-pub fn forward_entry(t: &Translation, svc_id: u32, now_ns: u64) -> CtEntry {
+pub fn forward_entry(t: &Translation, svc_id: u32, state: u8, now_ns: u64) -> CtEntry {
     let (other_addr, other_port) = t.source.unwrap_or((0, 0));
     CtEntry {
         nat_addr: t.backend.addr,
@@ -46,15 +85,17 @@ pub fn forward_entry(t: &Translation, svc_id: u32, now_ns: u64) -> CtEntry {
         svc_id,
         other_addr,
         other_port,
-        _pad: [0; 6],
+        state,
+        _pad: [0; 5],
         created_ns: now_ns,
+        last_seen_ns: now_ns,
     }
 }
 
 /// Rewrites the replies' source back to the frontend `flow` was sent to
 /// (and their destination back to the client).
 #[inline(always)]
-pub fn reply_entry(flow: &CtKey, t: &Translation, svc_id: u32, now_ns: u64) -> CtEntry {
+pub fn reply_entry(flow: &CtKey, t: &Translation, svc_id: u32, state: u8, now_ns: u64) -> CtEntry {
     CtEntry {
         nat_addr: flow.daddr,
         nat_port: flow.dport,
@@ -63,8 +104,10 @@ pub fn reply_entry(flow: &CtKey, t: &Translation, svc_id: u32, now_ns: u64) -> C
         svc_id,
         other_addr: flow.saddr,
         other_port: flow.sport,
-        _pad: [0; 6],
+        state,
+        _pad: [0; 5],
         created_ns: now_ns,
+        last_seen_ns: now_ns,
     }
 }
 
@@ -80,9 +123,9 @@ mod tests {
         let t = Translation { backend: BACKEND, source: None };
         let reply = reply_key(&FLOW, &t);
         assert_eq!((reply.saddr, reply.sport, reply.daddr, reply.dport), (9, 8, 1, 3));
-        let entry = reply_entry(&FLOW, &t, 7, 0);
+        let entry = reply_entry(&FLOW, &t, 7, CT_STATE_SYN, 0);
         assert_eq!((entry.nat_addr, entry.nat_port, entry.direction, entry.flags), (2, 4, CT_REPLY, 0));
-        let fwd = forward_entry(&t, 7, 0);
+        let fwd = forward_entry(&t, 7, CT_STATE_SYN, 0);
         assert_eq!((fwd.nat_addr, fwd.nat_port, fwd.direction, fwd.flags), (9, 8, CT_FORWARD, 0));
     }
 
@@ -92,10 +135,25 @@ mod tests {
         let t = Translation { backend: BACKEND, source: Some((5, 61000)) };
         let reply = reply_key(&FLOW, &t);
         assert_eq!((reply.saddr, reply.sport, reply.daddr, reply.dport), (9, 8, 5, 61000));
-        let fwd = forward_entry(&t, 7, 0);
+        let fwd = forward_entry(&t, 7, CT_STATE_SYN, 0);
         assert_eq!((fwd.flags, fwd.other_addr, fwd.other_port), (CT_FLAG_REWRITE_OTHER, 5, 61000));
-        let back = reply_entry(&FLOW, &t, 7, 0);
+        let back = reply_entry(&FLOW, &t, 7, CT_STATE_SYN, 0);
         assert_eq!((back.nat_addr, back.nat_port, back.other_addr, back.other_port), (2, 4, 1, 3));
         assert!(is_hairpin(&CtKey { saddr: 9, ..FLOW }, &BACKEND));
+    }
+
+    #[test]
+    fn tcp_entries_follow_their_direction_through_handshake_and_close() {
+        const T: u8 = IPPROTO_TCP;
+        assert_eq!(initial_state(T, TCP_SYN), CT_STATE_SYN);
+        assert_eq!(initial_state(T, TCP_ACK), CT_STATE_ESTABLISHED, "a flow picked up mid-connection");
+        assert_eq!(initial_state(T, TCP_ACK | TCP_FIN), CT_STATE_CLOSING);
+        assert_eq!(next_state(T, CT_STATE_SYN, TCP_SYN), CT_STATE_SYN, "a retransmitted SYN");
+        assert_eq!(next_state(T, CT_STATE_SYN, TCP_SYN | TCP_ACK), CT_STATE_ESTABLISHED, "the SYN-ACK");
+        assert_eq!(next_state(T, CT_STATE_ESTABLISHED, TCP_ACK | TCP_FIN), CT_STATE_CLOSING);
+        assert_eq!(next_state(T, CT_STATE_ESTABLISHED, TCP_RST), CT_STATE_CLOSING);
+        assert_eq!(next_state(T, CT_STATE_CLOSING, TCP_ACK), CT_STATE_CLOSING, "the last ACK");
+        assert_eq!(next_state(17, CT_STATE_SYN, 0), CT_STATE_ESTABLISHED, "UDP");
+        assert!(is_opening(T, TCP_SYN) && !is_opening(T, TCP_SYN | TCP_ACK) && !is_opening(17, TCP_SYN));
     }
 }

@@ -8,9 +8,9 @@ use crate::{
     nat::Side,
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FLAG_REWRITE_OTHER, CT_REPLY, CtEntry,
-    CtKey, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey,
-    Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FLAG_REWRITE_OTHER, CT_FORWARD,
+    CT_REFRESH_NS, CT_REPLY, CT_STATE_CLOSING, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL,
+    FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 /// A conntrack entry could not be written.
@@ -23,6 +23,11 @@ pub trait Tables {
     fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed>;
     /// Like `conntrack_insert`, but fails when `key` is already there.
     fn conntrack_insert_new(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed>;
+    /// Sets `key`'s state and last-seen time, if it is still there.
+    fn conntrack_refresh(&self, key: &CtKey, state: u8, now_ns: u64);
+    /// Counts `n` entries written for new flows.
+    fn conntrack_created(&self, n: u64);
+    fn ct_timeouts(&self) -> CtTimeouts;
     fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry>;
     fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry);
     /// Is `client` inside one of `svc_id`'s source ranges?
@@ -30,6 +35,8 @@ pub trait Tables {
     fn frontend(&self, key: &FrontendKey) -> Option<Frontend>;
     fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32>;
     fn backend(&self, id: u32) -> Option<Backend>;
+    /// Entry `index` of the Maglev tables: a backend slot.
+    fn maglev_slot(&self, index: u32) -> Option<u16>;
     fn random(&self) -> u32;
     fn now_ns(&self) -> u64;
 }
@@ -74,24 +81,85 @@ impl Verdict {
     }
 }
 
+/// The verdict for a packet of `flow` (`tcp_flags`: the TCP header's flags
+/// byte, 0 for UDP) arriving on `hook`.
 #[inline(always)]
-pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
-    if let Some(entry) = tables.conntrack(flow) {
-        let other = (entry.flags & CT_FLAG_REWRITE_OTHER != 0).then_some((entry.other_addr, entry.other_port));
-        let (reason, side) = if entry.direction == CT_REPLY {
-            (Reason::ReplyReverseNat, Side::Src)
-        } else {
-            (Reason::ForwardEstablished, Side::Dst)
-        };
-        // TC egress translates plain replies only; hairpinned and SNATed
-        // flows never reach a client without crossing XDP.
-        if hook != Hook::TcEgress || (side == Side::Src && other.is_none()) {
-            return Verdict::Rewrite { reason, side, addr: entry.nat_addr, port: entry.nat_port, other };
-        }
+pub fn decide<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict {
+    let now = tables.now_ns();
+    if let Some(entry) = tables.conntrack(flow)
+        && let Some(verdict) = established(flow, tcp_flags, &entry, tables, hook, now)
+    {
+        return verdict;
     }
     if hook == Hook::TcEgress {
         return Verdict::Pass(Reason::PassNoService);
     }
+    new_flow(flow, tcp_flags, tables, hook, now)
+}
+
+/// The verdict for a packet whose flow has a conntrack entry, or None when
+/// the entry no longer counts: expired (the agent's sweep removes it
+/// later), a new connection reusing a closed one's ports, or a translation
+/// TC egress does not do.
+#[inline(always)]
+fn established<T: Tables>(
+    flow: &CtKey,
+    tcp_flags: u8,
+    entry: &CtEntry,
+    tables: &T,
+    hook: Hook,
+    now: u64,
+) -> Option<Verdict> {
+    let reopened = entry.direction == CT_FORWARD
+        && entry.state == CT_STATE_CLOSING
+        && conntrack::is_opening(flow.proto, tcp_flags);
+    if reopened || tables.ct_timeouts().expired(flow.proto, entry, now) {
+        return None;
+    }
+    let state = conntrack::next_state(flow.proto, entry.state, tcp_flags);
+    if state != entry.state || now.wrapping_sub(entry.last_seen_ns) >= CT_REFRESH_NS {
+        tables.conntrack_refresh(flow, state, now);
+    }
+    if entry.direction == CT_FORWARD && hook != Hook::TcEgress {
+        restore_reply_entry(flow, entry, tables, now);
+    }
+    let other = (entry.flags & CT_FLAG_REWRITE_OTHER != 0).then_some((entry.other_addr, entry.other_port));
+    let (reason, side) = if entry.direction == CT_REPLY {
+        (Reason::ReplyReverseNat, Side::Src)
+    } else {
+        (Reason::ForwardEstablished, Side::Dst)
+    };
+    // TC egress translates plain replies only; hairpinned and SNATed flows
+    // never reach a client without crossing XDP.
+    (hook != Hook::TcEgress || (side == Side::Src && other.is_none())).then_some(Verdict::Rewrite {
+        reason,
+        side,
+        addr: entry.nat_addr,
+        port: entry.nat_port,
+        other,
+    })
+}
+
+/// Writes the reply entry of an established flow back if the LRU evicted it
+/// (the forward entry alone would deliver packets whose answers go back
+/// untranslated, and the client would reset the connection). Looking it up
+/// also marks it used, which keeps it from being evicted first.
+#[inline(always)]
+fn restore_reply_entry<T: Tables>(flow: &CtKey, entry: &CtEntry, tables: &T, now: u64) {
+    let backend = Backend { addr: entry.nat_addr, port: entry.nat_port, flags: 0 };
+    let source = (entry.flags & CT_FLAG_REWRITE_OTHER != 0).then_some((entry.other_addr, entry.other_port));
+    let t = Translation { backend, source };
+    let key = conntrack::reply_key(flow, &t);
+    if tables.conntrack(&key).is_none() {
+        // Losing this write loses only what the eviction already lost.
+        let _ = tables.conntrack_insert(&key, &conntrack::reply_entry(flow, &t, entry.svc_id, entry.state, now));
+    }
+}
+
+/// The verdict for the first packet of a flow: frontend, backend, the two
+/// conntrack entries.
+#[inline(always)]
+fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook, now: u64) -> Verdict {
     let frontend_key = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, _pad: 0 };
     let Some(frontend) = tables.frontend(&frontend_key) else {
         return Verdict::Pass(Reason::PassNoService);
@@ -111,7 +179,6 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
             Verdict::Reject
         };
     }
-    let now = tables.now_ns();
     let Some((backend_id, backend)) = select_backend(flow, &frontend, tables, now) else {
         return Verdict::Drop(Reason::DropBackendMissing);
     };
@@ -126,16 +193,21 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
         && frontend.flags & FRONTEND_FLAG_NODE_LOCAL == 0;
     let hairpin = conntrack::is_hairpin(flow, &backend);
     let mut t = Translation { backend, source: hairpin.then_some((flow.daddr, flow.sport)) };
+    let state = conntrack::initial_state(flow.proto, tcp_flags);
     // The reply entry goes in first: a forward entry without its reply
     // entry would deliver packets whose answers the client cannot match.
     let mut reply_written = Err(InsertFailed);
     if snat {
         // A free source port: the reply entry is written only if no other
         // flow of this backend uses the port yet.
+        // The first try is the flow's own port (its hash), so that a flow
+        // whose entries were evicted gets the same port back.
+        let mut pick = lb_common::hash::flow(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto) as u32;
         for _ in 0..SNAT_ATTEMPTS {
-            let port = SNAT_PORT_MIN + (tables.random() % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16;
+            let port = SNAT_PORT_MIN + (pick % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16;
+            pick = tables.random();
             t.source = Some((flow.daddr, port.to_be()));
-            let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, now);
+            let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, state, now);
             reply_written = tables.conntrack_insert_new(&conntrack::reply_key(flow, &t), &entry);
             if reply_written.is_ok() {
                 break;
@@ -145,14 +217,14 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
             return Verdict::Drop(Reason::DropSnatExhausted);
         }
     } else {
-        let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, now);
+        let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, state, now);
         reply_written = tables.conntrack_insert(&conntrack::reply_key(flow, &t), &entry);
     }
-    let written =
-        reply_written.and_then(|()| tables.conntrack_insert(flow, &conntrack::forward_entry(&t, frontend.svc_id, now)));
-    if written.is_err() {
+    let forward = conntrack::forward_entry(&t, frontend.svc_id, state, now);
+    if reply_written.and_then(|()| tables.conntrack_insert(flow, &forward)).is_err() {
         return Verdict::Drop(Reason::DropConntrackFull);
     }
+    tables.conntrack_created(2);
     Verdict::Rewrite {
         reason: Reason::ForwardNewFlow,
         side: Side::Dst,
@@ -165,7 +237,8 @@ pub fn decide<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
 /// How many random SNAT ports a new flow tries before it is dropped.
 const SNAT_ATTEMPTS: u32 = 4;
 
-/// The client's affinity backend while it is fresh, else a random slot.
+/// The client's affinity backend while it is fresh, else the slot the
+/// frontend's Maglev table gives the flow, else a random slot.
 /// The agent removes affinity entries whose backend left the service, so an
 /// entry that names an existing backend is still valid.
 #[inline(always)]
@@ -180,7 +253,13 @@ fn select_backend<T: Tables>(flow: &CtKey, frontend: &Frontend, tables: &T, now:
             return Some((entry.backend_id, backend));
         }
     }
-    let slot = tables.random() % u32::from(frontend.backend_count);
+    let slot = if frontend.maglev_size != 0 {
+        let hash = lb_common::hash::flow(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto);
+        let index = frontend.maglev_offset.wrapping_add((hash % u64::from(frontend.maglev_size)) as u32);
+        u32::from(tables.maglev_slot(index)?)
+    } else {
+        tables.random() % u32::from(frontend.backend_count)
+    };
     let id = tables.backend_slot(&BackendSlotKey { svc_id: frontend.svc_id, slot })?;
     Some((id, tables.backend(id)?))
 }
@@ -188,7 +267,8 @@ fn select_backend<T: Tables>(flow: &CtKey, frontend: &Frontend, tables: &T, now:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{CT_FORWARD, IPPROTO_TCP};
+    use crate::conntrack::{TCP_ACK, TCP_FIN, TCP_SYN};
+    use lb_common::{CT_STATE_ESTABLISHED, CT_STATE_SYN, IPPROTO_TCP, IPPROTO_UDP};
     use std::{
         cell::{Cell, RefCell},
         collections::HashMap,
@@ -204,7 +284,9 @@ mod tests {
         frontends: HashMap<FrontendKey, Frontend>,
         slots: HashMap<BackendSlotKey, u32>,
         backends: HashMap<u32, Backend>,
+        maglev: Vec<u16>,
         random: Cell<u32>,
+        created: Cell<u64>,
     }
 
     impl Tables for FakeTables {
@@ -224,6 +306,17 @@ mod tests {
             }
             self.conntrack_insert(key, entry)
         }
+        fn conntrack_refresh(&self, key: &CtKey, state: u8, now_ns: u64) {
+            if let Some(entry) = self.conntrack.borrow_mut().get_mut(key) {
+                (entry.state, entry.last_seen_ns) = (state, now_ns);
+            }
+        }
+        fn conntrack_created(&self, n: u64) {
+            self.created.set(self.created.get() + n);
+        }
+        fn ct_timeouts(&self) -> CtTimeouts {
+            CtTimeouts::DEFAULT
+        }
         fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry> {
             self.affinity.borrow().get(key).copied()
         }
@@ -241,6 +334,9 @@ mod tests {
         }
         fn backend(&self, id: u32) -> Option<Backend> {
             self.backends.get(&id).copied()
+        }
+        fn maglev_slot(&self, index: u32) -> Option<u16> {
+            self.maglev.get(index as usize).copied()
         }
         fn random(&self) -> u32 {
             self.random.get()
@@ -276,7 +372,7 @@ mod tests {
         let t = service(3);
         t.random.set(7); // 7 % 3 = slot 1
         let f = flow(CLIENT, VIP, 40000, 80);
-        let v = decide(&f, &t, Hook::Xdp);
+        let v = decide(&f, TCP_ACK, &t, Hook::Xdp);
         let backend = Backend { addr: 0x0af4_000b, port: 8080, flags: 0 };
         assert_eq!(
             v,
@@ -298,19 +394,19 @@ mod tests {
     fn established_flows_stay_on_their_backend_and_replies_come_from_the_vip() {
         let t = service(3);
         let f = flow(CLIENT, VIP, 40000, 80);
-        let Verdict::Rewrite { addr, .. } = decide(&f, &t, Hook::Xdp) else { panic!() };
+        let Verdict::Rewrite { addr, .. } = decide(&f, TCP_ACK, &t, Hook::Xdp) else { panic!() };
         for r in 0..10 {
             t.random.set(r);
             assert_eq!(
-                decide(&f, &t, Hook::Xdp),
+                decide(&f, TCP_ACK, &t, Hook::Xdp),
                 Verdict::Rewrite { reason: Reason::ForwardEstablished, side: Side::Dst, addr, port: 8080, other: None }
             );
         }
         let reply = flow(addr, CLIENT, 8080, 40000);
         let want =
             Verdict::Rewrite { reason: Reason::ReplyReverseNat, side: Side::Src, addr: VIP, port: 80, other: None };
-        assert_eq!(decide(&reply, &t, Hook::Xdp), want);
-        assert_eq!(decide(&reply, &t, Hook::TcEgress), want);
+        assert_eq!(decide(&reply, TCP_ACK, &t, Hook::Xdp), want);
+        assert_eq!(decide(&reply, TCP_ACK, &t, Hook::TcEgress), want);
     }
 
     fn backend_of(v: Verdict) -> u32 {
@@ -327,13 +423,13 @@ mod tests {
         let s = 1_000_000_000;
         t.now.set(100 * s);
         t.random.set(1);
-        let first = backend_of(decide(&flow(CLIENT, VIP, 1000, 80), &t, Hook::Xdp));
+        let first = backend_of(decide(&flow(CLIENT, VIP, 1000, 80), TCP_ACK, &t, Hook::Xdp));
         // New connections (new source ports) within the timeout stay, and
         // each one renews the affinity.
         for (i, port) in (1001..1010).enumerate() {
             t.random.set(i as u32 + 2);
             t.now.set((100 + 9 * (i as u64 + 1)) * s);
-            assert_eq!(backend_of(decide(&flow(CLIENT, VIP, port, 80), &t, Hook::Xdp)), first);
+            assert_eq!(backend_of(decide(&flow(CLIENT, VIP, port, 80), TCP_ACK, &t, Hook::Xdp)), first);
         }
         // Idle for longer than the timeout: a fresh random choice.
         t.now.set(t.now.get() + 11 * s);
@@ -341,7 +437,7 @@ mod tests {
             .map(|r| {
                 t.random.set(r);
                 t.affinity.borrow_mut().clear();
-                backend_of(decide(&flow(CLIENT, VIP, 2000 + r as u16, 80), &t, Hook::Xdp))
+                backend_of(decide(&flow(CLIENT, VIP, 2000 + r as u16, 80), TCP_ACK, &t, Hook::Xdp))
             })
             .collect();
         assert_eq!(chosen.len(), 3);
@@ -349,9 +445,9 @@ mod tests {
         t.affinity.borrow_mut().clear();
         t.now.set(500 * s);
         t.random.set(0);
-        let a = backend_of(decide(&flow(CLIENT, VIP, 3000, 80), &t, Hook::Xdp));
+        let a = backend_of(decide(&flow(CLIENT, VIP, 3000, 80), TCP_ACK, &t, Hook::Xdp));
         t.random.set(1);
-        let b = backend_of(decide(&flow(CLIENT + 1, VIP, 3000, 80), &t, Hook::Xdp));
+        let b = backend_of(decide(&flow(CLIENT + 1, VIP, 3000, 80), TCP_ACK, &t, Hook::Xdp));
         assert_ne!(a, b);
     }
 
@@ -363,7 +459,7 @@ mod tests {
             AffinityKey { client: CLIENT, svc_id: 1 },
             AffinityEntry { backend_id: 999, _pad: 0, last_used_ns: 0 },
         );
-        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), &t, Hook::Xdp), Verdict::Rewrite { .. }));
+        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &t, Hook::Xdp), Verdict::Rewrite { .. }));
         assert_ne!(t.affinity.borrow()[&AffinityKey { client: CLIENT, svc_id: 1 }].backend_id, 999);
     }
 
@@ -379,7 +475,7 @@ mod tests {
             port: 8080,
             other: Some((VIP, 40000)),
         };
-        assert_eq!(decide(&f, &t, Hook::Xdp), hairpin_forward);
+        assert_eq!(decide(&f, TCP_ACK, &t, Hook::Xdp), hairpin_forward);
         // The backend answers the frontend address; the reply goes back to me from the VIP.
         let reply = flow(me, VIP, 8080, 40000);
         let hairpin_reply = Verdict::Rewrite {
@@ -389,18 +485,24 @@ mod tests {
             port: 80,
             other: Some((me, 40000)),
         };
-        assert_eq!(decide(&reply, &t, Hook::Xdp), hairpin_reply);
-        assert_eq!(decide(&reply, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
+        assert_eq!(decide(&reply, TCP_ACK, &t, Hook::Xdp), hairpin_reply);
+        assert_eq!(decide(&reply, TCP_ACK, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
     }
 
     #[test]
     fn from_a_node_device_only_external_frontends_are_reachable() {
         let mut t = service(1);
         let f = flow(CLIENT, VIP, 40000, 80);
-        assert_eq!(decide(&f, &t, Hook::XdpNode), Verdict::Pass(Reason::PassInternalOnly));
+        assert_eq!(decide(&f, TCP_ACK, &t, Hook::XdpNode), Verdict::Pass(Reason::PassInternalOnly));
         t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_EXTERNAL);
-        assert!(matches!(decide(&f, &t, Hook::XdpNode), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
-        assert!(matches!(decide(&f, &t, Hook::XdpNode), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+        assert!(matches!(
+            decide(&f, TCP_ACK, &t, Hook::XdpNode),
+            Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }
+        ));
+        assert!(matches!(
+            decide(&f, TCP_ACK, &t, Hook::XdpNode),
+            Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }
+        ));
     }
 
     #[test]
@@ -408,8 +510,11 @@ mod tests {
         let mut t = service(1);
         t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_SOURCE_RANGES);
         t.allowed_clients.push(CLIENT);
-        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), &t, Hook::Xdp), Verdict::Rewrite { .. }));
-        assert_eq!(decide(&flow(CLIENT + 1, VIP, 1, 80), &t, Hook::Xdp), Verdict::Drop(Reason::DropSourceRange));
+        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &t, Hook::Xdp), Verdict::Rewrite { .. }));
+        assert_eq!(
+            decide(&flow(CLIENT + 1, VIP, 1, 80), TCP_ACK, &t, Hook::Xdp),
+            Verdict::Drop(Reason::DropSourceRange)
+        );
     }
 
     #[test]
@@ -420,14 +525,16 @@ mod tests {
         t.random.set(5);
         let node = VIP; // the frontend address the client asked: a node address
         let f = flow(CLIENT, node, 40000, 80);
-        let Verdict::Rewrite { other: Some((src, port)), .. } = decide(&f, &t, Hook::XdpNode) else { panic!() };
+        let Verdict::Rewrite { other: Some((src, port)), .. } = decide(&f, TCP_ACK, &t, Hook::XdpNode) else {
+            panic!()
+        };
         assert_eq!(src, node);
         assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(port)));
         // The backend's reply to (node, port) goes back to the client from the frontend.
         let backend = t.backends[&100];
         let reply = flow(backend.addr, node, backend.port, port);
         assert_eq!(
-            decide(&reply, &t, Hook::XdpNode),
+            decide(&reply, TCP_ACK, &t, Hook::XdpNode),
             Verdict::Rewrite {
                 reason: Reason::ReplyReverseNat,
                 side: Side::Src,
@@ -436,15 +543,26 @@ mod tests {
                 other: Some((CLIENT, 40000))
             }
         );
-        // The same random port for another flow to the same backend is taken,
-        // and every attempt draws it again: the flow is dropped, not mixed up.
+        // Another flow to the same backend whose own port and random port
+        // are both taken is dropped, not mixed up.
         let other_client = flow(CLIENT + 1, node, 40000, 80);
-        assert_eq!(decide(&other_client, &t, Hook::XdpNode), Verdict::Drop(Reason::DropSnatExhausted));
+        let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1);
+        let f2 = other_client;
+        let own = SNAT_PORT_MIN
+            + (lb_common::hash::flow(f2.saddr, f2.daddr, f2.sport, f2.dport, f2.proto) as u32 % range) as u16;
+        for taken in [own, SNAT_PORT_MIN + 5] {
+            let key = flow(backend.addr, node, backend.port, taken.to_be());
+            t.conntrack.borrow_mut().insert(key, CtEntry::default());
+        }
+        assert_eq!(decide(&other_client, TCP_ACK, &t, Hook::XdpNode), Verdict::Drop(Reason::DropSnatExhausted));
         // From a pod veth, or under a Local policy, there is no SNAT.
-        assert!(matches!(decide(&flow(CLIENT, node, 40001, 80), &t, Hook::Xdp), Verdict::Rewrite { other: None, .. }));
+        assert!(matches!(
+            decide(&flow(CLIENT, node, 40001, 80), TCP_ACK, &t, Hook::Xdp),
+            Verdict::Rewrite { other: None, .. }
+        ));
         t.frontends.values_mut().for_each(|fe| fe.flags |= FRONTEND_FLAG_NODE_LOCAL);
         assert!(matches!(
-            decide(&flow(CLIENT, node, 40002, 80), &t, Hook::XdpNode),
+            decide(&flow(CLIENT, node, 40002, 80), TCP_ACK, &t, Hook::XdpNode),
             Verdict::Rewrite { other: None, .. }
         ));
     }
@@ -453,39 +571,160 @@ mod tests {
     fn tc_egress_never_starts_or_forwards_flows() {
         let t = service(3);
         let f = flow(CLIENT, VIP, 40000, 80);
-        assert_eq!(decide(&f, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
-        decide(&f, &t, Hook::Xdp);
-        assert_eq!(decide(&f, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
+        assert_eq!(decide(&f, TCP_ACK, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
+        decide(&f, TCP_ACK, &t, Hook::Xdp);
+        assert_eq!(decide(&f, TCP_ACK, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
     }
 
     #[test]
     fn misses_and_failures_are_counted_by_reason() {
         let t = service(3);
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 81), &t, Hook::Xdp), Verdict::Pass(Reason::PassNoService));
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), &service(0), Hook::Xdp), Verdict::Reject);
+        assert_eq!(decide(&flow(CLIENT, VIP, 1, 81), TCP_ACK, &t, Hook::Xdp), Verdict::Pass(Reason::PassNoService));
+        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &service(0), Hook::Xdp), Verdict::Reject);
         let mut local_without_endpoints = service(0);
         local_without_endpoints.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_NODE_LOCAL);
         assert_eq!(
-            decide(&flow(CLIENT, VIP, 1, 80), &local_without_endpoints, Hook::Xdp),
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &local_without_endpoints, Hook::Xdp),
             Verdict::Drop(Reason::DropNoBackend)
         );
 
         let mut missing_slot = service(3);
         missing_slot.slots.clear();
         assert_eq!(
-            decide(&flow(CLIENT, VIP, 1, 80), &missing_slot, Hook::Xdp),
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &missing_slot, Hook::Xdp),
             Verdict::Drop(Reason::DropBackendMissing)
         );
 
         let mut missing_backend = service(3);
         missing_backend.backends.clear();
         assert_eq!(
-            decide(&flow(CLIENT, VIP, 1, 80), &missing_backend, Hook::Xdp),
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &missing_backend, Hook::Xdp),
             Verdict::Drop(Reason::DropBackendMissing)
         );
 
         let mut full = service(3);
         full.conntrack_full = true;
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), &full, Hook::Xdp), Verdict::Drop(Reason::DropConntrackFull));
+        assert_eq!(
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &full, Hook::Xdp),
+            Verdict::Drop(Reason::DropConntrackFull)
+        );
+    }
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn tcp(t: &FakeTables, f: &CtKey, flags: u8) -> Verdict {
+        decide(f, flags, t, Hook::Xdp)
+    }
+
+    #[test]
+    fn conntrack_entries_expire_by_state_and_are_refreshed_by_traffic() {
+        let t = service(3);
+        let f = flow(CLIENT, VIP, 1000, 80);
+        t.now.set(10 * SECOND);
+        assert!(matches!(tcp(&t, &f, TCP_SYN), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+        assert_eq!(t.conntrack.borrow()[&f].state, CT_STATE_SYN);
+        assert_eq!(t.created.get(), 2);
+        // The client's ACK completes its side; refreshed at once (state change).
+        t.now.set(20 * SECOND);
+        assert!(matches!(tcp(&t, &f, TCP_ACK), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+        assert_eq!(
+            (t.conntrack.borrow()[&f].state, t.conntrack.borrow()[&f].last_seen_ns),
+            (CT_STATE_ESTABLISHED, 20 * SECOND)
+        );
+        // Established lives 6 h from the last packet; past that, the next
+        // packet is a new flow again.
+        let idle = 20 * SECOND + u64::from(CtTimeouts::DEFAULT.tcp_established_s) * SECOND;
+        t.now.set(idle);
+        assert!(matches!(tcp(&t, &f, TCP_ACK), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+        t.now.set(idle + 2 * SECOND);
+        assert!(matches!(tcp(&t, &f, TCP_ACK), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+        t.now.set(idle + 3 * SECOND + u64::from(CtTimeouts::DEFAULT.tcp_established_s) * SECOND);
+        assert!(matches!(tcp(&t, &f, TCP_ACK), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+        // A FIN closes the entry: 10 s later it is gone.
+        tcp(&t, &f, TCP_ACK | TCP_FIN);
+        t.now.set(t.now.get() + 11 * SECOND);
+        assert!(matches!(tcp(&t, &f, TCP_ACK), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+    }
+
+    #[test]
+    fn a_refresh_is_written_at_most_once_a_second_without_a_state_change() {
+        let t = service(1);
+        let f = flow(CLIENT, VIP, 1000, 80);
+        t.now.set(SECOND);
+        tcp(&t, &f, TCP_ACK);
+        t.now.set(SECOND + SECOND / 2);
+        tcp(&t, &f, TCP_ACK);
+        assert_eq!(t.conntrack.borrow()[&f].last_seen_ns, SECOND);
+        t.now.set(2 * SECOND);
+        tcp(&t, &f, TCP_ACK);
+        assert_eq!(t.conntrack.borrow()[&f].last_seen_ns, 2 * SECOND);
+    }
+
+    #[test]
+    fn udp_flows_expire_after_the_udp_timeout() {
+        let mut t = service(1);
+        let f = CtKey { proto: IPPROTO_UDP, ..flow(CLIENT, VIP, 1000, 80) };
+        let tcp_key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
+        let frontend = t.frontends[&tcp_key];
+        t.frontends.insert(FrontendKey { proto: IPPROTO_UDP, ..tcp_key }, frontend);
+        assert!(matches!(decide(&f, 0, &t, Hook::Xdp), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+        t.now.set(u64::from(CtTimeouts::DEFAULT.udp_s) * SECOND);
+        assert!(matches!(decide(&f, 0, &t, Hook::Xdp), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+        t.now.set(t.now.get() + u64::from(CtTimeouts::DEFAULT.udp_s) * SECOND + 1);
+        assert!(matches!(decide(&f, 0, &t, Hook::Xdp), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+    }
+
+    #[test]
+    fn a_new_connection_on_the_ports_of_a_closed_one_chooses_again() {
+        let t = service(3);
+        let f = flow(CLIENT, VIP, 1000, 80);
+        tcp(&t, &f, TCP_SYN);
+        tcp(&t, &f, TCP_ACK | TCP_FIN);
+        assert!(matches!(tcp(&t, &f, TCP_ACK), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+        assert!(matches!(tcp(&t, &f, TCP_SYN), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+    }
+
+    #[test]
+    fn maglev_picks_the_slot_its_table_gives_the_flow_hash() {
+        let mut t = service(3);
+        // A 7-entry table at offset 4 whose entries name slots 0, 1, 2, ...
+        t.maglev = (0..11).map(|i| (i % 3) as u16).collect();
+        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
+        t.frontends.get_mut(&key).unwrap().maglev_offset = 4;
+        t.frontends.get_mut(&key).unwrap().maglev_size = 7;
+        for port in 1000..1100 {
+            let f = flow(CLIENT, VIP, port, 80);
+            let index = 4 + (lb_common::hash::flow(f.saddr, f.daddr, f.sport, f.dport, f.proto) % 7) as usize;
+            let want = 0x0af4_0000 + 10 + u32::from(t.maglev[index]);
+            t.random.set(port.into()); // ignored with a table
+            assert_eq!(backend_of(tcp(&t, &f, TCP_SYN)), want);
+        }
+    }
+
+    #[test]
+    fn an_evicted_reply_entry_is_written_back_by_the_next_forward_packet() {
+        let t = service(3);
+        let f = flow(CLIENT, VIP, 1000, 80);
+        let Verdict::Rewrite { addr, port, .. } = tcp(&t, &f, TCP_SYN) else { panic!() };
+        let reply = CtKey { saddr: addr, sport: port, daddr: CLIENT, dport: 1000, proto: IPPROTO_TCP, _pad: [0; 3] };
+        let written = t.conntrack.borrow_mut().remove(&reply).expect("reply entry");
+        tcp(&t, &f, TCP_ACK);
+        assert_eq!(
+            t.conntrack.borrow().get(&reply).map(|e| (e.nat_addr, e.nat_port)),
+            Some((written.nat_addr, written.nat_port))
+        );
+    }
+
+    #[test]
+    fn a_snat_flow_whose_entries_were_evicted_gets_the_same_port_back() {
+        let mut t = service(1);
+        t.backends.values_mut().for_each(|b| b.flags = BACKEND_FLAG_REMOTE);
+        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
+        t.frontends.get_mut(&key).unwrap().flags = FRONTEND_FLAG_EXTERNAL;
+        let f = flow(CLIENT, VIP, 1000, 80);
+        let first = decide(&f, TCP_SYN, &t, Hook::XdpNode);
+        t.conntrack.borrow_mut().clear();
+        t.random.set(12345);
+        assert_eq!(decide(&f, TCP_ACK, &t, Hook::XdpNode), first);
     }
 }

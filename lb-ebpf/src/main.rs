@@ -48,7 +48,7 @@ fn xdp_main(ctx: &XdpContext, hook: Hook) -> u32 {
         Err(reason) => (xdp_action::XDP_PASS, reason),
         Ok(pkt) => {
             let flow = pkt.flow();
-            let (action, reason) = apply(ctx, &pkt, decide(&flow, &MapTables, hook));
+            let (action, reason) = apply(ctx, &pkt, decide(&flow, pkt.tcp_flags(), &MapTables, hook));
             // Compiled in, but removed by the verifier unless the agent runs
             // with --datapath-debug (AYA_LOG_LEVEL is a load-time constant).
             debug!(
@@ -173,7 +173,7 @@ fn answer_echo(ctx: &XdpContext) -> (u32, Reason) {
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let reason = match tc_parse(&ctx) {
         Err(reason) => reason,
-        Ok(pkt) => match decide(&pkt.flow(), &MapTables, Hook::TcEgress) {
+        Ok(pkt) => match decide(&pkt.flow(), pkt.tcp_flags(), &MapTables, Hook::TcEgress) {
             Verdict::Rewrite { reason, side, addr, port, other: None } => {
                 match tc_rewrite(&ctx, &pkt, side, addr, port) {
                     Ok(()) => reason,

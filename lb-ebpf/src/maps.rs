@@ -3,23 +3,25 @@
 //! the maps and helpers behind `lb_ebpf`'s traits.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
-    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    bindings::{BPF_F_MMAPABLE, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 
-const AF_INET: u8 = 2;
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, EndpointKey, EndpointMeta, FastPath, Frontend,
-    FrontendKey, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRONTENDS,
-    MAX_REDIRECT_PORTS, MAX_SOURCE_RANGES, Reason, ServiceMeta, SourceRange,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, EndpointKey, EndpointMeta,
+    FastPath, Frontend, FrontendKey, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
+    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_REDIRECT_PORTS, MAX_SOURCE_RANGES,
+    MaglevElement, Reason, ServiceMeta, SourceRange, ct_stats,
 };
 use lb_ebpf::{
     forward::{Fib, FibAnswer, FibQuery, NextHop},
     lb::{Hook, InsertFailed, Tables},
 };
+
+const AF_INET: u8 = 2;
 
 /// (VIP, port, protocol) -> the Service port answering there.
 #[map]
@@ -62,6 +64,20 @@ static LB_REDIRECT_PORTS: HashMap<u32, u32> = HashMap::pinned(MAX_REDIRECT_PORTS
 #[map]
 static LB_FAST_PATH_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(FastPath::COUNT, 0);
 
+/// Every frontend's Maglev table, each a region of this array (offset and
+/// size in the frontend), packed 4 slots per element. Memory-mapped by the
+/// agent, which writes a whole table without a syscall per entry.
+#[map]
+static LB_MAGLEV: Array<MaglevElement> = Array::pinned(MAX_MAGLEV_ENTRIES / MAGLEV_ENTRIES_PER_ELEMENT, BPF_F_MMAPABLE);
+
+/// Per-CPU conntrack statistics, indexed by `lb_common::ct_stats`.
+#[map]
+static LB_CT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(ct_stats::COUNT, 0);
+
+/// Conntrack idle timeouts, set by the agent at load time (`--ct-timeout-*`).
+#[unsafe(no_mangle)]
+static LB_CT_TIMEOUTS: CtTimeouts = CtTimeouts::DEFAULT;
+
 /// Per-CPU packet counts, indexed by hook * Reason::COUNT + reason.
 #[map]
 static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(2 * Reason::COUNT, 0);
@@ -88,6 +104,32 @@ impl Tables for MapTables {
     #[inline(always)]
     fn conntrack_insert_new(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
         LB_CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)).map_err(|_| InsertFailed)
+    }
+
+    #[inline(always)]
+    fn conntrack_refresh(&self, key: &CtKey, state: u8, now_ns: u64) {
+        if let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) {
+            // SAFETY: a live entry; concurrent refreshes write the same kind
+            // of values, so a lost one only delays the expiry a little.
+            unsafe {
+                (*entry).state = state;
+                (*entry).last_seen_ns = now_ns;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn conntrack_created(&self, n: u64) {
+        if let Some(counter) = LB_CT_STATS.get_ptr_mut(ct_stats::CREATED) {
+            // SAFETY: a per-CPU slot; nothing else on this CPU runs concurrently.
+            unsafe { *counter += n };
+        }
+    }
+
+    #[inline(always)]
+    fn ct_timeouts(&self) -> CtTimeouts {
+        // SAFETY: a load-time constant; read volatile so that it is not folded.
+        unsafe { core::ptr::read_volatile(&LB_CT_TIMEOUTS) }
     }
 
     #[inline(always)]
@@ -127,6 +169,12 @@ impl Tables for MapTables {
     }
 
     #[inline(always)]
+    fn maglev_slot(&self, index: u32) -> Option<u16> {
+        let element = LB_MAGLEV.get(index / MAGLEV_ENTRIES_PER_ELEMENT)?;
+        element.get((index % MAGLEV_ENTRIES_PER_ELEMENT) as usize).copied()
+    }
+
+    #[inline(always)]
     fn random(&self) -> u32 {
         // SAFETY: a helper without arguments.
         unsafe { bpf_get_prandom_u32() }
@@ -134,8 +182,9 @@ impl Tables for MapTables {
 
     #[inline(always)]
     fn now_ns(&self) -> u64 {
-        // SAFETY: a helper without arguments.
-        unsafe { bpf_ktime_get_ns() }
+        // SAFETY: a helper without arguments. The coarse clock (CLOCK_MONOTONIC
+        // at tick resolution) is cheaper, and timeouts are seconds.
+        unsafe { bpf_ktime_get_coarse_ns() }
     }
 }
 

@@ -22,6 +22,7 @@ pub const IP_DADDR: usize = 16;
 pub const L4_SPORT: usize = 0;
 pub const L4_DPORT: usize = 2;
 pub const TCP_CHECK: usize = 16;
+pub const TCP_FLAGS: usize = 13;
 pub const UDP_CHECK: usize = 6;
 
 /// A parsed IPv4 TCP/UDP packet without options: every field the datapath
@@ -52,6 +53,16 @@ impl Packet {
     #[inline(always)]
     pub unsafe fn write<T: Copy>(&self, offset: usize, value: T) {
         unsafe { ((self.data + offset) as *mut T).write_unaligned(value) }
+    }
+
+    /// The TCP flags byte; 0 for UDP.
+    #[inline(always)]
+    pub fn tcp_flags(&self) -> u8 {
+        if self.proto != IPPROTO_TCP {
+            return 0;
+        }
+        // SAFETY: `parse` checked that a whole TCP header is present.
+        unsafe { self.read(L4_OFFSET + TCP_FLAGS) }
     }
 
     /// The 5-tuple as the packet carries it.

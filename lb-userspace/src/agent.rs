@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     datapath::{
-        loader::{Datapath, InterfaceRole, XdpAttachMode},
+        loader::{Datapath, InterfaceRole, LoadOptions},
         maps::DatapathMaps,
     },
     health::{self, HealthServer},
@@ -30,8 +30,10 @@ const RESCAN: Duration = Duration::from_secs(5);
 
 pub struct AgentConfig {
     pub manifests: PathBuf,
-    /// Log every datapath verdict (aya-log, target `lb_datapath`).
-    pub datapath_debug: bool,
+    /// How the programs are loaded.
+    pub load: LoadOptions,
+    /// How often expired conntrack entries are removed.
+    pub ct_sweep_interval: Duration,
     /// Let cluster IPs answer traffic arriving on the node's devices.
     pub cluster_ips_external: bool,
     pub node_name: String,
@@ -41,7 +43,6 @@ pub struct AgentConfig {
     pub node_devices: InterfacePatterns,
     /// Devices XDP may send rewritten frames to (`--xdp-redirect-device`).
     pub redirect_devices: InterfacePatterns,
-    pub xdp_mode: XdpAttachMode,
     pub bpf_dir: PathBuf,
     pub model: ModelOptions,
 }
@@ -61,8 +62,7 @@ struct Agent {
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let fast_path = !config.redirect_devices.is_empty();
-    let (datapath, maps, logger) = Datapath::load(&config.bpf_dir, config.xdp_mode, config.datapath_debug, fast_path)?;
+    let (datapath, maps, logger) = Datapath::load(&config.bpf_dir, &config.load)?;
     // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
     let mut logger = logger
         .map(|l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1))
@@ -92,11 +92,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut interface_poll = tokio::time::interval(INTERFACE_POLL);
     let mut rescan = tokio::time::interval(RESCAN);
+    let mut ct_sweep = tokio::time::interval(agent.config.ct_sweep_interval);
     loop {
         tokio::select! {
             Some(()) = ticks.recv() => agent.sync_manifests(false),
             _ = rescan.tick() => agent.sync_manifests(false),
             _ = interface_poll.tick() => agent.sync_interfaces(),
+            _ = ct_sweep.tick() => agent.sweep_conntrack(),
             Some(guard) = async { Some(logger.as_mut()?.readable_mut().await) } => {
                 let mut guard = guard?;
                 guard.get_inner_mut().flush();
@@ -190,6 +192,17 @@ impl Agent {
             }
         }
         self.sync_redirect_ports();
+    }
+
+    /// Removes conntrack entries the datapath already ignores as expired.
+    fn sweep_conntrack(&mut self) {
+        match self.maps.sweep_conntrack(&self.config.load.ct_timeouts) {
+            Ok(sweep) if sweep.removed > 0 => {
+                info!(removed = sweep.removed, live = sweep.live, "conntrack sweep removed expired entries")
+            }
+            Ok(_) => {}
+            Err(err) => error!("conntrack sweep failed: {err}"),
+        }
     }
 
     fn sync_redirect_ports(&mut self) {

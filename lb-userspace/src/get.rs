@@ -4,7 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use lb_common::{
-    EP_READY, EP_SERVING, EP_TERMINATING, FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_NODE_PORT, FrontendKey,
+    CT_FLAG_REWRITE_OTHER, CT_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CtEntry, CtKey, EP_READY,
+    EP_SERVING, EP_TERMINATING, FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_NODE_PORT, FrontendKey,
     IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
 };
 
@@ -171,6 +172,97 @@ pub fn format_counters(counters: &[(lb_common::Reason, u64, u64)], fast_path: &[
         counters.iter().map(|(r, xdp, tc)| [r.name().to_owned(), xdp.to_string(), tc.to_string()]).collect();
     let fast_rows: Vec<[String; 2]> = fast_path.iter().map(|(f, n)| [f.name().to_owned(), n.to_string()]).collect();
     format!("{}\n{}", table(["REASON", "XDP", "TC-EGRESS"], &rows), table(["SENT-BY", "XDP"], &fast_rows))
+}
+
+/// Which flows `get conntrack` lists; every given filter must match.
+#[derive(Clone, Debug, Default)]
+pub struct ConntrackFilter {
+    /// (namespace, name) of the Service.
+    pub service: Option<(String, String)>,
+    pub client: Option<Ipv4Addr>,
+    pub backend: Option<Ipv4Addr>,
+    pub proto: Option<u8>,
+}
+
+/// One flow: its forward entry, keyed by the client's packet.
+struct Flow {
+    key: CtKey,
+    entry: CtEntry,
+    meta: ServiceMeta,
+}
+
+impl ConntrackFilter {
+    fn matches(&self, flow: &Flow) -> bool {
+        let addr = |a: u32| Ipv4Addr::from(wire::addr_octets(a));
+        self.service.as_ref().is_none_or(|(ns, name)| flow.meta.namespace() == ns && flow.meta.name() == name)
+            && self.client.is_none_or(|c| addr(flow.key.saddr) == c)
+            && self.backend.is_none_or(|b| addr(flow.entry.nat_addr) == b)
+            && self.proto.is_none_or(|p| flow.key.proto == p)
+    }
+}
+
+/// The flows in conntrack (one row per flow, from its forward entry), then
+/// the totals: entries, created by the datapath, removed by agents (expired
+/// or flushed), and the evictions the LRU made room with, estimated as
+/// created - removed - present.
+pub fn format_conntrack(maps: &DatapathMaps, filter: &ConntrackFilter, now_ns: u64) -> anyhow::Result<String> {
+    let endpoint =
+        |addr: u32, port: u16| format!("{}:{}", Ipv4Addr::from(wire::addr_octets(addr)), wire::port_number(port));
+    let seconds = |since: u64| format!("{}s", now_ns.saturating_sub(since) / 1_000_000_000);
+    let mut rows = Vec::new();
+    let mut entries = 0u64;
+    for item in maps.conntrack.iter() {
+        let (key, entry) = item?;
+        entries += 1;
+        if entry.direction != CT_FORWARD {
+            continue;
+        }
+        let meta = maps.service_meta.get(&entry.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        let flow = Flow { key, entry, meta };
+        if !filter.matches(&flow) {
+            continue;
+        }
+        let service = match flow.meta.port_name() {
+            "" => format!("{}/{}", flow.meta.namespace(), flow.meta.name()),
+            port => format!("{}/{}:{port}", flow.meta.namespace(), flow.meta.name()),
+        };
+        let source = if entry.flags & CT_FLAG_REWRITE_OTHER != 0 {
+            endpoint(entry.other_addr, entry.other_port)
+        } else {
+            "-".to_owned()
+        };
+        rows.push([
+            protocol_name(key.proto).to_owned(),
+            endpoint(key.saddr, key.sport),
+            endpoint(key.daddr, key.dport),
+            endpoint(entry.nat_addr, entry.nat_port),
+            source,
+            service,
+            state_name(key.proto, entry.state).to_owned(),
+            seconds(entry.created_ns),
+            seconds(entry.last_seen_ns),
+        ]);
+    }
+    rows.sort();
+    let (created, removed) = maps.conntrack_totals()?;
+    let evicted = created.saturating_sub(removed).saturating_sub(entries);
+    let header = ["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SOURCE-AS", "SERVICE", "STATE", "AGE", "IDLE"];
+    let mut out = table(header, &rows);
+    let _ = writeln!(
+        out,
+        "\n{} flows shown; {entries} entries; created {created}, removed {removed}, evicted ~{evicted}",
+        rows.len()
+    );
+    Ok(out)
+}
+
+fn state_name(proto: u8, state: u8) -> &'static str {
+    match (proto, state) {
+        (IPPROTO_TCP, CT_STATE_SYN) => "SYN",
+        (IPPROTO_TCP, CT_STATE_ESTABLISHED) => "ESTABLISHED",
+        (IPPROTO_TCP, CT_STATE_CLOSING) => "CLOSING",
+        _ => "-",
+    }
 }
 
 /// Left-aligned columns separated by three spaces, like kubectl.

@@ -6,6 +6,8 @@ pub mod env;
 pub mod get;
 pub mod health;
 pub mod interfaces;
+pub mod maglev;
 pub mod model;
 pub mod reconcile;
+pub mod regions;
 pub mod source;

@@ -6,7 +6,10 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     agent::{self, AgentConfig},
-    datapath::{loader::XdpAttachMode, maps::DatapathMaps},
+    datapath::{
+        loader::{LoadOptions, XdpAttachMode},
+        maps::{DatapathMaps, monotonic_ns},
+    },
     env, get,
     interfaces::InterfacePatterns,
     model::ModelOptions,
@@ -29,6 +32,8 @@ enum Command {
         what: GetWhat,
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
         bpf_dir: PathBuf,
+        #[command(flatten)]
+        filter: ConntrackFilterArgs,
     },
     /// Print the variables kubelet would inject into a pod of NAMESPACE
     /// for the Services programmed now (KUBIA_SERVICE_HOST=...).
@@ -75,6 +80,34 @@ struct RunArgs {
     /// Range for clusterIPs of Services whose manifest has none.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// Conntrack capacity in entries (two per flow); when full, the least
+    /// recently used entries make room.
+    #[arg(long, default_value_t = lb_common::MAX_CONNTRACK)]
+    ct_max: u32,
+    /// Idle timeout of a TCP flow whose SYN is not answered yet.
+    #[arg(long, default_value = "60s", value_parser = parse_seconds)]
+    ct_timeout_tcp_syn: u32,
+    #[arg(long, default_value = "6h", value_parser = parse_seconds)]
+    ct_timeout_tcp_established: u32,
+    /// After a FIN or RST.
+    #[arg(long, default_value = "10s", value_parser = parse_seconds)]
+    ct_timeout_tcp_closing: u32,
+    #[arg(long, default_value = "60s", value_parser = parse_seconds)]
+    ct_timeout_udp: u32,
+    /// How often expired conntrack entries are removed (the datapath ignores
+    /// them at once).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ct_sweep_interval: std::time::Duration,
+    /// Room for all Maglev tables, in entries of 2 bytes (a frontend with N
+    /// backends takes the smallest listed prime >= 100 x N).
+    #[arg(long, default_value_t = lb_common::MAX_MAGLEV_ENTRIES)]
+    maglev_entries: u32,
+}
+
+/// A duration such as `90s` or `6h`, in whole seconds (at least one).
+fn parse_seconds(text: &str) -> Result<u32, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    u32::try_from(d.as_secs()).ok().filter(|s| *s > 0).ok_or_else(|| format!("{text} is not between 1s and 136 years"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,12 +118,54 @@ enum XdpModeArg {
     Skb,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum GetWhat {
     Services,
     /// Every endpoint with its ready/serving/terminating conditions.
     Endpoints,
     Counters,
+    /// Every flow (client, frontend, backend, state, age), with the filters below.
+    Conntrack,
+}
+
+/// Filters of `get conntrack`.
+#[derive(clap::Args)]
+struct ConntrackFilterArgs {
+    /// Only flows of this Service: NAMESPACE/NAME (or NAME in default).
+    #[arg(long)]
+    service: Option<String>,
+    /// Only flows from this client address.
+    #[arg(long)]
+    client: Option<std::net::Ipv4Addr>,
+    /// Only flows to this backend address.
+    #[arg(long)]
+    backend: Option<std::net::Ipv4Addr>,
+    #[arg(long, value_enum)]
+    protocol: Option<ProtocolArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
+impl ConntrackFilterArgs {
+    fn is_empty(&self) -> bool {
+        self.service.is_none() && self.client.is_none() && self.backend.is_none() && self.protocol.is_none()
+    }
+
+    fn filter(self) -> get::ConntrackFilter {
+        let service = self.service.map(|s| match s.split_once('/') {
+            Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+            None => ("default".to_owned(), s),
+        });
+        let proto = self.protocol.map(|p| match p {
+            ProtocolArg::Tcp => lb_common::IPPROTO_TCP,
+            ProtocolArg::Udp => lb_common::IPPROTO_UDP,
+        });
+        get::ConntrackFilter { service, client: self.client, backend: self.backend, proto }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,7 +180,10 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Get { what, bpf_dir } => {
+        Command::Get { what, bpf_dir, filter } => {
+            if what != GetWhat::Conntrack && !filter.is_empty() {
+                bail!("--service, --client, --backend and --protocol filter `get conntrack` only");
+            }
             let maps = DatapathMaps::open_pinned(&bpf_dir)?;
             let out = match what {
                 GetWhat::Services => get::format_services(&get::programmed_services(&maps)?),
@@ -114,6 +192,7 @@ fn main() -> anyhow::Result<()> {
                     &maps.counters().context("reading counters")?,
                     &maps.fast_path_counters().context("reading fast path counters")?,
                 ),
+                GetWhat::Conntrack => get::format_conntrack(&maps, &filter.filter(), monotonic_ns())?,
             };
             print!("{out}");
             Ok(())
@@ -136,19 +215,34 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("manifest directory {} does not exist or is not a directory", args.manifests.display());
     }
     let patterns = args.devices.iter().chain(&args.pod_devices).map(String::as_str);
+    if args.ct_sweep_interval.is_zero() {
+        bail!("--ct-sweep-interval must be longer than 0s");
+    }
     let config = AgentConfig {
         manifests: args.manifests,
-        datapath_debug: args.datapath_debug,
+        load: LoadOptions {
+            xdp_mode: match args.xdp_mode {
+                XdpModeArg::Auto => XdpAttachMode::Auto,
+                XdpModeArg::Native => XdpAttachMode::Native,
+                XdpModeArg::Skb => XdpAttachMode::Skb,
+            },
+            debug_log: args.datapath_debug,
+            fast_path: !args.redirect_devices.is_empty(),
+            ct_max: args.ct_max,
+            ct_timeouts: lb_common::CtTimeouts {
+                tcp_syn_s: args.ct_timeout_tcp_syn,
+                tcp_established_s: args.ct_timeout_tcp_established,
+                tcp_closing_s: args.ct_timeout_tcp_closing,
+                udp_s: args.ct_timeout_udp,
+            },
+            maglev_entries: args.maglev_entries,
+        },
+        ct_sweep_interval: args.ct_sweep_interval,
         cluster_ips_external: args.cluster_ip_external,
         node_name: args.node_name,
         interfaces: InterfacePatterns::new(patterns)?,
         node_devices: InterfacePatterns::new(args.devices.iter().map(String::as_str))?,
         redirect_devices: InterfacePatterns::new(args.redirect_devices.iter().map(String::as_str))?,
-        xdp_mode: match args.xdp_mode {
-            XdpModeArg::Auto => XdpAttachMode::Auto,
-            XdpModeArg::Native => XdpAttachMode::Native,
-            XdpModeArg::Skb => XdpAttachMode::Skb,
-        },
         bpf_dir: args.bpf_dir,
         model: ModelOptions {
             service_cidr: args

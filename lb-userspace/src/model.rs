@@ -158,8 +158,24 @@ pub struct Service {
     /// tells the load balancer whether this node has local endpoints.
     pub health_check_node_port: Option<u16>,
     pub session_affinity: SessionAffinity,
+    pub backend_selection: BackendSelection,
     pub ports: Vec<ServicePort>,
 }
+
+/// How a new flow's backend is chosen (annotation [`BACKEND_SELECTION_ANNOTATION`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendSelection {
+    /// Maglev consistent hashing of the flow: the same on every node, and a
+    /// backend change moves few flows.
+    #[default]
+    Maglev,
+    /// A random backend per new flow.
+    Random,
+}
+
+/// The annotation choosing a Service's [`BackendSelection`]: `maglev`
+/// (default) or `random`.
+pub const BACKEND_SELECTION_ANNOTATION: &str = "lb.dev/backend-selection";
 
 impl Service {
     /// Headless and ExternalName services are answered by DNS, not by a
@@ -471,6 +487,7 @@ struct Spec<'a> {
     internal_traffic_policy: TrafficPolicy,
     health_check_node_port: Option<u16>,
     session_affinity: SessionAffinity,
+    backend_selection: BackendSelection,
     ports: Vec<PortSpec>,
     /// Present and non-empty: endpoints come from pods.
     selector: Option<&'a BTreeMap<String, String>>,
@@ -683,6 +700,16 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         }
     };
 
+    let annotations = service.object.metadata.annotations.as_ref();
+    let backend_selection = match annotations.and_then(|a| a.get(BACKEND_SELECTION_ANNOTATION)).map(String::as_str) {
+        None | Some("maglev") => BackendSelection::Maglev,
+        Some("random") => BackendSelection::Random,
+        Some(other) => {
+            let field = format!("metadata.annotations.{BACKEND_SELECTION_ANNOTATION}");
+            return Err(bad(&field, format!("unknown value {other:?} (maglev or random)")));
+        }
+    };
+
     Ok(Spec {
         file: &service.file,
         name,
@@ -695,6 +722,7 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         internal_traffic_policy,
         health_check_node_port,
         session_affinity,
+        backend_selection,
         ports,
         selector: service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()),
         publish_not_ready: spec.publish_not_ready_addresses == Some(true),
@@ -1154,6 +1182,7 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
         internal_traffic_policy: spec.internal_traffic_policy,
         health_check_node_port: spec.health_check_node_port,
         session_affinity: spec.session_affinity,
+        backend_selection: spec.backend_selection,
         ports,
     }
 }

@@ -5,7 +5,10 @@
 //! 1. new backends are written before any slot points at them;
 //! 2. a frontend's slots are written before its count grows past them, and
 //!    removed only after its count shrank below them;
-//! 3. backends are deleted only when no slot references them any more.
+//! 3. backends are deleted only when no slot references them any more;
+//! 4. a Maglev table is written to a free region before the frontend points
+//!    at it (the frontend's count, table offset and size change in one map
+//!    write), and its old region is reused only in a later pass.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -17,13 +20,18 @@ use lb_common::{
     BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta,
     FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
     FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-    SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
-    ServiceMeta, wire,
+    MAGLEV_ENTRIES_PER_ELEMENT, MAX_MAGLEV_ENTRIES, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS,
+    SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, wire,
 };
 use tracing::warn;
 
-use crate::model::{
-    ClusterIp, DesiredState, Ipv4Cidr, Protocol, Service, ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
+use crate::{
+    maglev,
+    model::{
+        BackendSelection, ClusterIp, DesiredState, Ipv4Cidr, Protocol, Service, ServicePort, ServiceType,
+        SessionAffinity, TrafficPolicy,
+    },
+    regions::Regions,
 };
 
 /// One write to the maps.
@@ -83,6 +91,30 @@ pub enum MapOp {
     /// Forget the UDP flows to this backend: UDP has no end, so a client
     /// that keeps its socket would keep sending to a removed backend.
     FlushUdpFlows(Backend),
+    /// A Maglev table (one slot per entry) written from element `element`
+    /// of `LB_MAGLEV` on.
+    PutMaglevTable {
+        element: u32,
+        table: Vec<u16>,
+    },
+}
+
+/// Where a frontend's Maglev table lies in `LB_MAGLEV`, in entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MaglevRegion {
+    offset: u32,
+    size: u32,
+}
+
+impl MaglevRegion {
+    fn elements(size: u32) -> u32 {
+        size.div_ceil(MAGLEV_ENTRIES_PER_ELEMENT)
+    }
+
+    /// (first element, element count).
+    fn span(&self) -> (u32, u32) {
+        (self.offset / MAGLEV_ENTRIES_PER_ELEMENT, Self::elements(self.size))
+    }
 }
 
 /// A frontend as the maps hold it.
@@ -96,6 +128,7 @@ struct ProgrammedFrontend {
     source_ranges: Vec<(u32, u8)>,
     /// Backend id per slot.
     slots: Vec<u32>,
+    maglev: Option<MaglevRegion>,
     meta: ServiceMeta,
     /// Every endpoint, ready or not, by index.
     endpoints: Vec<EndpointMeta>,
@@ -108,6 +141,8 @@ struct WantedFrontend {
     flags: u16,
     source_ranges: Vec<(u32, u8)>,
     backends: Vec<Backend>,
+    /// Pick backends by Maglev (else at random).
+    maglev: bool,
     meta: ServiceMeta,
     endpoints: Vec<EndpointMeta>,
 }
@@ -133,7 +168,7 @@ pub struct NodeInfo {
 }
 
 /// What the reconciler believes the maps hold.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Programmed {
     frontends: BTreeMap<FrontendKey, ProgrammedFrontend>,
     /// Keyed by (namespace, name).
@@ -144,6 +179,20 @@ pub struct Programmed {
     /// Ids are not reused at once: a packet that read a slot just before it
     /// changed must still find the backend it named.
     next_backend_id: u32,
+    /// Free space in `LB_MAGLEV`, in elements.
+    maglev_regions: Regions,
+}
+
+impl Default for Programmed {
+    /// Empty maps with the default `LB_MAGLEV` size.
+    fn default() -> Self {
+        Self::adopt([], [], [], [], [], [], [])
+    }
+}
+
+/// The free space of an `LB_MAGLEV` of `elements` around the tables of `frontends`.
+fn maglev_regions(frontends: &BTreeMap<FrontendKey, ProgrammedFrontend>, elements: u32) -> Regions {
+    Regions::new(elements, frontends.values().filter_map(|fe| fe.maglev).map(|r| r.span()))
 }
 
 impl Programmed {
@@ -180,10 +229,23 @@ impl Programmed {
                 let mut source_ranges = ranges_of.remove(&fe.svc_id).unwrap_or_default();
                 source_ranges.sort();
                 let svc_id = fe.svc_id;
-                (key, ProgrammedFrontend { svc_id, affinity_timeout_s, flags, source_ranges, slots, meta, endpoints })
+                let maglev =
+                    (fe.maglev_size != 0).then_some(MaglevRegion { offset: fe.maglev_offset, size: fe.maglev_size });
+                let programmed = ProgrammedFrontend {
+                    svc_id,
+                    affinity_timeout_s,
+                    flags,
+                    source_ranges,
+                    slots,
+                    maglev,
+                    meta,
+                    endpoints,
+                };
+                (key, programmed)
             })
             .collect();
         let frontends: BTreeMap<FrontendKey, ProgrammedFrontend> = frontends;
+        let maglev_regions = maglev_regions(&frontends, MAX_MAGLEV_ENTRIES / MAGLEV_ENTRIES_PER_ELEMENT);
         let with_frontend: BTreeSet<u32> = frontends.values().map(|fe| fe.svc_id).collect();
         let listed = metas
             .iter()
@@ -194,7 +256,14 @@ impl Programmed {
             })
             .collect();
         let next_backend_id = backend_ids.values().max().map_or(1, |id| id + 1);
-        Self { vips: vips.into_iter().collect(), frontends, listed, backend_ids, next_backend_id }
+        Self { vips: vips.into_iter().collect(), frontends, listed, backend_ids, next_backend_id, maglev_regions }
+    }
+
+    /// For an `LB_MAGLEV` of `elements` elements (`--maglev-entries`)
+    /// instead of the default size.
+    pub fn with_maglev_elements(mut self, elements: u32) -> Self {
+        self.maglev_regions = maglev_regions(&self.frontends, elements);
+        self
     }
 
     /// The operations that bring the maps from what they hold to `desired`,
@@ -202,6 +271,8 @@ impl Programmed {
     pub fn plan(&mut self, desired: &DesiredState, node: &NodeInfo) -> Vec<MapOp> {
         let wanted = wanted_frontends(desired, node);
         let mut ops = Vec::new();
+        // The last pass's packets are done with the regions it freed.
+        self.maglev_regions.release_held();
 
         // 1. Backends first.
         for fe in wanted.values() {
@@ -218,8 +289,10 @@ impl Programmed {
         for (key, fe) in &wanted {
             let slots: Vec<u32> = fe.backends.iter().map(|b| self.backend_ids[b]).collect();
             let old = self.frontends.get(key);
+            let wants_table = fe.maglev && !slots.is_empty();
             let unchanged = |old: &ProgrammedFrontend| {
                 old.slots == slots
+                    && old.maglev.is_some() == wants_table
                     && old.flags == fe.flags
                     && old.source_ranges == fe.source_ranges
                     && old.meta == fe.meta
@@ -246,13 +319,31 @@ impl Programmed {
             for (addr, prefix_len) in fe.source_ranges.iter().filter(|r| !old_ranges.contains(r)) {
                 ops.push(MapOp::PutSourceRange { svc_id, addr: *addr, prefix_len: *prefix_len });
             }
+            let old_maglev = old.and_then(|old| old.maglev);
+            let maglev = if old_slots == slots && old_maglev.is_some() == wants_table {
+                old_maglev
+            } else {
+                if let Some(region) = old_maglev {
+                    let (start, len) = region.span();
+                    self.maglev_regions.free_later(start, len);
+                }
+                let size = old_maglev.map_or(0, |r| r.size);
+                wants_table.then(|| maglev_table(&mut self.maglev_regions, fe, size, &mut ops)).flatten()
+            };
             let old_flags = old.map(|old| old.flags);
-            if old_slots.len() != slots.len() || old_affinity != fe.affinity_timeout_s || old_flags != Some(fe.flags) {
+            if old_slots.len() != slots.len()
+                || old_affinity != fe.affinity_timeout_s
+                || old_flags != Some(fe.flags)
+                || old_maglev != maglev
+            {
+                let (maglev_offset, maglev_size) = maglev.map_or((0, 0), |r| (r.offset, r.size));
                 let frontend = Frontend {
                     svc_id,
                     affinity_timeout_s: fe.affinity_timeout_s,
                     backend_count: slots.len() as u16,
                     flags: fe.flags,
+                    maglev_offset,
+                    maglev_size,
                 };
                 ops.push(MapOp::PutFrontend { key: *key, frontend });
             }
@@ -291,6 +382,7 @@ impl Programmed {
                 flags: fe.flags,
                 source_ranges: fe.source_ranges.clone(),
                 slots,
+                maglev,
                 meta: fe.meta,
                 endpoints: fe.endpoints.clone(),
             };
@@ -302,6 +394,10 @@ impl Programmed {
         for key in gone {
             let old = self.frontends.remove(&key).expect("key listed above");
             ops.push(MapOp::DeleteFrontend(key));
+            if let Some(region) = old.maglev {
+                let (start, len) = region.span();
+                self.maglev_regions.free_later(start, len);
+            }
             for slot in 0..old.slots.len() {
                 ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id: old.svc_id, slot: slot as u32 }));
             }
@@ -378,6 +474,29 @@ impl Programmed {
     }
 }
 
+/// Writes `fe`'s Maglev table to a free region, keeping the size of its
+/// table now (`old_size`, 0 for none) where it fits; None (backends picked
+/// at random) when `LB_MAGLEV` has no room left.
+fn maglev_table(
+    regions: &mut Regions,
+    fe: &WantedFrontend,
+    old_size: u32,
+    ops: &mut Vec<MapOp>,
+) -> Option<MaglevRegion> {
+    let size = maglev::resized(old_size, fe.backends.len());
+    let Some(element) = regions.allocate(MaglevRegion::elements(size)) else {
+        warn!(
+            service = %format!("{}/{}", fe.meta.namespace(), fe.meta.name()),
+            entries = size,
+            largest_free = regions.largest_free() * MAGLEV_ENTRIES_PER_ELEMENT,
+            "the Maglev tables are full (--maglev-entries): new flows of this frontend pick backends at random"
+        );
+        return None;
+    };
+    ops.push(MapOp::PutMaglevTable { element, table: maglev::build(&fe.backends, size) });
+    Some(MaglevRegion { offset: element * MAGLEV_ENTRIES_PER_ELEMENT, size })
+}
+
 /// The frontends the model asks for, keyed like the frontend map.
 fn wanted_frontends(desired: &DesiredState, node: &NodeInfo) -> BTreeMap<FrontendKey, WantedFrontend> {
     let mut wanted = BTreeMap::new();
@@ -402,7 +521,14 @@ fn wanted_frontends(desired: &DesiredState, node: &NodeInfo) -> BTreeMap<Fronten
             };
             // Cluster IP: for pods, under the internal traffic policy; node
             // ports and external IPs: from outside, under the external one.
-            let shared = Shared { port, source_ranges: &service.source_ranges, node, meta, affinity_timeout_s };
+            let shared = Shared {
+                port,
+                source_ranges: &service.source_ranges,
+                node,
+                meta,
+                affinity_timeout_s,
+                selection: service.backend_selection,
+            };
             let frontend = |kind, policy| shared.frontend(kind, policy);
             let key = |addr: Ipv4Addr, port: u16| FrontendKey {
                 addr: wire::addr(addr.octets()),
@@ -438,6 +564,7 @@ struct Shared<'a> {
     node: &'a NodeInfo,
     meta: ServiceMeta,
     affinity_timeout_s: u32,
+    selection: BackendSelection,
 }
 
 impl Shared<'_> {
@@ -470,7 +597,16 @@ impl Shared<'_> {
         let flags = external | ranged | if local { FRONTEND_FLAG_NODE_LOCAL } else { 0 };
         let endpoints = if kind == FRONTEND_CLUSTER_IP { endpoint_metas(self.port) } else { Vec::new() };
         let meta = ServiceMeta { frontend_kind: kind, ..self.meta };
-        WantedFrontend { affinity_timeout_s: self.affinity_timeout_s, flags, source_ranges, backends, meta, endpoints }
+        let maglev = self.selection == BackendSelection::Maglev;
+        WantedFrontend {
+            affinity_timeout_s: self.affinity_timeout_s,
+            flags,
+            source_ranges,
+            backends,
+            maglev,
+            meta,
+            endpoints,
+        }
     }
 }
 
@@ -546,6 +682,7 @@ mod tests {
                     internal_traffic_policy: TrafficPolicy::Cluster,
                     health_check_node_port: None,
                     session_affinity: SessionAffinity::None,
+                    backend_selection: BackendSelection::Maglev,
                     ports: vec![ServicePort {
                         name: String::new(),
                         port: 80,
@@ -561,7 +698,8 @@ mod tests {
 
     /// Applies `ops` to a model of the maps, checking after every single
     /// write that no frontend counts a slot that is missing or points at a
-    /// missing backend.
+    /// missing backend, that its Maglev table is all there and names only
+    /// its slots, and that no table is written over one a frontend uses.
     #[derive(Default)]
     struct Maps {
         frontends: BTreeMap<FrontendKey, Frontend>,
@@ -569,6 +707,8 @@ mod tests {
         backends: BTreeMap<u32, Backend>,
         vips: BTreeMap<u32, u32>,
         endpoints: BTreeMap<EndpointKey, EndpointMeta>,
+        /// Maglev entry index -> slot.
+        maglev: BTreeMap<u32, u16>,
     }
 
     impl Maps {
@@ -586,12 +726,33 @@ mod tests {
                     MapOp::PutEndpoint { key, meta } => drop(self.endpoints.insert(*key, *meta)),
                     MapOp::DeleteEndpoint(key) => drop(self.endpoints.remove(key)),
                     MapOp::PutSourceRange { .. } | MapOp::DeleteSourceRange { .. } => {}
+                    MapOp::PutMaglevTable { element, table } => {
+                        let start = element * MAGLEV_ENTRIES_PER_ELEMENT;
+                        let end = start + table.len() as u32;
+                        for fe in self.frontends.values().filter(|fe| fe.maglev_size != 0) {
+                            let (used_start, used_end) = (fe.maglev_offset, fe.maglev_offset + fe.maglev_size);
+                            assert!(
+                                end <= used_start || start >= used_end,
+                                "op {i} writes over svc {}'s table",
+                                fe.svc_id
+                            );
+                        }
+                        self.maglev.extend((start..).zip(table.iter().copied()));
+                    }
                     MapOp::PutMeta { .. }
                     | MapOp::DeleteMeta(_)
                     | MapOp::PurgeAffinity { .. }
                     | MapOp::FlushUdpFlows(_) => {}
                 }
                 for fe in self.frontends.values() {
+                    for index in fe.maglev_offset..fe.maglev_offset + fe.maglev_size {
+                        let slot = self.maglev.get(&index);
+                        assert!(
+                            slot.is_some_and(|s| *s < fe.backend_count),
+                            "after op {i} ({op:?}) Maglev entry {index} of svc {} is {slot:?}",
+                            fe.svc_id
+                        );
+                    }
                     for slot in 0..u32::from(fe.backend_count) {
                         let id = self.slots.get(&BackendSlotKey { svc_id: fe.svc_id, slot });
                         assert!(
@@ -693,6 +854,7 @@ mod tests {
                 datapath_ops.as_slice(),
                 [
                     MapOp::PutSlot { .. },
+                    MapOp::PutMaglevTable { .. },
                     MapOp::PutFrontend { frontend: Frontend { backend_count: 2, .. }, .. },
                     MapOp::DeleteSlot(BackendSlotKey { slot: 2, .. }),
                     MapOp::DeleteBackend(_),

@@ -10,14 +10,11 @@ use lb_ebpf::{
     parse::{Frame, parse},
     reply,
 };
-use lb_tests::{netns::unique_name, require_root};
-use lb_userspace::{
-    datapath::{
-        loader::{Datapath, TestProgram, XdpAttachMode},
-        maps::DatapathMaps,
-    },
-    reconcile::MapOp,
-};
+use lb_tests::require_root;
+use lb_userspace::{datapath::loader::TestProgram, reconcile::MapOp};
+
+mod common;
+use common::ScratchDatapath;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -28,28 +25,6 @@ const EMPTY_VIP: [u8; 4] = [10, 96, 0, 11];
 const CLIENT: [u8; 4] = [10, 244, 0, 3];
 const POD: [u8; 4] = [10, 244, 1, 7];
 const NODE: [u8; 4] = [198, 51, 100, 1];
-
-/// The datapath loaded into this kernel, its maps pinned in a scratch
-/// directory that is removed on drop.
-struct ScratchDatapath {
-    datapath: Datapath,
-    maps: DatapathMaps,
-    dir: std::path::PathBuf,
-}
-
-impl ScratchDatapath {
-    fn load() -> Self {
-        let dir = std::path::PathBuf::from("/sys/fs/bpf").join(unique_name("f"));
-        let (datapath, maps, _) = Datapath::load(&dir, XdpAttachMode::Auto, false, false).expect("load the datapath");
-        Self { datapath, maps, dir }
-    }
-}
-
-impl Drop for ScratchDatapath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 struct Fixture {
     what: &'static str,

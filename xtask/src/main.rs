@@ -32,6 +32,11 @@ enum Task {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
     },
+    /// Run the benchmarks (all, or the ones named) and write bench/results/<date>.md and .json.
+    Bench {
+        /// Benchmark names, e.g. `maglev`.
+        names: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +48,10 @@ fn main() -> anyhow::Result<()> {
             demo::run(&workspace_root())
         }
         Task::Test { filter } => test(filter.as_deref()),
+        Task::Bench { names } => {
+            build()?;
+            checked(cargo().args(["bench", "-p", "lb-tests", "--bench", "lb", "--"]).args(names))
+        }
     }
 }
 

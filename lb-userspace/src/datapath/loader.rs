@@ -19,6 +19,8 @@ use aya::{
 };
 use tracing::{info, warn};
 
+use lb_common::{CtTimeouts, MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, map_names};
+
 use super::maps::{DatapathMaps, MapsError};
 
 static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-datapath"));
@@ -26,8 +28,9 @@ static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 const XDP_PROGRAM: &str = "lb_xdp";
 const XDP_NODE_PROGRAM: &str = "lb_xdp_node";
 const TC_PROGRAM: &str = "lb_tc_egress";
-/// The load-time switch of the XDP fast path (lb-ebpf's `LB_FAST_PATH`).
+/// Load-time constants of the programs (lb-ebpf's statics of these names).
 const FAST_PATH_GLOBAL: &str = "LB_FAST_PATH";
+const CT_TIMEOUTS_GLOBAL: &str = "LB_CT_TIMEOUTS";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
@@ -49,6 +52,40 @@ pub enum LoaderError {
     Maps(#[from] MapsError),
     #[error("reading the datapath's log: {0}")]
     Log(#[from] aya_log::Error),
+    #[error(
+        "pinned map {} holds {pinned} entries but {flag} asks for {asked}: restart with {flag} {pinned}, or remove the pin (its state is lost)",
+        path.display()
+    )]
+    PinnedSize { path: PathBuf, flag: &'static str, pinned: u64, asked: u64 },
+}
+
+/// What the programs are loaded with.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub xdp_mode: XdpAttachMode,
+    /// Log every verdict through aya-log; without it the log statements
+    /// are dead code the verifier removes.
+    pub debug_log: bool,
+    /// Keep the FIB lookup after each rewrite (`--xdp-redirect-device`).
+    pub fast_path: bool,
+    /// Conntrack capacity, in entries (two per flow).
+    pub ct_max: u32,
+    pub ct_timeouts: CtTimeouts,
+    /// Room for all Maglev tables, in entries.
+    pub maglev_entries: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            xdp_mode: XdpAttachMode::Auto,
+            debug_log: false,
+            fast_path: false,
+            ct_max: MAX_CONNTRACK,
+            ct_timeouts: CtTimeouts::DEFAULT,
+            maglev_entries: MAX_MAGLEV_ENTRIES,
+        }
+    }
 }
 
 /// How XDP is attached, as `--xdp-mode` says.
@@ -107,25 +144,26 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the programs, creating or reusing the maps pinned in `bpf_dir`.
-    /// With `debug_log`, the programs log every verdict through aya-log
-    /// (read them with the returned logger); without it the log statements
-    /// are dead code the verifier removes. Likewise `fast_path` keeps or
-    /// removes the FIB lookup after each rewrite.
+    /// With `debug_log`, read the programs' log records with the returned logger.
     pub fn load(
         bpf_dir: &Path,
-        mode: XdpAttachMode,
-        debug_log: bool,
-        fast_path: bool,
+        options: &LoadOptions,
     ) -> Result<(Self, DatapathMaps, Option<DatapathLogger>), LoaderError> {
         if DATAPATH_OBJECT.is_empty() {
             return Err(LoaderError::NoObject);
         }
         prepare_bpf_dir(bpf_dir)?;
-        let log_level = if debug_log { aya_log::Level::Debug as u8 } else { 0 };
+        let maglev_elements = options.maglev_entries.div_ceil(MAGLEV_ENTRIES_PER_ELEMENT);
+        check_pinned_size(bpf_dir, map_names::CONNTRACK, options.ct_max, 1, "--ct-max")?;
+        check_pinned_size(bpf_dir, map_names::MAGLEV, maglev_elements, MAGLEV_ENTRIES_PER_ELEMENT, "--maglev-entries")?;
+        let log_level = if options.debug_log { aya_log::Level::Debug as u8 } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(bpf_dir)
             .override_global(aya_log::LEVEL, &log_level, false)
-            .override_global(FAST_PATH_GLOBAL, &u8::from(fast_path), true)
+            .override_global(FAST_PATH_GLOBAL, &u8::from(options.fast_path), true)
+            .override_global(CT_TIMEOUTS_GLOBAL, &options.ct_timeouts, true)
+            .map_max_entries(map_names::CONNTRACK, options.ct_max)
+            .map_max_entries(map_names::MAGLEV, maglev_elements)
             .load(DATAPATH_OBJECT)
             .map_err(|source| LoaderError::Load { bpf_dir: bpf_dir.to_owned(), source: Box::new(source) })?;
         let program_err = |name| move |source| LoaderError::Program { name, source };
@@ -135,8 +173,8 @@ impl Datapath {
         let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
         tc.load().map_err(program_err(TC_PROGRAM))?;
         let maps = DatapathMaps::take(&mut ebpf)?;
-        let logger = if debug_log { Some(aya_log::EbpfLogger::init(&mut ebpf)?) } else { None };
-        Ok((Self { ebpf, mode, attached: BTreeMap::new() }, maps, logger))
+        let logger = if options.debug_log { Some(aya_log::EbpfLogger::init(&mut ebpf)?) } else { None };
+        Ok((Self { ebpf, mode: options.xdp_mode, attached: BTreeMap::new() }, maps, logger))
     }
 
     /// The interfaces the programs are attached to, with their ifindex.
@@ -248,6 +286,25 @@ where
 
 /// Makes sure `bpf_dir` exists (0700) on a bpf filesystem, mounting bpffs
 /// on /sys/fs/bpf when the directory lives there and nothing is mounted.
+/// A map pinned by an earlier agent keeps its size: a different one asked
+/// for now (`asked` elements of `per_element` entries) would be ignored.
+fn check_pinned_size(
+    bpf_dir: &Path,
+    name: &str,
+    asked: u32,
+    per_element: u32,
+    flag: &'static str,
+) -> Result<(), LoaderError> {
+    let path = bpf_dir.join(name);
+    match aya::maps::MapInfo::from_pin(&path) {
+        Ok(info) if info.max_entries() != asked => {
+            let entries = |elements: u32| u64::from(elements) * u64::from(per_element);
+            Err(LoaderError::PinnedSize { path, flag, pinned: entries(info.max_entries()), asked: entries(asked) })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn prepare_bpf_dir(bpf_dir: &Path) -> Result<(), LoaderError> {
     let dir_err = |reason: String| LoaderError::BpfDir { path: bpf_dir.to_owned(), reason };
     if bpf_dir.starts_with(DEFAULT_BPFFS) && !is_bpffs(Path::new(DEFAULT_BPFFS)) {

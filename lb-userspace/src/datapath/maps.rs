@@ -3,13 +3,15 @@
 
 use std::{
     collections::BTreeSet,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, EndpointKey, EndpointMeta,
-    FastPath, Frontend, FrontendKey, IPPROTO_UDP, Reason, ServiceMeta, SourceRange, map_names,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, CtTimeouts, EndpointKey,
+    EndpointMeta, FastPath, Frontend, FrontendKey, IPPROTO_UDP, MAGLEV_ENTRIES_PER_ELEMENT, MaglevElement, Reason,
+    ServiceMeta, SourceRange, ct_stats, map_names,
 };
 
 use crate::reconcile::{MapOp, Programmed};
@@ -22,6 +24,8 @@ pub enum MapsError {
     Pin { path: PathBuf, source: MapError },
     #[error("map {name} has an unexpected type or layout: {source}")]
     Layout { name: &'static str, source: MapError },
+    #[error("cannot map LB_MAGLEV into memory: {reason}")]
+    Mmap { reason: String },
 }
 
 pub struct DatapathMaps {
@@ -37,6 +41,73 @@ pub struct DatapathMaps {
     pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
     pub redirect_ports: HashMap<MapData, u32, u32>,
     pub fast_path_counters: PerCpuArray<MapData, u64>,
+    pub ct_stats: PerCpuArray<MapData, u64>,
+    pub maglev: MaglevMemory,
+}
+
+/// `LB_MAGLEV` mapped into this process: tables are written as memory,
+/// not one syscall per element.
+pub struct MaglevMemory {
+    /// Keeps the map (and so the mapping's object) open.
+    _map: MapData,
+    elements: *mut MaglevElement,
+    len: usize,
+}
+
+impl MaglevMemory {
+    fn new(map: Map) -> Result<Self, MapsError> {
+        let layout = |reason: String| MapsError::Mmap { reason };
+        let Map::Array(map) = map else { return Err(layout("not an array".into())) };
+        let info = map.info().map_err(|e| layout(e.to_string()))?;
+        let len = info.max_entries() as usize;
+        let bytes = len * size_of::<MaglevElement>();
+        // SAFETY: mapping a BPF_F_MMAPABLE array through its own fd, shared
+        // and writable; the kernel checks the size against the map's.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(layout(std::io::Error::last_os_error().to_string()));
+        }
+        Ok(Self { _map: map, elements: ptr.cast(), len })
+    }
+
+    /// The table size in elements: the capacity for all tables.
+    pub fn elements(&self) -> u32 {
+        self.len as u32
+    }
+
+    /// Writes `table` from element `element` on.
+    pub fn write(&mut self, element: u32, table: &[u16]) -> Result<(), MapError> {
+        let start = element as usize;
+        let count = table.len().div_ceil(MAGLEV_ENTRIES_PER_ELEMENT as usize);
+        if start + count > self.len {
+            return Err(MapError::OutOfBounds { index: element + count as u32, max_entries: self.len as u32 });
+        }
+        // SAFETY: inside the mapping (checked above); the datapath only reads
+        // regions that no frontend points at yet, or that are not written.
+        let elements = unsafe { std::slice::from_raw_parts_mut(self.elements.add(start), count) };
+        for (element, chunk) in elements.iter_mut().zip(table.chunks(MAGLEV_ENTRIES_PER_ELEMENT as usize)) {
+            let mut packed = MaglevElement::default();
+            packed[..chunk.len()].copy_from_slice(chunk);
+            *element = packed;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MaglevMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.elements.cast(), self.len * size_of::<MaglevElement>()) };
+    }
 }
 
 impl DatapathMaps {
@@ -67,6 +138,8 @@ impl DatapathMaps {
             source_ranges: typed(&mut open, map_names::SOURCE_RANGES)?,
             redirect_ports: typed(&mut open, map_names::REDIRECT_PORTS)?,
             fast_path_counters: typed(&mut open, map_names::FAST_PATH_COUNTERS)?,
+            ct_stats: typed(&mut open, map_names::CT_STATS)?,
+            maglev: MaglevMemory::new(open(map_names::MAGLEV)?)?,
         })
     }
 }
@@ -102,11 +175,53 @@ impl DatapathMaps {
                 self.source_ranges.remove(&source_range(*svc_id, *addr, *prefix_len))
             }
             MapOp::FlushUdpFlows(backend) => self.flush_udp_flows(backend),
+            MapOp::PutMaglevTable { element, table } => self.maglev.write(*element, table),
         };
         match result {
             Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    /// Deletes the expired conntrack entries, by the datapath's own rule.
+    pub fn sweep_conntrack(&mut self, timeouts: &CtTimeouts) -> Result<Sweep, MapError> {
+        let now = monotonic_ns();
+        let (mut expired, mut live) = (Vec::new(), 0);
+        for entry in self.conntrack.iter() {
+            let (key, entry) = entry?;
+            if timeouts.expired(key.proto, &entry, now) {
+                expired.push(key);
+            } else {
+                live += 1;
+            }
+        }
+        let removed = self.remove_conntrack(&expired)?;
+        Ok(Sweep { removed, live })
+    }
+
+    /// Deletes `keys` (gone already is fine) and counts them in `LB_CT_STATS`.
+    fn remove_conntrack(&mut self, keys: &[CtKey]) -> Result<u64, MapError> {
+        let mut removed = 0;
+        for key in keys {
+            match self.conntrack.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if removed > 0 {
+            // The total goes in CPU 0's slot; the sum over CPUs is what counts.
+            let current = self.ct_stats.get(&ct_stats::REMOVED, 0)?;
+            let mut values = vec![0u64; current.len()];
+            values[0] = current.iter().sum::<u64>() + removed;
+            self.ct_stats.set(ct_stats::REMOVED, values.try_into()?, 0)?;
+        }
+        Ok(removed)
+    }
+
+    /// (entries created by the datapath, entries removed by agents).
+    pub fn conntrack_totals(&self) -> Result<(u64, u64), MapError> {
+        Ok((sum_per_cpu(&self.ct_stats, ct_stats::CREATED)?, sum_per_cpu(&self.ct_stats, ct_stats::REMOVED)?))
     }
 
     fn flush_udp_flows(&mut self, backend: &Backend) -> Result<(), MapError> {
@@ -121,10 +236,7 @@ impl DatapathMaps {
             .filter(|(key, entry)| key.proto == IPPROTO_UDP && to_backend(key, entry))
             .map(|(key, _)| key)
             .collect();
-        for key in stale {
-            self.conntrack.remove(&key)?;
-        }
-        Ok(())
+        self.remove_conntrack(&stale).map(drop)
     }
 
     fn purge_affinity(&mut self, svc_id: u32, keep: &[u32]) -> Result<(), MapError> {
@@ -154,7 +266,8 @@ impl DatapathMaps {
                 .keys()
                 .map(|key| key.map(|k| (u32::from_be(k.data().svc_id_be), k.data().addr, (k.prefix_len() - 32) as u8)))
                 .collect::<Result<Vec<_>, _>>()?,
-        ))
+        )
+        .with_maglev_elements(self.maglev.elements()))
     }
 
     /// Packets per reason, summed over CPUs: (XDP, TC egress) per reason.
@@ -179,6 +292,21 @@ impl DatapathMaps {
         }
         Ok(())
     }
+}
+
+/// What one conntrack sweep found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sweep {
+    pub removed: u64,
+    pub live: u64,
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the datapath's conntrack times.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn sum_per_cpu(array: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64, MapError> {

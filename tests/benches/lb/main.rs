@@ -1,0 +1,66 @@
+//! `cargo xtask bench [NAME...]`: every benchmark, or the ones named, in one
+//! run; the results go to `bench/results/<date>.md` (with the machine they
+//! ran on) and a `.json` beside it.
+
+mod maglev;
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use serde_json::{Map, Value};
+
+/// What one benchmark reports: a Markdown section and its figures.
+pub struct Section {
+    pub title: &'static str,
+    pub markdown: String,
+    pub json: Value,
+}
+
+type Bench = fn() -> anyhow::Result<Section>;
+
+const BENCHES: &[(&str, Bench)] = &[("maglev", maglev::run)];
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; every other argument names a benchmark.
+    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    if let Some(unknown) = wanted.iter().find(|w| !BENCHES.iter().any(|(name, _)| name == w)) {
+        let known: Vec<&str> = BENCHES.iter().map(|(name, _)| *name).collect();
+        anyhow::bail!("no benchmark named {unknown:?} (there are: {})", known.join(", "));
+    }
+    let machine = machine();
+    let mut markdown = format!("# Benchmarks, {}\n\nMachine: {machine}\n", machine_date());
+    let mut json = Map::new();
+    json.insert("machine".into(), Value::String(machine));
+    for (name, bench) in BENCHES.iter().filter(|(name, _)| wanted.is_empty() || wanted.iter().any(|w| w == name)) {
+        eprintln!("bench {name}: running");
+        let section = bench()?;
+        eprintln!("bench {name}: done");
+        let _ = write!(markdown, "\n## {}\n\n{}", section.title, section.markdown);
+        json.insert((*name).into(), section.json);
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let stem = dir.join(machine_date());
+    std::fs::write(stem.with_extension("md"), &markdown)?;
+    std::fs::write(stem.with_extension("json"), serde_json::to_string_pretty(&Value::Object(json))? + "\n")?;
+    print!("{markdown}");
+    eprintln!("written: {}", stem.with_extension("md").display());
+    Ok(())
+}
+
+/// Cores, CPU model and kernel: the figures depend on them.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores ({model}), Linux {}", kernel.trim())
+}
+
+/// Today's date (UTC), `YYYY-MM-DD`.
+fn machine_date() -> String {
+    let out = std::process::Command::new("date").args(["-u", "+%F"]).output();
+    out.ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_else(|| "undated".into())
+}
