@@ -85,16 +85,16 @@ impl Verdict {
 /// byte, 0 for UDP) arriving on `hook`.
 #[inline(always)]
 pub fn decide<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict {
-    let now = tables.now_ns();
+    // The clock is read only when needed: it costs as much as a map lookup.
     if let Some(entry) = tables.conntrack(flow)
-        && let Some(verdict) = established(flow, tcp_flags, &entry, tables, hook, now)
+        && let Some(verdict) = established(flow, tcp_flags, &entry, tables, hook, tables.now_ns())
     {
         return verdict;
     }
     if hook == Hook::TcEgress {
         return Verdict::Pass(Reason::PassNoService);
     }
-    new_flow(flow, tcp_flags, tables, hook, now)
+    new_flow(flow, tcp_flags, tables, hook)
 }
 
 /// The verdict for a packet whose flow has a conntrack entry, or None when
@@ -159,7 +159,7 @@ fn restore_reply_entry<T: Tables>(flow: &CtKey, entry: &CtEntry, tables: &T, now
 /// The verdict for the first packet of a flow: frontend, backend, the two
 /// conntrack entries.
 #[inline(always)]
-fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook, now: u64) -> Verdict {
+fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict {
     let frontend_key = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, _pad: 0 };
     let Some(frontend) = tables.frontend(&frontend_key) else {
         return Verdict::Pass(Reason::PassNoService);
@@ -179,6 +179,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook, now:
             Verdict::Reject
         };
     }
+    let now = tables.now_ns();
     let Some((backend_id, backend)) = select_backend(flow, &frontend, tables, now) else {
         return Verdict::Drop(Reason::DropBackendMissing);
     };

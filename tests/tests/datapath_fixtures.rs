@@ -369,3 +369,19 @@ fn an_established_flow_keeps_its_backend_among_many() {
     }
     assert_eq!(chosen.len(), 5, "64 flows should have reached all 5 backends, reached {chosen:?}");
 }
+
+/// Maps pinned by an earlier agent keep their size; asking for another one
+/// is refused with the flag and both sizes, not silently ignored.
+#[test]
+fn a_different_ct_max_over_pinned_maps_is_refused_naming_the_flag() {
+    use lb_userspace::datapath::loader::{Datapath, LoadOptions};
+    require_root();
+    let dp = ScratchDatapath::load();
+    let options = LoadOptions { ct_max: 2048, ..LoadOptions::default() };
+    let err = Datapath::load(dp.dir(), &options).err().expect("refused").to_string();
+    assert!(err.contains("--ct-max") && err.contains("262144") && err.contains("2048"), "{err}");
+    let options = LoadOptions { maglev_entries: 1 << 20, ..LoadOptions::default() };
+    let err = Datapath::load(dp.dir(), &options).err().expect("refused").to_string();
+    assert!(err.contains("--maglev-entries") && err.contains(&(1u32 << 24).to_string()), "{err}");
+    assert!(Datapath::load(dp.dir(), &LoadOptions::default()).is_ok(), "the same sizes adopt the pins");
+}

@@ -2,7 +2,10 @@
 //! run; the results go to `bench/results/<date>.md` (with the machine they
 //! ran on) and a `.json` beside it.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
 mod maglev;
+mod per_packet;
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -17,7 +20,15 @@ pub struct Section {
 
 type Bench = fn() -> anyhow::Result<Section>;
 
-const BENCHES: &[(&str, Bench)] = &[("maglev", maglev::run)];
+const BENCHES: &[(&str, Bench)] = &[("per_packet", per_packet::run), ("maglev", maglev::run)];
+
+/// The median of `values` and half their range.
+pub fn median_spread(values: &[f64]) -> (f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    (median, (sorted[sorted.len() - 1] - sorted[0]) / 2.0)
+}
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; every other argument names a benchmark.
@@ -39,6 +50,7 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
     let stem = dir.join(machine_date());
     std::fs::write(stem.with_extension("md"), &markdown)?;
     std::fs::write(stem.with_extension("json"), serde_json::to_string_pretty(&Value::Object(json))? + "\n")?;

@@ -24,13 +24,15 @@ pub struct ScratchDatapath {
 
 impl ScratchDatapath {
     pub fn load() -> Self {
-        Self::load_with(&LoadOptions::default())
+        let dir = PathBuf::from("/sys/fs/bpf").join(unique_name("f"));
+        let (datapath, maps, _) = Datapath::load(&dir, &LoadOptions::default()).expect("load the datapath");
+        Self { datapath, maps, dir }
     }
 
-    pub fn load_with(options: &LoadOptions) -> Self {
-        let dir = PathBuf::from("/sys/fs/bpf").join(unique_name("f"));
-        let (datapath, maps, _) = Datapath::load(&dir, options).expect("load the datapath");
-        Self { datapath, maps, dir }
+    /// The directory its maps are pinned in.
+    #[allow(dead_code, reason = "not every test file reloads over the pins")]
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Programs `desired` as the agent of node `node_name` would.
