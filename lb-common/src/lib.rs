@@ -77,8 +77,8 @@ pub mod map_names {
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
-pub const MAX_FRONTENDS: u32 = 65_536;
-pub const MAX_BACKENDS: u32 = 65_536;
+pub const MAX_FRONTENDS: u32 = 131_072;
+pub const MAX_BACKENDS: u32 = 131_072;
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;

@@ -2,7 +2,11 @@
 //! maps on every change, and the datapath attached to every interface that
 //! matches the patterns, including ones that appear later.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -115,6 +119,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
 impl Agent {
     fn sync_manifests(&mut self, force: bool) {
+        let started = Instant::now();
         let report = self.source.scan();
         for err in &report.errors {
             error!("{err}");
@@ -122,19 +127,24 @@ impl Agent {
         if !report.changed && !force {
             return;
         }
+        let scanned = started.elapsed();
         let (desired, errors) = model::build(self.source.objects(), &self.desired, &self.config.model);
         for err in &errors {
             error!("{err}");
         }
         self.desired = desired;
+        let modelled = started.elapsed();
         self.program();
+        info!(?scanned, ?modelled, total = ?started.elapsed(), "manifests synced");
     }
 
     /// Brings the maps (and the health check responders) in line with the
     /// model and this node's addresses.
     fn program(&mut self) {
         self.health.update(health::health_checks(&self.desired, &self.node.name));
+        let started = Instant::now();
         let ops = self.programmed.plan(&self.desired, &self.node);
+        let planned = started.elapsed();
         let mut failures = 0;
         for op in &ops {
             if let Err(err) = self.maps.apply(op) {
@@ -150,7 +160,8 @@ impl Agent {
             }
         }
         if !ops.is_empty() {
-            info!(services = self.desired.services.len(), map_writes = ops.len(), failures, "datapath updated");
+            let (services, map_writes, applied) = (self.desired.services.len(), ops.len(), started.elapsed());
+            info!(services, map_writes, failures, ?planned, ?applied, "datapath updated");
         }
     }
 

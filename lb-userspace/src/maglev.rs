@@ -82,13 +82,20 @@ pub fn build(backends: &[Backend], size: u32) -> Vec<u16> {
         .collect();
     let mut table = vec![EMPTY; size as usize];
     let mut filled = 0u32;
+    // offset < m and skip < m: one subtraction replaces the modulo.
+    let step = |walk: &mut (u64, u64)| {
+        walk.0 += walk.1;
+        if walk.0 >= m {
+            walk.0 -= m;
+        }
+    };
     'fill: loop {
         for (turn, walk) in walks.iter_mut().enumerate() {
             while table[walk.0 as usize] != EMPTY {
-                walk.0 = (walk.0 + walk.1) % m;
+                step(walk);
             }
             table[walk.0 as usize] = order[turn] as u16;
-            walk.0 = (walk.0 + walk.1) % m;
+            step(walk);
             filled += 1;
             if filled == size {
                 break 'fill;

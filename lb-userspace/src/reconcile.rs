@@ -11,7 +11,7 @@
 //!    write), and its old region is reused only in a later pass.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     iter,
     net::Ipv4Addr,
 };
@@ -179,6 +179,8 @@ pub struct Programmed {
     /// Ids are not reused at once: a packet that read a slot just before it
     /// changed must still find the backend it named.
     next_backend_id: u32,
+    used_backend_ids: HashSet<u32>,
+    svc_ids: SvcIds,
     /// Free space in `LB_MAGLEV`, in elements.
     maglev_regions: Regions,
 }
@@ -247,7 +249,7 @@ impl Programmed {
         let frontends: BTreeMap<FrontendKey, ProgrammedFrontend> = frontends;
         let maglev_regions = maglev_regions(&frontends, MAX_MAGLEV_ENTRIES / MAGLEV_ENTRIES_PER_ELEMENT);
         let with_frontend: BTreeSet<u32> = frontends.values().map(|fe| fe.svc_id).collect();
-        let listed = metas
+        let listed: BTreeMap<(String, String), ListedService> = metas
             .iter()
             .filter(|(svc_id, _)| !with_frontend.contains(svc_id))
             .map(|(svc_id, meta)| {
@@ -256,7 +258,19 @@ impl Programmed {
             })
             .collect();
         let next_backend_id = backend_ids.values().max().map_or(1, |id| id + 1);
-        Self { vips: vips.into_iter().collect(), frontends, listed, backend_ids, next_backend_id, maglev_regions }
+        let used_backend_ids = backend_ids.values().copied().collect();
+        let used_svc_ids: BTreeSet<u32> =
+            frontends.values().map(|fe| fe.svc_id).chain(listed.values().map(|l| l.svc_id)).collect();
+        Self {
+            vips: vips.into_iter().collect(),
+            frontends,
+            listed,
+            backend_ids,
+            next_backend_id,
+            used_backend_ids,
+            svc_ids: SvcIds::new(&used_svc_ids),
+            maglev_regions,
+        }
     }
 
     /// For an `LB_MAGLEV` of `elements` elements (`--maglev-entries`)
@@ -302,7 +316,7 @@ impl Programmed {
             if old.is_some_and(unchanged) {
                 continue;
             }
-            let svc_id = old.map_or_else(|| self.allocate_svc_id(), |old| old.svc_id);
+            let svc_id = old.map_or_else(|| self.svc_ids.allocate(), |old| old.svc_id);
             let old_slots = old.map(|old| old.slots.clone()).unwrap_or_default();
             let old_affinity = old.map_or(0, |old| old.affinity_timeout_s);
             for (slot, id) in slots.iter().enumerate() {
@@ -389,10 +403,13 @@ impl Programmed {
             self.frontends.insert(*key, programmed);
         }
 
+        fill_maglev_tables(&mut ops, &wanted);
+
         // 3. Frontends that are no longer wanted.
         let gone: Vec<FrontendKey> = self.frontends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
         for key in gone {
             let old = self.frontends.remove(&key).expect("key listed above");
+            self.svc_ids.release(old.svc_id);
             ops.push(MapOp::DeleteFrontend(key));
             if let Some(region) = old.maglev {
                 let (start, len) = region.span();
@@ -419,13 +436,14 @@ impl Programmed {
             self.listed.keys().filter(|k| !wanted_listed.contains_key(*k)).cloned().collect();
         for key in gone {
             let old = self.listed.remove(&key).expect("key listed above");
+            self.svc_ids.release(old.svc_id);
             ops.push(MapOp::DeleteMeta(old.svc_id));
         }
         for (key, meta) in wanted_listed {
             if self.listed.get(&key).is_some_and(|old| old.meta == meta) {
                 continue;
             }
-            let svc_id = self.listed.get(&key).map_or_else(|| self.allocate_svc_id(), |old| old.svc_id);
+            let svc_id = self.listed.get(&key).map_or_else(|| self.svc_ids.allocate(), |old| old.svc_id);
             ops.push(MapOp::PutMeta { svc_id, meta });
             self.listed.insert(key, ListedService { svc_id, meta });
         }
@@ -452,25 +470,46 @@ impl Programmed {
         unreferenced.sort_by_key(|(_, id)| *id);
         for (backend, id) in unreferenced {
             self.backend_ids.remove(&backend);
+            self.used_backend_ids.remove(&id);
             ops.push(MapOp::DeleteBackend(id));
         }
         ops
     }
 
     fn allocate_backend_id(&mut self) -> u32 {
-        while self.backend_ids.values().any(|id| *id == self.next_backend_id) || self.next_backend_id == 0 {
+        while self.used_backend_ids.contains(&self.next_backend_id) || self.next_backend_id == 0 {
             self.next_backend_id = self.next_backend_id.wrapping_add(1);
         }
         let id = self.next_backend_id;
         self.next_backend_id = self.next_backend_id.wrapping_add(1);
+        self.used_backend_ids.insert(id);
         id
     }
+}
 
-    /// The lowest id no frontend uses.
-    fn allocate_svc_id(&self) -> u32 {
-        let used: BTreeSet<u32> =
-            self.frontends.values().map(|fe| fe.svc_id).chain(self.listed.values().map(|l| l.svc_id)).collect();
-        (1..).find(|id| !used.contains(id)).expect("fewer than u32::MAX frontends")
+/// Service ids: the lowest free one is handed out first.
+#[derive(Debug)]
+struct SvcIds {
+    /// Free ids below `last`; every id above it is free.
+    free: BTreeSet<u32>,
+    last: u32,
+}
+
+impl SvcIds {
+    fn new(used: &BTreeSet<u32>) -> Self {
+        let last = used.last().copied().unwrap_or(0);
+        Self { free: (1..last).filter(|id| !used.contains(id)).collect(), last }
+    }
+
+    fn allocate(&mut self) -> u32 {
+        self.free.pop_first().unwrap_or_else(|| {
+            self.last += 1;
+            self.last
+        })
+    }
+
+    fn release(&mut self, id: u32) {
+        self.free.insert(id);
     }
 }
 
@@ -493,8 +532,39 @@ fn maglev_table(
         );
         return None;
     };
-    ops.push(MapOp::PutMaglevTable { element, table: maglev::build(&fe.backends, size) });
+    // Built later, all tables at once (see `fill_maglev_tables`).
+    ops.push(MapOp::PutMaglevTable { element, table: Vec::new() });
     Some(MaglevRegion { offset: element * MAGLEV_ENTRIES_PER_ELEMENT, size })
+}
+
+/// Builds the tables of the `PutMaglevTable` ops on every core: a cold start
+/// builds thousands. Each op is followed by the `PutFrontend` that gives its
+/// frontend's key, backends and size.
+fn fill_maglev_tables(ops: &mut [MapOp], wanted: &BTreeMap<FrontendKey, WantedFrontend>) {
+    let mut jobs: Vec<(&mut Vec<u16>, &WantedFrontend, u32)> = Vec::new();
+    let mut pending: Option<&mut Vec<u16>> = None;
+    for op in ops.iter_mut() {
+        match op {
+            MapOp::PutMaglevTable { table, .. } => pending = Some(table),
+            MapOp::PutFrontend { key, frontend } if frontend.maglev_size != 0 => {
+                if let Some(table) = pending.take() {
+                    jobs.push((table, &wanted[key], frontend.maglev_size));
+                }
+            }
+            _ => {}
+        }
+    }
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_thread = jobs.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for chunk in jobs.chunks_mut(per_thread) {
+            scope.spawn(move || {
+                for (table, fe, size) in chunk {
+                    **table = maglev::build(&fe.backends, *size);
+                }
+            });
+        }
+    });
 }
 
 /// The frontends the model asks for, keyed like the frontend map.

@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 pub const MAX_FILE_SIZE: u64 = 16 << 20;
 
 /// How long the directory must stay quiet before a burst of events becomes one tick.
-const DEBOUNCE_QUIET: Duration = Duration::from_millis(100);
+const DEBOUNCE_QUIET: Duration = Duration::from_millis(20);
 /// A directory that never goes quiet still ticks this often.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
@@ -123,10 +123,11 @@ impl fmt::Display for ObjectId {
 }
 
 /// An object and the file it came from, for error messages further down.
+/// Shared, not copied: every scan hands the model the whole directory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sourced<T> {
     pub file: PathBuf,
-    pub object: T,
+    pub object: Arc<T>,
 }
 
 /// Every object the directory provides. Each has `metadata.name` and
@@ -144,20 +145,20 @@ impl Objects {
     fn push(&mut self, file: &Path, object: Object) {
         let file = file.to_owned();
         match object {
-            Object::Service(object) => self.services.push(Sourced { file, object: *object }),
-            Object::Pod(object) => self.pods.push(Sourced { file, object: *object }),
-            Object::Endpoints(object) => self.endpoints.push(Sourced { file, object: *object }),
-            Object::EndpointSlice(object) => self.endpoint_slices.push(Sourced { file, object: *object }),
+            Object::Service(object) => self.services.push(Sourced { file, object }),
+            Object::Pod(object) => self.pods.push(Sourced { file, object }),
+            Object::Endpoints(object) => self.endpoints.push(Sourced { file, object }),
+            Object::EndpointSlice(object) => self.endpoint_slices.push(Sourced { file, object }),
         }
     }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 enum Object {
-    Service(Box<Service>),
-    Pod(Box<Pod>),
-    Endpoints(Box<Endpoints>),
-    EndpointSlice(Box<EndpointSlice>),
+    Service(Arc<Service>),
+    Pod(Arc<Pod>),
+    Endpoints(Arc<Endpoints>),
+    EndpointSlice(Arc<EndpointSlice>),
 }
 
 impl Object {
@@ -250,8 +251,21 @@ impl ManifestDir {
         let before = self.files.len();
         self.files.retain(|path, _| listing.contains_key(path));
         let mut changed = self.files.len() != before;
-        for (path, format) in listing {
-            match load(&path, format, self.files.get(&path)) {
+        // Parsing is the slow part of a cold start: files are read on every core.
+        let listing: Vec<(PathBuf, Format)> = listing.into_iter().collect();
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let files = &self.files;
+        let loads: Vec<Load> = std::thread::scope(|scope| {
+            let workers: Vec<_> = listing
+                .chunks(listing.len().div_ceil(threads).max(1))
+                .map(|chunk| {
+                    scope.spawn(move || chunk.iter().map(|(p, f)| load(p, *f, files.get(p))).collect::<Vec<_>>())
+                })
+                .collect();
+            workers.into_iter().flat_map(|w| w.join().expect("a manifest loader panicked")).collect()
+        });
+        for ((path, _), loaded) in listing.into_iter().zip(loads) {
+            match loaded {
                 Load::Unchanged => {}
                 Load::Gone => changed |= self.files.remove(&path).is_some(),
                 Load::Read(state) => {
@@ -517,8 +531,8 @@ fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
 
 /// Deserialises with the path of the offending field in the error, and
 /// defaults the namespace so nothing downstream has to.
-fn typed<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: Value) -> Result<Box<T>, String> {
-    let mut object: Box<T> = serde_path_to_error::deserialize(value).map_err(|err| {
+fn typed<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: Value) -> Result<Arc<T>, String> {
+    let mut object: T = serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         if path == "." { err.inner().to_string() } else { format!("{path}: {}", err.inner()) }
     })?;
@@ -526,7 +540,7 @@ fn typed<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: Value) -> Resul
     if namespace.as_deref().is_none_or(str::is_empty) {
         *namespace = Some("default".to_owned());
     }
-    Ok(object)
+    Ok(Arc::new(object))
 }
 
 /// Ticks when something in a watched directory changed; see [`watch`].

@@ -60,7 +60,7 @@ impl AgentProcess {
             .stdout(Stdio::null())
             .stderr(log);
         agent.child = Some(node.ns.spawn(&mut cmd)?);
-        agent.wait_for_log("agent started", Duration::from_secs(10))?;
+        agent.wait_for_log("agent started", Duration::from_secs(60))?;
         Ok(agent)
     }
 
@@ -136,6 +136,11 @@ impl AgentProcess {
                 (cols.next() == Some(reason)).then(|| cols.next().and_then(|v| v.parse().ok())).flatten()
             })
             .with_context(|| format!("no counter {reason} in:\n{counters}"))
+    }
+
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.0.id())
     }
 
     /// Stops the agent with SIGTERM, as a service manager would.

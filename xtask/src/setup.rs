@@ -13,8 +13,15 @@ use anyhow::{Context as _, bail};
 use crate::checked;
 
 /// Commands the tests and the demo call, and the Debian package of each.
-const DEBIAN_PACKAGES: &[(&str, &str)] =
-    &[("ip", "iproute2"), ("nsenter", "util-linux"), ("curl", "curl"), ("ethtool", "ethtool")];
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("curl", "curl"),
+    ("ethtool", "ethtool"),
+    // The kube-proxy peers of `cargo xtask bench`.
+    ("iptables-restore", "iptables"),
+    ("nft", "nftables"),
+];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;

@@ -4,6 +4,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod control_plane;
 mod maglev;
 mod per_packet;
 
@@ -20,7 +21,8 @@ pub struct Section {
 
 type Bench = fn() -> anyhow::Result<Section>;
 
-const BENCHES: &[(&str, Bench)] = &[("per_packet", per_packet::run), ("maglev", maglev::run)];
+const BENCHES: &[(&str, Bench)] =
+    &[("per_packet", per_packet::run), ("control_plane", control_plane::run), ("maglev", maglev::run)];
 
 /// The median of `values` and half their range.
 pub fn median_spread(values: &[f64]) -> (f64, f64) {

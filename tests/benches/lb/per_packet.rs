@@ -86,7 +86,7 @@ pub fn run() -> anyhow::Result<Section> {
         "| services | new TCP SYN | established TCP | established UDP | reply reverse-NAT | not a service | not IPv4 (floor) |\n|---|---|---|---|---|---|---|\n",
     );
     let mut results = BTreeMap::new();
-    for count in [1u32, 100, 10_000] {
+    for count in [1u32, 100, 10_000, 100_000] {
         eprintln!("  per_packet: {count} services");
         let mut dp = ScratchDatapath::load();
         dp.program(&services(count), "bench-node");
