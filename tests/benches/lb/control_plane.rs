@@ -257,20 +257,15 @@ pub fn run() -> anyhow::Result<Section> {
     }
     let change = written.elapsed();
 
-    let peers = if std::env::var_os("LB_BENCH_NO_PEERS").is_some() {
-        eprintln!(
-            "{}",
-            agent
-                .log_text()
-                .lines()
-                .filter(|l| l.contains("synced") || l.contains("updated"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        Vec::new()
-    } else {
-        peers()?
-    };
+    // The agent's own account: parse, model, plan and map writes.
+    let timings: Vec<String> = agent
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("manifests synced") || l.contains("datapath updated"))
+        .filter_map(|l| l.split_once("agent: ").map(|(_, rest)| format!("    {rest}")))
+        .collect();
+    agent.stop()?;
+    let peers = peers()?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut markdown = format!(
         "{SERVICES} Services x {ENDPOINTS} endpoints (Services without selector and their Endpoints, {} JSON files).\n\n\
