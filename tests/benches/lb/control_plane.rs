@@ -15,155 +15,17 @@ use std::{
 use lb_tests::{agent::AgentProcess, client::http_get, netns::Netns, topology::Node};
 use serde_json::json;
 
-use crate::Section;
+use crate::{
+    Section,
+    synthetic::{BACKEND_POD, ENDPOINTS, Synthetic, vip},
+};
 
 const SERVICES: u32 = 10_000;
-const ENDPOINTS: u32 = 10;
-/// Services per manifest file.
-const PER_FILE: u32 = 500;
-/// The last Service's endpoints are a real pod listening on 10 ports.
-const BACKEND_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 /// Room for 10 007 entries (the table of 10 backends) for each Service.
 const MAGLEV_ENTRIES: u32 = 1 << 27;
 
-fn vip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i)
-}
-
-/// Endpoint `j` of Service `i`: address and port.
-fn endpoint(i: u32, j: u32) -> (Ipv4Addr, u16) {
-    if i == SERVICES - 1 {
-        (BACKEND_POD, 8080 + j as u16)
-    } else {
-        (Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * ENDPOINTS + j), 8080)
-    }
-}
-
-/// A Service without selector and its Endpoints object, as JSON items.
-fn service_items(i: u32, endpoints: u32) -> [serde_json::Value; 2] {
-    let name = format!("svc-{i}");
-    let subsets: Vec<_> = (0..endpoints)
-        .map(|j| {
-            let (ip, port) = endpoint(i, j);
-            json!({"addresses": [{"ip": ip.to_string()}], "ports": [{"port": port}]})
-        })
-        .collect();
-    [
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "bench"},
-               "spec": {"clusterIP": vip(i).to_string(), "ports": [{"port": 80}]}}),
-        json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": "bench"}, "subsets": subsets}),
-    ]
-}
-
-/// Manifest file `f` (a JSON List); the last Service has `last_endpoints`.
-fn manifest_file(f: u32, last_endpoints: u32) -> String {
-    let items: Vec<_> = (f * PER_FILE..((f + 1) * PER_FILE).min(SERVICES))
-        .flat_map(|i| service_items(i, if i == SERVICES - 1 { last_endpoints } else { ENDPOINTS }))
-        .collect();
-    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
-}
-
-/// kube-proxy's iptables rules for the Services (the last with `last_endpoints`),
-/// for `iptables-restore`: KUBE-SERVICES -> KUBE-SVC-* (statistic random,
-/// probability 1/(n-k) for the k-th endpoint) -> KUBE-SEP-* (mark, DNAT).
-fn iptables_rules(last_endpoints: u32, only_last: bool) -> String {
-    let mut chains = String::new();
-    let mut rules = String::new();
-    let services = if only_last { SERVICES - 1..SERVICES } else { 0..SERVICES };
-    if !only_last {
-        chains.push_str(":PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
-        chains.push_str(":KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
-        rules.push_str(
-            "-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n-A POSTROUTING -j KUBE-POSTROUTING\n",
-        );
-        rules.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
-        rules.push_str("-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\n");
-    }
-    for i in services {
-        let n = if i == SERVICES - 1 { last_endpoints } else { ENDPOINTS };
-        let _ = writeln!(chains, ":KUBE-SVC-{i} - [0:0]");
-        if !only_last {
-            let _ = writeln!(rules, "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}", vip(i));
-        }
-        for j in 0..n {
-            let (ip, port) = endpoint(i, j);
-            let _ = writeln!(chains, ":KUBE-SEP-{i}-{j} - [0:0]");
-            let remaining = n - j;
-            if remaining > 1 {
-                let p = 1.0 / f64::from(remaining);
-                let _ = writeln!(
-                    rules,
-                    "-A KUBE-SVC-{i} -m statistic --mode random --probability {p:.10} -j KUBE-SEP-{i}-{j}"
-                );
-            } else {
-                let _ = writeln!(rules, "-A KUBE-SVC-{i} -j KUBE-SEP-{i}-{j}");
-            }
-            let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -s {ip}/32 -j KUBE-MARK-MASQ");
-            let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -p tcp -m tcp -j DNAT --to-destination {ip}:{port}");
-        }
-        if only_last {
-            // kube-proxy's partial sync also deletes the chain that went.
-            for j in n..ENDPOINTS {
-                let _ = writeln!(chains, ":KUBE-SEP-{i}-{j} - [0:0]");
-                let _ = writeln!(rules, "-X KUBE-SEP-{i}-{j}");
-            }
-        }
-    }
-    format!("*nat\n{chains}{rules}COMMIT\n")
-}
-
-/// kube-proxy's nftables rules: a verdict map on daddr . proto . dport,
-/// `numgen random mod n` per Service, a chain per endpoint.
-fn nft_rules() -> String {
-    let mut out = String::from("table ip kube-proxy {\n");
-    out.push_str("  chain mark-for-masquerade {\n    meta mark set meta mark | 0x4000\n  }\n");
-    let mut elements = Vec::new();
-    let mut chains = String::new();
-    for i in 0..SERVICES {
-        elements.push(format!("{} . tcp . 80 : goto service-{i}", vip(i)));
-        let mut vmap = Vec::new();
-        for j in 0..ENDPOINTS {
-            let (ip, port) = endpoint(i, j);
-            vmap.push(format!("{j} : goto endpoint-{i}-{j}"));
-            let _ = writeln!(
-                chains,
-                "  chain endpoint-{i}-{j} {{\n    ip saddr {ip} jump mark-for-masquerade\n    meta l4proto tcp dnat to {ip}:{port}\n  }}"
-            );
-        }
-        let _ = writeln!(
-            chains,
-            "  chain service-{i} {{\n    numgen random mod {ENDPOINTS} vmap {{ {} }}\n  }}",
-            vmap.join(", ")
-        );
-    }
-    out.push_str(&chains);
-    let _ = writeln!(
-        out,
-        "  map service-ips {{\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {{ {} }}\n  }}",
-        elements.join(", ")
-    );
-    out.push_str("  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n");
-    out.push_str("  chain nat-prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n");
-    out.push_str(
-        "  chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n}\n",
-    );
-    out
-}
-
-/// What kube-proxy's nftables mode sends for the last Service losing one endpoint.
-fn nft_change() -> String {
-    let i = SERVICES - 1;
-    let vmap: Vec<String> = (0..ENDPOINTS - 1).map(|j| format!("{j} : goto endpoint-{i}-{j}")).collect();
-    format!(
-        "flush chain ip kube-proxy service-{i}\nadd rule ip kube-proxy service-{i} numgen random mod {} vmap {{ {} }}\ndelete chain ip kube-proxy endpoint-{i}-{}\n",
-        ENDPOINTS - 1,
-        vmap.join(", "),
-        ENDPOINTS - 1
-    )
-}
-
 /// Runs `program` with `input` on its stdin inside `ns`; how long it took.
-fn timed_load(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow::Result<Duration> {
+pub fn timed_load(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow::Result<Duration> {
     let mut cmd = ns.command(program);
     cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -177,7 +39,7 @@ fn timed_load(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow::
 }
 
 /// (cold load, one change) for each peer that is installed.
-fn peers() -> anyhow::Result<Vec<(&'static str, Duration, Duration)>> {
+fn peers(synthetic: &Synthetic) -> anyhow::Result<Vec<(&'static str, Duration, Duration)>> {
     let mut results = Vec::new();
     for (name, program) in
         [("iptables-legacy-restore", "iptables-legacy-restore"), ("iptables-nft-restore", "iptables-nft-restore")]
@@ -188,14 +50,14 @@ fn peers() -> anyhow::Result<Vec<(&'static str, Duration, Duration)>> {
         }
         eprintln!("  control_plane: {name}, {SERVICES} services");
         let ns = Netns::create("b")?;
-        let cold = timed_load(&ns, program, &[], &iptables_rules(ENDPOINTS, false))?;
-        let change = timed_load(&ns, program, &["--noflush"], &iptables_rules(ENDPOINTS - 1, true))?;
+        let cold = timed_load(&ns, program, &[], &synthetic.iptables_rules(ENDPOINTS, false))?;
+        let change = timed_load(&ns, program, &["--noflush"], &synthetic.iptables_rules(ENDPOINTS - 1, true))?;
         results.push((name, cold, change));
     }
     eprintln!("  control_plane: nft -f, {SERVICES} services (the slowest peer: tens of seconds)");
     let ns = Netns::create("b")?;
-    let cold = timed_load(&ns, "nft", &["-f", "-"], &nft_rules())?;
-    let change = timed_load(&ns, "nft", &["-f", "-"], &nft_change())?;
+    let cold = timed_load(&ns, "nft", &["-f", "-"], &synthetic.nft_rules())?;
+    let change = timed_load(&ns, "nft", &["-f", "-"], &synthetic.nft_change())?;
     results.push(("nft -f", cold, change));
     Ok(results)
 }
@@ -227,8 +89,8 @@ pub fn run() -> anyhow::Result<Section> {
     let mut backend = node.add_pod("backend", BACKEND_POD)?;
     backend.serve_on(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>(), &[])?;
     let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100))?;
-    let files: Vec<(String, String)> =
-        (0..SERVICES.div_ceil(PER_FILE)).map(|f| (format!("svc-{f:03}.json"), manifest_file(f, ENDPOINTS))).collect();
+    let synthetic = Synthetic { services: SERVICES };
+    let files = synthetic.manifest_files(ENDPOINTS);
     let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
     let maglev_entries = MAGLEV_ENTRIES.to_string();
     let args = ["--pod-device", "h-*", "--maglev-entries", &maglev_entries];
@@ -247,10 +109,9 @@ pub fn run() -> anyhow::Result<Section> {
     // One endpoint of the last Service goes: file write -> map update.
     let updates = |agent: &AgentProcess| agent.log_text().matches("datapath updated").count();
     let before = updates(&agent);
-    let last_file = &files[files.len() - 1].0;
-    let changed = manifest_file(SERVICES.div_ceil(PER_FILE) - 1, ENDPOINTS - 1);
+    let (last_file, changed) = synthetic.manifest_files(ENDPOINTS - 1).pop().expect("files");
     let written = Instant::now();
-    agent.write_manifest(last_file, &changed)?;
+    agent.write_manifest(&last_file, &changed)?;
     while updates(&agent) == before {
         anyhow::ensure!(written.elapsed() < Duration::from_secs(30), "the change never reached the maps");
         std::thread::sleep(Duration::from_micros(500));
@@ -265,7 +126,7 @@ pub fn run() -> anyhow::Result<Section> {
         .filter_map(|l| l.split_once("agent: ").map(|(_, rest)| format!("    {rest}")))
         .collect();
     agent.stop()?;
-    let peers = peers()?;
+    let peers = peers(&synthetic)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut markdown = format!(
         "{SERVICES} Services x {ENDPOINTS} endpoints (Services without selector and their Endpoints, {} JSON files).\n\n\

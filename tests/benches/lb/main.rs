@@ -7,6 +7,8 @@ mod common;
 mod control_plane;
 mod maglev;
 mod per_packet;
+mod synthetic;
+mod tcp;
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -22,7 +24,7 @@ pub struct Section {
 type Bench = fn() -> anyhow::Result<Section>;
 
 const BENCHES: &[(&str, Bench)] =
-    &[("per_packet", per_packet::run), ("control_plane", control_plane::run), ("maglev", maglev::run)];
+    &[("per_packet", per_packet::run), ("tcp", tcp::run), ("control_plane", control_plane::run), ("maglev", maglev::run)];
 
 /// The median of `values` and half their range.
 pub fn median_spread(values: &[f64]) -> (f64, f64) {

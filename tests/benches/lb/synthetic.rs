@@ -1,0 +1,163 @@
+//! The Services every benchmark programs, and the rule sets kube-proxy
+//! would write for them: Services without selector at 10.100.0.0 + i, each
+//! with ENDPOINTS endpoints from an Endpoints object.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use serde_json::json;
+
+pub const ENDPOINTS: u32 = 10;
+/// Services per manifest file.
+const PER_FILE: u32 = 500;
+/// The last Service's endpoints are a real pod listening on 10 ports
+/// (8080-8089); the others' are addresses nobody answers on.
+pub const BACKEND_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+
+pub fn vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i)
+}
+
+/// `services` Services; the last one is served by BACKEND_POD.
+pub struct Synthetic {
+    pub services: u32,
+}
+
+impl Synthetic {
+    /// Endpoint `j` of Service `i`: address and port.
+    fn endpoint(&self, i: u32, j: u32) -> (Ipv4Addr, u16) {
+        if i == self.services - 1 {
+            (BACKEND_POD, 8080 + j as u16)
+        } else {
+            (Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * ENDPOINTS + j), 8080)
+        }
+    }
+
+    /// A Service without selector and its Endpoints object, as JSON items.
+    fn service_items(&self, i: u32, endpoints: u32) -> [serde_json::Value; 2] {
+        let name = format!("svc-{i}");
+        let subsets: Vec<_> = (0..endpoints)
+            .map(|j| {
+                let (ip, port) = self.endpoint(i, j);
+                json!({"addresses": [{"ip": ip.to_string()}], "ports": [{"port": port}]})
+            })
+            .collect();
+        [
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "bench"},
+               "spec": {"clusterIP": vip(i).to_string(), "ports": [{"port": 80}]}}),
+            json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": "bench"}, "subsets": subsets}),
+        ]
+    }
+
+    /// The manifest files (name, JSON List); the last Service has `last_endpoints`.
+    pub fn manifest_files(&self, last_endpoints: u32) -> Vec<(String, String)> {
+        (0..self.services.div_ceil(PER_FILE))
+            .map(|f| {
+                let items: Vec<_> = (f * PER_FILE..((f + 1) * PER_FILE).min(self.services))
+                    .flat_map(|i| {
+                        self.service_items(i, if i == self.services - 1 { last_endpoints } else { ENDPOINTS })
+                    })
+                    .collect();
+                (format!("svc-{f:03}.json"), json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string())
+            })
+            .collect()
+    }
+
+    /// kube-proxy's iptables rules for the Services (the last with `last_endpoints`),
+    /// for `iptables-restore`: KUBE-SERVICES -> KUBE-SVC-* (statistic random,
+    /// probability 1/(n-k) for the k-th endpoint) -> KUBE-SEP-* (mark, DNAT).
+    pub fn iptables_rules(&self, last_endpoints: u32, only_last: bool) -> String {
+        let mut chains = String::new();
+        let mut rules = String::new();
+        let services = if only_last { self.services - 1..self.services } else { 0..self.services };
+        if !only_last {
+            chains.push_str(":PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+            chains.push_str(":KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
+            rules.push_str(
+                "-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n-A POSTROUTING -j KUBE-POSTROUTING\n",
+            );
+            rules.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
+            rules.push_str("-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\n");
+        }
+        for i in services {
+            let n = if i == self.services - 1 { last_endpoints } else { ENDPOINTS };
+            let _ = writeln!(chains, ":KUBE-SVC-{i} - [0:0]");
+            if !only_last {
+                let _ = writeln!(rules, "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}", vip(i));
+            }
+            for j in 0..n {
+                let (ip, port) = self.endpoint(i, j);
+                let _ = writeln!(chains, ":KUBE-SEP-{i}-{j} - [0:0]");
+                let remaining = n - j;
+                if remaining > 1 {
+                    let p = 1.0 / f64::from(remaining);
+                    let _ = writeln!(
+                        rules,
+                        "-A KUBE-SVC-{i} -m statistic --mode random --probability {p:.10} -j KUBE-SEP-{i}-{j}"
+                    );
+                } else {
+                    let _ = writeln!(rules, "-A KUBE-SVC-{i} -j KUBE-SEP-{i}-{j}");
+                }
+                let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -s {ip}/32 -j KUBE-MARK-MASQ");
+                let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -p tcp -m tcp -j DNAT --to-destination {ip}:{port}");
+            }
+            if only_last {
+                // kube-proxy's partial sync also deletes the chain that went.
+                for j in n..ENDPOINTS {
+                    let _ = writeln!(chains, ":KUBE-SEP-{i}-{j} - [0:0]");
+                    let _ = writeln!(rules, "-X KUBE-SEP-{i}-{j}");
+                }
+            }
+        }
+        format!("*nat\n{chains}{rules}COMMIT\n")
+    }
+
+    /// kube-proxy's nftables rules: a verdict map on daddr . proto . dport,
+    /// `numgen random mod n` per Service, a chain per endpoint.
+    pub fn nft_rules(&self) -> String {
+        let mut out = String::from("table ip kube-proxy {\n");
+        out.push_str("  chain mark-for-masquerade {\n    meta mark set meta mark | 0x4000\n  }\n");
+        let mut elements = Vec::new();
+        let mut chains = String::new();
+        for i in 0..self.services {
+            elements.push(format!("{} . tcp . 80 : goto service-{i}", vip(i)));
+            let mut vmap = Vec::new();
+            for j in 0..ENDPOINTS {
+                let (ip, port) = self.endpoint(i, j);
+                vmap.push(format!("{j} : goto endpoint-{i}-{j}"));
+                let _ = writeln!(
+                    chains,
+                    "  chain endpoint-{i}-{j} {{\n    ip saddr {ip} jump mark-for-masquerade\n    meta l4proto tcp dnat to {ip}:{port}\n  }}"
+                );
+            }
+            let _ = writeln!(
+                chains,
+                "  chain service-{i} {{\n    numgen random mod {ENDPOINTS} vmap {{ {} }}\n  }}",
+                vmap.join(", ")
+            );
+        }
+        out.push_str(&chains);
+        let _ = writeln!(
+            out,
+            "  map service-ips {{\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {{ {} }}\n  }}",
+            elements.join(", ")
+        );
+        out.push_str("  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n");
+        out.push_str("  chain nat-prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n");
+        out.push_str(
+            "  chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n}\n",
+        );
+        out
+    }
+
+    /// What kube-proxy's nftables mode sends for the last Service losing one endpoint.
+    pub fn nft_change(&self) -> String {
+        let i = self.services - 1;
+        let vmap: Vec<String> = (0..ENDPOINTS - 1).map(|j| format!("{j} : goto endpoint-{i}-{j}")).collect();
+        format!(
+            "flush chain ip kube-proxy service-{i}\nadd rule ip kube-proxy service-{i} numgen random mod {} vmap {{ {} }}\ndelete chain ip kube-proxy endpoint-{i}-{}\n",
+            ENDPOINTS - 1,
+            vmap.join(", "),
+            ENDPOINTS - 1
+        )
+    }
+}

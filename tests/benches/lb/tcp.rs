@@ -1,0 +1,149 @@
+//! TCP through a VIP with short-lived connections: a new connection per
+//! request (connect, GET, read the answer, close), from a client pod to the
+//! last synthetic Service, served by a pod on 10 ports. Connections per
+//! second and request latency (p50, p99) for each datapath on the node.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddrV4, TcpStream},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{agent::AgentProcess, netns::Netns, topology::Node};
+use serde_json::json;
+
+use crate::{
+    Section,
+    control_plane::timed_load,
+    synthetic::{BACKEND_POD, ENDPOINTS, Synthetic, vip},
+};
+
+const DURATION: Duration = Duration::from_secs(3);
+const CLIENT_THREADS: usize = 4;
+
+#[derive(Clone, Copy)]
+enum Datapath {
+    Lb,
+    Iptables,
+    Nftables,
+}
+
+impl Datapath {
+    fn name(self) -> &'static str {
+        match self {
+            Datapath::Lb => "lb XDP",
+            Datapath::Iptables => "iptables (legacy)",
+            Datapath::Nftables => "nftables",
+        }
+    }
+}
+
+/// What one run measured.
+struct Run {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: usize,
+}
+
+/// Requests from `client` to `to` on CLIENT_THREADS threads for DURATION.
+fn load(client: &Netns, to: SocketAddrV4) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let results: Vec<(Vec<Duration>, usize)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..CLIENT_THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    client.run_in(|| {
+                        let (mut latencies, mut failed) = (Vec::new(), 0);
+                        while started.elapsed() < DURATION {
+                            let t = Instant::now();
+                            match request(to) {
+                                Ok(()) => latencies.push(t.elapsed()),
+                                Err(_) => failed += 1,
+                            }
+                        }
+                        (latencies, failed)
+                    })
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("client thread").expect("client namespace")).collect()
+    });
+    let elapsed = started.elapsed();
+    let failed = results.iter().map(|r| r.1).sum();
+    let mut latencies: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
+    anyhow::ensure!(!latencies.is_empty(), "no request to {to} succeeded");
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    Ok(Run { per_second: latencies.len() as f64 / elapsed.as_secs_f64(), p50: at(0.5), p99: at(0.99), failed })
+}
+
+fn request(to: SocketAddrV4) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    if answer.starts_with(b"HTTP/1.1 200") { Ok(()) } else { Err(std::io::ErrorKind::InvalidData.into()) }
+}
+
+/// A node running `datapath` for `services` Services, a backend pod and a
+/// client pod; the requests' figures.
+fn measure(datapath: Datapath, services: u32) -> anyhow::Result<Run> {
+    let synthetic = Synthetic { services };
+    let node = Node::new()?;
+    let mut backend = node.add_pod("backend", BACKEND_POD)?;
+    backend.serve_on(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>(), &[])?;
+    let client = node.add_pod("client", std::net::Ipv4Addr::new(10, 244, 0, 100))?;
+    let _agent = match datapath {
+        Datapath::Lb => {
+            let files = synthetic.manifest_files(ENDPOINTS);
+            let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+            let entries = (services.max(1) * 10_240).next_power_of_two().to_string();
+            Some(AgentProcess::start_with(&node, &manifests, &["--pod-device", "h-*", "--maglev-entries", &entries])?)
+        }
+        Datapath::Iptables => {
+            timed_load(&node.ns, "iptables-legacy-restore", &[], &synthetic.iptables_rules(ENDPOINTS, false))?;
+            None
+        }
+        Datapath::Nftables => {
+            timed_load(&node.ns, "nft", &["-f", "-"], &synthetic.nft_rules())?;
+            None
+        }
+    };
+    let to = SocketAddrV4::new(vip(services - 1), 80);
+    // Warm up (ARP, first flows), then measure.
+    load(&client.ns, to).map(drop).ok();
+    load(&client.ns, to)
+}
+
+pub fn run() -> anyhow::Result<Section> {
+    let mut markdown = format!(
+        "| datapath | services | connections/s | p50 | p99 | failed |\n|---|---|---|---|---|---|\n"
+    );
+    let mut rows = Vec::new();
+    for services in [1u32, 10_000] {
+        for datapath in [Datapath::Lb, Datapath::Iptables, Datapath::Nftables] {
+            eprintln!("  tcp: {} with {services} services", datapath.name());
+            let run = measure(datapath, services)?;
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            markdown.push_str(&format!(
+                "| {} | {services} | {:.0} | {:.0} µs | {:.0} µs | {} |\n",
+                datapath.name(),
+                run.per_second,
+                us(run.p50),
+                us(run.p99),
+                run.failed
+            ));
+            rows.push(json!({"datapath": datapath.name(), "services": services, "connections_per_second": run.per_second,
+                             "p50_us": us(run.p50), "p99_us": us(run.p99), "failed": run.failed}));
+        }
+    }
+    markdown.push_str(&format!(
+        "\n{CLIENT_THREADS} client threads for {} s after a warm-up run, each request a new TCP connection \
+         through the node to a pod with 10 listening ports (10 endpoints). Client, node and backend share the \
+         machine's cores, so the figures are the whole path's, and they depend on the machine.\n",
+        DURATION.as_secs()
+    ));
+    Ok(Section { title: "TCP through a VIP: short-lived connections", markdown, json: json!(rows) })
+}
