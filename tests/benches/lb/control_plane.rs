@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::{
     Section,
+    chart::BarChart,
     synthetic::{BACKEND_POD, ENDPOINTS, Synthetic, vip},
 };
 
@@ -164,5 +165,16 @@ pub fn run() -> anyhow::Result<Section> {
                      "bpf_map_bytes": map_bytes, "rss_bytes": rss},
         "peers": peers.iter().map(|(n, c, o)| json!({"name": n, "cold_ms": ms(*c), "one_change_ms": ms(*o)})).collect::<Vec<_>>(),
     });
-    Ok(Section { title: "Control plane and memory", markdown, json })
+    let names: Vec<String> = std::iter::once("lb-agent").chain(peers.iter().map(|p| p.0)).map(str::to_owned).collect();
+    let cold: Vec<f64> = std::iter::once(ms(answered)).chain(peers.iter().map(|p| ms(p.1))).collect();
+    let one: Vec<f64> = std::iter::once(ms(change)).chain(peers.iter().map(|p| ms(p.2))).collect();
+    let chart = |title: &str, values| BarChart {
+        title: format!("{title}, {SERVICES} Services x {ENDPOINTS} endpoints"),
+        y_label: "ms (log)".into(),
+        groups: names.clone(),
+        series: vec![(title.into(), values)],
+        log_y: true,
+    };
+    let charts = vec![("cold", chart("cold sync", cold)), ("change", chart("one endpoint change", one))];
+    Ok(Section { title: "Control plane and memory", markdown, json, charts })
 }

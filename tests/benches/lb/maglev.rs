@@ -8,7 +8,7 @@ use lb_common::{Backend, wire};
 use lb_userspace::maglev;
 use serde_json::json;
 
-use crate::Section;
+use crate::{Section, chart::BarChart};
 
 fn backends(n: usize) -> Vec<Backend> {
     (0..n as u32)
@@ -18,6 +18,7 @@ fn backends(n: usize) -> Vec<Backend> {
 
 pub fn run() -> anyhow::Result<Section> {
     let mut rows = Vec::new();
+    let (mut groups, mut moved, mut ideal) = (Vec::new(), Vec::new(), Vec::new());
     let mut markdown = String::from(
         "| backends N | table size M | bytes per frontend | build | imbalance (max/min - 1) | removing one moves (ideal 1/N) | adding one moves (ideal 1/(N+1)) |\n|---|---|---|---|---|---|---|\n",
     );
@@ -43,6 +44,9 @@ pub fn run() -> anyhow::Result<Section> {
             added * 100.0,
             100.0 / (n + 1) as f64,
         ));
+        groups.push(format!("N = {n}"));
+        moved.push(removed * 100.0);
+        ideal.push(100.0 / n as f64);
         rows.push(json!({
             "backends": n, "table_size": size, "bytes_per_frontend": bytes, "build_ms": build.as_secs_f64() * 1e3,
             "imbalance": imbalance, "disruption_remove": removed, "ideal_remove": 1.0 / n as f64,
@@ -56,5 +60,12 @@ pub fn run() -> anyhow::Result<Section> {
          and external IP of a Service is a frontend of its own); the frontend, slot and backend map \
          entries come on top. Figures other than build time do not depend on the machine.\n",
     );
-    Ok(Section { title: "Maglev tables", markdown, json: json!(rows) })
+    let chart = BarChart {
+        title: "Maglev: flows moved when one of N backends is removed".into(),
+        y_label: "% of flows (log)".into(),
+        groups,
+        series: vec![("measured".into(), moved), ("ideal 1/N".into(), ideal)],
+        log_y: true,
+    };
+    Ok(Section { title: "Maglev tables", markdown, json: json!(rows), charts: vec![("disruption", chart)] })
 }

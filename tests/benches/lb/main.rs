@@ -2,6 +2,7 @@
 //! run; the results go to `bench/results/<date>.md` (with the machine they
 //! ran on) and a `.json` beside it.
 
+mod chart;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod control_plane;
@@ -14,17 +15,23 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use serde_json::{Map, Value};
 
-/// What one benchmark reports: a Markdown section and its figures.
+/// What one benchmark reports: a Markdown section, its figures, and charts
+/// of them (file name suffix, chart).
 pub struct Section {
     pub title: &'static str,
     pub markdown: String,
     pub json: Value,
+    pub charts: Vec<(&'static str, chart::BarChart)>,
 }
 
 type Bench = fn() -> anyhow::Result<Section>;
 
-const BENCHES: &[(&str, Bench)] =
-    &[("per_packet", per_packet::run), ("tcp", tcp::run), ("control_plane", control_plane::run), ("maglev", maglev::run)];
+const BENCHES: &[(&str, Bench)] = &[
+    ("per_packet", per_packet::run),
+    ("tcp", tcp::run),
+    ("control_plane", control_plane::run),
+    ("maglev", maglev::run),
+];
 
 /// The median of `values` and half their range.
 pub fn median_spread(values: &[f64]) -> (f64, f64) {
@@ -42,7 +49,11 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("no benchmark named {unknown:?} (there are: {})", known.join(", "));
     }
     let machine = machine();
-    let mut markdown = format!("# Benchmarks, {}\n\nMachine: {machine}\n", machine_date());
+    let date = machine_date();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let mut markdown = format!("# Benchmarks, {date}\n\nMachine: {machine}\n");
     let mut json = Map::new();
     json.insert("machine".into(), Value::String(machine));
     for (name, bench) in BENCHES.iter().filter(|(name, _)| wanted.is_empty() || wanted.iter().any(|w| w == name)) {
@@ -50,12 +61,14 @@ fn main() -> anyhow::Result<()> {
         let section = bench()?;
         eprintln!("bench {name}: done");
         let _ = write!(markdown, "\n## {}\n\n{}", section.title, section.markdown);
+        for (suffix, chart) in &section.charts {
+            let file = format!("{date}-{name}-{suffix}.svg");
+            chart.draw(&dir.join(&file))?;
+            let _ = write!(markdown, "\n![{}]({file})\n", chart.title);
+        }
         json.insert((*name).into(), section.json);
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let dir = dir.canonicalize()?;
-    let stem = dir.join(machine_date());
+    let stem = dir.join(&date);
     std::fs::write(stem.with_extension("md"), &markdown)?;
     std::fs::write(stem.with_extension("json"), serde_json::to_string_pretty(&Value::Object(json))? + "\n")?;
     print!("{markdown}");

@@ -16,7 +16,7 @@ use lb_userspace::{
 };
 use serde_json::json;
 
-use crate::{Section, common::ScratchDatapath, median_spread};
+use crate::{Section, chart::BarChart, common::ScratchDatapath, median_spread};
 
 const REPEAT: u32 = 1_000_000;
 const RUNS: usize = 5;
@@ -86,6 +86,11 @@ pub fn run() -> anyhow::Result<Section> {
         "| services | new TCP SYN | established TCP | established UDP | reply reverse-NAT | not a service | not IPv4 (floor) |\n|---|---|---|---|---|---|---|\n",
     );
     let mut results = BTreeMap::new();
+    let mut series: Vec<(String, Vec<f64>)> =
+        ["established TCP", "established UDP", "reply reverse-NAT", "not a service"]
+            .map(|n| (n.to_owned(), Vec::new()))
+            .into();
+    let mut groups = Vec::new();
     for count in [1u32, 100, 10_000, 100_000] {
         eprintln!("  per_packet: {count} services");
         let mut dp = ScratchDatapath::load();
@@ -123,6 +128,10 @@ pub fn run() -> anyhow::Result<Section> {
             cell(reply),
             cell(other)
         ));
+        groups.push(format!("{count} services"));
+        for (values, figure) in series.iter_mut().zip([established, udp, reply, other]) {
+            values.1.push(figure.0);
+        }
         results.insert(
             count.to_string(),
             json!({
@@ -140,5 +149,7 @@ pub fn run() -> anyhow::Result<Section> {
          each, their single-run overhead (measured on ARP frames) replaced by the repeated floor. Every figure includes BPF_PROG_TEST_RUN's own \
          ~28 ns per run. Depends on the machine (CPU, kernel, other load).\n"
     ));
-    Ok(Section { title: "Per-packet cost (BPF_PROG_TEST_RUN, XDP on a pod veth)", markdown, json: json!(results) })
+    let title = "Per-packet cost (BPF_PROG_TEST_RUN, XDP on a pod veth)";
+    let chart = BarChart { title: title.into(), y_label: "ns per packet".into(), groups, series, log_y: false };
+    Ok(Section { title, markdown, json: json!(results), charts: vec![("ns", chart)] })
 }

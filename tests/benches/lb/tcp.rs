@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::{
     Section,
+    chart::BarChart,
     control_plane::timed_load,
     synthetic::{BACKEND_POD, ENDPOINTS, Synthetic, vip},
 };
@@ -118,14 +119,18 @@ fn measure(datapath: Datapath, services: u32) -> anyhow::Result<Run> {
 }
 
 pub fn run() -> anyhow::Result<Section> {
-    let mut markdown = format!(
-        "| datapath | services | connections/s | p50 | p99 | failed |\n|---|---|---|---|---|---|\n"
-    );
+    let mut markdown =
+        String::from("| datapath | services | connections/s | p50 | p99 | failed |\n|---|---|---|---|---|---|\n");
     let mut rows = Vec::new();
+    let datapaths = [Datapath::Lb, Datapath::Iptables, Datapath::Nftables];
+    let mut series: Vec<(String, Vec<f64>)> = datapaths.iter().map(|d| (d.name().to_owned(), Vec::new())).collect();
+    let mut groups = Vec::new();
     for services in [1u32, 10_000] {
-        for datapath in [Datapath::Lb, Datapath::Iptables, Datapath::Nftables] {
+        groups.push(format!("{services} services"));
+        for (d, datapath) in datapaths.into_iter().enumerate() {
             eprintln!("  tcp: {} with {services} services", datapath.name());
             let run = measure(datapath, services)?;
+            series[d].1.push(run.per_second);
             let us = |d: Duration| d.as_secs_f64() * 1e6;
             markdown.push_str(&format!(
                 "| {} | {services} | {:.0} | {:.0} µs | {:.0} µs | {} |\n",
@@ -135,8 +140,10 @@ pub fn run() -> anyhow::Result<Section> {
                 us(run.p99),
                 run.failed
             ));
-            rows.push(json!({"datapath": datapath.name(), "services": services, "connections_per_second": run.per_second,
-                             "p50_us": us(run.p50), "p99_us": us(run.p99), "failed": run.failed}));
+            rows.push(
+                json!({"datapath": datapath.name(), "services": services, "connections_per_second": run.per_second,
+                             "p50_us": us(run.p50), "p99_us": us(run.p99), "failed": run.failed}),
+            );
         }
     }
     markdown.push_str(&format!(
@@ -145,5 +152,8 @@ pub fn run() -> anyhow::Result<Section> {
          machine's cores, so the figures are the whole path's, and they depend on the machine.\n",
         DURATION.as_secs()
     ));
-    Ok(Section { title: "TCP through a VIP: short-lived connections", markdown, json: json!(rows) })
+    let title = "TCP through a VIP: short-lived connections";
+    let chart =
+        BarChart { title: title.into(), y_label: "connections per second".into(), groups, series, log_y: false };
+    Ok(Section { title, markdown, json: json!(rows), charts: vec![("connections", chart)] })
 }
