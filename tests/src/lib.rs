@@ -7,7 +7,7 @@ pub mod client;
 pub mod kubia;
 pub mod netns;
 pub mod topology;
-pub mod xdp_pass;
+pub mod xdp_const;
 
 use std::path::PathBuf;
 

@@ -77,6 +77,17 @@ impl Netns {
         Ok(())
     }
 
+    /// The MAC address of `ifname`, as `aa:bb:cc:dd:ee:ff`.
+    pub fn mac(&self, ifname: &str) -> anyhow::Result<String> {
+        let out = self.exec(&["ip", "-o", "link", "show", ifname])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .with_context(|| format!("no MAC address for {ifname} in {text:?}"))
+    }
+
     /// Starts a process in the namespace; it is killed when the guard drops.
     pub fn spawn(&self, cmd: &mut Command) -> anyhow::Result<ChildGuard> {
         let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("cannot start {cmd:?}"))?;

@@ -9,7 +9,7 @@ use std::{
     process::Stdio,
 };
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::netns::{ChildGuard, Netns};
 
@@ -56,7 +56,7 @@ impl Node {
         ns.exec(&["ip", "route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
         self.ns.exec(&["ip", "link", "set", &host_veth, "up"])?;
         self.ns.exec(&["ip", "route", "add", &addr, "dev", &host_veth])?;
-        let mac = self.mac(&host_veth)?;
+        let mac = self.ns.mac(&host_veth)?;
         ns.exec(&["ip", "neigh", "replace", GATEWAY, "lladdr", &mac, "dev", "eth0", "nud", "permanent"])?;
         Ok(Pod { name: name.to_owned(), ip, ns, host_veth, servers: Vec::new() })
     }
@@ -79,16 +79,6 @@ impl Node {
     pub fn route(&self, cidr: &str, via: Ipv4Addr) -> anyhow::Result<()> {
         self.ns.exec(&["ip", "route", "add", cidr, "via", &via.to_string()])?;
         Ok(())
-    }
-
-    fn mac(&self, ifname: &str) -> anyhow::Result<String> {
-        let out = self.ns.exec(&["ip", "-o", "link", "show", ifname])?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .map(str::to_owned)
-            .with_context(|| format!("no MAC address for {ifname} in {text:?}"))
     }
 }
 
@@ -160,10 +150,10 @@ impl Fabric {
     }
 
     /// Lets every port of the bridge take frames that nodes send from XDP
-    /// (see [`crate::xdp_pass`]).
+    /// (see [`crate::xdp_const`]).
     pub fn accept_xdp_frames(&self) -> anyhow::Result<()> {
         for port in 0..self.ports.get() {
-            let link = crate::xdp_pass::attach(&self.ns, &format!("p{port}"))?;
+            let link = crate::xdp_const::attach(&self.ns, &format!("p{port}"), crate::xdp_const::Action::Pass)?;
             self.xdp_links.borrow_mut().push(link);
         }
         Ok(())

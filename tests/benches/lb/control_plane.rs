@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::{
     Section,
     chart::BarChart,
-    synthetic::{BACKEND_POD, ENDPOINTS, Synthetic, vip},
+    synthetic::{BACKEND_POD, ENDPOINTS, Protocol, Synthetic, vip},
 };
 
 const SERVICES: u32 = 10_000;
@@ -90,7 +90,7 @@ pub fn run() -> anyhow::Result<Section> {
     let mut backend = node.add_pod("backend", BACKEND_POD)?;
     backend.serve_on(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>(), &[])?;
     let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100))?;
-    let synthetic = Synthetic { services: SERVICES };
+    let synthetic = Synthetic { services: SERVICES, protocol: Protocol::Tcp };
     let files = synthetic.manifest_files(ENDPOINTS);
     let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
     let maglev_entries = MAGLEV_ENTRIES.to_string();

@@ -1,6 +1,7 @@
 //! `cargo xtask bench [NAME...]`: every benchmark, or the ones named, in one
-//! run; the results go to `bench/results/<date>.md` (with the machine they
-//! ran on) and a `.json` beside it.
+//! run; the results go to `bench/results/<date>.md` (`<date>-<names>.md`
+//! for some only), with the machine they ran on, a `.json` and SVG charts
+//! beside it.
 
 mod chart;
 #[path = "../../tests/common/mod.rs"]
@@ -10,6 +11,7 @@ mod maglev;
 mod per_packet;
 mod synthetic;
 mod tcp;
+mod throughput;
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -28,6 +30,7 @@ type Bench = fn() -> anyhow::Result<Section>;
 
 const BENCHES: &[(&str, Bench)] = &[
     ("per_packet", per_packet::run),
+    ("throughput", throughput::run),
     ("tcp", tcp::run),
     ("control_plane", control_plane::run),
     ("maglev", maglev::run),
@@ -68,7 +71,8 @@ fn main() -> anyhow::Result<()> {
         }
         json.insert((*name).into(), section.json);
     }
-    let stem = dir.join(&date);
+    // A run of some benchmarks only does not overwrite the day's full report.
+    let stem = if wanted.is_empty() { dir.join(&date) } else { dir.join(format!("{date}-{}", wanted.join("-"))) };
     std::fs::write(stem.with_extension("md"), &markdown)?;
     std::fs::write(stem.with_extension("json"), serde_json::to_string_pretty(&Value::Object(json))? + "\n")?;
     print!("{markdown}");

@@ -17,9 +17,26 @@ pub fn vip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i)
 }
 
-/// `services` Services; the last one is served by BACKEND_POD.
+/// `services` Services on port 80 of `protocol`; the last one is served by BACKEND_POD.
 pub struct Synthetic {
     pub services: u32,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// As manifests and as iptables/nftables write it.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Protocol::Tcp => ("TCP", "tcp"),
+            Protocol::Udp => ("UDP", "udp"),
+        }
+    }
 }
 
 impl Synthetic {
@@ -38,12 +55,12 @@ impl Synthetic {
         let subsets: Vec<_> = (0..endpoints)
             .map(|j| {
                 let (ip, port) = self.endpoint(i, j);
-                json!({"addresses": [{"ip": ip.to_string()}], "ports": [{"port": port}]})
+                json!({"addresses": [{"ip": ip.to_string()}], "ports": [{"port": port, "protocol": self.protocol.names().0}]})
             })
             .collect();
         [
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "bench"},
-               "spec": {"clusterIP": vip(i).to_string(), "ports": [{"port": 80}]}}),
+               "spec": {"clusterIP": vip(i).to_string(), "ports": [{"port": 80, "protocol": self.protocol.names().0}]}}),
             json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": "bench"}, "subsets": subsets}),
         ]
     }
@@ -66,6 +83,7 @@ impl Synthetic {
     /// for `iptables-restore`: KUBE-SERVICES -> KUBE-SVC-* (statistic random,
     /// probability 1/(n-k) for the k-th endpoint) -> KUBE-SEP-* (mark, DNAT).
     pub fn iptables_rules(&self, last_endpoints: u32, only_last: bool) -> String {
+        let p = self.protocol.names().1;
         let mut chains = String::new();
         let mut rules = String::new();
         let services = if only_last { self.services - 1..self.services } else { 0..self.services };
@@ -82,7 +100,7 @@ impl Synthetic {
             let n = if i == self.services - 1 { last_endpoints } else { ENDPOINTS };
             let _ = writeln!(chains, ":KUBE-SVC-{i} - [0:0]");
             if !only_last {
-                let _ = writeln!(rules, "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}", vip(i));
+                let _ = writeln!(rules, "-A KUBE-SERVICES -d {}/32 -p {p} -m {p} --dport 80 -j KUBE-SVC-{i}", vip(i));
             }
             for j in 0..n {
                 let (ip, port) = self.endpoint(i, j);
@@ -98,7 +116,7 @@ impl Synthetic {
                     let _ = writeln!(rules, "-A KUBE-SVC-{i} -j KUBE-SEP-{i}-{j}");
                 }
                 let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -s {ip}/32 -j KUBE-MARK-MASQ");
-                let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -p tcp -m tcp -j DNAT --to-destination {ip}:{port}");
+                let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -p {p} -m {p} -j DNAT --to-destination {ip}:{port}");
             }
             if only_last {
                 // kube-proxy's partial sync also deletes the chain that went.
@@ -114,19 +132,20 @@ impl Synthetic {
     /// kube-proxy's nftables rules: a verdict map on daddr . proto . dport,
     /// `numgen random mod n` per Service, a chain per endpoint.
     pub fn nft_rules(&self) -> String {
+        let p = self.protocol.names().1;
         let mut out = String::from("table ip kube-proxy {\n");
         out.push_str("  chain mark-for-masquerade {\n    meta mark set meta mark | 0x4000\n  }\n");
         let mut elements = Vec::new();
         let mut chains = String::new();
         for i in 0..self.services {
-            elements.push(format!("{} . tcp . 80 : goto service-{i}", vip(i)));
+            elements.push(format!("{} . {p} . 80 : goto service-{i}", vip(i)));
             let mut vmap = Vec::new();
             for j in 0..ENDPOINTS {
                 let (ip, port) = self.endpoint(i, j);
                 vmap.push(format!("{j} : goto endpoint-{i}-{j}"));
                 let _ = writeln!(
                     chains,
-                    "  chain endpoint-{i}-{j} {{\n    ip saddr {ip} jump mark-for-masquerade\n    meta l4proto tcp dnat to {ip}:{port}\n  }}"
+                    "  chain endpoint-{i}-{j} {{\n    ip saddr {ip} jump mark-for-masquerade\n    meta l4proto {p} dnat to {ip}:{port}\n  }}"
                 );
             }
             let _ = writeln!(

@@ -16,7 +16,7 @@ use crate::{
     Section,
     chart::BarChart,
     control_plane::timed_load,
-    synthetic::{BACKEND_POD, ENDPOINTS, Synthetic, vip},
+    synthetic::{BACKEND_POD, ENDPOINTS, Protocol, Synthetic, vip},
 };
 
 const DURATION: Duration = Duration::from_secs(3);
@@ -91,7 +91,7 @@ fn request(to: SocketAddrV4) -> std::io::Result<()> {
 /// A node running `datapath` for `services` Services, a backend pod and a
 /// client pod; the requests' figures.
 fn measure(datapath: Datapath, services: u32) -> anyhow::Result<Run> {
-    let synthetic = Synthetic { services };
+    let synthetic = Synthetic { services, protocol: Protocol::Tcp };
     let node = Node::new()?;
     let mut backend = node.add_pod("backend", BACKEND_POD)?;
     backend.serve_on(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>(), &[])?;

@@ -1,0 +1,190 @@
+//! Forwarding throughput over veth: 64-byte UDP frames of one flow to a
+//! Service, sent from a client pod by BPF_PROG_RUN in live-frames mode
+//! (XDP_TX out of its eth0; the node's end runs an XDP program for every
+//! datapath, a pass-through one for the kernel's), forwarded by the node, and counted where they
+//! arrive: an XDP_DROP program on the backend pod's eth0 (`ethtool -S`).
+//! The generator and the node's receive processing share a CPU (the veth
+//! peer's NAPI runs where the frames are sent), so each figure is the rate
+//! of generator + node datapath together; the generator's own cost is the
+//! same for every datapath.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use lb_common::IPPROTO_UDP;
+use lb_ebpf::packet_builder::PacketBuilder;
+use lb_tests::{
+    agent::AgentProcess,
+    netns::Netns,
+    topology::Node,
+    xdp_const::{self, Action},
+};
+use serde_json::json;
+
+use crate::{
+    Section,
+    chart::BarChart,
+    control_plane::timed_load,
+    median_spread,
+    synthetic::{BACKEND_POD, ENDPOINTS, Protocol, Synthetic, vip},
+};
+
+const FRAMES: u32 = 2_000_000;
+const RUNS: usize = 3;
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 100);
+
+#[derive(Clone, Copy)]
+enum Datapath {
+    Lb,
+    LbRedirect,
+    Iptables,
+    Nftables,
+}
+
+impl Datapath {
+    const ALL: [Datapath; 4] = [Datapath::Lb, Datapath::LbRedirect, Datapath::Iptables, Datapath::Nftables];
+
+    fn name(self) -> &'static str {
+        match self {
+            Datapath::Lb => "lb XDP (XDP_PASS)",
+            Datapath::LbRedirect => "lb XDP (redirect)",
+            Datapath::Iptables => "iptables (legacy)",
+            Datapath::Nftables => "nftables",
+        }
+    }
+}
+
+/// Frames the backend's XDP program dropped so far.
+fn received(backend: &Netns) -> anyhow::Result<u64> {
+    let out = backend.exec(&["ethtool", "-S", "eth0"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rx_queue_")?.split_once("_xdp_drops: ")?.1.parse::<u64>().ok())
+        .sum())
+}
+
+/// Packets per second received at the backend through `datapath` with
+/// `services` Services: the median of RUNS runs, and the spread.
+fn measure(datapath: Datapath, services: u32) -> anyhow::Result<(f64, f64)> {
+    let synthetic = Synthetic { services, protocol: Protocol::Udp };
+    let node = Node::new()?;
+    let backend = node.add_pod("backend", BACKEND_POD)?;
+    let _sink = xdp_const::attach(&backend.ns, "eth0", Action::Drop)?;
+    // The sink drops ARP too: the node learns the backend's MAC statically.
+    let backend_mac = backend.ns.mac("eth0")?;
+    let backend_ip = BACKEND_POD.to_string();
+    node.ns.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        &backend_ip,
+        "lladdr",
+        &backend_mac,
+        "dev",
+        "h-backend",
+        "nud",
+        "permanent",
+    ])?;
+    let client = node.add_pod("client", CLIENT)?;
+    let _agent = match datapath {
+        Datapath::Lb | Datapath::LbRedirect => {
+            let files = synthetic.manifest_files(ENDPOINTS);
+            let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+            let entries = (services * 10_240).next_power_of_two().to_string();
+            let mut args = vec!["--pod-device", "h-*", "--maglev-entries", &entries];
+            if matches!(datapath, Datapath::LbRedirect) {
+                args.extend(["--xdp-redirect-device", "h-*"]);
+            }
+            Some(AgentProcess::start_with(&node, &manifests, &args)?)
+        }
+        Datapath::Iptables => {
+            timed_load(&node.ns, "iptables-legacy-restore", &[], &synthetic.iptables_rules(ENDPOINTS, false))?;
+            None
+        }
+        Datapath::Nftables => {
+            timed_load(&node.ns, "nft", &["-f", "-"], &synthetic.nft_rules())?;
+            None
+        }
+    };
+    // The generator's frames reach the node only through an XDP program
+    // there: lb's own, or a pass-through one for the kernel's datapaths.
+    let _pass = match datapath {
+        Datapath::Iptables | Datapath::Nftables => Some(xdp_const::attach(&node.ns, "h-client", Action::Pass)?),
+        Datapath::Lb | Datapath::LbRedirect => None,
+    };
+    let mac = |ns: &Netns, ifname: &str| -> anyhow::Result<[u8; 6]> {
+        let text = ns.mac(ifname)?;
+        let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+        Ok(bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text}"))?)
+    };
+    // 64 bytes on the wire without the FCS: 14 + 20 + 8 + 18 bytes of payload.
+    let mut frame = PacketBuilder::new(IPPROTO_UDP, CLIENT.octets(), 5000, vip(services - 1).octets(), 80)
+        .payload(&[0; 18])
+        .build();
+    frame[0..6].copy_from_slice(&mac(&node.ns, "h-client")?);
+    frame[6..12].copy_from_slice(&mac(&client.ns, "eth0")?);
+    // The first frames create the flow (and fill the FIB's caches).
+    xdp_const::send_live_frames(&client.ns, "eth0", &frame, 1_000)?;
+    std::thread::sleep(Duration::from_millis(100));
+    let mut rates = Vec::new();
+    for _ in 0..RUNS {
+        let before = received(&backend.ns)?;
+        let start = Instant::now();
+        xdp_const::send_live_frames(&client.ns, "eth0", &frame, FRAMES)?;
+        // Frames still queued at the node arrive within a moment.
+        std::thread::sleep(Duration::from_millis(50));
+        let elapsed = start.elapsed();
+        rates.push((received(&backend.ns)? - before) as f64 / elapsed.as_secs_f64());
+    }
+    Ok(median_spread(&rates))
+}
+
+pub fn run() -> anyhow::Result<Section> {
+    let counts = [1u32, 1_000, 10_000];
+    let mut markdown = String::from("| datapath |");
+    for c in counts {
+        markdown.push_str(&format!(" {c} services |"));
+    }
+    markdown.push_str("\n|---|");
+    markdown.push_str(&"---|".repeat(counts.len()));
+    markdown.push('\n');
+    let mut series = Vec::new();
+    let mut rows = Vec::new();
+    let mut iptables = vec![0.0; counts.len()];
+    let mut figures = Vec::new();
+    for datapath in Datapath::ALL {
+        let mut values = Vec::new();
+        for (c, services) in counts.iter().enumerate() {
+            eprintln!("  throughput: {} with {services} services", datapath.name());
+            let (pps, spread) = measure(datapath, *services)?;
+            eprintln!("    {:.3} Mpps", pps / 1e6);
+            if matches!(datapath, Datapath::Iptables) {
+                iptables[c] = pps;
+            }
+            values.push((pps, spread));
+            rows.push(json!({"datapath": datapath.name(), "services": services, "pps": pps, "spread_pps": spread}));
+        }
+        figures.push((datapath, values));
+    }
+    for (datapath, values) in &figures {
+        markdown.push_str(&format!("| {} |", datapath.name()));
+        for (c, (pps, spread)) in values.iter().enumerate() {
+            let ratio = if iptables[c] > 0.0 { pps / iptables[c] } else { 0.0 };
+            markdown.push_str(&format!(" {:.2} Mpps (±{:.2}), {ratio:.1}x |", pps / 1e6, spread / 1e6));
+        }
+        markdown.push('\n');
+        series.push((datapath.name().to_owned(), values.iter().map(|v| v.0 / 1e6).collect()));
+    }
+    markdown.push_str(&format!(
+        "\nPackets per second received at the backend (median of {RUNS} runs of {FRAMES} frames, ± half the \
+         range), and the ratio to iptables. One flow (established after its first packet); the redirect row \
+         sends the rewritten frame from XDP to the backend's veth (`--xdp-redirect-device 'h-*'`). Goals: \
+         >= 3x iptables at 1 service, >= 10x at 10 000. Depends on the machine.\n"
+    ));
+    let groups = counts.iter().map(|c| format!("{c} services")).collect();
+    let title = "Forwarding throughput over veth, 64-byte UDP";
+    let chart = BarChart { title: title.into(), y_label: "Mpps at the backend".into(), groups, series, log_y: false };
+    Ok(Section { title, markdown, json: json!(rows), charts: vec![("pps", chart)] })
+}
