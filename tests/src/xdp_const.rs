@@ -104,7 +104,7 @@ fn frame_writer(frame: &[u8]) -> Vec<u64> {
         })
         .collect();
     // A partial last word would write past the frame: overlap the one before.
-    if frame.len() % 4 != 0 {
+    if !frame.len().is_multiple_of(4) {
         let start = frame.len() - 4;
         words.pop();
         words.push(frame[start..].try_into().expect("4 bytes"));
@@ -118,7 +118,7 @@ fn frame_writer(frame: &[u8]) -> Vec<u64> {
         insn(0x2d, 0x34, stores + 2, 0),         // if r4 > r3: drop
     ];
     for (i, word) in words.iter().enumerate() {
-        let off = if frame.len() % 4 != 0 && i + 1 == words.len() { frame.len() - 4 } else { i * 4 };
+        let off = if !frame.len().is_multiple_of(4) && i + 1 == words.len() { frame.len() - 4 } else { i * 4 };
         program.push(insn(0x62, 0x02, off as i16, i32::from_ne_bytes(*word))); // *(u32 *)(r2 + off) = word
     }
     program.extend([insn(0xb7, 0, 0, Action::Tx as i32), EXIT, insn(0xb7, 0, 0, Action::Drop as i32), EXIT]);

@@ -117,7 +117,7 @@ fn measure(datapath: Datapath, services: u32) -> anyhow::Result<(f64, f64)> {
     let mac = |ns: &Netns, ifname: &str| -> anyhow::Result<[u8; 6]> {
         let text = ns.mac(ifname)?;
         let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
-        Ok(bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text}"))?)
+        bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text}"))
     };
     // 64 bytes on the wire without the FCS: 14 + 20 + 8 + 18 bytes of payload.
     let mut frame = PacketBuilder::new(IPPROTO_UDP, CLIENT.octets(), 5000, vip(services - 1).octets(), 80)
