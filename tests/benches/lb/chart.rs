@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use plotters::{coord::types::RangedCoordusize, prelude::*};
+use plotters::{
+    coord::{ranged1d::ValueFormatter, types::RangedCoordusize},
+    prelude::*,
+};
 
 /// Bars of each series side by side in each group.
 pub struct BarChart {
@@ -43,43 +46,37 @@ impl BarChart {
         builder.caption(&self.title, ("sans-serif", 20)).margin(12).x_label_area_size(36).y_label_area_size(70);
         if self.log_y {
             let floor = min / 2.0;
-            let mut chart = builder.build_cartesian_2d(0usize..width, (floor..max * 2.0).log_scale())?;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .y_desc(&self.y_label)
-                .x_labels(width)
-                .x_label_formatter(&label)
-                .draw()?;
-            self.bars(&mut chart, slots, floor)?;
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            let chart = builder.build_cartesian_2d(0usize..width, (floor..max * 2.0).log_scale())?;
+            self.finish(chart, width, slots, floor, &label)?;
         } else {
-            let mut chart = builder.build_cartesian_2d(0usize..width, 0.0..max * 1.15)?;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .y_desc(&self.y_label)
-                .x_labels(width)
-                .x_label_formatter(&label)
-                .draw()?;
-            self.bars(&mut chart, slots, 0.0)?;
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            let chart = builder.build_cartesian_2d(0usize..width, 0.0..max * 1.15)?;
+            self.finish(chart, width, slots, 0.0, &label)?;
         }
         root.present()?;
         Ok(())
     }
 
-    /// Each series' bars, from `base` up, with its legend entry.
-    fn bars<'a, DB: DrawingBackend + 'a, Y>(
+    /// The axes, each series' bars from `base` up, and the legend.
+    fn finish<'a, DB: DrawingBackend + 'a, Y>(
         &self,
-        chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordusize, Y>>,
+        mut chart: ChartContext<'a, DB, Cartesian2d<RangedCoordusize, Y>>,
+        width: usize,
         slots: usize,
         base: f64,
+        label: &dyn Fn(&usize) -> String,
     ) -> anyhow::Result<()>
     where
-        Y: Ranged<ValueType = f64>,
+        Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
         DB::ErrorType: 'static,
     {
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .y_desc(&self.y_label)
+            .x_labels(width)
+            .x_label_formatter(label)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("drawing the axes: {e}"))?;
         for (s, (name, values)) in self.series.iter().enumerate() {
             let colour = COLOURS[s % COLOURS.len()];
             chart
@@ -91,6 +88,12 @@ impl BarChart {
                 .label(name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
         }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("drawing the legend: {e}"))?;
         Ok(())
     }
 }

@@ -4,7 +4,10 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
+use lb_tests::{agent::AgentProcess, topology::Node};
 use serde_json::json;
+
+use crate::control_plane::timed_load;
 
 pub const ENDPOINTS: u32 = 10;
 /// Services per manifest file.
@@ -178,5 +181,56 @@ impl Synthetic {
             vmap.join(", "),
             ENDPOINTS - 1
         )
+    }
+}
+
+/// What the node runs to implement the Services.
+#[derive(Clone, Copy)]
+pub enum Datapath {
+    Lb,
+    /// lb with the XDP fast path to the pod veths (`--xdp-redirect-device 'h-*'`).
+    LbRedirect,
+    Iptables,
+    Nftables,
+}
+
+impl Datapath {
+    pub fn name(self) -> &'static str {
+        match self {
+            Datapath::Lb => "lb XDP (XDP_PASS)",
+            Datapath::LbRedirect => "lb XDP (redirect)",
+            Datapath::Iptables => "iptables (legacy)",
+            Datapath::Nftables => "nftables",
+        }
+    }
+
+    pub fn is_lb(self) -> bool {
+        matches!(self, Datapath::Lb | Datapath::LbRedirect)
+    }
+
+    /// Programs `synthetic` on `node`: an agent (kept running while the
+    /// returned process lives) or kube-proxy's rules.
+    pub fn program(self, node: &Node, synthetic: &Synthetic) -> anyhow::Result<Option<AgentProcess>> {
+        match self {
+            Datapath::Lb | Datapath::LbRedirect => {
+                let files = synthetic.manifest_files(ENDPOINTS);
+                let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+                // Room for each Service's table of 10 backends (10 007 entries).
+                let entries = (synthetic.services * 10_240).next_power_of_two().to_string();
+                let mut args = vec!["--pod-device", "h-*", "--maglev-entries", &entries];
+                if matches!(self, Datapath::LbRedirect) {
+                    args.extend(["--xdp-redirect-device", "h-*"]);
+                }
+                Ok(Some(AgentProcess::start_with(node, &manifests, &args)?))
+            }
+            Datapath::Iptables => {
+                timed_load(&node.ns, "iptables-legacy-restore", &[], &synthetic.iptables_rules(ENDPOINTS, false))?;
+                Ok(None)
+            }
+            Datapath::Nftables => {
+                timed_load(&node.ns, "nft", &["-f", "-"], &synthetic.nft_rules())?;
+                Ok(None)
+            }
+        }
     }
 }

@@ -9,35 +9,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{agent::AgentProcess, netns::Netns, topology::Node};
+use lb_tests::{netns::Netns, topology::Node};
 use serde_json::json;
 
 use crate::{
     Section,
     chart::BarChart,
-    control_plane::timed_load,
-    synthetic::{BACKEND_POD, ENDPOINTS, Protocol, Synthetic, vip},
+    synthetic::{BACKEND_POD, Datapath, ENDPOINTS, Protocol, Synthetic, vip},
 };
 
 const DURATION: Duration = Duration::from_secs(3);
 const CLIENT_THREADS: usize = 4;
-
-#[derive(Clone, Copy)]
-enum Datapath {
-    Lb,
-    Iptables,
-    Nftables,
-}
-
-impl Datapath {
-    fn name(self) -> &'static str {
-        match self {
-            Datapath::Lb => "lb XDP",
-            Datapath::Iptables => "iptables (legacy)",
-            Datapath::Nftables => "nftables",
-        }
-    }
-}
 
 /// What one run measured.
 struct Run {
@@ -96,22 +78,7 @@ fn measure(datapath: Datapath, services: u32) -> anyhow::Result<Run> {
     let mut backend = node.add_pod("backend", BACKEND_POD)?;
     backend.serve_on(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>(), &[])?;
     let client = node.add_pod("client", std::net::Ipv4Addr::new(10, 244, 0, 100))?;
-    let _agent = match datapath {
-        Datapath::Lb => {
-            let files = synthetic.manifest_files(ENDPOINTS);
-            let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
-            let entries = (services.max(1) * 10_240).next_power_of_two().to_string();
-            Some(AgentProcess::start_with(&node, &manifests, &["--pod-device", "h-*", "--maglev-entries", &entries])?)
-        }
-        Datapath::Iptables => {
-            timed_load(&node.ns, "iptables-legacy-restore", &[], &synthetic.iptables_rules(ENDPOINTS, false))?;
-            None
-        }
-        Datapath::Nftables => {
-            timed_load(&node.ns, "nft", &["-f", "-"], &synthetic.nft_rules())?;
-            None
-        }
-    };
+    let _agent = datapath.program(&node, &synthetic)?;
     let to = SocketAddrV4::new(vip(services - 1), 80);
     // Warm up (ARP, first flows), then measure.
     load(&client.ns, to).map(drop).ok();

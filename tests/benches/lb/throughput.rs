@@ -16,7 +16,6 @@ use std::{
 use lb_common::IPPROTO_UDP;
 use lb_ebpf::packet_builder::PacketBuilder;
 use lb_tests::{
-    agent::AgentProcess,
     netns::Netns,
     topology::Node,
     xdp_const::{self, Action},
@@ -26,35 +25,13 @@ use serde_json::json;
 use crate::{
     Section,
     chart::BarChart,
-    control_plane::timed_load,
     median_spread,
-    synthetic::{BACKEND_POD, ENDPOINTS, Protocol, Synthetic, vip},
+    synthetic::{BACKEND_POD, Datapath, Protocol, Synthetic, vip},
 };
 
 const FRAMES: u32 = 2_000_000;
 const RUNS: usize = 3;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 100);
-
-#[derive(Clone, Copy)]
-enum Datapath {
-    Lb,
-    LbRedirect,
-    Iptables,
-    Nftables,
-}
-
-impl Datapath {
-    const ALL: [Datapath; 4] = [Datapath::Lb, Datapath::LbRedirect, Datapath::Iptables, Datapath::Nftables];
-
-    fn name(self) -> &'static str {
-        match self {
-            Datapath::Lb => "lb XDP (XDP_PASS)",
-            Datapath::LbRedirect => "lb XDP (redirect)",
-            Datapath::Iptables => "iptables (legacy)",
-            Datapath::Nftables => "nftables",
-        }
-    }
-}
 
 /// Frames the backend's XDP program dropped so far.
 fn received(backend: &Netns) -> anyhow::Result<u64> {
@@ -88,32 +65,10 @@ fn measure(datapath: Datapath, services: u32) -> anyhow::Result<(f64, f64)> {
         "permanent",
     ])?;
     let client = node.add_pod("client", CLIENT)?;
-    let _agent = match datapath {
-        Datapath::Lb | Datapath::LbRedirect => {
-            let files = synthetic.manifest_files(ENDPOINTS);
-            let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
-            let entries = (services * 10_240).next_power_of_two().to_string();
-            let mut args = vec!["--pod-device", "h-*", "--maglev-entries", &entries];
-            if matches!(datapath, Datapath::LbRedirect) {
-                args.extend(["--xdp-redirect-device", "h-*"]);
-            }
-            Some(AgentProcess::start_with(&node, &manifests, &args)?)
-        }
-        Datapath::Iptables => {
-            timed_load(&node.ns, "iptables-legacy-restore", &[], &synthetic.iptables_rules(ENDPOINTS, false))?;
-            None
-        }
-        Datapath::Nftables => {
-            timed_load(&node.ns, "nft", &["-f", "-"], &synthetic.nft_rules())?;
-            None
-        }
-    };
+    let _agent = datapath.program(&node, &synthetic)?;
     // The generator's frames reach the node only through an XDP program
     // there: lb's own, or a pass-through one for the kernel's datapaths.
-    let _pass = match datapath {
-        Datapath::Iptables | Datapath::Nftables => Some(xdp_const::attach(&node.ns, "h-client", Action::Pass)?),
-        Datapath::Lb | Datapath::LbRedirect => None,
-    };
+    let _pass = if datapath.is_lb() { None } else { Some(xdp_const::attach(&node.ns, "h-client", Action::Pass)?) };
     let mac = |ns: &Netns, ifname: &str| -> anyhow::Result<[u8; 6]> {
         let text = ns.mac(ifname)?;
         let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
@@ -154,7 +109,7 @@ pub fn run() -> anyhow::Result<Section> {
     let mut rows = Vec::new();
     let mut iptables = vec![0.0; counts.len()];
     let mut figures = Vec::new();
-    for datapath in Datapath::ALL {
+    for datapath in [Datapath::Lb, Datapath::LbRedirect, Datapath::Iptables, Datapath::Nftables] {
         let mut values = Vec::new();
         for (c, services) in counts.iter().enumerate() {
             eprintln!("  throughput: {} with {services} services", datapath.name());
