@@ -73,6 +73,7 @@ pub mod map_names {
     pub const REDIRECT_PORTS: &str = "LB_REDIRECT_PORTS";
     pub const FAST_PATH_COUNTERS: &str = "LB_FAST_PATH_COUNTERS";
     pub const MAGLEV: &str = "LB_MAGLEV";
+    pub const FIB_CACHE: &str = "LB_FIB_CACHE";
     pub const CT_STATS: &str = "LB_CT_STATS";
 }
 
@@ -513,6 +514,25 @@ impl Reason {
         }
     }
 }
+
+/// A FIB answer the XDP fast path reuses for a while, keyed by the
+/// destination address (network byte order): the next hop of a device that
+/// takes XDP frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibCacheEntry {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// When the FIB gave it (the datapath's coarse clock).
+    pub checked_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FibCacheEntry>() == 24);
+
+/// How long a cached FIB answer is used: route or neighbour changes reach
+/// the fast path within this.
+pub const FIB_CACHE_NS: u64 = 1_000_000_000;
+pub const MAX_FIB_CACHE: u32 = 16_384;
 
 /// How a rewritten packet left XDP: the index into the fast-path counters.
 /// Every rewritten packet on an XDP hook is counted under exactly one.

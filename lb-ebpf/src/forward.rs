@@ -11,7 +11,7 @@ use crate::{
     checksum,
     parse::{IP_CHECK, IP_OFFSET, Packet},
 };
-use lb_common::FastPath;
+use lb_common::{FIB_CACHE_NS, FastPath};
 
 /// Offset of the IPv4 TTL (followed by the protocol byte: one 16-bit word).
 const IP_TTL: usize = 8;
@@ -74,6 +74,10 @@ pub enum FibAnswer {
 /// The kernel's forwarding state as the fast path sees it.
 pub trait Fib {
     fn lookup(&self, ingress_ifindex: u32, query: &FibQuery) -> FibAnswer;
+    /// A next hop the FIB gave for `daddr` (to an enabled device), and when.
+    fn cached(&self, daddr: u32) -> Option<(NextHop, u64)>;
+    fn cache(&self, daddr: u32, hop: &NextHop, now_ns: u64);
+    fn now_ns(&self) -> u64;
     /// Does the receiving side of `ifindex` take frames sent from XDP? (A
     /// veth drops them unless its peer runs XDP or GRO.)
     fn takes_xdp_frames(&self, ifindex: u32) -> bool;
@@ -104,13 +108,24 @@ pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuer
     if ttl <= 1 {
         return Step::Stack(FastPath::StackTtlExpired);
     }
-    match fib.lookup(ingress_ifindex, query) {
-        FibAnswer::NoNeighbour => Step::Stack(FastPath::StackNoNeighbour),
-        FibAnswer::NotForwarded => Step::Stack(FastPath::StackNotForwarded),
-        FibAnswer::Forward(hop) if !fib.takes_xdp_frames(hop.ifindex) => Step::Stack(FastPath::StackDeviceNotEnabled),
-        FibAnswer::Forward(hop) if hop.ifindex == ingress_ifindex => Step::Tx(hop),
-        FibAnswer::Forward(hop) => Step::Redirect(hop),
-    }
+    // A FIB lookup costs several map lookups: its answer is reused for a
+    // while (only answers that lead to an enabled device are kept).
+    let now = fib.now_ns();
+    let hop = match fib.cached(query.daddr) {
+        Some((hop, checked)) if now.wrapping_sub(checked) < FIB_CACHE_NS => hop,
+        _ => match fib.lookup(ingress_ifindex, query) {
+            FibAnswer::NoNeighbour => return Step::Stack(FastPath::StackNoNeighbour),
+            FibAnswer::NotForwarded => return Step::Stack(FastPath::StackNotForwarded),
+            FibAnswer::Forward(hop) if !fib.takes_xdp_frames(hop.ifindex) => {
+                return Step::Stack(FastPath::StackDeviceNotEnabled);
+            }
+            FibAnswer::Forward(hop) => {
+                fib.cache(query.daddr, &hop, now);
+                hop
+            }
+        },
+    };
+    if hop.ifindex == ingress_ifindex { Step::Tx(hop) } else { Step::Redirect(hop) }
 }
 
 /// The packet's TTL.
@@ -167,11 +182,30 @@ mod tests {
     struct FakeFib {
         answer: FibAnswer,
         enabled: &'static [u32],
+        cache: std::cell::RefCell<Option<(NextHop, u64)>>,
+        now: u64,
+        lookups: std::cell::Cell<u32>,
+    }
+
+    impl FakeFib {
+        fn new(answer: FibAnswer, enabled: &'static [u32]) -> Self {
+            Self { answer, enabled, cache: Default::default(), now: 0, lookups: Default::default() }
+        }
     }
 
     impl Fib for FakeFib {
         fn lookup(&self, _ingress_ifindex: u32, _query: &FibQuery) -> FibAnswer {
+            self.lookups.set(self.lookups.get() + 1);
             self.answer
+        }
+        fn cached(&self, _daddr: u32) -> Option<(NextHop, u64)> {
+            *self.cache.borrow()
+        }
+        fn cache(&self, _daddr: u32, hop: &NextHop, now_ns: u64) {
+            *self.cache.borrow_mut() = Some((*hop, now_ns));
+        }
+        fn now_ns(&self) -> u64 {
+            self.now
         }
         fn takes_xdp_frames(&self, ifindex: u32) -> bool {
             self.enabled.contains(&ifindex)
@@ -206,8 +240,25 @@ mod tests {
             ("ttl 1", FibAnswer::Forward(hop(INGRESS)), &[INGRESS][..], 1, Step::Stack(FastPath::StackTtlExpired)),
         ];
         for (what, answer, enabled, ttl, want) in cases {
-            assert_eq!(next_step(&FakeFib { answer, enabled }, INGRESS, ttl, &q), want, "{what}");
+            assert_eq!(next_step(&FakeFib::new(answer, enabled), INGRESS, ttl, &q), want, "{what}");
         }
+    }
+
+    #[test]
+    fn a_fib_answer_is_reused_for_a_second_and_only_for_enabled_devices() {
+        let q = FibQuery::default();
+        let mut fib = FakeFib::new(FibAnswer::Forward(hop(OTHER)), &[OTHER]);
+        for now in [0, FIB_CACHE_NS / 2, FIB_CACHE_NS - 1] {
+            fib.now = now;
+            assert_eq!(next_step(&fib, INGRESS, 64, &q), Step::Redirect(hop(OTHER)));
+        }
+        assert_eq!(fib.lookups.get(), 1);
+        fib.now = FIB_CACHE_NS;
+        next_step(&fib, INGRESS, 64, &q);
+        assert_eq!(fib.lookups.get(), 2, "asked again after a second");
+        let not_enabled = FakeFib::new(FibAnswer::Forward(hop(OTHER)), &[]);
+        next_step(&not_enabled, INGRESS, 64, &q);
+        assert!(not_enabled.cache.borrow().is_none());
     }
 
     #[test]

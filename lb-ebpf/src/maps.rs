@@ -12,9 +12,9 @@ use aya_ebpf::{
 
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, EndpointKey, EndpointMeta,
-    FastPath, Frontend, FrontendKey, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_REDIRECT_PORTS, MAX_SOURCE_RANGES,
-    MaglevElement, Reason, ServiceMeta, SourceRange, ct_stats,
+    FastPath, FibCacheEntry, Frontend, FrontendKey, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS,
+    MAX_BACKENDS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_REDIRECT_PORTS,
+    MAX_SOURCE_RANGES, MaglevElement, Reason, ServiceMeta, SourceRange, ct_stats,
 };
 use lb_ebpf::{
     forward::{Fib, FibAnswer, FibQuery, NextHop},
@@ -59,6 +59,10 @@ static LB_VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, 0);
 /// (`--xdp-redirect-device`).
 #[map]
 static LB_REDIRECT_PORTS: HashMap<u32, u32> = HashMap::pinned(MAX_REDIRECT_PORTS, 0);
+
+/// Destination address -> the FIB's next hop, reused for FIB_CACHE_NS.
+#[map]
+static LB_FIB_CACHE: LruHashMap<u32, FibCacheEntry> = LruHashMap::pinned(MAX_FIB_CACHE, 0);
 
 /// Per-CPU counts of how rewritten packets left XDP, indexed by FastPath.
 #[map]
@@ -227,6 +231,25 @@ impl Fib for KernelFib<'_> {
             BPF_FIB_LKUP_RET_NO_NEIGH => FibAnswer::NoNeighbour,
             _ => FibAnswer::NotForwarded,
         }
+    }
+
+    #[inline(always)]
+    fn cached(&self, daddr: u32) -> Option<(NextHop, u64)> {
+        // SAFETY: entries are plain data copied out at once.
+        let entry = unsafe { LB_FIB_CACHE.get(daddr) }?;
+        Some((NextHop { ifindex: entry.ifindex, smac: entry.smac, dmac: entry.dmac }, entry.checked_ns))
+    }
+
+    #[inline(always)]
+    fn cache(&self, daddr: u32, hop: &NextHop, now_ns: u64) {
+        let entry = FibCacheEntry { ifindex: hop.ifindex, smac: hop.smac, dmac: hop.dmac, checked_ns: now_ns };
+        // A lost write only costs another FIB lookup.
+        let _ = LB_FIB_CACHE.insert(daddr, entry, 0);
+    }
+
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        MapTables.now_ns()
     }
 
     #[inline(always)]
