@@ -88,8 +88,10 @@ fn apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
 }
 
 /// The action for a rewritten packet: out from XDP when the fast path
-/// applies, else to the kernel's routing (see `lb_ebpf::forward`).
-#[inline(always)]
+/// applies, else to the kernel's routing (see `lb_ebpf::forward`). A BPF
+/// function of its own: inlined into every rewrite path, it took the
+/// `--datapath-debug` build past the verifier's complexity limit.
+#[inline(never)]
 fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // SAFETY: a load-time constant; read volatile so that it is not folded.
     if unsafe { core::ptr::read_volatile(&LB_FAST_PATH) } == 0 {
