@@ -41,12 +41,12 @@ pub mod hash {
         x ^ (x >> 31)
     }
 
-    /// The hash of a flow's 5-tuple, fields as the maps hold them (network
+    /// The hash of a flow's 5-tuple (fields as the maps hold them, network
     /// byte order).
     #[inline(always)]
-    pub const fn flow(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u64 {
-        let addrs = (saddr as u64) << 32 | daddr as u64;
-        let ports = (sport as u64) << 32 | (dport as u64) << 16 | proto as u64;
+    pub const fn flow(flow: &super::CtKey) -> u64 {
+        let addrs = (flow.saddr as u64) << 32 | flow.daddr as u64;
+        let ports = (flow.sport as u64) << 32 | (flow.dport as u64) << 16 | flow.proto as u64;
         mix64(addrs ^ mix64(ports ^ SEED))
     }
 
@@ -265,6 +265,14 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 40);
+
+impl CtEntry {
+    /// With `CT_FLAG_REWRITE_OTHER`, the other end's (address, port).
+    #[inline(always)]
+    pub const fn other(&self) -> Option<(u32, u16)> {
+        if self.flags & CT_FLAG_REWRITE_OTHER != 0 { Some((self.other_addr, self.other_port)) } else { None }
+    }
+}
 
 /// Indexes of the per-CPU `LB_CT_STATS` array.
 pub mod ct_stats {

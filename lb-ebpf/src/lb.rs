@@ -8,9 +8,9 @@ use crate::{
     nat::Side,
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FLAG_REWRITE_OTHER, CT_FORWARD,
-    CT_REFRESH_NS, CT_REPLY, CT_STATE_CLOSING, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL,
-    FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS, CT_REPLY,
+    CT_STATE_CLOSING, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
+    FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 /// A conntrack entry could not be written.
@@ -123,7 +123,7 @@ fn established<T: Tables>(
     if entry.direction == CT_FORWARD && hook != Hook::TcEgress {
         restore_reply_entry(flow, entry, tables, now);
     }
-    let other = (entry.flags & CT_FLAG_REWRITE_OTHER != 0).then_some((entry.other_addr, entry.other_port));
+    let other = entry.other();
     let (reason, side) = if entry.direction == CT_REPLY {
         (Reason::ReplyReverseNat, Side::Src)
     } else {
@@ -147,8 +147,7 @@ fn established<T: Tables>(
 #[inline(always)]
 fn restore_reply_entry<T: Tables>(flow: &CtKey, entry: &CtEntry, tables: &T, now: u64) {
     let backend = Backend { addr: entry.nat_addr, port: entry.nat_port, flags: 0 };
-    let source = (entry.flags & CT_FLAG_REWRITE_OTHER != 0).then_some((entry.other_addr, entry.other_port));
-    let t = Translation { backend, source };
+    let t = Translation { backend, source: entry.other() };
     let key = conntrack::reply_key(flow, &t);
     if tables.conntrack(&key).is_none() {
         // Losing this write loses only what the eviction already lost.
@@ -180,7 +179,9 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
         };
     }
     let now = tables.now_ns();
-    let Some((backend_id, backend)) = select_backend(flow, &frontend, tables, now) else {
+    // Picks the Maglev entry and the first SNAT port.
+    let hash = lb_common::hash::flow(flow);
+    let Some((backend_id, backend)) = select_backend(flow, hash, &frontend, tables, now) else {
         return Verdict::Drop(Reason::DropBackendMissing);
     };
     if frontend.affinity_timeout_s != 0 {
@@ -203,7 +204,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
         // flow of this backend uses the port yet.
         // The first try is the flow's own port (its hash), so that a flow
         // whose entries were evicted gets the same port back.
-        let mut pick = lb_common::hash::flow(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto) as u32;
+        let mut pick = hash as u32;
         for _ in 0..SNAT_ATTEMPTS {
             let port = SNAT_PORT_MIN + (pick % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16;
             pick = tables.random();
@@ -243,7 +244,13 @@ const SNAT_ATTEMPTS: u32 = 4;
 /// The agent removes affinity entries whose backend left the service, so an
 /// entry that names an existing backend is still valid.
 #[inline(always)]
-fn select_backend<T: Tables>(flow: &CtKey, frontend: &Frontend, tables: &T, now: u64) -> Option<(u32, Backend)> {
+fn select_backend<T: Tables>(
+    flow: &CtKey,
+    hash: u64,
+    frontend: &Frontend,
+    tables: &T,
+    now: u64,
+) -> Option<(u32, Backend)> {
     if frontend.affinity_timeout_s != 0 {
         let key = AffinityKey { client: flow.saddr, svc_id: frontend.svc_id };
         let timeout_ns = u64::from(frontend.affinity_timeout_s) * 1_000_000_000;
@@ -255,7 +262,6 @@ fn select_backend<T: Tables>(flow: &CtKey, frontend: &Frontend, tables: &T, now:
         }
     }
     let slot = if frontend.maglev_size != 0 {
-        let hash = lb_common::hash::flow(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto);
         let index = frontend.maglev_offset.wrapping_add((hash % u64::from(frontend.maglev_size)) as u32);
         u32::from(tables.maglev_slot(index)?)
     } else {
@@ -549,8 +555,7 @@ mod tests {
         let other_client = flow(CLIENT + 1, node, 40000, 80);
         let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1);
         let f2 = other_client;
-        let own = SNAT_PORT_MIN
-            + (lb_common::hash::flow(f2.saddr, f2.daddr, f2.sport, f2.dport, f2.proto) as u32 % range) as u16;
+        let own = SNAT_PORT_MIN + (lb_common::hash::flow(&f2) as u32 % range) as u16;
         for taken in [own, SNAT_PORT_MIN + 5] {
             let key = flow(backend.addr, node, backend.port, taken.to_be());
             t.conntrack.borrow_mut().insert(key, CtEntry::default());
@@ -695,7 +700,7 @@ mod tests {
         t.frontends.get_mut(&key).unwrap().maglev_size = 7;
         for port in 1000..1100 {
             let f = flow(CLIENT, VIP, port, 80);
-            let index = 4 + (lb_common::hash::flow(f.saddr, f.daddr, f.sport, f.dport, f.proto) % 7) as usize;
+            let index = 4 + (lb_common::hash::flow(&f) % 7) as usize;
             let want = 0x0af4_0000 + 10 + u32::from(t.maglev[index]);
             t.random.set(port.into()); // ignored with a table
             assert_eq!(backend_of(tcp(&t, &f, TCP_SYN)), want);

@@ -81,22 +81,20 @@ fn apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
                     nat::rewrite(pkt, side.opposite(), other_addr, other_port);
                 }
             }
-            (send(ctx, pkt), reason)
+            // SAFETY: a load-time constant; read volatile so that it is not folded.
+            let fast_path = unsafe { core::ptr::read_volatile(&LB_FAST_PATH) } != 0;
+            (if fast_path { send(ctx, pkt) } else { xdp_action::XDP_PASS }, reason)
         }
         Verdict::Reject => reject(ctx, pkt),
     }
 }
 
-/// The action for a rewritten packet: out from XDP when the fast path
-/// applies, else to the kernel's routing (see `lb_ebpf::forward`). A BPF
-/// function of its own: inlined into every rewrite path, it took the
+/// The action for a rewritten packet with the fast path on: out from XDP
+/// when it applies, else to the kernel's routing (see `lb_ebpf::forward`).
+/// A BPF function of its own: inlined into every rewrite path, it took the
 /// `--datapath-debug` build past the verifier's complexity limit.
 #[inline(never)]
 fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
-    // SAFETY: a load-time constant; read volatile so that it is not folded.
-    if unsafe { core::ptr::read_volatile(&LB_FAST_PATH) } == 0 {
-        return xdp_action::XDP_PASS;
-    }
     // SAFETY: `pkt` is this context's packet; no helper has run since parse.
     let (query, ttl) = unsafe { (FibQuery::of(pkt), forward::ttl(pkt)) };
     // SAFETY: the context's own metadata.

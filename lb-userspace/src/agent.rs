@@ -3,7 +3,7 @@
 //! matches the patterns, including ones that appear later.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -62,6 +62,8 @@ struct Agent {
     failed: BTreeMap<String, u32>,
     /// This node's name and device addresses.
     node: NodeInfo,
+    /// The ifindexes last written to `LB_REDIRECT_PORTS`.
+    redirect_ports: Option<BTreeSet<u32>>,
     health: HealthServer,
 }
 
@@ -84,6 +86,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config,
         failed: BTreeMap::new(),
         node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external },
+        redirect_ports: None,
         health: HealthServer::default(),
     };
     // Interfaces first: traffic to a frontend must not start while the
@@ -216,13 +219,19 @@ impl Agent {
         }
     }
 
+    /// Writes the redirect devices' ifindexes when they changed (the first
+    /// time also clears what an earlier agent left).
     fn sync_redirect_ports(&mut self) {
-        let ifindexes = match self.config.redirect_devices.present() {
+        let ifindexes: BTreeSet<u32> = match self.config.redirect_devices.present() {
             Ok(present) => present.into_values().collect(),
             Err(err) => return error!("{err}"),
         };
-        if let Err(err) = self.maps.set_redirect_ports(&ifindexes) {
-            error!("cannot update the XDP redirect devices: {err}");
+        if self.redirect_ports.as_ref() == Some(&ifindexes) {
+            return;
+        }
+        match self.maps.set_redirect_ports(&ifindexes) {
+            Ok(()) => self.redirect_ports = Some(ifindexes),
+            Err(err) => error!("cannot update the XDP redirect devices: {err}"),
         }
     }
 }

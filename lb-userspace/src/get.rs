@@ -4,9 +4,9 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use lb_common::{
-    CT_FLAG_REWRITE_OTHER, CT_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CtEntry, CtKey, EP_READY,
-    EP_SERVING, EP_TERMINATING, FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_NODE_PORT, FrontendKey,
-    IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
+    CT_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CtEntry, CtKey, EP_READY, EP_SERVING,
+    EP_TERMINATING, FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_NODE_PORT, FrontendKey, IPPROTO_TCP,
+    IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
 };
 
 use crate::datapath::maps::DatapathMaps;
@@ -226,11 +226,7 @@ pub fn format_conntrack(maps: &DatapathMaps, filter: &ConntrackFilter, now_ns: u
             "" => format!("{}/{}", flow.meta.namespace(), flow.meta.name()),
             port => format!("{}/{}:{port}", flow.meta.namespace(), flow.meta.name()),
         };
-        let source = if entry.flags & CT_FLAG_REWRITE_OTHER != 0 {
-            endpoint(entry.other_addr, entry.other_port)
-        } else {
-            "-".to_owned()
-        };
+        let source = entry.other().map_or_else(|| "-".to_owned(), |(addr, port)| endpoint(addr, port));
         rows.push([
             protocol_name(key.proto).to_owned(),
             endpoint(key.saddr, key.sport),

@@ -285,6 +285,8 @@ impl Programmed {
     pub fn plan(&mut self, desired: &DesiredState, node: &NodeInfo) -> Vec<MapOp> {
         let wanted = wanted_frontends(desired, node);
         let mut ops = Vec::new();
+        // (index in `ops`, frontend, size) of the Maglev tables to build.
+        let mut tables = Vec::new();
         // The last pass's packets are done with the regions it freed.
         self.maglev_regions.release_held();
 
@@ -342,7 +344,12 @@ impl Programmed {
                     self.maglev_regions.free_later(start, len);
                 }
                 let size = old_maglev.map_or(0, |r| r.size);
-                wants_table.then(|| maglev_table(&mut self.maglev_regions, fe, size, &mut ops)).flatten()
+                let region = wants_table.then(|| maglev_region(&mut self.maglev_regions, fe, size)).flatten();
+                if let Some(region) = region {
+                    tables.push((ops.len(), *key, region.size));
+                    ops.push(MapOp::PutMaglevTable { element: region.span().0, table: Vec::new() });
+                }
+                region
             };
             let old_flags = old.map(|old| old.flags);
             if old_slots.len() != slots.len()
@@ -403,7 +410,7 @@ impl Programmed {
             self.frontends.insert(*key, programmed);
         }
 
-        fill_maglev_tables(&mut ops, &wanted);
+        build_maglev_tables(&mut ops, &tables, &wanted);
 
         // 3. Frontends that are no longer wanted.
         let gone: Vec<FrontendKey> = self.frontends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
@@ -513,15 +520,10 @@ impl SvcIds {
     }
 }
 
-/// Writes `fe`'s Maglev table to a free region, keeping the size of its
-/// table now (`old_size`, 0 for none) where it fits; None (backends picked
-/// at random) when `LB_MAGLEV` has no room left.
-fn maglev_table(
-    regions: &mut Regions,
-    fe: &WantedFrontend,
-    old_size: u32,
-    ops: &mut Vec<MapOp>,
-) -> Option<MaglevRegion> {
+/// A free region for `fe`'s Maglev table, keeping the size of its table now
+/// (`old_size`, 0 for none) where it fits; None (backends picked at random)
+/// when `LB_MAGLEV` has no room left.
+fn maglev_region(regions: &mut Regions, fe: &WantedFrontend, old_size: u32) -> Option<MaglevRegion> {
     let size = maglev::resized(old_size, fe.backends.len());
     let Some(element) = regions.allocate(MaglevRegion::elements(size)) else {
         warn!(
@@ -532,39 +534,33 @@ fn maglev_table(
         );
         return None;
     };
-    // Built later, all tables at once (see `fill_maglev_tables`).
-    ops.push(MapOp::PutMaglevTable { element, table: Vec::new() });
     Some(MaglevRegion { offset: element * MAGLEV_ENTRIES_PER_ELEMENT, size })
 }
 
-/// Builds the tables of the `PutMaglevTable` ops on every core: a cold start
-/// builds thousands. Each op is followed by the `PutFrontend` that gives its
-/// frontend's key, backends and size.
-fn fill_maglev_tables(ops: &mut [MapOp], wanted: &BTreeMap<FrontendKey, WantedFrontend>) {
-    let mut jobs: Vec<(&mut Vec<u16>, &WantedFrontend, u32)> = Vec::new();
-    let mut pending: Option<&mut Vec<u16>> = None;
-    for op in ops.iter_mut() {
-        match op {
-            MapOp::PutMaglevTable { table, .. } => pending = Some(table),
-            MapOp::PutFrontend { key, frontend } if frontend.maglev_size != 0 => {
-                if let Some(table) = pending.take() {
-                    jobs.push((table, &wanted[key], frontend.maglev_size));
-                }
-            }
-            _ => {}
+/// Builds the tables of the `PutMaglevTable` ops listed in `tables` (index
+/// in `ops`, frontend, size) on every core: a cold start builds thousands.
+fn build_maglev_tables(
+    ops: &mut [MapOp],
+    tables: &[(usize, FrontendKey, u32)],
+    wanted: &BTreeMap<FrontendKey, WantedFrontend>,
+) {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let built: Vec<Vec<u16>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = tables
+            .chunks(tables.len().div_ceil(threads).max(1))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk.iter().map(|(_, key, size)| maglev::build(&wanted[key].backends, *size)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a Maglev builder panicked")).collect()
+    });
+    for ((index, ..), table) in tables.iter().zip(built) {
+        if let MapOp::PutMaglevTable { table: slot, .. } = &mut ops[*index] {
+            *slot = table;
         }
     }
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let per_thread = jobs.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for chunk in jobs.chunks_mut(per_thread) {
-            scope.spawn(move || {
-                for (table, fe, size) in chunk {
-                    **table = maglev::build(&fe.backends, *size);
-                }
-            });
-        }
-    });
 }
 
 /// The frontends the model asks for, keyed like the frontend map.

@@ -97,8 +97,14 @@ impl AgentProcess {
 
     /// `lb-agent get WHAT` against this agent's pinned maps.
     pub fn get(&self, what: &str) -> anyhow::Result<String> {
-        let out = crate::netns::checked(Command::new(&self.bin).args(["get", what, "--bpf-dir"]).arg(&self.bpf_dir))?;
-        Ok(String::from_utf8(out.stdout)?)
+        self.get_filtered(what, &[])
+    }
+
+    /// `lb-agent get WHAT ARGS...` (filters such as `--client IP`).
+    pub fn get_filtered(&self, what: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["get", what, "--bpf-dir"]).arg(&self.bpf_dir).args(args);
+        Ok(String::from_utf8(crate::netns::checked(&mut cmd)?.stdout)?)
     }
 
     /// `lb-agent env --namespace NAMESPACE` against this agent's pinned maps.

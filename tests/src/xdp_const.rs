@@ -92,34 +92,22 @@ fn load(action: Action) -> io::Result<OwnedFd> {
     load_program(&[insn(0xb7, 0, 0, action as i32), EXIT])
 }
 
-/// Writes `frame` over the packet (whose length it must have) 4 bytes at a
-/// time and returns XDP_TX; a shorter packet is dropped.
+/// Writes `frame` (at least 4 bytes) over the packet, whose length it
+/// must have, 4 bytes at a time (the last word overlaps the one before when
+/// the length is not a multiple of 4), and returns XDP_TX; a shorter packet
+/// is dropped.
 fn frame_writer(frame: &[u8]) -> Vec<u64> {
-    let mut words: Vec<[u8; 4]> = frame
-        .chunks(4)
-        .map(|c| {
-            let mut w = [0u8; 4];
-            w[..c.len()].copy_from_slice(c);
-            w
-        })
-        .collect();
-    // A partial last word would write past the frame: overlap the one before.
-    if !frame.len().is_multiple_of(4) {
-        let start = frame.len() - 4;
-        words.pop();
-        words.push(frame[start..].try_into().expect("4 bytes"));
-    }
-    let stores = words.len() as i16;
+    let offsets: Vec<usize> = (0..frame.len()).step_by(4).map(|o| o.min(frame.len() - 4)).collect();
     let mut program = vec![
-        insn(0x61, 0x12, 0, 0),                  // r2 = ctx->data
-        insn(0x61, 0x13, 4, 0),                  // r3 = ctx->data_end
-        insn(0xbf, 0x24, 0, 0),                  // r4 = r2
-        insn(0x07, 0x04, 0, frame.len() as i32), // r4 += len
-        insn(0x2d, 0x34, stores + 2, 0),         // if r4 > r3: drop
+        insn(0x61, 0x12, 0, 0),                        // r2 = ctx->data
+        insn(0x61, 0x13, 4, 0),                        // r3 = ctx->data_end
+        insn(0xbf, 0x24, 0, 0),                        // r4 = r2
+        insn(0x07, 0x04, 0, frame.len() as i32),       // r4 += len
+        insn(0x2d, 0x34, offsets.len() as i16 + 2, 0), // if r4 > r3: drop
     ];
-    for (i, word) in words.iter().enumerate() {
-        let off = if !frame.len().is_multiple_of(4) && i + 1 == words.len() { frame.len() - 4 } else { i * 4 };
-        program.push(insn(0x62, 0x02, off as i16, i32::from_ne_bytes(*word))); // *(u32 *)(r2 + off) = word
+    for off in offsets {
+        let word = i32::from_ne_bytes(frame[off..off + 4].try_into().expect("4 bytes"));
+        program.push(insn(0x62, 0x02, off as i16, word)); // *(u32 *)(r2 + off) = word
     }
     program.extend([insn(0xb7, 0, 0, Action::Tx as i32), EXIT, insn(0xb7, 0, 0, Action::Drop as i32), EXIT]);
     program

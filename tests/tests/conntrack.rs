@@ -64,15 +64,7 @@ impl Chat {
 
 /// The data rows of `get conntrack` (header and totals left out).
 fn flows(agent: &AgentProcess, filter: &[&str]) -> Vec<Vec<String>> {
-    let bin = lb_tests::workspace_binary("LB_AGENT_BIN", "lb-agent").unwrap();
-    let out = std::process::Command::new(bin)
-        .args(["get", "conntrack", "--bpf-dir"])
-        .arg(&agent.bpf_dir)
-        .args(filter)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = agent.get_filtered("conntrack", filter).unwrap();
     text.lines()
         .skip(1)
         .take_while(|l| !l.is_empty())
