@@ -3,11 +3,12 @@
 //! allocation) and the endpoints controllers would. [`build`] is a pure function.
 
 use std::collections::btree_map::Entry as MapEntry;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -237,9 +238,69 @@ pub struct Endpoint {
     pub target: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct DesiredState {
     pub services: BTreeMap<ServiceName, Service>,
+    /// What each service was realised from: the next build reuses a service
+    /// none of whose objects changed instead of working it out again.
+    memo: Memo,
+}
+
+impl DesiredState {
+    pub fn new(services: BTreeMap<ServiceName, Service>) -> Self {
+        DesiredState { services, memo: Memo::default() }
+    }
+}
+
+/// The desired state is its services; the memo only saves work.
+impl PartialEq for DesiredState {
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services
+    }
+}
+
+impl Eq for DesiredState {}
+
+#[derive(Clone, Debug, Default)]
+struct Memo {
+    services: HashMap<ServiceName, Realised>,
+    /// Each namespace's pods, which selectors pick from.
+    pods: HashMap<String, Vec<Arc<core::Pod>>>,
+}
+
+/// A service as [`realise`] made it (node ports as written, any cluster
+/// IP), and what from. Holding the objects keeps their addresses from
+/// being reused, so pointer equality means "the same object".
+#[derive(Clone, Debug)]
+struct Realised {
+    service: Arc<core::Service>,
+    file: Arc<Path>,
+    endpoints: Option<Arc<core::Endpoints>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    address: Address,
+    realised: Arc<Service>,
+    errors: Vec<ModelError>,
+}
+
+impl Realised {
+    /// Whether it was made from exactly these objects.
+    fn made_from(&self, service: &Sourced<core::Service>, inputs: &Inputs<'_>) -> bool {
+        Arc::ptr_eq(&self.service, &service.object)
+            && self.file == service.file
+            && match (&self.endpoints, inputs.endpoints) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, &b.object),
+                (None, None) => true,
+                _ => false,
+            }
+            && self.slices.len() == inputs.slices.len()
+            && self.slices.iter().zip(inputs.slices).all(|(a, b)| Arc::ptr_eq(a, &b.object))
+    }
+}
+
+/// The objects a service's endpoints may come from.
+struct Inputs<'a> {
+    endpoints: Option<&'a Sourced<core::Endpoints>>,
+    slices: &'a [&'a Sourced<EndpointSlice>],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -343,9 +404,30 @@ fn service_label<'a>(service: &'a Sourced<core::Service>, label: &str) -> Option
 pub fn build(objects: &Objects, previous: &DesiredState, opts: &ModelOptions) -> (DesiredState, Vec<ModelError>) {
     let mut errors = Vec::new();
     let mut entries = BTreeMap::new();
+    let index = Index::new(objects, &mut errors);
+    let pods = pods_by_namespace(objects);
+    let pods_unchanged = |namespace: &str| {
+        let (now, before) = (pods.get(namespace), previous.memo.pods.get(namespace));
+        let ptrs = |pods: Option<&Vec<Arc<core::Pod>>>| pods.into_iter().flatten().map(Arc::as_ptr).collect::<Vec<_>>();
+        ptrs(now) == ptrs(before)
+    };
+    let mut memo = Memo { services: HashMap::new(), pods: pods.clone() };
     for service in &objects.services {
         if let Some(proxy) = service_label(service, SERVICE_PROXY_NAME_LABEL) {
             debug!(service = %ServiceName::of(&service.object.metadata), proxy, "left to another proxy");
+            continue;
+        }
+        let name = ServiceName::of(&service.object.metadata);
+        let inputs = index.inputs(&name);
+        let reusable = previous.memo.services.get(&name).filter(|r| {
+            let selects = service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty());
+            r.made_from(service, &inputs) && (!selects || pods_unchanged(&name.namespace))
+        });
+        if let Some(realised) = reusable {
+            errors.extend(realised.errors.iter().cloned());
+            entries
+                .insert(name.clone(), Entry::Reused(&service.file, realised.address, Arc::clone(&realised.realised)));
+            memo.services.insert(name, realised.clone());
             continue;
         }
         match validate(service) {
@@ -362,21 +444,38 @@ pub fn build(objects: &Objects, previous: &DesiredState, opts: &ModelOptions) ->
         }
     }
     let mut addresses = assign_addresses(&mut entries, previous, opts.service_cidr, &mut errors);
-    let index = Index::new(objects, &mut errors);
     let services = entries
         .into_iter()
         .map(|(name, entry)| {
+            let cluster_ip = addresses.remove(&name).unwrap_or(ClusterIp::None);
             let service = match entry {
                 Entry::Kept(_, service) => service,
+                Entry::Reused(_, _, realised) => Service { cluster_ip, ..Service::clone(&realised) },
                 Entry::New(spec) => {
-                    let cluster_ip = addresses.remove(&name).unwrap_or(ClusterIp::None);
-                    realise(spec, cluster_ip, &index, &mut errors)
+                    let made_from = (spec.service, Arc::clone(spec.file), spec.address);
+                    let inputs = index.inputs(&name);
+                    let mut own_errors = Vec::new();
+                    let realised = realise(spec, ClusterIp::None, &index, &mut own_errors);
+                    errors.extend(own_errors.iter().cloned());
+                    let (service, file, address) = made_from;
+                    let realised = Realised {
+                        service: Arc::clone(service),
+                        file,
+                        endpoints: inputs.endpoints.map(|e| Arc::clone(&e.object)),
+                        slices: inputs.slices.iter().map(|s| Arc::clone(&s.object)).collect(),
+                        address,
+                        realised: Arc::new(realised),
+                        errors: own_errors,
+                    };
+                    let service = Service { cluster_ip, ..Service::clone(&realised.realised) };
+                    memo.services.insert(name.clone(), realised);
+                    service
                 }
             };
             (name, service)
         })
         .collect();
-    let mut state = DesiredState { services };
+    let mut state = DesiredState { services, memo };
     assign_node_ports(&mut state, previous, &mut errors);
     assign_health_check_ports(&mut state, previous);
     (state, errors)
@@ -470,13 +569,17 @@ fn assign_node_ports(state: &mut DesiredState, previous: &DesiredState, errors: 
 
 enum Entry<'a> {
     New(Spec<'a>),
+    /// A service realised earlier from the same objects; only its cluster
+    /// IP is settled again.
+    Reused(&'a Path, Address, Arc<Service>),
     /// The previous model of a service that no longer validates.
     Kept(&'a Path, Service),
 }
 
 /// A Service that passed validation, before its address is settled.
 struct Spec<'a> {
-    file: &'a Path,
+    file: &'a Arc<Path>,
+    service: &'a Arc<core::Service>,
     name: ServiceName,
     service_type: ServiceType,
     address: Address,
@@ -494,6 +597,7 @@ struct Spec<'a> {
     publish_not_ready: bool,
 }
 
+#[derive(Clone, Copy, Debug)]
 enum Address {
     Explicit(Ipv4Addr),
     Allocate,
@@ -712,6 +816,7 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
 
     Ok(Spec {
         file: &service.file,
+        service: &service.object,
         name,
         service_type,
         address,
@@ -751,9 +856,9 @@ fn assign_addresses(
     let mut claims: Vec<(Ipv4Addr, bool, ServiceName)> = entries
         .iter()
         .filter_map(|(name, entry)| {
-            let ip = match entry {
-                Entry::Kept(_, Service { cluster_ip: ClusterIp::Ip(ip), .. }) => *ip,
-                Entry::New(Spec { address: Address::Explicit(ip), .. }) => *ip,
+            let ip = match (entry, entry.address()) {
+                (Entry::Kept(_, Service { cluster_ip: ClusterIp::Ip(ip), .. }), _) => *ip,
+                (_, Some(Address::Explicit(ip))) => ip,
                 _ => return None,
             };
             Some((ip, previous_ip(name) != Some(ip), name.clone()))
@@ -771,10 +876,7 @@ fn assign_addresses(
         }
     }
     for (name, ip, holder) in losers {
-        let file = match &entries[&name] {
-            Entry::New(spec) => spec.file,
-            Entry::Kept(file, _) => *file,
-        };
+        let file = entries[&name].file();
         errors.push(ModelError::ClusterIpTaken { file: file.to_owned(), service: name.clone(), ip, holder });
         // Like an update the API server would refuse: the old version stays
         // while its address is free.
@@ -791,8 +893,8 @@ fn assign_addresses(
 
     let mut fresh = Vec::new();
     for (name, entry) in entries.iter() {
-        match entry {
-            Entry::New(Spec { address: Address::Allocate, .. }) => {
+        match entry.address() {
+            Some(Address::Allocate) => {
                 match previous_ip(name).filter(|ip| cidr.contains_host(*ip) && !taken.contains_key(ip)) {
                     Some(ip) => {
                         taken.insert(ip, name.clone());
@@ -801,7 +903,7 @@ fn assign_addresses(
                     None => fresh.push(name.clone()),
                 }
             }
-            Entry::New(Spec { address: Address::None, .. }) => {
+            Some(Address::None) => {
                 assigned.insert(name.clone(), ClusterIp::None);
             }
             _ => {}
@@ -814,8 +916,8 @@ fn assign_addresses(
                 assigned.insert(name, ClusterIp::Ip(ip));
             }
             None => {
-                if let Some(Entry::New(spec)) = entries.remove(&name) {
-                    errors.push(ModelError::CidrExhausted { file: spec.file.to_owned(), service: name, cidr });
+                if let Some(entry) = entries.remove(&name) {
+                    errors.push(ModelError::CidrExhausted { file: entry.file().to_owned(), service: name, cidr });
                 }
             }
         }
@@ -870,6 +972,15 @@ impl<'a> Index<'a> {
             }
         }
         Index { pods, endpoints, slices }
+    }
+
+    /// The Endpoints object and EndpointSlices named after `service`.
+    fn inputs<'s>(&'s self, service: &'s ServiceName) -> Inputs<'s> {
+        let key = (service.namespace.as_str(), service.name.as_str());
+        Inputs {
+            endpoints: self.endpoints.get(&key).copied(),
+            slices: self.slices.get(&key).map_or(&[], Vec::as_slice),
+        }
     }
 
     /// The Endpoints subsets and EndpointSlices of a service without selector.
@@ -1082,6 +1193,33 @@ fn add_endpoint(endpoints: &mut BTreeMap<(Ipv4Addr, u16), Endpoint>, endpoint: E
             }
         }
     }
+}
+
+impl<'a> Entry<'a> {
+    fn file(&self) -> &'a Path {
+        match self {
+            Entry::New(spec) => spec.file,
+            Entry::Reused(file, ..) | Entry::Kept(file, _) => file,
+        }
+    }
+
+    /// The cluster IP its spec asks for; `None` for a kept model.
+    fn address(&self) -> Option<Address> {
+        match self {
+            Entry::New(spec) => Some(spec.address),
+            Entry::Reused(_, address, _) => Some(*address),
+            Entry::Kept(..) => None,
+        }
+    }
+}
+
+/// Each namespace's pods, in directory order.
+fn pods_by_namespace(objects: &Objects) -> HashMap<String, Vec<Arc<core::Pod>>> {
+    let mut pods: HashMap<String, Vec<Arc<core::Pod>>> = HashMap::new();
+    for pod in &objects.pods {
+        pods.entry(namespace(&pod.object.metadata).to_owned()).or_default().push(Arc::clone(&pod.object));
+    }
+    pods
 }
 
 /// A validated spec with its address, plus its endpoints.
@@ -1307,6 +1445,63 @@ metadata:
         assert_eq!(port.endpoints.len(), 1);
         let ep = &port.endpoints[0];
         assert_eq!((ep.ready, ep.serving, ep.terminating), (false, true, true));
+    }
+
+    /// The model is rebuilt from objects of which only some changed (the
+    /// source keeps the others' `Arc`s): the changed ones take effect, the
+    /// others are reused, not realised again.
+    #[test]
+    fn rebuild_reuses_services_whose_objects_did_not_change() {
+        let yaml = |manual_ip: &str, pod_ip: &str| {
+            format!(
+                "{KUBIA}{}---
+apiVersion: v1
+kind: Service
+metadata: {{name: manual}}
+spec:
+  ports: [{{port: 80}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: manual}}
+subsets: [{{addresses: [{{ip: {manual_ip}}}], ports: [{{port: 8080}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: other}}
+spec:
+  ports: [{{port: 80}}]
+",
+                pod("kubia-1", pod_ip, true, "{app: kubia}", "")
+            )
+        };
+        let first = objects_from_yaml(&yaml("1.1.1.1", "10.0.0.1"));
+        let (state, _) = build(&first, &DesiredState::default(), &ModelOptions::default());
+        let realised = |state: &DesiredState, name: &str| {
+            Arc::clone(&state.memo.services[&ServiceName::new("default", name)].realised)
+        };
+
+        // The Endpoints object changes; the Services and the pod stay.
+        let changed = objects_from_yaml(&yaml("2.2.2.2", "10.0.0.1"));
+        let mut second = first.clone();
+        second.endpoints = changed.endpoints.clone();
+        let (next, errors) = build(&second, &state, &ModelOptions::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(active(&service(&next, "manual").ports[0]), ["2.2.2.2:8080"]);
+        assert_eq!(active(&service(&next, "kubia").ports[0]), ["10.0.0.1:8080"]);
+        assert!(Arc::ptr_eq(&realised(&state, "other"), &realised(&next, "other")));
+        assert!(Arc::ptr_eq(&realised(&state, "kubia"), &realised(&next, "kubia")));
+        assert!(!Arc::ptr_eq(&realised(&state, "manual"), &realised(&next, "manual")));
+        assert_eq!(service(&next, "other"), service(&state, "other"));
+
+        // A pod changes: the Service selecting it is realised again.
+        let mut third = second.clone();
+        third.pods = objects_from_yaml(&yaml("2.2.2.2", "10.0.0.9")).pods;
+        let (last, _) = build(&third, &next, &ModelOptions::default());
+        assert_eq!(active(&service(&last, "kubia").ports[0]), ["10.0.0.9:8080"]);
+        assert!(Arc::ptr_eq(&realised(&next, "manual"), &realised(&last, "manual")));
+        // Every reuse gives what a build from scratch gives.
+        assert_eq!(last, build(&third, &DesiredState::default(), &ModelOptions::default()).0);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tracing::warn;
 use crate::{
     maglev,
     model::{
-        BackendSelection, ClusterIp, DesiredState, Ipv4Cidr, Protocol, Service, ServicePort, ServiceType,
+        BackendSelection, ClusterIp, DesiredState, Ipv4Cidr, Protocol, Service, ServiceName, ServicePort, ServiceType,
         SessionAffinity, TrafficPolicy,
     },
     regions::Regions,
@@ -136,7 +136,8 @@ struct ProgrammedFrontend {
 
 /// A frontend as the model wants it.
 #[derive(Clone)]
-struct WantedFrontend {
+struct WantedFrontend<'s> {
+    service: &'s ServiceName,
     affinity_timeout_s: u32,
     flags: u16,
     source_ranges: Vec<(u32, u8)>,
@@ -183,6 +184,11 @@ pub struct Programmed {
     svc_ids: SvcIds,
     /// Free space in `LB_MAGLEV`, in elements.
     maglev_regions: Regions,
+    /// The services (and node) the frontends were last planned for, and
+    /// each one's frontend keys: a plan only works on the services that
+    /// changed since. Empty after `adopt`, so the first plan compares all.
+    planned: HashMap<ServiceName, (Service, Vec<FrontendKey>)>,
+    planned_node: Option<NodeInfo>,
 }
 
 impl Default for Programmed {
@@ -270,6 +276,8 @@ impl Programmed {
             used_backend_ids,
             svc_ids: SvcIds::new(&used_svc_ids),
             maglev_regions,
+            planned: HashMap::new(),
+            planned_node: None,
         }
     }
 
@@ -283,7 +291,42 @@ impl Programmed {
     /// The operations that bring the maps from what they hold to `desired`,
     /// in a safe order; `self` is updated as if they were all applied.
     pub fn plan(&mut self, desired: &DesiredState, node: &NodeInfo) -> Vec<MapOp> {
-        let wanted = wanted_frontends(desired, node);
+        // Only services that changed (all of them when the node did) can
+        // want frontends other than the ones they have.
+        let everything = self.planned_node.as_ref() != Some(node);
+        let changed: Vec<&Service> = desired
+            .services
+            .values()
+            .filter(|s| everything || self.planned.get(&s.name).is_none_or(|(planned, _)| planned != *s))
+            .collect();
+        let removed: Vec<ServiceName> =
+            self.planned.keys().filter(|name| !desired.services.contains_key(*name)).cloned().collect();
+        let wanted = wanted_frontends(changed.iter().copied(), node);
+        // The frontends the changed and removed services had.
+        let had: Vec<FrontendKey> = if everything {
+            self.frontends.keys().copied().collect()
+        } else {
+            let names = changed.iter().map(|s| &s.name).chain(&removed);
+            names.filter_map(|name| self.planned.get(name)).flat_map(|(_, keys)| keys.iter().copied()).collect()
+        };
+        if everything {
+            self.planned.clear();
+        }
+        for name in &removed {
+            self.planned.remove(name);
+        }
+        let mut keys_of: HashMap<&ServiceName, Vec<FrontendKey>> = HashMap::new();
+        for (key, fe) in &wanted {
+            keys_of.entry(fe.service).or_default().push(*key);
+        }
+        for service in &changed {
+            let keys = keys_of.remove(&service.name).unwrap_or_default();
+            self.planned.insert(service.name.clone(), (Service::clone(service), keys));
+        }
+        self.planned_node = Some(node.clone());
+        // Backends that lost a slot, which may now be referenced by none.
+        let mut released: HashSet<u32> =
+            if everything { self.backend_ids.values().copied().collect() } else { HashSet::new() };
         let mut ops = Vec::new();
         // (index in `ops`, frontend, size) of the Maglev tables to build.
         let mut tables = Vec::new();
@@ -375,6 +418,7 @@ impl Programmed {
                 ops.push(MapOp::DeleteSourceRange { svc_id, addr: *addr, prefix_len: *prefix_len });
             }
             let lost: Vec<u32> = old_slots.iter().filter(|id| !slots.contains(id)).copied().collect();
+            released.extend(&lost);
             if key.proto == IPPROTO_UDP {
                 for id in &lost {
                     let backend = self.backend_ids.iter().find(|(_, b)| *b == id).map(|(b, _)| *b);
@@ -413,9 +457,14 @@ impl Programmed {
         build_maglev_tables(&mut ops, &tables, &wanted);
 
         // 3. Frontends that are no longer wanted.
-        let gone: Vec<FrontendKey> = self.frontends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let gone = had.into_iter().filter(|k| !wanted.contains_key(k));
         for key in gone {
-            let old = self.frontends.remove(&key).expect("key listed above");
+            // Another service may have taken the key over.
+            if self.planned.values().any(|(_, keys)| keys.contains(&key)) {
+                continue;
+            }
+            let Some(old) = self.frontends.remove(&key) else { continue };
+            released.extend(&old.slots);
             self.svc_ids.release(old.svc_id);
             ops.push(MapOp::DeleteFrontend(key));
             if let Some(region) = old.maglev {
@@ -471,9 +520,14 @@ impl Programmed {
         self.vips = vips;
 
         // 6. Backends nothing points at any more.
-        let referenced: BTreeSet<u32> = self.frontends.values().flat_map(|fe| fe.slots.iter().copied()).collect();
+        if released.is_empty() {
+            return ops;
+        }
+        for id in self.frontends.values().flat_map(|fe| &fe.slots) {
+            released.remove(id);
+        }
         let mut unreferenced: Vec<(Backend, u32)> =
-            self.backend_ids.iter().filter(|(_, id)| !referenced.contains(id)).map(|(b, id)| (*b, *id)).collect();
+            self.backend_ids.iter().filter(|(_, id)| released.contains(id)).map(|(b, id)| (*b, *id)).collect();
         unreferenced.sort_by_key(|(_, id)| *id);
         for (backend, id) in unreferenced {
             self.backend_ids.remove(&backend);
@@ -564,9 +618,12 @@ fn build_maglev_tables(
 }
 
 /// The frontends the model asks for, keyed like the frontend map.
-fn wanted_frontends(desired: &DesiredState, node: &NodeInfo) -> BTreeMap<FrontendKey, WantedFrontend> {
+fn wanted_frontends<'s>(
+    services: impl Iterator<Item = &'s Service>,
+    node: &'s NodeInfo,
+) -> BTreeMap<FrontendKey, WantedFrontend<'s>> {
     let mut wanted = BTreeMap::new();
-    for service in desired.services.values() {
+    for service in services {
         if !service.programs_datapath() {
             continue;
         }
@@ -588,6 +645,7 @@ fn wanted_frontends(desired: &DesiredState, node: &NodeInfo) -> BTreeMap<Fronten
             // Cluster IP: for pods, under the internal traffic policy; node
             // ports and external IPs: from outside, under the external one.
             let shared = Shared {
+                service: &service.name,
                 port,
                 source_ranges: &service.source_ranges,
                 node,
@@ -625,6 +683,7 @@ fn wanted_frontends(desired: &DesiredState, node: &NodeInfo) -> BTreeMap<Fronten
 
 /// What the frontends of one Service port have in common.
 struct Shared<'a> {
+    service: &'a ServiceName,
     port: &'a ServicePort,
     source_ranges: &'a [Ipv4Cidr],
     node: &'a NodeInfo,
@@ -633,10 +692,10 @@ struct Shared<'a> {
     selection: BackendSelection,
 }
 
-impl Shared<'_> {
+impl<'a> Shared<'a> {
     /// The frontend of `kind` under traffic `policy`. The endpoints are
     /// listed once, under the cluster IP.
-    fn frontend(&self, kind: u8, policy: TrafficPolicy) -> WantedFrontend {
+    fn frontend(&self, kind: u8, policy: TrafficPolicy) -> WantedFrontend<'a> {
         let local = policy == TrafficPolicy::Local;
         let backends = self
             .port
@@ -665,6 +724,7 @@ impl Shared<'_> {
         let meta = ServiceMeta { frontend_kind: kind, ..self.meta };
         let maglev = self.selection == BackendSelection::Maglev;
         WantedFrontend {
+            service: self.service,
             affinity_timeout_s: self.affinity_timeout_s,
             flags,
             source_ranges,

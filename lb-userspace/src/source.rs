@@ -6,7 +6,7 @@
 //! its broken version no longer provides are kept from the previous version
 //! until the file parses again (or is deleted).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry as HashEntry};
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File};
@@ -25,7 +25,7 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 pub const MAX_FILE_SIZE: u64 = 16 << 20;
 
 /// How long the directory must stay quiet before a burst of events becomes one tick.
-const DEBOUNCE_QUIET: Duration = Duration::from_millis(20);
+const DEBOUNCE_QUIET: Duration = Duration::from_millis(10);
 /// A directory that never goes quiet still ticks this often.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
@@ -126,7 +126,7 @@ impl fmt::Display for ObjectId {
 /// Shared, not copied: every scan hands the model the whole directory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sourced<T> {
-    pub file: PathBuf,
+    pub file: Arc<Path>,
     pub object: Arc<T>,
 }
 
@@ -142,8 +142,8 @@ pub struct Objects {
 }
 
 impl Objects {
-    fn push(&mut self, file: &Path, object: Object) {
-        let file = file.to_owned();
+    fn push(&mut self, file: &Arc<Path>, object: Object) {
+        let file = Arc::clone(file);
         match object {
             Object::Service(object) => self.services.push(Sourced { file, object }),
             Object::Pod(object) => self.pods.push(Sourced { file, object }),
@@ -163,17 +163,19 @@ enum Object {
 
 impl Object {
     fn id(&self) -> ObjectId {
+        let (kind, namespace, name) = self.key();
+        ObjectId { kind, namespace: namespace.to_owned(), name: name.to_owned() }
+    }
+
+    /// The identity, borrowed.
+    fn key(&self) -> (Kind, &str, &str) {
         let (kind, meta) = match self {
             Object::Service(o) => (Kind::Service, o.metadata()),
             Object::Pod(o) => (Kind::Pod, o.metadata()),
             Object::Endpoints(o) => (Kind::Endpoints, o.metadata()),
             Object::EndpointSlice(o) => (Kind::EndpointSlice, o.metadata()),
         };
-        ObjectId {
-            kind,
-            namespace: meta.namespace.clone().unwrap_or_default(),
-            name: meta.name.clone().unwrap_or_default(),
-        }
+        (kind, meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
     }
 }
 
@@ -203,6 +205,8 @@ struct FileState {
     /// errors, the ones kept from its previous version.
     objects: Vec<Object>,
     errors: Vec<SourceError>,
+    /// See [`Parsed::items`].
+    items: HashMap<ItemKey, Object>,
 }
 
 /// Enough of a file's metadata to notice a rewrite, in place or by rename,
@@ -290,19 +294,19 @@ impl ManifestDir {
     fn merge(&mut self) {
         let mut objects = Objects::default();
         let mut duplicates = Vec::new();
-        let mut owners: BTreeMap<ObjectId, &Path> = BTreeMap::new();
+        let mut owners: HashMap<(Kind, &str, &str), &Path> = HashMap::new();
         for (path, state) in &self.files {
+            let file: Arc<Path> = Arc::from(path.as_path());
             for object in &state.objects {
-                let id = object.id();
-                match owners.get(&id) {
-                    Some(first) => duplicates.push(SourceError::Duplicate {
+                match owners.entry(object.key()) {
+                    HashEntry::Occupied(first) => duplicates.push(SourceError::Duplicate {
                         file: path.clone(),
-                        first: first.to_path_buf(),
-                        object: id,
+                        first: first.get().to_path_buf(),
+                        object: object.id(),
                     }),
-                    None => {
-                        owners.insert(id, path);
-                        objects.push(path, object.clone());
+                    HashEntry::Vacant(owner) => {
+                        owner.insert(path);
+                        objects.push(&file, object.clone());
                     }
                 }
             }
@@ -358,18 +362,19 @@ fn load(path: &Path, format: Format, previous: Option<&FileState>) -> Load {
         // Report a stat failure once, not on every scan.
         Err(_) if previous.is_some_and(|p| p.stamp.is_none()) => return Load::Unchanged,
         Err(err) => {
-            return Load::Read(settle(None, Vec::new(), vec![io_error(path, err)], previous));
+            let parsed = Parsed { objects: Vec::new(), errors: vec![io_error(path, err)], items: HashMap::new() };
+            return Load::Read(settle(None, parsed, previous));
         }
     };
     let stamp = Stamp::of(&meta);
     if previous.is_some_and(|p| p.stamp == Some(stamp)) {
         return Load::Unchanged;
     }
-    let (parsed, errors) = match read_limited(path, meta.len()) {
-        Ok(bytes) => parse(path, format, &bytes),
-        Err(err) => (Vec::new(), vec![err]),
+    let parsed = match read_limited(path, meta.len()) {
+        Ok(bytes) => parse(path, format, &bytes, previous.map(|p| &p.items)),
+        Err(err) => Parsed { objects: Vec::new(), errors: vec![err], items: HashMap::new() },
     };
-    Load::Read(settle(Some(stamp), parsed, errors, previous))
+    Load::Read(settle(Some(stamp), parsed, previous))
 }
 
 fn io_error(path: &Path, err: io::Error) -> SourceError {
@@ -393,89 +398,171 @@ fn read_limited(path: &Path, len: u64) -> Result<Vec<u8>, SourceError> {
 /// A file's new state. A broken (or unreadable) file might have held any
 /// object it no longer provides, so those are kept from its previous version;
 /// a clean file replaces it exactly.
-fn settle(
-    stamp: Option<Stamp>,
-    mut objects: Vec<Object>,
-    errors: Vec<SourceError>,
-    previous: Option<&FileState>,
-) -> FileState {
+fn settle(stamp: Option<Stamp>, parsed: Parsed, previous: Option<&FileState>) -> FileState {
+    let Parsed { mut objects, errors, items } = parsed;
     if let Some(previous) = previous.filter(|_| !errors.is_empty()) {
         let provided: BTreeSet<ObjectId> = objects.iter().map(Object::id).collect();
         let before = objects.len();
         objects.extend(previous.objects.iter().filter(|o| !provided.contains(&o.id())).cloned());
         debug!(kept = objects.len() - before, "keeping objects of the last good version of a broken file");
     }
-    FileState { stamp, objects, errors }
+    FileState { stamp, objects, errors, items }
+}
+
+/// A JSON item by its text: (hash, length).
+type ItemKey = (u64, usize);
+
+fn item_key(text: &str) -> ItemKey {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(text, &mut hasher);
+    (std::hash::Hasher::finish(&hasher), text.len())
+}
+
+/// What a file provides, as read.
+struct Parsed {
+    objects: Vec<Object>,
+    errors: Vec<SourceError>,
+    /// The decoded objects of the JSON items, by their text: when the file
+    /// is rewritten, an item whose text did not change is not decoded again
+    /// (and stays the same `Arc`, which the model's memo relies on).
+    items: HashMap<ItemKey, Object>,
+}
+
+/// The top of a JSON document, read only as far as telling a List apart.
+#[derive(Deserialize)]
+struct JsonTop<'a> {
+    kind: Option<Value>,
+    #[serde(borrow)]
+    items: Option<&'a RawValue>,
+}
+
+/// One document, or one item of a List.
+enum Item<'a> {
+    Yaml(Value),
+    Json(&'a RawValue),
 }
 
 /// Every recognised object of a file, and every problem met on the way.
-fn parse(path: &Path, format: Format, bytes: &[u8]) -> (Vec<Object>, Vec<SourceError>) {
-    let mut objects = Vec::new();
+/// `previous` holds the decoded JSON items of the file's last version.
+fn parse(path: &Path, format: Format, bytes: &[u8], previous: Option<&HashMap<ItemKey, Object>>) -> Parsed {
     let mut errors = Vec::new();
-    let documents = match format {
-        Format::Json => match serde_json::from_slice::<Value>(bytes) {
-            Ok(value) => vec![value],
+    let documents: Vec<Vec<(Option<usize>, Item)>> = match format {
+        Format::Json => match serde_json::from_slice::<&RawValue>(bytes) {
+            Ok(raw) => vec![json_items(path, raw, &mut errors)],
             Err(err) => {
                 errors.push(SourceError::Syntax { file: path.to_owned(), reason: err.to_string() });
                 Vec::new()
             }
         },
         Format::Yaml => match std::str::from_utf8(bytes) {
-            Ok(text) => yaml_documents(path, text, &mut errors),
+            Ok(text) => yaml_documents(path, text, &mut errors)
+                .into_iter()
+                .enumerate()
+                .map(|(index, value)| yaml_items(path, index + 1, value, &mut errors))
+                .collect(),
             Err(err) => {
                 errors.push(SourceError::Syntax { file: path.to_owned(), reason: format!("not UTF-8: {err}") });
                 Vec::new()
             }
         },
     };
+    let mut parsed = Parsed { objects: Vec::new(), errors, items: HashMap::new() };
     let mut seen: BTreeMap<ObjectId, Location> = BTreeMap::new();
-    for (index, value) in documents.into_iter().enumerate() {
-        let document = index + 1;
-        let items = match value {
-            Value::Null => continue,
-            Value::Object(mut map) if map.get("kind").and_then(Value::as_str) == Some("List") => {
-                match map.remove("items") {
-                    None | Some(Value::Null) => Vec::new(),
-                    Some(Value::Array(items)) => {
-                        items.into_iter().enumerate().map(|(i, item)| (Some(i), item)).collect()
-                    }
-                    Some(_) => {
-                        errors.push(SourceError::Document {
-                            file: path.to_owned(),
-                            at: Location { document, item: None },
-                            object: None,
-                            reason: "items: a List needs a sequence of items".into(),
-                        });
-                        continue;
-                    }
-                }
-            }
-            value => vec![(None, value)],
-        };
-        for (item, value) in items {
-            let at = Location { document, item };
+    for (index, items) in documents.into_iter().enumerate() {
+        for (item, content) in items {
+            let at = Location { document: index + 1, item };
             let document_error = |object: Option<ObjectId>, reason| SourceError::Document {
                 file: path.to_owned(),
                 at,
                 object: object.map(Box::new),
                 reason,
             };
-            match decode(value) {
+            let decoded = match content {
+                Item::Yaml(value) => decode(value),
+                Item::Json(raw) => {
+                    let key = item_key(raw.get());
+                    match previous.and_then(|p| p.get(&key)) {
+                        Some(object) => Ok(Some(object.clone())),
+                        None => serde_json::from_str::<Value>(raw.get())
+                            .map_err(|err| (None, err.to_string()))
+                            .and_then(decode),
+                    }
+                    .inspect(|object| {
+                        if let Some(object) = object {
+                            parsed.items.insert(key, object.clone());
+                        }
+                    })
+                }
+            };
+            match decoded {
                 Ok(None) => {}
                 Ok(Some(object)) => {
                     let id = object.id();
                     if let Some(first) = seen.get(&id) {
-                        errors.push(document_error(Some(id), format!("defined again; {first} is used")));
+                        parsed.errors.push(document_error(Some(id), format!("defined again; {first} is used")));
                     } else {
                         seen.insert(id, at);
-                        objects.push(object);
+                        parsed.objects.push(object);
                     }
                 }
-                Err((object, reason)) => errors.push(document_error(object, reason)),
+                Err((object, reason)) => parsed.errors.push(document_error(object, reason)),
             }
         }
     }
-    (objects, errors)
+    parsed
+}
+
+/// The items of a JSON document: those of a List, or the document itself.
+fn json_items<'a>(path: &Path, raw: &'a RawValue, errors: &mut Vec<SourceError>) -> Vec<(Option<usize>, Item<'a>)> {
+    if raw.get() == "null" {
+        return Vec::new();
+    }
+    let top = serde_json::from_str::<JsonTop>(raw.get()).ok();
+    let Some(JsonTop { items, .. }) = top.filter(|t| t.kind.as_ref().and_then(Value::as_str) == Some("List")) else {
+        return vec![(None, Item::Json(raw))];
+    };
+    match items.map(|items| serde_json::from_str::<Option<Vec<&RawValue>>>(items.get())) {
+        None | Some(Ok(None)) => Vec::new(),
+        Some(Ok(Some(items))) => items.into_iter().enumerate().map(|(i, item)| (Some(i), Item::Json(item))).collect(),
+        Some(Err(_)) => {
+            errors.push(list_without_items(path, 1));
+            Vec::new()
+        }
+    }
+}
+
+/// The items of a YAML document: those of a List, or the document itself.
+fn yaml_items(
+    path: &Path,
+    document: usize,
+    value: Value,
+    errors: &mut Vec<SourceError>,
+) -> Vec<(Option<usize>, Item<'static>)> {
+    match value {
+        Value::Null => Vec::new(),
+        Value::Object(mut map) if map.get("kind").and_then(Value::as_str) == Some("List") => {
+            match map.remove("items") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(items)) => {
+                    items.into_iter().enumerate().map(|(i, item)| (Some(i), Item::Yaml(item))).collect()
+                }
+                Some(_) => {
+                    errors.push(list_without_items(path, document));
+                    Vec::new()
+                }
+            }
+        }
+        value => vec![(None, Item::Yaml(value))],
+    }
+}
+
+fn list_without_items(path: &Path, document: usize) -> SourceError {
+    SourceError::Document {
+        file: path.to_owned(),
+        at: Location { document, item: None },
+        object: None,
+        reason: "items: a List needs a sequence of items".into(),
+    }
 }
 
 /// The documents of a YAML stream up to the first one that does not parse.
@@ -615,12 +702,12 @@ fn debounce(events: &std_mpsc::Receiver<()>, ticks: &mpsc::Sender<()>) {
 /// model's tests).
 #[cfg(test)]
 pub(crate) fn objects_from_yaml(text: &str) -> Objects {
-    let file = Path::new("test.yaml");
-    let (parsed, errors) = parse(file, Format::Yaml, text.as_bytes());
-    assert!(errors.is_empty(), "{errors:?}");
+    let file: Arc<Path> = Arc::from(Path::new("test.yaml"));
+    let parsed = parse(&file, Format::Yaml, text.as_bytes(), None);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
     let mut objects = Objects::default();
-    for object in parsed {
-        objects.push(file, object);
+    for object in parsed.objects {
+        objects.push(&file, object);
     }
     objects
 }
@@ -689,7 +776,7 @@ mod tests {
                 file.display()
             )]
         );
-        assert_eq!(dir.objects().services[0].file, file);
+        assert_eq!(*dir.objects().services[0].file, *file);
         assert_eq!(dir.objects().services[0].object.metadata.namespace.as_deref(), Some("default"));
     }
 
@@ -814,6 +901,30 @@ mod tests {
     }
 
     #[test]
+    fn rewritten_json_list_decodes_only_the_items_that_changed() {
+        let tmp = TempDir::new("items");
+        let list = |port: u16| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"List","items":[
+                {{"apiVersion":"v1","kind":"Service","metadata":{{"name":"same"}},"spec":{{"ports":[{{"port":80}}]}}}},
+                {{"apiVersion":"v1","kind":"Service","metadata":{{"name":"edited"}},"spec":{{"ports":[{{"port":{port}}}]}}}}
+            ]}}"#
+            )
+        };
+        tmp.write("list.json", &list(80));
+        let mut dir = ManifestDir::new(tmp.0.clone());
+        dir.scan();
+        let before = dir.objects().services.clone();
+        tmp.write("list.json", &list(81));
+        assert!(dir.scan().changed);
+        let after = &dir.objects().services;
+        assert!(Arc::ptr_eq(&before[0].object, &after[0].object), "an unchanged item is not decoded again");
+        assert!(!Arc::ptr_eq(&before[1].object, &after[1].object));
+        let port = |s: &Sourced<Service>| s.object.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port;
+        assert_eq!((port(&after[0]), port(&after[1])), (80, 81));
+    }
+
+    #[test]
     fn document_errors_name_the_reason() {
         let tmp = TempDir::new("docerr");
         tmp.write("x.yaml", "- just\n- a list\n---\nkind: Service\n---\napiVersion: v1\nkind: Pod\nmetadata: {}\n");
@@ -839,7 +950,7 @@ mod tests {
         let report = dir.scan();
         let services = &dir.objects().services;
         assert_eq!(services.len(), 1);
-        assert_eq!(services[0].file, tmp.0.join("a.yaml"));
+        assert_eq!(*services[0].file, *tmp.0.join("a.yaml"));
         assert_eq!(
             messages(&report),
             [format!(

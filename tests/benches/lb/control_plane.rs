@@ -18,10 +18,12 @@ use serde_json::json;
 use crate::{
     Section,
     chart::BarChart,
+    median_spread,
     synthetic::{BACKEND_POD, ENDPOINTS, Protocol, Synthetic, vip},
 };
 
 const SERVICES: u32 = 10_000;
+const RUNS: usize = 3;
 /// Room for 10 007 entries (the table of 10 backends) for each Service.
 const MAGLEV_ENTRIES: u32 = 1 << 27;
 
@@ -39,7 +41,7 @@ pub fn timed_load(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyh
     Ok(took)
 }
 
-/// (cold load, one change) for each peer that is installed.
+/// (cold load, one change) for each peer that is installed: one round.
 fn peers(synthetic: &Synthetic) -> anyhow::Result<Vec<(&'static str, Duration, Duration)>> {
     let mut results = Vec::new();
     for (name, program) in
@@ -85,13 +87,24 @@ fn memory(pid: u32) -> (u64, u64) {
     (maps, rss_kb * 1024)
 }
 
-pub fn run() -> anyhow::Result<Section> {
+/// What one cold start and change of the agent measured.
+struct AgentRun {
+    synced: Duration,
+    answered: Duration,
+    change: Duration,
+    map_bytes: u64,
+    rss: u64,
+    /// Its log lines about the sync and the change.
+    timings: Vec<String>,
+}
+
+/// The agent on a fresh node: cold sync until the last Service answers, then
+/// one endpoint of it goes (file write -> map update).
+fn agent_run(synthetic: &Synthetic, files: &[(String, String)]) -> anyhow::Result<AgentRun> {
     let node = Node::new()?;
     let mut backend = node.add_pod("backend", BACKEND_POD)?;
     backend.serve_on(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>(), &[])?;
     let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100))?;
-    let synthetic = Synthetic { services: SERVICES, protocol: Protocol::Tcp };
-    let files = synthetic.manifest_files(ENDPOINTS);
     let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
     let maglev_entries = MAGLEV_ENTRIES.to_string();
     let args = ["--pod-device", "h-*", "--maglev-entries", &maglev_entries];
@@ -107,7 +120,6 @@ pub fn run() -> anyhow::Result<Section> {
     let answered = start.elapsed();
     let (map_bytes, rss) = memory(agent.pid().expect("running"));
 
-    // One endpoint of the last Service goes: file write -> map update.
     let updates = |agent: &AgentProcess| agent.log_text().matches("datapath updated").count();
     let before = updates(&agent);
     let (last_file, changed) = synthetic.manifest_files(ENDPOINTS - 1).pop().expect("files");
@@ -118,28 +130,65 @@ pub fn run() -> anyhow::Result<Section> {
         std::thread::sleep(Duration::from_micros(500));
     }
     let change = written.elapsed();
-
-    // The agent's own account: parse, model, plan and map writes.
-    let timings: Vec<String> = agent
+    let timings = agent
         .log_text()
         .lines()
         .filter(|l| l.contains("manifests synced") || l.contains("datapath updated"))
         .filter_map(|l| l.split_once("agent: ").map(|(_, rest)| format!("    {rest}")))
         .collect();
     agent.stop()?;
-    let peers = peers(&synthetic)?;
+    Ok(AgentRun { synced, answered, change, map_bytes, rss, timings })
+}
+
+pub fn run() -> anyhow::Result<Section> {
+    let synthetic = Synthetic { services: SERVICES, protocol: Protocol::Tcp };
+    let files = synthetic.manifest_files(ENDPOINTS);
+    // Rounds of the agent and every peer in turn.
+    let mut agent_runs = Vec::new();
+    let mut peer_runs: Vec<Vec<(&'static str, Duration, Duration)>> = Vec::new();
+    for round in 1..=RUNS {
+        eprintln!("  control_plane: round {round}/{RUNS}");
+        agent_runs.push(agent_run(&synthetic, &files)?);
+        peer_runs.push(peers(&synthetic)?);
+    }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let figure = |values: Vec<f64>| median_spread(&values);
+    let synced = figure(agent_runs.iter().map(|r| ms(r.synced)).collect());
+    let answered = figure(agent_runs.iter().map(|r| ms(r.answered)).collect());
+    let change = figure(agent_runs.iter().map(|r| ms(r.change)).collect());
+    let last = agent_runs.last().expect("RUNS > 0");
+    let (map_bytes, rss, timings) = (last.map_bytes, last.rss, &last.timings);
+    // (name, cold, change) of each peer, as (median, spread) in ms.
+    type Figure = (f64, f64);
+    let peers: Vec<(&str, Figure, Figure)> = peer_runs[0]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ..))| {
+            let of = |pick: fn(&(&str, Duration, Duration)) -> Duration| {
+                figure(peer_runs.iter().map(|round| ms(pick(&round[i]))).collect())
+            };
+            (*name, of(|p| p.1), of(|p| p.2))
+        })
+        .collect();
     let mut markdown = format!(
-        "{SERVICES} Services x {ENDPOINTS} endpoints (Services without selector and their Endpoints, {} JSON files).\n\n\
+        "{SERVICES} Services x {ENDPOINTS} endpoints (Services without selector and their Endpoints, {} JSON files). \
+         Medians of {RUNS} rounds (± half the range), each round the agent and then every peer.\n\n\
          | datapath | cold sync | one endpoint change |\n|---|---|---|\n\
-         | lb-agent (maps answer / datapath answers) | {:.0} ms / {:.0} ms | {:.1} ms |\n",
+         | lb-agent (maps answer / datapath answers) | {:.0} ms (±{:.0}) / {:.0} ms (±{:.0}) | {:.1} ms (±{:.1}) |\n",
         files.len(),
-        ms(synced),
-        ms(answered),
-        ms(change)
+        synced.0,
+        synced.1,
+        answered.0,
+        answered.1,
+        change.0,
+        change.1,
     );
     for (name, cold, change) in &peers {
-        let _ = writeln!(markdown, "| {name} | {:.0} ms | {:.1} ms |", ms(*cold), ms(*change));
+        let _ = writeln!(
+            markdown,
+            "| {name} | {:.0} ms (±{:.0}) | {:.1} ms (±{:.1}) |",
+            cold.0, cold.1, change.0, change.1
+        );
     }
     let _ = write!(
         markdown,
@@ -151,7 +200,7 @@ pub fn run() -> anyhow::Result<Section> {
          chains, or an nft transaction for its chains). Goals: cold < 2 s, one change < 50 ms.\n\n\
          Memory with these Services programmed: BPF maps {:.1} MiB locked (preallocated to their \
          capacity, and {:.0} MiB of it the Maglev tables: {} bytes per Service of 10 backends), agent \
-         RSS {:.1} MiB.\n\nThe agent's log of the cold sync and the change (scan: read and parse the files; \
+         RSS {:.1} MiB.\n\nThe agent's log (last round) of the cold sync and the change (scan: read and parse the files; \
          model: endpoints and addresses; planned/applied: time since the plan started):\n\n{}\n",
         map_bytes as f64 / 1048576.0,
         MAGLEV_ENTRIES as f64 * 2.0 / 1048576.0,
@@ -161,13 +210,15 @@ pub fn run() -> anyhow::Result<Section> {
     );
     let json = json!({
         "services": SERVICES, "endpoints_per_service": ENDPOINTS,
-        "lb_agent": {"cold_sync_ms": ms(synced), "cold_answer_ms": ms(answered), "one_change_ms": ms(change),
+        "lb_agent": {"cold_sync_ms": synced.0, "cold_sync_spread_ms": synced.1, "cold_answer_ms": answered.0,
+                     "cold_answer_spread_ms": answered.1, "one_change_ms": change.0, "one_change_spread_ms": change.1,
                      "bpf_map_bytes": map_bytes, "rss_bytes": rss},
-        "peers": peers.iter().map(|(n, c, o)| json!({"name": n, "cold_ms": ms(*c), "one_change_ms": ms(*o)})).collect::<Vec<_>>(),
+        "peers": peers.iter().map(|(n, c, o)| json!({"name": n, "cold_ms": c.0, "cold_spread_ms": c.1,
+                                                      "one_change_ms": o.0, "one_change_spread_ms": o.1})).collect::<Vec<_>>(),
     });
     let names: Vec<String> = std::iter::once("lb-agent").chain(peers.iter().map(|p| p.0)).map(str::to_owned).collect();
-    let cold: Vec<f64> = std::iter::once(ms(answered)).chain(peers.iter().map(|p| ms(p.1))).collect();
-    let one: Vec<f64> = std::iter::once(ms(change)).chain(peers.iter().map(|p| ms(p.2))).collect();
+    let cold: Vec<f64> = std::iter::once(answered.0).chain(peers.iter().map(|p| p.1.0)).collect();
+    let one: Vec<f64> = std::iter::once(change.0).chain(peers.iter().map(|p| p.2.0)).collect();
     let chart = |title: &str, values| BarChart {
         title: format!("{title}, {SERVICES} Services x {ENDPOINTS} endpoints"),
         y_label: "ms (log)".into(),

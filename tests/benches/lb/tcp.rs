@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::{
     Section,
     chart::BarChart,
+    median_spread,
     synthetic::{BACKEND_POD, Datapath, ENDPOINTS, Protocol, Synthetic, vip},
 };
 
@@ -70,53 +71,81 @@ fn request(to: SocketAddrV4) -> std::io::Result<()> {
     if answer.starts_with(b"HTTP/1.1 200") { Ok(()) } else { Err(std::io::ErrorKind::InvalidData.into()) }
 }
 
-/// A node running `datapath` for `services` Services, a backend pod and a
-/// client pod; the requests' figures.
-fn measure(datapath: Datapath, services: u32) -> anyhow::Result<Run> {
-    let synthetic = Synthetic { services, protocol: Protocol::Tcp };
-    let node = Node::new()?;
-    let mut backend = node.add_pod("backend", BACKEND_POD)?;
-    backend.serve_on(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>(), &[])?;
-    let client = node.add_pod("client", std::net::Ipv4Addr::new(10, 244, 0, 100))?;
-    let _agent = datapath.program(&node, &synthetic)?;
-    let to = SocketAddrV4::new(vip(services - 1), 80);
-    // Warm up (ARP, first flows), then measure.
-    load(&client.ns, to).map(drop).ok();
-    load(&client.ns, to)
+/// A node running one datapath for some Services, with a backend pod and
+/// a client pod.
+struct Rig {
+    client: lb_tests::topology::Pod,
+    to: SocketAddrV4,
+    // Held for as long as the rig is measured.
+    _backend: lb_tests::topology::Pod,
+    _agent: Option<lb_tests::agent::AgentProcess>,
+    _node: Node,
 }
+
+impl Rig {
+    fn new(datapath: Datapath, services: u32) -> anyhow::Result<Self> {
+        let synthetic = Synthetic { services, protocol: Protocol::Tcp };
+        let node = Node::new()?;
+        let mut backend = node.add_pod("backend", BACKEND_POD)?;
+        backend.serve_on(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>(), &[])?;
+        let client = node.add_pod("client", std::net::Ipv4Addr::new(10, 244, 0, 100))?;
+        let agent = datapath.program(&node, &synthetic)?;
+        let to = SocketAddrV4::new(vip(services - 1), 80);
+        // Warm up: ARP, first flows.
+        load(&client.ns, to).map(drop).ok();
+        Ok(Rig { client, to, _backend: backend, _agent: agent, _node: node })
+    }
+}
+
+const DATAPATHS: [Datapath; 3] = [Datapath::Lb, Datapath::Iptables, Datapath::Nftables];
+const RUNS: usize = 3;
 
 pub fn run() -> anyhow::Result<Section> {
     let mut markdown =
         String::from("| datapath | services | connections/s | p50 | p99 | failed |\n|---|---|---|---|---|---|\n");
     let mut rows = Vec::new();
-    let datapaths = [Datapath::Lb, Datapath::Iptables, Datapath::Nftables];
-    let mut series: Vec<(String, Vec<f64>)> = datapaths.iter().map(|d| (d.name().to_owned(), Vec::new())).collect();
+    let mut series: Vec<(String, Vec<f64>)> = DATAPATHS.iter().map(|d| (d.name().to_owned(), Vec::new())).collect();
     let mut groups = Vec::new();
     for services in [1u32, 10_000] {
         groups.push(format!("{services} services"));
-        for (d, datapath) in datapaths.into_iter().enumerate() {
-            eprintln!("  tcp: {} with {services} services", datapath.name());
-            let run = measure(datapath, services)?;
-            series[d].1.push(run.per_second);
+        let rigs = DATAPATHS
+            .iter()
+            .map(|datapath| {
+                eprintln!("  tcp: setting up {} with {services} services", datapath.name());
+                Rig::new(*datapath, services)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut runs: Vec<Vec<Run>> = (0..rigs.len()).map(|_| Vec::new()).collect();
+        for round in 1..=RUNS {
+            for ((rig, runs), datapath) in rigs.iter().zip(&mut runs).zip(DATAPATHS) {
+                let run = load(&rig.client.ns, rig.to)?;
+                eprintln!("    round {round}/{RUNS}: {} {:.0} connections/s", datapath.name(), run.per_second);
+                runs.push(run);
+            }
+        }
+        drop(rigs);
+        for ((datapath, runs), series) in DATAPATHS.iter().zip(runs).zip(&mut series) {
             let us = |d: Duration| d.as_secs_f64() * 1e6;
+            let (per_second, spread) = median_spread(&runs.iter().map(|r| r.per_second).collect::<Vec<_>>());
+            let (p50, _) = median_spread(&runs.iter().map(|r| us(r.p50)).collect::<Vec<_>>());
+            let (p99, _) = median_spread(&runs.iter().map(|r| us(r.p99)).collect::<Vec<_>>());
+            let failed: usize = runs.iter().map(|r| r.failed).sum();
+            series.1.push(per_second);
             markdown.push_str(&format!(
-                "| {} | {services} | {:.0} | {:.0} µs | {:.0} µs | {} |\n",
+                "| {} | {services} | {per_second:.0} (±{spread:.0}) | {p50:.0} µs | {p99:.0} µs | {failed} |\n",
                 datapath.name(),
-                run.per_second,
-                us(run.p50),
-                us(run.p99),
-                run.failed
             ));
-            rows.push(
-                json!({"datapath": datapath.name(), "services": services, "connections_per_second": run.per_second,
-                             "p50_us": us(run.p50), "p99_us": us(run.p99), "failed": run.failed}),
-            );
+            rows.push(json!({"datapath": datapath.name(), "services": services,
+                             "connections_per_second": per_second, "spread": spread,
+                             "p50_us": p50, "p99_us": p99, "failed": failed}));
         }
     }
     markdown.push_str(&format!(
         "\n{CLIENT_THREADS} client threads for {} s after a warm-up run, each request a new TCP connection \
-         through the node to a pod with 10 listening ports (10 endpoints). Client, node and backend share the \
-         machine's cores, so the figures are the whole path's, and they depend on the machine.\n",
+         through the node to a pod with 10 listening ports (10 endpoints). Medians of {RUNS} runs (± half the \
+         range; latencies are the medians of each run's percentile); the datapaths run side by side on nodes \
+         of their own and are measured in turn. Client, node and backend share the machine's cores, so the \
+         figures are the whole path's, and they depend on the machine.\n",
         DURATION.as_secs()
     ));
     let title = "TCP through a VIP: short-lived connections";

@@ -42,58 +42,95 @@ fn received(backend: &Netns) -> anyhow::Result<u64> {
         .sum())
 }
 
-/// Packets per second received at the backend through `datapath` with
-/// `services` Services: the median of RUNS runs, and the spread.
-fn measure(datapath: Datapath, services: u32) -> anyhow::Result<(f64, f64)> {
-    let synthetic = Synthetic { services, protocol: Protocol::Udp };
-    let node = Node::new()?;
-    let backend = node.add_pod("backend", BACKEND_POD)?;
-    let _sink = xdp_const::attach(&backend.ns, "eth0", Action::Drop)?;
-    // The sink drops ARP too: the node learns the backend's MAC statically.
-    let backend_mac = backend.ns.mac("eth0")?;
-    let backend_ip = BACKEND_POD.to_string();
-    node.ns.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        &backend_ip,
-        "lladdr",
-        &backend_mac,
-        "dev",
-        "h-backend",
-        "nud",
-        "permanent",
-    ])?;
-    let client = node.add_pod("client", CLIENT)?;
-    let _agent = datapath.program(&node, &synthetic)?;
-    // The generator's frames reach the node only through an XDP program
-    // there: lb's own, or a pass-through one for the kernel's datapaths.
-    let _pass = if datapath.is_lb() { None } else { Some(xdp_const::attach(&node.ns, "h-client", Action::Pass)?) };
-    let mac = |ns: &Netns, ifname: &str| -> anyhow::Result<[u8; 6]> {
-        let text = ns.mac(ifname)?;
-        let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
-        bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text}"))
-    };
-    // 64 bytes on the wire without the FCS: 14 + 20 + 8 + 18 bytes of payload.
-    let mut frame = PacketBuilder::new(IPPROTO_UDP, CLIENT.octets(), 5000, vip(services - 1).octets(), 80)
-        .payload(&[0; 18])
-        .build();
-    frame[0..6].copy_from_slice(&mac(&node.ns, "h-client")?);
-    frame[6..12].copy_from_slice(&mac(&client.ns, "eth0")?);
-    // The first frames create the flow (and fill the FIB's caches).
-    xdp_const::send_live_frames(&client.ns, "eth0", &frame, 1_000)?;
-    std::thread::sleep(Duration::from_millis(100));
-    let mut rates = Vec::new();
-    for _ in 0..RUNS {
-        let before = received(&backend.ns)?;
+/// A node running one datapath for some Services, with a client pod that
+/// generates frames and a backend pod that counts them.
+struct Rig {
+    backend: lb_tests::topology::Pod,
+    client: lb_tests::topology::Pod,
+    frame: Vec<u8>,
+    // Held for as long as the rig is measured.
+    _sink: std::os::fd::OwnedFd,
+    _pass: Option<std::os::fd::OwnedFd>,
+    _agent: Option<lb_tests::agent::AgentProcess>,
+    _node: Node,
+}
+
+impl Rig {
+    fn new(datapath: Datapath, services: u32) -> anyhow::Result<Self> {
+        let synthetic = Synthetic { services, protocol: Protocol::Udp };
+        let node = Node::new()?;
+        let backend = node.add_pod("backend", BACKEND_POD)?;
+        let sink = xdp_const::attach(&backend.ns, "eth0", Action::Drop)?;
+        // The sink drops ARP too: the node learns the backend's MAC statically.
+        let backend_mac = backend.ns.mac("eth0")?;
+        let backend_ip = BACKEND_POD.to_string();
+        node.ns.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            &backend_ip,
+            "lladdr",
+            &backend_mac,
+            "dev",
+            "h-backend",
+            "nud",
+            "permanent",
+        ])?;
+        let client = node.add_pod("client", CLIENT)?;
+        let agent = datapath.program(&node, &synthetic)?;
+        // The generator's frames reach the node only through an XDP program
+        // there: lb's own, or a pass-through one for the kernel's datapaths.
+        let pass = if datapath.is_lb() { None } else { Some(xdp_const::attach(&node.ns, "h-client", Action::Pass)?) };
+        let mac = |ns: &Netns, ifname: &str| -> anyhow::Result<[u8; 6]> {
+            let text = ns.mac(ifname)?;
+            let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+            bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text}"))
+        };
+        // 64 bytes on the wire without the FCS: 14 + 20 + 8 + 18 bytes of payload.
+        let mut frame = PacketBuilder::new(IPPROTO_UDP, CLIENT.octets(), 5000, vip(services - 1).octets(), 80)
+            .payload(&[0; 18])
+            .build();
+        frame[0..6].copy_from_slice(&mac(&node.ns, "h-client")?);
+        frame[6..12].copy_from_slice(&mac(&client.ns, "eth0")?);
+        // The first frames create the flow (and fill the FIB's caches).
+        xdp_const::send_live_frames(&client.ns, "eth0", &frame, 1_000)?;
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(Rig { backend, client, frame, _sink: sink, _pass: pass, _agent: agent, _node: node })
+    }
+
+    /// Packets per second received at the backend in one run.
+    fn rate(&self) -> anyhow::Result<f64> {
+        let before = received(&self.backend.ns)?;
         let start = Instant::now();
-        xdp_const::send_live_frames(&client.ns, "eth0", &frame, FRAMES)?;
+        xdp_const::send_live_frames(&self.client.ns, "eth0", &self.frame, FRAMES)?;
         // Frames still queued at the node arrive within a moment.
         std::thread::sleep(Duration::from_millis(50));
         let elapsed = start.elapsed();
-        rates.push((received(&backend.ns)? - before) as f64 / elapsed.as_secs_f64());
+        Ok((received(&self.backend.ns)? - before) as f64 / elapsed.as_secs_f64())
     }
-    Ok(median_spread(&rates))
+}
+
+const DATAPATHS: [Datapath; 4] = [Datapath::Lb, Datapath::LbRedirect, Datapath::Iptables, Datapath::Nftables];
+
+/// (median, spread) packets per second of each of DATAPATHS with `services`
+/// Services: every datapath is set up on a node of its own, then measured
+/// in turn, RUNS rounds.
+fn measure(services: u32) -> anyhow::Result<Vec<(f64, f64)>> {
+    let rigs = DATAPATHS
+        .iter()
+        .map(|datapath| {
+            eprintln!("  throughput: setting up {} with {services} services", datapath.name());
+            Rig::new(*datapath, services)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut rates = vec![Vec::new(); rigs.len()];
+    for round in 1..=RUNS {
+        for ((rig, rates), datapath) in rigs.iter().zip(&mut rates).zip(DATAPATHS) {
+            rates.push(rig.rate()?);
+            eprintln!("    round {round}/{RUNS}: {} {:.3} Mpps", datapath.name(), rates.last().unwrap() / 1e6);
+        }
+    }
+    Ok(rates.iter().map(|r| median_spread(r)).collect())
 }
 
 pub fn run() -> anyhow::Result<Section> {
@@ -108,20 +145,15 @@ pub fn run() -> anyhow::Result<Section> {
     let mut series = Vec::new();
     let mut rows = Vec::new();
     let mut iptables = vec![0.0; counts.len()];
-    let mut figures = Vec::new();
-    for datapath in [Datapath::Lb, Datapath::LbRedirect, Datapath::Iptables, Datapath::Nftables] {
-        let mut values = Vec::new();
-        for (c, services) in counts.iter().enumerate() {
-            eprintln!("  throughput: {} with {services} services", datapath.name());
-            let (pps, spread) = measure(datapath, *services)?;
-            eprintln!("    {:.3} Mpps", pps / 1e6);
+    let mut figures: Vec<(Datapath, Vec<(f64, f64)>)> = DATAPATHS.iter().map(|d| (*d, Vec::new())).collect();
+    for (c, services) in counts.iter().enumerate() {
+        for ((datapath, values), (pps, spread)) in figures.iter_mut().zip(measure(*services)?) {
             if matches!(datapath, Datapath::Iptables) {
                 iptables[c] = pps;
             }
             values.push((pps, spread));
             rows.push(json!({"datapath": datapath.name(), "services": services, "pps": pps, "spread_pps": spread}));
         }
-        figures.push((datapath, values));
     }
     for (datapath, values) in &figures {
         markdown.push_str(&format!("| {} |", datapath.name()));
@@ -134,7 +166,7 @@ pub fn run() -> anyhow::Result<Section> {
     }
     markdown.push_str(&format!(
         "\nPackets per second received at the backend (median of {RUNS} runs of {FRAMES} frames, ± half the \
-         range), and the ratio to iptables. One flow (established after its first packet); the redirect row \
+         range; the datapaths run side by side on nodes of their own and are measured in turn), and the ratio to iptables. One flow (established after its first packet); the redirect row \
          sends the rewritten frame from XDP to the backend's veth (`--xdp-redirect-device 'h-*'`). Goals: \
          >= 3x iptables at 1 service, >= 10x at 10 000. Depends on the machine.\n"
     ));
