@@ -131,7 +131,8 @@ impl Agent {
             return;
         }
         let scanned = started.elapsed();
-        let (desired, errors) = model::build(self.source.objects(), &self.desired, &self.config.model);
+        let previous = std::mem::take(&mut self.desired);
+        let (desired, errors) = model::build(self.source.objects(), previous, &self.config.model);
         for err in &errors {
             error!("{err}");
         }

@@ -240,14 +240,16 @@ pub struct Endpoint {
 
 #[derive(Clone, Debug, Default)]
 pub struct DesiredState {
-    pub services: BTreeMap<ServiceName, Service>,
+    /// Shared: a rebuild that changes one service copies only that one.
+    pub services: BTreeMap<ServiceName, Arc<Service>>,
     /// What each service was realised from: the next build reuses a service
     /// none of whose objects changed instead of working it out again.
     memo: Memo,
 }
 
 impl DesiredState {
-    pub fn new(services: BTreeMap<ServiceName, Service>) -> Self {
+    pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
+        let services = services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect();
         DesiredState { services, memo: Memo::default() }
     }
 }
@@ -263,9 +265,39 @@ impl Eq for DesiredState {}
 
 #[derive(Clone, Debug, Default)]
 struct Memo {
-    services: HashMap<ServiceName, Realised>,
+    services: HashMap<ServiceName, Arc<Realised>>,
     /// Each namespace's pods, which selectors pick from.
     pods: HashMap<String, Vec<Arc<core::Pod>>>,
+    /// Every Service object (with its file) in directory order, and the
+    /// options the state was built with.
+    sources: Vec<(Arc<core::Service>, Arc<Path>)>,
+    opts: Option<ModelOptions>,
+    /// The errors not of one service's endpoints: those before them and
+    /// those after them in the build's list.
+    errors_before: Vec<ModelError>,
+    errors_after: Vec<ModelError>,
+}
+
+impl Memo {
+    /// Whether `objects` has the Services and pods the memo was made from.
+    fn same_services_and_pods(&self, objects: &Objects, pods: &HashMap<String, Vec<Arc<core::Pod>>>) -> bool {
+        self.sources.len() == objects.services.len()
+            && self.sources.iter().zip(&objects.services).all(|((o, f), s)| Arc::ptr_eq(o, &s.object) && *f == s.file)
+            && self.pods.len() == pods.len()
+            && self.pods.keys().all(|ns| self.same_pods(ns, pods))
+    }
+
+    fn same_pods(&self, namespace: &str, pods: &HashMap<String, Vec<Arc<core::Pod>>>) -> bool {
+        let (now, before) = (pods.get(namespace), self.pods.get(namespace));
+        now.map_or(0, Vec::len) == before.map_or(0, Vec::len)
+            && now.into_iter().flatten().zip(before.into_iter().flatten()).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    /// The whole list of errors of a build, the services' in name order.
+    fn errors(&self, services: &BTreeMap<ServiceName, Arc<Service>>) -> Vec<ModelError> {
+        let of_services = services.keys().filter_map(|name| self.services.get(name)).flat_map(|r| &r.errors);
+        self.errors_before.iter().chain(of_services).chain(&self.errors_after).cloned().collect()
+    }
 }
 
 /// A service as [`realise`] made it (node ports as written, any cluster
@@ -273,6 +305,8 @@ struct Memo {
 /// being reused, so pointer equality means "the same object".
 #[derive(Clone, Debug)]
 struct Realised {
+    /// Where the Service is in the directory's list.
+    at: usize,
     service: Arc<core::Service>,
     file: Arc<Path>,
     endpoints: Option<Arc<core::Endpoints>>,
@@ -283,6 +317,16 @@ struct Realised {
 }
 
 impl Realised {
+    fn new(at: usize, spec: Spec<'_>, index: &Index<'_>) -> Self {
+        let inputs = index.inputs(&spec.name);
+        let endpoints = inputs.endpoints.map(|e| Arc::clone(&e.object));
+        let slices = inputs.slices.iter().map(|s| Arc::clone(&s.object)).collect();
+        let (service, file, address) = (Arc::clone(spec.service), Arc::clone(spec.file), spec.address);
+        let mut errors = Vec::new();
+        let realised = Arc::new(realise(spec, ClusterIp::None, index, &mut errors));
+        Realised { at, service, file, endpoints, slices, address, realised, errors }
+    }
+
     /// Whether it was made from exactly these objects.
     fn made_from(&self, service: &Sourced<core::Service>, inputs: &Inputs<'_>) -> bool {
         Arc::ptr_eq(&self.service, &service.object)
@@ -401,18 +445,22 @@ fn service_label<'a>(service: &'a Sourced<core::Service>, label: &str) -> Option
 /// model from `previous` as it was, endpoints included (if it had one), so
 /// that a bad edit does not take a working service down; `previous` also
 /// keeps allocated cluster IPs stable.
-pub fn build(objects: &Objects, previous: &DesiredState, opts: &ModelOptions) -> (DesiredState, Vec<ModelError>) {
+pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> (DesiredState, Vec<ModelError>) {
+    let pods = pods_by_namespace(objects);
+    if previous.memo.opts.as_ref() == Some(opts) && previous.memo.same_services_and_pods(objects, &pods) {
+        return rebuild_endpoints(objects, previous);
+    }
+    let previous = &previous;
     let mut errors = Vec::new();
     let mut entries = BTreeMap::new();
     let index = Index::new(objects, &mut errors);
-    let pods = pods_by_namespace(objects);
-    let pods_unchanged = |namespace: &str| {
-        let (now, before) = (pods.get(namespace), previous.memo.pods.get(namespace));
-        let ptrs = |pods: Option<&Vec<Arc<core::Pod>>>| pods.into_iter().flatten().map(Arc::as_ptr).collect::<Vec<_>>();
-        ptrs(now) == ptrs(before)
+    let mut memo = Memo {
+        pods,
+        sources: objects.services.iter().map(|s| (Arc::clone(&s.object), Arc::clone(&s.file))).collect(),
+        opts: Some(opts.clone()),
+        ..Memo::default()
     };
-    let mut memo = Memo { services: HashMap::new(), pods: pods.clone() };
-    for service in &objects.services {
+    for (at, service) in objects.services.iter().enumerate() {
         if let Some(proxy) = service_label(service, SERVICE_PROXY_NAME_LABEL) {
             debug!(service = %ServiceName::of(&service.object.metadata), proxy, "left to another proxy");
             continue;
@@ -421,22 +469,19 @@ pub fn build(objects: &Objects, previous: &DesiredState, opts: &ModelOptions) ->
         let inputs = index.inputs(&name);
         let reusable = previous.memo.services.get(&name).filter(|r| {
             let selects = service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty());
-            r.made_from(service, &inputs) && (!selects || pods_unchanged(&name.namespace))
+            r.made_from(service, &inputs) && (!selects || previous.memo.same_pods(&name.namespace, &memo.pods))
         });
         if let Some(realised) = reusable {
-            errors.extend(realised.errors.iter().cloned());
-            entries
-                .insert(name.clone(), Entry::Reused(&service.file, realised.address, Arc::clone(&realised.realised)));
-            memo.services.insert(name, realised.clone());
+            let realised = Arc::new(Realised { at, ..Realised::clone(realised) });
+            entries.insert(name, Entry::Reused(&service.file, realised));
             continue;
         }
         match validate(service) {
             Ok(spec) => {
-                entries.insert(spec.name.clone(), Entry::New(spec));
+                entries.insert(spec.name.clone(), Entry::New(at, spec));
             }
             Err(err) => {
                 errors.push(err);
-                let name = ServiceName::of(&service.object.metadata);
                 if let Some(kept) = previous.services.get(&name) {
                     entries.insert(name, Entry::Kept(&service.file, kept.clone()));
                 }
@@ -448,36 +493,48 @@ pub fn build(objects: &Objects, previous: &DesiredState, opts: &ModelOptions) ->
         .into_iter()
         .map(|(name, entry)| {
             let cluster_ip = addresses.remove(&name).unwrap_or(ClusterIp::None);
-            let service = match entry {
-                Entry::Kept(_, service) => service,
-                Entry::Reused(_, _, realised) => Service { cluster_ip, ..Service::clone(&realised) },
-                Entry::New(spec) => {
-                    let made_from = (spec.service, Arc::clone(spec.file), spec.address);
-                    let inputs = index.inputs(&name);
-                    let mut own_errors = Vec::new();
-                    let realised = realise(spec, ClusterIp::None, &index, &mut own_errors);
-                    errors.extend(own_errors.iter().cloned());
-                    let (service, file, address) = made_from;
-                    let realised = Realised {
-                        service: Arc::clone(service),
-                        file,
-                        endpoints: inputs.endpoints.map(|e| Arc::clone(&e.object)),
-                        slices: inputs.slices.iter().map(|s| Arc::clone(&s.object)).collect(),
-                        address,
-                        realised: Arc::new(realised),
-                        errors: own_errors,
-                    };
-                    let service = Service { cluster_ip, ..Service::clone(&realised.realised) };
-                    memo.services.insert(name.clone(), realised);
-                    service
-                }
+            let realised = match entry {
+                Entry::Kept(_, service) => return (name, service),
+                Entry::Reused(_, realised) => realised,
+                Entry::New(at, spec) => Arc::new(Realised::new(at, spec, &index)),
             };
+            let service = Arc::new(Service { cluster_ip, ..Service::clone(&realised.realised) });
+            memo.services.insert(name.clone(), realised);
             (name, service)
         })
         .collect();
-    let mut state = DesiredState { services, memo };
-    assign_node_ports(&mut state, previous, &mut errors);
+    let mut state = DesiredState { services, memo: Memo::default() };
+    let mut errors_after = Vec::new();
+    assign_node_ports(&mut state, previous, &mut errors_after);
     assign_health_check_ports(&mut state, previous);
+    state.memo = Memo { errors_before: errors, errors_after, ..memo };
+    let errors = state.memo.errors(&state.services);
+    (state, errors)
+}
+
+/// Only Endpoints and EndpointSlices changed since `previous` was built (the
+/// same Service objects, pods and options): cluster IPs and node ports stay,
+/// and only the services whose endpoint objects changed are realised again.
+fn rebuild_endpoints(objects: &Objects, previous: DesiredState) -> (DesiredState, Vec<ModelError>) {
+    let mut state = previous;
+    // Its errors are the pods', which did not change: they are in the memo.
+    let index = Index::new(objects, &mut Vec::new());
+    for (name, realised) in &mut state.memo.services {
+        let service = &objects.services[realised.at];
+        if realised.made_from(service, &index.inputs(name)) {
+            continue;
+        }
+        // It validated when it was realised, and it is the same object.
+        let Ok(spec) = validate(service) else { continue };
+        let fresh = Realised::new(realised.at, spec, &index);
+        if let Some(service) = state.services.get_mut(name) {
+            for (port, fresh) in Arc::make_mut(service).ports.iter_mut().zip(&fresh.realised.ports) {
+                port.endpoints = fresh.endpoints.clone();
+            }
+        }
+        *realised = Arc::new(fresh);
+    }
+    let errors = state.memo.errors(&state.services);
     (state, errors)
 }
 
@@ -495,6 +552,7 @@ fn assign_health_check_ports(state: &mut DesiredState, previous: &DesiredState) 
         .collect();
     let count = u64::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
     for (name, service) in state.services.iter_mut().filter(|(_, s)| needs(s) && s.health_check_node_port.is_none()) {
+        let service = Arc::make_mut(service);
         let before = previous.services.get(name).and_then(|s| s.health_check_node_port).filter(|p| !taken.contains(p));
         let start = fnv1a(format!("{name}/health").as_bytes()) % count;
         let fresh =
@@ -514,7 +572,7 @@ fn assign_node_ports(state: &mut DesiredState, previous: &DesiredState, errors: 
     let mut taken: BTreeMap<(u16, Protocol), PortKey> = BTreeMap::new();
     let mut wanted: Vec<PortKey> = Vec::new();
     for (name, service) in state.services.iter_mut().filter(|(_, s)| exposed(s)) {
-        for (i, port) in service.ports.iter_mut().enumerate() {
+        for (i, port) in Arc::make_mut(service).ports.iter_mut().enumerate() {
             match port.node_port {
                 Some(node_port) => match taken.get(&(node_port, port.protocol)) {
                     Some((holder, _)) => {
@@ -544,7 +602,7 @@ fn assign_node_ports(state: &mut DesiredState, previous: &DesiredState, errors: 
         match before.filter(|p| !taken.contains_key(&(*p, protocol))) {
             Some(node_port) => {
                 taken.insert((node_port, protocol), key.clone());
-                state.services.get_mut(&key.0).expect("listed").ports[key.1].node_port = Some(node_port);
+                Arc::make_mut(state.services.get_mut(&key.0).expect("listed")).ports[key.1].node_port = Some(node_port);
             }
             None => fresh.push(key),
         }
@@ -560,7 +618,7 @@ fn assign_node_ports(state: &mut DesiredState, previous: &DesiredState, errors: 
         match free {
             Some(node_port) => {
                 taken.insert((node_port, protocol), (name.clone(), i));
-                state.services.get_mut(&name).expect("listed").ports[i].node_port = Some(node_port);
+                Arc::make_mut(state.services.get_mut(&name).expect("listed")).ports[i].node_port = Some(node_port);
             }
             None => errors.push(ModelError::NodePortsExhausted { service: name }),
         }
@@ -568,12 +626,13 @@ fn assign_node_ports(state: &mut DesiredState, previous: &DesiredState, errors: 
 }
 
 enum Entry<'a> {
-    New(Spec<'a>),
+    /// A validated Service, and where it is in the directory's list.
+    New(usize, Spec<'a>),
     /// A service realised earlier from the same objects; only its cluster
     /// IP is settled again.
-    Reused(&'a Path, Address, Arc<Service>),
+    Reused(&'a Path, Arc<Realised>),
     /// The previous model of a service that no longer validates.
-    Kept(&'a Path, Service),
+    Kept(&'a Path, Arc<Service>),
 }
 
 /// A Service that passed validation, before its address is settled.
@@ -857,7 +916,7 @@ fn assign_addresses(
         .iter()
         .filter_map(|(name, entry)| {
             let ip = match (entry, entry.address()) {
-                (Entry::Kept(_, Service { cluster_ip: ClusterIp::Ip(ip), .. }), _) => *ip,
+                (Entry::Kept(_, kept), _) if let ClusterIp::Ip(ip) = kept.cluster_ip => ip,
                 (_, Some(Address::Explicit(ip))) => ip,
                 _ => return None,
             };
@@ -1198,16 +1257,16 @@ fn add_endpoint(endpoints: &mut BTreeMap<(Ipv4Addr, u16), Endpoint>, endpoint: E
 impl<'a> Entry<'a> {
     fn file(&self) -> &'a Path {
         match self {
-            Entry::New(spec) => spec.file,
-            Entry::Reused(file, ..) | Entry::Kept(file, _) => file,
+            Entry::New(_, spec) => spec.file,
+            Entry::Reused(file, _) | Entry::Kept(file, _) => file,
         }
     }
 
     /// The cluster IP its spec asks for; `None` for a kept model.
     fn address(&self) -> Option<Address> {
         match self {
-            Entry::New(spec) => Some(spec.address),
-            Entry::Reused(_, address, _) => Some(*address),
+            Entry::New(_, spec) => Some(spec.address),
+            Entry::Reused(_, realised) => Some(realised.address),
             Entry::Kept(..) => None,
         }
     }
@@ -1363,7 +1422,7 @@ metadata:
     }
 
     fn build_yaml(yaml: &str) -> (DesiredState, Vec<ModelError>) {
-        build(&objects_from_yaml(yaml), &DesiredState::default(), &ModelOptions::default())
+        build(&objects_from_yaml(yaml), DesiredState::default(), &ModelOptions::default())
     }
 
     fn service<'a>(state: &'a DesiredState, name: &str) -> &'a Service {
@@ -1476,7 +1535,7 @@ spec:
             )
         };
         let first = objects_from_yaml(&yaml("1.1.1.1", "10.0.0.1"));
-        let (state, _) = build(&first, &DesiredState::default(), &ModelOptions::default());
+        let (state, _) = build(&first, DesiredState::default(), &ModelOptions::default());
         let realised = |state: &DesiredState, name: &str| {
             Arc::clone(&state.memo.services[&ServiceName::new("default", name)].realised)
         };
@@ -1485,7 +1544,7 @@ spec:
         let changed = objects_from_yaml(&yaml("2.2.2.2", "10.0.0.1"));
         let mut second = first.clone();
         second.endpoints = changed.endpoints.clone();
-        let (next, errors) = build(&second, &state, &ModelOptions::default());
+        let (next, errors) = build(&second, state.clone(), &ModelOptions::default());
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(active(&service(&next, "manual").ports[0]), ["2.2.2.2:8080"]);
         assert_eq!(active(&service(&next, "kubia").ports[0]), ["10.0.0.1:8080"]);
@@ -1493,15 +1552,16 @@ spec:
         assert!(Arc::ptr_eq(&realised(&state, "kubia"), &realised(&next, "kubia")));
         assert!(!Arc::ptr_eq(&realised(&state, "manual"), &realised(&next, "manual")));
         assert_eq!(service(&next, "other"), service(&state, "other"));
+        assert_eq!(next, build(&second, DesiredState::default(), &ModelOptions::default()).0);
 
         // A pod changes: the Service selecting it is realised again.
         let mut third = second.clone();
         third.pods = objects_from_yaml(&yaml("2.2.2.2", "10.0.0.9")).pods;
-        let (last, _) = build(&third, &next, &ModelOptions::default());
+        let (last, _) = build(&third, next.clone(), &ModelOptions::default());
         assert_eq!(active(&service(&last, "kubia").ports[0]), ["10.0.0.9:8080"]);
         assert!(Arc::ptr_eq(&realised(&next, "manual"), &realised(&last, "manual")));
         // Every reuse gives what a build from scratch gives.
-        assert_eq!(last, build(&third, &DesiredState::default(), &ModelOptions::default()).0);
+        assert_eq!(last, build(&third, DesiredState::default(), &ModelOptions::default()).0);
     }
 
     #[test]
@@ -1643,7 +1703,7 @@ subsets:
         assert!(errors.is_empty(), "{errors:?}");
         let mut reversed = objects_from_yaml(&named(&names, ""));
         reversed.services.reverse();
-        let (again, _) = build(&reversed, &DesiredState::default(), &ModelOptions::default());
+        let (again, _) = build(&reversed, DesiredState::default(), &ModelOptions::default());
         assert_eq!(ips(&first), ips(&again));
 
         // An explicit address on the slot kubia would hash to: kubia moves on.
@@ -1663,8 +1723,9 @@ subsets:
         // A previous address is kept while free, whatever the hash says.
         let mut previous = first.clone();
         let pinned = Ipv4Addr::new(10, 96, 0, 77);
-        previous.services.get_mut(&ServiceName::new("default", "kubia")).unwrap().cluster_ip = ClusterIp::Ip(pinned);
-        let (state, _) = build(&objects_from_yaml(&named(&names, "")), &previous, &ModelOptions::default());
+        Arc::make_mut(previous.services.get_mut(&ServiceName::new("default", "kubia")).unwrap()).cluster_ip =
+            ClusterIp::Ip(pinned);
+        let (state, _) = build(&objects_from_yaml(&named(&names, "")), previous, &ModelOptions::default());
         assert_eq!(service(&state, "kubia").cluster_ip, ClusterIp::Ip(pinned));
         assert_eq!(service(&state, "a").cluster_ip, service(&first, "a").cluster_ip);
     }
@@ -1682,8 +1743,8 @@ subsets:
         // The one that already had it keeps it, even when later in name order.
         let mut previous = DesiredState::default();
         let b = Service { name: ServiceName::new("default", "b"), ..service(&state, "a").clone() };
-        previous.services.insert(b.name.clone(), b);
-        let (state, errors) = build(&objects_from_yaml(&yaml), &previous, &ModelOptions::default());
+        previous.services.insert(b.name.clone(), Arc::new(b));
+        let (state, errors) = build(&objects_from_yaml(&yaml), previous, &ModelOptions::default());
         assert_eq!(errors.len(), 1);
         assert_eq!(ips(&state), [("b".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]);
     }
@@ -1691,7 +1752,7 @@ subsets:
     #[test]
     fn exhausted_cidr_is_an_error() {
         let opts = ModelOptions { service_cidr: "192.168.0.0/30".parse().unwrap() };
-        let (state, errors) = build(&objects_from_yaml(&named(&["a", "b", "c"], "")), &DesiredState::default(), &opts);
+        let (state, errors) = build(&objects_from_yaml(&named(&["a", "b", "c"], "")), DesiredState::default(), &opts);
         assert_eq!(state.services.len(), 2);
         let addrs: BTreeSet<_> = state.services.values().map(|s| format!("{:?}", s.cluster_ip)).collect();
         assert_eq!(addrs.len(), 2);
@@ -1705,7 +1766,7 @@ subsets:
     fn invalid_service_keeps_its_previous_model() {
         let (good, _) = build_yaml(KUBIA);
         let broken = KUBIA.replace("port: 80", "port: 0");
-        let (state, errors) = build(&objects_from_yaml(&broken), &good, &ModelOptions::default());
+        let (state, errors) = build(&objects_from_yaml(&broken), good.clone(), &ModelOptions::default());
         assert_eq!(messages(&errors), ["test.yaml: Service default/kubia: spec.ports[0].port: 0 is not in 1-65535"]);
         assert_eq!(state, good);
         // Without a previous model there is nothing to keep.
@@ -1865,7 +1926,7 @@ subsets:
             ["Service default/thief: nodePort 30123/TCP is already used by Service default/kubia-nodeport"]
         );
         // The same answer on every node, and across rescans.
-        let (again, _) = build(&objects_from_yaml(&yaml), &state, &ModelOptions::default());
+        let (again, _) = build(&objects_from_yaml(&yaml), state.clone(), &ModelOptions::default());
         assert_eq!(service(&again, "auto").ports[0].node_port, Some(auto));
         let (fresh, _) = build_yaml(&yaml);
         assert_eq!(service(&fresh, "auto").ports[0].node_port, Some(auto));

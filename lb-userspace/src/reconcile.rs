@@ -14,6 +14,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     iter,
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use lb_common::{
@@ -187,7 +188,7 @@ pub struct Programmed {
     /// The services (and node) the frontends were last planned for, and
     /// each one's frontend keys: a plan only works on the services that
     /// changed since. Empty after `adopt`, so the first plan compares all.
-    planned: HashMap<ServiceName, (Service, Vec<FrontendKey>)>,
+    planned: BTreeMap<ServiceName, (Arc<Service>, Vec<FrontendKey>)>,
     planned_node: Option<NodeInfo>,
 }
 
@@ -276,7 +277,7 @@ impl Programmed {
             used_backend_ids,
             svc_ids: SvcIds::new(&used_svc_ids),
             maglev_regions,
-            planned: HashMap::new(),
+            planned: BTreeMap::new(),
             planned_node: None,
         }
     }
@@ -294,14 +295,22 @@ impl Programmed {
         // Only services that changed (all of them when the node did) can
         // want frontends other than the ones they have.
         let everything = self.planned_node.as_ref() != Some(node);
-        let changed: Vec<&Service> = desired
-            .services
-            .values()
-            .filter(|s| everything || self.planned.get(&s.name).is_none_or(|(planned, _)| planned != *s))
-            .collect();
-        let removed: Vec<ServiceName> =
-            self.planned.keys().filter(|name| !desired.services.contains_key(*name)).cloned().collect();
-        let wanted = wanted_frontends(changed.iter().copied(), node);
+        // Both are in name order: one walk finds the changed and the removed.
+        let (mut changed, mut removed): (Vec<&Arc<Service>>, Vec<ServiceName>) = (Vec::new(), Vec::new());
+        let mut before = self.planned.iter().peekable();
+        for (name, service) in &desired.services {
+            while let Some((gone, _)) = before.next_if(|(n, _)| *n < name) {
+                removed.push(gone.clone());
+            }
+            let same = before
+                .next_if(|(n, _)| *n == name)
+                .is_some_and(|(_, (planned, _))| !everything && (Arc::ptr_eq(planned, service) || planned == service));
+            if !same {
+                changed.push(service);
+            }
+        }
+        removed.extend(before.map(|(gone, _)| gone.clone()));
+        let wanted = wanted_frontends(changed.iter().map(|s| &***s), node);
         // The frontends the changed and removed services had.
         let had: Vec<FrontendKey> = if everything {
             self.frontends.keys().copied().collect()
@@ -321,12 +330,11 @@ impl Programmed {
         }
         for service in &changed {
             let keys = keys_of.remove(&service.name).unwrap_or_default();
-            self.planned.insert(service.name.clone(), (Service::clone(service), keys));
+            self.planned.insert(service.name.clone(), (Arc::clone(service), keys));
         }
         self.planned_node = Some(node.clone());
         // Backends that lost a slot, which may now be referenced by none.
-        let mut released: HashSet<u32> =
-            if everything { self.backend_ids.values().copied().collect() } else { HashSet::new() };
+        let mut released: Vec<u32> = if everything { self.backend_ids.values().copied().collect() } else { Vec::new() };
         let mut ops = Vec::new();
         // (index in `ops`, frontend, size) of the Maglev tables to build.
         let mut tables = Vec::new();
@@ -523,11 +531,21 @@ impl Programmed {
         if released.is_empty() {
             return ops;
         }
+        released.sort_unstable();
+        released.dedup();
+        let mut referenced = vec![false; released.len()];
         for id in self.frontends.values().flat_map(|fe| &fe.slots) {
-            released.remove(id);
+            if let Ok(at) = released.binary_search(id) {
+                referenced[at] = true;
+            }
         }
-        let mut unreferenced: Vec<(Backend, u32)> =
-            self.backend_ids.iter().filter(|(_, id)| released.contains(id)).map(|(b, id)| (*b, *id)).collect();
+        let unused: Vec<u32> = released.iter().zip(referenced).filter(|(_, r)| !r).map(|(id, _)| *id).collect();
+        let mut unreferenced: Vec<(Backend, u32)> = self
+            .backend_ids
+            .iter()
+            .filter(|(_, id)| unused.binary_search(id).is_ok())
+            .map(|(b, id)| (*b, *id))
+            .collect();
         unreferenced.sort_by_key(|(_, id)| *id);
         for (backend, id) in unreferenced {
             self.backend_ids.remove(&backend);
@@ -797,7 +815,7 @@ mod tests {
             let name = ServiceName::new("default", *name);
             desired.services.insert(
                 name.clone(),
-                Service {
+                Arc::new(Service {
                     name,
                     service_type: ServiceType::ClusterIp,
                     cluster_ip: ClusterIp::Ip(Ipv4Addr::from(*vip)),
@@ -816,7 +834,7 @@ mod tests {
                         node_port: None,
                         endpoints: endpoints.to_vec(),
                     }],
-                },
+                }),
             );
         }
         desired
@@ -904,7 +922,7 @@ mod tests {
     #[test]
     fn a_node_port_is_a_frontend_on_every_node_address_with_the_same_backends() {
         let mut desired = state(&[("kubia", VIP, &[endpoint(2, true)])]);
-        for service in desired.services.values_mut() {
+        for service in desired.services.values_mut().map(Arc::make_mut) {
             service.service_type = ServiceType::NodePort;
             service.ports[0].node_port = Some(30123);
         }
@@ -1039,7 +1057,7 @@ mod tests {
     fn affinity_is_programmed_and_forgotten_when_switched_off_or_a_backend_leaves() {
         let mut programmed = Programmed::default();
         let mut sticky = state(&[("kubia", VIP, &[endpoint(2, true), endpoint(3, true)])]);
-        for service in sticky.services.values_mut() {
+        for service in sticky.services.values_mut().map(Arc::make_mut) {
             service.session_affinity = SessionAffinity::ClientIp { timeout_seconds: 30 };
         }
         let ops = programmed.plan_for_test(&sticky);
@@ -1049,7 +1067,7 @@ mod tests {
 
         // A backend leaves: only its affinities go.
         let mut one_left = sticky.clone();
-        for service in one_left.services.values_mut() {
+        for service in one_left.services.values_mut().map(Arc::make_mut) {
             service.ports[0].endpoints.truncate(1);
         }
         let ops = programmed.plan_for_test(&one_left);

@@ -294,7 +294,8 @@ impl ManifestDir {
     fn merge(&mut self) {
         let mut objects = Objects::default();
         let mut duplicates = Vec::new();
-        let mut owners: HashMap<(Kind, &str, &str), &Path> = HashMap::new();
+        let mut owners: HashMap<(Kind, &str, &str), &Path> =
+            HashMap::with_capacity(self.files.values().map(|f| f.objects.len()).sum());
         for (path, state) in &self.files {
             let file: Arc<Path> = Arc::from(path.as_path());
             for object in &state.objects {

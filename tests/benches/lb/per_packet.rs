@@ -57,20 +57,17 @@ fn services(count: u32) -> DesiredState {
         backend_selection: selection,
         ports,
     };
-    let mut desired = DesiredState::default();
     let measured =
         vec![port(80, Protocol::Tcp, endpoints(10, [245, 0])), port(53, Protocol::Udp, endpoints(10, [245, 0]))];
     let first = service(0, Ipv4Addr::from(VIP), BackendSelection::Maglev, measured);
-    desired.services.insert(first.name.clone(), first);
-    for i in 1..count {
+    let others = (1..count).map(|i| {
         let ip = Ipv4Addr::new(10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
         let backend = [246 + (i >> 16) as u8, (i >> 8) as u8];
         let mut eps = endpoints(1, backend);
         eps[0].addr = Ipv4Addr::new(10, backend[0], backend[1], i as u8);
-        let s = service(i, ip, BackendSelection::Random, vec![port(80, Protocol::Tcp, eps)]);
-        desired.services.insert(s.name.clone(), s);
-    }
-    desired
+        service(i, ip, BackendSelection::Random, vec![port(80, Protocol::Tcp, eps)])
+    });
+    DesiredState::new(std::iter::once(first).chain(others))
 }
 
 /// Median ns per packet over RUNS runs of REPEAT, and the spread.

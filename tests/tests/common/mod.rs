@@ -61,7 +61,7 @@ pub fn desired_state(yaml: &str) -> DesiredState {
     let mut source = ManifestDir::new(dir.clone());
     let report = source.scan();
     assert!(report.errors.is_empty(), "{:?}", report.errors.iter().map(ToString::to_string).collect::<Vec<_>>());
-    let (desired, errors) = model::build(source.objects(), &DesiredState::default(), &ModelOptions::default());
+    let (desired, errors) = model::build(source.objects(), DesiredState::default(), &ModelOptions::default());
     assert!(errors.is_empty(), "{:?}", errors.iter().map(ToString::to_string).collect::<Vec<_>>());
     let _ = std::fs::remove_dir_all(&dir);
     desired
