@@ -119,9 +119,11 @@ fn established<T: Tables>(
     let state = conntrack::next_state(flow.proto, entry.state, tcp_flags);
     if state != entry.state || now.wrapping_sub(entry.last_seen_ns) >= CT_REFRESH_NS {
         tables.conntrack_refresh(flow, state, now);
-    }
-    if entry.direction == CT_FORWARD && hook != Hook::TcEgress {
-        restore_reply_entry(flow, entry, tables, now);
+        // With the refresh, not per packet: it is a second lookup, and the
+        // replies themselves keep their entry in use.
+        if entry.direction == CT_FORWARD && hook != Hook::TcEgress {
+            restore_reply_entry(flow, entry, tables, now);
+        }
     }
     let other = entry.other();
     let (reason, side) = if entry.direction == CT_REPLY {
@@ -143,7 +145,7 @@ fn established<T: Tables>(
 /// Writes the reply entry of an established flow back if the LRU evicted it
 /// (the forward entry alone would deliver packets whose answers go back
 /// untranslated, and the client would reset the connection). Looking it up
-/// also marks it used, which keeps it from being evicted first.
+/// also marks it used, so that a flow whose replies are rare keeps it.
 #[inline(always)]
 fn restore_reply_entry<T: Tables>(flow: &CtKey, entry: &CtEntry, tables: &T, now: u64) {
     let backend = Backend { addr: entry.nat_addr, port: entry.nat_port, flags: 0 };
@@ -708,17 +710,23 @@ mod tests {
     }
 
     #[test]
-    fn an_evicted_reply_entry_is_written_back_by_the_next_forward_packet() {
+    fn an_evicted_reply_entry_is_written_back_when_the_forward_entry_is_refreshed() {
         let t = service(3);
         let f = flow(CLIENT, VIP, 1000, 80);
         let Verdict::Rewrite { addr, port, .. } = tcp(&t, &f, TCP_SYN) else { panic!() };
         let reply = CtKey { saddr: addr, sport: port, daddr: CLIENT, dport: 1000, proto: IPPROTO_TCP, _pad: [0; 3] };
         let written = t.conntrack.borrow_mut().remove(&reply).expect("reply entry");
+        // The ACK moves the flow on from SYN_SENT: a refresh.
         tcp(&t, &f, TCP_ACK);
-        assert_eq!(
-            t.conntrack.borrow().get(&reply).map(|e| (e.nat_addr, e.nat_port)),
-            Some((written.nat_addr, written.nat_port))
-        );
+        let restored = || t.conntrack.borrow().get(&reply).map(|e| (e.nat_addr, e.nat_port));
+        assert_eq!(restored(), Some((written.nat_addr, written.nat_port)));
+        // Established: the next refresh is a second later.
+        t.conntrack.borrow_mut().remove(&reply);
+        tcp(&t, &f, TCP_ACK);
+        assert_eq!(restored(), None);
+        t.now.set(t.now.get() + CT_REFRESH_NS);
+        tcp(&t, &f, TCP_ACK);
+        assert_eq!(restored(), Some((written.nat_addr, written.nat_port)));
     }
 
     #[test]
