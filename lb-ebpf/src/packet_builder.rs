@@ -17,6 +17,7 @@ pub struct PacketBuilder {
     frags: u16,
     udp_zero_checksum: bool,
     tcp_flags: u8,
+    ip_id: u16,
 }
 
 impl PacketBuilder {
@@ -32,6 +33,7 @@ impl PacketBuilder {
             frags: 0,
             udp_zero_checksum: false,
             tcp_flags: 0x02, // SYN
+            ip_id: 0x1234,
         }
     }
 
@@ -57,6 +59,11 @@ impl PacketBuilder {
         self
     }
 
+    pub fn ip_id(mut self, id: u16) -> Self {
+        self.ip_id = id;
+        self
+    }
+
     pub fn tcp_flags(mut self, flags: u8) -> Self {
         self.tcp_flags = flags;
         self
@@ -68,7 +75,7 @@ impl PacketBuilder {
         let mut ip = vec![0u8; ihl];
         ip[0] = 0x40 | (ihl / 4) as u8;
         ip[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
-        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
         ip[6..8].copy_from_slice(&self.frags.to_be_bytes());
         ip[8] = 64;
         ip[9] = self.proto;
@@ -129,16 +136,19 @@ fn l4_checksum(saddr: [u8; 4], daddr: [u8; 4], proto: u8, l4: &[u8]) -> u16 {
 
 /// Why a frame's checksums are wrong, if they are: IPv4 header, and TCP or
 /// UDP over the pseudo-header (a UDP checksum of 0 means none and is valid).
+/// A frame too short for the lengths it claims is an error too.
 pub fn checksum_errors(frame: &[u8]) -> Option<String> {
+    let malformed = || Some("the frame is shorter than its headers say".to_owned());
     let ip = frame.get(14..)?;
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if compute(&ip[..ihl], 0) != 0 {
+    let ihl = usize::from(*ip.first()? & 0x0f) * 4;
+    let Some(header) = ip.get(..ihl.max(20)) else { return malformed() };
+    if compute(&header[..ihl], 0) != 0 {
         return Some("ipv4 header checksum is wrong".into());
     }
     let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let (saddr, daddr, proto) = (ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap(), ip[9]);
-    let l4 = &ip[ihl..tot_len];
-    if proto == IPPROTO_UDP && l4[6..8] == [0, 0] {
+    let Some(l4) = ip.get(ihl..tot_len) else { return malformed() };
+    if proto == IPPROTO_UDP && l4.get(6..8) == Some(&[0, 0]) {
         return None;
     }
     if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)

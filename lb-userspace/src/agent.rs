@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub load: LoadOptions,
     /// How often expired conntrack entries are removed.
     pub ct_sweep_interval: Duration,
+    /// Detach when stopping, instead of leaving the pinned links forwarding.
+    pub detach_on_exit: bool,
     /// Let cluster IPs answer traffic arriving on the node's devices.
     pub cluster_ips_external: bool,
     pub node_name: String,
@@ -91,6 +93,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     // Interfaces first: traffic to a frontend must not start while the
     // veths of its backends are still being attached.
+    match agent.config.interfaces.present() {
+        Ok(present) => agent.datapath.release_stale_links(&present),
+        Err(err) => error!("{err}"),
+    }
     agent.sync_interfaces();
     agent.sync_manifests(true);
     let config = &agent.config;
@@ -115,8 +121,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
         }
     }
-    info!("stopping: detaching from every interface");
-    agent.datapath.detach_all();
+    if agent.config.detach_on_exit {
+        info!("stopping: detaching from every interface");
+        agent.datapath.detach_all();
+    } else {
+        info!("stopping: the programs stay attached and keep forwarding (--detach-on-exit detaches)");
+    }
     Ok(())
 }
 

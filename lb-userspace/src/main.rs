@@ -102,6 +102,11 @@ struct RunArgs {
     /// backends takes the smallest listed prime >= 100 x N).
     #[arg(long, default_value_t = lb_common::MAX_MAGLEV_ENTRIES)]
     maglev_entries: u32,
+    /// Detach the programs when the agent stops. By default they stay
+    /// attached (links and maps pinned) and keep forwarding until the next
+    /// agent takes them over.
+    #[arg(long)]
+    detach_on_exit: bool,
 }
 
 /// A duration such as `90s` or `6h`, in whole seconds (at least one).
@@ -238,6 +243,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             maglev_entries: args.maglev_entries,
         },
         ct_sweep_interval: args.ct_sweep_interval,
+        detach_on_exit: args.detach_on_exit,
         cluster_ips_external: args.cluster_ip_external,
         node_name: args.node_name,
         interfaces: InterfacePatterns::new(patterns)?,

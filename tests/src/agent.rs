@@ -20,6 +20,8 @@ pub struct AgentProcess {
     pub bpf_dir: PathBuf,
     pub log: PathBuf,
     bin: PathBuf,
+    /// The arguments after `run --manifests DIR --node-name NAME`.
+    args: Vec<String>,
     child: Option<ChildGuard>,
 }
 
@@ -41,27 +43,51 @@ impl AgentProcess {
             bpf_dir: PathBuf::from("/sys/fs/bpf").join(&id),
             log: dir.join("agent.log"),
             bin: crate::workspace_binary("LB_AGENT_BIN", "lb-agent")?,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         for (file, text) in manifests {
             agent.write_manifest(file, text)?;
         }
-        let log = fs::File::create(&agent.log)?;
-        let mut cmd = node.ns.command(&agent.bin);
+        agent.spawn(node)?;
+        Ok(agent)
+    }
+
+    /// Starts the agent process (its log starts afresh) and waits until it
+    /// has attached and programmed its first state.
+    fn spawn(&mut self, node: &Node) -> anyhow::Result<()> {
+        let log = fs::File::create(&self.log)?;
+        let mut cmd = node.ns.command(&self.bin);
         cmd.arg("run")
             .arg("--manifests")
-            .arg(&agent.manifests)
+            .arg(&self.manifests)
             .args(["--node-name", node.ns.name()])
-            .args(args)
+            .args(&self.args)
             .arg("--bpf-dir")
-            .arg(&agent.bpf_dir)
+            .arg(&self.bpf_dir)
             .env("RUST_LOG", "info,lb_datapath=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log);
-        agent.child = Some(node.ns.spawn(&mut cmd)?);
-        agent.wait_for_log("agent started", Duration::from_secs(60))?;
-        Ok(agent)
+        self.child = Some(node.ns.spawn(&mut cmd)?);
+        self.wait_for_log("agent started", Duration::from_secs(60))
+    }
+
+    /// Kills the agent with SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.0.kill()?;
+            child.0.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new agent (after [`AgentProcess::kill`] or
+    /// [`AgentProcess::stop`]) with the same arguments, manifests and
+    /// pinned state.
+    pub fn restart(&mut self, node: &Node) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the agent is still running");
+        self.spawn(node)
     }
 
     /// Writes (or replaces) a manifest file the way an editor would: a new

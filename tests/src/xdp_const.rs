@@ -49,11 +49,24 @@ pub fn attach(ns: &Netns, ifname: &str, action: Action) -> anyhow::Result<OwnedF
     .with_context(|| format!("attaching an XDP program to {ifname} in {}", ns.name()))
 }
 
+/// What the frames of [`send_live_frames`] carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flows {
+    /// `frame` as it is: one flow.
+    One,
+    /// A new flow (almost) every frame: random source port and low 16 bits
+    /// of the source address. `frame` must be IPv4 without options with
+    /// those address bits 0, IP id 0xffff (the generator writes the address
+    /// bits' complement there, which keeps the header checksum right) and a
+    /// UDP checksum of 0.
+    NewEach,
+}
+
 /// Sends `frame` `count` times out of `ifname` in `ns` from XDP (live
 /// frames: each is transmitted as if an XDP program had returned XDP_TX on
 /// it), on the calling thread's CPU. Returns when all were handed on.
-pub fn send_live_frames(ns: &Netns, ifname: &str, frame: &[u8], count: u32) -> anyhow::Result<()> {
-    let prog = load_program(&frame_writer(frame)).context("loading the frame writer")?;
+pub fn send_live_frames(ns: &Netns, ifname: &str, frame: &[u8], count: u32, flows: Flows) -> anyhow::Result<()> {
+    let prog = load_program(&frame_writer(frame, flows)).context("loading the frame writer")?;
     let name = CString::new(ifname)?;
     ns.run_in(|| -> io::Result<()> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
@@ -94,21 +107,36 @@ fn load(action: Action) -> io::Result<OwnedFd> {
 
 /// Writes `frame` (at least 4 bytes) over the packet, whose length it
 /// must have, 4 bytes at a time (the last word overlaps the one before when
-/// the length is not a multiple of 4), and returns XDP_TX; a shorter packet
-/// is dropped.
-fn frame_writer(frame: &[u8]) -> Vec<u64> {
+/// the length is not a multiple of 4), varies it as `flows` says, and
+/// returns XDP_TX; a shorter packet is dropped.
+fn frame_writer(frame: &[u8], flows: Flows) -> Vec<u64> {
     let offsets: Vec<usize> = (0..frame.len()).step_by(4).map(|o| o.min(frame.len() - 4)).collect();
-    let mut program = vec![
-        insn(0x61, 0x12, 0, 0),                        // r2 = ctx->data
-        insn(0x61, 0x13, 4, 0),                        // r3 = ctx->data_end
-        insn(0xbf, 0x24, 0, 0),                        // r4 = r2
-        insn(0x07, 0x04, 0, frame.len() as i32),       // r4 += len
-        insn(0x2d, 0x34, offsets.len() as i16 + 2, 0), // if r4 > r3: drop
-    ];
-    for off in offsets {
+    let writes = offsets.iter().map(|&off| {
         let word = i32::from_ne_bytes(frame[off..off + 4].try_into().expect("4 bytes"));
-        program.push(insn(0x62, 0x02, off as i16, word)); // *(u32 *)(r2 + off) = word
-    }
+        insn(0x62, 0x02, off as i16, word) // *(u32 *)(r2 + off) = word
+    });
+    let vary: &[u64] = match flows {
+        Flows::One => &[],
+        Flows::NewEach => &[
+            insn(0xbf, 0x26, 0, 0),      // r6 = r2 (kept across the call)
+            insn(0x85, 0, 0, 7),         // r0 = bpf_get_prandom_u32()
+            insn(0x6b, 0x06, 34, 0),     // source port = r0
+            insn(0x77, 0x00, 0, 16),     // r0 >>= 16
+            insn(0x6b, 0x06, 28, 0),     // source address, low 16 bits = r0
+            insn(0xa7, 0x00, 0, 0xffff), // r0 ^= 0xffff
+            insn(0x6b, 0x06, 18, 0),     // IP id = r0
+        ],
+    };
+    let skip = (offsets.len() + vary.len() + 2) as i16;
+    let mut program = vec![
+        insn(0x61, 0x12, 0, 0),                  // r2 = ctx->data
+        insn(0x61, 0x13, 4, 0),                  // r3 = ctx->data_end
+        insn(0xbf, 0x24, 0, 0),                  // r4 = r2
+        insn(0x07, 0x04, 0, frame.len() as i32), // r4 += len
+        insn(0x2d, 0x34, skip, 0),               // if r4 > r3: drop
+    ];
+    program.extend(writes);
+    program.extend(vary);
     program.extend([insn(0xb7, 0, 0, Action::Tx as i32), EXIT, insn(0xb7, 0, 0, Action::Drop as i32), EXIT]);
     program
 }

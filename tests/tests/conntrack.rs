@@ -1,15 +1,17 @@
 //! Conntrack at work in a node namespace: `get conntrack`, idle timeouts
-//! and the agent's sweep, and a flood of new flows beyond the capacity.
+//! and the agent's sweep, a flood of new flows beyond the capacity, and
+//! agents killed and restarted under traffic.
 
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddrV4, TcpStream, UdpSocket},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     agent::AgentProcess,
-    client::udp_request,
+    client::{http_get, udp_request},
     kubia::{self, KUBIA_SERVICE, TIMEOUT, VIP},
     require_root,
     topology::Pod,
@@ -167,4 +169,60 @@ fn a_flood_of_new_flows_beyond_capacity_leaves_active_connections_on_their_backe
     assert!(said > 0);
     assert_eq!(chat.say("after"), owner);
     assert!(evicted(&agent) > 0, "{}", agent.get("conntrack").unwrap());
+}
+
+/// The agent is SIGKILLed and started again three times while a TCP
+/// connection talks through the VIP and a loop sends HTTP requests to it:
+/// the programs stay attached through the pinned links and keep working
+/// on the pinned maps, and each new agent takes them over.
+#[test]
+fn killing_and_restarting_the_agent_fails_no_request_and_keeps_connections() {
+    require_root();
+    let mut c = kubia::cluster(3);
+    let mut agent = start(&mut c, &[]);
+    let mut chat = Chat::open(&c.client);
+    let owner = chat.say("before");
+    let done = AtomicBool::new(false);
+    let (requests, failures) = std::thread::scope(|s| {
+        let requests = s.spawn(|| {
+            let (mut requests, mut failures) = (0, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                if let Err(err) = http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT) {
+                    failures.push(err.to_string());
+                }
+                requests += 1;
+            }
+            (requests, failures)
+        });
+        for round in 0..3 {
+            agent.kill().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(chat.say(&format!("no agent {round}")), owner, "the connection moved without an agent");
+            agent.restart(&c.node).unwrap();
+            assert!(agent.log_text().contains("took over the pinned xdp link"), "{}", agent.log_text());
+            agent.wait_for_services(TIMEOUT, |s| kubia::endpoint_count(s) == c.backends.len()).unwrap();
+            assert_eq!(chat.say(&format!("agent {round}")), owner, "the connection moved after a restart");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        done.store(true, Ordering::Relaxed);
+        requests.join().unwrap()
+    });
+    eprintln!("{requests} requests through three kills and restarts, {} failed", failures.len());
+    assert!(requests > 100, "only {requests} requests");
+    assert!(failures.is_empty(), "{} of {requests} requests failed: {failures:?}", failures.len());
+    let client = c.client.ip.to_string();
+    assert!(!flows(&agent, &["--client", &client]).is_empty(), "the client's flows are gone from conntrack");
+}
+
+/// With --detach-on-exit, a stopped agent leaves nothing attached: the VIP
+/// no longer answers.
+#[test]
+fn an_agent_stopped_with_detach_on_exit_leaves_nothing_attached() {
+    require_root();
+    let mut c = kubia::cluster(1);
+    let mut agent = start(&mut c, &["--detach-on-exit"]);
+    http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    agent.stop().unwrap();
+    assert!(http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), Duration::from_millis(500)).is_err());
+    assert_eq!(std::fs::read_dir(agent.bpf_dir.join("links")).unwrap().count(), 0, "links left pinned");
 }

@@ -1,5 +1,10 @@
 //! Loads the embedded eBPF object with its maps pinned under the bpf
 //! directory, and attaches XDP (ingress) and TC (egress) to interfaces.
+//!
+//! The links are pinned too (`links/IFNAME@IFINDEX-xdp|tc`), so the
+//! programs stay attached when the agent exits or is killed, and forward
+//! with the pinned maps until the next agent swaps its own programs into
+//! the same links (an atomic `bpf_link_update`: no packet goes unprocessed).
 
 use std::{
     collections::BTreeMap,
@@ -13,8 +18,9 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
-        tc::{SchedClassifierLinkId, qdisc_add_clsact},
-        xdp::XdpLinkId,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, qdisc_add_clsact},
+        xdp::XdpLink,
     },
 };
 use tracing::{info, warn};
@@ -48,6 +54,8 @@ pub enum LoaderError {
     Program { name: &'static str, source: ProgramError },
     #[error("interface {ifname}: {what}: {source}")]
     Attach { ifname: String, what: &'static str, source: ProgramError },
+    #[error("interface {ifname}: pinning its {what} link at {}: {reason}", path.display())]
+    PinLink { ifname: String, what: &'static str, path: PathBuf, reason: String },
     #[error(transparent)]
     Maps(#[from] MapsError),
     #[error("reading the datapath's log: {0}")]
@@ -128,10 +136,20 @@ pub enum InterfaceRole {
 
 struct Attachment {
     ifindex: u32,
-    xdp_program: &'static str,
-    xdp: XdpLinkId,
-    tc: SchedClassifierLinkId,
+    xdp: PinnedLink,
+    tc: TcLink,
 }
+
+/// A TC link: pinned where the kernel has TCX (6.6), else a netlink
+/// filter that the program owns (and that goes when the agent exits).
+enum TcLink {
+    Pinned(PinnedLink),
+    Netlink(SchedClassifierLinkId),
+}
+
+/// The hooks an interface's links are pinned for.
+const XDP_HOOK: &str = "xdp";
+const TC_HOOK: &str = "tc";
 
 /// Forwards the datapath's aya-log records to the agent's log.
 pub type DatapathLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -140,6 +158,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     mode: XdpAttachMode,
     attached: BTreeMap<String, Attachment>,
+    /// Where the links are pinned.
+    links_dir: PathBuf,
 }
 
 impl Datapath {
@@ -174,7 +194,10 @@ impl Datapath {
         tc.load().map_err(program_err(TC_PROGRAM))?;
         let maps = DatapathMaps::take(&mut ebpf)?;
         let logger = if options.debug_log { Some(aya_log::EbpfLogger::init(&mut ebpf)?) } else { None };
-        Ok((Self { ebpf, mode: options.xdp_mode, attached: BTreeMap::new() }, maps, logger))
+        let links_dir = bpf_dir.join("links");
+        fs::create_dir_all(&links_dir)
+            .map_err(|e| LoaderError::BpfDir { path: links_dir.clone(), reason: format!("cannot create it: {e}") })?;
+        Ok((Self { ebpf, mode: options.xdp_mode, attached: BTreeMap::new(), links_dir }, maps, logger))
     }
 
     /// The interfaces the programs are attached to, with their ifindex.
@@ -183,57 +206,125 @@ impl Datapath {
     }
 
     /// Attaches XDP on ingress and TC on egress of `ifname`; a node device
-    /// gets the XDP program that admits only external frontends.
+    /// gets the XDP program that admits only external frontends. Links an
+    /// earlier agent left pinned for this interface get this agent's
+    /// programs in place, atomically.
     pub fn attach(&mut self, ifname: &str, ifindex: u32, role: InterfaceRole) -> Result<(), LoaderError> {
+        let xdp_pin = self.link_pin(ifname, ifindex, XDP_HOOK);
+        let tc_pin = self.link_pin(ifname, ifindex, TC_HOOK);
+        let xdp = self.attach_xdp(ifname, role, &xdp_pin)?;
+        let tc = match self.attach_tc(ifname, &tc_pin) {
+            Ok(tc) => tc,
+            Err(err) => {
+                release(xdp);
+                return Err(err);
+            }
+        };
+        self.attached.insert(ifname.to_owned(), Attachment { ifindex, xdp, tc });
+        info!(ifname, ifindex, ?role, "attached");
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, ifname: &str, role: InterfaceRole, pin: &Path) -> Result<PinnedLink, LoaderError> {
         let attach_err = |what| {
             let ifname = ifname.to_owned();
             move |source| LoaderError::Attach { ifname, what, source }
         };
-        let xdp_program = match role {
+        let name = match role {
             InterfaceRole::Pod => XDP_PROGRAM,
             InterfaceRole::Node => XDP_NODE_PROGRAM,
         };
-        let xdp: &mut Xdp = program(&mut self.ebpf, xdp_program)?;
-        let (xdp_link, mode) = match self.mode {
-            XdpAttachMode::Native => {
-                (xdp.attach(ifname, XdpMode::Driver).map_err(attach_err("xdp (native)"))?, "native")
+        let mode = self.mode;
+        let xdp: &mut Xdp = program(&mut self.ebpf, name)?;
+        let adopted = adopt_link(pin).and_then(|fd| XdpLink::try_from(fd).ok()).and_then(|link| {
+            xdp.attach_to_link(link)
+                .inspect_err(|err| warn!(ifname, error = %err, "cannot take over the pinned xdp link, attaching anew"))
+                .ok()
+        });
+        let id = match (adopted, mode) {
+            (Some(id), _) => {
+                info!(ifname, "took over the pinned xdp link");
+                id
             }
-            XdpAttachMode::Skb => (xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?, "skb"),
-            XdpAttachMode::Auto => match xdp.attach(ifname, XdpMode::Driver) {
-                Ok(link) => (link, "native"),
+            (None, XdpAttachMode::Native) => xdp.attach(ifname, XdpMode::Driver).map_err(attach_err("xdp (native)"))?,
+            (None, XdpAttachMode::Skb) => xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?,
+            (None, XdpAttachMode::Auto) => match xdp.attach(ifname, XdpMode::Driver) {
+                Ok(id) => id,
                 Err(err) => {
                     warn!(ifname, error = %err, "native xdp unavailable, using generic (skb) mode");
-                    (xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?, "skb")
+                    xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?
                 }
             },
         };
+        let link = xdp.take_link(id).map_err(attach_err("xdp"))?;
+        // Dropping the link on an error detaches it.
+        let fd = FdLink::try_from(link)
+            .map_err(|e| pin_err(ifname, XDP_HOOK, pin, format!("not a bpf_link (kernel before 5.9?): {e}")))?;
+        fd.pin(pin).map_err(|e| pin_err(ifname, XDP_HOOK, pin, e.to_string()))
+    }
+
+    fn attach_tc(&mut self, ifname: &str, pin: &Path) -> Result<TcLink, LoaderError> {
+        let attach_err = |source| LoaderError::Attach { ifname: ifname.to_owned(), what: "tc egress", source };
         let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?;
-        let tc_link = match tc.attach(ifname, TcAttachType::Egress) {
-            Ok(link) => link,
-            // Kernels before TCX (6.6) need the clsact qdisc first.
-            Err(_) => {
-                let _ = qdisc_add_clsact(ifname);
-                match tc.attach(ifname, TcAttachType::Egress) {
-                    Ok(link) => link,
-                    Err(err) => {
-                        self.detach_xdp(xdp_program, xdp_link);
-                        return Err(attach_err("tc egress")(err));
-                    }
+        let adopted = adopt_link(pin).and_then(|fd| SchedClassifierLink::try_from(fd).ok()).and_then(|link| {
+            tc.attach_to_link(link)
+                .inspect_err(|err| warn!(ifname, error = %err, "cannot take over the pinned tc link, attaching anew"))
+                .ok()
+        });
+        let id = match adopted {
+            Some(id) => id,
+            None => match tc.attach(ifname, TcAttachType::Egress) {
+                Ok(id) => id,
+                // Kernels before TCX (6.6) need the clsact qdisc first.
+                Err(_) => {
+                    let _ = qdisc_add_clsact(ifname);
+                    tc.attach(ifname, TcAttachType::Egress).map_err(attach_err)?
                 }
-            }
+            },
         };
-        info!(ifname, ifindex, xdp_mode = mode, ?role, "attached");
-        self.attached.insert(ifname.to_owned(), Attachment { ifindex, xdp_program, xdp: xdp_link, tc: tc_link });
-        Ok(())
+        let link = tc.take_link(id).map_err(attach_err)?;
+        if <&FdLink>::try_from(&link).is_err() {
+            // A netlink filter: it cannot be pinned; the program keeps it.
+            return Ok(TcLink::Netlink(tc.attach_to_link(link).map_err(attach_err)?));
+        }
+        let fd = FdLink::try_from(link).map_err(|e| pin_err(ifname, TC_HOOK, pin, e.to_string()))?;
+        Ok(TcLink::Pinned(fd.pin(pin).map_err(|e| pin_err(ifname, TC_HOOK, pin, e.to_string()))?))
+    }
+
+    /// bpffs refuses names with a dot (VLAN devices have one): the name is
+    /// for people, the ifindex tells the interface.
+    fn link_pin(&self, ifname: &str, ifindex: u32, hook: &str) -> PathBuf {
+        self.links_dir.join(format!("{}@{ifindex}-{hook}", ifname.replace('.', "_")))
+    }
+
+    /// Unpins the links earlier agents left for interfaces that are gone,
+    /// or that `present` (what this agent attaches to) no longer names:
+    /// nothing else holds them, so they detach.
+    pub fn release_stale_links(&self, present: &BTreeMap<String, u32>) {
+        let Ok(entries) = fs::read_dir(&self.links_dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ifindex = name.rsplit_once('-').and_then(|(stem, _)| stem.rsplit_once('@')).map(|(_, i)| i);
+            let wanted = ifindex.is_some_and(|ifindex| present.values().any(|i| i.to_string() == ifindex));
+            if !wanted {
+                info!(link = name, "releasing a link an earlier agent pinned");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Detaches from `ifname`; a vanished interface took its links with it,
     /// so errors from the kernel are expected and ignored.
     pub fn detach(&mut self, ifname: &str) {
         let Some(attachment) = self.attached.remove(ifname) else { return };
-        self.detach_xdp(attachment.xdp_program, attachment.xdp);
-        if let Ok(tc) = program::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM) {
-            let _ = tc.detach(attachment.tc);
+        release(attachment.xdp);
+        match attachment.tc {
+            TcLink::Pinned(link) => release(link),
+            TcLink::Netlink(id) => {
+                if let Ok(tc) = program::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM) {
+                    let _ = tc.detach(id);
+                }
+            }
         }
         info!(ifname, "detached");
     }
@@ -268,12 +359,22 @@ impl Datapath {
         out.truncate(result.data_size_out as usize);
         Ok(TestRunOutput { return_value: result.return_value, frame: out, duration: result.duration })
     }
+}
 
-    fn detach_xdp(&mut self, xdp_program: &'static str, link: XdpLinkId) {
-        if let Ok(xdp) = program::<Xdp>(&mut self.ebpf, xdp_program) {
-            let _ = xdp.detach(link);
-        }
-    }
+/// The link pinned at `pin`, unpinned (this agent holds it until it pins
+/// it again): None when there is none.
+fn adopt_link(pin: &Path) -> Option<FdLink> {
+    let pinned = PinnedLink::from_pin(pin).ok()?;
+    pinned.unpin().ok()
+}
+
+/// Unpins a link and closes it: with nothing else holding it, it detaches.
+fn release(link: PinnedLink) {
+    drop(link.unpin());
+}
+
+fn pin_err(ifname: &str, what: &'static str, path: &Path, reason: String) -> LoaderError {
+    LoaderError::PinLink { ifname: ifname.to_owned(), what, path: path.to_owned(), reason }
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoaderError>

@@ -1,5 +1,5 @@
-//! Forwarding throughput over veth: 64-byte UDP frames of one flow to a
-//! Service, sent from a client pod by BPF_PROG_RUN in live-frames mode
+//! Forwarding throughput over veth: 64-byte UDP frames to a Service, of one
+//! flow or a new flow each, sent from a client pod by BPF_PROG_RUN in live-frames mode
 //! (XDP_TX out of its eth0; the node's end runs an XDP program for every
 //! datapath, a pass-through one for the kernel's), forwarded by the node, and counted where they
 //! arrive: an XDP_DROP program on the backend pod's eth0 (`ethtool -S`).
@@ -9,6 +9,7 @@
 //! same for every datapath.
 
 use std::{
+    fmt::Write as _,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -18,7 +19,7 @@ use lb_ebpf::packet_builder::PacketBuilder;
 use lb_tests::{
     netns::Netns,
     topology::Node,
-    xdp_const::{self, Action},
+    xdp_const::{self, Action, Flows},
 };
 use serde_json::json;
 
@@ -29,7 +30,10 @@ use crate::{
     synthetic::{BACKEND_POD, Datapath, Protocol, Synthetic, vip},
 };
 
+/// Frames per run: one flow, new flows (every one of which costs kube-proxy's
+/// datapaths a walk of their rules).
 const FRAMES: u32 = 2_000_000;
+const NEW_FLOW_FRAMES: u32 = 300_000;
 const RUNS: usize = 3;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 100);
 
@@ -47,7 +51,9 @@ fn received(backend: &Netns) -> anyhow::Result<u64> {
 struct Rig {
     backend: lb_tests::topology::Pod,
     client: lb_tests::topology::Pod,
+    /// One flow's frame, and the template of new flows' frames.
     frame: Vec<u8>,
+    new_flows: Vec<u8>,
     // Held for as long as the rig is measured.
     _sink: std::os::fd::OwnedFd,
     _pass: Option<std::os::fd::OwnedFd>,
@@ -90,19 +96,35 @@ impl Rig {
         let mut frame = PacketBuilder::new(IPPROTO_UDP, CLIENT.octets(), 5000, vip(services - 1).octets(), 80)
             .payload(&[0; 18])
             .build();
-        frame[0..6].copy_from_slice(&mac(&node.ns, "h-client")?);
-        frame[6..12].copy_from_slice(&mac(&client.ns, "eth0")?);
+        // Clients from all of 10.244.0.0/16 (see `Flows::NewEach`).
+        let mut new_flows = PacketBuilder::new(IPPROTO_UDP, [10, 244, 0, 0], 5000, vip(services - 1).octets(), 80)
+            .payload(&[0; 18])
+            .ip_id(0xffff)
+            .udp_zero_checksum()
+            .build();
+        for frame in [&mut frame, &mut new_flows] {
+            frame[0..6].copy_from_slice(&mac(&node.ns, "h-client")?);
+            frame[6..12].copy_from_slice(&mac(&client.ns, "eth0")?);
+        }
+        // They arrive on h-client, whose route covers only the client pod.
+        for conf in ["all", "h-client"] {
+            node.ns.exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")])?;
+        }
         // The first frames create the flow (and fill the FIB's caches).
-        xdp_const::send_live_frames(&client.ns, "eth0", &frame, 1_000)?;
+        xdp_const::send_live_frames(&client.ns, "eth0", &frame, 1_000, Flows::One)?;
         std::thread::sleep(Duration::from_millis(100));
-        Ok(Rig { backend, client, frame, _sink: sink, _pass: pass, _agent: agent, _node: node })
+        Ok(Rig { backend, client, frame, new_flows, _sink: sink, _pass: pass, _agent: agent, _node: node })
     }
 
     /// Packets per second received at the backend in one run.
-    fn rate(&self) -> anyhow::Result<f64> {
+    fn rate(&self, flows: Flows) -> anyhow::Result<f64> {
+        let (frame, count) = match flows {
+            Flows::One => (&self.frame, FRAMES),
+            Flows::NewEach => (&self.new_flows, NEW_FLOW_FRAMES),
+        };
         let before = received(&self.backend.ns)?;
         let start = Instant::now();
-        xdp_const::send_live_frames(&self.client.ns, "eth0", &self.frame, FRAMES)?;
+        xdp_const::send_live_frames(&self.client.ns, "eth0", frame, count, flows)?;
         // Frames still queued at the node arrive within a moment.
         std::thread::sleep(Duration::from_millis(50));
         let elapsed = start.elapsed();
@@ -112,10 +134,12 @@ impl Rig {
 
 const DATAPATHS: [Datapath; 4] = [Datapath::Lb, Datapath::LbRedirect, Datapath::Iptables, Datapath::Nftables];
 
+const PATTERNS: [Flows; 2] = [Flows::One, Flows::NewEach];
+
 /// (median, spread) packets per second of each of DATAPATHS with `services`
-/// Services: every datapath is set up on a node of its own, then measured
-/// in turn, RUNS rounds.
-fn measure(services: u32) -> anyhow::Result<Vec<(f64, f64)>> {
+/// Services, for each of PATTERNS: every datapath is set up on a node of
+/// its own, then measured in turn, RUNS rounds.
+fn measure(services: u32) -> anyhow::Result<[Vec<(f64, f64)>; 2]> {
     let rigs = DATAPATHS
         .iter()
         .map(|datapath| {
@@ -123,55 +147,74 @@ fn measure(services: u32) -> anyhow::Result<Vec<(f64, f64)>> {
             Rig::new(*datapath, services)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut rates = vec![Vec::new(); rigs.len()];
-    for round in 1..=RUNS {
-        for ((rig, rates), datapath) in rigs.iter().zip(&mut rates).zip(DATAPATHS) {
-            rates.push(rig.rate()?);
-            eprintln!("    round {round}/{RUNS}: {} {:.3} Mpps", datapath.name(), rates.last().unwrap() / 1e6);
+    let mut figures = [Vec::new(), Vec::new()];
+    for (flows, figures) in PATTERNS.into_iter().zip(&mut figures) {
+        let mut rates = vec![Vec::new(); rigs.len()];
+        for round in 1..=RUNS {
+            for ((rig, rates), datapath) in rigs.iter().zip(&mut rates).zip(DATAPATHS) {
+                rates.push(rig.rate(flows)?);
+                let pps = rates.last().expect("pushed") / 1e6;
+                eprintln!("    {flows:?}, round {round}/{RUNS}: {} {pps:.3} Mpps", datapath.name());
+            }
         }
+        *figures = rates.iter().map(|r| median_spread(r)).collect();
     }
-    Ok(rates.iter().map(|r| median_spread(r)).collect())
+    Ok(figures)
 }
 
 pub fn run() -> anyhow::Result<Section> {
     let counts = [1u32, 1_000, 10_000];
-    let mut markdown = String::from("| datapath |");
-    for c in counts {
-        markdown.push_str(&format!(" {c} services |"));
-    }
-    markdown.push_str("\n|---|");
-    markdown.push_str(&"---|".repeat(counts.len()));
-    markdown.push('\n');
-    let mut series = Vec::new();
-    let mut rows = Vec::new();
-    let mut iptables = vec![0.0; counts.len()];
-    let mut figures: Vec<(Datapath, Vec<(f64, f64)>)> = DATAPATHS.iter().map(|d| (*d, Vec::new())).collect();
-    for (c, services) in counts.iter().enumerate() {
-        for ((datapath, values), (pps, spread)) in figures.iter_mut().zip(measure(*services)?) {
-            if matches!(datapath, Datapath::Iptables) {
-                iptables[c] = pps;
+    // figures[pattern][datapath][count]: (median, spread)
+    let mut figures = [vec![Vec::new(); DATAPATHS.len()], vec![Vec::new(); DATAPATHS.len()]];
+    for services in counts {
+        for (pattern, measured) in measure(services)?.into_iter().enumerate() {
+            for (datapath, figure) in measured.into_iter().enumerate() {
+                figures[pattern][datapath].push(figure);
             }
-            values.push((pps, spread));
-            rows.push(json!({"datapath": datapath.name(), "services": services, "pps": pps, "spread_pps": spread}));
         }
     }
-    for (datapath, values) in &figures {
-        markdown.push_str(&format!("| {} |", datapath.name()));
-        for (c, (pps, spread)) in values.iter().enumerate() {
-            let ratio = if iptables[c] > 0.0 { pps / iptables[c] } else { 0.0 };
-            markdown.push_str(&format!(" {:.2} Mpps (±{:.2}), {ratio:.1}x |", pps / 1e6, spread / 1e6));
+    let iptables = DATAPATHS.iter().position(|d| matches!(d, Datapath::Iptables)).expect("a peer");
+    let mut markdown = String::new();
+    let mut rows = Vec::new();
+    let mut charts = Vec::new();
+    for (pattern, (flows, title, suffix)) in
+        [(Flows::One, "one flow", "pps"), (Flows::NewEach, "a new flow every packet", "pps-new-flows")]
+            .into_iter()
+            .enumerate()
+    {
+        let _ = write!(markdown, "{}:\n\n| datapath |", title[..1].to_uppercase() + &title[1..]);
+        for c in counts {
+            let _ = write!(markdown, " {c} services |");
+        }
+        let _ = writeln!(markdown, "\n|---|{}", "---|".repeat(counts.len()));
+        let mut series = Vec::new();
+        for (datapath, values) in DATAPATHS.iter().zip(&figures[pattern]) {
+            let _ = write!(markdown, "| {} |", datapath.name());
+            for ((pps, spread), (base, _)) in values.iter().zip(&figures[pattern][iptables]) {
+                let ratio = if *base > 0.0 { pps / base } else { 0.0 };
+                let _ = write!(markdown, " {:.2} Mpps (±{:.2}), {ratio:.1}x |", pps / 1e6, spread / 1e6);
+            }
+            markdown.push('\n');
+            for (services, (pps, spread)) in counts.iter().zip(values) {
+                rows.push(json!({"datapath": datapath.name(), "flows": format!("{flows:?}"), "services": services,
+                                 "pps": pps, "spread_pps": spread}));
+            }
+            series.push((datapath.name().to_owned(), values.iter().map(|v| v.0 / 1e6).collect()));
         }
         markdown.push('\n');
-        series.push((datapath.name().to_owned(), values.iter().map(|v| v.0 / 1e6).collect()));
+        let groups = counts.iter().map(|c| format!("{c} services")).collect();
+        let title = format!("Forwarding throughput over veth, 64-byte UDP, {title}");
+        charts.push((suffix, BarChart { title, y_label: "Mpps at the backend".into(), groups, series, log_y: false }));
     }
-    markdown.push_str(&format!(
-        "\nPackets per second received at the backend (median of {RUNS} runs of {FRAMES} frames, ± half the \
-         range; the datapaths run side by side on nodes of their own and are measured in turn), and the ratio to iptables. One flow (established after its first packet); the redirect row \
-         sends the rewritten frame from XDP to the backend's veth (`--xdp-redirect-device 'h-*'`). Goals: \
-         >= 3x iptables at 1 service, >= 10x at 10 000. Depends on the machine.\n"
-    ));
-    let groups = counts.iter().map(|c| format!("{c} services")).collect();
-    let title = "Forwarding throughput over veth, 64-byte UDP";
-    let chart = BarChart { title: title.into(), y_label: "Mpps at the backend".into(), groups, series, log_y: false };
-    Ok(Section { title, markdown, json: json!(rows), charts: vec![("pps", chart)] })
+    let _ = writeln!(
+        markdown,
+        "Packets per second received at the backend (median of {RUNS} runs of {FRAMES} frames, {NEW_FLOW_FRAMES} \
+         for new flows, ± half the range), and the ratio to iptables. The datapaths run side by side on nodes of \
+         their own and are measured in turn. One flow: established after its first packet. A new flow every \
+         packet: random source ports and addresses in 10.244.0.0/16, so every packet is a conntrack miss and a \
+         Service lookup (a walk of KUBE-SERVICES for iptables). The redirect row sends the rewritten frame from \
+         XDP to the backend's veth (`--xdp-redirect-device 'h-*'`). Goals: >= 3x iptables at 1 service, >= 10x \
+         at 10 000. Depends on the machine."
+    );
+    Ok(Section { title: "Forwarding throughput over veth, 64-byte UDP", markdown, json: json!(rows), charts })
 }
