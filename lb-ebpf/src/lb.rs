@@ -9,7 +9,7 @@ use crate::{
 };
 use lb_common::{
     AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS, CT_REPLY,
-    CT_STATE_CLOSING, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
+    CT_STATE_SYN, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
     FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
@@ -110,9 +110,11 @@ fn established<T: Tables>(
     hook: Hook,
     now: u64,
 ) -> Option<Verdict> {
-    let reopened = entry.direction == CT_FORWARD
-        && entry.state == CT_STATE_CLOSING
-        && conntrack::is_opening(flow.proto, tcp_flags);
+    // A SYN on the ports of a flow past its own SYN is a new connection
+    // (the client reused its port): it chooses again, and finds nothing if
+    // its Service is gone.
+    let reopened =
+        entry.direction == CT_FORWARD && entry.state != CT_STATE_SYN && conntrack::is_opening(flow.proto, tcp_flags);
     if reopened || tables.ct_timeouts().expired(flow.proto, entry, now) {
         return None;
     }
@@ -690,6 +692,20 @@ mod tests {
         tcp(&t, &f, TCP_ACK | TCP_FIN);
         assert!(matches!(tcp(&t, &f, TCP_ACK), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
         assert!(matches!(tcp(&t, &f, TCP_SYN), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+    }
+
+    /// A client that reuses the ports of an open connection after its
+    /// Service was deleted reaches nothing; a retransmitted SYN stays put.
+    #[test]
+    fn a_new_connection_on_the_ports_of_an_open_one_finds_a_deleted_service_gone() {
+        let mut t = service(3);
+        let f = flow(CLIENT, VIP, 1000, 80);
+        tcp(&t, &f, TCP_SYN);
+        assert!(matches!(tcp(&t, &f, TCP_SYN), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+        tcp(&t, &f, TCP_ACK);
+        t.frontends.clear();
+        assert!(matches!(tcp(&t, &f, TCP_ACK), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+        assert_eq!(tcp(&t, &f, TCP_SYN), Verdict::Pass(Reason::PassNoService));
     }
 
     #[test]

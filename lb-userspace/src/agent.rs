@@ -66,6 +66,8 @@ struct Agent {
     node: NodeInfo,
     /// The ifindexes last written to `LB_REDIRECT_PORTS`.
     redirect_ports: Option<BTreeSet<u32>>,
+    /// Services refused for want of room, as last logged.
+    refused: BTreeMap<model::ServiceName, String>,
     health: HealthServer,
 }
 
@@ -89,6 +91,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         failed: BTreeMap::new(),
         node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external },
         redirect_ports: None,
+        refused: BTreeMap::new(),
         health: HealthServer::default(),
     };
     // Interfaces first: traffic to a frontend must not start while the
@@ -97,7 +100,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Ok(present) => agent.datapath.release_stale_links(&present),
         Err(err) => error!("{err}"),
     }
-    agent.sync_interfaces();
+    // A node device that cannot take the programs at start is a
+    // configuration error (pods come and go, and are retried when new).
+    let failed = agent.sync_interfaces();
+    if let Some((_, err)) = failed.iter().find(|(name, _)| agent.config.node_devices.matches(name)) {
+        anyhow::bail!("{err}");
+    }
     agent.sync_manifests(true);
     let config = &agent.config;
     info!(node = %config.node_name, manifests = %config.manifests.display(), bpf_dir = %config.bpf_dir.display(), "agent started");
@@ -110,7 +118,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::select! {
             Some(()) = ticks.recv() => agent.sync_manifests(false),
             _ = rescan.tick() => agent.sync_manifests(false),
-            _ = interface_poll.tick() => agent.sync_interfaces(),
+            _ = interface_poll.tick() => drop(agent.sync_interfaces()),
             _ = ct_sweep.tick() => agent.sweep_conntrack(),
             Some(guard) = async { Some(logger.as_mut()?.readable_mut().await) } => {
                 let mut guard = guard?;
@@ -155,10 +163,18 @@ impl Agent {
     /// Brings the maps (and the health check responders) in line with the
     /// model and this node's addresses.
     fn program(&mut self) {
-        self.health.update(health::health_checks(&self.desired, &self.node.name));
+        self.health.update(health::health_checks(&self.desired, &self.node.name), &self.node.addrs);
         let started = Instant::now();
         let ops = self.programmed.plan(&self.desired, &self.node);
         let planned = started.elapsed();
+        if self.programmed.refused() != &self.refused {
+            for (service, reason) in self.programmed.refused() {
+                if self.refused.get(service) != Some(reason) {
+                    error!(%service, "not programmed (or kept at its last version): {reason}");
+                }
+            }
+            self.refused = self.programmed.refused().clone();
+        }
         let mut failures = 0;
         for op in &ops {
             if let Err(err) = self.maps.apply(op) {
@@ -179,10 +195,15 @@ impl Agent {
         }
     }
 
-    fn sync_interfaces(&mut self) {
+    /// Attaches to new interfaces and detaches from vanished ones; the
+    /// ones that failed to attach just now, with the error.
+    fn sync_interfaces(&mut self) -> Vec<(String, String)> {
         let present = match self.config.interfaces.present() {
             Ok(present) => present,
-            Err(err) => return error!("{err}"),
+            Err(err) => {
+                error!("{err}");
+                return Vec::new();
+            }
         };
         // Node ports answer on the addresses of the node's devices.
         match self.config.node_devices.ipv4_addresses() {
@@ -204,6 +225,7 @@ impl Agent {
             self.datapath.detach(&name);
         }
         self.failed.retain(|name, ifindex| present.get(name) == Some(ifindex));
+        let mut failed = Vec::new();
         for (name, ifindex) in present {
             let attached = self.datapath.attached().any(|(n, _)| n == name);
             if attached || self.failed.contains_key(&name) {
@@ -213,10 +235,12 @@ impl Agent {
             accept_local_sources(&name);
             if let Err(err) = self.datapath.attach(&name, ifindex, role) {
                 warn!("{err}");
+                failed.push((name.clone(), err.to_string()));
                 self.failed.insert(name, ifindex);
             }
         }
         self.sync_redirect_ports();
+        failed
     }
 
     /// Removes conntrack entries the datapath already ignores as expired.

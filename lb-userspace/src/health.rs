@@ -55,44 +55,48 @@ pub fn response(check: &HealthCheck) -> (u16, String) {
     (status, body)
 }
 
-/// One listener per health check port; what each answers can change
-/// without reopening it.
+/// One listener per health check port and node address (the addresses of
+/// `--device`, where node ports answer; nothing else); what each answers
+/// can change without reopening it.
 #[derive(Default)]
 pub struct HealthServer {
-    listeners: BTreeMap<u16, (Arc<Mutex<HealthCheck>>, JoinHandle<()>)>,
+    listeners: BTreeMap<(Ipv4Addr, u16), Listener>,
 }
+
+/// What a listener answers now, and its task.
+type Listener = (Arc<Mutex<HealthCheck>>, JoinHandle<()>);
 
 impl HealthServer {
     /// Opens, updates and closes listeners to match `checks`. Call from
     /// within the agent's tokio runtime.
-    pub fn update(&mut self, checks: BTreeMap<u16, HealthCheck>) {
-        self.listeners.retain(|port, (_, task)| {
-            let keep = checks.contains_key(port);
+    pub fn update(&mut self, checks: BTreeMap<u16, HealthCheck>, node_addrs: &[Ipv4Addr]) {
+        self.listeners.retain(|(addr, port), (_, task)| {
+            let keep = checks.contains_key(port) && node_addrs.contains(addr);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for (port, check) in checks {
-            if let Some((shared, _)) = self.listeners.get(&port) {
+        for ((port, check), ip) in checks.iter().flat_map(|c| node_addrs.iter().map(move |ip| (c, *ip))) {
+            let check = check.clone();
+            if let Some((shared, _)) = self.listeners.get(&(ip, *port)) {
                 *shared.lock().expect("health state lock") = check;
                 continue;
             }
-            // Load balancers reach it on the node's addresses.
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            let addr = SocketAddr::from((ip, *port));
             let listener = match std::net::TcpListener::bind(addr).and_then(|l| {
                 l.set_nonblocking(true)?;
                 TcpListener::from_std(l)
             }) {
                 Ok(listener) => listener,
                 Err(err) => {
-                    warn!(port, service = %check.service, "cannot listen for health checks: {err}");
+                    warn!(%addr, service = %check.service, "cannot listen for health checks: {err}");
                     continue;
                 }
             };
             let shared = Arc::new(Mutex::new(check));
             let task = tokio::spawn(serve(listener, Arc::clone(&shared)));
-            self.listeners.insert(port, (shared, task));
+            self.listeners.insert((ip, *port), (shared, task));
         }
     }
 }

@@ -173,12 +173,23 @@ impl ConntrackFilterArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the agent with one line on stderr (the causes joined by
+/// colons) and exit status 1.
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    match try_main(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("lb-agent: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("lb-agent needs root (it loads eBPF programs and reads pinned maps): run it with sudo");
@@ -220,6 +231,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!("manifest directory {} does not exist or is not a directory", args.manifests.display());
     }
     let patterns = args.devices.iter().chain(&args.pod_devices).map(String::as_str);
+    // A device named outright must be there; a wildcard may match later.
+    let literal = |name: &&String| !name.contains(['*', '?', '[']);
+    if let Some(absent) = args.devices.iter().filter(literal).find(|name| !interface_exists(name)) {
+        bail!("device {absent} does not exist in this network namespace");
+    }
     if args.ct_sweep_interval.is_zero() {
         bail!("--ct-sweep-interval must be longer than 0s");
     }
@@ -258,4 +274,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::run(config))
+}
+
+/// In this process's network namespace (which /sys may not show).
+fn interface_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: a NUL-terminated name.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }

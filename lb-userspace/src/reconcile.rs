@@ -21,8 +21,9 @@ use lb_common::{
     BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta,
     FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
     FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-    MAGLEV_ENTRIES_PER_ELEMENT, MAX_MAGLEV_ENTRIES, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS,
-    SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, wire,
+    MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES,
+    SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
+    ServiceMeta, wire,
 };
 use tracing::warn;
 
@@ -92,6 +93,9 @@ pub enum MapOp {
     /// Forget the UDP flows to this backend: UDP has no end, so a client
     /// that keeps its socket would keep sending to a removed backend.
     FlushUdpFlows(Backend),
+    /// Forget the UDP flows of a frontend that is gone (its svc_id): a
+    /// client that keeps its socket must not reach a deleted Service.
+    FlushFrontendUdpFlows(u32),
     /// A Maglev table (one slot per entry) written from element `element`
     /// of `LB_MAGLEV` on.
     PutMaglevTable {
@@ -135,10 +139,16 @@ struct ProgrammedFrontend {
     endpoints: Vec<EndpointMeta>,
 }
 
+impl ProgrammedFrontend {
+    /// The map entries it takes (backends are shared, counted apart).
+    fn usage(&self) -> Capacity {
+        Capacity { frontends: 1, slots: self.slots.len(), backends: 0, endpoints: self.endpoints.len() }
+    }
+}
+
 /// A frontend as the model wants it.
 #[derive(Clone)]
-struct WantedFrontend<'s> {
-    service: &'s ServiceName,
+struct WantedFrontend {
     affinity_timeout_s: u32,
     flags: u16,
     source_ranges: Vec<(u32, u8)>,
@@ -188,8 +198,64 @@ pub struct Programmed {
     /// The services (and node) the frontends were last planned for, and
     /// each one's frontend keys: a plan only works on the services that
     /// changed since. Empty after `adopt`, so the first plan compares all.
-    planned: BTreeMap<ServiceName, (Arc<Service>, Vec<FrontendKey>)>,
+    /// `None`: refused for want of room, tried again by every plan.
+    planned: BTreeMap<ServiceName, (Option<Arc<Service>>, Vec<FrontendKey>)>,
     planned_node: Option<NodeInfo>,
+    capacity: Capacity,
+    /// Services left out (or at their last version) because the maps are
+    /// full, with the reason.
+    refused: BTreeMap<ServiceName, String>,
+}
+
+/// How much the datapath's maps hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub frontends: usize,
+    pub slots: usize,
+    pub backends: usize,
+    pub endpoints: usize,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        let size = |max: u32| max as usize;
+        Capacity {
+            frontends: size(MAX_FRONTENDS),
+            slots: size(MAX_BACKEND_SLOTS),
+            backends: size(MAX_BACKENDS),
+            endpoints: size(MAX_ENDPOINTS),
+        }
+    }
+}
+
+impl Capacity {
+    /// What `used` plus `more` would overflow, if anything.
+    fn overflow(&self, used: &Capacity, more: &Capacity) -> Option<String> {
+        let checks = [
+            ("frontend", used.frontends + more.frontends, self.frontends),
+            ("backend slot", used.slots + more.slots, self.slots),
+            ("backend", used.backends + more.backends, self.backends),
+            ("endpoint", used.endpoints + more.endpoints, self.endpoints),
+        ];
+        checks
+            .into_iter()
+            .find(|(_, want, room)| want > room)
+            .map(|(what, want, room)| format!("the {what} map is full: {want} entries wanted, {room} fit"))
+    }
+
+    fn add(&mut self, other: &Capacity) {
+        self.frontends += other.frontends;
+        self.slots += other.slots;
+        self.backends += other.backends;
+        self.endpoints += other.endpoints;
+    }
+
+    fn sub(&mut self, other: &Capacity) {
+        self.frontends -= other.frontends;
+        self.slots -= other.slots;
+        self.backends -= other.backends;
+        self.endpoints -= other.endpoints;
+    }
 }
 
 impl Default for Programmed {
@@ -279,6 +345,8 @@ impl Programmed {
             maglev_regions,
             planned: BTreeMap::new(),
             planned_node: None,
+            capacity: Capacity::default(),
+            refused: BTreeMap::new(),
         }
     }
 
@@ -289,8 +357,31 @@ impl Programmed {
         self
     }
 
+    /// For maps of another size than the datapath's (tests).
+    pub fn with_capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The services the last plan left out, or kept at their last version,
+    /// because the maps are full; with the reason.
+    pub fn refused(&self) -> &BTreeMap<ServiceName, String> {
+        &self.refused
+    }
+
+    /// What the maps hold now.
+    fn usage(&self) -> Capacity {
+        let mut used = Capacity { frontends: 0, slots: 0, backends: self.backend_ids.len(), endpoints: 0 };
+        for fe in self.frontends.values() {
+            used.add(&fe.usage());
+        }
+        used
+    }
+
     /// The operations that bring the maps from what they hold to `desired`,
     /// in a safe order; `self` is updated as if they were all applied.
+    /// Services that do not fit in the maps any more are refused, in name
+    /// order (see [`Programmed::refused`]).
     pub fn plan(&mut self, desired: &DesiredState, node: &NodeInfo) -> Vec<MapOp> {
         // Only services that changed (all of them when the node did) can
         // want frontends other than the ones they have.
@@ -302,35 +393,66 @@ impl Programmed {
             while let Some((gone, _)) = before.next_if(|(n, _)| *n < name) {
                 removed.push(gone.clone());
             }
-            let same = before
-                .next_if(|(n, _)| *n == name)
-                .is_some_and(|(_, (planned, _))| !everything && (Arc::ptr_eq(planned, service) || planned == service));
+            let same = before.next_if(|(n, _)| *n == name).is_some_and(|(_, (planned, _))| {
+                !everything && planned.as_ref().is_some_and(|p| Arc::ptr_eq(p, service) || p == service)
+            });
             if !same {
                 changed.push(service);
             }
         }
         removed.extend(before.map(|(gone, _)| gone.clone()));
-        let wanted = wanted_frontends(changed.iter().map(|s| &***s), node);
         // The frontends the changed and removed services had.
-        let had: Vec<FrontendKey> = if everything {
+        let mut had: Vec<FrontendKey> = if everything {
             self.frontends.keys().copied().collect()
         } else {
             let names = changed.iter().map(|s| &s.name).chain(&removed);
             names.filter_map(|name| self.planned.get(name)).flat_map(|(_, keys)| keys.iter().copied()).collect()
         };
+        // Room: what stays, then each changed service in name order.
+        let mut used = self.usage();
+        for fe in had.iter().filter_map(|key| self.frontends.get(key)) {
+            used.sub(&fe.usage());
+        }
         if everything {
             self.planned.clear();
         }
         for name in &removed {
             self.planned.remove(name);
         }
-        let mut keys_of: HashMap<&ServiceName, Vec<FrontendKey>> = HashMap::new();
-        for (key, fe) in &wanted {
-            keys_of.entry(fe.service).or_default().push(*key);
-        }
+        self.refused.clear();
+        let mut wanted = BTreeMap::new();
+        let mut new_backends = HashSet::new();
         for service in &changed {
-            let keys = keys_of.remove(&service.name).unwrap_or_default();
-            self.planned.insert(service.name.clone(), (Arc::clone(service), keys));
+            let frontends = wanted_frontends(iter::once(&***service), node);
+            let mut more = Capacity { frontends: frontends.len(), slots: 0, backends: 0, endpoints: 0 };
+            let mut backends: Vec<Backend> = Vec::new();
+            for fe in frontends.values() {
+                more.slots += fe.backends.len();
+                more.endpoints += fe.endpoints.len();
+                let unknown = |b: &&Backend| !self.backend_ids.contains_key(*b) && !new_backends.contains(*b);
+                backends.extend(fe.backends.iter().filter(unknown));
+            }
+            backends.sort_unstable_by_key(|b| (b.addr, b.port, b.flags));
+            backends.dedup();
+            more.backends = backends.len();
+            if let Some(reason) = self.capacity.overflow(&used, &more) {
+                // Keep what it had, if it had anything: it is not wanted
+                // anew, so its frontends stay as they are.
+                let kept: Vec<FrontendKey> =
+                    self.planned.get(&service.name).map(|(_, keys)| keys.clone()).unwrap_or_default();
+                had.retain(|key| !kept.contains(key));
+                for fe in kept.iter().filter_map(|key| self.frontends.get(key)) {
+                    used.add(&fe.usage());
+                }
+                self.planned.insert(service.name.clone(), (None, kept));
+                self.refused.insert(service.name.clone(), reason);
+                continue;
+            }
+            used.add(&more);
+            new_backends.extend(backends);
+            let keys = frontends.keys().copied().collect();
+            self.planned.insert(service.name.clone(), (Some(Arc::clone(service)), keys));
+            wanted.extend(frontends);
         }
         self.planned_node = Some(node.clone());
         // Backends that lost a slot, which may now be referenced by none.
@@ -475,6 +597,9 @@ impl Programmed {
             released.extend(&old.slots);
             self.svc_ids.release(old.svc_id);
             ops.push(MapOp::DeleteFrontend(key));
+            if key.proto == IPPROTO_UDP {
+                ops.push(MapOp::FlushFrontendUdpFlows(old.svc_id));
+            }
             if let Some(region) = old.maglev {
                 let (start, len) = region.span();
                 self.maglev_regions.free_later(start, len);
@@ -638,8 +763,8 @@ fn build_maglev_tables(
 /// The frontends the model asks for, keyed like the frontend map.
 fn wanted_frontends<'s>(
     services: impl Iterator<Item = &'s Service>,
-    node: &'s NodeInfo,
-) -> BTreeMap<FrontendKey, WantedFrontend<'s>> {
+    node: &NodeInfo,
+) -> BTreeMap<FrontendKey, WantedFrontend> {
     let mut wanted = BTreeMap::new();
     for service in services {
         if !service.programs_datapath() {
@@ -663,7 +788,6 @@ fn wanted_frontends<'s>(
             // Cluster IP: for pods, under the internal traffic policy; node
             // ports and external IPs: from outside, under the external one.
             let shared = Shared {
-                service: &service.name,
                 port,
                 source_ranges: &service.source_ranges,
                 node,
@@ -701,7 +825,6 @@ fn wanted_frontends<'s>(
 
 /// What the frontends of one Service port have in common.
 struct Shared<'a> {
-    service: &'a ServiceName,
     port: &'a ServicePort,
     source_ranges: &'a [Ipv4Cidr],
     node: &'a NodeInfo,
@@ -710,10 +833,10 @@ struct Shared<'a> {
     selection: BackendSelection,
 }
 
-impl<'a> Shared<'a> {
+impl Shared<'_> {
     /// The frontend of `kind` under traffic `policy`. The endpoints are
     /// listed once, under the cluster IP.
-    fn frontend(&self, kind: u8, policy: TrafficPolicy) -> WantedFrontend<'a> {
+    fn frontend(&self, kind: u8, policy: TrafficPolicy) -> WantedFrontend {
         let local = policy == TrafficPolicy::Local;
         let backends = self
             .port
@@ -742,7 +865,6 @@ impl<'a> Shared<'a> {
         let meta = ServiceMeta { frontend_kind: kind, ..self.meta };
         let maglev = self.selection == BackendSelection::Maglev;
         WantedFrontend {
-            service: self.service,
             affinity_timeout_s: self.affinity_timeout_s,
             flags,
             source_ranges,
@@ -886,7 +1008,8 @@ mod tests {
                     MapOp::PutMeta { .. }
                     | MapOp::DeleteMeta(_)
                     | MapOp::PurgeAffinity { .. }
-                    | MapOp::FlushUdpFlows(_) => {}
+                    | MapOp::FlushUdpFlows(_)
+                    | MapOp::FlushFrontendUdpFlows(_) => {}
                 }
                 for fe in self.frontends.values() {
                     for index in fe.maglev_offset..fe.maglev_offset + fe.maglev_size {
@@ -1092,5 +1215,38 @@ mod tests {
         assert!(
             ops.iter().any(|op| matches!(op, MapOp::PutFrontend { frontend: Frontend { backend_count: 0, .. }, .. }))
         );
+    }
+
+    /// Maps that hold three frontends and five endpoints: the Services that
+    /// do not fit are refused in name order, with the reason, and the rest
+    /// is programmed; room freed by a deletion goes to the next in line.
+    #[test]
+    fn services_beyond_the_maps_capacity_are_refused_by_name_and_the_rest_programmed() {
+        let capacity = Capacity { frontends: 3, slots: 100, backends: 100, endpoints: 5 };
+        let mut programmed = Programmed::default().with_capacity(capacity);
+        let mut maps = Maps::default();
+        let two = [endpoint(2, true), endpoint(3, true)];
+        let services = |names: &[&str]| {
+            let rows: Vec<(&str, [u8; 4], &[Endpoint])> =
+                names.iter().enumerate().map(|(i, n)| (*n, [10, 96, 0, 10 + i as u8], &two[..])).collect();
+            state(&rows)
+        };
+        maps.apply_checked(&programmed.plan(&services(&["a", "b", "c", "d"]), &NodeInfo::default()));
+        // Endpoints: 2 each, so the third Service is the first that does not fit.
+        assert_eq!(maps.frontends.len(), 2);
+        let refused: Vec<(&str, &str)> =
+            programmed.refused().iter().map(|(n, r)| (n.name.as_str(), r.as_str())).collect();
+        assert_eq!(
+            refused,
+            [
+                ("c", "the endpoint map is full: 6 entries wanted, 5 fit"),
+                ("d", "the endpoint map is full: 6 entries wanted, 5 fit")
+            ]
+        );
+        // Deleting b makes room for c, and d waits.
+        maps.apply_checked(&programmed.plan(&services(&["a", "c", "d"]), &NodeInfo::default()));
+        assert_eq!(maps.frontends.len(), 2);
+        assert_eq!(programmed.refused().keys().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["d"]);
+        assert!(maps.vips.contains_key(&wire::addr([10, 96, 0, 11])), "c is programmed");
     }
 }

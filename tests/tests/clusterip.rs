@@ -232,3 +232,85 @@ fn a_udp_flow_to_a_removed_backend_moves_to_a_live_one() {
     agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
     assert_eq!(exchange(), remaining[0].name, "the flow still goes to the removed backend");
 }
+
+/// Deleting a Service: a new TCP connection reaches nothing, and neither
+/// does a UDP socket that talked to it before from the same port (its flow
+/// is flushed, as kube-proxy flushes UDP conntrack); nothing of it is left
+/// in the maps.
+#[test]
+fn a_deleted_service_forwards_no_new_connection() {
+    require_root();
+    let c = cluster(2);
+    let pods = pods_manifest(&c.backends.iter().collect::<Vec<_>>(), |_| true);
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    let socket = c.client.ns.run_in(|| std::net::UdpSocket::bind("0.0.0.0:40053")).unwrap().unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let exchange = || {
+        socket.send_to(b"hello", SocketAddrV4::new(VIP, 53)).unwrap();
+        socket.recv_from(&mut [0u8; 512]).is_ok()
+    };
+    assert!(exchange(), "no UDP answer while the Service exists");
+    http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+
+    agent.remove_manifest("kubia.yaml").unwrap();
+    agent.wait_for_services(TIMEOUT, |s| !s.contains("kubia")).unwrap();
+    assert!(!exchange(), "the UDP flow still reaches a backend");
+    assert!(http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), Duration::from_millis(500)).is_err());
+    let flows = agent.get_filtered("conntrack", &["--protocol", "udp"]).unwrap();
+    assert!(flows.contains("0 flows shown"), "{flows}");
+    assert!(!agent.get("endpoints").unwrap().contains("kubia"));
+}
+
+/// 1 000 endpoint changes (pods added, removed, flipping ready) written to
+/// the manifests while a client sends requests to the Service: three pods
+/// stay ready throughout, three come and go. No request fails: a frontend
+/// never has zero backends or a dangling slot on the way (see "Churn" in
+/// the README), and connections to a pod that leaves finish where they are.
+#[test]
+fn a_thousand_endpoint_changes_under_load_fail_no_request() {
+    require_root();
+    let c = cluster(6);
+    let (steady, churned) = c.backends.split_at(3);
+    let pods = |mask: u32| {
+        let present: Vec<&Pod> = steady
+            .iter()
+            .chain(churned.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, p)| p))
+            .collect();
+        let ready = |p: &Pod| steady.iter().any(|s| s.name == p.name) || mask >> (3 + p.ip.octets()[3] % 3) & 1 == 1;
+        pods_manifest(&present, ready)
+    };
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods(0))]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (requests, failures) = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let (mut requests, mut failures) = (0u32, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Err(err) = http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT) {
+                    failures.push(format!("{err:#}"));
+                }
+                requests += 1;
+            }
+            (requests, failures)
+        });
+        // A fixed walk through the 64 combinations of presence and readiness.
+        let mut mask = 0u32;
+        for change in 0..1000u32 {
+            mask = (mask * 37 + change + 11) % 64;
+            agent.write_manifest("pods.yaml", &pods(mask)).unwrap();
+            // Longer than the watcher's 10 ms debounce: each change is applied.
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        agent.write_manifest("pods.yaml", &pods(0)).unwrap();
+        agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap()
+    });
+    eprintln!("{requests} requests during 1 000 endpoint changes, {} failed", failures.len());
+    assert!(requests > 100, "only {requests} requests");
+    assert!(failures.is_empty(), "{} of {requests} failed: {failures:?}", failures.len());
+    let updates = agent.log_text().matches("datapath updated").count();
+    eprintln!("{updates} map updates");
+    assert!(updates > 300, "only {updates} of the changes reached the maps");
+}

@@ -257,6 +257,9 @@ fn the_health_check_node_port_reports_local_endpoints() {
     std::thread::sleep(Duration::from_millis(300));
     let (status, body) = ask();
     assert_eq!((status, body.contains("\"localEndpoints\":0")), (503, true), "{body}");
+    // Only on the node's device addresses: not on loopback, say.
+    let loopback = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 32000);
+    assert!(lb_tests::client::http_request(&c.node.ns, loopback, TIMEOUT).is_err(), "listening on 127.0.0.1");
 }
 
 /// e2e "should fallback to local terminating endpoints when there are no

@@ -3,6 +3,7 @@
 
 mod demo;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -32,6 +33,14 @@ enum Task {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
     },
+    /// Run the BPF_PROG_TEST_RUN and netns integration tests in a VM on another kernel (needs root).
+    VmTest {
+        /// The guest kernel.
+        #[arg(long, default_value = "debian-6.1")]
+        kernel: String,
+        /// Only run integration tests whose name contains this.
+        filter: Option<String>,
+    },
     /// Run the benchmarks (all, or the ones named) and write bench/results/<date>.md and .json.
     Bench {
         /// Benchmark names, e.g. `maglev`.
@@ -48,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             demo::run(&workspace_root())
         }
         Task::Test { filter } => test(filter.as_deref()),
+        Task::VmTest { kernel, filter } => vm::run(&kernel, filter.as_deref()),
         Task::Bench { names } => {
             build()?;
             checked(cargo().args(["bench", "-p", "lb-tests", "--bench", "lb", "--"]).args(names))

@@ -111,7 +111,21 @@ fn llvm_prefix(major: u32) -> anyhow::Result<PathBuf> {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    packages(DEBIAN_PACKAGES)
+}
+
+/// A static busybox at /bin/busybox (the VM's shell and tools).
+pub fn static_busybox() -> anyhow::Result<()> {
+    let installed = Command::new("dpkg-query").args(["-W", "-f=${Status}", "busybox-static"]).output();
+    if installed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("ok installed")) {
+        return Ok(());
+    }
+    install(&["busybox-static"])
+}
+
+/// Installs the Debian packages (command, package) whose command is missing.
+pub fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .filter(|(cmd, _)| {
             !Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
@@ -121,12 +135,16 @@ fn debian_packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    install(&missing)
+}
+
+fn install(missing: &[&str]) -> anyhow::Result<()> {
     println!("xtask: installing Debian packages {missing:?}");
     checked(Command::new("apt-get").arg("update"))?;
     checked(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

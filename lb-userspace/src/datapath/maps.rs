@@ -174,7 +174,11 @@ impl DatapathMaps {
             MapOp::DeleteSourceRange { svc_id, addr, prefix_len } => {
                 self.source_ranges.remove(&source_range(*svc_id, *addr, *prefix_len))
             }
-            MapOp::FlushUdpFlows(backend) => self.flush_udp_flows(backend),
+            MapOp::FlushUdpFlows(backend) => self.flush_udp_flows(|key, entry| match entry.direction {
+                CT_FORWARD => entry.nat_addr == backend.addr && entry.nat_port == backend.port,
+                _ => key.saddr == backend.addr && key.sport == backend.port,
+            }),
+            MapOp::FlushFrontendUdpFlows(svc_id) => self.flush_udp_flows(|_, entry| entry.svc_id == *svc_id),
             MapOp::PutMaglevTable { element, table } => self.maglev.write(*element, table),
         };
         match result {
@@ -224,16 +228,13 @@ impl DatapathMaps {
         Ok((sum_per_cpu(&self.ct_stats, ct_stats::CREATED)?, sum_per_cpu(&self.ct_stats, ct_stats::REMOVED)?))
     }
 
-    fn flush_udp_flows(&mut self, backend: &Backend) -> Result<(), MapError> {
-        let to_backend = |key: &CtKey, entry: &CtEntry| match entry.direction {
-            CT_FORWARD => entry.nat_addr == backend.addr && entry.nat_port == backend.port,
-            _ => key.saddr == backend.addr && key.sport == backend.port,
-        };
+    /// Deletes the UDP entries (both directions) that `matches`.
+    fn flush_udp_flows(&mut self, matches: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<(), MapError> {
         let stale: Vec<CtKey> = self
             .conntrack
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, entry)| key.proto == IPPROTO_UDP && to_backend(key, entry))
+            .filter(|(key, entry)| key.proto == IPPROTO_UDP && matches(key, entry))
             .map(|(key, _)| key)
             .collect();
         self.remove_conntrack(&stale).map(drop)

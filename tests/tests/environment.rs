@@ -1,0 +1,110 @@
+//! What the agent says when the machine or its command line is not what it
+//! needs: one line naming the problem, exit status 1, never a panic.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{netns::unique_name, require_root, topology::Node, workspace_binary};
+
+/// A scratch manifest directory, removed on drop.
+struct Manifests(PathBuf);
+
+impl Manifests {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique_name("e"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Manifests(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Manifests {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `cmd` (an `lb-agent` invocation) to its end: it must fail with
+/// status 1 and a last line `lb-agent: ...` that contains `needle`.
+fn assert_refused(cmd: &mut Command, needle: &str) {
+    let mut child = cmd.env("NO_COLOR", "1").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("lb-agent did not stop within 30 s: it took {needle:?} for no error");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("lb-agent: ") && last.contains(needle), "last line {last:?} of:\n{stderr}");
+}
+
+fn agent_bin() -> PathBuf {
+    workspace_binary("LB_AGENT_BIN", "lb-agent").unwrap()
+}
+
+/// `lb-agent run` in a fresh node namespace with `args` after the manifests.
+fn run_in_node(node: &Node, manifests: &Manifests, args: &[&str]) -> Command {
+    let mut cmd = node.ns.command(agent_bin());
+    cmd.args(["run", "--manifests", manifests.path(), "--node-name", "n"]).args(args);
+    cmd
+}
+
+#[test]
+fn without_root_the_agent_says_it_needs_root() {
+    require_root();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(agent_bin()).args(["get", "services"]);
+    assert_refused(&mut cmd, "needs root");
+}
+
+#[test]
+fn a_bpf_dir_outside_bpffs_is_refused() {
+    require_root();
+    let (node, manifests) = (Node::new().unwrap(), Manifests::new());
+    let dir = std::env::temp_dir().join(unique_name("nobpf"));
+    let mut cmd = run_in_node(&node, &manifests, &["--pod-device", "h-*", "--bpf-dir", dir.to_str().unwrap()]);
+    assert_refused(&mut cmd, "not on a bpf filesystem");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_missing_manifest_directory_is_named() {
+    require_root();
+    let node = Node::new().unwrap();
+    let mut cmd = node.ns.command(agent_bin());
+    cmd.args(["run", "--manifests", "/nonexistent/manifests", "--node-name", "n", "--pod-device", "h-*"]);
+    assert_refused(&mut cmd, "manifest directory /nonexistent/manifests does not exist");
+}
+
+#[test]
+fn an_absent_device_is_named() {
+    require_root();
+    let (node, manifests) = (Node::new().unwrap(), Manifests::new());
+    assert_refused(&mut run_in_node(&node, &manifests, &["--device", "nosuch0"]), "device nosuch0 does not exist");
+}
+
+/// A bridge has no native XDP: asked for it, the agent names the device and
+/// the mode and stops (a pod veth failing later is retried instead).
+#[test]
+fn a_device_without_native_xdp_is_refused_in_native_mode() {
+    require_root();
+    let (node, manifests) = (Node::new().unwrap(), Manifests::new());
+    node.ns.exec(&["ip", "link", "add", "br0", "type", "bridge"]).unwrap();
+    node.ns.exec(&["ip", "link", "set", "br0", "up"]).unwrap();
+    let bpf_dir = format!("/sys/fs/bpf/{}", unique_name("e"));
+    let mut cmd = run_in_node(&node, &manifests, &["--device", "br0", "--xdp-mode", "native", "--bpf-dir", &bpf_dir]);
+    assert_refused(&mut cmd, "interface br0: xdp (native)");
+    let _ = std::fs::remove_dir_all(bpf_dir);
+}
