@@ -99,6 +99,9 @@ pub enum Frame {
     Skb { len: u32 },
 }
 
+/// More than an XDP buffer holds (a page) or any frame TEST_RUN takes.
+const MAX_LINEAR_FRAME: usize = 16 * 1024;
+
 /// Parse the packet in `[data, data_end)`.
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize, frame: Frame) -> Result<Packet, Reason> {
@@ -137,13 +140,21 @@ pub fn parse(data: usize, data_end: usize, frame: Frame) -> Result<Packet, Reaso
     // what the IP header claims (a frame may be longer: Ethernet padding).
     let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
     let frame_holds_ip_packet = match frame {
-        Frame::Linear => fits(data, data_end, IP_OFFSET, tot_len),
+        // The bound first: verifiers before 6.5 lose a byte swap's range,
+        // and refuse the pointer arithmetic that follows without it.
+        Frame::Linear => tot_len <= MAX_LINEAR_FRAME && fits(data, data_end, IP_OFFSET, tot_len),
         Frame::Skb { len } => IP_OFFSET + tot_len <= len as usize,
     };
     if tot_len < ihl + l4_len || !frame_holds_ip_packet {
         return Err(Reason::PassTruncated);
     }
-    if !fits(data, data_end, L4_OFFSET, l4_len) {
+    // Constant lengths, one per protocol: the 6.1 verifier loses track of
+    // which one a shared check used.
+    let l4_in_frame = match ip.proto {
+        IPPROTO_TCP => fits(data, data_end, L4_OFFSET, TCP_HEADER_LEN),
+        _ => fits(data, data_end, L4_OFFSET, size_of::<UdpHdr>()),
+    };
+    if !l4_in_frame {
         return Err(Reason::PassTruncated);
     }
     Ok(Packet { data, proto: ip.proto })
