@@ -212,6 +212,12 @@ fn killing_and_restarting_the_agent_fails_no_request_and_keeps_connections() {
     assert!(failures.is_empty(), "{} of {requests} requests failed: {failures:?}", failures.len());
     let client = c.client.ip.to_string();
     assert!(!flows(&agent, &["--client", &client]).is_empty(), "the client's flows are gone from conntrack");
+    // Before TCX (6.6) TC egress is a netlink filter: the kills must not
+    // have left one each (with TCX, `tc` lists none).
+    let out = c.node.ns.exec(&["tc", "filter", "show", "dev", &c.backends[0].host_veth, "egress"]).unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let filters = listed.lines().filter(|l| l.contains("lb_tc_egress")).count();
+    assert!(filters <= 1, "{filters} lb_tc_egress filters after three restarts:\n{listed}");
 }
 
 /// With --detach-on-exit, a stopped agent leaves nothing attached: the VIP

@@ -30,7 +30,7 @@ const PACKAGE_SUFFIX: &str = "-cloud-amd64-unsigned";
 /// Modules the tests need; what they depend on comes along (modinfo).
 const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
 /// Host programs the harness runs, copied with their libraries.
-const HOST_PROGRAMS: &[&str] = &["ip", "nsenter", "ethtool", "setpriv"];
+const HOST_PROGRAMS: &[&str] = &["ip", "tc", "nsenter", "ethtool", "setpriv"];
 /// Integration test files run in the guest (the benches are not).
 const TEST_TARGETS: &[&str] =
     &["datapath_fixtures", "maglev", "conntrack", "clusterip", "services", "external", "multinode", "environment"];

@@ -19,9 +19,10 @@ use aya::{
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, SchedClassifierLinkId, qdisc_add_clsact},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, qdisc_add_clsact, qdisc_detach_program},
         xdp::XdpLink,
     },
+    util::KernelVersion,
 };
 use tracing::{info, warn};
 
@@ -273,14 +274,7 @@ impl Datapath {
         });
         let id = match adopted {
             Some(id) => id,
-            None => match tc.attach(ifname, TcAttachType::Egress) {
-                Ok(id) => id,
-                // Kernels before TCX (6.6) need the clsact qdisc first.
-                Err(_) => {
-                    let _ = qdisc_add_clsact(ifname);
-                    tc.attach(ifname, TcAttachType::Egress).map_err(attach_err)?
-                }
-            },
+            None => attach_tc_anew(tc, ifname).map_err(attach_err)?,
         };
         let link = tc.take_link(id).map_err(attach_err)?;
         if <&FdLink>::try_from(&link).is_err() {
@@ -359,6 +353,17 @@ impl Datapath {
         out.truncate(result.data_size_out as usize);
         Ok(TestRunOutput { return_value: result.return_value, frame: out, duration: result.duration })
     }
+}
+
+/// A new TC egress attachment. Before TCX (6.6) it is a netlink filter on
+/// the clsact qdisc, which cannot be pinned: one a killed agent left is
+/// removed first, or it would stay beside this one.
+fn attach_tc_anew(tc: &mut SchedClassifier, ifname: &str) -> Result<SchedClassifierLinkId, ProgramError> {
+    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
+        let _ = qdisc_add_clsact(ifname);
+        let _ = qdisc_detach_program(ifname, TcAttachType::Egress, TC_PROGRAM);
+    }
+    tc.attach(ifname, TcAttachType::Egress)
 }
 
 /// The link pinned at `pin`, unpinned (this agent holds it until it pins
