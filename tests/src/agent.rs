@@ -23,6 +23,8 @@ pub struct AgentProcess {
     /// The arguments after `run --manifests DIR --node-name NAME`.
     args: Vec<String>,
     child: Option<ChildGuard>,
+    /// When the running agent's process was started.
+    spawned: Option<Instant>,
 }
 
 impl AgentProcess {
@@ -45,6 +47,7 @@ impl AgentProcess {
             bin: crate::workspace_binary("LB_AGENT_BIN", "lb-agent")?,
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
+            spawned: None,
         };
         for (file, text) in manifests {
             agent.write_manifest(file, text)?;
@@ -69,6 +72,7 @@ impl AgentProcess {
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log);
+        self.spawned = Some(Instant::now());
         self.child = Some(node.ns.spawn(&mut cmd)?);
         self.wait_for_log("agent started", Duration::from_secs(60))
     }
@@ -116,7 +120,7 @@ impl AgentProcess {
             if let Some(status) = self.child.as_mut().and_then(|c| c.0.try_wait().ok().flatten()) {
                 bail!("lb-agent exited with {status}:\n{}", self.log_text());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         bail!("lb-agent did not log {needle:?} within {timeout:?}:\n{}", self.log_text())
     }
@@ -168,6 +172,12 @@ impl AgentProcess {
                 (cols.next() == Some(reason)).then(|| cols.next().and_then(|v| v.parse().ok())).flatten()
             })
             .with_context(|| format!("no counter {reason} in:\n{counters}"))
+    }
+
+    /// When the running agent's process was started (its manifests were
+    /// written before).
+    pub fn spawned_at(&self) -> Option<Instant> {
+        self.spawned
     }
 
     /// The agent's process id while it runs.

@@ -110,8 +110,8 @@ fn agent_run(synthetic: &Synthetic, files: &[(String, String)]) -> anyhow::Resul
     let args = ["--pod-device", "h-*", "--maglev-entries", &maglev_entries];
 
     eprintln!("  control_plane: lb-agent, cold sync of {SERVICES} services x {ENDPOINTS} endpoints");
-    let start = Instant::now();
     let mut agent = AgentProcess::start_with(&node, &manifests, &args)?;
+    let start = agent.spawned_at().expect("started");
     let synced = start.elapsed();
     let last = SocketAddrV4::new(vip(SERVICES - 1), 80);
     while http_get(&client.ns, last, Duration::from_millis(200)).is_err() {
@@ -192,7 +192,7 @@ pub fn run() -> anyhow::Result<Section> {
     }
     let _ = write!(
         markdown,
-        "\nlb-agent: from starting the process (programs loaded, maps created) to its first complete sync, \
+        "\nlb-agent: from starting the process (the manifests already written; programs loaded, maps created) to its first complete sync, \
          then to the first HTTP answer through the last Service's VIP; a change is timed from the file's \
          rename into the manifest directory to the agent's `datapath updated` log line (the watcher's \
          debounce included). Peers: the time of the command that loads the rule set into an empty \
