@@ -232,8 +232,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let patterns = args.devices.iter().chain(&args.pod_devices).map(String::as_str);
     // A device named outright must be there; a wildcard may match later.
-    let literal = |name: &&String| !name.contains(['*', '?', '[']);
-    if let Some(absent) = args.devices.iter().filter(literal).find(|name| !interface_exists(name)) {
+    let named: Vec<&str> = args.devices.iter().map(String::as_str).filter(|d| !d.contains(['*', '?', '['])).collect();
+    let present = InterfacePatterns::new(named.iter().copied())?.present()?;
+    if let Some(absent) = named.iter().find(|name| !present.contains_key(**name)) {
         bail!("device {absent} does not exist in this network namespace");
     }
     if args.ct_sweep_interval.is_zero() {
@@ -274,11 +275,4 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::run(config))
-}
-
-/// In this process's network namespace (which /sys may not show).
-fn interface_exists(name: &str) -> bool {
-    let Ok(name) = std::ffi::CString::new(name) else { return false };
-    // SAFETY: a NUL-terminated name.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }

@@ -1044,9 +1044,9 @@ impl<'a> Index<'a> {
 
     /// The Endpoints subsets and EndpointSlices of a service without selector.
     fn manual_groups(&self, service: &ServiceName, errors: &mut Vec<ModelError>) -> Vec<Group> {
-        let key = (service.namespace.as_str(), service.name.as_str());
-        let mut groups = self.endpoints.get(&key).map(|e| Group::from_endpoints(e, errors)).unwrap_or_default();
-        for slice in self.slices.get(&key).into_iter().flatten() {
+        let inputs = self.inputs(service);
+        let mut groups = inputs.endpoints.map(|e| Group::from_endpoints(e, errors)).unwrap_or_default();
+        for slice in inputs.slices {
             groups.extend(Group::from_slice(slice, errors));
         }
         groups
@@ -1289,7 +1289,7 @@ fn realise(spec: Spec<'_>, cluster_ip: ClusterIp, index: &Index<'_>, errors: &mu
         _ => Vec::new(),
     };
     if spec.selector.is_some()
-        && let Some(endpoints) = index.endpoints.get(&(spec.name.namespace.as_str(), spec.name.name.as_str()))
+        && let Some(endpoints) = index.inputs(&spec.name).endpoints
     {
         errors.push(invalid(
             &endpoints.file,

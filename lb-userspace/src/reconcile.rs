@@ -423,7 +423,7 @@ impl Programmed {
         let mut wanted = BTreeMap::new();
         let mut new_backends = HashSet::new();
         for service in &changed {
-            let frontends = wanted_frontends(iter::once(&***service), node);
+            let frontends = wanted_frontends(service, node);
             let mut more = Capacity { frontends: frontends.len(), slots: 0, backends: 0, endpoints: 0 };
             let mut backends: Vec<Backend> = Vec::new();
             for fe in frontends.values() {
@@ -587,12 +587,15 @@ impl Programmed {
         build_maglev_tables(&mut ops, &tables, &wanted);
 
         // 3. Frontends that are no longer wanted.
-        let gone = had.into_iter().filter(|k| !wanted.contains_key(k));
-        for key in gone {
-            // Another service may have taken the key over.
-            if self.planned.values().any(|(_, keys)| keys.contains(&key)) {
-                continue;
-            }
+        let gone: Vec<FrontendKey> = had.into_iter().filter(|k| !wanted.contains_key(k)).collect();
+        // Another service may have taken a key over (the model refuses such
+        // conflicts; this only guards the maps).
+        let claimed: BTreeSet<FrontendKey> = if gone.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.planned.values().flat_map(|(_, keys)| keys.iter().copied()).collect()
+        };
+        for key in gone.into_iter().filter(|key| !claimed.contains(key)) {
             let Some(old) = self.frontends.remove(&key) else { continue };
             released.extend(&old.slots);
             self.svc_ids.release(old.svc_id);
@@ -760,63 +763,56 @@ fn build_maglev_tables(
     }
 }
 
-/// The frontends the model asks for, keyed like the frontend map.
-fn wanted_frontends<'s>(
-    services: impl Iterator<Item = &'s Service>,
-    node: &NodeInfo,
-) -> BTreeMap<FrontendKey, WantedFrontend> {
+/// The frontends `service` asks for, keyed like the frontend map.
+fn wanted_frontends(service: &Service, node: &NodeInfo) -> BTreeMap<FrontendKey, WantedFrontend> {
     let mut wanted = BTreeMap::new();
-    for service in services {
-        if !service.programs_datapath() {
-            continue;
-        }
-        let ClusterIp::Ip(vip) = service.cluster_ip else { continue };
-        for (index, port) in service.ports.iter().enumerate() {
-            let proto = match port.protocol {
-                Protocol::Tcp => IPPROTO_TCP,
-                Protocol::Udp => IPPROTO_UDP,
-            };
-            let meta = ServiceMeta {
-                port_index: index as u8,
-                node_port: port.node_port.unwrap_or(0),
-                ..ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, svc_type(service))
-            };
-            let affinity_timeout_s = match service.session_affinity {
-                SessionAffinity::None => 0,
-                SessionAffinity::ClientIp { timeout_seconds } => timeout_seconds,
-            };
-            // Cluster IP: for pods, under the internal traffic policy; node
-            // ports and external IPs: from outside, under the external one.
-            let shared = Shared {
-                port,
-                source_ranges: &service.source_ranges,
-                node,
-                meta,
-                affinity_timeout_s,
-                selection: service.backend_selection,
-            };
-            let frontend = |kind, policy| shared.frontend(kind, policy);
-            let key = |addr: Ipv4Addr, port: u16| FrontendKey {
-                addr: wire::addr(addr.octets()),
-                port: wire::port(port),
-                proto,
-                _pad: 0,
-            };
-            let on_cluster_ip =
-                iter::once((key(vip, port.port), frontend(FRONTEND_CLUSTER_IP, service.internal_traffic_policy)));
-            let on_nodes = port
-                .node_port
-                .into_iter()
-                .flat_map(|node_port| node.addrs.iter().map(move |addr| key(*addr, node_port)));
-            let on_nodes = on_nodes.map(|k| (k, frontend(FRONTEND_NODE_PORT, service.external_traffic_policy)));
-            let on_external_ips = service.external_ips.iter().map(|addr| key(*addr, port.port));
-            let on_external_ips =
-                on_external_ips.map(|k| (k, frontend(FRONTEND_EXTERNAL_IP, service.external_traffic_policy)));
-            for (key, frontend) in on_cluster_ip.chain(on_nodes).chain(on_external_ips) {
-                if wanted.insert(key, frontend).is_some() {
-                    // The model rejects such conflicts; this only guards the maps.
-                    warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
-                }
+    let ClusterIp::Ip(vip) = service.cluster_ip else { return wanted };
+    if !service.programs_datapath() {
+        return wanted;
+    }
+    for (index, port) in service.ports.iter().enumerate() {
+        let proto = match port.protocol {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        };
+        let meta = ServiceMeta {
+            port_index: index as u8,
+            node_port: port.node_port.unwrap_or(0),
+            ..ServiceMeta::new(&service.name.namespace, &service.name.name, &port.name, svc_type(service))
+        };
+        let affinity_timeout_s = match service.session_affinity {
+            SessionAffinity::None => 0,
+            SessionAffinity::ClientIp { timeout_seconds } => timeout_seconds,
+        };
+        // Cluster IP: for pods, under the internal traffic policy; node
+        // ports and external IPs: from outside, under the external one.
+        let shared = Shared {
+            port,
+            source_ranges: &service.source_ranges,
+            node,
+            meta,
+            affinity_timeout_s,
+            selection: service.backend_selection,
+        };
+        let frontend = |kind, policy| shared.frontend(kind, policy);
+        let key = |addr: Ipv4Addr, port: u16| FrontendKey {
+            addr: wire::addr(addr.octets()),
+            port: wire::port(port),
+            proto,
+            _pad: 0,
+        };
+        let on_cluster_ip =
+            iter::once((key(vip, port.port), frontend(FRONTEND_CLUSTER_IP, service.internal_traffic_policy)));
+        let on_nodes =
+            port.node_port.into_iter().flat_map(|node_port| node.addrs.iter().map(move |addr| key(*addr, node_port)));
+        let on_nodes = on_nodes.map(|k| (k, frontend(FRONTEND_NODE_PORT, service.external_traffic_policy)));
+        let on_external_ips = service.external_ips.iter().map(|addr| key(*addr, port.port));
+        let on_external_ips =
+            on_external_ips.map(|k| (k, frontend(FRONTEND_EXTERNAL_IP, service.external_traffic_policy)));
+        for (key, frontend) in on_cluster_ip.chain(on_nodes).chain(on_external_ips) {
+            if wanted.insert(key, frontend).is_some() {
+                // The model rejects such conflicts; this only guards the maps.
+                warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
             }
         }
     }

@@ -142,10 +142,10 @@ struct Attachment {
 }
 
 /// A TC link: pinned where the kernel has TCX (6.6), else a netlink
-/// filter that the program owns (and that goes when the agent exits).
+/// filter, detached when dropped (so it goes when the agent stops).
 enum TcLink {
     Pinned(PinnedLink),
-    Netlink(SchedClassifierLinkId),
+    Netlink(SchedClassifierLink),
 }
 
 /// The hooks an interface's links are pinned for.
@@ -278,8 +278,7 @@ impl Datapath {
         };
         let link = tc.take_link(id).map_err(attach_err)?;
         if <&FdLink>::try_from(&link).is_err() {
-            // A netlink filter: it cannot be pinned; the program keeps it.
-            return Ok(TcLink::Netlink(tc.attach_to_link(link).map_err(attach_err)?));
+            return Ok(TcLink::Netlink(link));
         }
         let fd = FdLink::try_from(link).map_err(|e| pin_err(ifname, TC_HOOK, pin, e.to_string()))?;
         Ok(TcLink::Pinned(fd.pin(pin).map_err(|e| pin_err(ifname, TC_HOOK, pin, e.to_string()))?))
@@ -314,11 +313,7 @@ impl Datapath {
         release(attachment.xdp);
         match attachment.tc {
             TcLink::Pinned(link) => release(link),
-            TcLink::Netlink(id) => {
-                if let Ok(tc) = program::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM) {
-                    let _ = tc.detach(id);
-                }
-            }
+            TcLink::Netlink(link) => drop(link),
         }
         info!(ifname, "detached");
     }
