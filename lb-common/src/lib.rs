@@ -75,6 +75,7 @@ pub mod map_names {
     pub const MAGLEV: &str = "LB_MAGLEV";
     pub const FIB_CACHE: &str = "LB_FIB_CACHE";
     pub const CT_STATS: &str = "LB_CT_STATS";
+    pub const NODE_ADDRS: &str = "LB_NODE_ADDRS";
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
@@ -86,6 +87,8 @@ pub const MAX_AFFINITY: u32 = 65_536;
 pub const MAX_ENDPOINTS: u32 = 262_144;
 pub const MAX_SOURCE_RANGES: u32 = 65_536;
 pub const MAX_REDIRECT_PORTS: u32 = 1_024;
+/// Node devices with an IPv4 address (`LB_NODE_ADDRS`).
+pub const MAX_NODE_DEVICES: u32 = 1_024;
 /// Default room for Maglev tables, in entries (2 bytes each): 32 MiB, e.g.
 /// 16 000 frontends of 10 backends (1 009 entries each).
 pub const MAX_MAGLEV_ENTRIES: u32 = 1 << 24;
@@ -475,10 +478,16 @@ pub enum Reason {
     DropSourceRange = 15,
     /// No free SNAT source port for a flow to a backend on another node.
     DropSnatExhausted = 16,
+    /// A kernel checksum or store helper failed part-way through a rewrite in
+    /// TC: dropped rather than forwarded half-rewritten.
+    DropRewriteFailed = 17,
+    /// A flow to a backend on another node needs this node's address as its
+    /// source, and the agent has written none for the way there: dropped.
+    DropNoNodeAddress = 18,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassIpOptions,
@@ -497,6 +506,8 @@ impl Reason {
         Reason::PassInternalOnly,
         Reason::DropSourceRange,
         Reason::DropSnatExhausted,
+        Reason::DropRewriteFailed,
+        Reason::DropNoNodeAddress,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -519,6 +530,35 @@ impl Reason {
             Reason::PassInternalOnly => "pass_internal_only",
             Reason::DropSourceRange => "drop_source_range",
             Reason::DropSnatExhausted => "drop_snat_exhausted",
+            Reason::DropRewriteFailed => "drop_rewrite_failed",
+            Reason::DropNoNodeAddress => "drop_no_node_address",
+        }
+    }
+}
+
+/// The programs whose verdicts `LB_COUNTERS` counts: one block of
+/// `Reason::COUNT` counters each, in this order.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP on the node's devices: traffic from outside the node.
+    NodeXdp = 0,
+    /// TC ingress on the host side of pod veths: traffic from pods.
+    PodTc = 1,
+    /// TC egress: replies that crossed neither ingress hook.
+    TcEgress = 2,
+}
+
+impl Hook {
+    pub const COUNT: u32 = 3;
+    pub const ALL: [Hook; Self::COUNT as usize] = [Hook::NodeXdp, Hook::PodTc, Hook::TcEgress];
+
+    /// Column name in `lb-agent get counters`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::NodeXdp => "XDP-NODE",
+            Hook::PodTc => "TC-POD",
+            Hook::TcEgress => "TC-EGRESS",
         }
     }
 }

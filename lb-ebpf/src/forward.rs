@@ -7,7 +7,7 @@
 //! The FIB and the set of enabled devices sit behind [`Fib`] so that the
 //! choice has host tests.
 
-use crate::{
+use crate::packet::{
     checksum,
     parse::{IP_CHECK, IP_OFFSET, Packet},
 };
@@ -171,8 +171,8 @@ pub unsafe fn write_next_hop(data: usize, data_end: usize, hop: &NextHop) -> boo
 mod tests {
     use super::*;
     use crate::{
+        packet::parse::{Frame, parse},
         packet_builder::PacketBuilder,
-        parse::{Frame, parse},
     };
     use lb_common::IPPROTO_TCP;
 

@@ -1,15 +1,15 @@
 //! The packet logic of the datapath, kept free of BPF helpers so that every
-//! piece has host unit tests. `main.rs` holds the maps and the entry points,
-//! which only dispatch into these modules.
+//! piece has host unit tests. `main.rs` holds the entry points and `maps.rs`
+//! the maps; entry points only dispatch into these modules:
+//! `packet` (parse, checksums, NAT rewrites) -> `decide` (conntrack, frontend,
+//! backend selection) -> `answer` (replies the datapath writes itself) or
+//! `forward` (where a rewritten packet goes next).
 #![cfg_attr(not(any(test, feature = "packet-builder")), no_std)]
 
-pub mod checksum;
-pub mod conntrack;
+pub mod answer;
+pub mod decide;
 pub mod forward;
-pub mod lb;
-pub mod nat;
-pub mod parse;
-pub mod reply;
+pub mod packet;
 
 #[cfg(any(test, feature = "packet-builder"))]
 pub mod packet_builder;

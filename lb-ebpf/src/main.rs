@@ -1,23 +1,39 @@
-//! The eBPF object: the maps and the entry points. Entry points only
-//! dispatch: parse -> decide -> apply, counting one reason per packet.
+//! The eBPF object: the entry points. Entry points only dispatch: parse ->
+//! decide -> apply, counting one reason per packet.
+//!
+//! Which hook for which traffic (DESIGN.md §4):
+//! - `lb_xdp_node`, XDP on the node's devices: traffic from outside the node
+//!   (node ports, external and load-balancer IPs, replies from other nodes).
+//!   Frames from a wire carry complete checksums, fixed in software here.
+//! - `lb_tc_pod`, TC ingress on the host side of pod veths: traffic from
+//!   pods. A pod's TCP/UDP crosses its veth as CHECKSUM_PARTIAL (only the
+//!   pseudo-header sum in the L4 field) and often as one GSO super-packet;
+//!   the kernel's checksum helpers keep both right, which XDP cannot.
+//! - `lb_tc_egress`: the reverse translation of replies that crossed
+//!   neither (a reply generated on the node, or from an unattached device).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 mod maps;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, xdp_action},
-    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+    },
+    cty::c_long,
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP, Reason};
+use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use lb_ebpf::{
+    answer::{self, L4Checksum},
+    decide::{Verdict, decide},
     forward::{self, FibQuery, Step},
-    lb::{Hook, Verdict, decide},
-    nat::{self, Side},
-    parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
-    reply,
+    packet::{
+        nat::{self, Side},
+        parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
+    },
 };
 use maps::{KernelFib, MapTables, count, count_fast_path, is_service_address};
 
@@ -27,49 +43,48 @@ use maps::{KernelFib, MapTables, count, count_fast_path, is_service_address};
 #[unsafe(no_mangle)]
 static LB_FAST_PATH: u8 = 0;
 
-/// XDP on pod veths: new flows to any frontend, established flows,
-/// replies, and the answers the datapath gives itself.
-#[xdp]
-pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    xdp_main(&ctx, Hook::Xdp)
-}
+#[allow(clippy::unnecessary_cast, reason = "the bindings are u32 on BPF targets")]
+const TC_OK: i32 = TC_ACT_OK as i32;
+#[allow(clippy::unnecessary_cast, reason = "the bindings are u32 on BPF targets")]
+const TC_SHOT: i32 = TC_ACT_SHOT as i32;
 
-/// XDP on the node's devices: the same, but new flows only to frontends
-/// open to the outside (a cluster IP is for pods).
+/// XDP on the node's devices: new flows only to frontends open to the
+/// outside (a cluster IP is for pods), established flows, replies.
 #[xdp]
 pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
-    xdp_main(&ctx, Hook::XdpNode)
-}
-
-#[inline(always)]
-fn xdp_main(ctx: &XdpContext, hook: Hook) -> u32 {
+    let tables = MapTables::xdp(&ctx);
     let (action, reason) = match parse(ctx.data(), ctx.data_end(), Frame::Linear) {
-        Err(Reason::PassNotTcpUdp) => answer_echo(ctx),
+        Err(Reason::PassNotTcpUdp) => xdp_answer_echo(&ctx),
         Err(reason) => (xdp_action::XDP_PASS, reason),
         Ok(pkt) => {
             let flow = pkt.flow();
-            let (action, reason) = apply(ctx, &pkt, decide(&flow, pkt.tcp_flags(), &MapTables, hook));
-            // Compiled in, but removed by the verifier unless the agent runs
-            // with --datapath-debug (AYA_LOG_LEVEL is a load-time constant).
-            debug!(
-                ctx,
-                "{:i}:{} -> {:i}:{} proto {}: {}",
-                u32::from_be(flow.saddr),
-                u16::from_be(flow.sport),
-                u32::from_be(flow.daddr),
-                u16::from_be(flow.dport),
-                flow.proto,
-                reason.name()
-            );
-            (action, reason)
+            let result = xdp_apply(&ctx, &pkt, decide(&flow, pkt.tcp_flags(), &tables, Hook::NodeXdp));
+            log_verdict(&ctx, &flow, result.1);
+            result
         }
     };
-    count(Hook::Xdp, reason);
+    count(Hook::NodeXdp, reason);
     action
 }
 
+/// Logs a verdict. Compiled in, but removed by the verifier unless the
+/// agent runs with --datapath-debug (AYA_LOG_LEVEL is a load-time constant).
 #[inline(always)]
-fn apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
+fn log_verdict<C: aya_ebpf::EbpfContext>(ctx: &C, flow: &CtKey, reason: Reason) {
+    debug!(
+        ctx,
+        "{:i}:{} -> {:i}:{} proto {}: {}",
+        u32::from_be(flow.saddr),
+        u16::from_be(flow.sport),
+        u32::from_be(flow.daddr),
+        u16::from_be(flow.dport),
+        flow.proto,
+        reason.name()
+    );
+}
+
+#[inline(always)]
+fn xdp_apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
     match verdict {
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
@@ -83,9 +98,9 @@ fn apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
             }
             // SAFETY: a load-time constant; read volatile so that it is not folded.
             let fast_path = unsafe { core::ptr::read_volatile(&LB_FAST_PATH) } != 0;
-            (if fast_path { send(ctx, pkt) } else { xdp_action::XDP_PASS }, reason)
+            (if fast_path { xdp_send(ctx, pkt) } else { xdp_action::XDP_PASS }, reason)
         }
-        Verdict::Reject => reject(ctx, pkt),
+        Verdict::Reject => xdp_reject(ctx, pkt),
     }
 }
 
@@ -94,7 +109,7 @@ fn apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
 /// A BPF function of its own: inlined into every rewrite path, it took the
 /// `--datapath-debug` build past the verifier's complexity limit.
 #[inline(never)]
-fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
+fn xdp_send(ctx: &XdpContext, pkt: &Packet) -> u32 {
     // SAFETY: `pkt` is this context's packet; no helper has run since parse.
     let (query, ttl) = unsafe { (FibQuery::of(pkt), forward::ttl(pkt)) };
     // SAFETY: the context's own metadata.
@@ -121,33 +136,33 @@ fn send(ctx: &XdpContext, pkt: &Packet) -> u32 {
 /// it back to the client. Anything that fails half-way is dropped, never
 /// passed half-written.
 #[inline(always)]
-fn reject(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
+fn xdp_reject(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
     const DROP: (u32, Reason) = (xdp_action::XDP_DROP, Reason::DropNoBackend);
     if pkt.proto == IPPROTO_TCP {
         // SAFETY: `pkt` is a parsed TCP packet of this context.
         let tot_len = u16::from_be(unsafe { pkt.read(IP_OFFSET + 2) });
         // SAFETY: as above.
-        let Some(reset) = (unsafe { reply::reset_for(pkt, tot_len) }) else { return DROP };
+        let Some(reset) = (unsafe { answer::reset_for(pkt, tot_len) }) else { return DROP };
         // SAFETY: as above.
-        unsafe { reply::write_reset(pkt, reset) };
-        return trim(ctx, reply::RST_FRAME_LEN).unwrap_or(DROP);
+        unsafe { answer::write_reset(pkt, reset, L4Checksum::Full) };
+        return xdp_trim(ctx, answer::RST_FRAME_LEN).unwrap_or(DROP);
     }
     // SAFETY: growing the head into XDP's headroom; pointers are re-read after.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(reply::ICMP_ERROR_GROWTH as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(answer::ICMP_ERROR_GROWTH as i32)) } != 0 {
         return DROP;
     }
     let data = ctx.data();
-    if data + reply::ICMP_ERROR_FRAME_LEN > ctx.data_end() {
+    if data + answer::ICMP_ERROR_FRAME_LEN > ctx.data_end() {
         return DROP;
     }
     // SAFETY: the frame holds ICMP_ERROR_FRAME_LEN bytes (checked above).
-    unsafe { reply::write_port_unreachable(data) };
-    trim(ctx, reply::ICMP_ERROR_FRAME_LEN).unwrap_or(DROP)
+    unsafe { answer::write_port_unreachable(data) };
+    xdp_trim(ctx, answer::ICMP_ERROR_FRAME_LEN).unwrap_or(DROP)
 }
 
 /// Cuts the frame to `len` bytes: the answer written at its start.
 #[inline(always)]
-fn trim(ctx: &XdpContext, len: usize) -> Option<(u32, Reason)> {
+fn xdp_trim(ctx: &XdpContext, len: usize) -> Option<(u32, Reason)> {
     // SAFETY: helpers on this program's own context.
     let current = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i32;
     (unsafe { bpf_xdp_adjust_tail(ctx.ctx, len as i32 - current) } == 0)
@@ -157,37 +172,69 @@ fn trim(ctx: &XdpContext, len: usize) -> Option<(u32, Reason)> {
 /// Answers pings to Service addresses (kube-proxy and Cilium leave them
 /// unanswered); other ICMP passes untouched.
 #[inline(always)]
-fn answer_echo(ctx: &XdpContext) -> (u32, Reason) {
-    match reply::echo_request_to(ctx.data(), ctx.data_end()) {
+fn xdp_answer_echo(ctx: &XdpContext) -> (u32, Reason) {
+    match answer::echo_request_to(ctx.data(), ctx.data_end()) {
         // SAFETY: the context's own, writable frame.
-        Some(daddr) if is_service_address(daddr) && unsafe { reply::write_echo_reply(ctx.data(), ctx.data_end()) } => {
+        Some(daddr) if is_service_address(daddr) && unsafe { answer::write_echo_reply(ctx.data(), ctx.data_end()) } => {
             (xdp_action::XDP_PASS, Reason::EchoReply)
         }
         _ => (xdp_action::XDP_PASS, Reason::PassNotTcpUdp),
     }
 }
 
-/// TC egress: the reverse translation of replies that did not cross XDP.
-/// TC never drops: a packet it cannot translate leaves untouched.
+/// TC ingress on pod veths: new flows to any frontend, established flows,
+/// replies of local backends, and the answers the datapath gives itself.
+#[classifier]
+pub fn lb_tc_pod(ctx: TcContext) -> i32 {
+    let tables = MapTables::tc(&ctx);
+    let (action, reason) = match tc_parse(&ctx) {
+        Err(Reason::PassNotTcpUdp) => tc_answer_echo(&ctx),
+        Err(reason) => (TC_OK, reason),
+        Ok(pkt) => {
+            let flow = pkt.flow();
+            let result = match decide(&flow, pkt.tcp_flags(), &tables, Hook::PodTc) {
+                Verdict::Pass(reason) => (TC_OK, reason),
+                Verdict::Drop(reason) => (TC_SHOT, reason),
+                Verdict::Rewrite { reason, side, addr, port, other } => {
+                    tc_rewritten(tc_rewrite(&ctx, &pkt, side, (addr, port), other), reason)
+                }
+                Verdict::Reject => tc_reject(&ctx, &pkt),
+            };
+            log_verdict(&ctx, &flow, result.1);
+            result
+        }
+    };
+    count(Hook::PodTc, reason);
+    action
+}
+
+/// TC egress: the reverse translation of replies that crossed neither
+/// ingress hook. It starts nothing and answers nothing.
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    let reason = match tc_parse(&ctx) {
-        Err(reason) => reason,
-        Ok(pkt) => match decide(&pkt.flow(), pkt.tcp_flags(), &MapTables, Hook::TcEgress) {
+    let tables = MapTables::tc(&ctx);
+    let (action, reason) = match tc_parse(&ctx) {
+        Err(reason) => (TC_OK, reason),
+        Ok(pkt) => match decide(&pkt.flow(), pkt.tcp_flags(), &tables, Hook::TcEgress) {
             Verdict::Rewrite { reason, side, addr, port, other: None } => {
-                match tc_rewrite(&ctx, &pkt, side, addr, port) {
-                    Ok(()) => reason,
-                    Err(_) => Reason::PassTruncated,
-                }
+                tc_rewritten(tc_rewrite(&ctx, &pkt, side, (addr, port), None), reason)
             }
-            // TC only ever passes: `decide` starts nothing on this hook.
-            verdict => verdict.reason(),
+            // `decide` only passes on this hook otherwise.
+            verdict => (TC_OK, verdict.reason()),
         },
     };
     count(Hook::TcEgress, reason);
-    #[allow(clippy::unnecessary_cast, reason = "the binding is u32 on BPF targets")]
-    let ok = TC_ACT_OK as i32;
-    ok
+    action
+}
+
+/// The action for a rewrite's outcome: a packet the helpers left
+/// half-rewritten is dropped, never forwarded.
+#[inline(always)]
+fn tc_rewritten(result: Result<(), c_long>, reason: Reason) -> (i32, Reason) {
+    match result {
+        Ok(()) => (TC_OK, reason),
+        Err(_) => (TC_SHOT, Reason::DropRewriteFailed),
+    }
 }
 
 /// Parses a socket buffer whose headers may not all be in its linear part
@@ -204,23 +251,138 @@ fn tc_parse(ctx: &TcContext) -> Result<Packet, Reason> {
     }
 }
 
-/// Like `nat::rewrite`, but through the kernel's checksum helpers, which
-/// also keep a socket buffer's checksum offload state right.
+/// Like `nat::rewrite`, but through the kernel's checksum helpers: address
+/// changes are marked as pseudo-header changes, so that a CHECKSUM_PARTIAL
+/// packet gets its seed updated and a complete checksum its sum, and a GSO
+/// packet's segments all inherit a right seed. Every old value is read
+/// before the first helper call, which invalidates packet pointers.
 #[inline(always)]
-fn tc_rewrite(ctx: &TcContext, pkt: &Packet, side: Side, addr: u32, port: u16) -> Result<(), i64> {
-    let (addr_off, port_off) = side.offsets();
-    // SAFETY: offsets inside the headers `parse` checked; read before any
-    // helper call invalidates packet pointers.
-    let (old_addr, old_port): (u32, u16) = unsafe { (pkt.read(addr_off), pkt.read(port_off)) };
+fn tc_rewrite(
+    ctx: &TcContext,
+    pkt: &Packet,
+    side: Side,
+    to: (u32, u16),
+    other: Option<(u32, u16)>,
+) -> Result<(), c_long> {
+    // SAFETY: offsets inside the headers `parse` checked.
+    let (old, old_other) = unsafe { (read_side(pkt, side), read_side(pkt, side.opposite())) };
     let l4_check = pkt.l4_check_offset();
-    let mangled_0 = if pkt.proto == IPPROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
-    let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4;
-    ctx.l4_csum_replace(l4_check, u64::from(old_addr), u64::from(addr), addr_flags)?;
-    ctx.l4_csum_replace(l4_check, u64::from(old_port), u64::from(port), mangled_0 | 2)?;
-    ctx.l3_csum_replace(IP_OFFSET + IP_CHECK, u64::from(old_addr), u64::from(addr), 4)?;
-    ctx.store(addr_off, &addr, 0)?;
-    ctx.store(port_off, &port, 0)?;
+    let udp = pkt.proto == IPPROTO_UDP;
+    tc_rewrite_side(ctx, l4_check, udp, side, old, to)?;
+    if let Some(other) = other {
+        tc_rewrite_side(ctx, l4_check, udp, side.opposite(), old_other, other)?;
+    }
     Ok(())
+}
+
+/// # Safety
+/// `pkt` must come from `parse` over a packet that is still valid.
+#[inline(always)]
+unsafe fn read_side(pkt: &Packet, side: Side) -> (u32, u16) {
+    let (addr_off, port_off) = side.offsets();
+    unsafe { (pkt.read(addr_off), pkt.read(port_off)) }
+}
+
+#[inline(always)]
+fn tc_rewrite_side(
+    ctx: &TcContext,
+    l4_check: usize,
+    udp: bool,
+    side: Side,
+    old: (u32, u16),
+    new: (u32, u16),
+) -> Result<(), c_long> {
+    let (addr_off, port_off) = side.offsets();
+    // A UDP checksum of 0 means none, and stays 0.
+    let mangled_0 = if udp { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+    let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4;
+    ctx.l4_csum_replace(l4_check, u64::from(old.0), u64::from(new.0), addr_flags)?;
+    ctx.l4_csum_replace(l4_check, u64::from(old.1), u64::from(new.1), mangled_0 | 2)?;
+    ctx.l3_csum_replace(IP_OFFSET + IP_CHECK, u64::from(old.0), u64::from(new.0), 4)?;
+    ctx.store(addr_off, &new.0, 0)?;
+    ctx.store(port_off, &new.1, 0)
+}
+
+/// The first `len` bytes of the socket buffer, pulled into its linear part
+/// (and made writable) when they are not yet: the start of the packet.
+#[inline(always)]
+fn tc_linear(ctx: &TcContext, len: usize) -> Option<usize> {
+    if ctx.data() + len > ctx.data_end() {
+        ctx.pull_data(len as u32).ok()?;
+    }
+    let data = ctx.data();
+    (data + len <= ctx.data_end()).then_some(data)
+}
+
+/// Answers a pod's packet for a Service without endpoints in place, as
+/// `xdp_reject` does, and hands the answer to the kernel's routing, which
+/// sends it back to the pod. Anything that fails half-way is dropped.
+#[inline(always)]
+fn tc_reject(ctx: &TcContext, pkt: &Packet) -> (i32, Reason) {
+    const DROP: (i32, Reason) = (TC_SHOT, Reason::DropNoBackend);
+    let answered = if pkt.proto == IPPROTO_TCP { tc_reset(ctx, pkt) } else { tc_port_unreachable(ctx) };
+    if answered.is_some() { (TC_OK, Reason::RejectNoBackend) } else { DROP }
+}
+
+#[inline(always)]
+fn tc_reset(ctx: &TcContext, pkt: &Packet) -> Option<()> {
+    // SAFETY: `pkt` is a parsed TCP packet of this context, not yet touched.
+    let tot_len = u16::from_be(unsafe { pkt.read(IP_OFFSET + 2) });
+    // SAFETY: as above.
+    let reset = unsafe { answer::reset_for(pkt, tot_len) }?;
+    let l4_checksum =
+        if checksum_deferred(ctx, pkt.l4_check_offset()).ok()? { L4Checksum::Deferred } else { L4Checksum::Full };
+    let data = tc_linear(ctx, answer::RST_FRAME_LEN)?;
+    // SAFETY: RST_FRAME_LEN writable bytes at `data`, the TCP packet parsed above.
+    unsafe { answer::write_reset(&Packet { data, proto: IPPROTO_TCP }, reset, l4_checksum) };
+    // SAFETY: a helper on this program's own context.
+    (unsafe { bpf_skb_change_tail(ctx.skb.skb, answer::RST_FRAME_LEN as u32, 0) } == 0).then_some(())
+}
+
+/// Does the socket buffer defer its L4 checksum (CHECKSUM_PARTIAL)? The
+/// kernel's l4_csum_replace then leaves the field alone for any change that
+/// is not to the pseudo-header: a probe change tells. (The field is written
+/// over afterwards either way.)
+#[inline(always)]
+fn checksum_deferred(ctx: &TcContext, offset: usize) -> Result<bool, c_long> {
+    let before: u16 = ctx.load(offset)?;
+    // Flags 0: `to` is a checksum difference to fold in, here 1.
+    ctx.l4_csum_replace(offset, 0, 1, 0)?;
+    let after: u16 = ctx.load(offset)?;
+    Ok(before == after)
+}
+
+/// An ICMP port unreachable quoting the packet: new headers in front of
+/// its IPv4 header (after the Ethernet header, where TC grows a packet),
+/// the Ethernet header copied to where `answer` expects the packet's own.
+#[inline(always)]
+fn tc_port_unreachable(ctx: &TcContext) -> Option<()> {
+    ctx.adjust_room(answer::ICMP_ERROR_GROWTH as i32, BPF_ADJ_ROOM_MAC, 0).ok()?;
+    let data = tc_linear(ctx, answer::ICMP_ERROR_FRAME_LEN)?;
+    // SAFETY: ICMP_ERROR_FRAME_LEN writable bytes at `data` (checked above);
+    // the room grown is ICMP_ERROR_GROWTH >= 14 bytes.
+    unsafe {
+        let eth: [u8; 14] = (data as *const [u8; 14]).read_unaligned();
+        ((data + answer::ICMP_ERROR_GROWTH) as *mut [u8; 14]).write_unaligned(eth);
+        answer::write_port_unreachable(data);
+    }
+    // SAFETY: a helper on this program's own context.
+    (unsafe { bpf_skb_change_tail(ctx.skb.skb, answer::ICMP_ERROR_FRAME_LEN as u32, 0) } == 0).then_some(())
+}
+
+/// Answers pings from pods to Service addresses, as `xdp_answer_echo` does.
+#[inline(always)]
+fn tc_answer_echo(ctx: &TcContext) -> (i32, Reason) {
+    const NOT_ECHO: (i32, Reason) = (TC_OK, Reason::PassNotTcpUdp);
+    let Some(data) = tc_linear(ctx, answer::ECHO_HEADERS_LEN) else { return NOT_ECHO };
+    match answer::echo_request_to(data, ctx.data_end()) {
+        Some(daddr) if is_service_address(daddr) => {
+            let (data, data_end) = (ctx.data(), ctx.data_end());
+            // SAFETY: the context's own packet, made writable by `tc_linear`.
+            if unsafe { answer::write_echo_reply(data, data_end) } { (TC_OK, Reason::EchoReply) } else { NOT_ECHO }
+        }
+        _ => NOT_ECHO,
+    }
 }
 
 #[cfg(target_arch = "bpf")]

@@ -3,22 +3,24 @@
 //! the maps and helpers behind `lb_ebpf`'s traits.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_MMAPABLE, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    cty::c_void,
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, EndpointKey, EndpointMeta,
-    FastPath, FibCacheEntry, Frontend, FrontendKey, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS,
-    MAX_BACKENDS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_REDIRECT_PORTS,
-    MAX_SOURCE_RANGES, MaglevElement, Reason, ServiceMeta, SourceRange, ct_stats,
+    FastPath, FibCacheEntry, Frontend, FrontendKey, Hook, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS,
+    MAX_BACKENDS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES,
+    MAX_REDIRECT_PORTS, MAX_SOURCE_RANGES, MaglevElement, Reason, ServiceMeta, SourceRange, ct_stats,
 };
 use lb_ebpf::{
+    decide::{InsertFailed, Tables},
     forward::{Fib, FibAnswer, FibQuery, NextHop},
-    lb::{Hook, InsertFailed, Tables},
 };
 
 const AF_INET: u8 = 2;
@@ -84,14 +86,37 @@ static LB_CT_TIMEOUTS: CtTimeouts = CtTimeouts::DEFAULT;
 
 /// Per-CPU packet counts, indexed by hook * Reason::COUNT + reason.
 #[map]
-static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(2 * Reason::COUNT, 0);
+static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Hook::COUNT * Reason::COUNT, 0);
+
+/// ifindex -> the first IPv4 address of that node device (`--device`), the
+/// source of SNATed flows leaving by it.
+#[map]
+static LB_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_NODE_DEVICES, 0);
 
 /// svc_id -> namespace/name/port of its Service; read by userspace only.
 #[map]
 static LB_SERVICE_META: HashMap<u32, ServiceMeta> = HashMap::pinned(MAX_FRONTENDS, 0);
 
-/// The maps as the decision in `lb_ebpf::lb` sees them.
-pub struct MapTables;
+/// The maps as the decision in `lb_ebpf::decide` sees them, for a packet of
+/// one program context (the FIB lookup for SNAT needs it).
+pub struct MapTables {
+    ctx: *mut c_void,
+    ingress_ifindex: u32,
+}
+
+impl MapTables {
+    #[inline(always)]
+    pub fn xdp(ctx: &XdpContext) -> Self {
+        // SAFETY: the context's own metadata.
+        Self { ctx: ctx.as_ptr(), ingress_ifindex: unsafe { (*ctx.ctx).ingress_ifindex } }
+    }
+
+    #[inline(always)]
+    pub fn tc(ctx: &TcContext) -> Self {
+        // SAFETY: as above.
+        Self { ctx: ctx.as_ptr(), ingress_ifindex: unsafe { (*ctx.skb.skb).ifindex } }
+    }
+}
 
 impl Tables for MapTables {
     #[inline(always)]
@@ -190,15 +215,28 @@ impl Tables for MapTables {
         // at tick resolution) is cheaper, and timeouts are seconds.
         unsafe { bpf_ktime_get_coarse_ns() }
     }
+
+    #[inline(always)]
+    fn node_address_toward(&self, daddr: u32) -> Option<u32> {
+        // SAFETY: all-zero is a valid value of this plain C struct.
+        let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        params.family = AF_INET;
+        params.ifindex = self.ingress_ifindex;
+        params.__bindgen_anon_4.ipv4_dst = daddr;
+        // SAFETY: the helper reads and writes `params`, whose size it is given.
+        let ret = unsafe { bpf_fib_lookup(self.ctx, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+        // With either answer the FIB has named the device the route leaves by.
+        let egress =
+            matches!(ret as u32, BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH).then_some(params.ifindex);
+        // SAFETY: plain data copied out at once.
+        let addr = |ifindex: u32| unsafe { LB_NODE_ADDRS.get(ifindex).copied() };
+        egress.and_then(addr).or_else(|| addr(self.ingress_ifindex))
+    }
 }
 
 #[inline(always)]
 pub fn count(hook: Hook, reason: Reason) {
-    let base = match hook {
-        Hook::Xdp | Hook::XdpNode => 0,
-        Hook::TcEgress => Reason::COUNT,
-    };
-    if let Some(counter) = LB_COUNTERS.get_ptr_mut(base + reason as u32) {
+    if let Some(counter) = LB_COUNTERS.get_ptr_mut(hook as u32 * Reason::COUNT + reason as u32) {
         // SAFETY: a per-CPU slot; nothing else on this CPU runs concurrently.
         unsafe { *counter += 1 };
     }
@@ -249,7 +287,8 @@ impl Fib for KernelFib<'_> {
 
     #[inline(always)]
     fn now_ns(&self) -> u64 {
-        MapTables.now_ns()
+        // SAFETY: as in `MapTables::now_ns`.
+        unsafe { bpf_ktime_get_coarse_ns() }
     }
 
     #[inline(always)]

@@ -2,7 +2,7 @@
 //! and checks them: the fixtures of the host tests and the BPF_PROG_TEST_RUN
 //! tables share it.
 
-use crate::checksum::compute;
+use crate::packet::checksum::compute;
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 
 #[derive(Clone, Debug)]

@@ -66,6 +66,8 @@ struct Agent {
     node: NodeInfo,
     /// The ifindexes last written to `LB_REDIRECT_PORTS`.
     redirect_ports: Option<BTreeSet<u32>>,
+    /// What was last written to `LB_NODE_ADDRS` (ifindex -> address).
+    node_device_addrs: Option<BTreeMap<u32, u32>>,
     /// Services refused for want of room, as last logged.
     refused: BTreeMap<model::ServiceName, String>,
     health: HealthServer,
@@ -91,6 +93,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         failed: BTreeMap::new(),
         node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external },
         redirect_ports: None,
+        node_device_addrs: None,
         refused: BTreeMap::new(),
         health: HealthServer::default(),
     };
@@ -240,7 +243,29 @@ impl Agent {
             }
         }
         self.sync_redirect_ports();
+        self.sync_node_device_addrs();
         failed
+    }
+
+    /// Writes each node device's first address for SNAT when they changed
+    /// (the first time also clears what an earlier agent left).
+    fn sync_node_device_addrs(&mut self) {
+        let (first, present) =
+            match (self.config.node_devices.first_ipv4_addresses(), self.config.node_devices.present()) {
+                (Ok(first), Ok(present)) => (first, present),
+                (Err(err), _) | (_, Err(err)) => return error!("{err}"),
+            };
+        let addrs: BTreeMap<u32, u32> = first
+            .into_iter()
+            .filter_map(|(name, addr)| Some((*present.get(&name)?, lb_common::wire::addr(addr.octets()))))
+            .collect();
+        if self.node_device_addrs.as_ref() == Some(&addrs) {
+            return;
+        }
+        match self.maps.set_node_addresses(&addrs) {
+            Ok(()) => self.node_device_addrs = Some(addrs),
+            Err(err) => error!("cannot update the node device addresses: {err}"),
+        }
     }
 
     /// Removes conntrack entries the datapath already ignores as expired.

@@ -166,12 +166,19 @@ pub fn format_endpoints(maps: &DatapathMaps) -> anyhow::Result<String> {
     Ok(table(["NAMESPACE", "NAME", "PORT", "ENDPOINT", "READY", "SERVING", "TERMINATING", "TARGET"], &rows))
 }
 
-/// Packets per verdict reason, then how the rewritten ones left XDP.
-pub fn format_counters(counters: &[(lb_common::Reason, u64, u64)], fast_path: &[(lb_common::FastPath, u64)]) -> String {
-    let rows: Vec<[String; 3]> =
-        counters.iter().map(|(r, xdp, tc)| [r.name().to_owned(), xdp.to_string(), tc.to_string()]).collect();
+/// Packets per verdict reason and hook, then how the rewritten ones left XDP.
+pub fn format_counters(
+    counters: &[(lb_common::Reason, [u64; lb_common::Hook::COUNT as usize])],
+    fast_path: &[(lb_common::FastPath, u64)],
+) -> String {
+    let rows: Vec<[String; 4]> = counters
+        .iter()
+        .map(|(r, [node, pod, egress])| [r.name().to_owned(), node.to_string(), pod.to_string(), egress.to_string()])
+        .collect();
     let fast_rows: Vec<[String; 2]> = fast_path.iter().map(|(f, n)| [f.name().to_owned(), n.to_string()]).collect();
-    format!("{}\n{}", table(["REASON", "XDP", "TC-EGRESS"], &rows), table(["SENT-BY", "XDP"], &fast_rows))
+    let hooks = lb_common::Hook::ALL.map(lb_common::Hook::name);
+    let header = ["REASON", hooks[0], hooks[1], hooks[2]];
+    format!("{}\n{}", table(header, &rows), table(["SENT-BY", "XDP"], &fast_rows))
 }
 
 /// Which flows `get conntrack` lists; every given filter must match.

@@ -41,6 +41,24 @@ impl InterfacePatterns {
 impl InterfacePatterns {
     /// The IPv4 addresses of the matching interfaces, sorted.
     pub fn ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>, InterfaceError> {
+        let mut addrs: Vec<Ipv4Addr> = self.ipv4_by_interface()?.into_iter().map(|(_, addr)| addr).collect();
+        addrs.sort();
+        addrs.dedup();
+        Ok(addrs)
+    }
+
+    /// The first IPv4 address of each matching interface that has one (the
+    /// kernel lists an interface's primary address first).
+    pub fn first_ipv4_addresses(&self) -> Result<BTreeMap<String, Ipv4Addr>, InterfaceError> {
+        let mut first = BTreeMap::new();
+        for (name, addr) in self.ipv4_by_interface()? {
+            first.entry(name).or_insert(addr);
+        }
+        Ok(first)
+    }
+
+    /// (interface, IPv4 address) of the matching interfaces, in the kernel's order.
+    fn ipv4_by_interface(&self) -> Result<Vec<(String, Ipv4Addr)>, InterfaceError> {
         let mut addrs = Vec::new();
         // SAFETY: getifaddrs gives a list that stays valid until freeifaddrs;
         // each entry's name is a C string and an AF_INET address a sockaddr_in.
@@ -52,19 +70,18 @@ impl InterfacePatterns {
             let mut entry = head;
             while !entry.is_null() {
                 let ifa = &*entry;
+                let name = CStr::from_ptr(ifa.ifa_name).to_string_lossy();
                 if !ifa.ifa_addr.is_null()
                     && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
-                    && self.matches(&CStr::from_ptr(ifa.ifa_name).to_string_lossy())
+                    && self.matches(&name)
                 {
                     let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    addrs.push(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()));
+                    addrs.push((name.into_owned(), Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())));
                 }
                 entry = ifa.ifa_next;
             }
             libc::freeifaddrs(head);
         }
-        addrs.sort();
-        addrs.dedup();
         Ok(addrs)
     }
 }
@@ -113,6 +130,12 @@ mod tests {
     fn loopback_has_its_address() {
         let p = InterfacePatterns::new(["lo"]).unwrap();
         assert_eq!(p.ipv4_addresses().unwrap(), [Ipv4Addr::LOCALHOST]);
+    }
+
+    #[test]
+    fn loopback_has_its_first_address() {
+        let p = InterfacePatterns::new(["lo"]).unwrap();
+        assert_eq!(p.first_ipv4_addresses().unwrap(), BTreeMap::from([("lo".to_owned(), Ipv4Addr::LOCALHOST)]));
     }
 
     #[test]

@@ -162,16 +162,22 @@ impl AgentProcess {
         }
     }
 
-    /// The counter of `reason` on the XDP hooks.
-    pub fn xdp_counter(&self, reason: &str) -> anyhow::Result<u64> {
+    /// The counter in `column` (a hook: `XDP-NODE`, `TC-POD`, `TC-EGRESS`;
+    /// or `XDP` for how rewritten packets left XDP) of the row `reason`.
+    pub fn counter(&self, column: &str, reason: &str) -> anyhow::Result<u64> {
         let counters = self.get("counters")?;
-        counters
-            .lines()
-            .find_map(|l| {
-                let mut cols = l.split_whitespace();
-                (cols.next() == Some(reason)).then(|| cols.next().and_then(|v| v.parse().ok())).flatten()
-            })
-            .with_context(|| format!("no counter {reason} in:\n{counters}"))
+        let mut index = None;
+        for line in counters.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.first().is_some_and(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '-')) {
+                index = cols.iter().position(|c| *c == column);
+            } else if cols.first() == Some(&reason)
+                && let Some(value) = index.and_then(|i| cols.get(i))
+            {
+                return Ok(value.parse()?);
+            }
+        }
+        anyhow::bail!("no counter {reason} in column {column} of:\n{counters}")
     }
 
     /// When the running agent's process was started (its manifests were

@@ -46,7 +46,7 @@ fn tcp_and_udp_to_the_cluster_ip_reach_every_ready_backend_and_replies_come_from
         served.insert(served_by(&reply).to_owned());
     }
     assert_eq!(served, names(&ready));
-    assert!(agent.xdp_counter("reply_reverse_nat").unwrap() >= 80);
+    assert!(agent.counter("TC-POD", "reply_reverse_nat").unwrap() >= 80);
 }
 
 #[test]
@@ -66,14 +66,9 @@ fn replies_that_bypass_xdp_are_translated_on_tc_egress() {
     assert_eq!(http_spread(&c.client, 20), names(&two));
     let (reply, from) = udp_request(&c.client.ns, SocketAddrV4::new(VIP, 53), b"via tc", TIMEOUT).unwrap();
     assert_eq!(from, SocketAddrV4::new(VIP, 53).into(), "{reply}");
-    assert_eq!(agent.xdp_counter("reply_reverse_nat").unwrap(), 0);
-    let counters = agent.get("counters").unwrap();
-    let tc_reverse: u64 = counters
-        .lines()
-        .find(|l| l.starts_with("reply_reverse_nat"))
-        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
-        .unwrap();
-    assert!(tc_reverse >= 21, "{counters}");
+    assert_eq!(agent.counter("TC-POD", "reply_reverse_nat").unwrap(), 0);
+    let tc_reverse = agent.counter("TC-EGRESS", "reply_reverse_nat").unwrap();
+    assert!(tc_reverse >= 21, "{}", agent.get("counters").unwrap());
 }
 
 #[test]
@@ -83,7 +78,7 @@ fn traffic_that_is_not_for_a_service_is_untouched() {
     let pods = pods_manifest(&[&c.backends[0]], |_| true);
     let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
     agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
-    let passed_before = agent.xdp_counter("pass_no_service").unwrap();
+    let passed_before = agent.counter("TC-POD", "pass_no_service").unwrap();
     let pod = &c.backends[0];
 
     let body = http_get(&c.client.ns, SocketAddrV4::new(pod.ip, 8080), TIMEOUT).unwrap();
@@ -92,8 +87,8 @@ fn traffic_that_is_not_for_a_service_is_untouched() {
     let (reply, from) = udp_request(&c.client.ns, SocketAddrV4::new(pod.ip, 5353), b"direct", TIMEOUT).unwrap();
     assert_eq!(from, SocketAddrV4::new(pod.ip, 5353).into(), "{reply}");
 
-    assert!(agent.xdp_counter("pass_no_service").unwrap() > passed_before);
-    assert_eq!(agent.xdp_counter("forward_new_flow").unwrap(), 0, "direct traffic was translated");
+    assert!(agent.counter("TC-POD", "pass_no_service").unwrap() > passed_before);
+    assert_eq!(agent.counter("TC-POD", "forward_new_flow").unwrap(), 0, "direct traffic was translated");
     assert!(!agent.log_text().contains("pass_no_service"), "per-packet logs without --datapath-debug");
 }
 
@@ -186,7 +181,7 @@ fn a_service_without_ready_endpoints_refuses_connections_at_once() {
 
     let udp = udp_exchange(&c.client.ns, SocketAddrV4::new(VIP, 53), TIMEOUT).unwrap();
     assert_eq!(udp.expect_err("an answer from nowhere").kind(), std::io::ErrorKind::ConnectionRefused);
-    assert!(agent.xdp_counter("reject_no_backend").unwrap() >= 2);
+    assert!(agent.counter("TC-POD", "reject_no_backend").unwrap() >= 2);
 
     // Once the pod is ready, the same client gets through.
     agent.write_manifest("pods.yaml", &pods_manifest(&[&c.backends[0]], |_| true)).unwrap();
@@ -203,7 +198,7 @@ fn a_service_address_answers_ping_and_other_addresses_stay_silent() {
     agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
     assert!(ping(&c.client.ns, VIP, TIMEOUT).unwrap(), "no echo reply from the service address");
     assert!(!ping(&c.client.ns, Ipv4Addr::new(10, 96, 0, 99), Duration::from_millis(500)).unwrap());
-    assert_eq!(agent.xdp_counter("echo_reply").unwrap(), 1);
+    assert_eq!(agent.counter("TC-POD", "echo_reply").unwrap(), 1);
 }
 
 #[test]

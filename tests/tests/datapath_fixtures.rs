@@ -6,9 +6,9 @@ use lb_common::{
     Backend, BackendSlotKey, FRONTEND_FLAG_EXTERNAL, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason, wire,
 };
 use lb_ebpf::{
+    answer::{self, L4Checksum},
+    packet::parse::{Frame, parse},
     packet_builder::{PacketBuilder, checksum_errors},
-    parse::{Frame, parse},
-    reply,
 };
 use lb_tests::require_root;
 use lb_userspace::{datapath::loader::TestProgram, reconcile::MapOp};
@@ -16,9 +16,9 @@ use lb_userspace::{datapath::loader::TestProgram, reconcile::MapOp};
 mod common;
 use common::ScratchDatapath;
 
-const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 
 const VIP: [u8; 4] = [10, 96, 0, 10];
 const EMPTY_VIP: [u8; 4] = [10, 96, 0, 11];
@@ -74,6 +74,14 @@ fn program_services(dp: &mut ScratchDatapath) {
             key: frontend(NODE, 30080, IPPROTO_TCP),
             frontend: Frontend { svc_id: 1, backend_count: 1, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
         },
+        MapOp::PutFrontend {
+            key: frontend(NODE, 30081, IPPROTO_TCP),
+            frontend: Frontend { svc_id: 3, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
+        },
+        MapOp::PutFrontend {
+            key: frontend(NODE, 30053, IPPROTO_UDP),
+            frontend: Frontend { svc_id: 4, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
+        },
         MapOp::PutVip { addr: wire::addr(VIP), frontends: 2 },
         MapOp::PutVip { addr: wire::addr(EMPTY_VIP), frontends: 2 },
     ];
@@ -100,7 +108,7 @@ fn untouched(what: &'static str, program: TestProgram, input: Vec<u8>, verdict: 
 }
 
 fn fixtures() -> Vec<Fixture> {
-    use TestProgram::{TcEgress, Xdp, XdpNode};
+    use TestProgram::{PodTc, TcEgress, XdpNode};
     let mut truncated = tcp(CLIENT, 40011, VIP, 80).build();
     truncated.truncate(14 + 20 + 12);
     let mut arp = tcp(CLIENT, 1, VIP, 80).build();
@@ -108,28 +116,30 @@ fn fixtures() -> Vec<Fixture> {
     let syn_to_empty = tcp(CLIENT, 40007, EMPTY_VIP, 80).build();
     let udp_to_empty = udp(CLIENT, 5002, EMPTY_VIP, 53).payload(b"anyone?").build();
     let ping = echo_request(VIP);
+    let syn_to_empty_node_port = tcp(CLIENT, 40022, NODE, 30081).build();
+    let udp_to_empty_node_port = udp(CLIENT, 5003, NODE, 30053).payload(b"anyone?").build();
     vec![
         translated(
             "tcp syn to the vip goes to the backend",
-            Xdp,
+            PodTc,
             tcp(CLIENT, 40000, VIP, 80).build(),
-            XDP_PASS,
+            TC_ACT_OK,
             tcp(CLIENT, 40000, POD, 8080).build(),
             Reason::ForwardNewFlow,
         ),
         translated(
             "the next packet of that flow goes to the same backend",
-            Xdp,
+            PodTc,
             tcp(CLIENT, 40000, VIP, 80).tcp_flags(0x10).build(),
-            XDP_PASS,
+            TC_ACT_OK,
             tcp(CLIENT, 40000, POD, 8080).tcp_flags(0x10).build(),
             Reason::ForwardEstablished,
         ),
         translated(
-            "the backend's reply leaves from the vip (xdp)",
-            Xdp,
+            "the backend's reply leaves from the vip (tc ingress)",
+            PodTc,
             tcp(POD, 8080, CLIENT, 40000).tcp_flags(0x12).build(),
-            XDP_PASS,
+            TC_ACT_OK,
             tcp(VIP, 80, CLIENT, 40000).tcp_flags(0x12).build(),
             Reason::ReplyReverseNat,
         ),
@@ -150,104 +160,104 @@ fn fixtures() -> Vec<Fixture> {
         ),
         translated(
             "udp to the vip goes to the backend",
-            Xdp,
+            PodTc,
             udp(CLIENT, 5000, VIP, 53).payload(b"query").build(),
-            XDP_PASS,
+            TC_ACT_OK,
             udp(CLIENT, 5000, POD, 5353).payload(b"query").build(),
             Reason::ForwardNewFlow,
         ),
         translated(
             "the udp answer comes from the vip",
-            Xdp,
+            PodTc,
             udp(POD, 5353, CLIENT, 5000).payload(b"answer").build(),
-            XDP_PASS,
+            TC_ACT_OK,
             udp(VIP, 53, CLIENT, 5000).payload(b"answer").build(),
             Reason::ReplyReverseNat,
         ),
         translated(
             "udp without checksum keeps checksum 0",
-            Xdp,
+            PodTc,
             udp(CLIENT, 5001, VIP, 53).udp_zero_checksum().build(),
-            XDP_PASS,
+            TC_ACT_OK,
             udp(CLIENT, 5001, POD, 5353).udp_zero_checksum().build(),
             Reason::ForwardNewFlow,
         ),
         untouched(
             "traffic to other addresses is untouched",
-            Xdp,
+            PodTc,
             tcp(CLIENT, 40002, POD, 8080).build(),
-            XDP_PASS,
+            TC_ACT_OK,
             Reason::PassNoService,
         ),
         untouched(
             "another port of the vip is untouched",
-            Xdp,
+            PodTc,
             tcp(CLIENT, 40003, VIP, 81).build(),
-            XDP_PASS,
+            TC_ACT_OK,
             Reason::PassNoService,
         ),
         untouched(
             "udp to the tcp port of the vip is untouched",
-            Xdp,
+            PodTc,
             udp(CLIENT, 40004, VIP, 80).build(),
-            XDP_PASS,
+            TC_ACT_OK,
             Reason::PassNoService,
         ),
         untouched(
             "ip options to the vip are passed untouched",
-            Xdp,
+            PodTc,
             tcp(CLIENT, 40005, VIP, 80).ip_options(2).build(),
-            XDP_PASS,
+            TC_ACT_OK,
             Reason::PassIpOptions,
         ),
         untouched(
             "a fragment to the vip is passed untouched",
-            Xdp,
+            PodTc,
             tcp(CLIENT, 40010, VIP, 80).fragment(true, 0).build(),
-            XDP_PASS,
+            TC_ACT_OK,
             Reason::PassFragment,
         ),
-        untouched("a truncated tcp header is passed untouched", Xdp, truncated, XDP_PASS, Reason::PassTruncated),
-        untouched("arp is passed untouched", Xdp, arp, XDP_PASS, Reason::PassNotIpv4),
+        untouched("a truncated tcp header is passed untouched", PodTc, truncated, TC_ACT_OK, Reason::PassTruncated),
+        untouched("arp is passed untouched", PodTc, arp, TC_ACT_OK, Reason::PassNotIpv4),
         untouched(
             "icmp other than an echo request to the vip is passed untouched",
-            Xdp,
+            PodTc,
             PacketBuilder::new(1, CLIENT, 0, VIP, 0).build(),
-            XDP_PASS,
+            TC_ACT_OK,
             Reason::PassNotTcpUdp,
         ),
         untouched(
             "a reset to a vip without endpoints is dropped",
-            Xdp,
+            PodTc,
             tcp(CLIENT, 40006, EMPTY_VIP, 80).tcp_flags(0x04).build(),
-            XDP_DROP,
+            TC_ACT_SHOT,
             Reason::DropNoBackend,
         ),
         translated(
             "a syn to a vip without endpoints is refused with a reset",
-            Xdp,
+            PodTc,
             syn_to_empty.clone(),
-            XDP_PASS,
+            TC_ACT_OK,
             expected_reset(&syn_to_empty),
             Reason::RejectNoBackend,
         ),
         translated(
             "udp to a vip without endpoints gets an icmp port unreachable",
-            Xdp,
+            PodTc,
             udp_to_empty.clone(),
-            XDP_PASS,
+            TC_ACT_OK,
             expected_port_unreachable(&udp_to_empty),
             Reason::RejectNoBackend,
         ),
         translated(
             "a ping to a vip is answered",
-            Xdp,
+            PodTc,
             ping.clone(),
-            XDP_PASS,
+            TC_ACT_OK,
             expected_echo_reply(&ping),
             Reason::EchoReply,
         ),
-        untouched("a ping to another address is untouched", Xdp, echo_request(POD), XDP_PASS, Reason::PassNotTcpUdp),
+        untouched("a ping to another address is untouched", PodTc, echo_request(POD), TC_ACT_OK, Reason::PassNotTcpUdp),
         untouched(
             "a cluster ip reached through a node device is untouched",
             XdpNode,
@@ -263,33 +273,49 @@ fn fixtures() -> Vec<Fixture> {
             tcp(CLIENT, 40021, POD, 8080).build(),
             Reason::ForwardNewFlow,
         ),
+        translated(
+            "a syn to a node port without endpoints is refused with a reset (xdp)",
+            XdpNode,
+            syn_to_empty_node_port.clone(),
+            XDP_PASS,
+            expected_reset(&syn_to_empty_node_port),
+            Reason::RejectNoBackend,
+        ),
+        translated(
+            "udp to a node port without endpoints gets an icmp port unreachable (xdp)",
+            XdpNode,
+            udp_to_empty_node_port.clone(),
+            XDP_PASS,
+            expected_port_unreachable(&udp_to_empty_node_port),
+            Reason::RejectNoBackend,
+        ),
     ]
 }
 
 /// The answers, as the host build of the same code writes them (its
-/// semantics have unit tests in `lb_ebpf::reply`): the kernel must agree.
+/// semantics have unit tests in `lb_ebpf::answer`): the kernel must agree.
 fn expected_reset(frame: &[u8]) -> Vec<u8> {
     let mut out = frame.to_vec();
     let data = out.as_mut_ptr() as usize;
     let pkt = parse(data, data + out.len(), Frame::Linear).unwrap();
     let tot_len = u16::from_be_bytes([out[16], out[17]]);
-    unsafe { reply::write_reset(&pkt, reply::reset_for(&pkt, tot_len).unwrap()) };
-    out.truncate(reply::RST_FRAME_LEN);
+    unsafe { answer::write_reset(&pkt, answer::reset_for(&pkt, tot_len).unwrap(), L4Checksum::Full) };
+    out.truncate(answer::RST_FRAME_LEN);
     out
 }
 
 fn expected_port_unreachable(frame: &[u8]) -> Vec<u8> {
-    let mut out = vec![0; reply::ICMP_ERROR_GROWTH];
+    let mut out = vec![0; answer::ICMP_ERROR_GROWTH];
     out.extend_from_slice(frame);
-    unsafe { reply::write_port_unreachable(out.as_mut_ptr() as usize) };
-    out.truncate(reply::ICMP_ERROR_FRAME_LEN);
+    unsafe { answer::write_port_unreachable(out.as_mut_ptr() as usize) };
+    out.truncate(answer::ICMP_ERROR_FRAME_LEN);
     out
 }
 
 fn expected_echo_reply(frame: &[u8]) -> Vec<u8> {
     let mut out = frame.to_vec();
     let data = out.as_mut_ptr() as usize;
-    assert!(unsafe { reply::write_echo_reply(data, data + out.len()) });
+    assert!(unsafe { answer::write_echo_reply(data, data + out.len()) });
     out
 }
 
@@ -297,7 +323,7 @@ fn expected_echo_reply(frame: &[u8]) -> Vec<u8> {
 fn echo_request(to: [u8; 4]) -> Vec<u8> {
     let mut ping = PacketBuilder::new(1, CLIENT, 0, to, 0).build();
     ping[34..42].copy_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
-    let check = lb_ebpf::checksum::compute(&ping[34..], 0);
+    let check = lb_ebpf::packet::checksum::compute(&ping[34..], 0);
     ping[36..38].copy_from_slice(&check.to_ne_bytes());
     ping
 }
@@ -310,11 +336,12 @@ fn datapath_fixture_table() {
     let mut failures = Vec::new();
     for fx in fixtures() {
         let index = |program| match program {
-            TestProgram::Xdp | TestProgram::XdpNode => 1,
+            TestProgram::XdpNode => 0,
+            TestProgram::PodTc => 1,
             TestProgram::TcEgress => 2,
         };
         let count = |dp: &ScratchDatapath| {
-            dp.maps.counters().unwrap().into_iter().find(|(r, ..)| *r == fx.reason).map(|c| [0, c.1, c.2]).unwrap()
+            dp.maps.counters().unwrap().into_iter().find(|(r, _)| *r == fx.reason).map(|c| c.1).unwrap()
         };
         let before = count(&dp);
         let out = dp.datapath.test_run(fx.program, &fx.input, 1).unwrap();
@@ -360,9 +387,9 @@ fn an_established_flow_keeps_its_backend_among_many() {
     let mut chosen = std::collections::BTreeSet::new();
     for client_port in 30000..30064u16 {
         let syn = tcp(CLIENT, client_port, VIP, 80).build();
-        let first = dp.datapath.test_run(TestProgram::Xdp, &syn, 1).unwrap().frame;
+        let first = dp.datapath.test_run(TestProgram::PodTc, &syn, 1).unwrap().frame;
         for _ in 0..5 {
-            let again = dp.datapath.test_run(TestProgram::Xdp, &syn, 1).unwrap().frame;
+            let again = dp.datapath.test_run(TestProgram::PodTc, &syn, 1).unwrap().frame;
             assert_eq!(again, first, "client port {client_port} changed backend");
         }
         chosen.insert(first[30..34].to_vec());
@@ -461,7 +488,7 @@ fn odd_frame(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// At least a million odd frames through every program: none aborts, TC
-/// passes them all, a frame that comes out changed was a well-formed
+/// egress passes them all, TC on pods passes or drops, a frame that comes out changed was a well-formed
 /// packet the datapath translates or answers, and what it wrote has valid
 /// checksums whenever the frame it got had.
 #[test]
@@ -472,7 +499,7 @@ fn a_million_odd_frames_abort_nothing_and_change_only_service_packets() {
     program_services(&mut dp);
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let (mut changed, mut failures) = (0u32, Vec::new());
-    let programs = [TestProgram::Xdp, TestProgram::XdpNode, TestProgram::TcEgress];
+    let programs = [TestProgram::PodTc, TestProgram::XdpNode, TestProgram::TcEgress];
     for i in 0..1_000_000u32 {
         let frame = odd_frame(&mut rng);
         let mut program = programs[i as usize % programs.len()];
@@ -483,13 +510,14 @@ fn a_million_odd_frames_abort_nothing_and_change_only_service_packets() {
             [0x86, 0xdd] => 40,
             _ => 0,
         };
-        if program == TestProgram::TcEgress && frame.len() < 14 + ip_header {
-            program = TestProgram::Xdp;
+        if program != TestProgram::XdpNode && frame.len() < 14 + ip_header {
+            program = TestProgram::XdpNode;
         }
         let out = dp.datapath.test_run(program, &frame, 1).unwrap();
         let verdict_ok = match program {
             TestProgram::TcEgress => out.return_value == TC_ACT_OK,
-            _ => out.return_value != XDP_ABORTED,
+            TestProgram::PodTc => [TC_ACT_OK, TC_ACT_SHOT].contains(&out.return_value),
+            TestProgram::XdpNode => out.return_value != XDP_ABORTED,
         };
         if !verdict_ok {
             failures.push(format!("{program:?} gave verdict {} for {frame:02x?}", out.return_value));

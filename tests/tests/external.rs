@@ -78,7 +78,7 @@ fn the_cluster_ip_is_not_reachable_from_outside() {
     agent.wait_for_services(TIMEOUT, |s| s.contains("30123")).unwrap();
     let attempt = tcp_connect(&external, SocketAddrV4::new(VIP, 80), Duration::from_millis(500)).unwrap();
     assert!(attempt.is_err(), "an external client reached the cluster IP");
-    assert!(agent.xdp_counter("pass_internal_only").unwrap() >= 1);
+    assert!(agent.counter("XDP-NODE", "pass_internal_only").unwrap() >= 1);
     // Pods still do.
     assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), c.backends[0].name);
     drop(agent);
@@ -215,7 +215,7 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
     std::thread::sleep(Duration::from_millis(300));
     let attempt = tcp_connect(&external, lb, Duration::from_millis(500)).unwrap();
     assert_eq!(attempt.map_err(|(kind, _)| kind), Err(std::io::ErrorKind::TimedOut));
-    assert!(agent.xdp_counter("drop_source_range").unwrap() >= 1);
+    assert!(agent.counter("XDP-NODE", "drop_source_range").unwrap() >= 1);
     // Pods are not load-balancer clients: the cluster IP is not guarded.
     assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), c.backends[0].name);
 }

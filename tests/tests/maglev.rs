@@ -37,7 +37,7 @@ fn syn(i: u32) -> Vec<u8> {
 fn choices(dp: &mut ScratchDatapath, flows: impl Iterator<Item = u32>) -> Vec<[u8; 4]> {
     flows
         .map(|i| {
-            let out = dp.datapath.test_run(TestProgram::Xdp, &syn(i), 1).unwrap();
+            let out = dp.datapath.test_run(TestProgram::PodTc, &syn(i), 1).unwrap();
             assert_eq!(out.return_value, 2, "flow {i}: XDP_PASS after the rewrite");
             out.frame[30..34].try_into().unwrap()
         })

@@ -148,10 +148,9 @@ fn pods_reach_backends_on_the_other_node_through_the_cluster_ip() {
 
 /// With `--xdp-redirect-device`, what node A forwards over the fabric
 /// leaves from XDP: a node port request for node B's backend and its
-/// translated reply go back out of the device they came in on (XDP_TX), a
-/// pod's request to node B's backend is redirected from the pod's veth to
-/// the fabric (XDP_REDIRECT). Packets for node A's own pods still go
-/// through the kernel, whose pod veths are not enabled. Every request is
+/// translated reply go back out of the device they came in on (XDP_TX).
+/// Packets for node A's own pods still go through the kernel, whose pod
+/// veths are not enabled, and pods' own traffic is TC's. Every request is
 /// answered, by both nodes, with the same addresses as without the fast path.
 #[test]
 fn cluster_policy_forwards_over_the_fabric_from_xdp() {
@@ -162,11 +161,12 @@ fn cluster_policy_forwards_over_the_fabric_from_xdp() {
     let want: BTreeSet<(String, String)> =
         [("kubia-a".into(), CLIENT.to_string()), ("kubia-b".into(), NODE_A.to_string())].into();
     assert_eq!(via_a, want);
-    assert!(node_a.xdp_counter("tx").unwrap() > 0, "{}", node_a.get("counters").unwrap());
-    assert!(node_a.xdp_counter("stack_device_not_enabled").unwrap() > 0, "{}", node_a.get("counters").unwrap());
+    assert!(node_a.counter("XDP", "tx").unwrap() > 0, "{}", node_a.get("counters").unwrap());
+    assert!(node_a.counter("XDP", "stack_device_not_enabled").unwrap() > 0, "{}", node_a.get("counters").unwrap());
 
     let me = c.client_pod.ip.to_string();
     let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
     assert_eq!(got, [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into());
-    assert!(node_a.xdp_counter("redirect").unwrap() > 0, "{}", node_a.get("counters").unwrap());
+    // Pods' traffic is translated on TC, not XDP.
+    assert!(node_a.counter("TC-POD", "forward_new_flow").unwrap() > 0, "{}", node_a.get("counters").unwrap());
 }

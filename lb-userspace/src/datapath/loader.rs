@@ -1,7 +1,8 @@
 //! Loads the embedded eBPF object with its maps pinned under the bpf
-//! directory, and attaches XDP (ingress) and TC (egress) to interfaces.
+//! directory, and attaches it to interfaces: XDP on the node's devices, TC
+//! ingress on pod veths, TC egress on both (DESIGN.md §4).
 //!
-//! The links are pinned too (`links/IFNAME@IFINDEX-xdp|tc`), so the
+//! The links are pinned too (`links/IFNAME@IFINDEX-xdp|tc-ingress|tc`), so the
 //! programs stay attached when the agent exits or is killed, and forward
 //! with the pinned maps until the next agent swaps its own programs into
 //! the same links (an atomic `bpf_link_update`: no packet goes unprocessed).
@@ -32,9 +33,9 @@ use super::maps::{DatapathMaps, MapsError};
 
 static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-datapath"));
 
-const XDP_PROGRAM: &str = "lb_xdp";
 const XDP_NODE_PROGRAM: &str = "lb_xdp_node";
-const TC_PROGRAM: &str = "lb_tc_egress";
+const TC_POD_PROGRAM: &str = "lb_tc_pod";
+const TC_EGRESS_PROGRAM: &str = "lb_tc_egress";
 /// Load-time constants of the programs (lb-ebpf's statics of these names).
 const FAST_PATH_GLOBAL: &str = "LB_FAST_PATH";
 const CT_TIMEOUTS_GLOBAL: &str = "LB_CT_TIMEOUTS";
@@ -109,10 +110,10 @@ pub enum XdpAttachMode {
 /// The program a test run goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestProgram {
-    /// The pod veths' XDP program.
-    Xdp,
     /// The node devices' XDP program.
     XdpNode,
+    /// The pod veths' TC ingress program.
+    PodTc,
     TcEgress,
 }
 
@@ -137,20 +138,62 @@ pub enum InterfaceRole {
 
 struct Attachment {
     ifindex: u32,
-    xdp: PinnedLink,
-    tc: TcLink,
+    links: Vec<Link>,
 }
 
-/// A TC link: pinned where the kernel has TCX (6.6), else a netlink
-/// filter, detached when dropped (so it goes when the agent stops).
-enum TcLink {
+/// An attached program: pinned (XDP, and TC where the kernel has TCX, 6.6),
+/// else a netlink TC filter, detached when dropped (so it goes when the
+/// agent stops).
+enum Link {
     Pinned(PinnedLink),
     Netlink(SchedClassifierLink),
 }
 
-/// The hooks an interface's links are pinned for.
-const XDP_HOOK: &str = "xdp";
-const TC_HOOK: &str = "tc";
+impl Link {
+    /// Detaches: a pinned link is unpinned and closed, which detaches it
+    /// when nothing else holds it.
+    fn release(self) {
+        match self {
+            Link::Pinned(link) => drop(link.unpin()),
+            Link::Netlink(link) => drop(link),
+        }
+    }
+}
+
+/// Where on an interface a program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    Xdp,
+    TcIngress,
+    TcEgress,
+}
+
+impl Hook {
+    /// The hooks an interface of `role` gets.
+    fn of(role: InterfaceRole) -> &'static [Hook] {
+        match role {
+            InterfaceRole::Node => &[Hook::Xdp, Hook::TcEgress],
+            InterfaceRole::Pod => &[Hook::TcIngress, Hook::TcEgress],
+        }
+    }
+
+    /// The suffix of the link's pin (`tc` is egress, as earlier agents named it).
+    fn pin_suffix(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::TcIngress => "tc-ingress",
+            Hook::TcEgress => "tc",
+        }
+    }
+
+    fn tc(self) -> Option<(&'static str, TcAttachType)> {
+        match self {
+            Hook::Xdp => None,
+            Hook::TcIngress => Some((TC_POD_PROGRAM, TcAttachType::Ingress)),
+            Hook::TcEgress => Some((TC_EGRESS_PROGRAM, TcAttachType::Egress)),
+        }
+    }
+}
 
 /// Forwards the datapath's aya-log records to the agent's log.
 pub type DatapathLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -188,11 +231,10 @@ impl Datapath {
             .load(DATAPATH_OBJECT)
             .map_err(|source| LoaderError::Load { bpf_dir: bpf_dir.to_owned(), source: Box::new(source) })?;
         let program_err = |name| move |source| LoaderError::Program { name, source };
-        for name in [XDP_PROGRAM, XDP_NODE_PROGRAM] {
-            program::<Xdp>(&mut ebpf, name)?.load().map_err(program_err(name))?;
+        program::<Xdp>(&mut ebpf, XDP_NODE_PROGRAM)?.load().map_err(program_err(XDP_NODE_PROGRAM))?;
+        for name in [TC_POD_PROGRAM, TC_EGRESS_PROGRAM] {
+            program::<SchedClassifier>(&mut ebpf, name)?.load().map_err(program_err(name))?;
         }
-        let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
-        tc.load().map_err(program_err(TC_PROGRAM))?;
         let maps = DatapathMaps::take(&mut ebpf)?;
         let logger = if options.debug_log { Some(aya_log::EbpfLogger::init(&mut ebpf)?) } else { None };
         let links_dir = bpf_dir.join("links");
@@ -206,37 +248,45 @@ impl Datapath {
         self.attached.iter().map(|(name, a)| (name.as_str(), a.ifindex))
     }
 
-    /// Attaches XDP on ingress and TC on egress of `ifname`; a node device
-    /// gets the XDP program that admits only external frontends. Links an
-    /// earlier agent left pinned for this interface get this agent's
-    /// programs in place, atomically.
+    /// Attaches the programs of `role` to `ifname` (XDP on a node device,
+    /// TC ingress on a pod veth, TC egress on both). Links an earlier agent
+    /// left pinned for this interface get this agent's programs in place,
+    /// atomically; its links on hooks this role does not use are released.
     pub fn attach(&mut self, ifname: &str, ifindex: u32, role: InterfaceRole) -> Result<(), LoaderError> {
-        let xdp_pin = self.link_pin(ifname, ifindex, XDP_HOOK);
-        let tc_pin = self.link_pin(ifname, ifindex, TC_HOOK);
-        let xdp = self.attach_xdp(ifname, role, &xdp_pin)?;
-        let tc = match self.attach_tc(ifname, &tc_pin) {
-            Ok(tc) => tc,
-            Err(err) => {
-                release(xdp);
-                return Err(err);
+        let hooks = Hook::of(role);
+        let mut links = Vec::new();
+        for &hook in hooks {
+            let pin = self.link_pin(ifname, ifindex, hook.pin_suffix());
+            let attached = match hook.tc() {
+                None => self.attach_xdp(ifname, &pin).map(Link::Pinned),
+                Some((name, attach_type)) => self.attach_tc(ifname, &pin, name, attach_type),
+            };
+            match attached {
+                Ok(link) => links.push(link),
+                Err(err) => {
+                    links.into_iter().for_each(Link::release);
+                    return Err(err);
+                }
             }
-        };
-        self.attached.insert(ifname.to_owned(), Attachment { ifindex, xdp, tc });
+        }
+        for hook in [Hook::Xdp, Hook::TcIngress, Hook::TcEgress].into_iter().filter(|h| !hooks.contains(h)) {
+            if let Some(link) = adopt_link(&self.link_pin(ifname, ifindex, hook.pin_suffix())) {
+                info!(ifname, ?hook, "releasing a link an earlier agent pinned for another role");
+                drop(link);
+            }
+        }
+        self.attached.insert(ifname.to_owned(), Attachment { ifindex, links });
         info!(ifname, ifindex, ?role, "attached");
         Ok(())
     }
 
-    fn attach_xdp(&mut self, ifname: &str, role: InterfaceRole, pin: &Path) -> Result<PinnedLink, LoaderError> {
+    fn attach_xdp(&mut self, ifname: &str, pin: &Path) -> Result<PinnedLink, LoaderError> {
         let attach_err = |what| {
             let ifname = ifname.to_owned();
             move |source| LoaderError::Attach { ifname, what, source }
         };
-        let name = match role {
-            InterfaceRole::Pod => XDP_PROGRAM,
-            InterfaceRole::Node => XDP_NODE_PROGRAM,
-        };
         let mode = self.mode;
-        let xdp: &mut Xdp = program(&mut self.ebpf, name)?;
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_NODE_PROGRAM)?;
         let adopted = adopt_link(pin).and_then(|fd| XdpLink::try_from(fd).ok()).and_then(|link| {
             xdp.attach_to_link(link)
                 .inspect_err(|err| warn!(ifname, error = %err, "cannot take over the pinned xdp link, attaching anew"))
@@ -260,28 +310,40 @@ impl Datapath {
         let link = xdp.take_link(id).map_err(attach_err("xdp"))?;
         // Dropping the link on an error detaches it.
         let fd = FdLink::try_from(link)
-            .map_err(|e| pin_err(ifname, XDP_HOOK, pin, format!("not a bpf_link (kernel before 5.9?): {e}")))?;
-        fd.pin(pin).map_err(|e| pin_err(ifname, XDP_HOOK, pin, e.to_string()))
+            .map_err(|e| pin_err(ifname, "xdp", pin, format!("not a bpf_link (kernel before 5.9?): {e}")))?;
+        fd.pin(pin).map_err(|e| pin_err(ifname, "xdp", pin, e.to_string()))
     }
 
-    fn attach_tc(&mut self, ifname: &str, pin: &Path) -> Result<TcLink, LoaderError> {
-        let attach_err = |source| LoaderError::Attach { ifname: ifname.to_owned(), what: "tc egress", source };
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, TC_PROGRAM)?;
+    fn attach_tc(
+        &mut self,
+        ifname: &str,
+        pin: &Path,
+        name: &'static str,
+        attach_type: TcAttachType,
+    ) -> Result<Link, LoaderError> {
+        let what = if attach_type == TcAttachType::Ingress { "tc ingress" } else { "tc egress" };
+        let attach_err = |source| LoaderError::Attach { ifname: ifname.to_owned(), what, source };
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         let adopted = adopt_link(pin).and_then(|fd| SchedClassifierLink::try_from(fd).ok()).and_then(|link| {
             tc.attach_to_link(link)
-                .inspect_err(|err| warn!(ifname, error = %err, "cannot take over the pinned tc link, attaching anew"))
+                .inspect_err(
+                    |err| warn!(ifname, error = %err, "cannot take over the pinned {what} link, attaching anew"),
+                )
                 .ok()
         });
         let id = match adopted {
-            Some(id) => id,
-            None => attach_tc_anew(tc, ifname).map_err(attach_err)?,
+            Some(id) => {
+                info!(ifname, "took over the pinned {what} link");
+                id
+            }
+            None => attach_tc_anew(tc, ifname, name, attach_type).map_err(attach_err)?,
         };
         let link = tc.take_link(id).map_err(attach_err)?;
         if <&FdLink>::try_from(&link).is_err() {
-            return Ok(TcLink::Netlink(link));
+            return Ok(Link::Netlink(link));
         }
-        let fd = FdLink::try_from(link).map_err(|e| pin_err(ifname, TC_HOOK, pin, e.to_string()))?;
-        Ok(TcLink::Pinned(fd.pin(pin).map_err(|e| pin_err(ifname, TC_HOOK, pin, e.to_string()))?))
+        let fd = FdLink::try_from(link).map_err(|e| pin_err(ifname, what, pin, e.to_string()))?;
+        Ok(Link::Pinned(fd.pin(pin).map_err(|e| pin_err(ifname, what, pin, e.to_string()))?))
     }
 
     /// bpffs refuses names with a dot (VLAN devices have one): the name is
@@ -310,11 +372,7 @@ impl Datapath {
     /// so errors from the kernel are expected and ignored.
     pub fn detach(&mut self, ifname: &str) {
         let Some(attachment) = self.attached.remove(ifname) else { return };
-        release(attachment.xdp);
-        match attachment.tc {
-            TcLink::Pinned(link) => release(link),
-            TcLink::Netlink(link) => drop(link),
-        }
+        attachment.links.into_iter().for_each(Link::release);
         info!(ifname, "detached");
     }
 
@@ -336,12 +394,14 @@ impl Datapath {
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat, ..Default::default() };
         let (name, result) = match program_kind {
-            TestProgram::Xdp => (XDP_PROGRAM, program::<Xdp>(&mut self.ebpf, XDP_PROGRAM)?.test_run(opts)),
             TestProgram::XdpNode => {
                 (XDP_NODE_PROGRAM, program::<Xdp>(&mut self.ebpf, XDP_NODE_PROGRAM)?.test_run(opts))
             }
+            TestProgram::PodTc => {
+                (TC_POD_PROGRAM, program::<SchedClassifier>(&mut self.ebpf, TC_POD_PROGRAM)?.test_run(opts))
+            }
             TestProgram::TcEgress => {
-                (TC_PROGRAM, program::<SchedClassifier>(&mut self.ebpf, TC_PROGRAM)?.test_run(opts))
+                (TC_EGRESS_PROGRAM, program::<SchedClassifier>(&mut self.ebpf, TC_EGRESS_PROGRAM)?.test_run(opts))
             }
         };
         let result = result.map_err(|source| LoaderError::Program { name, source })?;
@@ -350,15 +410,20 @@ impl Datapath {
     }
 }
 
-/// A new TC egress attachment. Before TCX (6.6) it is a netlink filter on
-/// the clsact qdisc, which cannot be pinned: one a killed agent left is
-/// removed first, or it would stay beside this one.
-fn attach_tc_anew(tc: &mut SchedClassifier, ifname: &str) -> Result<SchedClassifierLinkId, ProgramError> {
+/// A new TC attachment. Before TCX (6.6) it is a netlink filter on the
+/// clsact qdisc, which cannot be pinned: one a killed agent left is removed
+/// first, or it would stay beside this one.
+fn attach_tc_anew(
+    tc: &mut SchedClassifier,
+    ifname: &str,
+    name: &str,
+    attach_type: TcAttachType,
+) -> Result<SchedClassifierLinkId, ProgramError> {
     if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
         let _ = qdisc_add_clsact(ifname);
-        let _ = qdisc_detach_program(ifname, TcAttachType::Egress, TC_PROGRAM);
+        let _ = qdisc_detach_program(ifname, attach_type, name);
     }
-    tc.attach(ifname, TcAttachType::Egress)
+    tc.attach(ifname, attach_type)
 }
 
 /// The link pinned at `pin`, unpinned (this agent holds it until it pins
@@ -366,11 +431,6 @@ fn attach_tc_anew(tc: &mut SchedClassifier, ifname: &str) -> Result<SchedClassif
 fn adopt_link(pin: &Path) -> Option<FdLink> {
     let pinned = PinnedLink::from_pin(pin).ok()?;
     pinned.unpin().ok()
-}
-
-/// Unpins a link and closes it: with nothing else holding it, it detaches.
-fn release(link: PinnedLink) {
-    drop(link.unpin());
 }
 
 fn pin_err(ifname: &str, what: &'static str, path: &Path, reason: String) -> LoaderError {

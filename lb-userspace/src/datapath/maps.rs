@@ -2,7 +2,7 @@
 //! from the pins another process left under the bpf directory.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
@@ -10,8 +10,8 @@ use std::{
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, CtTimeouts, EndpointKey,
-    EndpointMeta, FastPath, Frontend, FrontendKey, IPPROTO_UDP, MAGLEV_ENTRIES_PER_ELEMENT, MaglevElement, Reason,
-    ServiceMeta, SourceRange, ct_stats, map_names,
+    EndpointMeta, FastPath, Frontend, FrontendKey, Hook, IPPROTO_UDP, MAGLEV_ENTRIES_PER_ELEMENT, MaglevElement,
+    Reason, ServiceMeta, SourceRange, ct_stats, map_names,
 };
 
 use crate::reconcile::{MapOp, Programmed};
@@ -40,6 +40,8 @@ pub struct DatapathMaps {
     pub endpoints: HashMap<MapData, EndpointKey, EndpointMeta>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
     pub redirect_ports: HashMap<MapData, u32, u32>,
+    /// ifindex -> first IPv4 address of each node device, for SNAT.
+    pub node_addrs: HashMap<MapData, u32, u32>,
     pub fast_path_counters: PerCpuArray<MapData, u64>,
     pub ct_stats: PerCpuArray<MapData, u64>,
     pub maglev: MaglevMemory,
@@ -137,6 +139,7 @@ impl DatapathMaps {
             endpoints: typed(&mut open, map_names::ENDPOINTS)?,
             source_ranges: typed(&mut open, map_names::SOURCE_RANGES)?,
             redirect_ports: typed(&mut open, map_names::REDIRECT_PORTS)?,
+            node_addrs: typed(&mut open, map_names::NODE_ADDRS)?,
             fast_path_counters: typed(&mut open, map_names::FAST_PATH_COUNTERS)?,
             ct_stats: typed(&mut open, map_names::CT_STATS)?,
             maglev: MaglevMemory::new(open(map_names::MAGLEV)?)?,
@@ -271,10 +274,18 @@ impl DatapathMaps {
         .with_maglev_elements(self.maglev.elements()))
     }
 
-    /// Packets per reason, summed over CPUs: (XDP, TC egress) per reason.
-    pub fn counters(&self) -> Result<Vec<(Reason, u64, u64)>, MapError> {
-        let total = |index: u32| sum_per_cpu(&self.counters, index);
-        Reason::ALL.iter().map(|r| Ok((*r, total(*r as u32)?, total(Reason::COUNT + *r as u32)?))).collect()
+    /// Packets per reason, summed over CPUs, per hook in `Hook::ALL` order.
+    pub fn counters(&self) -> Result<Vec<(Reason, [u64; Hook::COUNT as usize])>, MapError> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let mut per_hook = [0; Hook::COUNT as usize];
+                for (n, hook) in per_hook.iter_mut().zip(Hook::ALL) {
+                    *n = sum_per_cpu(&self.counters, hook as u32 * Reason::COUNT + *r as u32)?;
+                }
+                Ok((*r, per_hook))
+            })
+            .collect()
     }
 
     /// Rewritten packets per way out of XDP, summed over CPUs.
@@ -290,6 +301,23 @@ impl DatapathMaps {
         }
         for new in ifindexes.difference(&present) {
             self.redirect_ports.insert(new, 1, 0)?;
+        }
+        Ok(())
+    }
+}
+
+impl DatapathMaps {
+    /// Makes `addrs` (ifindex -> address, network byte order) exactly the
+    /// node device addresses SNAT uses.
+    pub fn set_node_addresses(&mut self, addrs: &BTreeMap<u32, u32>) -> Result<(), MapError> {
+        let present: BTreeSet<u32> = self.node_addrs.keys().collect::<Result<_, _>>()?;
+        for gone in present.iter().filter(|i| !addrs.contains_key(i)) {
+            self.node_addrs.remove(gone)?;
+        }
+        for (ifindex, addr) in addrs {
+            if self.node_addrs.get(ifindex, 0).ok() != Some(*addr) {
+                self.node_addrs.insert(ifindex, addr, 0)?;
+            }
         }
         Ok(())
     }

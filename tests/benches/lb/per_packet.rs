@@ -81,7 +81,7 @@ fn services(count: u32) -> DesiredState {
 /// frames, and replaced by `floor`, the repeated ARP frame's time.
 fn single(dp: &mut ScratchDatapath, frame: impl Fn(u32) -> Vec<u8>, floor: f64) -> (f64, f64) {
     let arp = arp();
-    let mut once = |frame: &[u8]| dp.datapath.test_run(TestProgram::Xdp, frame, 1).expect("test run").duration;
+    let mut once = |frame: &[u8]| dp.datapath.test_run(TestProgram::PodTc, frame, 1).expect("test run").duration;
     let runs: Vec<f64> = (0..RUNS as u32)
         .map(|run| {
             let (mut total, mut overhead) = (Duration::ZERO, Duration::ZERO);
@@ -124,7 +124,7 @@ pub fn run() -> anyhow::Result<Section> {
         eprintln!("  per_packet: {count} services");
         let mut dp = ScratchDatapath::load();
         dp.program(&services(count), "bench-node");
-        let floor = repeated(&mut dp, TestProgram::Xdp, &arp());
+        let floor = repeated(&mut dp, TestProgram::PodTc, &arp());
         let repeated_arp = floor.0;
         // Flow k: a port and a client address of its own (60 000 ports each).
         let syn = |k: u32| {
@@ -136,15 +136,15 @@ pub fn run() -> anyhow::Result<Section> {
         let ack = PacketBuilder::new(IPPROTO_TCP, CLIENT, 1024, VIP, 80).tcp_flags(0x10).build();
         let established = single(&mut dp, |_| ack.clone(), repeated_arp);
         let udp = PacketBuilder::new(IPPROTO_UDP, CLIENT, 5000, VIP, 53).build();
-        dp.datapath.test_run(TestProgram::Xdp, &udp, 1)?;
+        dp.datapath.test_run(TestProgram::PodTc, &udp, 1)?;
         let udp = single(&mut dp, |_| udp.clone(), repeated_arp);
         // The backend's answer to flow 0, as it arrives from its veth.
-        let first = dp.datapath.test_run(TestProgram::Xdp, &ack, 1)?.frame;
+        let first = dp.datapath.test_run(TestProgram::PodTc, &ack, 1)?.frame;
         let backend: [u8; 4] = first[30..34].try_into()?;
         let reply = PacketBuilder::new(IPPROTO_TCP, backend, 8080, CLIENT, 1024).tcp_flags(0x10).build();
         let reply = single(&mut dp, |_| reply.clone(), repeated_arp);
         let other = PacketBuilder::new(IPPROTO_TCP, CLIENT, 40000, [192, 0, 2, 1], 443).build();
-        let other = repeated(&mut dp, TestProgram::Xdp, &other);
+        let other = repeated(&mut dp, TestProgram::PodTc, &other);
         let cell = |(median, spread): (f64, f64)| format!("{median:.0} ns (±{spread:.0})");
         markdown.push_str(&format!(
             "| {count} | {new_flow:.0} ns | {} | {} | {} | {} | {repeated_arp:.0} ns |\n",

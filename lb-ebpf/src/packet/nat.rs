@@ -1,7 +1,7 @@
 //! Address/port rewrites with incremental checksum updates, done in software
 //! on the packet bytes (the XDP way; the TC hook uses the kernel's helpers).
 
-use crate::{
+use super::{
     checksum,
     parse::{IP_CHECK, IP_DADDR, IP_OFFSET, IP_SADDR, L4_DPORT, L4_OFFSET, L4_SPORT, Packet},
 };
@@ -66,8 +66,8 @@ pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: u32, port: u16) {
 mod tests {
     use super::*;
     use crate::{
+        packet::parse::{Frame, parse},
         packet_builder::{PacketBuilder, checksum_errors},
-        parse::{Frame, parse},
     };
     use lb_common::IPPROTO_TCP;
 

@@ -9,7 +9,11 @@
 
 use core::mem::size_of;
 
-use crate::parse::{IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN};
+use crate::packet::{
+    checksum,
+    parse::{IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN},
+    tcp,
+};
 use lb_common::IPPROTO_TCP;
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
@@ -18,14 +22,6 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_ECHO_REQUEST: u8 = 8;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-/// TCP header offsets.
-const TCP_SEQ: usize = 4;
-const TCP_ACK_SEQ: usize = 8;
-const TCP_FLAGS: usize = 13;
 const REPLY_TTL: u8 = 64;
 
 /// A reset is the Ethernet, IPv4 and TCP headers, nothing more.
@@ -35,6 +31,9 @@ pub const RST_FRAME_LEN: usize = L4_OFFSET + TCP_HEADER_LEN;
 pub const ICMP_ERROR_GROWTH: usize = size_of::<Ipv4Hdr>() + size_of::<Icmpv4Hdr>();
 /// ...and quotes that header plus the first 8 bytes after it (RFC 792).
 pub const ICMP_ERROR_FRAME_LEN: usize = L4_OFFSET + ICMP_ERROR_GROWTH + 8;
+
+/// An echo request's headers: Ethernet, IPv4 and ICMP.
+pub const ECHO_HEADERS_LEN: usize = L4_OFFSET + size_of::<Icmpv4Hdr>();
 
 /// The reset answering a TCP segment, or `None` for a reset (never answered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,21 +54,33 @@ pub unsafe fn reset_for(pkt: &Packet, tot_len: u16) -> Option<Reset> {
     // SAFETY: offsets inside the TCP header `parse` checked.
     let (flags, seq, ack_seq, doff): (u8, u32, u32, u8) = unsafe {
         (
-            pkt.read(L4_OFFSET + TCP_FLAGS),
-            u32::from_be(pkt.read(L4_OFFSET + TCP_SEQ)),
-            u32::from_be(pkt.read(L4_OFFSET + TCP_ACK_SEQ)),
+            pkt.read(L4_OFFSET + tcp::FLAGS),
+            u32::from_be(pkt.read(L4_OFFSET + tcp::SEQ)),
+            u32::from_be(pkt.read(L4_OFFSET + tcp::ACK_SEQ)),
             pkt.read::<u8>(L4_OFFSET + 12) >> 4,
         )
     };
-    if flags & TCP_RST != 0 {
+    if flags & tcp::RST != 0 {
         return None;
     }
-    if flags & TCP_ACK != 0 {
-        return Some(Reset { seq: ack_seq, ack_seq: 0, flags: TCP_RST });
+    if flags & tcp::ACK != 0 {
+        return Some(Reset { seq: ack_seq, ack_seq: 0, flags: tcp::RST });
     }
     let payload = u32::from(tot_len).saturating_sub(20 + u32::from(doff) * 4);
-    let len = payload + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
-    Some(Reset { seq: 0, ack_seq: seq.wrapping_add(len), flags: TCP_RST | TCP_ACK })
+    let len = payload + u32::from(flags & tcp::SYN != 0) + u32::from(flags & tcp::FIN != 0);
+    Some(Reset { seq: 0, ack_seq: seq.wrapping_add(len), flags: tcp::RST | tcp::ACK })
+}
+
+/// How the L4 checksum of an answer is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Checksum {
+    /// The whole checksum: a frame from a wire (XDP), or a socket buffer
+    /// whose checksum is complete.
+    Full,
+    /// Only the pseudo-header sum: a socket buffer whose checksum the
+    /// kernel or the NIC completes later (CHECKSUM_PARTIAL) over the L4
+    /// bytes and this seed.
+    Deferred,
 }
 
 /// Rewrites the first `RST_FRAME_LEN` bytes of the frame into `reset`, sent
@@ -78,21 +89,25 @@ pub unsafe fn reset_for(pkt: &Packet, tot_len: u16) -> Option<Reset> {
 /// # Safety
 /// As for [`reset_for`], on a writable frame.
 #[inline(always)]
-pub unsafe fn write_reset(pkt: &Packet, reset: Reset) {
+pub unsafe fn write_reset(pkt: &Packet, reset: Reset, l4_checksum: L4Checksum) {
     // SAFETY: every write is inside the 54 bytes `parse` checked.
     unsafe {
         let ports: u32 = pkt.read(L4_OFFSET);
         pkt.write(L4_OFFSET, ports.rotate_left(16));
-        pkt.write(L4_OFFSET + TCP_SEQ, reset.seq.to_be());
-        pkt.write(L4_OFFSET + TCP_ACK_SEQ, reset.ack_seq.to_be());
+        pkt.write(L4_OFFSET + tcp::SEQ, reset.seq.to_be());
+        pkt.write(L4_OFFSET + tcp::ACK_SEQ, reset.ack_seq.to_be());
         pkt.write(L4_OFFSET + 12, 0x50u8); // 20-byte header, no options
-        pkt.write(L4_OFFSET + TCP_FLAGS, reset.flags);
+        pkt.write(L4_OFFSET + tcp::FLAGS, reset.flags);
         pkt.write(L4_OFFSET + 14, 0u32); // window, checksum
         pkt.write(L4_OFFSET + 18, 0u16); // urgent pointer
         swap_ip_addrs(pkt.data);
         let (saddr, daddr) = fill_ip_header(pkt.data, IPPROTO_TCP, TCP_HEADER_LEN as u16);
-        let check = l4_checksum(pkt.data + L4_OFFSET, TCP_HEADER_LEN, saddr, daddr, IPPROTO_TCP);
-        pkt.write(L4_OFFSET + 16, check);
+        let pseudo = pseudo_header_sum(TCP_HEADER_LEN, saddr, daddr, IPPROTO_TCP);
+        let check = match l4_checksum {
+            L4Checksum::Full => checksum(pkt.data + L4_OFFSET, TCP_HEADER_LEN, pseudo),
+            L4Checksum::Deferred => !checksum(pkt.data, 0, pseudo),
+        };
+        pkt.write(L4_OFFSET + tcp::CHECK, check);
     }
 }
 
@@ -130,7 +145,7 @@ pub unsafe fn write_port_unreachable(data: usize) {
 /// what a ping asks about.
 #[inline(always)]
 pub fn echo_request_to(data: usize, data_end: usize) -> Option<u32> {
-    if data + L4_OFFSET + size_of::<Icmpv4Hdr>() > data_end {
+    if data + ECHO_HEADERS_LEN > data_end {
         return None;
     }
     // SAFETY: bounds checked above.
@@ -156,7 +171,7 @@ pub fn echo_request_to(data: usize, data_end: usize) -> Option<u32> {
 pub unsafe fn write_echo_reply(data: usize, data_end: usize) -> bool {
     // The bounds are checked again here: the verifier has forgotten them
     // across the map lookup between `echo_request_to` and this call.
-    if data + L4_OFFSET + size_of::<Icmpv4Hdr>() > data_end {
+    if data + ECHO_HEADERS_LEN > data_end {
         return false;
     }
     // SAFETY: offsets inside the headers just checked.
@@ -166,13 +181,13 @@ pub unsafe fn write_echo_reply(data: usize, data_end: usize) -> bool {
         write(data + IP_OFFSET + 8, REPLY_TTL);
         let new_ttl_proto: u16 = read(data + IP_OFFSET + 8);
         let ip_check: u16 = read(data + IP_OFFSET + 10);
-        write(data + IP_OFFSET + 10, crate::checksum::update(ip_check, 0, 0, old_ttl_proto, new_ttl_proto));
+        write(data + IP_OFFSET + 10, checksum::update(ip_check, 0, 0, old_ttl_proto, new_ttl_proto));
         // Type 8 -> 0: the rest of the message is echoed unchanged.
         let old_type_code: u16 = read(data + L4_OFFSET);
         write(data + L4_OFFSET, ICMP_ECHO_REPLY);
         let new_type_code: u16 = read(data + L4_OFFSET);
         let icmp_check: u16 = read(data + L4_OFFSET + 2);
-        write(data + L4_OFFSET + 2, crate::checksum::update(icmp_check, 0, 0, old_type_code, new_type_code));
+        write(data + L4_OFFSET + 2, checksum::update(icmp_check, 0, 0, old_type_code, new_type_code));
     }
     true
 }
@@ -229,24 +244,26 @@ unsafe fn checksum(at: usize, len: usize, initial: u32) -> u16 {
     !(sum as u16)
 }
 
+/// The unfolded sum of the IPv4 pseudo-header of an L4 segment of `len` bytes.
 #[inline(always)]
-unsafe fn l4_checksum(at: usize, len: usize, saddr: u32, daddr: u32, proto: u8) -> u16 {
-    let pseudo = (saddr & 0xffff)
+fn pseudo_header_sum(len: usize, saddr: u32, daddr: u32, proto: u8) -> u32 {
+    (saddr & 0xffff)
         + (saddr >> 16)
         + (daddr & 0xffff)
         + (daddr >> 16)
         + u32::from(u16::from_ne_bytes([0, proto]))
-        + u32::from((len as u16).to_be());
-    unsafe { checksum(at, len, pseudo) }
+        + u32::from((len as u16).to_be())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        checksum::compute,
+        packet::{
+            checksum::compute,
+            parse::{Frame, parse},
+        },
         packet_builder::{PacketBuilder, checksum_errors},
-        parse::{Frame, parse},
     };
     use lb_common::IPPROTO_UDP;
 
@@ -258,7 +275,7 @@ mod tests {
         let pkt = parse(data, data + frame.len(), Frame::Linear).unwrap();
         let tot_len = u16::from_be_bytes([frame[16], frame[17]]);
         let reset = unsafe { reset_for(&pkt, tot_len) }?;
-        unsafe { write_reset(&pkt, reset) };
+        unsafe { write_reset(&pkt, reset, L4Checksum::Full) };
         frame.truncate(RST_FRAME_LEN);
         Some(frame)
     }
@@ -269,32 +286,51 @@ mod tests {
 
     #[test]
     fn a_syn_is_answered_by_a_reset_from_the_address_it_asked() {
-        let syn = PacketBuilder::new(IPPROTO_TCP, CLIENT, 40000, VIP, 80).tcp_flags(TCP_SYN).payload(b"");
+        let syn = PacketBuilder::new(IPPROTO_TCP, CLIENT, 40000, VIP, 80).tcp_flags(tcp::SYN).payload(b"");
         let rst = reset_of(syn.build()).unwrap();
         assert_eq!(checksum_errors(&rst), None);
         assert_eq!((&rst[26..30], &rst[30..34]), (&VIP[..], &CLIENT[..]));
         assert_eq!(u16::from_be_bytes([rst[34], rst[35]]), 80);
         assert_eq!(u16::from_be_bytes([rst[36], rst[37]]), 40000);
-        assert_eq!(rst[L4_OFFSET + TCP_FLAGS], TCP_RST | TCP_ACK);
+        assert_eq!(rst[L4_OFFSET + tcp::FLAGS], tcp::RST | tcp::ACK);
         // The builder's sequence number is 1: a SYN occupies one.
         assert_eq!((be32(&rst[38..42]), be32(&rst[42..46])), (0, 2));
         assert_eq!(u16::from_be_bytes([rst[16], rst[17]]), 40);
         assert_eq!(&rst[0..14], &syn.build()[0..14], "the ethernet header stays for the kernel to route");
     }
 
+    /// A socket buffer with CHECKSUM_PARTIAL is completed later by summing
+    /// its L4 bytes, the field included: the seed must make that the full sum.
+    #[test]
+    fn a_deferred_reset_checksum_completes_to_the_full_one() {
+        let syn = PacketBuilder::new(IPPROTO_TCP, CLIENT, 40000, VIP, 80).tcp_flags(tcp::SYN).build();
+        let full = reset_of(syn.clone()).unwrap();
+        let mut deferred = syn;
+        let data = deferred.as_mut_ptr() as usize;
+        let pkt = parse(data, data + deferred.len(), Frame::Linear).unwrap();
+        let tot_len = u16::from_be_bytes([deferred[16], deferred[17]]);
+        let reset = unsafe { reset_for(&pkt, tot_len) }.unwrap();
+        unsafe { write_reset(&pkt, reset, L4Checksum::Deferred) };
+        let check = L4_OFFSET + tcp::CHECK;
+        assert_ne!(deferred[check..check + 2], full[check..check + 2]);
+        let completed = compute(&deferred[L4_OFFSET..RST_FRAME_LEN], 0);
+        deferred[check..check + 2].copy_from_slice(&completed.to_ne_bytes());
+        assert_eq!(deferred[..RST_FRAME_LEN], full[..]);
+    }
+
     #[test]
     fn a_segment_with_ack_gets_a_reset_at_the_acknowledged_sequence() {
-        let mut seg = PacketBuilder::new(IPPROTO_TCP, CLIENT, 40000, VIP, 80).tcp_flags(TCP_ACK).build();
-        seg[L4_OFFSET + TCP_ACK_SEQ..L4_OFFSET + TCP_ACK_SEQ + 4].copy_from_slice(&777u32.to_be_bytes());
+        let mut seg = PacketBuilder::new(IPPROTO_TCP, CLIENT, 40000, VIP, 80).tcp_flags(tcp::ACK).build();
+        seg[L4_OFFSET + tcp::ACK_SEQ..L4_OFFSET + tcp::ACK_SEQ + 4].copy_from_slice(&777u32.to_be_bytes());
         let rst = reset_of(seg).unwrap();
-        assert_eq!(rst[L4_OFFSET + TCP_FLAGS], TCP_RST);
+        assert_eq!(rst[L4_OFFSET + tcp::FLAGS], tcp::RST);
         assert_eq!(be32(&rst[38..42]), 777);
         assert_eq!(checksum_errors(&rst), None);
     }
 
     #[test]
     fn a_reset_is_never_answered() {
-        assert_eq!(reset_of(PacketBuilder::new(IPPROTO_TCP, CLIENT, 1, VIP, 80).tcp_flags(TCP_RST).build()), None);
+        assert_eq!(reset_of(PacketBuilder::new(IPPROTO_TCP, CLIENT, 1, VIP, 80).tcp_flags(tcp::RST).build()), None);
     }
 
     #[test]

@@ -6,20 +6,16 @@
 //! Each entry follows the TCP state of its own direction's packets (SYN,
 //! established, closing), which decides its idle timeout (`CtTimeouts`).
 
+use crate::packet::tcp::{ACK, FIN, RST, SYN};
 use lb_common::{
     Backend, CT_FLAG_REWRITE_OTHER, CT_FORWARD, CT_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN,
     CtEntry, CtKey, IPPROTO_TCP,
 };
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
 /// A TCP segment that opens a connection (SYN without ACK).
 #[inline(always)]
 pub fn is_opening(proto: u8, tcp_flags: u8) -> bool {
-    proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    proto == IPPROTO_TCP && tcp_flags & (SYN | ACK) == SYN
 }
 
 /// The state of a new flow's entries, from its first packet: a flow that
@@ -35,9 +31,9 @@ pub fn initial_state(proto: u8, tcp_flags: u8) -> u8 {
 pub fn next_state(proto: u8, state: u8, tcp_flags: u8) -> u8 {
     if proto != IPPROTO_TCP {
         CT_STATE_ESTABLISHED
-    } else if tcp_flags & (TCP_FIN | TCP_RST) != 0 || state == CT_STATE_CLOSING {
+    } else if tcp_flags & (FIN | RST) != 0 || state == CT_STATE_CLOSING {
         CT_STATE_CLOSING
-    } else if tcp_flags & TCP_ACK != 0 {
+    } else if tcp_flags & ACK != 0 {
         CT_STATE_ESTABLISHED
     } else {
         state
@@ -145,15 +141,15 @@ mod tests {
     #[test]
     fn tcp_entries_follow_their_direction_through_handshake_and_close() {
         const T: u8 = IPPROTO_TCP;
-        assert_eq!(initial_state(T, TCP_SYN), CT_STATE_SYN);
-        assert_eq!(initial_state(T, TCP_ACK), CT_STATE_ESTABLISHED, "a flow picked up mid-connection");
-        assert_eq!(initial_state(T, TCP_ACK | TCP_FIN), CT_STATE_CLOSING);
-        assert_eq!(next_state(T, CT_STATE_SYN, TCP_SYN), CT_STATE_SYN, "a retransmitted SYN");
-        assert_eq!(next_state(T, CT_STATE_SYN, TCP_SYN | TCP_ACK), CT_STATE_ESTABLISHED, "the SYN-ACK");
-        assert_eq!(next_state(T, CT_STATE_ESTABLISHED, TCP_ACK | TCP_FIN), CT_STATE_CLOSING);
-        assert_eq!(next_state(T, CT_STATE_ESTABLISHED, TCP_RST), CT_STATE_CLOSING);
-        assert_eq!(next_state(T, CT_STATE_CLOSING, TCP_ACK), CT_STATE_CLOSING, "the last ACK");
+        assert_eq!(initial_state(T, SYN), CT_STATE_SYN);
+        assert_eq!(initial_state(T, ACK), CT_STATE_ESTABLISHED, "a flow picked up mid-connection");
+        assert_eq!(initial_state(T, ACK | FIN), CT_STATE_CLOSING);
+        assert_eq!(next_state(T, CT_STATE_SYN, SYN), CT_STATE_SYN, "a retransmitted SYN");
+        assert_eq!(next_state(T, CT_STATE_SYN, SYN | ACK), CT_STATE_ESTABLISHED, "the SYN-ACK");
+        assert_eq!(next_state(T, CT_STATE_ESTABLISHED, ACK | FIN), CT_STATE_CLOSING);
+        assert_eq!(next_state(T, CT_STATE_ESTABLISHED, RST), CT_STATE_CLOSING);
+        assert_eq!(next_state(T, CT_STATE_CLOSING, ACK), CT_STATE_CLOSING, "the last ACK");
         assert_eq!(next_state(17, CT_STATE_SYN, 0), CT_STATE_ESTABLISHED, "UDP");
-        assert!(is_opening(T, TCP_SYN) && !is_opening(T, TCP_SYN | TCP_ACK) && !is_opening(17, TCP_SYN));
+        assert!(is_opening(T, SYN) && !is_opening(T, SYN | ACK) && !is_opening(17, SYN));
     }
 }

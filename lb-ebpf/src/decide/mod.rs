@@ -3,14 +3,16 @@
 //! frontend, then backend selection and the two conntrack entries.
 //! Map access goes through [`Tables`] so that the decision has host tests.
 
-use crate::{
-    conntrack::{self, Translation},
-    nat::Side,
-};
+mod conntrack;
+mod select;
+
+pub use conntrack::Translation;
+
+use crate::packet::nat::Side;
 use lb_common::{
     AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS, CT_REPLY,
     CT_STATE_SYN, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
-    FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Hook, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 /// A conntrack entry could not be written.
@@ -39,18 +41,9 @@ pub trait Tables {
     fn maglev_slot(&self, index: u32) -> Option<u16>;
     fn random(&self) -> u32;
     fn now_ns(&self) -> u64;
-}
-
-/// Where the program runs, which decides what it may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    /// Ingress of pod veths: new flows to any frontend, both directions.
-    Xdp,
-    /// Ingress of the node's devices: new flows only to frontends open to
-    /// the outside (node ports, external IPs), both directions.
-    XdpNode,
-    /// Egress: reverse translation only, for replies that bypassed XDP.
-    TcEgress,
+    /// This node's address on the way to `daddr` (the address of the device
+    /// the route leaves by, else of the device the packet came in on).
+    fn node_address_toward(&self, daddr: u32) -> Option<u32>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,7 +160,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
     let Some(frontend) = tables.frontend(&frontend_key) else {
         return Verdict::Pass(Reason::PassNoService);
     };
-    if hook == Hook::XdpNode && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
+    if hook == Hook::NodeXdp && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
         return Verdict::Pass(Reason::PassInternalOnly);
     }
     if frontend.flags & FRONTEND_FLAG_SOURCE_RANGES != 0 && !tables.source_allowed(frontend.svc_id, flow.saddr) {
@@ -185,7 +178,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
     let now = tables.now_ns();
     // Picks the Maglev entry and the first SNAT port.
     let hash = lb_common::hash::flow(flow);
-    let Some((backend_id, backend)) = select_backend(flow, hash, &frontend, tables, now) else {
+    let Some((backend_id, backend)) = select::backend(flow, hash, &frontend, tables, now) else {
         return Verdict::Drop(Reason::DropBackendMissing);
     };
     if frontend.affinity_timeout_s != 0 {
@@ -193,17 +186,27 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
         tables.affinity_insert(&key, &AffinityEntry { backend_id, _pad: 0, last_used_ns: now });
     }
     // An external client whose backend is on another node must be replaced
-    // by this node, or the backend would answer it directly.
-    let snat = hook == Hook::XdpNode
+    // by this node, or the backend would answer it directly. The source is
+    // this node's own address towards the backend, whatever the frontend
+    // (a load-balancer IP is no address the backend's answer could reach).
+    let snat_source = if hook == Hook::NodeXdp
         && backend.flags & BACKEND_FLAG_REMOTE != 0
-        && frontend.flags & FRONTEND_FLAG_NODE_LOCAL == 0;
+        && frontend.flags & FRONTEND_FLAG_NODE_LOCAL == 0
+    {
+        match tables.node_address_toward(backend.addr) {
+            Some(addr) => Some(addr),
+            None => return Verdict::Drop(Reason::DropNoNodeAddress),
+        }
+    } else {
+        None
+    };
     let hairpin = conntrack::is_hairpin(flow, &backend);
     let mut t = Translation { backend, source: hairpin.then_some((flow.daddr, flow.sport)) };
     let state = conntrack::initial_state(flow.proto, tcp_flags);
     // The reply entry goes in first: a forward entry without its reply
     // entry would deliver packets whose answers the client cannot match.
     let mut reply_written = Err(InsertFailed);
-    if snat {
+    if let Some(node_addr) = snat_source {
         // A free source port: the reply entry is written only if no other
         // flow of this backend uses the port yet.
         // The first try is the flow's own port (its hash), so that a flow
@@ -212,7 +215,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
         for _ in 0..SNAT_ATTEMPTS {
             let port = SNAT_PORT_MIN + (pick % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16;
             pick = tables.random();
-            t.source = Some((flow.daddr, port.to_be()));
+            t.source = Some((node_addr, port.to_be()));
             let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, state, now);
             reply_written = tables.conntrack_insert_new(&conntrack::reply_key(flow, &t), &entry);
             if reply_written.is_ok() {
@@ -243,42 +246,10 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
 /// How many random SNAT ports a new flow tries before it is dropped.
 const SNAT_ATTEMPTS: u32 = 4;
 
-/// The client's affinity backend while it is fresh, else the slot the
-/// frontend's Maglev table gives the flow, else a random slot.
-/// The agent removes affinity entries whose backend left the service, so an
-/// entry that names an existing backend is still valid.
-#[inline(always)]
-fn select_backend<T: Tables>(
-    flow: &CtKey,
-    hash: u64,
-    frontend: &Frontend,
-    tables: &T,
-    now: u64,
-) -> Option<(u32, Backend)> {
-    if frontend.affinity_timeout_s != 0 {
-        let key = AffinityKey { client: flow.saddr, svc_id: frontend.svc_id };
-        let timeout_ns = u64::from(frontend.affinity_timeout_s) * 1_000_000_000;
-        if let Some(entry) = tables.affinity(&key)
-            && now.wrapping_sub(entry.last_used_ns) < timeout_ns
-            && let Some(backend) = tables.backend(entry.backend_id)
-        {
-            return Some((entry.backend_id, backend));
-        }
-    }
-    let slot = if frontend.maglev_size != 0 {
-        let index = frontend.maglev_offset.wrapping_add((hash % u64::from(frontend.maglev_size)) as u32);
-        u32::from(tables.maglev_slot(index)?)
-    } else {
-        tables.random() % u32::from(frontend.backend_count)
-    };
-    let id = tables.backend_slot(&BackendSlotKey { svc_id: frontend.svc_id, slot })?;
-    Some((id, tables.backend(id)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::{TCP_ACK, TCP_FIN, TCP_SYN};
+    use crate::packet::tcp::{ACK as TCP_ACK, FIN as TCP_FIN, SYN as TCP_SYN};
     use lb_common::{CT_STATE_ESTABLISHED, CT_STATE_SYN, IPPROTO_TCP, IPPROTO_UDP};
     use std::{
         cell::{Cell, RefCell},
@@ -298,6 +269,8 @@ mod tests {
         maglev: Vec<u16>,
         random: Cell<u32>,
         created: Cell<u64>,
+        /// This node's address towards any backend.
+        node_addr: Option<u32>,
     }
 
     impl Tables for FakeTables {
@@ -355,10 +328,14 @@ mod tests {
         fn now_ns(&self) -> u64 {
             self.now.get()
         }
+        fn node_address_toward(&self, _daddr: u32) -> Option<u32> {
+            self.node_addr
+        }
     }
 
     const VIP: u32 = 0x0a60_000a;
     const CLIENT: u32 = 0x0af4_0003;
+    const NODE: u32 = 0xc633_6401;
 
     fn flow(saddr: u32, daddr: u32, sport: u16, dport: u16) -> CtKey {
         CtKey { saddr, daddr, sport, dport, proto: IPPROTO_TCP, _pad: [0; 3] }
@@ -383,7 +360,7 @@ mod tests {
         let t = service(3);
         t.random.set(7); // 7 % 3 = slot 1
         let f = flow(CLIENT, VIP, 40000, 80);
-        let v = decide(&f, TCP_ACK, &t, Hook::Xdp);
+        let v = decide(&f, TCP_ACK, &t, Hook::PodTc);
         let backend = Backend { addr: 0x0af4_000b, port: 8080, flags: 0 };
         assert_eq!(
             v,
@@ -405,18 +382,18 @@ mod tests {
     fn established_flows_stay_on_their_backend_and_replies_come_from_the_vip() {
         let t = service(3);
         let f = flow(CLIENT, VIP, 40000, 80);
-        let Verdict::Rewrite { addr, .. } = decide(&f, TCP_ACK, &t, Hook::Xdp) else { panic!() };
+        let Verdict::Rewrite { addr, .. } = decide(&f, TCP_ACK, &t, Hook::PodTc) else { panic!() };
         for r in 0..10 {
             t.random.set(r);
             assert_eq!(
-                decide(&f, TCP_ACK, &t, Hook::Xdp),
+                decide(&f, TCP_ACK, &t, Hook::PodTc),
                 Verdict::Rewrite { reason: Reason::ForwardEstablished, side: Side::Dst, addr, port: 8080, other: None }
             );
         }
         let reply = flow(addr, CLIENT, 8080, 40000);
         let want =
             Verdict::Rewrite { reason: Reason::ReplyReverseNat, side: Side::Src, addr: VIP, port: 80, other: None };
-        assert_eq!(decide(&reply, TCP_ACK, &t, Hook::Xdp), want);
+        assert_eq!(decide(&reply, TCP_ACK, &t, Hook::PodTc), want);
         assert_eq!(decide(&reply, TCP_ACK, &t, Hook::TcEgress), want);
     }
 
@@ -434,13 +411,13 @@ mod tests {
         let s = 1_000_000_000;
         t.now.set(100 * s);
         t.random.set(1);
-        let first = backend_of(decide(&flow(CLIENT, VIP, 1000, 80), TCP_ACK, &t, Hook::Xdp));
+        let first = backend_of(decide(&flow(CLIENT, VIP, 1000, 80), TCP_ACK, &t, Hook::PodTc));
         // New connections (new source ports) within the timeout stay, and
         // each one renews the affinity.
         for (i, port) in (1001..1010).enumerate() {
             t.random.set(i as u32 + 2);
             t.now.set((100 + 9 * (i as u64 + 1)) * s);
-            assert_eq!(backend_of(decide(&flow(CLIENT, VIP, port, 80), TCP_ACK, &t, Hook::Xdp)), first);
+            assert_eq!(backend_of(decide(&flow(CLIENT, VIP, port, 80), TCP_ACK, &t, Hook::PodTc)), first);
         }
         // Idle for longer than the timeout: a fresh random choice.
         t.now.set(t.now.get() + 11 * s);
@@ -448,7 +425,7 @@ mod tests {
             .map(|r| {
                 t.random.set(r);
                 t.affinity.borrow_mut().clear();
-                backend_of(decide(&flow(CLIENT, VIP, 2000 + r as u16, 80), TCP_ACK, &t, Hook::Xdp))
+                backend_of(decide(&flow(CLIENT, VIP, 2000 + r as u16, 80), TCP_ACK, &t, Hook::PodTc))
             })
             .collect();
         assert_eq!(chosen.len(), 3);
@@ -456,9 +433,9 @@ mod tests {
         t.affinity.borrow_mut().clear();
         t.now.set(500 * s);
         t.random.set(0);
-        let a = backend_of(decide(&flow(CLIENT, VIP, 3000, 80), TCP_ACK, &t, Hook::Xdp));
+        let a = backend_of(decide(&flow(CLIENT, VIP, 3000, 80), TCP_ACK, &t, Hook::PodTc));
         t.random.set(1);
-        let b = backend_of(decide(&flow(CLIENT + 1, VIP, 3000, 80), TCP_ACK, &t, Hook::Xdp));
+        let b = backend_of(decide(&flow(CLIENT + 1, VIP, 3000, 80), TCP_ACK, &t, Hook::PodTc));
         assert_ne!(a, b);
     }
 
@@ -470,7 +447,7 @@ mod tests {
             AffinityKey { client: CLIENT, svc_id: 1 },
             AffinityEntry { backend_id: 999, _pad: 0, last_used_ns: 0 },
         );
-        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &t, Hook::Xdp), Verdict::Rewrite { .. }));
+        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &t, Hook::PodTc), Verdict::Rewrite { .. }));
         assert_ne!(t.affinity.borrow()[&AffinityKey { client: CLIENT, svc_id: 1 }].backend_id, 999);
     }
 
@@ -486,7 +463,7 @@ mod tests {
             port: 8080,
             other: Some((VIP, 40000)),
         };
-        assert_eq!(decide(&f, TCP_ACK, &t, Hook::Xdp), hairpin_forward);
+        assert_eq!(decide(&f, TCP_ACK, &t, Hook::PodTc), hairpin_forward);
         // The backend answers the frontend address; the reply goes back to me from the VIP.
         let reply = flow(me, VIP, 8080, 40000);
         let hairpin_reply = Verdict::Rewrite {
@@ -496,7 +473,7 @@ mod tests {
             port: 80,
             other: Some((me, 40000)),
         };
-        assert_eq!(decide(&reply, TCP_ACK, &t, Hook::Xdp), hairpin_reply);
+        assert_eq!(decide(&reply, TCP_ACK, &t, Hook::PodTc), hairpin_reply);
         assert_eq!(decide(&reply, TCP_ACK, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
     }
 
@@ -504,14 +481,14 @@ mod tests {
     fn from_a_node_device_only_external_frontends_are_reachable() {
         let mut t = service(1);
         let f = flow(CLIENT, VIP, 40000, 80);
-        assert_eq!(decide(&f, TCP_ACK, &t, Hook::XdpNode), Verdict::Pass(Reason::PassInternalOnly));
+        assert_eq!(decide(&f, TCP_ACK, &t, Hook::NodeXdp), Verdict::Pass(Reason::PassInternalOnly));
         t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_EXTERNAL);
         assert!(matches!(
-            decide(&f, TCP_ACK, &t, Hook::XdpNode),
+            decide(&f, TCP_ACK, &t, Hook::NodeXdp),
             Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }
         ));
         assert!(matches!(
-            decide(&f, TCP_ACK, &t, Hook::XdpNode),
+            decide(&f, TCP_ACK, &t, Hook::NodeXdp),
             Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }
         ));
     }
@@ -521,9 +498,9 @@ mod tests {
         let mut t = service(1);
         t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_SOURCE_RANGES);
         t.allowed_clients.push(CLIENT);
-        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &t, Hook::Xdp), Verdict::Rewrite { .. }));
+        assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &t, Hook::PodTc), Verdict::Rewrite { .. }));
         assert_eq!(
-            decide(&flow(CLIENT + 1, VIP, 1, 80), TCP_ACK, &t, Hook::Xdp),
+            decide(&flow(CLIENT + 1, VIP, 1, 80), TCP_ACK, &t, Hook::PodTc),
             Verdict::Drop(Reason::DropSourceRange)
         );
     }
@@ -534,45 +511,52 @@ mod tests {
         t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_EXTERNAL);
         t.backends.values_mut().for_each(|b| b.flags = BACKEND_FLAG_REMOTE);
         t.random.set(5);
-        let node = VIP; // the frontend address the client asked: a node address
-        let f = flow(CLIENT, node, 40000, 80);
-        let Verdict::Rewrite { other: Some((src, port)), .. } = decide(&f, TCP_ACK, &t, Hook::XdpNode) else {
+        t.node_addr = Some(NODE);
+        // The frontend the client asked is a load-balancer IP, not a node address.
+        let f = flow(CLIENT, VIP, 40000, 80);
+        let Verdict::Rewrite { other: Some((src, port)), .. } = decide(&f, TCP_ACK, &t, Hook::NodeXdp) else {
             panic!()
         };
-        assert_eq!(src, node);
+        assert_eq!(src, NODE, "the backend must see this node's address");
         assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(port)));
         // The backend's reply to (node, port) goes back to the client from the frontend.
         let backend = t.backends[&100];
-        let reply = flow(backend.addr, node, backend.port, port);
+        let reply = flow(backend.addr, NODE, backend.port, port);
         assert_eq!(
-            decide(&reply, TCP_ACK, &t, Hook::XdpNode),
+            decide(&reply, TCP_ACK, &t, Hook::NodeXdp),
             Verdict::Rewrite {
                 reason: Reason::ReplyReverseNat,
                 side: Side::Src,
-                addr: node,
+                addr: VIP,
                 port: 80,
                 other: Some((CLIENT, 40000))
             }
         );
         // Another flow to the same backend whose own port and random port
         // are both taken is dropped, not mixed up.
-        let other_client = flow(CLIENT + 1, node, 40000, 80);
+        let other_client = flow(CLIENT + 1, VIP, 40000, 80);
         let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1);
         let f2 = other_client;
         let own = SNAT_PORT_MIN + (lb_common::hash::flow(&f2) as u32 % range) as u16;
         for taken in [own, SNAT_PORT_MIN + 5] {
-            let key = flow(backend.addr, node, backend.port, taken.to_be());
+            let key = flow(backend.addr, NODE, backend.port, taken.to_be());
             t.conntrack.borrow_mut().insert(key, CtEntry::default());
         }
-        assert_eq!(decide(&other_client, TCP_ACK, &t, Hook::XdpNode), Verdict::Drop(Reason::DropSnatExhausted));
+        assert_eq!(decide(&other_client, TCP_ACK, &t, Hook::NodeXdp), Verdict::Drop(Reason::DropSnatExhausted));
         // From a pod veth, or under a Local policy, there is no SNAT.
         assert!(matches!(
-            decide(&flow(CLIENT, node, 40001, 80), TCP_ACK, &t, Hook::Xdp),
+            decide(&flow(CLIENT, VIP, 40001, 80), TCP_ACK, &t, Hook::PodTc),
             Verdict::Rewrite { other: None, .. }
         ));
+        // Without an address towards the backend the flow is dropped, counted.
+        t.node_addr = None;
+        assert_eq!(
+            decide(&flow(CLIENT, VIP, 40003, 80), TCP_SYN, &t, Hook::NodeXdp),
+            Verdict::Drop(Reason::DropNoNodeAddress)
+        );
         t.frontends.values_mut().for_each(|fe| fe.flags |= FRONTEND_FLAG_NODE_LOCAL);
         assert!(matches!(
-            decide(&flow(CLIENT, node, 40002, 80), TCP_ACK, &t, Hook::XdpNode),
+            decide(&flow(CLIENT, VIP, 40002, 80), TCP_ACK, &t, Hook::NodeXdp),
             Verdict::Rewrite { other: None, .. }
         ));
     }
@@ -582,40 +566,40 @@ mod tests {
         let t = service(3);
         let f = flow(CLIENT, VIP, 40000, 80);
         assert_eq!(decide(&f, TCP_ACK, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
-        decide(&f, TCP_ACK, &t, Hook::Xdp);
+        decide(&f, TCP_ACK, &t, Hook::PodTc);
         assert_eq!(decide(&f, TCP_ACK, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
     }
 
     #[test]
     fn misses_and_failures_are_counted_by_reason() {
         let t = service(3);
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 81), TCP_ACK, &t, Hook::Xdp), Verdict::Pass(Reason::PassNoService));
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &service(0), Hook::Xdp), Verdict::Reject);
+        assert_eq!(decide(&flow(CLIENT, VIP, 1, 81), TCP_ACK, &t, Hook::PodTc), Verdict::Pass(Reason::PassNoService));
+        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &service(0), Hook::PodTc), Verdict::Reject);
         let mut local_without_endpoints = service(0);
         local_without_endpoints.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_NODE_LOCAL);
         assert_eq!(
-            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &local_without_endpoints, Hook::Xdp),
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &local_without_endpoints, Hook::PodTc),
             Verdict::Drop(Reason::DropNoBackend)
         );
 
         let mut missing_slot = service(3);
         missing_slot.slots.clear();
         assert_eq!(
-            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &missing_slot, Hook::Xdp),
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &missing_slot, Hook::PodTc),
             Verdict::Drop(Reason::DropBackendMissing)
         );
 
         let mut missing_backend = service(3);
         missing_backend.backends.clear();
         assert_eq!(
-            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &missing_backend, Hook::Xdp),
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &missing_backend, Hook::PodTc),
             Verdict::Drop(Reason::DropBackendMissing)
         );
 
         let mut full = service(3);
         full.conntrack_full = true;
         assert_eq!(
-            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &full, Hook::Xdp),
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &full, Hook::PodTc),
             Verdict::Drop(Reason::DropConntrackFull)
         );
     }
@@ -623,7 +607,7 @@ mod tests {
     const SECOND: u64 = 1_000_000_000;
 
     fn tcp(t: &FakeTables, f: &CtKey, flags: u8) -> Verdict {
-        decide(f, flags, t, Hook::Xdp)
+        decide(f, flags, t, Hook::PodTc)
     }
 
     #[test]
@@ -677,11 +661,11 @@ mod tests {
         let tcp_key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
         let frontend = t.frontends[&tcp_key];
         t.frontends.insert(FrontendKey { proto: IPPROTO_UDP, ..tcp_key }, frontend);
-        assert!(matches!(decide(&f, 0, &t, Hook::Xdp), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+        assert!(matches!(decide(&f, 0, &t, Hook::PodTc), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
         t.now.set(u64::from(CtTimeouts::DEFAULT.udp_s) * SECOND);
-        assert!(matches!(decide(&f, 0, &t, Hook::Xdp), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
+        assert!(matches!(decide(&f, 0, &t, Hook::PodTc), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
         t.now.set(t.now.get() + u64::from(CtTimeouts::DEFAULT.udp_s) * SECOND + 1);
-        assert!(matches!(decide(&f, 0, &t, Hook::Xdp), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
+        assert!(matches!(decide(&f, 0, &t, Hook::PodTc), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
     }
 
     #[test]
@@ -748,13 +732,14 @@ mod tests {
     #[test]
     fn a_snat_flow_whose_entries_were_evicted_gets_the_same_port_back() {
         let mut t = service(1);
+        t.node_addr = Some(NODE);
         t.backends.values_mut().for_each(|b| b.flags = BACKEND_FLAG_REMOTE);
         let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
         t.frontends.get_mut(&key).unwrap().flags = FRONTEND_FLAG_EXTERNAL;
         let f = flow(CLIENT, VIP, 1000, 80);
-        let first = decide(&f, TCP_SYN, &t, Hook::XdpNode);
+        let first = decide(&f, TCP_SYN, &t, Hook::NodeXdp);
         t.conntrack.borrow_mut().clear();
         t.random.set(12345);
-        assert_eq!(decide(&f, TCP_ACK, &t, Hook::XdpNode), first);
+        assert_eq!(decide(&f, TCP_ACK, &t, Hook::NodeXdp), first);
     }
 }

@@ -3,6 +3,7 @@
 
 use core::mem::size_of;
 
+use super::tcp;
 use lb_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
@@ -21,8 +22,6 @@ pub const IP_DADDR: usize = 16;
 /// Offsets inside the L4 header (the same for TCP and UDP).
 pub const L4_SPORT: usize = 0;
 pub const L4_DPORT: usize = 2;
-pub const TCP_CHECK: usize = 16;
-pub const TCP_FLAGS: usize = 13;
 pub const UDP_CHECK: usize = 6;
 
 /// A parsed IPv4 TCP/UDP packet without options: every field the datapath
@@ -38,7 +37,7 @@ impl Packet {
     /// Offset of the L4 checksum from the start of the packet.
     #[inline(always)]
     pub fn l4_check_offset(&self) -> usize {
-        L4_OFFSET + if self.proto == IPPROTO_TCP { TCP_CHECK } else { UDP_CHECK }
+        L4_OFFSET + if self.proto == IPPROTO_TCP { tcp::CHECK } else { UDP_CHECK }
     }
 
     /// # Safety
@@ -62,7 +61,7 @@ impl Packet {
             return 0;
         }
         // SAFETY: `parse` checked that a whole TCP header is present.
-        unsafe { self.read(L4_OFFSET + TCP_FLAGS) }
+        unsafe { self.read(L4_OFFSET + tcp::FLAGS) }
     }
 
     /// The 5-tuple as the packet carries it.

@@ -1,0 +1,38 @@
+//! Backend selection for a new flow: session affinity, then the frontend's
+//! Maglev table, then a random slot.
+
+use lb_common::{AffinityKey, Backend, BackendSlotKey, CtKey, Frontend};
+
+use super::Tables;
+
+/// The client's affinity backend while it is fresh, else the slot the
+/// frontend's Maglev table gives the flow, else a random slot.
+/// The agent removes affinity entries whose backend left the service, so an
+/// entry that names an existing backend is still valid.
+#[inline(always)]
+pub fn backend<T: Tables>(
+    flow: &CtKey,
+    hash: u64,
+    frontend: &Frontend,
+    tables: &T,
+    now: u64,
+) -> Option<(u32, Backend)> {
+    if frontend.affinity_timeout_s != 0 {
+        let key = AffinityKey { client: flow.saddr, svc_id: frontend.svc_id };
+        let timeout_ns = u64::from(frontend.affinity_timeout_s) * 1_000_000_000;
+        if let Some(entry) = tables.affinity(&key)
+            && now.wrapping_sub(entry.last_used_ns) < timeout_ns
+            && let Some(backend) = tables.backend(entry.backend_id)
+        {
+            return Some((entry.backend_id, backend));
+        }
+    }
+    let slot = if frontend.maglev_size != 0 {
+        let index = frontend.maglev_offset.wrapping_add((hash % u64::from(frontend.maglev_size)) as u32);
+        u32::from(tables.maglev_slot(index)?)
+    } else {
+        tables.random() % u32::from(frontend.backend_count)
+    };
+    let id = tables.backend_slot(&BackendSlotKey { svc_id: frontend.svc_id, slot })?;
+    Some((id, tables.backend(id)?))
+}

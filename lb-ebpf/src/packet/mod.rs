@@ -1,0 +1,20 @@
+//! The packet itself: bounds-checked parsing, checksum arithmetic and the
+//! address/port rewrites, with no BPF helper in sight.
+
+pub mod checksum;
+pub mod nat;
+pub mod parse;
+
+/// TCP header flags and field offsets, defined once for every module.
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+    /// Offsets inside the TCP header.
+    pub const SEQ: usize = 4;
+    pub const ACK_SEQ: usize = 8;
+    pub const DOFF: usize = 12;
+    pub const FLAGS: usize = 13;
+    pub const CHECK: usize = 16;
+}
