@@ -41,8 +41,20 @@ pub fn udp_request(
     payload: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<(String, SocketAddr)> {
+    udp_request_from(ns, 0, addr, payload, timeout)
+}
+
+/// Like [`udp_request`], from local port `from_port` (0: any): the same
+/// flow every time.
+pub fn udp_request_from(
+    ns: &Netns,
+    from_port: u16,
+    addr: SocketAddrV4,
+    payload: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<(String, SocketAddr)> {
     ns.run_in(|| -> anyhow::Result<(String, SocketAddr)> {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, from_port))?;
         socket.set_read_timeout(Some(timeout))?;
         socket.send_to(payload, addr).with_context(|| format!("send to {addr}"))?;
         let mut buf = [0u8; 2048];
@@ -59,6 +71,37 @@ pub fn served_by(answer: &str) -> &str {
 /// The peer the test server saw (`client: IP:PORT`).
 pub fn seen_client(answer: &str) -> &str {
     answer.lines().nth(1).and_then(|l| l.strip_prefix("client: ")).unwrap_or("")
+}
+
+/// Sends `len` bytes of a pseudo-random stream to a sink (`Pod::serve_sink`)
+/// at `addr` from `ns` in large writes (GSO super-packets from a pod), and
+/// checks that the sink received exactly them; its report.
+pub fn bulk_send(ns: &Netns, addr: SocketAddrV4, len: usize, timeout: Duration) -> anyhow::Result<String> {
+    ns.run_in(|| -> anyhow::Result<String> {
+        let mut stream =
+            TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_read_timeout(Some(timeout))?;
+        let (mut sent, mut state) = (crate::Digest::default(), 0x9e37_79b9_7f4a_7c15u64);
+        let mut chunk = vec![0u8; 1 << 16];
+        while (sent.len() as usize) < len {
+            for word in chunk.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_ne_bytes()[..word.len()]);
+            }
+            let n = chunk.len().min(len - sent.len() as usize);
+            stream.write_all(&chunk[..n]).with_context(|| format!("send to {addr} after {} bytes", sent.len()))?;
+            sent.update(&chunk[..n]);
+        }
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut report = String::new();
+        stream.read_to_string(&mut report).with_context(|| format!("no report from the sink at {addr}"))?;
+        let want = format!("received {} bytes, digest {:016x}", sent.len(), sent.value());
+        anyhow::ensure!(report.contains(&want), "the sink at {addr} reported {report:?}, sent {want}");
+        Ok(report.trim().to_owned())
+    })?
 }
 
 /// How a TCP connection attempt to `addr` from `ns` ends: `Ok(())` when it

@@ -27,3 +27,38 @@ pub fn workspace_binary(env_var: &str, name: &str) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(path.is_file(), "{} not found: build it with `cargo xtask build` or set {env_var}", path.display());
     Ok(path)
 }
+
+/// A running FNV-1a digest and length of a byte stream: what a bulk
+/// transfer's receiver reports and its sender checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest {
+    value: u64,
+    len: u64,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Self { value: 0xcbf2_9ce4_8422_2325, len: 0 }
+    }
+}
+
+impl Digest {
+    pub fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.value = (self.value ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.len += bytes.len() as u64;
+    }
+
+    pub fn value(&self) -> u64 {
+        self.value
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}

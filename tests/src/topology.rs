@@ -101,6 +101,12 @@ impl Pod {
         self.spawn_server([("--tcp-echo", port)])
     }
 
+    /// Starts a sink on `port` that reads each connection to its end and
+    /// reports what it received (see `client::bulk_send`).
+    pub fn serve_sink(&mut self, port: u16) -> anyhow::Result<()> {
+        self.spawn_server([("--sink", port)])
+    }
+
     /// Runs `lb-testserver` with (flag, port) listeners on all addresses
     /// and waits until it is listening.
     fn spawn_server(&mut self, listeners: impl IntoIterator<Item = (&'static str, u16)>) -> anyhow::Result<()> {

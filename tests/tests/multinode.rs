@@ -9,7 +9,7 @@ use std::{
 
 use lb_tests::{
     agent::{AgentProcess, pod_manifest},
-    client::{http_get, seen_client, served_by},
+    client::{bulk_send, http_get, seen_client, served_by, udp_request, udp_request_from},
     kubia::{TIMEOUT, VIP},
     netns::Netns,
     require_root,
@@ -57,17 +57,19 @@ fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
     let mut b = nodes[1].add_pod("kubia-b", Ipv4Addr::new(10, 244, 2, 2)).unwrap();
     a.serve(8080, 5353).unwrap();
     b.serve(8080, 5353).unwrap();
+    b.serve_sink(9000).unwrap();
     let client_pod = nodes[0].add_pod("client", Ipv4Addr::new(10, 244, 1, 100)).unwrap();
     let external = fabric.add_client(CLIENT, NODE_A).unwrap();
+    // Like a real node's NIC (or a tunnel), the uplinks complete checksums
+    // in software; so does the external client, as a wire delivers them.
+    // Pods keep their default offloads: their TCP and UDP leave them with
+    // only the pseudo-header summed, TCP in GSO super-packets.
+    for (ns, ifname) in nodes.iter().map(|n| (&n.ns, "fabric")).chain([(&external, "eth0")]) {
+        ns.send_complete_checksums(ifname).unwrap();
+    }
     let mut args = vec!["--device", "fabric", "--pod-device", "h-*"];
     if forwarding == Forwarding::XdpFastPath {
         fabric.accept_xdp_frames().unwrap();
-        for ns in nodes.iter().map(|n| (&n.ns, "fabric")).chain([(&external, "eth0")]) {
-            ns.0.send_complete_checksums(ns.1).unwrap();
-        }
-        for pod in [&a, &b, &client_pod] {
-            pod.ns.send_complete_checksums("eth0").unwrap();
-        }
         args.extend(["--xdp-redirect-device", "fabric"]);
     }
 
@@ -79,10 +81,16 @@ fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
         pod_manifest(&pod.name, pod.ip, true).replace("spec:\n", &format!("spec:\n  nodeName: {}\n", node.ns.name()))
     };
     let pods = [placed(&a, &nodes[0]), placed(&b, &nodes[1])].join("---\n");
+    let remote_only = remote_only_service(&b, &nodes[1]);
     let agents = nodes
         .iter()
         .map(|node| {
-            let manifests = [("svc.yaml", service.as_str()), ("pods.yaml", pods.as_str())];
+            let manifests = [
+                ("svc.yaml", service.as_str()),
+                ("pods.yaml", pods.as_str()),
+                ("remote.yaml", remote_only.as_str()),
+                ("lb.yaml", LOAD_BALANCER),
+            ];
             let agent = AgentProcess::start_with(node, &manifests, &args).unwrap();
             agent.wait_for_services(TIMEOUT, |s| s.contains("30123") && s.matches(":8080").count() >= 1).unwrap();
             agent
@@ -90,6 +98,22 @@ fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
         .collect();
     Cluster { client_pod, external, agents, _pods: [a, b], _nodes: nodes, _fabric: fabric }
 }
+
+/// `bulk` at BULK_VIP: kubia-b's sink (TCP 9000) and UDP echo (53 -> 5353),
+/// an endpoint on node B only.
+fn remote_only_service(pod: &Pod, node: &Node) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: bulk\nspec:\n  clusterIP: {BULK_VIP}\n  ports:\n  - name: sink\n    port: 9000\n  - name: echo\n    port: 53\n    protocol: UDP\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: bulk\nsubsets:\n- addresses:\n  - ip: {}\n    nodeName: {}\n  ports:\n  - name: sink\n    port: 9000\n  - name: echo\n    port: 5353\n    protocol: UDP\n",
+        pod.ip,
+        node.ns.name()
+    )
+}
+
+const BULK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+/// kubia behind a load-balancer IP and an external IP, UDP 53 -> 5353 too.
+const LOAD_BALANCER: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia-lb\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.30\n  externalIPs: [203.0.113.20]\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n  selector:\n    app: kubia\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.10\n";
 
 /// Which pod answered, and which client address it saw.
 fn answers(from: &Netns, to: SocketAddrV4, requests: usize) -> BTreeSet<(String, String)> {
@@ -144,6 +168,66 @@ fn pods_reach_backends_on_the_other_node_through_the_cluster_ip() {
     let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
     let me = c.client_pod.ip.to_string();
     assert_eq!(got, [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into());
+}
+
+/// The uplinks complete checksums (as a NIC without offload or a tunnel
+/// does) while the pod sends with offloads: a pod on node A reaches a
+/// backend that only node B has through its cluster IP over UDP and TCP,
+/// and a 50 MB transfer arrives intact (the sink checks every byte; the
+/// receiving kernel checks every segment's checksum).
+#[test]
+fn pods_reach_a_remote_backend_through_the_cluster_ip_when_uplinks_complete_checksums() {
+    require_root();
+    let c = cluster("");
+    let offloads = c.client_pod.ns.exec(&["ethtool", "-k", "eth0"]).unwrap();
+    let offloads = String::from_utf8_lossy(&offloads.stdout);
+    for feature in ["tx-checksumming: on", "tcp-segmentation-offload: on", "generic-segmentation-offload: on"] {
+        assert!(offloads.contains(feature), "the pod should keep {feature}:\n{offloads}");
+    }
+    let (reply, from) = udp_request(&c.client_pod.ns, SocketAddrV4::new(BULK_VIP, 53), b"ping", TIMEOUT).unwrap();
+    assert_eq!(served_by(&reply), "kubia-b");
+    assert_eq!(from, SocketAddrV4::new(BULK_VIP, 53).into());
+    let report = bulk_send(&c.client_pod.ns, SocketAddrV4::new(BULK_VIP, 9000), 50 << 20, TIMEOUT * 6).unwrap();
+    assert!(report.starts_with("kubia-b received 52428800 bytes"), "{report}");
+    let me = c.client_pod.ip.to_string();
+    let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
+    assert_eq!(got, [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into());
+}
+
+/// An external client reaches a load-balancer IP and an external IP through
+/// either node: served on the other node, the backend sees the node's own
+/// address (not the LB IP, which no reply could reach); the client always
+/// sees the address it asked; and the same flow picks the same backend
+/// through either node (Maglev on the same manifests).
+#[test]
+fn load_balancer_and_external_ips_reach_backends_on_the_other_node_from_the_node_address() {
+    require_root();
+    let c = cluster("");
+    for frontend in [LB_IP, EXTERNAL_IP] {
+        let mut chosen = Vec::new();
+        for (node, node_ip) in [(0, NODE_A), (1, NODE_B)] {
+            c.external
+                .exec(&["ip", "route", "replace", &format!("{frontend}/32"), "via", &node_ip.to_string()])
+                .unwrap();
+            let mut served = Vec::new();
+            for port in 41000..41020 {
+                let to = SocketAddrV4::new(frontend, 53);
+                let (reply, from) = udp_request_from(&c.external, port, to, b"hi", TIMEOUT).unwrap();
+                assert_eq!(from, to.into(), "the client must see the address it asked");
+                let seen = seen_client(&reply);
+                let seen = &seen[..seen.rfind(':').unwrap()];
+                let local = if node == 0 { "kubia-a" } else { "kubia-b" };
+                let want = if served_by(&reply) == local { CLIENT } else { node_ip };
+                assert_eq!(seen, want.to_string(), "{reply} via node {node_ip}");
+                served.push(served_by(&reply).to_owned());
+            }
+            assert!(served.iter().any(|s| s == "kubia-a") && served.iter().any(|s| s == "kubia-b"), "{served:?}");
+            let http = answers(&c.external, SocketAddrV4::new(frontend, 80), 10);
+            assert!(http.iter().all(|(pod, _)| pod == "kubia-a" || pod == "kubia-b"), "{http:?}");
+            chosen.push(served);
+        }
+        assert_eq!(chosen[0], chosen[1], "the same flows through node A and node B chose different backends");
+    }
 }
 
 /// With `--xdp-redirect-device`, what node A forwards over the fabric

@@ -359,7 +359,8 @@ impl Datapath {
         let Ok(entries) = fs::read_dir(&self.links_dir) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ifindex = name.rsplit_once('-').and_then(|(stem, _)| stem.rsplit_once('@')).map(|(_, i)| i);
+            // IFNAME@IFINDEX-HOOK, where the hook may hold a dash itself.
+            let ifindex = name.rsplit_once('@').and_then(|(_, rest)| rest.split('-').next());
             let wanted = ifindex.is_some_and(|ifindex| present.values().any(|i| i.to_string() == ifindex));
             if !wanted {
                 info!(link = name, "releasing a link an earlier agent pinned");

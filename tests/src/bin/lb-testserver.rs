@@ -5,10 +5,12 @@
 //! `lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]... [--tcp-echo ADDR:PORT]...`
 //! prints `ready` once every socket is bound. `--tcp-echo` keeps a
 //! connection open and answers each line with `NAME: line`, for tests of
-//! long-lived flows.
+//! long-lived flows. `--sink` reads a connection to its end and answers
+//! `NAME received N bytes, digest D` (see `lb_tests::digest`), so that a
+//! bulk transfer proves every byte arrived intact.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     thread,
 };
@@ -17,7 +19,7 @@ use anyhow::{Context, bail};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut name, mut http, mut udp, mut tcp_echo) = (None, Vec::new(), Vec::new(), Vec::new());
+    let (mut name, mut http, mut udp, mut tcp_echo, mut sink) = (None, Vec::new(), Vec::new(), Vec::new(), Vec::new());
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -25,6 +27,7 @@ fn main() -> anyhow::Result<()> {
             "--http" => http.push(value.parse::<SocketAddr>().with_context(|| format!("--http {value}"))?),
             "--udp" => udp.push(value.parse::<SocketAddr>().with_context(|| format!("--udp {value}"))?),
             "--tcp-echo" => tcp_echo.push(value.parse::<SocketAddr>().with_context(|| format!("--tcp-echo {value}"))?),
+            "--sink" => sink.push(value.parse::<SocketAddr>().with_context(|| format!("--sink {value}"))?),
             _ => bail!(
                 "unknown flag {flag}; usage: lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]..."
             ),
@@ -43,6 +46,10 @@ fn main() -> anyhow::Result<()> {
     for addr in tcp_echo {
         let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
         workers.push(thread::spawn(move || serve_tcp_echo(name, listener)));
+    }
+    for addr in sink {
+        let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
+        workers.push(thread::spawn(move || serve_sink(name, listener)));
     }
     println!("ready");
     std::io::stdout().flush()?;
@@ -87,6 +94,19 @@ fn serve_udp(name: &str, socket: UdpSocket) {
         let mut reply = greeting(name, peer).into_bytes();
         reply.extend_from_slice(&buf[..len]);
         let _ = socket.send_to(&reply, peer);
+    }
+}
+
+fn serve_sink(name: &'static str, listener: TcpListener) {
+    for mut stream in listener.incoming().flatten() {
+        thread::spawn(move || {
+            let mut digest = lb_tests::Digest::default();
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                digest.update(&buf[..n]);
+            }
+            let _ = writeln!(stream, "{name} received {} bytes, digest {:016x}", digest.len(), digest.value());
+        });
     }
 }
 
