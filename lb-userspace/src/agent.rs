@@ -109,7 +109,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some((_, err)) = failed.iter().find(|(name, _)| agent.config.node_devices.matches(name)) {
         anyhow::bail!("{err}");
     }
-    agent.sync_manifests(true);
+    // The first plan sees the node's addresses and the manifests together:
+    // planned with either missing, it would delete what the last agent
+    // programmed and add it back a moment later, failing requests between.
+    let started = Instant::now();
+    agent.sync_node_addresses();
+    agent.scan_manifests();
+    let scanned = started.elapsed();
+    agent.build_model();
+    let modelled = started.elapsed();
+    let map_writes = agent.program();
+    let services = agent.desired.services.len();
+    let total = started.elapsed();
+    info!(services, map_writes, ?scanned, ?modelled, ?total, "first sync: the maps match the manifests");
     let config = &agent.config;
     info!(node = %config.node_name, manifests = %config.manifests.display(), bpf_dir = %config.bpf_dir.display(), "agent started");
 
@@ -119,9 +131,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut ct_sweep = tokio::time::interval(agent.config.ct_sweep_interval);
     loop {
         tokio::select! {
-            Some(()) = ticks.recv() => agent.sync_manifests(false),
-            _ = rescan.tick() => agent.sync_manifests(false),
-            _ = interface_poll.tick() => drop(agent.sync_interfaces()),
+            Some(()) = ticks.recv() => agent.sync_manifests(),
+            _ = rescan.tick() => agent.sync_manifests(),
+            _ = interface_poll.tick() => {
+                drop(agent.sync_interfaces());
+                if agent.sync_node_addresses() {
+                    agent.program();
+                }
+            }
             _ = ct_sweep.tick() => agent.sweep_conntrack(),
             Some(guard) = async { Some(logger.as_mut()?.readable_mut().await) } => {
                 let mut guard = guard?;
@@ -142,30 +159,39 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 }
 
 impl Agent {
-    fn sync_manifests(&mut self, force: bool) {
+    fn sync_manifests(&mut self) {
         let started = Instant::now();
+        if !self.scan_manifests() {
+            return;
+        }
+        let scanned = started.elapsed();
+        self.build_model();
+        let modelled = started.elapsed();
+        self.program();
+        info!(?scanned, ?modelled, total = ?started.elapsed(), "manifests synced");
+    }
+
+    /// Rescans the manifest directory; whether anything changed.
+    fn scan_manifests(&mut self) -> bool {
         let report = self.source.scan();
         for err in &report.errors {
             error!("{err}");
         }
-        if !report.changed && !force {
-            return;
-        }
-        let scanned = started.elapsed();
+        report.changed
+    }
+
+    fn build_model(&mut self) {
         let previous = std::mem::take(&mut self.desired);
         let (desired, errors) = model::build(self.source.objects(), previous, &self.config.model);
         for err in &errors {
             error!("{err}");
         }
         self.desired = desired;
-        let modelled = started.elapsed();
-        self.program();
-        info!(?scanned, ?modelled, total = ?started.elapsed(), "manifests synced");
     }
 
     /// Brings the maps (and the health check responders) in line with the
-    /// model and this node's addresses.
-    fn program(&mut self) {
+    /// model and this node's addresses; how many map writes that took.
+    fn program(&mut self) -> usize {
         self.health.update(health::health_checks(&self.desired, &self.node.name), &self.node.addrs);
         let started = Instant::now();
         let ops = self.programmed.plan(&self.desired, &self.node);
@@ -196,6 +222,24 @@ impl Agent {
             let (services, map_writes, applied) = (self.desired.services.len(), ops.len(), started.elapsed());
             info!(services, map_writes, failures, ?planned, ?applied, "datapath updated");
         }
+        ops.len()
+    }
+
+    /// Reads the addresses of the node's devices, where node ports answer;
+    /// whether they changed.
+    fn sync_node_addresses(&mut self) -> bool {
+        match self.config.node_devices.ipv4_addresses() {
+            Ok(addrs) if addrs != self.node.addrs => {
+                info!(?addrs, "node addresses");
+                self.node.addrs = addrs;
+                true
+            }
+            Ok(_) => false,
+            Err(err) => {
+                error!("{err}");
+                false
+            }
+        }
     }
 
     /// Attaches to new interfaces and detaches from vanished ones; the
@@ -208,16 +252,6 @@ impl Agent {
                 return Vec::new();
             }
         };
-        // Node ports answer on the addresses of the node's devices.
-        match self.config.node_devices.ipv4_addresses() {
-            Ok(addrs) if addrs != self.node.addrs => {
-                info!(?addrs, "node addresses");
-                self.node.addrs = addrs;
-                self.program();
-            }
-            Ok(_) => {}
-            Err(err) => error!("{err}"),
-        }
         let stale: Vec<String> = self
             .datapath
             .attached()

@@ -107,6 +107,11 @@ struct RunArgs {
     /// agent takes them over.
     #[arg(long)]
     detach_on_exit: bool,
+    /// Run in a private mount namespace (as `ip netns exec` makes) with a
+    /// bpffs of its own: its pins vanish with that namespace, unseen by
+    /// `lb-agent get` and the next agent. Refused without this flag.
+    #[arg(long)]
+    allow_private_bpffs: bool,
 }
 
 /// A duration such as `90s` or `6h`, in whole seconds (at least one).
@@ -258,6 +263,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 udp_s: args.ct_timeout_udp,
             },
             maglev_entries: args.maglev_entries,
+            allow_private_bpffs: args.allow_private_bpffs,
         },
         ct_sweep_interval: args.ct_sweep_interval,
         detach_on_exit: args.detach_on_exit,

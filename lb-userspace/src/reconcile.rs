@@ -969,6 +969,8 @@ mod tests {
         backends: BTreeMap<u32, Backend>,
         vips: BTreeMap<u32, u32>,
         endpoints: BTreeMap<EndpointKey, EndpointMeta>,
+        metas: BTreeMap<u32, ServiceMeta>,
+        source_ranges: BTreeSet<(u32, u32, u8)>,
         /// Maglev entry index -> slot.
         maglev: BTreeMap<u32, u16>,
     }
@@ -987,7 +989,14 @@ mod tests {
                     MapOp::DeleteVip(addr) => drop(self.vips.remove(addr)),
                     MapOp::PutEndpoint { key, meta } => drop(self.endpoints.insert(*key, *meta)),
                     MapOp::DeleteEndpoint(key) => drop(self.endpoints.remove(key)),
-                    MapOp::PutSourceRange { .. } | MapOp::DeleteSourceRange { .. } => {}
+                    MapOp::PutSourceRange { svc_id, addr, prefix_len } => {
+                        self.source_ranges.insert((*svc_id, *addr, *prefix_len));
+                    }
+                    MapOp::DeleteSourceRange { svc_id, addr, prefix_len } => {
+                        self.source_ranges.remove(&(*svc_id, *addr, *prefix_len));
+                    }
+                    MapOp::PutMeta { svc_id, meta } => drop(self.metas.insert(*svc_id, *meta)),
+                    MapOp::DeleteMeta(svc_id) => drop(self.metas.remove(svc_id)),
                     MapOp::PutMaglevTable { element, table } => {
                         let start = element * MAGLEV_ENTRIES_PER_ELEMENT;
                         let end = start + table.len() as u32;
@@ -1001,11 +1010,7 @@ mod tests {
                         }
                         self.maglev.extend((start..).zip(table.iter().copied()));
                     }
-                    MapOp::PutMeta { .. }
-                    | MapOp::DeleteMeta(_)
-                    | MapOp::PurgeAffinity { .. }
-                    | MapOp::FlushUdpFlows(_)
-                    | MapOp::FlushFrontendUdpFlows(_) => {}
+                    MapOp::PurgeAffinity { .. } | MapOp::FlushUdpFlows(_) | MapOp::FlushFrontendUdpFlows(_) => {}
                 }
                 for fe in self.frontends.values() {
                     for index in fe.maglev_offset..fe.maglev_offset + fe.maglev_size {
@@ -1026,6 +1031,19 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// What a new agent reads from these maps.
+        fn adopt(&self) -> Programmed {
+            Programmed::adopt(
+                self.frontends.clone(),
+                self.slots.clone(),
+                self.backends.clone(),
+                self.metas.clone(),
+                self.vips.clone(),
+                self.endpoints.clone(),
+                self.source_ranges.iter().copied(),
+            )
         }
     }
 
@@ -1157,19 +1175,66 @@ mod tests {
         let mut programmed = Programmed::default();
         let mut maps = Maps::default();
         maps.apply_checked(&programmed.plan_for_test(&desired));
-        let metas: Vec<(u32, ServiceMeta)> = programmed.frontends.values().map(|fe| (fe.svc_id, fe.meta)).collect();
-        let mut adopted = Programmed::adopt(
-            maps.frontends.clone(),
-            maps.slots.clone(),
-            maps.backends.clone(),
-            metas,
-            maps.vips.clone(),
-            maps.endpoints.clone(),
-            Vec::new(),
-        );
+        let mut adopted = maps.adopt();
         assert_eq!(adopted.plan_for_test(&desired), []);
         // Stale entries left by an earlier agent are removed.
         assert!(!adopted.plan_for_test(&DesiredState::default()).is_empty());
+    }
+
+    /// A killed agent's maps, adopted by the next agent with the same
+    /// Services and node: every kind of entry (node ports on each node
+    /// address, Maglev tables, metas, endpoints, VIPs, source ranges,
+    /// Services without a frontend) is found as it should be, and nothing
+    /// is written, in whatever order the node's addresses are listed.
+    #[test]
+    fn an_agent_adopting_the_maps_of_an_identical_one_writes_nothing() {
+        let mut remote = endpoint(5, true);
+        remote.node_name = Some("node-b".into());
+        let mut local = endpoint(6, true);
+        local.node_name = Some("node-a".into());
+        let some = [endpoint(2, true), endpoint(3, true), endpoint(4, false), remote];
+        let mut desired = state(&[
+            ("clusterip", VIP, &some[..3]),
+            ("nodeport", [10, 96, 0, 11], &some),
+            ("loadbalancer", [10, 96, 0, 12], &[local, endpoint(2, true)]),
+            ("random", [10, 96, 0, 13], &some[..2]),
+            ("no-endpoints", [10, 96, 0, 14], &[]),
+            ("headless", [0, 0, 0, 0], &some[..1]),
+        ]);
+        fn service<'a>(desired: &'a mut DesiredState, name: &str) -> &'a mut Service {
+            Arc::make_mut(desired.services.get_mut(&ServiceName::new("default", name)).unwrap())
+        }
+        let nodeport = service(&mut desired, "nodeport");
+        nodeport.service_type = ServiceType::NodePort;
+        nodeport.session_affinity = SessionAffinity::ClientIp { timeout_seconds: 60 };
+        nodeport.ports[0].node_port = Some(30080);
+        let udp = ServicePort {
+            name: "dns".into(),
+            port: 53,
+            protocol: Protocol::Udp,
+            node_port: Some(30053),
+            ..nodeport.ports[0].clone()
+        };
+        nodeport.ports.push(udp);
+        let loadbalancer = service(&mut desired, "loadbalancer");
+        loadbalancer.service_type = ServiceType::LoadBalancer;
+        loadbalancer.ports[0].node_port = Some(30081);
+        loadbalancer.external_ips = vec![Ipv4Addr::new(203, 0, 113, 10)];
+        loadbalancer.source_ranges = vec!["192.0.2.0/24".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        loadbalancer.external_traffic_policy = TrafficPolicy::Local;
+        service(&mut desired, "random").backend_selection = BackendSelection::Random;
+        service(&mut desired, "headless").cluster_ip = ClusterIp::None;
+        let mut node = NodeInfo {
+            name: "node-a".into(),
+            addrs: vec![Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(192, 0, 2, 1)],
+            cluster_ips_external: false,
+        };
+        let mut maps = Maps::default();
+        maps.apply_checked(&Programmed::default().plan(&desired, &node));
+        assert!(maps.maglev.len() > 1000 && maps.source_ranges.len() == 2, "the state covers every kind of entry");
+        assert_eq!(maps.adopt().plan(&desired, &node), []);
+        node.addrs.reverse();
+        assert_eq!(maps.adopt().plan(&desired, &node), []);
     }
 
     #[test]

@@ -79,6 +79,48 @@ fn a_bpf_dir_outside_bpffs_is_refused() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `cmd` run in a private mount namespace (as `ip netns exec` makes one)
+/// after the shell command `setup` ran there.
+fn in_private_mount_namespace(setup: &str, cmd: &Command) -> Command {
+    let mut private = Command::new("unshare");
+    private.args(["--mount", "--propagation", "private", "sh", "-c", &format!("{setup} && exec \"$@\""), "sh"]);
+    private.arg(cmd.get_program()).args(cmd.get_args());
+    private
+}
+
+/// An agent in a private mount namespace where /sys/fs/bpf is no bpffs
+/// (here a tmpfs) would mount a bpffs of its own, or finds one mounted
+/// there and not on the host: its pins would vanish with the namespace,
+/// so it refuses and says why, unless --allow-private-bpffs.
+#[test]
+fn a_bpffs_private_to_the_agents_mount_namespace_is_refused_unless_allowed() {
+    require_root();
+    let (node, manifests) = (Node::new().unwrap(), Manifests::new());
+    let bpf_dir = format!("/sys/fs/bpf/{}", unique_name("e"));
+    let agent = run_in_node(&node, &manifests, &["--pod-device", "h-*", "--bpf-dir", &bpf_dir]);
+    let no_bpffs = "mount -t tmpfs none /sys/fs/bpf";
+    assert_refused(
+        &mut in_private_mount_namespace(no_bpffs, &agent),
+        "bpffs is not mounted and this agent runs in a private mount namespace (ip netns exec?)",
+    );
+    let own_bpffs = "mount -t bpf bpf /sys/fs/bpf";
+    assert_refused(&mut in_private_mount_namespace(own_bpffs, &agent), "its bpffs was mounted inside this namespace");
+    assert!(!std::path::Path::new(&bpf_dir).exists(), "nothing was made on the host's bpffs");
+
+    let log = manifests.0.join("agent.log");
+    let mut allowed = in_private_mount_namespace(no_bpffs, &agent);
+    allowed.arg("--allow-private-bpffs").stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+    let mut child = lb_tests::netns::ChildGuard(allowed.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap().contains("agent started") {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(child.0.try_wait().unwrap().is_none(), "lb-agent exited:\n{text}");
+        assert!(Instant::now() < deadline, "lb-agent did not start within 30 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.0.kill().unwrap();
+}
+
 #[test]
 fn a_missing_manifest_directory_is_named() {
     require_root();

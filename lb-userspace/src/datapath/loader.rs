@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     ffi::CString,
     fs, io,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt as _, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -58,6 +58,11 @@ pub enum LoaderError {
     Attach { ifname: String, what: &'static str, source: ProgramError },
     #[error("interface {ifname}: pinning its {what} link at {}: {reason}", path.display())]
     PinLink { ifname: String, what: &'static str, path: PathBuf, reason: String },
+    #[error(
+        "bpf directory {}: {why} and this agent runs in a private mount namespace (ip netns exec?): pins made here vanish with it and `lb-agent get` and the next agent cannot see them; run it with nsenter --net=... instead, mount bpffs on /sys/fs/bpf in the host namespace, or pass --allow-private-bpffs",
+        path.display()
+    )]
+    PrivateBpffs { path: PathBuf, why: &'static str },
     #[error(transparent)]
     Maps(#[from] MapsError),
     #[error("reading the datapath's log: {0}")]
@@ -83,6 +88,9 @@ pub struct LoadOptions {
     pub ct_timeouts: CtTimeouts,
     /// Room for all Maglev tables, in entries.
     pub maglev_entries: u32,
+    /// Pin into a bpffs that only this agent's private mount namespace
+    /// sees (`--allow-private-bpffs`).
+    pub allow_private_bpffs: bool,
 }
 
 impl Default for LoadOptions {
@@ -94,6 +102,7 @@ impl Default for LoadOptions {
             ct_max: MAX_CONNTRACK,
             ct_timeouts: CtTimeouts::DEFAULT,
             maglev_entries: MAX_MAGLEV_ENTRIES,
+            allow_private_bpffs: false,
         }
     }
 }
@@ -216,7 +225,7 @@ impl Datapath {
         if DATAPATH_OBJECT.is_empty() {
             return Err(LoaderError::NoObject);
         }
-        prepare_bpf_dir(bpf_dir)?;
+        prepare_bpf_dir(bpf_dir, options.allow_private_bpffs)?;
         let maglev_elements = options.maglev_entries.div_ceil(MAGLEV_ENTRIES_PER_ELEMENT);
         check_pinned_size(bpf_dir, map_names::CONNTRACK, options.ct_max, 1, "--ct-max")?;
         check_pinned_size(bpf_dir, map_names::MAGLEV, maglev_elements, MAGLEV_ENTRIES_PER_ELEMENT, "--maglev-entries")?;
@@ -446,8 +455,6 @@ where
     program.try_into().map_err(|source| LoaderError::Program { name, source })
 }
 
-/// Makes sure `bpf_dir` exists (0700) on a bpf filesystem, mounting bpffs
-/// on /sys/fs/bpf when the directory lives there and nothing is mounted.
 /// A map pinned by an earlier agent keeps its size: a different one asked
 /// for now (`asked` elements of `per_element` entries) would be ignored.
 fn check_pinned_size(
@@ -467,9 +474,18 @@ fn check_pinned_size(
     }
 }
 
-fn prepare_bpf_dir(bpf_dir: &Path) -> Result<(), LoaderError> {
+/// Makes sure `bpf_dir` exists (0700) on a bpf filesystem, mounting bpffs
+/// on /sys/fs/bpf when the directory lives there and nothing is mounted.
+/// In a private mount namespace (unless `allow_private`), the bpffs must
+/// be the host's: pins in any other vanish with the namespace.
+fn prepare_bpf_dir(bpf_dir: &Path, allow_private: bool) -> Result<(), LoaderError> {
     let dir_err = |reason: String| LoaderError::BpfDir { path: bpf_dir.to_owned(), reason };
+    let host = if allow_private { None } else { host_outside_this_mount_namespace() };
+    let refuse = |why| LoaderError::PrivateBpffs { path: bpf_dir.to_owned(), why };
     if bpf_dir.starts_with(DEFAULT_BPFFS) && !is_bpffs(Path::new(DEFAULT_BPFFS)) {
+        if host.is_some() {
+            return Err(refuse("bpffs is not mounted"));
+        }
         mount_bpffs(Path::new(DEFAULT_BPFFS))
             .map_err(|e| dir_err(format!("mounting bpffs on {DEFAULT_BPFFS} failed: {e}")))?;
         info!(path = DEFAULT_BPFFS, "mounted bpffs");
@@ -480,7 +496,33 @@ fn prepare_bpf_dir(bpf_dir: &Path) -> Result<(), LoaderError> {
     if !is_bpffs(bpf_dir) {
         return Err(dir_err("not on a bpf filesystem (mount -t bpf bpf DIR)".into()));
     }
+    if host.is_some_and(|pid| !seen_by(pid, bpf_dir)) {
+        return Err(refuse("its bpffs was mounted inside this namespace, not the host's"));
+    }
     Ok(())
+}
+
+/// A process of the host's mount namespace when this one has another (as
+/// under `ip netns exec` or `unshare --mount`): pid 1, or the parent when
+/// pid 1's namespace cannot be read (some inits refuse even root), since
+/// both of those leave the parent outside. None when the same, or unknown.
+fn host_outside_this_mount_namespace() -> Option<u32> {
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let ours = ns("self")?;
+    let parent = std::os::unix::process::parent_id();
+    let (pid, host) = ns("1").map(|init| (1, init)).or_else(|| Some((parent, ns(&parent.to_string())?)))?;
+    (host != ours).then_some(pid)
+}
+
+/// Whether process `pid` finds the same filesystem at `dir`; true when it
+/// cannot tell.
+fn seen_by(pid: u32, dir: &Path) -> bool {
+    let (Ok(dir), Ok(ours)) = (fs::canonicalize(dir), fs::metadata(dir)) else { return true };
+    let theirs = Path::new(&format!("/proc/{pid}/root")).join(dir.strip_prefix("/").unwrap_or(&dir));
+    match fs::metadata(theirs) {
+        Ok(theirs) => theirs.dev() == ours.dev(),
+        Err(err) => err.kind() != io::ErrorKind::NotFound,
+    }
 }
 
 fn is_bpffs(path: &Path) -> bool {

@@ -133,7 +133,7 @@ fn agent_run(synthetic: &Synthetic, files: &[(String, String)]) -> anyhow::Resul
     let timings = agent
         .log_text()
         .lines()
-        .filter(|l| l.contains("manifests synced") || l.contains("datapath updated"))
+        .filter(|l| ["first sync", "manifests synced", "datapath updated"].iter().any(|what| l.contains(what)))
         .filter_map(|l| l.split_once("agent: ").map(|(_, rest)| format!("    {rest}")))
         .collect();
     agent.stop()?;
