@@ -1,4 +1,4 @@
-//! lb-agent: the per-node agent of the XDP Service datapath.
+//! lb-agent: the per-node agent of the XDP/TC Service datapath.
 
 use std::path::PathBuf;
 
@@ -16,7 +16,7 @@ use lb_userspace::{
 };
 
 #[derive(Parser)]
-#[command(name = "lb-agent", version, about = "Kubernetes Services in XDP: the per-node agent")]
+#[command(name = "lb-agent", version, about = "Kubernetes Services in XDP and TC: the per-node agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -127,7 +127,7 @@ fn established<T: Tables>(
         (Reason::ForwardEstablished, Side::Dst)
     };
     // TC egress translates plain replies only; hairpinned and SNATed flows
-    // never reach a client without crossing XDP.
+    // never reach a client without crossing an ingress hook.
     (hook != Hook::TcEgress || (side == Side::Src && other.is_none())).then_some(Verdict::Rewrite {
         reason,
         side,
