@@ -70,7 +70,7 @@ pub mod map_names {
     pub const VIPS: &str = "LB_VIPS";
     pub const ENDPOINTS: &str = "LB_ENDPOINTS";
     pub const SOURCE_RANGES: &str = "LB_SOURCE_RANGES";
-    pub const REDIRECT_PORTS: &str = "LB_REDIRECT_PORTS";
+    pub const DEVICES: &str = "LB_DEVICES";
     pub const FAST_PATH_COUNTERS: &str = "LB_FAST_PATH_COUNTERS";
     pub const MAGLEV: &str = "LB_MAGLEV";
     pub const FIB_CACHE: &str = "LB_FIB_CACHE";
@@ -86,7 +86,13 @@ pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
 pub const MAX_ENDPOINTS: u32 = 262_144;
 pub const MAX_SOURCE_RANGES: u32 = 65_536;
-pub const MAX_REDIRECT_PORTS: u32 = 1_024;
+pub const MAX_DEVICES: u32 = 1_024;
+/// `LB_DEVICES` flags: the device's receiving side takes frames sent from
+/// XDP (`--xdp-redirect-device`).
+pub const DEVICE_TAKES_XDP_FRAMES: u32 = 1;
+/// `LB_DEVICES` flags: the host side of a pod's veth (`--pod-device`), into
+/// whose pod TC may send with `bpf_redirect_peer`.
+pub const DEVICE_POD: u32 = 2;
 /// Node devices with an IPv4 address (`LB_NODE_ADDRS`).
 pub const MAX_NODE_DEVICES: u32 = 1_024;
 /// Default room for Maglev tables, in entries (2 bytes each): 32 MiB, e.g.
@@ -582,8 +588,9 @@ const _: () = assert!(core::mem::size_of::<FibCacheEntry>() == 24);
 pub const FIB_CACHE_NS: u64 = 1_000_000_000;
 pub const MAX_FIB_CACHE: u32 = 16_384;
 
-/// How a rewritten packet left XDP: the index into the fast-path counters.
-/// Every rewritten packet on an XDP hook is counted under exactly one.
+/// How a rewritten packet left the datapath: the index into the fast-path
+/// counters. Every rewritten packet on XDP with `--xdp-redirect-device`,
+/// and every one from a pod with the TC fast path, is counted under exactly one.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FastPath {
@@ -603,10 +610,15 @@ pub enum FastPath {
     /// The TTL would run out: passed, so that the kernel sends the ICMP
     /// time exceeded.
     StackTtlExpired = 5,
+    /// From TC straight into a pod on this node (`bpf_redirect_peer`).
+    RedirectPeer = 6,
+    /// From TC out of another device, the kernel resolving the next hop
+    /// (`bpf_redirect_neigh`).
+    RedirectNeigh = 7,
 }
 
 impl FastPath {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
     pub const ALL: [FastPath; Self::COUNT as usize] = [
         FastPath::Tx,
         FastPath::Redirect,
@@ -614,6 +626,8 @@ impl FastPath {
         FastPath::StackNoNeighbour,
         FastPath::StackNotForwarded,
         FastPath::StackTtlExpired,
+        FastPath::RedirectPeer,
+        FastPath::RedirectNeigh,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -624,6 +638,8 @@ impl FastPath {
             FastPath::StackNoNeighbour => "stack_no_neighbour",
             FastPath::StackNotForwarded => "stack_not_forwarded",
             FastPath::StackTtlExpired => "stack_ttl_expired",
+            FastPath::RedirectPeer => "redirect_peer",
+            FastPath::RedirectNeigh => "redirect_neigh",
         }
     }
 }

@@ -1,8 +1,11 @@
-//! The fast path after a rewrite (DESIGN.md §3, step 5). When the kernel's
-//! FIB knows the next hop and its device takes XDP frames, the frame leaves
-//! from XDP: XDP_TX back out of the device it came in on, XDP_REDIRECT out
-//! of another. In every other case it is passed to the kernel's routing,
-//! which is always correct, with its Ethernet header untouched.
+//! The fast path after a rewrite (DESIGN.md §3, step 5). In XDP: when the
+//! kernel's FIB knows the next hop and its device takes XDP frames, the
+//! frame leaves from XDP: XDP_TX back out of the device it came in on,
+//! XDP_REDIRECT out of another. In TC (pod traffic): into a local pod with
+//! `bpf_redirect_peer`, out of any other device with `bpf_redirect_neigh`
+//! (which resolves the neighbour itself). In every other case the packet is
+//! passed to the kernel's routing, which is always correct, with its
+//! Ethernet header untouched.
 //!
 //! The FIB and the set of enabled devices sit behind [`Fib`] so that the
 //! choice has host tests.
@@ -64,8 +67,8 @@ pub struct NextHop {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FibAnswer {
     Forward(NextHop),
-    /// A route, but no neighbour entry for its next hop yet.
-    NoNeighbour,
+    /// A route out of this device, but no neighbour entry for its next hop yet.
+    NoNeighbour(u32),
     /// Anything the kernel must handle itself: a local destination, no
     /// route, forwarding disabled, a frame larger than the MTU.
     NotForwarded,
@@ -81,6 +84,8 @@ pub trait Fib {
     /// Does the receiving side of `ifindex` take frames sent from XDP? (A
     /// veth drops them unless its peer runs XDP or GRO.)
     fn takes_xdp_frames(&self, ifindex: u32) -> bool;
+    /// Is `ifindex` the host side of a pod's veth?
+    fn is_pod_device(&self, ifindex: u32) -> bool;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +119,7 @@ pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuer
     let hop = match fib.cached(query.daddr) {
         Some((hop, checked)) if now.wrapping_sub(checked) < FIB_CACHE_NS => hop,
         _ => match fib.lookup(ingress_ifindex, query) {
-            FibAnswer::NoNeighbour => return Step::Stack(FastPath::StackNoNeighbour),
+            FibAnswer::NoNeighbour(_) => return Step::Stack(FastPath::StackNoNeighbour),
             FibAnswer::NotForwarded => return Step::Stack(FastPath::StackNotForwarded),
             FibAnswer::Forward(hop) if !fib.takes_xdp_frames(hop.ifindex) => {
                 return Step::Stack(FastPath::StackDeviceNotEnabled);
@@ -126,6 +131,44 @@ pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuer
         },
     };
     if hop.ifindex == ingress_ifindex { Step::Tx(hop) } else { Step::Redirect(hop) }
+}
+
+/// Where a rewritten socket buffer from a pod goes next (TC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcStep {
+    /// Into the pod behind this host veth, straight to its namespace's
+    /// ingress (`bpf_redirect_peer`), with these Ethernet addresses.
+    Peer(NextHop),
+    /// Out of this device, the kernel resolving the next hop's address
+    /// (`bpf_redirect_neigh`).
+    Neigh(u32),
+    Stack(FastPath),
+}
+
+impl TcStep {
+    #[inline(always)]
+    pub fn counter(&self) -> FastPath {
+        match *self {
+            TcStep::Peer(_) => FastPath::RedirectPeer,
+            TcStep::Neigh(_) => FastPath::RedirectNeigh,
+            TcStep::Stack(reason) => reason,
+        }
+    }
+}
+
+/// Where a rewritten socket buffer from a pod, arriving on `ingress_ifindex`
+/// with `ttl`, goes next. Asks the FIB every time: its answers are cached
+/// for XDP's devices only.
+#[inline(always)]
+pub fn tc_next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> TcStep {
+    if ttl <= 1 {
+        return TcStep::Stack(FastPath::StackTtlExpired);
+    }
+    match fib.lookup(ingress_ifindex, query) {
+        FibAnswer::Forward(hop) if fib.is_pod_device(hop.ifindex) => TcStep::Peer(hop),
+        FibAnswer::Forward(NextHop { ifindex, .. }) | FibAnswer::NoNeighbour(ifindex) => TcStep::Neigh(ifindex),
+        FibAnswer::NotForwarded => TcStep::Stack(FastPath::StackNotForwarded),
+    }
 }
 
 /// The packet's TTL.
@@ -151,12 +194,28 @@ pub unsafe fn write_next_hop(data: usize, data_end: usize, hop: &NextHop) -> boo
     if data + IP_OFFSET + IP_CHECK + 2 > data_end {
         return false;
     }
-    let pkt = Packet { data, proto: 0 };
-    // SAFETY: the Ethernet header and the IPv4 header up to its checksum
-    // are inside the frame (checked above).
+    // SAFETY: the Ethernet header is inside the frame (checked above).
     unsafe {
+        let pkt = Packet { data, proto: 0 };
         pkt.write(0, hop.dmac);
         pkt.write(ETH_ALEN, hop.smac);
+        decrement_ttl(data, data_end)
+    }
+}
+
+/// Decrements the TTL as forwarding does, the IPv4 checksum updated (it is
+/// never offloaded); false, writing nothing, when the frame is too short.
+///
+/// # Safety
+/// As for [`write_next_hop`].
+#[inline(always)]
+pub unsafe fn decrement_ttl(data: usize, data_end: usize) -> bool {
+    if data + IP_OFFSET + IP_CHECK + 2 > data_end {
+        return false;
+    }
+    let pkt = Packet { data, proto: 0 };
+    // SAFETY: the IPv4 header up to its checksum is inside the frame.
+    unsafe {
         let old: u16 = pkt.read(IP_OFFSET + IP_TTL);
         let [ttl, proto] = old.to_ne_bytes();
         let new = u16::from_ne_bytes([ttl.wrapping_sub(1), proto]);
@@ -178,6 +237,7 @@ mod tests {
 
     const INGRESS: u32 = 2;
     const OTHER: u32 = 7;
+    const POD_VETH: u32 = 9;
 
     struct FakeFib {
         answer: FibAnswer,
@@ -210,6 +270,9 @@ mod tests {
         fn takes_xdp_frames(&self, ifindex: u32) -> bool {
             self.enabled.contains(&ifindex)
         }
+        fn is_pod_device(&self, ifindex: u32) -> bool {
+            ifindex == POD_VETH
+        }
     }
 
     fn hop(ifindex: u32) -> NextHop {
@@ -229,7 +292,7 @@ mod tests {
                 64,
                 Step::Stack(FastPath::StackDeviceNotEnabled),
             ),
-            ("no neighbour", FibAnswer::NoNeighbour, &[INGRESS][..], 64, Step::Stack(FastPath::StackNoNeighbour)),
+            ("no neighbour", FibAnswer::NoNeighbour(OTHER), &[OTHER][..], 64, Step::Stack(FastPath::StackNoNeighbour)),
             (
                 "local or no route",
                 FibAnswer::NotForwarded,
@@ -241,6 +304,22 @@ mod tests {
         ];
         for (what, answer, enabled, ttl, want) in cases {
             assert_eq!(next_step(&FakeFib::new(answer, enabled), INGRESS, ttl, &q), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn tc_sends_into_local_pods_by_peer_and_elsewhere_by_neighbour() {
+        let q = FibQuery::default();
+        let cases = [
+            ("a local pod", FibAnswer::Forward(hop(POD_VETH)), 64, TcStep::Peer(hop(POD_VETH))),
+            ("the pod it came from (hairpin)", FibAnswer::Forward(hop(POD_VETH)), 64, TcStep::Peer(hop(POD_VETH))),
+            ("another node, neighbour known", FibAnswer::Forward(hop(OTHER)), 64, TcStep::Neigh(OTHER)),
+            ("a pod, neighbour unknown", FibAnswer::NoNeighbour(POD_VETH), 64, TcStep::Neigh(POD_VETH)),
+            ("local or no route", FibAnswer::NotForwarded, 64, TcStep::Stack(FastPath::StackNotForwarded)),
+            ("ttl 1", FibAnswer::Forward(hop(OTHER)), 1, TcStep::Stack(FastPath::StackTtlExpired)),
+        ];
+        for (what, answer, ttl, want) in cases {
+            assert_eq!(tc_next_step(&FakeFib::new(answer, &[]), INGRESS, ttl, &q), want, "{what}");
         }
     }
 

@@ -20,7 +20,10 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
     },
     cty::c_long,
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    helpers::{
+        bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_tail, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+    },
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -29,7 +32,7 @@ use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use lb_ebpf::{
     answer::{self, L4Checksum},
     decide::{Verdict, decide},
-    forward::{self, FibQuery, Step},
+    forward::{self, FibQuery, Step, TcStep},
     packet::{
         nat::{self, Side},
         parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
@@ -42,6 +45,12 @@ use maps::{KernelFib, MapTables, count, count_fast_path, is_service_address};
 /// rewritten packets skip the FIB lookup.
 #[unsafe(no_mangle)]
 static LB_FAST_PATH: u8 = 0;
+
+/// 1 (the default): pod traffic the TC program rewrote leaves by
+/// `bpf_redirect_peer` / `bpf_redirect_neigh` where the FIB allows; 0
+/// (`--pod-forwarding stack`): always by the kernel's routing.
+#[unsafe(no_mangle)]
+static LB_TC_REDIRECT: u8 = 1;
 
 #[allow(clippy::unnecessary_cast, reason = "the bindings are u32 on BPF targets")]
 const TC_OK: i32 = TC_ACT_OK as i32;
@@ -114,7 +123,7 @@ fn xdp_send(ctx: &XdpContext, pkt: &Packet) -> u32 {
     let (query, ttl) = unsafe { (FibQuery::of(pkt), forward::ttl(pkt)) };
     // SAFETY: the context's own metadata.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let step = forward::next_step(&KernelFib(ctx), ingress, ttl, &query);
+    let step = forward::next_step(&KernelFib::of(ctx), ingress, ttl, &query);
     count_fast_path(step.counter());
     let hop = match step {
         Step::Tx(hop) | Step::Redirect(hop) => hop,
@@ -196,7 +205,10 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
                 Verdict::Pass(reason) => (TC_OK, reason),
                 Verdict::Drop(reason) => (TC_SHOT, reason),
                 Verdict::Rewrite { reason, side, addr, port, other } => {
-                    tc_rewritten(tc_rewrite(&ctx, &pkt, side, (addr, port), other), reason)
+                    match tc_rewritten(tc_rewrite(&ctx, &pkt, side, (addr, port), other), reason) {
+                        (TC_OK, reason) => (tc_send(&ctx), reason),
+                        dropped => dropped,
+                    }
                 }
                 Verdict::Reject => tc_reject(&ctx, &pkt),
             };
@@ -234,6 +246,44 @@ fn tc_rewritten(result: Result<(), c_long>, reason: Reason) -> (i32, Reason) {
     match result {
         Ok(()) => (TC_OK, reason),
         Err(_) => (TC_SHOT, Reason::DropRewriteFailed),
+    }
+}
+
+/// The action for a pod's packet rewritten just now: straight into a local
+/// pod or out of the device the FIB names, else the kernel's routing (see
+/// `lb_ebpf::forward`). A BPF function of its own, like `xdp_send`.
+#[inline(never)]
+fn tc_send(ctx: &TcContext) -> i32 {
+    // SAFETY: a load-time constant; read volatile so that it is not folded.
+    if unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) } == 0 {
+        return TC_OK;
+    }
+    // The helpers of the rewrite invalidated every packet pointer.
+    let Ok(pkt) = tc_parse(ctx) else { return TC_OK };
+    // SAFETY: `pkt` was parsed from this context's packet just now.
+    let (mut query, ttl) = unsafe { (FibQuery::of(&pkt), forward::ttl(&pkt)) };
+    // SAFETY: the context's own metadata.
+    let (ingress, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };
+    if gso_size != 0 {
+        // A GSO packet leaves in segments of at most the MTU: no MTU check.
+        query.tot_len = 0;
+    }
+    let step = forward::tc_next_step(&KernelFib::of(ctx), ingress, ttl, &query);
+    count_fast_path(step.counter());
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    match step {
+        // SAFETY: the context's packet, made writable by the rewrite; the
+        // bounds are checked inside.
+        TcStep::Peer(hop) if unsafe { forward::write_next_hop(data, data_end, &hop) } => {
+            // SAFETY: a helper taking plain values.
+            unsafe { bpf_redirect_peer(hop.ifindex, 0) as i32 }
+        }
+        // SAFETY: as above.
+        TcStep::Neigh(ifindex) if unsafe { forward::decrement_ttl(data, data_end) } => {
+            // SAFETY: a null next hop asks the kernel to resolve the FIB's own.
+            unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+        }
+        _ => TC_OK,
     }
 }
 

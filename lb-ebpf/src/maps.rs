@@ -13,10 +13,11 @@ use aya_ebpf::{
 };
 
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, EndpointKey, EndpointMeta,
-    FastPath, FibCacheEntry, Frontend, FrontendKey, Hook, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS,
-    MAX_BACKENDS, MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES,
-    MAX_REDIRECT_PORTS, MAX_SOURCE_RANGES, MaglevElement, Reason, ServiceMeta, SourceRange, ct_stats,
+    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, DEVICE_POD,
+    DEVICE_TAKES_XDP_FRAMES, EndpointKey, EndpointMeta, FastPath, FibCacheEntry, Frontend, FrontendKey, Hook,
+    MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES,
+    MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES, MAX_SOURCE_RANGES,
+    MaglevElement, Reason, ServiceMeta, SourceRange, ct_stats,
 };
 use lb_ebpf::{
     decide::{InsertFailed, Tables},
@@ -57,10 +58,10 @@ static LB_SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::pinned(MAX_SOURCE_R
 #[map]
 static LB_VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, 0);
 
-/// ifindex -> 1 for the devices the agent lets XDP send frames to
-/// (`--xdp-redirect-device`).
+/// ifindex -> `DEVICE_*` flags: the devices the datapath may send packets
+/// to itself (XDP frames, or TC's `bpf_redirect_peer` into a pod).
 #[map]
-static LB_REDIRECT_PORTS: HashMap<u32, u32> = HashMap::pinned(MAX_REDIRECT_PORTS, 0);
+static LB_DEVICES: HashMap<u32, u32> = HashMap::pinned(MAX_DEVICES, 0);
 
 /// Destination address -> the FIB's next hop, reused for FIB_CACHE_NS.
 #[map]
@@ -218,20 +219,28 @@ impl Tables for MapTables {
 
     #[inline(always)]
     fn node_address_toward(&self, daddr: u32) -> Option<u32> {
-        // SAFETY: all-zero is a valid value of this plain C struct.
-        let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-        params.family = AF_INET;
-        params.ifindex = self.ingress_ifindex;
-        params.__bindgen_anon_4.ipv4_dst = daddr;
-        // SAFETY: the helper reads and writes `params`, whose size it is given.
-        let ret = unsafe { bpf_fib_lookup(self.ctx, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-        // With either answer the FIB has named the device the route leaves by.
-        let egress =
-            matches!(ret as u32, BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH).then_some(params.ifindex);
         // SAFETY: plain data copied out at once.
         let addr = |ifindex: u32| unsafe { LB_NODE_ADDRS.get(ifindex).copied() };
-        egress.and_then(addr).or_else(|| addr(self.ingress_ifindex))
+        let egress = egress_device(self.ctx, self.ingress_ifindex, daddr);
+        if egress != 0 { addr(egress) } else { None }.or_else(|| addr(self.ingress_ifindex))
     }
+}
+
+/// The device the FIB's route to `daddr` leaves by, 0 if none. A BPF
+/// function of its own: its 64-byte query would otherwise sit in the
+/// caller's stack frame, beside the fast path's (the 6.1 verifier caps the
+/// frames of a call chain at 512 bytes together).
+#[inline(never)]
+fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: u32) -> u32 {
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ingress_ifindex;
+    params.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: the helper reads and writes `params`, whose size it is given.
+    let ret = unsafe { bpf_fib_lookup(ctx, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    // With either answer the FIB has named the device the route leaves by.
+    if matches!(ret as u32, BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH) { params.ifindex } else { 0 }
 }
 
 #[inline(always)]
@@ -242,10 +251,17 @@ pub fn count(hook: Hook, reason: Reason) {
     }
 }
 
-/// The kernel's FIB as seen from one XDP context.
-pub struct KernelFib<'a>(pub &'a XdpContext);
+/// The kernel's FIB as seen from one program context.
+pub struct KernelFib(*mut c_void);
 
-impl Fib for KernelFib<'_> {
+impl KernelFib {
+    #[inline(always)]
+    pub fn of<C: EbpfContext>(ctx: &C) -> Self {
+        Self(ctx.as_ptr())
+    }
+}
+
+impl Fib for KernelFib {
     #[inline(always)]
     fn lookup(&self, ingress_ifindex: u32, query: &FibQuery) -> FibAnswer {
         // SAFETY: all-zero is a valid value of this plain C struct.
@@ -260,13 +276,12 @@ impl Fib for KernelFib<'_> {
         params.__bindgen_anon_3.ipv4_src = query.saddr;
         params.__bindgen_anon_4.ipv4_dst = query.daddr;
         // SAFETY: the helper reads and writes `params`, whose size it is given.
-        let ret =
-            unsafe { bpf_fib_lookup(self.0.ctx.cast(), &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+        let ret = unsafe { bpf_fib_lookup(self.0, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
         match ret as u32 {
             BPF_FIB_LKUP_RET_SUCCESS => {
                 FibAnswer::Forward(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac })
             }
-            BPF_FIB_LKUP_RET_NO_NEIGH => FibAnswer::NoNeighbour,
+            BPF_FIB_LKUP_RET_NO_NEIGH => FibAnswer::NoNeighbour(params.ifindex),
             _ => FibAnswer::NotForwarded,
         }
     }
@@ -293,9 +308,19 @@ impl Fib for KernelFib<'_> {
 
     #[inline(always)]
     fn takes_xdp_frames(&self, ifindex: u32) -> bool {
-        // SAFETY: only the presence of the entry is read.
-        unsafe { LB_REDIRECT_PORTS.get(ifindex).is_some() }
+        device_flags(ifindex) & DEVICE_TAKES_XDP_FRAMES != 0
     }
+
+    #[inline(always)]
+    fn is_pod_device(&self, ifindex: u32) -> bool {
+        device_flags(ifindex) & DEVICE_POD != 0
+    }
+}
+
+#[inline(always)]
+fn device_flags(ifindex: u32) -> u32 {
+    // SAFETY: plain data copied out at once.
+    unsafe { LB_DEVICES.get(ifindex).copied() }.unwrap_or(0)
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@
 //! matches the patterns, including ones that appear later.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -14,6 +14,8 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 use tracing::{error, info, warn};
+
+use lb_common::{DEVICE_POD, DEVICE_TAKES_XDP_FRAMES};
 
 use crate::{
     datapath::{
@@ -64,8 +66,8 @@ struct Agent {
     failed: BTreeMap<String, u32>,
     /// This node's name and device addresses.
     node: NodeInfo,
-    /// The ifindexes last written to `LB_REDIRECT_PORTS`.
-    redirect_ports: Option<BTreeSet<u32>>,
+    /// What was last written to `LB_DEVICES` (ifindex -> flags).
+    devices: Option<BTreeMap<u32, u32>>,
     /// What was last written to `LB_NODE_ADDRS` (ifindex -> address).
     node_device_addrs: Option<BTreeMap<u32, u32>>,
     /// Services refused for want of room, as last logged.
@@ -92,7 +94,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config,
         failed: BTreeMap::new(),
         node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external },
-        redirect_ports: None,
+        devices: None,
         node_device_addrs: None,
         refused: BTreeMap::new(),
         health: HealthServer::default(),
@@ -276,7 +278,7 @@ impl Agent {
                 self.failed.insert(name, ifindex);
             }
         }
-        self.sync_redirect_ports();
+        self.sync_devices();
         self.sync_node_device_addrs();
         failed
     }
@@ -313,19 +315,26 @@ impl Agent {
         }
     }
 
-    /// Writes the redirect devices' ifindexes when they changed (the first
-    /// time also clears what an earlier agent left).
-    fn sync_redirect_ports(&mut self) {
-        let ifindexes: BTreeSet<u32> = match self.config.redirect_devices.present() {
-            Ok(present) => present.into_values().collect(),
+    /// Writes which devices the datapath may send to itself when that
+    /// changed (the first time also clears what an earlier agent left): the
+    /// XDP redirect devices, and the attached pod veths (TC's
+    /// `bpf_redirect_peer` targets).
+    fn sync_devices(&mut self) {
+        let mut devices: BTreeMap<u32, u32> = match self.config.redirect_devices.present() {
+            Ok(present) => present.into_values().map(|i| (i, DEVICE_TAKES_XDP_FRAMES)).collect(),
             Err(err) => return error!("{err}"),
         };
-        if self.redirect_ports.as_ref() == Some(&ifindexes) {
+        for (name, ifindex) in self.datapath.attached() {
+            if !self.config.node_devices.matches(name) {
+                *devices.entry(ifindex).or_default() |= DEVICE_POD;
+            }
+        }
+        if self.devices.as_ref() == Some(&devices) {
             return;
         }
-        match self.maps.set_redirect_ports(&ifindexes) {
-            Ok(()) => self.redirect_ports = Some(ifindexes),
-            Err(err) => error!("cannot update the XDP redirect devices: {err}"),
+        match self.maps.set_devices(&devices) {
+            Ok(()) => self.devices = Some(devices),
+            Err(err) => error!("cannot update the datapath's devices: {err}"),
         }
     }
 }

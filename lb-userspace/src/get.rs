@@ -166,7 +166,7 @@ pub fn format_endpoints(maps: &DatapathMaps) -> anyhow::Result<String> {
     Ok(table(["NAMESPACE", "NAME", "PORT", "ENDPOINT", "READY", "SERVING", "TERMINATING", "TARGET"], &rows))
 }
 
-/// Packets per verdict reason and hook, then how the rewritten ones left XDP.
+/// Packets per verdict reason and hook, then how the rewritten ones left.
 pub fn format_counters(
     counters: &[(lb_common::Reason, [u64; lb_common::Hook::COUNT as usize])],
     fast_path: &[(lb_common::FastPath, u64)],
@@ -178,7 +178,7 @@ pub fn format_counters(
     let fast_rows: Vec<[String; 2]> = fast_path.iter().map(|(f, n)| [f.name().to_owned(), n.to_string()]).collect();
     let hooks = lb_common::Hook::ALL.map(lb_common::Hook::name);
     let header = ["REASON", hooks[0], hooks[1], hooks[2]];
-    format!("{}\n{}", table(header, &rows), table(["SENT-BY", "XDP"], &fast_rows))
+    format!("{}\n{}", table(header, &rows), table(["SENT-BY", "PACKETS"], &fast_rows))
 }
 
 /// Which flows `get conntrack` lists; every given filter must match.

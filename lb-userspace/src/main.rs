@@ -67,6 +67,12 @@ struct RunArgs {
     /// XDP do; a veth only when its peer runs XDP.
     #[arg(long = "xdp-redirect-device", value_name = "PATTERN")]
     redirect_devices: Vec<String>,
+    /// How pod traffic leaves once translated: `redirect` sends it from TC
+    /// straight into a local pod (bpf_redirect_peer) or out of the FIB's
+    /// device (bpf_redirect_neigh), skipping the node's netfilter FORWARD
+    /// chain; `stack` hands it to the kernel's routing.
+    #[arg(long, value_enum, default_value_t = PodForwarding::Redirect)]
+    pod_forwarding: PodForwarding,
     /// Where the maps are pinned; two agents on one host need two directories.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpf_dir: PathBuf,
@@ -118,6 +124,12 @@ struct RunArgs {
 fn parse_seconds(text: &str) -> Result<u32, String> {
     let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     u32::try_from(d.as_secs()).ok().filter(|s| *s > 0).ok_or_else(|| format!("{text} is not between 1s and 136 years"))
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PodForwarding {
+    Redirect,
+    Stack,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -255,6 +267,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             debug_log: args.datapath_debug,
             fast_path: !args.redirect_devices.is_empty(),
+            tc_redirect: matches!(args.pod_forwarding, PodForwarding::Redirect),
             ct_max: args.ct_max,
             ct_timeouts: lb_common::CtTimeouts {
                 tcp_syn_s: args.ct_timeout_tcp_syn,

@@ -163,7 +163,7 @@ impl AgentProcess {
     }
 
     /// The counter in `column` (a hook: `XDP-NODE`, `TC-POD`, `TC-EGRESS`;
-    /// or `XDP` for how rewritten packets left XDP) of the row `reason`.
+    /// or `PACKETS` for how rewritten packets left) of the row `reason`.
     pub fn counter(&self, column: &str, reason: &str) -> anyhow::Result<u64> {
         let counters = self.get("counters")?;
         let mut index = None;

@@ -47,6 +47,28 @@ fn tcp_and_udp_to_the_cluster_ip_reach_every_ready_backend_and_replies_come_from
     }
     assert_eq!(served, names(&ready));
     assert!(agent.counter("TC-POD", "reply_reverse_nat").unwrap() >= 80);
+    // Straight into the pods' namespaces from TC, once the neighbours are known.
+    assert!(agent.counter("PACKETS", "redirect_peer").unwrap() > 0, "{}", agent.get("counters").unwrap());
+}
+
+/// `--pod-forwarding stack` hands translated pod traffic to the kernel's
+/// routing instead (for netfilter rules in FORWARD): the same answers.
+#[test]
+fn with_pod_forwarding_stack_the_kernel_routes_translated_pod_traffic() {
+    require_root();
+    let c = cluster(2);
+    let all: Vec<&Pod> = c.backends.iter().collect();
+    let agent = AgentProcess::start_with(
+        &c.node,
+        &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods_manifest(&all, |_| true))],
+        &["--pod-device", "h-*", "--pod-forwarding", "stack"],
+    )
+    .unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    assert_eq!(http_spread(&c.client, 20), names(&all));
+    for sent_by in ["redirect_peer", "redirect_neigh"] {
+        assert_eq!(agent.counter("PACKETS", sent_by).unwrap(), 0, "{}", agent.get("counters").unwrap());
+    }
 }
 
 #[test]

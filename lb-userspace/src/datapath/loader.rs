@@ -38,6 +38,7 @@ const TC_POD_PROGRAM: &str = "lb_tc_pod";
 const TC_EGRESS_PROGRAM: &str = "lb_tc_egress";
 /// Load-time constants of the programs (lb-ebpf's statics of these names).
 const FAST_PATH_GLOBAL: &str = "LB_FAST_PATH";
+const TC_REDIRECT_GLOBAL: &str = "LB_TC_REDIRECT";
 const CT_TIMEOUTS_GLOBAL: &str = "LB_CT_TIMEOUTS";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -83,6 +84,9 @@ pub struct LoadOptions {
     pub debug_log: bool,
     /// Keep the FIB lookup after each rewrite (`--xdp-redirect-device`).
     pub fast_path: bool,
+    /// Send pod traffic on by `bpf_redirect_peer`/`bpf_redirect_neigh`
+    /// (`--pod-forwarding redirect`) rather than the kernel's routing.
+    pub tc_redirect: bool,
     /// Conntrack capacity, in entries (two per flow).
     pub ct_max: u32,
     pub ct_timeouts: CtTimeouts,
@@ -99,6 +103,7 @@ impl Default for LoadOptions {
             xdp_mode: XdpAttachMode::Auto,
             debug_log: false,
             fast_path: false,
+            tc_redirect: true,
             ct_max: MAX_CONNTRACK,
             ct_timeouts: CtTimeouts::DEFAULT,
             maglev_entries: MAX_MAGLEV_ENTRIES,
@@ -234,6 +239,7 @@ impl Datapath {
             .default_map_pin_directory(bpf_dir)
             .override_global(aya_log::LEVEL, &log_level, false)
             .override_global(FAST_PATH_GLOBAL, &u8::from(options.fast_path), true)
+            .override_global(TC_REDIRECT_GLOBAL, &u8::from(options.tc_redirect), true)
             .override_global(CT_TIMEOUTS_GLOBAL, &options.ct_timeouts, true)
             .map_max_entries(map_names::CONNTRACK, options.ct_max)
             .map_max_entries(map_names::MAGLEV, maglev_elements)

@@ -39,7 +39,8 @@ pub struct DatapathMaps {
     pub vips: HashMap<MapData, u32, u32>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointMeta>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
-    pub redirect_ports: HashMap<MapData, u32, u32>,
+    /// ifindex -> `DEVICE_*` flags.
+    pub devices: HashMap<MapData, u32, u32>,
     /// ifindex -> first IPv4 address of each node device, for SNAT.
     pub node_addrs: HashMap<MapData, u32, u32>,
     pub fast_path_counters: PerCpuArray<MapData, u64>,
@@ -138,7 +139,7 @@ impl DatapathMaps {
             vips: typed(&mut open, map_names::VIPS)?,
             endpoints: typed(&mut open, map_names::ENDPOINTS)?,
             source_ranges: typed(&mut open, map_names::SOURCE_RANGES)?,
-            redirect_ports: typed(&mut open, map_names::REDIRECT_PORTS)?,
+            devices: typed(&mut open, map_names::DEVICES)?,
             node_addrs: typed(&mut open, map_names::NODE_ADDRS)?,
             fast_path_counters: typed(&mut open, map_names::FAST_PATH_COUNTERS)?,
             ct_stats: typed(&mut open, map_names::CT_STATS)?,
@@ -293,14 +294,17 @@ impl DatapathMaps {
         FastPath::ALL.iter().map(|f| Ok((*f, sum_per_cpu(&self.fast_path_counters, *f as u32)?))).collect()
     }
 
-    /// Makes `ifindexes` exactly the devices XDP may send frames to.
-    pub fn set_redirect_ports(&mut self, ifindexes: &BTreeSet<u32>) -> Result<(), MapError> {
-        let present: BTreeSet<u32> = self.redirect_ports.keys().collect::<Result<_, _>>()?;
-        for gone in present.difference(ifindexes) {
-            self.redirect_ports.remove(gone)?;
+    /// Makes `devices` (ifindex -> `DEVICE_*` flags) exactly the devices
+    /// the datapath may send packets to itself.
+    pub fn set_devices(&mut self, devices: &BTreeMap<u32, u32>) -> Result<(), MapError> {
+        let present: BTreeSet<u32> = self.devices.keys().collect::<Result<_, _>>()?;
+        for gone in present.iter().filter(|i| !devices.contains_key(i)) {
+            self.devices.remove(gone)?;
         }
-        for new in ifindexes.difference(&present) {
-            self.redirect_ports.insert(new, 1, 0)?;
+        for (ifindex, flags) in devices {
+            if self.devices.get(ifindex, 0).ok() != Some(*flags) {
+                self.devices.insert(ifindex, flags, 0)?;
+            }
         }
         Ok(())
     }
