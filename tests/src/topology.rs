@@ -107,6 +107,12 @@ impl Pod {
         self.spawn_server([("--sink", port)])
     }
 
+    /// Like [`Pod::serve_sink`] on each of `ports`, reporting the byte
+    /// count only (no digest, which would cost more than the transfer).
+    pub fn serve_discard(&mut self, ports: &[u16]) -> anyhow::Result<()> {
+        self.spawn_server(ports.iter().map(|p| ("--discard", *p)))
+    }
+
     /// Runs `lb-testserver` with (flag, port) listeners on all addresses
     /// and waits until it is listening.
     fn spawn_server(&mut self, listeners: impl IntoIterator<Item = (&'static str, u16)>) -> anyhow::Result<()> {

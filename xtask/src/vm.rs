@@ -32,8 +32,17 @@ const MODULES: &[&str] = &["veth", "bridge", "sch_ingress", "cls_bpf"];
 /// Host programs the harness runs, copied with their libraries.
 const HOST_PROGRAMS: &[&str] = &["ip", "tc", "nsenter", "ethtool", "setpriv"];
 /// Integration test files run in the guest (the benches are not).
-const TEST_TARGETS: &[&str] =
-    &["datapath_fixtures", "maglev", "conntrack", "clusterip", "services", "external", "multinode", "environment"];
+const TEST_TARGETS: &[&str] = &[
+    "datapath_fixtures",
+    "maglev",
+    "conntrack",
+    "clusterip",
+    "services",
+    "external",
+    "multinode",
+    "environment",
+    "restart",
+];
 /// Emulation is slow: the whole run must end within this.
 const TIME_LIMIT: Duration = Duration::from_secs(40 * 60);
 

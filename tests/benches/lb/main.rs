@@ -3,6 +3,7 @@
 //! for some only), with the machine they ran on, a `.json` and SVG charts
 //! beside it.
 
+mod bulk;
 mod chart;
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -32,6 +33,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("per_packet", per_packet::run),
     ("throughput", throughput::run),
     ("tcp", tcp::run),
+    ("bulk", bulk::run),
     ("control_plane", control_plane::run),
     ("maglev", maglev::run),
 ];

@@ -187,9 +187,11 @@ impl Synthetic {
 /// What the node runs to implement the Services.
 #[derive(Clone, Copy)]
 pub enum Datapath {
+    /// lb: pod traffic translated on TC and sent on by bpf_redirect_peer/neigh.
     Lb,
-    /// lb with the XDP fast path to the pod veths (`--xdp-redirect-device 'h-*'`).
-    LbRedirect,
+    /// lb handing translated pod traffic to the kernel's routing
+    /// (`--pod-forwarding stack`).
+    LbStack,
     Iptables,
     Nftables,
 }
@@ -197,29 +199,25 @@ pub enum Datapath {
 impl Datapath {
     pub fn name(self) -> &'static str {
         match self {
-            Datapath::Lb => "lb XDP (XDP_PASS)",
-            Datapath::LbRedirect => "lb XDP (redirect)",
+            Datapath::Lb => "lb TC (redirect)",
+            Datapath::LbStack => "lb TC (stack)",
             Datapath::Iptables => "iptables (legacy)",
             Datapath::Nftables => "nftables",
         }
-    }
-
-    pub fn is_lb(self) -> bool {
-        matches!(self, Datapath::Lb | Datapath::LbRedirect)
     }
 
     /// Programs `synthetic` on `node`: an agent (kept running while the
     /// returned process lives) or kube-proxy's rules.
     pub fn program(self, node: &Node, synthetic: &Synthetic) -> anyhow::Result<Option<AgentProcess>> {
         match self {
-            Datapath::Lb | Datapath::LbRedirect => {
+            Datapath::Lb | Datapath::LbStack => {
                 let files = synthetic.manifest_files(ENDPOINTS);
                 let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
                 // Room for each Service's table of 10 backends (10 007 entries).
                 let entries = (synthetic.services * 10_240).next_power_of_two().to_string();
                 let mut args = vec!["--pod-device", "h-*", "--maglev-entries", &entries];
-                if matches!(self, Datapath::LbRedirect) {
-                    args.extend(["--xdp-redirect-device", "h-*"]);
+                if matches!(self, Datapath::LbStack) {
+                    args.extend(["--pod-forwarding", "stack"]);
                 }
                 Ok(Some(AgentProcess::start_with(node, &manifests, &args)?))
             }

@@ -1,8 +1,10 @@
-//! Forwarding throughput over veth: 64-byte UDP frames to a Service, of one
-//! flow or a new flow each, sent from a client pod by BPF_PROG_RUN in live-frames mode
-//! (XDP_TX out of its eth0; the node's end runs an XDP program for every
-//! datapath, a pass-through one for the kernel's), forwarded by the node, and counted where they
-//! arrive: an XDP_DROP program on the backend pod's eth0 (`ethtool -S`).
+//! Forwarding throughput over veth, pod -> cluster IP -> pod: 64-byte UDP
+//! frames to a Service, of one flow or a new flow each, sent from a client
+//! pod by BPF_PROG_RUN in live-frames mode (XDP_TX out of its eth0; the
+//! node's end runs a pass-through XDP program so that the veth takes them),
+//! forwarded by the node (lb on TC ingress), and counted where they arrive:
+//! a raw-table DROP rule in the backend pod, which sees frames that came by
+//! the veth and by `bpf_redirect_peer` alike.
 //! The generator and the node's receive processing share a CPU (the veth
 //! peer's NAPI runs where the frames are sent), so each figure is the rate
 //! of generator + node datapath together; the generator's own cost is the
@@ -37,13 +39,14 @@ const NEW_FLOW_FRAMES: u32 = 300_000;
 const RUNS: usize = 3;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 100);
 
-/// Frames the backend's XDP program dropped so far.
+/// Frames the backend's DROP rule counted so far.
 fn received(backend: &Netns) -> anyhow::Result<u64> {
-    let out = backend.exec(&["ethtool", "-S", "eth0"])?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("rx_queue_")?.split_once("_xdp_drops: ")?.1.parse::<u64>().ok())
-        .sum())
+    let out = backend.exec(&["iptables-legacy", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.contains("DROP"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no DROP rule counter in:\n{text}"))
 }
 
 /// A node running one datapath for some Services, with a client pod that
@@ -55,8 +58,7 @@ struct Rig {
     frame: Vec<u8>,
     new_flows: Vec<u8>,
     // Held for as long as the rig is measured.
-    _sink: std::os::fd::OwnedFd,
-    _pass: Option<std::os::fd::OwnedFd>,
+    _pass: std::os::fd::OwnedFd,
     _agent: Option<lb_tests::agent::AgentProcess>,
     _node: Node,
 }
@@ -66,8 +68,8 @@ impl Rig {
         let synthetic = Synthetic { services, protocol: Protocol::Udp };
         let node = Node::new()?;
         let backend = node.add_pod("backend", BACKEND_POD)?;
-        let sink = xdp_const::attach(&backend.ns, "eth0", Action::Drop)?;
-        // The sink drops ARP too: the node learns the backend's MAC statically.
+        backend.ns.exec(&["iptables-legacy", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"])?;
+        // The node knows the backend's MAC from the start: no ARP in the runs.
         let backend_mac = backend.ns.mac("eth0")?;
         let backend_ip = BACKEND_POD.to_string();
         node.ns.exec(&[
@@ -85,8 +87,8 @@ impl Rig {
         let client = node.add_pod("client", CLIENT)?;
         let agent = datapath.program(&node, &synthetic)?;
         // The generator's frames reach the node only through an XDP program
-        // there: lb's own, or a pass-through one for the kernel's datapaths.
-        let pass = if datapath.is_lb() { None } else { Some(xdp_const::attach(&node.ns, "h-client", Action::Pass)?) };
+        // there (a veth takes XDP_TX frames only when its peer runs one).
+        let pass = xdp_const::attach(&node.ns, "h-client", Action::Pass)?;
         let mac = |ns: &Netns, ifname: &str| -> anyhow::Result<[u8; 6]> {
             let text = ns.mac(ifname)?;
             let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
@@ -113,7 +115,7 @@ impl Rig {
         // The first frames create the flow (and fill the FIB's caches).
         xdp_const::send_live_frames(&client.ns, "eth0", &frame, 1_000, Flows::One)?;
         std::thread::sleep(Duration::from_millis(100));
-        Ok(Rig { backend, client, frame, new_flows, _sink: sink, _pass: pass, _agent: agent, _node: node })
+        Ok(Rig { backend, client, frame, new_flows, _pass: pass, _agent: agent, _node: node })
     }
 
     /// Packets per second received at the backend in one run.
@@ -132,7 +134,7 @@ impl Rig {
     }
 }
 
-const DATAPATHS: [Datapath; 4] = [Datapath::Lb, Datapath::LbRedirect, Datapath::Iptables, Datapath::Nftables];
+const DATAPATHS: [Datapath; 4] = [Datapath::Lb, Datapath::LbStack, Datapath::Iptables, Datapath::Nftables];
 
 const PATTERNS: [Flows; 2] = [Flows::One, Flows::NewEach];
 
@@ -212,9 +214,9 @@ pub fn run() -> anyhow::Result<Section> {
          for new flows, ± half the range), and the ratio to iptables. The datapaths run side by side on nodes of \
          their own and are measured in turn. One flow: established after its first packet. A new flow every \
          packet: random source ports and addresses in 10.244.0.0/16, so every packet is a conntrack miss and a \
-         Service lookup (a walk of KUBE-SERVICES for iptables). The redirect row sends the rewritten frame from \
-         XDP to the backend's veth (`--xdp-redirect-device 'h-*'`). Goals: >= 3x iptables at 1 service, >= 10x \
-         at 10 000. Depends on the machine."
+         Service lookup (a walk of KUBE-SERVICES for iptables). lb translates pod traffic on TC ingress of the \
+         client's veth; the redirect row sends it on with `bpf_redirect_peer` into the backend pod, the stack \
+         row through the kernel's routing (`--pod-forwarding stack`). Depends on the machine."
     );
     Ok(Section { title: "Forwarding throughput over veth, 64-byte UDP", markdown, json: json!(rows), charts })
 }

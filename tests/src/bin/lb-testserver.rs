@@ -6,8 +6,9 @@
 //! prints `ready` once every socket is bound. `--tcp-echo` keeps a
 //! connection open and answers each line with `NAME: line`, for tests of
 //! long-lived flows. `--sink` reads a connection to its end and answers
-//! `NAME received N bytes, digest D` (see `lb_tests::digest`), so that a
-//! bulk transfer proves every byte arrived intact.
+//! `NAME received N bytes, digest D` (see `lb_tests::Digest`), so that a
+//! bulk transfer proves every byte arrived intact; `--discard` answers
+//! `NAME received N bytes` only, for throughput benchmarks.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -19,7 +20,8 @@ use anyhow::{Context, bail};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut name, mut http, mut udp, mut tcp_echo, mut sink) = (None, Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut name, mut http, mut udp, mut tcp_echo) = (None, Vec::new(), Vec::new(), Vec::new());
+    let (mut sink, mut discard) = (Vec::new(), Vec::new());
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -28,6 +30,7 @@ fn main() -> anyhow::Result<()> {
             "--udp" => udp.push(value.parse::<SocketAddr>().with_context(|| format!("--udp {value}"))?),
             "--tcp-echo" => tcp_echo.push(value.parse::<SocketAddr>().with_context(|| format!("--tcp-echo {value}"))?),
             "--sink" => sink.push(value.parse::<SocketAddr>().with_context(|| format!("--sink {value}"))?),
+            "--discard" => discard.push(value.parse::<SocketAddr>().with_context(|| format!("--discard {value}"))?),
             _ => bail!(
                 "unknown flag {flag}; usage: lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]..."
             ),
@@ -47,9 +50,9 @@ fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
         workers.push(thread::spawn(move || serve_tcp_echo(name, listener)));
     }
-    for addr in sink {
+    for (addr, digest) in sink.into_iter().map(|a| (a, true)).chain(discard.into_iter().map(|a| (a, false))) {
         let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
-        workers.push(thread::spawn(move || serve_sink(name, listener)));
+        workers.push(thread::spawn(move || serve_sink(name, listener, digest)));
     }
     println!("ready");
     std::io::stdout().flush()?;
@@ -97,15 +100,24 @@ fn serve_udp(name: &str, socket: UdpSocket) {
     }
 }
 
-fn serve_sink(name: &'static str, listener: TcpListener) {
+/// Reads each connection to its end and reports how much came, with the
+/// digest of it when `digest` (which costs more than the transfer).
+fn serve_sink(name: &'static str, listener: TcpListener, digest: bool) {
     for mut stream in listener.incoming().flatten() {
         thread::spawn(move || {
-            let mut digest = lb_tests::Digest::default();
-            let mut buf = vec![0u8; 1 << 16];
+            let (mut sum, mut len) = (lb_tests::Digest::default(), 0u64);
+            let mut buf = vec![0u8; 1 << 18];
             while let Ok(n @ 1..) = stream.read(&mut buf) {
-                digest.update(&buf[..n]);
+                len += n as u64;
+                if digest {
+                    sum.update(&buf[..n]);
+                }
             }
-            let _ = writeln!(stream, "{name} received {} bytes, digest {:016x}", digest.len(), digest.value());
+            let _ = if digest {
+                writeln!(stream, "{name} received {len} bytes, digest {:016x}", sum.value())
+            } else {
+                writeln!(stream, "{name} received {len} bytes")
+            };
         });
     }
 }

@@ -1,0 +1,110 @@
+//! Bulk TCP through a cluster IP: one connection from a client pod to the
+//! last synthetic Service, served by a pod on the same node, writing 256 KiB
+//! at a time for a few seconds with the pods' default offloads (TSO/GSO:
+//! the node forwards 64 KB super-packets). Gbit/s as the receiver counted.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddrV4, TcpStream},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{netns::Netns, topology::Node};
+use serde_json::json;
+
+use crate::{
+    Section,
+    chart::BarChart,
+    median_spread,
+    synthetic::{BACKEND_POD, Datapath, ENDPOINTS, Protocol, Synthetic, vip},
+};
+
+const DURATION: Duration = Duration::from_secs(3);
+const RUNS: usize = 3;
+const DATAPATHS: [Datapath; 4] = [Datapath::Lb, Datapath::LbStack, Datapath::Iptables, Datapath::Nftables];
+
+/// Gbit/s of one connection from `client` to `to` for DURATION, as the
+/// receiver reports it.
+fn transfer(client: &Netns, to: SocketAddrV4) -> anyhow::Result<f64> {
+    client.run_in(|| -> anyhow::Result<f64> {
+        let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let chunk = vec![0u8; 1 << 18];
+        let started = Instant::now();
+        while started.elapsed() < DURATION {
+            stream.write_all(&chunk)?;
+        }
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut report = String::new();
+        stream.read_to_string(&mut report)?;
+        let elapsed = started.elapsed();
+        let bytes: u64 = report
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no byte count in {report:?}"))?;
+        Ok(bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9)
+    })?
+}
+
+struct Rig {
+    client: lb_tests::topology::Pod,
+    to: SocketAddrV4,
+    _backend: lb_tests::topology::Pod,
+    _agent: Option<lb_tests::agent::AgentProcess>,
+    _node: Node,
+}
+
+impl Rig {
+    fn new(datapath: Datapath, services: u32) -> anyhow::Result<Self> {
+        let synthetic = Synthetic { services, protocol: Protocol::Tcp };
+        let node = Node::new()?;
+        let mut backend = node.add_pod("backend", BACKEND_POD)?;
+        backend.serve_discard(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>())?;
+        let client = node.add_pod("client", std::net::Ipv4Addr::new(10, 244, 0, 100))?;
+        let agent = datapath.program(&node, &synthetic)?;
+        let to = SocketAddrV4::new(vip(services - 1), 80);
+        Ok(Rig { client, to, _backend: backend, _agent: agent, _node: node })
+    }
+}
+
+pub fn run() -> anyhow::Result<Section> {
+    let mut markdown = String::from("| datapath | services | Gbit/s |\n|---|---|---|\n");
+    let mut rows = Vec::new();
+    let mut series: Vec<(String, Vec<f64>)> = DATAPATHS.iter().map(|d| (d.name().to_owned(), Vec::new())).collect();
+    let mut groups = Vec::new();
+    for services in [1u32, 10_000] {
+        groups.push(format!("{services} services"));
+        let rigs = DATAPATHS
+            .iter()
+            .map(|datapath| {
+                eprintln!("  bulk: setting up {} with {services} services", datapath.name());
+                Rig::new(*datapath, services)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); rigs.len()];
+        for round in 1..=RUNS {
+            for ((rig, runs), datapath) in rigs.iter().zip(&mut runs).zip(DATAPATHS) {
+                let gbps = transfer(&rig.client.ns, rig.to)?;
+                eprintln!("    round {round}/{RUNS}: {} {gbps:.2} Gbit/s", datapath.name());
+                runs.push(gbps);
+            }
+        }
+        drop(rigs);
+        for ((datapath, runs), series) in DATAPATHS.iter().zip(runs).zip(&mut series) {
+            let (gbps, spread) = median_spread(&runs);
+            series.1.push(gbps);
+            markdown.push_str(&format!("| {} | {services} | {gbps:.2} (±{spread:.2}) |\n", datapath.name()));
+            rows.push(json!({"datapath": datapath.name(), "services": services, "gbps": gbps, "spread": spread}));
+        }
+    }
+    markdown.push_str(&format!(
+        "\nOne TCP connection for {} s per run, pod -> cluster IP -> pod on the same node, default offloads \
+         (GSO/TSO) in both pods; medians of {RUNS} runs (± half the range), the datapaths side by side on nodes \
+         of their own, measured in turn. Sender, node and receiver share the machine's cores.\n",
+        DURATION.as_secs()
+    ));
+    let title = "TCP bulk through a cluster IP (GSO)";
+    let chart = BarChart { title: title.into(), y_label: "Gbit/s".into(), groups, series, log_y: false };
+    Ok(Section { title, markdown, json: json!(rows), charts: vec![("gbps", chart)] })
+}
