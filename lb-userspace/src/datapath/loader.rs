@@ -20,7 +20,10 @@ use aya::{
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, SchedClassifierLinkId, qdisc_add_clsact, qdisc_detach_program},
+        tc::{
+            NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle, qdisc_add_clsact,
+            qdisc_detach_program,
+        },
         xdp::XdpLink,
     },
     util::KernelVersion,
@@ -426,20 +429,35 @@ impl Datapath {
     }
 }
 
+/// Where this agent's netlink TC filters sit (before TCX): always the same
+/// priority and handle, so that a new agent replaces a killed one's filter
+/// in place, atomically, as `bpf_link_update` does for links.
+const TC_FILTER_PRIORITY: u16 = 1;
+const TC_FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
+
 /// A new TC attachment. Before TCX (6.6) it is a netlink filter on the
-/// clsact qdisc, which cannot be pinned: one a killed agent left is removed
-/// first, or it would stay beside this one.
+/// clsact qdisc, which cannot be pinned: one a killed agent left at our
+/// priority and handle gets this program in its place (no moment without
+/// one: pod packets would pass untranslated); filters of this program
+/// elsewhere (older agents) are removed before a new one is made.
 fn attach_tc_anew(
     tc: &mut SchedClassifier,
     ifname: &str,
     name: &str,
     attach_type: TcAttachType,
 ) -> Result<SchedClassifierLinkId, ProgramError> {
-    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
-        let _ = qdisc_add_clsact(ifname);
-        let _ = qdisc_detach_program(ifname, attach_type, name);
+    if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+        return tc.attach(ifname, attach_type);
     }
-    tc.attach(ifname, attach_type)
+    let ours = SchedClassifierLink::attached(ifname, attach_type, TC_FILTER_PRIORITY, TC_FILTER_HANDLE, None);
+    if let Ok(id) = ours.map_err(ProgramError::from).and_then(|link| tc.attach_to_link(link)) {
+        info!(ifname, ?attach_type, "replaced the tc filter an earlier agent left");
+        return Ok(id);
+    }
+    let _ = qdisc_add_clsact(ifname);
+    let _ = qdisc_detach_program(ifname, attach_type, name);
+    let options = NlOptions { priority: TC_FILTER_PRIORITY, handle: TC_FILTER_HANDLE, ..Default::default() };
+    tc.attach_with_options(ifname, attach_type, TcAttachOptions::Netlink(options))
 }
 
 /// The link pinned at `pin`, unpinned (this agent holds it until it pins
