@@ -297,34 +297,28 @@ impl DatapathMaps {
     /// Makes `devices` (ifindex -> `DEVICE_*` flags) exactly the devices
     /// the datapath may send packets to itself.
     pub fn set_devices(&mut self, devices: &BTreeMap<u32, u32>) -> Result<(), MapError> {
-        let present: BTreeSet<u32> = self.devices.keys().collect::<Result<_, _>>()?;
-        for gone in present.iter().filter(|i| !devices.contains_key(i)) {
-            self.devices.remove(gone)?;
-        }
-        for (ifindex, flags) in devices {
-            if self.devices.get(ifindex, 0).ok() != Some(*flags) {
-                self.devices.insert(ifindex, flags, 0)?;
-            }
-        }
-        Ok(())
+        make_exactly(&mut self.devices, devices)
     }
-}
 
-impl DatapathMaps {
     /// Makes `addrs` (ifindex -> address, network byte order) exactly the
     /// node device addresses SNAT uses.
     pub fn set_node_addresses(&mut self, addrs: &BTreeMap<u32, u32>) -> Result<(), MapError> {
-        let present: BTreeSet<u32> = self.node_addrs.keys().collect::<Result<_, _>>()?;
-        for gone in present.iter().filter(|i| !addrs.contains_key(i)) {
-            self.node_addrs.remove(gone)?;
-        }
-        for (ifindex, addr) in addrs {
-            if self.node_addrs.get(ifindex, 0).ok() != Some(*addr) {
-                self.node_addrs.insert(ifindex, addr, 0)?;
-            }
-        }
-        Ok(())
+        make_exactly(&mut self.node_addrs, addrs)
     }
+}
+
+/// Makes `map` hold exactly `want`, writing only what differs.
+fn make_exactly(map: &mut HashMap<MapData, u32, u32>, want: &BTreeMap<u32, u32>) -> Result<(), MapError> {
+    let present: BTreeSet<u32> = map.keys().collect::<Result<_, _>>()?;
+    for gone in present.iter().filter(|k| !want.contains_key(k)) {
+        map.remove(gone)?;
+    }
+    for (key, value) in want {
+        if map.get(key, 0).ok() != Some(*value) {
+            map.insert(key, value, 0)?;
+        }
+    }
+    Ok(())
 }
 
 /// What one conntrack sweep found.
