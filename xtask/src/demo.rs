@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: the kubia example of the seeds, through the XDP
+//! `cargo xtask demo`: the kubia example of the seeds, through the eBPF
 //! datapath. One node namespace, three kubia pods running lb-testserver, a
 //! client pod, the seeds' Service and Pod manifests, the agent, and ten
 //! requests to the Service's cluster IP. Everything it creates is removed
@@ -63,7 +63,7 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions; the handler only stores a flag.
     unsafe {
         if libc::geteuid() != 0 {
-            bail!("the demo creates network namespaces and attaches XDP: run `sudo -E cargo xtask demo`");
+            bail!("the demo creates network namespaces and attaches eBPF programs: run `sudo -E cargo xtask demo`");
         }
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
     }
