@@ -856,7 +856,10 @@ impl Shared<'_> {
         source_ranges.sort();
         source_ranges.dedup();
         let ranged = if source_ranges.is_empty() { 0 } else { FRONTEND_FLAG_SOURCE_RANGES };
-        let flags = external | ranged | if local { FRONTEND_FLAG_NODE_LOCAL } else { 0 };
+        // kube-proxy drops traffic a Local policy finds no endpoint for on
+        // this node, but rejects it when the Service has none anywhere.
+        let node_local = local && self.port.active_endpoints_on(None).next().is_some();
+        let flags = external | ranged | if node_local { FRONTEND_FLAG_NODE_LOCAL } else { 0 };
         let endpoints = if kind == FRONTEND_CLUSTER_IP { endpoint_metas(self.port) } else { Vec::new() };
         let meta = ServiceMeta { frontend_kind: kind, ..self.meta };
         let maglev = self.selection == BackendSelection::Maglev;
@@ -1235,6 +1238,31 @@ mod tests {
         assert_eq!(maps.adopt().plan(&desired, &node), []);
         node.addrs.reverse();
         assert_eq!(maps.adopt().plan(&desired, &node), []);
+    }
+
+    /// kube-proxy: a Local policy drops what finds no endpoint on this node,
+    /// but rejects when the Service has no endpoint on any node.
+    #[test]
+    fn a_local_policy_drops_without_a_local_endpoint_and_rejects_without_any() {
+        let mut elsewhere = endpoint(5, true);
+        elsewhere.node_name = Some("node-b".into());
+        let node =
+            NodeInfo { name: "node-a".into(), addrs: vec![Ipv4Addr::new(198, 51, 100, 1)], ..Default::default() };
+        for (endpoints, node_local) in [(vec![elsewhere], true), (vec![], false)] {
+            let mut desired = state(&[("local", VIP, &endpoints)]);
+            for service in desired.services.values_mut().map(Arc::make_mut) {
+                service.service_type = ServiceType::NodePort;
+                service.ports[0].node_port = Some(30080);
+                service.external_traffic_policy = TrafficPolicy::Local;
+            }
+            let mut maps = Maps::default();
+            maps.apply_checked(&Programmed::default().plan(&desired, &node));
+            let node_port =
+                FrontendKey { addr: wire::addr([198, 51, 100, 1]), port: wire::port(30080), proto: 6, _pad: 0 };
+            let frontend = maps.frontends[&node_port];
+            assert_eq!(frontend.backend_count, 0);
+            assert_eq!(frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0, node_local, "endpoints {endpoints:?}");
+        }
     }
 
     #[test]

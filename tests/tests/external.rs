@@ -127,7 +127,8 @@ fn load_balancer_ingress_and_external_ips_answer_on_the_service_port() {
 /// The seeds' "preventing unnecessary network hops": with
 /// `externalTrafficPolicy: Local` an external client is only served by
 /// pods on the node it reached, which see its own address; with no pod
-/// there, its traffic is dropped, while pods still reach the cluster IP.
+/// there, its traffic is dropped, while pods still reach the cluster IP;
+/// with no pod anywhere, it is refused.
 /// `internalTrafficPolicy: Local` does the same for pod traffic.
 #[test]
 fn traffic_policy_local_keeps_traffic_on_the_node_it_arrived_at() {
@@ -178,6 +179,12 @@ fn traffic_policy_local_keeps_traffic_on_the_node_it_arrived_at() {
     let attempt = tcp_connect(&external, SocketAddrV4::new(NODE_IP, 30123), Duration::from_millis(500)).unwrap();
     assert_eq!(attempt.map_err(|(kind, _)| kind), Err(std::io::ErrorKind::TimedOut));
     assert_eq!(from_pods(5), [elsewhere.name.clone()].into());
+
+    // No endpoint on any node: refused at once, as kube-proxy rejects.
+    agent.remove_manifest("pods.yaml").unwrap();
+    agent.wait_for_services(TIMEOUT, |s| !s.contains(&elsewhere.ip.to_string())).unwrap();
+    let attempt = tcp_connect(&external, SocketAddrV4::new(NODE_IP, 30123), TIMEOUT).unwrap();
+    assert_eq!(attempt.map_err(|(kind, _)| kind), Err(std::io::ErrorKind::ConnectionRefused));
 
     // internalTrafficPolicy: Local for pods, Cluster again from outside.
     agent.write_manifest("pods.yaml", &pods).unwrap();

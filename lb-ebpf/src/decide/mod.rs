@@ -216,8 +216,19 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
             let port = SNAT_PORT_MIN + (pick % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16;
             pick = tables.random();
             t.source = Some((node_addr, port.to_be()));
+            let key = conntrack::reply_key(flow, &t);
             let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, state, now);
-            reply_written = tables.conntrack_insert_new(&conntrack::reply_key(flow, &t), &entry);
+            // Looked up before written: an insert into a full LRU map can
+            // evict a live flow's entry even when it then fails on the key.
+            reply_written = match tables.conntrack(&key) {
+                None => tables.conntrack_insert_new(&key, &entry),
+                // This flow's own reply entry (its forward entry was
+                // evicted): the flow keeps its port.
+                Some(existing) if existing.other() == entry.other() && existing.nat_port == entry.nat_port => {
+                    tables.conntrack_insert(&key, &entry)
+                }
+                Some(_) => Err(InsertFailed),
+            };
             if reply_written.is_ok() {
                 break;
             }
@@ -271,6 +282,7 @@ mod tests {
         created: Cell<u64>,
         /// This node's address towards any backend.
         node_addr: Option<u32>,
+        inserts_on_taken_keys: Cell<u32>,
     }
 
     impl Tables for FakeTables {
@@ -286,6 +298,8 @@ mod tests {
         }
         fn conntrack_insert_new(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
             if self.conntrack.borrow().contains_key(key) {
+                // A real LRU map may have evicted another entry by now.
+                self.inserts_on_taken_keys.set(self.inserts_on_taken_keys.get() + 1);
                 return Err(InsertFailed);
             }
             self.conntrack_insert(key, entry)
@@ -543,6 +557,7 @@ mod tests {
             t.conntrack.borrow_mut().insert(key, CtEntry::default());
         }
         assert_eq!(decide(&other_client, TCP_ACK, &t, Hook::NodeXdp), Verdict::Drop(Reason::DropSnatExhausted));
+        assert_eq!(t.inserts_on_taken_keys.get(), 0, "a taken SNAT port must be looked up, not inserted into");
         // From a pod veth, or under a Local policy, there is no SNAT.
         assert!(matches!(
             decide(&flow(CLIENT, VIP, 40001, 80), TCP_ACK, &t, Hook::PodTc),
@@ -727,6 +742,33 @@ mod tests {
         t.now.set(t.now.get() + CT_REFRESH_NS);
         tcp(&t, &f, TCP_ACK);
         assert_eq!(restored(), Some((written.nat_addr, written.nat_port)));
+    }
+
+    #[test]
+    fn a_snat_flow_whose_forward_entry_was_evicted_keeps_its_port_and_no_other_client_gets_it() {
+        let mut t = service(1);
+        t.node_addr = Some(NODE);
+        t.backends.values_mut().for_each(|b| b.flags = BACKEND_FLAG_REMOTE);
+        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
+        t.frontends.get_mut(&key).unwrap().flags = FRONTEND_FLAG_EXTERNAL;
+        let f = flow(CLIENT, VIP, 1000, 80);
+        let first = decide(&f, TCP_SYN, &t, Hook::NodeXdp);
+        t.conntrack.borrow_mut().remove(&f);
+        t.random.set(777);
+        assert_eq!(decide(&f, TCP_ACK, &t, Hook::NodeXdp), first, "the flow keeps its SNAT port");
+        assert_eq!(t.conntrack.borrow().len(), 2, "no second reply entry");
+        // Another client whose hash names the same port never takes it over.
+        let Verdict::Rewrite { other: Some((_, port)), .. } = first else { panic!() };
+        let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1);
+        let other = (1..u16::MAX)
+            .map(|p| flow(CLIENT + 1, VIP, p, 80))
+            .find(|o| (SNAT_PORT_MIN + (lb_common::hash::flow(o) as u32 % range) as u16).to_be() == port)
+            .unwrap();
+        let Verdict::Rewrite { other: Some((_, other_port)), .. } = decide(&other, TCP_SYN, &t, Hook::NodeXdp) else {
+            panic!()
+        };
+        assert_ne!(other_port, port);
+        assert_eq!(t.inserts_on_taken_keys.get(), 0);
     }
 
     #[test]
