@@ -93,6 +93,29 @@ pub const DEVICE_TAKES_XDP_FRAMES: u32 = 1;
 /// `LB_DEVICES` flags: the host side of a pod's veth (`--pod-device`), into
 /// whose pod TC may send with `bpf_redirect_peer`.
 pub const DEVICE_POD: u32 = 2;
+/// `LB_VIPS` values: how many frontends use the address, with this bit set
+/// when one of them is a cluster IP.
+pub const VIP_CLUSTER_IP: u32 = 1 << 31;
+
+/// The service CIDR (`--service-cidr`) as the datapath tests addresses
+/// against it, network byte order: `addr & mask == network`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCidr {
+    pub network: u32,
+    pub mask: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceCidr>() == 8);
+
+impl ServiceCidr {
+    /// Does the CIDR hold `addr` (network byte order)? An empty CIDR (mask
+    /// 0 and network 0 would hold everything) holds nothing.
+    #[inline(always)]
+    pub fn contains(&self, addr: u32) -> bool {
+        self.mask != 0 && addr & self.mask == self.network
+    }
+}
+
 /// Node devices with an IPv4 address (`LB_NODE_ADDRS`).
 pub const MAX_NODE_DEVICES: u32 = 1_024;
 /// Default room for Maglev tables, in entries (2 bytes each): 32 MiB, e.g.
@@ -490,10 +513,16 @@ pub enum Reason {
     /// A flow to a backend on another node needs this node's address as its
     /// source, and the agent has written none for the way there: dropped.
     DropNoNodeAddress = 18,
+    /// A cluster IP on a port or protocol its Service does not have:
+    /// answered with a TCP reset or an ICMP port unreachable (kube-proxy
+    /// rejects it).
+    RejectNoServicePort = 19,
+    /// An address inside the service CIDR that no Service has: dropped.
+    DropUnallocatedServiceIp = 20,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassIpOptions,
@@ -514,6 +543,8 @@ impl Reason {
         Reason::DropSnatExhausted,
         Reason::DropRewriteFailed,
         Reason::DropNoNodeAddress,
+        Reason::RejectNoServicePort,
+        Reason::DropUnallocatedServiceIp,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -538,6 +569,8 @@ impl Reason {
             Reason::DropSnatExhausted => "drop_snat_exhausted",
             Reason::DropRewriteFailed => "drop_rewrite_failed",
             Reason::DropNoNodeAddress => "drop_no_node_address",
+            Reason::RejectNoServicePort => "reject_no_service_port",
+            Reason::DropUnallocatedServiceIp => "drop_unallocated_service_ip",
         }
     }
 }
@@ -703,6 +736,7 @@ mod pod {
     unsafe impl aya::Pod for SourceRange {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for CtTimeouts {}
+    unsafe impl aya::Pod for ServiceCidr {}
     unsafe impl aya::Pod for ServiceMeta {}
 }
 

@@ -109,7 +109,7 @@ fn xdp_apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) 
             let fast_path = unsafe { core::ptr::read_volatile(&LB_FAST_PATH) } != 0;
             (if fast_path { xdp_send(ctx, pkt) } else { xdp_action::XDP_PASS }, reason)
         }
-        Verdict::Reject => xdp_reject(ctx, pkt),
+        Verdict::Reject(reason) => xdp_reject(ctx, pkt, reason),
     }
 }
 
@@ -145,7 +145,7 @@ fn xdp_send(ctx: &XdpContext, pkt: &Packet) -> u32 {
 /// it back to the client. Anything that fails half-way is dropped, never
 /// passed half-written.
 #[inline(always)]
-fn xdp_reject(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
+fn xdp_reject(ctx: &XdpContext, pkt: &Packet, reason: Reason) -> (u32, Reason) {
     const DROP: (u32, Reason) = (xdp_action::XDP_DROP, Reason::DropNoBackend);
     if pkt.proto == IPPROTO_TCP {
         // SAFETY: `pkt` is a parsed TCP packet of this context.
@@ -154,7 +154,7 @@ fn xdp_reject(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
         let Some(reset) = (unsafe { answer::reset_for(pkt, tot_len) }) else { return DROP };
         // SAFETY: as above.
         unsafe { answer::write_reset(pkt, reset, L4Checksum::Full) };
-        return xdp_trim(ctx, answer::RST_FRAME_LEN).unwrap_or(DROP);
+        return xdp_trim(ctx, answer::RST_FRAME_LEN, reason).unwrap_or(DROP);
     }
     // SAFETY: growing the head into XDP's headroom; pointers are re-read after.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(answer::ICMP_ERROR_GROWTH as i32)) } != 0 {
@@ -166,16 +166,16 @@ fn xdp_reject(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
     }
     // SAFETY: the frame holds ICMP_ERROR_FRAME_LEN bytes (checked above).
     unsafe { answer::write_port_unreachable(data) };
-    xdp_trim(ctx, answer::ICMP_ERROR_FRAME_LEN).unwrap_or(DROP)
+    xdp_trim(ctx, answer::ICMP_ERROR_FRAME_LEN, reason).unwrap_or(DROP)
 }
 
-/// Cuts the frame to `len` bytes: the answer written at its start.
+/// Cuts the frame to `len` bytes: the answer written at its start, sent
+/// as `reason`.
 #[inline(always)]
-fn xdp_trim(ctx: &XdpContext, len: usize) -> Option<(u32, Reason)> {
+fn xdp_trim(ctx: &XdpContext, len: usize, reason: Reason) -> Option<(u32, Reason)> {
     // SAFETY: helpers on this program's own context.
     let current = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i32;
-    (unsafe { bpf_xdp_adjust_tail(ctx.ctx, len as i32 - current) } == 0)
-        .then_some((xdp_action::XDP_PASS, Reason::RejectNoBackend))
+    (unsafe { bpf_xdp_adjust_tail(ctx.ctx, len as i32 - current) } == 0).then_some((xdp_action::XDP_PASS, reason))
 }
 
 /// Answers pings to Service addresses (kube-proxy and Cilium leave them
@@ -210,7 +210,7 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
                         dropped => dropped,
                     }
                 }
-                Verdict::Reject => tc_reject(&ctx, &pkt),
+                Verdict::Reject(reason) => tc_reject(&ctx, &pkt, reason),
             };
             log_verdict(&ctx, &flow, result.1);
             result
@@ -368,10 +368,10 @@ fn tc_linear(ctx: &TcContext, len: usize) -> Option<usize> {
 /// `xdp_reject` does, and hands the answer to the kernel's routing, which
 /// sends it back to the pod. Anything that fails half-way is dropped.
 #[inline(always)]
-fn tc_reject(ctx: &TcContext, pkt: &Packet) -> (i32, Reason) {
+fn tc_reject(ctx: &TcContext, pkt: &Packet, reason: Reason) -> (i32, Reason) {
     const DROP: (i32, Reason) = (TC_SHOT, Reason::DropNoBackend);
     let answered = if pkt.proto == IPPROTO_TCP { tc_reset(ctx, pkt) } else { tc_port_unreachable(ctx) };
-    if answered.is_some() { (TC_OK, Reason::RejectNoBackend) } else { DROP }
+    if answered.is_some() { (TC_OK, reason) } else { DROP }
 }
 
 #[inline(always)]

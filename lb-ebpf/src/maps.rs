@@ -17,7 +17,7 @@ use lb_common::{
     DEVICE_TAKES_XDP_FRAMES, EndpointKey, EndpointMeta, FastPath, FibCacheEntry, Frontend, FrontendKey, Hook,
     MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES,
     MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES, MAX_SOURCE_RANGES,
-    MaglevElement, Reason, ServiceMeta, SourceRange, ct_stats,
+    MaglevElement, Reason, ServiceCidr, ServiceMeta, SourceRange, ct_stats,
 };
 use lb_ebpf::{
     decide::{InsertFailed, Tables},
@@ -54,7 +54,8 @@ static LB_ENDPOINTS: HashMap<EndpointKey, EndpointMeta> = HashMap::pinned(MAX_EN
 #[map]
 static LB_SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
 
-/// Service addresses (value: how many frontends use it), for ICMP echo.
+/// Service addresses (value: how many frontends use it, `VIP_CLUSTER_IP`
+/// set for a cluster IP), for ICMP echo and kube-proxy's rejects.
 #[map]
 static LB_VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, 0);
 
@@ -80,6 +81,10 @@ static LB_MAGLEV: Array<MaglevElement> = Array::pinned(MAX_MAGLEV_ENTRIES / MAGL
 /// Per-CPU conntrack statistics, indexed by `lb_common::ct_stats`.
 #[map]
 static LB_CT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(ct_stats::COUNT, 0);
+
+/// The service CIDR, set by the agent at load time (`--service-cidr`).
+#[unsafe(no_mangle)]
+static LB_SERVICE_CIDR: ServiceCidr = ServiceCidr { network: 0, mask: 0 };
 
 /// Conntrack idle timeouts, set by the agent at load time (`--ct-timeout-*`).
 #[unsafe(no_mangle)]
@@ -215,6 +220,18 @@ impl Tables for MapTables {
         // SAFETY: a helper without arguments. The coarse clock (CLOCK_MONOTONIC
         // at tick resolution) is cheaper, and timeouts are seconds.
         unsafe { bpf_ktime_get_coarse_ns() }
+    }
+
+    #[inline(always)]
+    fn service_address(&self, addr: u32) -> Option<u32> {
+        // SAFETY: plain data copied out at once.
+        unsafe { LB_VIPS.get(addr).copied() }
+    }
+
+    #[inline(always)]
+    fn service_cidr(&self) -> ServiceCidr {
+        // SAFETY: a load-time constant; read volatile so that it is not folded.
+        unsafe { core::ptr::read_volatile(&LB_SERVICE_CIDR) }
     }
 
     #[inline(always)]

@@ -12,7 +12,7 @@ use lb_userspace::{
     },
     env, get,
     interfaces::InterfacePatterns,
-    model::ModelOptions,
+    model::{Ipv4Cidr, ModelOptions},
 };
 
 #[derive(Parser)]
@@ -257,6 +257,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.ct_sweep_interval.is_zero() {
         bail!("--ct-sweep-interval must be longer than 0s");
     }
+    let service_cidr: Ipv4Cidr =
+        args.service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(service_cidr.prefix_len())).unwrap_or(0);
     let config = AgentConfig {
         manifests: args.manifests,
         load: LoadOptions {
@@ -268,6 +271,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             debug_log: args.datapath_debug,
             fast_path: !args.redirect_devices.is_empty(),
             tc_redirect: matches!(args.pod_forwarding, PodForwarding::Redirect),
+            service_cidr: lb_common::ServiceCidr {
+                network: lb_common::wire::addr(service_cidr.network().octets()),
+                mask: mask.to_be(),
+            },
             ct_max: args.ct_max,
             ct_timeouts: lb_common::CtTimeouts {
                 tcp_syn_s: args.ct_timeout_tcp_syn,
@@ -286,12 +293,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         node_devices: InterfacePatterns::new(args.devices.iter().map(String::as_str))?,
         redirect_devices: InterfacePatterns::new(args.redirect_devices.iter().map(String::as_str))?,
         bpf_dir: args.bpf_dir,
-        model: ModelOptions {
-            service_cidr: args
-                .service_cidr
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?,
-        },
+        model: ModelOptions { service_cidr },
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::run(config))
 }

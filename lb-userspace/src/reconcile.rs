@@ -23,7 +23,7 @@ use lb_common::{
     FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
     MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES,
     SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
-    ServiceMeta, wire,
+    ServiceMeta, VIP_CLUSTER_IP, wire,
 };
 use tracing::warn;
 
@@ -640,10 +640,15 @@ impl Programmed {
             self.listed.insert(key, ListedService { svc_id, meta });
         }
 
-        // 5. Service addresses: answered only while a frontend is there.
+        // 5. Service addresses: answered only while a frontend is there;
+        // a cluster IP's other ports are rejected.
         let mut vips: BTreeMap<u32, u32> = BTreeMap::new();
-        for (key, _) in self.frontends.iter().filter(|(_, fe)| fe.meta.frontend_kind != FRONTEND_NODE_PORT) {
-            *vips.entry(key.addr).or_default() += 1;
+        for (key, fe) in self.frontends.iter().filter(|(_, fe)| fe.meta.frontend_kind != FRONTEND_NODE_PORT) {
+            let vip = vips.entry(key.addr).or_default();
+            *vip += 1;
+            if fe.meta.frontend_kind == FRONTEND_CLUSTER_IP {
+                *vip |= VIP_CLUSTER_IP;
+            }
         }
         for (addr, frontends) in &vips {
             if self.vips.get(addr) != Some(frontends) {

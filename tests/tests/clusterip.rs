@@ -211,6 +211,32 @@ fn a_service_without_ready_endpoints_refuses_connections_at_once() {
     assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), "kubia-0");
 }
 
+/// kube-proxy's rules for what names no Service port: a cluster IP on a
+/// port or protocol its Service lacks refuses at once; an address of the
+/// service CIDR no Service has drops; other addresses are not ours.
+#[test]
+fn a_cluster_ip_refuses_ports_its_service_lacks_and_unallocated_service_addresses_drop() {
+    require_root();
+    let c = cluster(1);
+    let pods = pods_manifest(&[&c.backends[0]], |_| true);
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
+    let refused = tcp_connect(&c.client.ns, SocketAddrV4::new(VIP, 81), TIMEOUT).unwrap();
+    let (kind, after) = refused.expect_err("connected to a port the service does not have");
+    assert_eq!(kind, std::io::ErrorKind::ConnectionRefused);
+    assert!(after < Duration::from_millis(500), "refused only after {after:?}");
+    let udp = udp_exchange(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    assert_eq!(udp.expect_err("udp to a tcp-only service port").kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(agent.counter("TC-POD", "reject_no_service_port").unwrap(), 2);
+
+    let unallocated = SocketAddrV4::new(Ipv4Addr::new(10, 96, 200, 1), 80);
+    let dropped = tcp_connect(&c.client.ns, unallocated, Duration::from_millis(500)).unwrap();
+    assert_eq!(dropped.map_err(|(kind, _)| kind), Err(std::io::ErrorKind::TimedOut));
+    assert!(agent.counter("TC-POD", "drop_unallocated_service_ip").unwrap() >= 1);
+    // The service's own port still answers.
+    assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), "kubia-0");
+}
+
 #[test]
 fn a_service_address_answers_ping_and_other_addresses_stay_silent() {
     require_root();

@@ -3,7 +3,8 @@
 //! and the exact output frame expected, and the counter it must bump.
 
 use lb_common::{
-    Backend, BackendSlotKey, FRONTEND_FLAG_EXTERNAL, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason, wire,
+    Backend, BackendSlotKey, FRONTEND_FLAG_EXTERNAL, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason,
+    VIP_CLUSTER_IP, wire,
 };
 use lb_ebpf::{
     answer::{self, L4Checksum},
@@ -82,7 +83,7 @@ fn program_services(dp: &mut ScratchDatapath) {
             key: frontend(NODE, 30053, IPPROTO_UDP),
             frontend: Frontend { svc_id: 4, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
         },
-        MapOp::PutVip { addr: wire::addr(VIP), frontends: 2 },
+        MapOp::PutVip { addr: wire::addr(VIP), frontends: 2 | VIP_CLUSTER_IP },
         MapOp::PutVip { addr: wire::addr(EMPTY_VIP), frontends: 2 },
     ];
     for op in &ops {
@@ -116,6 +117,8 @@ fn fixtures() -> Vec<Fixture> {
     let syn_to_empty = tcp(CLIENT, 40007, EMPTY_VIP, 80).build();
     let udp_to_empty = udp(CLIENT, 5002, EMPTY_VIP, 53).payload(b"anyone?").build();
     let ping = echo_request(VIP);
+    let other_port = tcp(CLIENT, 40003, VIP, 81).build();
+    let other_protocol = udp(CLIENT, 40004, VIP, 80).payload(b"dns?").build();
     let syn_to_empty_node_port = tcp(CLIENT, 40022, NODE, 30081).build();
     let udp_to_empty_node_port = udp(CLIENT, 5003, NODE, 30053).payload(b"anyone?").build();
     vec![
@@ -189,18 +192,34 @@ fn fixtures() -> Vec<Fixture> {
             TC_ACT_OK,
             Reason::PassNoService,
         ),
-        untouched(
-            "another port of the vip is untouched",
+        translated(
+            "another port of a cluster ip is refused with a reset",
             PodTc,
-            tcp(CLIENT, 40003, VIP, 81).build(),
+            other_port.clone(),
             TC_ACT_OK,
-            Reason::PassNoService,
+            expected_reset(&other_port),
+            Reason::RejectNoServicePort,
+        ),
+        translated(
+            "udp to the tcp port of a cluster ip gets an icmp port unreachable",
+            PodTc,
+            other_protocol.clone(),
+            TC_ACT_OK,
+            expected_port_unreachable(&other_protocol),
+            Reason::RejectNoServicePort,
         ),
         untouched(
-            "udp to the tcp port of the vip is untouched",
+            "an unallocated address of the service cidr is dropped",
             PodTc,
-            udp(CLIENT, 40004, VIP, 80).build(),
-            TC_ACT_OK,
+            tcp(CLIENT, 40012, [10, 100, 1, 1], 80).build(),
+            TC_ACT_SHOT,
+            Reason::DropUnallocatedServiceIp,
+        ),
+        untouched(
+            "another port of a cluster ip from a node device is untouched",
+            XdpNode,
+            tcp(CLIENT, 40013, VIP, 81).build(),
+            XDP_PASS,
             Reason::PassNoService,
         ),
         untouched(

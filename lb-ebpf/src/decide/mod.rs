@@ -12,7 +12,8 @@ use crate::packet::nat::Side;
 use lb_common::{
     AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS, CT_REPLY,
     CT_STATE_SYN, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
-    FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Hook, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Hook, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceCidr,
+    VIP_CLUSTER_IP,
 };
 
 /// A conntrack entry could not be written.
@@ -44,6 +45,9 @@ pub trait Tables {
     /// This node's address on the way to `daddr` (the address of the device
     /// the route leaves by, else of the device the packet came in on).
     fn node_address_toward(&self, daddr: u32) -> Option<u32>;
+    /// `LB_VIPS`'s value for `addr`: frontends there, and `VIP_CLUSTER_IP`.
+    fn service_address(&self, addr: u32) -> Option<u32>;
+    fn service_cidr(&self) -> ServiceCidr;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,16 +64,19 @@ pub enum Verdict {
         port: u16,
         other: Option<(u32, u16)>,
     },
-    /// The frontend has no endpoint: answer with a reset or an ICMP error.
-    Reject,
+    /// Answer with a reset or an ICMP port unreachable, counted as this
+    /// reason: the frontend has no endpoint, or the cluster IP no such port.
+    Reject(Reason),
 }
 
 impl Verdict {
     #[inline(always)]
     pub fn reason(&self) -> Reason {
         match *self {
-            Verdict::Pass(reason) | Verdict::Drop(reason) | Verdict::Rewrite { reason, .. } => reason,
-            Verdict::Reject => Reason::RejectNoBackend,
+            Verdict::Pass(reason)
+            | Verdict::Drop(reason)
+            | Verdict::Reject(reason)
+            | Verdict::Rewrite { reason, .. } => reason,
         }
     }
 }
@@ -158,7 +165,7 @@ fn restore_reply_entry<T: Tables>(flow: &CtKey, entry: &CtEntry, tables: &T, now
 fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict {
     let frontend_key = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, _pad: 0 };
     let Some(frontend) = tables.frontend(&frontend_key) else {
-        return Verdict::Pass(Reason::PassNoService);
+        return no_frontend(flow, tables, hook);
     };
     if hook == Hook::NodeXdp && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
         return Verdict::Pass(Reason::PassInternalOnly);
@@ -172,7 +179,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
         return if frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0 {
             Verdict::Drop(Reason::DropNoBackend)
         } else {
-            Verdict::Reject
+            Verdict::Reject(Reason::RejectNoBackend)
         };
     }
     let now = tables.now_ns();
@@ -251,6 +258,22 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
         addr: backend.addr,
         port: backend.port,
         other: t.source,
+    }
+}
+
+/// The verdict for a pod's packet that names no frontend, as kube-proxy's
+/// rules have it: a cluster IP on a port its Service lacks is rejected, an
+/// address of the service CIDR no Service has is dropped, anything else is
+/// not ours. (From outside, cluster IPs are not reachable at all.)
+#[inline(always)]
+fn no_frontend<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
+    if hook != Hook::PodTc {
+        return Verdict::Pass(Reason::PassNoService);
+    }
+    match tables.service_address(flow.daddr) {
+        Some(frontends) if frontends & VIP_CLUSTER_IP != 0 => Verdict::Reject(Reason::RejectNoServicePort),
+        None if tables.service_cidr().contains(flow.daddr) => Verdict::Drop(Reason::DropUnallocatedServiceIp),
+        _ => Verdict::Pass(Reason::PassNoService),
     }
 }
 
@@ -344,6 +367,12 @@ mod tests {
         }
         fn node_address_toward(&self, _daddr: u32) -> Option<u32> {
             self.node_addr
+        }
+        fn service_address(&self, addr: u32) -> Option<u32> {
+            self.frontends.keys().any(|k| k.addr == addr).then_some(1 | VIP_CLUSTER_IP)
+        }
+        fn service_cidr(&self) -> ServiceCidr {
+            ServiceCidr { network: 0x0a60_0000, mask: 0xfff0_0000 }
         }
     }
 
@@ -588,8 +617,24 @@ mod tests {
     #[test]
     fn misses_and_failures_are_counted_by_reason() {
         let t = service(3);
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 81), TCP_ACK, &t, Hook::PodTc), Verdict::Pass(Reason::PassNoService));
-        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &service(0), Hook::PodTc), Verdict::Reject);
+        // kube-proxy's answers for what names no frontend.
+        assert_eq!(
+            decide(&flow(CLIENT, VIP, 1, 81), TCP_ACK, &t, Hook::PodTc),
+            Verdict::Reject(Reason::RejectNoServicePort),
+            "another port of a cluster IP"
+        );
+        assert_eq!(
+            decide(&flow(CLIENT, VIP + 1, 1, 80), TCP_ACK, &t, Hook::PodTc),
+            Verdict::Drop(Reason::DropUnallocatedServiceIp),
+            "an unallocated address of the service CIDR"
+        );
+        let elsewhere = flow(CLIENT, 0x0af4_0105, 1, 80);
+        assert_eq!(decide(&elsewhere, TCP_ACK, &t, Hook::PodTc), Verdict::Pass(Reason::PassNoService));
+        assert_eq!(decide(&flow(CLIENT, VIP, 1, 81), TCP_ACK, &t, Hook::NodeXdp), Verdict::Pass(Reason::PassNoService));
+        assert_eq!(
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &service(0), Hook::PodTc),
+            Verdict::Reject(Reason::RejectNoBackend)
+        );
         let mut local_without_endpoints = service(0);
         local_without_endpoints.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_NODE_LOCAL);
         assert_eq!(
@@ -704,7 +749,8 @@ mod tests {
         tcp(&t, &f, TCP_ACK);
         t.frontends.clear();
         assert!(matches!(tcp(&t, &f, TCP_ACK), Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }));
-        assert_eq!(tcp(&t, &f, TCP_SYN), Verdict::Pass(Reason::PassNoService));
+        // Its address is an unallocated one of the service CIDR now.
+        assert_eq!(tcp(&t, &f, TCP_SYN), Verdict::Drop(Reason::DropUnallocatedServiceIp));
     }
 
     #[test]

@@ -30,7 +30,9 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use lb_common::{CtTimeouts, MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, map_names};
+use lb_common::{
+    CtTimeouts, MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, ServiceCidr, map_names, wire,
+};
 
 use super::maps::{DatapathMaps, MapsError};
 
@@ -42,6 +44,7 @@ const TC_EGRESS_PROGRAM: &str = "lb_tc_egress";
 /// Load-time constants of the programs (lb-ebpf's statics of these names).
 const FAST_PATH_GLOBAL: &str = "LB_FAST_PATH";
 const TC_REDIRECT_GLOBAL: &str = "LB_TC_REDIRECT";
+const SERVICE_CIDR_GLOBAL: &str = "LB_SERVICE_CIDR";
 const CT_TIMEOUTS_GLOBAL: &str = "LB_CT_TIMEOUTS";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -90,6 +93,9 @@ pub struct LoadOptions {
     /// Send pod traffic on by `bpf_redirect_peer`/`bpf_redirect_neigh`
     /// (`--pod-forwarding redirect`) rather than the kernel's routing.
     pub tc_redirect: bool,
+    /// Where cluster IPs are allocated: addresses in it no Service has
+    /// are dropped (none when zero).
+    pub service_cidr: ServiceCidr,
     /// Conntrack capacity, in entries (two per flow).
     pub ct_max: u32,
     pub ct_timeouts: CtTimeouts,
@@ -107,6 +113,8 @@ impl Default for LoadOptions {
             debug_log: false,
             fast_path: false,
             tc_redirect: true,
+            // The agent's default --service-cidr, 10.96.0.0/12.
+            service_cidr: ServiceCidr { network: wire::addr([10, 96, 0, 0]), mask: 0xfff0_0000u32.to_be() },
             ct_max: MAX_CONNTRACK,
             ct_timeouts: CtTimeouts::DEFAULT,
             maglev_entries: MAX_MAGLEV_ENTRIES,
@@ -243,6 +251,7 @@ impl Datapath {
             .override_global(aya_log::LEVEL, &log_level, false)
             .override_global(FAST_PATH_GLOBAL, &u8::from(options.fast_path), true)
             .override_global(TC_REDIRECT_GLOBAL, &u8::from(options.tc_redirect), true)
+            .override_global(SERVICE_CIDR_GLOBAL, &options.service_cidr, true)
             .override_global(CT_TIMEOUTS_GLOBAL, &options.ct_timeouts, true)
             .map_max_entries(map_names::CONNTRACK, options.ct_max)
             .map_max_entries(map_names::MAGLEV, maglev_elements)
