@@ -134,9 +134,17 @@ pub struct FrontendKey {
     /// L4 port, network byte order.
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// Who the entry is for: `FRONTEND_SCOPE_ALL`, or `FRONTEND_SCOPE_PODS`.
+    pub scope: u8,
 }
 const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
+
+/// A frontend as every hook sees it.
+pub const FRONTEND_SCOPE_ALL: u8 = 0;
+/// The twin of a Local-policy node port, external or load-balancer IP that
+/// pods use: every endpoint, as kube-proxy short-circuits pod traffic to
+/// the cluster-wide endpoints (the frontend itself has this node's only).
+pub const FRONTEND_SCOPE_PODS: u8 = 1;
 
 /// What the datapath needs to pick a backend for a frontend.
 #[repr(C)]
@@ -186,6 +194,8 @@ const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
 /// The backends are this node's only (traffic policy Local): with none,
 /// traffic is dropped as kube-proxy does, not refused.
 pub const FRONTEND_FLAG_NODE_LOCAL: u16 = 2;
+/// Pods use this frontend's `FRONTEND_SCOPE_PODS` twin instead.
+pub const FRONTEND_FLAG_POD_TWIN: u16 = 8;
 
 /// Slot `slot` of service `svc_id`; the value is a backend id.
 #[repr(C)]

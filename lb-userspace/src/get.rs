@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use lb_common::{
     CT_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CtEntry, CtKey, EP_READY, EP_SERVING,
-    EP_TERMINATING, FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_NODE_PORT, FrontendKey, IPPROTO_TCP,
-    IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
+    EP_TERMINATING, FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, FrontendKey,
+    IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
 };
 
 use crate::datapath::maps::DatapathMaps;
@@ -37,6 +37,10 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
     let mut services: BTreeMap<(String, String), ProgrammedService> = BTreeMap::new();
     for entry in maps.frontends.iter() {
         let (key, frontend): (FrontendKey, _) = entry?;
+        if key.scope != FRONTEND_SCOPE_ALL {
+            // Pods' twins of Local-policy frontends: the same addresses.
+            continue;
+        }
         let meta = maps.service_meta.get(&frontend.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
         let svc = services.entry((meta.namespace().to_owned(), meta.name().to_owned())).or_default();
         // Node ports show up as the `80:30123/TCP` of the cluster IP's

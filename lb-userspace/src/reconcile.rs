@@ -20,10 +20,10 @@ use std::{
 use lb_common::{
     BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta,
     FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
-    FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_NODE_PORT, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
-    MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES,
-    SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
-    ServiceMeta, VIP_CLUSTER_IP, wire,
+    FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS,
+    Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS,
+    MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS,
+    SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, VIP_CLUSTER_IP, wire,
 };
 use tracing::warn;
 
@@ -804,21 +804,36 @@ fn wanted_frontends(service: &Service, node: &NodeInfo) -> BTreeMap<FrontendKey,
             addr: wire::addr(addr.octets()),
             port: wire::port(port),
             proto,
-            _pad: 0,
+            scope: FRONTEND_SCOPE_ALL,
         };
-        let on_cluster_ip =
-            iter::once((key(vip, port.port), frontend(FRONTEND_CLUSTER_IP, service.internal_traffic_policy)));
-        let on_nodes =
-            port.node_port.into_iter().flat_map(|node_port| node.addrs.iter().map(move |addr| key(*addr, node_port)));
-        let on_nodes = on_nodes.map(|k| (k, frontend(FRONTEND_NODE_PORT, service.external_traffic_policy)));
-        let on_external_ips = service.external_ips.iter().map(|addr| key(*addr, port.port));
-        let on_external_ips =
-            on_external_ips.map(|k| (k, frontend(FRONTEND_EXTERNAL_IP, service.external_traffic_policy)));
-        for (key, frontend) in on_cluster_ip.chain(on_nodes).chain(on_external_ips) {
+        let on_cluster_ip = iter::once((key(vip, port.port), FRONTEND_CLUSTER_IP));
+        let on_nodes = port
+            .node_port
+            .into_iter()
+            .flat_map(|node_port| node.addrs.iter().map(move |addr| (key(*addr, node_port), FRONTEND_NODE_PORT)));
+        let on_external_ips = service.external_ips.iter().map(|addr| (key(*addr, port.port), FRONTEND_EXTERNAL_IP));
+        let mut insert = |key, frontend| {
             if wanted.insert(key, frontend).is_some() {
                 // The model rejects such conflicts; this only guards the maps.
                 warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
             }
+        };
+        for (key, kind) in on_cluster_ip.chain(on_nodes).chain(on_external_ips) {
+            let policy = if kind == FRONTEND_CLUSTER_IP {
+                service.internal_traffic_policy
+            } else {
+                service.external_traffic_policy
+            };
+            let mut wanted_frontend = frontend(kind, policy);
+            // kube-proxy short-circuits pods to every endpoint of a Local
+            // policy's node ports and external IPs: a twin for them.
+            if kind != FRONTEND_CLUSTER_IP && wanted_frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0 {
+                let mut twin = frontend(kind, TrafficPolicy::Cluster);
+                twin.flags &= !FRONTEND_FLAG_EXTERNAL;
+                wanted_frontend.flags |= FRONTEND_FLAG_POD_TWIN;
+                insert(FrontendKey { scope: FRONTEND_SCOPE_PODS, ..key }, twin);
+            }
+            insert(key, wanted_frontend);
         }
     }
     wanted
@@ -1239,7 +1254,8 @@ mod tests {
         };
         let mut maps = Maps::default();
         maps.apply_checked(&Programmed::default().plan(&desired, &node));
-        assert!(maps.maglev.len() > 1000 && maps.source_ranges.len() == 2, "the state covers every kind of entry");
+        // Two source ranges for the LB IP, two for its twin for pods.
+        assert!(maps.maglev.len() > 1000 && maps.source_ranges.len() == 4, "the state covers every kind of entry");
         assert_eq!(maps.adopt().plan(&desired, &node), []);
         node.addrs.reverse();
         assert_eq!(maps.adopt().plan(&desired, &node), []);
@@ -1262,8 +1278,12 @@ mod tests {
             }
             let mut maps = Maps::default();
             maps.apply_checked(&Programmed::default().plan(&desired, &node));
-            let node_port =
-                FrontendKey { addr: wire::addr([198, 51, 100, 1]), port: wire::port(30080), proto: 6, _pad: 0 };
+            let node_port = FrontendKey {
+                addr: wire::addr([198, 51, 100, 1]),
+                port: wire::port(30080),
+                proto: 6,
+                scope: FRONTEND_SCOPE_ALL,
+            };
             let frontend = maps.frontends[&node_port];
             assert_eq!(frontend.backend_count, 0);
             assert_eq!(frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0, node_local, "endpoints {endpoints:?}");

@@ -3,8 +3,8 @@
 //! and the exact output frame expected, and the counter it must bump.
 
 use lb_common::{
-    Backend, BackendSlotKey, FRONTEND_FLAG_EXTERNAL, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason,
-    VIP_CLUSTER_IP, wire,
+    Backend, BackendSlotKey, FRONTEND_FLAG_EXTERNAL, FRONTEND_SCOPE_ALL, Frontend, FrontendKey, IPPROTO_TCP,
+    IPPROTO_UDP, Reason, VIP_CLUSTER_IP, wire,
 };
 use lb_ebpf::{
     answer::{self, L4Checksum},
@@ -49,7 +49,12 @@ fn udp(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> PacketBuilder {
 /// and :53/UDP without endpoints: one backend keeps every choice predictable.
 fn program_services(dp: &mut ScratchDatapath) {
     let backend = |port| Backend { addr: wire::addr(POD), port: wire::port(port), flags: 0 };
-    let frontend = |addr, port, proto| FrontendKey { addr: wire::addr(addr), port: wire::port(port), proto, _pad: 0 };
+    let frontend = |addr, port, proto| FrontendKey {
+        addr: wire::addr(addr),
+        port: wire::port(port),
+        proto,
+        scope: FRONTEND_SCOPE_ALL,
+    };
     let ops = [
         MapOp::PutBackend { id: 1, backend: backend(8080) },
         MapOp::PutBackend { id: 2, backend: backend(5353) },
@@ -390,7 +395,8 @@ fn datapath_fixture_table() {
 fn an_established_flow_keeps_its_backend_among_many() {
     require_root();
     let mut dp = ScratchDatapath::load();
-    let frontend = FrontendKey { addr: wire::addr(VIP), port: wire::port(80), proto: IPPROTO_TCP, _pad: 0 };
+    let frontend =
+        FrontendKey { addr: wire::addr(VIP), port: wire::port(80), proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
     for i in 0..5u32 {
         let backend = Backend { addr: wire::addr([10, 244, 2, 10 + i as u8]), port: wire::port(8080), flags: 0 };
         dp.maps.apply(&MapOp::PutBackend { id: 10 + i, backend }).unwrap();

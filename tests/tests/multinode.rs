@@ -143,7 +143,8 @@ fn cluster_policy_makes_an_extra_hop_and_hides_the_client_address() {
 }
 
 /// With `externalTrafficPolicy: Local` a request never leaves the node it
-/// reached and the backend sees the client.
+/// reached and the backend sees the client. A pod is short-circuited to
+/// every endpoint, as kube-proxy does: the policy is for external clients.
 #[test]
 fn local_policy_never_leaves_the_node_and_keeps_the_client_address() {
     require_root();
@@ -155,6 +156,12 @@ fn local_policy_never_leaves_the_node_and_keeps_the_client_address() {
     assert_eq!(
         answers(&c.external, SocketAddrV4::new(NODE_B, 30123), 20),
         [("kubia-b".into(), CLIENT.to_string())].into()
+    );
+    let me = c.client_pod.ip.to_string();
+    assert_eq!(
+        answers(&c.client_pod.ns, SocketAddrV4::new(NODE_A, 30123), 30),
+        [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into(),
+        "a pod reaches every endpoint of its own node's node port"
     );
 }
 

@@ -11,9 +11,9 @@ pub use conntrack::Translation;
 use crate::packet::nat::Side;
 use lb_common::{
     AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS, CT_REPLY,
-    CT_STATE_SYN, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
-    FRONTEND_FLAG_SOURCE_RANGES, Frontend, FrontendKey, Hook, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceCidr,
-    VIP_CLUSTER_IP,
+    CT_STATE_SYN, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN,
+    FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, FrontendKey, Hook, Reason,
+    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceCidr, VIP_CLUSTER_IP,
 };
 
 /// A conntrack entry could not be written.
@@ -163,10 +163,16 @@ fn restore_reply_entry<T: Tables>(flow: &CtKey, entry: &CtEntry, tables: &T, now
 /// conntrack entries.
 #[inline(always)]
 fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict {
-    let frontend_key = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, _pad: 0 };
-    let Some(frontend) = tables.frontend(&frontend_key) else {
+    let frontend_key = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, scope: FRONTEND_SCOPE_ALL };
+    let Some(mut frontend) = tables.frontend(&frontend_key) else {
         return no_frontend(flow, tables, hook);
     };
+    if hook == Hook::PodTc
+        && frontend.flags & FRONTEND_FLAG_POD_TWIN != 0
+        && let Some(twin) = tables.frontend(&FrontendKey { scope: FRONTEND_SCOPE_PODS, ..frontend_key })
+    {
+        frontend = twin;
+    }
     if hook == Hook::NodeXdp && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
         return Verdict::Pass(Reason::PassInternalOnly);
     }
@@ -388,7 +394,7 @@ mod tests {
     fn service(n: u16) -> FakeTables {
         let mut t = FakeTables::default();
         t.frontends.insert(
-            FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 },
+            FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL },
             Frontend { svc_id: 1, backend_count: n, ..Default::default() },
         );
         for i in 0..u32::from(n) {
@@ -533,6 +539,29 @@ mod tests {
         assert!(matches!(
             decide(&f, TCP_ACK, &t, Hook::NodeXdp),
             Verdict::Rewrite { reason: Reason::ForwardEstablished, .. }
+        ));
+    }
+
+    /// kube-proxy short-circuits pods to every endpoint of a Local policy's
+    /// node port or external IP; only traffic from outside keeps to this node.
+    #[test]
+    fn pods_reach_every_endpoint_of_a_local_policy_external_frontend() {
+        let mut t = service(2);
+        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
+        let everywhere = t.frontends[&key];
+        t.frontends.insert(FrontendKey { scope: FRONTEND_SCOPE_PODS, ..key }, everywhere);
+        // This node's own share: nothing.
+        let local = Frontend {
+            svc_id: 7,
+            backend_count: 0,
+            flags: FRONTEND_FLAG_EXTERNAL | FRONTEND_FLAG_NODE_LOCAL | FRONTEND_FLAG_POD_TWIN,
+            ..everywhere
+        };
+        t.frontends.insert(key, local);
+        assert_eq!(decide(&flow(CLIENT, VIP, 1, 80), TCP_SYN, &t, Hook::NodeXdp), Verdict::Drop(Reason::DropNoBackend));
+        assert!(matches!(
+            decide(&flow(CLIENT, VIP, 2, 80), TCP_SYN, &t, Hook::PodTc),
+            Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }
         ));
     }
 
@@ -718,7 +747,7 @@ mod tests {
     fn udp_flows_expire_after_the_udp_timeout() {
         let mut t = service(1);
         let f = CtKey { proto: IPPROTO_UDP, ..flow(CLIENT, VIP, 1000, 80) };
-        let tcp_key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
+        let tcp_key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
         let frontend = t.frontends[&tcp_key];
         t.frontends.insert(FrontendKey { proto: IPPROTO_UDP, ..tcp_key }, frontend);
         assert!(matches!(decide(&f, 0, &t, Hook::PodTc), Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }));
@@ -758,7 +787,7 @@ mod tests {
         let mut t = service(3);
         // A 7-entry table at offset 4 whose entries name slots 0, 1, 2, ...
         t.maglev = (0..11).map(|i| (i % 3) as u16).collect();
-        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
+        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
         t.frontends.get_mut(&key).unwrap().maglev_offset = 4;
         t.frontends.get_mut(&key).unwrap().maglev_size = 7;
         for port in 1000..1100 {
@@ -795,7 +824,7 @@ mod tests {
         let mut t = service(1);
         t.node_addr = Some(NODE);
         t.backends.values_mut().for_each(|b| b.flags = BACKEND_FLAG_REMOTE);
-        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
+        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
         t.frontends.get_mut(&key).unwrap().flags = FRONTEND_FLAG_EXTERNAL;
         let f = flow(CLIENT, VIP, 1000, 80);
         let first = decide(&f, TCP_SYN, &t, Hook::NodeXdp);
@@ -822,7 +851,7 @@ mod tests {
         let mut t = service(1);
         t.node_addr = Some(NODE);
         t.backends.values_mut().for_each(|b| b.flags = BACKEND_FLAG_REMOTE);
-        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, _pad: 0 };
+        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
         t.frontends.get_mut(&key).unwrap().flags = FRONTEND_FLAG_EXTERNAL;
         let f = flow(CLIENT, VIP, 1000, 80);
         let first = decide(&f, TCP_SYN, &t, Hook::NodeXdp);
