@@ -477,7 +477,8 @@ pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> 
             continue;
         }
         match validate(service) {
-            Ok(spec) => {
+            Ok((spec, skipped_ports)) => {
+                errors.extend(skipped_ports);
                 entries.insert(spec.name.clone(), Entry::New(at, spec));
             }
             Err(err) => {
@@ -525,7 +526,7 @@ fn rebuild_endpoints(objects: &Objects, previous: DesiredState) -> (DesiredState
             continue;
         }
         // It validated when it was realised, and it is the same object.
-        let Ok(spec) = validate(service) else { continue };
+        let Ok((spec, _)) = validate(service) else { continue };
         let fresh = Realised::new(realised.at, spec, &index);
         if let Some(service) = state.services.get_mut(name) {
             for (port, fresh) in Arc::make_mut(service).ports.iter_mut().zip(&fresh.realised.ports) {
@@ -695,7 +696,9 @@ fn ipv4(text: &str) -> Result<Option<Ipv4Addr>, String> {
     }
 }
 
-fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
+/// The Service's spec, and an error for each port it has but the datapath
+/// cannot serve (SCTP), which leaves the others served.
+fn validate(service: &Sourced<core::Service>) -> Result<(Spec<'_>, Vec<ModelError>), ModelError> {
     let name = ServiceName::of(&service.object.metadata);
     let bad = |field: &str, reason: String| invalid(&service.file, format!("Service {name}"), field, reason);
     let no_spec = core::ServiceSpec::default();
@@ -742,10 +745,16 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
     let mut names = BTreeSet::new();
     let mut frontends = BTreeSet::new();
     let mut ports = Vec::with_capacity(raw_ports.len());
+    let mut skipped_ports = Vec::new();
     for (i, raw) in raw_ports.iter().enumerate() {
         let field = |f: &str| format!("spec.ports[{i}].{f}");
         let port =
             port_number(raw.port).ok_or_else(|| bad(&field("port"), format!("{} is not in 1-65535", raw.port)))?;
+        if raw.protocol.as_deref() == Some("SCTP") {
+            let reason = "SCTP is not supported: this port is not served, the Service's others are";
+            skipped_ports.push(bad(&field("protocol"), reason.into()));
+            continue;
+        }
         let protocol = Protocol::parse(raw.protocol.as_deref()).map_err(|reason| bad(&field("protocol"), reason))?;
         let target = match &raw.target_port {
             None => Target::Port(port),
@@ -873,7 +882,7 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         }
     };
 
-    Ok(Spec {
+    let spec = Spec {
         file: &service.file,
         service: &service.object,
         name,
@@ -890,7 +899,8 @@ fn validate(service: &Sourced<core::Service>) -> Result<Spec<'_>, ModelError> {
         ports,
         selector: service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()),
         publish_not_ready: spec.publish_not_ready_addresses == Some(true),
-    })
+    };
+    Ok((spec, skipped_ports))
 }
 
 /// Settles every cluster IP. Explicit addresses first: the service that held
@@ -1778,7 +1788,10 @@ subsets:
     fn validation_errors_name_the_field() {
         let cases = [
             ("  type: Weird\n  ports: [{port: 80}]\n", "spec.type: unknown type \"Weird\""),
-            ("  ports: [{port: 80, protocol: SCTP}]\n", "spec.ports[0].protocol: SCTP is not supported"),
+            (
+                "  ports: [{port: 80, protocol: SCTP}]\n",
+                "spec.ports[0].protocol: SCTP is not supported: this port is not served, the Service's others are",
+            ),
             ("  clusterIP: fd00::10\n  ports: [{port: 80}]\n", "spec.clusterIP: ipv6 is not supported yet"),
             (
                 "  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n",
@@ -1814,6 +1827,26 @@ subsets:
                 build_yaml(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n{spec}"));
             assert_eq!(messages(&errors), [format!("test.yaml: Service default/s: {reason}")], "{spec}");
         }
+    }
+
+    /// kube-proxy serves a Service's TCP and UDP ports whatever its others.
+    #[test]
+    fn an_sctp_port_is_reported_and_the_other_ports_are_served() {
+        let yaml = KUBIA.replace(
+            "  ports:\n  - port: 80\n",
+            "  ports:\n  - name: sctp\n    port: 9\n    protocol: SCTP\n  - name: http\n    port: 80\n",
+        );
+        assert_ne!(yaml, KUBIA, "the test edits the kubia Service's ports");
+        let (state, errors) = build_yaml(&yaml);
+        assert_eq!(
+            messages(&errors),
+            [
+                "test.yaml: Service default/kubia: spec.ports[0].protocol: SCTP is not supported: this port is not served, the Service's others are"
+            ]
+        );
+        let kubia = service(&state, "kubia");
+        assert_eq!(kubia.ports.iter().map(|p| (p.port, p.protocol)).collect::<Vec<_>>(), [(80, Protocol::Tcp)]);
+        assert!(kubia.programs_datapath());
     }
 
     #[test]
