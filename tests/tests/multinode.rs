@@ -240,6 +240,30 @@ fn load_balancer_and_external_ips_reach_backends_on_the_other_node_from_the_node
     }
 }
 
+/// A flood of flows from one external client, SNATed by node A towards
+/// node B's backend: no two flows ever share a source port there (each saw
+/// a port of its own), and every answer comes back to the socket that asked.
+#[test]
+fn snat_gives_every_flow_a_port_of_its_own() {
+    require_root();
+    let c = cluster("");
+    c.external.exec(&["ip", "route", "replace", &format!("{LB_IP}/32"), "via", &NODE_A.to_string()]).unwrap();
+    let mut snat_ports = BTreeSet::new();
+    let mut remote = 0;
+    for port in 20000..21500 {
+        let to = SocketAddrV4::new(LB_IP, 53);
+        let (reply, from) = udp_request_from(&c.external, port, to, b"flood", TIMEOUT).unwrap();
+        assert_eq!(from, to.into());
+        if served_by(&reply) == "kubia-b" {
+            remote += 1;
+            let seen = seen_client(&reply).to_owned();
+            assert!(seen.starts_with(&format!("{NODE_A}:")), "{reply}");
+            assert!(snat_ports.insert(seen.clone()), "two flows share {seen}");
+        }
+    }
+    assert!(remote > 500, "only {remote} of 1500 flows went to node B");
+}
+
 /// With `--xdp-redirect-device`, what node A forwards over the fabric
 /// leaves from XDP: a node port request for node B's backend and its
 /// translated reply go back out of the device they came in on (XDP_TX).
