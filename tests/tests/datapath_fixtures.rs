@@ -3,8 +3,8 @@
 //! and the exact output frame expected, and the counter it must bump.
 
 use lb_common::{
-    Backend, BackendSlotKey, FRONTEND_FLAG_EXTERNAL, FRONTEND_SCOPE_ALL, Frontend, FrontendKey, IPPROTO_TCP,
-    IPPROTO_UDP, Reason, VIP_CLUSTER_IP, wire,
+    Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_SCOPE_ALL, Frontend,
+    FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason, VIP_CLUSTER_IP, wire,
 };
 use lb_ebpf::{
     answer::{self, L4Checksum},
@@ -420,6 +420,36 @@ fn an_established_flow_keeps_its_backend_among_many() {
         chosen.insert(first[30..34].to_vec());
     }
     assert_eq!(chosen.len(), 5, "64 flows should have reached all 5 backends, reached {chosen:?}");
+}
+
+/// The sweep removes an entry only if it is expired as it is removed: one
+/// a packet refreshed after the sweep read it stays.
+#[test]
+fn the_sweep_keeps_an_entry_refreshed_after_it_was_read_as_expired() {
+    require_root();
+    let mut dp = ScratchDatapath::load();
+    let timeouts = CtTimeouts::DEFAULT;
+    let key = |sport: u16| CtKey {
+        saddr: wire::addr(CLIENT),
+        daddr: wire::addr(VIP),
+        sport: wire::port(sport),
+        dport: wire::port(53),
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    };
+    let now = lb_userspace::datapath::maps::monotonic_ns();
+    let stale = CtEntry { last_seen_ns: now - 2 * u64::from(timeouts.udp_s) * 1_000_000_000, ..CtEntry::default() };
+    for sport in [1000, 1001] {
+        dp.maps.conntrack.insert(key(sport), stale, 0).unwrap();
+    }
+    let (expired, _) = dp.maps.expired_conntrack(&timeouts).unwrap();
+    assert_eq!(expired.len(), 2);
+    // A packet of flow 1001 refreshes its entry now.
+    let fresh = CtEntry { last_seen_ns: lb_userspace::datapath::maps::monotonic_ns(), ..stale };
+    dp.maps.conntrack.insert(key(1001), fresh, 0).unwrap();
+    assert_eq!(dp.maps.remove_expired_conntrack(&expired, &timeouts).unwrap(), (1, 1));
+    assert!(dp.maps.conntrack.get(&key(1000), 0).is_err(), "the expired entry is gone");
+    assert_eq!(dp.maps.conntrack.get(&key(1001), 0).unwrap().last_seen_ns, fresh.last_seen_ns);
 }
 
 /// Maps pinned by an earlier agent keep their size; asking for another one

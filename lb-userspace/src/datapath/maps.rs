@@ -7,7 +7,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::{
+    maps::{HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    sys::SyscallError,
+};
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, CtTimeouts, EndpointKey,
     EndpointMeta, FastPath, Frontend, FrontendKey, Hook, IPPROTO_UDP, MAGLEV_ENTRIES_PER_ELEMENT, MaglevElement,
@@ -193,6 +196,13 @@ impl DatapathMaps {
 
     /// Deletes the expired conntrack entries, by the datapath's own rule.
     pub fn sweep_conntrack(&mut self, timeouts: &CtTimeouts) -> Result<Sweep, MapError> {
+        let (expired, live) = self.expired_conntrack(timeouts)?;
+        let (removed, kept) = self.remove_expired_conntrack(&expired, timeouts)?;
+        Ok(Sweep { removed, live: live + kept })
+    }
+
+    /// The keys of expired conntrack entries, and how many are live.
+    pub fn expired_conntrack(&self, timeouts: &CtTimeouts) -> Result<(Vec<CtKey>, u64), MapError> {
         let now = monotonic_ns();
         let (mut expired, mut live) = (Vec::new(), 0);
         for entry in self.conntrack.iter() {
@@ -203,8 +213,63 @@ impl DatapathMaps {
                 live += 1;
             }
         }
-        let removed = self.remove_conntrack(&expired)?;
-        Ok(Sweep { removed, live })
+        Ok((expired, live))
+    }
+
+    /// Removes the entries of `keys` that are expired as they are removed:
+    /// a packet may have refreshed one, or started a new flow on its key,
+    /// since it was read. Each is taken out as it is at that moment and put
+    /// back unless it is expired still (and unless the datapath wrote the
+    /// key again in between). (removed, put back)
+    pub fn remove_expired_conntrack(&mut self, keys: &[CtKey], timeouts: &CtTimeouts) -> Result<(u64, u64), MapError> {
+        let (mut removed, mut kept) = (0, 0);
+        for key in keys {
+            match self.take_conntrack(key)? {
+                Some(entry) if timeouts.expired(key.proto, &entry, monotonic_ns()) => removed += 1,
+                Some(entry) => {
+                    let _ = self.conntrack.insert(key, entry, BPF_NOEXIST);
+                    kept += 1;
+                }
+                None => {}
+            }
+        }
+        self.count_removed(removed)?;
+        Ok((removed, kept))
+    }
+
+    /// Deletes `key` from the conntrack map and returns its entry as it was
+    /// when deleted, in one step (BPF_MAP_LOOKUP_AND_DELETE_ELEM, hash maps
+    /// since 5.14); None when it is not there.
+    fn take_conntrack(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+        let mut entry = CtEntry::default();
+        let attr = Attr {
+            map_fd: self.conntrack.map().fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: std::ptr::from_ref(key) as u64,
+            value: std::ptr::from_mut(&mut entry) as u64,
+            flags: 0,
+        };
+        // SAFETY: bpf(2) reads the attr and the key and writes one value of
+        // the map's value size (CtEntry's) into `entry`.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_ELEM, std::ptr::from_ref(&attr), size_of::<Attr>())
+        };
+        if rc == 0 {
+            return Ok(Some(entry));
+        }
+        match std::io::Error::last_os_error() {
+            e if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            io_error => Err(MapError::SyscallError(SyscallError { call: "bpf_map_lookup_and_delete_elem", io_error })),
+        }
     }
 
     /// Deletes `keys` (gone already is fine) and counts them in `LB_CT_STATS`.
@@ -217,6 +282,12 @@ impl DatapathMaps {
                 Err(e) => return Err(e),
             }
         }
+        self.count_removed(removed)?;
+        Ok(removed)
+    }
+
+    /// Adds `removed` to the entries agents removed (`LB_CT_STATS`).
+    fn count_removed(&mut self, removed: u64) -> Result<(), MapError> {
         if removed > 0 {
             // The total goes in CPU 0's slot; the sum over CPUs is what counts.
             let current = self.ct_stats.get(&ct_stats::REMOVED, 0)?;
@@ -224,7 +295,7 @@ impl DatapathMaps {
             values[0] = current.iter().sum::<u64>() + removed;
             self.ct_stats.set(ct_stats::REMOVED, values.try_into()?, 0)?;
         }
-        Ok(removed)
+        Ok(())
     }
 
     /// (entries created by the datapath, entries removed by agents).
@@ -320,6 +391,9 @@ fn make_exactly(map: &mut HashMap<MapData, u32, u32>, want: &BTreeMap<u32, u32>)
     }
     Ok(())
 }
+
+/// bpf(2)'s flag: write only a key that is not there.
+const BPF_NOEXIST: u64 = 1;
 
 /// What one conntrack sweep found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
