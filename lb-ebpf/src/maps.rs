@@ -4,7 +4,10 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_MMAPABLE, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    bindings::{
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
+        bpf_fib_lookup,
+    },
     cty::c_void,
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::map,
@@ -26,17 +29,22 @@ use lb_ebpf::{
 
 const AF_INET: u8 = 2;
 
+// The control maps the agent writes while packets read them are not
+// preallocated: an updated element is then freed only after an RCU grace
+// period, so a packet never reads a value half-overwritten by the reuse of
+// its element (preallocated hash maps recycle elements at once).
+
 /// (VIP, port, protocol) -> the Service port answering there.
 #[map]
-static LB_FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, 0);
+static LB_FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
 
 /// (svc_id, slot) -> backend id; slots 0..backend_count are valid.
 #[map]
-static LB_BACKEND_SLOTS: HashMap<BackendSlotKey, u32> = HashMap::pinned(MAX_BACKEND_SLOTS, 0);
+static LB_BACKEND_SLOTS: HashMap<BackendSlotKey, u32> = HashMap::pinned(MAX_BACKEND_SLOTS, BPF_F_NO_PREALLOC);
 
 /// Backend id -> endpoint address and port.
 #[map]
-static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
 /// 5-tuple -> translation; forward and reply entries of every flow.
 #[map]
@@ -57,12 +65,12 @@ static LB_SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::pinned(MAX_SOURCE_R
 /// Service addresses (value: how many frontends use it, `VIP_CLUSTER_IP`
 /// set for a cluster IP), for ICMP echo and kube-proxy's rejects.
 #[map]
-static LB_VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, 0);
+static LB_VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
 
 /// ifindex -> `DEVICE_*` flags: the devices the datapath may send packets
 /// to itself (XDP frames, or TC's `bpf_redirect_peer` into a pod).
 #[map]
-static LB_DEVICES: HashMap<u32, u32> = HashMap::pinned(MAX_DEVICES, 0);
+static LB_DEVICES: HashMap<u32, u32> = HashMap::pinned(MAX_DEVICES, BPF_F_NO_PREALLOC);
 
 /// Destination address -> the FIB's next hop, reused for FIB_CACHE_NS.
 #[map]
@@ -97,11 +105,11 @@ static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Hook::COUNT * Reason:
 /// ifindex -> the first IPv4 address of that node device (`--device`), the
 /// source of SNATed flows leaving by it.
 #[map]
-static LB_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_NODE_DEVICES, 0);
+static LB_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_NODE_DEVICES, BPF_F_NO_PREALLOC);
 
 /// svc_id -> namespace/name/port of its Service; read by userspace only.
 #[map]
-static LB_SERVICE_META: HashMap<u32, ServiceMeta> = HashMap::pinned(MAX_FRONTENDS, 0);
+static LB_SERVICE_META: HashMap<u32, ServiceMeta> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
 
 /// The maps as the decision in `lb_ebpf::decide` sees them, for a packet of
 /// one program context (the FIB lookup for SNAT needs it).

@@ -452,6 +452,19 @@ fn the_sweep_keeps_an_entry_refreshed_after_it_was_read_as_expired() {
     assert_eq!(dp.maps.conntrack.get(&key(1001), 0).unwrap().last_seen_ns, fresh.last_seen_ns);
 }
 
+/// The maps the agent updates while packets read them are not
+/// preallocated, so an update never recycles an element a packet is reading.
+#[test]
+fn control_maps_free_updated_elements_only_after_readers_are_done() {
+    require_root();
+    let dp = ScratchDatapath::load();
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    for name in ["LB_FRONTENDS", "LB_BACKEND_SLOTS", "LB_BACKENDS", "LB_VIPS", "LB_DEVICES", "LB_NODE_ADDRS"] {
+        let info = aya::maps::MapInfo::from_pin(dp.dir().join(name)).unwrap();
+        assert_ne!(info.map_flags() & BPF_F_NO_PREALLOC, 0, "{name} is preallocated");
+    }
+}
+
 /// Maps pinned by an earlier agent keep their size; asking for another one
 /// is refused with the flag and both sizes, not silently ignored.
 #[test]
