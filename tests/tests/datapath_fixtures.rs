@@ -428,7 +428,8 @@ fn an_established_flow_keeps_its_backend_among_many() {
 fn the_sweep_keeps_an_entry_refreshed_after_it_was_read_as_expired() {
     require_root();
     let mut dp = ScratchDatapath::load();
-    let timeouts = CtTimeouts::DEFAULT;
+    // One second: a freshly booted VM's monotonic clock may be below the default.
+    let timeouts = CtTimeouts { udp_s: 1, ..CtTimeouts::DEFAULT };
     let key = |sport: u16| CtKey {
         saddr: wire::addr(CLIENT),
         daddr: wire::addr(VIP),
@@ -437,8 +438,7 @@ fn the_sweep_keeps_an_entry_refreshed_after_it_was_read_as_expired() {
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
-    let now = lb_userspace::datapath::maps::monotonic_ns();
-    let stale = CtEntry { last_seen_ns: now - 2 * u64::from(timeouts.udp_s) * 1_000_000_000, ..CtEntry::default() };
+    let stale = CtEntry { last_seen_ns: 0, ..CtEntry::default() };
     for sport in [1000, 1001] {
         dp.maps.conntrack.insert(key(sport), stale, 0).unwrap();
     }
