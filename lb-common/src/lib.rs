@@ -529,10 +529,13 @@ pub enum Reason {
     RejectNoServicePort = 19,
     /// An address inside the service CIDR that no Service has: dropped.
     DropUnallocatedServiceIp = 20,
+    /// An ICMP error quoting a packet the datapath translated: turned into
+    /// one about the packet its sender sent (path MTU, port unreachable).
+    IcmpErrorReverseNat = 21,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassIpOptions,
@@ -555,6 +558,7 @@ impl Reason {
         Reason::DropNoNodeAddress,
         Reason::RejectNoServicePort,
         Reason::DropUnallocatedServiceIp,
+        Reason::IcmpErrorReverseNat,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -581,6 +585,7 @@ impl Reason {
             Reason::DropNoNodeAddress => "drop_no_node_address",
             Reason::RejectNoServicePort => "reject_no_service_port",
             Reason::DropUnallocatedServiceIp => "drop_unallocated_service_ip",
+            Reason::IcmpErrorReverseNat => "icmp_error_reverse_nat",
         }
     }
 }

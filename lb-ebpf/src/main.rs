@@ -31,9 +31,10 @@ use aya_log_ebpf::debug;
 use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use lb_ebpf::{
     answer::{self, L4Checksum},
-    decide::{Verdict, decide},
+    decide::{self, Verdict, decide},
     forward::{self, FibQuery, Step, TcStep},
     packet::{
+        icmp,
         nat::{self, Side},
         parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
     },
@@ -63,7 +64,10 @@ const TC_SHOT: i32 = TC_ACT_SHOT as i32;
 pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
     let tables = MapTables::xdp(&ctx);
     let (action, reason) = match parse(ctx.data(), ctx.data_end(), Frame::Linear) {
-        Err(Reason::PassNotTcpUdp) => xdp_answer_echo(&ctx),
+        Err(Reason::PassNotTcpUdp) => match icmp::quoted_flow(ctx.data(), ctx.data_end()) {
+            Some(quoted) => (xdp_action::XDP_PASS, translate_icmp_error(ctx.data(), ctx.data_end(), &quoted, &tables)),
+            None => xdp_answer_echo(&ctx),
+        },
         Err(reason) => (xdp_action::XDP_PASS, reason),
         Ok(pkt) => {
             let flow = pkt.flow();
@@ -74,6 +78,27 @@ pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
     };
     count(Hook::NodeXdp, reason);
     action
+}
+
+/// Turns an ICMP error in `[data, data_end)` that quotes `quoted`, a packet
+/// of a translated flow, into one about the packet its sender sent (see
+/// `lb_ebpf::packet::icmp`); other ICMP passes untouched.
+#[inline(always)]
+fn translate_icmp_error(data: usize, data_end: usize, quoted: &CtKey, tables: &MapTables) -> Reason {
+    match decide::quoted_packet(quoted, tables) {
+        // The bounds again: the verifier forgets them across the lookup.
+        Verdict::Rewrite { reason, side, addr, port, other } if data + icmp::ERROR_HEADERS_LEN <= data_end => {
+            // SAFETY: the context's writable frame, which `quoted_flow` accepted.
+            unsafe {
+                icmp::rewrite_quoted(data, side, addr, port);
+                if let Some((other_addr, other_port)) = other {
+                    icmp::rewrite_quoted(data, side.opposite(), other_addr, other_port);
+                }
+            }
+            reason
+        }
+        _ => Reason::PassNotTcpUdp,
+    }
 }
 
 /// Logs a verdict. Compiled in, but removed by the verifier unless the
@@ -197,7 +222,10 @@ fn xdp_answer_echo(ctx: &XdpContext) -> (u32, Reason) {
 pub fn lb_tc_pod(ctx: TcContext) -> i32 {
     let tables = MapTables::tc(&ctx);
     let (action, reason) = match tc_parse(&ctx) {
-        Err(Reason::PassNotTcpUdp) => tc_answer_echo(&ctx),
+        Err(Reason::PassNotTcpUdp) => match tc_icmp_error(&ctx, &tables) {
+            Some(reason) => (TC_OK, reason),
+            None => tc_answer_echo(&ctx),
+        },
         Err(reason) => (TC_OK, reason),
         Ok(pkt) => {
             let flow = pkt.flow();
@@ -226,6 +254,7 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let tables = MapTables::tc(&ctx);
     let (action, reason) = match tc_parse(&ctx) {
+        Err(Reason::PassNotTcpUdp) => (TC_OK, tc_icmp_error(&ctx, &tables).unwrap_or(Reason::PassNotTcpUdp)),
         Err(reason) => (TC_OK, reason),
         Ok(pkt) => match decide(&pkt.flow(), pkt.tcp_flags(), &tables, Hook::TcEgress) {
             Verdict::Rewrite { reason, side, addr, port, other: None } => {
@@ -265,8 +294,16 @@ fn tc_send(ctx: &TcContext) -> i32 {
     // SAFETY: the context's own metadata.
     let (ingress, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };
     if gso_size != 0 {
-        // A GSO packet leaves in segments of at most the MTU: no MTU check.
-        query.tot_len = 0;
+        // A GSO packet leaves in segments: the FIB checks one against the
+        // route's MTU. Too big, the kernel's forwarding sends the sender
+        // the fragmentation-needed error (path-MTU discovery).
+        let l4_header = if pkt.proto == IPPROTO_TCP {
+            // SAFETY: inside the TCP header `parse` checked.
+            usize::from(unsafe { pkt.read::<u8>(L4_OFFSET + 12) } >> 4) * 4
+        } else {
+            8
+        };
+        query.tot_len = (L4_OFFSET - IP_OFFSET + l4_header) as u16 + gso_size.min(u32::from(u16::MAX) / 2) as u16;
     }
     let step = forward::tc_next_step(&KernelFib::of(ctx), ingress, ttl, &query);
     count_fast_path(step.counter());
@@ -418,6 +455,15 @@ fn tc_port_unreachable(ctx: &TcContext) -> Option<()> {
     }
     // SAFETY: a helper on this program's own context.
     (unsafe { bpf_skb_change_tail(ctx.skb.skb, answer::ICMP_ERROR_FRAME_LEN as u32, 0) } == 0).then_some(())
+}
+
+/// `translate_icmp_error` on a socket buffer's linear part; None when it is
+/// no ICMP error quoting a TCP or UDP packet.
+#[inline(always)]
+fn tc_icmp_error(ctx: &TcContext, tables: &MapTables) -> Option<Reason> {
+    let data = tc_linear(ctx, icmp::ERROR_HEADERS_LEN)?;
+    let quoted = icmp::quoted_flow(data, ctx.data_end())?;
+    Some(translate_icmp_error(ctx.data(), ctx.data_end(), &quoted, tables))
 }
 
 /// Answers pings from pods to Service addresses, as `xdp_answer_echo` does.

@@ -136,6 +136,25 @@ fn l4_checksum(saddr: [u8; 4], daddr: [u8; 4], proto: u8, l4: &[u8]) -> u16 {
 
 /// Why a frame's checksums are wrong, if they are: IPv4 header, and TCP or
 /// UDP over the pseudo-header (a UDP checksum of 0 means none and is valid).
+/// An ICMP error of `icmp_type`/`code` from `from` to `to` quoting the IPv4
+/// header and the first 8 L4 bytes of `quoted` (a frame), checksums right.
+pub fn icmp_error(icmp_type: u8, code: u8, from: [u8; 4], to: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    const IP: usize = 14;
+    const ICMP: usize = IP + 20;
+    let mut frame = PacketBuilder::new(1, from, 0, to, 0).build();
+    frame.truncate(ICMP);
+    frame.extend_from_slice(&[icmp_type, code, 0, 0, 0, 0, 0x05, 0x78]);
+    frame.extend_from_slice(&quoted[IP..IP + 28]);
+    let tot_len = (frame.len() - IP) as u16;
+    frame[IP + 2..IP + 4].copy_from_slice(&tot_len.to_be_bytes());
+    frame[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+    let ip_check = compute(&frame[IP..ICMP], 0);
+    frame[IP + 10..IP + 12].copy_from_slice(&ip_check.to_ne_bytes());
+    let icmp_check = compute(&frame[ICMP..], 0);
+    frame[ICMP + 2..ICMP + 4].copy_from_slice(&icmp_check.to_ne_bytes());
+    frame
+}
+
 /// A frame too short for the lengths it claims is an error too.
 pub fn checksum_errors(frame: &[u8]) -> Option<String> {
     let malformed = || Some("the frame is shorter than its headers say".to_owned());

@@ -9,7 +9,7 @@ use std::{
 
 use lb_tests::{
     agent::AgentProcess,
-    client::{http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
+    client::{bulk_send, http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
     kubia::{KUBIA_SERVICE, TIMEOUT, VIP, cluster, endpoint_count, http_spread, names, pods_manifest},
     require_root,
     topology::Pod,
@@ -235,6 +235,38 @@ fn a_cluster_ip_refuses_ports_its_service_lacks_and_unallocated_service_addresse
     assert!(agent.counter("TC-POD", "drop_unallocated_service_ip").unwrap() >= 1);
     // The service's own port still answers.
     assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), "kubia-0");
+}
+
+/// ICMP errors about translated packets reach their senders translated
+/// back: with a 1 400-byte route to the backend, the node's
+/// fragmentation-needed about the client's 1 500-byte segments lets the
+/// client's TCP shrink them (path-MTU discovery; without it the transfer
+/// hangs), and a backend's port unreachable for a closed port refuses the
+/// client's UDP socket at once.
+#[test]
+fn path_mtu_discovery_and_port_unreachable_work_through_the_cluster_ip() {
+    require_root();
+    let mut c = cluster(1);
+    c.backends[0].serve_sink(9000).unwrap();
+    let vip = Ipv4Addr::new(10, 96, 0, 50);
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: pmtu\nspec:\n  clusterIP: {vip}\n  ports:\n  - name: sink\n    port: 9000\n  - name: closed\n    port: 54\n    protocol: UDP\n    targetPort: 5400\n  selector:\n    app: kubia\n"
+    );
+    let pods = pods_manifest(&[&c.backends[0]], |_| true);
+    let agent = AgentProcess::start(&c.node, &[("pmtu.yaml", &service), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("10.244.0.2:9000")).unwrap();
+    let backend = &c.backends[0];
+    let route = format!("{}/32", backend.ip);
+    // Locked: forwarding (and the FIB) use a route's MTU only then.
+    c.node.ns.exec(&["ip", "route", "replace", &route, "dev", &backend.host_veth, "mtu", "lock", "1400"]).unwrap();
+
+    let report = bulk_send(&c.client.ns, SocketAddrV4::new(vip, 9000), 20 << 10, TIMEOUT * 3).unwrap();
+    assert!(report.contains("received 20480 bytes"), "{report}");
+    assert!(agent.counter("TC-EGRESS", "icmp_error_reverse_nat").unwrap() >= 1, "{}", agent.get("counters").unwrap());
+
+    let udp = udp_exchange(&c.client.ns, SocketAddrV4::new(vip, 54), TIMEOUT).unwrap();
+    assert_eq!(udp.expect_err("an answer from a closed port").kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(agent.counter("TC-POD", "icmp_error_reverse_nat").unwrap() >= 1, "{}", agent.get("counters").unwrap());
 }
 
 #[test]

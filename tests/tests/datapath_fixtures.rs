@@ -9,7 +9,7 @@ use lb_common::{
 use lb_ebpf::{
     answer::{self, L4Checksum},
     packet::parse::{Frame, parse},
-    packet_builder::{PacketBuilder, checksum_errors},
+    packet_builder::{PacketBuilder, checksum_errors, icmp_error},
 };
 use lb_tests::require_root;
 use lb_userspace::{datapath::loader::TestProgram, reconcile::MapOp};
@@ -296,6 +296,37 @@ fn fixtures() -> Vec<Fixture> {
             XDP_PASS,
             tcp(CLIENT, 40021, POD, 8080).build(),
             Reason::ForwardNewFlow,
+        ),
+        translated(
+            "the node's fragmentation-needed about a translated request is about the request (tc egress)",
+            TcEgress,
+            icmp_error(3, 4, NODE, CLIENT, &tcp(CLIENT, 40000, POD, 8080).build()),
+            TC_ACT_OK,
+            icmp_error(3, 4, NODE, CLIENT, &tcp(CLIENT, 40000, VIP, 80).build()),
+            Reason::IcmpErrorReverseNat,
+        ),
+        translated(
+            "a backend's port unreachable about a translated datagram is about the datagram (tc on pods)",
+            PodTc,
+            icmp_error(3, 3, POD, CLIENT, &udp(CLIENT, 5000, POD, 5353).payload(b"query").build()),
+            TC_ACT_OK,
+            icmp_error(3, 3, POD, CLIENT, &udp(CLIENT, 5000, VIP, 53).payload(b"query").build()),
+            Reason::IcmpErrorReverseNat,
+        ),
+        translated(
+            "a router's time exceeded about a translated request is about the request (xdp)",
+            XdpNode,
+            icmp_error(11, 0, [192, 0, 2, 1], CLIENT, &tcp(CLIENT, 40000, POD, 8080).build()),
+            XDP_PASS,
+            icmp_error(11, 0, [192, 0, 2, 1], CLIENT, &tcp(CLIENT, 40000, VIP, 80).build()),
+            Reason::IcmpErrorReverseNat,
+        ),
+        untouched(
+            "an icmp error about a flow that is not ours is untouched",
+            TcEgress,
+            icmp_error(3, 4, NODE, CLIENT, &tcp(CLIENT, 40999, POD, 8080).build()),
+            TC_ACT_OK,
+            Reason::PassNotTcpUdp,
         ),
         translated(
             "a syn to a node port without endpoints is refused with a reset (xdp)",

@@ -144,6 +144,32 @@ fn established<T: Tables>(
     })
 }
 
+/// How to turn an ICMP error that quotes `quoted`, a packet the datapath
+/// translated, into one about the packet its sender sent. A flow's entries
+/// are keyed by the packets they translate, so the reverse of the quoted
+/// packet names the entry of the other direction: the end it rewrites is
+/// the quoted packet's other end. Pass when it is no flow of ours.
+#[inline(always)]
+pub fn quoted_packet<T: Tables>(quoted: &CtKey, tables: &T) -> Verdict {
+    let key = CtKey {
+        saddr: quoted.daddr,
+        daddr: quoted.saddr,
+        sport: quoted.dport,
+        dport: quoted.sport,
+        proto: quoted.proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = tables.conntrack(&key) else { return Verdict::Pass(Reason::PassNotTcpUdp) };
+    let side = if entry.direction == CT_REPLY { Side::Dst } else { Side::Src };
+    Verdict::Rewrite {
+        reason: Reason::IcmpErrorReverseNat,
+        side,
+        addr: entry.nat_addr,
+        port: entry.nat_port,
+        other: entry.other(),
+    }
+}
+
 /// Writes the reply entry of an established flow back if the LRU evicted it
 /// (the forward entry alone would deliver packets whose answers go back
 /// untranslated, and the client would reset the connection). Looking it up
@@ -563,6 +589,39 @@ mod tests {
             decide(&flow(CLIENT, VIP, 2, 80), TCP_SYN, &t, Hook::PodTc),
             Verdict::Rewrite { reason: Reason::ForwardNewFlow, .. }
         ));
+    }
+
+    /// An ICMP error about a translated packet names its flow from either
+    /// direction; it is translated back to the packet the sender sent.
+    #[test]
+    fn an_icmp_error_quoting_a_translated_packet_is_translated_back() {
+        let t = service(1);
+        let request = flow(CLIENT, VIP, 40000, 80);
+        let Verdict::Rewrite { addr: backend, port: backend_port, .. } = decide(&request, TCP_SYN, &t, Hook::PodTc)
+        else {
+            panic!()
+        };
+        // The node could not forward the request as translated: the error
+        // quotes client -> backend, and must be about client -> VIP.
+        let translated = flow(CLIENT, backend, 40000, backend_port);
+        assert_eq!(
+            quoted_packet(&translated, &t),
+            Verdict::Rewrite { reason: Reason::IcmpErrorReverseNat, side: Side::Dst, addr: VIP, port: 80, other: None }
+        );
+        // A router on the client's side could not forward the reply as
+        // translated: the error quotes VIP -> client, the backend sent it.
+        let reply = flow(VIP, CLIENT, 80, 40000);
+        assert_eq!(
+            quoted_packet(&reply, &t),
+            Verdict::Rewrite {
+                reason: Reason::IcmpErrorReverseNat,
+                side: Side::Src,
+                addr: backend,
+                port: backend_port,
+                other: None
+            }
+        );
+        assert_eq!(quoted_packet(&flow(CLIENT, VIP, 1, 80), &t), Verdict::Pass(Reason::PassNotTcpUdp));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! address/port rewrites, with no BPF helper in sight.
 
 pub mod checksum;
+pub mod icmp;
 pub mod nat;
 pub mod parse;
 
