@@ -51,7 +51,12 @@ pub struct Reset {
 /// `pkt` must be a TCP packet from `parse` whose whole IP packet is in the frame.
 #[inline(always)]
 pub unsafe fn reset_for(pkt: &Packet, tot_len: u16) -> Option<Reset> {
-    // SAFETY: offsets inside the TCP header `parse` checked.
+    // Checked again: the 6.1 verifier can lose which header length the
+    // parse checked (and `write_reset` writes as far).
+    if pkt.data + RST_FRAME_LEN > pkt.end {
+        return None;
+    }
+    // SAFETY: offsets inside the TCP header (checked above).
     let (flags, seq, ack_seq, doff): (u8, u32, u32, u8) = unsafe {
         (
             pkt.read(L4_OFFSET + tcp::FLAGS),

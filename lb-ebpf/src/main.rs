@@ -64,10 +64,7 @@ const TC_SHOT: i32 = TC_ACT_SHOT as i32;
 pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
     let tables = MapTables::xdp(&ctx);
     let (action, reason) = match parse(ctx.data(), ctx.data_end(), Frame::Linear) {
-        Err(Reason::PassNotTcpUdp) => match icmp::quoted_flow(ctx.data(), ctx.data_end()) {
-            Some(quoted) => (xdp_action::XDP_PASS, translate_icmp_error(ctx.data(), ctx.data_end(), &quoted, &tables)),
-            None => xdp_answer_echo(&ctx),
-        },
+        Err(Reason::PassNotTcpUdp) => xdp_icmp(&ctx, &tables),
         Err(reason) => (xdp_action::XDP_PASS, reason),
         Ok(pkt) => {
             let flow = pkt.flow();
@@ -78,6 +75,18 @@ pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
     };
     count(Hook::NodeXdp, reason);
     action
+}
+
+/// ICMP from outside: errors about translated packets are translated back,
+/// pings to Service addresses answered. A BPF function of its own: inlined,
+/// it changed how the compiler laid out the TCP/UDP path so much that the
+/// 6.1 verifier lost the header bounds there.
+#[inline(never)]
+fn xdp_icmp(ctx: &XdpContext, tables: &MapTables) -> (u32, Reason) {
+    match icmp::quoted_flow(ctx.data(), ctx.data_end()) {
+        Some(quoted) => (xdp_action::XDP_PASS, translate_icmp_error(ctx.data(), ctx.data_end(), &quoted, tables)),
+        None => xdp_answer_echo(ctx),
+    }
 }
 
 /// Turns an ICMP error in `[data, data_end)` that quotes `quoted`, a packet
@@ -421,7 +430,7 @@ fn tc_reset(ctx: &TcContext, pkt: &Packet) -> Option<()> {
         if checksum_deferred(ctx, pkt.l4_check_offset()).ok()? { L4Checksum::Deferred } else { L4Checksum::Full };
     let data = tc_linear(ctx, answer::RST_FRAME_LEN)?;
     // SAFETY: RST_FRAME_LEN writable bytes at `data`, the TCP packet parsed above.
-    unsafe { answer::write_reset(&Packet { data, proto: IPPROTO_TCP }, reset, l4_checksum) };
+    unsafe { answer::write_reset(&Packet { data, end: ctx.data_end(), proto: IPPROTO_TCP }, reset, l4_checksum) };
     // SAFETY: a helper on this program's own context.
     (unsafe { bpf_skb_change_tail(ctx.skb.skb, answer::RST_FRAME_LEN as u32, 0) } == 0).then_some(())
 }
@@ -458,8 +467,9 @@ fn tc_port_unreachable(ctx: &TcContext) -> Option<()> {
 }
 
 /// `translate_icmp_error` on a socket buffer's linear part; None when it is
-/// no ICMP error quoting a TCP or UDP packet.
-#[inline(always)]
+/// no ICMP error quoting a TCP or UDP packet. A BPF function of its own, as
+/// `xdp_icmp` is.
+#[inline(never)]
 fn tc_icmp_error(ctx: &TcContext, tables: &MapTables) -> Option<Reason> {
     let data = tc_linear(ctx, icmp::ERROR_HEADERS_LEN)?;
     let quoted = icmp::quoted_flow(data, ctx.data_end())?;

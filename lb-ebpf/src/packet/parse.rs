@@ -30,6 +30,8 @@ pub const UDP_CHECK: usize = 6;
 pub struct Packet {
     /// Start of the packet (the Ethernet header).
     pub data: usize,
+    /// End of the headers' part of the frame (`data_end`).
+    pub end: usize,
     pub proto: u8,
 }
 
@@ -60,7 +62,12 @@ impl Packet {
         if self.proto != IPPROTO_TCP {
             return 0;
         }
-        // SAFETY: `parse` checked that a whole TCP header is present.
+        // Checked again: the 6.1 verifier can lose which header length the
+        // parse checked once the paths after it merge.
+        if self.data + L4_OFFSET + TCP_HEADER_LEN > self.end {
+            return 0;
+        }
+        // SAFETY: a whole TCP header is present (checked above).
         unsafe { self.read(L4_OFFSET + tcp::FLAGS) }
     }
 
@@ -156,7 +163,7 @@ pub fn parse(data: usize, data_end: usize, frame: Frame) -> Result<Packet, Reaso
     if !l4_in_frame {
         return Err(Reason::PassTruncated);
     }
-    Ok(Packet { data, proto: ip.proto })
+    Ok(Packet { data, end: data_end, proto: ip.proto })
 }
 
 #[cfg(test)]
