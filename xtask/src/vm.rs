@@ -42,6 +42,7 @@ const TEST_TARGETS: &[&str] = &[
     "multinode",
     "environment",
     "restart",
+    "kube_proxy_flows",
 ];
 /// Emulation is slow: the whole run must end within this.
 const TIME_LIMIT: Duration = Duration::from_secs(40 * 60);

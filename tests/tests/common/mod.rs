@@ -38,9 +38,14 @@ impl ScratchDatapath {
     /// Programs `desired` as the agent of node `node_name` would.
     #[allow(dead_code, reason = "not every test file programs from manifests")]
     pub fn program(&mut self, desired: &DesiredState, node_name: &str) {
+        self.program_on(desired, &NodeInfo { name: node_name.to_owned(), ..NodeInfo::default() });
+    }
+
+    /// Programs `desired` as the agent of `node` (with its addresses) would.
+    #[allow(dead_code, reason = "not every test file programs from manifests")]
+    pub fn program_on(&mut self, desired: &DesiredState, node: &NodeInfo) {
         let mut programmed = self.maps.programmed().unwrap();
-        let node = NodeInfo { name: node_name.to_owned(), ..NodeInfo::default() };
-        for op in programmed.plan(desired, &node) {
+        for op in programmed.plan(desired, node) {
             self.maps.apply(&op).unwrap_or_else(|e| panic!("{op:?}: {e}"));
         }
     }
