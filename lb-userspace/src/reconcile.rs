@@ -858,9 +858,11 @@ impl Shared<'_> {
             .port
             .active_endpoints_on(local.then_some(self.node.name.as_str()))
             .map(|ep| {
-                // Another node's endpoint: external clients sent there are
-                // replaced by this node (SNAT), so that replies come back here.
-                let remote = ep.node_name.as_deref().is_some_and(|n| n != self.node.name);
+                // Another node's endpoint, or one outside the cluster (no
+                // node name, as for traffic policies): external clients sent
+                // there are replaced by this node (SNAT), so that replies
+                // come back here.
+                let remote = ep.node_name.as_deref() != Some(self.node.name.as_str());
                 let flags = if remote { BACKEND_FLAG_REMOTE } else { 0 };
                 Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), flags }
             })
@@ -1259,6 +1261,46 @@ mod tests {
         assert_eq!(maps.adopt().plan(&desired, &node), []);
         node.addrs.reverse();
         assert_eq!(maps.adopt().plan(&desired, &node), []);
+    }
+
+    /// An endpoint without a node name is outside the cluster: remote for
+    /// SNAT as it is for traffic policies, like another node's.
+    #[test]
+    fn an_endpoint_without_a_node_name_is_remote_everywhere() {
+        let mut here = endpoint(2, true);
+        here.node_name = Some("node-a".into());
+        let mut there = endpoint(3, true);
+        there.node_name = Some("node-b".into());
+        let outside = endpoint(4, true);
+        let mut desired = state(&[("web", VIP, &[here, there, outside])]);
+        for service in desired.services.values_mut().map(Arc::make_mut) {
+            service.service_type = ServiceType::NodePort;
+            service.ports[0].node_port = Some(30080);
+        }
+        let node =
+            NodeInfo { name: "node-a".into(), addrs: vec![Ipv4Addr::new(198, 51, 100, 1)], ..Default::default() };
+        let mut maps = Maps::default();
+        maps.apply_checked(&Programmed::default().plan(&desired, &node));
+        let remote: BTreeSet<[u8; 4]> = maps
+            .backends
+            .values()
+            .filter(|b| b.flags & BACKEND_FLAG_REMOTE != 0)
+            .map(|b| wire::addr_octets(b.addr))
+            .collect();
+        assert_eq!(remote, [[10, 244, 0, 3], [10, 244, 0, 4]].into());
+        // Local policy: the endpoint outside the cluster is not this node's.
+        for service in desired.services.values_mut().map(Arc::make_mut) {
+            service.external_traffic_policy = TrafficPolicy::Local;
+        }
+        let mut maps = Maps::default();
+        maps.apply_checked(&Programmed::default().plan(&desired, &node));
+        let node_port = FrontendKey {
+            addr: wire::addr([198, 51, 100, 1]),
+            port: wire::port(30080),
+            proto: 6,
+            scope: FRONTEND_SCOPE_ALL,
+        };
+        assert_eq!(maps.frontends[&node_port].backend_count, 1);
     }
 
     /// kube-proxy: a Local policy drops what finds no endpoint on this node,

@@ -61,6 +61,12 @@ pub fn pods_manifest(pods: &[&Pod], ready: impl Fn(&Pod) -> bool) -> String {
     pods.iter().map(|p| pod_manifest(&p.name, p.ip, ready(p))).collect::<Vec<_>>().join("---\n")
 }
 
+/// Like [`pods_manifest`], the pods placed on node `node` (`spec.nodeName`,
+/// as the scheduler sets it): without it, an endpoint is outside the cluster.
+pub fn pods_manifest_on(pods: &[&Pod], node: &str, ready: impl Fn(&Pod) -> bool) -> String {
+    pods_manifest(pods, ready).replace("spec:\n", &format!("spec:\n  nodeName: {node}\n"))
+}
+
 /// Which pods answered `requests` HTTP requests to the VIP.
 pub fn http_spread(client: &Pod, requests: usize) -> BTreeSet<String> {
     (0..requests)

@@ -10,7 +10,7 @@ use std::{
 use lb_tests::{
     agent::AgentProcess,
     client::{http_get, served_by, tcp_connect, udp_request},
-    kubia::{TIMEOUT, VIP, cluster, pods_manifest},
+    kubia::{TIMEOUT, VIP, cluster, pods_manifest_on},
     require_root,
     topology::Pod,
 };
@@ -29,7 +29,7 @@ fn start(c: &lb_tests::kubia::Cluster, service: &str) -> AgentProcess {
     let pods: Vec<&Pod> = c.backends.iter().collect();
     AgentProcess::start_with(
         &c.node,
-        &[("svc.yaml", service), ("pods.yaml", &pods_manifest(&pods, |_| true))],
+        &[("svc.yaml", service), ("pods.yaml", &pods_manifest_on(&pods, c.node.ns.name(), |_| true))],
         &["--device", "uplink", "--pod-device", "h-*"],
     )
     .unwrap()
@@ -87,7 +87,10 @@ fn the_cluster_ip_is_not_reachable_from_outside() {
     let pods: Vec<&Pod> = c.backends.iter().collect();
     let agent = AgentProcess::start_with(
         &c.node,
-        &[("svc.yaml", &nodeport_service("    nodePort: 30123\n")), ("pods.yaml", &pods_manifest(&pods, |_| true))],
+        &[
+            ("svc.yaml", &nodeport_service("    nodePort: 30123\n")),
+            ("pods.yaml", &pods_manifest_on(&pods, c.node.ns.name(), |_| true)),
+        ],
         &["--device", "uplink", "--pod-device", "h-*", "--cluster-ip-external"],
     )
     .unwrap();
