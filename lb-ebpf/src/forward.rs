@@ -12,6 +12,7 @@
 
 use crate::packet::{
     checksum,
+    nat::Side,
     parse::{IP_CHECK, IP_OFFSET, Packet},
 };
 use lb_common::{FIB_CACHE_NS, FastPath};
@@ -52,6 +53,16 @@ impl FibQuery {
             proto: flow.proto,
             tos,
             tot_len: u16::from_be(tot_len),
+        }
+    }
+
+    /// The query for the packet once `side` is rewritten to `to`
+    /// (address, port; network byte order).
+    #[inline(always)]
+    pub fn rewritten(self, side: Side, to: (u32, u16)) -> Self {
+        match side {
+            Side::Dst => Self { daddr: to.0, dport: to.1, ..self },
+            Side::Src => Self { saddr: to.0, sport: to.1, ..self },
         }
     }
 }
@@ -277,6 +288,13 @@ mod tests {
 
     fn hop(ifindex: u32) -> NextHop {
         NextHop { ifindex, smac: [2, 0, 0, 0, 0, 1], dmac: [2, 0, 0, 0, 0, 2] }
+    }
+
+    #[test]
+    fn a_query_is_rewritten_like_its_packet() {
+        let q = FibQuery { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, tos: 0, tot_len: 60 };
+        assert_eq!(q.rewritten(Side::Dst, (20, 40)), FibQuery { daddr: 20, dport: 40, ..q });
+        assert_eq!(q.rewritten(Side::Src, (10, 30)), FibQuery { saddr: 10, sport: 30, ..q });
     }
 
     #[test]

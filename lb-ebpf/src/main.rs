@@ -37,6 +37,7 @@ use lb_ebpf::{
         icmp,
         nat::{self, Side},
         parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
+        tcp,
     },
 };
 use maps::{KernelFib, MapTables, count, count_fast_path, is_service_address};
@@ -242,9 +243,11 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
                 Verdict::Pass(reason) => (TC_OK, reason),
                 Verdict::Drop(reason) => (TC_SHOT, reason),
                 Verdict::Rewrite { reason, side, addr, port, other } => {
-                    match tc_rewritten(tc_rewrite(&ctx, &pkt, side, (addr, port), other), reason) {
-                        (TC_OK, reason) => (tc_send(&ctx), reason),
-                        dropped => dropped,
+                    // Read before the rewrite's helpers invalidate the packet.
+                    let departure = tc_departure(&ctx, &pkt, side, (addr, port), other);
+                    match tc_rewrite(&ctx, &pkt, side, (addr, port), other) {
+                        Ok(()) => (tc_send(&ctx, &departure), reason),
+                        Err(_) => (TC_SHOT, Reason::DropRewriteFailed),
                     }
                 }
                 Verdict::Reject(reason) => tc_reject(&ctx, &pkt, reason),
@@ -267,7 +270,10 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
         Err(reason) => (TC_OK, reason),
         Ok(pkt) => match decide(&pkt.flow(), pkt.tcp_flags(), &tables, Hook::TcEgress) {
             Verdict::Rewrite { reason, side, addr, port, other: None } => {
-                tc_rewritten(tc_rewrite(&ctx, &pkt, side, (addr, port), None), reason)
+                match tc_rewrite(&ctx, &pkt, side, (addr, port), None) {
+                    Ok(()) => (TC_OK, reason),
+                    Err(_) => (TC_SHOT, Reason::DropRewriteFailed),
+                }
             }
             // `decide` only passes on this hook otherwise.
             verdict => (TC_OK, verdict.reason()),
@@ -277,44 +283,51 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     action
 }
 
-/// The action for a rewrite's outcome: a packet the helpers left
-/// half-rewritten is dropped, never forwarded.
+/// What `tc_send` asks the FIB about a pod's packet being rewritten: the
+/// packet as it will leave, and its TTL.
 #[inline(always)]
-fn tc_rewritten(result: Result<(), c_long>, reason: Reason) -> (i32, Reason) {
-    match result {
-        Ok(()) => (TC_OK, reason),
-        Err(_) => (TC_SHOT, Reason::DropRewriteFailed),
+fn tc_departure(
+    ctx: &TcContext,
+    pkt: &Packet,
+    side: Side,
+    to: (u32, u16),
+    other: Option<(u32, u16)>,
+) -> (FibQuery, u8) {
+    // SAFETY: `pkt` is this context's packet, not yet touched by a helper.
+    let (query, ttl) = unsafe { (FibQuery::of(pkt), forward::ttl(pkt)) };
+    let mut query = query.rewritten(side, to);
+    if let Some(other) = other {
+        query = query.rewritten(side.opposite(), other);
     }
-}
-
-/// The action for a pod's packet rewritten just now: straight into a local
-/// pod or out of the device the FIB names, else the kernel's routing (see
-/// `lb_ebpf::forward`). A BPF function of its own, like `xdp_send`.
-#[inline(never)]
-fn tc_send(ctx: &TcContext) -> i32 {
-    // SAFETY: a load-time constant; read volatile so that it is not folded.
-    if unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) } == 0 {
-        return TC_OK;
-    }
-    // The helpers of the rewrite invalidated every packet pointer.
-    let Ok(pkt) = tc_parse(ctx) else { return TC_OK };
-    // SAFETY: `pkt` was parsed from this context's packet just now.
-    let (mut query, ttl) = unsafe { (FibQuery::of(&pkt), forward::ttl(&pkt)) };
     // SAFETY: the context's own metadata.
-    let (ingress, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if gso_size != 0 {
         // A GSO packet leaves in segments: the FIB checks one against the
         // route's MTU. Too big, the kernel's forwarding sends the sender
         // the fragmentation-needed error (path-MTU discovery).
         let l4_header = if pkt.proto == IPPROTO_TCP {
             // SAFETY: inside the TCP header `parse` checked.
-            usize::from(unsafe { pkt.read::<u8>(L4_OFFSET + 12) } >> 4) * 4
+            usize::from(unsafe { pkt.read::<u8>(L4_OFFSET + tcp::DOFF) } >> 4) * 4
         } else {
             8
         };
         query.tot_len = (L4_OFFSET - IP_OFFSET + l4_header) as u16 + gso_size.min(u32::from(u16::MAX) / 2) as u16;
     }
-    let step = forward::tc_next_step(&KernelFib::of(ctx), ingress, ttl, &query);
+    (query, ttl)
+}
+
+/// The action for a pod's packet rewritten just now: straight into a local
+/// pod or out of the device the FIB names, else the kernel's routing (see
+/// `lb_ebpf::forward`). A BPF function of its own, like `xdp_send`.
+#[inline(never)]
+fn tc_send(ctx: &TcContext, (query, ttl): &(FibQuery, u8)) -> i32 {
+    // SAFETY: a load-time constant; read volatile so that it is not folded.
+    if unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) } == 0 {
+        return TC_OK;
+    }
+    // SAFETY: the context's own metadata.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    let step = forward::tc_next_step(&KernelFib::of(ctx), ingress, *ttl, query);
     count_fast_path(step.counter());
     let (data, data_end) = (ctx.data(), ctx.data_end());
     match step {
