@@ -252,20 +252,15 @@ impl Tables for MapTables {
 }
 
 /// The device the FIB's route to `daddr` leaves by, 0 if none. A BPF
-/// function of its own: its 64-byte query would otherwise sit in the
+/// function of its own: the FIB's 64-byte query would otherwise sit in the
 /// caller's stack frame, beside the fast path's (the 6.1 verifier caps the
 /// frames of a call chain at 512 bytes together).
 #[inline(never)]
 fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: u32) -> u32 {
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.ifindex = ingress_ifindex;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
-    // SAFETY: the helper reads and writes `params`, whose size it is given.
-    let ret = unsafe { bpf_fib_lookup(ctx, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    // With either answer the FIB has named the device the route leaves by.
-    if matches!(ret as u32, BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH) { params.ifindex } else { 0 }
+    match KernelFib(ctx).lookup(ingress_ifindex, &FibQuery { daddr, ..FibQuery::default() }) {
+        FibAnswer::Forward(NextHop { ifindex, .. }) | FibAnswer::NoNeighbour(ifindex) => ifindex,
+        FibAnswer::NotForwarded => 0,
+    }
 }
 
 #[inline(always)]

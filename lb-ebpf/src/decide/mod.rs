@@ -232,10 +232,10 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
         && backend.flags & BACKEND_FLAG_REMOTE != 0
         && frontend.flags & FRONTEND_FLAG_NODE_LOCAL == 0
     {
-        match tables.node_address_toward(backend.addr) {
-            Some(addr) => Some(addr),
-            None => return Verdict::Drop(Reason::DropNoNodeAddress),
-        }
+        let Some(addr) = tables.node_address_toward(backend.addr) else {
+            return Verdict::Drop(Reason::DropNoNodeAddress);
+        };
+        Some(addr)
     } else {
         None
     };
