@@ -10,18 +10,13 @@
 use core::mem::size_of;
 
 use crate::packet::{
-    checksum,
+    ETH_P_IP, IPPROTO_ICMP, checksum, icmp,
     parse::{IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN},
-    tcp,
+    read, tcp, write,
 };
 use lb_common::IPPROTO_TCP;
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
-const IPPROTO_ICMP: u8 = 1;
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_PORT_UNREACH: u8 = 3;
-const ICMP_ECHO_REQUEST: u8 = 8;
 const REPLY_TTL: u8 = 64;
 
 /// A reset is the Ethernet, IPv4 and TCP headers, nothing more.
@@ -141,7 +136,7 @@ pub unsafe fn write_port_unreachable(data: usize) {
         let icmp_len = (ICMP_ERROR_FRAME_LEN - L4_OFFSET) as u16;
         fill_ip_header(data, IPPROTO_ICMP, icmp_len);
         let icmp = data + L4_OFFSET;
-        write(icmp, [ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0, 0, 0, 0, 0]);
+        write(icmp, [icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0, 0, 0, 0, 0, 0]);
         write(icmp + 2, checksum(icmp, icmp_len as usize, 0));
     }
 }
@@ -158,11 +153,11 @@ pub fn echo_request_to(data: usize, data_end: usize) -> Option<u32> {
         let eth = &*(data as *const EthHdr);
         let ip = &*((data + IP_OFFSET) as *const Ipv4Hdr);
         let icmp_type: u8 = read(data + L4_OFFSET);
-        let is_echo = eth.ether_type == 0x0800u16.to_be()
+        let is_echo = eth.ether_type == ETH_P_IP.to_be()
             && ip.vihl == 0x45
             && ip.proto == IPPROTO_ICMP
             && u16::from_be_bytes(ip.frags) & 0x3fff == 0
-            && icmp_type == ICMP_ECHO_REQUEST;
+            && icmp_type == icmp::ECHO_REQUEST;
         is_echo.then(|| u32::from_ne_bytes(ip.dst_addr))
     }
 }
@@ -189,22 +184,12 @@ pub unsafe fn write_echo_reply(data: usize, data_end: usize) -> bool {
         write(data + IP_OFFSET + 10, checksum::update(ip_check, 0, 0, old_ttl_proto, new_ttl_proto));
         // Type 8 -> 0: the rest of the message is echoed unchanged.
         let old_type_code: u16 = read(data + L4_OFFSET);
-        write(data + L4_OFFSET, ICMP_ECHO_REPLY);
+        write(data + L4_OFFSET, icmp::ECHO_REPLY);
         let new_type_code: u16 = read(data + L4_OFFSET);
         let icmp_check: u16 = read(data + L4_OFFSET + 2);
         write(data + L4_OFFSET + 2, checksum::update(icmp_check, 0, 0, old_type_code, new_type_code));
     }
     true
-}
-
-#[inline(always)]
-unsafe fn read<T: Copy>(at: usize) -> T {
-    unsafe { (at as *const T).read_unaligned() }
-}
-
-#[inline(always)]
-unsafe fn write<T: Copy>(at: usize, value: T) {
-    unsafe { (at as *mut T).write_unaligned(value) }
 }
 
 #[inline(always)]
@@ -348,7 +333,7 @@ mod tests {
         assert_eq!(checksum_errors(&frame), None, "ipv4 header");
         assert_eq!(frame[IP_OFFSET + 9], IPPROTO_ICMP);
         assert_eq!((&frame[26..30], &frame[30..34]), (&VIP[..], &CLIENT[..]));
-        assert_eq!(&frame[L4_OFFSET..L4_OFFSET + 2], &[ICMP_DEST_UNREACH, ICMP_PORT_UNREACH]);
+        assert_eq!(&frame[L4_OFFSET..L4_OFFSET + 2], &[icmp::DEST_UNREACH, icmp::PORT_UNREACH]);
         assert_eq!(compute(&frame[L4_OFFSET..], 0), 0, "icmp checksum");
         assert_eq!(&frame[L4_OFFSET + 8..], &datagram[IP_OFFSET..IP_OFFSET + 28], "quotes ip header + 8 bytes");
         assert_eq!(&frame[0..14], &datagram[0..14]);
@@ -357,7 +342,7 @@ mod tests {
     #[test]
     fn an_echo_request_to_a_vip_is_answered() {
         let mut ping = PacketBuilder::new(IPPROTO_ICMP, CLIENT, 0, VIP, 0).build();
-        ping[L4_OFFSET..L4_OFFSET + 8].copy_from_slice(&[ICMP_ECHO_REQUEST, 0, 0, 0, 0x12, 0x34, 0, 1]);
+        ping[L4_OFFSET..L4_OFFSET + 8].copy_from_slice(&[icmp::ECHO_REQUEST, 0, 0, 0, 0x12, 0x34, 0, 1]);
         ping.extend_from_slice(b"ping payload");
         let tot = (ping.len() - IP_OFFSET) as u16;
         ping[16..18].copy_from_slice(&tot.to_be_bytes());
@@ -370,7 +355,7 @@ mod tests {
         let data = ping.as_mut_ptr() as usize;
         assert_eq!(echo_request_to(data, data + ping.len()), Some(u32::from_ne_bytes(VIP)));
         assert!(unsafe { write_echo_reply(data, data + ping.len()) });
-        assert_eq!(ping[L4_OFFSET], ICMP_ECHO_REPLY);
+        assert_eq!(ping[L4_OFFSET], icmp::ECHO_REPLY);
         assert_eq!((&ping[26..30], &ping[30..34]), (&VIP[..], &CLIENT[..]));
         assert_eq!(compute(&ping[IP_OFFSET..L4_OFFSET], 0), 0, "ipv4 checksum");
         assert_eq!(compute(&ping[L4_OFFSET..], 0), 0, "icmp checksum");

@@ -34,7 +34,7 @@ use lb_ebpf::{
     decide::{self, Verdict, decide},
     forward::{self, FibQuery, Step, TcStep},
     packet::{
-        icmp,
+        self, icmp,
         nat::{self, Side},
         parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
         tcp,
@@ -471,8 +471,8 @@ fn tc_port_unreachable(ctx: &TcContext) -> Option<()> {
     // SAFETY: ICMP_ERROR_FRAME_LEN writable bytes at `data` (checked above);
     // the room grown is ICMP_ERROR_GROWTH >= 14 bytes.
     unsafe {
-        let eth: [u8; 14] = (data as *const [u8; 14]).read_unaligned();
-        ((data + answer::ICMP_ERROR_GROWTH) as *mut [u8; 14]).write_unaligned(eth);
+        let eth: [u8; 14] = packet::read(data);
+        packet::write(data + answer::ICMP_ERROR_GROWTH, eth);
         answer::write_port_unreachable(data);
     }
     // SAFETY: a helper on this program's own context.

@@ -8,17 +8,20 @@
 //! checksum lies beyond them, and no receiver checks a quoted one).
 
 use super::{
-    checksum,
+    ETH_P_IP, IPPROTO_ICMP, checksum,
     nat::Side,
     parse::{IP_CHECK, IP_DADDR, IP_OFFSET, IP_SADDR, L4_DPORT, L4_OFFSET, L4_SPORT},
+    read, write,
 };
 use lb_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP};
 
-const IPPROTO_ICMP: u8 = 1;
-const ETH_P_IP: u16 = 0x0800;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// ICMP message types and codes.
+pub const ECHO_REPLY: u8 = 0;
+pub const DEST_UNREACH: u8 = 3;
+pub const PORT_UNREACH: u8 = 3;
+pub const ECHO_REQUEST: u8 = 8;
+pub const TIME_EXCEEDED: u8 = 11;
+pub const PARAMETER_PROBLEM: u8 = 12;
 /// The ICMP checksum's offset inside the ICMP header.
 const ICMP_CHECK: usize = 2;
 /// The quoted IPv4 header, after the 8-byte ICMP header.
@@ -47,7 +50,7 @@ pub fn quoted_flow(data: usize, data_end: usize) -> Option<CtKey> {
         let inner_vihl: u8 = read(data + INNER_IP);
         let inner_frag_offset = u16::from_be(read(data + INNER_IP + 6)) & 0x1fff;
         let proto: u8 = read(data + INNER_IP + 9);
-        let is_error = matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM);
+        let is_error = matches!(icmp_type, DEST_UNREACH | TIME_EXCEEDED | PARAMETER_PROBLEM);
         let quotes_ports = inner_vihl == 0x45 && inner_frag_offset == 0 && matches!(proto, IPPROTO_TCP | IPPROTO_UDP);
         let plain_outer = ether_type == ETH_P_IP && outer_vihl == 0x45 && outer_frags & 0x3fff == 0;
         (plain_outer && outer_proto == IPPROTO_ICMP && is_error && quotes_ports).then(|| CtKey {
@@ -105,16 +108,6 @@ pub unsafe fn rewrite_quoted(data: usize, side: Side, addr: u32, port: u16) {
     }
 }
 
-#[inline(always)]
-unsafe fn read<T: Copy>(at: usize) -> T {
-    unsafe { (at as *const T).read_unaligned() }
-}
-
-#[inline(always)]
-unsafe fn write<T: Copy>(at: usize, value: T) {
-    unsafe { (at as *mut T).write_unaligned(value) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,14 +130,14 @@ mod tests {
     fn an_error_about_a_translated_packet_is_turned_into_one_about_the_sent_packet() {
         // The node could not forward the client's packet as translated.
         let translated = PacketBuilder::new(IPPROTO_TCP, CLIENT, 40000, POD, 8080).build();
-        let mut frame = error(ICMP_DEST_UNREACH, NODE, CLIENT, &translated);
+        let mut frame = error(DEST_UNREACH, NODE, CLIENT, &translated);
         let data = frame.as_mut_ptr() as usize;
         let quoted = quoted_flow(data, data + frame.len()).unwrap();
         assert_eq!((quoted.saddr, quoted.daddr, quoted.proto), (addr(CLIENT), addr(POD), IPPROTO_TCP));
         assert_eq!((u16::from_be(quoted.sport), u16::from_be(quoted.dport)), (40000, 8080));
         unsafe { rewrite_quoted(data, Side::Dst, addr(VIP), 80u16.to_be()) };
         let sent = PacketBuilder::new(IPPROTO_TCP, CLIENT, 40000, VIP, 80).build();
-        assert_eq!(frame, error(ICMP_DEST_UNREACH, NODE, CLIENT, &sent), "exactly the error about the sent packet");
+        assert_eq!(frame, error(DEST_UNREACH, NODE, CLIENT, &sent), "exactly the error about the sent packet");
     }
 
     #[test]
@@ -152,14 +145,14 @@ mod tests {
         // A router beyond the node cannot forward what the node sent on as
         // NODE:61000 -> POD: the client must get it, about client -> VIP.
         let translated = PacketBuilder::new(IPPROTO_UDP, NODE, 61000, POD, 5353).build();
-        let mut frame = error(ICMP_TIME_EXCEEDED, [192, 0, 2, 1], NODE, &translated);
+        let mut frame = error(TIME_EXCEEDED, [192, 0, 2, 1], NODE, &translated);
         let data = frame.as_mut_ptr() as usize;
         unsafe {
             rewrite_quoted(data, Side::Dst, addr(VIP), 53u16.to_be());
             rewrite_quoted(data, Side::Src, addr(CLIENT), 40000u16.to_be());
         }
         let sent = PacketBuilder::new(IPPROTO_UDP, CLIENT, 40000, VIP, 53).build();
-        assert_eq!(frame, error(ICMP_TIME_EXCEEDED, [192, 0, 2, 1], CLIENT, &sent));
+        assert_eq!(frame, error(TIME_EXCEEDED, [192, 0, 2, 1], CLIENT, &sent));
     }
 
     #[test]
@@ -170,8 +163,8 @@ mod tests {
         later_fragment[IP_OFFSET + 6..IP_OFFSET + 8].copy_from_slice(&185u16.to_be_bytes());
         let cases = [
             ("an echo reply", echo_reply),
-            ("a later fragment quoted", error(ICMP_DEST_UNREACH, NODE, CLIENT, &later_fragment)),
-            ("cut short", error(ICMP_DEST_UNREACH, NODE, CLIENT, &quoted)[..ERROR_HEADERS_LEN - 1].to_vec()),
+            ("a later fragment quoted", error(DEST_UNREACH, NODE, CLIENT, &later_fragment)),
+            ("cut short", error(DEST_UNREACH, NODE, CLIENT, &quoted)[..ERROR_HEADERS_LEN - 1].to_vec()),
         ];
         for (what, frame) in cases {
             let data = frame.as_ptr() as usize;

@@ -6,6 +6,28 @@ pub mod icmp;
 pub mod nat;
 pub mod parse;
 
+/// Ethernet type of IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+pub const IPPROTO_ICMP: u8 = 1;
+
+/// Reads a `T` at address `at`, unaligned.
+///
+/// # Safety
+/// `[at, at + size_of::<T>())` must be readable packet bytes.
+#[inline(always)]
+pub unsafe fn read<T: Copy>(at: usize) -> T {
+    unsafe { (at as *const T).read_unaligned() }
+}
+
+/// Writes `value` at address `at`, unaligned.
+///
+/// # Safety
+/// `[at, at + size_of::<T>())` must be writable packet bytes.
+#[inline(always)]
+pub unsafe fn write<T: Copy>(at: usize, value: T) {
+    unsafe { (at as *mut T).write_unaligned(value) }
+}
+
 /// TCP header flags and field offsets, defined once for every module.
 pub mod tcp {
     pub const FIN: u8 = 0x01;

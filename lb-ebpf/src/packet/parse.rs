@@ -3,11 +3,10 @@
 
 use core::mem::size_of;
 
-use super::tcp;
+use super::{ETH_P_IP, tcp};
 use lb_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-const ETH_P_IP: u16 = 0x0800;
 /// The "more fragments" bit and the fragment offset of `Ipv4Hdr::frags`.
 const IP_MF_AND_OFFSET: u16 = 0x3fff;
 
@@ -46,14 +45,14 @@ impl Packet {
     /// `offset + size_of::<T>()` must lie inside the packet `parse` checked.
     #[inline(always)]
     pub unsafe fn read<T: Copy>(&self, offset: usize) -> T {
-        unsafe { ((self.data + offset) as *const T).read_unaligned() }
+        unsafe { super::read(self.data + offset) }
     }
 
     /// # Safety
     /// As for [`Packet::read`], and the packet must be writable.
     #[inline(always)]
     pub unsafe fn write<T: Copy>(&self, offset: usize, value: T) {
-        unsafe { ((self.data + offset) as *mut T).write_unaligned(value) }
+        unsafe { super::write(self.data + offset, value) }
     }
 
     /// The TCP flags byte; 0 for UDP.
