@@ -69,7 +69,7 @@ struct Agent {
     /// What was last written to `LB_DEVICES` (ifindex -> flags).
     devices: Option<BTreeMap<u32, u32>>,
     /// What was last written to `LB_NODE_ADDRS` (ifindex -> address).
-    node_device_addrs: Option<BTreeMap<u32, u32>>,
+    snat_sources: Option<BTreeMap<u32, u32>>,
     /// Services refused for want of room, as last logged.
     refused: BTreeMap<model::ServiceName, String>,
     health: HealthServer,
@@ -95,7 +95,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         failed: BTreeMap::new(),
         node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external },
         devices: None,
-        node_device_addrs: None,
+        snat_sources: None,
         refused: BTreeMap::new(),
         health: HealthServer::default(),
     };
@@ -227,21 +227,40 @@ impl Agent {
         ops.len()
     }
 
-    /// Reads the addresses of the node's devices, where node ports answer;
-    /// whether they changed.
+    /// Reads the addresses of the node's devices: where node ports answer
+    /// (whether they changed is returned), and each attached device's first
+    /// one, the source of SNAT by it (written when it changed; the first
+    /// time also clears what an earlier agent left).
     fn sync_node_addresses(&mut self) -> bool {
-        match self.config.node_devices.ipv4_addresses() {
-            Ok(addrs) if addrs != self.node.addrs => {
-                info!(?addrs, "node addresses");
-                self.node.addrs = addrs;
-                true
-            }
-            Ok(_) => false,
+        let by_device = match self.config.node_devices.ipv4_addresses() {
+            Ok(by_device) => by_device,
             Err(err) => {
                 error!("{err}");
-                false
+                return false;
+            }
+        };
+        let snat_sources: BTreeMap<u32, u32> = self
+            .datapath
+            .attached()
+            .filter_map(|(name, ifindex)| {
+                Some((ifindex, lb_common::wire::addr(by_device.get(name)?.first()?.octets())))
+            })
+            .collect();
+        if self.snat_sources.as_ref() != Some(&snat_sources) {
+            match self.maps.set_node_addresses(&snat_sources) {
+                Ok(()) => self.snat_sources = Some(snat_sources),
+                Err(err) => error!("cannot update the node device addresses: {err}"),
             }
         }
+        let mut addrs: Vec<_> = by_device.into_values().flatten().collect();
+        addrs.sort();
+        addrs.dedup();
+        if addrs == self.node.addrs {
+            return false;
+        }
+        info!(?addrs, "node addresses");
+        self.node.addrs = addrs;
+        true
     }
 
     /// Attaches to new interfaces and detaches from vanished ones; the
@@ -279,29 +298,7 @@ impl Agent {
             }
         }
         self.sync_devices();
-        self.sync_node_device_addrs();
         failed
-    }
-
-    /// Writes each node device's first address for SNAT when they changed
-    /// (the first time also clears what an earlier agent left).
-    fn sync_node_device_addrs(&mut self) {
-        let (first, present) =
-            match (self.config.node_devices.first_ipv4_addresses(), self.config.node_devices.present()) {
-                (Ok(first), Ok(present)) => (first, present),
-                (Err(err), _) | (_, Err(err)) => return error!("{err}"),
-            };
-        let addrs: BTreeMap<u32, u32> = first
-            .into_iter()
-            .filter_map(|(name, addr)| Some((*present.get(&name)?, lb_common::wire::addr(addr.octets()))))
-            .collect();
-        if self.node_device_addrs.as_ref() == Some(&addrs) {
-            return;
-        }
-        match self.maps.set_node_addresses(&addrs) {
-            Ok(()) => self.node_device_addrs = Some(addrs),
-            Err(err) => error!("cannot update the node device addresses: {err}"),
-        }
     }
 
     /// Removes conntrack entries the datapath already ignores as expired.

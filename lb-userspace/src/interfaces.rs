@@ -39,27 +39,10 @@ impl InterfacePatterns {
 }
 
 impl InterfacePatterns {
-    /// The IPv4 addresses of the matching interfaces, sorted.
-    pub fn ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>, InterfaceError> {
-        let mut addrs: Vec<Ipv4Addr> = self.ipv4_by_interface()?.into_iter().map(|(_, addr)| addr).collect();
-        addrs.sort();
-        addrs.dedup();
-        Ok(addrs)
-    }
-
-    /// The first IPv4 address of each matching interface that has one (the
-    /// kernel lists an interface's primary address first).
-    pub fn first_ipv4_addresses(&self) -> Result<BTreeMap<String, Ipv4Addr>, InterfaceError> {
-        let mut first = BTreeMap::new();
-        for (name, addr) in self.ipv4_by_interface()? {
-            first.entry(name).or_insert(addr);
-        }
-        Ok(first)
-    }
-
-    /// (interface, IPv4 address) of the matching interfaces, in the kernel's order.
-    fn ipv4_by_interface(&self) -> Result<Vec<(String, Ipv4Addr)>, InterfaceError> {
-        let mut addrs = Vec::new();
+    /// The IPv4 addresses of each matching interface that has one, in the
+    /// kernel's order (an interface's primary address first).
+    pub fn ipv4_addresses(&self) -> Result<BTreeMap<String, Vec<Ipv4Addr>>, InterfaceError> {
+        let mut addrs: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
         // SAFETY: getifaddrs gives a list that stays valid until freeifaddrs;
         // each entry's name is a C string and an AF_INET address a sockaddr_in.
         unsafe {
@@ -76,7 +59,8 @@ impl InterfacePatterns {
                     && self.matches(&name)
                 {
                     let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    addrs.push((name.into_owned(), Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())));
+                    let addr = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                    addrs.entry(name.into_owned()).or_default().push(addr);
                 }
                 entry = ifa.ifa_next;
             }
@@ -129,13 +113,7 @@ mod tests {
     #[test]
     fn loopback_has_its_address() {
         let p = InterfacePatterns::new(["lo"]).unwrap();
-        assert_eq!(p.ipv4_addresses().unwrap(), [Ipv4Addr::LOCALHOST]);
-    }
-
-    #[test]
-    fn loopback_has_its_first_address() {
-        let p = InterfacePatterns::new(["lo"]).unwrap();
-        assert_eq!(p.first_ipv4_addresses().unwrap(), BTreeMap::from([("lo".to_owned(), Ipv4Addr::LOCALHOST)]));
+        assert_eq!(p.ipv4_addresses().unwrap(), BTreeMap::from([("lo".to_owned(), vec![Ipv4Addr::LOCALHOST])]));
     }
 
     #[test]
