@@ -9,14 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{netns::Netns, topology::Node};
+use lb_tests::netns::Netns;
 use serde_json::json;
 
 use crate::{
     Section,
     chart::BarChart,
     median_spread,
-    synthetic::{BACKEND_POD, Datapath, ENDPOINTS, Protocol, Synthetic, vip},
+    synthetic::{Datapath, TcpRig},
 };
 
 const DURATION: Duration = Duration::from_secs(3);
@@ -47,27 +47,6 @@ fn transfer(client: &Netns, to: SocketAddrV4) -> anyhow::Result<f64> {
     })?
 }
 
-struct Rig {
-    client: lb_tests::topology::Pod,
-    to: SocketAddrV4,
-    _backend: lb_tests::topology::Pod,
-    _agent: Option<lb_tests::agent::AgentProcess>,
-    _node: Node,
-}
-
-impl Rig {
-    fn new(datapath: Datapath, services: u32) -> anyhow::Result<Self> {
-        let synthetic = Synthetic { services, protocol: Protocol::Tcp };
-        let node = Node::new()?;
-        let mut backend = node.add_pod("backend", BACKEND_POD)?;
-        backend.serve_discard(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>())?;
-        let client = node.add_pod("client", std::net::Ipv4Addr::new(10, 244, 0, 100))?;
-        let agent = datapath.program(&node, &synthetic)?;
-        let to = SocketAddrV4::new(vip(services - 1), 80);
-        Ok(Rig { client, to, _backend: backend, _agent: agent, _node: node })
-    }
-}
-
 pub fn run() -> anyhow::Result<Section> {
     let mut markdown = String::from("| datapath | services | Gbit/s |\n|---|---|---|\n");
     let mut rows = Vec::new();
@@ -79,7 +58,7 @@ pub fn run() -> anyhow::Result<Section> {
             .iter()
             .map(|datapath| {
                 eprintln!("  bulk: setting up {} with {services} services", datapath.name());
-                Rig::new(*datapath, services)
+                TcpRig::new(*datapath, services, |backend, ports| backend.serve_discard(ports))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); rigs.len()];

@@ -2,9 +2,15 @@
 //! would write for them: Services without selector at 10.100.0.0 + i, each
 //! with ENDPOINTS endpoints from an Endpoints object.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
-use lb_tests::{agent::AgentProcess, topology::Node};
+use lb_tests::{
+    agent::AgentProcess,
+    topology::{Node, Pod},
+};
 use serde_json::json;
 
 use crate::control_plane::timed_load;
@@ -230,5 +236,36 @@ impl Datapath {
                 Ok(None)
             }
         }
+    }
+}
+
+/// A node running one datapath for the TCP Services, with a backend pod
+/// serving the last Service's endpoints (its ports 8080-8089) and a client
+/// pod: what the TCP benchmarks measure through.
+pub struct TcpRig {
+    pub client: Pod,
+    /// The last Service's address and port.
+    pub to: SocketAddrV4,
+    // Held for as long as the rig is measured.
+    _backend: Pod,
+    _agent: Option<AgentProcess>,
+    _node: Node,
+}
+
+impl TcpRig {
+    /// `serve` starts the backend's servers on the endpoint ports.
+    pub fn new(
+        datapath: Datapath,
+        services: u32,
+        serve: impl FnOnce(&mut Pod, &[u16]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let synthetic = Synthetic { services, protocol: Protocol::Tcp };
+        let node = Node::new()?;
+        let mut backend = node.add_pod("backend", BACKEND_POD)?;
+        serve(&mut backend, &(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>())?;
+        let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100))?;
+        let agent = datapath.program(&node, &synthetic)?;
+        let to = SocketAddrV4::new(vip(services - 1), 80);
+        Ok(TcpRig { client, to, _backend: backend, _agent: agent, _node: node })
     }
 }

@@ -9,14 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{netns::Netns, topology::Node};
+use lb_tests::netns::Netns;
 use serde_json::json;
 
 use crate::{
     Section,
     chart::BarChart,
     median_spread,
-    synthetic::{BACKEND_POD, Datapath, ENDPOINTS, Protocol, Synthetic, vip},
+    synthetic::{Datapath, TcpRig},
 };
 
 const DURATION: Duration = Duration::from_secs(3);
@@ -71,30 +71,11 @@ fn request(to: SocketAddrV4) -> std::io::Result<()> {
     if answer.starts_with(b"HTTP/1.1 200") { Ok(()) } else { Err(std::io::ErrorKind::InvalidData.into()) }
 }
 
-/// A node running one datapath for some Services, with a backend pod and
-/// a client pod.
-struct Rig {
-    client: lb_tests::topology::Pod,
-    to: SocketAddrV4,
-    // Held for as long as the rig is measured.
-    _backend: lb_tests::topology::Pod,
-    _agent: Option<lb_tests::agent::AgentProcess>,
-    _node: Node,
-}
-
-impl Rig {
-    fn new(datapath: Datapath, services: u32) -> anyhow::Result<Self> {
-        let synthetic = Synthetic { services, protocol: Protocol::Tcp };
-        let node = Node::new()?;
-        let mut backend = node.add_pod("backend", BACKEND_POD)?;
-        backend.serve_on(&(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>(), &[])?;
-        let client = node.add_pod("client", std::net::Ipv4Addr::new(10, 244, 0, 100))?;
-        let agent = datapath.program(&node, &synthetic)?;
-        let to = SocketAddrV4::new(vip(services - 1), 80);
-        // Warm up: ARP, first flows.
-        load(&client.ns, to).map(drop).ok();
-        Ok(Rig { client, to, _backend: backend, _agent: agent, _node: node })
-    }
+/// The rig, its backend answering HTTP, after a warm-up (ARP, first flows).
+fn rig(datapath: Datapath, services: u32) -> anyhow::Result<TcpRig> {
+    let rig = TcpRig::new(datapath, services, |backend, ports| backend.serve_on(ports, &[]))?;
+    load(&rig.client.ns, rig.to).map(drop).ok();
+    Ok(rig)
 }
 
 const DATAPATHS: [Datapath; 3] = [Datapath::Lb, Datapath::Iptables, Datapath::Nftables];
@@ -112,7 +93,7 @@ pub fn run() -> anyhow::Result<Section> {
             .iter()
             .map(|datapath| {
                 eprintln!("  tcp: setting up {} with {services} services", datapath.name());
-                Rig::new(*datapath, services)
+                rig(*datapath, services)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut runs: Vec<Vec<Run>> = (0..rigs.len()).map(|_| Vec::new()).collect();
