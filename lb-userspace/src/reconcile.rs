@@ -1272,15 +1272,8 @@ mod tests {
         let mut there = endpoint(3, true);
         there.node_name = Some("node-b".into());
         let outside = endpoint(4, true);
-        let mut desired = state(&[("web", VIP, &[here, there, outside])]);
-        for service in desired.services.values_mut().map(Arc::make_mut) {
-            service.service_type = ServiceType::NodePort;
-            service.ports[0].node_port = Some(30080);
-        }
-        let node =
-            NodeInfo { name: "node-a".into(), addrs: vec![Ipv4Addr::new(198, 51, 100, 1)], ..Default::default() };
-        let mut maps = Maps::default();
-        maps.apply_checked(&Programmed::default().plan(&desired, &node));
+        let endpoints = [here, there, outside];
+        let (maps, _) = node_port_on_node_a(&endpoints, TrafficPolicy::Cluster);
         let remote: BTreeSet<[u8; 4]> = maps
             .backends
             .values()
@@ -1289,18 +1282,31 @@ mod tests {
             .collect();
         assert_eq!(remote, [[10, 244, 0, 3], [10, 244, 0, 4]].into());
         // Local policy: the endpoint outside the cluster is not this node's.
+        let (maps, node_port) = node_port_on_node_a(&endpoints, TrafficPolicy::Local);
+        assert_eq!(maps.frontends[&node_port].backend_count, 1);
+    }
+
+    /// The maps node-a (198.51.100.1) programs for one NodePort Service
+    /// (30080) with `endpoints` under external traffic `policy`, and the
+    /// key of its node port there.
+    fn node_port_on_node_a(endpoints: &[Endpoint], policy: TrafficPolicy) -> (Maps, FrontendKey) {
+        let mut desired = state(&[("web", VIP, endpoints)]);
         for service in desired.services.values_mut().map(Arc::make_mut) {
-            service.external_traffic_policy = TrafficPolicy::Local;
+            service.service_type = ServiceType::NodePort;
+            service.ports[0].node_port = Some(30080);
+            service.external_traffic_policy = policy;
         }
+        let node =
+            NodeInfo { name: "node-a".into(), addrs: vec![Ipv4Addr::new(198, 51, 100, 1)], ..Default::default() };
         let mut maps = Maps::default();
         maps.apply_checked(&Programmed::default().plan(&desired, &node));
-        let node_port = FrontendKey {
+        let key = FrontendKey {
             addr: wire::addr([198, 51, 100, 1]),
             port: wire::port(30080),
-            proto: 6,
+            proto: IPPROTO_TCP,
             scope: FRONTEND_SCOPE_ALL,
         };
-        assert_eq!(maps.frontends[&node_port].backend_count, 1);
+        (maps, key)
     }
 
     /// kube-proxy: a Local policy drops what finds no endpoint on this node,
@@ -1309,23 +1315,8 @@ mod tests {
     fn a_local_policy_drops_without_a_local_endpoint_and_rejects_without_any() {
         let mut elsewhere = endpoint(5, true);
         elsewhere.node_name = Some("node-b".into());
-        let node =
-            NodeInfo { name: "node-a".into(), addrs: vec![Ipv4Addr::new(198, 51, 100, 1)], ..Default::default() };
         for (endpoints, node_local) in [(vec![elsewhere], true), (vec![], false)] {
-            let mut desired = state(&[("local", VIP, &endpoints)]);
-            for service in desired.services.values_mut().map(Arc::make_mut) {
-                service.service_type = ServiceType::NodePort;
-                service.ports[0].node_port = Some(30080);
-                service.external_traffic_policy = TrafficPolicy::Local;
-            }
-            let mut maps = Maps::default();
-            maps.apply_checked(&Programmed::default().plan(&desired, &node));
-            let node_port = FrontendKey {
-                addr: wire::addr([198, 51, 100, 1]),
-                port: wire::port(30080),
-                proto: 6,
-                scope: FRONTEND_SCOPE_ALL,
-            };
+            let (maps, node_port) = node_port_on_node_a(&endpoints, TrafficPolicy::Local);
             let frontend = maps.frontends[&node_port];
             assert_eq!(frontend.backend_count, 0);
             assert_eq!(frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0, node_local, "endpoints {endpoints:?}");
