@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use thiserror::Error;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::source::{Objects, Sourced};
 
@@ -29,6 +29,8 @@ pub enum ModelError {
     Invalid { file: PathBuf, object: String, field: String, reason: String },
     #[error("{file}: Service {service}: spec.clusterIP: {ip} is already used by Service {holder}")]
     ClusterIpTaken { file: PathBuf, service: ServiceName, ip: Ipv4Addr, holder: ServiceName },
+    #[error("{file}: Service {service}: spec.clusterIP: {ip} is not in the service CIDR {cidr}")]
+    OutsideServiceCidr { file: PathBuf, service: ServiceName, ip: Ipv4Addr, cidr: Ipv4Cidr },
     #[error("{file}: Service {service}: no free address left in the service CIDR {cidr}")]
     CidrExhausted { file: PathBuf, service: ServiceName, cidr: Ipv4Cidr },
     #[error("Service {service}: nodePort {node_port}/{protocol} is already used by Service {holder}")]
@@ -443,8 +445,8 @@ fn service_label<'a>(service: &'a Sourced<core::Service>, label: &str) -> Option
 
 /// Computes the desired state. A Service that fails validation keeps its
 /// model from `previous` as it was, endpoints included (if it had one), so
-/// that a bad edit does not take a working service down; `previous` also
-/// keeps allocated cluster IPs stable.
+/// that a bad edit does not take a working service down. Everything else,
+/// allocated cluster IPs and node ports included, comes from `objects` alone.
 pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> (DesiredState, Vec<ModelError>) {
     let pods = pods_by_namespace(objects);
     if previous.memo.opts.as_ref() == Some(opts) && previous.memo.same_services_and_pods(objects, &pods) {
@@ -489,7 +491,8 @@ pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> 
             }
         }
     }
-    let mut addresses = assign_addresses(&mut entries, previous, opts.service_cidr, &mut errors);
+    let seniority = Seniority::of(objects);
+    let mut addresses = assign_addresses(&mut entries, previous, &seniority, opts.service_cidr, &mut errors);
     let services = entries
         .into_iter()
         .map(|(name, entry)| {
@@ -506,8 +509,8 @@ pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> 
         .collect();
     let mut state = DesiredState { services, memo: Memo::default() };
     let mut errors_after = Vec::new();
-    assign_node_ports(&mut state, previous, &mut errors_after);
-    assign_health_check_ports(&mut state, previous);
+    assign_node_ports(&mut state, &seniority, &mut errors_after);
+    assign_health_check_ports(&mut state, &seniority);
     state.memo = Memo { errors_before: errors, errors_after, ..memo };
     let errors = state.memo.errors(&state.services);
     (state, errors)
@@ -539,10 +542,48 @@ fn rebuild_endpoints(objects: &Objects, previous: DesiredState) -> (DesiredState
     (state, errors)
 }
 
+/// The order in which claims two Services make on one thing (a cluster IP,
+/// a node port) are settled: the older first by `metadata.creationTimestamp`
+/// (one without counts as the newest), then by name. As the API server
+/// would, it never lets a newcomer take what an older Service holds, and it
+/// comes from the objects alone, so every node settles claims alike
+/// whatever it saw before.
+struct Seniority(HashMap<ServiceName, usize>);
+
+impl Seniority {
+    fn of(objects: &Objects) -> Self {
+        let mut services: Vec<_> = objects
+            .services
+            .iter()
+            .map(|s| {
+                let created = s.object.metadata.creation_timestamp.as_ref();
+                (created.is_none(), created, ServiceName::of(&s.object.metadata))
+            })
+            .collect();
+        services.sort();
+        let mut rank = HashMap::new();
+        for (at, (_, _, name)) in services.into_iter().enumerate() {
+            rank.entry(name).or_insert(at);
+        }
+        Seniority(rank)
+    }
+
+    fn rank(&self, name: &ServiceName) -> usize {
+        self.0.get(name).copied().unwrap_or(usize::MAX)
+    }
+
+    /// `names`, the eldest first.
+    fn eldest_first<'a>(&self, names: impl Iterator<Item = &'a ServiceName>) -> Vec<ServiceName> {
+        let mut names: Vec<ServiceName> = names.cloned().collect();
+        names.sort_by_key(|name| (self.rank(name), name.clone()));
+        names
+    }
+}
+
 /// Gives every LoadBalancer with `externalTrafficPolicy: Local` without a
-/// written `healthCheckNodePort` one: its previous one, else one from a
-/// hash of its name, never a TCP node port in use.
-fn assign_health_check_ports(state: &mut DesiredState, previous: &DesiredState) {
+/// written `healthCheckNodePort` one from a hash of its name (eldest
+/// Service first), never a TCP node port in use.
+fn assign_health_check_ports(state: &mut DesiredState, seniority: &Seniority) {
     let needs =
         |s: &Service| s.service_type == ServiceType::LoadBalancer && s.external_traffic_policy == TrafficPolicy::Local;
     let mut taken: BTreeSet<u16> = state
@@ -552,27 +593,27 @@ fn assign_health_check_ports(state: &mut DesiredState, previous: &DesiredState) 
         .chain(state.services.values().filter_map(|s| s.health_check_node_port))
         .collect();
     let count = u64::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
-    for (name, service) in state.services.iter_mut().filter(|(_, s)| needs(s) && s.health_check_node_port.is_none()) {
-        let service = Arc::make_mut(service);
-        let before = previous.services.get(name).and_then(|s| s.health_check_node_port).filter(|p| !taken.contains(p));
+    let wanting = state.services.iter().filter(|(_, s)| needs(s) && s.health_check_node_port.is_none());
+    for name in seniority.eldest_first(wanting.map(|(name, _)| name)) {
         let start = fnv1a(format!("{name}/health").as_bytes()) % count;
-        let fresh =
-            || (0..count).map(|k| NODE_PORT_RANGE.start() + ((start + k) % count) as u16).find(|p| !taken.contains(p));
-        service.health_check_node_port = before.or_else(fresh);
-        taken.extend(service.health_check_node_port);
+        let port = (0..count).map(|k| NODE_PORT_RANGE.start() + ((start + k) % count) as u16).find(|p| !taken.contains(p));
+        Arc::make_mut(state.services.get_mut(&name).expect("listed")).health_check_node_port = port;
+        taken.extend(port);
     }
 }
 
 /// Gives every NodePort/LoadBalancer port its node port, the same on every
-/// node: written ones first (a second Service writing a taken one loses it,
-/// with an error naming both), then the ones a port had before, then new
-/// ones from a hash of namespace/name/port, probing linearly.
-fn assign_node_ports(state: &mut DesiredState, previous: &DesiredState, errors: &mut Vec<ModelError>) {
+/// node: written ones first (a younger Service writing a taken one loses it,
+/// with an error naming both), then new ones from a hash of
+/// namespace/name/port, probing linearly, eldest Service first.
+fn assign_node_ports(state: &mut DesiredState, seniority: &Seniority, errors: &mut Vec<ModelError>) {
     type PortKey = (ServiceName, usize);
     let exposed = |s: &Service| matches!(s.service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
     let mut taken: BTreeMap<(u16, Protocol), PortKey> = BTreeMap::new();
     let mut wanted: Vec<PortKey> = Vec::new();
-    for (name, service) in state.services.iter_mut().filter(|(_, s)| exposed(s)) {
+    let names = seniority.eldest_first(state.services.iter().filter(|(_, s)| exposed(s)).map(|(name, _)| name));
+    for name in names {
+        let service = state.services.get_mut(&name).expect("listed");
         for (i, port) in Arc::make_mut(service).ports.iter_mut().enumerate() {
             match port.node_port {
                 Some(node_port) => match taken.get(&(node_port, port.protocol)) {
@@ -591,25 +632,8 @@ fn assign_node_ports(state: &mut DesiredState, previous: &DesiredState, errors: 
             }
         }
     }
-    let mut fresh = Vec::new();
-    for key in wanted {
-        let now = &state.services[&key.0].ports[key.1];
-        let protocol = now.protocol;
-        let before = previous
-            .services
-            .get(&key.0)
-            .and_then(|old| old.ports.iter().find(|p| p.port == now.port && p.protocol == protocol))
-            .and_then(|old| old.node_port);
-        match before.filter(|p| !taken.contains_key(&(*p, protocol))) {
-            Some(node_port) => {
-                taken.insert((node_port, protocol), key.clone());
-                Arc::make_mut(state.services.get_mut(&key.0).expect("listed")).ports[key.1].node_port = Some(node_port);
-            }
-            None => fresh.push(key),
-        }
-    }
     let count = u64::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
-    for (name, i) in fresh {
+    for (name, i) in wanted {
         let port = &state.services[&name].ports[i];
         let protocol = port.protocol;
         let start = fnv1a(format!("{name}/{}/{protocol}", port.port).as_bytes()) % count;
@@ -903,14 +927,16 @@ fn validate(service: &Sourced<core::Service>) -> Result<(Spec<'_>, Vec<ModelErro
     Ok((spec, skipped_ports))
 }
 
-/// Settles every cluster IP. Explicit addresses first: the service that held
-/// an address in `previous` keeps it (the first one keeps working), else the
-/// first in name order. Then allocated ones: a service keeps its previous
-/// address while free, the others hash into the CIDR in name order. Services
-/// left without an address are removed from `entries`.
+/// Settles every cluster IP. Explicit addresses first: the eldest Service
+/// naming an address holds it; younger ones, and addresses outside the
+/// service CIDR, are refused (one that had a model keeps it while its old
+/// address is free, like an update the API server refuses). Then allocated ones, eldest first, each from a hash of
+/// its name into the CIDR. Services left without an address are removed
+/// from `entries`.
 fn assign_addresses(
     entries: &mut BTreeMap<ServiceName, Entry<'_>>,
     previous: &DesiredState,
+    seniority: &Seniority,
     cidr: Ipv4Cidr,
     errors: &mut Vec<ModelError>,
 ) -> BTreeMap<ServiceName, ClusterIp> {
@@ -921,34 +947,39 @@ fn assign_addresses(
     let mut taken: BTreeMap<Ipv4Addr, ServiceName> = BTreeMap::new();
     let mut assigned = BTreeMap::new();
 
-    // (address, is a newcomer, name): sorting puts each address's holder first.
-    let mut claims: Vec<(Ipv4Addr, bool, ServiceName)> = entries
-        .iter()
-        .filter_map(|(name, entry)| {
-            let ip = match (entry, entry.address()) {
-                (Entry::Kept(_, kept), _) if let ClusterIp::Ip(ip) = kept.cluster_ip => ip,
-                (_, Some(Address::Explicit(ip))) => ip,
-                _ => return None,
-            };
-            Some((ip, previous_ip(name) != Some(ip), name.clone()))
-        })
-        .collect();
+    // (address, seniority, name): sorting puts each address's holder first.
+    let mut claims: Vec<(Ipv4Addr, usize, ServiceName)> = Vec::new();
+    let mut refused = Vec::new();
+    for (name, entry) in entries.iter() {
+        let file = entry.file().to_owned();
+        match (entry, entry.address()) {
+            (Entry::Kept(_, kept), _) if let ClusterIp::Ip(ip) = kept.cluster_ip => {
+                claims.push((ip, seniority.rank(name), name.clone()))
+            }
+            (_, Some(Address::Explicit(ip))) if !cidr.contains_host(ip) => {
+                refused.push((name.clone(), ModelError::OutsideServiceCidr { file, service: name.clone(), ip, cidr }))
+            }
+            (_, Some(Address::Explicit(ip))) => claims.push((ip, seniority.rank(name), name.clone())),
+            _ => {}
+        }
+    }
     claims.sort();
-    let mut losers = Vec::new();
     for (ip, _, name) in claims {
         match taken.get(&ip) {
-            Some(holder) => losers.push((name, ip, holder.clone())),
+            Some(holder) => {
+                let file = entries[&name].file().to_owned();
+                let error = ModelError::ClusterIpTaken { file, service: name.clone(), ip, holder: holder.clone() };
+                refused.push((name, error));
+            }
             None => {
                 taken.insert(ip, name.clone());
                 assigned.insert(name, ClusterIp::Ip(ip));
             }
         }
     }
-    for (name, ip, holder) in losers {
+    for (name, error) in refused {
         let file = entries[&name].file();
-        errors.push(ModelError::ClusterIpTaken { file: file.to_owned(), service: name.clone(), ip, holder });
-        // Like an update the API server would refuse: the old version stays
-        // while its address is free.
+        errors.push(error);
         match (previous_ip(&name).filter(|p| !taken.contains_key(p)), previous.services.get(&name)) {
             (Some(kept_ip), Some(kept)) => {
                 taken.insert(kept_ip, name.clone());
@@ -960,27 +991,23 @@ fn assign_addresses(
         }
     }
 
-    let mut fresh = Vec::new();
+    let mut allocate = Vec::new();
     for (name, entry) in entries.iter() {
         match entry.address() {
-            Some(Address::Allocate) => {
-                match previous_ip(name).filter(|ip| cidr.contains_host(*ip) && !taken.contains_key(ip)) {
-                    Some(ip) => {
-                        taken.insert(ip, name.clone());
-                        assigned.insert(name.clone(), ClusterIp::Ip(ip));
-                    }
-                    None => fresh.push(name.clone()),
-                }
-            }
-            Some(Address::None) => {
-                assigned.insert(name.clone(), ClusterIp::None);
-            }
+            Some(Address::Allocate) => allocate.push(name),
+            Some(Address::None) => drop(assigned.insert(name.clone(), ClusterIp::None)),
             _ => {}
         }
     }
-    for name in fresh {
+    for name in seniority.eldest_first(allocate.into_iter()) {
         match cidr.free_host(&name, &taken) {
             Some(ip) => {
+                if let Some(before) = previous_ip(&name).filter(|before| *before != ip) {
+                    // Only on a hash collision with a Service that has no
+                    // creationTimestamp and sorts first by name.
+                    warn!(service = %name, %before, now = %ip, holder = %taken.get(&before).map_or(String::new(), ToString::to_string),
+                        "cluster IP moved to another address; write spec.clusterIP or metadata.creationTimestamp to pin it");
+                }
                 taken.insert(ip, name.clone());
                 assigned.insert(name, ClusterIp::Ip(ip));
             }
@@ -1727,21 +1754,49 @@ subsets:
         let (state, _) = build_yaml(&explicit);
         assert_eq!(service(&state, "z").cluster_ip, ClusterIp::Ip(slot));
         let ClusterIp::Ip(moved) = service(&state, "kubia").cluster_ip else { panic!() };
-        assert_ne!(moved, slot);
-        assert!(cidr.contains_host(moved));
+        assert_eq!(u32::from(moved), u32::from(slot) + 1, "probing goes on to the next address");
 
-        // A previous address is kept while free, whatever the hash says.
+        // History plays no part: a node that saw other addresses before
+        // computes what a fresh node does.
         let mut previous = first.clone();
-        let pinned = Ipv4Addr::new(10, 96, 0, 77);
         Arc::make_mut(previous.services.get_mut(&ServiceName::new("default", "kubia")).unwrap()).cluster_ip =
-            ClusterIp::Ip(pinned);
+            ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 77));
         let (state, _) = build(&objects_from_yaml(&named(&names, "")), previous, &ModelOptions::default());
-        assert_eq!(service(&state, "kubia").cluster_ip, ClusterIp::Ip(pinned));
-        assert_eq!(service(&state, "a").cluster_ip, service(&first, "a").cluster_ip);
+        assert_eq!(ips(&state), ips(&first));
+    }
+
+    /// A Service named `name`, created at `created` (RFC 3339) when given.
+    fn aged(name: &str, created: Option<&str>, spec: &str) -> String {
+        let created = created.map_or(String::new(), |c| format!(", creationTimestamp: \"{c}\""));
+        format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}{created}}}\nspec:\n{spec}  ports: [{{port: 80}}]\n")
     }
 
     #[test]
-    fn duplicate_explicit_cluster_ip_first_holder_keeps_it() {
+    fn a_newer_service_never_takes_the_allocated_address_of_an_older_one() {
+        // Two names hashing to the same address of a small CIDR.
+        let opts = ModelOptions { service_cidr: "10.0.0.0/28".parse().unwrap() };
+        let slot = |name: &str| opts.service_cidr.free_host(&ServiceName::new("default", name), &BTreeMap::new());
+        let (young, old) = (1..100)
+            .map(|i| format!("s{i}"))
+            .find_map(|y| (1..100).map(|i| format!("t{i}")).find(|o| slot(o) == slot(&y)).map(|o| (y, o)))
+            .expect("a hash collision among 200 names in 14 addresses");
+        assert!(young < old, "the younger one sorts first by name");
+        let build_with = |yaml: &str| build(&objects_from_yaml(yaml), DesiredState::default(), &opts).0;
+        let older_alone = build_with(&aged(&old, Some("2026-01-01T00:00:00Z"), ""));
+        let both = build_with(&format!(
+            "{}{}",
+            aged(&young, Some("2026-06-01T00:00:00Z"), ""),
+            aged(&old, Some("2026-01-01T00:00:00Z"), "")
+        ));
+        assert_eq!(service(&both, &old).cluster_ip, service(&older_alone, &old).cluster_ip);
+        assert_ne!(service(&both, &young).cluster_ip, service(&both, &old).cluster_ip);
+        // Without timestamps the name decides, the same way on every node.
+        let unaged = build_with(&format!("{}{}", aged(&young, None, ""), aged(&old, None, "")));
+        assert_eq!(service(&unaged, &young).cluster_ip, service(&older_alone, &old).cluster_ip);
+    }
+
+    #[test]
+    fn duplicate_explicit_cluster_ip_the_older_service_keeps_it() {
         let yaml = named(&["a", "b"], "  clusterIP: 10.96.0.10\n");
         let (state, errors) = build_yaml(&yaml);
         assert_eq!(
@@ -1750,13 +1805,26 @@ subsets:
         );
         assert_eq!(ips(&state), [("a".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]);
 
-        // The one that already had it keeps it, even when later in name order.
-        let mut previous = DesiredState::default();
-        let b = Service { name: ServiceName::new("default", "b"), ..service(&state, "a").clone() };
-        previous.services.insert(b.name.clone(), Arc::new(b));
-        let (state, errors) = build(&objects_from_yaml(&yaml), previous, &ModelOptions::default());
-        assert_eq!(errors.len(), 1);
+        // The older one keeps it, even when later in name order; the
+        // newcomer is refused as the API server would refuse it.
+        let yaml = format!(
+            "{}{}",
+            aged("a", Some("2026-06-01T00:00:00Z"), "  clusterIP: 10.96.0.10\n"),
+            aged("b", Some("2026-01-01T00:00:00Z"), "  clusterIP: 10.96.0.10\n")
+        );
+        let (state, errors) = build_yaml(&yaml);
+        assert_eq!(
+            messages(&errors),
+            ["test.yaml: Service default/a: spec.clusterIP: 10.96.0.10 is already used by Service default/b"]
+        );
         assert_eq!(ips(&state), [("b".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]);
+
+        let (state, errors) = build_yaml(&named(&["c"], "  clusterIP: 192.168.0.10\n"));
+        assert_eq!(
+            messages(&errors),
+            ["test.yaml: Service default/c: spec.clusterIP: 192.168.0.10 is not in the service CIDR 10.96.0.0/12"]
+        );
+        assert!(state.services.is_empty());
     }
 
     #[test]
@@ -1963,6 +2031,19 @@ subsets:
         assert_eq!(service(&again, "auto").ports[0].node_port, Some(auto));
         let (fresh, _) = build_yaml(&yaml);
         assert_eq!(service(&fresh, "auto").ports[0].node_port, Some(auto));
+
+        // The older writer holds the port, whatever the names.
+        let yaml = format!(
+            "{}{}",
+            svc("kubia-nodeport", ", nodePort: 30123").replace("{name: kubia-nodeport}", "{name: kubia-nodeport, creationTimestamp: \"2026-06-01T00:00:00Z\"}"),
+            svc("thief", ", nodePort: 30123").replace("{name: thief}", "{name: thief, creationTimestamp: \"2026-01-01T00:00:00Z\"}"),
+        );
+        let (state, errors) = build_yaml(&yaml);
+        assert_eq!(service(&state, "thief").ports[0].node_port, Some(30123));
+        assert_eq!(
+            messages(&errors),
+            ["Service default/kubia-nodeport: nodePort 30123/TCP is already used by Service default/thief"]
+        );
     }
 
     #[test]
