@@ -154,16 +154,27 @@ pub struct Frontend {
     pub svc_id: u32,
     /// `sessionAffinity: ClientIP` timeout; 0 means no affinity.
     pub affinity_timeout_s: u32,
-    /// Slots `0..backend_count` of `svc_id` are valid; 0 means no endpoint.
+    /// Entries `0..backend_count` of the frontend's slot set are valid
+    /// ([`Frontend::slot_key`]); 0 means no endpoint.
     pub backend_count: u16,
     /// `FRONTEND_FLAG_*` bits.
     pub flags: u16,
     /// The frontend's Maglev table: entries `maglev_offset..+maglev_size`
-    /// of `LB_MAGLEV`, each a slot. Size 0: backends are picked at random.
+    /// of `LB_MAGLEV`, each an entry of the slot set. Size 0: backends are
+    /// picked at random.
     pub maglev_offset: u32,
     pub maglev_size: u32,
 }
 const _: () = assert!(core::mem::size_of::<Frontend>() == 20);
+
+impl Frontend {
+    /// The `LB_BACKEND_SLOTS` key of entry `index` of the slot set in use.
+    #[inline(always)]
+    pub fn slot_key(&self, index: u32) -> BackendSlotKey {
+        let base = if self.flags & FRONTEND_FLAG_UPPER_SLOTS != 0 { UPPER_SLOTS } else { 0 };
+        BackendSlotKey { svc_id: self.svc_id, slot: base + index }
+    }
+}
 
 /// Maglev entries (backend slots) per `LB_MAGLEV` element: the array packs
 /// them, as each array element takes at least 8 bytes.
@@ -196,6 +207,13 @@ const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
 pub const FRONTEND_FLAG_NODE_LOCAL: u16 = 2;
 /// Pods use this frontend's `FRONTEND_SCOPE_PODS` twin instead.
 pub const FRONTEND_FLAG_POD_TWIN: u16 = 8;
+/// The frontend uses its upper slot set (slots from [`UPPER_SLOTS`] on),
+/// else the lower one (from 0). A new backend list is written into the set
+/// the frontend does not use, then one frontend write switches sets: no
+/// write ever changes what a live frontend or Maglev table names.
+pub const FRONTEND_FLAG_UPPER_SLOTS: u16 = 16;
+/// Where the upper slot set begins (`backend_count` is a u16).
+pub const UPPER_SLOTS: u32 = 1 << 16;
 
 /// Slot `slot` of service `svc_id`; the value is a backend id.
 #[repr(C)]

@@ -63,11 +63,10 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
             "" => port,
             name => format!("{name}:{port}"),
         });
-        for slot in 0..u32::from(frontend.backend_count) {
-            let slot_key = lb_common::BackendSlotKey { svc_id: frontend.svc_id, slot };
+        for index in 0..u32::from(frontend.backend_count) {
             let endpoint = maps
                 .backend_slots
-                .get(&slot_key, 0)
+                .get(&frontend.slot_key(index), 0)
                 .and_then(|id| maps.backends.get(&id, 0))
                 .map(|b| format!("{}:{}", Ipv4Addr::from(wire::addr_octets(b.addr)), wire::port_number(b.port)))
                 .unwrap_or_else(|_| "<missing>".into());

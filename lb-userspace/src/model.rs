@@ -596,7 +596,8 @@ fn assign_health_check_ports(state: &mut DesiredState, seniority: &Seniority) {
     let wanting = state.services.iter().filter(|(_, s)| needs(s) && s.health_check_node_port.is_none());
     for name in seniority.eldest_first(wanting.map(|(name, _)| name)) {
         let start = fnv1a(format!("{name}/health").as_bytes()) % count;
-        let port = (0..count).map(|k| NODE_PORT_RANGE.start() + ((start + k) % count) as u16).find(|p| !taken.contains(p));
+        let port =
+            (0..count).map(|k| NODE_PORT_RANGE.start() + ((start + k) % count) as u16).find(|p| !taken.contains(p));
         Arc::make_mut(state.services.get_mut(&name).expect("listed")).health_check_node_port = port;
         taken.extend(port);
     }
@@ -1768,7 +1769,9 @@ subsets:
     /// A Service named `name`, created at `created` (RFC 3339) when given.
     fn aged(name: &str, created: Option<&str>, spec: &str) -> String {
         let created = created.map_or(String::new(), |c| format!(", creationTimestamp: \"{c}\""));
-        format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}{created}}}\nspec:\n{spec}  ports: [{{port: 80}}]\n")
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}{created}}}\nspec:\n{spec}  ports: [{{port: 80}}]\n"
+        )
     }
 
     #[test]
@@ -2035,8 +2038,12 @@ subsets:
         // The older writer holds the port, whatever the names.
         let yaml = format!(
             "{}{}",
-            svc("kubia-nodeport", ", nodePort: 30123").replace("{name: kubia-nodeport}", "{name: kubia-nodeport, creationTimestamp: \"2026-06-01T00:00:00Z\"}"),
-            svc("thief", ", nodePort: 30123").replace("{name: thief}", "{name: thief, creationTimestamp: \"2026-01-01T00:00:00Z\"}"),
+            svc("kubia-nodeport", ", nodePort: 30123").replace(
+                "{name: kubia-nodeport}",
+                "{name: kubia-nodeport, creationTimestamp: \"2026-06-01T00:00:00Z\"}"
+            ),
+            svc("thief", ", nodePort: 30123")
+                .replace("{name: thief}", "{name: thief, creationTimestamp: \"2026-01-01T00:00:00Z\"}"),
         );
         let (state, errors) = build_yaml(&yaml);
         assert_eq!(service(&state, "thief").ports[0].node_port, Some(30123));

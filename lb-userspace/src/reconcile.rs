@@ -3,8 +3,9 @@
 //! the changes, ordered so that a live frontend never has zero or dangling
 //! backends:
 //! 1. new backends are written before any slot points at them;
-//! 2. a frontend's slots are written before its count grows past them, and
-//!    removed only after its count shrank below them;
+//! 2. a frontend's new backend list is written into the slot set it does
+//!    not use (`FRONTEND_FLAG_UPPER_SLOTS`), then one frontend write switches
+//!    sets: no write ever changes what a live frontend or Maglev table names;
 //! 3. backends are deleted only when no slot references them any more;
 //! 4. a Maglev table is written to a free region before the frontend points
 //!    at it (the frontend's count, table offset and size change in one map
@@ -20,10 +21,11 @@ use std::{
 use lb_common::{
     BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta,
     FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
-    FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS,
-    Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS,
-    MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS,
-    SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, VIP_CLUSTER_IP, wire,
+    FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_FLAG_UPPER_SLOTS, FRONTEND_NODE_PORT,
+    FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+    MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES,
+    SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
+    ServiceMeta, VIP_CLUSTER_IP, wire,
 };
 use tracing::warn;
 
@@ -131,8 +133,12 @@ struct ProgrammedFrontend {
     flags: u16,
     /// (address, prefix length) of the admitted client networks.
     source_ranges: Vec<(u32, u8)>,
-    /// Backend id per slot.
+    /// Backend id per entry of the slot set in use.
     slots: Vec<u32>,
+    /// Whether that is the upper set (`FRONTEND_FLAG_UPPER_SLOTS`).
+    upper: bool,
+    /// What the other set holds: the list before the last change.
+    spare: Vec<u32>,
     maglev: Option<MaglevRegion>,
     meta: ServiceMeta,
     /// Every endpoint, ready or not, by index.
@@ -142,7 +148,8 @@ struct ProgrammedFrontend {
 impl ProgrammedFrontend {
     /// The map entries it takes (backends are shared, counted apart).
     fn usage(&self) -> Capacity {
-        Capacity { frontends: 1, slots: self.slots.len(), backends: 0, endpoints: self.endpoints.len() }
+        let slots = self.slots.len() + self.spare.len();
+        Capacity { frontends: 1, slots, backends: 0, endpoints: self.endpoints.len() }
     }
 }
 
@@ -295,12 +302,15 @@ impl Programmed {
         let frontends = frontends
             .into_iter()
             .map(|(key, fe)| {
-                let slots = (0..u32::from(fe.backend_count))
-                    .filter_map(|slot| slots.get(&BackendSlotKey { svc_id: fe.svc_id, slot }).copied())
-                    .collect();
+                let upper = fe.flags & FRONTEND_FLAG_UPPER_SLOTS != 0;
+                let slots = &slots;
+                let set =
+                    |upper: bool| (0..).map_while(move |index| slots.get(&slot_key(fe.svc_id, upper, index)).copied());
+                let spare = set(!upper).collect();
+                let slots = set(upper).take(usize::from(fe.backend_count)).collect();
                 let meta = metas.get(&fe.svc_id).copied().unwrap_or_default();
                 let endpoints = endpoints_of.remove(&fe.svc_id).map(|e| e.into_values().collect()).unwrap_or_default();
-                let (affinity_timeout_s, flags) = (fe.affinity_timeout_s, fe.flags);
+                let (affinity_timeout_s, flags) = (fe.affinity_timeout_s, fe.flags & !FRONTEND_FLAG_UPPER_SLOTS);
                 let mut source_ranges = ranges_of.remove(&fe.svc_id).unwrap_or_default();
                 source_ranges.sort();
                 let svc_id = fe.svc_id;
@@ -312,6 +322,8 @@ impl Programmed {
                     flags,
                     source_ranges,
                     slots,
+                    upper,
+                    spare,
                     maglev,
                     meta,
                     endpoints,
@@ -426,8 +438,9 @@ impl Programmed {
             let frontends = wanted_frontends(service, node);
             let mut more = Capacity { frontends: frontends.len(), slots: 0, backends: 0, endpoints: 0 };
             let mut backends: Vec<Backend> = Vec::new();
-            for fe in frontends.values() {
-                more.slots += fe.backends.len();
+            for (key, fe) in &frontends {
+                // The new list, and the old one kept in the other set (at most).
+                more.slots += fe.backends.len() + self.frontends.get(key).map_or(0, |old| old.slots.len());
                 more.endpoints += fe.endpoints.len();
                 let unknown = |b: &&Backend| !self.backend_ids.contains_key(*b) && !new_backends.contains(*b);
                 backends.extend(fe.backends.iter().filter(unknown));
@@ -494,10 +507,20 @@ impl Programmed {
             let svc_id = old.map_or_else(|| self.svc_ids.allocate(), |old| old.svc_id);
             let old_slots = old.map(|old| old.slots.clone()).unwrap_or_default();
             let old_affinity = old.map_or(0, |old| old.affinity_timeout_s);
-            for (slot, id) in slots.iter().enumerate() {
-                if old_slots.get(slot) != Some(id) {
-                    ops.push(MapOp::PutSlot { key: BackendSlotKey { svc_id, slot: slot as u32 }, backend_id: *id });
+            let old_upper = old.is_some_and(|old| old.upper);
+            // A changed list goes into the set not in use, over what it holds.
+            let (upper, spare, holds) = match old {
+                Some(old) if old.slots != slots => (!old.upper, old.slots.clone(), old.spare.as_slice()),
+                Some(old) => (old.upper, old.spare.clone(), old.slots.as_slice()),
+                None => (false, Vec::new(), &[][..]),
+            };
+            for (index, id) in slots.iter().enumerate() {
+                if holds.get(index) != Some(id) {
+                    ops.push(MapOp::PutSlot { key: slot_key(svc_id, upper, index), backend_id: *id });
                 }
+            }
+            for index in slots.len()..holds.len() {
+                ops.push(MapOp::DeleteSlot(slot_key(svc_id, upper, index)));
             }
             if old.is_none_or(|old| old.meta != fe.meta) {
                 ops.push(MapOp::PutMeta { svc_id, meta: fe.meta });
@@ -525,7 +548,8 @@ impl Programmed {
                 region
             };
             let old_flags = old.map(|old| old.flags);
-            if old_slots.len() != slots.len()
+            if old_upper != upper
+                || old_slots.len() != slots.len()
                 || old_affinity != fe.affinity_timeout_s
                 || old_flags != Some(fe.flags)
                 || old_maglev != maglev
@@ -535,14 +559,11 @@ impl Programmed {
                     svc_id,
                     affinity_timeout_s: fe.affinity_timeout_s,
                     backend_count: slots.len() as u16,
-                    flags: fe.flags,
+                    flags: fe.flags | if upper { FRONTEND_FLAG_UPPER_SLOTS } else { 0 },
                     maglev_offset,
                     maglev_size,
                 };
                 ops.push(MapOp::PutFrontend { key: *key, frontend });
-            }
-            for slot in slots.len()..old_slots.len() {
-                ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id, slot: slot as u32 }));
             }
             for (addr, prefix_len) in old_ranges.iter().filter(|r| !fe.source_ranges.contains(r)) {
                 ops.push(MapOp::DeleteSourceRange { svc_id, addr: *addr, prefix_len: *prefix_len });
@@ -577,6 +598,8 @@ impl Programmed {
                 flags: fe.flags,
                 source_ranges: fe.source_ranges.clone(),
                 slots,
+                upper,
+                spare,
                 maglev,
                 meta: fe.meta,
                 endpoints: fe.endpoints.clone(),
@@ -607,8 +630,9 @@ impl Programmed {
                 let (start, len) = region.span();
                 self.maglev_regions.free_later(start, len);
             }
-            for slot in 0..old.slots.len() {
-                ops.push(MapOp::DeleteSlot(BackendSlotKey { svc_id: old.svc_id, slot: slot as u32 }));
+            let sets = [(old.upper, &old.slots), (!old.upper, &old.spare)];
+            for (upper, set) in sets {
+                ops.extend((0..set.len()).map(|index| MapOp::DeleteSlot(slot_key(old.svc_id, upper, index))));
             }
             ops.push(MapOp::DeleteMeta(old.svc_id));
             for index in 0..old.endpoints.len() {
@@ -697,6 +721,12 @@ impl Programmed {
         self.used_backend_ids.insert(id);
         id
     }
+}
+
+/// The key of entry `index` of a frontend's lower or upper slot set.
+fn slot_key(svc_id: u32, upper: bool, index: usize) -> BackendSlotKey {
+    let flags = if upper { FRONTEND_FLAG_UPPER_SLOTS } else { 0 };
+    Frontend { svc_id, flags, ..Frontend::default() }.slot_key(index as u32)
 }
 
 /// Service ids: the lowest free one is handed out first.
@@ -939,6 +969,7 @@ fn svc_type(service: &Service) -> u8 {
 mod tests {
     use super::*;
     use crate::model::{Endpoint, ServiceName, ServicePort, SessionAffinity};
+    use lb_common::UPPER_SLOTS;
 
     fn endpoint(last: u8, ready: bool) -> Endpoint {
         Endpoint {
@@ -1003,6 +1034,8 @@ mod tests {
     impl Maps {
         fn apply_checked(&mut self, ops: &[MapOp]) {
             for (i, op) in ops.iter().enumerate() {
+                let named_before: BTreeMap<FrontendKey, (Frontend, Vec<Option<u32>>)> =
+                    self.frontends.iter().map(|(key, fe)| (*key, (*fe, self.named(fe)))).collect();
                 match op {
                     MapOp::PutBackend { id, backend } => drop(self.backends.insert(*id, *backend)),
                     MapOp::PutSlot { key, backend_id } => drop(self.slots.insert(*key, *backend_id)),
@@ -1046,16 +1079,35 @@ mod tests {
                             fe.svc_id
                         );
                     }
-                    for slot in 0..u32::from(fe.backend_count) {
-                        let id = self.slots.get(&BackendSlotKey { svc_id: fe.svc_id, slot });
+                    for index in 0..u32::from(fe.backend_count) {
+                        let id = self.slots.get(&fe.slot_key(index));
                         assert!(
                             id.is_some_and(|id| self.backends.contains_key(id)),
-                            "after op {i} ({op:?}) slot {slot} of svc {} dangles",
+                            "after op {i} ({op:?}) slot {index} of svc {} dangles",
+                            fe.svc_id
+                        );
+                    }
+                }
+                for (key, (fe, named)) in named_before {
+                    if self.frontends.get(&key) == Some(&fe) {
+                        assert_eq!(
+                            self.named(&fe),
+                            named,
+                            "op {i} ({op:?}) changed what svc {}'s frontend names",
                             fe.svc_id
                         );
                     }
                 }
             }
+        }
+
+        /// The backend id behind each slot of `fe`'s set and each entry of
+        /// its Maglev table.
+        fn named(&self, fe: &Frontend) -> Vec<Option<u32>> {
+            let slot = |index: u32| self.slots.get(&fe.slot_key(index)).copied();
+            let table = (fe.maglev_offset..fe.maglev_offset + fe.maglev_size)
+                .map(|entry| self.maglev.get(&entry).and_then(|index| slot(u32::from(*index))));
+            (0..u32::from(fe.backend_count)).map(slot).chain(table).collect()
         }
 
         /// What a new agent reads from these maps.
@@ -1141,39 +1193,58 @@ mod tests {
     }
 
     #[test]
-    fn scaling_3_2_3_never_leaves_a_dangling_slot_and_writes_only_the_difference() {
+    fn scaling_3_2_3_writes_beside_the_live_slots_and_only_the_difference() {
         let three = [endpoint(2, true), endpoint(3, true), endpoint(4, true)];
         let mut maps = Maps::default();
         let mut programmed = Programmed::default();
         maps.apply_checked(&programmed.plan_for_test(&state(&[("kubia", VIP, &three)])));
+        let datapath_ops = |ops: &[MapOp]| -> Vec<MapOp> {
+            ops.iter()
+                .filter(|op| !matches!(op, MapOp::PutEndpoint { .. } | MapOp::DeleteEndpoint(_)))
+                .cloned()
+                .collect()
+        };
 
-        // The middle one goes: slot 1 is rewritten, the count shrinks, slot 2 goes, then its backend.
+        // The middle one goes: the two left are written into the upper set
+        // with their table, one frontend write switches, then the backend
+        // goes. The lower set stays as it was (apply_checked asserts that no
+        // write changes what the live frontend names).
         let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &[three[0].clone(), three[2].clone()])]));
         maps.apply_checked(&ops);
-        let datapath_ops: Vec<MapOp> = ops
-            .iter()
-            .filter(|op| !matches!(op, MapOp::PutEndpoint { .. } | MapOp::DeleteEndpoint(_)))
-            .cloned()
-            .collect();
+        let upper = |slot| BackendSlotKey { svc_id: 1, slot: UPPER_SLOTS + slot };
         assert!(
             matches!(
-                datapath_ops.as_slice(),
+                datapath_ops(&ops).as_slice(),
                 [
-                    MapOp::PutSlot { .. },
+                    MapOp::PutSlot { key: k0, .. },
+                    MapOp::PutSlot { key: k1, .. },
                     MapOp::PutMaglevTable { .. },
-                    MapOp::PutFrontend { frontend: Frontend { backend_count: 2, .. }, .. },
-                    MapOp::DeleteSlot(BackendSlotKey { slot: 2, .. }),
+                    MapOp::PutFrontend { frontend: Frontend { backend_count: 2, flags: FRONTEND_FLAG_UPPER_SLOTS, .. }, .. },
                     MapOp::DeleteBackend(_),
-                ]
+                ] if *k0 == upper(0) && *k1 == upper(1)
             ),
             "{ops:?}"
         );
 
+        // Back to three: the lower set still holds the old list, so only
+        // the slot of the returning endpoint (a new backend id) is written.
         let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &three)]));
         maps.apply_checked(&ops);
-        assert!(matches!(ops.first(), Some(MapOp::PutBackend { .. })), "{ops:?}");
-        assert_eq!(maps.frontends.values().next().unwrap().backend_count, 3);
+        assert!(
+            matches!(
+                datapath_ops(&ops).as_slice(),
+                [
+                    MapOp::PutBackend { .. },
+                    MapOp::PutSlot { key: BackendSlotKey { slot: 1, .. }, .. },
+                    MapOp::PutMaglevTable { .. },
+                    MapOp::PutFrontend { frontend: Frontend { backend_count: 3, flags: 0, .. }, .. },
+                ]
+            ),
+            "{ops:?}"
+        );
         assert_eq!(maps.backends.len(), 3);
+        // A restarted agent finds both sets as they are.
+        assert_eq!(maps.adopt().plan_for_test(&state(&[("kubia", VIP, &three)])), []);
     }
 
     #[test]

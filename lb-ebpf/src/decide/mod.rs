@@ -316,7 +316,9 @@ const SNAT_ATTEMPTS: u32 = 4;
 mod tests {
     use super::*;
     use crate::packet::tcp::{ACK as TCP_ACK, FIN as TCP_FIN, SYN as TCP_SYN};
-    use lb_common::{CT_STATE_ESTABLISHED, CT_STATE_SYN, IPPROTO_TCP, IPPROTO_UDP};
+    use lb_common::{
+        CT_STATE_ESTABLISHED, CT_STATE_SYN, FRONTEND_FLAG_UPPER_SLOTS, IPPROTO_TCP, IPPROTO_UDP, UPPER_SLOTS,
+    };
     use std::{
         cell::{Cell, RefCell},
         collections::HashMap,
@@ -451,6 +453,22 @@ mod tests {
         assert_eq!(ct[&f].direction, CT_FORWARD);
         let reply = ct[&conntrack::reply_key(&f, &Translation { backend, source: None })];
         assert_eq!((reply.nat_addr, reply.nat_port, reply.svc_id), (VIP, 80, 1));
+    }
+
+    #[test]
+    fn a_frontend_on_its_upper_slot_set_picks_from_that_set_only() {
+        let mut t = service(3);
+        // The lower set names other backends, as after a switch.
+        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
+        t.frontends.get_mut(&key).unwrap().flags |= FRONTEND_FLAG_UPPER_SLOTS;
+        for i in 0..3 {
+            t.slots.insert(BackendSlotKey { svc_id: 1, slot: UPPER_SLOTS + i }, 102 - i);
+        }
+        t.random.set(0);
+        let Verdict::Rewrite { addr, .. } = decide(&flow(CLIENT, VIP, 40000, 80), TCP_ACK, &t, Hook::PodTc) else {
+            panic!()
+        };
+        assert_eq!(addr, 0x0af4_0000 + 12, "upper entry 0 names backend 102");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Backend selection for a new flow: session affinity, then the frontend's
 //! Maglev table, then a random slot.
 
-use lb_common::{AffinityKey, Backend, BackendSlotKey, CtKey, Frontend};
+use lb_common::{AffinityKey, Backend, CtKey, Frontend};
 
 use super::Tables;
 
@@ -33,6 +33,6 @@ pub fn backend<T: Tables>(
     } else {
         tables.random() % u32::from(frontend.backend_count)
     };
-    let id = tables.backend_slot(&BackendSlotKey { svc_id: frontend.svc_id, slot })?;
+    let id = tables.backend_slot(&frontend.slot_key(slot))?;
     Some((id, tables.backend(id)?))
 }
