@@ -550,10 +550,15 @@ pub enum Reason {
     /// An ICMP error quoting a packet the datapath translated: turned into
     /// one about the packet its sender sent (path MTU, port unreachable).
     IcmpErrorReverseNat = 21,
+    /// A pod's packet that, rewritten, is larger than its route's MTU (with
+    /// the TC fast path): the pod gets an ICMP fragmentation-needed about the
+    /// packet it sent, not rewritten. (The kernel would address its error to
+    /// the rewritten source, a Service address for a reply.)
+    FragNeeded = 22,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassIpOptions,
@@ -577,6 +582,7 @@ impl Reason {
         Reason::RejectNoServicePort,
         Reason::DropUnallocatedServiceIp,
         Reason::IcmpErrorReverseNat,
+        Reason::FragNeeded,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -604,6 +610,7 @@ impl Reason {
             Reason::RejectNoServicePort => "reject_no_service_port",
             Reason::DropUnallocatedServiceIp => "drop_unallocated_service_ip",
             Reason::IcmpErrorReverseNat => "icmp_error_reverse_nat",
+            Reason::FragNeeded => "frag_needed",
         }
     }
 }

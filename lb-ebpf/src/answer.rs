@@ -111,15 +111,23 @@ pub unsafe fn write_reset(pkt: &Packet, reset: Reset, l4_checksum: L4Checksum) {
     }
 }
 
+/// What an ICMP destination unreachable tells the sender.
+#[derive(Clone, Copy)]
+pub enum Unreachable {
+    Port,
+    /// Fragmentation needed: the next hop's MTU.
+    FragNeeded(u16),
+}
+
 /// Turns a frame whose head was just grown by `ICMP_ERROR_GROWTH` bytes into
-/// the ICMP port unreachable for the packet that now starts at
+/// an ICMP destination unreachable for the packet that now starts at
 /// `data + ICMP_ERROR_GROWTH`. The caller trims it to `ICMP_ERROR_FRAME_LEN`.
 ///
 /// # Safety
 /// `[data, data + ICMP_ERROR_FRAME_LEN)` must be writable frame bytes, the
 /// original packet an IPv4 packet without options.
 #[inline(always)]
-pub unsafe fn write_port_unreachable(data: usize) {
+pub unsafe fn write_unreachable(data: usize, what: Unreachable) {
     let original = data + ICMP_ERROR_GROWTH;
     // SAFETY: all offsets lie below ICMP_ERROR_FRAME_LEN.
     unsafe {
@@ -136,7 +144,12 @@ pub unsafe fn write_port_unreachable(data: usize) {
         let icmp_len = (ICMP_ERROR_FRAME_LEN - L4_OFFSET) as u16;
         fill_ip_header(data, IPPROTO_ICMP, icmp_len);
         let icmp = data + L4_OFFSET;
-        write(icmp, [icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0, 0, 0, 0, 0, 0]);
+        let (code, mtu) = match what {
+            Unreachable::Port => (icmp::PORT_UNREACH, 0u16),
+            Unreachable::FragNeeded(mtu) => (icmp::FRAG_NEEDED, mtu),
+        };
+        let [mtu_hi, mtu_lo] = mtu.to_be_bytes();
+        write(icmp, [icmp::DEST_UNREACH, code, 0, 0, 0, 0, mtu_hi, mtu_lo]);
         write(icmp + 2, checksum(icmp, icmp_len as usize, 0));
     }
 }
@@ -274,6 +287,10 @@ mod tests {
         u32::from_be_bytes(bytes.try_into().unwrap())
     }
 
+    fn be16(bytes: &[u8]) -> u16 {
+        u16::from_be_bytes(bytes.try_into().unwrap())
+    }
+
     #[test]
     fn a_syn_is_answered_by_a_reset_from_the_address_it_asked() {
         let syn = PacketBuilder::new(IPPROTO_TCP, CLIENT, 40000, VIP, 80).tcp_flags(tcp::SYN).payload(b"");
@@ -328,7 +345,7 @@ mod tests {
         let datagram = PacketBuilder::new(IPPROTO_UDP, CLIENT, 5000, VIP, 53).payload(b"question").build();
         let mut frame = vec![0u8; ICMP_ERROR_GROWTH];
         frame.extend_from_slice(&datagram);
-        unsafe { write_port_unreachable(frame.as_mut_ptr() as usize) };
+        unsafe { write_unreachable(frame.as_mut_ptr() as usize, Unreachable::Port) };
         frame.truncate(ICMP_ERROR_FRAME_LEN);
         assert_eq!(checksum_errors(&frame), None, "ipv4 header");
         assert_eq!(frame[IP_OFFSET + 9], IPPROTO_ICMP);
@@ -337,6 +354,22 @@ mod tests {
         assert_eq!(compute(&frame[L4_OFFSET..], 0), 0, "icmp checksum");
         assert_eq!(&frame[L4_OFFSET + 8..], &datagram[IP_OFFSET..IP_OFFSET + 28], "quotes ip header + 8 bytes");
         assert_eq!(&frame[0..14], &datagram[0..14]);
+    }
+
+    #[test]
+    fn a_segment_too_big_gets_a_fragmentation_needed_with_the_mtu() {
+        // A backend's reply to a client, before it is rewritten.
+        let segment = PacketBuilder::new(IPPROTO_TCP, [10, 244, 0, 2], 8080, CLIENT, 40000).payload(&[7; 1448]).build();
+        let mut frame = vec![0u8; ICMP_ERROR_GROWTH];
+        frame.extend_from_slice(&segment);
+        unsafe { write_unreachable(frame.as_mut_ptr() as usize, Unreachable::FragNeeded(1400)) };
+        frame.truncate(ICMP_ERROR_FRAME_LEN);
+        assert_eq!(checksum_errors(&frame), None, "ipv4 header");
+        assert_eq!((&frame[26..30], &frame[30..34]), (&CLIENT[..], &[10, 244, 0, 2][..]), "back to the sender");
+        assert_eq!(&frame[L4_OFFSET..L4_OFFSET + 2], &[icmp::DEST_UNREACH, icmp::FRAG_NEEDED]);
+        assert_eq!(be16(&frame[L4_OFFSET + 6..L4_OFFSET + 8]), 1400, "next-hop mtu");
+        assert_eq!(compute(&frame[L4_OFFSET..], 0), 0, "icmp checksum");
+        assert_eq!(&frame[L4_OFFSET + 8..], &segment[IP_OFFSET..IP_OFFSET + 28], "quotes the packet as sent");
     }
 
     #[test]

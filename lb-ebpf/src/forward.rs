@@ -81,8 +81,11 @@ pub enum FibAnswer {
     /// A route out of this device, but no neighbour entry for its next hop yet.
     NoNeighbour(u32),
     /// Anything the kernel must handle itself: a local destination, no
-    /// route, forwarding disabled, a frame larger than the MTU.
+    /// route, forwarding disabled.
     NotForwarded,
+    /// The packet (or one GSO segment of it) is larger than the route's MTU,
+    /// which is given.
+    TooBig(u16),
 }
 
 /// The kernel's forwarding state as the fast path sees it.
@@ -131,7 +134,7 @@ pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuer
         Some((hop, checked)) if now.wrapping_sub(checked) < FIB_CACHE_NS => hop,
         _ => match fib.lookup(ingress_ifindex, query) {
             FibAnswer::NoNeighbour(_) => return Step::Stack(FastPath::StackNoNeighbour),
-            FibAnswer::NotForwarded => return Step::Stack(FastPath::StackNotForwarded),
+            FibAnswer::NotForwarded | FibAnswer::TooBig(_) => return Step::Stack(FastPath::StackNotForwarded),
             FibAnswer::Forward(hop) if !fib.takes_xdp_frames(hop.ifindex) => {
                 return Step::Stack(FastPath::StackDeviceNotEnabled);
             }
@@ -167,19 +170,25 @@ impl TcStep {
     }
 }
 
+/// A packet the route's MTU (given) is too small for: the sender must be
+/// told, about the packet it sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooBig(pub u16);
+
 /// Where a rewritten socket buffer from a pod, arriving on `ingress_ifindex`
 /// with `ttl`, goes next. Asks the FIB every time: its answers are cached
 /// for XDP's devices only.
 #[inline(always)]
-pub fn tc_next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> TcStep {
+pub fn tc_next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> Result<TcStep, TooBig> {
     if ttl <= 1 {
-        return TcStep::Stack(FastPath::StackTtlExpired);
+        return Ok(TcStep::Stack(FastPath::StackTtlExpired));
     }
-    match fib.lookup(ingress_ifindex, query) {
+    Ok(match fib.lookup(ingress_ifindex, query) {
         FibAnswer::Forward(hop) if fib.is_pod_device(hop.ifindex) => TcStep::Peer(hop),
         FibAnswer::Forward(NextHop { ifindex, .. }) | FibAnswer::NoNeighbour(ifindex) => TcStep::Neigh(ifindex),
         FibAnswer::NotForwarded => TcStep::Stack(FastPath::StackNotForwarded),
-    }
+        FibAnswer::TooBig(mtu) => return Err(TooBig(mtu)),
+    })
 }
 
 /// The packet's TTL.
@@ -337,8 +346,10 @@ mod tests {
             ("ttl 1", FibAnswer::Forward(hop(OTHER)), 1, TcStep::Stack(FastPath::StackTtlExpired)),
         ];
         for (what, answer, ttl, want) in cases {
-            assert_eq!(tc_next_step(&FakeFib::new(answer, &[]), INGRESS, ttl, &q), want, "{what}");
+            assert_eq!(tc_next_step(&FakeFib::new(answer, &[]), INGRESS, ttl, &q), Ok(want), "{what}");
         }
+        let too_big = tc_next_step(&FakeFib::new(FibAnswer::TooBig(1400), &[]), INGRESS, 64, &q);
+        assert_eq!(too_big, Err(TooBig(1400)), "the sender is answered, not the stack");
     }
 
     #[test]

@@ -16,9 +16,7 @@
 mod maps;
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
-    },
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     cty::c_long,
     helpers::{
         bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_tail, bpf_xdp_adjust_head,
@@ -30,9 +28,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use lb_ebpf::{
-    answer::{self, L4Checksum},
+    answer::{self, L4Checksum, Unreachable},
     decide::{self, Verdict, decide},
-    forward::{self, FibQuery, Step, TcStep},
+    forward::{self, FibQuery, Step, TcStep, TooBig},
     packet::{
         self, icmp,
         nat::{self, Side},
@@ -200,7 +198,7 @@ fn xdp_reject(ctx: &XdpContext, pkt: &Packet, reason: Reason) -> (u32, Reason) {
         return DROP;
     }
     // SAFETY: the frame holds ICMP_ERROR_FRAME_LEN bytes (checked above).
-    unsafe { answer::write_port_unreachable(data) };
+    unsafe { answer::write_unreachable(data, Unreachable::Port) };
     xdp_trim(ctx, answer::ICMP_ERROR_FRAME_LEN, reason).unwrap_or(DROP)
 }
 
@@ -243,11 +241,15 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
                 Verdict::Pass(reason) => (TC_OK, reason),
                 Verdict::Drop(reason) => (TC_SHOT, reason),
                 Verdict::Rewrite { reason, side, addr, port, other } => {
-                    // Read before the rewrite's helpers invalidate the packet.
-                    let departure = tc_departure(&ctx, &pkt, side, (addr, port), other);
-                    match tc_rewrite(&ctx, &pkt, side, (addr, port), other) {
-                        Ok(()) => (tc_send(&ctx, &departure), reason),
-                        Err(_) => (TC_SHOT, Reason::DropRewriteFailed),
+                    // Asked before the rewrite, which it must not follow when
+                    // the packet is too big.
+                    match tc_step(&ctx, &tc_departure(&ctx, &pkt, side, (addr, port), other)) {
+                        Err(TooBig(mtu)) => tc_unreachable(&ctx, Unreachable::FragNeeded(mtu))
+                            .map_or((TC_SHOT, Reason::DropRewriteFailed), |()| (TC_OK, Reason::FragNeeded)),
+                        Ok(step) => match tc_rewrite(&ctx, &pkt, side, (addr, port), other) {
+                            Ok(()) => (tc_send(&ctx, step), reason),
+                            Err(_) => (TC_SHOT, Reason::DropRewriteFailed),
+                        },
                     }
                 }
                 Verdict::Reject(reason) => tc_reject(&ctx, &pkt, reason),
@@ -316,18 +318,27 @@ fn tc_departure(
     (query, ttl)
 }
 
-/// The action for a pod's packet rewritten just now: straight into a local
-/// pod or out of the device the FIB names, else the kernel's routing (see
-/// `lb_ebpf::forward`). A BPF function of its own, like `xdp_send`.
+/// Where a pod's packet goes once rewritten (asked before the rewrite):
+/// straight into a local pod or out of the device the FIB names, else the
+/// kernel's routing (see `lb_ebpf::forward`); None without the fast path;
+/// `TooBig` when the route's MTU is below it. A BPF function of its own,
+/// like `xdp_send`: the FIB's query stays out of the caller's frame.
 #[inline(never)]
-fn tc_send(ctx: &TcContext, (query, ttl): &(FibQuery, u8)) -> i32 {
+fn tc_step(ctx: &TcContext, (query, ttl): &(FibQuery, u8)) -> Result<Option<TcStep>, TooBig> {
     // SAFETY: a load-time constant; read volatile so that it is not folded.
     if unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) } == 0 {
-        return TC_OK;
+        return Ok(None);
     }
     // SAFETY: the context's own metadata.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    let step = forward::tc_next_step(&KernelFib::of(ctx), ingress, *ttl, query);
+    forward::tc_next_step(&KernelFib::of(ctx), ingress, *ttl, query).map(Some)
+}
+
+/// Sends a rewritten packet where `tc_step` said: the kernel's routing
+/// without the fast path.
+#[inline(always)]
+fn tc_send(ctx: &TcContext, step: Option<TcStep>) -> i32 {
+    let Some(step) = step else { return TC_OK };
     count_fast_path(step.counter());
     let (data, data_end) = (ctx.data(), ctx.data_end());
     match step {
@@ -429,7 +440,7 @@ fn tc_linear(ctx: &TcContext, len: usize) -> Option<usize> {
 #[inline(always)]
 fn tc_reject(ctx: &TcContext, pkt: &Packet, reason: Reason) -> (i32, Reason) {
     const DROP: (i32, Reason) = (TC_SHOT, Reason::DropNoBackend);
-    let answered = if pkt.proto == IPPROTO_TCP { tc_reset(ctx, pkt) } else { tc_port_unreachable(ctx) };
+    let answered = if pkt.proto == IPPROTO_TCP { tc_reset(ctx, pkt) } else { tc_unreachable(ctx, Unreachable::Port) };
     if answered.is_some() { (TC_OK, reason) } else { DROP }
 }
 
@@ -461,22 +472,27 @@ fn checksum_deferred(ctx: &TcContext, offset: usize) -> Result<bool, c_long> {
     Ok(before == after)
 }
 
-/// An ICMP port unreachable quoting the packet: new headers in front of
-/// its IPv4 header (after the Ethernet header, where TC grows a packet),
-/// the Ethernet header copied to where `answer` expects the packet's own.
+/// An ICMP destination unreachable quoting the packet, for the kernel's
+/// routing to take back to its sender. Written in place, GSO packets
+/// included (growing the room in front fails for them): the socket buffer
+/// is cut (or grown) to the answer's length first, then its Ethernet
+/// header, IPv4 header and first 8 L4 bytes move to where `answer` expects
+/// the packet.
 #[inline(always)]
-fn tc_port_unreachable(ctx: &TcContext) -> Option<()> {
-    ctx.adjust_room(answer::ICMP_ERROR_GROWTH as i32, BPF_ADJ_ROOM_MAC, 0).ok()?;
-    let data = tc_linear(ctx, answer::ICMP_ERROR_FRAME_LEN)?;
-    // SAFETY: ICMP_ERROR_FRAME_LEN writable bytes at `data` (checked above);
-    // the room grown is ICMP_ERROR_GROWTH >= 14 bytes.
-    unsafe {
-        let eth: [u8; 14] = packet::read(data);
-        packet::write(data + answer::ICMP_ERROR_GROWTH, eth);
-        answer::write_port_unreachable(data);
-    }
+fn tc_unreachable(ctx: &TcContext, what: Unreachable) -> Option<()> {
     // SAFETY: a helper on this program's own context.
-    (unsafe { bpf_skb_change_tail(ctx.skb.skb, answer::ICMP_ERROR_FRAME_LEN as u32, 0) } == 0).then_some(())
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, answer::ICMP_ERROR_FRAME_LEN as u32, 0) } != 0 {
+        return None;
+    }
+    let data = tc_linear(ctx, answer::ICMP_ERROR_FRAME_LEN)?;
+    // SAFETY: ICMP_ERROR_FRAME_LEN writable bytes at `data` (checked above),
+    // the quoted part (`L4_OFFSET + 8` bytes) copied out before any write.
+    unsafe {
+        let quoted: [u8; L4_OFFSET + 8] = packet::read(data);
+        packet::write(data + answer::ICMP_ERROR_GROWTH, quoted);
+        answer::write_unreachable(data, what);
+    }
+    Some(())
 }
 
 /// `translate_icmp_error` on a socket buffer's linear part; None when it is

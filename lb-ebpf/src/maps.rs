@@ -5,8 +5,8 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST,
-        bpf_fib_lookup,
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup,
     },
     cty::c_void,
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
@@ -259,7 +259,7 @@ impl Tables for MapTables {
 fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: u32) -> u32 {
     match KernelFib(ctx).lookup(ingress_ifindex, &FibQuery { daddr, ..FibQuery::default() }) {
         FibAnswer::Forward(NextHop { ifindex, .. }) | FibAnswer::NoNeighbour(ifindex) => ifindex,
-        FibAnswer::NotForwarded => 0,
+        FibAnswer::NotForwarded | FibAnswer::TooBig(_) => 0,
     }
 }
 
@@ -302,6 +302,8 @@ impl Fib for KernelFib {
                 FibAnswer::Forward(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac })
             }
             BPF_FIB_LKUP_RET_NO_NEIGH => FibAnswer::NoNeighbour(params.ifindex),
+            // SAFETY: the helper writes the MTU over the length it was given.
+            BPF_FIB_LKUP_RET_FRAG_NEEDED => FibAnswer::TooBig(unsafe { params.__bindgen_anon_1.mtu_result }),
             _ => FibAnswer::NotForwarded,
         }
     }

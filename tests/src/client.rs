@@ -82,15 +82,10 @@ pub fn bulk_send(ns: &Netns, addr: SocketAddrV4, len: usize, timeout: Duration) 
             TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_read_timeout(Some(timeout))?;
-        let (mut sent, mut state) = (crate::Digest::default(), 0x9e37_79b9_7f4a_7c15u64);
+        let (mut sent, mut stream_bytes) = (crate::Digest::default(), crate::BulkStream::default());
         let mut chunk = vec![0u8; 1 << 16];
         while (sent.len() as usize) < len {
-            for word in chunk.chunks_mut(8) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                word.copy_from_slice(&state.to_ne_bytes()[..word.len()]);
-            }
+            stream_bytes.fill(&mut chunk);
             let n = chunk.len().min(len - sent.len() as usize);
             stream.write_all(&chunk[..n]).with_context(|| format!("send to {addr} after {} bytes", sent.len()))?;
             sent.update(&chunk[..n]);
@@ -101,6 +96,37 @@ pub fn bulk_send(ns: &Netns, addr: SocketAddrV4, len: usize, timeout: Duration) 
         let want = format!("received {} bytes, digest {:016x}", sent.len(), sent.value());
         anyhow::ensure!(report.contains(&want), "the sink at {addr} reported {report:?}, sent {want}");
         Ok(report.trim().to_owned())
+    })?
+}
+
+/// Asks a source (`Pod::serve_source`) at `addr` from `ns` for `len` bytes,
+/// which it sends in large writes (GSO super-packets towards the client),
+/// and checks that exactly the stream's first `len` bytes came.
+pub fn bulk_receive(ns: &Netns, addr: SocketAddrV4, len: usize, timeout: Duration) -> anyhow::Result<()> {
+    ns.run_in(|| -> anyhow::Result<()> {
+        let mut stream =
+            TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        writeln!(stream, "{len}")?;
+        let (mut got, mut buf) = (crate::Digest::default(), vec![0u8; 1 << 16]);
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.update(&buf[..n]),
+                Err(e) => return Err(e).with_context(|| format!("receive from {addr} after {} bytes", got.len())),
+            }
+        }
+        let (mut want, mut chunk) = (crate::Digest::default(), vec![0u8; len]);
+        crate::BulkStream::default().fill(&mut chunk);
+        want.update(&chunk);
+        anyhow::ensure!(
+            got == want,
+            "from {addr}: got {} bytes, digest {:016x}; want {len}, {:016x}",
+            got.len(),
+            got.value(),
+            want.value()
+        );
+        Ok(())
     })?
 }
 

@@ -28,6 +28,28 @@ pub fn workspace_binary(env_var: &str, name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The pseudo-random bytes bulk transfers carry (xorshift64): the
+/// receiver's [`Digest`] of them proves every byte arrived, in order.
+pub struct BulkStream(u64);
+
+impl Default for BulkStream {
+    fn default() -> Self {
+        Self(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+impl BulkStream {
+    /// Fills `chunk` with the stream's next bytes.
+    pub fn fill(&mut self, chunk: &mut [u8]) {
+        for word in chunk.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            word.copy_from_slice(&self.0.to_ne_bytes()[..word.len()]);
+        }
+    }
+}
+
 /// A running FNV-1a digest and length of a byte stream: what a bulk
 /// transfer's receiver reports and its sender checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -107,6 +107,11 @@ impl Pod {
         self.spawn_server([("--sink", port)])
     }
 
+    /// Sends what `client::bulk_receive` asks for on `port` (`--source`).
+    pub fn serve_source(&mut self, port: u16) -> anyhow::Result<()> {
+        self.spawn_server([("--source", port)])
+    }
+
     /// Like [`Pod::serve_sink`] on each of `ports`, reporting the byte
     /// count only (no digest, which would cost more than the transfer).
     pub fn serve_discard(&mut self, ports: &[u16]) -> anyhow::Result<()> {

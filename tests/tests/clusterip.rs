@@ -9,8 +9,8 @@ use std::{
 
 use lb_tests::{
     agent::AgentProcess,
-    client::{bulk_send, http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
-    kubia::{KUBIA_SERVICE, TIMEOUT, VIP, cluster, endpoint_count, http_spread, names, pods_manifest},
+    client::{bulk_receive, bulk_send, http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
+    kubia::{Cluster, KUBIA_SERVICE, TIMEOUT, VIP, cluster, endpoint_count, http_spread, names, pods_manifest},
     require_root,
     topology::Pod,
 };
@@ -237,36 +237,72 @@ fn a_cluster_ip_refuses_ports_its_service_lacks_and_unallocated_service_addresse
     assert_eq!(served_by(&http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap()), "kubia-0");
 }
 
-/// ICMP errors about translated packets reach their senders translated
-/// back: with a 1 400-byte route to the backend, the node's
-/// fragmentation-needed about the client's 1 500-byte segments lets the
-/// client's TCP shrink them (path-MTU discovery; without it the transfer
-/// hangs), and a backend's port unreachable for a closed port refuses the
-/// client's UDP socket at once.
+/// Path-MTU discovery through a cluster IP, with 1 400-byte routes to the
+/// backend and to the client: without it the 20 KB transfers hang. With
+/// the TC fast path the datapath answers a pod's packet that, rewritten, is
+/// too big for its route with a fragmentation-needed about the packet the
+/// pod sent, both ways (the client's request, the backend's reply); a
+/// backend's port unreachable for a closed port refuses the client's UDP
+/// socket at once.
 #[test]
-fn path_mtu_discovery_and_port_unreachable_work_through_the_cluster_ip() {
+fn path_mtu_discovery_works_both_ways_through_the_cluster_ip() {
     require_root();
-    let mut c = cluster(1);
-    c.backends[0].serve_sink(9000).unwrap();
-    let vip = Ipv4Addr::new(10, 96, 0, 50);
-    let service = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: pmtu\nspec:\n  clusterIP: {vip}\n  ports:\n  - name: sink\n    port: 9000\n  - name: closed\n    port: 54\n    protocol: UDP\n    targetPort: 5400\n  selector:\n    app: kubia\n"
-    );
-    let pods = pods_manifest(&[&c.backends[0]], |_| true);
-    let agent = AgentProcess::start(&c.node, &[("pmtu.yaml", &service), ("pods.yaml", &pods)]).unwrap();
-    agent.wait_for_services(TIMEOUT, |s| s.contains("10.244.0.2:9000")).unwrap();
+    let (c, agent, vip) = pmtu_cluster(&[]);
     let backend = &c.backends[0];
-    let route = format!("{}/32", backend.ip);
+    let (to_backend, to_client) = (format!("{}/32", backend.ip), format!("{}/32", c.client.ip));
     // Locked: forwarding (and the FIB) use a route's MTU only then.
-    c.node.ns.exec(&["ip", "route", "replace", &route, "dev", &backend.host_veth, "mtu", "lock", "1400"]).unwrap();
+    c.node.ns.exec(&["ip", "route", "replace", &to_backend, "dev", &backend.host_veth, "mtu", "lock", "1400"]).unwrap();
+    c.node.ns.exec(&["ip", "route", "replace", &to_client, "dev", &c.client.host_veth, "mtu", "lock", "1400"]).unwrap();
 
+    // The reply first: a client that learnt the path's MTU would announce
+    // a smaller MSS, and the backend's segments would fit.
+    bulk_receive(&c.client.ns, SocketAddrV4::new(vip, 9001), 20 << 10, TIMEOUT * 3).unwrap();
+    let answered = agent.counter("TC-POD", "frag_needed").unwrap();
+    assert!(answered >= 1, "the backend's reply was not answered: {}", agent.get("counters").unwrap());
+    // Forgotten, or the backend would announce the smaller MSS in turn.
+    backend.ns.exec(&["ip", "route", "flush", "cache"]).unwrap();
     let report = bulk_send(&c.client.ns, SocketAddrV4::new(vip, 9000), 20 << 10, TIMEOUT * 3).unwrap();
     assert!(report.contains("received 20480 bytes"), "{report}");
-    assert!(agent.counter("TC-EGRESS", "icmp_error_reverse_nat").unwrap() >= 1, "{}", agent.get("counters").unwrap());
+    assert!(agent.counter("TC-POD", "frag_needed").unwrap() > answered, "the client's request was not answered");
 
     let udp = udp_exchange(&c.client.ns, SocketAddrV4::new(vip, 54), TIMEOUT).unwrap();
     assert_eq!(udp.expect_err("an answer from a closed port").kind(), std::io::ErrorKind::ConnectionRefused);
     assert!(agent.counter("TC-POD", "icmp_error_reverse_nat").unwrap() >= 1, "{}", agent.get("counters").unwrap());
+}
+
+/// Without the fast path (`--pod-forwarding stack`) the kernel's forwarding
+/// sends the fragmentation-needed, about the rewritten packet: translated
+/// back on its way to the client, it still lets the client's TCP shrink
+/// its segments.
+#[test]
+fn path_mtu_discovery_through_the_cluster_ip_with_the_kernels_forwarding() {
+    require_root();
+    let (c, agent, vip) = pmtu_cluster(&["--pod-forwarding", "stack"]);
+    let backend = &c.backends[0];
+    let route = format!("{}/32", backend.ip);
+    c.node.ns.exec(&["ip", "route", "replace", &route, "dev", &backend.host_veth, "mtu", "lock", "1400"]).unwrap();
+    let report = bulk_send(&c.client.ns, SocketAddrV4::new(vip, 9000), 20 << 10, TIMEOUT * 3).unwrap();
+    assert!(report.contains("received 20480 bytes"), "{report}");
+    assert!(agent.counter("TC-EGRESS", "icmp_error_reverse_nat").unwrap() >= 1, "{}", agent.get("counters").unwrap());
+    assert_eq!(agent.counter("TC-POD", "frag_needed").unwrap(), 0);
+}
+
+/// One backend serving a sink (9000), a source (9001) and a closed UDP
+/// port (54) behind a cluster IP, and its agent started with `args` beside
+/// `--pod-device`.
+fn pmtu_cluster(args: &[&str]) -> (Cluster, AgentProcess, Ipv4Addr) {
+    let mut c = cluster(1);
+    c.backends[0].serve_sink(9000).unwrap();
+    c.backends[0].serve_source(9001).unwrap();
+    let vip = Ipv4Addr::new(10, 96, 0, 50);
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: pmtu\nspec:\n  clusterIP: {vip}\n  ports:\n  - name: sink\n    port: 9000\n  - name: source\n    port: 9001\n  - name: closed\n    port: 54\n    protocol: UDP\n    targetPort: 5400\n  selector:\n    app: kubia\n"
+    );
+    let pods = pods_manifest(&[&c.backends[0]], |_| true);
+    let args: Vec<&str> = ["--pod-device", "h-*"].into_iter().chain(args.iter().copied()).collect();
+    let agent = AgentProcess::start_with(&c.node, &[("pmtu.yaml", &service), ("pods.yaml", &pods)], &args).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("10.244.0.2:9001")).unwrap();
+    (c, agent, vip)
 }
 
 #[test]

@@ -362,7 +362,7 @@ fn expected_reset(frame: &[u8]) -> Vec<u8> {
 fn expected_port_unreachable(frame: &[u8]) -> Vec<u8> {
     let mut out = vec![0; answer::ICMP_ERROR_GROWTH];
     out.extend_from_slice(frame);
-    unsafe { answer::write_port_unreachable(out.as_mut_ptr() as usize) };
+    unsafe { answer::write_unreachable(out.as_mut_ptr() as usize, answer::Unreachable::Port) };
     out.truncate(answer::ICMP_ERROR_FRAME_LEN);
     out
 }

@@ -19,6 +19,7 @@ use lb_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP};
 pub const ECHO_REPLY: u8 = 0;
 pub const DEST_UNREACH: u8 = 3;
 pub const PORT_UNREACH: u8 = 3;
+pub const FRAG_NEEDED: u8 = 4;
 pub const ECHO_REQUEST: u8 = 8;
 pub const TIME_EXCEEDED: u8 = 11;
 pub const PARAMETER_PROBLEM: u8 = 12;

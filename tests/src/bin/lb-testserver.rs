@@ -8,7 +8,9 @@
 //! long-lived flows. `--sink` reads a connection to its end and answers
 //! `NAME received N bytes, digest D` (see `lb_tests::Digest`), so that a
 //! bulk transfer proves every byte arrived intact; `--discard` answers
-//! `NAME received N bytes` only, for throughput benchmarks.
+//! `NAME received N bytes` only, for throughput benchmarks. `--source`
+//! reads a byte count N on a line and sends the first N bytes of
+//! `lb_tests::BulkStream`, then closes.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -21,7 +23,7 @@ use anyhow::{Context, bail};
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut name, mut http, mut udp, mut tcp_echo) = (None, Vec::new(), Vec::new(), Vec::new());
-    let (mut sink, mut discard) = (Vec::new(), Vec::new());
+    let (mut sink, mut discard, mut source) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -31,6 +33,7 @@ fn main() -> anyhow::Result<()> {
             "--tcp-echo" => tcp_echo.push(value.parse::<SocketAddr>().with_context(|| format!("--tcp-echo {value}"))?),
             "--sink" => sink.push(value.parse::<SocketAddr>().with_context(|| format!("--sink {value}"))?),
             "--discard" => discard.push(value.parse::<SocketAddr>().with_context(|| format!("--discard {value}"))?),
+            "--source" => source.push(value.parse::<SocketAddr>().with_context(|| format!("--source {value}"))?),
             _ => bail!(
                 "unknown flag {flag}; usage: lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]..."
             ),
@@ -53,6 +56,10 @@ fn main() -> anyhow::Result<()> {
     for (addr, digest) in sink.into_iter().map(|a| (a, true)).chain(discard.into_iter().map(|a| (a, false))) {
         let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
         workers.push(thread::spawn(move || serve_sink(name, listener, digest)));
+    }
+    for addr in source {
+        let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on tcp {addr}"))?;
+        workers.push(thread::spawn(move || serve_source(listener)));
     }
     println!("ready");
     std::io::stdout().flush()?;
@@ -97,6 +104,26 @@ fn serve_udp(name: &str, socket: UdpSocket) {
         let mut reply = greeting(name, peer).into_bytes();
         reply.extend_from_slice(&buf[..len]);
         let _ = socket.send_to(&reply, peer);
+    }
+}
+
+/// Sends each connection the number of stream bytes it asks for.
+fn serve_source(listener: TcpListener) {
+    for stream in listener.incoming().flatten() {
+        thread::spawn(move || -> Option<()> {
+            let mut writer = stream.try_clone().ok()?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).ok()?;
+            let mut left: usize = line.trim().parse().ok()?;
+            let (mut bytes, mut chunk) = (lb_tests::BulkStream::default(), vec![0u8; 1 << 16]);
+            while left > 0 {
+                bytes.fill(&mut chunk);
+                let n = chunk.len().min(left);
+                writer.write_all(&chunk[..n]).ok()?;
+                left -= n;
+            }
+            Some(())
+        });
     }
 }
 
