@@ -550,10 +550,11 @@ pub enum Reason {
     /// An ICMP error quoting a packet the datapath translated: turned into
     /// one about the packet its sender sent (path MTU, port unreachable).
     IcmpErrorReverseNat = 21,
-    /// A pod's packet that, rewritten, is larger than its route's MTU (with
-    /// the TC fast path): the pod gets an ICMP fragmentation-needed about the
-    /// packet it sent, not rewritten. (The kernel would address its error to
-    /// the rewritten source, a Service address for a reply.)
+    /// A packet that, rewritten, is larger than its route's MTU, where the
+    /// datapath forwards it itself (TC fast path) or the kernel's error
+    /// would go to the rewritten source (a Service or node address): the
+    /// sender gets an ICMP fragmentation-needed about the packet it sent,
+    /// and the packet is not forwarded.
     FragNeeded = 22,
 }
 

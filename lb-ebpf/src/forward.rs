@@ -100,6 +100,8 @@ pub trait Fib {
     fn takes_xdp_frames(&self, ifindex: u32) -> bool;
     /// Is `ifindex` the host side of a pod's veth?
     fn is_pod_device(&self, ifindex: u32) -> bool;
+    /// Does the frame fit `ifindex`'s MTU?
+    fn fits(&self, ifindex: u32) -> bool;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +133,13 @@ pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuer
     // while (only answers that lead to an enabled device are kept).
     let now = fib.now_ns();
     let hop = match fib.cached(query.daddr) {
-        Some((hop, checked)) if now.wrapping_sub(checked) < FIB_CACHE_NS => hop,
+        // A cached answer was not checked against this frame's length.
+        Some((hop, checked)) if now.wrapping_sub(checked) < FIB_CACHE_NS => {
+            if !fib.fits(hop.ifindex) {
+                return Step::Stack(FastPath::StackNotForwarded);
+            }
+            hop
+        }
         _ => match fib.lookup(ingress_ifindex, query) {
             FibAnswer::NoNeighbour(_) => return Step::Stack(FastPath::StackNoNeighbour),
             FibAnswer::NotForwarded | FibAnswer::TooBig(_) => return Step::Stack(FastPath::StackNotForwarded),
@@ -262,6 +270,9 @@ mod tests {
     struct FakeFib {
         answer: FibAnswer,
         enabled: &'static [u32],
+        /// The largest frame every device takes.
+        mtu: usize,
+        frame_len: usize,
         cache: std::cell::RefCell<Option<(NextHop, u64)>>,
         now: u64,
         lookups: std::cell::Cell<u32>,
@@ -269,7 +280,8 @@ mod tests {
 
     impl FakeFib {
         fn new(answer: FibAnswer, enabled: &'static [u32]) -> Self {
-            Self { answer, enabled, cache: Default::default(), now: 0, lookups: Default::default() }
+            let (mtu, frame_len) = (1514, 100);
+            Self { answer, enabled, mtu, frame_len, cache: Default::default(), now: 0, lookups: Default::default() }
         }
     }
 
@@ -292,6 +304,9 @@ mod tests {
         }
         fn is_pod_device(&self, ifindex: u32) -> bool {
             ifindex == POD_VETH
+        }
+        fn fits(&self, _ifindex: u32) -> bool {
+            self.frame_len <= self.mtu
         }
     }
 
@@ -367,6 +382,9 @@ mod tests {
         let not_enabled = FakeFib::new(FibAnswer::Forward(hop(OTHER)), &[]);
         next_step(&not_enabled, INGRESS, 64, &q);
         assert!(not_enabled.cache.borrow().is_none());
+        // A cached answer is checked against each frame's length.
+        fib.frame_len = fib.mtu + 1;
+        assert_eq!(next_step(&fib, INGRESS, 64, &q), Step::Stack(FastPath::StackNotForwarded));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use lb_ebpf::{
     answer::{self, L4Checksum, Unreachable},
     decide::{self, Verdict, decide},
-    forward::{self, FibQuery, Step, TcStep, TooBig},
+    forward::{self, Fib, FibAnswer, FibQuery, Step, TcStep, TooBig},
     packet::{
         self, icmp,
         nat::{self, Side},
@@ -131,7 +131,21 @@ fn xdp_apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) 
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
         Verdict::Rewrite { reason, side, addr, port, other } => {
-            // SAFETY: `pkt` was parsed from this context's packet just now.
+            // The kernel's fragmentation-needed for a packet whose source
+            // the rewrite changes would go to that new source (a Service or
+            // node address), never to the sender: asked before, answered here.
+            if side == Side::Src || other.is_some() {
+                // SAFETY: `pkt` was parsed from this context's packet just now.
+                let mut query = unsafe { FibQuery::of(pkt) }.rewritten(side, (addr, port));
+                if let Some(other) = other {
+                    query = query.rewritten(side.opposite(), other);
+                }
+                if let Some(mtu) = xdp_too_big(ctx, &query) {
+                    return xdp_unreachable(ctx, Unreachable::FragNeeded(mtu), Reason::FragNeeded)
+                        .unwrap_or((xdp_action::XDP_DROP, Reason::DropRewriteFailed));
+                }
+            }
+            // SAFETY: as above; nothing has touched it.
             unsafe {
                 nat::rewrite(pkt, side, addr, port);
                 if let Some((other_addr, other_port)) = other {
@@ -173,6 +187,18 @@ fn xdp_send(ctx: &XdpContext, pkt: &Packet) -> u32 {
     }
 }
 
+/// The route's MTU when the packet `query` describes does not fit it. A
+/// BPF function of its own, like `xdp_send`.
+#[inline(never)]
+fn xdp_too_big(ctx: &XdpContext, query: &FibQuery) -> Option<u16> {
+    // SAFETY: the context's own metadata.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    match KernelFib::of(ctx).lookup(ingress, query) {
+        FibAnswer::TooBig(mtu) => Some(mtu),
+        _ => None,
+    }
+}
+
 /// Answers a packet for a Service without endpoints in place: a TCP reset
 /// or an ICMP port unreachable, handed to the kernel's routing, which sends
 /// it back to the client. Anything that fails half-way is dropped, never
@@ -189,17 +215,25 @@ fn xdp_reject(ctx: &XdpContext, pkt: &Packet, reason: Reason) -> (u32, Reason) {
         unsafe { answer::write_reset(pkt, reset, L4Checksum::Full) };
         return xdp_trim(ctx, answer::RST_FRAME_LEN, reason).unwrap_or(DROP);
     }
+    xdp_unreachable(ctx, Unreachable::Port, reason).unwrap_or(DROP)
+}
+
+/// An ICMP destination unreachable quoting the packet, written over it and
+/// handed to the kernel's routing, which sends it back to the sender; None
+/// (to be dropped) when it cannot be written.
+#[inline(always)]
+fn xdp_unreachable(ctx: &XdpContext, what: Unreachable, reason: Reason) -> Option<(u32, Reason)> {
     // SAFETY: growing the head into XDP's headroom; pointers are re-read after.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(answer::ICMP_ERROR_GROWTH as i32)) } != 0 {
-        return DROP;
+        return None;
     }
     let data = ctx.data();
     if data + answer::ICMP_ERROR_FRAME_LEN > ctx.data_end() {
-        return DROP;
+        return None;
     }
     // SAFETY: the frame holds ICMP_ERROR_FRAME_LEN bytes (checked above).
-    unsafe { answer::write_unreachable(data, Unreachable::Port) };
-    xdp_trim(ctx, answer::ICMP_ERROR_FRAME_LEN, reason).unwrap_or(DROP)
+    unsafe { answer::write_unreachable(data, what) };
+    xdp_trim(ctx, answer::ICMP_ERROR_FRAME_LEN, reason)
 }
 
 /// Cuts the frame to `len` bytes: the answer written at its start, sent
@@ -243,7 +277,8 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
                 Verdict::Rewrite { reason, side, addr, port, other } => {
                     // Asked before the rewrite, which it must not follow when
                     // the packet is too big.
-                    match tc_step(&ctx, &tc_departure(&ctx, &pkt, side, (addr, port), other)) {
+                    let new_source = side == Side::Src || other.is_some();
+                    match tc_step(&ctx, &tc_departure(&ctx, &pkt, side, (addr, port), other), new_source) {
                         Err(TooBig(mtu)) => tc_unreachable(&ctx, Unreachable::FragNeeded(mtu))
                             .map_or((TC_SHOT, Reason::DropRewriteFailed), |()| (TC_OK, Reason::FragNeeded)),
                         Ok(step) => match tc_rewrite(&ctx, &pkt, side, (addr, port), other) {
@@ -321,17 +356,22 @@ fn tc_departure(
 /// Where a pod's packet goes once rewritten (asked before the rewrite):
 /// straight into a local pod or out of the device the FIB names, else the
 /// kernel's routing (see `lb_ebpf::forward`); None without the fast path;
-/// `TooBig` when the route's MTU is below it. A BPF function of its own,
-/// like `xdp_send`: the FIB's query stays out of the caller's frame.
+/// `TooBig` when the route's MTU is below it. Without the fast path the
+/// FIB is still asked when the rewrite changes the source: the kernel's
+/// own fragmentation-needed would go to that new source (a Service or node
+/// address), never to the pod. A BPF function of its own, like `xdp_send`:
+/// the FIB's query stays out of the caller's frame.
 #[inline(never)]
-fn tc_step(ctx: &TcContext, (query, ttl): &(FibQuery, u8)) -> Result<Option<TcStep>, TooBig> {
+fn tc_step(ctx: &TcContext, (query, ttl): &(FibQuery, u8), new_source: bool) -> Result<Option<TcStep>, TooBig> {
     // SAFETY: a load-time constant; read volatile so that it is not folded.
-    if unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) } == 0 {
+    let redirect = unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) } != 0;
+    if !redirect && !new_source {
         return Ok(None);
     }
     // SAFETY: the context's own metadata.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    forward::tc_next_step(&KernelFib::of(ctx), ingress, *ttl, query).map(Some)
+    let step = forward::tc_next_step(&KernelFib::of(ctx), ingress, *ttl, query)?;
+    Ok(redirect.then_some(step))
 }
 
 /// Sends a rewritten packet where `tc_step` said: the kernel's routing

@@ -9,7 +9,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup,
     },
     cty::c_void,
-    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
@@ -336,6 +336,14 @@ impl Fib for KernelFib {
     #[inline(always)]
     fn is_pod_device(&self, ifindex: u32) -> bool {
         device_flags(ifindex) & DEVICE_POD != 0
+    }
+
+    #[inline(always)]
+    fn fits(&self, ifindex: u32) -> bool {
+        // Length 0: the context's own frame.
+        let mut mtu_len = 0u32;
+        // SAFETY: the helper writes the MTU to `mtu_len`, which lives here.
+        unsafe { bpf_check_mtu(self.0, ifindex, &mut mtu_len, 0, 0) == 0 }
     }
 }
 

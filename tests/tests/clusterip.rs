@@ -271,20 +271,28 @@ fn path_mtu_discovery_works_both_ways_through_the_cluster_ip() {
 }
 
 /// Without the fast path (`--pod-forwarding stack`) the kernel's forwarding
-/// sends the fragmentation-needed, about the rewritten packet: translated
-/// back on its way to the client, it still lets the client's TCP shrink
-/// its segments.
+/// sends the fragmentation-needed for the client's request, about the
+/// rewritten packet: translated back on its way to the client, it still
+/// lets the client's TCP shrink its segments. The backend's reply, whose
+/// source the rewrite changes, is still answered by the datapath: the
+/// kernel's error would go to the cluster IP.
 #[test]
 fn path_mtu_discovery_through_the_cluster_ip_with_the_kernels_forwarding() {
     require_root();
     let (c, agent, vip) = pmtu_cluster(&["--pod-forwarding", "stack"]);
     let backend = &c.backends[0];
-    let route = format!("{}/32", backend.ip);
-    c.node.ns.exec(&["ip", "route", "replace", &route, "dev", &backend.host_veth, "mtu", "lock", "1400"]).unwrap();
+    let (to_backend, to_client) = (format!("{}/32", backend.ip), format!("{}/32", c.client.ip));
+    c.node.ns.exec(&["ip", "route", "replace", &to_backend, "dev", &backend.host_veth, "mtu", "lock", "1400"]).unwrap();
+    c.node.ns.exec(&["ip", "route", "replace", &to_client, "dev", &c.client.host_veth, "mtu", "lock", "1400"]).unwrap();
+
+    bulk_receive(&c.client.ns, SocketAddrV4::new(vip, 9001), 20 << 10, TIMEOUT * 3).unwrap();
+    let answered = agent.counter("TC-POD", "frag_needed").unwrap();
+    assert!(answered >= 1, "the backend's reply was not answered: {}", agent.get("counters").unwrap());
+    backend.ns.exec(&["ip", "route", "flush", "cache"]).unwrap();
     let report = bulk_send(&c.client.ns, SocketAddrV4::new(vip, 9000), 20 << 10, TIMEOUT * 3).unwrap();
     assert!(report.contains("received 20480 bytes"), "{report}");
     assert!(agent.counter("TC-EGRESS", "icmp_error_reverse_nat").unwrap() >= 1, "{}", agent.get("counters").unwrap());
-    assert_eq!(agent.counter("TC-POD", "frag_needed").unwrap(), 0);
+    assert_eq!(agent.counter("TC-POD", "frag_needed").unwrap(), answered, "the request is the kernel's to answer");
 }
 
 /// One backend serving a sink (9000), a source (9001) and a closed UDP

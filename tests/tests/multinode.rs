@@ -9,7 +9,7 @@ use std::{
 
 use lb_tests::{
     agent::{AgentProcess, pod_manifest},
-    client::{bulk_send, http_get, seen_client, served_by, udp_request, udp_request_from},
+    client::{bulk_receive, bulk_send, http_get, seen_client, served_by, udp_request, udp_request_from},
     kubia::{TIMEOUT, VIP},
     netns::Netns,
     require_root,
@@ -28,8 +28,8 @@ struct Cluster {
     /// Node A's agent, then node B's.
     agents: Vec<AgentProcess>,
     /// kubia-a on node A, kubia-b on node B.
-    _pods: [Pod; 2],
-    _nodes: [Node; 2],
+    pods: [Pod; 2],
+    nodes: [Node; 2],
     _fabric: Fabric,
 }
 
@@ -58,6 +58,7 @@ fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
     a.serve(8080, 5353).unwrap();
     b.serve(8080, 5353).unwrap();
     b.serve_sink(9000).unwrap();
+    b.serve_source(9001).unwrap();
     let client_pod = nodes[0].add_pod("client", Ipv4Addr::new(10, 244, 1, 100)).unwrap();
     let external = fabric.add_client(CLIENT, NODE_A).unwrap();
     // Like a real node's NIC (or a tunnel), the uplinks complete checksums
@@ -96,14 +97,15 @@ fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
             agent
         })
         .collect();
-    Cluster { client_pod, external, agents, _pods: [a, b], _nodes: nodes, _fabric: fabric }
+    Cluster { client_pod, external, agents, pods: [a, b], nodes, _fabric: fabric }
 }
 
-/// `bulk` at BULK_VIP: kubia-b's sink (TCP 9000) and UDP echo (53 -> 5353),
-/// an endpoint on node B only.
+/// `bulk` at BULK_VIP, a NodePort: kubia-b's sink (TCP 9000, node port
+/// 30900), source (TCP 9001, node port 30901) and UDP echo (53 -> 5353), an
+/// endpoint on node B only.
 fn remote_only_service(pod: &Pod, node: &Node) -> String {
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: bulk\nspec:\n  clusterIP: {BULK_VIP}\n  ports:\n  - name: sink\n    port: 9000\n  - name: echo\n    port: 53\n    protocol: UDP\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: bulk\nsubsets:\n- addresses:\n  - ip: {}\n    nodeName: {}\n  ports:\n  - name: sink\n    port: 9000\n  - name: echo\n    port: 5353\n    protocol: UDP\n",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: bulk\nspec:\n  type: NodePort\n  clusterIP: {BULK_VIP}\n  ports:\n  - name: sink\n    port: 9000\n    nodePort: 30900\n  - name: source\n    port: 9001\n    nodePort: 30901\n  - name: echo\n    port: 53\n    protocol: UDP\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: bulk\nsubsets:\n- addresses:\n  - ip: {}\n    nodeName: {}\n  ports:\n  - name: sink\n    port: 9000\n  - name: source\n    port: 9001\n  - name: echo\n    port: 5353\n    protocol: UDP\n",
         pod.ip,
         node.ns.name()
     )
@@ -265,6 +267,35 @@ fn snat_gives_every_flow_a_port_of_its_own() {
         }
     }
     assert!(remote > 500, "only {remote} of 1500 flows went to node B");
+}
+
+/// Path-MTU discovery through a node port whose backend is on the other
+/// node, with 1 400-byte routes on node A to the client and to node B's
+/// pods: node A's XDP answers a packet that, translated, is too big with a
+/// fragmentation-needed about the packet its sender sent. The backend's
+/// reply is reported to the backend (the kernel's own error would go to
+/// node A's address, the reply's new source), the client's request to the
+/// client. 20 KB each way arrive intact.
+#[test]
+fn path_mtu_discovery_works_through_a_node_port_to_the_other_node() {
+    require_root();
+    let c = cluster("");
+    let node_a = &c.nodes[0].ns;
+    node_a.exec(&["ip", "route", "replace", &format!("{CLIENT}/32"), "dev", "fabric", "mtu", "lock", "1400"]).unwrap();
+    let via_b = ["ip", "route", "replace", "10.244.2.0/24", "via", &NODE_B.to_string(), "mtu", "lock", "1400"];
+    node_a.exec(&via_b).unwrap();
+
+    bulk_receive(&c.external, SocketAddrV4::new(NODE_A, 30901), 20 << 10, TIMEOUT * 3).unwrap();
+    let answered = c.agents[0].counter("XDP-NODE", "frag_needed").unwrap();
+    assert!(answered >= 1, "the backend's reply was not answered: {}", c.agents[0].get("counters").unwrap());
+    // Forgotten, or the backend would announce the smaller MSS in turn.
+    c.pods[1].ns.exec(&["ip", "route", "flush", "cache"]).unwrap();
+    let report = bulk_send(&c.external, SocketAddrV4::new(NODE_A, 30900), 20 << 10, TIMEOUT * 3).unwrap();
+    assert!(report.contains("received 20480 bytes"), "{report}");
+    assert!(
+        c.agents[0].counter("XDP-NODE", "frag_needed").unwrap() > answered,
+        "the client's request was not answered"
+    );
 }
 
 /// With `--xdp-redirect-device`, what node A forwards over the fabric
