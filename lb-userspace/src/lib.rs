@@ -1,13 +1,11 @@
-//! The agent's library: control source -> model -> reconcile -> maps.
+//! The agent's library. Data flows one way: a control `source` produces
+//! Kubernetes objects, the `model` turns them into Services with endpoints,
+//! the `plan` diffs those against what the maps hold into map writes, and
+//! `datapath` (the only code that touches aya) applies them. `cmd` holds the
+//! agent's commands.
 
-pub mod agent;
+pub mod cmd;
 pub mod datapath;
-pub mod env;
-pub mod get;
-pub mod health;
-pub mod interfaces;
-pub mod maglev;
 pub mod model;
-pub mod reconcile;
-pub mod regions;
+pub mod plan;
 pub mod source;

@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
-    agent::{self, AgentConfig},
+    cmd::{
+        env, get,
+        run::{self, AgentConfig},
+    },
+    datapath::interfaces::InterfacePatterns,
     datapath::{
         loader::{LoadOptions, XdpAttachMode},
         maps::{DatapathMaps, monotonic_ns},
     },
-    env, get,
-    interfaces::InterfacePatterns,
     model::{Ipv4Cidr, ModelOptions},
 };
 
@@ -295,5 +297,5 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bpf_dir: args.bpf_dir,
         model: ModelOptions { service_cidr },
     };
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::run(config))
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
 }

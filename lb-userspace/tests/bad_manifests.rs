@@ -12,7 +12,7 @@ use std::{
 
 use lb_userspace::{
     model::{self, ClusterIp, DesiredState, ModelOptions, ServiceName},
-    source::ManifestDir,
+    source::manifests::ManifestDir,
 };
 use proptest::prelude::*;
 

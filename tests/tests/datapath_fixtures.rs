@@ -12,7 +12,7 @@ use lb_ebpf::{
     packet_builder::{PacketBuilder, checksum_errors, icmp_error},
 };
 use lb_tests::require_root;
-use lb_userspace::{datapath::loader::TestProgram, reconcile::MapOp};
+use lb_userspace::{datapath::loader::TestProgram, plan::MapOp};
 
 mod common;
 use common::ScratchDatapath;

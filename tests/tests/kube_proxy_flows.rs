@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, wire};
 use lb_ebpf::packet_builder::PacketBuilder;
 use lb_tests::require_root;
-use lb_userspace::{datapath::loader::TestProgram, reconcile::NodeInfo};
+use lb_userspace::{datapath::loader::TestProgram, plan::NodeInfo};
 
 mod common;
 use common::{ScratchDatapath, desired_state};

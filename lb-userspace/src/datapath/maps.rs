@@ -17,7 +17,7 @@ use lb_common::{
     Reason, ServiceMeta, SourceRange, ct_stats, map_names,
 };
 
-use crate::reconcile::{MapOp, Programmed};
+use crate::plan::{MapOp, Programmed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {

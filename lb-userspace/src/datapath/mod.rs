@@ -1,5 +1,7 @@
-//! Everything that touches aya: loading and attaching the programs, and the
-//! typed handles on the pinned maps.
+//! Everything that touches the kernel's datapath: loading and attaching the
+//! programs (aya), the typed handles on the pinned maps, and the node's
+//! interfaces they attach to.
 
+pub mod interfaces;
 pub mod loader;
 pub mod maps;

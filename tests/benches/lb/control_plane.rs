@@ -204,7 +204,7 @@ pub fn run() -> anyhow::Result<Section> {
          model: endpoints and addresses; planned/applied: time since the plan started):\n\n{}\n",
         map_bytes as f64 / 1048576.0,
         MAGLEV_ENTRIES as f64 * 2.0 / 1048576.0,
-        lb_userspace::maglev::table_size(ENDPOINTS as usize) * 2,
+        lb_userspace::plan::maglev::table_size(ENDPOINTS as usize) * 2,
         rss as f64 / 1048576.0,
         timings.join("\n"),
     );

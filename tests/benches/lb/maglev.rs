@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use lb_common::{Backend, wire};
-use lb_userspace::maglev;
+use lb_userspace::plan::maglev;
 use serde_json::json;
 
 use crate::{Section, chart::BarChart};

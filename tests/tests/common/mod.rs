@@ -10,8 +10,8 @@ use lb_userspace::{
         maps::DatapathMaps,
     },
     model::{self, DesiredState, ModelOptions},
-    reconcile::NodeInfo,
-    source::ManifestDir,
+    plan::NodeInfo,
+    source::manifests::ManifestDir,
 };
 
 /// The datapath loaded into this kernel, its maps pinned in a scratch

@@ -17,16 +17,16 @@ use tracing::{error, info, warn};
 
 use lb_common::{DEVICE_POD, DEVICE_TAKES_XDP_FRAMES};
 
+use super::health::{self, HealthServer};
 use crate::{
     datapath::{
+        interfaces::InterfacePatterns,
         loader::{Datapath, InterfaceRole, LoadOptions},
         maps::DatapathMaps,
     },
-    health::{self, HealthServer},
-    interfaces::InterfacePatterns,
     model::{self, DesiredState, ModelOptions},
-    reconcile::{NodeInfo, Programmed},
-    source::{self, ManifestDir},
+    plan::{NodeInfo, Programmed},
+    source::manifests::{self, ManifestDir},
 };
 
 /// How often interfaces are listed: a new pod veth is attached within this.
@@ -82,7 +82,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .map(|l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1))
         .transpose()?;
     let programmed = maps.programmed().context("reading the pinned maps")?;
-    let mut ticks = source::watch(&config.manifests)
+    let mut ticks = manifests::watch(&config.manifests)
         .with_context(|| format!("watching manifest directory {}", config.manifests.display()))?;
     let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
     let mut agent = Agent {

@@ -29,14 +29,14 @@ use lb_common::{
 };
 use tracing::warn;
 
-use crate::{
-    maglev,
-    model::{
-        BackendSelection, ClusterIp, DesiredState, Ipv4Cidr, Protocol, Service, ServiceName, ServicePort, ServiceType,
-        SessionAffinity, TrafficPolicy,
-    },
-    regions::Regions,
+use crate::model::{
+    BackendSelection, ClusterIp, DesiredState, Ipv4Cidr, Protocol, Service, ServiceName, ServicePort, ServiceType,
+    SessionAffinity, TrafficPolicy,
 };
+use regions::Regions;
+
+pub mod maglev;
+mod regions;
 
 /// One write to the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]

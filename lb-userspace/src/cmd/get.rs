@@ -115,7 +115,7 @@ pub fn format_services(services: &BTreeMap<(String, String), ProgrammedService>)
 
 /// The programmed Services as `lb-agent env` needs them: cluster IP and
 /// ports in `spec.ports` order.
-pub fn env_services(maps: &DatapathMaps) -> anyhow::Result<Vec<crate::env::EnvService>> {
+pub fn env_services(maps: &DatapathMaps) -> anyhow::Result<Vec<crate::cmd::env::EnvService>> {
     // (port index, name, port, protocol): sorted back into spec order below.
     type IndexedPort = (u8, String, u16, String);
     let mut ports: BTreeMap<(String, String), (String, Vec<IndexedPort>)> = BTreeMap::new();
@@ -140,7 +140,7 @@ pub fn env_services(maps: &DatapathMaps) -> anyhow::Result<Vec<crate::env::EnvSe
         .map(|((namespace, name), (cluster_ip, mut list))| {
             list.sort();
             let ports = list.into_iter().map(|(_, name, port, proto)| (name, port, proto)).collect();
-            crate::env::EnvService { namespace, name, cluster_ip, ports }
+            crate::cmd::env::EnvService { namespace, name, cluster_ip, ports }
         })
         .collect())
 }

@@ -17,10 +17,8 @@ use std::sync::{Arc, mpsc as std_mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::Metadata;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::{Metadata, Resource};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use serde::Deserialize;
@@ -31,6 +29,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 /// Larger files are rejected unread: no sane manifest is this big.
+use super::{Kind, Object, ObjectId, Objects};
+
 pub const MAX_FILE_SIZE: u64 = 16 << 20;
 
 /// How long the directory must stay quiet before a burst of events becomes one tick.
@@ -78,104 +78,6 @@ impl fmt::Display for Location {
             write!(f, " items[{item}]")?;
         }
         Ok(())
-    }
-}
-
-/// The kinds this source understands; everything else is ignored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Service,
-    Pod,
-    Endpoints,
-    EndpointSlice,
-}
-
-impl Kind {
-    fn of(api_version: &str, kind: &str) -> Option<Kind> {
-        [Kind::Service, Kind::Pod, Kind::Endpoints, Kind::EndpointSlice]
-            .into_iter()
-            .find(|k| k.type_meta() == (api_version, kind))
-    }
-
-    /// `(apiVersion, kind)` as written in manifests.
-    fn type_meta(self) -> (&'static str, &'static str) {
-        match self {
-            Kind::Service => (Service::API_VERSION, Service::KIND),
-            Kind::Pod => (Pod::API_VERSION, Pod::KIND),
-            Kind::Endpoints => (Endpoints::API_VERSION, Endpoints::KIND),
-            Kind::EndpointSlice => (EndpointSlice::API_VERSION, EndpointSlice::KIND),
-        }
-    }
-}
-
-/// Identity of an object: two objects with the same id are the same object.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectId {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind.type_meta().1, self.namespace, self.name)
-    }
-}
-
-/// An object and the file it came from, for error messages further down.
-/// Shared, not copied: every scan hands the model the whole directory.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sourced<T> {
-    pub file: Arc<Path>,
-    pub object: Arc<T>,
-}
-
-/// Every object the directory provides. Each has `metadata.name` and
-/// `metadata.namespace` set (the namespace defaults to `default`), each
-/// identity appears once, in file-name then document order.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Objects {
-    pub services: Vec<Sourced<Service>>,
-    pub pods: Vec<Sourced<Pod>>,
-    pub endpoints: Vec<Sourced<Endpoints>>,
-    pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
-}
-
-impl Objects {
-    fn push(&mut self, file: &Arc<Path>, object: Object) {
-        let file = Arc::clone(file);
-        match object {
-            Object::Service(object) => self.services.push(Sourced { file, object }),
-            Object::Pod(object) => self.pods.push(Sourced { file, object }),
-            Object::Endpoints(object) => self.endpoints.push(Sourced { file, object }),
-            Object::EndpointSlice(object) => self.endpoint_slices.push(Sourced { file, object }),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum Object {
-    Service(Arc<Service>),
-    Pod(Arc<Pod>),
-    Endpoints(Arc<Endpoints>),
-    EndpointSlice(Arc<EndpointSlice>),
-}
-
-impl Object {
-    fn id(&self) -> ObjectId {
-        let (kind, namespace, name) = self.key();
-        ObjectId { kind, namespace: namespace.to_owned(), name: name.to_owned() }
-    }
-
-    /// The identity, borrowed.
-    fn key(&self) -> (Kind, &str, &str) {
-        let (kind, meta) = match self {
-            Object::Service(o) => (Kind::Service, o.metadata()),
-            Object::Pod(o) => (Kind::Pod, o.metadata()),
-            Object::Endpoints(o) => (Kind::Endpoints, o.metadata()),
-            Object::EndpointSlice(o) => (Kind::EndpointSlice, o.metadata()),
-        };
-        (kind, meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
     }
 }
 
@@ -715,7 +617,10 @@ pub(crate) fn objects_from_yaml(text: &str) -> Objects {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Service;
+
     use super::*;
+    use crate::source::Sourced;
 
     /// A scratch directory removed on drop.
     struct TempDir(PathBuf);

@@ -1,0 +1,8 @@
+//! The agent's commands: `run` (the agent), `get` (what the maps hold) and
+//! `env` (the Service environment variables a pod would get), and the HTTP
+//! health endpoints `run` serves.
+
+pub mod env;
+pub mod get;
+pub mod health;
+pub mod run;

@@ -1,0 +1,213 @@
+//! Cluster IPs and node ports not written in a manifest: from the objects
+//! alone (a hash of the name, claims settled eldest Service first), so every
+//! node computes the same answer whatever it saw before.
+
+use super::*;
+
+/// 64-bit FNV-1a: tiny, stable across builds and platforms (unlike std's hasher).
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The order in which claims two Services make on one thing (a cluster IP,
+/// a node port) are settled: the older first by `metadata.creationTimestamp`
+/// (one without counts as the newest), then by name. As the API server
+/// would, it never lets a newcomer take what an older Service holds, and it
+/// comes from the objects alone, so every node settles claims alike
+/// whatever it saw before.
+pub(super) struct Seniority(HashMap<ServiceName, usize>);
+
+impl Seniority {
+    pub(super) fn of(objects: &Objects) -> Self {
+        let mut services: Vec<_> = objects
+            .services
+            .iter()
+            .map(|s| {
+                let created = s.object.metadata.creation_timestamp.as_ref();
+                (created.is_none(), created, ServiceName::of(&s.object.metadata))
+            })
+            .collect();
+        services.sort();
+        let mut rank = HashMap::new();
+        for (at, (_, _, name)) in services.into_iter().enumerate() {
+            rank.entry(name).or_insert(at);
+        }
+        Seniority(rank)
+    }
+
+    pub(super) fn rank(&self, name: &ServiceName) -> usize {
+        self.0.get(name).copied().unwrap_or(usize::MAX)
+    }
+
+    /// `names`, the eldest first.
+    pub(super) fn eldest_first<'a>(&self, names: impl Iterator<Item = &'a ServiceName>) -> Vec<ServiceName> {
+        let mut names: Vec<ServiceName> = names.cloned().collect();
+        names.sort_by_key(|name| (self.rank(name), name.clone()));
+        names
+    }
+}
+
+/// Gives every LoadBalancer with `externalTrafficPolicy: Local` without a
+/// written `healthCheckNodePort` one from a hash of its name (eldest
+/// Service first), never a TCP node port in use.
+pub(super) fn assign_health_check_ports(state: &mut DesiredState, seniority: &Seniority) {
+    let needs =
+        |s: &Service| s.service_type == ServiceType::LoadBalancer && s.external_traffic_policy == TrafficPolicy::Local;
+    let mut taken: BTreeSet<u16> = state
+        .services
+        .values()
+        .flat_map(|s| s.ports.iter().filter(|p| p.protocol == Protocol::Tcp).filter_map(|p| p.node_port))
+        .chain(state.services.values().filter_map(|s| s.health_check_node_port))
+        .collect();
+    let count = u64::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
+    let wanting = state.services.iter().filter(|(_, s)| needs(s) && s.health_check_node_port.is_none());
+    for name in seniority.eldest_first(wanting.map(|(name, _)| name)) {
+        let start = fnv1a(format!("{name}/health").as_bytes()) % count;
+        let port =
+            (0..count).map(|k| NODE_PORT_RANGE.start() + ((start + k) % count) as u16).find(|p| !taken.contains(p));
+        Arc::make_mut(state.services.get_mut(&name).expect("listed")).health_check_node_port = port;
+        taken.extend(port);
+    }
+}
+
+/// Gives every NodePort/LoadBalancer port its node port, the same on every
+/// node: written ones first (a younger Service writing a taken one loses it,
+/// with an error naming both), then new ones from a hash of
+/// namespace/name/port, probing linearly, eldest Service first.
+pub(super) fn assign_node_ports(state: &mut DesiredState, seniority: &Seniority, errors: &mut Vec<ModelError>) {
+    type PortKey = (ServiceName, usize);
+    let exposed = |s: &Service| matches!(s.service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
+    let mut taken: BTreeMap<(u16, Protocol), PortKey> = BTreeMap::new();
+    let mut wanted: Vec<PortKey> = Vec::new();
+    let names = seniority.eldest_first(state.services.iter().filter(|(_, s)| exposed(s)).map(|(name, _)| name));
+    for name in names {
+        let service = state.services.get_mut(&name).expect("listed");
+        for (i, port) in Arc::make_mut(service).ports.iter_mut().enumerate() {
+            match port.node_port {
+                Some(node_port) => match taken.get(&(node_port, port.protocol)) {
+                    Some((holder, _)) => {
+                        errors.push(ModelError::NodePortTaken {
+                            service: name.clone(),
+                            node_port,
+                            protocol: port.protocol,
+                            holder: holder.clone(),
+                        });
+                        port.node_port = None;
+                    }
+                    None => drop(taken.insert((node_port, port.protocol), (name.clone(), i))),
+                },
+                None => wanted.push((name.clone(), i)),
+            }
+        }
+    }
+    let count = u64::from(NODE_PORT_RANGE.end() - NODE_PORT_RANGE.start()) + 1;
+    for (name, i) in wanted {
+        let port = &state.services[&name].ports[i];
+        let protocol = port.protocol;
+        let start = fnv1a(format!("{name}/{}/{protocol}", port.port).as_bytes()) % count;
+        let free = (0..count)
+            .map(|k| NODE_PORT_RANGE.start() + ((start + k) % count) as u16)
+            .find(|p| !taken.contains_key(&(*p, protocol)));
+        match free {
+            Some(node_port) => {
+                taken.insert((node_port, protocol), (name.clone(), i));
+                Arc::make_mut(state.services.get_mut(&name).expect("listed")).ports[i].node_port = Some(node_port);
+            }
+            None => errors.push(ModelError::NodePortsExhausted { service: name }),
+        }
+    }
+}
+
+/// Settles every cluster IP. Explicit addresses first: the eldest Service
+/// naming an address holds it; younger ones, and addresses outside the
+/// service CIDR, are refused (one that had a model keeps it while its old
+/// address is free, like an update the API server refuses). Then allocated ones, eldest first, each from a hash of
+/// its name into the CIDR. Services left without an address are removed
+/// from `entries`.
+pub(super) fn assign_addresses(
+    entries: &mut BTreeMap<ServiceName, Entry<'_>>,
+    previous: &DesiredState,
+    seniority: &Seniority,
+    cidr: Ipv4Cidr,
+    errors: &mut Vec<ModelError>,
+) -> BTreeMap<ServiceName, ClusterIp> {
+    let previous_ip = |name: &ServiceName| match previous.services.get(name).map(|s| s.cluster_ip) {
+        Some(ClusterIp::Ip(ip)) => Some(ip),
+        _ => None,
+    };
+    let mut taken: BTreeMap<Ipv4Addr, ServiceName> = BTreeMap::new();
+    let mut assigned = BTreeMap::new();
+
+    // (address, seniority, name): sorting puts each address's holder first.
+    let mut claims: Vec<(Ipv4Addr, usize, ServiceName)> = Vec::new();
+    let mut refused = Vec::new();
+    for (name, entry) in entries.iter() {
+        let file = entry.file().to_owned();
+        match (entry, entry.address()) {
+            (Entry::Kept(_, kept), _) if let ClusterIp::Ip(ip) = kept.cluster_ip => {
+                claims.push((ip, seniority.rank(name), name.clone()))
+            }
+            (_, Some(Address::Explicit(ip))) if !cidr.contains_host(ip) => {
+                refused.push((name.clone(), ModelError::OutsideServiceCidr { file, service: name.clone(), ip, cidr }))
+            }
+            (_, Some(Address::Explicit(ip))) => claims.push((ip, seniority.rank(name), name.clone())),
+            _ => {}
+        }
+    }
+    claims.sort();
+    for (ip, _, name) in claims {
+        match taken.get(&ip) {
+            Some(holder) => {
+                let file = entries[&name].file().to_owned();
+                let error = ModelError::ClusterIpTaken { file, service: name.clone(), ip, holder: holder.clone() };
+                refused.push((name, error));
+            }
+            None => {
+                taken.insert(ip, name.clone());
+                assigned.insert(name, ClusterIp::Ip(ip));
+            }
+        }
+    }
+    for (name, error) in refused {
+        let file = entries[&name].file();
+        errors.push(error);
+        match (previous_ip(&name).filter(|p| !taken.contains_key(p)), previous.services.get(&name)) {
+            (Some(kept_ip), Some(kept)) => {
+                taken.insert(kept_ip, name.clone());
+                entries.insert(name, Entry::Kept(file, kept.clone()));
+            }
+            _ => {
+                entries.remove(&name);
+            }
+        }
+    }
+
+    let mut allocate = Vec::new();
+    for (name, entry) in entries.iter() {
+        match entry.address() {
+            Some(Address::Allocate) => allocate.push(name),
+            Some(Address::None) => drop(assigned.insert(name.clone(), ClusterIp::None)),
+            _ => {}
+        }
+    }
+    for name in seniority.eldest_first(allocate.into_iter()) {
+        match cidr.free_host(&name, &taken) {
+            Some(ip) => {
+                if let Some(before) = previous_ip(&name).filter(|before| *before != ip) {
+                    // Only on a hash collision with a Service that has no
+                    // creationTimestamp and sorts first by name.
+                    warn!(service = %name, %before, now = %ip, holder = %taken.get(&before).map_or(String::new(), ToString::to_string),
+                        "cluster IP moved to another address; write spec.clusterIP or metadata.creationTimestamp to pin it");
+                }
+                taken.insert(ip, name.clone());
+                assigned.insert(name, ClusterIp::Ip(ip));
+            }
+            None => {
+                if let Some(entry) = entries.remove(&name) {
+                    errors.push(ModelError::CidrExhausted { file: entry.file().to_owned(), service: name, cidr });
+                }
+            }
+        }
+    }
+    assigned
+}

@@ -1,0 +1,183 @@
+//! The desired state: plain Rust Services with their endpoints, computed from
+//! Kubernetes objects the way the API server (defaults, validation, ClusterIP
+//! allocation) and the endpoints controllers would. [`build`] is a pure function.
+
+use std::collections::btree_map::Entry as MapEntry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use thiserror::Error;
+use tracing::{debug, warn};
+
+use crate::source::{Objects, Sourced};
+
+mod allocation;
+mod endpoints;
+mod pods;
+mod reuse;
+mod slices;
+#[cfg(test)]
+mod tests;
+mod types;
+mod validation;
+
+pub use types::*;
+
+use allocation::*;
+use endpoints::*;
+use pods::*;
+use reuse::*;
+use slices::*;
+use validation::*;
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ModelError {
+    /// `object` is `Kind namespace/name`, `field` a path such as `spec.ports[0].port`.
+    #[error("{file}: {object}: {field}: {reason}")]
+    Invalid { file: PathBuf, object: String, field: String, reason: String },
+    #[error("{file}: Service {service}: spec.clusterIP: {ip} is already used by Service {holder}")]
+    ClusterIpTaken { file: PathBuf, service: ServiceName, ip: Ipv4Addr, holder: ServiceName },
+    #[error("{file}: Service {service}: spec.clusterIP: {ip} is not in the service CIDR {cidr}")]
+    OutsideServiceCidr { file: PathBuf, service: ServiceName, ip: Ipv4Addr, cidr: Ipv4Cidr },
+    #[error("{file}: Service {service}: no free address left in the service CIDR {cidr}")]
+    CidrExhausted { file: PathBuf, service: ServiceName, cidr: Ipv4Cidr },
+    #[error("Service {service}: nodePort {node_port}/{protocol} is already used by Service {holder}")]
+    NodePortTaken { service: ServiceName, node_port: u16, protocol: Protocol, holder: ServiceName },
+    #[error("Service {service}: no free node port left in 30000-32767")]
+    NodePortsExhausted { service: ServiceName },
+    #[error("{value:?} is not an IPv4 CIDR: {reason}")]
+    BadCidr { value: String, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Where services without an explicit `spec.clusterIP` get theirs.
+    pub service_cidr: Ipv4Cidr,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        // Kubernetes' (kubeadm's) default service CIDR.
+        ModelOptions { service_cidr: Ipv4Cidr { network: Ipv4Addr::new(10, 96, 0, 0), prefix_len: 12 } }
+    }
+}
+
+/// A Service with this label belongs to another proxy (kube-proxy's
+/// `--service-proxy-name`); this agent has none, so it leaves them alone.
+const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// A Service with this label is treated as headless, as kube-proxy does.
+const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+fn service_label<'a>(service: &'a Sourced<core::Service>, label: &str) -> Option<&'a str> {
+    service.object.metadata.labels.as_ref()?.get(label).map(String::as_str)
+}
+
+/// Computes the desired state. A Service that fails validation keeps its
+/// model from `previous` as it was, endpoints included (if it had one), so
+/// that a bad edit does not take a working service down. Everything else,
+/// allocated cluster IPs and node ports included, comes from `objects` alone.
+pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> (DesiredState, Vec<ModelError>) {
+    let pods = pods_by_namespace(objects);
+    if previous.memo.opts.as_ref() == Some(opts) && previous.memo.same_services_and_pods(objects, &pods) {
+        return rebuild_endpoints(objects, previous);
+    }
+    let previous = &previous;
+    let mut errors = Vec::new();
+    let mut entries = BTreeMap::new();
+    let index = Index::new(objects, &mut errors);
+    let mut memo = Memo {
+        pods,
+        sources: objects.services.iter().map(|s| (Arc::clone(&s.object), Arc::clone(&s.file))).collect(),
+        opts: Some(opts.clone()),
+        ..Memo::default()
+    };
+    for (at, service) in objects.services.iter().enumerate() {
+        if let Some(proxy) = service_label(service, SERVICE_PROXY_NAME_LABEL) {
+            debug!(service = %ServiceName::of(&service.object.metadata), proxy, "left to another proxy");
+            continue;
+        }
+        let name = ServiceName::of(&service.object.metadata);
+        let inputs = index.inputs(&name);
+        let reusable = previous.memo.services.get(&name).filter(|r| {
+            let selects = service.object.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| !s.is_empty());
+            r.made_from(service, &inputs) && (!selects || previous.memo.same_pods(&name.namespace, &memo.pods))
+        });
+        if let Some(realised) = reusable {
+            let realised = Arc::new(Realised { at, ..Realised::clone(realised) });
+            entries.insert(name, Entry::Reused(&service.file, realised));
+            continue;
+        }
+        match validate(service) {
+            Ok((spec, skipped_ports)) => {
+                errors.extend(skipped_ports);
+                entries.insert(spec.name.clone(), Entry::New(at, spec));
+            }
+            Err(err) => {
+                errors.push(err);
+                if let Some(kept) = previous.services.get(&name) {
+                    entries.insert(name, Entry::Kept(&service.file, kept.clone()));
+                }
+            }
+        }
+    }
+    let seniority = Seniority::of(objects);
+    let mut addresses = assign_addresses(&mut entries, previous, &seniority, opts.service_cidr, &mut errors);
+    let services = entries
+        .into_iter()
+        .map(|(name, entry)| {
+            let cluster_ip = addresses.remove(&name).unwrap_or(ClusterIp::None);
+            let realised = match entry {
+                Entry::Kept(_, service) => return (name, service),
+                Entry::Reused(_, realised) => realised,
+                Entry::New(at, spec) => Arc::new(Realised::new(at, spec, &index)),
+            };
+            let service = Arc::new(Service { cluster_ip, ..Service::clone(&realised.realised) });
+            memo.services.insert(name.clone(), realised);
+            (name, service)
+        })
+        .collect();
+    let mut state = DesiredState { services, memo: Memo::default() };
+    let mut errors_after = Vec::new();
+    assign_node_ports(&mut state, &seniority, &mut errors_after);
+    assign_health_check_ports(&mut state, &seniority);
+    state.memo = Memo { errors_before: errors, errors_after, ..memo };
+    let errors = state.memo.errors(&state.services);
+    (state, errors)
+}
+
+enum Entry<'a> {
+    /// A validated Service, and where it is in the directory's list.
+    New(usize, Spec<'a>),
+    /// A service realised earlier from the same objects; only its cluster
+    /// IP is settled again.
+    Reused(&'a Path, Arc<Realised>),
+    /// The previous model of a service that no longer validates.
+    Kept(&'a Path, Arc<Service>),
+}
+
+impl<'a> Entry<'a> {
+    fn file(&self) -> &'a Path {
+        match self {
+            Entry::New(_, spec) => spec.file,
+            Entry::Reused(file, _) | Entry::Kept(file, _) => file,
+        }
+    }
+
+    /// The cluster IP its spec asks for; `None` for a kept model.
+    fn address(&self) -> Option<Address> {
+        match self {
+            Entry::New(_, spec) => Some(spec.address),
+            Entry::Reused(_, realised) => Some(realised.address),
+            Entry::Kept(..) => None,
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Endpoints from Pods a Service's selector picks (the standalone source's
+//! endpoints controller).
+
+use super::*;
+
+pub(super) struct PodInfo<'a> {
+    pub(super) name: &'a str,
+    pub(super) labels: Option<&'a BTreeMap<String, String>>,
+    pub(super) addr: Ipv4Addr,
+    /// The pod's `Ready` condition.
+    pub(super) ready: bool,
+    pub(super) terminating: bool,
+    pub(super) node_name: Option<&'a str>,
+    pub(super) containers: &'a [core::Container],
+}
+
+impl<'a> PodInfo<'a> {
+    /// `None` for a pod that cannot be an endpoint (finished, no IPv4 address yet).
+    pub(super) fn new(pod: &'a Sourced<core::Pod>) -> Result<Option<Self>, ModelError> {
+        let meta = &pod.object.metadata;
+        let name = meta.name.as_deref().unwrap_or_default();
+        let status = pod.object.status.as_ref();
+        if let Some(phase @ ("Succeeded" | "Failed")) = status.and_then(|s| s.phase.as_deref()) {
+            debug!(pod = name, phase, "pod has finished: not an endpoint");
+            return Ok(None);
+        }
+        let ips = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .into_iter()
+            .chain(status.and_then(|s| s.pod_ips.as_deref()).unwrap_or_default().iter().map(|ip| ip.ip.as_str()));
+        let mut addr = None;
+        for ip in ips {
+            let parsed = ipv4(ip).map_err(|reason| {
+                invalid(&pod.file, format!("Pod {}", ServiceName::of(meta)), "status.podIP", reason)
+            })?;
+            if parsed.is_some() {
+                addr = parsed;
+                break;
+            }
+        }
+        let Some(addr) = addr else {
+            debug!(pod = name, "pod has no IPv4 address: not an endpoint");
+            return Ok(None);
+        };
+        let ready = status
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let spec = pod.object.spec.as_ref();
+        Ok(Some(PodInfo {
+            name,
+            labels: meta.labels.as_ref(),
+            addr,
+            ready,
+            terminating: meta.deletion_timestamp.is_some(),
+            node_name: spec.and_then(|s| s.node_name.as_deref()),
+            containers: spec.map(|s| s.containers.as_slice()).unwrap_or_default(),
+        }))
+    }
+
+    pub(super) fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(k, v)| self.labels.and_then(|l| l.get(k)) == Some(v))
+    }
+
+    /// The number a container port name stands for in this pod.
+    pub(super) fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.containers
+            .iter()
+            .flat_map(|c| c.ports.as_deref().unwrap_or_default())
+            .find(|p| p.name.as_deref() == Some(name) && Protocol::parse(p.protocol.as_deref()) == Ok(protocol))
+            .and_then(|p| port_number(p.container_port))
+    }
+}
+
+/// Each namespace's pods, in directory order.
+pub(super) fn pods_by_namespace(objects: &Objects) -> HashMap<String, Vec<Arc<core::Pod>>> {
+    let mut pods: HashMap<String, Vec<Arc<core::Pod>>> = HashMap::new();
+    for pod in &objects.pods {
+        pods.entry(namespace(&pod.object.metadata).to_owned()).or_default().push(Arc::clone(&pod.object));
+    }
+    pods
+}

@@ -1,0 +1,697 @@
+//! The model's tests: Kubernetes objects in, Services out.
+
+use super::*;
+use crate::source::objects_from_yaml;
+
+const KUBIA: &str = "
+apiVersion: v1
+kind: Service
+metadata:
+  name: kubia
+spec:
+  ports:
+  - port: 80
+    targetPort: 8080
+  selector:
+    app: kubia
+";
+
+fn pod(name: &str, ip: &str, ready: bool, labels: &str, extra: &str) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {labels}
+{extra}status:
+  phase: Running
+  podIP: {ip}
+  conditions:
+  - type: Ready
+    status: \"{}\"
+",
+        if ready { "True" } else { "False" }
+    )
+}
+
+fn build_yaml(yaml: &str) -> (DesiredState, Vec<ModelError>) {
+    build(&objects_from_yaml(yaml), DesiredState::default(), &ModelOptions::default())
+}
+
+fn service<'a>(state: &'a DesiredState, name: &str) -> &'a Service {
+    &state.services[&ServiceName::new("default", name)]
+}
+
+fn active(port: &ServicePort) -> Vec<String> {
+    port.active_endpoints().map(|e| format!("{}:{}", e.addr, e.port)).collect()
+}
+
+fn messages(errors: &[ModelError]) -> Vec<String> {
+    errors.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn kubia_selector_endpoints_only_ready_pods_are_active() {
+    let yaml = [
+        KUBIA.to_owned(),
+        pod("kubia-7nogl", "10.108.2.6", true, "{app: kubia}", "spec:\n  nodeName: node-2\n  containers: []\n"),
+        pod("kubia-3inly", "10.108.1.4", true, "{app: kubia}", ""),
+        pod("kubia-xk2q1", "10.108.2.5", false, "{app: kubia}", ""),
+        pod("other", "10.108.2.9", true, "{app: other}", ""),
+    ]
+    .concat();
+    let (state, errors) = build_yaml(&yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let kubia = service(&state, "kubia");
+    assert_eq!(kubia.service_type, ServiceType::ClusterIp);
+    assert!(kubia.programs_datapath());
+    let ClusterIp::Ip(ip) = kubia.cluster_ip else { panic!("no cluster IP") };
+    assert!(ModelOptions::default().service_cidr.contains_host(ip));
+    let port = &kubia.ports[0];
+    assert_eq!((port.name.as_str(), port.port, port.protocol), ("", 80, Protocol::Tcp));
+    assert_eq!(port.endpoints.len(), 3);
+    assert_eq!(active(port), ["10.108.1.4:8080", "10.108.2.6:8080"]);
+    let ep = &port.endpoints[2];
+    assert_eq!(
+        (ep.target.as_deref(), ep.node_name.as_deref(), ep.serving),
+        (Some("kubia-7nogl"), Some("node-2"), true)
+    );
+}
+
+#[test]
+fn named_target_port_resolves_per_pod() {
+    let containers = |http: u16| {
+        format!(
+            "spec:\n  containers:\n  - name: kubia\n    ports:\n    - name: http\n      containerPort: {http}\n    - name: dns\n      containerPort: 53\n      protocol: UDP\n"
+        )
+    };
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  selector: {app: kubia}\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: dns\n  - name: dns-tcp\n    port: 53\n    targetPort: dns\n";
+    let yaml = [
+        svc.to_owned(),
+        pod("a", "10.0.0.1", true, "{app: kubia}", &containers(8080)),
+        pod("b", "10.0.0.2", true, "{app: kubia}", &containers(9090)),
+        pod("c", "10.0.0.3", true, "{app: kubia}", "spec:\n  containers: []\n"),
+    ]
+    .concat();
+    let (state, errors) = build_yaml(&yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let ports = &service(&state, "kubia").ports;
+    assert_eq!(active(&ports[0]), ["10.0.0.1:8080", "10.0.0.2:9090"]);
+    assert_eq!(active(&ports[1]), ["10.0.0.1:53", "10.0.0.2:53"]);
+    // "dns" is a UDP port in the pods, so it does not serve TCP.
+    assert_eq!(active(&ports[2]), Vec::<String>::new());
+}
+
+#[test]
+fn terminating_and_finished_pods() {
+    let yaml = [
+        KUBIA.to_owned(),
+        pod("going", "10.0.0.1", true, "{app: kubia}", "  deletionTimestamp: \"2024-01-01T00:00:00Z\"\n"),
+        pod("done", "10.0.0.2", true, "{app: kubia}", "").replace("phase: Running", "phase: Succeeded"),
+        pod("v6", "fd00::1", true, "{app: kubia}", ""),
+    ]
+    .concat();
+    let (state, errors) = build_yaml(&yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let port = &service(&state, "kubia").ports[0];
+    assert_eq!(port.endpoints.len(), 1);
+    let ep = &port.endpoints[0];
+    assert_eq!((ep.ready, ep.serving, ep.terminating), (false, true, true));
+}
+
+/// The model is rebuilt from objects of which only some changed (the
+/// source keeps the others' `Arc`s): the changed ones take effect, the
+/// others are reused, not realised again.
+#[test]
+fn rebuild_reuses_services_whose_objects_did_not_change() {
+    let yaml = |manual_ip: &str, pod_ip: &str| {
+        format!(
+            "{KUBIA}{}---
+apiVersion: v1
+kind: Service
+metadata: {{name: manual}}
+spec:
+  ports: [{{port: 80}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: manual}}
+subsets: [{{addresses: [{{ip: {manual_ip}}}], ports: [{{port: 8080}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: other}}
+spec:
+  ports: [{{port: 80}}]
+",
+            pod("kubia-1", pod_ip, true, "{app: kubia}", "")
+        )
+    };
+    let first = objects_from_yaml(&yaml("1.1.1.1", "10.0.0.1"));
+    let (state, _) = build(&first, DesiredState::default(), &ModelOptions::default());
+    let realised = |state: &DesiredState, name: &str| {
+        Arc::clone(&state.memo.services[&ServiceName::new("default", name)].realised)
+    };
+
+    // The Endpoints object changes; the Services and the pod stay.
+    let changed = objects_from_yaml(&yaml("2.2.2.2", "10.0.0.1"));
+    let mut second = first.clone();
+    second.endpoints = changed.endpoints.clone();
+    let (next, errors) = build(&second, state.clone(), &ModelOptions::default());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(active(&service(&next, "manual").ports[0]), ["2.2.2.2:8080"]);
+    assert_eq!(active(&service(&next, "kubia").ports[0]), ["10.0.0.1:8080"]);
+    assert!(Arc::ptr_eq(&realised(&state, "other"), &realised(&next, "other")));
+    assert!(Arc::ptr_eq(&realised(&state, "kubia"), &realised(&next, "kubia")));
+    assert!(!Arc::ptr_eq(&realised(&state, "manual"), &realised(&next, "manual")));
+    assert_eq!(service(&next, "other"), service(&state, "other"));
+    assert_eq!(next, build(&second, DesiredState::default(), &ModelOptions::default()).0);
+
+    // A pod changes: the Service selecting it is realised again.
+    let mut third = second.clone();
+    third.pods = objects_from_yaml(&yaml("2.2.2.2", "10.0.0.9")).pods;
+    let (last, _) = build(&third, next.clone(), &ModelOptions::default());
+    assert_eq!(active(&service(&last, "kubia").ports[0]), ["10.0.0.9:8080"]);
+    assert!(Arc::ptr_eq(&realised(&next, "manual"), &realised(&last, "manual")));
+    // Every reuse gives what a build from scratch gives.
+    assert_eq!(last, build(&third, DesiredState::default(), &ModelOptions::default()).0);
+}
+
+#[test]
+fn endpoints_without_selector() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: external-service}
+spec:
+  ports:
+  - name: web
+    port: 80
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: external-service}
+subsets:
+- addresses: [{ip: 22.22.22.22}, {ip: 11.11.11.11, nodeName: n1}]
+  notReadyAddresses: [{ip: 33.33.33.33}]
+  ports: [{port: 8080}]
+- addresses: [{ip: '11. 11. 11. 11'}, {ip: 'fd00::1'}]
+  ports: [{port: 9090, name: other}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: multi}
+spec:
+  ports: [{name: a, port: 80}, {name: b, port: 81}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: multi}
+subsets:
+- addresses: [{ip: 1.1.1.1}]
+  ports: [{name: a, port: 8080}, {name: b, port: 8081}, {port: 9999}]
+";
+    let (state, errors) = build_yaml(yaml);
+    assert_eq!(
+        messages(&errors),
+        [
+            "test.yaml: Endpoints default/external-service: subsets[1].addresses[0].ip: \"11. 11. 11. 11\" is not an IP address"
+        ]
+    );
+    let port = &service(&state, "external-service").ports[0];
+    assert_eq!(active(port), ["11.11.11.11:8080", "22.22.22.22:8080"]);
+    assert_eq!(port.endpoints.len(), 3);
+    assert_eq!(port.endpoints[0].node_name.as_deref(), Some("n1"));
+    let multi = &service(&state, "multi").ports;
+    assert_eq!(active(&multi[0]), ["1.1.1.1:8080"]);
+    assert_eq!(active(&multi[1]), ["1.1.1.1:8081"]);
+}
+
+#[test]
+fn endpoint_slice_conditions_and_union_with_endpoints() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: s-abc
+  labels: {kubernetes.io/service-name: s}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.0.0.1]
+  nodeName: n1
+  targetRef: {kind: Pod, name: s-1}
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+- addresses: [10.0.0.3]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.0.0.4]
+  conditions: {ready: false}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: s-v6
+  labels: {kubernetes.io/service-name: s}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ['fd00::1']}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: other
+  labels: {kubernetes.io/service-name: t}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.9.9.9]}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: s}
+subsets:
+- addresses: [{ip: 10.0.0.4}, {ip: 10.0.0.5}]
+  ports: [{name: http, port: 8080}]
+";
+    let (state, errors) = build_yaml(yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let port = &service(&state, "s").ports[0];
+    let conditions: Vec<_> =
+        port.endpoints.iter().map(|e| (e.addr.to_string(), e.ready, e.serving, e.terminating)).collect();
+    assert_eq!(
+        conditions,
+        [
+            ("10.0.0.1".to_owned(), true, true, false),
+            ("10.0.0.2".to_owned(), false, false, false),
+            ("10.0.0.3".to_owned(), false, true, true),
+            ("10.0.0.4".to_owned(), true, true, false),
+            ("10.0.0.5".to_owned(), true, true, false),
+        ]
+    );
+    assert_eq!(port.endpoints[0].target.as_deref(), Some("s-1"));
+    assert_eq!(active(port), ["10.0.0.1:8080", "10.0.0.4:8080", "10.0.0.5:8080"]);
+}
+
+fn named(names: &[&str], extra: &str) -> String {
+    names
+        .iter()
+        .map(|n| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec:\n  ports: [{{port: 80}}]\n{extra}"
+            )
+        })
+        .collect()
+}
+
+fn ips(state: &DesiredState) -> Vec<(String, ClusterIp)> {
+    state.services.values().map(|s| (s.name.name.clone(), s.cluster_ip)).collect()
+}
+
+#[test]
+fn cluster_ip_allocation_is_deterministic_stable_and_avoids_explicit_ones() {
+    let names = ["a", "b", "c", "kubia"];
+    let (first, errors) = build_yaml(&named(&names, ""));
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut reversed = objects_from_yaml(&named(&names, ""));
+    reversed.services.reverse();
+    let (again, _) = build(&reversed, DesiredState::default(), &ModelOptions::default());
+    assert_eq!(ips(&first), ips(&again));
+
+    // An explicit address on the slot kubia would hash to: kubia moves on.
+    let cidr = ModelOptions::default().service_cidr;
+    let slot = cidr.free_host(&ServiceName::new("default", "kubia"), &BTreeMap::new()).unwrap();
+    assert_eq!(service(&first, "kubia").cluster_ip, ClusterIp::Ip(slot));
+    let explicit = format!(
+        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: z}}\nspec:\n  clusterIP: {slot}\n  ports: [{{port: 80}}]\n",
+        named(&["kubia"], "")
+    );
+    let (state, _) = build_yaml(&explicit);
+    assert_eq!(service(&state, "z").cluster_ip, ClusterIp::Ip(slot));
+    let ClusterIp::Ip(moved) = service(&state, "kubia").cluster_ip else { panic!() };
+    assert_eq!(u32::from(moved), u32::from(slot) + 1, "probing goes on to the next address");
+
+    // History plays no part: a node that saw other addresses before
+    // computes what a fresh node does.
+    let mut previous = first.clone();
+    Arc::make_mut(previous.services.get_mut(&ServiceName::new("default", "kubia")).unwrap()).cluster_ip =
+        ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 77));
+    let (state, _) = build(&objects_from_yaml(&named(&names, "")), previous, &ModelOptions::default());
+    assert_eq!(ips(&state), ips(&first));
+}
+
+/// A Service named `name`, created at `created` (RFC 3339) when given.
+fn aged(name: &str, created: Option<&str>, spec: &str) -> String {
+    let created = created.map_or(String::new(), |c| format!(", creationTimestamp: \"{c}\""));
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}{created}}}\nspec:\n{spec}  ports: [{{port: 80}}]\n"
+    )
+}
+
+#[test]
+fn a_newer_service_never_takes_the_allocated_address_of_an_older_one() {
+    // Two names hashing to the same address of a small CIDR.
+    let opts = ModelOptions { service_cidr: "10.0.0.0/28".parse().unwrap() };
+    let slot = |name: &str| opts.service_cidr.free_host(&ServiceName::new("default", name), &BTreeMap::new());
+    let (young, old) = (1..100)
+        .map(|i| format!("s{i}"))
+        .find_map(|y| (1..100).map(|i| format!("t{i}")).find(|o| slot(o) == slot(&y)).map(|o| (y, o)))
+        .expect("a hash collision among 200 names in 14 addresses");
+    assert!(young < old, "the younger one sorts first by name");
+    let build_with = |yaml: &str| build(&objects_from_yaml(yaml), DesiredState::default(), &opts).0;
+    let older_alone = build_with(&aged(&old, Some("2026-01-01T00:00:00Z"), ""));
+    let both = build_with(&format!(
+        "{}{}",
+        aged(&young, Some("2026-06-01T00:00:00Z"), ""),
+        aged(&old, Some("2026-01-01T00:00:00Z"), "")
+    ));
+    assert_eq!(service(&both, &old).cluster_ip, service(&older_alone, &old).cluster_ip);
+    assert_ne!(service(&both, &young).cluster_ip, service(&both, &old).cluster_ip);
+    // Without timestamps the name decides, the same way on every node.
+    let unaged = build_with(&format!("{}{}", aged(&young, None, ""), aged(&old, None, "")));
+    assert_eq!(service(&unaged, &young).cluster_ip, service(&older_alone, &old).cluster_ip);
+}
+
+#[test]
+fn duplicate_explicit_cluster_ip_the_older_service_keeps_it() {
+    let yaml = named(&["a", "b"], "  clusterIP: 10.96.0.10\n");
+    let (state, errors) = build_yaml(&yaml);
+    assert_eq!(
+        messages(&errors),
+        ["test.yaml: Service default/b: spec.clusterIP: 10.96.0.10 is already used by Service default/a"]
+    );
+    assert_eq!(ips(&state), [("a".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]);
+
+    // The older one keeps it, even when later in name order; the
+    // newcomer is refused as the API server would refuse it.
+    let yaml = format!(
+        "{}{}",
+        aged("a", Some("2026-06-01T00:00:00Z"), "  clusterIP: 10.96.0.10\n"),
+        aged("b", Some("2026-01-01T00:00:00Z"), "  clusterIP: 10.96.0.10\n")
+    );
+    let (state, errors) = build_yaml(&yaml);
+    assert_eq!(
+        messages(&errors),
+        ["test.yaml: Service default/a: spec.clusterIP: 10.96.0.10 is already used by Service default/b"]
+    );
+    assert_eq!(ips(&state), [("b".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]);
+
+    let (state, errors) = build_yaml(&named(&["c"], "  clusterIP: 192.168.0.10\n"));
+    assert_eq!(
+        messages(&errors),
+        ["test.yaml: Service default/c: spec.clusterIP: 192.168.0.10 is not in the service CIDR 10.96.0.0/12"]
+    );
+    assert!(state.services.is_empty());
+}
+
+#[test]
+fn exhausted_cidr_is_an_error() {
+    let opts = ModelOptions { service_cidr: "192.168.0.0/30".parse().unwrap() };
+    let (state, errors) = build(&objects_from_yaml(&named(&["a", "b", "c"], "")), DesiredState::default(), &opts);
+    assert_eq!(state.services.len(), 2);
+    let addrs: BTreeSet<_> = state.services.values().map(|s| format!("{:?}", s.cluster_ip)).collect();
+    assert_eq!(addrs.len(), 2);
+    assert_eq!(
+        messages(&errors),
+        ["test.yaml: Service default/c: no free address left in the service CIDR 192.168.0.0/30"]
+    );
+}
+
+#[test]
+fn invalid_service_keeps_its_previous_model() {
+    let (good, _) = build_yaml(KUBIA);
+    let broken = KUBIA.replace("port: 80", "port: 0");
+    let (state, errors) = build(&objects_from_yaml(&broken), good.clone(), &ModelOptions::default());
+    assert_eq!(messages(&errors), ["test.yaml: Service default/kubia: spec.ports[0].port: 0 is not in 1-65535"]);
+    assert_eq!(state, good);
+    // Without a previous model there is nothing to keep.
+    let (state, _) = build_yaml(&broken);
+    assert!(state.services.is_empty());
+}
+
+#[test]
+fn validation_errors_name_the_field() {
+    let cases = [
+        ("  type: Weird\n  ports: [{port: 80}]\n", "spec.type: unknown type \"Weird\""),
+        (
+            "  ports: [{port: 80, protocol: SCTP}]\n",
+            "spec.ports[0].protocol: SCTP is not supported: this port is not served, the Service's others are",
+        ),
+        ("  clusterIP: fd00::10\n  ports: [{port: 80}]\n", "spec.clusterIP: ipv6 is not supported yet"),
+        ("  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n", "spec.clusterIP: \"10.96.0.300\" is not an IP address"),
+        ("  ports: [{port: 80, targetPort: 70000}]\n", "spec.ports[0].targetPort: 70000 is not in 1-65535"),
+        (
+            "  ports: [{port: 80, targetPort: ''}]\n",
+            "spec.ports[0].targetPort: \"\" is neither a port number nor a port name",
+        ),
+        ("  ports: [{port: 80}, {port: 81}]\n", "spec.ports[0].name: required when a service has more than one port"),
+        ("  ports: [{name: a, port: 80}, {name: b, port: 80}]\n", "spec.ports[1].port: 80/TCP is listed twice"),
+        ("  type: ExternalName\n", "spec.externalName: required for type ExternalName"),
+        (
+            "  type: NodePort\n  clusterIP: None\n  ports: [{port: 80}]\n",
+            "spec.clusterIP: None (headless) is only allowed for type ClusterIP",
+        ),
+        ("  ports: []\n", "spec.ports: a service with a cluster IP needs at least one port"),
+        (
+            "  sessionAffinity: Sticky\n  ports: [{port: 80}]\n",
+            "spec.sessionAffinity: unknown value \"Sticky\" (None or ClientIP)",
+        ),
+        (
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}\n  ports: [{port: 80}]\n",
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is not in 1-86400",
+        ),
+    ];
+    for (spec, reason) in cases {
+        let (_, errors) = build_yaml(&format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n{spec}"));
+        assert_eq!(messages(&errors), [format!("test.yaml: Service default/s: {reason}")], "{spec}");
+    }
+}
+
+/// kube-proxy serves a Service's TCP and UDP ports whatever its others.
+#[test]
+fn an_sctp_port_is_reported_and_the_other_ports_are_served() {
+    let yaml = KUBIA.replace(
+        "  ports:\n  - port: 80\n",
+        "  ports:\n  - name: sctp\n    port: 9\n    protocol: SCTP\n  - name: http\n    port: 80\n",
+    );
+    assert_ne!(yaml, KUBIA, "the test edits the kubia Service's ports");
+    let (state, errors) = build_yaml(&yaml);
+    assert_eq!(
+        messages(&errors),
+        [
+            "test.yaml: Service default/kubia: spec.ports[0].protocol: SCTP is not supported: this port is not served, the Service's others are"
+        ]
+    );
+    let kubia = service(&state, "kubia");
+    assert_eq!(kubia.ports.iter().map(|p| (p.port, p.protocol)).collect::<Vec<_>>(), [(80, Protocol::Tcp)]);
+    assert!(kubia.programs_datapath());
+}
+
+#[test]
+fn headless_and_external_name_are_listed_but_not_programmed() {
+    let yaml = format!(
+        "{KUBIA}---\napiVersion: v1\nkind: Service\nmetadata: {{name: headless}}\nspec:\n  clusterIP: None\n  selector: {{app: kubia}}\n  ports: [{{port: 80, targetPort: 8080}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: external-service}}\nspec:\n  type: ExternalName\n  externalName: someapi.somecompany.com\n  ports: [{{port: 80}}]\n{}",
+        pod("kubia-1", "10.0.0.1", true, "{app: kubia}", "")
+    );
+    let (state, errors) = build_yaml(&yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let headless = service(&state, "headless");
+    assert_eq!(headless.cluster_ip, ClusterIp::None);
+    assert!(!headless.programs_datapath());
+    assert_eq!(active(&headless.ports[0]), ["10.0.0.1:8080"]);
+    let external = service(&state, "external-service");
+    assert_eq!(external.service_type, ServiceType::ExternalName);
+    assert_eq!(external.external_name.as_deref(), Some("someapi.somecompany.com"));
+    assert_eq!(external.cluster_ip, ClusterIp::None);
+    assert!(!external.programs_datapath());
+    assert!(service(&state, "kubia").programs_datapath());
+}
+
+#[test]
+fn cidr_parsing() {
+    let cidr: Ipv4Cidr = "10.96.0.0/12".parse().unwrap();
+    assert_eq!(cidr, ModelOptions::default().service_cidr);
+    assert_eq!(cidr.to_string(), "10.96.0.0/12");
+    assert!(cidr.contains_host(Ipv4Addr::new(10, 111, 255, 254)));
+    assert!(!cidr.contains_host(Ipv4Addr::new(10, 111, 255, 255)));
+    assert!(!cidr.contains_host(Ipv4Addr::new(10, 96, 0, 0)));
+    assert_eq!(
+        "10.96.0.1/12".parse::<Ipv4Cidr>().unwrap_err().to_string(),
+        "\"10.96.0.1/12\" is not an IPv4 CIDR: host bits are set"
+    );
+    assert!("10.96.0.0".parse::<Ipv4Cidr>().is_err());
+    assert!("10.96.0.0/33".parse::<Ipv4Cidr>().is_err());
+    assert!("0.0.0.0/0".parse::<Ipv4Cidr>().is_ok());
+}
+
+#[test]
+fn with_no_ready_endpoint_the_serving_terminating_ones_take_new_connections() {
+    let terminating = "  deletionTimestamp: \"2026-01-01T00:00:00Z\"\n";
+    let yaml = format!(
+        "{KUBIA}{}{}",
+        pod("a", "10.244.0.2", true, "{app: kubia}", terminating),
+        pod("b", "10.244.0.3", false, "{app: kubia}", "")
+    );
+    let (state, errors) = build_yaml(&yaml);
+    assert_eq!(messages(&errors), Vec::<String>::new());
+    assert_eq!(active(&service(&state, "kubia").ports[0]), ["10.244.0.2:8080"]);
+    // A ready pod beside it wins again.
+    let yaml = format!("{yaml}{}", pod("c", "10.244.0.4", true, "{app: kubia}", ""));
+    let (state, _) = build_yaml(&yaml);
+    assert_eq!(active(&service(&state, "kubia").ports[0]), ["10.244.0.4:8080"]);
+}
+
+#[test]
+fn proxy_labels_leave_a_service_to_another_proxy_or_make_it_headless() {
+    let labelled = |label: &str| KUBIA.replace("  name: kubia\n", &format!("  name: kubia\n  labels: {{{label}}}\n"));
+    let pods = pod("a", "10.244.0.2", true, "{app: kubia}", "");
+    let (state, _) = build_yaml(&format!("{}{pods}", labelled("service.kubernetes.io/service-proxy-name: other")));
+    assert!(state.services.is_empty(), "a service of another proxy is ignored");
+    let (state, _) = build_yaml(&format!("{}{pods}", labelled("service.kubernetes.io/headless: ''")));
+    let kubia = service(&state, "kubia");
+    assert_eq!(kubia.cluster_ip, ClusterIp::None);
+    assert!(!kubia.programs_datapath());
+}
+
+#[test]
+fn an_endpoints_object_beside_a_selector_is_ignored_with_an_error_naming_both() {
+    let endpoints = "---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: kubia}\nsubsets: [{addresses: [{ip: 1.2.3.4}], ports: [{port: 80}]}]\n";
+    let yaml = format!("{KUBIA}{}{endpoints}", pod("a", "10.244.0.2", true, "{app: kubia}", ""));
+    let (state, errors) = build_yaml(&yaml);
+    assert_eq!(active(&service(&state, "kubia").ports[0]), ["10.244.0.2:8080"]);
+    let errors = messages(&errors);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("Endpoints default/kubia") && errors[0].contains("Service default/kubia has a selector")
+    );
+}
+
+#[test]
+fn publish_not_ready_addresses_serves_unready_manual_endpoints_too() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  publishNotReadyAddresses: true\n  ports: [{port: 80}]\n";
+    let endpoints = "---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: db}\nsubsets: [{notReadyAddresses: [{ip: 1.2.3.4}], ports: [{port: 80}]}]\n";
+    let (state, _) = build_yaml(&format!("{svc}{endpoints}"));
+    assert_eq!(active(&service(&state, "db").ports[0]), ["1.2.3.4:80"]);
+}
+
+#[test]
+fn node_ports_are_kept_when_written_allocated_in_range_otherwise_and_never_shared() {
+    let svc = |name: &str, node_port: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: NodePort\n  ports: [{{port: 80{node_port}}}]\n"
+        )
+    };
+    let yaml = format!(
+        "{}{}{}",
+        svc("kubia-nodeport", ", nodePort: 30123"),
+        svc("auto", ""),
+        svc("thief", ", nodePort: 30123")
+    );
+    let (state, errors) = build_yaml(&yaml);
+    assert_eq!(service(&state, "kubia-nodeport").ports[0].node_port, Some(30123));
+    let auto = service(&state, "auto").ports[0].node_port.unwrap();
+    assert!(NODE_PORT_RANGE.contains(&auto) && auto != 30123);
+    assert_eq!(
+        messages(&errors),
+        ["Service default/thief: nodePort 30123/TCP is already used by Service default/kubia-nodeport"]
+    );
+    // The same answer on every node, and across rescans.
+    let (again, _) = build(&objects_from_yaml(&yaml), state.clone(), &ModelOptions::default());
+    assert_eq!(service(&again, "auto").ports[0].node_port, Some(auto));
+    let (fresh, _) = build_yaml(&yaml);
+    assert_eq!(service(&fresh, "auto").ports[0].node_port, Some(auto));
+
+    // The older writer holds the port, whatever the names.
+    let yaml = format!(
+        "{}{}",
+        svc("kubia-nodeport", ", nodePort: 30123")
+            .replace("{name: kubia-nodeport}", "{name: kubia-nodeport, creationTimestamp: \"2026-06-01T00:00:00Z\"}"),
+        svc("thief", ", nodePort: 30123")
+            .replace("{name: thief}", "{name: thief, creationTimestamp: \"2026-01-01T00:00:00Z\"}"),
+    );
+    let (state, errors) = build_yaml(&yaml);
+    assert_eq!(service(&state, "thief").ports[0].node_port, Some(30123));
+    assert_eq!(
+        messages(&errors),
+        ["Service default/kubia-nodeport: nodePort 30123/TCP is already used by Service default/thief"]
+    );
+}
+
+#[test]
+fn node_ports_outside_the_range_or_on_a_cluster_ip_service_are_refused() {
+    let (_, errors) = build_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 8080}]\n",
+    );
+    assert_eq!(messages(&errors), ["test.yaml: Service default/a: spec.ports[0].nodePort: 8080 is not in 30000-32767"]);
+    let (_, errors) = build_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 80, nodePort: 30080}]\n",
+    );
+    assert!(messages(&errors)[0].contains("only NodePort and LoadBalancer have node ports"), "{errors:?}");
+}
+
+#[test]
+fn external_and_load_balancer_ips_are_service_addresses() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: lb}\nspec:\n  type: LoadBalancer\n  externalIPs: [203.0.113.20]\n  ports: [{port: 80}]\nstatus:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.10}, {hostname: lb.example}]\n";
+    let (state, errors) = build_yaml(yaml);
+    assert_eq!(messages(&errors), Vec::<String>::new());
+    let lb = service(&state, "lb");
+    assert_eq!(lb.external_ips, [Ipv4Addr::new(203, 0, 113, 20), Ipv4Addr::new(203, 0, 113, 10)]);
+    assert!(lb.ports[0].node_port.is_some(), "a LoadBalancer is a NodePort too");
+    let ranged = yaml.replace("  ports:", "  loadBalancerSourceRanges: [192.0.2.0/24]\n  ports:");
+    let (state, _) = build_yaml(&ranged);
+    assert_eq!(service(&state, "lb").source_ranges, ["192.0.2.0/24".parse().unwrap()]);
+    let (_, errors) = build_yaml(&ranged.replace("192.0.2.0/24", "192.0.2.1/24"));
+    assert!(
+        messages(&errors)[0].contains("spec.loadBalancerSourceRanges: \"192.0.2.1/24\" is not an IPv4 CIDR"),
+        "{errors:?}"
+    );
+    let (_, errors) = build_yaml(&yaml.replace("203.0.113.20", "not-an-ip"));
+    assert!(messages(&errors)[0].contains("spec.externalIPs: \"not-an-ip\" is not an IP address"), "{errors:?}");
+}
+
+#[test]
+fn traffic_policies_are_read_and_local_keeps_this_nodes_endpoints() {
+    let yaml = format!(
+        "{}  externalTrafficPolicy: Local\n  internalTrafficPolicy: Local\n{}{}",
+        KUBIA,
+        pod("a", "10.244.0.2", true, "{app: kubia}", "spec: {nodeName: node-a}\n"),
+        pod("b", "10.244.0.3", true, "{app: kubia}", "spec: {nodeName: node-b}\n"),
+    );
+    let (state, errors) = build_yaml(&yaml);
+    assert_eq!(messages(&errors), Vec::<String>::new());
+    let kubia = service(&state, "kubia");
+    assert_eq!(
+        (kubia.external_traffic_policy, kubia.internal_traffic_policy),
+        (TrafficPolicy::Local, TrafficPolicy::Local)
+    );
+    let on = |node| kubia.ports[0].active_endpoints_on(node).map(|e| e.addr.to_string()).collect::<Vec<_>>();
+    assert_eq!(on(Some("node-a")), ["10.244.0.2"]);
+    assert_eq!(on(Some("node-c")), Vec::<String>::new());
+    assert_eq!(on(None).len(), 2);
+    let (_, errors) = build_yaml(&format!("{KUBIA}  externalTrafficPolicy: Sometimes\n"));
+    assert!(messages(&errors)[0].contains("spec.externalTrafficPolicy: unknown value \"Sometimes\""), "{errors:?}");
+}
+
+#[test]
+fn a_local_load_balancer_gets_a_health_check_node_port() {
+    let lb = |extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: lb}}\nspec:\n  type: LoadBalancer\n{extra}  ports: [{{port: 80}}]\n"
+        )
+    };
+    let (state, _) = build_yaml(&lb("  externalTrafficPolicy: Local\n"));
+    let port = service(&state, "lb").health_check_node_port.unwrap();
+    assert!(NODE_PORT_RANGE.contains(&port) && Some(port) != service(&state, "lb").ports[0].node_port);
+    let (state, _) = build_yaml(&lb("  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n"));
+    assert_eq!(service(&state, "lb").health_check_node_port, Some(32000));
+    let (state, _) = build_yaml(&lb(""));
+    assert_eq!(service(&state, "lb").health_check_node_port, None);
+    let (_, errors) = build_yaml(&lb("  healthCheckNodePort: 32000\n"));
+    assert!(messages(&errors)[0].contains("spec.healthCheckNodePort"), "{errors:?}");
+}

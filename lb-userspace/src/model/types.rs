@@ -1,0 +1,294 @@
+//! The model's types: plain Rust Services, ports and endpoints.
+
+use super::*;
+
+/// A Service's identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceName {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ServiceName { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// The name of any object; the source has defaulted its namespace.
+    pub(super) fn of(meta: &ObjectMeta) -> Self {
+        ServiceName::new(
+            meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Kubernetes' spelling; absent means TCP.
+    pub(super) fn parse(text: Option<&str>) -> Result<Protocol, String> {
+        match text {
+            None | Some("TCP") => Ok(Protocol::Tcp),
+            Some("UDP") => Ok(Protocol::Udp),
+            Some("SCTP") => Err("SCTP is not supported".to_owned()),
+            Some(other) => Err(format!("unknown protocol {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterIp {
+    Ip(Ipv4Addr),
+    /// Headless (`clusterIP: None`), and every ExternalName service.
+    None,
+}
+
+/// `spec.sessionAffinity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionAffinity {
+    None,
+    /// A client's new connections go to the backend of its last one, as long
+    /// as that was less than `timeout_seconds` ago.
+    ClientIp {
+        timeout_seconds: u32,
+    },
+}
+
+/// `spec.externalTrafficPolicy` / `spec.internalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    /// Any endpoint in the cluster.
+    #[default]
+    Cluster,
+    /// Only endpoints on the node the traffic arrived at; none there means
+    /// the traffic is dropped.
+    Local,
+}
+
+/// Kubernetes' default `--service-node-port-range`.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 h).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
+
+/// Kubernetes' upper bound for it (one day).
+pub(super) const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86_400;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: ServiceName,
+    pub service_type: ServiceType,
+    pub cluster_ip: ClusterIp,
+    pub external_name: Option<String>,
+    /// Addresses outside the cluster network the Service also answers on
+    /// (its ports, from outside too): `spec.externalIPs` and, for
+    /// LoadBalancer, `status.loadBalancer.ingress[].ip`.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `loadBalancerSourceRanges`: the only clients its load-balancer and
+    /// external IPs take (empty: everyone).
+    pub source_ranges: Vec<Ipv4Cidr>,
+    /// For traffic from outside (node ports, external IPs).
+    pub external_traffic_policy: TrafficPolicy,
+    /// For traffic from pods to the cluster IP.
+    pub internal_traffic_policy: TrafficPolicy,
+    /// LoadBalancer with `externalTrafficPolicy: Local`: where the agent
+    /// tells the load balancer whether this node has local endpoints.
+    pub health_check_node_port: Option<u16>,
+    pub session_affinity: SessionAffinity,
+    pub backend_selection: BackendSelection,
+    pub ports: Vec<ServicePort>,
+}
+
+/// How a new flow's backend is chosen (annotation [`BACKEND_SELECTION_ANNOTATION`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendSelection {
+    /// Maglev consistent hashing of the flow: the same on every node, and a
+    /// backend change moves few flows.
+    #[default]
+    Maglev,
+    /// A random backend per new flow.
+    Random,
+}
+
+/// The annotation choosing a Service's [`BackendSelection`]: `maglev`
+/// (default) or `random`.
+pub const BACKEND_SELECTION_ANNOTATION: &str = "lb.dev/backend-selection";
+
+impl Service {
+    /// Headless and ExternalName services are answered by DNS, not by a
+    /// virtual IP: they are listed but nothing is programmed for them.
+    pub fn programs_datapath(&self) -> bool {
+        self.service_type != ServiceType::ExternalName && matches!(self.cluster_ip, ClusterIp::Ip(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `""` when unnamed.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The port every node answers on (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
+    /// Sorted by (addr, port), one per (addr, port).
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// The endpoints that take new connections: the ready ones or, when
+    /// none is ready, the serving ones that are terminating (kube-proxy's
+    /// fallback, so a rolling update never leaves the Service empty);
+    /// sorted by (addr, port) and deduplicated, so every node picks from
+    /// the same list.
+    pub fn active_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.active_endpoints_on(None)
+    }
+
+    /// Like [`ServicePort::active_endpoints`], among the endpoints on
+    /// `node` only when given (traffic policy Local; the terminating
+    /// fallback applies per node, as kube-proxy does).
+    pub fn active_endpoints_on(&self, node: Option<&str>) -> impl Iterator<Item = &Endpoint> {
+        let candidates: Vec<&Endpoint> =
+            self.endpoints.iter().filter(|e| node.is_none_or(|n| e.node_name.as_deref() == Some(n))).collect();
+        let any_ready = candidates.iter().any(|e| e.ready);
+        let mut active: Vec<&Endpoint> =
+            candidates.into_iter().filter(|e| if any_ready { e.ready } else { e.serving && e.terminating }).collect();
+        active.sort_by_key(|e| (e.addr, e.port));
+        active.dedup_by_key(|e| (e.addr, e.port));
+        active.into_iter()
+    }
+}
+
+/// One backend of a service port, with EndpointSlice condition semantics:
+/// `ready` takes new connections (never while terminating, unless the service
+/// publishes not-ready addresses), `serving` passes its readiness probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    /// The pod's name, when the endpoint is a pod.
+    pub target: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DesiredState {
+    /// Shared: a rebuild that changes one service copies only that one.
+    pub services: BTreeMap<ServiceName, Arc<Service>>,
+    /// What each service was realised from: the next build reuses a service
+    /// none of whose objects changed instead of working it out again.
+    pub(super) memo: Memo,
+}
+
+impl DesiredState {
+    pub fn new(services: impl IntoIterator<Item = Service>) -> Self {
+        let services = services.into_iter().map(|s| (s.name.clone(), Arc::new(s))).collect();
+        DesiredState { services, memo: Memo::default() }
+    }
+}
+
+/// The desired state is its services; the memo only saves work.
+impl PartialEq for DesiredState {
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services
+    }
+}
+
+impl Eq for DesiredState {}
+
+/// An IPv4 network such as `10.96.0.0/12` (host bits must be zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub(super) network: Ipv4Addr,
+    pub(super) prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn network(self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix_len(self) -> u8 {
+        self.prefix_len
+    }
+
+    /// The first assignable address and how many there are: all but the
+    /// network and broadcast addresses.
+    pub(super) fn hosts(self) -> (u32, u64) {
+        let size = 1u64 << (32 - u32::from(self.prefix_len));
+        (u32::from(self.network).wrapping_add(1), size.saturating_sub(2))
+    }
+
+    pub(super) fn contains_host(self, ip: Ipv4Addr) -> bool {
+        let (first, count) = self.hosts();
+        u32::from(ip).checked_sub(first).is_some_and(|offset| u64::from(offset) < count)
+    }
+
+    /// The first free address from the name's hash on (linear probing), so
+    /// every node computes the same address for the same services.
+    pub(super) fn free_host(self, name: &ServiceName, taken: &BTreeMap<Ipv4Addr, ServiceName>) -> Option<Ipv4Addr> {
+        let (first, count) = self.hosts();
+        if count == 0 {
+            return None;
+        }
+        let start = fnv1a(name.to_string().as_bytes()) % count;
+        (0..count)
+            // The offset is below `count` <= 2^32 - 2, so it fits.
+            .map(|i| Ipv4Addr::from(first.wrapping_add(((start + i) % count) as u32)))
+            .find(|ip| !taken.contains_key(ip))
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = ModelError;
+
+    fn from_str(value: &str) -> Result<Self, ModelError> {
+        let bad = |reason: &str| ModelError::BadCidr { value: value.to_owned(), reason: reason.to_owned() };
+        let (addr, prefix) = value.split_once('/').ok_or_else(|| bad("expected ADDRESS/PREFIX-LENGTH"))?;
+        let network: Ipv4Addr = addr.parse().map_err(|_| bad("the address is not IPv4"))?;
+        let prefix_len: u8 =
+            prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| bad("the prefix length is not 0-32"))?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+        if u32::from(network) & !mask != 0 {
+            return Err(bad("host bits are set"));
+        }
+        Ok(Ipv4Cidr { network, prefix_len })
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}

@@ -1,0 +1,114 @@
+//! Control sources: where the Kubernetes objects come from. A source hands
+//! the model [`Objects`]; nothing below it knows which source that was.
+//! [`manifests`] reads a directory of manifests (the standalone default).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::{Metadata, Resource};
+
+pub mod manifests;
+
+#[cfg(test)]
+pub(crate) use manifests::objects_from_yaml;
+
+/// The kinds this source understands; everything else is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Service,
+    Pod,
+    Endpoints,
+    EndpointSlice,
+}
+
+impl Kind {
+    pub(super) fn of(api_version: &str, kind: &str) -> Option<Kind> {
+        [Kind::Service, Kind::Pod, Kind::Endpoints, Kind::EndpointSlice]
+            .into_iter()
+            .find(|k| k.type_meta() == (api_version, kind))
+    }
+
+    /// `(apiVersion, kind)` as written in manifests.
+    pub(super) fn type_meta(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Service => (Service::API_VERSION, Service::KIND),
+            Kind::Pod => (Pod::API_VERSION, Pod::KIND),
+            Kind::Endpoints => (Endpoints::API_VERSION, Endpoints::KIND),
+            Kind::EndpointSlice => (EndpointSlice::API_VERSION, EndpointSlice::KIND),
+        }
+    }
+}
+
+/// Identity of an object: two objects with the same id are the same object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectId {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind.type_meta().1, self.namespace, self.name)
+    }
+}
+
+/// An object and the file it came from, for error messages further down.
+/// Shared, not copied: every scan hands the model the whole directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sourced<T> {
+    pub file: Arc<Path>,
+    pub object: Arc<T>,
+}
+
+/// Every object the directory provides. Each has `metadata.name` and
+/// `metadata.namespace` set (the namespace defaults to `default`), each
+/// identity appears once, in file-name then document order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Objects {
+    pub services: Vec<Sourced<Service>>,
+    pub pods: Vec<Sourced<Pod>>,
+    pub endpoints: Vec<Sourced<Endpoints>>,
+    pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+}
+
+impl Objects {
+    pub(super) fn push(&mut self, file: &Arc<Path>, object: Object) {
+        let file = Arc::clone(file);
+        match object {
+            Object::Service(object) => self.services.push(Sourced { file, object }),
+            Object::Pod(object) => self.pods.push(Sourced { file, object }),
+            Object::Endpoints(object) => self.endpoints.push(Sourced { file, object }),
+            Object::EndpointSlice(object) => self.endpoint_slices.push(Sourced { file, object }),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Object {
+    Service(Arc<Service>),
+    Pod(Arc<Pod>),
+    Endpoints(Arc<Endpoints>),
+    EndpointSlice(Arc<EndpointSlice>),
+}
+
+impl Object {
+    pub(super) fn id(&self) -> ObjectId {
+        let (kind, namespace, name) = self.key();
+        ObjectId { kind, namespace: namespace.to_owned(), name: name.to_owned() }
+    }
+
+    /// The identity, borrowed.
+    pub(super) fn key(&self) -> (Kind, &str, &str) {
+        let (kind, meta) = match self {
+            Object::Service(o) => (Kind::Service, o.metadata()),
+            Object::Pod(o) => (Kind::Pod, o.metadata()),
+            Object::Endpoints(o) => (Kind::Endpoints, o.metadata()),
+            Object::EndpointSlice(o) => (Kind::EndpointSlice, o.metadata()),
+        };
+        (kind, meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+    }
+}
