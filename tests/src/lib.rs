@@ -3,7 +3,9 @@
 //! Used by the integration tests and by `cargo xtask demo`.
 
 pub mod agent;
+pub mod apiserver;
 pub mod client;
+pub mod kmock;
 pub mod kubia;
 pub mod netns;
 pub mod topology;

@@ -1,5 +1,6 @@
 //! Idempotent set-up: the nightly pieces the eBPF build needs, bpf-linker
-//! built from source against nightly's own LLVM, and Debian packages.
+//! built from source against nightly's own LLVM, Debian packages, and the
+//! Kubernetes API emulator of the integration tests.
 
 use std::{
     env, fs,
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::checked;
+use crate::{checked, workspace_root};
 
 /// Commands the tests and the demo call, and the Debian package of each.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
@@ -23,10 +24,15 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nft", "nftables"),
 ];
 
+/// The version of kmock (PyPI), the Kubernetes API emulator that
+/// tests/src/kmock.rs runs from target/kmock-venv.
+const KMOCK_VERSION: &str = "0.8";
+
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
-    debian_packages()
+    debian_packages()?;
+    kmock()
 }
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
@@ -112,6 +118,21 @@ fn llvm_prefix(major: u32) -> anyhow::Result<PathBuf> {
 
 fn debian_packages() -> anyhow::Result<()> {
     packages(DEBIAN_PACKAGES)
+}
+
+/// kmock in a venv of its own under target/, so that nothing is installed
+/// into the system's Python.
+fn kmock() -> anyhow::Result<()> {
+    let venv = workspace_root().join("target/kmock-venv");
+    let python = venv.join("bin/python");
+    let installed =
+        output(Command::new(&python).args(["-c", "import importlib.metadata as m; print(m.version('kmock'))"]));
+    if installed.is_ok_and(|v| v.trim() == KMOCK_VERSION) {
+        return Ok(());
+    }
+    println!("xtask: installing kmock {KMOCK_VERSION} into {}", venv.display());
+    checked(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    checked(Command::new(&python).args(["-m", "pip", "install", "--quiet", &format!("kmock=={KMOCK_VERSION}")]))
 }
 
 /// A static busybox at /bin/busybox (the VM's shell and tools).
