@@ -7,14 +7,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     cmd::{
         env, get,
-        run::{self, AgentConfig},
+        run::{self, AgentConfig, SourceConfig},
     },
     datapath::interfaces::InterfacePatterns,
     datapath::{
         loader::{LoadOptions, XdpAttachMode},
         maps::{DatapathMaps, monotonic_ns},
     },
-    model::{Ipv4Cidr, ModelOptions},
+    model::{Ipv4Cidr, ModelOptions, SelectorEndpoints},
+    source::api::ApiConfig,
 };
 
 #[derive(Parser)]
@@ -49,11 +50,17 @@ enum Command {
 
 #[derive(Parser)]
 struct RunArgs {
-    /// Directory of Service, Pod, Endpoints and EndpointSlice manifests (*.yaml, *.yml, *.json).
+    /// Directory of Service, Pod, Endpoints and EndpointSlice manifests
+    /// (*.yaml, *.yml, *.json): standalone, without an API server.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API server this kubeconfig names. Without it and
+    /// without --manifests, the in-cluster config is used when
+    /// KUBERNETES_SERVICE_HOST is set (in a pod).
     #[arg(long)]
-    manifests: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// This node's name, as pods' spec.nodeName uses it.
-    #[arg(long)]
+    #[arg(long, env = "NODE_NAME")]
     node_name: String,
     /// Node devices to attach to: names or wildcards (repeatable).
     #[arg(long = "device", value_name = "PATTERN")]
@@ -246,9 +253,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.devices.is_empty() && args.pod_devices.is_empty() {
         bail!("nothing to attach to: give at least one --device or --pod-device");
     }
-    if !args.manifests.is_dir() {
-        bail!("manifest directory {} does not exist or is not a directory", args.manifests.display());
-    }
+    let (source, selector_endpoints) = match (args.manifests, args.kubeconfig) {
+        (Some(dir), _) if !dir.is_dir() => {
+            bail!("manifest directory {} does not exist or is not a directory", dir.display())
+        }
+        (Some(dir), _) => (SourceConfig::Manifests(dir), SelectorEndpoints::Pods),
+        (None, Some(file)) => (SourceConfig::Api(ApiConfig::File(file)), SelectorEndpoints::Slices),
+        (None, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            (SourceConfig::Api(ApiConfig::InCluster), SelectorEndpoints::Slices)
+        }
+        (None, None) => bail!("no source of Services: give --manifests DIR or --kubeconfig FILE, or run in a pod"),
+    };
     let patterns = args.devices.iter().chain(&args.pod_devices).map(String::as_str);
     // A device named outright must be there; a wildcard may match later.
     let named: Vec<&str> = args.devices.iter().map(String::as_str).filter(|d| !d.contains(['*', '?', '['])).collect();
@@ -263,7 +278,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?;
     let mask = u32::MAX.checked_shl(32 - u32::from(service_cidr.prefix_len())).unwrap_or(0);
     let config = AgentConfig {
-        manifests: args.manifests,
+        source,
         load: LoadOptions {
             xdp_mode: match args.xdp_mode {
                 XdpModeArg::Auto => XdpAttachMode::Auto,
@@ -295,7 +310,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         node_devices: InterfacePatterns::new(args.devices.iter().map(String::as_str))?,
         redirect_devices: InterfacePatterns::new(args.redirect_devices.iter().map(String::as_str))?,
         bpf_dir: args.bpf_dir,
-        model: ModelOptions { service_cidr },
+        model: ModelOptions { service_cidr, selector_endpoints },
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
 }

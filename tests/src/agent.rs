@@ -1,5 +1,6 @@
 //! `lb-agent run` as a process inside a node namespace, with its own
-//! manifest directory and bpf directory, removed again on drop.
+//! manifest directory (or a kubeconfig) and bpf directory, removed again on
+//! drop.
 
 use std::{
     fs,
@@ -20,6 +21,8 @@ pub struct AgentProcess {
     pub bpf_dir: PathBuf,
     pub log: PathBuf,
     bin: PathBuf,
+    /// Watch the API server this names instead of `manifests`.
+    kubeconfig: Option<PathBuf>,
     /// The arguments after `run --manifests DIR --node-name NAME`.
     args: Vec<String>,
     child: Option<ChildGuard>,
@@ -36,19 +39,7 @@ impl AgentProcess {
 
     /// Like [`AgentProcess::start`], with `args` instead of `--pod-device 'h-*'`.
     pub fn start_with(node: &Node, manifests: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Self> {
-        let id = unique_name("a");
-        let dir = std::env::temp_dir().join(&id);
-        let manifests_dir = dir.join("manifests");
-        fs::create_dir_all(&manifests_dir)?;
-        let mut agent = Self {
-            manifests: manifests_dir,
-            bpf_dir: PathBuf::from("/sys/fs/bpf").join(&id),
-            log: dir.join("agent.log"),
-            bin: crate::workspace_binary("LB_AGENT_BIN", "lb-agent")?,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            child: None,
-            spawned: None,
-        };
+        let mut agent = Self::new(args)?;
         for (file, text) in manifests {
             agent.write_manifest(file, text)?;
         }
@@ -56,15 +47,49 @@ impl AgentProcess {
         Ok(agent)
     }
 
+    /// Starts the agent in `node` watching the API server `kubeconfig`
+    /// names, with `args`; waits until it has programmed the server's
+    /// objects once.
+    pub fn start_api(node: &Node, kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
+        let mut agent = Self::new(args)?;
+        agent.kubeconfig = Some(kubeconfig.to_owned());
+        agent.spawn(node)?;
+        Ok(agent)
+    }
+
+    fn new(args: &[&str]) -> anyhow::Result<Self> {
+        let id = unique_name("a");
+        let dir = std::env::temp_dir().join(&id);
+        let manifests_dir = dir.join("manifests");
+        fs::create_dir_all(&manifests_dir)?;
+        Ok(Self {
+            manifests: manifests_dir,
+            bpf_dir: PathBuf::from("/sys/fs/bpf").join(&id),
+            log: dir.join("agent.log"),
+            bin: crate::workspace_binary("LB_AGENT_BIN", "lb-agent")?,
+            kubeconfig: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: None,
+            spawned: None,
+        })
+    }
+
     /// Starts the agent process (its log starts afresh) and waits until it
     /// has attached and programmed its first state.
     fn spawn(&mut self, node: &Node) -> anyhow::Result<()> {
+        self.spawn_until(node, "first sync")
+    }
+
+    /// Starts the agent process and waits until it logs `needle`.
+    fn spawn_until(&mut self, node: &Node, needle: &str) -> anyhow::Result<()> {
         let log = fs::File::create(&self.log)?;
         let mut cmd = node.ns.command(&self.bin);
-        cmd.arg("run")
-            .arg("--manifests")
-            .arg(&self.manifests)
-            .args(["--node-name", node.ns.name()])
+        cmd.arg("run");
+        match &self.kubeconfig {
+            Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
+            None => cmd.arg("--manifests").arg(&self.manifests),
+        };
+        cmd.args(["--node-name", node.ns.name()])
             .args(&self.args)
             .arg("--bpf-dir")
             .arg(&self.bpf_dir)
@@ -74,7 +99,7 @@ impl AgentProcess {
             .stderr(log);
         self.spawned = Some(Instant::now());
         self.child = Some(node.ns.spawn(&mut cmd)?);
-        self.wait_for_log("agent started", Duration::from_secs(60))
+        self.wait_for_log(needle, Duration::from_secs(60))
     }
 
     /// Kills the agent with SIGKILL: no chance to clean up.
@@ -90,8 +115,14 @@ impl AgentProcess {
     /// [`AgentProcess::stop`]) with the same arguments, manifests and
     /// pinned state.
     pub fn restart(&mut self, node: &Node) -> anyhow::Result<()> {
+        self.restart_until(node, "first sync")
+    }
+
+    /// Like [`AgentProcess::restart`], waiting only until it logs `needle`
+    /// (a source that is not there yet never lets it sync).
+    pub fn restart_until(&mut self, node: &Node, needle: &str) -> anyhow::Result<()> {
         anyhow::ensure!(self.child.is_none(), "the agent is still running");
-        self.spawn(node)
+        self.spawn_until(node, needle)
     }
 
     /// Writes (or replaces) a manifest file the way an editor would: a new

@@ -1,6 +1,6 @@
-//! `lb-agent run`: the control loop. Manifests -> model -> reconcile ->
-//! maps on every change, and the datapath attached to every interface that
-//! matches the patterns, including ones that appear later.
+//! `lb-agent run`: the control loop. Source -> model -> plan -> maps on
+//! every change, and the datapath attached to every interface that matches
+//! the patterns, including ones that appear later.
 
 use std::{
     collections::BTreeMap,
@@ -26,16 +26,26 @@ use crate::{
     },
     model::{self, DesiredState, ModelOptions},
     plan::{NodeInfo, Programmed},
-    source::manifests::{self, ManifestDir},
+    source::{
+        Source,
+        api::{ApiConfig, ApiSource},
+        manifests::ManifestSource,
+    },
 };
 
 /// How often interfaces are listed: a new pod veth is attached within this.
 const INTERFACE_POLL: Duration = Duration::from_millis(200);
-/// A full rescan besides the watcher, in case an event was missed.
-const RESCAN: Duration = Duration::from_secs(5);
+
+/// Where the objects come from.
+pub enum SourceConfig {
+    /// A directory of manifests (standalone).
+    Manifests(PathBuf),
+    /// A Kubernetes API server.
+    Api(ApiConfig),
+}
 
 pub struct AgentConfig {
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     /// How the programs are loaded.
     pub load: LoadOptions,
     /// How often expired conntrack entries are removed.
@@ -59,7 +69,10 @@ struct Agent {
     datapath: Datapath,
     maps: DatapathMaps,
     programmed: Programmed,
-    source: ManifestDir,
+    source: Source,
+    /// Whether the maps were planned from a complete picture of the source
+    /// yet: until then nothing is planned.
+    synced: bool,
     desired: DesiredState,
     config: AgentConfig,
     /// Interfaces that failed to attach, so the error is logged once.
@@ -82,14 +95,20 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .map(|l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1))
         .transpose()?;
     let programmed = maps.programmed().context("reading the pinned maps")?;
-    let mut ticks = manifests::watch(&config.manifests)
-        .with_context(|| format!("watching manifest directory {}", config.manifests.display()))?;
+    let source = match &config.source {
+        SourceConfig::Manifests(dir) => Source::Manifests(
+            ManifestSource::open(dir.clone())
+                .with_context(|| format!("watching manifest directory {}", dir.display()))?,
+        ),
+        SourceConfig::Api(api) => Source::Api(ApiSource::start(api, &config.node_name).await?),
+    };
     let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
     let mut agent = Agent {
         datapath,
         maps,
         programmed,
-        source: ManifestDir::new(config.manifests.clone()),
+        source,
+        synced: false,
         desired: DesiredState::default(),
         config,
         failed: BTreeMap::new(),
@@ -111,33 +130,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some((_, err)) = failed.iter().find(|(name, _)| agent.config.node_devices.matches(name)) {
         anyhow::bail!("{err}");
     }
-    // The first plan sees the node's addresses and the manifests together:
-    // planned with either missing, it would delete what the last agent
-    // programmed and add it back a moment later, failing requests between.
-    let started = Instant::now();
+    // The first plan sees the node's addresses and the source's objects
+    // together: planned with either missing, it would delete what the last
+    // agent programmed and add it back a moment later, failing requests
+    // between. Until the source has them all, the maps keep what they hold.
     agent.sync_node_addresses();
-    agent.scan_manifests();
-    let scanned = started.elapsed();
-    agent.build_model();
-    let modelled = started.elapsed();
-    let map_writes = agent.program();
-    let services = agent.desired.services.len();
-    let total = started.elapsed();
-    info!(services, map_writes, ?scanned, ?modelled, ?total, "first sync: the maps match the manifests");
     let config = &agent.config;
-    info!(node = %config.node_name, manifests = %config.manifests.display(), bpf_dir = %config.bpf_dir.display(), "agent started");
+    info!(node = %config.node_name, bpf_dir = %config.bpf_dir.display(), "agent started");
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut interface_poll = tokio::time::interval(INTERFACE_POLL);
-    let mut rescan = tokio::time::interval(RESCAN);
     let mut ct_sweep = tokio::time::interval(agent.config.ct_sweep_interval);
     loop {
         tokio::select! {
-            Some(()) = ticks.recv() => agent.sync_manifests(),
-            _ = rescan.tick() => agent.sync_manifests(),
+            () = agent.source.changed() => agent.sync_source(),
             _ = interface_poll.tick() => {
                 drop(agent.sync_interfaces());
-                if agent.sync_node_addresses() {
+                if agent.sync_node_addresses() && agent.synced {
                     agent.program();
                 }
             }
@@ -161,25 +170,24 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 }
 
 impl Agent {
-    fn sync_manifests(&mut self) {
+    /// Takes the source's objects through the model to the maps, when they
+    /// changed or have never been planned.
+    fn sync_source(&mut self) {
         let started = Instant::now();
-        if !self.scan_manifests() {
+        if !self.source.refresh() && self.synced {
             return;
         }
-        let scanned = started.elapsed();
+        let read = started.elapsed();
         self.build_model();
         let modelled = started.elapsed();
-        self.program();
-        info!(?scanned, ?modelled, total = ?started.elapsed(), "manifests synced");
-    }
-
-    /// Rescans the manifest directory; whether anything changed.
-    fn scan_manifests(&mut self) -> bool {
-        let report = self.source.scan();
-        for err in &report.errors {
-            error!("{err}");
+        let map_writes = self.program();
+        let (services, total) = (self.desired.services.len(), started.elapsed());
+        if self.synced {
+            info!(?read, ?modelled, ?total, "source synced");
+        } else {
+            self.synced = true;
+            info!(services, map_writes, ?read, ?modelled, ?total, "first sync: the maps match the source");
         }
-        report.changed
     }
 
     fn build_model(&mut self) {

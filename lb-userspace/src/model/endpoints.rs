@@ -20,6 +20,7 @@ pub(super) struct Index<'a> {
     pub(super) endpoints: BTreeMap<(&'a str, &'a str), &'a Sourced<core::Endpoints>>,
     /// By namespace and the `kubernetes.io/service-name` label.
     pub(super) slices: BTreeMap<(&'a str, &'a str), Vec<&'a Sourced<EndpointSlice>>>,
+    pub(super) selector_endpoints: SelectorEndpoints,
 }
 
 pub(super) fn namespace(meta: &ObjectMeta) -> &str {
@@ -27,7 +28,11 @@ pub(super) fn namespace(meta: &ObjectMeta) -> &str {
 }
 
 impl<'a> Index<'a> {
-    pub(super) fn new(objects: &'a Objects, errors: &mut Vec<ModelError>) -> Self {
+    pub(super) fn new(
+        objects: &'a Objects,
+        selector_endpoints: SelectorEndpoints,
+        errors: &mut Vec<ModelError>,
+    ) -> Self {
         let mut pods: BTreeMap<&str, Vec<PodInfo>> = BTreeMap::new();
         for pod in &objects.pods {
             match PodInfo::new(pod) {
@@ -48,7 +53,7 @@ impl<'a> Index<'a> {
                 slices.entry((namespace(meta), service.as_str())).or_default().push(slice);
             }
         }
-        Index { pods, endpoints, slices }
+        Index { pods, endpoints, slices, selector_endpoints }
     }
 
     /// The Endpoints object and EndpointSlices named after `service`.
@@ -60,7 +65,8 @@ impl<'a> Index<'a> {
         }
     }
 
-    /// The Endpoints subsets and EndpointSlices of a service without selector.
+    /// The Endpoints subsets and EndpointSlices of a service whose
+    /// endpoints do not come from pods.
     pub(super) fn manual_groups(&self, service: &ServiceName, errors: &mut Vec<ModelError>) -> Vec<Group> {
         let inputs = self.inputs(service);
         let mut groups = inputs.endpoints.map(|e| Group::from_endpoints(e, errors)).unwrap_or_default();
@@ -79,11 +85,13 @@ pub(super) fn realise(
     errors: &mut Vec<ModelError>,
 ) -> Service {
     let external = spec.service_type == ServiceType::ExternalName;
-    let groups = match spec.selector {
+    // The selector picks pods only where nobody else turned it into slices.
+    let selector = spec.selector.filter(|_| index.selector_endpoints == SelectorEndpoints::Pods);
+    let groups = match selector {
         None if !external => index.manual_groups(&spec.name, errors),
         _ => Vec::new(),
     };
-    if spec.selector.is_some()
+    if selector.is_some()
         && let Some(endpoints) = index.inputs(&spec.name).endpoints
     {
         errors.push(invalid(
@@ -93,7 +101,7 @@ pub(super) fn realise(
             format!("ignored: Service {} has a selector, its endpoints come from pods", spec.name),
         ));
     }
-    let pods: Vec<&PodInfo> = match spec.selector {
+    let pods: Vec<&PodInfo> = match selector {
         Some(selector) if !external => index
             .pods
             .get(spec.name.namespace.as_str())

@@ -61,12 +61,26 @@ pub enum ModelError {
 pub struct ModelOptions {
     /// Where services without an explicit `spec.clusterIP` get theirs.
     pub service_cidr: Ipv4Cidr,
+    pub selector_endpoints: SelectorEndpoints,
+}
+
+/// Where the endpoints of a Service with a selector come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SelectorEndpoints {
+    /// From the pods it selects, as the endpoints controller would pick
+    /// them: standalone, nobody else does.
+    #[default]
+    Pods,
+    /// From its EndpointSlices, as for any Service: in a cluster the
+    /// EndpointSlice controller has done that work.
+    Slices,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
         // Kubernetes' (kubeadm's) default service CIDR.
-        ModelOptions { service_cidr: Ipv4Cidr { network: Ipv4Addr::new(10, 96, 0, 0), prefix_len: 12 } }
+        let service_cidr = Ipv4Cidr { network: Ipv4Addr::new(10, 96, 0, 0), prefix_len: 12 };
+        ModelOptions { service_cidr, selector_endpoints: SelectorEndpoints::default() }
     }
 }
 
@@ -88,12 +102,12 @@ fn service_label<'a>(service: &'a Sourced<core::Service>, label: &str) -> Option
 pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> (DesiredState, Vec<ModelError>) {
     let pods = pods_by_namespace(objects);
     if previous.memo.opts.as_ref() == Some(opts) && previous.memo.same_services_and_pods(objects, &pods) {
-        return rebuild_endpoints(objects, previous);
+        return rebuild_endpoints(objects, previous, opts.selector_endpoints);
     }
     let previous = &previous;
     let mut errors = Vec::new();
     let mut entries = BTreeMap::new();
-    let index = Index::new(objects, &mut errors);
+    let index = Index::new(objects, opts.selector_endpoints, &mut errors);
     let mut memo = Memo {
         pods,
         sources: objects.services.iter().map(|s| (Arc::clone(&s.object), Arc::clone(&s.file))).collect(),

@@ -87,10 +87,14 @@ impl Realised {
 /// Only Endpoints and EndpointSlices changed since `previous` was built (the
 /// same Service objects, pods and options): cluster IPs and node ports stay,
 /// and only the services whose endpoint objects changed are realised again.
-pub(super) fn rebuild_endpoints(objects: &Objects, previous: DesiredState) -> (DesiredState, Vec<ModelError>) {
+pub(super) fn rebuild_endpoints(
+    objects: &Objects,
+    previous: DesiredState,
+    selector_endpoints: SelectorEndpoints,
+) -> (DesiredState, Vec<ModelError>) {
     let mut state = previous;
     // Its errors are the pods', which did not change: they are in the memo.
-    let index = Index::new(objects, &mut Vec::new());
+    let index = Index::new(objects, selector_endpoints, &mut Vec::new());
     for (name, realised) in &mut state.memo.services {
         let service = &objects.services[realised.at];
         if realised.made_from(service, &index.inputs(name)) {

@@ -357,7 +357,7 @@ fn aged(name: &str, created: Option<&str>, spec: &str) -> String {
 #[test]
 fn a_newer_service_never_takes_the_allocated_address_of_an_older_one() {
     // Two names hashing to the same address of a small CIDR.
-    let opts = ModelOptions { service_cidr: "10.0.0.0/28".parse().unwrap() };
+    let opts = ModelOptions { service_cidr: "10.0.0.0/28".parse().unwrap(), ..ModelOptions::default() };
     let slot = |name: &str| opts.service_cidr.free_host(&ServiceName::new("default", name), &BTreeMap::new());
     let (young, old) = (1..100)
         .map(|i| format!("s{i}"))
@@ -412,7 +412,7 @@ fn duplicate_explicit_cluster_ip_the_older_service_keeps_it() {
 
 #[test]
 fn exhausted_cidr_is_an_error() {
-    let opts = ModelOptions { service_cidr: "192.168.0.0/30".parse().unwrap() };
+    let opts = ModelOptions { service_cidr: "192.168.0.0/30".parse().unwrap(), ..ModelOptions::default() };
     let (state, errors) = build(&objects_from_yaml(&named(&["a", "b", "c"], "")), DesiredState::default(), &opts);
     assert_eq!(state.services.len(), 2);
     let addrs: BTreeSet<_> = state.services.values().map(|s| format!("{:?}", s.cluster_ip)).collect();

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, value::RawValue};
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 /// Larger files are rejected unread: no sane manifest is this big.
 use super::{Kind, Object, ObjectId, Objects};
@@ -534,6 +534,58 @@ fn typed<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: Value) -> Resul
 }
 
 /// Ticks when something in a watched directory changed; see [`watch`].
+/// A manifest directory as the agent's source: scanned when its watcher
+/// ticks, and every [`RESCAN`] in case an event was missed.
+pub struct ManifestSource {
+    dir: ManifestDir,
+    watch: Option<DirWatch>,
+    rescan: tokio::time::Interval,
+}
+
+/// A full rescan besides the watcher.
+pub const RESCAN: Duration = Duration::from_secs(5);
+
+impl ManifestSource {
+    pub fn open(dir: PathBuf) -> Result<Self, SourceError> {
+        let watch = watch(&dir)?;
+        Ok(ManifestSource { dir: ManifestDir::new(dir), watch: Some(watch), rescan: tokio::time::interval(RESCAN) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir.dir
+    }
+
+    /// Waits until the directory may have changed.
+    pub async fn changed(&mut self) {
+        let watch = async {
+            match self.watch.as_mut() {
+                Some(watch) => watch.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            tick = watch => if tick.is_none() {
+                warn!(dir = %self.dir.dir.display(), "the directory watcher stopped: rescanning every {RESCAN:?} only");
+                self.watch = None;
+            },
+            _ = self.rescan.tick() => {}
+        }
+    }
+
+    /// Rescans, logging every error; whether anything changed.
+    pub fn refresh(&mut self) -> bool {
+        let report = self.dir.scan();
+        for err in &report.errors {
+            error!("{err}");
+        }
+        report.changed
+    }
+
+    pub fn objects(&self) -> &Objects {
+        self.dir.objects()
+    }
+}
+
 pub struct DirWatch {
     // Dropping the watcher stops the events, and with them the debounce thread.
     _watcher: RecommendedWatcher,

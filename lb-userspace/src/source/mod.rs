@@ -1,6 +1,7 @@
 //! Control sources: where the Kubernetes objects come from. A source hands
 //! the model [`Objects`]; nothing below it knows which source that was.
-//! [`manifests`] reads a directory of manifests (the standalone default).
+//! [`manifests`] reads a directory of manifests (the standalone default),
+//! [`api`] watches a Kubernetes API server.
 
 use std::fmt;
 use std::path::Path;
@@ -10,7 +11,41 @@ use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::{Metadata, Resource};
 
+pub mod api;
 pub mod manifests;
+
+/// The agent's source of objects.
+pub enum Source {
+    Manifests(manifests::ManifestSource),
+    Api(api::ApiSource),
+}
+
+impl Source {
+    /// Waits until the objects may have changed. A source that has not
+    /// got its first complete picture yet (an API server not listed yet)
+    /// waits for that: planning before would delete what is not in yet.
+    pub async fn changed(&mut self) {
+        match self {
+            Source::Manifests(source) => source.changed().await,
+            Source::Api(source) => source.changed().await,
+        }
+    }
+
+    /// Brings [`Source::objects`] up to date; whether they changed.
+    pub fn refresh(&mut self) -> bool {
+        match self {
+            Source::Manifests(source) => source.refresh(),
+            Source::Api(source) => source.refresh(),
+        }
+    }
+
+    pub fn objects(&self) -> &Objects {
+        match self {
+            Source::Manifests(source) => source.objects(),
+            Source::Api(source) => source.objects(),
+        }
+    }
+}
 
 #[cfg(test)]
 pub(crate) use manifests::objects_from_yaml;

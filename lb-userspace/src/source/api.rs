@@ -1,0 +1,208 @@
+//! The Kubernetes API as a control source: kube-rs watchers and reflector
+//! stores on `v1` Services, `discovery.k8s.io/v1` EndpointSlices, this
+//! node's `v1` Node and, where the server has them, `networking.k8s.io/v1`
+//! ServiceCIDRs. Pods are never read: in a cluster the EndpointSlices are
+//! the truth for endpoints.
+//!
+//! The watchers relist on their own when a watch ends or the server answers
+//! 410 Gone, and retry with backoff while the server is unreachable; the
+//! stores keep the last complete state meanwhile, so the datapath keeps
+//! what it was programmed with. The agent plans nothing until every store
+//! has had its first full list.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
+};
+use kube::{
+    Api, Client, Resource,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
+};
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{Objects, Sourced};
+
+/// kube-proxy's selector: Services and slices another proxy owns, and
+/// headless ones, are none of this agent's business.
+const PROXY_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig { path: PathBuf, reason: String },
+    #[error("in-cluster config: {0}")]
+    InCluster(String),
+    #[error("kubernetes client: {0}")]
+    Client(String),
+}
+
+/// Where the API server is and how to talk to it.
+pub enum ApiConfig {
+    /// A kubeconfig file (`--kubeconfig`).
+    File(PathBuf),
+    /// The pod's service account (`KUBERNETES_SERVICE_HOST` and the mounted token).
+    InCluster,
+}
+
+/// The reflector stores the watchers keep, and a counter bumped on every
+/// change any of them sees.
+pub struct ApiSource {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    node: Store<Node>,
+    service_cidrs: Option<Store<ServiceCIDR>>,
+    changes: watch::Receiver<u64>,
+    /// The change count [`ApiSource::refresh`] last took objects at.
+    refreshed_at: Option<u64>,
+    /// Every object came through the API; the model's messages name it.
+    origin: Arc<Path>,
+    objects: Objects,
+}
+
+impl ApiSource {
+    /// Starts the watchers. Returns at once: the server may be unreachable,
+    /// in which case the watchers retry with backoff and say so.
+    pub async fn start(config: &ApiConfig, node_name: &str) -> Result<Self, ApiError> {
+        let client = client(config).await?;
+        let (changed, changes) = watch::channel(0u64);
+        let services =
+            reflect(Api::<Service>::all(client.clone()), watcher::Config::default().labels(PROXY_SELECTOR), &changed);
+        let slices = reflect(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default().labels(PROXY_SELECTOR),
+            &changed,
+        );
+        let node_field = format!("metadata.name={node_name}");
+        let node = reflect(Api::<Node>::all(client.clone()), watcher::Config::default().fields(&node_field), &changed);
+        let service_cidrs = if has_service_cidrs(&client).await {
+            Some(reflect(Api::<ServiceCIDR>::all(client), watcher::Config::default(), &changed))
+        } else {
+            info!("the API server has no networking.k8s.io/v1 ServiceCIDRs: --service-cidr applies");
+            None
+        };
+        let origin: Arc<Path> = Arc::from(Path::new("kubernetes-api"));
+        let objects = Objects::default();
+        Ok(ApiSource { services, slices, node, service_cidrs, changes, refreshed_at: None, origin, objects })
+    }
+
+    /// Waits until every store has had its first full list: planning before
+    /// would delete what the maps hold for Services not listed yet.
+    async fn wait_until_listed(&self) {
+        let ready = [
+            self.services.wait_until_ready().await.is_ok(),
+            self.slices.wait_until_ready().await.is_ok(),
+            self.node.wait_until_ready().await.is_ok(),
+        ];
+        let cidrs = match &self.service_cidrs {
+            Some(store) => store.wait_until_ready().await.is_ok(),
+            None => true,
+        };
+        debug_assert!(ready.iter().all(|r| *r) && cidrs, "a watcher task ended");
+    }
+
+    /// Waits for the next change any watcher saw; the first time, until
+    /// every store has had its first full list.
+    pub async fn changed(&mut self) {
+        if self.refreshed_at.is_none() {
+            return self.wait_until_listed().await;
+        }
+        if self.changes.changed().await.is_err() {
+            // The watcher tasks hold the sender and never end; if they did,
+            // nothing would change any more.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Takes the stores' objects, in (namespace, name) order; whether any
+    /// watcher saw a change since the last call.
+    pub fn refresh(&mut self) -> bool {
+        let count = *self.changes.borrow_and_update();
+        if self.refreshed_at == Some(count) {
+            return false;
+        }
+        self.refreshed_at = Some(count);
+        self.objects = Objects {
+            services: sourced(&self.origin, self.services.state()),
+            endpoint_slices: sourced(&self.origin, self.slices.state()),
+            ..Objects::default()
+        };
+        true
+    }
+
+    pub fn objects(&self) -> &Objects {
+        &self.objects
+    }
+
+    /// This node's object, once listed.
+    pub fn node(&self) -> Option<Arc<Node>> {
+        self.node.state().into_iter().next()
+    }
+}
+
+/// The store's objects in (namespace, name) order, as the model expects
+/// them: the same order every time, whatever the store's.
+fn sourced<K: Resource>(origin: &Arc<Path>, mut objects: Vec<Arc<K>>) -> Vec<Sourced<K>> {
+    let key = |o: &Arc<K>| (o.meta().namespace.clone(), o.meta().name.clone());
+    objects.sort_by_cached_key(key);
+    objects.into_iter().map(|object| Sourced { file: Arc::clone(origin), object }).collect()
+}
+
+async fn client(config: &ApiConfig) -> Result<Client, ApiError> {
+    let config = match config {
+        ApiConfig::File(path) => {
+            let bad = |reason: String| ApiError::Kubeconfig { path: path.clone(), reason };
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| bad(e.to_string()))?
+        }
+        ApiConfig::InCluster => kube::Config::incluster().map_err(|e| ApiError::InCluster(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| ApiError::Client(e.to_string()))
+}
+
+/// Whether the server serves ServiceCIDRs (Kubernetes 1.33 and later).
+async fn has_service_cidrs(client: &Client) -> bool {
+    let api = Api::<ServiceCIDR>::all(client.clone());
+    !matches!(api.list(&kube::api::ListParams::default().limit(1)).await, Err(kube::Error::Api(e)) if e.code == 404)
+}
+
+/// A reflector store for `api`, kept by a task that drives its watcher and
+/// bumps `changed` on every event.
+fn reflect<K>(api: Api<K>, config: watcher::Config, changed: &watch::Sender<u64>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api, config).default_backoff());
+    tokio::spawn(drive(stream, changed.clone(), std::any::type_name::<K>()));
+    store
+}
+
+async fn drive<K, S>(stream: S, changed: watch::Sender<u64>, kind: &'static str)
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+            Ok(_) => changed.send_modify(|n| *n += 1),
+            Err(err) => {
+                warn!(kind, "watching the API server: {err} (retrying with backoff; the datapath keeps its state)")
+            }
+        }
+    }
+}

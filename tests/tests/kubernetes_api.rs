@@ -1,0 +1,250 @@
+//! The Kubernetes API as the agent's source: Services and EndpointSlices
+//! created, changed and deleted through an API server (the in-process
+//! double of `lb_tests::apiserver`, and kmock's emulator) reach the
+//! datapath, and the API server's troubles never disturb it.
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::AgentProcess,
+    apiserver::ApiServer,
+    client::http_get,
+    kmock::Kmock,
+    kubia::{Cluster, TIMEOUT, VIP, cluster, endpoint_count, http_spread, names},
+    require_root,
+    topology::Pod,
+};
+use serde_json::{Value, json};
+
+/// The seeds' kubia Service, as the API server holds it (its cluster IP
+/// allocated, its selector kept: the EndpointSlice controller's input).
+fn kubia_service() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kubia", "namespace": "default"},
+        "spec": {
+            "clusterIP": VIP.to_string(),
+            "clusterIPs": [VIP.to_string()],
+            "selector": {"app": "kubia"},
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                {"name": "echo", "port": 53, "targetPort": 5353, "protocol": "UDP"}
+            ]
+        }
+    })
+}
+
+/// kubia's EndpointSlice as the EndpointSlice controller writes it: one
+/// endpoint per pod, on `node`.
+fn kubia_slice(pods: &[&Pod], node: &str) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|pod| {
+            json!({
+                "addresses": [pod.ip.to_string()],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": node,
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": pod.name}
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kubia-abcde",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "kubia", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [
+            {"name": "http", "port": 8080, "protocol": "TCP"},
+            {"name": "echo", "port": 5353, "protocol": "UDP"}
+        ]
+    })
+}
+
+fn node_object(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
+}
+
+/// A node with three kubia pods, an API server double inside its namespace
+/// holding the node, kubia's Service and its slice, and an agent watching it.
+struct ApiCluster {
+    agent: AgentProcess,
+    api: ApiServer,
+    c: Cluster,
+    _dir: TempDir,
+}
+
+fn api_cluster() -> ApiCluster {
+    let c = cluster(3);
+    let api = ApiServer::start_in(&c.node.ns).unwrap();
+    let node = c.node.ns.name().to_owned();
+    api.apply(node_object(&node)).unwrap();
+    api.apply(kubia_service()).unwrap();
+    let all: Vec<&Pod> = c.backends.iter().collect();
+    api.apply(kubia_slice(&all, &node)).unwrap();
+    let dir = TempDir::new();
+    let kubeconfig = dir.0.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let agent = AgentProcess::start_api(&c.node, &kubeconfig, &["--pod-device", "h-*"]).unwrap();
+    ApiCluster { agent, api, c, _dir: dir }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(lb_tests::netns::unique_name("kube"));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_kubia_service_and_its_endpoint_slice_created_through_the_api_serve_every_pod() {
+    require_root();
+    let k = api_cluster();
+    k.agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    let all: Vec<&Pod> = k.c.backends.iter().collect();
+    assert_eq!(http_spread(&k.c.client, 30), names(&all));
+    let pods_read: Vec<_> = k.api.requests().into_iter().filter(|(_, path)| path.contains("/pods")).collect();
+    assert!(pods_read.is_empty(), "the agent read pods: {pods_read:?}");
+}
+
+#[test]
+fn scaling_3_2_3_by_endpoint_slice_updates_takes_effect() {
+    require_root();
+    let k = api_cluster();
+    let node = k.c.node.ns.name().to_owned();
+    k.agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    let two: Vec<&Pod> = k.c.backends.iter().take(2).collect();
+    k.api.apply(kubia_slice(&two, &node)).unwrap();
+    k.agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    assert_eq!(http_spread(&k.c.client, 30), names(&two));
+    let all: Vec<&Pod> = k.c.backends.iter().collect();
+    k.api.apply(kubia_slice(&all, &node)).unwrap();
+    k.agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    assert_eq!(http_spread(&k.c.client, 30), names(&all));
+}
+
+#[test]
+fn a_service_deleted_through_the_api_stops_answering() {
+    require_root();
+    let k = api_cluster();
+    k.agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    k.api.delete("Service", "default", "kubia").unwrap();
+    k.agent.wait_for_services(TIMEOUT, |s| !s.contains("kubia")).unwrap();
+    let after = http_get(&k.c.client.ns, std::net::SocketAddrV4::new(VIP, 80), Duration::from_millis(500));
+    assert!(after.is_err(), "a deleted Service answered: {after:?}");
+}
+
+/// Requests from the client pod in a loop until `stop`, counting failures.
+fn under_traffic<T>(client: &Pod, during: impl FnOnce() -> T) -> (T, usize, usize) {
+    let (stop, sent, failed) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicUsize::new(0));
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if http_get(&client.ns, std::net::SocketAddrV4::new(VIP, 80), TIMEOUT).is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let result = during();
+        stop.store(true, Ordering::Relaxed);
+        result
+    });
+    (result, sent.into_inner(), failed.into_inner())
+}
+
+/// The API server goes away and comes back, and its watches are expired
+/// (410 Gone) so the agent must list everything again: the datapath keeps
+/// forwarding meanwhile, and the relist writes nothing.
+#[test]
+fn the_api_server_killed_and_restarted_under_traffic_fails_no_request() {
+    require_root();
+    let k = api_cluster();
+    k.agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    let updates_before = k.agent.log_text().matches("datapath updated").count();
+    let ((), sent, failed) = under_traffic(&k.c.client, || {
+        k.api.stop();
+        std::thread::sleep(Duration::from_secs(2));
+        k.api.compact();
+        k.api.restart().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while k.api.watch_count() < 3 {
+            assert!(Instant::now() < deadline, "the agent did not watch again:\n{}", k.agent.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert!(sent > 10, "only {sent} requests");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed:\n{}", k.agent.log_text());
+    assert_eq!(k.agent.log_text().matches("datapath updated").count(), updates_before, "the relist wrote the maps");
+    // Still in sync: a change made after the restart arrives.
+    k.api.delete("Service", "default", "kubia").unwrap();
+    k.agent.wait_for_services(TIMEOUT * 5, |s| !s.contains("kubia")).unwrap();
+    assert!(k.agent.log_text().contains("watching the API server"), "the outage went unreported");
+}
+
+/// An agent started while the API server is down keeps the datapath as the
+/// last agent left it, and programs nothing until the first full list.
+#[test]
+fn an_agent_started_while_the_api_server_is_down_leaves_the_datapath_forwarding() {
+    require_root();
+    let mut k = api_cluster();
+    k.agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    k.agent.kill().unwrap();
+    k.api.stop();
+    let all: Vec<&Pod> = k.c.backends.iter().collect();
+    let (restarted, sent, failed) = under_traffic(&k.c.client, || {
+        let started = k.agent.restart_until(&k.c.node, "agent started");
+        std::thread::sleep(Duration::from_secs(1));
+        started
+    });
+    restarted.unwrap();
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed:\n{}", k.agent.log_text());
+    assert!(!k.agent.log_text().contains("first sync"), "planned without the API server:\n{}", k.agent.log_text());
+    k.api.restart().unwrap();
+    k.agent.wait_for_log("first sync", Duration::from_secs(20)).unwrap();
+    assert!(k.agent.log_text().contains("map_writes=0"), "{}", k.agent.log_text());
+    assert_eq!(http_spread(&k.c.client, 30), names(&all));
+}
+
+/// The same kubia, created by plain HTTP in an emulator written by others
+/// (kmock), reaches the datapath: the agent speaks the protocol, not our
+/// double's reading of it.
+#[test]
+fn kubia_created_in_kmocks_emulator_serves_every_pod() {
+    require_root();
+    let c = cluster(3);
+    let kmock = Kmock::start_in(&c.node.ns).unwrap();
+    let node = c.node.ns.name().to_owned();
+    kmock.create(&node_object(&node)).unwrap();
+    kmock.create(&kubia_service()).unwrap();
+    let all: Vec<&Pod> = c.backends.iter().collect();
+    kmock.create(&kubia_slice(&all, &node)).unwrap();
+    let dir = TempDir::new();
+    let kubeconfig = dir.0.join("kubeconfig");
+    kmock.write_kubeconfig(&kubeconfig).unwrap();
+    let agent = AgentProcess::start_api(&c.node, &kubeconfig, &["--pod-device", "h-*"]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    assert_eq!(http_spread(&c.client, 30), names(&all));
+    let two: Vec<&Pod> = c.backends.iter().take(2).collect();
+    kmock.replace(&kubia_slice(&two, &node)).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    assert_eq!(http_spread(&c.client, 30), names(&two));
+}
