@@ -14,7 +14,7 @@ use lb_userspace::{
         loader::{LoadOptions, XdpAttachMode},
         maps::{DatapathMaps, monotonic_ns},
     },
-    model::{Ipv4Cidr, ModelOptions, SelectorEndpoints},
+    model::{Controllers, Ipv4Cidr, ModelOptions},
     source::api::ApiConfig,
 };
 
@@ -253,14 +253,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.devices.is_empty() && args.pod_devices.is_empty() {
         bail!("nothing to attach to: give at least one --device or --pod-device");
     }
-    let (source, selector_endpoints) = match (args.manifests, args.kubeconfig) {
+    let (source, controllers) = match (args.manifests, args.kubeconfig) {
         (Some(dir), _) if !dir.is_dir() => {
             bail!("manifest directory {} does not exist or is not a directory", dir.display())
         }
-        (Some(dir), _) => (SourceConfig::Manifests(dir), SelectorEndpoints::Pods),
-        (None, Some(file)) => (SourceConfig::Api(ApiConfig::File(file)), SelectorEndpoints::Slices),
+        (Some(dir), _) => (SourceConfig::Manifests(dir), Controllers::Emulated),
+        (None, Some(file)) => (SourceConfig::Api(ApiConfig::File(file)), Controllers::Cluster),
         (None, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-            (SourceConfig::Api(ApiConfig::InCluster), SelectorEndpoints::Slices)
+            (SourceConfig::Api(ApiConfig::InCluster), Controllers::Cluster)
         }
         (None, None) => bail!("no source of Services: give --manifests DIR or --kubeconfig FILE, or run in a pod"),
     };
@@ -310,7 +310,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         node_devices: InterfacePatterns::new(args.devices.iter().map(String::as_str))?,
         redirect_devices: InterfacePatterns::new(args.redirect_devices.iter().map(String::as_str))?,
         bpf_dir: args.bpf_dir,
-        model: ModelOptions { service_cidr, selector_endpoints },
+        model: ModelOptions { service_cidr, controllers },
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
 }

@@ -187,7 +187,7 @@ fn met(dp: &mut ScratchDatapath, flow: &Flow) -> Expect {
 fn every_flow_meets_what_kube_proxy_would_do() {
     require_root();
     let mut dp = ScratchDatapath::load();
-    let node = NodeInfo { name: "node-a".into(), addrs: vec![NODE.into()], cluster_ips_external: false };
+    let node = NodeInfo { name: "node-a".into(), addrs: vec![NODE.into()], ..NodeInfo::default() };
     dp.program_on(&desired_state(&manifests()), &node);
     // This node's address for SNAT, on the device test runs arrive on.
     let ingress = [(1u32, wire::addr(NODE))].into();

@@ -248,3 +248,51 @@ fn kubia_created_in_kmocks_emulator_serves_every_pod() {
     agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
     assert_eq!(http_spread(&c.client, 30), names(&two));
 }
+
+/// kubia's slice with `trafficDistribution: PreferSameNode` hints, as the
+/// EndpointSlice controller writes them: each endpoint hinted for its own
+/// node. `here` are on this node, the others (as far as the API says) on
+/// node-b.
+fn hinted_slice(here: &[&Pod], elsewhere: &[&Pod], node: &str) -> Value {
+    let mut slice = kubia_slice(&[], node);
+    let endpoint = |pod: &Pod, on: &str| {
+        json!({
+            "addresses": [pod.ip.to_string()],
+            "conditions": {"ready": true, "serving": true, "terminating": false},
+            "nodeName": on,
+            "hints": {"forNodes": [{"name": on}]}
+        })
+    };
+    let endpoints: Vec<Value> =
+        here.iter().map(|p| endpoint(p, node)).chain(elsewhere.iter().map(|p| endpoint(p, "node-b"))).collect();
+    slice["endpoints"] = Value::Array(endpoints);
+    slice
+}
+
+/// Polls until requests from the client reach exactly `want`.
+fn wait_for_spread(k: &ApiCluster, want: &[&Pod]) {
+    let deadline = Instant::now() + TIMEOUT * 5;
+    loop {
+        let seen = http_spread(&k.c.client, 20);
+        if seen == names(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "requests reached {seen:?}, not {:?}", names(want));
+    }
+}
+
+#[test]
+fn prefer_same_node_keeps_traffic_on_the_node_while_it_has_an_endpoint() {
+    require_root();
+    let k = api_cluster();
+    let node = k.c.node.ns.name().to_owned();
+    let mut service = kubia_service();
+    service["spec"]["trafficDistribution"] = json!("PreferSameNode");
+    k.api.apply(service).unwrap();
+    let (local, others) = (&k.c.backends[0], [&k.c.backends[1], &k.c.backends[2]]);
+    k.api.apply(hinted_slice(&[local], &others, &node)).unwrap();
+    wait_for_spread(&k, &[local]);
+    // No endpoint hinted for this node any more: all of them, as kube-proxy does.
+    k.api.apply(hinted_slice(&[], &others, &node)).unwrap();
+    wait_for_spread(&k, &others);
+}

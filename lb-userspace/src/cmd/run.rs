@@ -33,6 +33,9 @@ use crate::{
     },
 };
 
+/// The Node label topology hints name zones by.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// How often interfaces are listed: a new pod veth is attached within this.
 const INTERFACE_POLL: Duration = Duration::from_millis(200);
 
@@ -112,7 +115,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         desired: DesiredState::default(),
         config,
         failed: BTreeMap::new(),
-        node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external },
+        node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external, zone: None },
         devices: None,
         snat_sources: None,
         refused: BTreeMap::new(),
@@ -177,6 +180,8 @@ impl Agent {
         if !self.source.refresh() && self.synced {
             return;
         }
+        // Topology hints are read against the Node's zone label.
+        self.node.zone = self.source.node().and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
         let read = started.elapsed();
         self.build_model();
         let modelled = started.elapsed();

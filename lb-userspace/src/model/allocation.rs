@@ -9,6 +9,15 @@ pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// LoadBalancer Services with `allocateLoadBalancerNodePorts: false`: their
+/// ports have node ports only where written.
+pub(super) fn without_node_ports(objects: &Objects) -> BTreeSet<ServiceName> {
+    let declines = |s: &&Sourced<core::Service>| {
+        s.object.spec.as_ref().and_then(|spec| spec.allocate_load_balancer_node_ports) == Some(false)
+    };
+    objects.services.iter().filter(declines).map(|s| ServiceName::of(&s.object.metadata)).collect()
+}
+
 /// The order in which claims two Services make on one thing (a cluster IP,
 /// a node port) are settled: the older first by `metadata.creationTimestamp`
 /// (one without counts as the newest), then by name. As the API server
@@ -74,7 +83,12 @@ pub(super) fn assign_health_check_ports(state: &mut DesiredState, seniority: &Se
 /// node: written ones first (a younger Service writing a taken one loses it,
 /// with an error naming both), then new ones from a hash of
 /// namespace/name/port, probing linearly, eldest Service first.
-pub(super) fn assign_node_ports(state: &mut DesiredState, seniority: &Seniority, errors: &mut Vec<ModelError>) {
+pub(super) fn assign_node_ports(
+    state: &mut DesiredState,
+    seniority: &Seniority,
+    written_only: &BTreeSet<ServiceName>,
+    errors: &mut Vec<ModelError>,
+) {
     type PortKey = (ServiceName, usize);
     let exposed = |s: &Service| matches!(s.service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
     let mut taken: BTreeMap<(u16, Protocol), PortKey> = BTreeMap::new();
@@ -96,6 +110,7 @@ pub(super) fn assign_node_ports(state: &mut DesiredState, seniority: &Seniority,
                     }
                     None => drop(taken.insert((node_port, port.protocol), (name.clone(), i))),
                 },
+                None if written_only.contains(&name) => {}
                 None => wanted.push((name.clone(), i)),
             }
         }
@@ -128,9 +143,12 @@ pub(super) fn assign_addresses(
     entries: &mut BTreeMap<ServiceName, Entry<'_>>,
     previous: &DesiredState,
     seniority: &Seniority,
-    cidr: Ipv4Cidr,
+    opts: &ModelOptions,
     errors: &mut Vec<ModelError>,
 ) -> BTreeMap<ServiceName, ClusterIp> {
+    let cidr = opts.service_cidr;
+    // In a cluster the API server allocated and checked every address.
+    let emulated = opts.controllers == Controllers::Emulated;
     let previous_ip = |name: &ServiceName| match previous.services.get(name).map(|s| s.cluster_ip) {
         Some(ClusterIp::Ip(ip)) => Some(ip),
         _ => None,
@@ -147,7 +165,7 @@ pub(super) fn assign_addresses(
             (Entry::Kept(_, kept), _) if let ClusterIp::Ip(ip) = kept.cluster_ip => {
                 claims.push((ip, seniority.rank(name), name.clone()))
             }
-            (_, Some(Address::Explicit(ip))) if !cidr.contains_host(ip) => {
+            (_, Some(Address::Explicit(ip))) if emulated && !cidr.contains_host(ip) => {
                 refused.push((name.clone(), ModelError::OutsideServiceCidr { file, service: name.clone(), ip, cidr }))
             }
             (_, Some(Address::Explicit(ip))) => claims.push((ip, seniority.rank(name), name.clone())),
@@ -185,12 +203,19 @@ pub(super) fn assign_addresses(
     let mut allocate = Vec::new();
     for (name, entry) in entries.iter() {
         match entry.address() {
-            Some(Address::Allocate) => allocate.push(name),
+            Some(Address::Allocate) => allocate.push(name.clone()),
             Some(Address::None) => drop(assigned.insert(name.clone(), ClusterIp::None)),
             _ => {}
         }
     }
-    for name in seniority.eldest_first(allocate.into_iter()) {
+    if !emulated {
+        for name in allocate.drain(..) {
+            if let Some(entry) = entries.remove(&name) {
+                errors.push(ModelError::NotAllocated { file: entry.file().to_owned(), service: name });
+            }
+        }
+    }
+    for name in seniority.eldest_first(allocate.iter()) {
         match cidr.free_host(&name, &taken) {
             Some(ip) => {
                 if let Some(before) = previous_ip(&name).filter(|before| *before != ip) {

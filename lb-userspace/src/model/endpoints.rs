@@ -20,7 +20,7 @@ pub(super) struct Index<'a> {
     pub(super) endpoints: BTreeMap<(&'a str, &'a str), &'a Sourced<core::Endpoints>>,
     /// By namespace and the `kubernetes.io/service-name` label.
     pub(super) slices: BTreeMap<(&'a str, &'a str), Vec<&'a Sourced<EndpointSlice>>>,
-    pub(super) selector_endpoints: SelectorEndpoints,
+    pub(super) controllers: Controllers,
 }
 
 pub(super) fn namespace(meta: &ObjectMeta) -> &str {
@@ -28,11 +28,7 @@ pub(super) fn namespace(meta: &ObjectMeta) -> &str {
 }
 
 impl<'a> Index<'a> {
-    pub(super) fn new(
-        objects: &'a Objects,
-        selector_endpoints: SelectorEndpoints,
-        errors: &mut Vec<ModelError>,
-    ) -> Self {
+    pub(super) fn new(objects: &'a Objects, controllers: Controllers, errors: &mut Vec<ModelError>) -> Self {
         let mut pods: BTreeMap<&str, Vec<PodInfo>> = BTreeMap::new();
         for pod in &objects.pods {
             match PodInfo::new(pod) {
@@ -53,7 +49,7 @@ impl<'a> Index<'a> {
                 slices.entry((namespace(meta), service.as_str())).or_default().push(slice);
             }
         }
-        Index { pods, endpoints, slices, selector_endpoints }
+        Index { pods, endpoints, slices, controllers }
     }
 
     /// The Endpoints object and EndpointSlices named after `service`.
@@ -86,7 +82,7 @@ pub(super) fn realise(
 ) -> Service {
     let external = spec.service_type == ServiceType::ExternalName;
     // The selector picks pods only where nobody else turned it into slices.
-    let selector = spec.selector.filter(|_| index.selector_endpoints == SelectorEndpoints::Pods);
+    let selector = spec.selector.filter(|_| index.controllers == Controllers::Emulated);
     let groups = match selector {
         None if !external => index.manual_groups(&spec.name, errors),
         _ => Vec::new(),
@@ -138,6 +134,7 @@ pub(super) fn realise(
                         terminating: pod.terminating,
                         node_name: pod.node_name.map(str::to_owned),
                         target: Some(pod.name.to_owned()),
+                        hints: Hints::default(),
                     },
                 );
             }
@@ -157,6 +154,7 @@ pub(super) fn realise(
                                 terminating: b.terminating,
                                 node_name: b.node_name.clone(),
                                 target: b.target.clone(),
+                                hints: b.hints.clone(),
                             },
                         );
                     }

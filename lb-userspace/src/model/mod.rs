@@ -47,6 +47,8 @@ pub enum ModelError {
     ClusterIpTaken { file: PathBuf, service: ServiceName, ip: Ipv4Addr, holder: ServiceName },
     #[error("{file}: Service {service}: spec.clusterIP: {ip} is not in the service CIDR {cidr}")]
     OutsideServiceCidr { file: PathBuf, service: ServiceName, ip: Ipv4Addr, cidr: Ipv4Cidr },
+    #[error("{file}: Service {service}: spec.clusterIP: empty, and the API server allocates it")]
+    NotAllocated { file: PathBuf, service: ServiceName },
     #[error("{file}: Service {service}: no free address left in the service CIDR {cidr}")]
     CidrExhausted { file: PathBuf, service: ServiceName, cidr: Ipv4Cidr },
     #[error("Service {service}: nodePort {node_port}/{protocol} is already used by Service {holder}")]
@@ -61,26 +63,29 @@ pub enum ModelError {
 pub struct ModelOptions {
     /// Where services without an explicit `spec.clusterIP` get theirs.
     pub service_cidr: Ipv4Cidr,
-    pub selector_endpoints: SelectorEndpoints,
+    pub controllers: Controllers,
 }
 
-/// Where the endpoints of a Service with a selector come from.
+/// Whether the work of the cluster's controllers is done already: the API
+/// server's allocation of cluster IPs and node ports, the EndpointSlice
+/// controller's endpoints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SelectorEndpoints {
-    /// From the pods it selects, as the endpoints controller would pick
-    /// them: standalone, nobody else does.
+pub enum Controllers {
+    /// Standalone: nobody did it, so the model does. Addresses and node
+    /// ports not written are allocated (explicit ones checked against the
+    /// service CIDR), and a selector's endpoints are the pods it picks.
     #[default]
-    Pods,
-    /// From its EndpointSlices, as for any Service: in a cluster the
-    /// EndpointSlice controller has done that work.
-    Slices,
+    Emulated,
+    /// In a cluster: what the API server holds is allocated and validated,
+    /// and the EndpointSlices are the truth for every Service's endpoints.
+    Cluster,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
         // Kubernetes' (kubeadm's) default service CIDR.
         let service_cidr = Ipv4Cidr { network: Ipv4Addr::new(10, 96, 0, 0), prefix_len: 12 };
-        ModelOptions { service_cidr, selector_endpoints: SelectorEndpoints::default() }
+        ModelOptions { service_cidr, controllers: Controllers::default() }
     }
 }
 
@@ -102,12 +107,12 @@ fn service_label<'a>(service: &'a Sourced<core::Service>, label: &str) -> Option
 pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> (DesiredState, Vec<ModelError>) {
     let pods = pods_by_namespace(objects);
     if previous.memo.opts.as_ref() == Some(opts) && previous.memo.same_services_and_pods(objects, &pods) {
-        return rebuild_endpoints(objects, previous, opts.selector_endpoints);
+        return rebuild_endpoints(objects, previous, opts.controllers);
     }
     let previous = &previous;
     let mut errors = Vec::new();
     let mut entries = BTreeMap::new();
-    let index = Index::new(objects, opts.selector_endpoints, &mut errors);
+    let index = Index::new(objects, opts.controllers, &mut errors);
     let mut memo = Memo {
         pods,
         sources: objects.services.iter().map(|s| (Arc::clone(&s.object), Arc::clone(&s.file))).collect(),
@@ -144,7 +149,7 @@ pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> 
         }
     }
     let seniority = Seniority::of(objects);
-    let mut addresses = assign_addresses(&mut entries, previous, &seniority, opts.service_cidr, &mut errors);
+    let mut addresses = assign_addresses(&mut entries, previous, &seniority, opts, &mut errors);
     let services = entries
         .into_iter()
         .map(|(name, entry)| {
@@ -161,8 +166,10 @@ pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> 
         .collect();
     let mut state = DesiredState { services, memo: Memo::default() };
     let mut errors_after = Vec::new();
-    assign_node_ports(&mut state, &seniority, &mut errors_after);
-    assign_health_check_ports(&mut state, &seniority);
+    if opts.controllers == Controllers::Emulated {
+        assign_node_ports(&mut state, &seniority, &without_node_ports(objects), &mut errors_after);
+        assign_health_check_ports(&mut state, &seniority);
+    }
     state.memo = Memo { errors_before: errors, errors_after, ..memo };
     let errors = state.memo.errors(&state.services);
     (state, errors)

@@ -90,11 +90,11 @@ impl Realised {
 pub(super) fn rebuild_endpoints(
     objects: &Objects,
     previous: DesiredState,
-    selector_endpoints: SelectorEndpoints,
+    controllers: Controllers,
 ) -> (DesiredState, Vec<ModelError>) {
     let mut state = previous;
     // Its errors are the pods', which did not change: they are in the memo.
-    let index = Index::new(objects, selector_endpoints, &mut Vec::new());
+    let index = Index::new(objects, controllers, &mut Vec::new());
     for (name, realised) in &mut state.memo.services {
         let service = &objects.services[realised.at];
         if realised.made_from(service, &index.inputs(name)) {

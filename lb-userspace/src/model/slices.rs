@@ -16,6 +16,7 @@ pub(super) struct Backend {
     pub(super) terminating: bool,
     pub(super) node_name: Option<String>,
     pub(super) target: Option<String>,
+    pub(super) hints: Hints,
 }
 
 impl Group {
@@ -36,6 +37,7 @@ impl Group {
                             terminating: false,
                             node_name: address.node_name.clone(),
                             target: address.target_ref.as_ref().and_then(|t| t.name.clone()),
+                            hints: Hints::default(),
                         }),
                         Ok(None) => debug!(%object, ip = address.ip, "skipping an IPv6 address"),
                         Err(reason) => errors.push(invalid(
@@ -111,6 +113,20 @@ impl Group {
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
                 node_name: endpoint.node_name.clone(),
                 target: endpoint.target_ref.as_ref().and_then(|t| t.name.clone()),
+                hints: Hints {
+                    zones: endpoint
+                        .hints
+                        .iter()
+                        .flat_map(|h| h.for_zones.iter().flatten())
+                        .map(|z| z.name.clone())
+                        .collect(),
+                    nodes: endpoint
+                        .hints
+                        .iter()
+                        .flat_map(|h| h.for_nodes.iter().flatten())
+                        .map(|n| n.name.clone())
+                        .collect(),
+                },
             });
         }
         for (p, port) in slice.object.ports.iter().flatten().enumerate() {

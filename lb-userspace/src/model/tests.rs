@@ -695,3 +695,109 @@ fn a_local_load_balancer_gets_a_health_check_node_port() {
     let (_, errors) = build_yaml(&lb("  healthCheckNodePort: 32000\n"));
     assert!(messages(&errors)[0].contains("spec.healthCheckNodePort"), "{errors:?}");
 }
+
+/// A cluster-mode build (the API source's objects).
+fn build_cluster(yaml: &str) -> (DesiredState, Vec<ModelError>) {
+    let opts = ModelOptions { controllers: Controllers::Cluster, ..ModelOptions::default() };
+    build(&objects_from_yaml(yaml), DesiredState::default(), &opts)
+}
+
+const HINTED: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: s}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: s-abc
+  labels: {kubernetes.io/service-name: s}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.0.0.1]
+  nodeName: a
+  zone: z1
+  hints: {forNodes: [{name: a}], forZones: [{name: z1}]}
+- addresses: [10.0.0.2]
+  nodeName: b
+  zone: z1
+  hints: {forNodes: [{name: b}], forZones: [{name: z1}]}
+- addresses: [10.0.0.3]
+  nodeName: c
+  zone: z2
+  hints: {forNodes: [{name: c}], forZones: [{name: z2}]}
+";
+
+#[test]
+fn in_a_cluster_a_selectors_endpoints_come_from_its_slices_and_hints_narrow_them_as_kube_proxy_does() {
+    let (state, errors) = build_cluster(HINTED);
+    assert!(errors.is_empty(), "{errors:?}");
+    let port = &service(&state, "s").ports[0];
+    let chosen = |node, zone| port.cluster_endpoints(node, zone).iter().map(|e| e.addr.to_string()).collect::<Vec<_>>();
+    // Node hints first (PreferSameNode), then zone hints (PreferClose).
+    assert_eq!(chosen("a", Some("z1")), ["10.0.0.1"]);
+    assert_eq!(chosen("d", Some("z1")), ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(chosen("d", Some("z3")), ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "no hint for here: all");
+    assert_eq!(chosen("d", None), ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "a node without zone label: all");
+    // One ready endpoint without hints (a slice being rewritten): hints are ignored.
+    let (state, _) = build_cluster(&HINTED.replace("  hints: {forNodes: [{name: c}], forZones: [{name: z2}]}\n", ""));
+    let all = service(&state, "s").ports[0].cluster_endpoints("a", Some("z1")).len();
+    assert_eq!(all, 3);
+    // Standalone, the same selector picks pods (there are none here).
+    let (state, _) = build_yaml(HINTED);
+    assert!(service(&state, "s").ports[0].endpoints.is_empty());
+}
+
+#[test]
+fn in_a_cluster_nothing_is_allocated_and_the_api_servers_addresses_are_trusted() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: outside}
+spec:
+  clusterIP: 172.20.0.10
+  type: NodePort
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: unallocated}
+spec:
+  ports: [{port: 80}]
+";
+    let (state, errors) = build_cluster(yaml);
+    assert_eq!(
+        messages(&errors),
+        ["test.yaml: Service default/unallocated: spec.clusterIP: empty, and the API server allocates it"]
+    );
+    let outside = service(&state, "outside");
+    assert_eq!(outside.cluster_ip, ClusterIp::Ip(Ipv4Addr::new(172, 20, 0, 10)), "another ServiceCIDR's address");
+    assert_eq!(outside.ports[0].node_port, None, "no node port is invented");
+    assert!(!state.services.contains_key(&ServiceName::new("default", "unallocated")));
+}
+
+#[test]
+fn a_proxy_mode_load_balancer_ip_is_not_captured_and_node_ports_can_be_declined() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  allocateLoadBalancerNodePorts: false
+  ports: [{name: a, port: 80}, {name: b, port: 81, nodePort: 30081}]
+status:
+  loadBalancer:
+    ingress: [{ip: 203.0.113.10, ipMode: Proxy}, {ip: 203.0.113.11, ipMode: VIP}]
+";
+    let (state, errors) = build_yaml(yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let lb = service(&state, "lb");
+    assert_eq!(lb.external_ips, [Ipv4Addr::new(203, 0, 113, 11)]);
+    assert_eq!(lb.ports.iter().map(|p| p.node_port).collect::<Vec<_>>(), [None, Some(30081)]);
+}

@@ -172,6 +172,23 @@ impl ServicePort {
         self.active_endpoints_on(None)
     }
 
+    /// The endpoints traffic under policy Cluster takes on `node` (in
+    /// `zone`): the ready ones its topology hints leave this node, as
+    /// kube-proxy narrows them; with none ready, the serving terminating
+    /// ones, hints aside. Sorted and deduplicated like
+    /// [`ServicePort::active_endpoints`].
+    pub fn cluster_endpoints(&self, node: &str, zone: Option<&str>) -> Vec<&Endpoint> {
+        let ready: Vec<&Endpoint> = self.endpoints.iter().filter(|e| e.ready).collect();
+        let topology = Topology::of(&ready, node, zone);
+        let mut chosen: Vec<&Endpoint> = ready.into_iter().filter(|e| topology.admits(e, node, zone)).collect();
+        if chosen.is_empty() {
+            return self.active_endpoints().collect();
+        }
+        chosen.sort_by_key(|e| (e.addr, e.port));
+        chosen.dedup_by_key(|e| (e.addr, e.port));
+        chosen
+    }
+
     /// Like [`ServicePort::active_endpoints`], among the endpoints on
     /// `node` only when given (traffic policy Local; the terminating
     /// fallback applies per node, as kube-proxy does).
@@ -200,6 +217,52 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     /// The pod's name, when the endpoint is a pod.
     pub target: Option<String>,
+    pub hints: Hints,
+}
+
+/// An EndpointSlice endpoint's topology hints (set by the EndpointSlice
+/// controller for `trafficDistribution` or topology-aware routing): the
+/// zones and nodes whose traffic it should take.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub zones: Vec<String>,
+    pub nodes: Vec<String>,
+}
+
+/// Which endpoints kube-proxy's topology rule lets a node use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    Any,
+    SameNode,
+    SameZone,
+}
+
+impl Topology {
+    /// Hints count only when every ready endpoint has them (of that kind)
+    /// and one is for this node (zone): a half-hinted slice is being
+    /// rewritten, and a node nobody hints for would get no traffic.
+    fn of(ready: &[&Endpoint], node: &str, zone: Option<&str>) -> Topology {
+        let for_all = |hinted: &dyn Fn(&Endpoint) -> &[String], here: Option<&str>| {
+            here.is_some_and(|here| {
+                ready.iter().all(|e| !hinted(e).is_empty()) && ready.iter().any(|e| hinted(e).iter().any(|h| h == here))
+            })
+        };
+        if for_all(&|e| &e.hints.nodes, Some(node)) {
+            Topology::SameNode
+        } else if for_all(&|e| &e.hints.zones, zone) {
+            Topology::SameZone
+        } else {
+            Topology::Any
+        }
+    }
+
+    fn admits(self, endpoint: &Endpoint, node: &str, zone: Option<&str>) -> bool {
+        match self {
+            Topology::Any => true,
+            Topology::SameNode => endpoint.hints.nodes.iter().any(|n| n == node),
+            Topology::SameZone => endpoint.hints.zones.iter().any(|z| Some(z.as_str()) == zone),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]

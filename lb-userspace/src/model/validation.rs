@@ -173,6 +173,9 @@ pub(super) fn validate(service: &Sourced<core::Service>) -> Result<(Spec<'_>, Ve
         .into_iter()
         .flatten()
         .filter(|_| service_type == ServiceType::LoadBalancer)
+        // `Proxy`: the load balancer delivers to the node with its own
+        // address as destination; capturing the IP would bypass it.
+        .filter(|ingress| ingress.ip_mode.as_deref() != Some("Proxy"))
         .filter_map(|ingress| ingress.ip.as_deref())
         .map(|ip| ("status.loadBalancer.ingress[].ip", ip));
     let external_ips =

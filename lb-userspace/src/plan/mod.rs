@@ -30,8 +30,8 @@ use lb_common::{
 use tracing::warn;
 
 use crate::model::{
-    BackendSelection, ClusterIp, DesiredState, Ipv4Cidr, Protocol, Service, ServiceName, ServicePort, ServiceType,
-    SessionAffinity, TrafficPolicy,
+    BackendSelection, ClusterIp, DesiredState, Endpoint, Ipv4Cidr, Protocol, Service, ServiceName, ServicePort,
+    ServiceType, SessionAffinity, TrafficPolicy,
 };
 use regions::Regions;
 
@@ -184,6 +184,8 @@ pub struct NodeInfo {
     /// Cluster IPs answer traffic from the node's devices too
     /// (`--cluster-ip-external`); by default only pods reach them.
     pub cluster_ips_external: bool,
+    /// The node's `topology.kubernetes.io/zone` label, for topology hints.
+    pub zone: Option<String>,
 }
 
 /// What the reconciler believes the maps hold.
@@ -884,9 +886,13 @@ impl Shared<'_> {
     /// listed once, under the cluster IP.
     fn frontend(&self, kind: u8, policy: TrafficPolicy) -> WantedFrontend {
         let local = policy == TrafficPolicy::Local;
-        let backends = self
-            .port
-            .active_endpoints_on(local.then_some(self.node.name.as_str()))
+        let endpoints: Vec<&Endpoint> = if local {
+            self.port.active_endpoints_on(Some(self.node.name.as_str())).collect()
+        } else {
+            self.port.cluster_endpoints(&self.node.name, self.node.zone.as_deref())
+        };
+        let backends = endpoints
+            .into_iter()
             .map(|ep| {
                 // Another node's endpoint, or one outside the cluster (no
                 // node name, as for traffic policies): external clients sent
@@ -980,6 +986,7 @@ mod tests {
             terminating: false,
             node_name: None,
             target: None,
+            hints: Default::default(),
         }
     }
 
@@ -1323,7 +1330,7 @@ mod tests {
         let mut node = NodeInfo {
             name: "node-a".into(),
             addrs: vec![Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(192, 0, 2, 1)],
-            cluster_ips_external: false,
+            ..NodeInfo::default()
         };
         let mut maps = Maps::default();
         maps.apply_checked(&Programmed::default().plan(&desired, &node));

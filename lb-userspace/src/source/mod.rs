@@ -45,6 +45,14 @@ impl Source {
             Source::Api(source) => source.objects(),
         }
     }
+
+    /// This node's Node object, where the source has one (the API).
+    pub fn node(&self) -> Option<Arc<k8s_openapi::api::core::v1::Node>> {
+        match self {
+            Source::Manifests(_) => None,
+            Source::Api(source) => source.node(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ fn services(count: u32) -> DesiredState {
                 terminating: false,
                 node_name: None,
                 target: None,
+                hints: Default::default(),
             })
             .collect()
     };
