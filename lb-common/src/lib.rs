@@ -150,8 +150,8 @@ pub const FRONTEND_SCOPE_PODS: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Frontend {
-    /// One id per Service port; keys the backend slots and the service meta.
-    pub svc_id: u32,
+    /// One id per frontend: keys its backend slots, meta and endpoints.
+    pub frontend_id: u32,
     /// `sessionAffinity: ClientIP` timeout; 0 means no affinity.
     pub affinity_timeout_s: u32,
     /// Entries `0..backend_count` of the frontend's slot set are valid
@@ -172,7 +172,7 @@ impl Frontend {
     #[inline(always)]
     pub fn slot_key(&self, index: u32) -> BackendSlotKey {
         let base = if self.flags & FRONTEND_FLAG_UPPER_SLOTS != 0 { UPPER_SLOTS } else { 0 };
-        BackendSlotKey { svc_id: self.svc_id, slot: base + index }
+        BackendSlotKey { frontend_id: self.frontend_id, slot: base + index }
     }
 }
 
@@ -190,13 +190,13 @@ pub const FRONTEND_FLAG_EXTERNAL: u16 = 1;
 /// (`loadBalancerSourceRanges`); others are dropped.
 pub const FRONTEND_FLAG_SOURCE_RANGES: u16 = 4;
 
-/// The data of an `LB_SOURCE_RANGES` (LPM trie) key: the frontend's svc_id,
+/// The data of an `LB_SOURCE_RANGES` (LPM trie) key: the frontend's frontend_id,
 /// big-endian so the trie matches all of its bits first, then the client
 /// network. A key's prefix length is 32 + the network's prefix length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceRange {
-    pub svc_id_be: u32,
+    pub frontend_id_be: u32,
     /// IPv4 address, network byte order.
     pub addr: u32,
 }
@@ -215,11 +215,11 @@ pub const FRONTEND_FLAG_UPPER_SLOTS: u16 = 16;
 /// Where the upper slot set begins (`backend_count` is a u16).
 pub const UPPER_SLOTS: u32 = 1 << 16;
 
-/// Slot `slot` of service `svc_id`; the value is a backend id.
+/// Slot `slot` of service `frontend_id`; the value is a backend id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendSlotKey {
-    pub svc_id: u32,
+    pub frontend_id: u32,
     pub slot: u32,
 }
 const _: () = assert!(core::mem::size_of::<BackendSlotKey>() == 8);
@@ -254,7 +254,7 @@ pub const SNAT_PORT_MAX: u16 = 65_535;
 pub struct AffinityKey {
     /// The client's IPv4 address, network byte order.
     pub client: u32,
-    pub svc_id: u32,
+    pub frontend_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 
@@ -310,7 +310,7 @@ pub struct CtEntry {
     /// `CT_FLAG_*` bits.
     pub flags: u8,
     /// The Service port the flow belongs to, so state can be found per service.
-    pub svc_id: u32,
+    pub frontend_id: u32,
     /// With `CT_FLAG_REWRITE_OTHER`: the other end's address and port
     /// (network byte order).
     pub other_addr: u32,
@@ -414,7 +414,7 @@ pub const fn svc_type_name(svc_type: u8) -> &'static str {
 pub const META_NAME_LEN: usize = 64;
 pub const META_PORT_NAME_LEN: usize = 16;
 
-/// Who owns a `svc_id`, so another process can print the programmed state
+/// Who owns a `frontend_id`, so another process can print the programmed state
 /// with names. Read by userspace only; the datapath never touches it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -718,11 +718,11 @@ impl FastPath {
     }
 }
 
-/// Endpoint `index` of Service port `svc_id`, ready or not.
+/// Endpoint `index` of Service port `frontend_id`, ready or not.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EndpointKey {
-    pub svc_id: u32,
+    pub frontend_id: u32,
     pub index: u32,
 }
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 8);

@@ -38,7 +38,7 @@ const AF_INET: u8 = 2;
 #[map]
 static LB_FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
 
-/// (svc_id, slot) -> backend id; slots 0..backend_count are valid.
+/// (frontend_id, slot) -> backend id; slots 0..backend_count are valid.
 #[map]
 static LB_BACKEND_SLOTS: HashMap<BackendSlotKey, u32> = HashMap::pinned(MAX_BACKEND_SLOTS, BPF_F_NO_PREALLOC);
 
@@ -50,7 +50,7 @@ static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, BPF_F_
 #[map]
 static LB_CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CONNTRACK, 0);
 
-/// (client, svc_id) -> backend of the client's last new connection.
+/// (client, frontend_id) -> backend of the client's last new connection.
 #[map]
 static LB_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(MAX_AFFINITY, 0);
 
@@ -58,7 +58,7 @@ static LB_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(
 #[map]
 static LB_ENDPOINTS: HashMap<EndpointKey, EndpointMeta> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
-/// (svc_id, client network) of frontends with `loadBalancerSourceRanges`.
+/// (frontend_id, client network) of frontends with `loadBalancerSourceRanges`.
 #[map]
 static LB_SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
 
@@ -107,7 +107,7 @@ static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Hook::COUNT * Reason:
 #[map]
 static LB_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_NODE_DEVICES, BPF_F_NO_PREALLOC);
 
-/// svc_id -> namespace/name/port of its Service; read by userspace only.
+/// frontend_id -> namespace/name/port of its Service; read by userspace only.
 #[map]
 static LB_SERVICE_META: HashMap<u32, ServiceMeta> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
 
@@ -188,8 +188,8 @@ impl Tables for MapTables {
     }
 
     #[inline(always)]
-    fn source_allowed(&self, svc_id: u32, client: u32) -> bool {
-        let key = Key::new(64, SourceRange { svc_id_be: svc_id.to_be(), addr: client });
+    fn source_allowed(&self, frontend_id: u32, client: u32) -> bool {
+        let key = Key::new(64, SourceRange { frontend_id_be: frontend_id.to_be(), addr: client });
         LB_SOURCE_RANGES.get(&key).is_some()
     }
 

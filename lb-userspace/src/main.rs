@@ -28,7 +28,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Program the datapath from a manifest directory and keep it in sync.
-    Run(RunArgs),
+    // Boxed: its many flags would make every Command that size.
+    Run(Box<RunArgs>),
     /// Print what the datapath is programmed with (reads the pinned maps).
     Get {
         #[arg(value_enum)]
@@ -65,7 +66,7 @@ struct RunArgs {
     /// Node devices to attach to: names or wildcards (repeatable).
     #[arg(long = "device", value_name = "PATTERN")]
     devices: Vec<String>,
-    /// Pod veths (host side) to attach to, e.g. 'h-*' (repeatable); ones created later are attached within 1 s.
+    /// Pod veths (host side) to attach to, e.g. 'h-*' (repeatable); ones created later are attached within 200 ms.
     #[arg(long = "pod-device", value_name = "PATTERN")]
     pod_devices: Vec<String>,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
@@ -114,7 +115,7 @@ struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     ct_sweep_interval: std::time::Duration,
     /// Room for all Maglev tables, in entries of 2 bytes (a frontend with N
-    /// backends takes the smallest listed prime >= 100 x N).
+    /// backends takes the smallest listed prime >= 1 000 x N).
     #[arg(long, default_value_t = lb_common::MAX_MAGLEV_ENTRIES)]
     maglev_entries: u32,
     /// Detach the programs when the agent stops. By default they stay
@@ -127,6 +128,25 @@ struct RunArgs {
     /// `lb-agent get` and the next agent. Refused without this flag.
     #[arg(long)]
     allow_private_bpffs: bool,
+    /// Where /healthz and /livez answer (kube-proxy's port); empty for nowhere.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256", value_parser = parse_bind_address)]
+    health_bind_address: BindAddress,
+    /// /healthz and /livez answer 503 once a failed datapath update has
+    /// waited this long for a complete one.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    health_timeout: std::time::Duration,
+}
+
+/// An address to listen on, or none (the empty string).
+#[derive(Clone, Copy)]
+struct BindAddress(Option<std::net::SocketAddr>);
+
+fn parse_bind_address(text: &str) -> Result<BindAddress, String> {
+    if text.is_empty() {
+        return Ok(BindAddress(None));
+    }
+    let addr = text.parse().map_err(|_| format!("{text:?} is neither ADDR:PORT (such as 0.0.0.0:10256) nor empty"))?;
+    Ok(BindAddress(Some(addr)))
 }
 
 /// A duration such as `90s` or `6h`, in whole seconds (at least one).
@@ -221,7 +241,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         bail!("lb-agent needs root (it loads eBPF programs and reads pinned maps): run it with sudo");
     }
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Get { what, bpf_dir, filter } => {
             if what != GetWhat::Conntrack && !filter.is_empty() {
                 bail!("--service, --client, --backend and --protocol filter `get conntrack` only");
@@ -274,6 +294,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.ct_sweep_interval.is_zero() {
         bail!("--ct-sweep-interval must be longer than 0s");
     }
+    if args.health_timeout.is_zero() {
+        bail!("--health-timeout must be longer than 0s");
+    }
     let service_cidr: Ipv4Cidr =
         args.service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?;
     let mask = u32::MAX.checked_shl(32 - u32::from(service_cidr.prefix_len())).unwrap_or(0);
@@ -311,6 +334,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         redirect_devices: InterfacePatterns::new(args.redirect_devices.iter().map(String::as_str))?,
         bpf_dir: args.bpf_dir,
         model: ModelOptions { service_cidr, controllers },
+        health_bind: args.health_bind_address.0,
+        health_timeout: args.health_timeout,
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
 }

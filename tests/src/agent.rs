@@ -51,9 +51,20 @@ impl AgentProcess {
     /// names, with `args`; waits until it has programmed the server's
     /// objects once.
     pub fn start_api(node: &Node, kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_api_until(node, kubeconfig, args, "first sync")
+    }
+
+    /// Like [`AgentProcess::start_api`], waiting only until it logs
+    /// `needle` (an API server that is down never lets it sync).
+    pub fn start_api_until(
+        node: &Node,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        needle: &str,
+    ) -> anyhow::Result<Self> {
         let mut agent = Self::new(args)?;
         agent.kubeconfig = Some(kubeconfig.to_owned());
-        agent.spawn(node)?;
+        agent.spawn_until(node, needle)?;
         Ok(agent)
     }
 

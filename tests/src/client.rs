@@ -18,12 +18,22 @@ pub fn http_get(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Re
 
 /// `GET /` to `addr` from inside `ns`; the status code and the body.
 pub fn http_request(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    http_request_path(ns, addr, "/", timeout)
+}
+
+/// `GET PATH` to `addr` from inside `ns`; the status code and the body.
+pub fn http_request_path(
+    ns: &Netns,
+    addr: SocketAddrV4,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     ns.run_in(|| -> anyhow::Result<(u16, String)> {
         let mut stream =
             TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
         stream.set_read_timeout(Some(timeout))?;
         // One write, one segment.
-        stream.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
         let mut response = String::new();
         stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
         let (head, body) =

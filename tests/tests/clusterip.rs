@@ -384,8 +384,8 @@ fn a_deleted_service_forwards_no_new_connection() {
 /// 1 000 endpoint changes (pods added, removed, flipping ready) written to
 /// the manifests while a client sends requests to the Service: three pods
 /// stay ready throughout, three come and go. No request fails: a frontend
-/// never has zero backends or a dangling slot on the way (see "Churn" in
-/// the README), and connections to a pod that leaves finish where they are.
+/// never has zero backends or a dangling slot on the way (see
+/// "Reliability" in docs/operations.md), and connections to a pod that leaves finish where they are.
 #[test]
 fn a_thousand_endpoint_changes_under_load_fail_no_request() {
     require_root();

@@ -58,35 +58,40 @@ fn program_services(dp: &mut ScratchDatapath) {
     let ops = [
         MapOp::PutBackend { id: 1, backend: backend(8080) },
         MapOp::PutBackend { id: 2, backend: backend(5353) },
-        MapOp::PutSlot { key: BackendSlotKey { svc_id: 1, slot: 0 }, backend_id: 1 },
-        MapOp::PutSlot { key: BackendSlotKey { svc_id: 2, slot: 0 }, backend_id: 2 },
+        MapOp::PutSlot { key: BackendSlotKey { frontend_id: 1, slot: 0 }, backend_id: 1 },
+        MapOp::PutSlot { key: BackendSlotKey { frontend_id: 2, slot: 0 }, backend_id: 2 },
         MapOp::PutFrontend {
             key: frontend(VIP, 80, IPPROTO_TCP),
-            frontend: Frontend { svc_id: 1, backend_count: 1, ..Default::default() },
+            frontend: Frontend { frontend_id: 1, backend_count: 1, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(VIP, 53, IPPROTO_UDP),
-            frontend: Frontend { svc_id: 2, backend_count: 1, ..Default::default() },
+            frontend: Frontend { frontend_id: 2, backend_count: 1, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(EMPTY_VIP, 80, IPPROTO_TCP),
-            frontend: Frontend { svc_id: 3, backend_count: 0, ..Default::default() },
+            frontend: Frontend { frontend_id: 3, backend_count: 0, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(EMPTY_VIP, 53, IPPROTO_UDP),
-            frontend: Frontend { svc_id: 4, backend_count: 0, ..Default::default() },
+            frontend: Frontend { frontend_id: 4, backend_count: 0, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(NODE, 30080, IPPROTO_TCP),
-            frontend: Frontend { svc_id: 1, backend_count: 1, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
+            frontend: Frontend {
+                frontend_id: 1,
+                backend_count: 1,
+                flags: FRONTEND_FLAG_EXTERNAL,
+                ..Default::default()
+            },
         },
         MapOp::PutFrontend {
             key: frontend(NODE, 30081, IPPROTO_TCP),
-            frontend: Frontend { svc_id: 3, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
+            frontend: Frontend { frontend_id: 3, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(NODE, 30053, IPPROTO_UDP),
-            frontend: Frontend { svc_id: 4, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
+            frontend: Frontend { frontend_id: 4, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
         },
         MapOp::PutVip { addr: wire::addr(VIP), frontends: 2 | VIP_CLUSTER_IP },
         MapOp::PutVip { addr: wire::addr(EMPTY_VIP), frontends: 2 },
@@ -431,12 +436,12 @@ fn an_established_flow_keeps_its_backend_among_many() {
     for i in 0..5u32 {
         let backend = Backend { addr: wire::addr([10, 244, 2, 10 + i as u8]), port: wire::port(8080), flags: 0 };
         dp.maps.apply(&MapOp::PutBackend { id: 10 + i, backend }).unwrap();
-        dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { svc_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
+        dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { frontend_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
     }
     dp.maps
         .apply(&MapOp::PutFrontend {
             key: frontend,
-            frontend: Frontend { svc_id: 9, backend_count: 5, ..Default::default() },
+            frontend: Frontend { frontend_id: 9, backend_count: 5, ..Default::default() },
         })
         .unwrap();
 

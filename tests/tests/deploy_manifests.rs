@@ -267,7 +267,6 @@ fn args_env_and_probes_agree_on_node_name_and_health_port() {
 /// Every flag the DaemonSet passes is one `lb-agent run` accepts, and every
 /// flag it requires is passed: otherwise every pod crash-loops.
 #[test]
-#[ignore = "until lb-agent run has the API source's flags (--health-bind-address, --manifests optional)"]
 fn args_are_flags_the_agent_accepts() {
     let ds = manifest().daemon_set;
     let args = agent_container(&ds).args.clone().unwrap_or_default();

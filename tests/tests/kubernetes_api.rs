@@ -180,9 +180,15 @@ fn the_api_server_killed_and_restarted_under_traffic_fails_no_request() {
     let k = api_cluster();
     k.agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
     let updates_before = k.agent.log_text().matches("datapath updated").count();
+    // A Service of another proxy, which the agent's selector never shows
+    // it, only moves the resourceVersion on: after compact() the agent's is
+    // too old, and the server answers its watch with 410 Gone.
+    let mut foreign = kubia_service();
+    foreign["metadata"] = json!({"name": "foreign", "namespace": "default", "labels": {"service.kubernetes.io/service-proxy-name": "other"}});
     let ((), sent, failed) = under_traffic(&k.c.client, || {
         k.api.stop();
         std::thread::sleep(Duration::from_secs(2));
+        k.api.apply(foreign).unwrap();
         k.api.compact();
         k.api.restart().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -194,10 +200,18 @@ fn the_api_server_killed_and_restarted_under_traffic_fails_no_request() {
     assert!(sent > 10, "only {sent} requests");
     assert_eq!(failed, 0, "{failed} of {sent} requests failed:\n{}", k.agent.log_text());
     assert_eq!(k.agent.log_text().matches("datapath updated").count(), updates_before, "the relist wrote the maps");
-    // Still in sync: a change made after the restart arrives.
+    assert!(
+        k.agent.log_text().contains("watching the API server again"),
+        "the recovery went unreported:\n{}",
+        k.agent.log_text()
+    );
+
+    // A Service deleted while nobody watched is gone after the relist.
+    k.api.stop();
     k.api.delete("Service", "default", "kubia").unwrap();
-    k.agent.wait_for_services(TIMEOUT * 5, |s| !s.contains("kubia")).unwrap();
-    assert!(k.agent.log_text().contains("watching the API server"), "the outage went unreported");
+    k.api.compact();
+    k.api.restart().unwrap();
+    k.agent.wait_for_services(TIMEOUT * 10, |s| !s.contains("kubia")).unwrap();
 }
 
 /// An agent started while the API server is down keeps the datapath as the
@@ -295,4 +309,17 @@ fn prefer_same_node_keeps_traffic_on_the_node_while_it_has_an_endpoint() {
     // No endpoint hinted for this node any more: all of them, as kube-proxy does.
     k.api.apply(hinted_slice(&[], &others, &node)).unwrap();
     wait_for_spread(&k, &others);
+}
+
+/// The datapath drops unallocated addresses of `--service-cidr` only: a
+/// cluster whose ServiceCIDRs differ is told about.
+#[test]
+fn a_cluster_service_cidr_other_than_the_agents_is_reported() {
+    require_root();
+    let mut k = api_cluster();
+    let cidr = |cidrs: &[&str]| json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": "kubernetes"}, "spec": {"cidrs": cidrs}});
+    k.api.apply(cidr(&["10.96.0.0/12"])).unwrap();
+    k.api.apply(cidr(&["172.20.0.0/16"])).unwrap();
+    k.agent.wait_for_log("is not one of the cluster's ServiceCIDRs", TIMEOUT * 5).unwrap();
+    assert_eq!(k.agent.log_text().matches("is not one of the cluster's ServiceCIDRs").count(), 1);
 }

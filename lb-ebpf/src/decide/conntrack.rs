@@ -71,14 +71,14 @@ pub fn reply_key(flow: &CtKey, t: &Translation) -> CtKey {
 
 /// Rewrites `flow`'s destination to the backend (and its source to `t.source`).
 #[inline(always)]
-pub fn forward_entry(t: &Translation, svc_id: u32, state: u8, now_ns: u64) -> CtEntry {
+pub fn forward_entry(t: &Translation, frontend_id: u32, state: u8, now_ns: u64) -> CtEntry {
     let (other_addr, other_port) = t.source.unwrap_or((0, 0));
     CtEntry {
         nat_addr: t.backend.addr,
         nat_port: t.backend.port,
         direction: CT_FORWARD,
         flags: flags(t),
-        svc_id,
+        frontend_id,
         other_addr,
         other_port,
         state,
@@ -91,13 +91,13 @@ pub fn forward_entry(t: &Translation, svc_id: u32, state: u8, now_ns: u64) -> Ct
 /// Rewrites the replies' source back to the frontend `flow` was sent to
 /// (and their destination back to the client).
 #[inline(always)]
-pub fn reply_entry(flow: &CtKey, t: &Translation, svc_id: u32, state: u8, now_ns: u64) -> CtEntry {
+pub fn reply_entry(flow: &CtKey, t: &Translation, frontend_id: u32, state: u8, now_ns: u64) -> CtEntry {
     CtEntry {
         nat_addr: flow.daddr,
         nat_port: flow.dport,
         direction: CT_REPLY,
         flags: flags(t),
-        svc_id,
+        frontend_id,
         other_addr: flow.saddr,
         other_port: flow.sport,
         state,

@@ -33,8 +33,8 @@ pub trait Tables {
     fn ct_timeouts(&self) -> CtTimeouts;
     fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry>;
     fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry);
-    /// Is `client` inside one of `svc_id`'s source ranges?
-    fn source_allowed(&self, svc_id: u32, client: u32) -> bool;
+    /// Is `client` inside one of `frontend_id`'s source ranges?
+    fn source_allowed(&self, frontend_id: u32, client: u32) -> bool;
     fn frontend(&self, key: &FrontendKey) -> Option<Frontend>;
     fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32>;
     fn backend(&self, id: u32) -> Option<Backend>;
@@ -181,7 +181,7 @@ fn restore_reply_entry<T: Tables>(flow: &CtKey, entry: &CtEntry, tables: &T, now
     let key = conntrack::reply_key(flow, &t);
     if tables.conntrack(&key).is_none() {
         // Losing this write loses only what the eviction already lost.
-        let _ = tables.conntrack_insert(&key, &conntrack::reply_entry(flow, &t, entry.svc_id, entry.state, now));
+        let _ = tables.conntrack_insert(&key, &conntrack::reply_entry(flow, &t, entry.frontend_id, entry.state, now));
     }
 }
 
@@ -202,7 +202,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
     if hook == Hook::NodeXdp && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
         return Verdict::Pass(Reason::PassInternalOnly);
     }
-    if frontend.flags & FRONTEND_FLAG_SOURCE_RANGES != 0 && !tables.source_allowed(frontend.svc_id, flow.saddr) {
+    if frontend.flags & FRONTEND_FLAG_SOURCE_RANGES != 0 && !tables.source_allowed(frontend.frontend_id, flow.saddr) {
         return Verdict::Drop(Reason::DropSourceRange);
     }
     if frontend.backend_count == 0 {
@@ -221,7 +221,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
         return Verdict::Drop(Reason::DropBackendMissing);
     };
     if frontend.affinity_timeout_s != 0 {
-        let key = AffinityKey { client: flow.saddr, svc_id: frontend.svc_id };
+        let key = AffinityKey { client: flow.saddr, frontend_id: frontend.frontend_id };
         tables.affinity_insert(&key, &AffinityEntry { backend_id, _pad: 0, last_used_ns: now });
     }
     // An external client whose backend is on another node must be replaced
@@ -256,7 +256,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
             pick = tables.random();
             t.source = Some((node_addr, port.to_be()));
             let key = conntrack::reply_key(flow, &t);
-            let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, state, now);
+            let entry = conntrack::reply_entry(flow, &t, frontend.frontend_id, state, now);
             // Looked up before written: an insert into a full LRU map can
             // evict a live flow's entry even when it then fails on the key.
             reply_written = match tables.conntrack(&key) {
@@ -276,10 +276,10 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
             return Verdict::Drop(Reason::DropSnatExhausted);
         }
     } else {
-        let entry = conntrack::reply_entry(flow, &t, frontend.svc_id, state, now);
+        let entry = conntrack::reply_entry(flow, &t, frontend.frontend_id, state, now);
         reply_written = tables.conntrack_insert(&conntrack::reply_key(flow, &t), &entry);
     }
-    let forward = conntrack::forward_entry(&t, frontend.svc_id, state, now);
+    let forward = conntrack::forward_entry(&t, frontend.frontend_id, state, now);
     if reply_written.and_then(|()| tables.conntrack_insert(flow, &forward)).is_err() {
         return Verdict::Drop(Reason::DropConntrackFull);
     }
@@ -375,7 +375,7 @@ mod tests {
         fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry> {
             self.affinity.borrow().get(key).copied()
         }
-        fn source_allowed(&self, _svc_id: u32, client: u32) -> bool {
+        fn source_allowed(&self, _frontend_id: u32, client: u32) -> bool {
             self.allowed_clients.contains(&client)
         }
         fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry) {
@@ -423,10 +423,10 @@ mod tests {
         let mut t = FakeTables::default();
         t.frontends.insert(
             FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL },
-            Frontend { svc_id: 1, backend_count: n, ..Default::default() },
+            Frontend { frontend_id: 1, backend_count: n, ..Default::default() },
         );
         for i in 0..u32::from(n) {
-            t.slots.insert(BackendSlotKey { svc_id: 1, slot: i }, 100 + i);
+            t.slots.insert(BackendSlotKey { frontend_id: 1, slot: i }, 100 + i);
             t.backends.insert(100 + i, Backend { addr: 0x0af4_0000 + 10 + i, port: 8080, flags: 0 });
         }
         t
@@ -452,7 +452,7 @@ mod tests {
         let ct = t.conntrack.borrow();
         assert_eq!(ct[&f].direction, CT_FORWARD);
         let reply = ct[&conntrack::reply_key(&f, &Translation { backend, source: None })];
-        assert_eq!((reply.nat_addr, reply.nat_port, reply.svc_id), (VIP, 80, 1));
+        assert_eq!((reply.nat_addr, reply.nat_port, reply.frontend_id), (VIP, 80, 1));
     }
 
     #[test]
@@ -462,7 +462,7 @@ mod tests {
         let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
         t.frontends.get_mut(&key).unwrap().flags |= FRONTEND_FLAG_UPPER_SLOTS;
         for i in 0..3 {
-            t.slots.insert(BackendSlotKey { svc_id: 1, slot: UPPER_SLOTS + i }, 102 - i);
+            t.slots.insert(BackendSlotKey { frontend_id: 1, slot: UPPER_SLOTS + i }, 102 - i);
         }
         t.random.set(0);
         let Verdict::Rewrite { addr, .. } = decide(&flow(CLIENT, VIP, 40000, 80), TCP_ACK, &t, Hook::PodTc) else {
@@ -537,11 +537,11 @@ mod tests {
         let mut t = service(2);
         t.frontends.values_mut().for_each(|fe| fe.affinity_timeout_s = 10);
         t.affinity.borrow_mut().insert(
-            AffinityKey { client: CLIENT, svc_id: 1 },
+            AffinityKey { client: CLIENT, frontend_id: 1 },
             AffinityEntry { backend_id: 999, _pad: 0, last_used_ns: 0 },
         );
         assert!(matches!(decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &t, Hook::PodTc), Verdict::Rewrite { .. }));
-        assert_ne!(t.affinity.borrow()[&AffinityKey { client: CLIENT, svc_id: 1 }].backend_id, 999);
+        assert_ne!(t.affinity.borrow()[&AffinityKey { client: CLIENT, frontend_id: 1 }].backend_id, 999);
     }
 
     #[test]
@@ -596,7 +596,7 @@ mod tests {
         t.frontends.insert(FrontendKey { scope: FRONTEND_SCOPE_PODS, ..key }, everywhere);
         // This node's own share: nothing.
         let local = Frontend {
-            svc_id: 7,
+            frontend_id: 7,
             backend_count: 0,
             flags: FRONTEND_FLAG_EXTERNAL | FRONTEND_FLAG_NODE_LOCAL | FRONTEND_FLAG_POD_TWIN,
             ..everywhere

@@ -18,7 +18,7 @@ pub fn backend<T: Tables>(
     now: u64,
 ) -> Option<(u32, Backend)> {
     if frontend.affinity_timeout_s != 0 {
-        let key = AffinityKey { client: flow.saddr, svc_id: frontend.svc_id };
+        let key = AffinityKey { client: flow.saddr, frontend_id: frontend.frontend_id };
         let timeout_ns = u64::from(frontend.affinity_timeout_s) * 1_000_000_000;
         if let Some(entry) = tables.affinity(&key)
             && now.wrapping_sub(entry.last_used_ns) < timeout_ns

@@ -41,7 +41,8 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
             // Pods' twins of Local-policy frontends: the same addresses.
             continue;
         }
-        let meta = maps.service_meta.get(&frontend.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        let meta =
+            maps.service_meta.get(&frontend.frontend_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
         let svc = services.entry((meta.namespace().to_owned(), meta.name().to_owned())).or_default();
         // Node ports show up as the `80:30123/TCP` of the cluster IP's
         // ports, external IPs in their own column.
@@ -121,7 +122,7 @@ pub fn env_services(maps: &DatapathMaps) -> anyhow::Result<Vec<crate::cmd::env::
     let mut ports: BTreeMap<(String, String), (String, Vec<IndexedPort>)> = BTreeMap::new();
     for entry in maps.frontends.iter() {
         let (key, frontend) = entry?;
-        let Ok(meta) = maps.service_meta.get(&frontend.svc_id, 0) else { continue };
+        let Ok(meta) = maps.service_meta.get(&frontend.frontend_id, 0) else { continue };
         if meta.frontend_kind != FRONTEND_CLUSTER_IP {
             continue;
         }
@@ -151,7 +152,7 @@ pub fn format_endpoints(maps: &DatapathMaps) -> anyhow::Result<String> {
     let mut rows: Vec<[String; 8]> = Vec::new();
     for entry in maps.endpoints.iter() {
         let (key, ep) = entry?;
-        let meta = maps.service_meta.get(&key.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        let meta = maps.service_meta.get(&key.frontend_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
         let flag = |bit: u8| (ep.conditions & bit != 0).to_string();
         let port_name = if meta.port_name().is_empty() { "-" } else { meta.port_name() };
         rows.push([
@@ -227,7 +228,7 @@ pub fn format_conntrack(maps: &DatapathMaps, filter: &ConntrackFilter, now_ns: u
         if entry.direction != CT_FORWARD {
             continue;
         }
-        let meta = maps.service_meta.get(&entry.svc_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        let meta = maps.service_meta.get(&entry.frontend_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
         let flow = Flow { key, entry, meta };
         if !filter.matches(&flow) {
             continue;

@@ -4,7 +4,9 @@
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,7 +19,7 @@ use tracing::{error, info, warn};
 
 use lb_common::{DEVICE_POD, DEVICE_TAKES_XDP_FRAMES};
 
-use super::health::{self, HealthServer};
+use super::health::{self, HealthServer, SyncHealth};
 use crate::{
     datapath::{
         interfaces::InterfacePatterns,
@@ -66,6 +68,10 @@ pub struct AgentConfig {
     pub redirect_devices: InterfacePatterns,
     pub bpf_dir: PathBuf,
     pub model: ModelOptions,
+    /// Where `/healthz` and `/livez` answer, if anywhere.
+    pub health_bind: Option<SocketAddr>,
+    /// How long a failed pass may wait for a complete one before the agent is stale.
+    pub health_timeout: Duration,
 }
 
 struct Agent {
@@ -76,6 +82,8 @@ struct Agent {
     /// Whether the maps were planned from a complete picture of the source
     /// yet: until then nothing is planned.
     synced: bool,
+    /// The cluster's ServiceCIDRs as last checked.
+    cluster_service_cidrs: Vec<String>,
     desired: DesiredState,
     config: AgentConfig,
     /// Interfaces that failed to attach, so the error is logged once.
@@ -89,6 +97,7 @@ struct Agent {
     /// Services refused for want of room, as last logged.
     refused: BTreeMap<model::ServiceName, String>,
     health: HealthServer,
+    sync_health: Arc<SyncHealth>,
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -98,6 +107,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .map(|l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1))
         .transpose()?;
     let programmed = maps.programmed().context("reading the pinned maps")?;
+    // Served before the source starts: /livez answers while the API server
+    // is being listed, /healthz says 503 until then.
+    let sync_health = Arc::new(SyncHealth::new(config.health_timeout));
+    if let Some(addr) = config.health_bind {
+        health::serve_health(addr, Arc::clone(&sync_health));
+    }
     let source = match &config.source {
         SourceConfig::Manifests(dir) => Source::Manifests(
             ManifestSource::open(dir.clone())
@@ -112,6 +127,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         programmed,
         source,
         synced: false,
+        cluster_service_cidrs: Vec::new(),
         desired: DesiredState::default(),
         config,
         failed: BTreeMap::new(),
@@ -120,6 +136,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         snat_sources: None,
         refused: BTreeMap::new(),
         health: HealthServer::default(),
+        sync_health,
     };
     // Interfaces first: traffic to a frontend must not start while the
     // veths of its backends are still being attached.
@@ -182,6 +199,10 @@ impl Agent {
         }
         // Topology hints are read against the Node's zone label.
         self.node.zone = self.source.node().and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+        self.check_service_cidrs();
+        if let Some(node) = self.source.node() {
+            self.sync_health.set_node(&node);
+        }
         let read = started.elapsed();
         self.build_model();
         let modelled = started.elapsed();
@@ -193,6 +214,20 @@ impl Agent {
             self.synced = true;
             info!(services, map_writes, ?read, ?modelled, ?total, "first sync: the maps match the source");
         }
+    }
+
+    /// Says once per change when the datapath's `--service-cidr` (where
+    /// unallocated addresses are dropped) is not one of the cluster's.
+    fn check_service_cidrs(&mut self) {
+        let cluster = self.source.service_cidrs();
+        if cluster == self.cluster_service_cidrs {
+            return;
+        }
+        let ours = self.config.model.service_cidr.to_string();
+        if !cluster.is_empty() && !cluster.contains(&ours) {
+            warn!(service_cidr = %ours, cluster = ?cluster, "--service-cidr is not one of the cluster's ServiceCIDRs: unallocated addresses are dropped only inside --service-cidr");
+        }
+        self.cluster_service_cidrs = cluster;
     }
 
     fn build_model(&mut self) {
@@ -233,6 +268,7 @@ impl Agent {
                 Err(err) => error!("re-reading the maps failed: {err}"),
             }
         }
+        self.sync_health.synced(failures == 0);
         if !ops.is_empty() {
             let (services, map_writes, applied) = (self.desired.services.len(), ops.len(), started.elapsed());
             info!(services, map_writes, failures, ?planned, ?applied, "datapath updated");

@@ -164,28 +164,30 @@ impl DatapathMaps {
         let result = match op {
             MapOp::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
             MapOp::PutSlot { key, backend_id } => self.backend_slots.insert(key, backend_id, 0),
-            MapOp::PutMeta { svc_id, meta } => self.service_meta.insert(svc_id, meta, 0),
+            MapOp::PutMeta { frontend_id, meta } => self.service_meta.insert(frontend_id, meta, 0),
             MapOp::PutFrontend { key, frontend } => self.frontends.insert(key, frontend, 0),
             MapOp::DeleteFrontend(key) => self.frontends.remove(key),
             MapOp::DeleteSlot(key) => self.backend_slots.remove(key),
-            MapOp::DeleteMeta(svc_id) => self.service_meta.remove(svc_id),
+            MapOp::DeleteMeta(frontend_id) => self.service_meta.remove(frontend_id),
             MapOp::DeleteBackend(id) => self.backends.remove(id),
-            MapOp::PurgeAffinity { svc_id, keep } => self.purge_affinity(*svc_id, keep),
+            MapOp::PurgeAffinity { frontend_id, keep } => self.purge_affinity(*frontend_id, keep),
             MapOp::PutVip { addr, frontends } => self.vips.insert(addr, frontends, 0),
             MapOp::DeleteVip(addr) => self.vips.remove(addr),
             MapOp::PutEndpoint { key, meta } => self.endpoints.insert(key, meta, 0),
             MapOp::DeleteEndpoint(key) => self.endpoints.remove(key),
-            MapOp::PutSourceRange { svc_id, addr, prefix_len } => {
-                self.source_ranges.insert(&source_range(*svc_id, *addr, *prefix_len), 1, 0)
+            MapOp::PutSourceRange { frontend_id, addr, prefix_len } => {
+                self.source_ranges.insert(&source_range(*frontend_id, *addr, *prefix_len), 1, 0)
             }
-            MapOp::DeleteSourceRange { svc_id, addr, prefix_len } => {
-                self.source_ranges.remove(&source_range(*svc_id, *addr, *prefix_len))
+            MapOp::DeleteSourceRange { frontend_id, addr, prefix_len } => {
+                self.source_ranges.remove(&source_range(*frontend_id, *addr, *prefix_len))
             }
             MapOp::FlushUdpFlows(backend) => self.flush_udp_flows(|key, entry| match entry.direction {
                 CT_FORWARD => entry.nat_addr == backend.addr && entry.nat_port == backend.port,
                 _ => key.saddr == backend.addr && key.sport == backend.port,
             }),
-            MapOp::FlushFrontendUdpFlows(svc_id) => self.flush_udp_flows(|_, entry| entry.svc_id == *svc_id),
+            MapOp::FlushFrontendUdpFlows(frontend_id) => {
+                self.flush_udp_flows(|_, entry| entry.frontend_id == *frontend_id)
+            }
             MapOp::PutMaglevTable { element, table } => self.maglev.write(*element, table),
         };
         match result {
@@ -315,12 +317,12 @@ impl DatapathMaps {
         self.remove_conntrack(&stale).map(drop)
     }
 
-    fn purge_affinity(&mut self, svc_id: u32, keep: &[u32]) -> Result<(), MapError> {
+    fn purge_affinity(&mut self, frontend_id: u32, keep: &[u32]) -> Result<(), MapError> {
         let stale: Vec<AffinityKey> = self
             .affinity
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, entry)| key.svc_id == svc_id && !keep.contains(&entry.backend_id))
+            .filter(|(key, entry)| key.frontend_id == frontend_id && !keep.contains(&entry.backend_id))
             .map(|(key, _)| key)
             .collect();
         for key in stale {
@@ -340,7 +342,9 @@ impl DatapathMaps {
             self.endpoints.iter().collect::<Result<Vec<_>, _>>()?,
             self.source_ranges
                 .keys()
-                .map(|key| key.map(|k| (u32::from_be(k.data().svc_id_be), k.data().addr, (k.prefix_len() - 32) as u8)))
+                .map(|key| {
+                    key.map(|k| (u32::from_be(k.data().frontend_id_be), k.data().addr, (k.prefix_len() - 32) as u8))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
         )
         .with_maglev_elements(self.maglev.elements()))
@@ -414,8 +418,8 @@ fn sum_per_cpu(array: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64, Map
     Ok(array.get(&index, 0)?.iter().sum())
 }
 
-/// The trie key of a frontend's client network: all 32 bits of the svc_id,
+/// The trie key of a frontend's client network: all 32 bits of the frontend_id,
 /// then the network's prefix.
-fn source_range(svc_id: u32, addr: u32, prefix_len: u8) -> Key<SourceRange> {
-    Key::new(32 + u32::from(prefix_len), SourceRange { svc_id_be: svc_id.to_be(), addr })
+fn source_range(frontend_id: u32, addr: u32, prefix_len: u8) -> Key<SourceRange> {
+    Key::new(32 + u32::from(prefix_len), SourceRange { frontend_id_be: frontend_id.to_be(), addr })
 }

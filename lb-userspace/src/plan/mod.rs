@@ -50,7 +50,7 @@ pub enum MapOp {
         backend_id: u32,
     },
     PutMeta {
-        svc_id: u32,
+        frontend_id: u32,
         meta: ServiceMeta,
     },
     PutFrontend {
@@ -61,10 +61,10 @@ pub enum MapOp {
     DeleteSlot(BackendSlotKey),
     DeleteMeta(u32),
     DeleteBackend(u32),
-    /// Forget the session affinity of `svc_id`'s clients, except to the
+    /// Forget the session affinity of `frontend_id`'s clients, except to the
     /// backends in `keep`.
     PurgeAffinity {
-        svc_id: u32,
+        frontend_id: u32,
         keep: Vec<u32>,
     },
     /// An address the datapath answers pings for (network byte order), with
@@ -83,19 +83,19 @@ pub enum MapOp {
     /// A client network (address, prefix length) a frontend with
     /// `FRONTEND_FLAG_SOURCE_RANGES` admits.
     PutSourceRange {
-        svc_id: u32,
+        frontend_id: u32,
         addr: u32,
         prefix_len: u8,
     },
     DeleteSourceRange {
-        svc_id: u32,
+        frontend_id: u32,
         addr: u32,
         prefix_len: u8,
     },
     /// Forget the UDP flows to this backend: UDP has no end, so a client
     /// that keeps its socket would keep sending to a removed backend.
     FlushUdpFlows(Backend),
-    /// Forget the UDP flows of a frontend that is gone (its svc_id): a
+    /// Forget the UDP flows of a frontend that is gone (its frontend_id): a
     /// client that keeps its socket must not reach a deleted Service.
     FlushFrontendUdpFlows(u32),
     /// A Maglev table (one slot per entry) written from element `element`
@@ -127,7 +127,7 @@ impl MaglevRegion {
 /// A frontend as the maps hold it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ProgrammedFrontend {
-    svc_id: u32,
+    frontend_id: u32,
     affinity_timeout_s: u32,
     /// `FRONTEND_FLAG_*`.
     flags: u16,
@@ -170,7 +170,7 @@ struct WantedFrontend {
 /// entry, so that `lb-agent get services` lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ListedService {
-    svc_id: u32,
+    frontend_id: u32,
     meta: ServiceMeta,
 }
 
@@ -201,7 +201,7 @@ pub struct Programmed {
     /// changed must still find the backend it named.
     next_backend_id: u32,
     used_backend_ids: HashSet<u32>,
-    svc_ids: SvcIds,
+    frontend_ids: FrontendIds,
     /// Free space in `LB_MAGLEV`, in elements.
     maglev_regions: Regions,
     /// The services (and node) the frontends were last planned for, and
@@ -291,12 +291,12 @@ impl Programmed {
         source_ranges: impl IntoIterator<Item = (u32, u32, u8)>,
     ) -> Self {
         let mut ranges_of: BTreeMap<u32, Vec<(u32, u8)>> = BTreeMap::new();
-        for (svc_id, addr, prefix_len) in source_ranges {
-            ranges_of.entry(svc_id).or_default().push((addr, prefix_len));
+        for (frontend_id, addr, prefix_len) in source_ranges {
+            ranges_of.entry(frontend_id).or_default().push((addr, prefix_len));
         }
         let mut endpoints_of: BTreeMap<u32, BTreeMap<u32, EndpointMeta>> = BTreeMap::new();
         for (key, meta) in endpoints {
-            endpoints_of.entry(key.svc_id).or_default().insert(key.index, meta);
+            endpoints_of.entry(key.frontend_id).or_default().insert(key.index, meta);
         }
         let slots: HashMap<BackendSlotKey, u32> = slots.into_iter().collect();
         let metas: HashMap<u32, ServiceMeta> = metas.into_iter().collect();
@@ -306,20 +306,22 @@ impl Programmed {
             .map(|(key, fe)| {
                 let upper = fe.flags & FRONTEND_FLAG_UPPER_SLOTS != 0;
                 let slots = &slots;
-                let set =
-                    |upper: bool| (0..).map_while(move |index| slots.get(&slot_key(fe.svc_id, upper, index)).copied());
+                let set = |upper: bool| {
+                    (0..).map_while(move |index| slots.get(&slot_key(fe.frontend_id, upper, index)).copied())
+                };
                 let spare = set(!upper).collect();
                 let slots = set(upper).take(usize::from(fe.backend_count)).collect();
-                let meta = metas.get(&fe.svc_id).copied().unwrap_or_default();
-                let endpoints = endpoints_of.remove(&fe.svc_id).map(|e| e.into_values().collect()).unwrap_or_default();
+                let meta = metas.get(&fe.frontend_id).copied().unwrap_or_default();
+                let endpoints =
+                    endpoints_of.remove(&fe.frontend_id).map(|e| e.into_values().collect()).unwrap_or_default();
                 let (affinity_timeout_s, flags) = (fe.affinity_timeout_s, fe.flags & !FRONTEND_FLAG_UPPER_SLOTS);
-                let mut source_ranges = ranges_of.remove(&fe.svc_id).unwrap_or_default();
+                let mut source_ranges = ranges_of.remove(&fe.frontend_id).unwrap_or_default();
                 source_ranges.sort();
-                let svc_id = fe.svc_id;
+                let frontend_id = fe.frontend_id;
                 let maglev =
                     (fe.maglev_size != 0).then_some(MaglevRegion { offset: fe.maglev_offset, size: fe.maglev_size });
                 let programmed = ProgrammedFrontend {
-                    svc_id,
+                    frontend_id,
                     affinity_timeout_s,
                     flags,
                     source_ranges,
@@ -335,19 +337,19 @@ impl Programmed {
             .collect();
         let frontends: BTreeMap<FrontendKey, ProgrammedFrontend> = frontends;
         let maglev_regions = maglev_regions(&frontends, MAX_MAGLEV_ENTRIES / MAGLEV_ENTRIES_PER_ELEMENT);
-        let with_frontend: BTreeSet<u32> = frontends.values().map(|fe| fe.svc_id).collect();
+        let with_frontend: BTreeSet<u32> = frontends.values().map(|fe| fe.frontend_id).collect();
         let listed: BTreeMap<(String, String), ListedService> = metas
             .iter()
-            .filter(|(svc_id, _)| !with_frontend.contains(svc_id))
-            .map(|(svc_id, meta)| {
+            .filter(|(frontend_id, _)| !with_frontend.contains(frontend_id))
+            .map(|(frontend_id, meta)| {
                 let key = (meta.namespace().to_owned(), meta.name().to_owned());
-                (key, ListedService { svc_id: *svc_id, meta: *meta })
+                (key, ListedService { frontend_id: *frontend_id, meta: *meta })
             })
             .collect();
         let next_backend_id = backend_ids.values().max().map_or(1, |id| id + 1);
         let used_backend_ids = backend_ids.values().copied().collect();
-        let used_svc_ids: BTreeSet<u32> =
-            frontends.values().map(|fe| fe.svc_id).chain(listed.values().map(|l| l.svc_id)).collect();
+        let used_frontend_ids: BTreeSet<u32> =
+            frontends.values().map(|fe| fe.frontend_id).chain(listed.values().map(|l| l.frontend_id)).collect();
         Self {
             vips: vips.into_iter().collect(),
             frontends,
@@ -355,7 +357,7 @@ impl Programmed {
             backend_ids,
             next_backend_id,
             used_backend_ids,
-            svc_ids: SvcIds::new(&used_svc_ids),
+            frontend_ids: FrontendIds::new(&used_frontend_ids),
             maglev_regions,
             planned: BTreeMap::new(),
             planned_node: None,
@@ -506,7 +508,7 @@ impl Programmed {
             if old.is_some_and(unchanged) {
                 continue;
             }
-            let svc_id = old.map_or_else(|| self.svc_ids.allocate(), |old| old.svc_id);
+            let frontend_id = old.map_or_else(|| self.frontend_ids.allocate(), |old| old.frontend_id);
             let old_slots = old.map(|old| old.slots.clone()).unwrap_or_default();
             let old_affinity = old.map_or(0, |old| old.affinity_timeout_s);
             let old_upper = old.is_some_and(|old| old.upper);
@@ -518,20 +520,20 @@ impl Programmed {
             };
             for (index, id) in slots.iter().enumerate() {
                 if holds.get(index) != Some(id) {
-                    ops.push(MapOp::PutSlot { key: slot_key(svc_id, upper, index), backend_id: *id });
+                    ops.push(MapOp::PutSlot { key: slot_key(frontend_id, upper, index), backend_id: *id });
                 }
             }
             for index in slots.len()..holds.len() {
-                ops.push(MapOp::DeleteSlot(slot_key(svc_id, upper, index)));
+                ops.push(MapOp::DeleteSlot(slot_key(frontend_id, upper, index)));
             }
             if old.is_none_or(|old| old.meta != fe.meta) {
-                ops.push(MapOp::PutMeta { svc_id, meta: fe.meta });
+                ops.push(MapOp::PutMeta { frontend_id, meta: fe.meta });
             }
             // New source ranges before the frontend may enforce them, stale
             // ones after it no longer does.
             let old_ranges = old.map(|old| old.source_ranges.clone()).unwrap_or_default();
             for (addr, prefix_len) in fe.source_ranges.iter().filter(|r| !old_ranges.contains(r)) {
-                ops.push(MapOp::PutSourceRange { svc_id, addr: *addr, prefix_len: *prefix_len });
+                ops.push(MapOp::PutSourceRange { frontend_id, addr: *addr, prefix_len: *prefix_len });
             }
             let old_maglev = old.and_then(|old| old.maglev);
             let maglev = if old_slots == slots && old_maglev.is_some() == wants_table {
@@ -558,7 +560,7 @@ impl Programmed {
             {
                 let (maglev_offset, maglev_size) = maglev.map_or((0, 0), |r| (r.offset, r.size));
                 let frontend = Frontend {
-                    svc_id,
+                    frontend_id,
                     affinity_timeout_s: fe.affinity_timeout_s,
                     backend_count: slots.len() as u16,
                     flags: fe.flags | if upper { FRONTEND_FLAG_UPPER_SLOTS } else { 0 },
@@ -568,7 +570,7 @@ impl Programmed {
                 ops.push(MapOp::PutFrontend { key: *key, frontend });
             }
             for (addr, prefix_len) in old_ranges.iter().filter(|r| !fe.source_ranges.contains(r)) {
-                ops.push(MapOp::DeleteSourceRange { svc_id, addr: *addr, prefix_len: *prefix_len });
+                ops.push(MapOp::DeleteSourceRange { frontend_id, addr: *addr, prefix_len: *prefix_len });
             }
             let lost: Vec<u32> = old_slots.iter().filter(|id| !slots.contains(id)).copied().collect();
             released.extend(&lost);
@@ -583,19 +585,19 @@ impl Programmed {
             let lost_backend = !lost.is_empty();
             if old_affinity != 0 && (fe.affinity_timeout_s == 0 || lost_backend) {
                 let keep = if fe.affinity_timeout_s == 0 { Vec::new() } else { slots.clone() };
-                ops.push(MapOp::PurgeAffinity { svc_id, keep });
+                ops.push(MapOp::PurgeAffinity { frontend_id, keep });
             }
             let old_endpoints = old.map(|old| old.endpoints.clone()).unwrap_or_default();
             for (index, meta) in fe.endpoints.iter().enumerate() {
                 if old_endpoints.get(index) != Some(meta) {
-                    ops.push(MapOp::PutEndpoint { key: EndpointKey { svc_id, index: index as u32 }, meta: *meta });
+                    ops.push(MapOp::PutEndpoint { key: EndpointKey { frontend_id, index: index as u32 }, meta: *meta });
                 }
             }
             for index in fe.endpoints.len()..old_endpoints.len() {
-                ops.push(MapOp::DeleteEndpoint(EndpointKey { svc_id, index: index as u32 }));
+                ops.push(MapOp::DeleteEndpoint(EndpointKey { frontend_id, index: index as u32 }));
             }
             let programmed = ProgrammedFrontend {
-                svc_id,
+                frontend_id,
                 affinity_timeout_s: fe.affinity_timeout_s,
                 flags: fe.flags,
                 source_ranges: fe.source_ranges.clone(),
@@ -623,10 +625,10 @@ impl Programmed {
         for key in gone.into_iter().filter(|key| !claimed.contains(key)) {
             let Some(old) = self.frontends.remove(&key) else { continue };
             released.extend(&old.slots);
-            self.svc_ids.release(old.svc_id);
+            self.frontend_ids.release(old.frontend_id);
             ops.push(MapOp::DeleteFrontend(key));
             if key.proto == IPPROTO_UDP {
-                ops.push(MapOp::FlushFrontendUdpFlows(old.svc_id));
+                ops.push(MapOp::FlushFrontendUdpFlows(old.frontend_id));
             }
             if let Some(region) = old.maglev {
                 let (start, len) = region.span();
@@ -634,17 +636,21 @@ impl Programmed {
             }
             let sets = [(old.upper, &old.slots), (!old.upper, &old.spare)];
             for (upper, set) in sets {
-                ops.extend((0..set.len()).map(|index| MapOp::DeleteSlot(slot_key(old.svc_id, upper, index))));
+                ops.extend((0..set.len()).map(|index| MapOp::DeleteSlot(slot_key(old.frontend_id, upper, index))));
             }
-            ops.push(MapOp::DeleteMeta(old.svc_id));
+            ops.push(MapOp::DeleteMeta(old.frontend_id));
             for index in 0..old.endpoints.len() {
-                ops.push(MapOp::DeleteEndpoint(EndpointKey { svc_id: old.svc_id, index: index as u32 }));
+                ops.push(MapOp::DeleteEndpoint(EndpointKey { frontend_id: old.frontend_id, index: index as u32 }));
             }
             for (addr, prefix_len) in &old.source_ranges {
-                ops.push(MapOp::DeleteSourceRange { svc_id: old.svc_id, addr: *addr, prefix_len: *prefix_len });
+                ops.push(MapOp::DeleteSourceRange {
+                    frontend_id: old.frontend_id,
+                    addr: *addr,
+                    prefix_len: *prefix_len,
+                });
             }
             if old.affinity_timeout_s != 0 {
-                ops.push(MapOp::PurgeAffinity { svc_id: old.svc_id, keep: Vec::new() });
+                ops.push(MapOp::PurgeAffinity { frontend_id: old.frontend_id, keep: Vec::new() });
             }
         }
 
@@ -654,16 +660,16 @@ impl Programmed {
             self.listed.keys().filter(|k| !wanted_listed.contains_key(*k)).cloned().collect();
         for key in gone {
             let old = self.listed.remove(&key).expect("key listed above");
-            self.svc_ids.release(old.svc_id);
-            ops.push(MapOp::DeleteMeta(old.svc_id));
+            self.frontend_ids.release(old.frontend_id);
+            ops.push(MapOp::DeleteMeta(old.frontend_id));
         }
         for (key, meta) in wanted_listed {
             if self.listed.get(&key).is_some_and(|old| old.meta == meta) {
                 continue;
             }
-            let svc_id = self.listed.get(&key).map_or_else(|| self.svc_ids.allocate(), |old| old.svc_id);
-            ops.push(MapOp::PutMeta { svc_id, meta });
-            self.listed.insert(key, ListedService { svc_id, meta });
+            let frontend_id = self.listed.get(&key).map_or_else(|| self.frontend_ids.allocate(), |old| old.frontend_id);
+            ops.push(MapOp::PutMeta { frontend_id, meta });
+            self.listed.insert(key, ListedService { frontend_id, meta });
         }
 
         // 5. Service addresses: answered only while a frontend is there;
@@ -726,20 +732,21 @@ impl Programmed {
 }
 
 /// The key of entry `index` of a frontend's lower or upper slot set.
-fn slot_key(svc_id: u32, upper: bool, index: usize) -> BackendSlotKey {
+fn slot_key(frontend_id: u32, upper: bool, index: usize) -> BackendSlotKey {
     let flags = if upper { FRONTEND_FLAG_UPPER_SLOTS } else { 0 };
-    Frontend { svc_id, flags, ..Frontend::default() }.slot_key(index as u32)
+    Frontend { frontend_id, flags, ..Frontend::default() }.slot_key(index as u32)
 }
 
-/// Service ids: the lowest free one is handed out first.
+/// Frontend ids (one per Service port and address kind, keying its slots,
+/// meta and endpoints): the lowest free one is handed out first.
 #[derive(Debug)]
-struct SvcIds {
+struct FrontendIds {
     /// Free ids below `last`; every id above it is free.
     free: BTreeSet<u32>,
     last: u32,
 }
 
-impl SvcIds {
+impl FrontendIds {
     fn new(used: &BTreeSet<u32>) -> Self {
         let last = used.last().copied().unwrap_or(0);
         Self { free: (1..last).filter(|id| !used.contains(id)).collect(), last }
@@ -1054,14 +1061,14 @@ mod tests {
                     MapOp::DeleteVip(addr) => drop(self.vips.remove(addr)),
                     MapOp::PutEndpoint { key, meta } => drop(self.endpoints.insert(*key, *meta)),
                     MapOp::DeleteEndpoint(key) => drop(self.endpoints.remove(key)),
-                    MapOp::PutSourceRange { svc_id, addr, prefix_len } => {
-                        self.source_ranges.insert((*svc_id, *addr, *prefix_len));
+                    MapOp::PutSourceRange { frontend_id, addr, prefix_len } => {
+                        self.source_ranges.insert((*frontend_id, *addr, *prefix_len));
                     }
-                    MapOp::DeleteSourceRange { svc_id, addr, prefix_len } => {
-                        self.source_ranges.remove(&(*svc_id, *addr, *prefix_len));
+                    MapOp::DeleteSourceRange { frontend_id, addr, prefix_len } => {
+                        self.source_ranges.remove(&(*frontend_id, *addr, *prefix_len));
                     }
-                    MapOp::PutMeta { svc_id, meta } => drop(self.metas.insert(*svc_id, *meta)),
-                    MapOp::DeleteMeta(svc_id) => drop(self.metas.remove(svc_id)),
+                    MapOp::PutMeta { frontend_id, meta } => drop(self.metas.insert(*frontend_id, *meta)),
+                    MapOp::DeleteMeta(frontend_id) => drop(self.metas.remove(frontend_id)),
                     MapOp::PutMaglevTable { element, table } => {
                         let start = element * MAGLEV_ENTRIES_PER_ELEMENT;
                         let end = start + table.len() as u32;
@@ -1070,7 +1077,7 @@ mod tests {
                             assert!(
                                 end <= used_start || start >= used_end,
                                 "op {i} writes over svc {}'s table",
-                                fe.svc_id
+                                fe.frontend_id
                             );
                         }
                         self.maglev.extend((start..).zip(table.iter().copied()));
@@ -1083,7 +1090,7 @@ mod tests {
                         assert!(
                             slot.is_some_and(|s| *s < fe.backend_count),
                             "after op {i} ({op:?}) Maglev entry {index} of svc {} is {slot:?}",
-                            fe.svc_id
+                            fe.frontend_id
                         );
                     }
                     for index in 0..u32::from(fe.backend_count) {
@@ -1091,7 +1098,7 @@ mod tests {
                         assert!(
                             id.is_some_and(|id| self.backends.contains_key(id)),
                             "after op {i} ({op:?}) slot {index} of svc {} dangles",
-                            fe.svc_id
+                            fe.frontend_id
                         );
                     }
                 }
@@ -1101,7 +1108,7 @@ mod tests {
                             self.named(&fe),
                             named,
                             "op {i} ({op:?}) changed what svc {}'s frontend names",
-                            fe.svc_id
+                            fe.frontend_id
                         );
                     }
                 }
@@ -1218,7 +1225,7 @@ mod tests {
         // write changes what the live frontend names).
         let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &[three[0].clone(), three[2].clone()])]));
         maps.apply_checked(&ops);
-        let upper = |slot| BackendSlotKey { svc_id: 1, slot: UPPER_SLOTS + slot };
+        let upper = |slot| BackendSlotKey { frontend_id: 1, slot: UPPER_SLOTS + slot };
         assert!(
             matches!(
                 datapath_ops(&ops).as_slice(),

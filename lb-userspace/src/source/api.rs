@@ -7,8 +7,8 @@
 //! The watchers relist on their own when a watch ends or the server answers
 //! 410 Gone, and retry with backoff while the server is unreachable; the
 //! stores keep the last complete state meanwhile, so the datapath keeps
-//! what it was programmed with. The agent plans nothing until every store
-//! has had its first full list.
+//! what it was programmed with. The agent plans nothing until the Service,
+//! EndpointSlice and Node stores have had their first full list.
 
 use std::{
     path::{Path, PathBuf},
@@ -61,7 +61,7 @@ pub struct ApiSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     node: Store<Node>,
-    service_cidrs: Option<Store<ServiceCIDR>>,
+    service_cidrs: Store<ServiceCIDR>,
     changes: watch::Receiver<u64>,
     /// The change count [`ApiSource::refresh`] last took objects at.
     refreshed_at: Option<u64>,
@@ -85,12 +85,9 @@ impl ApiSource {
         );
         let node_field = format!("metadata.name={node_name}");
         let node = reflect(Api::<Node>::all(client.clone()), watcher::Config::default().fields(&node_field), &changed);
-        let service_cidrs = if has_service_cidrs(&client).await {
-            Some(reflect(Api::<ServiceCIDR>::all(client), watcher::Config::default(), &changed))
-        } else {
-            info!("the API server has no networking.k8s.io/v1 ServiceCIDRs: --service-cidr applies");
-            None
-        };
+        // Kubernetes 1.33 and later; on older servers its watcher reports
+        // the missing API once and retries quietly.
+        let service_cidrs = reflect(Api::<ServiceCIDR>::all(client), watcher::Config::default(), &changed);
         let origin: Arc<Path> = Arc::from(Path::new("kubernetes-api"));
         let objects = Objects::default();
         Ok(ApiSource { services, slices, node, service_cidrs, changes, refreshed_at: None, origin, objects })
@@ -98,17 +95,15 @@ impl ApiSource {
 
     /// Waits until every store has had its first full list: planning before
     /// would delete what the maps hold for Services not listed yet.
+    /// ServiceCIDRs only inform: a server without them must not hold up
+    /// the first sync.
     async fn wait_until_listed(&self) {
         let ready = [
             self.services.wait_until_ready().await.is_ok(),
             self.slices.wait_until_ready().await.is_ok(),
             self.node.wait_until_ready().await.is_ok(),
         ];
-        let cidrs = match &self.service_cidrs {
-            Some(store) => store.wait_until_ready().await.is_ok(),
-            None => true,
-        };
-        debug_assert!(ready.iter().all(|r| *r) && cidrs, "a watcher task ended");
+        debug_assert!(ready.iter().all(|r| *r), "a watcher task ended");
     }
 
     /// Waits for the next change any watcher saw; the first time, until
@@ -144,6 +139,20 @@ impl ApiSource {
         &self.objects
     }
 
+    /// The cluster's service CIDRs (`spec.cidrs` of every ServiceCIDR),
+    /// sorted; empty where the server has none.
+    pub fn service_cidrs(&self) -> Vec<String> {
+        let mut cidrs: Vec<String> = self
+            .service_cidrs
+            .state()
+            .iter()
+            .flat_map(|c| c.spec.iter().flat_map(|s| s.cidrs.iter().flatten()).cloned())
+            .collect();
+        cidrs.sort();
+        cidrs.dedup();
+        cidrs
+    }
+
     /// This node's object, once listed.
     pub fn node(&self) -> Option<Arc<Node>> {
         self.node.state().into_iter().next()
@@ -172,12 +181,6 @@ async fn client(config: &ApiConfig) -> Result<Client, ApiError> {
     Client::try_from(config).map_err(|e| ApiError::Client(e.to_string()))
 }
 
-/// Whether the server serves ServiceCIDRs (Kubernetes 1.33 and later).
-async fn has_service_cidrs(client: &Client) -> bool {
-    let api = Api::<ServiceCIDR>::all(client.clone());
-    !matches!(api.list(&kube::api::ListParams::default().limit(1)).await, Err(kube::Error::Api(e)) if e.code == 404)
-}
-
 /// A reflector store for `api`, kept by a task that drives its watcher and
 /// bumps `changed` on every event.
 fn reflect<K>(api: Api<K>, config: watcher::Config, changed: &watch::Sender<u64>) -> Store<K>
@@ -187,21 +190,40 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = reflector(writer, watcher(api, config).default_backoff());
-    tokio::spawn(drive(stream, changed.clone(), std::any::type_name::<K>()));
+    tokio::spawn(drive(stream, changed.clone(), K::kind(&K::DynamicType::default()).into_owned()));
     store
 }
 
-async fn drive<K, S>(stream: S, changed: watch::Sender<u64>, kind: &'static str)
+/// Drives one watcher: every event after a list or of a watch bumps
+/// `changed`. An error is logged when it starts or changes, not at every
+/// retry, and the recovery once.
+async fn drive<K, S>(stream: S, changed: watch::Sender<u64>, kind: String)
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
+    let mut failing: Option<String> = None;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-            Ok(_) => changed.send_modify(|n| *n += 1),
+            // Sent before every list attempt, failing ones included.
+            Ok(watcher::Event::Init) => {}
+            Ok(event) => {
+                if failing.take().is_some() {
+                    info!(kind, "watching the API server again");
+                }
+                if !matches!(event, watcher::Event::InitApply(_)) {
+                    changed.send_modify(|n| *n += 1);
+                }
+            }
             Err(err) => {
-                warn!(kind, "watching the API server: {err} (retrying with backoff; the datapath keeps its state)")
+                let text = err.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    warn!(
+                        kind,
+                        "watching the API server: {text} (retrying with backoff; the datapath keeps its state)"
+                    );
+                }
+                failing = Some(text);
             }
         }
     }

@@ -46,6 +46,14 @@ impl Source {
         }
     }
 
+    /// The cluster's service CIDRs, where the source knows them (the API).
+    pub fn service_cidrs(&self) -> Vec<String> {
+        match self {
+            Source::Manifests(_) => Vec::new(),
+            Source::Api(source) => source.service_cidrs(),
+        }
+    }
+
     /// This node's Node object, where the source has one (the API).
     pub fn node(&self) -> Option<Arc<k8s_openapi::api::core::v1::Node>> {
         match self {

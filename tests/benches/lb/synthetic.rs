@@ -68,10 +68,51 @@ impl Synthetic {
             })
             .collect();
         [
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "bench"},
-               "spec": {"clusterIP": vip(i).to_string(), "ports": [{"port": 80, "protocol": self.protocol.names().0}]}}),
+            self.service(i),
             json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": "bench"}, "subsets": subsets}),
         ]
+    }
+
+    /// Service `i`, its cluster IP written (nothing allocates in API mode either).
+    fn service(&self, i: u32) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
+               "spec": {"clusterIP": vip(i).to_string(), "ports": [{"port": 80, "protocol": self.protocol.names().0}]}})
+    }
+
+    /// Service `i`'s EndpointSlices with its first `endpoints` endpoints.
+    /// A slice has one port list, so the endpoints go into one slice per
+    /// port, as the EndpointSlice mirroring controller makes them of
+    /// Endpoints subsets: one slice of 10 addresses for most Services, ten
+    /// of one for the last (one pod on 10 ports). A port whose endpoint
+    /// went keeps its slice, empty, so that the change is one update.
+    pub fn endpoint_slices(&self, i: u32, endpoints: u32) -> Vec<serde_json::Value> {
+        let mut by_port: std::collections::BTreeMap<u16, Vec<serde_json::Value>> = Default::default();
+        for j in 0..ENDPOINTS {
+            let (ip, port) = self.endpoint(i, j);
+            let slice = by_port.entry(port).or_default();
+            if j < endpoints {
+                slice.push(json!({"addresses": [ip.to_string()], "conditions": {"ready": true}}));
+            }
+        }
+        by_port
+            .into_iter()
+            .enumerate()
+            .map(|(k, (port, addresses))| {
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                       "metadata": {"name": format!("svc-{i}-{k}"), "namespace": "bench",
+                                    "labels": {"kubernetes.io/service-name": format!("svc-{i}"),
+                                               "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io"}},
+                       "addressType": "IPv4", "endpoints": addresses,
+                       "ports": [{"port": port, "protocol": self.protocol.names().0}]})
+            })
+            .collect()
+    }
+
+    /// Every Service and its EndpointSlices, as an API server holds them.
+    pub fn api_objects(&self) -> Vec<serde_json::Value> {
+        (0..self.services)
+            .flat_map(|i| std::iter::once(self.service(i)).chain(self.endpoint_slices(i, ENDPOINTS)))
+            .collect()
     }
 
     /// The manifest files (name, JSON List); the last Service has `last_endpoints`.
