@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Program the datapath from a manifest directory and keep it in sync.
+    /// Program the datapath from a manifest directory or a Kubernetes API
+    /// server and keep it in sync.
     // Boxed: its many flags would make every Command that size.
     Run(Box<RunArgs>),
     /// Print what the datapath is programmed with (reads the pinned maps).
@@ -93,7 +94,8 @@ struct RunArgs {
     /// default only pods reach them, as in Kubernetes).
     #[arg(long)]
     cluster_ip_external: bool,
-    /// Range for clusterIPs of Services whose manifest has none.
+    /// The cluster's service CIDR: unallocated addresses in it are dropped;
+    /// standalone, clusterIPs of Services whose manifest has none come from it.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
     /// Conntrack capacity in entries (two per flow); when full, the least

@@ -3,7 +3,7 @@
 //! the patterns, including ones that appear later.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -84,6 +84,8 @@ struct Agent {
     synced: bool,
     /// The cluster's ServiceCIDRs as last checked.
     cluster_service_cidrs: Vec<String>,
+    /// The model's errors of the last pass, as logged.
+    model_errors: BTreeSet<String>,
     desired: DesiredState,
     config: AgentConfig,
     /// Interfaces that failed to attach, so the error is logged once.
@@ -128,6 +130,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         source,
         synced: false,
         cluster_service_cidrs: Vec::new(),
+        model_errors: BTreeSet::new(),
         desired: DesiredState::default(),
         config,
         failed: BTreeMap::new(),
@@ -233,9 +236,13 @@ impl Agent {
     fn build_model(&mut self) {
         let previous = std::mem::take(&mut self.desired);
         let (desired, errors) = model::build(self.source.objects(), previous, &self.config.model);
-        for err in &errors {
+        // Each error once while it lasts: with the API source a pass
+        // follows every change anywhere in the cluster.
+        let errors: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
+        for err in errors.difference(&self.model_errors) {
             error!("{err}");
         }
+        self.model_errors = errors;
         self.desired = desired;
     }
 

@@ -135,7 +135,7 @@ pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> 
             entries.insert(name, Entry::Reused(&service.file, realised));
             continue;
         }
-        match validate(service) {
+        match validate(service, opts.controllers) {
             Ok((spec, skipped_ports)) => {
                 errors.extend(skipped_ports);
                 entries.insert(spec.name.clone(), Entry::New(at, spec));

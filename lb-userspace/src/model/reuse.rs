@@ -101,7 +101,7 @@ pub(super) fn rebuild_endpoints(
             continue;
         }
         // It validated when it was realised, and it is the same object.
-        let Ok((spec, _)) = validate(service) else { continue };
+        let Ok((spec, _)) = validate(service, controllers) else { continue };
         let fresh = Realised::new(realised.at, spec, &index);
         if let Some(service) = state.services.get_mut(name) {
             for (port, fresh) in Arc::make_mut(service).ports.iter_mut().zip(&fresh.realised.ports) {

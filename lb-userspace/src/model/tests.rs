@@ -801,3 +801,29 @@ status:
     assert_eq!(lb.external_ips, [Ipv4Addr::new(203, 0, 113, 11)]);
     assert_eq!(lb.ports.iter().map(|p| p.node_port).collect::<Vec<_>>(), [None, Some(30081)]);
 }
+
+#[test]
+fn in_a_cluster_what_the_api_server_accepted_is_taken_as_it_is() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  clusterIP: fd00::10
+  clusterIPs: [fd00::10, 10.96.0.11]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 40001
+  loadBalancerSourceRanges: [192.168.1.5/24, 'fd00::/8']
+  ports: [{port: 80, nodePort: 40000}]
+";
+    let (state, errors) = build_cluster(yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let lb = service(&state, "lb");
+    assert_eq!(lb.cluster_ip, ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 11)), "the IPv4 address of a dual-stack pair");
+    assert_eq!((lb.ports[0].node_port, lb.health_check_node_port), (Some(40000), Some(40001)), "the server's range");
+    assert_eq!(lb.source_ranges, ["192.168.1.0/24".parse().unwrap()]);
+    // Standalone, the same manifest is refused: nobody checked it.
+    let (_, errors) = build_yaml(yaml);
+    assert_eq!(messages(&errors), ["test.yaml: Service default/lb: spec.clusterIP: ipv6 is not supported yet"]);
+}

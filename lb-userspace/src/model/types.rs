@@ -333,6 +333,20 @@ impl Ipv4Cidr {
     }
 }
 
+impl Ipv4Cidr {
+    /// Like `parse`, with host bits cleared instead of refused, as the API
+    /// server accepts `loadBalancerSourceRanges` such as 192.168.1.5/24.
+    pub fn masked(value: &str) -> Result<Self, ModelError> {
+        let (addr, prefix) = value.split_once('/').unwrap_or((value, "32"));
+        let bad = |reason: &str| ModelError::BadCidr { value: value.to_owned(), reason: reason.to_owned() };
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad("the address is not IPv4"))?;
+        let prefix_len: u8 =
+            prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| bad("the prefix length is not 0-32"))?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+        Ok(Ipv4Cidr { network: Ipv4Addr::from(u32::from(addr) & mask), prefix_len })
+    }
+}
+
 impl FromStr for Ipv4Cidr {
     type Err = ModelError;
 

@@ -64,7 +64,22 @@ pub(super) fn ipv4(text: &str) -> Result<Option<Ipv4Addr>, String> {
 
 /// The Service's spec, and an error for each port it has but the datapath
 /// cannot serve (SCTP), which leaves the others served.
-pub(super) fn validate(service: &Sourced<core::Service>) -> Result<(Spec<'_>, Vec<ModelError>), ModelError> {
+/// In a cluster (`controllers`) the API server checked the object against
+/// its own settings (node port range, address families): only what the
+/// datapath cannot take is refused.
+/// The IPv4 address among `spec.clusterIPs`, if any.
+fn ipv4_cluster_ip(spec: &core::ServiceSpec) -> Option<Ipv4Addr> {
+    spec.cluster_ips.iter().flatten().find_map(|ip| ip.parse::<Ipv4Addr>().ok())
+}
+
+pub(super) fn validate(
+    service: &Sourced<core::Service>,
+    controllers: Controllers,
+) -> Result<(Spec<'_>, Vec<ModelError>), ModelError> {
+    let cluster = controllers == Controllers::Cluster;
+    // The node port range of the API server is its own setting.
+    let node_port_range = if cluster { 1..=u16::MAX } else { NODE_PORT_RANGE };
+    let range_text = format!("{}-{}", node_port_range.start(), node_port_range.end());
     let name = ServiceName::of(&service.object.metadata);
     let bad = |field: &str, reason: String| invalid(&service.file, format!("Service {name}"), field, reason);
     let no_spec = core::ServiceSpec::default();
@@ -95,6 +110,11 @@ pub(super) fn validate(service: &Sourced<core::Service>) -> Result<(Spec<'_>, Ve
         }
         (_, Some(text)) => match text.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) => Address::Explicit(ip),
+            // A dual-stack Service whose first family is IPv6 has its IPv4
+            // address second in clusterIPs.
+            Ok(IpAddr::V6(_)) if let Some(ip) = cluster.then(|| ipv4_cluster_ip(spec)).flatten() => {
+                Address::Explicit(ip)
+            }
             Ok(IpAddr::V6(_)) => {
                 return Err(bad("spec.clusterIP", "ipv6 is not supported yet".into()));
             }
@@ -157,8 +177,8 @@ pub(super) fn validate(service: &Sourced<core::Service>) -> Result<(Spec<'_>, Ve
             Some(n) => Some(
                 u16::try_from(n)
                     .ok()
-                    .filter(|p| NODE_PORT_RANGE.contains(p))
-                    .ok_or_else(|| bad(&field("nodePort"), format!("{n} is not in 30000-32767")))?,
+                    .filter(|p| node_port_range.contains(p))
+                    .ok_or_else(|| bad(&field("nodePort"), format!("{n} is not in {range_text}")))?,
             ),
         };
         ports.push(PortSpec { name, port, protocol, target, node_port });
@@ -195,7 +215,12 @@ pub(super) fn validate(service: &Sourced<core::Service>) -> Result<(Spec<'_>, Ve
         .unwrap_or_default()
         .iter()
         .filter(|_| service_type == ServiceType::LoadBalancer)
-        .map(|text| text.trim().parse::<Ipv4Cidr>().map_err(|e| bad("spec.loadBalancerSourceRanges", e.to_string())))
+        // IPv6 ranges are for IPv6 clients, which kube-proxy filters by family.
+        .filter(|text| !text.contains(':'))
+        .map(|text| {
+            let parsed = if cluster { Ipv4Cidr::masked(text.trim()) } else { text.trim().parse::<Ipv4Cidr>() };
+            parsed.map_err(|e| bad("spec.loadBalancerSourceRanges", e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let policy = |field: &str, value: Option<&str>| match value {
         None | Some("Cluster") => Ok(TrafficPolicy::Cluster),
@@ -214,8 +239,8 @@ pub(super) fn validate(service: &Sourced<core::Service>) -> Result<(Spec<'_>, Ve
         Some(n) => Some(
             u16::try_from(n)
                 .ok()
-                .filter(|p| NODE_PORT_RANGE.contains(p))
-                .ok_or_else(|| bad("spec.healthCheckNodePort", format!("{n} is not in 30000-32767")))?,
+                .filter(|p| node_port_range.contains(p))
+                .ok_or_else(|| bad("spec.healthCheckNodePort", format!("{n} is not in {range_text}")))?,
         ),
     };
 

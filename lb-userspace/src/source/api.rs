@@ -29,7 +29,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{Objects, Sourced};
 
@@ -103,7 +103,12 @@ impl ApiSource {
             self.slices.wait_until_ready().await.is_ok(),
             self.node.wait_until_ready().await.is_ok(),
         ];
-        debug_assert!(ready.iter().all(|r| *r), "a watcher task ended");
+        if !ready.iter().all(|r| *r) {
+            // A watcher task ended before its first list: planning from what
+            // the stores hold would delete what is not in them.
+            error!("a watcher stopped before listing everything: the datapath keeps its state, nothing is planned");
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Waits for the next change any watcher saw; the first time, until
