@@ -84,10 +84,17 @@ struct ApiCluster {
 }
 
 fn api_cluster() -> ApiCluster {
+    api_cluster_with_node(true)
+}
+
+/// Like [`api_cluster`]; the API server holds this node's Node if `with_node`.
+fn api_cluster_with_node(with_node: bool) -> ApiCluster {
     let c = cluster(3);
     let api = ApiServer::start_in(&c.node.ns).unwrap();
     let node = c.node.ns.name().to_owned();
-    api.apply(node_object(&node)).unwrap();
+    if with_node {
+        api.apply(node_object(&node)).unwrap();
+    }
     api.apply(kubia_service()).unwrap();
     let all: Vec<&Pod> = c.backends.iter().collect();
     api.apply(kubia_slice(&all, &node)).unwrap();
@@ -322,4 +329,15 @@ fn a_cluster_service_cidr_other_than_the_agents_is_reported() {
     k.api.apply(cidr(&["172.20.0.0/16"])).unwrap();
     k.agent.wait_for_log("is not one of the cluster's ServiceCIDRs", TIMEOUT * 5).unwrap();
     assert_eq!(k.agent.log_text().matches("is not one of the cluster's ServiceCIDRs").count(), 1);
+}
+
+/// A wrong --node-name (no such Node) still serves, and is reported once.
+#[test]
+fn a_node_name_the_api_server_does_not_know_is_reported() {
+    require_root();
+    let k = api_cluster_with_node(false);
+    k.agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    let all: Vec<&Pod> = k.c.backends.iter().collect();
+    assert_eq!(http_spread(&k.c.client, 30), names(&all));
+    assert_eq!(k.agent.log_text().matches("has no Node of this name").count(), 1, "{}", k.agent.log_text());
 }

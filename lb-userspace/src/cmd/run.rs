@@ -86,6 +86,8 @@ struct Agent {
     cluster_service_cidrs: Vec<String>,
     /// The model's errors of the last pass, as logged.
     model_errors: BTreeSet<String>,
+    /// Whether the API's missing Node for this node was reported.
+    missing_node: bool,
     desired: DesiredState,
     config: AgentConfig,
     /// Interfaces that failed to attach, so the error is logged once.
@@ -131,6 +133,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         synced: false,
         cluster_service_cidrs: Vec::new(),
         model_errors: BTreeSet::new(),
+        missing_node: false,
         desired: DesiredState::default(),
         config,
         failed: BTreeMap::new(),
@@ -201,10 +204,19 @@ impl Agent {
             return;
         }
         // Topology hints are read against the Node's zone label.
-        self.node.zone = self.source.node().and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+        let node = self.source.node();
+        self.node.zone = node.as_ref().and_then(|node| node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
         self.check_service_cidrs();
-        if let Some(node) = self.source.node() {
-            self.sync_health.set_node(&node);
+        match node {
+            Some(node) => {
+                self.sync_health.set_node(&node);
+                self.missing_node = false;
+            }
+            None if matches!(self.source, Source::Api(_)) && !self.missing_node => {
+                warn!(node = %self.config.node_name, "the API server has no Node of this name (check --node-name): topology hints and node eligibility are not applied");
+                self.missing_node = true;
+            }
+            None => {}
         }
         let read = started.elapsed();
         self.build_model();
