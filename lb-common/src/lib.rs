@@ -679,7 +679,7 @@ pub enum FastPath {
     /// kernel resolves it.
     StackNoNeighbour = 3,
     /// The FIB does not forward it (a local address, no route, forwarding
-    /// off, larger than the MTU): passed to the kernel, which knows why.
+    /// off): passed to the kernel, which knows why.
     StackNotForwarded = 4,
     /// The TTL would run out: passed, so that the kernel sends the ICMP
     /// time exceeded.

@@ -100,8 +100,8 @@ pub trait Fib {
     fn takes_xdp_frames(&self, ifindex: u32) -> bool;
     /// Is `ifindex` the host side of a pod's veth?
     fn is_pod_device(&self, ifindex: u32) -> bool;
-    /// Does the frame fit `ifindex`'s MTU?
-    fn fits(&self, ifindex: u32) -> bool;
+    /// `ifindex`'s MTU when the frame does not fit it.
+    fn too_big_for(&self, ifindex: u32) -> Option<u16>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,28 +123,27 @@ impl Step {
 }
 
 /// Where a rewritten packet that arrived on `ingress_ifindex` with `ttl`
-/// goes next.
+/// goes next; `TooBig` when its route's MTU is below it.
 #[inline(always)]
-pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> Step {
+pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> Result<Step, TooBig> {
     if ttl <= 1 {
-        return Step::Stack(FastPath::StackTtlExpired);
+        return Ok(Step::Stack(FastPath::StackTtlExpired));
     }
     // A FIB lookup costs several map lookups: its answer is reused for a
     // while (only answers that lead to an enabled device are kept).
     let now = fib.now_ns();
     let hop = match fib.cached(query.daddr) {
         // A cached answer was not checked against this frame's length.
-        Some((hop, checked)) if now.wrapping_sub(checked) < FIB_CACHE_NS => {
-            if !fib.fits(hop.ifindex) {
-                return Step::Stack(FastPath::StackNotForwarded);
-            }
-            hop
-        }
+        Some((hop, checked)) if now.wrapping_sub(checked) < FIB_CACHE_NS => match fib.too_big_for(hop.ifindex) {
+            Some(mtu) => return Err(TooBig(mtu)),
+            None => hop,
+        },
         _ => match fib.lookup(ingress_ifindex, query) {
-            FibAnswer::NoNeighbour(_) => return Step::Stack(FastPath::StackNoNeighbour),
-            FibAnswer::NotForwarded | FibAnswer::TooBig(_) => return Step::Stack(FastPath::StackNotForwarded),
+            FibAnswer::NoNeighbour(_) => return Ok(Step::Stack(FastPath::StackNoNeighbour)),
+            FibAnswer::NotForwarded => return Ok(Step::Stack(FastPath::StackNotForwarded)),
+            FibAnswer::TooBig(mtu) => return Err(TooBig(mtu)),
             FibAnswer::Forward(hop) if !fib.takes_xdp_frames(hop.ifindex) => {
-                return Step::Stack(FastPath::StackDeviceNotEnabled);
+                return Ok(Step::Stack(FastPath::StackDeviceNotEnabled));
             }
             FibAnswer::Forward(hop) => {
                 fib.cache(query.daddr, &hop, now);
@@ -152,7 +151,34 @@ pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuer
             }
         },
     };
-    if hop.ifindex == ingress_ifindex { Step::Tx(hop) } else { Step::Redirect(hop) }
+    Ok(if hop.ifindex == ingress_ifindex { Step::Tx(hop) } else { Step::Redirect(hop) })
+}
+
+/// Whether the route of the packet `query` describes has room for it (the
+/// kernel's forwarding checks the TTL first).
+#[inline(always)]
+pub fn fits_route<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> Result<(), TooBig> {
+    if ttl <= 1 {
+        return Ok(());
+    }
+    match fib.lookup(ingress_ifindex, query) {
+        FibAnswer::TooBig(mtu) => Err(TooBig(mtu)),
+        _ => Ok(()),
+    }
+}
+
+/// What the FIB is asked about a packet about to be rewritten (`side` to
+/// `to`, the other side to `other`): the packet as it will leave, and its
+/// TTL.
+///
+/// # Safety
+/// As for [`FibQuery::of`].
+#[inline(always)]
+pub unsafe fn departure(pkt: &Packet, side: Side, to: (u32, u16), other: Option<(u32, u16)>) -> (FibQuery, u8) {
+    // SAFETY: as the caller promises.
+    let (query, ttl) = unsafe { (FibQuery::of(pkt), ttl(pkt)) };
+    let query = query.rewritten(side, to);
+    (other.map_or(query, |other| query.rewritten(side.opposite(), other)), ttl)
 }
 
 /// Where a rewritten socket buffer from a pod goes next (TC).
@@ -305,8 +331,8 @@ mod tests {
         fn is_pod_device(&self, ifindex: u32) -> bool {
             ifindex == POD_VETH
         }
-        fn fits(&self, _ifindex: u32) -> bool {
-            self.frame_len <= self.mtu
+        fn too_big_for(&self, _ifindex: u32) -> Option<u16> {
+            (self.frame_len > self.mtu).then_some(self.mtu as u16)
         }
     }
 
@@ -345,8 +371,10 @@ mod tests {
             ("ttl 1", FibAnswer::Forward(hop(INGRESS)), &[INGRESS][..], 1, Step::Stack(FastPath::StackTtlExpired)),
         ];
         for (what, answer, enabled, ttl, want) in cases {
-            assert_eq!(next_step(&FakeFib::new(answer, enabled), INGRESS, ttl, &q), want, "{what}");
+            assert_eq!(next_step(&FakeFib::new(answer, enabled), INGRESS, ttl, &q), Ok(want), "{what}");
         }
+        let too_big = next_step(&FakeFib::new(FibAnswer::TooBig(1400), &[OTHER]), INGRESS, 64, &q);
+        assert_eq!(too_big, Err(TooBig(1400)), "the sender is answered, not the stack");
     }
 
     #[test]
@@ -373,18 +401,18 @@ mod tests {
         let mut fib = FakeFib::new(FibAnswer::Forward(hop(OTHER)), &[OTHER]);
         for now in [0, FIB_CACHE_NS / 2, FIB_CACHE_NS - 1] {
             fib.now = now;
-            assert_eq!(next_step(&fib, INGRESS, 64, &q), Step::Redirect(hop(OTHER)));
+            assert_eq!(next_step(&fib, INGRESS, 64, &q), Ok(Step::Redirect(hop(OTHER))));
         }
         assert_eq!(fib.lookups.get(), 1);
         fib.now = FIB_CACHE_NS;
-        next_step(&fib, INGRESS, 64, &q);
+        assert_eq!(next_step(&fib, INGRESS, 64, &q), Ok(Step::Redirect(hop(OTHER))));
         assert_eq!(fib.lookups.get(), 2, "asked again after a second");
         let not_enabled = FakeFib::new(FibAnswer::Forward(hop(OTHER)), &[]);
-        next_step(&not_enabled, INGRESS, 64, &q);
+        assert_eq!(next_step(&not_enabled, INGRESS, 64, &q), Ok(Step::Stack(FastPath::StackDeviceNotEnabled)));
         assert!(not_enabled.cache.borrow().is_none());
         // A cached answer is checked against each frame's length.
         fib.frame_len = fib.mtu + 1;
-        assert_eq!(next_step(&fib, INGRESS, 64, &q), Step::Stack(FastPath::StackNotForwarded));
+        assert_eq!(next_step(&fib, INGRESS, 64, &q), Err(TooBig(1514)));
     }
 
     #[test]

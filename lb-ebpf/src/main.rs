@@ -30,7 +30,7 @@ use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Reason};
 use lb_ebpf::{
     answer::{self, L4Checksum, Unreachable},
     decide::{self, Verdict, decide},
-    forward::{self, Fib, FibAnswer, FibQuery, Step, TcStep, TooBig},
+    forward::{self, FibQuery, Step, TcStep, TooBig},
     packet::{
         self, icmp,
         nat::{self, Side},
@@ -131,20 +131,15 @@ fn xdp_apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) 
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
         Verdict::Rewrite { reason, side, addr, port, other } => {
-            // The kernel's fragmentation-needed for a packet whose source
-            // the rewrite changes would go to that new source (a Service or
-            // node address), never to the sender: asked before, answered here.
-            if side == Side::Src || other.is_some() {
-                // SAFETY: `pkt` was parsed from this context's packet just now.
-                let mut query = unsafe { FibQuery::of(pkt) }.rewritten(side, (addr, port));
-                if let Some(other) = other {
-                    query = query.rewritten(side.opposite(), other);
-                }
-                if let Some(mtu) = xdp_too_big(ctx, &query) {
+            // SAFETY: `pkt` was parsed from this context's packet just now.
+            let departure = unsafe { forward::departure(pkt, side, (addr, port), other) };
+            let step = match xdp_step(ctx, &departure, side == Side::Src || other.is_some()) {
+                Ok(step) => step,
+                Err(TooBig(mtu)) => {
                     return xdp_unreachable(ctx, Unreachable::FragNeeded(mtu), Reason::FragNeeded)
                         .unwrap_or((xdp_action::XDP_DROP, Reason::DropRewriteFailed));
                 }
-            }
+            };
             // SAFETY: as above; nothing has touched it.
             unsafe {
                 nat::rewrite(pkt, side, addr, port);
@@ -152,25 +147,43 @@ fn xdp_apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) 
                     nat::rewrite(pkt, side.opposite(), other_addr, other_port);
                 }
             }
-            // SAFETY: a load-time constant; read volatile so that it is not folded.
-            let fast_path = unsafe { core::ptr::read_volatile(&LB_FAST_PATH) } != 0;
-            (if fast_path { xdp_send(ctx, pkt) } else { xdp_action::XDP_PASS }, reason)
+            (xdp_send(ctx, &step), reason)
         }
         Verdict::Reject(reason) => xdp_reject(ctx, pkt, reason),
     }
 }
 
-/// The action for a rewritten packet with the fast path on: out from XDP
-/// when it applies, else to the kernel's routing (see `lb_ebpf::forward`).
-/// A BPF function of its own: inlined into every rewrite path, it took the
-/// `--datapath-debug` build past the verifier's complexity limit.
+/// Where a packet goes once rewritten (asked before the rewrite, with the
+/// packet as it will leave): with the fast path, out from XDP when that
+/// applies (see `lb_ebpf::forward`); None: the kernel's routing. `TooBig`
+/// when the route's MTU is below it, asked without the fast path only when
+/// the rewrite changes the source (`new_source`): the kernel's own
+/// fragmentation-needed would go to that new source (a Service or node
+/// address), never to the sender. A BPF function of its own: the FIB's
+/// query stays out of the caller's frame.
 #[inline(never)]
-fn xdp_send(ctx: &XdpContext, pkt: &Packet) -> u32 {
-    // SAFETY: `pkt` is this context's packet; no helper has run since parse.
-    let (query, ttl) = unsafe { (FibQuery::of(pkt), forward::ttl(pkt)) };
+fn xdp_step(ctx: &XdpContext, (query, ttl): &(FibQuery, u8), new_source: bool) -> Result<Option<Step>, TooBig> {
+    // SAFETY: a load-time constant; read volatile so that it is not folded.
+    let fast_path = unsafe { core::ptr::read_volatile(&LB_FAST_PATH) } != 0;
+    if !fast_path && !new_source {
+        return Ok(None);
+    }
     // SAFETY: the context's own metadata.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let step = forward::next_step(&KernelFib::of(ctx), ingress, ttl, &query);
+    let fib = KernelFib::of(ctx);
+    if fast_path {
+        forward::next_step(&fib, ingress, *ttl, query).map(Some)
+    } else {
+        forward::fits_route(&fib, ingress, *ttl, query).map(|()| None)
+    }
+}
+
+/// Sends a rewritten packet where `xdp_step` said. A BPF function of its
+/// own: inlined into every rewrite path, it took the `--datapath-debug`
+/// build past the verifier's complexity limit.
+#[inline(never)]
+fn xdp_send(ctx: &XdpContext, step: &Option<Step>) -> u32 {
+    let Some(step) = *step else { return xdp_action::XDP_PASS };
     count_fast_path(step.counter());
     let hop = match step {
         Step::Tx(hop) | Step::Redirect(hop) => hop,
@@ -184,18 +197,6 @@ fn xdp_send(ctx: &XdpContext, pkt: &Packet) -> u32 {
         Step::Tx(_) => xdp_action::XDP_TX,
         // SAFETY: a helper taking plain values.
         _ => unsafe { bpf_redirect(hop.ifindex, 0) as u32 },
-    }
-}
-
-/// The route's MTU when the packet `query` describes does not fit it. A
-/// BPF function of its own, like `xdp_send`.
-#[inline(never)]
-fn xdp_too_big(ctx: &XdpContext, query: &FibQuery) -> Option<u16> {
-    // SAFETY: the context's own metadata.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    match KernelFib::of(ctx).lookup(ingress, query) {
-        FibAnswer::TooBig(mtu) => Some(mtu),
-        _ => None,
     }
 }
 
@@ -331,11 +332,7 @@ fn tc_departure(
     other: Option<(u32, u16)>,
 ) -> (FibQuery, u8) {
     // SAFETY: `pkt` is this context's packet, not yet touched by a helper.
-    let (query, ttl) = unsafe { (FibQuery::of(pkt), forward::ttl(pkt)) };
-    let mut query = query.rewritten(side, to);
-    if let Some(other) = other {
-        query = query.rewritten(side.opposite(), other);
-    }
+    let (mut query, ttl) = unsafe { forward::departure(pkt, side, to, other) };
     // SAFETY: the context's own metadata.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if gso_size != 0 {
@@ -370,8 +367,12 @@ fn tc_step(ctx: &TcContext, (query, ttl): &(FibQuery, u8), new_source: bool) -> 
     }
     // SAFETY: the context's own metadata.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    let step = forward::tc_next_step(&KernelFib::of(ctx), ingress, *ttl, query)?;
-    Ok(redirect.then_some(step))
+    let fib = KernelFib::of(ctx);
+    if redirect {
+        forward::tc_next_step(&fib, ingress, *ttl, query).map(Some)
+    } else {
+        forward::fits_route(&fib, ingress, *ttl, query).map(|()| None)
+    }
 }
 
 /// Sends a rewritten packet where `tc_step` said: the kernel's routing

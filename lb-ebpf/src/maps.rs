@@ -339,11 +339,12 @@ impl Fib for KernelFib {
     }
 
     #[inline(always)]
-    fn fits(&self, ifindex: u32) -> bool {
-        // Length 0: the context's own frame.
+    fn too_big_for(&self, ifindex: u32) -> Option<u16> {
+        // Length 0: the context's own frame; on failure the device's MTU.
         let mut mtu_len = 0u32;
         // SAFETY: the helper writes the MTU to `mtu_len`, which lives here.
-        unsafe { bpf_check_mtu(self.0, ifindex, &mut mtu_len, 0, 0) == 0 }
+        let fits = unsafe { bpf_check_mtu(self.0, ifindex, &mut mtu_len, 0, 0) } == 0;
+        (!fits).then_some(mtu_len as u16)
     }
 }
 
