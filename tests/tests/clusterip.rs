@@ -248,21 +248,7 @@ fn a_cluster_ip_refuses_ports_its_service_lacks_and_unallocated_service_addresse
 fn path_mtu_discovery_works_both_ways_through_the_cluster_ip() {
     require_root();
     let (c, agent, vip) = pmtu_cluster(&[]);
-    let backend = &c.backends[0];
-    let (to_backend, to_client) = (format!("{}/32", backend.ip), format!("{}/32", c.client.ip));
-    // Locked: forwarding (and the FIB) use a route's MTU only then.
-    c.node.ns.exec(&["ip", "route", "replace", &to_backend, "dev", &backend.host_veth, "mtu", "lock", "1400"]).unwrap();
-    c.node.ns.exec(&["ip", "route", "replace", &to_client, "dev", &c.client.host_veth, "mtu", "lock", "1400"]).unwrap();
-
-    // The reply first: a client that learnt the path's MTU would announce
-    // a smaller MSS, and the backend's segments would fit.
-    bulk_receive(&c.client.ns, SocketAddrV4::new(vip, 9001), 20 << 10, TIMEOUT * 3).unwrap();
-    let answered = agent.counter("TC-POD", "frag_needed").unwrap();
-    assert!(answered >= 1, "the backend's reply was not answered: {}", agent.get("counters").unwrap());
-    // Forgotten, or the backend would announce the smaller MSS in turn.
-    backend.ns.exec(&["ip", "route", "flush", "cache"]).unwrap();
-    let report = bulk_send(&c.client.ns, SocketAddrV4::new(vip, 9000), 20 << 10, TIMEOUT * 3).unwrap();
-    assert!(report.contains("received 20480 bytes"), "{report}");
+    let answered = download_then_upload(&c, &agent, vip);
     assert!(agent.counter("TC-POD", "frag_needed").unwrap() > answered, "the client's request was not answered");
 
     let udp = udp_exchange(&c.client.ns, SocketAddrV4::new(vip, 54), TIMEOUT).unwrap();
@@ -280,24 +266,30 @@ fn path_mtu_discovery_works_both_ways_through_the_cluster_ip() {
 fn path_mtu_discovery_through_the_cluster_ip_with_the_kernels_forwarding() {
     require_root();
     let (c, agent, vip) = pmtu_cluster(&["--pod-forwarding", "stack"]);
-    let backend = &c.backends[0];
-    let (to_backend, to_client) = (format!("{}/32", backend.ip), format!("{}/32", c.client.ip));
-    c.node.ns.exec(&["ip", "route", "replace", &to_backend, "dev", &backend.host_veth, "mtu", "lock", "1400"]).unwrap();
-    c.node.ns.exec(&["ip", "route", "replace", &to_client, "dev", &c.client.host_veth, "mtu", "lock", "1400"]).unwrap();
-
-    bulk_receive(&c.client.ns, SocketAddrV4::new(vip, 9001), 20 << 10, TIMEOUT * 3).unwrap();
-    let answered = agent.counter("TC-POD", "frag_needed").unwrap();
-    assert!(answered >= 1, "the backend's reply was not answered: {}", agent.get("counters").unwrap());
-    backend.ns.exec(&["ip", "route", "flush", "cache"]).unwrap();
-    let report = bulk_send(&c.client.ns, SocketAddrV4::new(vip, 9000), 20 << 10, TIMEOUT * 3).unwrap();
-    assert!(report.contains("received 20480 bytes"), "{report}");
+    let answered = download_then_upload(&c, &agent, vip);
     assert!(agent.counter("TC-EGRESS", "icmp_error_reverse_nat").unwrap() >= 1, "{}", agent.get("counters").unwrap());
     assert_eq!(agent.counter("TC-POD", "frag_needed").unwrap(), answered, "the request is the kernel's to answer");
 }
 
+/// 20 KB from the backend's source, then 20 KB to its sink, both intact;
+/// the backend's reply must have been answered with a fragmentation-needed
+/// (how many were, returned).
+fn download_then_upload(c: &Cluster, agent: &AgentProcess, vip: Ipv4Addr) -> u64 {
+    // The reply first: a client that learnt the path's MTU would announce
+    // a smaller MSS, and the backend's segments would fit.
+    bulk_receive(&c.client.ns, SocketAddrV4::new(vip, 9001), 20 << 10, TIMEOUT * 3).unwrap();
+    let answered = agent.counter("TC-POD", "frag_needed").unwrap();
+    assert!(answered >= 1, "the backend's reply was not answered: {}", agent.get("counters").unwrap());
+    // Forgotten, or the backend would announce the smaller MSS in turn.
+    c.backends[0].ns.exec(&["ip", "route", "flush", "cache"]).unwrap();
+    let report = bulk_send(&c.client.ns, SocketAddrV4::new(vip, 9000), 20 << 10, TIMEOUT * 3).unwrap();
+    assert!(report.contains("received 20480 bytes"), "{report}");
+    answered
+}
+
 /// One backend serving a sink (9000), a source (9001) and a closed UDP
-/// port (54) behind a cluster IP, and its agent started with `args` beside
-/// `--pod-device`.
+/// port (54) behind a cluster IP, 1 400-byte routes to it and to the
+/// client, and an agent started with `args` beside `--pod-device`.
 fn pmtu_cluster(args: &[&str]) -> (Cluster, AgentProcess, Ipv4Addr) {
     let mut c = cluster(1);
     c.backends[0].serve_sink(9000).unwrap();
@@ -310,6 +302,12 @@ fn pmtu_cluster(args: &[&str]) -> (Cluster, AgentProcess, Ipv4Addr) {
     let args: Vec<&str> = ["--pod-device", "h-*"].into_iter().chain(args.iter().copied()).collect();
     let agent = AgentProcess::start_with(&c.node, &[("pmtu.yaml", &service), ("pods.yaml", &pods)], &args).unwrap();
     agent.wait_for_services(TIMEOUT, |s| s.contains("10.244.0.2:9001")).unwrap();
+    let (backend, client) = (&c.backends[0], &c.client);
+    for (ip, veth) in [(backend.ip, &backend.host_veth), (client.ip, &client.host_veth)] {
+        // Locked: forwarding (and the FIB) use a route's MTU only then.
+        let route = format!("{ip}/32");
+        c.node.ns.exec(&["ip", "route", "replace", &route, "dev", veth, "mtu", "lock", "1400"]).unwrap();
+    }
     (c, agent, vip)
 }
 
