@@ -207,13 +207,26 @@ pub fn health_checks(desired: &DesiredState, node_name: &str) -> BTreeMap<u16, H
         .collect()
 }
 
+/// kube-proxy's health check body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CheckBody<'a> {
+    service: CheckService<'a>,
+    local_endpoints: usize,
+}
+
+#[derive(Serialize)]
+struct CheckService<'a> {
+    namespace: &'a str,
+    name: &'a str,
+}
+
 /// The HTTP status and body for `check`.
 pub fn response(check: &HealthCheck) -> (StatusCode, String) {
     let status = if check.local_endpoints > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = format!(
-        "{{\"service\":{{\"namespace\":{:?},\"name\":{:?}}},\"localEndpoints\":{}}}",
-        check.service.namespace, check.service.name, check.local_endpoints
-    );
+    let service = CheckService { namespace: &check.service.namespace, name: &check.service.name };
+    let body = serde_json::to_string(&CheckBody { service, local_endpoints: check.local_endpoints })
+        .expect("strings and a number serialize");
     (status, body)
 }
 

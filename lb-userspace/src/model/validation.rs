@@ -79,7 +79,7 @@ pub(super) fn validate(
     let cluster = controllers == Controllers::Cluster;
     // The node port range of the API server is its own setting.
     let node_port_range = if cluster { 1..=u16::MAX } else { NODE_PORT_RANGE };
-    let range_text = format!("{}-{}", node_port_range.start(), node_port_range.end());
+    let out_of_range = |n: i32| format!("{n} is not in {}-{}", node_port_range.start(), node_port_range.end());
     let name = ServiceName::of(&service.object.metadata);
     let bad = |field: &str, reason: String| invalid(&service.file, format!("Service {name}"), field, reason);
     let no_spec = core::ServiceSpec::default();
@@ -178,7 +178,7 @@ pub(super) fn validate(
                 u16::try_from(n)
                     .ok()
                     .filter(|p| node_port_range.contains(p))
-                    .ok_or_else(|| bad(&field("nodePort"), format!("{n} is not in {range_text}")))?,
+                    .ok_or_else(|| bad(&field("nodePort"), out_of_range(n)))?,
             ),
         };
         ports.push(PortSpec { name, port, protocol, target, node_port });
@@ -240,7 +240,7 @@ pub(super) fn validate(
             u16::try_from(n)
                 .ok()
                 .filter(|p| node_port_range.contains(p))
-                .ok_or_else(|| bad("spec.healthCheckNodePort", format!("{n} is not in {range_text}")))?,
+                .ok_or_else(|| bad("spec.healthCheckNodePort", out_of_range(n)))?,
         ),
     };
 
