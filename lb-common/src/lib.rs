@@ -76,6 +76,8 @@ pub mod map_names {
     pub const FIB_CACHE: &str = "LB_FIB_CACHE";
     pub const CT_STATS: &str = "LB_CT_STATS";
     pub const NODE_ADDRS: &str = "LB_NODE_ADDRS";
+    pub const SOCKET_REVERSE: &str = "LB_SOCKET_REVERSE";
+    pub const NODE_PORTS: &str = "LB_NODE_PORTS";
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
@@ -115,6 +117,12 @@ impl ServiceCidr {
         self.mask != 0 && addr & self.mask == self.network
     }
 }
+
+/// Sockets whose destination the socket hooks rewrote, remembered for
+/// `recvmsg`/`getpeername` (LRU: old sockets make room).
+pub const MAX_SOCKET_REVERSE: u32 = 131_072;
+/// Distinct (node port, protocol) pairs in `LB_NODE_PORTS`.
+pub const MAX_NODE_PORTS: u32 = 65_536;
 
 /// Node devices with an IPv4 address (`LB_NODE_ADDRS`).
 pub const MAX_NODE_DEVICES: u32 = 1_024;
@@ -205,8 +213,13 @@ const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
 /// The backends are this node's only (traffic policy Local): with none,
 /// traffic is dropped as kube-proxy does, not refused.
 pub const FRONTEND_FLAG_NODE_LOCAL: u16 = 2;
-/// Pods use this frontend's `FRONTEND_SCOPE_PODS` twin instead.
+/// Pods use this frontend's `FRONTEND_SCOPE_PODS` twin instead, and so do
+/// the node's own sockets (kube-proxy short-circuits both).
 pub const FRONTEND_FLAG_POD_TWIN: u16 = 8;
+/// With `FRONTEND_FLAG_SOURCE_RANGES`: one of the node's addresses is in
+/// the ranges, so the node's own unbound sockets (which leave with a node
+/// address) may use the frontend.
+pub const FRONTEND_FLAG_NODE_ADMITTED: u16 = 32;
 /// The frontend uses its upper slot set (slots from [`UPPER_SLOTS`] on),
 /// else the lower one (from 0). A new backend list is written into the set
 /// the frontend does not use, then one frontend write switches sets: no
@@ -333,6 +346,45 @@ impl CtEntry {
         if self.flags & CT_FLAG_REWRITE_OTHER != 0 { Some((self.other_addr, self.other_port)) } else { None }
     }
 }
+
+/// `LB_SOCKET_REVERSE` key: a socket (its cookie) and the backend the
+/// socket hooks sent it to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SocketPeer {
+    pub cookie: u64,
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// L4 port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SocketPeer>() == 16);
+
+/// `LB_SOCKET_REVERSE` value: the frontend the socket asked for, shown
+/// back by `recvmsg` and `getpeername`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketFrontend {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// L4 port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SocketFrontend>() == 8);
+
+/// `LB_NODE_PORTS` key: a node port in use by a Service, which the node's
+/// own processes may not bind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodePortKey {
+    /// L4 port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<NodePortKey>() == 4);
 
 /// Indexes of the per-CPU `LB_CT_STATS` array.
 pub mod ct_stats {
@@ -508,15 +560,17 @@ pub enum Reason {
     PassNotTcpUdp = 4,
     /// No frontend and no conntrack entry: not ours, passed untouched.
     PassNoService = 5,
-    /// First packet of a flow to a frontend: backend chosen, destination rewritten.
+    /// First packet of a flow to a frontend (on the socket hooks: a
+    /// connect() or sendmsg() to one): backend chosen, destination rewritten.
     ForwardNewFlow = 6,
     /// A packet of a known flow: destination rewritten to its backend.
     ForwardEstablished = 7,
-    /// A backend's reply: source rewritten to the frontend.
+    /// A backend's reply (on the socket hooks: recvmsg() or getpeername()
+    /// of a translated socket): source rewritten to the frontend.
     ReplyReverseNat = 8,
     /// The frontend has no endpoint and the packet is not answered (traffic
     /// policy Local, a TCP reset itself, or the answer could not be built):
-    /// dropped.
+    /// dropped. A socket's connect() or sendmsg() fails with EHOSTUNREACH.
     DropNoBackend = 9,
     /// A slot or backend the frontend points at is missing (update race): dropped.
     DropBackendMissing = 10,
@@ -524,14 +578,16 @@ pub enum Reason {
     /// forwarding a flow whose replies could not be translated.
     DropConntrackFull = 11,
     /// The frontend has no endpoint: answered with a TCP reset or an ICMP
-    /// port unreachable, so the client fails at once.
+    /// port unreachable (connect() or sendmsg() fails with ECONNREFUSED),
+    /// so the client fails at once.
     RejectNoBackend = 12,
     /// An ICMP echo request to a Service address: answered.
     EchoReply = 13,
     /// A cluster IP frontend reached through a node device: only pods may
     /// use cluster IPs, so it is passed untouched.
     PassInternalOnly = 14,
-    /// A client outside the frontend's `loadBalancerSourceRanges`: dropped.
+    /// A client outside the frontend's `loadBalancerSourceRanges`: dropped
+    /// (a socket's connect() or sendmsg() fails with EPERM).
     DropSourceRange = 15,
     /// No free SNAT source port for a flow to a backend on another node.
     DropSnatExhausted = 16,
@@ -556,10 +612,19 @@ pub enum Reason {
     /// sender gets an ICMP fragmentation-needed about the packet it sent,
     /// and the packet is not forwarded.
     FragNeeded = 22,
+    /// A socket of a network namespace the socket hooks do not serve
+    /// (`--socket-lb host`: any but the node's own): left to the packet path.
+    PassOtherNamespace = 23,
+    /// A socket the socket hooks leave to the packet path, which knows its
+    /// source address: a pod's socket to a frontend with source ranges.
+    PassToPacketPath = 24,
+    /// A bind() by a process on the node to a port a Service uses as its
+    /// node port: refused with EADDRINUSE.
+    DenyNodePortBind = 25,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 26;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassIpOptions,
@@ -584,6 +649,9 @@ impl Reason {
         Reason::DropUnallocatedServiceIp,
         Reason::IcmpErrorReverseNat,
         Reason::FragNeeded,
+        Reason::PassOtherNamespace,
+        Reason::PassToPacketPath,
+        Reason::DenyNodePortBind,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -612,6 +680,9 @@ impl Reason {
             Reason::DropUnallocatedServiceIp => "drop_unallocated_service_ip",
             Reason::IcmpErrorReverseNat => "icmp_error_reverse_nat",
             Reason::FragNeeded => "frag_needed",
+            Reason::PassOtherNamespace => "pass_other_namespace",
+            Reason::PassToPacketPath => "pass_to_packet_path",
+            Reason::DenyNodePortBind => "deny_node_port_bind",
         }
     }
 }
@@ -627,11 +698,15 @@ pub enum Hook {
     PodTc = 1,
     /// TC egress: replies that crossed neither ingress hook.
     TcEgress = 2,
+    /// The cgroup socket hooks: connect(), sendmsg(), recvmsg(),
+    /// getpeername() and bind() of processes on the node (and in pods with
+    /// `--socket-lb all`). Their verdicts count once per call.
+    Socket = 3,
 }
 
 impl Hook {
-    pub const COUNT: u32 = 3;
-    pub const ALL: [Hook; Self::COUNT as usize] = [Hook::NodeXdp, Hook::PodTc, Hook::TcEgress];
+    pub const COUNT: u32 = 4;
+    pub const ALL: [Hook; Self::COUNT as usize] = [Hook::NodeXdp, Hook::PodTc, Hook::TcEgress, Hook::Socket];
 
     /// Column name in `lb-agent get counters`.
     pub const fn name(self) -> &'static str {
@@ -639,6 +714,7 @@ impl Hook {
             Hook::NodeXdp => "XDP-NODE",
             Hook::PodTc => "TC-POD",
             Hook::TcEgress => "TC-EGRESS",
+            Hook::Socket => "SOCKET",
         }
     }
 }
@@ -779,6 +855,9 @@ mod pod {
     unsafe impl aya::Pod for CtTimeouts {}
     unsafe impl aya::Pod for ServiceCidr {}
     unsafe impl aya::Pod for ServiceMeta {}
+    unsafe impl aya::Pod for SocketPeer {}
+    unsafe impl aya::Pod for SocketFrontend {}
+    unsafe impl aya::Pod for NodePortKey {}
 }
 
 #[cfg(test)]

@@ -11,9 +11,12 @@
 //!   the kernel's checksum helpers keep both right, which XDP cannot.
 //! - `lb_tc_egress`: the reverse translation of replies that crossed
 //!   neither (a reply generated on the node, or from an unattached device).
+//! - `lb_sock_*` (in `sockets`), cgroup socket hooks: sockets of processes
+//!   on the node, translated once at connect() rather than per packet.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 mod maps;
+mod sockets;
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},

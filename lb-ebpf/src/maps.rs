@@ -12,15 +12,16 @@ use aya_ebpf::{
     helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::{TcContext, XdpContext},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, DEVICE_POD,
     DEVICE_TAKES_XDP_FRAMES, EndpointKey, EndpointMeta, FastPath, FibCacheEntry, Frontend, FrontendKey, Hook,
     MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES,
-    MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES, MAX_SOURCE_RANGES,
-    MaglevElement, Reason, ServiceCidr, ServiceMeta, SourceRange, ct_stats,
+    MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES, MAX_NODE_PORTS,
+    MAX_SOCKET_REVERSE, MAX_SOURCE_RANGES, MaglevElement, NodePortKey, Reason, ServiceCidr, ServiceMeta,
+    SocketFrontend, SocketPeer, SourceRange, ct_stats,
 };
 use lb_ebpf::{
     decide::{InsertFailed, Tables},
@@ -107,6 +108,16 @@ static LB_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Hook::COUNT * Reason:
 #[map]
 static LB_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_NODE_DEVICES, BPF_F_NO_PREALLOC);
 
+/// (socket cookie, backend) -> the frontend the socket asked for, so that
+/// `recvmsg` and `getpeername` show it back.
+#[map]
+static LB_SOCKET_REVERSE: LruHashMap<SocketPeer, SocketFrontend> = LruHashMap::pinned(MAX_SOCKET_REVERSE, 0);
+
+/// (node port, protocol) -> how many frontends use it: the ports the
+/// node's own processes may not bind.
+#[map]
+static LB_NODE_PORTS: HashMap<NodePortKey, u32> = HashMap::pinned(MAX_NODE_PORTS, BPF_F_NO_PREALLOC);
+
 /// frontend_id -> namespace/name/port of its Service; read by userspace only.
 #[map]
 static LB_SERVICE_META: HashMap<u32, ServiceMeta> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
@@ -130,6 +141,32 @@ impl MapTables {
         // SAFETY: as above.
         Self { ctx: ctx.as_ptr(), ingress_ifindex: unsafe { (*ctx.skb.skb).ifindex } }
     }
+
+    /// For the socket hooks, which never ask for a node address (no SNAT).
+    #[inline(always)]
+    pub fn socket(ctx: &SockAddrContext) -> Self {
+        Self { ctx: ctx.as_ptr(), ingress_ifindex: 0 }
+    }
+}
+
+/// Remembers that socket `cookie`, which asked for `frontend`, was sent to
+/// `backend`. Fails only when the map refuses the write.
+#[inline(always)]
+pub fn remember_socket_peer(peer: &SocketPeer, frontend: &SocketFrontend) -> bool {
+    LB_SOCKET_REVERSE.insert(peer, frontend, 0).is_ok()
+}
+
+/// The frontend a socket asked for, when the socket hooks sent it to `peer`.
+#[inline(always)]
+pub fn socket_frontend(peer: &SocketPeer) -> Option<SocketFrontend> {
+    // SAFETY: plain data copied out at once.
+    unsafe { LB_SOCKET_REVERSE.get(peer).copied() }
+}
+
+#[inline(always)]
+pub fn is_node_port(key: &NodePortKey) -> bool {
+    // SAFETY: only the presence of the entry is read.
+    unsafe { LB_NODE_PORTS.get(key).is_some() }
 }
 
 impl Tables for MapTables {

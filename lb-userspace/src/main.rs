@@ -13,6 +13,7 @@ use lb_userspace::{
     datapath::{
         loader::{LoadOptions, XdpAttachMode},
         maps::{DatapathMaps, monotonic_ns},
+        sockets::SocketLb,
     },
     model::{Controllers, Ipv4Cidr, ModelOptions},
     source::api::ApiConfig,
@@ -130,6 +131,21 @@ struct RunArgs {
     /// `lb-agent get` and the next agent. Refused without this flag.
     #[arg(long)]
     allow_private_bpffs: bool,
+    /// Which sockets reach Services without per-packet translation, their
+    /// destination rewritten at connect()/sendmsg() by cgroup hooks: `host`
+    /// the node's own network namespace (host processes, hostNetwork
+    /// pods), which no packet hook sees; `all` pods' too; `off` none.
+    #[arg(long, value_enum, default_value_t = SocketLbArg::Host)]
+    socket_lb: SocketLbArg,
+    /// The cgroup v2 directory the socket hooks attach to (they serve its
+    /// processes and its descendants'); by default the unified hierarchy's
+    /// root, mounted on /run/lb/cgroup2 if it is mounted nowhere.
+    #[arg(long, value_name = "DIR")]
+    cgroup_root: Option<PathBuf>,
+    /// Node ports answer the node's own sockets on 127.0.0.1 too (never
+    /// packets from a device).
+    #[arg(long)]
+    nodeport_localhost: bool,
     /// Where /healthz and /livez answer (kube-proxy's port); empty for nowhere.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256", value_parser = parse_bind_address)]
     health_bind_address: BindAddress,
@@ -161,6 +177,13 @@ fn parse_seconds(text: &str) -> Result<u32, String> {
 enum PodForwarding {
     Redirect,
     Stack,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SocketLbArg {
+    Host,
+    All,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -326,7 +349,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             maglev_entries: args.maglev_entries,
             allow_private_bpffs: args.allow_private_bpffs,
+            socket_lb: match args.socket_lb {
+                SocketLbArg::Host => SocketLb::Host,
+                SocketLbArg::All => SocketLb::All,
+                SocketLbArg::Off => SocketLb::Off,
+            },
         },
+        cgroup_root: args.cgroup_root,
+        nodeport_localhost: args.nodeport_localhost,
         ct_sweep_interval: args.ct_sweep_interval,
         detach_on_exit: args.detach_on_exit,
         cluster_ips_external: args.cluster_ip_external,

@@ -129,6 +129,13 @@ impl AgentProcess {
         self.restart_until(node, "first sync")
     }
 
+    /// Like [`AgentProcess::restart`], with `args` instead of the ones it
+    /// was started with.
+    pub fn restart_with(&mut self, node: &Node, args: &[&str]) -> anyhow::Result<()> {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self.restart(node)
+    }
+
     /// Like [`AgentProcess::restart`], waiting only until it logs `needle`
     /// (a source that is not there yet never lets it sync).
     pub fn restart_until(&mut self, node: &Node, needle: &str) -> anyhow::Result<()> {
@@ -220,6 +227,16 @@ impl AgentProcess {
             }
         }
         anyhow::bail!("no counter {reason} in column {column} of:\n{counters}")
+    }
+
+    /// The `map_writes` of the running agent's `first sync` log line.
+    pub fn first_sync_writes(&self) -> usize {
+        let log = self.log_text();
+        let line = log.lines().find(|l| l.contains("first sync")).unwrap_or_else(|| panic!("no first sync in:\n{log}"));
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix("map_writes="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no map_writes in {line:?}"))
     }
 
     /// When the running agent's process was started (its manifests were

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod cgroup;
 pub mod client;
 pub mod kmock;
 pub mod kubia;

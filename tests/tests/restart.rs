@@ -42,16 +42,6 @@ fn manifests() -> (String, String) {
     (services, pods.join("---\n"))
 }
 
-/// The `map_writes` of the agent's `first sync` log line.
-fn first_sync_writes(agent: &AgentProcess) -> usize {
-    let log = agent.log_text();
-    let line = log.lines().find(|l| l.contains("first sync")).unwrap_or_else(|| panic!("no first sync in:\n{log}"));
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix("map_writes="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no map_writes in {line:?}"))
-}
-
 /// Requests sent one after the other in a loop, and the ones that failed.
 #[derive(Default)]
 struct Requests {
@@ -110,7 +100,7 @@ fn restarting_with_2000_services_and_node_addresses_fails_no_request_and_writes_
         &["--device", "uplink", "--pod-device", POD_DEVICE_PATTERN],
     )
     .unwrap();
-    assert!(first_sync_writes(&agent) > 4 * OTHER_SERVICES as usize, "a fresh agent programs everything");
+    assert!(agent.first_sync_writes() > 4 * OTHER_SERVICES as usize, "a fresh agent programs everything");
     let node_port = SocketAddrV4::new(NODE_IP, NODE_PORT);
     let cluster_ip = SocketAddrV4::new(VIP, 80);
     assert!(served_by(&http_get(&external, node_port, TIMEOUT).unwrap()).starts_with("kubia-"));
@@ -130,7 +120,7 @@ fn restarting_with_2000_services_and_node_addresses_fails_no_request_and_writes_
             from_outside.wait_for(10);
             from_pod.wait_for(10);
             agent.restart(&node).unwrap();
-            writes.push(first_sync_writes(&agent));
+            writes.push(agent.first_sync_writes());
         }
         from_outside.wait_for(30);
         from_pod.wait_for(30);

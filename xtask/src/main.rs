@@ -106,7 +106,8 @@ fn test(filter: Option<&str>) -> anyhow::Result<()> {
     integration
         .args(["test", "--release", "-p", "lb-tests"])
         .env("LB_AGENT_BIN", release.join("lb-agent"))
-        .env("LB_TESTSERVER_BIN", release.join("lb-testserver"));
+        .env("LB_TESTSERVER_BIN", release.join("lb-testserver"))
+        .env("LB_TESTCLIENT_BIN", release.join("lb-testclient"));
     if let Some(filter) = filter {
         integration.args(["--", filter]);
     }

@@ -43,6 +43,7 @@ const TEST_TARGETS: &[&str] = &[
     "environment",
     "restart",
     "kube_proxy_flows",
+    "socket_lb",
 ];
 /// Emulation is slow: the whole run must end within this.
 const TIME_LIMIT: Duration = Duration::from_secs(40 * 60);
@@ -175,7 +176,7 @@ fn initramfs(
         libraries.extend(shared_libraries(&path)?);
     }
     let release = workspace_root().join("target/release");
-    for binary in ["lb-agent", "lb-testserver"] {
+    for binary in ["lb-agent", "lb-testserver", "lb-testclient"] {
         let path = release.join(binary);
         fs::copy(&path, root.join("tests").join(binary))?;
         libraries.extend(shared_libraries(&path)?);
@@ -213,7 +214,7 @@ echo "VM-TEST: kernel $(uname -r), $(nproc) CPUs"
 status=0
 for t in {tests}; do
     echo "VM-TEST: running $t"
-    LB_AGENT_BIN=/tests/lb-agent LB_TESTSERVER_BIN=/tests/lb-testserver /tests/$t --test-threads=1{filter} || status=1
+    LB_AGENT_BIN=/tests/lb-agent LB_TESTSERVER_BIN=/tests/lb-testserver LB_TESTCLIENT_BIN=/tests/lb-testclient /tests/$t --test-threads=1{filter} || status=1
 done
 if [ $status = 0 ]; then echo "VM-TEST: PASS"; else echo "VM-TEST: FAIL"; fi
 poweroff -f

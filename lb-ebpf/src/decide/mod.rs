@@ -11,9 +11,10 @@ pub use conntrack::Translation;
 use crate::packet::nat::Side;
 use lb_common::{
     AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS, CT_REPLY,
-    CT_STATE_SYN, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN,
-    FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, FrontendKey, Hook, Reason,
-    SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceCidr, VIP_CLUSTER_IP,
+    CT_STATE_SYN, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_ADMITTED,
+    FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_SCOPE_ALL,
+    FRONTEND_SCOPE_PODS, Frontend, FrontendKey, Hook, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceCidr,
+    VIP_CLUSTER_IP,
 };
 
 /// A conntrack entry could not be written.
@@ -189,41 +190,22 @@ fn restore_reply_entry<T: Tables>(flow: &CtKey, entry: &CtEntry, tables: &T, now
 /// conntrack entries.
 #[inline(always)]
 fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict {
-    let frontend_key = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, scope: FRONTEND_SCOPE_ALL };
-    let Some(mut frontend) = tables.frontend(&frontend_key) else {
-        return no_frontend(flow, tables, hook);
+    let frontend = match serving_frontend(flow, tables, hook) {
+        Ok(frontend) => frontend,
+        Err(verdict) => return verdict,
     };
-    if hook == Hook::PodTc
-        && frontend.flags & FRONTEND_FLAG_POD_TWIN != 0
-        && let Some(twin) = tables.frontend(&FrontendKey { scope: FRONTEND_SCOPE_PODS, ..frontend_key })
-    {
-        frontend = twin;
-    }
-    if hook == Hook::NodeXdp && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
-        return Verdict::Pass(Reason::PassInternalOnly);
-    }
     if frontend.flags & FRONTEND_FLAG_SOURCE_RANGES != 0 && !tables.source_allowed(frontend.frontend_id, flow.saddr) {
         return Verdict::Drop(Reason::DropSourceRange);
     }
-    if frontend.backend_count == 0 {
-        // kube-proxy drops traffic for a Local policy without local
-        // endpoints, and refuses it otherwise.
-        return if frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0 {
-            Verdict::Drop(Reason::DropNoBackend)
-        } else {
-            Verdict::Reject(Reason::RejectNoBackend)
-        };
+    if let Err(verdict) = has_backends(&frontend) {
+        return verdict;
     }
     let now = tables.now_ns();
     // Picks the Maglev entry and the first SNAT port.
     let hash = lb_common::hash::flow(flow);
-    let Some((backend_id, backend)) = select::backend(flow, hash, &frontend, tables, now) else {
+    let Some(backend) = choose_backend(flow, hash, &frontend, tables, now) else {
         return Verdict::Drop(Reason::DropBackendMissing);
     };
-    if frontend.affinity_timeout_s != 0 {
-        let key = AffinityKey { client: flow.saddr, frontend_id: frontend.frontend_id };
-        tables.affinity_insert(&key, &AffinityEntry { backend_id, _pad: 0, last_used_ns: now });
-    }
     // An external client whose backend is on another node must be replaced
     // by this node, or the backend would answer it directly. The source is
     // this node's own address towards the backend, whatever the frontend
@@ -293,13 +275,126 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
     }
 }
 
-/// The verdict for a pod's packet that names no frontend, as kube-proxy's
-/// rules have it: a cluster IP on a port its Service lacks is rejected, an
-/// address of the service CIDR no Service has is dropped, anything else is
-/// not ours. (From outside, cluster IPs are not reachable at all.)
+/// The frontend serving a new flow to `flow.daddr:dport` that arrived on
+/// `hook`, or the verdict when none does: pods and the node's sockets take
+/// a Local policy's twin, and cluster IPs are for them only.
+#[inline(always)]
+fn serving_frontend<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Result<Frontend, Verdict> {
+    let frontend_key = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, scope: FRONTEND_SCOPE_ALL };
+    let Some(mut frontend) = tables.frontend(&frontend_key) else {
+        return Err(no_frontend(flow, tables, hook));
+    };
+    if (hook == Hook::PodTc || hook == Hook::Socket)
+        && frontend.flags & FRONTEND_FLAG_POD_TWIN != 0
+        && let Some(twin) = tables.frontend(&FrontendKey { scope: FRONTEND_SCOPE_PODS, ..frontend_key })
+    {
+        frontend = twin;
+    }
+    if hook == Hook::NodeXdp && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
+        return Err(Verdict::Pass(Reason::PassInternalOnly));
+    }
+    Ok(frontend)
+}
+
+/// A frontend without endpoints turns its clients away: kube-proxy drops
+/// traffic for a Local policy without local endpoints, and refuses it
+/// otherwise.
+#[inline(always)]
+fn has_backends(frontend: &Frontend) -> Result<(), Verdict> {
+    if frontend.backend_count != 0 {
+        Ok(())
+    } else if frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0 {
+        Err(Verdict::Drop(Reason::DropNoBackend))
+    } else {
+        Err(Verdict::Reject(Reason::RejectNoBackend))
+    }
+}
+
+/// The backend for a new flow or socket of `flow.saddr` (see
+/// `select::backend`), remembered for the client's session affinity.
+#[inline(always)]
+fn choose_backend<T: Tables>(flow: &CtKey, hash: u64, frontend: &Frontend, tables: &T, now: u64) -> Option<Backend> {
+    let (backend_id, backend) = select::backend(flow, hash, frontend, tables, now)?;
+    if frontend.affinity_timeout_s != 0 {
+        let key = AffinityKey { client: flow.saddr, frontend_id: frontend.frontend_id };
+        tables.affinity_insert(&key, &AffinityEntry { backend_id, _pad: 0, last_used_ns: now });
+    }
+    Some(backend)
+}
+
+/// A connect() or sendmsg() to `daddr:dport` (network byte order), as the
+/// socket hooks see it.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketCall {
+    pub daddr: u32,
+    pub dport: u16,
+    pub proto: u8,
+    /// The socket's network namespace cookie.
+    pub netns: u64,
+    /// The namespace is the node's own (else a pod's, with `--socket-lb all`).
+    pub node: bool,
+    /// The socket's cookie: each socket picks its own Maglev entry, and
+    /// keeps it for every sendmsg().
+    pub cookie: u64,
+}
+
+impl SocketCall {
+    /// Who the client is for session affinity: the network namespace,
+    /// named by an address of 0.0.0.0/8 that no packet carries (a socket
+    /// has no source address before it connects; all of a namespace's
+    /// sockets would leave with the same one).
+    #[inline(always)]
+    pub fn client(&self) -> u32 {
+        let cookie = self.netns.to_be_bytes();
+        u32::from_ne_bytes([0, cookie[5], cookie[6], cookie[7]])
+    }
+}
+
+/// The verdict for a socket's connect() or sendmsg(): `Rewrite` its
+/// destination to a backend chosen by the same rules as a new flow's first
+/// packet (twin frontends, source ranges, affinity, Maglev), with no
+/// conntrack entry: the socket itself now names the backend.
+#[inline(always)]
+pub fn socket<T: Tables>(call: &SocketCall, tables: &T) -> Verdict {
+    let flow =
+        CtKey { saddr: call.client(), daddr: call.daddr, sport: 0, dport: call.dport, proto: call.proto, _pad: [0; 3] };
+    let frontend = match serving_frontend(&flow, tables, Hook::Socket) {
+        Ok(frontend) => frontend,
+        Err(verdict) => return verdict,
+    };
+    if frontend.flags & FRONTEND_FLAG_SOURCE_RANGES != 0 {
+        // A pod's source address is known to its packets only.
+        if !call.node {
+            return Verdict::Pass(Reason::PassToPacketPath);
+        }
+        if frontend.flags & FRONTEND_FLAG_NODE_ADMITTED == 0 {
+            return Verdict::Drop(Reason::DropSourceRange);
+        }
+    }
+    if let Err(verdict) = has_backends(&frontend) {
+        return verdict;
+    }
+    let hash = lb_common::hash::mix64(call.cookie ^ lb_common::hash::flow(&flow));
+    match choose_backend(&flow, hash, &frontend, tables, tables.now_ns()) {
+        Some(backend) => Verdict::Rewrite {
+            reason: Reason::ForwardNewFlow,
+            side: Side::Dst,
+            addr: backend.addr,
+            port: backend.port,
+            other: None,
+        },
+        None => Verdict::Drop(Reason::DropBackendMissing),
+    }
+}
+
+/// The verdict for a pod's packet (or a socket's call) that names no
+/// frontend, as kube-proxy's rules have it: a cluster IP on a port its
+/// Service lacks is rejected, an address of the service CIDR no Service
+/// has is dropped, anything else is not ours. (From outside, cluster IPs
+/// are not reachable at all.)
 #[inline(always)]
 fn no_frontend<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
-    if hook != Hook::PodTc {
+    if hook != Hook::PodTc && hook != Hook::Socket {
         return Verdict::Pass(Reason::PassNoService);
     }
     match tables.service_address(flow.daddr) {
@@ -935,5 +1030,75 @@ mod tests {
         t.conntrack.borrow_mut().clear();
         t.random.set(12345);
         assert_eq!(decide(&f, TCP_ACK, &t, Hook::NodeXdp), first);
+    }
+
+    fn call(cookie: u64) -> SocketCall {
+        SocketCall { daddr: VIP, dport: 80, proto: IPPROTO_TCP, netns: 4097, node: true, cookie }
+    }
+
+    #[test]
+    fn a_socket_is_sent_to_a_backend_without_any_conntrack_entry() {
+        let mut t = service(3);
+        t.maglev = vec![0, 1, 2, 0, 1, 2, 0];
+        t.frontends.values_mut().for_each(|fe| fe.maglev_size = 7);
+        let chosen: std::collections::BTreeSet<u32> =
+            (0..32).map(|cookie| backend_of(socket(&call(cookie), &t))).collect();
+        assert_eq!(chosen.len(), 3, "sockets spread over every backend");
+        // The same socket (sendmsg() after sendmsg()) keeps its backend.
+        assert_eq!(backend_of(socket(&call(5), &t)), backend_of(socket(&call(5), &t)));
+        assert!(t.conntrack.borrow().is_empty());
+        assert_eq!(t.created.get(), 0);
+    }
+
+    #[test]
+    fn a_socket_to_a_service_without_endpoints_or_port_is_refused() {
+        let t = service(0);
+        assert_eq!(socket(&call(1), &t), Verdict::Reject(Reason::RejectNoBackend));
+        let t = service(1);
+        let wrong_port = SocketCall { dport: 81, ..call(1) };
+        assert_eq!(socket(&wrong_port, &t), Verdict::Reject(Reason::RejectNoServicePort));
+        let elsewhere = SocketCall { daddr: 0x0101_0101, ..call(1) };
+        assert_eq!(socket(&elsewhere, &t), Verdict::Pass(Reason::PassNoService));
+    }
+
+    #[test]
+    fn a_socket_keeps_the_affinity_of_its_namespace() {
+        let mut t = service(3);
+        t.frontends.values_mut().for_each(|fe| fe.affinity_timeout_s = 10);
+        t.random.set(1);
+        let first = backend_of(socket(&call(1), &t));
+        for cookie in 2..10 {
+            t.random.set(cookie as u32);
+            assert_eq!(backend_of(socket(&call(cookie), &t)), first);
+        }
+        let key = AffinityKey { client: call(1).client(), frontend_id: 1 };
+        assert!(t.affinity.borrow().contains_key(&key));
+        assert_eq!(wire_octet0(key.client), 0, "a namespace's name is in 0.0.0.0/8");
+        let other_namespace = SocketCall { netns: 4098, ..call(1) };
+        assert_ne!(other_namespace.client(), key.client);
+    }
+
+    fn wire_octet0(addr: u32) -> u8 {
+        addr.to_ne_bytes()[0]
+    }
+
+    #[test]
+    fn a_node_socket_takes_the_twin_of_a_local_policy_and_its_source_ranges() {
+        let mut t = service(1);
+        let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
+        // The frontend has no local endpoint; its twin has the remote one.
+        let twin = t.frontends[&key];
+        t.frontends.insert(FrontendKey { scope: FRONTEND_SCOPE_PODS, ..key }, twin);
+        let local = t.frontends.get_mut(&key).unwrap();
+        local.flags = FRONTEND_FLAG_NODE_LOCAL | FRONTEND_FLAG_POD_TWIN | FRONTEND_FLAG_EXTERNAL;
+        local.backend_count = 0;
+        assert!(matches!(socket(&call(1), &t), Verdict::Rewrite { .. }));
+        // Source ranges: the node's sockets only when a node address is in
+        // them; pods' sockets go to the packet path, which sees the source.
+        t.frontends.values_mut().for_each(|fe| fe.flags |= FRONTEND_FLAG_SOURCE_RANGES);
+        assert_eq!(socket(&call(1), &t), Verdict::Drop(Reason::DropSourceRange));
+        assert_eq!(socket(&SocketCall { node: false, ..call(1) }, &t), Verdict::Pass(Reason::PassToPacketPath));
+        t.frontends.values_mut().for_each(|fe| fe.flags |= FRONTEND_FLAG_NODE_ADMITTED);
+        assert!(matches!(socket(&call(1), &t), Verdict::Rewrite { .. }));
     }
 }

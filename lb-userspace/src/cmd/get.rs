@@ -175,13 +175,15 @@ pub fn format_counters(
     counters: &[(lb_common::Reason, [u64; lb_common::Hook::COUNT as usize])],
     fast_path: &[(lb_common::FastPath, u64)],
 ) -> String {
-    let rows: Vec<[String; 4]> = counters
+    let rows: Vec<[String; 5]> = counters
         .iter()
-        .map(|(r, [node, pod, egress])| [r.name().to_owned(), node.to_string(), pod.to_string(), egress.to_string()])
+        .map(|(r, [node, pod, egress, socket])| {
+            [r.name().to_owned(), node.to_string(), pod.to_string(), egress.to_string(), socket.to_string()]
+        })
         .collect();
     let fast_rows: Vec<[String; 2]> = fast_path.iter().map(|(f, n)| [f.name().to_owned(), n.to_string()]).collect();
     let hooks = lb_common::Hook::ALL.map(lb_common::Hook::name);
-    let header = ["REASON", hooks[0], hooks[1], hooks[2]];
+    let header = ["REASON", hooks[0], hooks[1], hooks[2], hooks[3]];
     format!("{}\n{}", table(header, &rows), table(["SENT-BY", "PACKETS"], &fast_rows))
 }
 

@@ -25,6 +25,7 @@ use crate::{
         interfaces::InterfacePatterns,
         loader::{Datapath, InterfaceRole, LoadOptions},
         maps::DatapathMaps,
+        sockets::{self, SocketLb},
     },
     model::{self, DesiredState, ModelOptions},
     plan::{NodeInfo, Programmed},
@@ -68,6 +69,11 @@ pub struct AgentConfig {
     pub redirect_devices: InterfacePatterns,
     pub bpf_dir: PathBuf,
     pub model: ModelOptions,
+    /// The cgroup the socket hooks attach to (`--cgroup-root`); None: the
+    /// unified hierarchy's root.
+    pub cgroup_root: Option<PathBuf>,
+    /// Node ports answer the node's sockets on 127.0.0.1 too.
+    pub nodeport_localhost: bool,
     /// Where `/healthz` and `/livez` answer, if anywhere.
     pub health_bind: Option<SocketAddr>,
     /// How long a failed pass may wait for a complete one before the agent is stale.
@@ -125,6 +131,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         SourceConfig::Api(api) => Source::Api(ApiSource::start(api, &config.node_name).await?),
     };
     let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
+    let nodeport_localhost = config.nodeport_localhost;
     let mut agent = Agent {
         datapath,
         maps,
@@ -137,7 +144,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         desired: DesiredState::default(),
         config,
         failed: BTreeMap::new(),
-        node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external, zone: None },
+        node: NodeInfo { name: node_name, addrs: Vec::new(), cluster_ips_external, zone: None, nodeport_localhost },
         devices: None,
         snat_sources: None,
         refused: BTreeMap::new(),
@@ -156,6 +163,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some((_, err)) = failed.iter().find(|(name, _)| agent.config.node_devices.matches(name)) {
         anyhow::bail!("{err}");
     }
+    let cgroup = match agent.config.load.socket_lb {
+        SocketLb::Off => None,
+        SocketLb::Host | SocketLb::All => Some(sockets::cgroup_root(agent.config.cgroup_root.as_deref())?),
+    };
+    agent.datapath.attach_sockets(cgroup.as_deref())?;
     // The first plan sees the node's addresses and the source's objects
     // together: planned with either missing, it would delete what the last
     // agent programmed and add it back a moment later, failing requests

@@ -1,6 +1,7 @@
 //! Loads the embedded eBPF object with its maps pinned under the bpf
 //! directory, and attaches it to interfaces: XDP on the node's devices, TC
-//! ingress on pod veths, TC egress on both (DESIGN.md §4).
+//! ingress on pod veths, TC egress on both (DESIGN.md §4); and to a cgroup
+//! (the socket hooks, see `sockets`).
 //!
 //! The links are pinned too (`links/IFNAME@IFINDEX-xdp|tc-ingress|tc`), so the
 //! programs stay attached when the agent exits or is killed, and forward
@@ -18,7 +19,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
+        CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{
             NlOptions, SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions, TcHandle, qdisc_add_clsact,
@@ -34,7 +35,10 @@ use lb_common::{
     CtTimeouts, MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, ServiceCidr, map_names, wire,
 };
 
-use super::maps::{DatapathMaps, MapsError};
+use super::{
+    maps::{DatapathMaps, MapsError},
+    sockets::{self, SocketLb, SocketsError},
+};
 
 static DATAPATH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-datapath"));
 
@@ -46,7 +50,11 @@ const FAST_PATH_GLOBAL: &str = "LB_FAST_PATH";
 const TC_REDIRECT_GLOBAL: &str = "LB_TC_REDIRECT";
 const SERVICE_CIDR_GLOBAL: &str = "LB_SERVICE_CIDR";
 const CT_TIMEOUTS_GLOBAL: &str = "LB_CT_TIMEOUTS";
+const NODE_NETNS_GLOBAL: &str = "LB_NODE_NETNS";
+const SOCKET_PODS_GLOBAL: &str = "LB_SOCKET_PODS";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Beside `links`, under the bpf directory.
+const SOCKET_LINKS_DIR: &str = "socket-links";
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +80,8 @@ pub enum LoaderError {
     PrivateBpffs { path: PathBuf, why: &'static str },
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(transparent)]
+    Sockets(#[from] SocketsError),
     #[error("reading the datapath's log: {0}")]
     Log(#[from] aya_log::Error),
     #[error(
@@ -104,6 +114,8 @@ pub struct LoadOptions {
     /// Pin into a bpffs that only this agent's private mount namespace
     /// sees (`--allow-private-bpffs`).
     pub allow_private_bpffs: bool,
+    /// Which sockets the socket hooks serve; with `Off` they are not loaded.
+    pub socket_lb: SocketLb,
 }
 
 impl Default for LoadOptions {
@@ -119,6 +131,7 @@ impl Default for LoadOptions {
             ct_timeouts: CtTimeouts::DEFAULT,
             maglev_entries: MAX_MAGLEV_ENTRIES,
             allow_private_bpffs: false,
+            socket_lb: SocketLb::Host,
         }
     }
 }
@@ -246,6 +259,7 @@ impl Datapath {
         check_pinned_size(bpf_dir, map_names::CONNTRACK, options.ct_max, 1, "--ct-max")?;
         check_pinned_size(bpf_dir, map_names::MAGLEV, maglev_elements, MAGLEV_ENTRIES_PER_ELEMENT, "--maglev-entries")?;
         let log_level = if options.debug_log { aya_log::Level::Debug as u8 } else { 0 };
+        let node_netns = if options.socket_lb == SocketLb::Off { 0 } else { sockets::netns_cookie()? };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(bpf_dir)
             .override_global(aya_log::LEVEL, &log_level, false)
@@ -253,6 +267,8 @@ impl Datapath {
             .override_global(TC_REDIRECT_GLOBAL, &u8::from(options.tc_redirect), true)
             .override_global(SERVICE_CIDR_GLOBAL, &options.service_cidr, true)
             .override_global(CT_TIMEOUTS_GLOBAL, &options.ct_timeouts, true)
+            .override_global(NODE_NETNS_GLOBAL, &node_netns, true)
+            .override_global(SOCKET_PODS_GLOBAL, &u8::from(options.socket_lb == SocketLb::All), true)
             .map_max_entries(map_names::CONNTRACK, options.ct_max)
             .map_max_entries(map_names::MAGLEV, maglev_elements)
             .load(DATAPATH_OBJECT)
@@ -262,12 +278,30 @@ impl Datapath {
         for name in [TC_POD_PROGRAM, TC_EGRESS_PROGRAM] {
             program::<SchedClassifier>(&mut ebpf, name)?.load().map_err(program_err(name))?;
         }
+        if options.socket_lb != SocketLb::Off {
+            for (name, _) in sockets::PROGRAMS {
+                program::<CgroupSockAddr>(&mut ebpf, name)?.load().map_err(program_err(name))?;
+            }
+        }
         let maps = DatapathMaps::take(&mut ebpf)?;
         let logger = if options.debug_log { Some(aya_log::EbpfLogger::init(&mut ebpf)?) } else { None };
         let links_dir = bpf_dir.join("links");
         fs::create_dir_all(&links_dir)
             .map_err(|e| LoaderError::BpfDir { path: links_dir.clone(), reason: format!("cannot create it: {e}") })?;
         Ok((Self { ebpf, mode: options.xdp_mode, attached: BTreeMap::new(), links_dir }, maps, logger))
+    }
+
+    /// Attaches the socket hooks to `cgroup`, or with `None` releases the
+    /// ones an earlier agent left (`--socket-lb off`).
+    pub fn attach_sockets(&mut self, cgroup: Option<&Path>) -> Result<(), LoaderError> {
+        let dir = self.links_dir.with_file_name(SOCKET_LINKS_DIR);
+        match cgroup {
+            Some(cgroup) => Ok(sockets::attach(&mut self.ebpf, cgroup, &dir)?),
+            None => {
+                sockets::release(&dir, None);
+                Ok(())
+            }
+        }
     }
 
     /// The interfaces the programs are attached to, with their ifindex.
@@ -404,11 +438,13 @@ impl Datapath {
         info!(ifname, "detached");
     }
 
+    /// Detaches from every interface and from the cgroup.
     pub fn detach_all(&mut self) {
         let names: Vec<String> = self.attached.keys().cloned().collect();
         for name in names {
             self.detach(&name);
         }
+        sockets::release(&self.links_dir.with_file_name(SOCKET_LINKS_DIR), None);
     }
 
     /// Runs one program on `frame` with BPF_PROG_TEST_RUN, against the live

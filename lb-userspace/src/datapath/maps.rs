@@ -14,10 +14,10 @@ use aya::{
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, CtTimeouts, EndpointKey,
     EndpointMeta, FastPath, Frontend, FrontendKey, Hook, IPPROTO_UDP, MAGLEV_ENTRIES_PER_ELEMENT, MaglevElement,
-    Reason, ServiceMeta, SourceRange, ct_stats, map_names,
+    NodePortKey, Reason, ServiceMeta, SourceRange, ct_stats, map_names,
 };
 
-use crate::plan::{MapOp, Programmed};
+use crate::plan::{MapContents, MapOp, Programmed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -40,6 +40,7 @@ pub struct DatapathMaps {
     pub service_meta: HashMap<MapData, u32, ServiceMeta>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     pub vips: HashMap<MapData, u32, u32>,
+    pub node_ports: HashMap<MapData, NodePortKey, u32>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointMeta>,
     pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
     /// ifindex -> `DEVICE_*` flags.
@@ -140,6 +141,7 @@ impl DatapathMaps {
             service_meta: typed(&mut open, map_names::SERVICE_META)?,
             affinity: typed(&mut open, map_names::AFFINITY)?,
             vips: typed(&mut open, map_names::VIPS)?,
+            node_ports: typed(&mut open, map_names::NODE_PORTS)?,
             endpoints: typed(&mut open, map_names::ENDPOINTS)?,
             source_ranges: typed(&mut open, map_names::SOURCE_RANGES)?,
             devices: typed(&mut open, map_names::DEVICES)?,
@@ -173,6 +175,8 @@ impl DatapathMaps {
             MapOp::PurgeAffinity { frontend_id, keep } => self.purge_affinity(*frontend_id, keep),
             MapOp::PutVip { addr, frontends } => self.vips.insert(addr, frontends, 0),
             MapOp::DeleteVip(addr) => self.vips.remove(addr),
+            MapOp::PutNodePort { key, frontends } => self.node_ports.insert(key, frontends, 0),
+            MapOp::DeleteNodePort(key) => self.node_ports.remove(key),
             MapOp::PutEndpoint { key, meta } => self.endpoints.insert(key, meta, 0),
             MapOp::DeleteEndpoint(key) => self.endpoints.remove(key),
             MapOp::PutSourceRange { frontend_id, addr, prefix_len } => {
@@ -333,20 +337,22 @@ impl DatapathMaps {
 
     /// What the maps hold now, for the reconciler to diff against.
     pub fn programmed(&self) -> Result<Programmed, MapError> {
-        Ok(Programmed::adopt(
-            self.frontends.iter().collect::<Result<Vec<_>, _>>()?,
-            self.backend_slots.iter().collect::<Result<Vec<_>, _>>()?,
-            self.backends.iter().collect::<Result<Vec<_>, _>>()?,
-            self.service_meta.iter().collect::<Result<Vec<_>, _>>()?,
-            self.vips.iter().collect::<Result<Vec<_>, _>>()?,
-            self.endpoints.iter().collect::<Result<Vec<_>, _>>()?,
-            self.source_ranges
+        Ok(Programmed::adopt(MapContents {
+            frontends: self.frontends.iter().collect::<Result<_, _>>()?,
+            slots: self.backend_slots.iter().collect::<Result<_, _>>()?,
+            backends: self.backends.iter().collect::<Result<_, _>>()?,
+            metas: self.service_meta.iter().collect::<Result<_, _>>()?,
+            vips: self.vips.iter().collect::<Result<_, _>>()?,
+            node_ports: self.node_ports.iter().collect::<Result<_, _>>()?,
+            endpoints: self.endpoints.iter().collect::<Result<_, _>>()?,
+            source_ranges: self
+                .source_ranges
                 .keys()
                 .map(|key| {
                     key.map(|k| (u32::from_be(k.data().frontend_id_be), k.data().addr, (k.prefix_len() - 32) as u8))
                 })
-                .collect::<Result<Vec<_>, _>>()?,
-        )
+                .collect::<Result<_, _>>()?,
+        })
         .with_maglev_elements(self.maglev.elements()))
     }
 

@@ -1,7 +1,8 @@
 //! Everything that touches the kernel's datapath: loading and attaching the
-//! programs (aya), the typed handles on the pinned maps, and the node's
-//! interfaces they attach to.
+//! programs (aya), the typed handles on the pinned maps, the node's
+//! interfaces they attach to, and the cgroup the socket hooks attach to.
 
 pub mod interfaces;
 pub mod loader;
 pub mod maps;
+pub mod sockets;

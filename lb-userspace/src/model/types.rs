@@ -306,6 +306,12 @@ impl Ipv4Cidr {
         self.prefix_len
     }
 
+    /// Whether `ip` is in the network (any address, network and broadcast too).
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.network)
+    }
+
     /// The first assignable address and how many there are: all but the
     /// network and broadcast addresses.
     pub(super) fn hosts(self) -> (u32, u64) {

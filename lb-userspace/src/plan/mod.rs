@@ -20,12 +20,12 @@ use std::{
 
 use lb_common::{
     BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta,
-    FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_LOCAL,
-    FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_FLAG_UPPER_SLOTS, FRONTEND_NODE_PORT,
-    FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+    FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_ADMITTED,
+    FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_FLAG_UPPER_SLOTS,
+    FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
     MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES,
-    SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT,
-    ServiceMeta, VIP_CLUSTER_IP, wire,
+    NodePortKey, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER,
+    SVC_TYPE_NODE_PORT, ServiceMeta, VIP_CLUSTER_IP, wire,
 };
 use tracing::warn;
 
@@ -74,6 +74,13 @@ pub enum MapOp {
         frontends: u32,
     },
     DeleteVip(u32),
+    /// A node port the node's own processes may not bind, with the number
+    /// of frontends on it.
+    PutNodePort {
+        key: NodePortKey,
+        frontends: u32,
+    },
+    DeleteNodePort(NodePortKey),
     /// Endpoint `key.index` of a Service port, for `get endpoints`.
     PutEndpoint {
         key: EndpointKey,
@@ -186,6 +193,23 @@ pub struct NodeInfo {
     pub cluster_ips_external: bool,
     /// The node's `topology.kubernetes.io/zone` label, for topology hints.
     pub zone: Option<String>,
+    /// Node ports answer the node's own sockets on 127.0.0.1 too
+    /// (`--nodeport-localhost`).
+    pub nodeport_localhost: bool,
+}
+
+/// What an earlier agent left in the maps, entry by entry.
+#[derive(Debug, Default)]
+pub struct MapContents {
+    pub frontends: Vec<(FrontendKey, Frontend)>,
+    pub slots: Vec<(BackendSlotKey, u32)>,
+    pub backends: Vec<(u32, Backend)>,
+    pub metas: Vec<(u32, ServiceMeta)>,
+    pub vips: Vec<(u32, u32)>,
+    pub node_ports: Vec<(NodePortKey, u32)>,
+    pub endpoints: Vec<(EndpointKey, EndpointMeta)>,
+    /// (frontend_id, network address, prefix length).
+    pub source_ranges: Vec<(u32, u32, u8)>,
 }
 
 /// What the reconciler believes the maps hold.
@@ -196,6 +220,8 @@ pub struct Programmed {
     listed: BTreeMap<(String, String), ListedService>,
     /// Service addresses, with how many frontends each has.
     vips: BTreeMap<u32, u32>,
+    /// Node ports, with how many frontends each has.
+    node_ports: BTreeMap<NodePortKey, u32>,
     backend_ids: HashMap<Backend, u32>,
     /// Ids are not reused at once: a packet that read a slot just before it
     /// changed must still find the backend it named.
@@ -270,7 +296,7 @@ impl Capacity {
 impl Default for Programmed {
     /// Empty maps with the default `LB_MAGLEV` size.
     fn default() -> Self {
-        Self::adopt([], [], [], [], [], [], [])
+        Self::adopt(MapContents::default())
     }
 }
 
@@ -281,15 +307,8 @@ fn maglev_regions(frontends: &BTreeMap<FrontendKey, ProgrammedFrontend>, element
 
 impl Programmed {
     /// Rebuilds the picture from map contents left by an earlier agent.
-    pub fn adopt(
-        frontends: impl IntoIterator<Item = (FrontendKey, Frontend)>,
-        slots: impl IntoIterator<Item = (BackendSlotKey, u32)>,
-        backends: impl IntoIterator<Item = (u32, Backend)>,
-        metas: impl IntoIterator<Item = (u32, ServiceMeta)>,
-        vips: impl IntoIterator<Item = (u32, u32)>,
-        endpoints: impl IntoIterator<Item = (EndpointKey, EndpointMeta)>,
-        source_ranges: impl IntoIterator<Item = (u32, u32, u8)>,
-    ) -> Self {
+    pub fn adopt(contents: MapContents) -> Self {
+        let MapContents { frontends, slots, backends, metas, vips, node_ports, endpoints, source_ranges } = contents;
         let mut ranges_of: BTreeMap<u32, Vec<(u32, u8)>> = BTreeMap::new();
         for (frontend_id, addr, prefix_len) in source_ranges {
             ranges_of.entry(frontend_id).or_default().push((addr, prefix_len));
@@ -352,6 +371,7 @@ impl Programmed {
             frontends.values().map(|fe| fe.frontend_id).chain(listed.values().map(|l| l.frontend_id)).collect();
         Self {
             vips: vips.into_iter().collect(),
+            node_ports: node_ports.into_iter().collect(),
             frontends,
             listed,
             backend_ids,
@@ -673,24 +693,26 @@ impl Programmed {
         }
 
         // 5. Service addresses: answered only while a frontend is there;
-        // a cluster IP's other ports are rejected.
+        // a cluster IP's other ports are rejected. Node ports: not to be
+        // bound by the node's processes while a frontend uses them.
         let mut vips: BTreeMap<u32, u32> = BTreeMap::new();
-        for (key, fe) in self.frontends.iter().filter(|(_, fe)| fe.meta.frontend_kind != FRONTEND_NODE_PORT) {
+        let mut node_ports: BTreeMap<NodePortKey, u32> = BTreeMap::new();
+        for (key, fe) in &self.frontends {
+            if fe.meta.frontend_kind == FRONTEND_NODE_PORT {
+                *node_ports.entry(NodePortKey { port: key.port, proto: key.proto, _pad: 0 }).or_default() += 1;
+                continue;
+            }
             let vip = vips.entry(key.addr).or_default();
             *vip += 1;
             if fe.meta.frontend_kind == FRONTEND_CLUSTER_IP {
                 *vip |= VIP_CLUSTER_IP;
             }
         }
-        for (addr, frontends) in &vips {
-            if self.vips.get(addr) != Some(frontends) {
-                ops.push(MapOp::PutVip { addr: *addr, frontends: *frontends });
-            }
-        }
-        for addr in self.vips.keys().filter(|addr| !vips.contains_key(addr)) {
-            ops.push(MapOp::DeleteVip(*addr));
-        }
-        self.vips = vips;
+        let vip_put = |addr, frontends| MapOp::PutVip { addr, frontends };
+        ops.extend(count_changes(&self.vips, &vips, vip_put, MapOp::DeleteVip));
+        let port_put = |key, frontends| MapOp::PutNodePort { key, frontends };
+        ops.extend(count_changes(&self.node_ports, &node_ports, port_put, MapOp::DeleteNodePort));
+        (self.vips, self.node_ports) = (vips, node_ports);
 
         // 6. Backends nothing points at any more.
         if released.is_empty() {
@@ -807,6 +829,18 @@ fn build_maglev_tables(
     }
 }
 
+/// The writes that turn the counts `old` into `new`.
+fn count_changes<K: Ord + Copy>(
+    old: &BTreeMap<K, u32>,
+    new: &BTreeMap<K, u32>,
+    put: impl Fn(K, u32) -> MapOp,
+    delete: impl Fn(K) -> MapOp,
+) -> Vec<MapOp> {
+    let changed = new.iter().filter(|(key, count)| old.get(key) != Some(count)).map(|(key, count)| put(*key, *count));
+    let gone = old.keys().filter(|key| !new.contains_key(key)).map(|key| delete(*key));
+    changed.chain(gone).collect()
+}
+
 /// The frontends `service` asks for, keyed like the frontend map.
 fn wanted_frontends(service: &Service, node: &NodeInfo) -> BTreeMap<FrontendKey, WantedFrontend> {
     let mut wanted = BTreeMap::new();
@@ -846,10 +880,10 @@ fn wanted_frontends(service: &Service, node: &NodeInfo) -> BTreeMap<FrontendKey,
             scope: FRONTEND_SCOPE_ALL,
         };
         let on_cluster_ip = iter::once((key(vip, port.port), FRONTEND_CLUSTER_IP));
-        let on_nodes = port
-            .node_port
-            .into_iter()
-            .flat_map(|node_port| node.addrs.iter().map(move |addr| (key(*addr, node_port), FRONTEND_NODE_PORT)));
+        let localhost = node.nodeport_localhost.then_some(Ipv4Addr::LOCALHOST);
+        let on_nodes = port.node_port.into_iter().flat_map(|node_port| {
+            node.addrs.iter().copied().chain(localhost).map(move |addr| (key(addr, node_port), FRONTEND_NODE_PORT))
+        });
         let on_external_ips = service.external_ips.iter().map(|addr| (key(*addr, port.port), FRONTEND_EXTERNAL_IP));
         let mut insert = |key, frontend| {
             if wanted.insert(key, frontend).is_some() {
@@ -871,6 +905,11 @@ fn wanted_frontends(service: &Service, node: &NodeInfo) -> BTreeMap<FrontendKey,
                 twin.flags &= !FRONTEND_FLAG_EXTERNAL;
                 wanted_frontend.flags |= FRONTEND_FLAG_POD_TWIN;
                 insert(FrontendKey { scope: FRONTEND_SCOPE_PODS, ..key }, twin);
+            }
+            // 127.0.0.1 is for the node's own sockets: no packet from a
+            // device may reach a node port there (CVE-2020-8558).
+            if key.addr == wire::addr(Ipv4Addr::LOCALHOST.octets()) {
+                wanted_frontend.flags &= !FRONTEND_FLAG_EXTERNAL;
             }
             insert(key, wanted_frontend);
         }
@@ -920,7 +959,14 @@ impl Shared<'_> {
         };
         source_ranges.sort();
         source_ranges.dedup();
-        let ranged = if source_ranges.is_empty() { 0 } else { FRONTEND_FLAG_SOURCE_RANGES };
+        let ranged = match source_ranges.is_empty() {
+            true => 0,
+            // The node's own sockets leave with a node address.
+            false if self.node.addrs.iter().any(|a| self.source_ranges.iter().any(|r| r.contains(*a))) => {
+                FRONTEND_FLAG_SOURCE_RANGES | FRONTEND_FLAG_NODE_ADMITTED
+            }
+            false => FRONTEND_FLAG_SOURCE_RANGES,
+        };
         // kube-proxy drops traffic a Local policy finds no endpoint for on
         // this node, but rejects it when the Service has none anywhere.
         let node_local = local && self.port.active_endpoints_on(None).next().is_some();
@@ -1038,6 +1084,7 @@ mod tests {
         slots: BTreeMap<BackendSlotKey, u32>,
         backends: BTreeMap<u32, Backend>,
         vips: BTreeMap<u32, u32>,
+        node_ports: BTreeMap<NodePortKey, u32>,
         endpoints: BTreeMap<EndpointKey, EndpointMeta>,
         metas: BTreeMap<u32, ServiceMeta>,
         source_ranges: BTreeSet<(u32, u32, u8)>,
@@ -1059,6 +1106,8 @@ mod tests {
                     MapOp::DeleteBackend(id) => drop(self.backends.remove(id)),
                     MapOp::PutVip { addr, frontends } => drop(self.vips.insert(*addr, *frontends)),
                     MapOp::DeleteVip(addr) => drop(self.vips.remove(addr)),
+                    MapOp::PutNodePort { key, frontends } => drop(self.node_ports.insert(*key, *frontends)),
+                    MapOp::DeleteNodePort(key) => drop(self.node_ports.remove(key)),
                     MapOp::PutEndpoint { key, meta } => drop(self.endpoints.insert(*key, *meta)),
                     MapOp::DeleteEndpoint(key) => drop(self.endpoints.remove(key)),
                     MapOp::PutSourceRange { frontend_id, addr, prefix_len } => {
@@ -1126,15 +1175,16 @@ mod tests {
 
         /// What a new agent reads from these maps.
         fn adopt(&self) -> Programmed {
-            Programmed::adopt(
-                self.frontends.clone(),
-                self.slots.clone(),
-                self.backends.clone(),
-                self.metas.clone(),
-                self.vips.clone(),
-                self.endpoints.clone(),
-                self.source_ranges.iter().copied(),
-            )
+            Programmed::adopt(MapContents {
+                frontends: self.frontends.clone().into_iter().collect(),
+                slots: self.slots.clone().into_iter().collect(),
+                backends: self.backends.clone().into_iter().collect(),
+                metas: self.metas.clone().into_iter().collect(),
+                vips: self.vips.clone().into_iter().collect(),
+                node_ports: self.node_ports.clone().into_iter().collect(),
+                endpoints: self.endpoints.clone().into_iter().collect(),
+                source_ranges: self.source_ranges.iter().copied().collect(),
+            })
         }
     }
 
@@ -1173,6 +1223,65 @@ mod tests {
         // A node address that goes away takes its frontend along.
         maps.apply_checked(&programmed.plan(&desired, &node(&nodes[..1])));
         assert_eq!(maps.frontends.len(), 2);
+    }
+
+    /// Node ports are kept from the node's processes while a frontend
+    /// uses them; with `--nodeport-localhost` they answer on 127.0.0.1 too,
+    /// for the node's sockets only.
+    #[test]
+    fn node_ports_are_reserved_and_answer_on_localhost_for_the_node_only() {
+        let mut desired = state(&[("kubia", VIP, &[endpoint(2, true)])]);
+        for service in desired.services.values_mut().map(Arc::make_mut) {
+            service.service_type = ServiceType::NodePort;
+            service.ports[0].node_port = Some(30123);
+        }
+        let node = NodeInfo {
+            name: "node-a".into(),
+            addrs: vec![Ipv4Addr::new(198, 51, 100, 1)],
+            nodeport_localhost: true,
+            ..Default::default()
+        };
+        let mut maps = Maps::default();
+        let mut programmed = Programmed::default();
+        maps.apply_checked(&programmed.plan(&desired, &node));
+        let reserved = NodePortKey { port: wire::port(30123), proto: IPPROTO_TCP, _pad: 0 };
+        assert_eq!(maps.node_ports, [(reserved, 2)].into(), "on the node address and on 127.0.0.1");
+        let on = |addr: [u8; 4]| {
+            let key = FrontendKey { addr: wire::addr(addr), port: wire::port(30123), proto: IPPROTO_TCP, scope: 0 };
+            maps.frontends[&key].flags & FRONTEND_FLAG_EXTERNAL != 0
+        };
+        assert!(on([198, 51, 100, 1]), "the node address answers packets from devices");
+        assert!(!on([127, 0, 0, 1]), "127.0.0.1 never does");
+        for service in desired.services.values_mut().map(Arc::make_mut) {
+            service.service_type = ServiceType::ClusterIp;
+            service.ports[0].node_port = None;
+        }
+        maps.apply_checked(&programmed.plan(&desired, &node));
+        assert!(maps.node_ports.is_empty());
+    }
+
+    /// The node's own sockets leave with a node address: they may use a
+    /// frontend with source ranges when one of its addresses is inside.
+    #[test]
+    fn source_ranges_admit_the_node_when_a_node_address_is_inside() {
+        for (range, admitted) in [("198.51.100.0/24", true), ("192.0.2.0/24", false)] {
+            let mut desired = state(&[("lb", VIP, &[endpoint(2, true)])]);
+            for service in desired.services.values_mut().map(Arc::make_mut) {
+                service.service_type = ServiceType::LoadBalancer;
+                service.ports[0].node_port = Some(30081);
+                service.external_ips = vec![Ipv4Addr::new(203, 0, 113, 10)];
+                service.source_ranges = vec![range.parse().unwrap()];
+            }
+            let node =
+                NodeInfo { name: "node-a".into(), addrs: vec![Ipv4Addr::new(198, 51, 100, 1)], ..Default::default() };
+            let mut maps = Maps::default();
+            maps.apply_checked(&Programmed::default().plan(&desired, &node));
+            let key =
+                FrontendKey { addr: wire::addr([203, 0, 113, 10]), port: wire::port(80), proto: IPPROTO_TCP, scope: 0 };
+            let flags = maps.frontends[&key].flags;
+            assert!(flags & FRONTEND_FLAG_SOURCE_RANGES != 0);
+            assert_eq!(flags & FRONTEND_FLAG_NODE_ADMITTED != 0, admitted, "{range}");
+        }
     }
 
     #[test]
@@ -1337,6 +1446,7 @@ mod tests {
         let mut node = NodeInfo {
             name: "node-a".into(),
             addrs: vec![Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(192, 0, 2, 1)],
+            nodeport_localhost: true,
             ..NodeInfo::default()
         };
         let mut maps = Maps::default();

@@ -1,0 +1,203 @@
+//! The cgroup socket hooks (DESIGN.md §4): a process on the node connects
+//! to a Service address and its socket is given a backend's instead, once,
+//! at connect() (or at each sendmsg() of an unconnected UDP socket); its
+//! packets then need no translation at all. recvmsg() and getpeername()
+//! show the Service address back. bind() to a node port is refused.
+//!
+//! The programs run for every socket of the cgroup they are attached to,
+//! whatever its network namespace: they serve the node's own namespace
+//! (`LB_NODE_NETNS`), and the others too with `--socket-lb all`.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use lb_common::{Hook, IPPROTO_TCP, IPPROTO_UDP, NodePortKey, Reason, SocketFrontend, SocketPeer};
+use lb_ebpf::decide::{self, SocketCall, Verdict};
+
+use crate::maps::{MapTables, count, is_node_port, remember_socket_peer, socket_frontend};
+
+/// The cookie of the node's own network namespace (the agent's), set by
+/// the agent at load time.
+#[unsafe(no_mangle)]
+static LB_NODE_NETNS: u64 = 0;
+
+/// 1 with `--socket-lb all`: pods' sockets are served too.
+#[unsafe(no_mangle)]
+static LB_SOCKET_PODS: u8 = 0;
+
+/// What a cgroup hook returns: go on with the call, or fail it (with
+/// EPERM unless `bpf_set_retval` said otherwise).
+const PROCEED: i32 = 1;
+const FAIL: i32 = 0;
+
+const EPERM: i32 = 1;
+const EADDRINUSE: i32 = 98;
+const ECONNREFUSED: i32 = 111;
+const EHOSTUNREACH: i32 = 113;
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
+    to_frontend(&ctx)
+}
+
+/// An unconnected UDP socket's datagram: translated like a connect(), each
+/// time (the socket's cookie keeps its backend).
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    to_frontend(&ctx)
+}
+
+/// Where an unconnected UDP socket's datagram came from.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    from_backend(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    from_backend(&ctx)
+}
+
+/// A process on the node may not take a port a Service uses as its node
+/// port (kube-proxy held those ports open for the same reason).
+#[cgroup_sock_addr(bind4)]
+pub fn lb_sock_bind4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let reason = match served(&ctx) {
+        Err(reason) => reason,
+        Ok(false) => Reason::PassOtherNamespace,
+        Ok(true) => {
+            // SAFETY: the context's fields, readable by every sock_addr program.
+            let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
+            if port != 0 && is_node_port(&NodePortKey { port, proto, _pad: 0 }) {
+                count(Hook::Socket, Reason::DenyNodePortBind);
+                return fail(EADDRINUSE);
+            }
+            Reason::PassNoService
+        }
+    };
+    count(Hook::Socket, reason);
+    PROCEED
+}
+
+/// connect() and sendmsg(): a frontend's address becomes a backend's.
+#[inline(always)]
+fn to_frontend(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let node = match served(ctx) {
+        Ok(node) => node,
+        Err(reason) => {
+            count(Hook::Socket, reason);
+            return PROCEED;
+        }
+    };
+    let Some(proto) = protocol(sa) else {
+        count(Hook::Socket, Reason::PassNotTcpUdp);
+        return PROCEED;
+    };
+    let ptr = ctx.as_ptr();
+    // SAFETY: the context's fields, and helpers taking the context.
+    let call = unsafe {
+        SocketCall {
+            daddr: (*sa).user_ip4,
+            dport: (*sa).user_port as u16,
+            proto,
+            netns: bpf_get_netns_cookie(ptr),
+            node,
+            cookie: bpf_get_socket_cookie(ptr),
+        }
+    };
+    let verdict = decide::socket(&call, &MapTables::socket(ctx));
+    count(Hook::Socket, verdict.reason());
+    match verdict {
+        Verdict::Rewrite { addr, port, .. } => {
+            let peer = SocketPeer { cookie: call.cookie, addr, port, _pad: 0 };
+            let frontend = SocketFrontend { addr: call.daddr, port: call.dport, _pad: 0 };
+            // Without its reverse entry the socket would see the backend's
+            // address as its peer: better to go on untranslated.
+            if remember_socket_peer(&peer, &frontend) {
+                // SAFETY: connect4 and sendmsg4 may write the destination.
+                unsafe {
+                    (*sa).user_ip4 = addr;
+                    (*sa).user_port = u32::from(port);
+                }
+            }
+            PROCEED
+        }
+        Verdict::Pass(_) => PROCEED,
+        Verdict::Reject(_) => fail(ECONNREFUSED),
+        Verdict::Drop(Reason::DropSourceRange) => fail(EPERM),
+        Verdict::Drop(_) => fail(EHOSTUNREACH),
+    }
+}
+
+/// recvmsg() and getpeername(): a backend's address the socket hooks gave
+/// this socket is shown as the frontend it asked for.
+#[inline(always)]
+fn from_backend(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context's fields, and a helper taking the context.
+    let peer = unsafe {
+        SocketPeer {
+            cookie: bpf_get_socket_cookie(ctx.as_ptr()),
+            addr: (*sa).user_ip4,
+            port: (*sa).user_port as u16,
+            _pad: 0,
+        }
+    };
+    let reason = match socket_frontend(&peer) {
+        Some(frontend) => {
+            // SAFETY: recvmsg4 and getpeername4 may write the address.
+            unsafe {
+                (*sa).user_ip4 = frontend.addr;
+                (*sa).user_port = u32::from(frontend.port);
+            }
+            Reason::ReplyReverseNat
+        }
+        None => Reason::PassNoService,
+    };
+    count(Hook::Socket, reason);
+    PROCEED
+}
+
+/// Whether the socket's namespace is served: Ok(true) for the node's own,
+/// Ok(false) for a pod's with `--socket-lb all`.
+#[inline(always)]
+fn served(ctx: &SockAddrContext) -> Result<bool, Reason> {
+    // SAFETY: a helper taking the context; load-time constants read
+    // volatile so that they are not folded.
+    let (netns, node_netns, pods) = unsafe {
+        (
+            bpf_get_netns_cookie(ctx.as_ptr()),
+            core::ptr::read_volatile(&LB_NODE_NETNS),
+            core::ptr::read_volatile(&LB_SOCKET_PODS),
+        )
+    };
+    match (netns == node_netns, pods != 0) {
+        (true, _) => Ok(true),
+        (false, true) => Ok(false),
+        (false, false) => Err(Reason::PassOtherNamespace),
+    }
+}
+
+#[inline(always)]
+fn protocol(sa: *mut bpf_sock_addr) -> Option<u8> {
+    // SAFETY: the context's field.
+    match unsafe { (*sa).protocol } as u8 {
+        IPPROTO_TCP => Some(IPPROTO_TCP),
+        IPPROTO_UDP => Some(IPPROTO_UDP),
+        _ => None,
+    }
+}
+
+/// Fails the call with `errno` (available since 5.18).
+#[inline(always)]
+fn fail(errno: i32) -> i32 {
+    // SAFETY: a helper taking a plain value.
+    unsafe { bpf_set_retval(-errno) };
+    FAIL
+}

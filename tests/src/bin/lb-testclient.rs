@@ -1,0 +1,143 @@
+//! A client as a process of its own, so that a test can start it inside a
+//! cgroup (the socket hooks serve the sockets of a cgroup's processes;
+//! the test process itself stays outside). Each command prints one line
+//! per result, `key: value`, and exits 0 when the calls it makes succeed.
+//!
+//! - `http ADDR`: GET / over TCP; `body: ...` lines, then `peer: IP:PORT`
+//!   as getpeername() shows it.
+//! - `udp ADDR`: one datagram from an unconnected socket (sendto/recvfrom);
+//!   `body:` lines, then `from: IP:PORT` as recvfrom() shows it.
+//! - `udp-connected ADDR`: the same on a connected socket, `peer:` last.
+//! - `connect ADDR`: a TCP connect(); `connect: ok` or `connect: ERRNO_NAME`.
+//! - `bind tcp|udp PORT`: bind(0.0.0.0:PORT); `bind: ok` or `bind: ERRNO_NAME`.
+//! - `crr ADDR SECONDS`: new TCP connections, each one GET and close, for
+//!   that long; `connections: N`.
+//! - `bulk ADDR BYTES`: sends BYTES to a discard server; `bytes: N`,
+//!   `seconds: S`.
+
+use std::{
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).with_context(|| format!("usage: see the header of {}", file!()));
+    let addr = || -> anyhow::Result<SocketAddr> {
+        let text = arg(1)?;
+        text.parse().with_context(|| format!("address {text}"))
+    };
+    match arg(0)?.as_str() {
+        "http" => http(addr()?),
+        "udp" => udp(addr()?, false),
+        "udp-connected" => udp(addr()?, true),
+        "connect" => {
+            let result = TcpStream::connect_timeout(&addr()?, TIMEOUT);
+            println!("connect: {}", outcome(result.map(drop)));
+            Ok(())
+        }
+        "bind" => {
+            let port: u16 = arg(2)?.parse().context("port")?;
+            let at = (Ipv4Addr::UNSPECIFIED, port);
+            let result = match arg(1)?.as_str() {
+                "tcp" => TcpListener::bind(at).map(drop),
+                "udp" => UdpSocket::bind(at).map(drop),
+                other => bail!("bind: protocol {other} is neither tcp nor udp"),
+            };
+            println!("bind: {}", outcome(result));
+            Ok(())
+        }
+        "crr" => {
+            let seconds: f64 = arg(2)?.parse().context("seconds")?;
+            connections_for(addr()?, Duration::from_secs_f64(seconds))
+        }
+        "bulk" => {
+            let bytes: usize = arg(2)?.parse().context("bytes")?;
+            bulk(addr()?, bytes)
+        }
+        other => bail!("unknown command {other}"),
+    }
+}
+
+fn outcome(result: io::Result<()>) -> String {
+    match result {
+        Ok(()) => "ok".to_owned(),
+        Err(err) => match err.raw_os_error() {
+            Some(libc::ECONNREFUSED) => "ECONNREFUSED".to_owned(),
+            Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".to_owned(),
+            Some(libc::EADDRINUSE) => "EADDRINUSE".to_owned(),
+            Some(libc::EPERM) => "EPERM".to_owned(),
+            _ => format!("{:?}", err.kind()),
+        },
+    }
+}
+
+fn get(addr: SocketAddr) -> anyhow::Result<(String, SocketAddr)> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let peer = stream.peer_addr()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or(response);
+    Ok((body, peer))
+}
+
+fn http(addr: SocketAddr) -> anyhow::Result<()> {
+    let (body, peer) = get(addr)?;
+    body.lines().for_each(|line| println!("body: {line}"));
+    println!("peer: {peer}");
+    Ok(())
+}
+
+fn udp(addr: SocketAddr, connected: bool) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    let mut buf = [0u8; 2048];
+    let (len, from) = if connected {
+        socket.connect(addr)?;
+        socket.send(b"hello")?;
+        (socket.recv(&mut buf).with_context(|| format!("no reply from {addr}"))?, socket.peer_addr()?)
+    } else {
+        socket.send_to(b"hello", addr)?;
+        socket.recv_from(&mut buf).with_context(|| format!("no reply from {addr}"))?
+    };
+    String::from_utf8_lossy(&buf[..len]).lines().for_each(|line| println!("body: {line}"));
+    println!("{}: {from}", if connected { "peer" } else { "from" });
+    Ok(())
+}
+
+fn connections_for(addr: SocketAddr, duration: Duration) -> anyhow::Result<()> {
+    let (start, mut done) = (Instant::now(), 0u64);
+    while start.elapsed() < duration {
+        get(addr)?;
+        done += 1;
+    }
+    println!("connections: {done}");
+    println!("seconds: {:.3}", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bulk(addr: SocketAddr, bytes: usize) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let chunk = vec![0x5au8; 1 << 16];
+    let (start, mut sent) = (Instant::now(), 0usize);
+    while sent < bytes {
+        let n = chunk.len().min(bytes - sent);
+        stream.write_all(&chunk[..n])?;
+        sent += n;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut report = String::new();
+    stream.read_to_string(&mut report)?;
+    anyhow::ensure!(report.contains(&format!("received {sent} bytes")), "the server reported {report:?}");
+    println!("bytes: {sent}");
+    println!("seconds: {:.3}", start.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Services from the node itself (`--socket-lb`): processes in the node's
+//! network namespace reach cluster IPs and node ports through the cgroup
+//! socket hooks, which no packet of theirs would otherwise meet. Each test
+//! has a cgroup of its own for the agent's hooks and its client processes.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+use lb_tests::{
+    agent::AgentProcess,
+    cgroup::{TestCgroup, field},
+    client::{http_get, served_by},
+    kubia::{Cluster, TIMEOUT, VIP, cluster, pods_manifest_on},
+    netns::Netns,
+    require_root,
+    topology::Pod,
+};
+
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const EXTERNAL_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
+const NODE_PORT: u16 = 30123;
+const UDP_NODE_PORT: u16 = 30053;
+
+/// kubia as a NodePort Service (TCP 80 and UDP 53), with `extra` spec lines.
+fn service(extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  type: NodePort\n  clusterIP: {VIP}\n{extra}  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n    nodePort: {NODE_PORT}\n  - name: echo\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n    nodePort: {UDP_NODE_PORT}\n  selector:\n    app: kubia\n"
+    )
+}
+
+/// A node with `backends` kubia pods and an address on its uplink (as a
+/// real node has: the node's sockets leave with it), and a cgroup.
+struct Setup {
+    c: Cluster,
+    _external: Netns,
+    cgroup: TestCgroup,
+}
+
+fn setup(backends: u8) -> Setup {
+    let c = cluster(backends);
+    let external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    Setup { c, _external: external, cgroup: TestCgroup::create().unwrap() }
+}
+
+impl Setup {
+    /// The agent with `service`, every pod ready, hooks on the test's
+    /// cgroup, and `args`.
+    fn start(&self, service: &str, args: &[&str]) -> AgentProcess {
+        let pods: Vec<&Pod> = self.c.backends.iter().collect();
+        let manifests =
+            [("svc.yaml", service), ("pods.yaml", &pods_manifest_on(&pods, self.c.node.ns.name(), |_| true))];
+        let agent = AgentProcess::start_with(&self.c.node, &manifests, &self.args(args)).unwrap();
+        let count = self.c.backends.len();
+        agent
+            .wait_for_services(TIMEOUT, |s| s.lines().nth(1).is_some_and(|r| r.matches(":8080").count() == count))
+            .unwrap();
+        agent
+    }
+
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let cgroup = self.cgroup.path().to_str().unwrap();
+        [&["--device", "uplink", "--pod-device", "h-*", "--cgroup-root", cgroup][..], extra].concat()
+    }
+
+    /// `lb-testclient ARGS` run by a process of the node's namespace.
+    fn on_node(&self, args: &[&str]) -> String {
+        self.cgroup.client(&self.c.node.ns, args).unwrap()
+    }
+
+    fn names(&self) -> BTreeSet<String> {
+        self.c.backends.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+/// The pod that answered, from a client's `body:` lines.
+fn server(output: &str) -> String {
+    served_by(field(output, "body").unwrap_or("")).to_owned()
+}
+
+/// The address the server saw, from the client's second `body:` line.
+fn seen_by_server(output: &str) -> &str {
+    output.lines().filter_map(|l| l.strip_prefix("body: client: ")).next().unwrap_or("")
+}
+
+#[test]
+fn a_process_on_the_node_reaches_a_cluster_ip_over_tcp_and_udp_and_sees_the_service_as_its_peer() {
+    require_root();
+    let s = setup(3);
+    let agent = s.start(&service(""), &[]);
+
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        let out = s.on_node(&["http", "10.96.0.10:80"]);
+        assert_eq!(field(&out, "peer"), Some("10.96.0.10:80"), "getpeername shows the Service: {out}");
+        // The pod sees the node's own address: the socket went to it directly.
+        assert!(seen_by_server(&out).starts_with(&format!("{NODE_IP}:")), "{out}");
+        served.insert(server(&out));
+    }
+    assert_eq!(served, s.names(), "connections spread over every backend");
+
+    // UDP from an unconnected socket: recvfrom() names the Service; and
+    // from a connected one: getpeername() does.
+    let out = s.on_node(&["udp", "10.96.0.10:53"]);
+    assert_eq!(field(&out, "from"), Some("10.96.0.10:53"), "{out}");
+    assert!(s.names().contains(&server(&out)), "{out}");
+    let out = s.on_node(&["udp-connected", "10.96.0.10:53"]);
+    assert_eq!(field(&out, "peer"), Some("10.96.0.10:53"), "{out}");
+
+    // The node port on the node's address; not on 127.0.0.1 by default.
+    let out = s.on_node(&["http", &format!("{NODE_IP}:{NODE_PORT}")]);
+    assert_eq!(field(&out, "peer"), Some(format!("{NODE_IP}:{NODE_PORT}").as_str()), "{out}");
+    let out = s.on_node(&["connect", &format!("127.0.0.1:{NODE_PORT}")]);
+    assert_eq!(field(&out, "connect"), Some("ECONNREFUSED"), "nothing listens on localhost: {out}");
+
+    // Translated once per socket: no conntrack entry, no packet rewritten.
+    assert!(agent.counter("SOCKET", "forward_new_flow").unwrap() >= 33);
+    assert!(agent.counter("SOCKET", "reply_reverse_nat").unwrap() >= 32);
+    let conntrack = agent.get("conntrack").unwrap();
+    assert!(conntrack.contains("0 entries; created 0"), "{conntrack}");
+    assert_eq!(agent.counter("TC-POD", "forward_new_flow").unwrap(), 0);
+}
+
+#[test]
+fn a_service_without_endpoints_or_port_refuses_the_node_s_connections_at_once() {
+    require_root();
+    let s = setup(0);
+    let _agent = s.start(&service(""), &[]);
+    for (target, what) in [("10.96.0.10:80", "no endpoints"), ("10.96.0.10:81", "no such port")] {
+        let start = std::time::Instant::now();
+        let out = s.on_node(&["connect", target]);
+        assert_eq!(field(&out, "connect"), Some("ECONNREFUSED"), "{what}: {out}");
+        assert!(start.elapsed() < Duration::from_secs(1), "{what}: refused at once");
+    }
+}
+
+#[test]
+fn session_affinity_keeps_the_node_s_connections_on_one_backend() {
+    require_root();
+    let s = setup(3);
+    let _agent = s.start(&service("  sessionAffinity: ClientIP\n"), &[]);
+    let served: BTreeSet<String> = (0..15).map(|_| server(&s.on_node(&["http", "10.96.0.10:80"]))).collect();
+    assert_eq!(served.len(), 1, "{served:?}");
+}
+
+#[test]
+fn with_socket_lb_all_a_pod_s_connections_are_balanced_without_any_conntrack_entry() {
+    require_root();
+    let s = setup(3);
+    let agent = s.start(&service(""), &["--socket-lb", "all"]);
+    let client = &s.c.client;
+    let mut served = BTreeSet::new();
+    for _ in 0..30 {
+        let out = s.cgroup.client(&client.ns, &["http", "10.96.0.10:80"]).unwrap();
+        assert_eq!(field(&out, "peer"), Some("10.96.0.10:80"), "{out}");
+        assert!(seen_by_server(&out).starts_with(&format!("{}:", client.ip)), "the pod's own address: {out}");
+        served.insert(server(&out));
+    }
+    assert_eq!(served, s.names());
+    let conntrack = agent.get("conntrack").unwrap();
+    assert!(conntrack.contains("0 entries; created 0"), "{conntrack}");
+    assert_eq!(agent.counter("TC-POD", "forward_new_flow").unwrap(), 0, "{}", agent.get("counters").unwrap());
+    // A socket outside the cgroup still takes the packet path.
+    let body = http_get(&client.ns, std::net::SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    assert!(s.names().contains(served_by(&body)), "{body}");
+    assert!(agent.counter("TC-POD", "forward_new_flow").unwrap() >= 1);
+}
+
+#[test]
+fn the_socket_hooks_keep_working_while_the_agent_is_down_and_a_restart_takes_them_over() {
+    require_root();
+    let s = setup(2);
+    let mut agent = s.start(&service(""), &[]);
+    agent.kill().unwrap();
+    let out = s.on_node(&["http", "10.96.0.10:80"]);
+    assert_eq!(field(&out, "peer"), Some("10.96.0.10:80"), "served by the pinned links: {out}");
+
+    agent.restart(&s.c.node).unwrap();
+    assert!(agent.log_text().contains("took over the pinned socket link"), "{}", agent.log_text());
+    assert_eq!(agent.first_sync_writes(), 0, "{}", agent.log_text());
+    let out = s.on_node(&["http", "10.96.0.10:80"]);
+    assert_eq!(field(&out, "peer"), Some("10.96.0.10:80"), "{out}");
+
+    // `--socket-lb off` releases them: the node's sockets are left alone
+    // (and the node has no route to the service CIDR).
+    agent.stop().unwrap();
+    agent.restart_with(&s.c.node, &s.args(&["--socket-lb", "off"])).unwrap();
+    let out = s.on_node(&["connect", "10.96.0.10:80"]);
+    assert_eq!(field(&out, "connect"), Some("NetworkUnreachable"), "{out}");
+}
+
+#[test]
+fn processes_on_the_node_cannot_bind_a_node_port_but_pods_can() {
+    require_root();
+    let s = setup(1);
+    let _agent = s.start(&service(""), &[]);
+    for (proto, port) in [("tcp", NODE_PORT), ("udp", UDP_NODE_PORT)] {
+        let out = s.on_node(&["bind", proto, &port.to_string()]);
+        assert_eq!(field(&out, "bind"), Some("EADDRINUSE"), "{proto} {port}: {out}");
+    }
+    // Another protocol on the same number, another port, a pod's namespace.
+    assert_eq!(field(&s.on_node(&["bind", "udp", &NODE_PORT.to_string()]), "bind"), Some("ok"));
+    assert_eq!(field(&s.on_node(&["bind", "tcp", "30124"]), "bind"), Some("ok"));
+    let in_pod = s.cgroup.client(&s.c.client.ns, &["bind", "tcp", &NODE_PORT.to_string()]).unwrap();
+    assert_eq!(field(&in_pod, "bind"), Some("ok"), "{in_pod}");
+}
+
+#[test]
+fn nodeport_localhost_lets_the_node_s_sockets_use_127_0_0_1() {
+    require_root();
+    let s = setup(2);
+    let _agent = s.start(&service(""), &["--nodeport-localhost"]);
+    let target = format!("127.0.0.1:{NODE_PORT}");
+    let out = s.on_node(&["http", &target]);
+    assert_eq!(field(&out, "peer"), Some(target.as_str()), "{out}");
+    assert!(s.names().contains(&server(&out)), "{out}");
+}
+
+/// Without `--cgroup-root` the hooks attach to the unified hierarchy's
+/// root (mounted if need be), so every process of the node namespace is
+/// served: here the test's own thread, in whatever cgroup it runs.
+#[test]
+fn by_default_every_process_of_the_node_is_served() {
+    require_root();
+    let c = cluster(2);
+    let _external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    let pods: Vec<&Pod> = c.backends.iter().collect();
+    let manifests = [("svc.yaml", service("")), ("pods.yaml", pods_manifest_on(&pods, c.node.ns.name(), |_| true))];
+    let manifests: Vec<(&str, &str)> = manifests.iter().map(|(f, t)| (*f, t.as_str())).collect();
+    let agent = AgentProcess::start_with(&c.node, &manifests, &["--device", "uplink", "--pod-device", "h-*"]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains(":8080")).unwrap();
+    let body = http_get(&c.node.ns, std::net::SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    assert!(lb_tests::client::seen_client(&body).starts_with(&format!("{NODE_IP}:")), "{body}");
+    assert!(agent.counter("SOCKET", "forward_new_flow").unwrap() >= 1);
+}
