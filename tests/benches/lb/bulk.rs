@@ -1,15 +1,13 @@
-//! Bulk TCP through a cluster IP: one connection from a client pod to the
-//! last synthetic Service, served by a pod on the same node, writing 256 KiB
-//! at a time for a few seconds with the pods' default offloads (TSO/GSO:
-//! the node forwards 64 KB super-packets). Gbit/s as the receiver counted.
+//! Bulk TCP through a cluster IP: one connection from a client pod
+//! (`lb-testclient bulk`) to the last synthetic Service, served by a pod on
+//! the same node, writing 256 KiB at a time for a few seconds with the
+//! pods' default offloads (TSO/GSO: the node forwards 64 KB super-packets).
+//! Gbit/s as the receiver counted.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddrV4, TcpStream},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use lb_tests::netns::Netns;
+use anyhow::Context as _;
+use lb_tests::cgroup::field;
 use serde_json::json;
 
 use crate::{
@@ -21,30 +19,15 @@ use crate::{
 
 const DURATION: Duration = Duration::from_secs(3);
 const RUNS: usize = 3;
-const DATAPATHS: [Datapath; 4] = [Datapath::Lb, Datapath::LbStack, Datapath::Iptables, Datapath::Nftables];
+const DATAPATHS: [Datapath; 5] =
+    [Datapath::LbSocket, Datapath::Lb, Datapath::LbStack, Datapath::Iptables, Datapath::Nftables];
 
-/// Gbit/s of one connection from `client` to `to` for DURATION, as the
-/// receiver reports it.
-fn transfer(client: &Netns, to: SocketAddrV4) -> anyhow::Result<f64> {
-    client.run_in(|| -> anyhow::Result<f64> {
-        let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let chunk = vec![0u8; 1 << 18];
-        let started = Instant::now();
-        while started.elapsed() < DURATION {
-            stream.write_all(&chunk)?;
-        }
-        stream.shutdown(std::net::Shutdown::Write)?;
-        let mut report = String::new();
-        stream.read_to_string(&mut report)?;
-        let elapsed = started.elapsed();
-        let bytes: u64 = report
-            .split_whitespace()
-            .nth(2)
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no byte count in {report:?}"))?;
-        Ok(bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9)
-    })?
+/// Gbit/s of one connection through `rig` for DURATION, as the receiver
+/// reports it.
+fn transfer(rig: &TcpRig) -> anyhow::Result<f64> {
+    let outputs = rig.clients(1, "bulk", &[&DURATION.as_secs_f64().to_string()])?;
+    let gbps = outputs.first().and_then(|o| field(o, "gbps")).with_context(|| format!("no gbps in {outputs:?}"))?;
+    Ok(gbps.parse()?)
 }
 
 pub fn run() -> anyhow::Result<Section> {
@@ -64,7 +47,7 @@ pub fn run() -> anyhow::Result<Section> {
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); rigs.len()];
         for round in 1..=RUNS {
             for ((rig, runs), datapath) in rigs.iter().zip(&mut runs).zip(DATAPATHS) {
-                let gbps = transfer(&rig.client.ns, rig.to)?;
+                let gbps = transfer(rig)?;
                 eprintln!("    round {round}/{RUNS}: {} {gbps:.2} Gbit/s", datapath.name());
                 runs.push(gbps);
             }

@@ -9,6 +9,7 @@ use std::{
 
 use lb_tests::{
     agent::AgentProcess,
+    cgroup::TestCgroup,
     topology::{Node, Pod},
 };
 use serde_json::json;
@@ -239,6 +240,9 @@ pub enum Datapath {
     /// lb handing translated pod traffic to the kernel's routing
     /// (`--pod-forwarding stack`).
     LbStack,
+    /// lb's socket hooks serving the pods' sockets (`--socket-lb all`):
+    /// translated once at connect(), no packet rewritten.
+    LbSocket,
     Iptables,
     Nftables,
 }
@@ -248,23 +252,36 @@ impl Datapath {
         match self {
             Datapath::Lb => "lb TC (redirect)",
             Datapath::LbStack => "lb TC (stack)",
+            Datapath::LbSocket => "lb socket (cgroup)",
             Datapath::Iptables => "iptables (legacy)",
             Datapath::Nftables => "nftables",
         }
     }
 
     /// Programs `synthetic` on `node`: an agent (kept running while the
-    /// returned process lives) or kube-proxy's rules.
-    pub fn program(self, node: &Node, synthetic: &Synthetic) -> anyhow::Result<Option<AgentProcess>> {
+    /// returned process lives; its socket hooks on `cgroup`, or none) or
+    /// kube-proxy's rules.
+    pub fn program(
+        self,
+        node: &Node,
+        synthetic: &Synthetic,
+        cgroup: Option<&TestCgroup>,
+    ) -> anyhow::Result<Option<AgentProcess>> {
         match self {
-            Datapath::Lb | Datapath::LbStack => {
+            Datapath::Lb | Datapath::LbStack | Datapath::LbSocket => {
                 let files = synthetic.manifest_files(ENDPOINTS);
                 let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
                 // Room for each Service's table of 10 backends (10 007 entries).
                 let entries = (synthetic.services * 10_240).next_power_of_two().to_string();
                 let mut args = vec!["--pod-device", "h-*", "--maglev-entries", &entries];
-                if matches!(self, Datapath::LbStack) {
-                    args.extend(["--pod-forwarding", "stack"]);
+                match cgroup {
+                    Some(cgroup) => args.extend(["--cgroup-root", cgroup.path().to_str().expect("a UTF-8 path")]),
+                    None => args.extend(["--socket-lb", "off"]),
+                }
+                match self {
+                    Datapath::LbStack => args.extend(["--pod-forwarding", "stack"]),
+                    Datapath::LbSocket => args.extend(["--socket-lb", "all"]),
+                    _ => {}
                 }
                 Ok(Some(AgentProcess::start_with(node, &manifests, &args)?))
             }
@@ -282,7 +299,8 @@ impl Datapath {
 
 /// A node running one datapath for the TCP Services, with a backend pod
 /// serving the last Service's endpoints (its ports 8080-8089) and a client
-/// pod: what the TCP benchmarks measure through.
+/// pod whose client processes run in a cgroup of the rig's own: what the
+/// TCP benchmarks measure through.
 pub struct TcpRig {
     pub client: Pod,
     /// The last Service's address and port.
@@ -291,6 +309,7 @@ pub struct TcpRig {
     _backend: Pod,
     _agent: Option<AgentProcess>,
     _node: Node,
+    cgroup: TestCgroup,
 }
 
 impl TcpRig {
@@ -305,8 +324,20 @@ impl TcpRig {
         let mut backend = node.add_pod("backend", BACKEND_POD)?;
         serve(&mut backend, &(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>())?;
         let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100))?;
-        let agent = datapath.program(&node, &synthetic)?;
+        let cgroup = TestCgroup::create()?;
+        let agent = datapath.program(&node, &synthetic, Some(&cgroup))?;
         let to = SocketAddrV4::new(vip(services - 1), 80);
-        Ok(TcpRig { client, to, _backend: backend, _agent: agent, _node: node })
+        Ok(TcpRig { client, to, _backend: backend, _agent: agent, _node: node, cgroup })
+    }
+
+    /// `lb-testclient COMMAND TO ARGS` in the client pod, `n` processes at
+    /// once in the rig's cgroup; each one's output.
+    pub fn clients(&self, n: usize, command: &str, args: &[&str]) -> anyhow::Result<Vec<String>> {
+        let to = self.to.to_string();
+        let argv: Vec<&str> = [command, to.as_str()].into_iter().chain(args.iter().copied()).collect();
+        std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..n).map(|_| scope.spawn(|| self.cgroup.client(&self.client.ns, &argv))).collect();
+            clients.into_iter().map(|c| c.join().expect("client thread")).collect()
+        })
     }
 }

@@ -1,15 +1,13 @@
 //! TCP through a VIP with short-lived connections: a new connection per
-//! request (connect, GET, read the answer, close), from a client pod to the
-//! last synthetic Service, served by a pod on 10 ports. Connections per
-//! second and request latency (p50, p99) for each datapath on the node.
+//! request (connect, GET, read the answer, close), from client processes
+//! in a pod (`lb-testclient crr`) to the last synthetic Service, served by
+//! a pod on 10 ports. Connections per second and request latency (p50,
+//! p99) for each datapath on the node, lb's socket hooks among them.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddrV4, TcpStream},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use lb_tests::netns::Netns;
+use anyhow::Context as _;
+use lb_tests::cgroup::field;
 use serde_json::json;
 
 use crate::{
@@ -30,55 +28,34 @@ struct Run {
     failed: usize,
 }
 
-/// Requests from `client` to `to` on CLIENT_THREADS threads for DURATION.
-fn load(client: &Netns, to: SocketAddrV4) -> anyhow::Result<Run> {
-    let started = Instant::now();
-    let results: Vec<(Vec<Duration>, usize)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..CLIENT_THREADS)
-            .map(|_| {
-                scope.spawn(|| {
-                    client.run_in(|| {
-                        let (mut latencies, mut failed) = (Vec::new(), 0);
-                        while started.elapsed() < DURATION {
-                            let t = Instant::now();
-                            match request(to) {
-                                Ok(()) => latencies.push(t.elapsed()),
-                                Err(_) => failed += 1,
-                            }
-                        }
-                        (latencies, failed)
-                    })
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().expect("client thread").expect("client namespace")).collect()
-    });
-    let elapsed = started.elapsed();
-    let failed = results.iter().map(|r| r.1).sum();
-    let mut latencies: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
-    anyhow::ensure!(!latencies.is_empty(), "no request to {to} succeeded");
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    Ok(Run { per_second: latencies.len() as f64 / elapsed.as_secs_f64(), p50: at(0.5), p99: at(0.99), failed })
-}
-
-fn request(to: SocketAddrV4) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(1))?;
-    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    if answer.starts_with(b"HTTP/1.1 200") { Ok(()) } else { Err(std::io::ErrorKind::InvalidData.into()) }
+/// Requests through `rig` from CLIENT_THREADS client processes for DURATION.
+fn load(rig: &TcpRig) -> anyhow::Result<Run> {
+    let outputs = rig.clients(CLIENT_THREADS, "crr", &[&DURATION.as_secs_f64().to_string()])?;
+    let value = |output: &str, key: &str| -> anyhow::Result<f64> {
+        let text = field(output, key).with_context(|| format!("no {key} in {output:?}"))?;
+        Ok(text.parse()?)
+    };
+    let (mut connections, mut seconds, mut failed, mut p50s, mut p99) = (0.0, 0.0f64, 0.0, Vec::new(), 0.0f64);
+    for output in &outputs {
+        connections += value(output, "connections")?;
+        failed += value(output, "failed")?;
+        seconds = seconds.max(value(output, "seconds")?);
+        p50s.push(value(output, "p50_us")?);
+        p99 = p99.max(value(output, "p99_us")?);
+    }
+    let us = |u: f64| Duration::from_secs_f64(u / 1e6);
+    let p50 = us(median_spread(&p50s).0);
+    Ok(Run { per_second: connections / seconds, p50, p99: us(p99), failed: failed as usize })
 }
 
 /// The rig, its backend answering HTTP, after a warm-up (ARP, first flows).
 fn rig(datapath: Datapath, services: u32) -> anyhow::Result<TcpRig> {
     let rig = TcpRig::new(datapath, services, |backend, ports| backend.serve_on(ports, &[]))?;
-    load(&rig.client.ns, rig.to).map(drop).ok();
+    load(&rig).map(drop).ok();
     Ok(rig)
 }
 
-const DATAPATHS: [Datapath; 3] = [Datapath::Lb, Datapath::Iptables, Datapath::Nftables];
+const DATAPATHS: [Datapath; 4] = [Datapath::LbSocket, Datapath::Lb, Datapath::Iptables, Datapath::Nftables];
 const RUNS: usize = 3;
 
 pub fn run() -> anyhow::Result<Section> {
@@ -99,7 +76,7 @@ pub fn run() -> anyhow::Result<Section> {
         let mut runs: Vec<Vec<Run>> = (0..rigs.len()).map(|_| Vec::new()).collect();
         for round in 1..=RUNS {
             for ((rig, runs), datapath) in rigs.iter().zip(&mut runs).zip(DATAPATHS) {
-                let run = load(&rig.client.ns, rig.to)?;
+                let run = load(rig)?;
                 eprintln!("    round {round}/{RUNS}: {} {:.0} connections/s", datapath.name(), run.per_second);
                 runs.push(run);
             }
@@ -122,8 +99,9 @@ pub fn run() -> anyhow::Result<Section> {
         }
     }
     markdown.push_str(&format!(
-        "\n{CLIENT_THREADS} client threads for {} s after a warm-up run, each request a new TCP connection \
-         through the node to a pod with 10 listening ports (10 endpoints). Medians of {RUNS} runs (± half the \
+        "\n{CLIENT_THREADS} client processes for {} s after a warm-up run, each request a new TCP connection \
+         through the node to a pod with 10 listening ports (10 endpoints); with lb's socket hooks \
+         (`--socket-lb all`) the connection goes to the pod directly, translated at connect(). Medians of {RUNS} runs (± half the \
          range; latencies are the medians of each run's percentile); the datapaths run side by side on nodes \
          of their own and are measured in turn. Client, node and backend share the machine's cores, so the \
          figures are the whole path's, and they depend on the machine.\n",

@@ -85,7 +85,7 @@ impl Rig {
             "permanent",
         ])?;
         let client = node.add_pod("client", CLIENT)?;
-        let agent = datapath.program(&node, &synthetic)?;
+        let agent = datapath.program(&node, &synthetic, None)?;
         // The generator's frames reach the node only through an XDP program
         // there (a veth takes XDP_TX frames only when its peer runs one).
         let pass = xdp_const::attach(&node.ns, "h-client", Action::Pass)?;

@@ -11,9 +11,10 @@
 //! - `connect ADDR`: a TCP connect(); `connect: ok` or `connect: ERRNO_NAME`.
 //! - `bind tcp|udp PORT`: bind(0.0.0.0:PORT); `bind: ok` or `bind: ERRNO_NAME`.
 //! - `crr ADDR SECONDS`: new TCP connections, each one GET and close, for
-//!   that long; `connections: N`.
-//! - `bulk ADDR BYTES`: sends BYTES to a discard server; `bytes: N`,
-//!   `seconds: S`.
+//!   that long; `connections: N`, `failed: N`, `seconds: S`, and the
+//!   latency percentiles `p50_us: U`, `p99_us: U`.
+//! - `bulk ADDR SECONDS`: one connection writing 256 KiB at a time to a
+//!   discard server for that long; `gbps: G` as the server counted.
 
 use std::{
     io::{self, Read, Write},
@@ -52,13 +53,10 @@ fn main() -> anyhow::Result<()> {
             println!("bind: {}", outcome(result));
             Ok(())
         }
-        "crr" => {
+        "crr" | "bulk" => {
             let seconds: f64 = arg(2)?.parse().context("seconds")?;
-            connections_for(addr()?, Duration::from_secs_f64(seconds))
-        }
-        "bulk" => {
-            let bytes: usize = arg(2)?.parse().context("bytes")?;
-            bulk(addr()?, bytes)
+            let duration = Duration::from_secs_f64(seconds);
+            if arg(0)? == "crr" { connections_for(addr()?, duration) } else { bulk(addr()?, duration) }
         }
         other => bail!("unknown command {other}"),
     }
@@ -113,31 +111,41 @@ fn udp(addr: SocketAddr, connected: bool) -> anyhow::Result<()> {
 }
 
 fn connections_for(addr: SocketAddr, duration: Duration) -> anyhow::Result<()> {
-    let (start, mut done) = (Instant::now(), 0u64);
+    let (start, mut latencies, mut failed) = (Instant::now(), Vec::new(), 0u64);
     while start.elapsed() < duration {
-        get(addr)?;
-        done += 1;
+        let t = Instant::now();
+        match get(addr) {
+            Ok(_) => latencies.push(t.elapsed()),
+            Err(_) => failed += 1,
+        }
     }
-    println!("connections: {done}");
-    println!("seconds: {:.3}", start.elapsed().as_secs_f64());
+    let seconds = start.elapsed().as_secs_f64();
+    anyhow::ensure!(!latencies.is_empty(), "no connection to {addr} succeeded");
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    println!("connections: {}\nfailed: {failed}\nseconds: {seconds:.3}", latencies.len());
+    println!("p50_us: {:.0}\np99_us: {:.0}", at(0.5), at(0.99));
     Ok(())
 }
 
-fn bulk(addr: SocketAddr, bytes: usize) -> anyhow::Result<()> {
+fn bulk(addr: SocketAddr, duration: Duration) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let chunk = vec![0x5au8; 1 << 16];
-    let (start, mut sent) = (Instant::now(), 0usize);
-    while sent < bytes {
-        let n = chunk.len().min(bytes - sent);
-        stream.write_all(&chunk[..n])?;
-        sent += n;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let chunk = vec![0x5au8; 1 << 18];
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        stream.write_all(&chunk)?;
     }
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut report = String::new();
     stream.read_to_string(&mut report)?;
-    anyhow::ensure!(report.contains(&format!("received {sent} bytes")), "the server reported {report:?}");
-    println!("bytes: {sent}");
-    println!("seconds: {:.3}", start.elapsed().as_secs_f64());
+    let seconds = start.elapsed().as_secs_f64();
+    // `NAME received N bytes`
+    let bytes: u64 = report
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no byte count in {report:?}"))?;
+    println!("gbps: {:.3}", bytes as f64 * 8.0 / seconds / 1e9);
     Ok(())
 }
