@@ -6,7 +6,9 @@
 //!
 //! The programs run for every socket of the cgroup they are attached to,
 //! whatever its network namespace: they serve the node's own namespace
-//! (`LB_NODE_NETNS`), and the others too with `--socket-lb all`.
+//! (`LB_NODE_NETNS`), and the others too with `--socket-lb all`. IPv6
+//! sockets are served where they name an IPv4 address (`::ffff:a.b.c.d`,
+//! as dual-stack programs such as Java's connect to IPv4).
 
 use aya_ebpf::{
     EbpfContext,
@@ -39,37 +41,81 @@ const EADDRINUSE: i32 = 98;
 const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
 
+/// The address family of a program's socket address. The kernel lets a
+/// program touch only its own family's fields, so every use of one is
+/// inlined with the family a constant.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
-    to_frontend(&ctx)
+    to_frontend(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn lb_sock_connect6(ctx: SockAddrContext) -> i32 {
+    to_frontend(&ctx, Family::V6)
 }
 
 /// An unconnected UDP socket's datagram: translated like a connect(), each
 /// time (the socket's cookie keeps its backend).
 #[cgroup_sock_addr(sendmsg4)]
 pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    to_frontend(&ctx)
+    to_frontend(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn lb_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    to_frontend(&ctx, Family::V6)
 }
 
 /// Where an unconnected UDP socket's datagram came from.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    from_backend(&ctx)
+    from_backend(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn lb_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    from_backend(&ctx, Family::V6)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    from_backend(&ctx)
+    from_backend(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn lb_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    from_backend(&ctx, Family::V6)
 }
 
 /// A process on the node may not take a port a Service uses as its node
 /// port (kube-proxy held those ports open for the same reason).
 #[cgroup_sock_addr(bind4)]
 pub fn lb_sock_bind4(ctx: SockAddrContext) -> i32 {
+    keep_node_ports(&ctx, Family::V4)
+}
+
+/// A dual-stack socket bound to `[::]` or an IPv4-mapped address takes
+/// the IPv4 port too.
+#[cgroup_sock_addr(bind6)]
+pub fn lb_sock_bind6(ctx: SockAddrContext) -> i32 {
+    keep_node_ports(&ctx, Family::V6)
+}
+
+#[inline(always)]
+fn keep_node_ports(ctx: &SockAddrContext, family: Family) -> i32 {
     let sa = ctx.sock_addr;
-    let reason = match served(&ctx) {
+    let reason = match served(ctx) {
         Err(reason) => reason,
         Ok(false) => Reason::PassOtherNamespace,
+        Ok(true) if family == Family::V6 && ipv4_address(sa, family).is_none() && !unspecified_v6(sa) => {
+            Reason::PassNotIpv4
+        }
         Ok(true) => {
             // SAFETY: the context's fields, readable by every sock_addr program.
             let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
@@ -86,7 +132,7 @@ pub fn lb_sock_bind4(ctx: SockAddrContext) -> i32 {
 
 /// connect() and sendmsg(): a frontend's address becomes a backend's.
 #[inline(always)]
-fn to_frontend(ctx: &SockAddrContext) -> i32 {
+fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
     let sa = ctx.sock_addr;
     let node = match served(ctx) {
         Ok(node) => node,
@@ -99,11 +145,15 @@ fn to_frontend(ctx: &SockAddrContext) -> i32 {
         count(Hook::Socket, Reason::PassNotTcpUdp);
         return PROCEED;
     };
+    let Some(daddr) = ipv4_address(sa, family) else {
+        count(Hook::Socket, Reason::PassNotIpv4);
+        return PROCEED;
+    };
     let ptr = ctx.as_ptr();
-    // SAFETY: the context's fields, and helpers taking the context.
+    // SAFETY: the context's field, and helpers taking the context.
     let call = unsafe {
         SocketCall {
-            daddr: (*sa).user_ip4,
+            daddr,
             dport: (*sa).user_port as u16,
             proto,
             netns: bpf_get_netns_cookie(ptr),
@@ -120,11 +170,7 @@ fn to_frontend(ctx: &SockAddrContext) -> i32 {
             // Without its reverse entry the socket would see the backend's
             // address as its peer: better to go on untranslated.
             if remember_socket_peer(&peer, &frontend) {
-                // SAFETY: connect4 and sendmsg4 may write the destination.
-                unsafe {
-                    (*sa).user_ip4 = addr;
-                    (*sa).user_port = u32::from(port);
-                }
+                set_address(sa, family, addr, port);
             }
             PROCEED
         }
@@ -138,24 +184,19 @@ fn to_frontend(ctx: &SockAddrContext) -> i32 {
 /// recvmsg() and getpeername(): a backend's address the socket hooks gave
 /// this socket is shown as the frontend it asked for.
 #[inline(always)]
-fn from_backend(ctx: &SockAddrContext) -> i32 {
+fn from_backend(ctx: &SockAddrContext, family: Family) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: the context's fields, and a helper taking the context.
+    let Some(addr) = ipv4_address(sa, family) else {
+        count(Hook::Socket, Reason::PassNotIpv4);
+        return PROCEED;
+    };
+    // SAFETY: the context's field, and a helper taking the context.
     let peer = unsafe {
-        SocketPeer {
-            cookie: bpf_get_socket_cookie(ctx.as_ptr()),
-            addr: (*sa).user_ip4,
-            port: (*sa).user_port as u16,
-            _pad: 0,
-        }
+        SocketPeer { cookie: bpf_get_socket_cookie(ctx.as_ptr()), addr, port: (*sa).user_port as u16, _pad: 0 }
     };
     let reason = match socket_frontend(&peer) {
         Some(frontend) => {
-            // SAFETY: recvmsg4 and getpeername4 may write the address.
-            unsafe {
-                (*sa).user_ip4 = frontend.addr;
-                (*sa).user_port = u32::from(frontend.port);
-            }
+            set_address(sa, family, frontend.addr, frontend.port);
             Reason::ReplyReverseNat
         }
         None => Reason::PassNoService,
@@ -181,6 +222,45 @@ fn served(ctx: &SockAddrContext) -> Result<bool, Reason> {
         (true, _) => Ok(true),
         (false, true) => Ok(false),
         (false, false) => Err(Reason::PassOtherNamespace),
+    }
+}
+
+/// The IPv4 address in the context (network byte order): `user_ip4`, or
+/// an IPv4-mapped `user_ip6` (`::ffff:a.b.c.d`); None for other IPv6.
+#[inline(always)]
+fn ipv4_address(sa: *mut bpf_sock_addr, family: Family) -> Option<u32> {
+    // SAFETY: the context's fields of the program's own family.
+    unsafe {
+        match family {
+            Family::V4 => Some((*sa).user_ip4),
+            Family::V6 => ((*sa).user_ip6[0] == 0 && (*sa).user_ip6[1] == 0 && (*sa).user_ip6[2] == V4_MAPPED)
+                .then(|| (*sa).user_ip6[3]),
+        }
+    }
+}
+
+/// `::ffff:0:0/96`'s third word, network byte order.
+const V4_MAPPED: u32 = 0x0000_ffffu32.to_be();
+
+/// `[::]`: a bind to every address, IPv4 ones too on a dual-stack socket.
+#[inline(always)]
+fn unspecified_v6(sa: *mut bpf_sock_addr) -> bool {
+    // SAFETY: the context's fields; only called for IPv6 programs.
+    unsafe { (*sa).user_ip6[0] | (*sa).user_ip6[1] | (*sa).user_ip6[2] | (*sa).user_ip6[3] == 0 }
+}
+
+/// Writes `addr:port` (network byte order) as the context's address, in
+/// the form of its family. The kernel lets connect, sendmsg, recvmsg and
+/// getpeername programs write it.
+#[inline(always)]
+fn set_address(sa: *mut bpf_sock_addr, family: Family, addr: u32, port: u16) {
+    // SAFETY: the context's writable fields of the program's own family.
+    unsafe {
+        match family {
+            Family::V4 => (*sa).user_ip4 = addr,
+            Family::V6 => (*sa).user_ip6[3] = addr,
+        }
+        (*sa).user_port = u32::from(port);
     }
 }
 

@@ -105,6 +105,12 @@ fn a_process_on_the_node_reaches_a_cluster_ip_over_tcp_and_udp_and_sees_the_serv
     let out = s.on_node(&["udp-connected", "10.96.0.10:53"]);
     assert_eq!(field(&out, "peer"), Some("10.96.0.10:53"), "{out}");
 
+    // IPv6 sockets naming the IPv4 address, as dual-stack programs do.
+    let out = s.on_node(&["http", "[::ffff:10.96.0.10]:80"]);
+    assert_eq!(field(&out, "peer"), Some("[::ffff:10.96.0.10]:80"), "{out}");
+    let out = s.on_node(&["udp", "[::ffff:10.96.0.10]:53"]);
+    assert_eq!(field(&out, "from"), Some("[::ffff:10.96.0.10]:53"), "{out}");
+
     // The node port on the node's address; not on 127.0.0.1 by default.
     let out = s.on_node(&["http", &format!("{NODE_IP}:{NODE_PORT}")]);
     assert_eq!(field(&out, "peer"), Some(format!("{NODE_IP}:{NODE_PORT}").as_str()), "{out}");
@@ -112,8 +118,8 @@ fn a_process_on_the_node_reaches_a_cluster_ip_over_tcp_and_udp_and_sees_the_serv
     assert_eq!(field(&out, "connect"), Some("ECONNREFUSED"), "nothing listens on localhost: {out}");
 
     // Translated once per socket: no conntrack entry, no packet rewritten.
-    assert!(agent.counter("SOCKET", "forward_new_flow").unwrap() >= 33);
-    assert!(agent.counter("SOCKET", "reply_reverse_nat").unwrap() >= 32);
+    assert!(agent.counter("SOCKET", "forward_new_flow").unwrap() >= 35);
+    assert!(agent.counter("SOCKET", "reply_reverse_nat").unwrap() >= 34);
     let conntrack = agent.get("conntrack").unwrap();
     assert!(conntrack.contains("0 entries; created 0"), "{conntrack}");
     assert_eq!(agent.counter("TC-POD", "forward_new_flow").unwrap(), 0);
@@ -192,7 +198,7 @@ fn processes_on_the_node_cannot_bind_a_node_port_but_pods_can() {
     require_root();
     let s = setup(1);
     let _agent = s.start(&service(""), &[]);
-    for (proto, port) in [("tcp", NODE_PORT), ("udp", UDP_NODE_PORT)] {
+    for (proto, port) in [("tcp", NODE_PORT), ("udp", UDP_NODE_PORT), ("tcp6", NODE_PORT)] {
         let out = s.on_node(&["bind", proto, &port.to_string()]);
         assert_eq!(field(&out, "bind"), Some("EADDRINUSE"), "{proto} {port}: {out}");
     }

@@ -9,7 +9,10 @@
 //!   `body:` lines, then `from: IP:PORT` as recvfrom() shows it.
 //! - `udp-connected ADDR`: the same on a connected socket, `peer:` last.
 //! - `connect ADDR`: a TCP connect(); `connect: ok` or `connect: ERRNO_NAME`.
-//! - `bind tcp|udp PORT`: bind(0.0.0.0:PORT); `bind: ok` or `bind: ERRNO_NAME`.
+//! - `bind tcp|udp|tcp6|udp6 PORT`: bind(0.0.0.0:PORT), or [::]:PORT for
+//!   the `6` ones; `bind: ok` or `bind: ERRNO_NAME`.
+//!
+//! An ADDR in brackets (`[::ffff:10.96.0.10]:80`) makes an IPv6 socket.
 //! - `crr ADDR SECONDS`: new TCP connections, each one GET and close, for
 //!   that long; `connections: N`, `failed: N`, `seconds: S`, and the
 //!   latency percentiles `p50_us: U`, `p99_us: U`.
@@ -18,7 +21,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -44,11 +47,13 @@ fn main() -> anyhow::Result<()> {
         }
         "bind" => {
             let port: u16 = arg(2)?.parse().context("port")?;
-            let at = (Ipv4Addr::UNSPECIFIED, port);
+            let (v4, v6) = ((Ipv4Addr::UNSPECIFIED, port), (Ipv6Addr::UNSPECIFIED, port));
             let result = match arg(1)?.as_str() {
-                "tcp" => TcpListener::bind(at).map(drop),
-                "udp" => UdpSocket::bind(at).map(drop),
-                other => bail!("bind: protocol {other} is neither tcp nor udp"),
+                "tcp" => TcpListener::bind(v4).map(drop),
+                "udp" => UdpSocket::bind(v4).map(drop),
+                "tcp6" => TcpListener::bind(v6).map(drop),
+                "udp6" => UdpSocket::bind(v6).map(drop),
+                other => bail!("bind: protocol {other} is none of tcp, udp, tcp6, udp6"),
             };
             println!("bind: {}", outcome(result));
             Ok(())
@@ -94,7 +99,7 @@ fn http(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn udp(addr: SocketAddr, connected: bool) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let socket = UdpSocket::bind(if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
     socket.set_read_timeout(Some(TIMEOUT))?;
     let mut buf = [0u8; 2048];
     let (len, from) = if connected {
