@@ -61,15 +61,11 @@ pub fn lb_sock_connect6(ctx: SockAddrContext) -> i32 {
 }
 
 /// An unconnected UDP socket's datagram: translated like a connect(), each
-/// time (the socket's cookie keeps its backend).
+/// time (the socket's cookie keeps its backend). An IPv6 socket's datagram
+/// to an IPv4-mapped address comes here too (the kernel sends it as IPv4).
 #[cgroup_sock_addr(sendmsg4)]
 pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
     to_frontend(&ctx, Family::V4)
-}
-
-#[cgroup_sock_addr(sendmsg6)]
-pub fn lb_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
-    to_frontend(&ctx, Family::V6)
 }
 
 /// Where an unconnected UDP socket's datagram came from.

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context, bail};
 
 use crate::{
+    cgroup::TestCgroup,
     netns::{ChildGuard, unique_name},
     topology::{Node, POD_DEVICE_PATTERN},
 };
@@ -28,6 +29,11 @@ pub struct AgentProcess {
     child: Option<ChildGuard>,
     /// When the running agent's process was started.
     spawned: Option<Instant>,
+    /// Where its socket hooks attach unless `args` say (`--cgroup-root`): a
+    /// cgroup of its own, which no process is in, so that they serve
+    /// nothing of the machine's; None for the agent's default, the
+    /// unified hierarchy's root.
+    cgroup: Option<TestCgroup>,
 }
 
 impl AgentProcess {
@@ -40,6 +46,20 @@ impl AgentProcess {
     /// Like [`AgentProcess::start`], with `args` instead of `--pod-device 'h-*'`.
     pub fn start_with(node: &Node, manifests: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Self> {
         let mut agent = Self::new(args)?;
+        for (file, text) in manifests {
+            agent.write_manifest(file, text)?;
+        }
+        agent.spawn(node)?;
+        Ok(agent)
+    }
+
+    /// Like [`AgentProcess::start_with`], the socket hooks on the agent's
+    /// default cgroup, the unified hierarchy's root: they serve every
+    /// process of the node namespace, as on a real node, the test's own
+    /// threads there too (and stay on the root if the test is killed).
+    pub fn start_on_root_cgroup(node: &Node, manifests: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Self> {
+        let mut agent = Self::new(args)?;
+        agent.cgroup = None;
         for (file, text) in manifests {
             agent.write_manifest(file, text)?;
         }
@@ -82,6 +102,7 @@ impl AgentProcess {
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             spawned: None,
+            cgroup: Some(TestCgroup::create()?),
         })
     }
 
@@ -100,9 +121,11 @@ impl AgentProcess {
             Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
             None => cmd.arg("--manifests").arg(&self.manifests),
         };
-        cmd.args(["--node-name", node.ns.name()])
-            .args(&self.args)
-            .arg("--bpf-dir")
+        cmd.args(["--node-name", node.ns.name()]).args(&self.args);
+        if let Some(cgroup) = self.cgroup.as_ref().filter(|_| !self.args.iter().any(|a| a == "--cgroup-root")) {
+            cmd.arg("--cgroup-root").arg(cgroup.path());
+        }
+        cmd.arg("--bpf-dir")
             .arg(&self.bpf_dir)
             .env("RUST_LOG", "info,lb_datapath=debug")
             .env("NO_COLOR", "1")

@@ -179,11 +179,20 @@ fn the_socket_hooks_keep_working_while_the_agent_is_down_and_a_restart_takes_the
     let out = s.on_node(&["http", "10.96.0.10:80"]);
     assert_eq!(field(&out, "peer"), Some("10.96.0.10:80"), "served by the pinned links: {out}");
 
-    agent.restart(&s.c.node).unwrap();
+    // The next agent serves pods too (`all`): only its programs, swapped
+    // into the same links, can; no link is added.
+    let links_dir = agent.bpf_dir.join("socket-links");
+    let links = || std::fs::read_dir(&links_dir).unwrap().count();
+    let before = links();
+    agent.restart_with(&s.c.node, &s.args(&["--socket-lb", "all"])).unwrap();
     assert!(agent.log_text().contains("took over the pinned socket link"), "{}", agent.log_text());
     assert_eq!(agent.first_sync_writes(), 0, "{}", agent.log_text());
+    assert_eq!(links(), before);
     let out = s.on_node(&["http", "10.96.0.10:80"]);
     assert_eq!(field(&out, "peer"), Some("10.96.0.10:80"), "{out}");
+    let out = s.cgroup.client(&s.c.client.ns, &["http", "10.96.0.10:80"]).unwrap();
+    assert_eq!(field(&out, "peer"), Some("10.96.0.10:80"), "{out}");
+    assert_eq!(agent.counter("TC-POD", "forward_new_flow").unwrap(), 0, "the pod's socket was translated");
 
     // `--socket-lb off` releases them: the node's sockets are left alone
     // (and the node has no route to the service CIDR).
@@ -191,6 +200,7 @@ fn the_socket_hooks_keep_working_while_the_agent_is_down_and_a_restart_takes_the
     agent.restart_with(&s.c.node, &s.args(&["--socket-lb", "off"])).unwrap();
     let out = s.on_node(&["connect", "10.96.0.10:80"]);
     assert_eq!(field(&out, "connect"), Some("NetworkUnreachable"), "{out}");
+    assert_eq!(links(), 0);
 }
 
 #[test]
@@ -231,7 +241,8 @@ fn by_default_every_process_of_the_node_is_served() {
     let pods: Vec<&Pod> = c.backends.iter().collect();
     let manifests = [("svc.yaml", service("")), ("pods.yaml", pods_manifest_on(&pods, c.node.ns.name(), |_| true))];
     let manifests: Vec<(&str, &str)> = manifests.iter().map(|(f, t)| (*f, t.as_str())).collect();
-    let agent = AgentProcess::start_with(&c.node, &manifests, &["--device", "uplink", "--pod-device", "h-*"]).unwrap();
+    let args = ["--device", "uplink", "--pod-device", "h-*"];
+    let agent = AgentProcess::start_on_root_cgroup(&c.node, &manifests, &args).unwrap();
     agent.wait_for_services(TIMEOUT, |s| s.contains(":8080")).unwrap();
     let body = http_get(&c.node.ns, std::net::SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
     assert!(lb_tests::client::seen_client(&body).starts_with(&format!("{NODE_IP}:")), "{body}");

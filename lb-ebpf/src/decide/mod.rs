@@ -8,6 +8,8 @@ mod select;
 
 pub use conntrack::Translation;
 
+use select::Spread;
+
 use crate::packet::nat::Side;
 use lb_common::{
     AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS, CT_REPLY,
@@ -203,7 +205,7 @@ fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> V
     let now = tables.now_ns();
     // Picks the Maglev entry and the first SNAT port.
     let hash = lb_common::hash::flow(flow);
-    let Some(backend) = choose_backend(flow, hash, &frontend, tables, now) else {
+    let Some(backend) = choose_backend(flow, hash, &frontend, tables, now, Spread::Random) else {
         return Verdict::Drop(Reason::DropBackendMissing);
     };
     // An external client whose backend is on another node must be replaced
@@ -313,8 +315,15 @@ fn has_backends(frontend: &Frontend) -> Result<(), Verdict> {
 /// The backend for a new flow or socket of `flow.saddr` (see
 /// `select::backend`), remembered for the client's session affinity.
 #[inline(always)]
-fn choose_backend<T: Tables>(flow: &CtKey, hash: u64, frontend: &Frontend, tables: &T, now: u64) -> Option<Backend> {
-    let (backend_id, backend) = select::backend(flow, hash, frontend, tables, now)?;
+fn choose_backend<T: Tables>(
+    flow: &CtKey,
+    hash: u64,
+    frontend: &Frontend,
+    tables: &T,
+    now: u64,
+    spread: Spread,
+) -> Option<Backend> {
+    let (backend_id, backend) = select::backend(flow, hash, frontend, tables, now, spread)?;
     if frontend.affinity_timeout_s != 0 {
         let key = AffinityKey { client: flow.saddr, frontend_id: frontend.frontend_id };
         tables.affinity_insert(&key, &AffinityEntry { backend_id, _pad: 0, last_used_ns: now });
@@ -356,6 +365,11 @@ impl SocketCall {
 /// conntrack entry: the socket itself now names the backend.
 #[inline(always)]
 pub fn socket<T: Tables>(call: &SocketCall, tables: &T) -> Verdict {
+    // A pod's 127.0.0.1 is its own: only the node's sockets reach node
+    // ports there (`--nodeport-localhost`).
+    if !call.node && call.daddr.to_ne_bytes()[0] == 127 {
+        return Verdict::Pass(Reason::PassNoService);
+    }
     let flow =
         CtKey { saddr: call.client(), daddr: call.daddr, sport: 0, dport: call.dport, proto: call.proto, _pad: [0; 3] };
     let frontend = match serving_frontend(&flow, tables, Hook::Socket) {
@@ -375,7 +389,7 @@ pub fn socket<T: Tables>(call: &SocketCall, tables: &T) -> Verdict {
         return verdict;
     }
     let hash = lb_common::hash::mix64(call.cookie ^ lb_common::hash::flow(&flow));
-    match choose_backend(&flow, hash, &frontend, tables, tables.now_ns()) {
+    match choose_backend(&flow, hash, &frontend, tables, tables.now_ns(), Spread::Hash) {
         Some(backend) => Verdict::Rewrite {
             reason: Reason::ForwardNewFlow,
             side: Side::Dst,
@@ -1048,6 +1062,32 @@ mod tests {
         assert_eq!(backend_of(socket(&call(5), &t)), backend_of(socket(&call(5), &t)));
         assert!(t.conntrack.borrow().is_empty());
         assert_eq!(t.created.get(), 0);
+    }
+
+    #[test]
+    fn a_socket_keeps_its_backend_without_a_maglev_table_too() {
+        let t = service(3);
+        let chosen: std::collections::BTreeSet<u32> = (0..32)
+            .map(|cookie| {
+                t.random.set(cookie as u32);
+                let first = backend_of(socket(&call(cookie), &t));
+                t.random.set(cookie as u32 + 1);
+                assert_eq!(backend_of(socket(&call(cookie), &t)), first, "socket {cookie}");
+                first
+            })
+            .collect();
+        assert_eq!(chosen.len(), 3, "sockets spread over every backend");
+    }
+
+    #[test]
+    fn a_pod_s_loopback_is_its_own() {
+        let mut t = service(1);
+        let key = FrontendKey { addr: u32::from_ne_bytes([127, 0, 0, 1]), port: 80, proto: IPPROTO_TCP, scope: 0 };
+        t.frontends.insert(key, Frontend { frontend_id: 1, backend_count: 1, ..Default::default() });
+        let to_localhost = SocketCall { daddr: key.addr, ..call(1) };
+        assert!(matches!(socket(&to_localhost, &t), Verdict::Rewrite { .. }), "the node's socket is served");
+        let from_pod = SocketCall { node: false, ..to_localhost };
+        assert_eq!(socket(&from_pod, &t), Verdict::Pass(Reason::PassNoService));
     }
 
     #[test]

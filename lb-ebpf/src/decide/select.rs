@@ -1,12 +1,21 @@
-//! Backend selection for a new flow: session affinity, then the frontend's
-//! Maglev table, then a random slot.
+//! Backend selection for a new flow or socket: session affinity, then the
+//! frontend's Maglev table, then a random (or hashed) slot.
 
 use lb_common::{AffinityKey, Backend, CtKey, Frontend};
 
 use super::Tables;
 
+/// How a frontend without a Maglev table picks a slot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    /// At random: conntrack keeps the flow where its first packet went.
+    Random,
+    /// By the hash: a socket keeps its backend from call to call.
+    Hash,
+}
+
 /// The client's affinity backend while it is fresh, else the slot the
-/// frontend's Maglev table gives the flow, else a random slot.
+/// frontend's Maglev table gives the flow, else a slot as `spread` says.
 /// The agent removes affinity entries whose backend left the service, so an
 /// entry that names an existing backend is still valid.
 #[inline(always)]
@@ -16,6 +25,7 @@ pub fn backend<T: Tables>(
     frontend: &Frontend,
     tables: &T,
     now: u64,
+    spread: Spread,
 ) -> Option<(u32, Backend)> {
     if frontend.affinity_timeout_s != 0 {
         let key = AffinityKey { client: flow.saddr, frontend_id: frontend.frontend_id };
@@ -30,6 +40,8 @@ pub fn backend<T: Tables>(
     let slot = if frontend.maglev_size != 0 {
         let index = frontend.maglev_offset.wrapping_add((hash % u64::from(frontend.maglev_size)) as u32);
         u32::from(tables.maglev_slot(index)?)
+    } else if spread == Spread::Hash {
+        (hash % u64::from(frontend.backend_count)) as u32
     } else {
         tables.random() % u32::from(frontend.backend_count)
     };

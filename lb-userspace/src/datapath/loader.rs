@@ -32,7 +32,8 @@ use aya::{
 use tracing::{info, warn};
 
 use lb_common::{
-    CtTimeouts, MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, ServiceCidr, map_names, wire,
+    CtTimeouts, FastPath, Hook as CountedHook, MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, Reason,
+    ServiceCidr, map_names, wire,
 };
 
 use super::{
@@ -258,6 +259,12 @@ impl Datapath {
         let maglev_elements = options.maglev_entries.div_ceil(MAGLEV_ENTRIES_PER_ELEMENT);
         check_pinned_size(bpf_dir, map_names::CONNTRACK, options.ct_max, 1, "--ct-max")?;
         check_pinned_size(bpf_dir, map_names::MAGLEV, maglev_elements, MAGLEV_ENTRIES_PER_ELEMENT, "--maglev-entries")?;
+        for (name, entries) in [
+            (map_names::COUNTERS, CountedHook::COUNT * Reason::COUNT),
+            (map_names::FAST_PATH_COUNTERS, FastPath::COUNT),
+        ] {
+            drop_resized_counters(bpf_dir, name, entries);
+        }
         let log_level = if options.debug_log { aya_log::Level::Debug as u8 } else { 0 };
         let node_netns = if options.socket_lb == SocketLb::Off { 0 } else { sockets::netns_cookie()? };
         let mut ebpf = EbpfLoader::new()
@@ -522,6 +529,17 @@ where
 {
     let program = ebpf.program_mut(name).ok_or(LoaderError::Program { name, source: ProgramError::NotLoaded })?;
     program.try_into().map_err(|source| LoaderError::Program { name, source })
+}
+
+/// Counters pinned by an agent that counted other hooks or reasons would be
+/// reused as they are (aya does not compare sizes), every index shifted:
+/// they start again instead.
+fn drop_resized_counters(bpf_dir: &Path, name: &str, entries: u32) {
+    let path = bpf_dir.join(name);
+    if aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| info.max_entries() != entries) {
+        info!(map = name, "the pinned counters have another layout: they start again from zero");
+        let _ = fs::remove_file(&path);
+    }
 }
 
 /// A map pinned by an earlier agent keeps its size: a different one asked

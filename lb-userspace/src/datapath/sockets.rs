@@ -33,14 +33,13 @@ pub enum SocketLb {
 }
 
 /// The programs and the hook each attaches to (lb-ebpf's `sockets`).
-pub(super) const PROGRAMS: [(&str, &str); 10] = [
+pub(super) const PROGRAMS: [(&str, &str); 9] = [
     ("lb_sock_connect4", "connect4"),
     ("lb_sock_sendmsg4", "sendmsg4"),
     ("lb_sock_recvmsg4", "recvmsg4"),
     ("lb_sock_getpeername4", "getpeername4"),
     ("lb_sock_bind4", "bind4"),
     ("lb_sock_connect6", "connect6"),
-    ("lb_sock_sendmsg6", "sendmsg6"),
     ("lb_sock_recvmsg6", "recvmsg6"),
     ("lb_sock_getpeername6", "getpeername6"),
     ("lb_sock_bind6", "bind6"),
@@ -69,6 +68,8 @@ pub fn cgroup_root(asked: Option<&Path>) -> Result<PathBuf, SocketsError> {
         Some(path) => path.to_owned(),
         None => match cgroup2_mount() {
             Some(path) => path,
+            // Another agent may have mounted it a moment ago.
+            None if is_cgroup2(Path::new(OWN_CGROUP2_MOUNT)) => PathBuf::from(OWN_CGROUP2_MOUNT),
             None => {
                 fs::create_dir_all(OWN_CGROUP2_MOUNT).map_err(SocketsError::Mount)?;
                 mount_cgroup2(Path::new(OWN_CGROUP2_MOUNT)).map_err(SocketsError::Mount)?;
@@ -116,7 +117,13 @@ fn mount_cgroup2(target: &Path) -> io::Result<()> {
 /// The cookie of this process's network namespace: the node's own, which
 /// the programs tell apart from pods' by it.
 pub fn netns_cookie() -> Result<u64, SocketsError> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(SocketsError::NetnsCookie)?;
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(SocketsError::NetnsCookie(io::Error::last_os_error()));
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut cookie = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
@@ -183,14 +190,16 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Unpins the socket links in `links_dir`, but those of cgroup `keep`:
-/// nothing else holds them, so they detach.
+/// Unpins the socket links in `links_dir`, but those of this agent's hooks
+/// on cgroup `keep`: nothing else holds them, so they detach (a hook only
+/// another version of the agent had goes too).
 pub(super) fn release(links_dir: &Path, keep: Option<u64>) {
     let Ok(entries) = fs::read_dir(links_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let inode = name.split_once('-').and_then(|(inode, _)| inode.parse::<u64>().ok());
-        if keep.is_none() || inode != keep {
+        let (inode, hook) = name.split_once('-').unwrap_or_default();
+        let ours = PROGRAMS.iter().any(|(_, h)| *h == hook);
+        if keep.is_none() || inode.parse::<u64>().ok() != keep || !ours {
             info!(link = name, "releasing a socket link");
             let _ = fs::remove_file(entry.path());
         }

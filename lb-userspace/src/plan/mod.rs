@@ -697,7 +697,7 @@ impl Programmed {
         // bound by the node's processes while a frontend uses them.
         let mut vips: BTreeMap<u32, u32> = BTreeMap::new();
         let mut node_ports: BTreeMap<NodePortKey, u32> = BTreeMap::new();
-        for (key, fe) in &self.frontends {
+        for (key, fe) in self.frontends.iter().filter(|(key, _)| key.scope == FRONTEND_SCOPE_ALL) {
             if fe.meta.frontend_kind == FRONTEND_NODE_PORT {
                 *node_ports.entry(NodePortKey { port: key.port, proto: key.proto, _pad: 0 }).or_default() += 1;
                 continue;

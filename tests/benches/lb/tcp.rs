@@ -35,17 +35,17 @@ fn load(rig: &TcpRig) -> anyhow::Result<Run> {
         let text = field(output, key).with_context(|| format!("no {key} in {output:?}"))?;
         Ok(text.parse()?)
     };
-    let (mut connections, mut seconds, mut failed, mut p50s, mut p99) = (0.0, 0.0f64, 0.0, Vec::new(), 0.0f64);
+    let (mut connections, mut seconds, mut failed, mut p50s, mut p99s) = (0.0, 0.0f64, 0.0, Vec::new(), Vec::new());
     for output in &outputs {
         connections += value(output, "connections")?;
         failed += value(output, "failed")?;
         seconds = seconds.max(value(output, "seconds")?);
         p50s.push(value(output, "p50_us")?);
-        p99 = p99.max(value(output, "p99_us")?);
+        p99s.push(value(output, "p99_us")?);
     }
-    let us = |u: f64| Duration::from_secs_f64(u / 1e6);
-    let p50 = us(median_spread(&p50s).0);
-    Ok(Run { per_second: connections / seconds, p50, p99: us(p99), failed: failed as usize })
+    // The processes' percentiles, each the median over them.
+    let us = |values: &[f64]| Duration::from_secs_f64(median_spread(values).0 / 1e6);
+    Ok(Run { per_second: connections / seconds, p50: us(&p50s), p99: us(&p99s), failed: failed as usize })
 }
 
 /// The rig, its backend answering HTTP, after a warm-up (ARP, first flows).
@@ -101,9 +101,10 @@ pub fn run() -> anyhow::Result<Section> {
     markdown.push_str(&format!(
         "\n{CLIENT_THREADS} client processes for {} s after a warm-up run, each request a new TCP connection \
          through the node to a pod with 10 listening ports (10 endpoints); with lb's socket hooks \
-         (`--socket-lb all`) the connection goes to the pod directly, translated at connect(). Medians of {RUNS} runs (± half the \
-         range; latencies are the medians of each run's percentile); the datapaths run side by side on nodes \
-         of their own and are measured in turn. Client, node and backend share the machine's cores, so the \
+         (`--socket-lb all`) the connection goes to the pod directly, translated at connect(); the TC \
+         rigs run the default `--socket-lb host`, whose hooks see each connect() and leave it to TC. \
+         Medians of {RUNS} runs (± half the range; latencies are the medians over runs of the processes' \
+         median percentile); the datapaths run side by side on nodes of their own and are measured in turn. Client, node and backend share the machine's cores, so the \
          figures are the whole path's, and they depend on the machine.\n",
         DURATION.as_secs()
     ));
