@@ -19,11 +19,14 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const EXTERNAL_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
 const NODE_PORT: u16 = 30123;
 const UDP_NODE_PORT: u16 = 30053;
+/// The Service's external IP: no route leads there, the hooks do.
+const EXTERNAL_IP: &str = "203.0.113.10";
 
-/// kubia as a NodePort Service (TCP 80 and UDP 53), with `extra` spec lines.
+/// kubia as a NodePort Service (TCP 80 and UDP 53) with an external IP,
+/// and `extra` spec lines.
 fn service(extra: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  type: NodePort\n  clusterIP: {VIP}\n{extra}  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n    nodePort: {NODE_PORT}\n  - name: echo\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n    nodePort: {UDP_NODE_PORT}\n  selector:\n    app: kubia\n"
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  type: NodePort\n  clusterIP: {VIP}\n  externalIPs: [{EXTERNAL_IP}]\n{extra}  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n    nodePort: {NODE_PORT}\n  - name: echo\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n    nodePort: {UDP_NODE_PORT}\n  selector:\n    app: kubia\n"
     )
 }
 
@@ -111,15 +114,18 @@ fn a_process_on_the_node_reaches_a_cluster_ip_over_tcp_and_udp_and_sees_the_serv
     let out = s.on_node(&["udp", "[::ffff:10.96.0.10]:53"]);
     assert_eq!(field(&out, "from"), Some("[::ffff:10.96.0.10]:53"), "{out}");
 
-    // The node port on the node's address; not on 127.0.0.1 by default.
+    // The external IP, and the node port on the node's address; not on
+    // 127.0.0.1 by default.
+    let out = s.on_node(&["http", &format!("{EXTERNAL_IP}:80")]);
+    assert_eq!(field(&out, "peer"), Some(format!("{EXTERNAL_IP}:80").as_str()), "{out}");
     let out = s.on_node(&["http", &format!("{NODE_IP}:{NODE_PORT}")]);
     assert_eq!(field(&out, "peer"), Some(format!("{NODE_IP}:{NODE_PORT}").as_str()), "{out}");
     let out = s.on_node(&["connect", &format!("127.0.0.1:{NODE_PORT}")]);
     assert_eq!(field(&out, "connect"), Some("ECONNREFUSED"), "nothing listens on localhost: {out}");
 
     // Translated once per socket: no conntrack entry, no packet rewritten.
-    assert!(agent.counter("SOCKET", "forward_new_flow").unwrap() >= 35);
-    assert!(agent.counter("SOCKET", "reply_reverse_nat").unwrap() >= 34);
+    assert!(agent.counter("SOCKET", "forward_new_flow").unwrap() >= 36);
+    assert!(agent.counter("SOCKET", "reply_reverse_nat").unwrap() >= 35);
     let conntrack = agent.get("conntrack").unwrap();
     assert!(conntrack.contains("0 entries; created 0"), "{conntrack}");
     assert_eq!(agent.counter("TC-POD", "forward_new_flow").unwrap(), 0);
