@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the kubia example of the seeds, through the eBPF
 //! datapath. One node namespace, three kubia pods running lb-testserver, a
-//! client pod, the seeds' Service and Pod manifests, the agent, and ten
-//! requests to the Service's cluster IP. Everything it creates is removed
+//! client pod, the seeds' Service and Pod manifests, the agent, ten
+//! requests to the Service's cluster IP from the client pod and three from
+//! the node itself (the socket hooks). Everything it creates is removed
 //! when it ends, also on Ctrl-C or failure (the harness types clean up on
 //! drop, and Ctrl-C is turned into an early return).
 
@@ -15,7 +16,7 @@ use std::{
 use anyhow::{Context, bail};
 use lb_tests::{
     agent::{AgentProcess, pod_manifest},
-    topology::Node,
+    topology::{Node, POD_DEVICE_PATTERN},
 };
 
 /// The Service of the seeds (Kubernetes in Action §5.1): no clusterIP, the
@@ -33,6 +34,8 @@ spec:
     app: kubia
 ";
 
+/// The node's address (on its loopback: the demo node has no uplink).
+const NODE_IP: &str = "192.0.2.1";
 const PODS: [(&str, [u8; 4]); 3] =
     [("kubia-7nogl", [10, 244, 1, 2]), ("kubia-dmdck", [10, 244, 1, 3]), ("kubia-gzwli", [10, 244, 1, 4])];
 
@@ -84,13 +87,18 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     }
     let client = node.add_pod("client", Ipv4Addr::new(10, 244, 1, 100))?;
     println!("  pod {:<12} {}", "client", client.ip);
+    // The node's own address, which its sockets leave with.
+    node.ns.exec(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
+    println!("  node address {NODE_IP}");
     check_interrupted()?;
 
     step("writing the seeds' kubia Service and Pod manifests, starting lb-agent");
     let pod_manifests: Vec<String> = pods.iter().map(|p| pod_manifest(&p.name, p.ip, true)).collect();
-    let agent = AgentProcess::start(
+    // Its socket hooks on the cgroup root: they serve the node's processes.
+    let agent = AgentProcess::start_on_root_cgroup(
         &node,
         &[("kubia-svc.yaml", KUBIA_SERVICE), ("kubia-pods.yaml", &pod_manifests.join("---\n"))],
+        &["--pod-device", POD_DEVICE_PATTERN],
     )?;
     println!("{}", indent(KUBIA_SERVICE));
     agent.wait_for_services(Duration::from_secs(5), |s| s.matches(":8080").count() == 3)?;
@@ -114,7 +122,15 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         println!("  $ curl http://{vip}/   ->   {}", text.trim());
     }
 
-    step("lb-agent get counters (packets per verdict)");
+    step(&format!("curl http://{vip} from the node itself, three times (socket hooks: no packet rewritten)"));
+    for _ in 0..3 {
+        check_interrupted()?;
+        let out = node.ns.exec(&["curl", "-s", "-m", "2", &format!("http://{vip}/")])?;
+        let text = String::from_utf8_lossy(&out.stdout).replace('\n', "   ");
+        println!("  $ curl http://{vip}/   ->   {}", text.trim());
+    }
+
+    step("lb-agent get counters (packets per verdict; SOCKET: calls of the node's sockets)");
     let counters = agent.get("counters")?;
     let nonzero =
         counters.lines().enumerate().filter(|(i, l)| *i == 0 || l.split_whitespace().skip(1).any(|n| n != "0"));
