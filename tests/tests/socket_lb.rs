@@ -34,14 +34,14 @@ fn service(extra: &str) -> String {
 /// real node has: the node's sockets leave with it), and a cgroup.
 struct Setup {
     c: Cluster,
-    _external: Netns,
+    external: Netns,
     cgroup: TestCgroup,
 }
 
 fn setup(backends: u8) -> Setup {
     let c = cluster(backends);
     let external = c.node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
-    Setup { c, _external: external, cgroup: TestCgroup::create().unwrap() }
+    Setup { c, external, cgroup: TestCgroup::create().unwrap() }
 }
 
 impl Setup {
@@ -253,4 +253,61 @@ fn by_default_every_process_of_the_node_is_served() {
     let body = http_get(&c.node.ns, std::net::SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
     assert!(lb_tests::client::seen_client(&body).starts_with(&format!("{NODE_IP}:")), "{body}");
     assert!(agent.counter("SOCKET", "forward_new_flow").unwrap() >= 1);
+}
+
+/// kube-proxy short-circuits the node's own traffic to a Local policy's
+/// node port to every endpoint, as it does pods': here the endpoints all
+/// run on another node (as their `nodeName` says), so a client outside
+/// finds none, the node's socket all of them.
+#[test]
+fn the_node_s_sockets_reach_a_local_policy_node_port_without_local_endpoints() {
+    require_root();
+    let s = setup(2);
+    let pods: Vec<&Pod> = s.c.backends.iter().collect();
+    let manifests = [
+        ("svc.yaml", service("  externalTrafficPolicy: Local\n")),
+        ("pods.yaml", pods_manifest_on(&pods, "another-node", |_| true)),
+    ];
+    let manifests: Vec<(&str, &str)> = manifests.iter().map(|(f, t)| (*f, t.as_str())).collect();
+    let agent = AgentProcess::start_with(&s.c.node, &manifests, &s.args(&[])).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.matches(":8080").count() == 2).unwrap();
+    let served: BTreeSet<String> =
+        (0..12).map(|_| server(&s.on_node(&["http", &format!("{NODE_IP}:{NODE_PORT}")]))).collect();
+    assert_eq!(served, s.names());
+    let external = lb_tests::client::tcp_connect(
+        &s.external,
+        std::net::SocketAddrV4::new(NODE_IP, NODE_PORT),
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    assert!(external.is_err(), "an external client finds no local endpoint");
+}
+
+/// `loadBalancerSourceRanges`: the node's sockets leave with the node's
+/// address, so they pass when it is inside the ranges and fail with EPERM
+/// when it is not.
+#[test]
+fn source_ranges_admit_the_node_s_sockets_only_with_a_node_address_inside() {
+    require_root();
+    let s = setup(1);
+    let service = |ranges: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  type: LoadBalancer\n  clusterIP: {VIP}\n  loadBalancerSourceRanges: [{ranges}]\n  ports:\n  - port: 80\n    targetPort: 8080\n  selector:\n    app: kubia\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.20\n"
+        )
+    };
+    let agent = s.start(&service("198.51.100.0/24"), &[]);
+    let out = s.on_node(&["http", "203.0.113.20:80"]);
+    assert_eq!(field(&out, "peer"), Some("203.0.113.20:80"), "{out}");
+
+    agent.write_manifest("svc.yaml", &service("192.0.2.0/24")).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let refused = loop {
+        let out = s.on_node(&["connect", "203.0.113.20:80"]);
+        if field(&out, "connect") == Some("EPERM") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(field(&refused, "connect"), Some("EPERM"), "{refused}");
+    assert!(agent.counter("SOCKET", "drop_source_range").unwrap() >= 1);
 }
