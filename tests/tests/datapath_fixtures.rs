@@ -517,6 +517,50 @@ fn a_different_ct_max_over_pinned_maps_is_refused_naming_the_flag() {
     assert!(Datapath::load(dp.dir(), &LoadOptions::default()).is_ok(), "the same sizes adopt the pins");
 }
 
+/// Counters pinned by an agent that counted fewer hooks or reasons (3 x 23
+/// before the socket hooks) start again: reused, every index would shift
+/// and the new ones would be out of bounds.
+#[test]
+fn counters_pinned_with_another_layout_start_again() {
+    use lb_userspace::datapath::loader::{Datapath, LoadOptions};
+    require_root();
+    let dp = ScratchDatapath::load();
+    let pin = dp.dir().join(lb_common::map_names::COUNTERS);
+    std::fs::remove_file(&pin).unwrap();
+    pin_counters(&pin, 69);
+    let (_, maps, _) = Datapath::load(dp.dir(), &LoadOptions::default()).unwrap();
+    let counters = maps.counters().expect("every hook's and reason's counter is there");
+    assert_eq!(counters.len(), Reason::COUNT as usize);
+    let info = aya::maps::MapInfo::from_pin(&pin).unwrap();
+    assert_eq!(info.max_entries(), lb_common::Hook::COUNT * Reason::COUNT);
+}
+
+/// Pins a per-CPU array of `entries` u64 at `path`, as an older agent's
+/// `LB_COUNTERS` (raw bpf(2): aya creates maps only from an object).
+fn pin_counters(path: &std::path::Path, entries: u32) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    let bpf = |cmd: libc::c_long, attr: &mut [u32; 32]| {
+        // SAFETY: bpf(2) reads the zero-padded attribute block it is given.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+        assert!(rc >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+        rc as u32
+    };
+    // map_type, key_size, value_size, max_entries.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, entries]);
+    let fd = bpf(BPF_MAP_CREATE, &mut create);
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // pathname (a u64, low half first on this little-endian target), bpf_fd.
+    let mut pin = [0u32; 32];
+    let pathname = path.as_ptr() as u64;
+    pin[..3].copy_from_slice(&[pathname as u32, (pathname >> 32) as u32, fd]);
+    bpf(BPF_OBJ_PIN, &mut pin);
+    // SAFETY: the map's descriptor, ours; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
 /// A small deterministic generator (xorshift64*): the same frames every run.
 struct Rng(u64);
 
