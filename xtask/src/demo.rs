@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context, bail};
 use lb_tests::{
     agent::{AgentProcess, pod_manifest},
+    netns::Netns,
     topology::{Node, POD_DEVICE_PATTERN},
 };
 
@@ -114,21 +115,19 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         .to_owned();
     check_interrupted()?;
 
+    let curl = |ns: &Netns, times: usize| -> anyhow::Result<()> {
+        for _ in 0..times {
+            check_interrupted()?;
+            let out = ns.exec(&["curl", "-s", "-m", "2", &format!("http://{vip}/")])?;
+            let text = String::from_utf8_lossy(&out.stdout).replace('\n', "   ");
+            println!("  $ curl http://{vip}/   ->   {}", text.trim());
+        }
+        Ok(())
+    };
     step(&format!("curl http://{vip} from the client pod, ten times"));
-    for _ in 0..10 {
-        check_interrupted()?;
-        let out = client.ns.exec(&["curl", "-s", "-m", "2", &format!("http://{vip}/")])?;
-        let text = String::from_utf8_lossy(&out.stdout).replace('\n', "   ");
-        println!("  $ curl http://{vip}/   ->   {}", text.trim());
-    }
-
+    curl(&client.ns, 10)?;
     step(&format!("curl http://{vip} from the node itself, three times (socket hooks: no packet rewritten)"));
-    for _ in 0..3 {
-        check_interrupted()?;
-        let out = node.ns.exec(&["curl", "-s", "-m", "2", &format!("http://{vip}/")])?;
-        let text = String::from_utf8_lossy(&out.stdout).replace('\n', "   ");
-        println!("  $ curl http://{vip}/   ->   {}", text.trim());
-    }
+    curl(&node.ns, 3)?;
 
     step("lb-agent get counters (packets per verdict; SOCKET: calls of the node's sockets)");
     let counters = agent.get("counters")?;

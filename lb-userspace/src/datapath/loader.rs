@@ -10,7 +10,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CString,
     fs, io,
     os::unix::fs::{MetadataExt as _, PermissionsExt},
     path::{Path, PathBuf},
@@ -38,6 +37,7 @@ use lb_common::{
 
 use super::{
     maps::{DatapathMaps, MapsError},
+    mounts::Filesystem,
     sockets::{self, SocketLb, SocketsError},
 };
 
@@ -53,7 +53,6 @@ const SERVICE_CIDR_GLOBAL: &str = "LB_SERVICE_CIDR";
 const CT_TIMEOUTS_GLOBAL: &str = "LB_CT_TIMEOUTS";
 const NODE_NETNS_GLOBAL: &str = "LB_NODE_NETNS";
 const SOCKET_PODS_GLOBAL: &str = "LB_SOCKET_PODS";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Beside `links`, under the bpf directory.
 const SOCKET_LINKS_DIR: &str = "socket-links";
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -569,18 +568,19 @@ fn prepare_bpf_dir(bpf_dir: &Path, allow_private: bool) -> Result<(), LoaderErro
     let dir_err = |reason: String| LoaderError::BpfDir { path: bpf_dir.to_owned(), reason };
     let host = if allow_private { None } else { host_outside_this_mount_namespace() };
     let refuse = |why| LoaderError::PrivateBpffs { path: bpf_dir.to_owned(), why };
-    if bpf_dir.starts_with(DEFAULT_BPFFS) && !is_bpffs(Path::new(DEFAULT_BPFFS)) {
+    if bpf_dir.starts_with(DEFAULT_BPFFS) && !Filesystem::Bpf.holds(Path::new(DEFAULT_BPFFS)) {
         if host.is_some() {
             return Err(refuse("bpffs is not mounted"));
         }
-        mount_bpffs(Path::new(DEFAULT_BPFFS))
+        Filesystem::Bpf
+            .mount(Path::new(DEFAULT_BPFFS))
             .map_err(|e| dir_err(format!("mounting bpffs on {DEFAULT_BPFFS} failed: {e}")))?;
         info!(path = DEFAULT_BPFFS, "mounted bpffs");
     }
     fs::create_dir_all(bpf_dir).map_err(|e| dir_err(format!("cannot create it: {e}")))?;
     fs::set_permissions(bpf_dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| dir_err(format!("cannot make it 0700: {e}")))?;
-    if !is_bpffs(bpf_dir) {
+    if !Filesystem::Bpf.holds(bpf_dir) {
         return Err(dir_err("not on a bpf filesystem (mount -t bpf bpf DIR)".into()));
     }
     if host.is_some_and(|pid| !seen_by(pid, bpf_dir)) {
@@ -610,22 +610,4 @@ fn seen_by(pid: u32, dir: &Path) -> bool {
         Ok(theirs) => theirs.dev() == ours.dev(),
         Err(err) => err.kind() != io::ErrorKind::NotFound,
     }
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: statfs writes into the zeroed struct we own.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
-fn mount_bpffs(target: &Path) -> io::Result<()> {
-    fs::create_dir_all(target)?;
-    let c_target = CString::new(target.as_os_str().as_encoded_bytes())?;
-    // SAFETY: plain mount(2) with NUL-terminated strings.
-    let rc =
-        unsafe { libc::mount(c"bpf".as_ptr(), c_target.as_ptr(), c"bpf".as_ptr(), 0, c"mode=0700".as_ptr().cast()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }

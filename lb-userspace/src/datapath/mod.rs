@@ -5,4 +5,5 @@
 pub mod interfaces;
 pub mod loader;
 pub mod maps;
+mod mounts;
 pub mod sockets;

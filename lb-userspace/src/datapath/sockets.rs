@@ -21,6 +21,8 @@ use aya::{
 };
 use tracing::info;
 
+use super::mounts::Filesystem;
+
 /// Which sockets the hooks serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SocketLb {
@@ -47,7 +49,6 @@ pub(super) const PROGRAMS: [(&str, &str); 9] = [
 
 /// Where the unified hierarchy is mounted when nothing mounted it.
 const OWN_CGROUP2_MOUNT: &str = "/run/lb/cgroup2";
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketsError {
@@ -69,16 +70,15 @@ pub fn cgroup_root(asked: Option<&Path>) -> Result<PathBuf, SocketsError> {
         None => match cgroup2_mount() {
             Some(path) => path,
             // Another agent may have mounted it a moment ago.
-            None if is_cgroup2(Path::new(OWN_CGROUP2_MOUNT)) => PathBuf::from(OWN_CGROUP2_MOUNT),
+            None if Filesystem::Cgroup2.holds(Path::new(OWN_CGROUP2_MOUNT)) => PathBuf::from(OWN_CGROUP2_MOUNT),
             None => {
-                fs::create_dir_all(OWN_CGROUP2_MOUNT).map_err(SocketsError::Mount)?;
-                mount_cgroup2(Path::new(OWN_CGROUP2_MOUNT)).map_err(SocketsError::Mount)?;
+                Filesystem::Cgroup2.mount(Path::new(OWN_CGROUP2_MOUNT)).map_err(SocketsError::Mount)?;
                 info!(path = OWN_CGROUP2_MOUNT, "mounted the cgroup v2 hierarchy");
                 PathBuf::from(OWN_CGROUP2_MOUNT)
             }
         },
     };
-    if !is_cgroup2(&path) {
+    if !Filesystem::Cgroup2.holds(&path) {
         let reason = "not a cgroup v2 directory (mount -t cgroup2 none DIR)".to_owned();
         return Err(SocketsError::Cgroup { path, reason });
     }
@@ -96,22 +96,6 @@ fn cgroup2_mount() -> Option<PathBuf> {
         (fs.split(' ').next() == Some("cgroup2") && fields.get(3) == Some(&"/"))
             .then(|| PathBuf::from(mount_point.replace("\\040", " ")))
     })
-}
-
-fn is_cgroup2(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else { return false };
-    // SAFETY: statfs writes into the zeroed struct we own.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == CGROUP2_SUPER_MAGIC
-    }
-}
-
-fn mount_cgroup2(target: &Path) -> io::Result<()> {
-    let c_target = CString::new(target.as_os_str().as_bytes())?;
-    // SAFETY: plain mount(2) with NUL-terminated strings.
-    let rc = unsafe { libc::mount(c"none".as_ptr(), c_target.as_ptr(), c"cgroup2".as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// The cookie of this process's network namespace: the node's own, which
