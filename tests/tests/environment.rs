@@ -131,6 +131,14 @@ fn a_missing_manifest_directory_is_named() {
 }
 
 #[test]
+fn a_cgroup_root_that_is_not_cgroup_v2_is_named() {
+    require_root();
+    let (node, manifests) = (Node::new().unwrap(), Manifests::new());
+    let mut cmd = run_in_node(&node, &manifests, &["--pod-device", "h-*", "--cgroup-root", "/tmp"]);
+    assert_refused(&mut cmd, "cgroup /tmp: not a cgroup v2 directory");
+}
+
+#[test]
 fn an_absent_device_is_named() {
     require_root();
     let (node, manifests) = (Node::new().unwrap(), Manifests::new());

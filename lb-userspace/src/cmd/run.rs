@@ -111,6 +111,11 @@ struct Agent {
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    // Checked before anything is loaded or attached.
+    let cgroup = match config.load.socket_lb {
+        SocketLb::Off => None,
+        SocketLb::Host | SocketLb::All => Some(sockets::cgroup_root(config.cgroup_root.as_deref())?),
+    };
     let (datapath, maps, logger) = Datapath::load(&config.bpf_dir, &config.load)?;
     // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
     let mut logger = logger
@@ -163,10 +168,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if let Some((_, err)) = failed.iter().find(|(name, _)| agent.config.node_devices.matches(name)) {
         anyhow::bail!("{err}");
     }
-    let cgroup = match agent.config.load.socket_lb {
-        SocketLb::Off => None,
-        SocketLb::Host | SocketLb::All => Some(sockets::cgroup_root(agent.config.cgroup_root.as_deref())?),
-    };
     agent.datapath.attach_sockets(cgroup.as_deref())?;
     // The first plan sees the node's addresses and the source's objects
     // together: planned with either missing, it would delete what the last
