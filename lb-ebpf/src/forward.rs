@@ -167,6 +167,29 @@ pub fn fits_route<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQue
     }
 }
 
+/// Where a packet goes once rewritten, asked before the rewrite: with the
+/// hook's own forwarding (`forwards`), `next` says (Some); else the
+/// kernel's routing (None), after checking that the route has room when
+/// the rewrite changes the source (`new_source`): the kernel's own
+/// fragmentation-needed would go to that new source, never to the sender.
+#[inline(always)]
+pub fn departure_step<F: Fib, S>(
+    fib: &F,
+    ingress_ifindex: u32,
+    (query, ttl): &(FibQuery, u8),
+    forwards: bool,
+    new_source: bool,
+    next: impl FnOnce(&F, u32, u8, &FibQuery) -> Result<S, TooBig>,
+) -> Result<Option<S>, TooBig> {
+    if forwards {
+        next(fib, ingress_ifindex, *ttl, query).map(Some)
+    } else if new_source {
+        fits_route(fib, ingress_ifindex, *ttl, query).map(|()| None)
+    } else {
+        Ok(None)
+    }
+}
+
 /// What the FIB is asked about a packet about to be rewritten (`side` to
 /// `to`, the other side to `other`): the packet as it will leave, and its
 /// TTL.

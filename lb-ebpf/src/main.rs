@@ -156,29 +156,15 @@ fn xdp_apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) 
     }
 }
 
-/// Where a packet goes once rewritten (asked before the rewrite, with the
-/// packet as it will leave): with the fast path, out from XDP when that
-/// applies (see `lb_ebpf::forward`); None: the kernel's routing. `TooBig`
-/// when the route's MTU is below it, asked without the fast path only when
-/// the rewrite changes the source (`new_source`): the kernel's own
-/// fragmentation-needed would go to that new source (a Service or node
-/// address), never to the sender. A BPF function of its own: the FIB's
-/// query stays out of the caller's frame.
+/// Where a packet goes once rewritten (`forward::departure_step`): with the
+/// fast path, out from XDP when that applies. A BPF function of its own:
+/// the FIB's query stays out of the caller's frame.
 #[inline(never)]
-fn xdp_step(ctx: &XdpContext, (query, ttl): &(FibQuery, u8), new_source: bool) -> Result<Option<Step>, TooBig> {
-    // SAFETY: a load-time constant; read volatile so that it is not folded.
-    let fast_path = unsafe { core::ptr::read_volatile(&LB_FAST_PATH) } != 0;
-    if !fast_path && !new_source {
-        return Ok(None);
-    }
-    // SAFETY: the context's own metadata.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let fib = KernelFib::of(ctx);
-    if fast_path {
-        forward::next_step(&fib, ingress, *ttl, query).map(Some)
-    } else {
-        forward::fits_route(&fib, ingress, *ttl, query).map(|()| None)
-    }
+fn xdp_step(ctx: &XdpContext, departure: &(FibQuery, u8), new_source: bool) -> Result<Option<Step>, TooBig> {
+    // SAFETY: a load-time constant read volatile so that it is not folded;
+    // the context's own metadata.
+    let (fast_path, ingress) = unsafe { (core::ptr::read_volatile(&LB_FAST_PATH) != 0, (*ctx.ctx).ingress_ifindex) };
+    forward::departure_step(&KernelFib::of(ctx), ingress, departure, fast_path, new_source, forward::next_step)
 }
 
 /// Sends a rewritten packet where `xdp_step` said. A BPF function of its
@@ -353,29 +339,14 @@ fn tc_departure(
     (query, ttl)
 }
 
-/// Where a pod's packet goes once rewritten (asked before the rewrite):
-/// straight into a local pod or out of the device the FIB names, else the
-/// kernel's routing (see `lb_ebpf::forward`); None without the fast path;
-/// `TooBig` when the route's MTU is below it. Without the fast path the
-/// FIB is still asked when the rewrite changes the source: the kernel's
-/// own fragmentation-needed would go to that new source (a Service or node
-/// address), never to the pod. A BPF function of its own, like `xdp_send`:
-/// the FIB's query stays out of the caller's frame.
+/// Where a pod's packet goes once rewritten (`forward::departure_step`):
+/// with `--pod-forwarding redirect`, straight into a local pod or out of
+/// the device the FIB names. A BPF function of its own, like `xdp_step`.
 #[inline(never)]
-fn tc_step(ctx: &TcContext, (query, ttl): &(FibQuery, u8), new_source: bool) -> Result<Option<TcStep>, TooBig> {
-    // SAFETY: a load-time constant; read volatile so that it is not folded.
-    let redirect = unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) } != 0;
-    if !redirect && !new_source {
-        return Ok(None);
-    }
-    // SAFETY: the context's own metadata.
-    let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    let fib = KernelFib::of(ctx);
-    if redirect {
-        forward::tc_next_step(&fib, ingress, *ttl, query).map(Some)
-    } else {
-        forward::fits_route(&fib, ingress, *ttl, query).map(|()| None)
-    }
+fn tc_step(ctx: &TcContext, departure: &(FibQuery, u8), new_source: bool) -> Result<Option<TcStep>, TooBig> {
+    // SAFETY: as in `xdp_step`.
+    let (redirect, ingress) = unsafe { (core::ptr::read_volatile(&LB_TC_REDIRECT) != 0, (*ctx.skb.skb).ifindex) };
+    forward::departure_step(&KernelFib::of(ctx), ingress, departure, redirect, new_source, forward::tc_next_step)
 }
 
 /// Sends a rewritten packet where `tc_step` said: the kernel's routing

@@ -106,13 +106,13 @@ pub fn lb_sock_bind6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn keep_node_ports(ctx: &SockAddrContext, family: Family) -> i32 {
     let sa = ctx.sock_addr;
+    // An IPv6 address other than `[::]` or an IPv4-mapped one takes no IPv4 port.
+    let takes_ipv4_port = family == Family::V4 || ipv4_address(sa, family).is_some() || unspecified_v6(sa);
     let reason = match served(ctx) {
         Err(reason) => reason,
-        Ok(false) => Reason::PassOtherNamespace,
-        Ok(true) if family == Family::V6 && ipv4_address(sa, family).is_none() && !unspecified_v6(sa) => {
-            Reason::PassNotIpv4
-        }
-        Ok(true) => {
+        Ok((_, false)) => Reason::PassOtherNamespace,
+        Ok(_) if !takes_ipv4_port => Reason::PassNotIpv4,
+        Ok(_) => {
             // SAFETY: the context's fields, readable by every sock_addr program.
             let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
             if port != 0 && is_node_port(&NodePortKey { port, proto, _pad: 0 }) {
@@ -130,8 +130,8 @@ fn keep_node_ports(ctx: &SockAddrContext, family: Family) -> i32 {
 #[inline(always)]
 fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
     let sa = ctx.sock_addr;
-    let node = match served(ctx) {
-        Ok(node) => node,
+    let (netns, node) = match served(ctx) {
+        Ok(served) => served,
         Err(reason) => {
             count(Hook::Socket, reason);
             return PROCEED;
@@ -148,14 +148,7 @@ fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
     let ptr = ctx.as_ptr();
     // SAFETY: the context's field, and helpers taking the context.
     let call = unsafe {
-        SocketCall {
-            daddr,
-            dport: (*sa).user_port as u16,
-            proto,
-            netns: bpf_get_netns_cookie(ptr),
-            node,
-            cookie: bpf_get_socket_cookie(ptr),
-        }
+        SocketCall { daddr, dport: (*sa).user_port as u16, proto, netns, node, cookie: bpf_get_socket_cookie(ptr) }
     };
     let verdict = decide::socket(&call, &MapTables::socket(ctx));
     count(Hook::Socket, verdict.reason());
@@ -201,10 +194,10 @@ fn from_backend(ctx: &SockAddrContext, family: Family) -> i32 {
     PROCEED
 }
 
-/// Whether the socket's namespace is served: Ok(true) for the node's own,
-/// Ok(false) for a pod's with `--socket-lb all`.
+/// The socket's namespace cookie when the namespace is served, and whether
+/// it is the node's own (else a pod's, with `--socket-lb all`).
 #[inline(always)]
-fn served(ctx: &SockAddrContext) -> Result<bool, Reason> {
+fn served(ctx: &SockAddrContext) -> Result<(u64, bool), Reason> {
     // SAFETY: a helper taking the context; load-time constants read
     // volatile so that they are not folded.
     let (netns, node_netns, pods) = unsafe {
@@ -215,9 +208,8 @@ fn served(ctx: &SockAddrContext) -> Result<bool, Reason> {
         )
     };
     match (netns == node_netns, pods != 0) {
-        (true, _) => Ok(true),
-        (false, true) => Ok(false),
         (false, false) => Err(Reason::PassOtherNamespace),
+        (node, _) => Ok((netns, node)),
     }
 }
 

@@ -36,29 +36,34 @@ impl TestCgroup {
     /// Runs `lb-testclient ARGS` in `ns`, as a process of this cgroup; its
     /// output (`key: value` lines) when it succeeds.
     pub fn client(&self, ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
-        let bin = crate::workspace_binary("LB_TESTCLIENT_BIN", "lb-testclient")?;
-        let mut cmd = ns.command(bin);
-        cmd.args(args);
-        let procs = CString::new(self.path.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
-        // SAFETY: between fork and exec only open/write/close, which are
-        // async-signal-safe; "0" moves the writing process itself.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                let moved = fd >= 0 && libc::write(fd, c"0".as_ptr().cast(), 1) == 1;
-                if fd >= 0 {
-                    libc::close(fd);
-                }
-                if moved { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-            });
-        }
-        let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            bail!("lb-testclient {args:?} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(stdout)
+        client_in(&self.path, ns, args)
     }
+}
+
+/// [`TestCgroup::client`] in the cgroup at `path`.
+pub fn client_in(path: &Path, ns: &Netns, args: &[&str]) -> anyhow::Result<String> {
+    let bin = crate::workspace_binary("LB_TESTCLIENT_BIN", "lb-testclient")?;
+    let mut cmd = ns.command(bin);
+    cmd.args(args);
+    let procs = CString::new(path.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
+    // SAFETY: between fork and exec only open/write/close, which are
+    // async-signal-safe; "0" moves the writing process itself.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            let moved = fd >= 0 && libc::write(fd, c"0".as_ptr().cast(), 1) == 1;
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            if moved { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+    }
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("lb-testclient {args:?} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(stdout)
 }
 
 impl Drop for TestCgroup {

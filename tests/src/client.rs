@@ -28,19 +28,30 @@ pub fn http_request_path(
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
-    ns.run_in(|| -> anyhow::Result<(u16, String)> {
-        let mut stream =
-            TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
-        stream.set_read_timeout(Some(timeout))?;
-        // One write, one segment.
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
-        let (head, body) =
-            response.split_once("\r\n\r\n").with_context(|| format!("no http response from {addr}: {response:?}"))?;
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
-        Ok((status.with_context(|| format!("no status in {head:?}"))?, body.to_owned()))
-    })?
+    ns.run_in(|| http_exchange(addr.into(), path, timeout).map(|answer| (answer.status, answer.body)))?
+}
+
+/// What an HTTP request got back, and the peer the socket named.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: String,
+    /// getpeername() of the connection.
+    pub peer: SocketAddr,
+}
+
+/// `GET PATH` to `addr` from this thread's namespace, on a new connection.
+pub fn http_exchange(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<HttpAnswer> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    // One write, one segment.
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let peer = stream.peer_addr()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
+    let (head, body) =
+        response.split_once("\r\n\r\n").with_context(|| format!("no http response from {addr}: {response:?}"))?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    Ok(HttpAnswer { status: status.with_context(|| format!("no status in {head:?}"))?, body: body.to_owned(), peer })
 }
 
 /// One datagram to `addr` from a fresh socket in `ns`; the reply and the
@@ -87,26 +98,28 @@ pub fn seen_client(answer: &str) -> &str {
 /// at `addr` from `ns` in large writes (GSO super-packets from a pod), and
 /// checks that the sink received exactly them; its report.
 pub fn bulk_send(ns: &Netns, addr: SocketAddrV4, len: usize, timeout: Duration) -> anyhow::Result<String> {
-    ns.run_in(|| -> anyhow::Result<String> {
-        let mut stream =
-            TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_read_timeout(Some(timeout))?;
-        let (mut sent, mut stream_bytes) = (crate::Digest::default(), crate::BulkStream::default());
-        let mut chunk = vec![0u8; 1 << 16];
-        while (sent.len() as usize) < len {
-            stream_bytes.fill(&mut chunk);
-            let n = chunk.len().min(len - sent.len() as usize);
-            stream.write_all(&chunk[..n]).with_context(|| format!("send to {addr} after {} bytes", sent.len()))?;
-            sent.update(&chunk[..n]);
-        }
-        stream.shutdown(std::net::Shutdown::Write)?;
-        let mut report = String::new();
-        stream.read_to_string(&mut report).with_context(|| format!("no report from the sink at {addr}"))?;
-        let want = format!("received {} bytes, digest {:016x}", sent.len(), sent.value());
-        anyhow::ensure!(report.contains(&want), "the sink at {addr} reported {report:?}, sent {want}");
-        Ok(report.trim().to_owned())
-    })?
+    ns.run_in(|| send_stream(addr.into(), len, timeout))?
+}
+
+/// [`bulk_send`] from this thread's namespace.
+pub fn send_stream(addr: SocketAddr, len: usize, timeout: Duration) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_read_timeout(Some(timeout))?;
+    let (mut sent, mut stream_bytes) = (crate::Digest::default(), crate::BulkStream::default());
+    let mut chunk = vec![0u8; 1 << 16];
+    while (sent.len() as usize) < len {
+        stream_bytes.fill(&mut chunk);
+        let n = chunk.len().min(len - sent.len() as usize);
+        stream.write_all(&chunk[..n]).with_context(|| format!("send to {addr} after {} bytes", sent.len()))?;
+        sent.update(&chunk[..n]);
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut report = String::new();
+    stream.read_to_string(&mut report).with_context(|| format!("no report from the sink at {addr}"))?;
+    let want = format!("received {} bytes, digest {:016x}", sent.len(), sent.value());
+    anyhow::ensure!(report.contains(&want), "the sink at {addr} reported {report:?}, sent {want}");
+    Ok(report.trim().to_owned())
 }
 
 /// Asks a source (`Pod::serve_source`) at `addr` from `ns` for `len` bytes,

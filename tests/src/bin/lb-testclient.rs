@@ -18,6 +18,8 @@
 //!   latency percentiles `p50_us: U`, `p99_us: U`.
 //! - `bulk ADDR SECONDS`: one connection writing 256 KiB at a time to a
 //!   discard server for that long; `gbps: G` as the server counted.
+//! - `send ADDR BYTES`: BYTES of `lb_tests::BulkStream` to a sink, which
+//!   must report exactly them (`lb_tests::client::send_stream`); `report: R`.
 
 use std::{
     io::{self, Read, Write},
@@ -26,6 +28,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use lb_tests::client::http_exchange;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -58,6 +61,11 @@ fn main() -> anyhow::Result<()> {
             println!("bind: {}", outcome(result));
             Ok(())
         }
+        "send" => {
+            let len: usize = arg(2)?.parse().context("bytes")?;
+            println!("report: {}", lb_tests::client::send_stream(addr()?, len, Duration::from_secs(30))?);
+            Ok(())
+        }
         "crr" | "bulk" => {
             let seconds: f64 = arg(2)?.parse().context("seconds")?;
             let duration = Duration::from_secs_f64(seconds);
@@ -80,21 +88,10 @@ fn outcome(result: io::Result<()>) -> String {
     }
 }
 
-fn get(addr: SocketAddr) -> anyhow::Result<(String, SocketAddr)> {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect {addr}"))?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
-    let peer = stream.peer_addr()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).with_context(|| format!("read from {addr}"))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or(response);
-    Ok((body, peer))
-}
-
 fn http(addr: SocketAddr) -> anyhow::Result<()> {
-    let (body, peer) = get(addr)?;
-    body.lines().for_each(|line| println!("body: {line}"));
-    println!("peer: {peer}");
+    let answer = http_exchange(addr, "/", TIMEOUT)?;
+    answer.body.lines().for_each(|line| println!("body: {line}"));
+    println!("peer: {}", answer.peer);
     Ok(())
 }
 
@@ -119,7 +116,7 @@ fn connections_for(addr: SocketAddr, duration: Duration) -> anyhow::Result<()> {
     let (start, mut latencies, mut failed) = (Instant::now(), Vec::new(), 0u64);
     while start.elapsed() < duration {
         let t = Instant::now();
-        match get(addr) {
+        match http_exchange(addr, "/", TIMEOUT) {
             Ok(_) => latencies.push(t.elapsed()),
             Err(_) => failed += 1,
         }
