@@ -122,7 +122,7 @@ impl AgentProcess {
             None => cmd.arg("--manifests").arg(&self.manifests),
         };
         cmd.args(["--node-name", node.ns.name()]).args(&self.args);
-        if let Some(cgroup) = self.cgroup.as_ref().filter(|_| !self.args.iter().any(|a| a == "--cgroup-root")) {
+        if let Some(cgroup) = self.cgroup() {
             cmd.arg("--cgroup-root").arg(cgroup.path());
         }
         cmd.arg("--bpf-dir")
@@ -250,6 +250,13 @@ impl AgentProcess {
             }
         }
         anyhow::bail!("no counter {reason} in column {column} of:\n{counters}")
+    }
+
+    /// The cgroup its socket hooks serve, unless `args` named another or it
+    /// was started on the root: clients started there are served as the
+    /// node's own processes.
+    pub fn cgroup(&self) -> Option<&TestCgroup> {
+        self.cgroup.as_ref().filter(|_| !self.args.iter().any(|a| a == "--cgroup-root"))
     }
 
     /// The `map_writes` of the running agent's `first sync` log line.

@@ -5,10 +5,16 @@
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddrV4},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use lb_tests::{
     agent::{AgentProcess, pod_manifest},
+    cgroup::field,
     client::{bulk_receive, bulk_send, http_get, seen_client, served_by, udp_request, udp_request_from},
     kubia::{TIMEOUT, VIP},
     netns::Netns,
@@ -204,6 +210,57 @@ fn pods_reach_a_remote_backend_through_the_cluster_ip_when_uplinks_complete_chec
     let me = c.client_pod.ip.to_string();
     let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
     assert_eq!(got, [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into());
+}
+
+/// A process on node A (the agent's socket hooks; the uplinks complete
+/// checksums, the pods keep their offloads) reaches the backend on node B
+/// through the cluster IP with a bulk upload the sink checks byte for byte,
+/// and keeps reaching kubia's backends on both nodes while node A's agent is
+/// killed and restarted with its device addresses and maps in place: no
+/// request fails, and the restarted agent's first pass writes nothing.
+#[test]
+fn the_node_s_own_processes_reach_the_other_node_and_keep_doing_so_through_a_restart() {
+    require_root();
+    let mut c = cluster("");
+    let node_a = &c.nodes[0];
+    let on_node_a = |args: &[&str]| c.agents[0].cgroup().expect("a cgroup of its own").client(&node_a.ns, args);
+    let out = on_node_a(&["send", &format!("{BULK_VIP}:9000"), &(20 << 20).to_string()]).unwrap();
+    assert!(field(&out, "report").is_some_and(|r| r.starts_with("kubia-b received 20971520 bytes")), "{out}");
+
+    let cgroup = c.agents[0].cgroup().expect("a cgroup of its own").path().to_owned();
+    let (done, made) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let (failures, served) = (Mutex::new(Vec::new()), Mutex::new(BTreeSet::new()));
+    // Until `n` more requests have been answered (or failed).
+    let requests = |n: usize| {
+        let (target, deadline) = (made.load(Ordering::Relaxed) + n, Instant::now() + TIMEOUT * 10);
+        while made.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let writes = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                match lb_tests::cgroup::client_in(&cgroup, &node_a.ns, &["http", &format!("{VIP}:80")]) {
+                    Ok(out) => {
+                        served.lock().unwrap().insert(served_by(field(&out, "body").unwrap_or("")).to_owned());
+                    }
+                    Err(err) => failures.lock().unwrap().push(err.to_string()),
+                }
+                made.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        requests(20);
+        c.agents[0].kill().unwrap();
+        // Without an agent the pinned links keep serving.
+        requests(20);
+        c.agents[0].restart(node_a).unwrap();
+        requests(20);
+        done.store(true, Ordering::Relaxed);
+        c.agents[0].first_sync_writes()
+    });
+    assert!(failures.lock().unwrap().is_empty(), "{:?}", failures.lock().unwrap());
+    assert_eq!(*served.lock().unwrap(), ["kubia-a".to_owned(), "kubia-b".to_owned()].into());
+    assert_eq!(writes, 0, "{}", c.agents[0].log_text());
 }
 
 /// An external client reaches a load-balancer IP and an external IP through
