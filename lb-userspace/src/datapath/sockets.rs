@@ -17,7 +17,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
 use tracing::info;
 
@@ -58,6 +58,9 @@ pub enum SocketsError {
     Mount(io::Error),
     #[error("socket hook {hook} on cgroup {}: {reason}", cgroup.display())]
     Attach { hook: &'static str, cgroup: PathBuf, reason: String },
+    /// The kernel's errno is in the source, shown by the agent's `{:#}`.
+    #[error("socket hook {hook} on cgroup {}", cgroup.display())]
+    Link { hook: &'static str, cgroup: PathBuf, source: ProgramError },
     #[error("the network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14): {0}")]
     NetnsCookie(io::Error),
 }
@@ -154,24 +157,14 @@ pub(super) fn attach(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result
         }
         // A bpf_link never excludes others on the cgroup; the kernel refuses
         // attach flags with one (aya passes the mode as those flags).
-        let id = program.attach(&dir, CgroupAttachMode::Single).map_err(|e| attach_err(chain(&e)))?;
+        let link_err = |source| SocketsError::Link { hook, cgroup: cgroup.to_owned(), source };
+        let id = program.attach(&dir, CgroupAttachMode::Single).map_err(link_err)?;
         let link = program.take_link(id).map_err(|e| attach_err(e.to_string()))?;
         let link = FdLink::try_from(link).map_err(|e| attach_err(format!("not a bpf_link (before 5.7?): {e}")))?;
         link.pin(&pin).map_err(|e| attach_err(format!("pinning at {}: {e}", pin.display())))?;
     }
     info!(cgroup = %cgroup.display(), "socket hooks attached");
     Ok(())
-}
-
-/// An error with its sources, as aya puts the kernel's errno in a source.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(err) = source {
-        text = format!("{text}: {err}");
-        source = err.source();
-    }
-    text
 }
 
 /// Unpins the socket links in `links_dir`, but those of this agent's hooks
