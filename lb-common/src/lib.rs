@@ -16,12 +16,86 @@ pub mod wire {
     pub const fn addr_octets(addr: u32) -> [u8; 4] {
         addr.to_ne_bytes()
     }
+    /// An IPv6 address's octets as the four words the maps hold.
+    pub const fn addr6(o: [u8; 16]) -> [u32; 4] {
+        let mut words = [0u32; 4];
+        let mut i = 0;
+        while i < 4 {
+            words[i] = u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]);
+            i += 1;
+        }
+        words
+    }
+    pub const fn addr6_octets(words: [u32; 4]) -> [u8; 16] {
+        let mut o = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = words[i].to_ne_bytes();
+            o[4 * i] = b[0];
+            o[4 * i + 1] = b[1];
+            o[4 * i + 2] = b[2];
+            o[4 * i + 3] = b[3];
+            i += 1;
+        }
+        o
+    }
     /// A port number as the u16 the maps hold.
     pub const fn port(port: u16) -> u16 {
         port.to_be()
     }
     pub const fn port_number(port: u16) -> u16 {
         u16::from_be(port)
+    }
+}
+
+/// An address as the maps hold it, in wire order: IPv4 as one `u32`, IPv6
+/// as four ([`Ipv6Wire`]). Every map key and value that holds an address
+/// is generic over it, so each family has maps of its own with one layout
+/// rule.
+pub trait Addr: Copy + Default + PartialEq + Eq + core::fmt::Debug {
+    /// 64 bits that stand for the address in hashes (IPv4: itself, so IPv4
+    /// hashes are what they were before IPv6).
+    fn fold(&self) -> u64;
+    /// Do the bits `mask` keeps equal `network`'s?
+    fn masked_eq(&self, mask: &Self, network: &Self) -> bool;
+    fn is_zero(&self) -> bool;
+}
+
+/// An IPv6 address as the maps hold it: four words in wire order.
+pub type Ipv6Wire = [u32; 4];
+
+impl Addr for u32 {
+    #[inline(always)]
+    fn fold(&self) -> u64 {
+        *self as u64
+    }
+    #[inline(always)]
+    fn masked_eq(&self, mask: &Self, network: &Self) -> bool {
+        self & mask == *network
+    }
+    #[inline(always)]
+    fn is_zero(&self) -> bool {
+        *self == 0
+    }
+}
+
+impl Addr for Ipv6Wire {
+    #[inline(always)]
+    fn fold(&self) -> u64 {
+        let high = (self[0] as u64) << 32 | self[1] as u64;
+        let low = (self[2] as u64) << 32 | self[3] as u64;
+        hash::mix64(high) ^ low
+    }
+    #[inline(always)]
+    fn masked_eq(&self, mask: &Self, network: &Self) -> bool {
+        (self[0] & mask[0]) == network[0]
+            && (self[1] & mask[1]) == network[1]
+            && (self[2] & mask[2]) == network[2]
+            && (self[3] & mask[3]) == network[3]
+    }
+    #[inline(always)]
+    fn is_zero(&self) -> bool {
+        self[0] | self[1] | self[2] | self[3] == 0
     }
 }
 
@@ -44,16 +118,16 @@ pub mod hash {
     /// The hash of a flow's 5-tuple (fields as the maps hold them, network
     /// byte order).
     #[inline(always)]
-    pub const fn flow(flow: &super::CtKey) -> u64 {
-        let addrs = (flow.saddr as u64) << 32 | flow.daddr as u64;
+    pub fn flow<A: super::Addr>(flow: &super::CtKey<A>) -> u64 {
+        let addrs = flow.saddr.fold() << 32 ^ flow.daddr.fold();
         let ports = (flow.sport as u64) << 32 | (flow.dport as u64) << 16 | flow.proto as u64;
         mix64(addrs ^ mix64(ports ^ SEED))
     }
 
     /// The two hashes of a backend (address and port as the maps hold
     /// them) that place it in a Maglev table: its offset and its skip.
-    pub const fn backend(addr: u32, port: u16) -> (u64, u64) {
-        let key = (addr as u64) << 16 | port as u64;
+    pub fn backend<A: super::Addr>(addr: A, port: u16) -> (u64, u64) {
+        let key = addr.fold() << 16 ^ port as u64;
         (mix64(key ^ SEED), mix64(key ^ mix64(SEED)))
     }
 }
@@ -78,6 +152,32 @@ pub mod map_names {
     pub const NODE_ADDRS: &str = "LB_NODE_ADDRS";
     pub const SOCKET_REVERSE: &str = "LB_SOCKET_REVERSE";
     pub const NODE_PORTS: &str = "LB_NODE_PORTS";
+    /// The IPv6 twins of the maps above whose keys or values hold an address.
+    pub const FRONTENDS6: &str = "LB_FRONTENDS6";
+    pub const BACKENDS6: &str = "LB_BACKENDS6";
+    pub const CONNTRACK6: &str = "LB_CONNTRACK6";
+    pub const AFFINITY6: &str = "LB_AFFINITY6";
+    pub const VIPS6: &str = "LB_VIPS6";
+    pub const SOURCE_RANGES6: &str = "LB_SOURCE_RANGES6";
+    pub const NODE_ADDRS6: &str = "LB_NODE_ADDRS6";
+    /// The IPv6 programs the hooks tail-call (`ipv6_programs`); a program
+    /// array takes programs of one type only.
+    pub const IPV6_XDP: &str = "LB_IPV6_XDP";
+    pub const IPV6_TC: &str = "LB_IPV6_TC";
+}
+
+/// The hooks hand IPv6 packets to programs of their own by tail call, and
+/// those hand a new flow on to another: an IPv6 flow's keys and entries
+/// need the room (the verifier allows 512 bytes of stack per call chain).
+/// Each is (program, program array, index).
+pub mod ipv6_programs {
+    use super::map_names::{IPV6_TC, IPV6_XDP};
+    pub const XDP_NODE: (&str, &str, u32) = ("lb_xdp_node6", IPV6_XDP, 0);
+    pub const XDP_NODE_NEW: (&str, &str, u32) = ("lb_xdp_node6_new", IPV6_XDP, 1);
+    pub const TC_POD: (&str, &str, u32) = ("lb_tc_pod6", IPV6_TC, 0);
+    pub const TC_POD_NEW: (&str, &str, u32) = ("lb_tc_pod6_new", IPV6_TC, 1);
+    pub const TC_EGRESS: (&str, &str, u32) = ("lb_tc_egress6", IPV6_TC, 2);
+    pub const ALL: [(&str, &str, u32); 5] = [XDP_NODE, XDP_NODE_NEW, TC_POD, TC_POD_NEW, TC_EGRESS];
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
@@ -99,22 +199,23 @@ pub const DEVICE_POD: u32 = 2;
 /// when one of them is a cluster IP.
 pub const VIP_CLUSTER_IP: u32 = 1 << 31;
 
-/// The service CIDR (`--service-cidr`) as the datapath tests addresses
-/// against it, network byte order: `addr & mask == network`.
+/// A family's service CIDR (`--service-cidr`) as the datapath tests
+/// addresses against it, wire order: `addr & mask == network`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServiceCidr {
-    pub network: u32,
-    pub mask: u32,
+pub struct ServiceCidr<A = u32> {
+    pub network: A,
+    pub mask: A,
 }
 const _: () = assert!(core::mem::size_of::<ServiceCidr>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceCidr<Ipv6Wire>>() == 32);
 
-impl ServiceCidr {
-    /// Does the CIDR hold `addr` (network byte order)? An empty CIDR (mask
-    /// 0 and network 0 would hold everything) holds nothing.
+impl<A: Addr> ServiceCidr<A> {
+    /// Does the CIDR hold `addr`? An empty CIDR (mask 0 and network 0
+    /// would hold everything) holds nothing.
     #[inline(always)]
-    pub fn contains(&self, addr: u32) -> bool {
-        self.mask != 0 && addr & self.mask == self.network
+    pub fn contains(&self, addr: A) -> bool {
+        !self.mask.is_zero() && addr.masked_eq(&self.mask, &self.network)
     }
 }
 
@@ -124,7 +225,7 @@ pub const MAX_SOCKET_REVERSE: u32 = 131_072;
 /// Distinct (node port, protocol) pairs in `LB_NODE_PORTS`.
 pub const MAX_NODE_PORTS: u32 = 65_536;
 
-/// Node devices with an IPv4 address (`LB_NODE_ADDRS`).
+/// Node devices with an address of the family (`LB_NODE_ADDRS`, `LB_NODE_ADDRS6`).
 pub const MAX_NODE_DEVICES: u32 = 1_024;
 /// Default room for Maglev tables, in entries (2 bytes each): 32 MiB, e.g.
 /// 16 000 frontends of 10 backends (1 009 entries each).
@@ -136,9 +237,9 @@ pub const IPPROTO_UDP: u8 = 17;
 /// A Service frontend: one (address, port, protocol) the datapath answers for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FrontendKey {
-    /// IPv4 address, network byte order.
-    pub addr: u32,
+pub struct FrontendKey<A = u32> {
+    /// The address, wire order.
+    pub addr: A,
     /// L4 port, network byte order.
     pub port: u16,
     pub proto: u8,
@@ -146,6 +247,7 @@ pub struct FrontendKey {
     pub scope: u8,
 }
 const _: () = assert!(core::mem::size_of::<FrontendKey>() == 8);
+const _: () = assert!(core::mem::size_of::<FrontendKey<Ipv6Wire>>() == 20);
 
 /// A frontend as every hook sees it.
 pub const FRONTEND_SCOPE_ALL: u8 = 0;
@@ -203,12 +305,13 @@ pub const FRONTEND_FLAG_SOURCE_RANGES: u16 = 4;
 /// network. A key's prefix length is 32 + the network's prefix length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SourceRange {
+pub struct SourceRange<A = u32> {
     pub frontend_id_be: u32,
-    /// IPv4 address, network byte order.
-    pub addr: u32,
+    /// The client network's address, wire order.
+    pub addr: A,
 }
 const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
+const _: () = assert!(core::mem::size_of::<SourceRange<Ipv6Wire>>() == 20);
 
 /// The backends are this node's only (traffic policy Local): with none,
 /// traffic is dropped as kube-proxy does, not refused.
@@ -240,15 +343,16 @@ const _: () = assert!(core::mem::size_of::<BackendSlotKey>() == 8);
 /// An endpoint address; keyed by a backend id the agent allocates.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Backend {
-    /// IPv4 address, network byte order.
-    pub addr: u32,
+pub struct Backend<A = u32> {
+    /// The address, wire order.
+    pub addr: A,
     /// L4 port, network byte order.
     pub port: u16,
     /// `BACKEND_FLAG_*` bits.
     pub flags: u16,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(core::mem::size_of::<Backend<Ipv6Wire>>() == 20);
 
 /// The endpoint runs on another node: external traffic sent there under
 /// `externalTrafficPolicy: Cluster` leaves with this node's address as its
@@ -264,12 +368,13 @@ pub const SNAT_PORT_MAX: u16 = 65_535;
 /// Session affinity: which backend a client last got for a Service port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AffinityKey {
-    /// The client's IPv4 address, network byte order.
-    pub client: u32,
+pub struct AffinityKey<A = u32> {
+    /// The client's address, wire order.
+    pub client: A,
     pub frontend_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+const _: () = assert!(core::mem::size_of::<AffinityKey<Ipv6Wire>>() == 20);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -286,15 +391,19 @@ const _: () = assert!(core::mem::size_of::<AffinityEntry>() == 16);
 /// Conntrack key: the 5-tuple exactly as the packet carries it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CtKey {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct CtKey<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as aligned integers: a byte array is zeroed by a call to
+    /// the compiler's memset in BPF, a function and a stack frame more.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+const _: () = assert!(core::mem::size_of::<CtKey<Ipv6Wire>>() == 40);
 
 /// `CtEntry::direction` of an entry keyed by the client's packet
 /// (client -> frontend): rewrite the destination to `nat_addr:nat_port`.
@@ -312,10 +421,10 @@ pub const CT_FLAG_REWRITE_OTHER: u8 = 1;
 /// A translation the datapath applies to every packet of a flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry {
-    /// The address written into the packet, network byte order: the backend
-    /// for a forward entry, the frontend for a reply entry.
-    pub nat_addr: u32,
+pub struct CtEntry<A = u32> {
+    /// The address written into the packet, wire order: the backend for a
+    /// forward entry, the frontend for a reply entry.
+    pub nat_addr: A,
     /// The port written into the packet, network byte order.
     pub nat_port: u16,
     /// `CT_FORWARD` or `CT_REPLY`.
@@ -325,12 +434,14 @@ pub struct CtEntry {
     /// The Service port the flow belongs to, so state can be found per service.
     pub frontend_id: u32,
     /// With `CT_FLAG_REWRITE_OTHER`: the other end's address and port
-    /// (network byte order).
-    pub other_addr: u32,
+    /// (wire order).
+    pub other_addr: A,
     pub other_port: u16,
     /// `CT_STATE_*`, from the packets of this entry's direction.
     pub state: u8,
-    pub _pad: [u8; 5],
+    /// Padding as aligned integers (see `CtKey`).
+    pub _pad: u8,
+    pub _pad2: u32,
     /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC) when the entry was created.
     pub created_ns: u64,
     /// The same clock when a packet last refreshed the entry (at most
@@ -338,11 +449,12 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<CtEntry<Ipv6Wire>>() == 64);
 
-impl CtEntry {
+impl<A: Addr> CtEntry<A> {
     /// With `CT_FLAG_REWRITE_OTHER`, the other end's (address, port).
     #[inline(always)]
-    pub const fn other(&self) -> Option<(u32, u16)> {
+    pub fn other(&self) -> Option<(A, u16)> {
         if self.flags & CT_FLAG_REWRITE_OTHER != 0 { Some((self.other_addr, self.other_port)) } else { None }
     }
 }
@@ -438,7 +550,7 @@ impl CtTimeouts {
 
     /// Has `entry` (of a flow of protocol `proto`) been idle too long at `now_ns`?
     #[inline(always)]
-    pub const fn expired(&self, proto: u8, entry: &CtEntry, now_ns: u64) -> bool {
+    pub fn expired<A>(&self, proto: u8, entry: &CtEntry<A>, now_ns: u64) -> bool {
         now_ns.saturating_sub(entry.last_seen_ns) > self.timeout_ns(proto, entry.state)
     }
 }
@@ -486,7 +598,10 @@ pub struct ServiceMeta {
     pub node_port: u16,
     /// `FRONTEND_*`: which address of the Service this frontend answers on.
     pub frontend_kind: u8,
-    pub _pad: [u8; 3],
+    /// A cluster IP frontend's place in `spec.clusterIPs`: 0 for the
+    /// primary family's address (the one kubelet's variables name).
+    pub cluster_ip_index: u8,
+    pub _pad: [u8; 2],
 }
 
 /// `ServiceMeta::frontend_kind` of a frontend on the cluster IP.
@@ -538,7 +653,8 @@ impl Default for ServiceMeta {
             port_index: 0,
             node_port: 0,
             frontend_kind: FRONTEND_CLUSTER_IP,
-            _pad: [0; 3],
+            cluster_ip_index: 0,
+            _pad: [0; 2],
         }
     }
 }
@@ -548,8 +664,8 @@ impl Default for ServiceMeta {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// Not IPv4 (ARP, IPv6, VLAN-tagged, ...): passed untouched.
-    PassNotIpv4 = 0,
+    /// Neither IPv4 nor IPv6 (ARP, VLAN-tagged, ...): passed untouched.
+    PassNotIp = 0,
     /// IPv4 header with options: passed untouched.
     PassIpOptions = 1,
     /// IPv4 fragment: passed untouched.
@@ -621,12 +737,18 @@ pub enum Reason {
     /// A bind() by a process on the node to a port a Service uses as its
     /// node port: refused with EADDRINUSE.
     DenyNodePortBind = 25,
+    /// An IPv6 packet with extension headers between its header and TCP or
+    /// UDP (or an ICMPv6 error quoting one): passed untouched.
+    PassExtensionHeaders = 26,
+    /// A socket call to an IPv6 address (not an IPv4-mapped one): the socket
+    /// hooks serve IPv4; the packet path translates it.
+    PassSocketIpv6 = 27,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 28;
     pub const ALL: [Reason; Self::COUNT as usize] = [
-        Reason::PassNotIpv4,
+        Reason::PassNotIp,
         Reason::PassIpOptions,
         Reason::PassFragment,
         Reason::PassTruncated,
@@ -652,12 +774,14 @@ impl Reason {
         Reason::PassOtherNamespace,
         Reason::PassToPacketPath,
         Reason::DenyNodePortBind,
+        Reason::PassExtensionHeaders,
+        Reason::PassSocketIpv6,
     ];
 
     /// Stable snake_case name for output and tests.
     pub const fn name(self) -> &'static str {
         match self {
-            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassNotIp => "pass_not_ip",
             Reason::PassIpOptions => "pass_ip_options",
             Reason::PassFragment => "pass_fragment",
             Reason::PassTruncated => "pass_truncated",
@@ -683,6 +807,8 @@ impl Reason {
             Reason::PassOtherNamespace => "pass_other_namespace",
             Reason::PassToPacketPath => "pass_to_packet_path",
             Reason::DenyNodePortBind => "deny_node_port_bind",
+            Reason::PassExtensionHeaders => "pass_extension_headers",
+            Reason::PassSocketIpv6 => "pass_socket_ipv6",
         }
     }
 }
@@ -813,8 +939,9 @@ pub const EP_TERMINATING: u8 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointMeta {
-    /// IPv4 address, network byte order.
-    pub addr: u32,
+    /// The IPv6 address, or the IPv4 address mapped into IPv6
+    /// (`::ffff:a.b.c.d`), as octets.
+    pub addr: [u8; 16],
     /// L4 port, network byte order.
     pub port: u16,
     /// `EP_*` bits.
@@ -823,10 +950,10 @@ pub struct EndpointMeta {
     /// The pod's name, NUL-padded; empty when not a pod.
     pub target: [u8; META_NAME_LEN],
 }
-const _: () = assert!(core::mem::size_of::<EndpointMeta>() == 72);
+const _: () = assert!(core::mem::size_of::<EndpointMeta>() == 84);
 
 impl EndpointMeta {
-    pub fn new(addr: u32, port: u16, conditions: u8, target: &str) -> Self {
+    pub fn new(addr: [u8; 16], port: u16, conditions: u8, target: &str) -> Self {
         let mut meta = Self { addr, port, conditions, _pad: 0, target: [0; META_NAME_LEN] };
         copy_truncated(&mut meta.target, target);
         meta
@@ -841,19 +968,21 @@ mod pod {
     use super::*;
     // SAFETY: all of these are repr(C), Copy, and have no implicit padding
     // (the const size assertions above pin their layout).
-    unsafe impl aya::Pod for FrontendKey {}
+    // The address-generic ones, for both families (the assertions cover
+    // both layouts).
+    unsafe impl<A: Addr + 'static> aya::Pod for FrontendKey<A> {}
+    unsafe impl<A: Addr + 'static> aya::Pod for Backend<A> {}
+    unsafe impl<A: Addr + 'static> aya::Pod for CtKey<A> {}
+    unsafe impl<A: Addr + 'static> aya::Pod for CtEntry<A> {}
+    unsafe impl<A: Addr + 'static> aya::Pod for AffinityKey<A> {}
+    unsafe impl<A: Addr + 'static> aya::Pod for SourceRange<A> {}
+    unsafe impl<A: Addr + 'static> aya::Pod for ServiceCidr<A> {}
     unsafe impl aya::Pod for Frontend {}
     unsafe impl aya::Pod for BackendSlotKey {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EndpointMeta {}
-    unsafe impl aya::Pod for SourceRange {}
-    unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for CtTimeouts {}
-    unsafe impl aya::Pod for ServiceCidr {}
     unsafe impl aya::Pod for ServiceMeta {}
     unsafe impl aya::Pod for SocketPeer {}
     unsafe impl aya::Pod for SocketFrontend {}

@@ -12,6 +12,7 @@
 
 use crate::packet::{
     checksum,
+    family::V4,
     nat::Side,
     parse::{IP_CHECK, IP_OFFSET, Packet},
 };
@@ -273,7 +274,7 @@ pub unsafe fn write_next_hop(data: usize, data_end: usize, hop: &NextHop) -> boo
     }
     // SAFETY: the Ethernet header is inside the frame (checked above).
     unsafe {
-        let pkt = Packet { data, end: data_end, proto: 0 };
+        let pkt = Packet::<V4>::new(data, data_end, 0);
         pkt.write(0, hop.dmac);
         pkt.write(ETH_ALEN, hop.smac);
         decrement_ttl(data, data_end)
@@ -290,7 +291,7 @@ pub unsafe fn decrement_ttl(data: usize, data_end: usize) -> bool {
     if data + IP_OFFSET + IP_CHECK + 2 > data_end {
         return false;
     }
-    let pkt = Packet { data, end: data_end, proto: 0 };
+    let pkt = Packet::<V4>::new(data, data_end, 0);
     // SAFETY: the IPv4 header up to its checksum is inside the frame.
     unsafe {
         let old: u16 = pkt.read(IP_OFFSET + IP_TTL);

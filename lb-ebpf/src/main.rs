@@ -25,23 +25,26 @@ use aya_ebpf::{
         bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_tail, bpf_xdp_adjust_head,
         bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
     },
-    macros::{classifier, xdp},
+    macros::{classifier, map, xdp},
+    maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
-use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Reason};
+use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, Reason, ipv6_programs};
 use lb_ebpf::{
-    answer::{self, L4Checksum, Unreachable},
+    answer::{self, Answered, L4Checksum, Unreachable},
     decide::{self, Verdict, decide},
     forward::{self, FibQuery, Step, TcStep, TooBig},
     packet::{
-        self, icmp,
+        self, ETH_P_IPV6, checksum,
+        family::{Family, V4, V6},
+        icmp,
         nat::{self, Side},
-        parse::{Frame, IP_CHECK, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, parse},
+        parse::{Frame, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, ether_type, parse, parse_ipv6},
         tcp,
     },
 };
-use maps::{KernelFib, MapTables, count, count_fast_path, is_service_address};
+use maps::{FamilyMaps, KernelFib, MapTables, count, count_fast_path, is_service_address};
 
 /// Set to 1 by the agent at load time when any device takes XDP frames
 /// (`--xdp-redirect-device`); with 0 the verifier removes the fast path and
@@ -64,19 +67,291 @@ const TC_SHOT: i32 = TC_ACT_SHOT as i32;
 /// outside (a cluster IP is for pods), established flows, replies.
 #[xdp]
 pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
-    let tables = MapTables::xdp(&ctx);
+    if ether_type(ctx.data(), ctx.data_end()) == Ok(ETH_P_IPV6) {
+        to_ipv6_program(&ctx, &LB_IPV6_XDP, ipv6_programs::XDP_NODE.2);
+    }
     let (action, reason) = match parse(ctx.data(), ctx.data_end(), Frame::Linear) {
-        Err(Reason::PassNotTcpUdp) => xdp_icmp(&ctx, &tables),
+        Err(Reason::PassNotTcpUdp) => xdp_icmp(&ctx, &MapTables::<V4>::xdp(&ctx)),
         Err(reason) => (xdp_action::XDP_PASS, reason),
-        Ok(pkt) => {
-            let flow = pkt.flow();
-            let result = xdp_apply(&ctx, &pkt, decide(&flow, pkt.tcp_flags(), &tables, Hook::NodeXdp));
-            log_verdict(&ctx, &flow, result.1);
-            result
-        }
+        Ok(pkt) => xdp_translate(&ctx, &pkt, Part::Whole),
     };
     count(Hook::NodeXdp, reason);
     action
+}
+
+/// `lb_xdp_node` for IPv6, tail-called by it.
+#[xdp]
+pub fn lb_xdp_node6(ctx: XdpContext) -> u32 {
+    xdp_ipv6(&ctx, Part::Known { new_flows: Some((&LB_IPV6_XDP, ipv6_programs::XDP_NODE_NEW.2)) })
+}
+
+/// `lb_xdp_node6` for a new flow, tail-called by it.
+#[xdp]
+pub fn lb_xdp_node6_new(ctx: XdpContext) -> u32 {
+    xdp_ipv6(&ctx, Part::New)
+}
+
+#[inline(always)]
+fn xdp_ipv6(ctx: &XdpContext, part: Part) -> u32 {
+    let (action, reason) = match parse_ipv6(ctx.data(), ctx.data_end(), Frame::Linear) {
+        Ok(pkt) => xdp_translate(ctx, &pkt, part),
+        Err(reason) => (xdp_action::XDP_PASS, reason),
+    };
+    count(Hook::NodeXdp, reason);
+    action
+}
+
+/// Which part of the decision a program makes: an IPv6 packet is decided by
+/// two, the second tail-called by the first for a new flow.
+#[derive(Clone, Copy)]
+enum Part {
+    Whole,
+    /// For a flow with a conntrack entry; the program at this index of the
+    /// array decides the others (none on TC egress, which starts none).
+    Known {
+        new_flows: Option<(&'static ProgramArray, u32)>,
+    },
+    New,
+}
+
+impl Part {
+    /// The verdict for `flow` as far as this part goes.
+    #[inline(always)]
+    fn decide<F: FamilyMaps, C: aya_ebpf::EbpfContext>(
+        self,
+        ctx: &C,
+        flow: &CtKey<F::Addr>,
+        tcp_flags: u8,
+        tables: &MapTables<F>,
+        hook: Hook,
+    ) -> Verdict<F::Addr> {
+        match self {
+            Part::Whole => decide(flow, tcp_flags, tables, hook),
+            Part::New => decide::decide_new(flow, tcp_flags, tables, hook),
+            Part::Known { new_flows } => decide::decide_known(flow, tcp_flags, tables, hook).unwrap_or_else(|| {
+                if let Some((array, index)) = new_flows {
+                    to_ipv6_program(ctx, array, index);
+                }
+                // TC egress starts nothing; elsewhere only without the
+                // new-flow program (never, once the agent loaded it).
+                Verdict::Pass(Reason::PassNoService)
+            }),
+        }
+    }
+}
+
+/// The IPv6 programs, by `lb_common::ipv6_programs` index; the agent fills
+/// them. Pinned: the kernel empties a program array that no process or pin
+/// holds, and the hooks outlive the agent.
+#[map]
+static LB_IPV6_XDP: ProgramArray = ProgramArray::pinned(2, 0);
+#[map]
+static LB_IPV6_TC: ProgramArray = ProgramArray::pinned(3, 0);
+
+/// Hands the packet to an IPv6 program (`lb_common::ipv6_programs`: in
+/// `array` at `index`), which does not return here. An IPv6 flow's keys and
+/// entries need a stack of their own: the verifier allows 512 bytes per
+/// call chain, and the IPv4 path uses most of them. Without the program
+/// (never, once the agent loaded it) the packet goes on as not IPv4.
+#[inline(always)]
+fn to_ipv6_program<C: aya_ebpf::EbpfContext>(ctx: &C, array: &ProgramArray, index: u32) {
+    // SAFETY: the programs in the array take the same context.
+    unsafe { array.tail_call(ctx, index) };
+}
+
+/// The decision (`part` of it) for a TCP/UDP packet from outside, applied.
+#[inline(always)]
+fn xdp_translate<F: Hooks>(ctx: &XdpContext, pkt: &Packet<F>, part: Part) -> (u32, Reason) {
+    let flow = pkt.flow();
+    let verdict = part.decide(ctx, &flow, pkt.tcp_flags(), &MapTables::<F>::xdp(ctx), Hook::NodeXdp);
+    let result = xdp_apply(ctx, pkt, verdict);
+    F::log_verdict(ctx, &flow, result.1);
+    result
+}
+
+/// What one family does beyond the translation both share: where a
+/// rewritten packet goes, how it is rewritten and answered. IPv4 has the
+/// fast path and the MTU checks; IPv6 hands every rewritten packet to the
+/// kernel's routing, and rewrites and answers in BPF functions of their
+/// own (its addresses take stack room).
+trait Hooks: FamilyMaps + Answered {
+    /// Where a packet from outside goes once rewritten (`side` to `to`, the
+    /// other side to `other`); Err: it was answered instead (too big).
+    fn xdp_departure(
+        ctx: &XdpContext,
+        pkt: &Packet<Self>,
+        side: Side,
+        to: (Self::Addr, u16),
+        other: Option<(Self::Addr, u16)>,
+    ) -> Result<Option<Step>, (u32, Reason)>;
+    /// As `xdp_departure`, for a pod's packet.
+    fn tc_departure(
+        ctx: &TcContext,
+        pkt: &Packet<Self>,
+        side: Side,
+        to: (Self::Addr, u16),
+        other: Option<(Self::Addr, u16)>,
+    ) -> Result<Option<TcStep>, (i32, Reason)>;
+    /// `xdp_reject` and `tc_reject`: a refused packet answered.
+    fn xdp_reject(ctx: &XdpContext, pkt: &Packet<Self>, reason: Reason) -> (u32, Reason);
+    fn tc_reject(ctx: &TcContext, pkt: &Packet<Self>, reason: Reason) -> (i32, Reason);
+    /// `tc_rewrite`; false when a kernel helper failed part-way.
+    fn tc_rewrite(
+        ctx: &TcContext,
+        pkt: &Packet<Self>,
+        side: Side,
+        to: (Self::Addr, u16),
+        other: Option<(Self::Addr, u16)>,
+    ) -> bool;
+    /// `nat::rewrite` of `side` to `to`, and of the other side to `other`.
+    ///
+    /// # Safety
+    /// As for `nat::rewrite`.
+    unsafe fn rewrite(pkt: &Packet<Self>, side: Side, to: (Self::Addr, u16), other: Option<(Self::Addr, u16)>);
+    /// Logs a verdict. Compiled in, but removed by the verifier unless the
+    /// agent runs with --datapath-debug (AYA_LOG_LEVEL is a load-time constant).
+    fn log_verdict<C: aya_ebpf::EbpfContext>(ctx: &C, flow: &CtKey<Self::Addr>, reason: Reason);
+}
+
+impl Hooks for V4 {
+    #[inline(always)]
+    fn xdp_departure(
+        ctx: &XdpContext,
+        pkt: &Packet,
+        side: Side,
+        to: (u32, u16),
+        other: Option<(u32, u16)>,
+    ) -> Result<Option<Step>, (u32, Reason)> {
+        // SAFETY: `pkt` was parsed from this context's packet just now.
+        let departure = unsafe { forward::departure(pkt, side, to, other) };
+        xdp_step(ctx, &departure, side == Side::Src || other.is_some()).map_err(|TooBig(mtu)| {
+            xdp_unreachable::<V4>(ctx, Unreachable::FragNeeded(mtu), Reason::FragNeeded)
+                .unwrap_or((xdp_action::XDP_DROP, Reason::DropRewriteFailed))
+        })
+    }
+
+    #[inline(always)]
+    fn tc_departure(
+        ctx: &TcContext,
+        pkt: &Packet,
+        side: Side,
+        to: (u32, u16),
+        other: Option<(u32, u16)>,
+    ) -> Result<Option<TcStep>, (i32, Reason)> {
+        // Asked before the rewrite, which it must not follow when the
+        // packet is too big.
+        let new_source = side == Side::Src || other.is_some();
+        tc_step(ctx, &tc_fib_query(ctx, pkt, side, to, other), new_source).map_err(|TooBig(mtu)| {
+            tc_unreachable::<V4>(ctx, Unreachable::FragNeeded(mtu))
+                .map_or((TC_SHOT, Reason::DropRewriteFailed), |()| (TC_OK, Reason::FragNeeded))
+        })
+    }
+
+    #[inline(always)]
+    fn xdp_reject(ctx: &XdpContext, pkt: &Packet, reason: Reason) -> (u32, Reason) {
+        xdp_reject(ctx, pkt, reason)
+    }
+
+    #[inline(always)]
+    fn tc_reject(ctx: &TcContext, pkt: &Packet, reason: Reason) -> (i32, Reason) {
+        tc_reject(ctx, pkt, reason)
+    }
+
+    #[inline(always)]
+    fn tc_rewrite(ctx: &TcContext, pkt: &Packet, side: Side, to: (u32, u16), other: Option<(u32, u16)>) -> bool {
+        tc_rewrite(ctx, pkt, side, to, other).is_ok()
+    }
+
+    #[inline(always)]
+    unsafe fn rewrite(pkt: &Packet, side: Side, to: (u32, u16), other: Option<(u32, u16)>) {
+        // SAFETY: as the caller promises.
+        unsafe { rewrite_both(pkt, side, to, other) }
+    }
+
+    #[inline(always)]
+    fn log_verdict<C: aya_ebpf::EbpfContext>(ctx: &C, flow: &CtKey, reason: Reason) {
+        debug!(
+            ctx,
+            "{:i}:{} -> {:i}:{} proto {}: {}",
+            u32::from_be(flow.saddr),
+            u16::from_be(flow.sport),
+            u32::from_be(flow.daddr),
+            u16::from_be(flow.dport),
+            flow.proto,
+            reason.name()
+        );
+    }
+}
+
+impl Hooks for V6 {
+    #[inline(always)]
+    fn xdp_departure(
+        _: &XdpContext,
+        _: &Packet<V6>,
+        _: Side,
+        _: (Ipv6Wire, u16),
+        _: Option<(Ipv6Wire, u16)>,
+    ) -> Result<Option<Step>, (u32, Reason)> {
+        Ok(None)
+    }
+
+    #[inline(always)]
+    fn tc_departure(
+        _: &TcContext,
+        _: &Packet<V6>,
+        _: Side,
+        _: (Ipv6Wire, u16),
+        _: Option<(Ipv6Wire, u16)>,
+    ) -> Result<Option<TcStep>, (i32, Reason)> {
+        Ok(None)
+    }
+
+    /// BPF functions of their own, as `rewrite` is: an ICMPv6 error quotes
+    /// 62 bytes.
+    #[inline(never)]
+    fn xdp_reject(ctx: &XdpContext, pkt: &Packet<V6>, reason: Reason) -> (u32, Reason) {
+        xdp_reject(ctx, pkt, reason)
+    }
+
+    #[inline(never)]
+    fn tc_reject(ctx: &TcContext, pkt: &Packet<V6>, reason: Reason) -> (i32, Reason) {
+        tc_reject(ctx, pkt, reason)
+    }
+
+    /// A BPF function of its own, as `rewrite` is.
+    #[inline(never)]
+    fn tc_rewrite(
+        ctx: &TcContext,
+        pkt: &Packet<V6>,
+        side: Side,
+        to: (Ipv6Wire, u16),
+        other: Option<(Ipv6Wire, u16)>,
+    ) -> bool {
+        tc_rewrite(ctx, pkt, side, to, other).is_ok()
+    }
+
+    /// A BPF function of its own: inlined, an IPv6 rewrite's address words
+    /// spill the hook's registers to its stack frame, which the decision's
+    /// functions need.
+    #[inline(never)]
+    unsafe fn rewrite(pkt: &Packet<V6>, side: Side, to: (Ipv6Wire, u16), other: Option<(Ipv6Wire, u16)>) {
+        // SAFETY: as the caller promises.
+        unsafe { rewrite_both(pkt, side, to, other) }
+    }
+
+    /// Without the addresses: with them, the log record's frame and the
+    /// program's exceed the verifier's 512 bytes together on 6.1.
+    #[inline(always)]
+    fn log_verdict<C: aya_ebpf::EbpfContext>(ctx: &C, flow: &CtKey<Ipv6Wire>, reason: Reason) {
+        debug!(
+            ctx,
+            "ipv6 port {} -> port {} proto {}: {}",
+            u16::from_be(flow.sport),
+            u16::from_be(flow.dport),
+            flow.proto,
+            reason.name()
+        );
+    }
 }
 
 /// ICMP from outside: errors about translated packets are translated back,
@@ -102,7 +377,7 @@ fn translate_icmp_error(data: usize, data_end: usize, quoted: &CtKey, tables: &M
             // SAFETY: the context's writable frame, which `quoted_flow` accepted.
             unsafe {
                 icmp::rewrite_quoted(data, side, addr, port);
-                if let Some((other_addr, other_port)) = other {
+                if let Some((other_addr, other_port)) = other.get() {
                     icmp::rewrite_quoted(data, side.opposite(), other_addr, other_port);
                 }
             }
@@ -112,47 +387,38 @@ fn translate_icmp_error(data: usize, data_end: usize, quoted: &CtKey, tables: &M
     }
 }
 
-/// Logs a verdict. Compiled in, but removed by the verifier unless the
-/// agent runs with --datapath-debug (AYA_LOG_LEVEL is a load-time constant).
 #[inline(always)]
-fn log_verdict<C: aya_ebpf::EbpfContext>(ctx: &C, flow: &CtKey, reason: Reason) {
-    debug!(
-        ctx,
-        "{:i}:{} -> {:i}:{} proto {}: {}",
-        u32::from_be(flow.saddr),
-        u16::from_be(flow.sport),
-        u32::from_be(flow.daddr),
-        u16::from_be(flow.dport),
-        flow.proto,
-        reason.name()
-    );
-}
-
-#[inline(always)]
-fn xdp_apply(ctx: &XdpContext, pkt: &Packet, verdict: Verdict) -> (u32, Reason) {
+fn xdp_apply<F: Hooks>(ctx: &XdpContext, pkt: &Packet<F>, verdict: Verdict<F::Addr>) -> (u32, Reason) {
     match verdict {
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
         Verdict::Rewrite { reason, side, addr, port, other } => {
-            // SAFETY: `pkt` was parsed from this context's packet just now.
-            let departure = unsafe { forward::departure(pkt, side, (addr, port), other) };
-            let step = match xdp_step(ctx, &departure, side == Side::Src || other.is_some()) {
+            let other = other.get();
+            let step = match F::xdp_departure(ctx, pkt, side, (addr, port), other) {
                 Ok(step) => step,
-                Err(TooBig(mtu)) => {
-                    return xdp_unreachable(ctx, Unreachable::FragNeeded(mtu), Reason::FragNeeded)
-                        .unwrap_or((xdp_action::XDP_DROP, Reason::DropRewriteFailed));
-                }
+                Err(answered) => return answered,
             };
-            // SAFETY: as above; nothing has touched it.
-            unsafe {
-                nat::rewrite(pkt, side, addr, port);
-                if let Some((other_addr, other_port)) = other {
-                    nat::rewrite(pkt, side.opposite(), other_addr, other_port);
-                }
-            }
+            // SAFETY: `pkt` was parsed from this context's packet, which
+            // nothing has touched since.
+            unsafe { F::rewrite(pkt, side, (addr, port), other) };
             (xdp_send(ctx, &step), reason)
         }
-        Verdict::Reject(reason) => xdp_reject(ctx, pkt, reason),
+        Verdict::Reject(reason) => F::xdp_reject(ctx, pkt, reason),
+    }
+}
+
+/// Rewrites `side` of `pkt` to `to`, and the other side to `other`.
+///
+/// # Safety
+/// As for `nat::rewrite`.
+#[inline(always)]
+unsafe fn rewrite_both<F: Family>(pkt: &Packet<F>, side: Side, to: (F::Addr, u16), other: Option<(F::Addr, u16)>) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        nat::rewrite(pkt, side, to.0, to.1);
+        if let Some((addr, port)) = other {
+            nat::rewrite(pkt, side.opposite(), addr, port);
+        }
     }
 }
 
@@ -194,36 +460,34 @@ fn xdp_send(ctx: &XdpContext, step: &Option<Step>) -> u32 {
 /// it back to the client. Anything that fails half-way is dropped, never
 /// passed half-written.
 #[inline(always)]
-fn xdp_reject(ctx: &XdpContext, pkt: &Packet, reason: Reason) -> (u32, Reason) {
+fn xdp_reject<F: Answered>(ctx: &XdpContext, pkt: &Packet<F>, reason: Reason) -> (u32, Reason) {
     const DROP: (u32, Reason) = (xdp_action::XDP_DROP, Reason::DropNoBackend);
     if pkt.proto == IPPROTO_TCP {
         // SAFETY: `pkt` is a parsed TCP packet of this context.
-        let tot_len = u16::from_be(unsafe { pkt.read(IP_OFFSET + 2) });
-        // SAFETY: as above.
-        let Some(reset) = (unsafe { answer::reset_for(pkt, tot_len) }) else { return DROP };
+        let Some(reset) = (unsafe { answer::reset_for(pkt) }) else { return DROP };
         // SAFETY: as above.
         unsafe { answer::write_reset(pkt, reset, L4Checksum::Full) };
-        return xdp_trim(ctx, answer::RST_FRAME_LEN, reason).unwrap_or(DROP);
+        return xdp_trim(ctx, F::RST_FRAME_LEN, reason).unwrap_or(DROP);
     }
-    xdp_unreachable(ctx, Unreachable::Port, reason).unwrap_or(DROP)
+    xdp_unreachable::<F>(ctx, Unreachable::Port, reason).unwrap_or(DROP)
 }
 
 /// An ICMP destination unreachable quoting the packet, written over it and
 /// handed to the kernel's routing, which sends it back to the sender; None
 /// (to be dropped) when it cannot be written.
 #[inline(always)]
-fn xdp_unreachable(ctx: &XdpContext, what: Unreachable, reason: Reason) -> Option<(u32, Reason)> {
+fn xdp_unreachable<F: Answered>(ctx: &XdpContext, what: Unreachable, reason: Reason) -> Option<(u32, Reason)> {
     // SAFETY: growing the head into XDP's headroom; pointers are re-read after.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(answer::ICMP_ERROR_GROWTH as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(F::ICMP_ERROR_GROWTH as i32)) } != 0 {
         return None;
     }
     let data = ctx.data();
-    if data + answer::ICMP_ERROR_FRAME_LEN > ctx.data_end() {
+    if data + F::ICMP_ERROR_FRAME_LEN > ctx.data_end() {
         return None;
     }
     // SAFETY: the frame holds ICMP_ERROR_FRAME_LEN bytes (checked above).
-    unsafe { answer::write_unreachable(data, what) };
-    xdp_trim(ctx, answer::ICMP_ERROR_FRAME_LEN, reason)
+    unsafe { F::write_unreachable(data, what) };
+    xdp_trim(ctx, F::ICMP_ERROR_FRAME_LEN, reason)
 }
 
 /// Cuts the frame to `len` bytes: the answer written at its start, sent
@@ -241,7 +505,9 @@ fn xdp_trim(ctx: &XdpContext, len: usize, reason: Reason) -> Option<(u32, Reason
 fn xdp_answer_echo(ctx: &XdpContext) -> (u32, Reason) {
     match answer::echo_request_to(ctx.data(), ctx.data_end()) {
         // SAFETY: the context's own, writable frame.
-        Some(daddr) if is_service_address(daddr) && unsafe { answer::write_echo_reply(ctx.data(), ctx.data_end()) } => {
+        Some(daddr)
+            if is_service_address::<V4>(daddr) && unsafe { answer::write_echo_reply(ctx.data(), ctx.data_end()) } =>
+        {
             (xdp_action::XDP_PASS, Reason::EchoReply)
         }
         _ => (xdp_action::XDP_PASS, Reason::PassNotTcpUdp),
@@ -252,68 +518,112 @@ fn xdp_answer_echo(ctx: &XdpContext) -> (u32, Reason) {
 /// replies of local backends, and the answers the datapath gives itself.
 #[classifier]
 pub fn lb_tc_pod(ctx: TcContext) -> i32 {
-    let tables = MapTables::tc(&ctx);
-    let (action, reason) = match tc_parse(&ctx) {
-        Err(Reason::PassNotTcpUdp) => match tc_icmp_error(&ctx, &tables) {
+    if ether_type(ctx.data(), ctx.data_end()) == Ok(ETH_P_IPV6) {
+        to_ipv6_program(&ctx, &LB_IPV6_TC, ipv6_programs::TC_POD.2);
+    }
+    let (action, reason) = match tc_parse(&ctx, parse) {
+        Err(Reason::PassNotTcpUdp) => match tc_icmp_error(&ctx, &MapTables::<V4>::tc(&ctx)) {
             Some(reason) => (TC_OK, reason),
             None => tc_answer_echo(&ctx),
         },
         Err(reason) => (TC_OK, reason),
-        Ok(pkt) => {
-            let flow = pkt.flow();
-            let result = match decide(&flow, pkt.tcp_flags(), &tables, Hook::PodTc) {
-                Verdict::Pass(reason) => (TC_OK, reason),
-                Verdict::Drop(reason) => (TC_SHOT, reason),
-                Verdict::Rewrite { reason, side, addr, port, other } => {
-                    // Asked before the rewrite, which it must not follow when
-                    // the packet is too big.
-                    let new_source = side == Side::Src || other.is_some();
-                    match tc_step(&ctx, &tc_departure(&ctx, &pkt, side, (addr, port), other), new_source) {
-                        Err(TooBig(mtu)) => tc_unreachable(&ctx, Unreachable::FragNeeded(mtu))
-                            .map_or((TC_SHOT, Reason::DropRewriteFailed), |()| (TC_OK, Reason::FragNeeded)),
-                        Ok(step) => match tc_rewrite(&ctx, &pkt, side, (addr, port), other) {
-                            Ok(()) => (tc_send(&ctx, step), reason),
-                            Err(_) => (TC_SHOT, Reason::DropRewriteFailed),
-                        },
-                    }
-                }
-                Verdict::Reject(reason) => tc_reject(&ctx, &pkt, reason),
-            };
-            log_verdict(&ctx, &flow, result.1);
-            result
-        }
+        Ok(pkt) => tc_pod_translate(&ctx, &pkt, Part::Whole),
     };
     count(Hook::PodTc, reason);
     action
+}
+
+/// `lb_tc_pod` for IPv6, tail-called by it.
+#[classifier]
+pub fn lb_tc_pod6(ctx: TcContext) -> i32 {
+    tc_pod_ipv6(&ctx, Part::Known { new_flows: Some((&LB_IPV6_TC, ipv6_programs::TC_POD_NEW.2)) })
+}
+
+/// `lb_tc_pod6` for a new flow, tail-called by it.
+#[classifier]
+pub fn lb_tc_pod6_new(ctx: TcContext) -> i32 {
+    tc_pod_ipv6(&ctx, Part::New)
+}
+
+#[inline(always)]
+fn tc_pod_ipv6(ctx: &TcContext, part: Part) -> i32 {
+    let (action, reason) = match tc_parse(ctx, parse_ipv6) {
+        Ok(pkt) => tc_pod_translate(ctx, &pkt, part),
+        Err(reason) => (TC_OK, reason),
+    };
+    count(Hook::PodTc, reason);
+    action
+}
+
+/// The decision (`part` of it) for a pod's TCP/UDP packet, applied.
+#[inline(always)]
+fn tc_pod_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -> (i32, Reason) {
+    let flow = pkt.flow();
+    let result = match part.decide(ctx, &flow, pkt.tcp_flags(), &MapTables::<F>::tc(ctx), Hook::PodTc) {
+        Verdict::Pass(reason) => (TC_OK, reason),
+        Verdict::Drop(reason) => (TC_SHOT, reason),
+        Verdict::Rewrite { reason, side, addr, port, other } => {
+            let other = other.get();
+            match F::tc_departure(ctx, pkt, side, (addr, port), other) {
+                Err(answered) => answered,
+                Ok(step) if F::tc_rewrite(ctx, pkt, side, (addr, port), other) => (tc_send(ctx, step), reason),
+                Ok(_) => (TC_SHOT, Reason::DropRewriteFailed),
+            }
+        }
+        Verdict::Reject(reason) => F::tc_reject(ctx, pkt, reason),
+    };
+    F::log_verdict(ctx, &flow, result.1);
+    result
 }
 
 /// TC egress: the reverse translation of replies that crossed neither
 /// ingress hook. It starts nothing and answers nothing.
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    let tables = MapTables::tc(&ctx);
-    let (action, reason) = match tc_parse(&ctx) {
-        Err(Reason::PassNotTcpUdp) => (TC_OK, tc_icmp_error(&ctx, &tables).unwrap_or(Reason::PassNotTcpUdp)),
+    if ether_type(ctx.data(), ctx.data_end()) == Ok(ETH_P_IPV6) {
+        to_ipv6_program(&ctx, &LB_IPV6_TC, ipv6_programs::TC_EGRESS.2);
+    }
+    let (action, reason) = match tc_parse(&ctx, parse) {
+        Err(Reason::PassNotTcpUdp) => {
+            (TC_OK, tc_icmp_error(&ctx, &MapTables::<V4>::tc(&ctx)).unwrap_or(Reason::PassNotTcpUdp))
+        }
         Err(reason) => (TC_OK, reason),
-        Ok(pkt) => match decide(&pkt.flow(), pkt.tcp_flags(), &tables, Hook::TcEgress) {
-            Verdict::Rewrite { reason, side, addr, port, other: None } => {
-                match tc_rewrite(&ctx, &pkt, side, (addr, port), None) {
-                    Ok(()) => (TC_OK, reason),
-                    Err(_) => (TC_SHOT, Reason::DropRewriteFailed),
-                }
-            }
-            // `decide` only passes on this hook otherwise.
-            verdict => (TC_OK, verdict.reason()),
-        },
+        Ok(pkt) => tc_egress_translate(&ctx, &pkt, Part::Whole),
     };
     count(Hook::TcEgress, reason);
     action
 }
 
+/// `lb_tc_egress` for IPv6, tail-called by it. TC egress starts no flow.
+#[classifier]
+pub fn lb_tc_egress6(ctx: TcContext) -> i32 {
+    let (action, reason) = match tc_parse(&ctx, parse_ipv6) {
+        Ok(pkt) => tc_egress_translate(&ctx, &pkt, Part::Known { new_flows: None }),
+        Err(reason) => (TC_OK, reason),
+    };
+    count(Hook::TcEgress, reason);
+    action
+}
+
+#[inline(always)]
+fn tc_egress_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -> (i32, Reason) {
+    match part.decide(ctx, &pkt.flow(), pkt.tcp_flags(), &MapTables::<F>::tc(ctx), Hook::TcEgress) {
+        Verdict::Rewrite { reason, side, addr, port, other } if other.get().is_none() => {
+            if F::tc_rewrite(ctx, pkt, side, (addr, port), None) {
+                (TC_OK, reason)
+            } else {
+                (TC_SHOT, Reason::DropRewriteFailed)
+            }
+        }
+        // `decide` only passes on this hook otherwise.
+        verdict => (TC_OK, verdict.reason()),
+    }
+}
+
 /// What `tc_send` asks the FIB about a pod's packet being rewritten: the
 /// packet as it will leave, and its TTL.
 #[inline(always)]
-fn tc_departure(
+fn tc_fib_query(
     ctx: &TcContext,
     pkt: &Packet,
     side: Side,
@@ -372,14 +682,18 @@ fn tc_send(ctx: &TcContext, step: Option<TcStep>) -> i32 {
     }
 }
 
-/// Parses a socket buffer whose headers may not all be in its linear part
-/// yet: then they are pulled in and parsed again.
+/// Parses a socket buffer of family `F` (with `parse`) whose headers may
+/// not all be in its linear part yet: then they are pulled in and parsed
+/// again.
 #[inline(always)]
-fn tc_parse(ctx: &TcContext) -> Result<Packet, Reason> {
+fn tc_parse<F: Family>(
+    ctx: &TcContext,
+    parse: fn(usize, usize, Frame) -> Result<Packet<F>, Reason>,
+) -> Result<Packet<F>, Reason> {
     let frame = Frame::Skb { len: ctx.len() };
     match parse(ctx.data(), ctx.data_end(), frame) {
-        Err(Reason::PassTruncated) if ctx.len() as usize >= L4_OFFSET + TCP_HEADER_LEN => {
-            ctx.pull_data((L4_OFFSET + TCP_HEADER_LEN) as u32).map_err(|_| Reason::PassTruncated)?;
+        Err(Reason::PassTruncated) if ctx.len() as usize >= F::L4 + TCP_HEADER_LEN => {
+            ctx.pull_data((F::L4 + TCP_HEADER_LEN) as u32).map_err(|_| Reason::PassTruncated)?;
             parse(ctx.data(), ctx.data_end(), frame)
         }
         result => result,
@@ -392,20 +706,20 @@ fn tc_parse(ctx: &TcContext) -> Result<Packet, Reason> {
 /// packet's segments all inherit a right seed. Every old value is read
 /// before the first helper call, which invalidates packet pointers.
 #[inline(always)]
-fn tc_rewrite(
+fn tc_rewrite<F: Family>(
     ctx: &TcContext,
-    pkt: &Packet,
+    pkt: &Packet<F>,
     side: Side,
-    to: (u32, u16),
-    other: Option<(u32, u16)>,
+    to: (F::Addr, u16),
+    other: Option<(F::Addr, u16)>,
 ) -> Result<(), c_long> {
     // SAFETY: offsets inside the headers `parse` checked.
     let (old, old_other) = unsafe { (read_side(pkt, side), read_side(pkt, side.opposite())) };
     let l4_check = pkt.l4_check_offset();
     let udp = pkt.proto == IPPROTO_UDP;
-    tc_rewrite_side(ctx, l4_check, udp, side, old, to)?;
+    tc_rewrite_side::<F>(ctx, l4_check, udp, side, old, to)?;
     if let Some(other) = other {
-        tc_rewrite_side(ctx, l4_check, udp, side.opposite(), old_other, other)?;
+        tc_rewrite_side::<F>(ctx, l4_check, udp, side.opposite(), old_other, other)?;
     }
     Ok(())
 }
@@ -413,27 +727,31 @@ fn tc_rewrite(
 /// # Safety
 /// `pkt` must come from `parse` over a packet that is still valid.
 #[inline(always)]
-unsafe fn read_side(pkt: &Packet, side: Side) -> (u32, u16) {
-    let (addr_off, port_off) = side.offsets();
+unsafe fn read_side<F: Family>(pkt: &Packet<F>, side: Side) -> (F::Addr, u16) {
+    let (addr_off, port_off) = side.offsets::<F>();
     unsafe { (pkt.read(addr_off), pkt.read(port_off)) }
 }
 
 #[inline(always)]
-fn tc_rewrite_side(
+fn tc_rewrite_side<F: Family>(
     ctx: &TcContext,
     l4_check: usize,
     udp: bool,
     side: Side,
-    old: (u32, u16),
-    new: (u32, u16),
+    old: (F::Addr, u16),
+    new: (F::Addr, u16),
 ) -> Result<(), c_long> {
-    let (addr_off, port_off) = side.offsets();
+    let (addr_off, port_off) = side.offsets::<F>();
     // A UDP checksum of 0 means none, and stays 0.
     let mangled_0 = if udp { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
-    let addr_flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4;
-    ctx.l4_csum_replace(l4_check, u64::from(old.0), u64::from(new.0), addr_flags)?;
+    // The address change as a checksum difference (the helpers' field size
+    // 0), whatever the address's length.
+    let diff = u64::from(checksum::difference(old.0, new.0));
+    ctx.l4_csum_replace(l4_check, 0, diff, u64::from(BPF_F_PSEUDO_HDR) | mangled_0)?;
     ctx.l4_csum_replace(l4_check, u64::from(old.1), u64::from(new.1), mangled_0 | 2)?;
-    ctx.l3_csum_replace(IP_OFFSET + IP_CHECK, u64::from(old.0), u64::from(new.0), 4)?;
+    if let Some(ip_check) = F::IP_CHECK {
+        ctx.l3_csum_replace(ip_check, 0, diff, 0)?;
+    }
     ctx.store(addr_off, &new.0, 0)?;
     ctx.store(port_off, &new.1, 0)
 }
@@ -453,25 +771,24 @@ fn tc_linear(ctx: &TcContext, len: usize) -> Option<usize> {
 /// `xdp_reject` does, and hands the answer to the kernel's routing, which
 /// sends it back to the pod. Anything that fails half-way is dropped.
 #[inline(always)]
-fn tc_reject(ctx: &TcContext, pkt: &Packet, reason: Reason) -> (i32, Reason) {
+fn tc_reject<F: Answered>(ctx: &TcContext, pkt: &Packet<F>, reason: Reason) -> (i32, Reason) {
     const DROP: (i32, Reason) = (TC_SHOT, Reason::DropNoBackend);
-    let answered = if pkt.proto == IPPROTO_TCP { tc_reset(ctx, pkt) } else { tc_unreachable(ctx, Unreachable::Port) };
+    let answered =
+        if pkt.proto == IPPROTO_TCP { tc_reset(ctx, pkt) } else { tc_unreachable::<F>(ctx, Unreachable::Port) };
     if answered.is_some() { (TC_OK, reason) } else { DROP }
 }
 
 #[inline(always)]
-fn tc_reset(ctx: &TcContext, pkt: &Packet) -> Option<()> {
+fn tc_reset<F: Answered>(ctx: &TcContext, pkt: &Packet<F>) -> Option<()> {
     // SAFETY: `pkt` is a parsed TCP packet of this context, not yet touched.
-    let tot_len = u16::from_be(unsafe { pkt.read(IP_OFFSET + 2) });
-    // SAFETY: as above.
-    let reset = unsafe { answer::reset_for(pkt, tot_len) }?;
+    let reset = unsafe { answer::reset_for(pkt) }?;
     let l4_checksum =
         if checksum_deferred(ctx, pkt.l4_check_offset()).ok()? { L4Checksum::Deferred } else { L4Checksum::Full };
-    let data = tc_linear(ctx, answer::RST_FRAME_LEN)?;
+    let data = tc_linear(ctx, F::RST_FRAME_LEN)?;
     // SAFETY: RST_FRAME_LEN writable bytes at `data`, the TCP packet parsed above.
-    unsafe { answer::write_reset(&Packet { data, end: ctx.data_end(), proto: IPPROTO_TCP }, reset, l4_checksum) };
+    unsafe { answer::write_reset(&Packet::<F>::new(data, ctx.data_end(), IPPROTO_TCP), reset, l4_checksum) };
     // SAFETY: a helper on this program's own context.
-    (unsafe { bpf_skb_change_tail(ctx.skb.skb, answer::RST_FRAME_LEN as u32, 0) } == 0).then_some(())
+    (unsafe { bpf_skb_change_tail(ctx.skb.skb, F::RST_FRAME_LEN as u32, 0) } == 0).then_some(())
 }
 
 /// Does the socket buffer defer its L4 checksum (CHECKSUM_PARTIAL)? The
@@ -494,18 +811,18 @@ fn checksum_deferred(ctx: &TcContext, offset: usize) -> Result<bool, c_long> {
 /// header, IPv4 header and first 8 L4 bytes move to where `answer` expects
 /// the packet.
 #[inline(always)]
-fn tc_unreachable(ctx: &TcContext, what: Unreachable) -> Option<()> {
+fn tc_unreachable<F: Answered>(ctx: &TcContext, what: Unreachable) -> Option<()> {
     // SAFETY: a helper on this program's own context.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, answer::ICMP_ERROR_FRAME_LEN as u32, 0) } != 0 {
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, F::ICMP_ERROR_FRAME_LEN as u32, 0) } != 0 {
         return None;
     }
-    let data = tc_linear(ctx, answer::ICMP_ERROR_FRAME_LEN)?;
+    let data = tc_linear(ctx, F::ICMP_ERROR_FRAME_LEN)?;
     // SAFETY: ICMP_ERROR_FRAME_LEN writable bytes at `data` (checked above),
-    // the quoted part (`L4_OFFSET + 8` bytes) copied out before any write.
+    // the quoted part (`L4 + 8` bytes) copied out before any write.
     unsafe {
-        let quoted: [u8; L4_OFFSET + 8] = packet::read(data);
-        packet::write(data + answer::ICMP_ERROR_GROWTH, quoted);
-        answer::write_unreachable(data, what);
+        let quoted: F::Quote = packet::read(data);
+        packet::write(data + F::ICMP_ERROR_GROWTH, quoted);
+        F::write_unreachable(data, what);
     }
     Some(())
 }
@@ -526,7 +843,7 @@ fn tc_answer_echo(ctx: &TcContext) -> (i32, Reason) {
     const NOT_ECHO: (i32, Reason) = (TC_OK, Reason::PassNotTcpUdp);
     let Some(data) = tc_linear(ctx, answer::ECHO_HEADERS_LEN) else { return NOT_ECHO };
     match answer::echo_request_to(data, ctx.data_end()) {
-        Some(daddr) if is_service_address(daddr) => {
+        Some(daddr) if is_service_address::<V4>(daddr) => {
             let (data, data_end) = (ctx.data(), ctx.data_end());
             // SAFETY: the context's own packet, made writable by `tc_linear`.
             if unsafe { answer::write_echo_reply(data, data_end) } { (TC_OK, Reason::EchoReply) } else { NOT_ECHO }

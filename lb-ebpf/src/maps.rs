@@ -2,6 +2,8 @@
 //! directory so that `lb-agent get` and a restarted agent find them, and
 //! the maps and helpers behind `lb_ebpf`'s traits.
 
+use core::marker::PhantomData;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{
@@ -17,18 +19,20 @@ use aya_ebpf::{
 
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, DEVICE_POD,
-    DEVICE_TAKES_XDP_FRAMES, EndpointKey, EndpointMeta, FastPath, FibCacheEntry, Frontend, FrontendKey, Hook,
+    DEVICE_TAKES_XDP_FRAMES, EndpointKey, EndpointMeta, FastPath, FibCacheEntry, Frontend, FrontendKey, Hook, Ipv6Wire,
     MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES,
     MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES, MAX_NODE_PORTS,
     MAX_SOCKET_REVERSE, MAX_SOURCE_RANGES, MaglevElement, NodePortKey, Reason, ServiceCidr, ServiceMeta,
     SocketFrontend, SocketPeer, SourceRange, ct_stats,
 };
 use lb_ebpf::{
-    decide::{InsertFailed, Tables},
+    decide::{InsertFailed, Shared, Tables},
     forward::{Fib, FibAnswer, FibQuery, NextHop},
+    packet::family::{Family, V4, V6},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 // The control maps the agent writes while packets read them are not
 // preallocated: an updated element is then freed only after an RCU grace
@@ -118,34 +122,149 @@ static LB_SOCKET_REVERSE: LruHashMap<SocketPeer, SocketFrontend> = LruHashMap::p
 #[map]
 static LB_NODE_PORTS: HashMap<NodePortKey, u32> = HashMap::pinned(MAX_NODE_PORTS, BPF_F_NO_PREALLOC);
 
+// The IPv6 twins of the maps above whose keys or values hold an address:
+// the same layout rule with four-word addresses (`lb_common::Ipv6Wire`).
+
+#[map]
+static LB_FRONTENDS6: HashMap<FrontendKey<Ipv6Wire>, Frontend> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
+
+#[map]
+static LB_BACKENDS6: HashMap<u32, Backend<Ipv6Wire>> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+#[map]
+static LB_CONNTRACK6: LruHashMap<CtKey<Ipv6Wire>, CtEntry<Ipv6Wire>> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+#[map]
+static LB_AFFINITY6: LruHashMap<AffinityKey<Ipv6Wire>, AffinityEntry> = LruHashMap::pinned(MAX_AFFINITY, 0);
+
+#[map]
+static LB_SOURCE_RANGES6: LpmTrie<SourceRange<Ipv6Wire>, u8> = LpmTrie::pinned(MAX_SOURCE_RANGES, 0);
+
+#[map]
+static LB_VIPS6: HashMap<Ipv6Wire, u32> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
+
+/// ifindex -> the first global IPv6 address of that node device.
+#[map]
+static LB_NODE_ADDRS6: HashMap<u32, Ipv6Wire> = HashMap::pinned(MAX_NODE_DEVICES, BPF_F_NO_PREALLOC);
+
+/// The IPv6 service CIDR, set by the agent at load time.
+#[unsafe(no_mangle)]
+static LB_SERVICE_CIDR6: ServiceCidr<Ipv6Wire> = ServiceCidr { network: [0; 4], mask: [0; 4] };
+
 /// frontend_id -> namespace/name/port of its Service; read by userspace only.
 #[map]
 static LB_SERVICE_META: HashMap<u32, ServiceMeta> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
 
-/// The maps as the decision in `lb_ebpf::decide` sees them, for a packet of
-/// one program context (the FIB lookup for SNAT needs it).
-pub struct MapTables {
-    ctx: *mut c_void,
-    ingress_ifindex: u32,
+/// A family's own maps (the others are shared), so that one implementation
+/// of the decision's `Tables` serves both.
+pub trait FamilyMaps: Family {
+    fn frontends() -> &'static HashMap<FrontendKey<Self::Addr>, Frontend>;
+    fn backends() -> &'static HashMap<u32, Backend<Self::Addr>>;
+    fn conntrack() -> &'static LruHashMap<CtKey<Self::Addr>, CtEntry<Self::Addr>>;
+    fn affinity() -> &'static LruHashMap<AffinityKey<Self::Addr>, AffinityEntry>;
+    fn source_ranges() -> &'static LpmTrie<SourceRange<Self::Addr>, u8>;
+    fn vips() -> &'static HashMap<Self::Addr, u32>;
+    fn node_addrs() -> &'static HashMap<u32, Self::Addr>;
+    fn service_cidr() -> ServiceCidr<Self::Addr>;
+    /// The device the FIB's route to `daddr` leaves by, 0 if none.
+    fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: Self::Addr) -> u32;
+    /// Bits of an address: a source range key's length is 32 + its prefix.
+    const ADDR_BITS: u32;
 }
 
-impl MapTables {
+impl FamilyMaps for V4 {
+    fn frontends() -> &'static HashMap<FrontendKey<u32>, Frontend> {
+        &LB_FRONTENDS
+    }
+    fn backends() -> &'static HashMap<u32, Backend<u32>> {
+        &LB_BACKENDS
+    }
+    fn conntrack() -> &'static LruHashMap<CtKey<u32>, CtEntry<u32>> {
+        &LB_CONNTRACK
+    }
+    fn affinity() -> &'static LruHashMap<AffinityKey<u32>, AffinityEntry> {
+        &LB_AFFINITY
+    }
+    fn source_ranges() -> &'static LpmTrie<SourceRange<u32>, u8> {
+        &LB_SOURCE_RANGES
+    }
+    fn vips() -> &'static HashMap<u32, u32> {
+        &LB_VIPS
+    }
+    fn node_addrs() -> &'static HashMap<u32, u32> {
+        &LB_NODE_ADDRS
+    }
+    #[inline(always)]
+    fn service_cidr() -> ServiceCidr<u32> {
+        // SAFETY: a load-time constant; read volatile so that it is not folded.
+        unsafe { core::ptr::read_volatile(&LB_SERVICE_CIDR) }
+    }
+    #[inline(always)]
+    fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: u32) -> u32 {
+        egress_device(ctx, ingress_ifindex, daddr)
+    }
+    const ADDR_BITS: u32 = 32;
+}
+
+impl FamilyMaps for V6 {
+    fn frontends() -> &'static HashMap<FrontendKey<Ipv6Wire>, Frontend> {
+        &LB_FRONTENDS6
+    }
+    fn backends() -> &'static HashMap<u32, Backend<Ipv6Wire>> {
+        &LB_BACKENDS6
+    }
+    fn conntrack() -> &'static LruHashMap<CtKey<Ipv6Wire>, CtEntry<Ipv6Wire>> {
+        &LB_CONNTRACK6
+    }
+    fn affinity() -> &'static LruHashMap<AffinityKey<Ipv6Wire>, AffinityEntry> {
+        &LB_AFFINITY6
+    }
+    fn source_ranges() -> &'static LpmTrie<SourceRange<Ipv6Wire>, u8> {
+        &LB_SOURCE_RANGES6
+    }
+    fn vips() -> &'static HashMap<Ipv6Wire, u32> {
+        &LB_VIPS6
+    }
+    fn node_addrs() -> &'static HashMap<u32, Ipv6Wire> {
+        &LB_NODE_ADDRS6
+    }
+    #[inline(always)]
+    fn service_cidr() -> ServiceCidr<Ipv6Wire> {
+        // SAFETY: as for IPv4.
+        unsafe { core::ptr::read_volatile(&LB_SERVICE_CIDR6) }
+    }
+    #[inline(always)]
+    fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: Ipv6Wire) -> u32 {
+        egress_device6(ctx, ingress_ifindex, daddr)
+    }
+    const ADDR_BITS: u32 = 128;
+}
+
+/// The maps as the decision in `lb_ebpf::decide` sees them, for a packet of
+/// family `F` in one program context (the FIB lookup for SNAT needs it).
+pub struct MapTables<F = V4> {
+    ctx: *mut c_void,
+    ingress_ifindex: u32,
+    family: PhantomData<F>,
+}
+
+impl<F> MapTables<F> {
     #[inline(always)]
     pub fn xdp(ctx: &XdpContext) -> Self {
         // SAFETY: the context's own metadata.
-        Self { ctx: ctx.as_ptr(), ingress_ifindex: unsafe { (*ctx.ctx).ingress_ifindex } }
+        Self { ctx: ctx.as_ptr(), ingress_ifindex: unsafe { (*ctx.ctx).ingress_ifindex }, family: PhantomData }
     }
 
     #[inline(always)]
     pub fn tc(ctx: &TcContext) -> Self {
         // SAFETY: as above.
-        Self { ctx: ctx.as_ptr(), ingress_ifindex: unsafe { (*ctx.skb.skb).ifindex } }
+        Self { ctx: ctx.as_ptr(), ingress_ifindex: unsafe { (*ctx.skb.skb).ifindex }, family: PhantomData }
     }
 
     /// For the socket hooks, which never ask for a node address (no SNAT).
     #[inline(always)]
     pub fn socket(ctx: &SockAddrContext) -> Self {
-        Self { ctx: ctx.as_ptr(), ingress_ifindex: 0 }
+        Self { ctx: ctx.as_ptr(), ingress_ifindex: 0, family: PhantomData }
     }
 }
 
@@ -169,35 +288,7 @@ pub fn is_node_port(key: &NodePortKey) -> bool {
     unsafe { LB_NODE_PORTS.get(key).is_some() }
 }
 
-impl Tables for MapTables {
-    #[inline(always)]
-    fn conntrack(&self, key: &CtKey) -> Option<CtEntry> {
-        // SAFETY: entries are plain data copied out at once.
-        unsafe { LB_CONNTRACK.get(key).copied() }
-    }
-
-    #[inline(always)]
-    fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
-        LB_CONNTRACK.insert(key, entry, 0).map_err(|_| InsertFailed)
-    }
-
-    #[inline(always)]
-    fn conntrack_insert_new(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
-        LB_CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)).map_err(|_| InsertFailed)
-    }
-
-    #[inline(always)]
-    fn conntrack_refresh(&self, key: &CtKey, state: u8, now_ns: u64) {
-        if let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) {
-            // SAFETY: a live entry; concurrent refreshes write the same kind
-            // of values, so a lost one only delays the expiry a little.
-            unsafe {
-                (*entry).state = state;
-                (*entry).last_seen_ns = now_ns;
-            }
-        }
-    }
-
+impl<F> Shared for MapTables<F> {
     #[inline(always)]
     fn conntrack_created(&self, n: u64) {
         if let Some(counter) = LB_CT_STATS.get_ptr_mut(ct_stats::CREATED) {
@@ -213,39 +304,9 @@ impl Tables for MapTables {
     }
 
     #[inline(always)]
-    fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry> {
-        // SAFETY: as above.
-        unsafe { LB_AFFINITY.get(key).copied() }
-    }
-
-    #[inline(always)]
-    fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry) {
-        // Losing an affinity update only costs stickiness, never a packet.
-        let _ = LB_AFFINITY.insert(key, entry, 0);
-    }
-
-    #[inline(always)]
-    fn source_allowed(&self, frontend_id: u32, client: u32) -> bool {
-        let key = Key::new(64, SourceRange { frontend_id_be: frontend_id.to_be(), addr: client });
-        LB_SOURCE_RANGES.get(&key).is_some()
-    }
-
-    #[inline(always)]
-    fn frontend(&self, key: &FrontendKey) -> Option<Frontend> {
-        // SAFETY: as above.
-        unsafe { LB_FRONTENDS.get(key).copied() }
-    }
-
-    #[inline(always)]
     fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32> {
-        // SAFETY: as above.
+        // SAFETY: entries are plain data copied out at once.
         unsafe { LB_BACKEND_SLOTS.get(key).copied() }
-    }
-
-    #[inline(always)]
-    fn backend(&self, id: u32) -> Option<Backend> {
-        // SAFETY: as above.
-        unsafe { LB_BACKENDS.get(id).copied() }
     }
 
     #[inline(always)]
@@ -266,24 +327,83 @@ impl Tables for MapTables {
         // at tick resolution) is cheaper, and timeouts are seconds.
         unsafe { bpf_ktime_get_coarse_ns() }
     }
+}
 
+impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
     #[inline(always)]
-    fn service_address(&self, addr: u32) -> Option<u32> {
-        // SAFETY: plain data copied out at once.
-        unsafe { LB_VIPS.get(addr).copied() }
+    fn conntrack_with<R>(&self, key: &CtKey<F::Addr>, read: impl FnOnce(&CtEntry<F::Addr>) -> R) -> Option<R> {
+        // SAFETY: entries are plain data, read at once.
+        unsafe { F::conntrack().get(key).map(read) }
     }
 
     #[inline(always)]
-    fn service_cidr(&self) -> ServiceCidr {
-        // SAFETY: a load-time constant; read volatile so that it is not folded.
-        unsafe { core::ptr::read_volatile(&LB_SERVICE_CIDR) }
+    fn conntrack_insert(&self, key: &CtKey<F::Addr>, entry: &CtEntry<F::Addr>) -> Result<(), InsertFailed> {
+        F::conntrack().insert(key, entry, 0).map_err(|_| InsertFailed)
     }
 
     #[inline(always)]
-    fn node_address_toward(&self, daddr: u32) -> Option<u32> {
+    fn conntrack_insert_new(&self, key: &CtKey<F::Addr>, entry: &CtEntry<F::Addr>) -> Result<(), InsertFailed> {
+        F::conntrack().insert(key, entry, u64::from(BPF_NOEXIST)).map_err(|_| InsertFailed)
+    }
+
+    #[inline(always)]
+    fn conntrack_refresh(&self, key: &CtKey<F::Addr>, state: u8, now_ns: u64) {
+        if let Some(entry) = F::conntrack().get_ptr_mut(key) {
+            // SAFETY: a live entry; concurrent refreshes write the same kind
+            // of values, so a lost one only delays the expiry a little.
+            unsafe {
+                (*entry).state = state;
+                (*entry).last_seen_ns = now_ns;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn affinity(&self, key: &AffinityKey<F::Addr>) -> Option<AffinityEntry> {
+        // SAFETY: as above.
+        unsafe { F::affinity().get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn affinity_insert(&self, key: &AffinityKey<F::Addr>, entry: &AffinityEntry) {
+        // Losing an affinity update only costs stickiness, never a packet.
+        let _ = F::affinity().insert(key, entry, 0);
+    }
+
+    #[inline(always)]
+    fn source_allowed(&self, frontend_id: u32, client: F::Addr) -> bool {
+        let key = Key::new(32 + F::ADDR_BITS, SourceRange { frontend_id_be: frontend_id.to_be(), addr: client });
+        F::source_ranges().get(&key).is_some()
+    }
+
+    #[inline(always)]
+    fn frontend(&self, key: &FrontendKey<F::Addr>) -> Option<Frontend> {
+        // SAFETY: as above.
+        unsafe { F::frontends().get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn backend(&self, id: u32) -> Option<Backend<F::Addr>> {
+        // SAFETY: as above.
+        unsafe { F::backends().get(id).copied() }
+    }
+
+    #[inline(always)]
+    fn service_address(&self, addr: F::Addr) -> Option<u32> {
         // SAFETY: plain data copied out at once.
-        let addr = |ifindex: u32| unsafe { LB_NODE_ADDRS.get(ifindex).copied() };
-        let egress = egress_device(self.ctx, self.ingress_ifindex, daddr);
+        unsafe { F::vips().get(addr).copied() }
+    }
+
+    #[inline(always)]
+    fn service_cidr(&self) -> ServiceCidr<F::Addr> {
+        F::service_cidr()
+    }
+
+    #[inline(always)]
+    fn node_address_toward(&self, daddr: F::Addr) -> Option<F::Addr> {
+        // SAFETY: plain data copied out at once.
+        let addr = |ifindex: u32| unsafe { F::node_addrs().get(ifindex).copied() };
+        let egress = F::egress_device(self.ctx, self.ingress_ifindex, daddr);
         if egress != 0 { addr(egress) } else { None }.or_else(|| addr(self.ingress_ifindex))
     }
 }
@@ -297,6 +417,22 @@ fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: u32) -> u32 {
     match KernelFib(ctx).lookup(ingress_ifindex, &FibQuery { daddr, ..FibQuery::default() }) {
         FibAnswer::Forward(NextHop { ifindex, .. }) | FibAnswer::NoNeighbour(ifindex) => ifindex,
         FibAnswer::NotForwarded | FibAnswer::TooBig(_) => 0,
+    }
+}
+
+/// `egress_device` for an IPv6 destination.
+#[inline(never)]
+fn egress_device6(ctx: *mut c_void, ingress_ifindex: u32, daddr: Ipv6Wire) -> u32 {
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET6;
+    params.ifindex = ingress_ifindex;
+    params.__bindgen_anon_4.ipv6_dst = daddr;
+    // SAFETY: the helper reads and writes `params`, whose size it is given.
+    let ret = unsafe { bpf_fib_lookup(ctx, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => params.ifindex,
+        _ => 0,
     }
 }
 
@@ -400,7 +536,7 @@ pub fn count_fast_path(outcome: FastPath) {
 }
 
 #[inline(always)]
-pub fn is_service_address(addr: u32) -> bool {
+pub fn is_service_address<F: FamilyMaps>(addr: F::Addr) -> bool {
     // SAFETY: only the presence of the entry is read.
-    unsafe { LB_VIPS.get(addr).is_some() }
+    unsafe { F::vips().get(addr).is_some() }
 }

@@ -1,6 +1,8 @@
-//! Builds well-formed Ethernet/IPv4/TCP|UDP frames with correct checksums,
-//! and checks them: the fixtures of the host tests and the BPF_PROG_TEST_RUN
-//! tables share it.
+//! Builds well-formed Ethernet/IPv4|IPv6/TCP|UDP frames with correct
+//! checksums, and checks them: the fixtures of the host tests and the
+//! BPF_PROG_TEST_RUN tables share it.
+
+use std::net::IpAddr;
 
 use crate::packet::checksum::compute;
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
@@ -8,9 +10,10 @@ use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 #[derive(Clone, Debug)]
 pub struct PacketBuilder {
     proto: u8,
-    saddr: [u8; 4],
+    /// Both of one family: the frame's.
+    saddr: IpAddr,
     sport: u16,
-    daddr: [u8; 4],
+    daddr: IpAddr,
     dport: u16,
     payload: Vec<u8>,
     ip_options: usize,
@@ -18,10 +21,15 @@ pub struct PacketBuilder {
     udp_zero_checksum: bool,
     tcp_flags: u8,
     ip_id: u16,
+    /// IPv6 only: extension headers (next header values) before L4.
+    extension_headers: Vec<u8>,
 }
 
 impl PacketBuilder {
-    pub fn new(proto: u8, saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16) -> Self {
+    /// A frame from `saddr` to `daddr`, both IPv4 or both IPv6.
+    pub fn new(proto: u8, saddr: impl Into<IpAddr>, sport: u16, daddr: impl Into<IpAddr>, dport: u16) -> Self {
+        let (saddr, daddr) = (saddr.into(), daddr.into());
+        assert_eq!(saddr.is_ipv4(), daddr.is_ipv4(), "addresses of two families");
         Self {
             proto,
             saddr,
@@ -34,7 +42,16 @@ impl PacketBuilder {
             udp_zero_checksum: false,
             tcp_flags: 0x02, // SYN
             ip_id: 0x1234,
+            extension_headers: Vec::new(),
         }
+    }
+
+    /// IPv6 only: an 8-byte extension header of type `kind` (hop-by-hop 0,
+    /// routing 43, fragment 44, destination options 60, ...) before L4, in
+    /// the order added.
+    pub fn extension_header(mut self, kind: u8) -> Self {
+        self.extension_headers.push(kind);
+        self
     }
 
     pub fn payload(mut self, payload: &[u8]) -> Self {
@@ -70,6 +87,7 @@ impl PacketBuilder {
     }
 
     pub fn build(&self) -> Vec<u8> {
+        let (IpAddr::V4(saddr), IpAddr::V4(daddr)) = (self.saddr, self.daddr) else { return self.build_ipv6() };
         let l4 = self.l4();
         let ihl = 20 + self.ip_options * 4;
         let mut ip = vec![0u8; ihl];
@@ -79,14 +97,36 @@ impl PacketBuilder {
         ip[6..8].copy_from_slice(&self.frags.to_be_bytes());
         ip[8] = 64;
         ip[9] = self.proto;
-        ip[12..16].copy_from_slice(&self.saddr);
-        ip[16..20].copy_from_slice(&self.daddr);
+        ip[12..16].copy_from_slice(&saddr.octets());
+        ip[16..20].copy_from_slice(&daddr.octets());
         ip[20..].fill(1); // NOP options
         let check = compute(&ip, 0);
         ip[10..12].copy_from_slice(&check.to_ne_bytes());
 
         let mut frame = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
         frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&l4);
+        frame
+    }
+
+    fn build_ipv6(&self) -> Vec<u8> {
+        let l4 = self.l4();
+        let (IpAddr::V6(saddr), IpAddr::V6(daddr)) = (self.saddr, self.daddr) else { unreachable!() };
+        // Each extension header names the next; the last names L4.
+        let mut chain = self.extension_headers.clone();
+        chain.push(self.proto);
+        let mut extensions = Vec::new();
+        for next in &chain[1..] {
+            extensions.extend_from_slice(&[*next, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&((extensions.len() + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[chain[0], 64]);
+        ip.extend_from_slice(&saddr.octets());
+        ip.extend_from_slice(&daddr.octets());
+        let mut frame = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&extensions);
         frame.extend_from_slice(&l4);
         frame
     }
@@ -120,16 +160,21 @@ impl PacketBuilder {
     }
 }
 
-fn pseudo_header_sum(saddr: [u8; 4], daddr: [u8; 4], proto: u8, len: usize) -> u32 {
-    let mut ph = Vec::with_capacity(12);
-    ph.extend_from_slice(&saddr);
-    ph.extend_from_slice(&daddr);
-    ph.extend_from_slice(&[0, proto]);
-    ph.extend_from_slice(&(len as u16).to_be_bytes());
+/// The pseudo-header's sum: IPv4's (RFC 793) or IPv6's (RFC 8200 §8.1,
+/// with 128-bit addresses and a 32-bit length).
+fn pseudo_header_sum(saddr: IpAddr, daddr: IpAddr, proto: u8, len: usize) -> u32 {
+    let octets = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let mut ph = octets(saddr);
+    ph.extend_from_slice(&octets(daddr));
+    ph.extend_from_slice(&(len as u32).to_be_bytes());
+    ph.extend_from_slice(&[0, 0, 0, proto]);
     u32::from(!compute(&ph, 0))
 }
 
-fn l4_checksum(saddr: [u8; 4], daddr: [u8; 4], proto: u8, l4: &[u8]) -> u16 {
+fn l4_checksum(saddr: IpAddr, daddr: IpAddr, proto: u8, l4: &[u8]) -> u16 {
     let check = compute(l4, pseudo_header_sum(saddr, daddr, proto, l4.len()));
     if proto == IPPROTO_UDP && check == 0 { 0xffff } else { check }
 }
@@ -158,6 +203,9 @@ pub fn icmp_error(icmp_type: u8, code: u8, from: [u8; 4], to: [u8; 4], quoted: &
 /// A frame too short for the lengths it claims is an error too.
 pub fn checksum_errors(frame: &[u8]) -> Option<String> {
     let malformed = || Some("the frame is shorter than its headers say".to_owned());
+    if frame.get(12..14)? == [0x86, 0xdd] {
+        return ipv6_checksum_errors(frame);
+    }
     let ip = frame.get(14..)?;
     let ihl = usize::from(*ip.first()? & 0x0f) * 4;
     let Some(header) = ip.get(..ihl.max(20)) else { return malformed() };
@@ -165,13 +213,32 @@ pub fn checksum_errors(frame: &[u8]) -> Option<String> {
         return Some("ipv4 header checksum is wrong".into());
     }
     let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let (saddr, daddr, proto) = (ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap(), ip[9]);
+    let saddr = IpAddr::from(<[u8; 4]>::try_from(&ip[12..16]).unwrap());
+    let daddr = IpAddr::from(<[u8; 4]>::try_from(&ip[16..20]).unwrap());
+    let proto = ip[9];
     let Some(l4) = ip.get(ihl..tot_len) else { return malformed() };
     if proto == IPPROTO_UDP && l4.get(6..8) == Some(&[0, 0]) {
         return None;
     }
     if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
         && compute(l4, pseudo_header_sum(saddr, daddr, proto, l4.len())) != 0
+    {
+        return Some(format!("l4 checksum (protocol {proto}) is wrong"));
+    }
+    None
+}
+
+/// `checksum_errors` of an IPv6 frame without extension headers: TCP or
+/// UDP over the pseudo-header (UDP's is mandatory in IPv6).
+fn ipv6_checksum_errors(frame: &[u8]) -> Option<String> {
+    let malformed = || Some("the frame is shorter than its headers say".to_owned());
+    let Some(ip) = frame.get(14..54) else { return malformed() };
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let (proto, saddr, daddr) =
+        (ip[6], <[u8; 16]>::try_from(&ip[8..24]).unwrap(), <[u8; 16]>::try_from(&ip[24..40]).unwrap());
+    let Some(l4) = frame.get(54..54 + payload_len) else { return malformed() };
+    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+        && compute(l4, pseudo_header_sum(saddr.into(), daddr.into(), proto, l4.len())) != 0
     {
         return Some(format!("l4 checksum (protocol {proto}) is wrong"));
     }

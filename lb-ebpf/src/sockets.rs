@@ -18,7 +18,10 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{Hook, IPPROTO_TCP, IPPROTO_UDP, NodePortKey, Reason, SocketFrontend, SocketPeer};
-use lb_ebpf::decide::{self, SocketCall, Verdict};
+use lb_ebpf::{
+    decide::{self, SocketCall, Verdict},
+    packet::family::V4,
+};
 
 use crate::maps::{MapTables, count, is_node_port, remember_socket_peer, socket_frontend};
 
@@ -111,7 +114,7 @@ fn keep_node_ports(ctx: &SockAddrContext, family: Family) -> i32 {
     let reason = match served(ctx) {
         Err(reason) => reason,
         Ok((_, false)) => Reason::PassOtherNamespace,
-        Ok(_) if !takes_ipv4_port => Reason::PassNotIpv4,
+        Ok(_) if !takes_ipv4_port => Reason::PassSocketIpv6,
         Ok(_) => {
             // SAFETY: the context's fields, readable by every sock_addr program.
             let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
@@ -142,7 +145,7 @@ fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
         return PROCEED;
     };
     let Some(daddr) = ipv4_address(sa, family) else {
-        count(Hook::Socket, Reason::PassNotIpv4);
+        count(Hook::Socket, Reason::PassSocketIpv6);
         return PROCEED;
     };
     let ptr = ctx.as_ptr();
@@ -150,7 +153,7 @@ fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
     let call = unsafe {
         SocketCall { daddr, dport: (*sa).user_port as u16, proto, netns, node, cookie: bpf_get_socket_cookie(ptr) }
     };
-    let verdict = decide::socket(&call, &MapTables::socket(ctx));
+    let verdict = decide::socket(&call, &MapTables::<V4>::socket(ctx));
     count(Hook::Socket, verdict.reason());
     match verdict {
         Verdict::Rewrite { addr, port, .. } => {
@@ -176,7 +179,7 @@ fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
 fn from_backend(ctx: &SockAddrContext, family: Family) -> i32 {
     let sa = ctx.sock_addr;
     let Some(addr) = ipv4_address(sa, family) else {
-        count(Hook::Socket, Reason::PassNotIpv4);
+        count(Hook::Socket, Reason::PassSocketIpv6);
         return PROCEED;
     };
     // SAFETY: the context's field, and a helper taking the context.

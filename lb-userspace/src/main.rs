@@ -15,7 +15,8 @@ use lb_userspace::{
         maps::{DatapathMaps, monotonic_ns},
         sockets::SocketLb,
     },
-    model::{Controllers, Ipv4Cidr, ModelOptions},
+    model::{Controllers, IpCidr, ModelOptions},
+    plan::WireAddr,
     source::api::ApiConfig,
 };
 
@@ -95,10 +96,12 @@ struct RunArgs {
     /// default only pods reach them, as in Kubernetes).
     #[arg(long)]
     cluster_ip_external: bool,
-    /// The cluster's service CIDR: unallocated addresses in it are dropped;
-    /// standalone, clusterIPs of Services whose manifest has none come from it.
-    #[arg(long, default_value = "10.96.0.0/12")]
-    service_cidr: String,
+    /// The cluster's service CIDR of a family (repeatable, at most one per
+    /// family; the first is the primary family): unallocated addresses in
+    /// it are dropped; standalone, clusterIPs of Services whose manifest has
+    /// none come from it.
+    #[arg(long = "service-cidr", value_name = "CIDR", default_value = "10.96.0.0/12")]
+    service_cidrs: Vec<String>,
     /// Conntrack capacity in entries (two per flow); when full, the least
     /// recently used entries make room.
     #[arg(long, default_value_t = lb_common::MAX_CONNTRACK)]
@@ -212,10 +215,10 @@ struct ConntrackFilterArgs {
     service: Option<String>,
     /// Only flows from this client address.
     #[arg(long)]
-    client: Option<std::net::Ipv4Addr>,
+    client: Option<std::net::IpAddr>,
     /// Only flows to this backend address.
     #[arg(long)]
-    backend: Option<std::net::Ipv4Addr>,
+    backend: Option<std::net::IpAddr>,
     #[arg(long, value_enum)]
     protocol: Option<ProtocolArg>,
 }
@@ -322,9 +325,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.health_timeout.is_zero() {
         bail!("--health-timeout must be longer than 0s");
     }
-    let service_cidr: Ipv4Cidr =
-        args.service_cidr.parse().map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?;
-    let mask = u32::MAX.checked_shl(32 - u32::from(service_cidr.prefix_len())).unwrap_or(0);
+    let service_cidrs = args
+        .service_cidrs
+        .iter()
+        .map(|text| text.parse::<IpCidr>().map_err(|e| anyhow::anyhow!("--service-cidr {text}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let service_cidrs = ModelOptions::service_cidrs(service_cidrs).context("--service-cidr")?;
     let config = AgentConfig {
         source,
         load: LoadOptions {
@@ -336,10 +342,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             debug_log: args.datapath_debug,
             fast_path: !args.redirect_devices.is_empty(),
             tc_redirect: matches!(args.pod_forwarding, PodForwarding::Redirect),
-            service_cidr: lb_common::ServiceCidr {
-                network: lb_common::wire::addr(service_cidr.network().octets()),
-                mask: mask.to_be(),
-            },
+            service_cidr: datapath_cidr(&service_cidrs),
+            service_cidr6: datapath_cidr(&service_cidrs),
             ct_max: args.ct_max,
             ct_timeouts: lb_common::CtTimeouts {
                 tcp_syn_s: args.ct_timeout_tcp_syn,
@@ -365,9 +369,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         node_devices: InterfacePatterns::new(args.devices.iter().map(String::as_str))?,
         redirect_devices: InterfacePatterns::new(args.redirect_devices.iter().map(String::as_str))?,
         bpf_dir: args.bpf_dir,
-        model: ModelOptions { service_cidr, controllers },
+        model: ModelOptions { service_cidrs, controllers },
         health_bind: args.health_bind_address.0,
         health_timeout: args.health_timeout,
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
+}
+
+/// The service CIDR of family `A` as the datapath tests addresses against
+/// it; all zero (none) when the family has none.
+fn datapath_cidr<A: WireAddr>(cidrs: &[IpCidr]) -> lb_common::ServiceCidr<A> {
+    let of_family =
+        |c: &IpCidr| Some(lb_common::ServiceCidr { network: A::from_ip(c.network())?, mask: A::from_ip(c.mask())? });
+    cidrs.iter().find_map(of_family).unwrap_or_default()
 }

@@ -5,13 +5,13 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicUsize, Ordering},
 };
 
 use lb_userspace::{
-    model::{self, ClusterIp, DesiredState, ModelOptions, ServiceName},
+    model::{self, DesiredState, ModelOptions, ServiceName},
     source::manifests::ManifestDir,
 };
 use proptest::prelude::*;
@@ -84,6 +84,15 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, bool)> {
         ("duplicate-in-file.yaml", [service("twice", "ports: [{port: 80}]"), b"---\n".to_vec(), service("twice", "ports: [{port: 81}]")].concat(), true),
         ("duplicate-of-good.yaml", service("good", "clusterIP: 10.96.0.99, ports: [{port: 81}]"), true),
         ("cluster-ip-taken.yaml", service("thief", "clusterIP: 10.96.0.20, ports: [{port: 80}]"), true),
+        ("family-unknown.yaml", service("bad-family", "ipFamilies: [IPv5], ports: [{port: 80}]"), true),
+        ("family-twice.yaml", service("family-twice", "ipFamilies: [IPv4, IPv4], ports: [{port: 80}]"), true),
+        ("policy-unknown.yaml", service("bad-policy", "ipFamilyPolicy: Sometimes, ports: [{port: 80}]"), true),
+        ("single-two-families.yaml", service("single-two", "ipFamilyPolicy: SingleStack, ipFamilies: [IPv4, IPv6], ports: [{port: 80}]"), true),
+        ("require-dual.yaml", service("require-dual", "ipFamilyPolicy: RequireDualStack, ports: [{port: 80}]"), true),
+        ("ipv6-without-cidr.yaml", service("v6-only", "ipFamilies: [IPv6], ports: [{port: 80}]"), true),
+        ("cluster-ips-same-family.yaml", service("same-family", "ipFamilyPolicy: PreferDualStack, clusterIPs: [10.96.0.30, 10.96.0.31], ports: [{port: 80}]"), true),
+        ("cluster-ip-not-first.yaml", service("not-first", "clusterIP: 10.96.0.32, clusterIPs: [10.96.0.33], ports: [{port: 80}]"), true),
+        ("cluster-ips-other-family.yaml", service("other-family", "ipFamilies: [IPv6], clusterIPs: [10.96.0.34], ports: [{port: 80}]"), true),
         ("binary.yaml", junk.clone(), true),
         ("binary.json", junk, true),
         ("ten-megabytes.yaml", big, true),
@@ -132,10 +141,10 @@ impl Drop for Dir {
 fn assert_good_intact(state: &DesiredState, context: &str) {
     let good =
         state.services.get(&ServiceName::new("default", "good")).unwrap_or_else(|| panic!("{context}: good is gone"));
-    assert_eq!(good.cluster_ip, ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 20)), "{context}");
+    assert_eq!(good.cluster_ips, [IpAddr::from([10, 96, 0, 20])], "{context}");
     assert_eq!(good.ports.len(), 1, "{context}");
     let endpoints: Vec<_> = good.ports[0].active_endpoints().map(|e| (e.addr, e.port)).collect();
-    assert_eq!(endpoints, [(Ipv4Addr::new(10, 244, 0, 2), 8080)], "{context}");
+    assert_eq!(endpoints, [(IpAddr::from([10, 244, 0, 2]), 8080)], "{context}");
 }
 
 fn names_file(error: &str, file: &Path) -> bool {

@@ -303,8 +303,15 @@ impl Drop for AgentProcess {
 
 /// Manifest text for a pod of the kubia example.
 pub fn pod_manifest(name: &str, ip: std::net::Ipv4Addr, ready: bool) -> String {
+    pod_manifest_ips(name, &[ip.into()], ready)
+}
+
+/// Like [`pod_manifest`], with `status.podIPs` (`podIP` the first).
+pub fn pod_manifest_ips(name: &str, ips: &[std::net::IpAddr], ready: bool) -> String {
     let status = if ready { "True" } else { "False" };
+    let pod_ips: String = ips.iter().map(|ip| format!("  - ip: {ip}\n")).collect();
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: kubia\nspec:\n  containers:\n  - name: kubia\n    image: luksa/kubia\n    ports:\n    - name: http\n      containerPort: 8080\nstatus:\n  podIP: {ip}\n  conditions:\n  - type: Ready\n    status: \"{status}\"\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    app: kubia\nspec:\n  containers:\n  - name: kubia\n    image: luksa/kubia\n    ports:\n    - name: http\n      containerPort: 8080\nstatus:\n  podIP: {}\n  podIPs:\n{pod_ips}  conditions:\n  - type: Ready\n    status: \"{status}\"\n",
+        ips[0]
     )
 }

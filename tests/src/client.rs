@@ -2,7 +2,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd},
     time::{Duration, Instant},
 };
@@ -12,23 +12,24 @@ use anyhow::Context;
 use crate::netns::Netns;
 
 /// `GET /` to `addr` from inside `ns`; the response body.
-pub fn http_get(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<String> {
+pub fn http_get(ns: &Netns, addr: impl Into<SocketAddr>, timeout: Duration) -> anyhow::Result<String> {
     Ok(http_request(ns, addr, timeout)?.1)
 }
 
 /// `GET /` to `addr` from inside `ns`; the status code and the body.
-pub fn http_request(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<(u16, String)> {
+pub fn http_request(ns: &Netns, addr: impl Into<SocketAddr>, timeout: Duration) -> anyhow::Result<(u16, String)> {
     http_request_path(ns, addr, "/", timeout)
 }
 
 /// `GET PATH` to `addr` from inside `ns`; the status code and the body.
 pub fn http_request_path(
     ns: &Netns,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
-    ns.run_in(|| http_exchange(addr.into(), path, timeout).map(|answer| (answer.status, answer.body)))?
+    let addr = addr.into();
+    ns.run_in(|| http_exchange(addr, path, timeout).map(|answer| (answer.status, answer.body)))?
 }
 
 /// What an HTTP request got back, and the peer the socket named.
@@ -58,7 +59,7 @@ pub fn http_exchange(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow:
 /// address it came from.
 pub fn udp_request(
     ns: &Netns,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     payload: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<(String, SocketAddr)> {
@@ -70,12 +71,14 @@ pub fn udp_request(
 pub fn udp_request_from(
     ns: &Netns,
     from_port: u16,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     payload: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<(String, SocketAddr)> {
+    let addr = addr.into();
+    let unspecified = if addr.is_ipv4() { IpAddr::from(Ipv4Addr::UNSPECIFIED) } else { Ipv6Addr::UNSPECIFIED.into() };
     ns.run_in(|| -> anyhow::Result<(String, SocketAddr)> {
-        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, from_port))?;
+        let socket = UdpSocket::bind(SocketAddr::new(unspecified, from_port))?;
         socket.set_read_timeout(Some(timeout))?;
         socket.send_to(payload, addr).with_context(|| format!("send to {addr}"))?;
         let mut buf = [0u8; 2048];
@@ -157,21 +160,23 @@ pub fn bulk_receive(ns: &Netns, addr: SocketAddrV4, len: usize, timeout: Duratio
 /// connects, else the error and how long it took to come.
 pub fn tcp_connect(
     ns: &Netns,
-    addr: SocketAddrV4,
+    addr: impl Into<SocketAddr>,
     timeout: Duration,
 ) -> anyhow::Result<Result<(), (io::ErrorKind, Duration)>> {
+    let addr = addr.into();
     ns.run_in(|| {
         let start = Instant::now();
-        TcpStream::connect_timeout(&addr.into(), timeout).map(drop).map_err(|e| (e.kind(), start.elapsed()))
+        TcpStream::connect_timeout(&addr, timeout).map(drop).map_err(|e| (e.kind(), start.elapsed()))
     })
 }
 
 /// A datagram to `addr` on a connected UDP socket from `ns`: the reply, or
 /// the error the socket reports (an ICMP port unreachable makes it
 /// `ConnectionRefused`).
-pub fn udp_exchange(ns: &Netns, addr: SocketAddrV4, timeout: Duration) -> anyhow::Result<io::Result<Vec<u8>>> {
+pub fn udp_exchange(ns: &Netns, addr: impl Into<SocketAddr>, timeout: Duration) -> anyhow::Result<io::Result<Vec<u8>>> {
+    let addr = addr.into();
     ns.run_in(|| {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
         socket.set_read_timeout(Some(timeout))?;
         socket.connect(addr)?;
         socket.send(b"anyone there?")?;

@@ -1,11 +1,13 @@
 //! One Kubernetes node as namespaces (DESIGN.md §4): a node namespace that
 //! routes, and pod namespaces joined to it by veth pairs, Calico-style:
 //! each pod has its IP as a /32 on `eth0` and a default route via the
-//! link-local gateway 169.254.1.1, which is the host-side veth's MAC.
+//! link-local gateway 169.254.1.1, which is the host-side veth's MAC. An
+//! IPv6 pod has its address as a /128 and a default route via fe80::1, the
+//! same MAC.
 
 use std::{
     io::{BufRead, BufReader},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::Stdio,
 };
 
@@ -14,6 +16,18 @@ use anyhow::bail;
 use crate::netns::{ChildGuard, Netns};
 
 const GATEWAY: &str = "169.254.1.1";
+const GATEWAY6: &str = "fe80::1";
+/// Forwarding for both families, no reverse-path filter, and no duplicate
+/// address detection (an address would otherwise stay unusable for a
+/// second or more).
+const NODE_SYSCTLS: [&str; 6] = [
+    "net.ipv4.ip_forward=1",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+    "net.ipv6.conf.all.forwarding=1",
+    "net.ipv6.conf.all.accept_dad=0",
+    "net.ipv6.conf.default.accept_dad=0",
+];
 /// Wildcard matching every pod veth of a node, for `--pod-device`.
 pub const POD_DEVICE_PATTERN: &str = "h-*";
 
@@ -23,7 +37,9 @@ pub struct Node {
 
 pub struct Pod {
     pub name: String,
+    /// 0.0.0.0 for an IPv6-only pod.
     pub ip: Ipv4Addr,
+    pub ipv6: Option<Ipv6Addr>,
     pub ns: Netns,
     /// The host side of the pod's veth, in the node namespace.
     pub host_veth: String,
@@ -33,7 +49,7 @@ pub struct Pod {
 impl Node {
     pub fn new() -> anyhow::Result<Self> {
         let ns = Netns::create("n")?;
-        for sysctl in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
+        for sysctl in NODE_SYSCTLS {
             ns.exec(&["sysctl", "-qw", sysctl])?;
         }
         Ok(Self { ns })
@@ -41,24 +57,40 @@ impl Node {
 
     /// A pod named `name` (at most 13 characters: its veth is `h-<name>`).
     pub fn add_pod(&self, name: &str, ip: Ipv4Addr) -> anyhow::Result<Pod> {
+        self.add_pod_with(name, Some(ip), None)
+    }
+
+    /// A pod with an IPv4 address, an IPv6 one, or both (dual-stack).
+    pub fn add_pod_with(&self, name: &str, ip: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>) -> anyhow::Result<Pod> {
         if name.len() > 13 {
             bail!("pod name {name} is longer than 13 characters");
         }
         let ns = Netns::create("p")?;
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"])?;
         let host_veth = format!("h-{name}");
         let (node, pod) = (self.ns.name(), ns.name());
         // Created directly inside both namespaces: names never clash on the host.
         crate::netns::veth_pair(node, &host_veth, pod, "eth0")?;
-        let addr = format!("{ip}/32");
-        ns.exec(&["ip", "addr", "add", &addr, "dev", "eth0"])?;
         ns.exec(&["ip", "link", "set", "eth0", "up"])?;
-        ns.exec(&["ip", "route", "add", GATEWAY, "dev", "eth0", "scope", "link"])?;
-        ns.exec(&["ip", "route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
         self.ns.exec(&["ip", "link", "set", &host_veth, "up"])?;
-        self.ns.exec(&["ip", "route", "add", &addr, "dev", &host_veth])?;
         let mac = self.ns.mac(&host_veth)?;
-        ns.exec(&["ip", "neigh", "replace", GATEWAY, "lladdr", &mac, "dev", "eth0", "nud", "permanent"])?;
-        Ok(Pod { name: name.to_owned(), ip, ns, host_veth, servers: Vec::new() })
+        if let Some(ip) = ip {
+            let addr = format!("{ip}/32");
+            ns.exec(&["ip", "addr", "add", &addr, "dev", "eth0"])?;
+            ns.exec(&["ip", "route", "add", GATEWAY, "dev", "eth0", "scope", "link"])?;
+            ns.exec(&["ip", "route", "add", "default", "via", GATEWAY, "dev", "eth0"])?;
+            self.ns.exec(&["ip", "route", "add", &addr, "dev", &host_veth])?;
+            ns.exec(&["ip", "neigh", "replace", GATEWAY, "lladdr", &mac, "dev", "eth0", "nud", "permanent"])?;
+        }
+        if let Some(ipv6) = ipv6 {
+            let addr = format!("{ipv6}/128");
+            ns.exec(&["ip", "-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+            ns.exec(&["ip", "-6", "route", "add", "default", "via", GATEWAY6, "dev", "eth0"])?;
+            self.ns.exec(&["ip", "-6", "route", "add", &addr, "dev", &host_veth])?;
+            ns.exec(&["ip", "-6", "neigh", "replace", GATEWAY6, "lladdr", &mac, "dev", "eth0", "nud", "permanent"])?;
+        }
+        let ip = ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        Ok(Pod { name: name.to_owned(), ip, ipv6, ns, host_veth, servers: Vec::new() })
     }
 
     /// An external client on a link to the node: the node's device
@@ -73,6 +105,22 @@ impl Node {
         ns.exec(&["ip", "link", "set", "eth0", "up"])?;
         ns.exec(&["ip", "route", "add", "default", "via", &node_ip.to_string()])?;
         Ok(ns)
+    }
+
+    /// Gives the link of an external client (`add_external_client`) IPv6
+    /// too: the node's device `ifname` gets `node_ip`/64, the client
+    /// `client_ip`/64 and a default route through the node.
+    pub fn add_external_ipv6(
+        &self,
+        client: &Netns,
+        ifname: &str,
+        node_ip: Ipv6Addr,
+        client_ip: Ipv6Addr,
+    ) -> anyhow::Result<()> {
+        self.ns.exec(&["ip", "-6", "addr", "add", &format!("{node_ip}/64"), "dev", ifname, "nodad"])?;
+        client.exec(&["ip", "-6", "addr", "add", &format!("{client_ip}/64"), "dev", "eth0", "nodad"])?;
+        client.exec(&["ip", "-6", "route", "add", "default", "via", &node_ip.to_string()])?;
+        Ok(())
     }
 
     /// A route in the node namespace, e.g. another node's pod CIDR via it.
@@ -118,14 +166,15 @@ impl Pod {
         self.spawn_server(ports.iter().map(|p| ("--discard", *p)))
     }
 
-    /// Runs `lb-testserver` with (flag, port) listeners on all addresses
-    /// and waits until it is listening.
+    /// Runs `lb-testserver` with (flag, port) listeners on all addresses of
+    /// both families and waits until it is listening.
     fn spawn_server(&mut self, listeners: impl IntoIterator<Item = (&'static str, u16)>) -> anyhow::Result<()> {
         let bin = crate::workspace_binary("LB_TESTSERVER_BIN", "lb-testserver")?;
         let mut cmd = self.ns.command(bin);
         cmd.args(["--name", &self.name]).stdout(Stdio::piped());
         for (flag, port) in listeners {
-            cmd.args([flag, &format!("0.0.0.0:{port}")]);
+            // Both families (the kernel's default for `[::]`).
+            cmd.args([flag, &format!("[::]:{port}")]);
         }
         let mut guard = self.ns.spawn(&mut cmd)?;
         let stdout = guard.0.stdout.take().expect("piped");

@@ -2,13 +2,18 @@
 //! kernel, run on hand-built frames. Each row names the input, the verdict
 //! and the exact output frame expected, and the counter it must bump.
 
+use std::net::IpAddr;
+
 use lb_common::{
     Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_SCOPE_ALL, Frontend,
     FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason, VIP_CLUSTER_IP, wire,
 };
 use lb_ebpf::{
-    answer::{self, L4Checksum},
-    packet::parse::{Frame, parse},
+    answer::{self, Answered, L4Checksum},
+    packet::{
+        family::{V4, V6},
+        parse::{Frame, parse, parse_ipv6},
+    },
     packet_builder::{PacketBuilder, checksum_errors, icmp_error},
 };
 use lb_tests::require_root;
@@ -26,6 +31,23 @@ const EMPTY_VIP: [u8; 4] = [10, 96, 0, 11];
 const CLIENT: [u8; 4] = [10, 244, 0, 3];
 const POD: [u8; 4] = [10, 244, 1, 7];
 const NODE: [u8; 4] = [198, 51, 100, 1];
+/// The IPv6 twins: fd00:96::a and ::b, fd00:44::3, fd00:44:1::7, 2001:db8::1.
+const VIP6: [u8; 16] = v6([0xfd00, 0x96, 0, 0, 0, 0, 0, 0x0a]);
+const EMPTY_VIP6: [u8; 16] = v6([0xfd00, 0x96, 0, 0, 0, 0, 0, 0x0b]);
+const CLIENT6: [u8; 16] = v6([0xfd00, 0x44, 0, 0, 0, 0, 0, 3]);
+const POD6: [u8; 16] = v6([0xfd00, 0x44, 1, 0, 0, 0, 0, 7]);
+const NODE6: [u8; 16] = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]);
+
+const fn v6(groups: [u16; 8]) -> [u8; 16] {
+    let mut octets = [0; 16];
+    let mut i = 0;
+    while i < 8 {
+        let [hi, lo] = groups[i].to_be_bytes();
+        (octets[2 * i], octets[2 * i + 1]) = (hi, lo);
+        i += 1;
+    }
+    octets
+}
 
 struct Fixture {
     what: &'static str,
@@ -37,47 +59,44 @@ struct Fixture {
     reason: Reason,
 }
 
-fn tcp(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> PacketBuilder {
+fn tcp<A: Into<IpAddr>>(s: A, sp: u16, d: A, dp: u16) -> PacketBuilder {
     PacketBuilder::new(IPPROTO_TCP, s, sp, d, dp)
 }
 
-fn udp(s: [u8; 4], sp: u16, d: [u8; 4], dp: u16) -> PacketBuilder {
+fn udp<A: Into<IpAddr>>(s: A, sp: u16, d: A, dp: u16) -> PacketBuilder {
     PacketBuilder::new(IPPROTO_UDP, s, sp, d, dp)
 }
 
 /// VIP:80/TCP and VIP:53/UDP with the one backend POD, and EMPTY_VIP:80/TCP
 /// and :53/UDP without endpoints: one backend keeps every choice predictable.
+/// The same in IPv6 (VIP6, POD6, EMPTY_VIP6, NODE6), frontend ids + 10.
 fn program_services(dp: &mut ScratchDatapath) {
-    let backend = |port| Backend { addr: wire::addr(POD), port: wire::port(port), flags: 0 };
-    let frontend = |addr, port, proto| FrontendKey {
-        addr: wire::addr(addr),
-        port: wire::port(port),
-        proto,
-        scope: FRONTEND_SCOPE_ALL,
-    };
+    let backend = |addr: IpAddr, port| Backend { addr, port: wire::port(port), flags: 0 };
+    let frontend =
+        |addr: IpAddr, port, proto| FrontendKey { addr, port: wire::port(port), proto, scope: FRONTEND_SCOPE_ALL };
     let ops = [
-        MapOp::PutBackend { id: 1, backend: backend(8080) },
-        MapOp::PutBackend { id: 2, backend: backend(5353) },
+        MapOp::PutBackend { id: 1, backend: backend(POD.into(), 8080) },
+        MapOp::PutBackend { id: 2, backend: backend(POD.into(), 5353) },
         MapOp::PutSlot { key: BackendSlotKey { frontend_id: 1, slot: 0 }, backend_id: 1 },
         MapOp::PutSlot { key: BackendSlotKey { frontend_id: 2, slot: 0 }, backend_id: 2 },
         MapOp::PutFrontend {
-            key: frontend(VIP, 80, IPPROTO_TCP),
+            key: frontend(VIP.into(), 80, IPPROTO_TCP),
             frontend: Frontend { frontend_id: 1, backend_count: 1, ..Default::default() },
         },
         MapOp::PutFrontend {
-            key: frontend(VIP, 53, IPPROTO_UDP),
+            key: frontend(VIP.into(), 53, IPPROTO_UDP),
             frontend: Frontend { frontend_id: 2, backend_count: 1, ..Default::default() },
         },
         MapOp::PutFrontend {
-            key: frontend(EMPTY_VIP, 80, IPPROTO_TCP),
+            key: frontend(EMPTY_VIP.into(), 80, IPPROTO_TCP),
             frontend: Frontend { frontend_id: 3, backend_count: 0, ..Default::default() },
         },
         MapOp::PutFrontend {
-            key: frontend(EMPTY_VIP, 53, IPPROTO_UDP),
+            key: frontend(EMPTY_VIP.into(), 53, IPPROTO_UDP),
             frontend: Frontend { frontend_id: 4, backend_count: 0, ..Default::default() },
         },
         MapOp::PutFrontend {
-            key: frontend(NODE, 30080, IPPROTO_TCP),
+            key: frontend(NODE.into(), 30080, IPPROTO_TCP),
             frontend: Frontend {
                 frontend_id: 1,
                 backend_count: 1,
@@ -86,15 +105,46 @@ fn program_services(dp: &mut ScratchDatapath) {
             },
         },
         MapOp::PutFrontend {
-            key: frontend(NODE, 30081, IPPROTO_TCP),
+            key: frontend(NODE.into(), 30081, IPPROTO_TCP),
             frontend: Frontend { frontend_id: 3, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
         },
         MapOp::PutFrontend {
-            key: frontend(NODE, 30053, IPPROTO_UDP),
+            key: frontend(NODE.into(), 30053, IPPROTO_UDP),
             frontend: Frontend { frontend_id: 4, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
         },
-        MapOp::PutVip { addr: wire::addr(VIP), frontends: 2 | VIP_CLUSTER_IP },
-        MapOp::PutVip { addr: wire::addr(EMPTY_VIP), frontends: 2 },
+        MapOp::PutVip { addr: VIP.into(), frontends: 2 | VIP_CLUSTER_IP },
+        MapOp::PutVip { addr: EMPTY_VIP.into(), frontends: 2 },
+        MapOp::PutBackend { id: 11, backend: backend(POD6.into(), 8080) },
+        MapOp::PutBackend { id: 12, backend: backend(POD6.into(), 5353) },
+        MapOp::PutSlot { key: BackendSlotKey { frontend_id: 11, slot: 0 }, backend_id: 11 },
+        MapOp::PutSlot { key: BackendSlotKey { frontend_id: 12, slot: 0 }, backend_id: 12 },
+        MapOp::PutFrontend {
+            key: frontend(VIP6.into(), 80, IPPROTO_TCP),
+            frontend: Frontend { frontend_id: 11, backend_count: 1, ..Default::default() },
+        },
+        MapOp::PutFrontend {
+            key: frontend(VIP6.into(), 53, IPPROTO_UDP),
+            frontend: Frontend { frontend_id: 12, backend_count: 1, ..Default::default() },
+        },
+        MapOp::PutFrontend {
+            key: frontend(EMPTY_VIP6.into(), 80, IPPROTO_TCP),
+            frontend: Frontend { frontend_id: 13, backend_count: 0, ..Default::default() },
+        },
+        MapOp::PutFrontend {
+            key: frontend(NODE6.into(), 30080, IPPROTO_TCP),
+            frontend: Frontend {
+                frontend_id: 11,
+                backend_count: 1,
+                flags: FRONTEND_FLAG_EXTERNAL,
+                ..Default::default()
+            },
+        },
+        MapOp::PutFrontend {
+            key: frontend(NODE6.into(), 30081, IPPROTO_TCP),
+            frontend: Frontend { frontend_id: 13, flags: FRONTEND_FLAG_EXTERNAL, ..Default::default() },
+        },
+        MapOp::PutVip { addr: VIP6.into(), frontends: 2 | VIP_CLUSTER_IP },
+        MapOp::PutVip { addr: EMPTY_VIP6.into(), frontends: 1 | VIP_CLUSTER_IP },
     ];
     for op in &ops {
         dp.maps.apply(op).unwrap();
@@ -247,7 +297,7 @@ fn fixtures() -> Vec<Fixture> {
             Reason::PassFragment,
         ),
         untouched("a truncated tcp header is passed untouched", PodTc, truncated, TC_ACT_OK, Reason::PassTruncated),
-        untouched("arp is passed untouched", PodTc, arp, TC_ACT_OK, Reason::PassNotIpv4),
+        untouched("arp is passed untouched", PodTc, arp, TC_ACT_OK, Reason::PassNotIp),
         untouched(
             "icmp other than an echo request to the vip is passed untouched",
             PodTc,
@@ -349,6 +399,136 @@ fn fixtures() -> Vec<Fixture> {
             expected_port_unreachable(&udp_to_empty_node_port),
             Reason::RejectNoBackend,
         ),
+        translated(
+            "ipv6: a tcp syn to the vip goes to the backend",
+            PodTc,
+            tcp(CLIENT6, 40000, VIP6, 80).build(),
+            TC_ACT_OK,
+            tcp(CLIENT6, 40000, POD6, 8080).build(),
+            Reason::ForwardNewFlow,
+        ),
+        translated(
+            "ipv6: the next packet of that flow goes to the same backend",
+            PodTc,
+            tcp(CLIENT6, 40000, VIP6, 80).tcp_flags(0x10).build(),
+            TC_ACT_OK,
+            tcp(CLIENT6, 40000, POD6, 8080).tcp_flags(0x10).build(),
+            Reason::ForwardEstablished,
+        ),
+        translated(
+            "ipv6: the backend's reply leaves from the vip (tc ingress)",
+            PodTc,
+            tcp(POD6, 8080, CLIENT6, 40000).tcp_flags(0x12).build(),
+            TC_ACT_OK,
+            tcp(VIP6, 80, CLIENT6, 40000).tcp_flags(0x12).build(),
+            Reason::ReplyReverseNat,
+        ),
+        translated(
+            "ipv6: the backend's reply leaves from the vip (tc egress)",
+            TcEgress,
+            tcp(POD6, 8080, CLIENT6, 40000).tcp_flags(0x12).build(),
+            TC_ACT_OK,
+            tcp(VIP6, 80, CLIENT6, 40000).tcp_flags(0x12).build(),
+            Reason::ReplyReverseNat,
+        ),
+        untouched(
+            "ipv6: tc egress does not start flows",
+            TcEgress,
+            tcp(CLIENT6, 40001, VIP6, 80).build(),
+            TC_ACT_OK,
+            Reason::PassNoService,
+        ),
+        translated(
+            "ipv6: udp to the vip goes to the backend and its answer comes from the vip",
+            PodTc,
+            udp(CLIENT6, 5000, VIP6, 53).payload(b"query").build(),
+            TC_ACT_OK,
+            udp(CLIENT6, 5000, POD6, 5353).payload(b"query").build(),
+            Reason::ForwardNewFlow,
+        ),
+        translated(
+            "ipv6: the udp answer comes from the vip",
+            PodTc,
+            udp(POD6, 5353, CLIENT6, 5000).payload(b"answer").build(),
+            TC_ACT_OK,
+            udp(VIP6, 53, CLIENT6, 5000).payload(b"answer").build(),
+            Reason::ReplyReverseNat,
+        ),
+        translated(
+            "ipv6: a node port from outside goes to the backend",
+            XdpNode,
+            tcp(CLIENT6, 40020, NODE6, 30080).build(),
+            XDP_PASS,
+            tcp(CLIENT6, 40020, POD6, 8080).build(),
+            Reason::ForwardNewFlow,
+        ),
+        untouched(
+            "ipv6: a cluster ip is not reachable from outside",
+            XdpNode,
+            tcp(CLIENT6, 40021, VIP6, 80).build(),
+            XDP_PASS,
+            Reason::PassInternalOnly,
+        ),
+        untouched(
+            "ipv6: traffic to other addresses is untouched",
+            PodTc,
+            tcp(CLIENT6, 40002, POD6, 8080).build(),
+            TC_ACT_OK,
+            Reason::PassNoService,
+        ),
+        translated(
+            "ipv6: another port of a cluster ip is refused with a reset",
+            PodTc,
+            tcp(CLIENT6, 40003, VIP6, 81).build(),
+            TC_ACT_OK,
+            expected_reset(&tcp(CLIENT6, 40003, VIP6, 81).build()),
+            Reason::RejectNoServicePort,
+        ),
+        translated(
+            "ipv6: a syn to a service without endpoints is refused with a reset",
+            PodTc,
+            tcp(CLIENT6, 40006, EMPTY_VIP6, 80).build(),
+            TC_ACT_OK,
+            expected_reset(&tcp(CLIENT6, 40006, EMPTY_VIP6, 80).build()),
+            Reason::RejectNoBackend,
+        ),
+        translated(
+            "ipv6: udp to a service without endpoints gets an icmpv6 port unreachable",
+            PodTc,
+            udp(CLIENT6, 5004, EMPTY_VIP6, 53).payload(b"anyone?").build(),
+            TC_ACT_OK,
+            expected_port_unreachable(&udp(CLIENT6, 5004, EMPTY_VIP6, 53).payload(b"anyone?").build()),
+            Reason::RejectNoServicePort,
+        ),
+        translated(
+            "ipv6: from outside, a node port without endpoints refuses with a reset",
+            XdpNode,
+            tcp(CLIENT6, 40007, NODE6, 30081).build(),
+            XDP_PASS,
+            expected_reset(&tcp(CLIENT6, 40007, NODE6, 30081).build()),
+            Reason::RejectNoBackend,
+        ),
+        untouched(
+            "ipv6: extension headers are passed untouched",
+            PodTc,
+            tcp(CLIENT6, 40004, VIP6, 80).extension_header(0).build(),
+            TC_ACT_OK,
+            Reason::PassExtensionHeaders,
+        ),
+        untouched(
+            "ipv6: fragments are passed untouched",
+            XdpNode,
+            tcp(CLIENT6, 40005, NODE6, 30080).extension_header(44).build(),
+            XDP_PASS,
+            Reason::PassFragment,
+        ),
+        untouched(
+            "ipv6: icmpv6 (neighbour discovery among it) is passed untouched",
+            XdpNode,
+            PacketBuilder::new(58, CLIENT6, 0, NODE6, 0).build(),
+            XDP_PASS,
+            Reason::PassNotTcpUdp,
+        ),
     ]
 }
 
@@ -357,18 +537,26 @@ fn fixtures() -> Vec<Fixture> {
 fn expected_reset(frame: &[u8]) -> Vec<u8> {
     let mut out = frame.to_vec();
     let data = out.as_mut_ptr() as usize;
-    let pkt = parse(data, data + out.len(), Frame::Linear).unwrap();
-    let tot_len = u16::from_be_bytes([out[16], out[17]]);
-    unsafe { answer::write_reset(&pkt, answer::reset_for(&pkt, tot_len).unwrap(), L4Checksum::Full) };
-    out.truncate(answer::RST_FRAME_LEN);
+    if let Ok(pkt) = parse_ipv6(data, data + out.len(), Frame::Linear) {
+        unsafe { answer::write_reset(&pkt, answer::reset_for(&pkt).unwrap(), L4Checksum::Full) };
+        out.truncate(V6::RST_FRAME_LEN);
+    } else {
+        let pkt = parse(data, data + out.len(), Frame::Linear).unwrap();
+        unsafe { answer::write_reset(&pkt, answer::reset_for(&pkt).unwrap(), L4Checksum::Full) };
+        out.truncate(V4::RST_FRAME_LEN);
+    }
     out
 }
 
 fn expected_port_unreachable(frame: &[u8]) -> Vec<u8> {
-    let mut out = vec![0; answer::ICMP_ERROR_GROWTH];
+    if frame[12..14] == [0x86, 0xdd] { unreachable_of::<V6>(frame) } else { unreachable_of::<V4>(frame) }
+}
+
+fn unreachable_of<F: Answered>(frame: &[u8]) -> Vec<u8> {
+    let mut out = vec![0; F::ICMP_ERROR_GROWTH];
     out.extend_from_slice(frame);
-    unsafe { answer::write_unreachable(out.as_mut_ptr() as usize, answer::Unreachable::Port) };
-    out.truncate(answer::ICMP_ERROR_FRAME_LEN);
+    unsafe { F::write_unreachable(out.as_mut_ptr() as usize, answer::Unreachable::Port) };
+    out.truncate(F::ICMP_ERROR_FRAME_LEN);
     out
 }
 
@@ -432,9 +620,9 @@ fn an_established_flow_keeps_its_backend_among_many() {
     require_root();
     let mut dp = ScratchDatapath::load();
     let frontend =
-        FrontendKey { addr: wire::addr(VIP), port: wire::port(80), proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
+        FrontendKey { addr: VIP.into(), port: wire::port(80), proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
     for i in 0..5u32 {
-        let backend = Backend { addr: wire::addr([10, 244, 2, 10 + i as u8]), port: wire::port(8080), flags: 0 };
+        let backend = Backend { addr: [10, 244, 2, 10 + i as u8].into(), port: wire::port(8080), flags: 0 };
         dp.maps.apply(&MapOp::PutBackend { id: 10 + i, backend }).unwrap();
         dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { frontend_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
     }
@@ -472,20 +660,21 @@ fn the_sweep_keeps_an_entry_refreshed_after_it_was_read_as_expired() {
         sport: wire::port(sport),
         dport: wire::port(53),
         proto: IPPROTO_UDP,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let stale = CtEntry { last_seen_ns: 0, ..CtEntry::default() };
     for sport in [1000, 1001] {
-        dp.maps.conntrack.insert(key(sport), stale, 0).unwrap();
+        dp.maps.v4.conntrack.insert(key(sport), stale, 0).unwrap();
     }
-    let (expired, _) = dp.maps.expired_conntrack(&timeouts).unwrap();
+    let (expired, _) = dp.maps.v4.expired_conntrack(&timeouts).unwrap();
     assert_eq!(expired.len(), 2);
     // A packet of flow 1001 refreshes its entry now.
     let fresh = CtEntry { last_seen_ns: lb_userspace::datapath::maps::monotonic_ns(), ..stale };
-    dp.maps.conntrack.insert(key(1001), fresh, 0).unwrap();
-    assert_eq!(dp.maps.remove_expired_conntrack(&expired, &timeouts).unwrap(), (1, 1));
-    assert!(dp.maps.conntrack.get(&key(1000), 0).is_err(), "the expired entry is gone");
-    assert_eq!(dp.maps.conntrack.get(&key(1001), 0).unwrap().last_seen_ns, fresh.last_seen_ns);
+    dp.maps.v4.conntrack.insert(key(1001), fresh, 0).unwrap();
+    assert_eq!(dp.maps.v4.remove_expired_conntrack(&expired, &timeouts).unwrap(), (1, 1));
+    assert!(dp.maps.v4.conntrack.get(&key(1000), 0).is_err(), "the expired entry is gone");
+    assert_eq!(dp.maps.v4.conntrack.get(&key(1001), 0).unwrap().last_seen_ns, fresh.last_seen_ns);
 }
 
 /// The maps the agent updates while packets read them are not
@@ -527,7 +716,8 @@ fn counters_pinned_with_another_layout_start_again() {
     let dp = ScratchDatapath::load();
     let pin = dp.dir().join(lb_common::map_names::COUNTERS);
     std::fs::remove_file(&pin).unwrap();
-    pin_counters(&pin, 69);
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    pin_map(&pin, [BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 69]);
     let (_, maps, _) = Datapath::load(dp.dir(), &LoadOptions::default()).unwrap();
     let counters = maps.counters().expect("every hook's and reason's counter is there");
     assert_eq!(counters.len(), Reason::COUNT as usize);
@@ -535,12 +725,30 @@ fn counters_pinned_with_another_layout_start_again() {
     assert_eq!(info.max_entries(), lb_common::Hook::COUNT * Reason::COUNT);
 }
 
-/// Pins a per-CPU array of `entries` u64 at `path`, as an older agent's
-/// `LB_COUNTERS` (raw bpf(2): aya creates maps only from an object).
-fn pin_counters(path: &std::path::Path, entries: u32) {
+/// The endpoints an older agent listed (IPv4 only, 72-byte entries) are
+/// listed anew: reused, every write of this agent's would be refused.
+#[test]
+fn endpoints_listed_with_another_layout_are_listed_anew() {
+    use lb_userspace::datapath::loader::{Datapath, LoadOptions};
+    require_root();
+    let dp = ScratchDatapath::load();
+    let pin = dp.dir().join(lb_common::map_names::ENDPOINTS);
+    std::fs::remove_file(&pin).unwrap();
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    pin_map(&pin, [BPF_MAP_TYPE_HASH, 8, 72, lb_common::MAX_ENDPOINTS]);
+    let (_, mut maps, _) = Datapath::load(dp.dir(), &LoadOptions::default()).unwrap();
+    let key = lb_common::EndpointKey { frontend_id: 1, index: 0 };
+    let meta = lb_common::EndpointMeta::new(std::net::Ipv6Addr::LOCALHOST.octets(), 80, lb_common::EP_READY, "pod");
+    maps.apply(&MapOp::PutEndpoint { key, meta }).expect("an endpoint of this layout is written");
+    let info = aya::maps::MapInfo::from_pin(&pin).unwrap();
+    assert_eq!(info.value_size() as usize, size_of::<lb_common::EndpointMeta>());
+}
+
+/// Pins a map of (type, key size, value size, entries) at `path`, as an
+/// older agent's (raw bpf(2): aya creates maps only from an object).
+fn pin_map(path: &std::path::Path, definition: [u32; 4]) {
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
     let bpf = |cmd: libc::c_long, attr: &mut [u32; 32]| {
         // SAFETY: bpf(2) reads the zero-padded attribute block it is given.
         let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
@@ -549,7 +757,7 @@ fn pin_counters(path: &std::path::Path, entries: u32) {
     };
     // map_type, key_size, value_size, max_entries.
     let mut create = [0u32; 32];
-    create[..4].copy_from_slice(&[BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, entries]);
+    create[..4].copy_from_slice(&definition);
     let fd = bpf(BPF_MAP_CREATE, &mut create);
     let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // pathname (a u64, low half first on this little-endian target), bpf_fd.
@@ -591,24 +799,40 @@ fn odd_frame(rng: &mut Rng) -> Vec<u8> {
         let len = 14 + rng.below(300) as usize;
         return (0..len).map(|_| rng.next() as u8).collect();
     }
-    let client = [10, 244, rng.below(4) as u8, rng.below(256) as u8];
-    // Half to the Services' ports, half anywhere.
-    let services = [(VIP, 80), (VIP, 53), (EMPTY_VIP, 80), (EMPTY_VIP, 53), (NODE, 30080)];
+    // Half to the Services' ports, half anywhere; a third IPv6.
     let any_port = rng.below(65536) as u16;
-    let elsewhere = (rng.pick(&[VIP, EMPTY_VIP, NODE, POD, CLIENT, [192, 0, 2, 1]]), rng.pick(&[8080, 443, any_port]));
-    let (to, port) = if rng.below(2) == 0 { rng.pick(&services) } else { elsewhere };
+    let other_port = rng.pick(&[8080, 443, any_port]);
+    let ipv6 = rng.below(3) == 0;
+    let (client, to, port): (IpAddr, IpAddr, u16) = if ipv6 {
+        let mut client = CLIENT6;
+        client[14..].copy_from_slice(&[rng.below(4) as u8, rng.below(256) as u8]);
+        let services = [(VIP6, 80), (VIP6, 53), (EMPTY_VIP6, 80), (NODE6, 30080)];
+        let elsewhere = (rng.pick(&[VIP6, EMPTY_VIP6, NODE6, POD6, CLIENT6]), other_port);
+        let (to, port) = if rng.below(2) == 0 { rng.pick(&services) } else { elsewhere };
+        (client.into(), to.into(), port)
+    } else {
+        let client = [10, 244, rng.below(4) as u8, rng.below(256) as u8];
+        let services = [(VIP, 80), (VIP, 53), (EMPTY_VIP, 80), (EMPTY_VIP, 53), (NODE, 30080)];
+        let elsewhere = (rng.pick(&[VIP, EMPTY_VIP, NODE, POD, CLIENT, [192, 0, 2, 1]]), other_port);
+        let (to, port) = if rng.below(2) == 0 { rng.pick(&services) } else { elsewhere };
+        (client.into(), to.into(), port)
+    };
     let sport = rng.below(65536) as u16;
     let flags = if rng.below(2) == 0 { 0x02 } else { rng.next() as u8 };
     let mut builder = match rng.below(3) {
         0 => tcp(client, sport, to, port).tcp_flags(flags),
         1 => udp(client, sport, to, port),
-        _ => PacketBuilder::new(1, client, sport, to, port),
+        _ => PacketBuilder::new(if ipv6 { 58 } else { 1 }, client, sport, to, port),
     };
     builder = builder.payload(&vec![0x5a; rng.below(100) as usize]);
     if rng.below(8) == 0 {
-        builder = builder.ip_options(1 + rng.below(10) as usize);
+        builder = if ipv6 {
+            builder.extension_header(rng.pick(&[0, 43, 44, 60]))
+        } else {
+            builder.ip_options(1 + rng.below(10) as usize)
+        };
     }
-    if rng.below(8) == 0 {
+    if !ipv6 && rng.below(8) == 0 {
         builder = builder.fragment(rng.below(2) == 0, rng.below(4) as u16);
     }
     let mut frame = builder.build();
@@ -624,10 +848,12 @@ fn odd_frame(rng: &mut Rng) -> Vec<u8> {
             let tag = [0x81, 0x00, 0x00, rng.below(256) as u8];
             frame.splice(12..12, tag);
         }
+        // The other family's EtherType.
+        4 if ipv6 => frame[12..14].copy_from_slice(&[0x08, 0x00]),
         4 => frame[12..14].copy_from_slice(&[0x86, 0xdd]),
         // The lengths in the headers disagree with the frame.
         5 => {
-            let at = rng.pick(&[16usize, 17, 14, 38, 39]);
+            let at = if ipv6 { rng.pick(&[14usize, 18, 19, 20]) } else { rng.pick(&[16usize, 17, 14, 38, 39]) };
             frame[at] = rng.next() as u8;
         }
         _ => {}
@@ -674,7 +900,9 @@ fn a_million_odd_frames_abort_nothing_and_change_only_service_packets() {
             changed += 1;
             let data = frame.as_ptr() as usize;
             let icmp = frame.len() > 23 && frame[12..14] == [0x08, 0x00] && frame[23] == 1;
-            if parse(data, data + frame.len(), Frame::Linear).is_err() && !icmp {
+            let tcp_udp = parse(data, data + frame.len(), Frame::Linear).is_ok()
+                || parse_ipv6(data, data + frame.len(), Frame::Linear).is_ok();
+            if !tcp_udp && !icmp {
                 failures.push(format!("{program:?} changed a frame that is no TCP/UDP packet: {frame:02x?}"));
             }
             if checksum_errors(&frame).is_none()

@@ -163,6 +163,7 @@ fn an_empty_health_bind_address_serves_nothing_and_another_serves_there() {
     let elsewhere = "127.0.0.2:10257";
     let _agent =
         AgentProcess::start_with(&node, &[], &["--pod-device", "h-*", "--health-bind-address", elsewhere]).unwrap();
-    let (status, _) = http_request_path(&node.ns, elsewhere.parse().unwrap(), "/livez", TIMEOUT).unwrap();
+    let (status, _) =
+        http_request_path(&node.ns, elsewhere.parse::<std::net::SocketAddr>().unwrap(), "/livez", TIMEOUT).unwrap();
     assert_eq!(status, 200);
 }

@@ -191,7 +191,7 @@ fn every_flow_meets_what_kube_proxy_would_do() {
     dp.program_on(&desired_state(&manifests()), &node);
     // This node's address for SNAT, on the device test runs arrive on.
     let ingress = [(1u32, wire::addr(NODE))].into();
-    dp.maps.set_node_addresses(&ingress).unwrap();
+    dp.maps.v4.set_node_addresses(&ingress).unwrap();
     let mut failures = Vec::new();
     for flow in flows() {
         let got = met(&mut dp, &flow);

@@ -8,7 +8,7 @@
 
 use crate::packet::tcp::{ACK, FIN, RST, SYN};
 use lb_common::{
-    Backend, CT_FLAG_REWRITE_OTHER, CT_FORWARD, CT_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN,
+    Addr, Backend, CT_FLAG_REWRITE_OTHER, CT_FORWARD, CT_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN,
     CtEntry, CtKey, IPPROTO_TCP,
 };
 
@@ -43,36 +43,36 @@ pub fn next_state(proto: u8, state: u8, tcp_flags: u8) -> u8 {
 /// How a new flow is translated: to `backend`, and seen by it as coming
 /// from `source` when that is not the client itself (hairpin, SNAT).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Translation {
-    pub backend: Backend,
-    /// (address, port), network byte order.
-    pub source: Option<(u32, u16)>,
+pub struct Translation<A = u32> {
+    pub backend: Backend<A>,
+    /// (address, port), wire order.
+    pub source: Option<(A, u16)>,
 }
 
 /// Is the client of `flow` its own backend? Then it must see the frontend
 /// as its peer, or it would answer itself directly.
 #[inline(always)]
-pub fn is_hairpin(flow: &CtKey, backend: &Backend) -> bool {
+pub fn is_hairpin<A: Addr>(flow: &CtKey<A>, backend: &Backend<A>) -> bool {
     flow.saddr == backend.addr
 }
 
 #[inline(always)]
-fn flags(t: &Translation) -> u8 {
+fn flags<A>(t: &Translation<A>) -> u8 {
     if t.source.is_some() { CT_FLAG_REWRITE_OTHER } else { 0 }
 }
 
 /// The 5-tuple of the backend's replies to the client of `flow`: addressed
 /// to the source it saw.
 #[inline(always)]
-pub fn reply_key(flow: &CtKey, t: &Translation) -> CtKey {
+pub fn reply_key<A: Addr>(flow: &CtKey<A>, t: &Translation<A>) -> CtKey<A> {
     let (daddr, dport) = t.source.unwrap_or((flow.saddr, flow.sport));
-    CtKey { saddr: t.backend.addr, daddr, sport: t.backend.port, dport, proto: flow.proto, _pad: [0; 3] }
+    CtKey { saddr: t.backend.addr, daddr, sport: t.backend.port, dport, proto: flow.proto, _pad: 0, _pad2: 0 }
 }
 
 /// Rewrites `flow`'s destination to the backend (and its source to `t.source`).
 #[inline(always)]
-pub fn forward_entry(t: &Translation, frontend_id: u32, state: u8, now_ns: u64) -> CtEntry {
-    let (other_addr, other_port) = t.source.unwrap_or((0, 0));
+pub fn forward_entry<A: Addr>(t: &Translation<A>, frontend_id: u32, state: u8, now_ns: u64) -> CtEntry<A> {
+    let (other_addr, other_port) = t.source.unwrap_or_default();
     CtEntry {
         nat_addr: t.backend.addr,
         nat_port: t.backend.port,
@@ -82,7 +82,8 @@ pub fn forward_entry(t: &Translation, frontend_id: u32, state: u8, now_ns: u64) 
         other_addr,
         other_port,
         state,
-        _pad: [0; 5],
+        _pad: 0,
+        _pad2: 0,
         created_ns: now_ns,
         last_seen_ns: now_ns,
     }
@@ -91,7 +92,13 @@ pub fn forward_entry(t: &Translation, frontend_id: u32, state: u8, now_ns: u64) 
 /// Rewrites the replies' source back to the frontend `flow` was sent to
 /// (and their destination back to the client).
 #[inline(always)]
-pub fn reply_entry(flow: &CtKey, t: &Translation, frontend_id: u32, state: u8, now_ns: u64) -> CtEntry {
+pub fn reply_entry<A: Addr>(
+    flow: &CtKey<A>,
+    t: &Translation<A>,
+    frontend_id: u32,
+    state: u8,
+    now_ns: u64,
+) -> CtEntry<A> {
     CtEntry {
         nat_addr: flow.daddr,
         nat_port: flow.dport,
@@ -101,7 +108,8 @@ pub fn reply_entry(flow: &CtKey, t: &Translation, frontend_id: u32, state: u8, n
         other_addr: flow.saddr,
         other_port: flow.sport,
         state,
-        _pad: [0; 5],
+        _pad: 0,
+        _pad2: 0,
         created_ns: now_ns,
         last_seen_ns: now_ns,
     }
@@ -111,7 +119,7 @@ pub fn reply_entry(flow: &CtKey, t: &Translation, frontend_id: u32, state: u8, n
 mod tests {
     use super::*;
 
-    const FLOW: CtKey = CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, _pad: [0; 3] };
+    const FLOW: CtKey = CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, _pad: 0, _pad2: 0 };
     const BACKEND: Backend = Backend { addr: 9, port: 8, flags: 0 };
 
     #[test]

@@ -12,8 +12,8 @@ use select::Spread;
 
 use crate::packet::nat::Side;
 use lb_common::{
-    AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS, CT_REPLY,
-    CT_STATE_SYN, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_ADMITTED,
+    Addr, AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS,
+    CT_REPLY, CT_STATE_SYN, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_ADMITTED,
     FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_SCOPE_ALL,
     FRONTEND_SCOPE_PODS, Frontend, FrontendKey, Hook, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceCidr,
     VIP_CLUSTER_IP,
@@ -23,38 +23,50 @@ use lb_common::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InsertFailed;
 
-/// The maps and helpers the decision reads and writes.
-pub trait Tables {
-    fn conntrack(&self, key: &CtKey) -> Option<CtEntry>;
-    fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed>;
-    /// Like `conntrack_insert`, but fails when `key` is already there.
-    fn conntrack_insert_new(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed>;
-    /// Sets `key`'s state and last-seen time, if it is still there.
-    fn conntrack_refresh(&self, key: &CtKey, state: u8, now_ns: u64);
+/// The maps and helpers every family shares.
+pub trait Shared {
     /// Counts `n` entries written for new flows.
     fn conntrack_created(&self, n: u64);
     fn ct_timeouts(&self) -> CtTimeouts;
-    fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry>;
-    fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry);
-    /// Is `client` inside one of `frontend_id`'s source ranges?
-    fn source_allowed(&self, frontend_id: u32, client: u32) -> bool;
-    fn frontend(&self, key: &FrontendKey) -> Option<Frontend>;
     fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32>;
-    fn backend(&self, id: u32) -> Option<Backend>;
     /// Entry `index` of the Maglev tables: a backend slot.
     fn maglev_slot(&self, index: u32) -> Option<u16>;
     fn random(&self) -> u32;
     fn now_ns(&self) -> u64;
+}
+
+/// The maps and helpers the decision reads and writes for packets whose
+/// addresses are `A`: each family has maps of its own.
+pub trait Tables<A: Addr>: Shared {
+    /// What `read` takes from `key`'s entry, if there is one: a whole
+    /// IPv6 entry copied out would take the compiler's memcpy (a BPF
+    /// function of its own, and a stack frame more).
+    fn conntrack_with<R>(&self, key: &CtKey<A>, read: impl FnOnce(&CtEntry<A>) -> R) -> Option<R>;
+    #[inline(always)]
+    fn conntrack(&self, key: &CtKey<A>) -> Option<CtEntry<A>> {
+        self.conntrack_with(key, |entry| *entry)
+    }
+    fn conntrack_insert(&self, key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertFailed>;
+    /// Like `conntrack_insert`, but fails when `key` is already there.
+    fn conntrack_insert_new(&self, key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertFailed>;
+    /// Sets `key`'s state and last-seen time, if it is still there.
+    fn conntrack_refresh(&self, key: &CtKey<A>, state: u8, now_ns: u64);
+    fn affinity(&self, key: &AffinityKey<A>) -> Option<AffinityEntry>;
+    fn affinity_insert(&self, key: &AffinityKey<A>, entry: &AffinityEntry);
+    /// Is `client` inside one of `frontend_id`'s source ranges?
+    fn source_allowed(&self, frontend_id: u32, client: A) -> bool;
+    fn frontend(&self, key: &FrontendKey<A>) -> Option<Frontend>;
+    fn backend(&self, id: u32) -> Option<Backend<A>>;
     /// This node's address on the way to `daddr` (the address of the device
     /// the route leaves by, else of the device the packet came in on).
-    fn node_address_toward(&self, daddr: u32) -> Option<u32>;
+    fn node_address_toward(&self, daddr: A) -> Option<A>;
     /// `LB_VIPS`'s value for `addr`: frontends there, and `VIP_CLUSTER_IP`.
-    fn service_address(&self, addr: u32) -> Option<u32>;
-    fn service_cidr(&self) -> ServiceCidr;
+    fn service_address(&self, addr: A) -> Option<u32>;
+    fn service_cidr(&self) -> ServiceCidr<A>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Verdict<A = u32> {
     Pass(Reason),
     Drop(Reason),
     /// Rewrite `side` to `addr:port` (network byte order) and, for a
@@ -63,16 +75,64 @@ pub enum Verdict {
     Rewrite {
         reason: Reason,
         side: Side,
-        addr: u32,
+        addr: A,
         port: u16,
-        other: Option<(u32, u16)>,
+        other: OtherEnd<A>,
     },
     /// Answer with a reset or an ICMP port unreachable, counted as this
     /// reason: the frontend has no endpoint, or the cluster IP no such port.
     Reject(Reason),
 }
 
-impl Verdict {
+/// A verdict that rewrites nothing: what the steps before a backend is
+/// chosen give, with no address in it (so that it costs one register).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Pass(Reason),
+    Drop(Reason),
+    Reject(Reason),
+}
+
+impl<A> From<Refusal> for Verdict<A> {
+    #[inline(always)]
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Pass(reason) => Verdict::Pass(reason),
+            Refusal::Drop(reason) => Verdict::Drop(reason),
+            Refusal::Reject(reason) => Verdict::Reject(reason),
+        }
+    }
+}
+
+/// The other end of a packet a translation rewrites too (address, port),
+/// if any. Not an `Option`: a `None` leaves its payload undefined, and a
+/// copy of the verdict then reads registers the verifier knows were never
+/// written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OtherEnd<A> {
+    addr: A,
+    port: u16,
+    set: bool,
+}
+
+impl<A: Copy> OtherEnd<A> {
+    #[inline(always)]
+    pub fn get(&self) -> Option<(A, u16)> {
+        self.set.then_some((self.addr, self.port))
+    }
+}
+
+impl<A: Default> From<Option<(A, u16)>> for OtherEnd<A> {
+    #[inline(always)]
+    fn from(other: Option<(A, u16)>) -> Self {
+        match other {
+            Some((addr, port)) => Self { addr, port, set: true },
+            None => Self::default(),
+        }
+    }
+}
+
+impl<A> Verdict<A> {
     #[inline(always)]
     pub fn reason(&self) -> Reason {
         match *self {
@@ -87,32 +147,107 @@ impl Verdict {
 /// The verdict for a packet of `flow` (`tcp_flags`: the TCP header's flags
 /// byte, 0 for UDP) arriving on `hook`.
 #[inline(always)]
-pub fn decide<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict {
-    // The clock is read only when needed: it costs as much as a map lookup.
-    if let Some(entry) = tables.conntrack(flow)
-        && let Some(verdict) = established(flow, tcp_flags, &entry, tables, hook, tables.now_ns())
-    {
-        return verdict;
+pub fn decide<A: Addr, T: Tables<A>>(flow: &CtKey<A>, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict<A> {
+    match decide_known(flow, tcp_flags, tables, hook) {
+        Some(verdict) => verdict,
+        None if hook == Hook::TcEgress => Verdict::Pass(Reason::PassNoService),
+        None => decide_new(flow, tcp_flags, tables, hook),
     }
-    if hook == Hook::TcEgress {
-        return Verdict::Pass(Reason::PassNoService);
-    }
-    new_flow(flow, tcp_flags, tables, hook)
 }
 
-/// The verdict for a packet whose flow has a conntrack entry, or None when
-/// the entry no longer counts: expired (the agent's sweep removes it
+/// `decide` for a packet whose flow has a conntrack entry that counts; None
+/// otherwise. `decide_new` then decides it as a new flow (TC egress passes
+/// it): a program may make the two parts of the decision apart.
+#[inline(always)]
+pub fn decide_known<A: Addr, T: Tables<A>>(
+    flow: &CtKey<A>,
+    tcp_flags: u8,
+    tables: &T,
+    hook: Hook,
+) -> Option<Verdict<A>> {
+    let mut known = Rewrite::default();
+    let reason = known_flow(flow, tcp_flags, tables, hook, &mut known)?;
+    let Rewrite { side, addr, port, other, restore } = known;
+    if restore {
+        restore_reply_entry(flow, tables);
+    }
+    Some(Verdict::Rewrite { reason, side, addr, port, other })
+}
+
+/// `decide` for the first packet of a flow (`decide_known` said None).
+#[inline(always)]
+pub fn decide_new<A: Addr, T: Tables<A>>(flow: &CtKey<A>, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict<A> {
+    let mut chosen = Chosen { tcp_flags, ..Chosen::default() };
+    if !new_flow(flow, tables, hook, &mut chosen) {
+        return chosen.refusal.into();
+    }
+    if chosen.snat_source.0 {
+        let Some(addr) = tables.node_address_toward(chosen.backend.addr) else {
+            return Verdict::Drop(Reason::DropNoNodeAddress);
+        };
+        chosen.snat_source.1 = addr;
+    }
+    // The reply entry goes in first: a forward entry without its reply
+    // entry would deliver packets whose answers the client cannot match.
+    let mut other = OtherEnd::default();
+    let mut written = record_reply(flow, &chosen, tables, &mut other);
+    if written == Reason::ForwardNewFlow {
+        written = record_forward(flow, &chosen, &other, tables);
+    }
+    match written {
+        Reason::ForwardNewFlow => Verdict::Rewrite {
+            reason: Reason::ForwardNewFlow,
+            side: Side::Dst,
+            addr: chosen.backend.addr,
+            port: chosen.backend.port,
+            other,
+        },
+        reason => Verdict::Drop(reason),
+    }
+}
+
+/// A rewrite as plain values, for what BPF functions hand back through the
+/// caller's memory (see `OtherEnd`).
+#[derive(Clone, Copy, Default)]
+struct Rewrite<A> {
+    side: Side,
+    addr: A,
+    port: u16,
+    other: OtherEnd<A>,
+    /// A forward entry was refreshed: `restore_reply_entry` is due.
+    restore: bool,
+}
+
+/// `established` for the flow's entry, if it has one: its reason, with the
+/// rewrite in `out`. A BPF function of its own, like `new_flow`: the entry
+/// is copied into its frame, not the hook's.
+#[inline(never)]
+fn known_flow<A: Addr, T: Tables<A>>(
+    flow: &CtKey<A>,
+    tcp_flags: u8,
+    tables: &T,
+    hook: Hook,
+    out: &mut Rewrite<A>,
+) -> Option<Reason> {
+    // The clock is read only when needed: it costs as much as a map lookup.
+    let entry = tables.conntrack(flow)?;
+    established(flow, tcp_flags, &entry, tables, hook, tables.now_ns(), out)
+}
+
+/// The reason for a packet whose flow has a conntrack entry, with its
+/// rewrite in `out`, or None when the entry no longer counts: expired (the agent's sweep removes it
 /// later), a new connection reusing a closed one's ports, or a translation
 /// TC egress does not do.
 #[inline(always)]
-fn established<T: Tables>(
-    flow: &CtKey,
+fn established<A: Addr, T: Tables<A>>(
+    flow: &CtKey<A>,
     tcp_flags: u8,
-    entry: &CtEntry,
+    entry: &CtEntry<A>,
     tables: &T,
     hook: Hook,
     now: u64,
-) -> Option<Verdict> {
+    out: &mut Rewrite<A>,
+) -> Option<Reason> {
     // A SYN on the ports of a flow past its own SYN is a new connection
     // (the client reused its port): it chooses again, and finds nothing if
     // its Service is gone.
@@ -122,15 +257,14 @@ fn established<T: Tables>(
         return None;
     }
     let state = conntrack::next_state(flow.proto, entry.state, tcp_flags);
-    if state != entry.state || now.wrapping_sub(entry.last_seen_ns) >= CT_REFRESH_NS {
+    let refresh = state != entry.state || now.wrapping_sub(entry.last_seen_ns) >= CT_REFRESH_NS;
+    if refresh {
         tables.conntrack_refresh(flow, state, now);
-        // With the refresh, not per packet: it is a second lookup, and the
-        // replies themselves keep their entry in use.
-        if entry.direction == CT_FORWARD && hook != Hook::TcEgress {
-            restore_reply_entry(flow, entry, tables, now);
-        }
     }
-    let other = entry.other();
+    // With the refresh, not per packet: it is a second lookup, and the
+    // replies themselves keep their entry in use.
+    let restore = refresh && entry.direction == CT_FORWARD && hook != Hook::TcEgress;
+    let other = OtherEnd::from(entry.other());
     let (reason, side) = if entry.direction == CT_REPLY {
         (Reason::ReplyReverseNat, Side::Src)
     } else {
@@ -138,13 +272,11 @@ fn established<T: Tables>(
     };
     // TC egress translates plain replies only; hairpinned and SNATed flows
     // never reach a client without crossing an ingress hook.
-    (hook != Hook::TcEgress || (side == Side::Src && other.is_none())).then_some(Verdict::Rewrite {
-        reason,
-        side,
-        addr: entry.nat_addr,
-        port: entry.nat_port,
-        other,
-    })
+    if hook == Hook::TcEgress && (side == Side::Dst || other.set) {
+        return None;
+    }
+    *out = Rewrite { side, addr: entry.nat_addr, port: entry.nat_port, other, restore };
+    Some(reason)
 }
 
 /// How to turn an ICMP error that quotes `quoted`, a packet the datapath
@@ -153,14 +285,15 @@ fn established<T: Tables>(
 /// packet names the entry of the other direction: the end it rewrites is
 /// the quoted packet's other end. Pass when it is no flow of ours.
 #[inline(always)]
-pub fn quoted_packet<T: Tables>(quoted: &CtKey, tables: &T) -> Verdict {
+pub fn quoted_packet<A: Addr, T: Tables<A>>(quoted: &CtKey<A>, tables: &T) -> Verdict<A> {
     let key = CtKey {
         saddr: quoted.daddr,
         daddr: quoted.saddr,
         sport: quoted.dport,
         dport: quoted.sport,
         proto: quoted.proto,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let Some(entry) = tables.conntrack(&key) else { return Verdict::Pass(Reason::PassNotTcpUdp) };
     let side = if entry.direction == CT_REPLY { Side::Dst } else { Side::Src };
@@ -169,119 +302,194 @@ pub fn quoted_packet<T: Tables>(quoted: &CtKey, tables: &T) -> Verdict {
         side,
         addr: entry.nat_addr,
         port: entry.nat_port,
-        other: entry.other(),
+        other: entry.other().into(),
     }
 }
 
 /// Writes the reply entry of an established flow back if the LRU evicted it
 /// (the forward entry alone would deliver packets whose answers go back
 /// untranslated, and the client would reset the connection). Looking it up
-/// also marks it used, so that a flow whose replies are rare keeps it.
-#[inline(always)]
-fn restore_reply_entry<T: Tables>(flow: &CtKey, entry: &CtEntry, tables: &T, now: u64) {
+/// also marks it used, so that a flow whose replies are rare keeps it. A
+/// BPF function of its own, like `new_flow`, called after `known_flow`;
+/// true when it wrote the entry.
+#[inline(never)]
+fn restore_reply_entry<A: Addr, T: Tables<A>>(flow: &CtKey<A>, tables: &T) -> bool {
+    let Some(entry) = tables.conntrack(flow) else { return false };
     let backend = Backend { addr: entry.nat_addr, port: entry.nat_port, flags: 0 };
     let t = Translation { backend, source: entry.other() };
     let key = conntrack::reply_key(flow, &t);
-    if tables.conntrack(&key).is_none() {
-        // Losing this write loses only what the eviction already lost.
-        let _ = tables.conntrack_insert(&key, &conntrack::reply_entry(flow, &t, entry.frontend_id, entry.state, now));
+    if tables.conntrack_with(&key, |_| ()).is_some() {
+        return false;
+    }
+    let reply = conntrack::reply_entry(flow, &t, entry.frontend_id, entry.state, entry.last_seen_ns);
+    // Losing this write loses only what the eviction already lost.
+    tables.conntrack_insert(&key, &reply).is_ok()
+}
+
+/// The choices for the first packet of a flow (frontend, backend, whether
+/// this node stands in for the client) into `chosen`, which comes with the
+/// packet's TCP flags; false when it is refused (`chosen.refusal`).
+/// `record_flow` then writes the two conntrack entries. BPF functions of
+/// their own, called one after the other: their entries and keys (an IPv6
+/// flow's are large) get stack frames apart from the packet pointers of
+/// the hook's frame, and never more than one at a time. Their results go
+/// through the caller's memory, as a BPF function returns one register.
+#[inline(never)]
+fn new_flow<A: Addr, T: Tables<A>>(flow: &CtKey<A>, tables: &T, hook: Hook, chosen: &mut Chosen<A>) -> bool {
+    match choose(flow, tables, hook, chosen.tcp_flags) {
+        Ok(choice) => {
+            *chosen = choice;
+            true
+        }
+        Err(refusal) => {
+            chosen.refusal = refusal;
+            false
+        }
     }
 }
 
-/// The verdict for the first packet of a flow: frontend, backend, the two
-/// conntrack entries.
 #[inline(always)]
-fn new_flow<T: Tables>(flow: &CtKey, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict {
-    let frontend = match serving_frontend(flow, tables, hook) {
-        Ok(frontend) => frontend,
-        Err(verdict) => return verdict,
-    };
+fn choose<A: Addr, T: Tables<A>>(flow: &CtKey<A>, tables: &T, hook: Hook, tcp_flags: u8) -> Result<Chosen<A>, Refusal> {
+    let frontend = serving_frontend(flow, tables, hook)?;
     if frontend.flags & FRONTEND_FLAG_SOURCE_RANGES != 0 && !tables.source_allowed(frontend.frontend_id, flow.saddr) {
-        return Verdict::Drop(Reason::DropSourceRange);
+        return Err(Refusal::Drop(Reason::DropSourceRange));
     }
-    if let Err(verdict) = has_backends(&frontend) {
-        return verdict;
-    }
+    has_backends(&frontend)?;
     let now = tables.now_ns();
     // Picks the Maglev entry and the first SNAT port.
     let hash = lb_common::hash::flow(flow);
     let Some(backend) = choose_backend(flow, hash, &frontend, tables, now, Spread::Random) else {
-        return Verdict::Drop(Reason::DropBackendMissing);
+        return Err(Refusal::Drop(Reason::DropBackendMissing));
     };
     // An external client whose backend is on another node must be replaced
     // by this node, or the backend would answer it directly. The source is
     // this node's own address towards the backend, whatever the frontend
     // (a load-balancer IP is no address the backend's answer could reach).
-    let snat_source = if hook == Hook::NodeXdp
+    // The address is looked up by the caller (`decide`): the FIB query's
+    // frame would add to this one's.
+    let snat = hook == Hook::NodeXdp
         && backend.flags & BACKEND_FLAG_REMOTE != 0
-        && frontend.flags & FRONTEND_FLAG_NODE_LOCAL == 0
-    {
-        let Some(addr) = tables.node_address_toward(backend.addr) else {
-            return Verdict::Drop(Reason::DropNoNodeAddress);
-        };
-        Some(addr)
-    } else {
-        None
-    };
-    let hairpin = conntrack::is_hairpin(flow, &backend);
-    let mut t = Translation { backend, source: hairpin.then_some((flow.daddr, flow.sport)) };
-    let state = conntrack::initial_state(flow.proto, tcp_flags);
-    // The reply entry goes in first: a forward entry without its reply
-    // entry would deliver packets whose answers the client cannot match.
-    let mut reply_written = Err(InsertFailed);
-    if let Some(node_addr) = snat_source {
+        && frontend.flags & FRONTEND_FLAG_NODE_LOCAL == 0;
+    let snat_source = (snat, A::default());
+    let refusal = Refusal::Pass(Reason::PassNoService);
+    Ok(Chosen { backend, snat_source, frontend_id: frontend.frontend_id, hash, now, tcp_flags, refusal })
+}
+
+/// What `new_flow` chose for a flow, for `record_flow` (BPF functions take
+/// five arguments at most).
+#[derive(Clone, Copy)]
+struct Chosen<A> {
+    backend: Backend<A>,
+    /// Whether the backend must see this node's address (given, once
+    /// `decide` looked it up) as the source. Not an `Option`, for the
+    /// reason `OtherEnd` is not.
+    snat_source: (bool, A),
+    frontend_id: u32,
+    hash: u64,
+    now: u64,
+    tcp_flags: u8,
+    /// Without a choice, the verdict.
+    refusal: Refusal,
+}
+
+impl<A: Default> Default for Chosen<A> {
+    fn default() -> Self {
+        Self {
+            backend: Backend::default(),
+            snat_source: (false, A::default()),
+            frontend_id: 0,
+            hash: 0,
+            now: 0,
+            tcp_flags: 0,
+            refusal: Refusal::Pass(Reason::PassNoService),
+        }
+    }
+}
+
+/// Writes the reply entry of a new flow: `ForwardNewFlow`, with the other
+/// end the backend sees in `other` (hairpin, SNAT), or why the flow is
+/// dropped. `record_forward` then writes the forward entry. BPF functions of
+/// their own, called one after the other, as `new_flow` is; only plain
+/// values cross into the caller: a verdict, an enum, would be copied with
+/// the bytes its variant leaves undefined.
+#[inline(never)]
+fn record_reply<A: Addr, T: Tables<A>>(
+    flow: &CtKey<A>,
+    chosen: &Chosen<A>,
+    tables: &T,
+    other: &mut OtherEnd<A>,
+) -> Reason {
+    let hairpin = conntrack::is_hairpin(flow, &chosen.backend);
+    let mut t = Translation { backend: chosen.backend, source: hairpin.then_some((flow.daddr, flow.sport)) };
+    let state = conntrack::initial_state(flow.proto, chosen.tcp_flags);
+    if let (true, node_addr) = chosen.snat_source {
         // A free source port: the reply entry is written only if no other
         // flow of this backend uses the port yet.
         // The first try is the flow's own port (its hash), so that a flow
         // whose entries were evicted gets the same port back.
-        let mut pick = hash as u32;
+        // The key and entry are built once, and only the key's port changes
+        // from one attempt to the next: an IPv6 flow's addresses, held in
+        // registers instead, would spill across the stack.
+        t.source = Some((node_addr, 0));
+        let mut key = conntrack::reply_key(flow, &t);
+        let entry = conntrack::reply_entry(flow, &t, chosen.frontend_id, state, chosen.now);
+        let mut pick = chosen.hash as u32;
         for _ in 0..SNAT_ATTEMPTS {
-            let port = SNAT_PORT_MIN + (pick % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16;
+            let port = (SNAT_PORT_MIN + (pick % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16).to_be();
             pick = tables.random();
-            t.source = Some((node_addr, port.to_be()));
-            let key = conntrack::reply_key(flow, &t);
-            let entry = conntrack::reply_entry(flow, &t, frontend.frontend_id, state, now);
+            key.dport = port;
             // Looked up before written: an insert into a full LRU map can
             // evict a live flow's entry even when it then fails on the key.
-            reply_written = match tables.conntrack(&key) {
+            let existing = tables.conntrack_with(&key, |e| (e.other_addr, e.other_port, e.flags, e.nat_port));
+            let written = match existing {
                 None => tables.conntrack_insert_new(&key, &entry),
                 // This flow's own reply entry (its forward entry was
                 // evicted): the flow keeps its port.
-                Some(existing) if existing.other() == entry.other() && existing.nat_port == entry.nat_port => {
+                Some(mine) if mine == (entry.other_addr, entry.other_port, entry.flags, entry.nat_port) => {
                     tables.conntrack_insert(&key, &entry)
                 }
                 Some(_) => Err(InsertFailed),
             };
-            if reply_written.is_ok() {
-                break;
+            if written.is_ok() {
+                *other = Some((node_addr, port)).into();
+                return Reason::ForwardNewFlow;
             }
         }
-        if reply_written.is_err() {
-            return Verdict::Drop(Reason::DropSnatExhausted);
-        }
-    } else {
-        let entry = conntrack::reply_entry(flow, &t, frontend.frontend_id, state, now);
-        reply_written = tables.conntrack_insert(&conntrack::reply_key(flow, &t), &entry);
+        return Reason::DropSnatExhausted;
     }
-    let forward = conntrack::forward_entry(&t, frontend.frontend_id, state, now);
-    if reply_written.and_then(|()| tables.conntrack_insert(flow, &forward)).is_err() {
-        return Verdict::Drop(Reason::DropConntrackFull);
+    let entry = conntrack::reply_entry(flow, &t, chosen.frontend_id, state, chosen.now);
+    if tables.conntrack_insert(&conntrack::reply_key(flow, &t), &entry).is_err() {
+        return Reason::DropConntrackFull;
+    }
+    *other = t.source.into();
+    Reason::ForwardNewFlow
+}
+
+/// Writes the forward entry of a new flow whose reply entry is written,
+/// the backend seeing `other` as the client: `ForwardNewFlow`, or why the
+/// flow is dropped.
+#[inline(never)]
+fn record_forward<A: Addr, T: Tables<A>>(
+    flow: &CtKey<A>,
+    chosen: &Chosen<A>,
+    other: &OtherEnd<A>,
+    tables: &T,
+) -> Reason {
+    let t = Translation { backend: chosen.backend, source: other.get() };
+    let state = conntrack::initial_state(flow.proto, chosen.tcp_flags);
+    let forward = conntrack::forward_entry(&t, chosen.frontend_id, state, chosen.now);
+    if tables.conntrack_insert(flow, &forward).is_err() {
+        return Reason::DropConntrackFull;
     }
     tables.conntrack_created(2);
-    Verdict::Rewrite {
-        reason: Reason::ForwardNewFlow,
-        side: Side::Dst,
-        addr: backend.addr,
-        port: backend.port,
-        other: t.source,
-    }
+    Reason::ForwardNewFlow
 }
 
 /// The frontend serving a new flow to `flow.daddr:dport` that arrived on
 /// `hook`, or the verdict when none does: pods and the node's sockets take
 /// a Local policy's twin, and cluster IPs are for them only.
 #[inline(always)]
-fn serving_frontend<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Result<Frontend, Verdict> {
+fn serving_frontend<A: Addr, T: Tables<A>>(flow: &CtKey<A>, tables: &T, hook: Hook) -> Result<Frontend, Refusal> {
     let frontend_key = FrontendKey { addr: flow.daddr, port: flow.dport, proto: flow.proto, scope: FRONTEND_SCOPE_ALL };
     let Some(mut frontend) = tables.frontend(&frontend_key) else {
         return Err(no_frontend(flow, tables, hook));
@@ -293,7 +501,7 @@ fn serving_frontend<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Result<F
         frontend = twin;
     }
     if hook == Hook::NodeXdp && frontend.flags & FRONTEND_FLAG_EXTERNAL == 0 {
-        return Err(Verdict::Pass(Reason::PassInternalOnly));
+        return Err(Refusal::Pass(Reason::PassInternalOnly));
     }
     Ok(frontend)
 }
@@ -302,27 +510,27 @@ fn serving_frontend<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Result<F
 /// traffic for a Local policy without local endpoints, and refuses it
 /// otherwise.
 #[inline(always)]
-fn has_backends(frontend: &Frontend) -> Result<(), Verdict> {
+fn has_backends(frontend: &Frontend) -> Result<(), Refusal> {
     if frontend.backend_count != 0 {
         Ok(())
     } else if frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0 {
-        Err(Verdict::Drop(Reason::DropNoBackend))
+        Err(Refusal::Drop(Reason::DropNoBackend))
     } else {
-        Err(Verdict::Reject(Reason::RejectNoBackend))
+        Err(Refusal::Reject(Reason::RejectNoBackend))
     }
 }
 
 /// The backend for a new flow or socket of `flow.saddr` (see
 /// `select::backend`), remembered for the client's session affinity.
 #[inline(always)]
-fn choose_backend<T: Tables>(
-    flow: &CtKey,
+fn choose_backend<A: Addr, T: Tables<A>>(
+    flow: &CtKey<A>,
     hash: u64,
     frontend: &Frontend,
     tables: &T,
     now: u64,
     spread: Spread,
-) -> Option<Backend> {
+) -> Option<Backend<A>> {
     let (backend_id, backend) = select::backend(flow, hash, frontend, tables, now, spread)?;
     if frontend.affinity_timeout_s != 0 {
         let key = AffinityKey { client: flow.saddr, frontend_id: frontend.frontend_id };
@@ -364,17 +572,24 @@ impl SocketCall {
 /// packet (twin frontends, source ranges, affinity, Maglev), with no
 /// conntrack entry: the socket itself now names the backend.
 #[inline(always)]
-pub fn socket<T: Tables>(call: &SocketCall, tables: &T) -> Verdict {
+pub fn socket<T: Tables<u32>>(call: &SocketCall, tables: &T) -> Verdict {
     // A pod's 127.0.0.1 is its own: only the node's sockets reach node
     // ports there (`--nodeport-localhost`).
     if !call.node && call.daddr.to_ne_bytes()[0] == 127 {
         return Verdict::Pass(Reason::PassNoService);
     }
-    let flow =
-        CtKey { saddr: call.client(), daddr: call.daddr, sport: 0, dport: call.dport, proto: call.proto, _pad: [0; 3] };
+    let flow = CtKey {
+        saddr: call.client(),
+        daddr: call.daddr,
+        sport: 0,
+        dport: call.dport,
+        proto: call.proto,
+        _pad: 0,
+        _pad2: 0,
+    };
     let frontend = match serving_frontend(&flow, tables, Hook::Socket) {
         Ok(frontend) => frontend,
-        Err(verdict) => return verdict,
+        Err(refusal) => return refusal.into(),
     };
     if frontend.flags & FRONTEND_FLAG_SOURCE_RANGES != 0 {
         // A pod's source address is known to its packets only.
@@ -385,8 +600,8 @@ pub fn socket<T: Tables>(call: &SocketCall, tables: &T) -> Verdict {
             return Verdict::Drop(Reason::DropSourceRange);
         }
     }
-    if let Err(verdict) = has_backends(&frontend) {
-        return verdict;
+    if let Err(refusal) = has_backends(&frontend) {
+        return refusal.into();
     }
     let hash = lb_common::hash::mix64(call.cookie ^ lb_common::hash::flow(&flow));
     match choose_backend(&flow, hash, &frontend, tables, tables.now_ns(), Spread::Hash) {
@@ -395,7 +610,7 @@ pub fn socket<T: Tables>(call: &SocketCall, tables: &T) -> Verdict {
             side: Side::Dst,
             addr: backend.addr,
             port: backend.port,
-            other: None,
+            other: OtherEnd::default(),
         },
         None => Verdict::Drop(Reason::DropBackendMissing),
     }
@@ -407,14 +622,14 @@ pub fn socket<T: Tables>(call: &SocketCall, tables: &T) -> Verdict {
 /// has is dropped, anything else is not ours. (From outside, cluster IPs
 /// are not reachable at all.)
 #[inline(always)]
-fn no_frontend<T: Tables>(flow: &CtKey, tables: &T, hook: Hook) -> Verdict {
+fn no_frontend<A: Addr, T: Tables<A>>(flow: &CtKey<A>, tables: &T, hook: Hook) -> Refusal {
     if hook != Hook::PodTc && hook != Hook::Socket {
-        return Verdict::Pass(Reason::PassNoService);
+        return Refusal::Pass(Reason::PassNoService);
     }
     match tables.service_address(flow.daddr) {
-        Some(frontends) if frontends & VIP_CLUSTER_IP != 0 => Verdict::Reject(Reason::RejectNoServicePort),
-        None if tables.service_cidr().contains(flow.daddr) => Verdict::Drop(Reason::DropUnallocatedServiceIp),
-        _ => Verdict::Pass(Reason::PassNoService),
+        Some(frontends) if frontends & VIP_CLUSTER_IP != 0 => Refusal::Reject(Reason::RejectNoServicePort),
+        None if tables.service_cidr().contains(flow.daddr) => Refusal::Drop(Reason::DropUnallocatedServiceIp),
+        _ => Refusal::Pass(Reason::PassNoService),
     }
 }
 
@@ -433,71 +648,35 @@ mod tests {
         collections::HashMap,
     };
 
+    /// The maps of one family (`A`), in hash maps.
     #[derive(Default)]
-    struct FakeTables {
-        conntrack: RefCell<HashMap<CtKey, CtEntry>>,
+    struct FakeTables<A = u32> {
+        conntrack: RefCell<HashMap<CtKey<A>, CtEntry<A>>>,
         conntrack_full: bool,
-        affinity: RefCell<HashMap<AffinityKey, AffinityEntry>>,
-        allowed_clients: Vec<u32>,
+        affinity: RefCell<HashMap<AffinityKey<A>, AffinityEntry>>,
+        allowed_clients: Vec<A>,
         now: Cell<u64>,
-        frontends: HashMap<FrontendKey, Frontend>,
+        frontends: HashMap<FrontendKey<A>, Frontend>,
         slots: HashMap<BackendSlotKey, u32>,
-        backends: HashMap<u32, Backend>,
+        backends: HashMap<u32, Backend<A>>,
         maglev: Vec<u16>,
         random: Cell<u32>,
         created: Cell<u64>,
         /// This node's address towards any backend.
-        node_addr: Option<u32>,
+        node_addr: Option<A>,
         inserts_on_taken_keys: Cell<u32>,
+        service_cidr: ServiceCidr<A>,
     }
 
-    impl Tables for FakeTables {
-        fn conntrack(&self, key: &CtKey) -> Option<CtEntry> {
-            self.conntrack.borrow().get(key).copied()
-        }
-        fn conntrack_insert(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
-            if self.conntrack_full {
-                return Err(InsertFailed);
-            }
-            self.conntrack.borrow_mut().insert(*key, *entry);
-            Ok(())
-        }
-        fn conntrack_insert_new(&self, key: &CtKey, entry: &CtEntry) -> Result<(), InsertFailed> {
-            if self.conntrack.borrow().contains_key(key) {
-                // A real LRU map may have evicted another entry by now.
-                self.inserts_on_taken_keys.set(self.inserts_on_taken_keys.get() + 1);
-                return Err(InsertFailed);
-            }
-            self.conntrack_insert(key, entry)
-        }
-        fn conntrack_refresh(&self, key: &CtKey, state: u8, now_ns: u64) {
-            if let Some(entry) = self.conntrack.borrow_mut().get_mut(key) {
-                (entry.state, entry.last_seen_ns) = (state, now_ns);
-            }
-        }
+    impl<A> Shared for FakeTables<A> {
         fn conntrack_created(&self, n: u64) {
             self.created.set(self.created.get() + n);
         }
         fn ct_timeouts(&self) -> CtTimeouts {
             CtTimeouts::DEFAULT
         }
-        fn affinity(&self, key: &AffinityKey) -> Option<AffinityEntry> {
-            self.affinity.borrow().get(key).copied()
-        }
-        fn source_allowed(&self, _frontend_id: u32, client: u32) -> bool {
-            self.allowed_clients.contains(&client)
-        }
-        fn affinity_insert(&self, key: &AffinityKey, entry: &AffinityEntry) {
-            self.affinity.borrow_mut().insert(*key, *entry);
-        }
-        fn frontend(&self, key: &FrontendKey) -> Option<Frontend> {
-            self.frontends.get(key).copied()
-        }
         fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32> {
             self.slots.get(key).copied()
-        }
-        fn backend(&self, id: u32) -> Option<Backend> {
-            self.backends.get(&id).copied()
         }
         fn maglev_slot(&self, index: u32) -> Option<u16> {
             self.maglev.get(index as usize).copied()
@@ -508,14 +687,55 @@ mod tests {
         fn now_ns(&self) -> u64 {
             self.now.get()
         }
-        fn node_address_toward(&self, _daddr: u32) -> Option<u32> {
+    }
+
+    impl<A: Addr + std::hash::Hash> Tables<A> for FakeTables<A> {
+        fn conntrack_with<R>(&self, key: &CtKey<A>, read: impl FnOnce(&CtEntry<A>) -> R) -> Option<R> {
+            self.conntrack.borrow().get(key).map(read)
+        }
+        fn conntrack_insert(&self, key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertFailed> {
+            if self.conntrack_full {
+                return Err(InsertFailed);
+            }
+            self.conntrack.borrow_mut().insert(*key, *entry);
+            Ok(())
+        }
+        fn conntrack_insert_new(&self, key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertFailed> {
+            if self.conntrack.borrow().contains_key(key) {
+                // A real LRU map may have evicted another entry by now.
+                self.inserts_on_taken_keys.set(self.inserts_on_taken_keys.get() + 1);
+                return Err(InsertFailed);
+            }
+            self.conntrack_insert(key, entry)
+        }
+        fn conntrack_refresh(&self, key: &CtKey<A>, state: u8, now_ns: u64) {
+            if let Some(entry) = self.conntrack.borrow_mut().get_mut(key) {
+                (entry.state, entry.last_seen_ns) = (state, now_ns);
+            }
+        }
+        fn affinity(&self, key: &AffinityKey<A>) -> Option<AffinityEntry> {
+            self.affinity.borrow().get(key).copied()
+        }
+        fn source_allowed(&self, _frontend_id: u32, client: A) -> bool {
+            self.allowed_clients.contains(&client)
+        }
+        fn affinity_insert(&self, key: &AffinityKey<A>, entry: &AffinityEntry) {
+            self.affinity.borrow_mut().insert(*key, *entry);
+        }
+        fn frontend(&self, key: &FrontendKey<A>) -> Option<Frontend> {
+            self.frontends.get(key).copied()
+        }
+        fn backend(&self, id: u32) -> Option<Backend<A>> {
+            self.backends.get(&id).copied()
+        }
+        fn node_address_toward(&self, _daddr: A) -> Option<A> {
             self.node_addr
         }
-        fn service_address(&self, addr: u32) -> Option<u32> {
+        fn service_address(&self, addr: A) -> Option<u32> {
             self.frontends.keys().any(|k| k.addr == addr).then_some(1 | VIP_CLUSTER_IP)
         }
-        fn service_cidr(&self) -> ServiceCidr {
-            ServiceCidr { network: 0x0a60_0000, mask: 0xfff0_0000 }
+        fn service_cidr(&self) -> ServiceCidr<A> {
+            self.service_cidr
         }
     }
 
@@ -524,19 +744,26 @@ mod tests {
     const NODE: u32 = 0xc633_6401;
 
     fn flow(saddr: u32, daddr: u32, sport: u16, dport: u16) -> CtKey {
-        CtKey { saddr, daddr, sport, dport, proto: IPPROTO_TCP, _pad: [0; 3] }
+        CtKey { saddr, daddr, sport, dport, proto: IPPROTO_TCP, _pad: 0, _pad2: 0 }
     }
 
     /// One frontend VIP:80 with `n` backends 10.244.0.(10+i):8080.
     fn service(n: u16) -> FakeTables {
+        let mut t = service_of(VIP, |i| 0x0af4_0000 + 10 + i, n);
+        t.service_cidr = ServiceCidr { network: 0x0a60_0000, mask: 0xfff0_0000 };
+        t
+    }
+
+    /// One frontend `vip`:80 with `n` backends `backend(i)`:8080, ids 100 + i.
+    fn service_of<A: Addr + std::hash::Hash>(vip: A, backend: impl Fn(u32) -> A, n: u16) -> FakeTables<A> {
         let mut t = FakeTables::default();
         t.frontends.insert(
-            FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL },
+            FrontendKey { addr: vip, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL },
             Frontend { frontend_id: 1, backend_count: n, ..Default::default() },
         );
         for i in 0..u32::from(n) {
             t.slots.insert(BackendSlotKey { frontend_id: 1, slot: i }, 100 + i);
-            t.backends.insert(100 + i, Backend { addr: 0x0af4_0000 + 10 + i, port: 8080, flags: 0 });
+            t.backends.insert(100 + i, Backend { addr: backend(i), port: 8080, flags: 0 });
         }
         t
     }
@@ -555,7 +782,7 @@ mod tests {
                 side: Side::Dst,
                 addr: backend.addr,
                 port: 8080,
-                other: None
+                other: None.into()
             }
         );
         let ct = t.conntrack.borrow();
@@ -589,14 +816,33 @@ mod tests {
             t.random.set(r);
             assert_eq!(
                 decide(&f, TCP_ACK, &t, Hook::PodTc),
-                Verdict::Rewrite { reason: Reason::ForwardEstablished, side: Side::Dst, addr, port: 8080, other: None }
+                Verdict::Rewrite {
+                    reason: Reason::ForwardEstablished,
+                    side: Side::Dst,
+                    addr,
+                    port: 8080,
+                    other: None.into()
+                }
             );
         }
         let reply = flow(addr, CLIENT, 8080, 40000);
-        let want =
-            Verdict::Rewrite { reason: Reason::ReplyReverseNat, side: Side::Src, addr: VIP, port: 80, other: None };
+        let want = Verdict::Rewrite {
+            reason: Reason::ReplyReverseNat,
+            side: Side::Src,
+            addr: VIP,
+            port: 80,
+            other: None.into(),
+        };
         assert_eq!(decide(&reply, TCP_ACK, &t, Hook::PodTc), want);
         assert_eq!(decide(&reply, TCP_ACK, &t, Hook::TcEgress), want);
+    }
+
+    /// The other end a verdict rewrites, if it rewrites any.
+    fn other_end<A: Copy>(v: Verdict<A>) -> Option<(A, u16)> {
+        match v {
+            Verdict::Rewrite { other, .. } => other.get(),
+            _ => None,
+        }
     }
 
     fn backend_of(v: Verdict) -> u32 {
@@ -663,7 +909,7 @@ mod tests {
             side: Side::Dst,
             addr: me,
             port: 8080,
-            other: Some((VIP, 40000)),
+            other: Some((VIP, 40000)).into(),
         };
         assert_eq!(decide(&f, TCP_ACK, &t, Hook::PodTc), hairpin_forward);
         // The backend answers the frontend address; the reply goes back to me from the VIP.
@@ -673,7 +919,7 @@ mod tests {
             side: Side::Src,
             addr: VIP,
             port: 80,
-            other: Some((me, 40000)),
+            other: Some((me, 40000)).into(),
         };
         assert_eq!(decide(&reply, TCP_ACK, &t, Hook::PodTc), hairpin_reply);
         assert_eq!(decide(&reply, TCP_ACK, &t, Hook::TcEgress), Verdict::Pass(Reason::PassNoService));
@@ -733,7 +979,13 @@ mod tests {
         let translated = flow(CLIENT, backend, 40000, backend_port);
         assert_eq!(
             quoted_packet(&translated, &t),
-            Verdict::Rewrite { reason: Reason::IcmpErrorReverseNat, side: Side::Dst, addr: VIP, port: 80, other: None }
+            Verdict::Rewrite {
+                reason: Reason::IcmpErrorReverseNat,
+                side: Side::Dst,
+                addr: VIP,
+                port: 80,
+                other: None.into()
+            }
         );
         // A router on the client's side could not forward the reply as
         // translated: the error quotes VIP -> client, the backend sent it.
@@ -745,7 +997,7 @@ mod tests {
                 side: Side::Src,
                 addr: backend,
                 port: backend_port,
-                other: None
+                other: None.into()
             }
         );
         assert_eq!(quoted_packet(&flow(CLIENT, VIP, 1, 80), &t), Verdict::Pass(Reason::PassNotTcpUdp));
@@ -772,9 +1024,7 @@ mod tests {
         t.node_addr = Some(NODE);
         // The frontend the client asked is a load-balancer IP, not a node address.
         let f = flow(CLIENT, VIP, 40000, 80);
-        let Verdict::Rewrite { other: Some((src, port)), .. } = decide(&f, TCP_ACK, &t, Hook::NodeXdp) else {
-            panic!()
-        };
+        let Some((src, port)) = other_end(decide(&f, TCP_ACK, &t, Hook::NodeXdp)) else { panic!() };
         assert_eq!(src, NODE, "the backend must see this node's address");
         assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&u16::from_be(port)));
         // The backend's reply to (node, port) goes back to the client from the frontend.
@@ -787,7 +1037,7 @@ mod tests {
                 side: Side::Src,
                 addr: VIP,
                 port: 80,
-                other: Some((CLIENT, 40000))
+                other: Some((CLIENT, 40000)).into()
             }
         );
         // Another flow to the same backend whose own port and random port
@@ -805,7 +1055,7 @@ mod tests {
         // From a pod veth, or under a Local policy, there is no SNAT.
         assert!(matches!(
             decide(&flow(CLIENT, VIP, 40001, 80), TCP_ACK, &t, Hook::PodTc),
-            Verdict::Rewrite { other: None, .. }
+            Verdict::Rewrite { other, .. } if other.get().is_none()
         ));
         // Without an address towards the backend the flow is dropped, counted.
         t.node_addr = None;
@@ -816,7 +1066,7 @@ mod tests {
         t.frontends.values_mut().for_each(|fe| fe.flags |= FRONTEND_FLAG_NODE_LOCAL);
         assert!(matches!(
             decide(&flow(CLIENT, VIP, 40002, 80), TCP_ACK, &t, Hook::NodeXdp),
-            Verdict::Rewrite { other: None, .. }
+            Verdict::Rewrite { other, .. } if other.get().is_none()
         ));
     }
 
@@ -990,7 +1240,8 @@ mod tests {
         let t = service(3);
         let f = flow(CLIENT, VIP, 1000, 80);
         let Verdict::Rewrite { addr, port, .. } = tcp(&t, &f, TCP_SYN) else { panic!() };
-        let reply = CtKey { saddr: addr, sport: port, daddr: CLIENT, dport: 1000, proto: IPPROTO_TCP, _pad: [0; 3] };
+        let reply =
+            CtKey { saddr: addr, sport: port, daddr: CLIENT, dport: 1000, proto: IPPROTO_TCP, _pad: 0, _pad2: 0 };
         let written = t.conntrack.borrow_mut().remove(&reply).expect("reply entry");
         // The ACK moves the flow on from SYN_SENT: a refresh.
         tcp(&t, &f, TCP_ACK);
@@ -1019,15 +1270,13 @@ mod tests {
         assert_eq!(decide(&f, TCP_ACK, &t, Hook::NodeXdp), first, "the flow keeps its SNAT port");
         assert_eq!(t.conntrack.borrow().len(), 2, "no second reply entry");
         // Another client whose hash names the same port never takes it over.
-        let Verdict::Rewrite { other: Some((_, port)), .. } = first else { panic!() };
+        let Some((_, port)) = other_end(first) else { panic!() };
         let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1);
         let other = (1..u16::MAX)
             .map(|p| flow(CLIENT + 1, VIP, p, 80))
             .find(|o| (SNAT_PORT_MIN + (lb_common::hash::flow(o) as u32 % range) as u16).to_be() == port)
             .unwrap();
-        let Verdict::Rewrite { other: Some((_, other_port)), .. } = decide(&other, TCP_SYN, &t, Hook::NodeXdp) else {
-            panic!()
-        };
+        let Some((_, other_port)) = other_end(decide(&other, TCP_SYN, &t, Hook::NodeXdp)) else { panic!() };
         assert_ne!(other_port, port);
         assert_eq!(t.inserts_on_taken_keys.get(), 0);
     }
@@ -1140,5 +1389,68 @@ mod tests {
         assert_eq!(socket(&SocketCall { node: false, ..call(1) }, &t), Verdict::Pass(Reason::PassToPacketPath));
         t.frontends.values_mut().for_each(|fe| fe.flags |= FRONTEND_FLAG_NODE_ADMITTED);
         assert!(matches!(socket(&call(1), &t), Verdict::Rewrite { .. }));
+    }
+
+    /// `fd00:96::a`-style test addresses: the last word varies.
+    fn v6(last: u32) -> lb_common::Ipv6Wire {
+        let [a, b, c, _] = lb_common::wire::addr6([0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        [a, b, c, last.to_be()]
+    }
+
+    #[test]
+    fn an_ipv6_flow_is_translated_both_ways_and_hairpins_like_ipv4() {
+        let vip = v6(0x0a);
+        let t = service_of(vip, |i| v6(0x100 + i), 3);
+        t.random.set(4); // slot 1
+        let client = v6(0x200);
+        let f = CtKey { saddr: client, daddr: vip, sport: 40000, dport: 80, proto: IPPROTO_TCP, _pad: 0, _pad2: 0 };
+        let forward = Verdict::Rewrite {
+            reason: Reason::ForwardNewFlow,
+            side: Side::Dst,
+            addr: v6(0x101),
+            port: 8080,
+            other: None.into(),
+        };
+        assert_eq!(decide(&f, TCP_SYN, &t, Hook::PodTc), forward);
+        let reply = CtKey { saddr: v6(0x101), daddr: client, sport: 8080, dport: 40000, ..f };
+        assert_eq!(
+            decide(&reply, TCP_ACK, &t, Hook::TcEgress),
+            Verdict::Rewrite {
+                reason: Reason::ReplyReverseNat,
+                side: Side::Src,
+                addr: vip,
+                port: 80,
+                other: None.into()
+            }
+        );
+        assert_eq!(t.created.get(), 2);
+        // The backend itself as the client: it sees the VIP as its peer.
+        let me = CtKey { saddr: v6(0x101), sport: 41000, ..f };
+        t.random.set(1);
+        let Verdict::Rewrite { addr, other, .. } = decide(&me, TCP_SYN, &t, Hook::PodTc) else { panic!() };
+        assert_eq!((addr, other.get()), (v6(0x101), Some((vip, 41000))));
+    }
+
+    #[test]
+    fn ipv6_checks_use_the_ipv6_service_cidr_source_ranges_and_node_address() {
+        let vip = v6(0x0a);
+        let mut t = service_of(vip, |i| v6(0x100 + i), 1);
+        t.service_cidr = ServiceCidr { network: v6(0), mask: [u32::MAX, u32::MAX, u32::MAX, 0] };
+        let f =
+            |daddr, dport| CtKey { saddr: v6(0x200), daddr, sport: 1, dport, proto: IPPROTO_TCP, _pad: 0, _pad2: 0 };
+        assert_eq!(decide(&f(v6(0x0b), 80), TCP_SYN, &t, Hook::PodTc), Verdict::Drop(Reason::DropUnallocatedServiceIp));
+        assert_eq!(decide(&f(vip, 81), TCP_SYN, &t, Hook::PodTc), Verdict::Reject(Reason::RejectNoServicePort));
+        let outside = [0x2001_0db8u32.to_be(), 0, 0, 1u32.to_be()];
+        assert_eq!(decide(&f(outside, 80), TCP_SYN, &t, Hook::PodTc), Verdict::Pass(Reason::PassNoService));
+        // From outside, to a backend on another node: SNAT to the node's
+        // IPv6 address; source ranges hold IPv6 clients.
+        t.frontends.values_mut().for_each(|fe| fe.flags = FRONTEND_FLAG_EXTERNAL | FRONTEND_FLAG_SOURCE_RANGES);
+        t.backends.values_mut().for_each(|b| b.flags = BACKEND_FLAG_REMOTE);
+        t.node_addr = Some(v6(0x1));
+        assert_eq!(decide(&f(vip, 80), TCP_SYN, &t, Hook::NodeXdp), Verdict::Drop(Reason::DropSourceRange));
+        t.allowed_clients.push(v6(0x200));
+        let Some((snat, port)) = other_end(decide(&f(vip, 80), TCP_SYN, &t, Hook::NodeXdp)) else { panic!() };
+        assert_eq!(snat, v6(0x1));
+        assert!(u16::from_be(port) >= SNAT_PORT_MIN);
     }
 }

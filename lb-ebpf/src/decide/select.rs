@@ -1,7 +1,7 @@
 //! Backend selection for a new flow or socket: session affinity, then the
 //! frontend's Maglev table, then a random (or hashed) slot.
 
-use lb_common::{AffinityKey, Backend, CtKey, Frontend};
+use lb_common::{Addr, AffinityKey, Backend, CtKey, Frontend};
 
 use super::Tables;
 
@@ -19,14 +19,14 @@ pub enum Spread {
 /// The agent removes affinity entries whose backend left the service, so an
 /// entry that names an existing backend is still valid.
 #[inline(always)]
-pub fn backend<T: Tables>(
-    flow: &CtKey,
+pub fn backend<A: Addr, T: Tables<A>>(
+    flow: &CtKey<A>,
     hash: u64,
     frontend: &Frontend,
     tables: &T,
     now: u64,
     spread: Spread,
-) -> Option<(u32, Backend)> {
+) -> Option<(u32, Backend<A>)> {
     if frontend.affinity_timeout_s != 0 {
         let key = AffinityKey { client: flow.saddr, frontend_id: frontend.frontend_id };
         let timeout_ns = u64::from(frontend.affinity_timeout_s) * 1_000_000_000;

@@ -17,15 +17,67 @@ fn halves(v: u32) -> (u32, u32) {
     (v & 0xffff, v >> 16)
 }
 
-/// The checksum after one 32-bit and one 16-bit field changed, computed as
-/// HC' = ~(~HC + ~m + m') (RFC 1624 eqn. 3). `old_word`/`new_word` may be
-/// equal (0) when only the 32-bit field changed.
+/// An address whose change a checksum must follow: the sum of its 16-bit
+/// words, and of their complements (at most 16 words: no overflow).
+pub trait Summed: Copy {
+    fn sum(&self) -> u32;
+    fn complement_sum(&self) -> u32;
+    /// The one's-complement difference the change from `old` to `new`
+    /// makes to any sum over it (what the kernel's `csum_diff` gives),
+    /// unfolded.
+    #[inline(always)]
+    fn difference(old: &Self, new: &Self) -> u32 {
+        old.complement_sum() + new.sum()
+    }
+}
+
+impl Summed for u32 {
+    #[inline(always)]
+    fn sum(&self) -> u32 {
+        let (lo, hi) = halves(*self);
+        lo + hi
+    }
+    #[inline(always)]
+    fn complement_sum(&self) -> u32 {
+        (!*self).sum()
+    }
+}
+
+impl Summed for [u32; 4] {
+    #[inline(always)]
+    fn sum(&self) -> u32 {
+        self[0].sum() + self[1].sum() + self[2].sum() + self[3].sum()
+    }
+    #[inline(always)]
+    fn complement_sum(&self) -> u32 {
+        self[0].complement_sum() + self[1].complement_sum() + self[2].complement_sum() + self[3].complement_sum()
+    }
+    #[inline(always)]
+    fn difference(old: &Self, new: &Self) -> u32 {
+        difference6(old, new)
+    }
+}
+
+/// An IPv6 address's difference, in a BPF function of its own: inlined, its
+/// sixteen words spill most of the hook's registers to its stack frame.
+#[inline(never)]
+fn difference6(old: &[u32; 4], new: &[u32; 4]) -> u32 {
+    old.complement_sum() + new.sum()
+}
+
+/// The checksum after one address and one 16-bit field changed, computed
+/// as HC' = ~(~HC + ~m + m') (RFC 1624 eqn. 3). `old_word`/`new_word` may
+/// be equal (0) when only the address changed.
 #[inline(always)]
-pub fn update(check: u16, old_addr: u32, new_addr: u32, old_word: u16, new_word: u16) -> u16 {
-    let (oa_lo, oa_hi) = halves(!old_addr);
-    let (na_lo, na_hi) = halves(new_addr);
-    let sum = u32::from(!check) + oa_lo + oa_hi + na_lo + na_hi + u32::from(!old_word) + u32::from(new_word);
+pub fn update<A: Summed>(check: u16, old_addr: A, new_addr: A, old_word: u16, new_word: u16) -> u16 {
+    let sum = u32::from(!check) + A::difference(&old_addr, &new_addr) + u32::from(!old_word) + u32::from(new_word);
     !fold(sum)
+}
+
+/// `Summed::difference`, for callers that hold the values.
+#[inline(always)]
+pub fn difference<A: Summed>(old: A, new: A) -> u32 {
+    A::difference(&old, &new)
 }
 
 /// The checksum after one 16-bit word changed from `old` to `new`.
@@ -37,7 +89,7 @@ pub fn update_word(check: u16, old: u16, new: u16) -> u16 {
 /// The UDP variant: a zero checksum means "none" and stays zero, and a
 /// computed zero is sent as all ones (RFC 768).
 #[inline(always)]
-pub fn update_udp(check: u16, old_addr: u32, new_addr: u32, old_port: u16, new_port: u16) -> u16 {
+pub fn update_udp<A: Summed>(check: u16, old_addr: A, new_addr: A, old_port: u16, new_port: u16) -> u16 {
     if check == 0 {
         return 0;
     }

@@ -60,7 +60,8 @@ pub fn quoted_flow(data: usize, data_end: usize) -> Option<CtKey> {
             sport: read(data + INNER_L4 + L4_SPORT),
             dport: read(data + INNER_L4 + L4_DPORT),
             proto,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
         })
     }
 }

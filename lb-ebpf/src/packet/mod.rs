@@ -2,13 +2,17 @@
 //! address/port rewrites, with no BPF helper in sight.
 
 pub mod checksum;
+pub mod family;
 pub mod icmp;
 pub mod nat;
 pub mod parse;
 
 /// Ethernet type of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
+/// Ethernet type of IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Reads a `T` at address `at`, unaligned.
 ///

@@ -3,14 +3,16 @@
 
 use super::{
     checksum,
-    parse::{IP_CHECK, IP_DADDR, IP_OFFSET, IP_SADDR, L4_DPORT, L4_OFFSET, L4_SPORT, Packet},
+    family::Family,
+    parse::{L4_DPORT, L4_SPORT, Packet},
 };
 use lb_common::IPPROTO_UDP;
 
 /// Which end of the packet a translation rewrites.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Side {
     /// Destination address and port (client -> backend).
+    #[default]
     Dst,
     /// Source address and port (backend reply -> frontend).
     Src,
@@ -25,37 +27,39 @@ impl Side {
         }
     }
 
-    /// Offsets of (IPv4 address, L4 port) from the start of the packet.
+    /// Offsets of (address, L4 port) from the start of a packet of `F`.
     #[inline(always)]
-    pub fn offsets(self) -> (usize, usize) {
+    pub fn offsets<F: Family>(self) -> (usize, usize) {
         match self {
-            Side::Dst => (IP_OFFSET + IP_DADDR, L4_OFFSET + L4_DPORT),
-            Side::Src => (IP_OFFSET + IP_SADDR, L4_OFFSET + L4_SPORT),
+            Side::Dst => (F::DADDR, F::L4 + L4_DPORT),
+            Side::Src => (F::SADDR, F::L4 + L4_SPORT),
         }
     }
 }
 
-/// Rewrites `side` of `pkt` to `addr:port` (both network byte order) and
-/// fixes the IPv4 and L4 checksums.
+/// Rewrites `side` of `pkt` to `addr:port` (wire order) and fixes the L4
+/// checksum (whose pseudo-header holds the address) and IPv4's header one.
 ///
 /// # Safety
 /// `pkt` must come from `parse` over a writable packet that is still valid.
 #[inline(always)]
-pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: u32, port: u16) {
-    let (addr_off, port_off) = side.offsets();
+pub unsafe fn rewrite<F: Family>(pkt: &Packet<F>, side: Side, addr: F::Addr, port: u16) {
+    let (addr_off, port_off) = side.offsets::<F>();
     let l4_check_off = pkt.l4_check_offset();
     // SAFETY: every offset is inside the headers `parse` bounds-checked.
     unsafe {
-        let old_addr: u32 = pkt.read(addr_off);
+        let old_addr: F::Addr = pkt.read(addr_off);
         let old_port: u16 = pkt.read(port_off);
-        let ip_check: u16 = pkt.read(IP_OFFSET + IP_CHECK);
         let l4_check: u16 = pkt.read(l4_check_off);
         let new_l4_check = if pkt.proto == IPPROTO_UDP {
             checksum::update_udp(l4_check, old_addr, addr, old_port, port)
         } else {
             checksum::update(l4_check, old_addr, addr, old_port, port)
         };
-        pkt.write(IP_OFFSET + IP_CHECK, checksum::update(ip_check, old_addr, addr, 0, 0));
+        if let Some(ip_check_off) = F::IP_CHECK {
+            let ip_check: u16 = pkt.read(ip_check_off);
+            pkt.write(ip_check_off, checksum::update(ip_check, old_addr, addr, 0, 0));
+        }
         pkt.write(l4_check_off, new_l4_check);
         pkt.write(addr_off, addr);
         pkt.write(port_off, port);
@@ -66,7 +70,10 @@ pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: u32, port: u16) {
 mod tests {
     use super::*;
     use crate::{
-        packet::parse::{Frame, parse},
+        packet::{
+            family::V4,
+            parse::{Frame, parse, parse_ipv6},
+        },
         packet_builder::{PacketBuilder, checksum_errors},
     };
     use lb_common::IPPROTO_TCP;
@@ -115,9 +122,24 @@ mod tests {
     fn udp_without_checksum_keeps_it_zero() {
         let pkt = PacketBuilder::new(IPPROTO_UDP, [10, 0, 0, 1], 5000, [10, 96, 0, 1], 53).udp_zero_checksum();
         let got = rewritten(pkt.build(), Side::Dst, [10, 244, 0, 9], 5353);
-        assert_eq!(&got[L4_OFFSET + 6..L4_OFFSET + 8], &[0, 0]);
+        assert_eq!(&got[V4::L4 + 6..V4::L4 + 8], &[0, 0]);
         assert_eq!(checksum_errors(&got), None);
         let want = PacketBuilder::new(IPPROTO_UDP, [10, 0, 0, 1], 5000, [10, 244, 0, 9], 5353).udp_zero_checksum();
         assert_eq!(got, want.build());
+    }
+
+    #[test]
+    fn ipv6_dnat_and_snat_keep_the_pseudo_header_checksums_right() {
+        let client: [u8; 16] = [0xfd, 0, 0, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+        let vip: [u8; 16] = [0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+        let pod: [u8; 16] = [0xfd, 0, 0, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0xab, 0xcd, 0xff, 0xff];
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            let mut frame = PacketBuilder::new(proto, client, 41000, vip, 80).payload(b"GET /").build();
+            let data = frame.as_mut_ptr() as usize;
+            let pkt = parse_ipv6(data, data + frame.len(), Frame::Linear).unwrap();
+            unsafe { rewrite(&pkt, Side::Dst, lb_common::wire::addr6(pod), 8080u16.to_be()) };
+            assert_eq!(frame, PacketBuilder::new(proto, client, 41000, pod, 8080).payload(b"GET /").build(), "{proto}");
+            assert_eq!(checksum_errors(&frame), None);
+        }
     }
 }

@@ -1,11 +1,20 @@
-//! Bounds-checked parsing of Ethernet / IPv4 / TCP|UDP. Anything the
+//! Bounds-checked parsing of Ethernet / IPv4|IPv6 / TCP|UDP. Anything the
 //! datapath does not translate is reported with the reason it is passed.
 
-use core::mem::size_of;
+use core::{marker::PhantomData, mem::size_of};
 
-use super::{ETH_P_IP, tcp};
+use super::{
+    ETH_P_IP, ETH_P_IPV6,
+    family::{Family, V4, V6},
+    tcp,
+};
 use lb_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP, Reason};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 
 /// The "more fragments" bit and the fragment offset of `Ipv4Hdr::frags`.
 const IP_MF_AND_OFFSET: u16 = 0x3fff;
@@ -23,22 +32,29 @@ pub const L4_SPORT: usize = 0;
 pub const L4_DPORT: usize = 2;
 pub const UDP_CHECK: usize = 6;
 
-/// A parsed IPv4 TCP/UDP packet without options: every field the datapath
-/// touches is at a fixed offset, so only the protocol needs remembering.
+/// A parsed TCP/UDP packet of family `F` without IPv4 options or IPv6
+/// extension headers: every field the datapath touches is at a fixed
+/// offset, so only the protocol needs remembering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Packet {
+pub struct Packet<F = V4> {
     /// Start of the packet (the Ethernet header).
     pub data: usize,
     /// End of the headers' part of the frame (`data_end`).
     pub end: usize,
     pub proto: u8,
+    family: PhantomData<F>,
 }
 
-impl Packet {
+impl<F: Family> Packet<F> {
+    #[inline(always)]
+    pub fn new(data: usize, end: usize, proto: u8) -> Self {
+        Self { data, end, proto, family: PhantomData }
+    }
+
     /// Offset of the L4 checksum from the start of the packet.
     #[inline(always)]
     pub fn l4_check_offset(&self) -> usize {
-        L4_OFFSET + if self.proto == IPPROTO_TCP { tcp::CHECK } else { UDP_CHECK }
+        F::L4 + if self.proto == IPPROTO_TCP { tcp::CHECK } else { UDP_CHECK }
     }
 
     /// # Safety
@@ -63,25 +79,26 @@ impl Packet {
         }
         // Checked again: the 6.1 verifier can lose which header length the
         // parse checked once the paths after it merge.
-        if self.data + L4_OFFSET + TCP_HEADER_LEN > self.end {
+        if self.data + F::L4 + TCP_HEADER_LEN > self.end {
             return 0;
         }
         // SAFETY: a whole TCP header is present (checked above).
-        unsafe { self.read(L4_OFFSET + tcp::FLAGS) }
+        unsafe { self.read(F::L4 + tcp::FLAGS) }
     }
 
     /// The 5-tuple as the packet carries it.
     #[inline(always)]
-    pub fn flow(&self) -> CtKey {
-        // SAFETY: `parse` checked that the IPv4 and L4 headers are present.
+    pub fn flow(&self) -> CtKey<F::Addr> {
+        // SAFETY: `parse` checked that the IP and L4 headers are present.
         unsafe {
             CtKey {
-                saddr: self.read(IP_OFFSET + IP_SADDR),
-                daddr: self.read(IP_OFFSET + IP_DADDR),
-                sport: self.read(L4_OFFSET + L4_SPORT),
-                dport: self.read(L4_OFFSET + L4_DPORT),
+                saddr: self.read(F::SADDR),
+                daddr: self.read(F::DADDR),
+                sport: self.read(F::L4 + L4_SPORT),
+                dport: self.read(F::L4 + L4_DPORT),
                 proto: self.proto,
-                _pad: [0; 3],
+                _pad: 0,
+                _pad2: 0,
             }
         }
     }
@@ -107,16 +124,25 @@ pub enum Frame {
 /// More than an XDP buffer holds (a page) or any frame TEST_RUN takes.
 const MAX_LINEAR_FRAME: usize = 16 * 1024;
 
-/// Parse the packet in `[data, data_end)`.
+/// The EtherType of the frame in `[data, data_end)`, in host order.
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize, frame: Frame) -> Result<Packet, Reason> {
+pub fn ether_type(data: usize, data_end: usize) -> Result<u16, Reason> {
     if !fits(data, data_end, 0, size_of::<EthHdr>()) {
         return Err(Reason::PassTruncated);
     }
     // SAFETY: bounds checked above.
     let eth = unsafe { &*(data as *const EthHdr) };
-    if eth.ether_type != ETH_P_IP.to_be() {
-        return Err(Reason::PassNotIpv4);
+    match u16::from_be(eth.ether_type) {
+        ether_type @ (ETH_P_IP | ETH_P_IPV6) => Ok(ether_type),
+        _ => Err(Reason::PassNotIp),
+    }
+}
+
+/// Parse the IPv4 packet in `[data, data_end)`.
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize, frame: Frame) -> Result<Packet, Reason> {
+    if ether_type(data, data_end)? != ETH_P_IP {
+        return Err(Reason::PassNotIp);
     }
     if !fits(data, data_end, IP_OFFSET, size_of::<Ipv4Hdr>()) {
         return Err(Reason::PassTruncated);
@@ -124,7 +150,7 @@ pub fn parse(data: usize, data_end: usize, frame: Frame) -> Result<Packet, Reaso
     // SAFETY: bounds checked above.
     let ip = unsafe { &*((data + IP_OFFSET) as *const Ipv4Hdr) };
     if ip.vihl >> 4 != 4 {
-        return Err(Reason::PassNotIpv4);
+        return Err(Reason::PassNotIp);
     }
     let ihl = usize::from(ip.vihl & 0x0f) * 4;
     if ihl < size_of::<Ipv4Hdr>() {
@@ -162,7 +188,53 @@ pub fn parse(data: usize, data_end: usize, frame: Frame) -> Result<Packet, Reaso
     if !l4_in_frame {
         return Err(Reason::PassTruncated);
     }
-    Ok(Packet { data, end: data_end, proto: ip.proto })
+    Ok(Packet::new(data, data_end, ip.proto))
+}
+
+/// IPv6 next headers that are extension headers (RFC 8200 §4, and the
+/// ones RFC 7045 lists since): the L4 header would follow them.
+const EXTENSION_HEADERS: [u8; 7] = [0, 43, 44, 51, 60, 135, 139];
+const IPV6_FRAGMENT: u8 = 44;
+
+/// Parse the IPv6 packet in `[data, data_end)`. Extension headers are not
+/// walked: a packet with any is passed (fragments are counted as such).
+#[inline(always)]
+pub fn parse_ipv6(data: usize, data_end: usize, frame: Frame) -> Result<Packet<V6>, Reason> {
+    if ether_type(data, data_end)? != ETH_P_IPV6 {
+        return Err(Reason::PassNotIp);
+    }
+    if !fits(data, data_end, IP_OFFSET, size_of::<Ipv6Hdr>()) {
+        return Err(Reason::PassTruncated);
+    }
+    // SAFETY: bounds checked above.
+    let ip = unsafe { &*((data + IP_OFFSET) as *const Ipv6Hdr) };
+    if ip.version() != 6 {
+        return Err(Reason::PassNotIp);
+    }
+    let l4_len = match ip.next_hdr {
+        IPPROTO_TCP => TCP_HEADER_LEN,
+        IPPROTO_UDP => size_of::<UdpHdr>(),
+        IPV6_FRAGMENT => return Err(Reason::PassFragment),
+        next if EXTENSION_HEADERS.contains(&next) => return Err(Reason::PassExtensionHeaders),
+        _ => return Err(Reason::PassNotTcpUdp),
+    };
+    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    let frame_holds_ip_packet = match frame {
+        // Bounded first, as in `parse`.
+        Frame::Linear => payload_len <= MAX_LINEAR_FRAME && fits(data, data_end, V6::L4, payload_len),
+        Frame::Skb { len } => V6::L4 + payload_len <= len as usize,
+    };
+    if payload_len < l4_len || !frame_holds_ip_packet {
+        return Err(Reason::PassTruncated);
+    }
+    let l4_in_frame = match ip.next_hdr {
+        IPPROTO_TCP => fits(data, data_end, V6::L4, TCP_HEADER_LEN),
+        _ => fits(data, data_end, V6::L4, size_of::<UdpHdr>()),
+    };
+    if !l4_in_frame {
+        return Err(Reason::PassTruncated);
+    }
+    Ok(Packet::new(data, data_end, ip.next_hdr))
 }
 
 #[cfg(test)]
@@ -215,9 +287,9 @@ mod tests {
         long_tot_len[IP_OFFSET + 2..IP_OFFSET + 4].copy_from_slice(&1500u16.to_be_bytes());
         let cases: &[(&str, Vec<u8>, Reason)] = &[
             ("empty frame", vec![], Reason::PassTruncated),
-            ("arp", arp, Reason::PassNotIpv4),
-            ("vlan tagged", vlan, Reason::PassNotIpv4),
-            ("ip version 6 in an ipv4 ethertype", ipv6_version, Reason::PassNotIpv4),
+            ("arp", arp, Reason::PassNotIp),
+            ("vlan tagged", vlan, Reason::PassNotIp),
+            ("ip version 6 in an ipv4 ethertype", ipv6_version, Reason::PassNotIp),
             ("ihl below 5", short_ihl, Reason::PassTruncated),
             ("ip options", base().ip_options(4).build(), Reason::PassIpOptions),
             ("first fragment", base().fragment(true, 0).build(), Reason::PassFragment),
@@ -237,5 +309,54 @@ mod tests {
         let mut pkt = PacketBuilder::new(IPPROTO_UDP, [10, 0, 0, 1], 1, [10, 0, 0, 2], 2).build();
         pkt.extend_from_slice(&[0; 18]);
         assert!(parse_bytes(&pkt).is_ok());
+    }
+
+    const V6_CLIENT: [u8; 16] = [0xfd, 0, 0, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+    const V6_VIP: [u8; 16] = [0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+
+    fn parse_ipv6_bytes(bytes: &[u8]) -> Result<Packet<V6>, Reason> {
+        let data = bytes.as_ptr() as usize;
+        parse_ipv6(data, data + bytes.len(), Frame::Linear)
+    }
+
+    #[test]
+    fn ipv6_tcp_and_udp_parse_with_their_flow() {
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            let pkt = PacketBuilder::new(proto, V6_CLIENT, 40000, V6_VIP, 80).build();
+            assert_eq!(ether_type(pkt.as_ptr() as usize, pkt.as_ptr() as usize + pkt.len()), Ok(ETH_P_IPV6));
+            let flow = parse_ipv6_bytes(&pkt).unwrap().flow();
+            assert_eq!(flow.saddr, lb_common::wire::addr6(V6_CLIENT));
+            assert_eq!(flow.daddr, lb_common::wire::addr6(V6_VIP));
+            assert_eq!((flow.sport, flow.dport, flow.proto), (40000u16.to_be(), 80u16.to_be(), proto));
+        }
+    }
+
+    #[test]
+    fn ipv6_packets_not_translated_are_passed_with_their_reason() {
+        let base = || PacketBuilder::new(IPPROTO_TCP, V6_CLIENT, 1, V6_VIP, 2);
+        let mut version_4 = base().build();
+        version_4[IP_OFFSET] = 0x40;
+        let mut long_payload = base().build();
+        long_payload[IP_OFFSET + 4..IP_OFFSET + 6].copy_from_slice(&1500u16.to_be_bytes());
+        let neighbour_solicitation = PacketBuilder::new(58, V6_CLIENT, 0, V6_VIP, 0).build();
+        let cases: &[(&str, Vec<u8>, Reason)] = &[
+            ("hop-by-hop options", base().extension_header(0).build(), Reason::PassExtensionHeaders),
+            ("routing header", base().extension_header(43).build(), Reason::PassExtensionHeaders),
+            ("destination options", base().extension_header(60).build(), Reason::PassExtensionHeaders),
+            ("fragment", base().extension_header(44).build(), Reason::PassFragment),
+            ("icmpv6 (neighbour discovery among it)", neighbour_solicitation, Reason::PassNotTcpUdp),
+            ("version 4 in an ipv6 ethertype", version_4, Reason::PassNotIp),
+            ("payload beyond the frame", long_payload, Reason::PassTruncated),
+            ("tcp header cut", base().build()[..V6::L4 + 10].to_vec(), Reason::PassTruncated),
+            ("ipv6 header cut", base().build()[..IP_OFFSET + 30].to_vec(), Reason::PassTruncated),
+            (
+                "an ipv4 frame",
+                PacketBuilder::new(IPPROTO_TCP, [1, 1, 1, 1], 1, [2, 2, 2, 2], 2).build(),
+                Reason::PassNotIp,
+            ),
+        ];
+        for (what, bytes, reason) in cases {
+            assert_eq!(parse_ipv6_bytes(bytes), Err(*reason), "{what}");
+        }
     }
 }

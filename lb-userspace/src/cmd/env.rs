@@ -40,7 +40,11 @@ pub fn service_env(services: &[EnvService], namespace: &str) -> Vec<(String, Str
         }
         for (i, (_, port, protocol)) in service.ports.iter().enumerate() {
             let proto = protocol.to_lowercase();
-            let url = format!("{proto}://{ip}:{port}");
+            // An IPv6 host is bracketed in the URL only, as kubelet joins them.
+            let url = match ip.parse::<std::net::IpAddr>() {
+                Ok(addr) => format!("{proto}://{}", std::net::SocketAddr::new(addr, *port)),
+                Err(_) => format!("{proto}://{ip}:{port}"),
+            };
             if i == 0 {
                 vars.push((format!("{prefix}_PORT"), url.clone()));
             }
@@ -106,5 +110,15 @@ mod tests {
         assert_eq!(lookup(&vars, "KUBIA_SERVICE_PORT_HTTP"), Some("80"));
         assert_eq!(lookup(&vars, "KUBIA_SERVICE_PORT_HTTPS"), Some("443"));
         assert_eq!(lookup(&vars, "KUBIA_PORT"), Some("tcp://10.96.0.10:80"));
+    }
+
+    /// kubelet: the host bare, the URLs with `[addr]:port`.
+    #[test]
+    fn an_ipv6_cluster_ip_is_bracketed_in_urls_only() {
+        let vars = service_env(&[svc("default", "web", "fd00:10:96::a", &[("", 80, "TCP")])], "default");
+        assert_eq!(lookup(&vars, "WEB_SERVICE_HOST"), Some("fd00:10:96::a"));
+        assert_eq!(lookup(&vars, "WEB_PORT"), Some("tcp://[fd00:10:96::a]:80"));
+        assert_eq!(lookup(&vars, "WEB_PORT_80_TCP"), Some("tcp://[fd00:10:96::a]:80"));
+        assert_eq!(lookup(&vars, "WEB_PORT_80_TCP_ADDR"), Some("fd00:10:96::a"));
     }
 }

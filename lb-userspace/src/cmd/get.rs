@@ -1,22 +1,31 @@
 //! `lb-agent get …`: what the datapath is programmed with, read from the
 //! pinned maps (so it works from any process), printed like kubectl does.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
+use aya::Pod;
 use lb_common::{
     CT_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CtEntry, CtKey, EP_READY, EP_SERVING,
-    EP_TERMINATING, FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, FrontendKey,
+    EP_TERMINATING, FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, Frontend,
     IPPROTO_TCP, IPPROTO_UDP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceMeta, svc_type_name, wire,
 };
 
-use crate::datapath::maps::DatapathMaps;
+use crate::{
+    datapath::maps::{DatapathMaps, FamilyMaps},
+    plan::{AnyFrontendKey, WireAddr, rekey},
+};
 
 /// One Service as programmed: the rows of `get services`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ProgrammedService {
     pub svc_type: &'static str,
-    /// The address, `None` for headless, `<none>` for ExternalName.
-    pub cluster_ip: String,
+    /// The addresses with their place in `spec.clusterIPs`; `None` for
+    /// headless, `<none>` for ExternalName.
+    pub cluster_ips: Vec<(u8, String)>,
     /// External and load-balancer IPs.
     pub external_ips: Vec<String>,
     /// "80/TCP"-style entries with the port name when there is one.
@@ -32,11 +41,25 @@ fn protocol_name(proto: u8) -> &'static str {
     }
 }
 
+/// The frontends of both families.
+fn frontends(maps: &DatapathMaps) -> anyhow::Result<Vec<(AnyFrontendKey, Frontend)>> {
+    fn of<A: WireAddr + Pod>(family: &FamilyMaps<A>) -> anyhow::Result<Vec<(AnyFrontendKey, Frontend)>> {
+        family.frontends.iter().map(|entry| Ok(entry.map(|(key, fe)| (rekey(key, key.addr.ip()), fe))?)).collect()
+    }
+    Ok([of(&maps.v4)?, of(&maps.v6)?].concat())
+}
+
+/// Backend `id` as `addr:port` (`[addr]:port` for IPv6), from its family's map.
+fn backend(maps: &DatapathMaps, id: u32) -> Option<String> {
+    let v4 = maps.v4.backends.get(&id, 0).map(|b| (b.addr.ip(), b.port));
+    let (addr, port) = v4.or_else(|_| maps.v6.backends.get(&id, 0).map(|b| (b.addr.ip(), b.port))).ok()?;
+    Some(SocketAddr::new(addr, wire::port_number(port)).to_string())
+}
+
 /// Services keyed by (namespace, name), from the maps.
 pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(String, String), ProgrammedService>> {
     let mut services: BTreeMap<(String, String), ProgrammedService> = BTreeMap::new();
-    for entry in maps.frontends.iter() {
-        let (key, frontend): (FrontendKey, _) = entry?;
+    for (key, frontend) in frontends(maps)? {
         if key.scope != FRONTEND_SCOPE_ALL {
             // Pods' twins of Local-policy frontends: the same addresses.
             continue;
@@ -49,13 +72,13 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
         match meta.frontend_kind {
             FRONTEND_NODE_PORT => continue,
             FRONTEND_EXTERNAL_IP => {
-                svc.external_ips.push(Ipv4Addr::from(wire::addr_octets(key.addr)).to_string());
+                svc.external_ips.push(key.addr.to_string());
                 continue;
             }
             _ => {}
         }
         svc.svc_type = svc_type_name(meta.svc_type);
-        svc.cluster_ip = Ipv4Addr::from(wire::addr_octets(key.addr)).to_string();
+        svc.cluster_ips.push((meta.cluster_ip_index, key.addr.to_string()));
         let port = match meta.node_port {
             0 => format!("{}/{}", wire::port_number(key.port), protocol_name(key.proto)),
             node_port => format!("{}:{node_port}/{}", wire::port_number(key.port), protocol_name(key.proto)),
@@ -68,9 +91,9 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
             let endpoint = maps
                 .backend_slots
                 .get(&frontend.slot_key(index), 0)
-                .and_then(|id| maps.backends.get(&id, 0))
-                .map(|b| format!("{}:{}", Ipv4Addr::from(wire::addr_octets(b.addr)), wire::port_number(b.port)))
-                .unwrap_or_else(|_| "<missing>".into());
+                .ok()
+                .and_then(|id| backend(maps, id))
+                .unwrap_or_else(|| "<missing>".into());
             svc.endpoints.push(endpoint);
         }
     }
@@ -87,12 +110,15 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
             key,
             ProgrammedService {
                 svc_type: svc_type_name(meta.svc_type),
-                cluster_ip: cluster_ip.into(),
+                cluster_ips: vec![(0, cluster_ip.into())],
                 ..Default::default()
             },
         );
     }
     for svc in services.values_mut() {
+        // The primary family's first, once for all the Service's ports.
+        svc.cluster_ips.sort();
+        svc.cluster_ips.dedup();
         svc.external_ips.sort();
         svc.external_ips.dedup();
         svc.ports.sort();
@@ -108,25 +134,26 @@ pub fn format_services(services: &BTreeMap<(String, String), ProgrammedService>)
         .iter()
         .map(|((ns, name), svc)| {
             let (external, ports, endpoints) = (list(&svc.external_ips), list(&svc.ports), list(&svc.endpoints));
-            [ns.clone(), name.clone(), svc.svc_type.into(), svc.cluster_ip.clone(), external, ports, endpoints]
+            let cluster_ips: Vec<&str> = svc.cluster_ips.iter().map(|(_, ip)| ip.as_str()).collect();
+            [ns.clone(), name.clone(), svc.svc_type.into(), cluster_ips.join(","), external, ports, endpoints]
         })
         .collect();
     table(["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS"], &rows)
 }
 
-/// The programmed Services as `lb-agent env` needs them: cluster IP and
-/// ports in `spec.ports` order.
+/// The programmed Services as `lb-agent env` needs them: the primary
+/// family's cluster IP (`clusterIPs[0]`, as kubelet uses) and ports in
+/// `spec.ports` order.
 pub fn env_services(maps: &DatapathMaps) -> anyhow::Result<Vec<crate::cmd::env::EnvService>> {
     // (port index, name, port, protocol): sorted back into spec order below.
     type IndexedPort = (u8, String, u16, String);
     let mut ports: BTreeMap<(String, String), (String, Vec<IndexedPort>)> = BTreeMap::new();
-    for entry in maps.frontends.iter() {
-        let (key, frontend) = entry?;
+    for (key, frontend) in frontends(maps)? {
         let Ok(meta) = maps.service_meta.get(&frontend.frontend_id, 0) else { continue };
-        if meta.frontend_kind != FRONTEND_CLUSTER_IP {
+        if meta.frontend_kind != FRONTEND_CLUSTER_IP || meta.cluster_ip_index != 0 {
             continue;
         }
-        let ip = Ipv4Addr::from(wire::addr_octets(key.addr)).to_string();
+        let ip = key.addr.to_string();
         let (_, list) = ports.entry((meta.namespace().to_owned(), meta.name().to_owned())).or_insert((ip, Vec::new()));
         let port = (
             meta.port_index,
@@ -159,7 +186,7 @@ pub fn format_endpoints(maps: &DatapathMaps) -> anyhow::Result<String> {
             meta.namespace().to_owned(),
             meta.name().to_owned(),
             port_name.to_owned(),
-            format!("{}:{}", Ipv4Addr::from(wire::addr_octets(ep.addr)), wire::port_number(ep.port)),
+            SocketAddr::new(std::net::Ipv6Addr::from(ep.addr).to_canonical(), wire::port_number(ep.port)).to_string(),
             flag(EP_READY),
             flag(EP_SERVING),
             flag(EP_TERMINATING),
@@ -192,39 +219,61 @@ pub fn format_counters(
 pub struct ConntrackFilter {
     /// (namespace, name) of the Service.
     pub service: Option<(String, String)>,
-    pub client: Option<Ipv4Addr>,
-    pub backend: Option<Ipv4Addr>,
+    pub client: Option<IpAddr>,
+    pub backend: Option<IpAddr>,
     pub proto: Option<u8>,
 }
 
 /// One flow: its forward entry, keyed by the client's packet.
-struct Flow {
-    key: CtKey,
-    entry: CtEntry,
+struct Flow<A> {
+    key: CtKey<A>,
+    entry: CtEntry<A>,
     meta: ServiceMeta,
 }
 
 impl ConntrackFilter {
-    fn matches(&self, flow: &Flow) -> bool {
-        let addr = |a: u32| Ipv4Addr::from(wire::addr_octets(a));
+    fn matches<A: WireAddr>(&self, flow: &Flow<A>) -> bool {
         self.service.as_ref().is_none_or(|(ns, name)| flow.meta.namespace() == ns && flow.meta.name() == name)
-            && self.client.is_none_or(|c| addr(flow.key.saddr) == c)
-            && self.backend.is_none_or(|b| addr(flow.entry.nat_addr) == b)
+            && self.client.is_none_or(|c| flow.key.saddr.ip() == c)
+            && self.backend.is_none_or(|b| flow.entry.nat_addr.ip() == b)
             && self.proto.is_none_or(|p| flow.key.proto == p)
     }
 }
 
-/// The flows in conntrack (one row per flow, from its forward entry), then
-/// the totals: entries, created by the datapath, removed by agents (expired
-/// or flushed), and the evictions the LRU made room with, estimated as
-/// created - removed - present.
+/// The flows in conntrack of both families (one row per flow, from its
+/// forward entry), then the totals: entries, created by the datapath,
+/// removed by agents (expired or flushed), and the evictions the LRUs made
+/// room with, estimated as created - removed - present.
 pub fn format_conntrack(maps: &DatapathMaps, filter: &ConntrackFilter, now_ns: u64) -> anyhow::Result<String> {
-    let endpoint =
-        |addr: u32, port: u16| format!("{}:{}", Ipv4Addr::from(wire::addr_octets(addr)), wire::port_number(port));
-    let seconds = |since: u64| format!("{}s", now_ns.saturating_sub(since) / 1_000_000_000);
     let mut rows = Vec::new();
+    let entries =
+        flow_rows(maps, &maps.v4, filter, now_ns, &mut rows)? + flow_rows(maps, &maps.v6, filter, now_ns, &mut rows)?;
+    rows.sort();
+    let (created, removed) = maps.conntrack_totals()?;
+    let evicted = created.saturating_sub(removed).saturating_sub(entries);
+    let header = ["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SOURCE-AS", "SERVICE", "STATE", "AGE", "IDLE"];
+    let mut out = table(header, &rows);
+    let _ = writeln!(
+        out,
+        "\n{} flows shown; {entries} entries; created {created}, removed {removed}, evicted ~{evicted}",
+        rows.len()
+    );
+    Ok(out)
+}
+
+/// Adds the rows of `family`'s flows that match `filter`; how many
+/// entries it has.
+fn flow_rows<A: WireAddr + Pod>(
+    maps: &DatapathMaps,
+    family: &FamilyMaps<A>,
+    filter: &ConntrackFilter,
+    now_ns: u64,
+    rows: &mut Vec<[String; 9]>,
+) -> anyhow::Result<u64> {
+    let endpoint = |addr: A, port: u16| SocketAddr::new(addr.ip(), wire::port_number(port)).to_string();
+    let seconds = |since: u64| format!("{}s", now_ns.saturating_sub(since) / 1_000_000_000);
     let mut entries = 0u64;
-    for item in maps.conntrack.iter() {
+    for item in family.conntrack.iter() {
         let (key, entry) = item?;
         entries += 1;
         if entry.direction != CT_FORWARD {
@@ -252,17 +301,7 @@ pub fn format_conntrack(maps: &DatapathMaps, filter: &ConntrackFilter, now_ns: u
             seconds(entry.last_seen_ns),
         ]);
     }
-    rows.sort();
-    let (created, removed) = maps.conntrack_totals()?;
-    let evicted = created.saturating_sub(removed).saturating_sub(entries);
-    let header = ["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SOURCE-AS", "SERVICE", "STATE", "AGE", "IDLE"];
-    let mut out = table(header, &rows);
-    let _ = writeln!(
-        out,
-        "\n{} flows shown; {entries} entries; created {created}, removed {removed}, evicted ~{evicted}",
-        rows.len()
-    );
-    Ok(out)
+    Ok(entries)
 }
 
 fn state_name(proto: u8, state: u8) -> &'static str {
@@ -313,7 +352,7 @@ mod tests {
             ("default".to_owned(), "kubia".to_owned()),
             ProgrammedService {
                 svc_type: "LoadBalancer",
-                cluster_ip: "10.96.0.10".into(),
+                cluster_ips: vec![(0, "10.96.0.10".into()), (1, "fd00:10:96::a".into())],
                 external_ips: vec!["203.0.113.10".into()],
                 ports: vec!["80:30123/TCP".into()],
                 endpoints: vec!["10.244.0.2:8080".into(), "10.244.0.3:8080".into()],
@@ -323,7 +362,7 @@ mod tests {
             ("default".to_owned(), "empty".to_owned()),
             ProgrammedService {
                 svc_type: "ClusterIP",
-                cluster_ip: "10.96.0.11".into(),
+                cluster_ips: vec![(0, "10.96.0.11".into())],
                 ports: vec!["http:80/TCP".into()],
                 ..Default::default()
             },
@@ -331,9 +370,9 @@ mod tests {
         let out = format_services(&services);
         assert_eq!(
             out,
-            "NAMESPACE   NAME    TYPE           CLUSTER-IP   EXTERNAL-IP    PORT(S)        ENDPOINTS\n\
-             default     empty   ClusterIP      10.96.0.11   <none>         http:80/TCP    <none>\n\
-             default     kubia   LoadBalancer   10.96.0.10   203.0.113.10   80:30123/TCP   10.244.0.2:8080,10.244.0.3:8080\n"
+            "NAMESPACE   NAME    TYPE           CLUSTER-IP                 EXTERNAL-IP    PORT(S)        ENDPOINTS\n\
+             default     empty   ClusterIP      10.96.0.11                 <none>         http:80/TCP    <none>\n\
+             default     kubia   LoadBalancer   10.96.0.10,fd00:10:96::a   203.0.113.10   80:30123/TCP   10.244.0.2:8080,10.244.0.3:8080\n"
         );
     }
 }

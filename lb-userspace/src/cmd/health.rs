@@ -21,7 +21,7 @@
 use std::{
     collections::BTreeMap,
     future::IntoFuture,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
 };
@@ -195,7 +195,7 @@ pub fn health_checks(desired: &DesiredState, node_name: &str) -> BTreeMap<u16, H
         .values()
         .filter_map(|service| {
             let port = service.health_check_node_port?;
-            let local: std::collections::BTreeSet<Ipv4Addr> = service
+            let local: std::collections::BTreeSet<IpAddr> = service
                 .ports
                 .iter()
                 .flat_map(|p| &p.endpoints)
@@ -235,7 +235,7 @@ pub fn response(check: &HealthCheck) -> (StatusCode, String) {
 /// can change without reopening it.
 #[derive(Default)]
 pub struct HealthServer {
-    listeners: BTreeMap<(Ipv4Addr, u16), Listener>,
+    listeners: BTreeMap<(IpAddr, u16), Listener>,
 }
 
 /// What a listener answers now, and its task.
@@ -244,7 +244,7 @@ type Listener = (Arc<Mutex<HealthCheck>>, JoinHandle<std::io::Result<()>>);
 impl HealthServer {
     /// Opens, updates and closes listeners to match `checks`. Call from
     /// within the agent's tokio runtime.
-    pub fn update(&mut self, checks: BTreeMap<u16, HealthCheck>, node_addrs: &[Ipv4Addr]) {
+    pub fn update(&mut self, checks: BTreeMap<u16, HealthCheck>, node_addrs: &[IpAddr]) {
         self.listeners.retain(|(addr, port), (_, task)| {
             let keep = checks.contains_key(port) && node_addrs.contains(addr);
             if !keep {

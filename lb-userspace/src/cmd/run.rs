@@ -17,7 +17,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use lb_common::{DEVICE_POD, DEVICE_TAKES_XDP_FRAMES};
+use lb_common::{DEVICE_POD, DEVICE_TAKES_XDP_FRAMES, Ipv6Wire};
 
 use super::health::{self, HealthServer, SyncHealth};
 use crate::{
@@ -28,7 +28,7 @@ use crate::{
         sockets::{self, SocketLb},
     },
     model::{self, DesiredState, ModelOptions},
-    plan::{NodeInfo, Programmed},
+    plan::{NodeInfo, Programmed, WireAddr},
     source::{
         Source,
         api::{ApiConfig, ApiSource},
@@ -102,8 +102,9 @@ struct Agent {
     node: NodeInfo,
     /// What was last written to `LB_DEVICES` (ifindex -> flags).
     devices: Option<BTreeMap<u32, u32>>,
-    /// What was last written to `LB_NODE_ADDRS` (ifindex -> address).
-    snat_sources: Option<BTreeMap<u32, u32>>,
+    /// What was last written to `LB_NODE_ADDRS` and `LB_NODE_ADDRS6`
+    /// (ifindex -> address).
+    snat_sources: Option<(BTreeMap<u32, u32>, BTreeMap<u32, Ipv6Wire>)>,
     /// Services refused for want of room, as last logged.
     refused: BTreeMap<model::ServiceName, String>,
     health: HealthServer,
@@ -251,9 +252,10 @@ impl Agent {
         if cluster == self.cluster_service_cidrs {
             return;
         }
-        let ours = self.config.model.service_cidr.to_string();
-        if !cluster.is_empty() && !cluster.contains(&ours) {
-            warn!(service_cidr = %ours, cluster = ?cluster, "--service-cidr is not one of the cluster's ServiceCIDRs: unallocated addresses are dropped only inside --service-cidr");
+        for ours in self.config.model.service_cidrs.iter().map(ToString::to_string) {
+            if !cluster.is_empty() && !cluster.contains(&ours) {
+                warn!(service_cidr = %ours, cluster = ?cluster, "--service-cidr is not one of the cluster's ServiceCIDRs: unallocated addresses are dropped only inside --service-cidr");
+            }
         }
         self.cluster_service_cidrs = cluster;
     }
@@ -310,25 +312,20 @@ impl Agent {
 
     /// Reads the addresses of the node's devices: where node ports answer
     /// (whether they changed is returned), and each attached device's first
-    /// one, the source of SNAT by it (written when it changed; the first
-    /// time also clears what an earlier agent left).
+    /// one of each family, the source of SNAT by it (written when it
+    /// changed; the first time also clears what an earlier agent left).
     fn sync_node_addresses(&mut self) -> bool {
-        let by_device = match self.config.node_devices.ipv4_addresses() {
+        let by_device = match self.config.node_devices.addresses() {
             Ok(by_device) => by_device,
             Err(err) => {
                 error!("{err}");
                 return false;
             }
         };
-        let snat_sources: BTreeMap<u32, u32> = self
-            .datapath
-            .attached()
-            .filter_map(|(name, ifindex)| {
-                Some((ifindex, lb_common::wire::addr(by_device.get(name)?.first()?.octets())))
-            })
-            .collect();
+        let snat_sources = (self.snat_sources_of(&by_device), self.snat_sources_of(&by_device));
         if self.snat_sources.as_ref() != Some(&snat_sources) {
-            match self.maps.set_node_addresses(&snat_sources) {
+            let written = self.maps.v4.set_node_addresses(&snat_sources.0);
+            match written.and_then(|()| self.maps.v6.set_node_addresses(&snat_sources.1)) {
                 Ok(()) => self.snat_sources = Some(snat_sources),
                 Err(err) => error!("cannot update the node device addresses: {err}"),
             }
@@ -342,6 +339,14 @@ impl Agent {
         info!(?addrs, "node addresses");
         self.node.addrs = addrs;
         true
+    }
+
+    /// Each attached device's first address of family `A`.
+    fn snat_sources_of<A: WireAddr>(&self, by_device: &BTreeMap<String, Vec<std::net::IpAddr>>) -> BTreeMap<u32, A> {
+        self.datapath
+            .attached()
+            .filter_map(|(name, ifindex)| Some((ifindex, by_device.get(name)?.iter().find_map(|a| A::from_ip(*a))?)))
+            .collect()
     }
 
     /// Attaches to new interfaces and detaches from vanished ones; the

@@ -1,7 +1,12 @@
 //! Which network interfaces the datapath should be attached to: the ones in
 //! this network namespace whose names match `--device`/`--pod-device`.
 
-use std::{collections::BTreeMap, ffi::CStr, io, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    ffi::CStr,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterfaceError {
@@ -39,12 +44,15 @@ impl InterfacePatterns {
 }
 
 impl InterfacePatterns {
-    /// The IPv4 addresses of each matching interface that has one, in the
-    /// kernel's order (an interface's primary address first).
-    pub fn ipv4_addresses(&self) -> Result<BTreeMap<String, Vec<Ipv4Addr>>, InterfaceError> {
-        let mut addrs: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    /// The IPv4 and global IPv6 addresses of each matching interface that
+    /// has one, in the kernel's order (an interface's primary address
+    /// first). IPv6 link-local addresses are left out: they name no node
+    /// beyond the link.
+    pub fn addresses(&self) -> Result<BTreeMap<String, Vec<IpAddr>>, InterfaceError> {
+        let mut addrs: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         // SAFETY: getifaddrs gives a list that stays valid until freeifaddrs;
-        // each entry's name is a C string and an AF_INET address a sockaddr_in.
+        // each entry's name is a C string, an AF_INET address a sockaddr_in
+        // and an AF_INET6 one a sockaddr_in6.
         unsafe {
             let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
             if libc::getifaddrs(&mut head) != 0 {
@@ -54,12 +62,19 @@ impl InterfacePatterns {
             while !entry.is_null() {
                 let ifa = &*entry;
                 let name = CStr::from_ptr(ifa.ifa_name).to_string_lossy();
-                if !ifa.ifa_addr.is_null()
-                    && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
-                    && self.matches(&name)
-                {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    let addr = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                let addr = match ifa.ifa_addr.as_ref().map(|a| i32::from(a.sa_family)) {
+                    Some(libc::AF_INET) => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        Some(IpAddr::from(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes())))
+                    }
+                    Some(libc::AF_INET6) => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        Some(IpAddr::from(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                            .filter(|a| !matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+                    }
+                    _ => None,
+                };
+                if let Some(addr) = addr.filter(|_| self.matches(&name)) {
                     addrs.entry(name.into_owned()).or_default().push(addr);
                 }
                 entry = ifa.ifa_next;
@@ -113,7 +128,9 @@ mod tests {
     #[test]
     fn loopback_has_its_address() {
         let p = InterfacePatterns::new(["lo"]).unwrap();
-        assert_eq!(p.ipv4_addresses().unwrap(), BTreeMap::from([("lo".to_owned(), vec![Ipv4Addr::LOCALHOST])]));
+        let addrs = p.addresses().unwrap();
+        assert_eq!(addrs["lo"][0], IpAddr::from(Ipv4Addr::LOCALHOST));
+        assert!(addrs["lo"].iter().all(|a| a.is_loopback()), "{addrs:?}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::ProgramArray,
     programs::{
         CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -31,8 +32,8 @@ use aya::{
 use tracing::{info, warn};
 
 use lb_common::{
-    CtTimeouts, FastPath, Hook as CountedHook, MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, Reason,
-    ServiceCidr, map_names, wire,
+    CtTimeouts, EndpointMeta, FastPath, Hook as CountedHook, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK,
+    MAX_MAGLEV_ENTRIES, Reason, ServiceCidr, ipv6_programs, map_names, wire,
 };
 
 use super::{
@@ -50,6 +51,7 @@ const TC_EGRESS_PROGRAM: &str = "lb_tc_egress";
 const FAST_PATH_GLOBAL: &str = "LB_FAST_PATH";
 const TC_REDIRECT_GLOBAL: &str = "LB_TC_REDIRECT";
 const SERVICE_CIDR_GLOBAL: &str = "LB_SERVICE_CIDR";
+const SERVICE_CIDR6_GLOBAL: &str = "LB_SERVICE_CIDR6";
 const CT_TIMEOUTS_GLOBAL: &str = "LB_CT_TIMEOUTS";
 const NODE_NETNS_GLOBAL: &str = "LB_NODE_NETNS";
 const SOCKET_PODS_GLOBAL: &str = "LB_SOCKET_PODS";
@@ -69,6 +71,8 @@ pub enum LoaderError {
     Load { bpf_dir: PathBuf, source: Box<aya::EbpfError> },
     #[error("program {name}: {source}")]
     Program { name: &'static str, source: ProgramError },
+    #[error("program {program}: cannot put it where the hooks hand IPv6 packets over: {source}")]
+    Ipv6Program { program: &'static str, source: aya::maps::MapError },
     #[error("interface {ifname}: {what}: {source}")]
     Attach { ifname: String, what: &'static str, source: ProgramError },
     #[error("interface {ifname}: pinning its {what} link at {}: {reason}", path.display())]
@@ -103,9 +107,10 @@ pub struct LoadOptions {
     /// Send pod traffic on by `bpf_redirect_peer`/`bpf_redirect_neigh`
     /// (`--pod-forwarding redirect`) rather than the kernel's routing.
     pub tc_redirect: bool,
-    /// Where cluster IPs are allocated: addresses in it no Service has
-    /// are dropped (none when zero).
+    /// Where cluster IPs are allocated, per family: addresses in it no
+    /// Service has are dropped (none when zero).
     pub service_cidr: ServiceCidr,
+    pub service_cidr6: ServiceCidr<Ipv6Wire>,
     /// Conntrack capacity, in entries (two per flow).
     pub ct_max: u32,
     pub ct_timeouts: CtTimeouts,
@@ -127,6 +132,7 @@ impl Default for LoadOptions {
             tc_redirect: true,
             // The agent's default --service-cidr, 10.96.0.0/12.
             service_cidr: ServiceCidr { network: wire::addr([10, 96, 0, 0]), mask: 0xfff0_0000u32.to_be() },
+            service_cidr6: ServiceCidr::default(),
             ct_max: MAX_CONNTRACK,
             ct_timeouts: CtTimeouts::DEFAULT,
             maglev_entries: MAX_MAGLEV_ENTRIES,
@@ -256,7 +262,9 @@ impl Datapath {
         }
         prepare_bpf_dir(bpf_dir, options.allow_private_bpffs)?;
         let maglev_elements = options.maglev_entries.div_ceil(MAGLEV_ENTRIES_PER_ELEMENT);
-        check_pinned_size(bpf_dir, map_names::CONNTRACK, options.ct_max, 1, "--ct-max")?;
+        for conntrack in [map_names::CONNTRACK, map_names::CONNTRACK6] {
+            check_pinned_size(bpf_dir, conntrack, options.ct_max, 1, "--ct-max")?;
+        }
         check_pinned_size(bpf_dir, map_names::MAGLEV, maglev_elements, MAGLEV_ENTRIES_PER_ELEMENT, "--maglev-entries")?;
         for (name, entries) in [
             (map_names::COUNTERS, CountedHook::COUNT * Reason::COUNT),
@@ -264,6 +272,7 @@ impl Datapath {
         ] {
             drop_resized_counters(bpf_dir, name, entries);
         }
+        drop_relaid_listing(bpf_dir, map_names::ENDPOINTS, std::mem::size_of::<EndpointMeta>());
         let log_level = if options.debug_log { aya_log::Level::Debug as u8 } else { 0 };
         let node_netns = if options.socket_lb == SocketLb::Off { 0 } else { sockets::netns_cookie()? };
         let mut ebpf = EbpfLoader::new()
@@ -272,10 +281,12 @@ impl Datapath {
             .override_global(FAST_PATH_GLOBAL, &u8::from(options.fast_path), true)
             .override_global(TC_REDIRECT_GLOBAL, &u8::from(options.tc_redirect), true)
             .override_global(SERVICE_CIDR_GLOBAL, &options.service_cidr, true)
+            .override_global(SERVICE_CIDR6_GLOBAL, &options.service_cidr6, true)
             .override_global(CT_TIMEOUTS_GLOBAL, &options.ct_timeouts, true)
             .override_global(NODE_NETNS_GLOBAL, &node_netns, true)
             .override_global(SOCKET_PODS_GLOBAL, &u8::from(options.socket_lb == SocketLb::All), true)
             .map_max_entries(map_names::CONNTRACK, options.ct_max)
+            .map_max_entries(map_names::CONNTRACK6, options.ct_max)
             .map_max_entries(map_names::MAGLEV, maglev_elements)
             .load(DATAPATH_OBJECT)
             .map_err(|source| LoaderError::Load { bpf_dir: bpf_dir.to_owned(), source: Box::new(source) })?;
@@ -284,6 +295,7 @@ impl Datapath {
         for name in [TC_POD_PROGRAM, TC_EGRESS_PROGRAM] {
             program::<SchedClassifier>(&mut ebpf, name)?.load().map_err(program_err(name))?;
         }
+        load_ipv6_programs(&mut ebpf)?;
         if options.socket_lb != SocketLb::Off {
             for (name, _) in sockets::PROGRAMS {
                 program::<CgroupSockAddr>(&mut ebpf, name)?.load().map_err(program_err(name))?;
@@ -522,6 +534,29 @@ fn pin_err(ifname: &str, what: &'static str, path: &Path, reason: String) -> Loa
     LoaderError::PinLink { ifname: ifname.to_owned(), what, path: path.to_owned(), reason }
 }
 
+/// Loads the IPv6 programs and puts them where the hooks tail-call them
+/// (`lb_common::ipv6_programs`), replacing an earlier agent's in the pinned
+/// arrays.
+fn load_ipv6_programs(ebpf: &mut Ebpf) -> Result<(), LoaderError> {
+    for (name, array, index) in ipv6_programs::ALL {
+        let program_err = |source| LoaderError::Program { name, source };
+        let fd = if array == map_names::IPV6_XDP {
+            let xdp = program::<Xdp>(ebpf, name)?;
+            xdp.load().map_err(program_err)?;
+            xdp.fd().map_err(program_err)?.try_clone()
+        } else {
+            let tc = program::<SchedClassifier>(ebpf, name)?;
+            tc.load().map_err(program_err)?;
+            tc.fd().map_err(program_err)?.try_clone()
+        };
+        let fd = fd.map_err(|e| program_err(ProgramError::IOError(e)))?;
+        let map = ebpf.map_mut(array).ok_or(MapsError::Missing { name: array })?;
+        let mut programs = ProgramArray::try_from(map).map_err(|source| MapsError::Layout { name: array, source })?;
+        programs.set(index, &fd, 0).map_err(|source| LoaderError::Ipv6Program { program: name, source })?;
+    }
+    Ok(())
+}
+
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoaderError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
@@ -537,6 +572,18 @@ fn drop_resized_counters(bpf_dir: &Path, name: &str, entries: u32) {
     let path = bpf_dir.join(name);
     if aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| info.max_entries() != entries) {
         info!(map = name, "the pinned counters have another layout: they start again from zero");
+        let _ = fs::remove_file(&path);
+    }
+}
+
+/// A listing the datapath never reads (`LB_ENDPOINTS`), pinned by an agent
+/// whose entries had another layout (IPv4-only endpoints were 72 bytes),
+/// would refuse this agent's writes: it starts again, and the first sync
+/// lists every endpoint anew.
+fn drop_relaid_listing(bpf_dir: &Path, name: &str, value_size: usize) {
+    let path = bpf_dir.join(name);
+    if aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| info.value_size() as usize != value_size) {
+        info!(map = name, "the pinned listing has another layout: it is written again");
         let _ = fs::remove_file(&path);
     }
 }

@@ -3,21 +3,23 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
 
 use aya::{
+    Pod,
     maps::{HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
     sys::SyscallError,
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, CtTimeouts, EndpointKey,
-    EndpointMeta, FastPath, Frontend, FrontendKey, Hook, IPPROTO_UDP, MAGLEV_ENTRIES_PER_ELEMENT, MaglevElement,
-    NodePortKey, Reason, ServiceMeta, SourceRange, ct_stats, map_names,
+    EndpointMeta, FastPath, Frontend, FrontendKey, Hook, IPPROTO_UDP, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT,
+    MaglevElement, NodePortKey, Reason, ServiceMeta, SourceRange, ct_stats, map_names,
 };
 
-use crate::plan::{MapContents, MapOp, Programmed};
+use crate::plan::{MapContents, MapOp, Programmed, WireAddr, rebackend, rekey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -32,25 +34,53 @@ pub enum MapsError {
 }
 
 pub struct DatapathMaps {
-    pub frontends: HashMap<MapData, FrontendKey, Frontend>,
+    pub v4: FamilyMaps<u32>,
+    pub v6: FamilyMaps<Ipv6Wire>,
     pub backend_slots: HashMap<MapData, BackendSlotKey, u32>,
-    pub backends: HashMap<MapData, u32, Backend>,
-    pub conntrack: HashMap<MapData, CtKey, CtEntry>,
     pub counters: PerCpuArray<MapData, u64>,
     pub service_meta: HashMap<MapData, u32, ServiceMeta>,
-    pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
-    pub vips: HashMap<MapData, u32, u32>,
     pub node_ports: HashMap<MapData, NodePortKey, u32>,
     pub endpoints: HashMap<MapData, EndpointKey, EndpointMeta>,
-    pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
     /// ifindex -> `DEVICE_*` flags.
     pub devices: HashMap<MapData, u32, u32>,
-    /// ifindex -> first IPv4 address of each node device, for SNAT.
-    pub node_addrs: HashMap<MapData, u32, u32>,
     pub fast_path_counters: PerCpuArray<MapData, u64>,
     pub ct_stats: PerCpuArray<MapData, u64>,
     pub maglev: MaglevMemory,
 }
+
+/// The maps whose keys or values hold an address, of one family (`u32`
+/// IPv4, `Ipv6Wire` IPv6): one layout rule, so one code for both.
+pub struct FamilyMaps<A: WireAddr + Pod> {
+    pub frontends: HashMap<MapData, FrontendKey<A>, Frontend>,
+    pub backends: HashMap<MapData, u32, Backend<A>>,
+    pub conntrack: HashMap<MapData, CtKey<A>, CtEntry<A>>,
+    pub affinity: HashMap<MapData, AffinityKey<A>, AffinityEntry>,
+    pub vips: HashMap<MapData, A, u32>,
+    pub source_ranges: LpmTrie<MapData, SourceRange<A>, u8>,
+    /// ifindex -> the first address of the family of each node device, for SNAT.
+    pub node_addrs: HashMap<MapData, u32, A>,
+}
+
+/// The names of one family's maps, in [`FamilyMaps`] field order.
+type FamilyNames = [&'static str; 7];
+const NAMES_V4: FamilyNames = [
+    map_names::FRONTENDS,
+    map_names::BACKENDS,
+    map_names::CONNTRACK,
+    map_names::AFFINITY,
+    map_names::VIPS,
+    map_names::SOURCE_RANGES,
+    map_names::NODE_ADDRS,
+];
+const NAMES_V6: FamilyNames = [
+    map_names::FRONTENDS6,
+    map_names::BACKENDS6,
+    map_names::CONNTRACK6,
+    map_names::AFFINITY6,
+    map_names::VIPS6,
+    map_names::SOURCE_RANGES6,
+    map_names::NODE_ADDRS6,
+];
 
 /// `LB_MAGLEV` mapped into this process: tables are written as memory,
 /// not one syscall per element.
@@ -133,19 +163,14 @@ impl DatapathMaps {
 
     fn build(mut open: impl FnMut(&'static str) -> Result<Map, MapsError>) -> Result<Self, MapsError> {
         Ok(Self {
-            frontends: typed(&mut open, map_names::FRONTENDS)?,
+            v4: FamilyMaps::build(&mut open, NAMES_V4)?,
+            v6: FamilyMaps::build(&mut open, NAMES_V6)?,
             backend_slots: typed(&mut open, map_names::BACKEND_SLOTS)?,
-            backends: typed(&mut open, map_names::BACKENDS)?,
-            conntrack: typed(&mut open, map_names::CONNTRACK)?,
             counters: typed(&mut open, map_names::COUNTERS)?,
             service_meta: typed(&mut open, map_names::SERVICE_META)?,
-            affinity: typed(&mut open, map_names::AFFINITY)?,
-            vips: typed(&mut open, map_names::VIPS)?,
             node_ports: typed(&mut open, map_names::NODE_PORTS)?,
             endpoints: typed(&mut open, map_names::ENDPOINTS)?,
-            source_ranges: typed(&mut open, map_names::SOURCE_RANGES)?,
             devices: typed(&mut open, map_names::DEVICES)?,
-            node_addrs: typed(&mut open, map_names::NODE_ADDRS)?,
             fast_path_counters: typed(&mut open, map_names::FAST_PATH_COUNTERS)?,
             ct_stats: typed(&mut open, map_names::CT_STATS)?,
             maglev: MaglevMemory::new(open(map_names::MAGLEV)?)?,
@@ -164,132 +189,38 @@ impl DatapathMaps {
     /// Writes one reconcile operation. Deleting what is already gone is fine.
     pub fn apply(&mut self, op: &MapOp) -> Result<(), MapError> {
         let result = match op {
-            MapOp::PutBackend { id, backend } => self.backends.insert(id, backend, 0),
             MapOp::PutSlot { key, backend_id } => self.backend_slots.insert(key, backend_id, 0),
             MapOp::PutMeta { frontend_id, meta } => self.service_meta.insert(frontend_id, meta, 0),
-            MapOp::PutFrontend { key, frontend } => self.frontends.insert(key, frontend, 0),
-            MapOp::DeleteFrontend(key) => self.frontends.remove(key),
             MapOp::DeleteSlot(key) => self.backend_slots.remove(key),
             MapOp::DeleteMeta(frontend_id) => self.service_meta.remove(frontend_id),
-            MapOp::DeleteBackend(id) => self.backends.remove(id),
-            MapOp::PurgeAffinity { frontend_id, keep } => self.purge_affinity(*frontend_id, keep),
-            MapOp::PutVip { addr, frontends } => self.vips.insert(addr, frontends, 0),
-            MapOp::DeleteVip(addr) => self.vips.remove(addr),
             MapOp::PutNodePort { key, frontends } => self.node_ports.insert(key, frontends, 0),
             MapOp::DeleteNodePort(key) => self.node_ports.remove(key),
             MapOp::PutEndpoint { key, meta } => self.endpoints.insert(key, meta, 0),
             MapOp::DeleteEndpoint(key) => self.endpoints.remove(key),
-            MapOp::PutSourceRange { frontend_id, addr, prefix_len } => {
-                self.source_ranges.insert(&source_range(*frontend_id, *addr, *prefix_len), 1, 0)
-            }
-            MapOp::DeleteSourceRange { frontend_id, addr, prefix_len } => {
-                self.source_ranges.remove(&source_range(*frontend_id, *addr, *prefix_len))
-            }
-            MapOp::FlushUdpFlows(backend) => self.flush_udp_flows(|key, entry| match entry.direction {
-                CT_FORWARD => entry.nat_addr == backend.addr && entry.nat_port == backend.port,
-                _ => key.saddr == backend.addr && key.sport == backend.port,
-            }),
-            MapOp::FlushFrontendUdpFlows(frontend_id) => {
-                self.flush_udp_flows(|_, entry| entry.frontend_id == *frontend_id)
-            }
             MapOp::PutMaglevTable { element, table } => self.maglev.write(*element, table),
-        };
-        match result {
-            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Deletes the expired conntrack entries, by the datapath's own rule.
-    pub fn sweep_conntrack(&mut self, timeouts: &CtTimeouts) -> Result<Sweep, MapError> {
-        let (expired, live) = self.expired_conntrack(timeouts)?;
-        let (removed, kept) = self.remove_expired_conntrack(&expired, timeouts)?;
-        Ok(Sweep { removed, live: live + kept })
-    }
-
-    /// The keys of expired conntrack entries, and how many are live.
-    pub fn expired_conntrack(&self, timeouts: &CtTimeouts) -> Result<(Vec<CtKey>, u64), MapError> {
-        let now = monotonic_ns();
-        let (mut expired, mut live) = (Vec::new(), 0);
-        for entry in self.conntrack.iter() {
-            let (key, entry) = entry?;
-            if timeouts.expired(key.proto, &entry, now) {
-                expired.push(key);
-            } else {
-                live += 1;
-            }
-        }
-        Ok((expired, live))
-    }
-
-    /// Removes the entries of `keys` that are expired as they are removed:
-    /// a packet may have refreshed one, or started a new flow on its key,
-    /// since it was read. Each is taken out as it is at that moment and put
-    /// back unless it is expired still (and unless the datapath wrote the
-    /// key again in between). (removed, put back)
-    pub fn remove_expired_conntrack(&mut self, keys: &[CtKey], timeouts: &CtTimeouts) -> Result<(u64, u64), MapError> {
-        let (mut removed, mut kept) = (0, 0);
-        for key in keys {
-            match self.take_conntrack(key)? {
-                Some(entry) if timeouts.expired(key.proto, &entry, monotonic_ns()) => removed += 1,
-                Some(entry) => {
-                    let _ = self.conntrack.insert(key, entry, BPF_NOEXIST);
-                    kept += 1;
+            // Ids are one space for both families: only one map has it.
+            _ => match op.addr() {
+                None => {
+                    let removed = self.v4.apply(op)? + self.v6.apply(op)?;
+                    self.count_removed(removed)
                 }
-                None => {}
-            }
-        }
-        self.count_removed(removed)?;
-        Ok((removed, kept))
+                Some(IpAddr::V4(_)) => self.v4.apply(op).and_then(|removed| self.count_removed(removed)),
+                Some(IpAddr::V6(_)) => self.v6.apply(op).and_then(|removed| self.count_removed(removed)),
+            },
+        };
+        ignore_not_found(result)
     }
 
-    /// Deletes `key` from the conntrack map and returns its entry as it was
-    /// when deleted, in one step (BPF_MAP_LOOKUP_AND_DELETE_ELEM, hash maps
-    /// since 5.14); None when it is not there.
-    fn take_conntrack(&self, key: &CtKey) -> Result<Option<CtEntry>, MapError> {
-        #[repr(C)]
-        struct Attr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
+    /// Deletes the expired conntrack entries of both families, by the
+    /// datapath's own rule.
+    pub fn sweep_conntrack(&mut self, timeouts: &CtTimeouts) -> Result<Sweep, MapError> {
+        let mut total = Sweep { removed: 0, live: 0 };
+        for sweep in [self.v4.sweep_conntrack(timeouts)?, self.v6.sweep_conntrack(timeouts)?] {
+            total.removed += sweep.removed;
+            total.live += sweep.live;
         }
-        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-        let mut entry = CtEntry::default();
-        let attr = Attr {
-            map_fd: self.conntrack.map().fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: std::ptr::from_ref(key) as u64,
-            value: std::ptr::from_mut(&mut entry) as u64,
-            flags: 0,
-        };
-        // SAFETY: bpf(2) reads the attr and the key and writes one value of
-        // the map's value size (CtEntry's) into `entry`.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_ELEM, std::ptr::from_ref(&attr), size_of::<Attr>())
-        };
-        if rc == 0 {
-            return Ok(Some(entry));
-        }
-        match std::io::Error::last_os_error() {
-            e if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            io_error => Err(MapError::SyscallError(SyscallError { call: "bpf_map_lookup_and_delete_elem", io_error })),
-        }
-    }
-
-    /// Deletes `keys` (gone already is fine) and counts them in `LB_CT_STATS`.
-    fn remove_conntrack(&mut self, keys: &[CtKey]) -> Result<u64, MapError> {
-        let mut removed = 0;
-        for key in keys {
-            match self.conntrack.remove(key) {
-                Ok(()) => removed += 1,
-                Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.count_removed(removed)?;
-        Ok(removed)
+        self.count_removed(total.removed)?;
+        Ok(total)
     }
 
     /// Adds `removed` to the entries agents removed (`LB_CT_STATS`).
@@ -309,51 +240,18 @@ impl DatapathMaps {
         Ok((sum_per_cpu(&self.ct_stats, ct_stats::CREATED)?, sum_per_cpu(&self.ct_stats, ct_stats::REMOVED)?))
     }
 
-    /// Deletes the UDP entries (both directions) that `matches`.
-    fn flush_udp_flows(&mut self, matches: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<(), MapError> {
-        let stale: Vec<CtKey> = self
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, entry)| key.proto == IPPROTO_UDP && matches(key, entry))
-            .map(|(key, _)| key)
-            .collect();
-        self.remove_conntrack(&stale).map(drop)
-    }
-
-    fn purge_affinity(&mut self, frontend_id: u32, keep: &[u32]) -> Result<(), MapError> {
-        let stale: Vec<AffinityKey> = self
-            .affinity
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, entry)| key.frontend_id == frontend_id && !keep.contains(&entry.backend_id))
-            .map(|(key, _)| key)
-            .collect();
-        for key in stale {
-            self.affinity.remove(&key)?;
-        }
-        Ok(())
-    }
-
     /// What the maps hold now, for the reconciler to diff against.
     pub fn programmed(&self) -> Result<Programmed, MapError> {
-        Ok(Programmed::adopt(MapContents {
-            frontends: self.frontends.iter().collect::<Result<_, _>>()?,
+        let mut contents = MapContents {
             slots: self.backend_slots.iter().collect::<Result<_, _>>()?,
-            backends: self.backends.iter().collect::<Result<_, _>>()?,
             metas: self.service_meta.iter().collect::<Result<_, _>>()?,
-            vips: self.vips.iter().collect::<Result<_, _>>()?,
             node_ports: self.node_ports.iter().collect::<Result<_, _>>()?,
             endpoints: self.endpoints.iter().collect::<Result<_, _>>()?,
-            source_ranges: self
-                .source_ranges
-                .keys()
-                .map(|key| {
-                    key.map(|k| (u32::from_be(k.data().frontend_id_be), k.data().addr, (k.prefix_len() - 32) as u8))
-                })
-                .collect::<Result<_, _>>()?,
-        })
-        .with_maglev_elements(self.maglev.elements()))
+            ..MapContents::default()
+        };
+        self.v4.contents(&mut contents)?;
+        self.v6.contents(&mut contents)?;
+        Ok(Programmed::adopt(contents).with_maglev_elements(self.maglev.elements()))
     }
 
     /// Packets per reason, summed over CPUs, per hook in `Hook::ALL` order.
@@ -380,16 +278,216 @@ impl DatapathMaps {
     pub fn set_devices(&mut self, devices: &BTreeMap<u32, u32>) -> Result<(), MapError> {
         make_exactly(&mut self.devices, devices)
     }
+}
 
-    /// Makes `addrs` (ifindex -> address, network byte order) exactly the
-    /// node device addresses SNAT uses.
-    pub fn set_node_addresses(&mut self, addrs: &BTreeMap<u32, u32>) -> Result<(), MapError> {
+impl<A: WireAddr + Pod> FamilyMaps<A> {
+    fn build(
+        open: &mut impl FnMut(&'static str) -> Result<Map, MapsError>,
+        [frontends, backends, conntrack, affinity, vips, source_ranges, node_addrs]: FamilyNames,
+    ) -> Result<Self, MapsError> {
+        Ok(Self {
+            frontends: typed(open, frontends)?,
+            backends: typed(open, backends)?,
+            conntrack: typed(open, conntrack)?,
+            affinity: typed(open, affinity)?,
+            vips: typed(open, vips)?,
+            source_ranges: typed(open, source_ranges)?,
+            node_addrs: typed(open, node_addrs)?,
+        })
+    }
+
+    /// Writes an operation on this family's maps (the plan routes each by
+    /// its address); how many conntrack entries it removed.
+    fn apply(&mut self, op: &MapOp) -> Result<u64, MapError> {
+        let wire =
+            |ip: IpAddr| A::from_ip(ip).ok_or(MapError::InvalidName { name: format!("{ip} in another family's map") });
+        let result = match op {
+            MapOp::PutBackend { id, backend } => self.backends.insert(id, rebackend(*backend, wire(backend.addr)?), 0),
+            MapOp::PutFrontend { key, frontend } => self.frontends.insert(rekey(*key, wire(key.addr)?), frontend, 0),
+            MapOp::DeleteFrontend(key) => self.frontends.remove(&rekey(*key, wire(key.addr)?)),
+            MapOp::DeleteBackend(id) => self.backends.remove(id),
+            MapOp::PurgeAffinity { frontend_id, keep } => self.purge_affinity(*frontend_id, keep),
+            MapOp::PutVip { addr, frontends } => self.vips.insert(wire(*addr)?, frontends, 0),
+            MapOp::DeleteVip(addr) => self.vips.remove(&wire(*addr)?),
+            MapOp::PutSourceRange { frontend_id, addr, prefix_len } => {
+                self.source_ranges.insert(&source_range(*frontend_id, wire(*addr)?, *prefix_len), 1, 0)
+            }
+            MapOp::DeleteSourceRange { frontend_id, addr, prefix_len } => {
+                self.source_ranges.remove(&source_range(*frontend_id, wire(*addr)?, *prefix_len))
+            }
+            MapOp::FlushUdpFlows(backend) => {
+                let (addr, port) = (wire(backend.addr)?, backend.port);
+                return self.flush_udp_flows(|key, entry| match entry.direction {
+                    CT_FORWARD => entry.nat_addr == addr && entry.nat_port == port,
+                    _ => key.saddr == addr && key.sport == port,
+                });
+            }
+            MapOp::FlushFrontendUdpFlows(frontend_id) => {
+                return self.flush_udp_flows(|_, entry| entry.frontend_id == *frontend_id);
+            }
+            // The shared maps' operations are not this family's.
+            _ => Ok(()),
+        };
+        ignore_not_found(result).map(|()| 0)
+    }
+
+    /// Deletes the expired conntrack entries (not counted in `LB_CT_STATS`).
+    fn sweep_conntrack(&mut self, timeouts: &CtTimeouts) -> Result<Sweep, MapError> {
+        let (expired, live) = self.expired_conntrack(timeouts)?;
+        let (removed, kept) = self.remove_expired_conntrack(&expired, timeouts)?;
+        Ok(Sweep { removed, live: live + kept })
+    }
+
+    /// The keys of expired conntrack entries, and how many are live.
+    pub fn expired_conntrack(&self, timeouts: &CtTimeouts) -> Result<(Vec<CtKey<A>>, u64), MapError> {
+        let now = monotonic_ns();
+        let (mut expired, mut live) = (Vec::new(), 0);
+        for entry in self.conntrack.iter() {
+            let (key, entry) = entry?;
+            if timeouts.expired(key.proto, &entry, now) {
+                expired.push(key);
+            } else {
+                live += 1;
+            }
+        }
+        Ok((expired, live))
+    }
+
+    /// Removes the entries of `keys` that are expired as they are removed:
+    /// a packet may have refreshed one, or started a new flow on its key,
+    /// since it was read. Each is taken out as it is at that moment and put
+    /// back unless it is expired still (and unless the datapath wrote the
+    /// key again in between). (removed, put back)
+    pub fn remove_expired_conntrack(
+        &mut self,
+        keys: &[CtKey<A>],
+        timeouts: &CtTimeouts,
+    ) -> Result<(u64, u64), MapError> {
+        let (mut removed, mut kept) = (0, 0);
+        for key in keys {
+            match self.take_conntrack(key)? {
+                Some(entry) if timeouts.expired(key.proto, &entry, monotonic_ns()) => removed += 1,
+                Some(entry) => {
+                    let _ = self.conntrack.insert(key, entry, BPF_NOEXIST);
+                    kept += 1;
+                }
+                None => {}
+            }
+        }
+        Ok((removed, kept))
+    }
+
+    /// Deletes `key` from the conntrack map and returns its entry as it was
+    /// when deleted, in one step (BPF_MAP_LOOKUP_AND_DELETE_ELEM, hash maps
+    /// since 5.14); None when it is not there.
+    fn take_conntrack(&self, key: &CtKey<A>) -> Result<Option<CtEntry<A>>, MapError> {
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+        let mut entry = CtEntry::<A>::default();
+        let attr = Attr {
+            map_fd: self.conntrack.map().fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: std::ptr::from_ref(key) as u64,
+            value: std::ptr::from_mut(&mut entry) as u64,
+            flags: 0,
+        };
+        // SAFETY: bpf(2) reads the attr and the key and writes one value of
+        // the map's value size (CtEntry<A>'s) into `entry`.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_AND_DELETE_ELEM, std::ptr::from_ref(&attr), size_of::<Attr>())
+        };
+        if rc == 0 {
+            return Ok(Some(entry));
+        }
+        match std::io::Error::last_os_error() {
+            e if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            io_error => Err(MapError::SyscallError(SyscallError { call: "bpf_map_lookup_and_delete_elem", io_error })),
+        }
+    }
+
+    /// Deletes the UDP entries (both directions) that `matches`; how many.
+    fn flush_udp_flows(&mut self, matches: impl Fn(&CtKey<A>, &CtEntry<A>) -> bool) -> Result<u64, MapError> {
+        let stale: Vec<CtKey<A>> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| key.proto == IPPROTO_UDP && matches(key, entry))
+            .map(|(key, _)| key)
+            .collect();
+        let mut removed = 0;
+        for key in &stale {
+            match self.conntrack.remove(key) {
+                Ok(()) => removed += 1,
+                Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    fn purge_affinity(&mut self, frontend_id: u32, keep: &[u32]) -> Result<(), MapError> {
+        let stale: Vec<AffinityKey<A>> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| key.frontend_id == frontend_id && !keep.contains(&entry.backend_id))
+            .map(|(key, _)| key)
+            .collect();
+        for key in stale {
+            self.affinity.remove(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Adds what this family's maps hold to `contents`.
+    fn contents(&self, contents: &mut MapContents) -> Result<(), MapError> {
+        for entry in self.frontends.iter() {
+            let (key, frontend) = entry?;
+            contents.frontends.push((rekey(key, key.addr.ip()), frontend));
+        }
+        for entry in self.backends.iter() {
+            let (id, backend) = entry?;
+            contents.backends.push((id, rebackend(backend, backend.addr.ip())));
+        }
+        for entry in self.vips.iter() {
+            let (addr, frontends) = entry?;
+            contents.vips.push((addr.ip(), frontends));
+        }
+        for key in self.source_ranges.keys() {
+            let key = key?;
+            let prefix_len = (key.prefix_len() - 32) as u8;
+            contents.source_ranges.push((u32::from_be(key.data().frontend_id_be), key.data().addr.ip(), prefix_len));
+        }
+        Ok(())
+    }
+
+    /// Makes `node_addrs` (ifindex -> address) exactly the node device
+    /// addresses SNAT uses in this family.
+    pub fn set_node_addresses(&mut self, addrs: &BTreeMap<u32, A>) -> Result<(), MapError> {
         make_exactly(&mut self.node_addrs, addrs)
     }
 }
 
+/// A write or delete, with deleting what is already gone counted as done.
+fn ignore_not_found(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// Makes `map` hold exactly `want`, writing only what differs.
-fn make_exactly(map: &mut HashMap<MapData, u32, u32>, want: &BTreeMap<u32, u32>) -> Result<(), MapError> {
+fn make_exactly<V: Pod + PartialEq>(
+    map: &mut HashMap<MapData, u32, V>,
+    want: &BTreeMap<u32, V>,
+) -> Result<(), MapError> {
     let present: BTreeSet<u32> = map.keys().collect::<Result<_, _>>()?;
     for gone in present.iter().filter(|k| !want.contains_key(k)) {
         map.remove(gone)?;
@@ -426,6 +524,6 @@ fn sum_per_cpu(array: &PerCpuArray<MapData, u64>, index: u32) -> Result<u64, Map
 
 /// The trie key of a frontend's client network: all 32 bits of the frontend_id,
 /// then the network's prefix.
-fn source_range(frontend_id: u32, addr: u32, prefix_len: u8) -> Key<SourceRange> {
+fn source_range<A: WireAddr>(frontend_id: u32, addr: A, prefix_len: u8) -> Key<SourceRange<A>> {
     Key::new(32 + u32::from(prefix_len), SourceRange { frontend_id_be: frontend_id.to_be(), addr })
 }

@@ -134,42 +134,45 @@ pub(super) fn assign_node_ports(
 }
 
 /// Settles every cluster IP. Explicit addresses first: the eldest Service
-/// naming an address holds it; younger ones, and addresses outside the
-/// service CIDR, are refused (one that had a model keeps it while its old
-/// address is free, like an update the API server refuses). Then allocated ones, eldest first, each from a hash of
-/// its name into the CIDR. Services left without an address are removed
-/// from `entries`.
+/// naming an address holds it; younger ones, and addresses outside their
+/// family's service CIDR, are refused with all their addresses (one that
+/// had a model keeps it while its old addresses are free, like an update
+/// the API server refuses). Then allocated ones, eldest first, each from a
+/// hash of its name into its family's CIDR. Services left without their
+/// addresses are removed from `entries`.
 pub(super) fn assign_addresses(
     entries: &mut BTreeMap<ServiceName, Entry<'_>>,
     previous: &DesiredState,
     seniority: &Seniority,
     opts: &ModelOptions,
     errors: &mut Vec<ModelError>,
-) -> BTreeMap<ServiceName, ClusterIp> {
-    let cidr = opts.service_cidr;
+) -> BTreeMap<ServiceName, Vec<IpAddr>> {
     // In a cluster the API server allocated and checked every address.
     let emulated = opts.controllers == Controllers::Emulated;
-    let previous_ip = |name: &ServiceName| match previous.services.get(name).map(|s| s.cluster_ip) {
-        Some(ClusterIp::Ip(ip)) => Some(ip),
-        _ => None,
-    };
-    let mut taken: BTreeMap<Ipv4Addr, ServiceName> = BTreeMap::new();
-    let mut assigned = BTreeMap::new();
+    let previous_ips =
+        |name: &ServiceName| previous.services.get(name).map(|s| s.cluster_ips.clone()).unwrap_or_default();
+    let mut taken: BTreeMap<IpAddr, ServiceName> = BTreeMap::new();
+    let mut assigned: BTreeMap<ServiceName, Vec<IpAddr>> = BTreeMap::new();
 
     // (address, seniority, name): sorting puts each address's holder first.
-    let mut claims: Vec<(Ipv4Addr, usize, ServiceName)> = Vec::new();
-    let mut refused = Vec::new();
+    let mut claims: Vec<(IpAddr, usize, ServiceName)> = Vec::new();
+    let mut refused: BTreeMap<ServiceName, ModelError> = BTreeMap::new();
     for (name, entry) in entries.iter() {
         let file = entry.file().to_owned();
-        match (entry, entry.address()) {
-            (Entry::Kept(_, kept), _) if let ClusterIp::Ip(ip) = kept.cluster_ip => {
-                claims.push((ip, seniority.rank(name), name.clone()))
-            }
-            (_, Some(Address::Explicit(ip))) if emulated && !cidr.contains_host(ip) => {
-                refused.push((name.clone(), ModelError::OutsideServiceCidr { file, service: name.clone(), ip, cidr }))
-            }
-            (_, Some(Address::Explicit(ip))) => claims.push((ip, seniority.rank(name), name.clone())),
-            _ => {}
+        let written: Vec<IpAddr> = match (entry, entry.address()) {
+            (Entry::Kept(_, kept), _) => kept.cluster_ips.clone(),
+            (_, Some(Address::Families(slots))) => slots.iter().filter_map(|(_, ip)| *ip).collect(),
+            _ => Vec::new(),
+        };
+        let outside = written.iter().find_map(|ip| {
+            let cidr = opts.service_cidr(Family::of(*ip))?;
+            (emulated && !matches!(entry, Entry::Kept(..)) && !cidr.contains_host(*ip)).then_some((*ip, cidr))
+        });
+        match outside {
+            Some((ip, cidr)) => drop(
+                refused.insert(name.clone(), ModelError::OutsideServiceCidr { file, service: name.clone(), ip, cidr }),
+            ),
+            None => claims.extend(written.into_iter().map(|ip| (ip, seniority.rank(name), name.clone()))),
         }
     }
     claims.sort();
@@ -177,21 +180,27 @@ pub(super) fn assign_addresses(
         match taken.get(&ip) {
             Some(holder) => {
                 let file = entries[&name].file().to_owned();
-                let error = ModelError::ClusterIpTaken { file, service: name.clone(), ip, holder: holder.clone() };
-                refused.push((name, error));
+                let error =
+                    ModelError::ClusterIpTaken { file, service: name.clone(), ip, holder: Box::new(holder.clone()) };
+                refused.entry(name).or_insert(error);
             }
             None => {
                 taken.insert(ip, name.clone());
-                assigned.insert(name, ClusterIp::Ip(ip));
+                assigned.entry(name).or_default().push(ip);
             }
         }
     }
+    // A refused Service holds none of its addresses.
+    taken.retain(|_, holder| !refused.contains_key(holder));
     for (name, error) in refused {
+        assigned.remove(&name);
         let file = entries[&name].file();
         errors.push(error);
-        match (previous_ip(&name).filter(|p| !taken.contains_key(p)), previous.services.get(&name)) {
-            (Some(kept_ip), Some(kept)) => {
-                taken.insert(kept_ip, name.clone());
+        let kept_ips = previous_ips(&name);
+        match previous.services.get(&name) {
+            Some(kept) if !kept_ips.is_empty() && kept_ips.iter().all(|ip| !taken.contains_key(ip)) => {
+                taken.extend(kept_ips.iter().map(|ip| (*ip, name.clone())));
+                assigned.insert(name.clone(), kept_ips);
                 entries.insert(name, Entry::Kept(file, kept.clone()));
             }
             _ => {
@@ -200,39 +209,69 @@ pub(super) fn assign_addresses(
         }
     }
 
-    let mut allocate = Vec::new();
-    for (name, entry) in entries.iter() {
-        match entry.address() {
-            Some(Address::Allocate) => allocate.push(name.clone()),
-            Some(Address::None) => drop(assigned.insert(name.clone(), ClusterIp::None)),
-            _ => {}
-        }
-    }
+    let allocate: Vec<ServiceName> = entries
+        .iter()
+        .filter(|(_, entry)| {
+            matches!(entry.address(), Some(Address::Families(slots)) if slots.iter().any(|(_, ip)| ip.is_none()))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
     if !emulated {
-        for name in allocate.drain(..) {
-            if let Some(entry) = entries.remove(&name) {
-                errors.push(ModelError::NotAllocated { file: entry.file().to_owned(), service: name });
+        for name in &allocate {
+            if let Some(entry) = entries.remove(name) {
+                assigned.remove(name);
+                errors.push(ModelError::NotAllocated { file: entry.file().to_owned(), service: name.clone() });
             }
         }
     }
-    for name in seniority.eldest_first(allocate.iter()) {
-        match cidr.free_host(&name, &taken) {
-            Some(ip) => {
-                if let Some(before) = previous_ip(&name).filter(|before| *before != ip) {
-                    // Only on a hash collision with a Service that has no
-                    // creationTimestamp and sorts first by name.
-                    warn!(service = %name, %before, now = %ip, holder = %taken.get(&before).map_or(String::new(), ToString::to_string),
-                        "cluster IP moved to another address; write spec.clusterIP or metadata.creationTimestamp to pin it");
-                }
-                taken.insert(ip, name.clone());
-                assigned.insert(name, ClusterIp::Ip(ip));
+    for name in seniority.eldest_first(allocate.iter().filter(|_| emulated)) {
+        let Some(Address::Families(slots)) = entries[&name].address() else { continue };
+        let mut ips = Vec::with_capacity(slots.len());
+        let mut exhausted = None;
+        for (family, written) in slots {
+            // Validation refused the families without a service CIDR.
+            let Some(cidr) = opts.service_cidr(*family) else { continue };
+            let ip = match written {
+                Some(ip) => *ip,
+                None => match cidr.free_host(&name, &taken) {
+                    Some(ip) => ip,
+                    None => {
+                        exhausted = Some(cidr);
+                        break;
+                    }
+                },
+            };
+            let before = previous_ips(&name).into_iter().find(|b| Family::of(*b) == *family && *b != ip);
+            if let Some(before) = before.filter(|_| written.is_none()) {
+                // Only on a hash collision with a Service that has no
+                // creationTimestamp and sorts first by name.
+                warn!(service = %name, %before, now = %ip, holder = %taken.get(&before).map_or(String::new(), ToString::to_string),
+                    "cluster IP moved to another address; write spec.clusterIPs or metadata.creationTimestamp to pin it");
             }
-            None => {
-                if let Some(entry) = entries.remove(&name) {
-                    errors.push(ModelError::CidrExhausted { file: entry.file().to_owned(), service: name, cidr });
-                }
-            }
+            taken.insert(ip, name.clone());
+            ips.push(ip);
         }
+        if let Some(cidr) = exhausted {
+            taken.retain(|_, holder| *holder != name);
+            assigned.remove(&name);
+            if let Some(entry) = entries.remove(&name) {
+                errors.push(ModelError::CidrExhausted { file: entry.file().to_owned(), service: name, cidr });
+            }
+            continue;
+        }
+        assigned.insert(name, ips);
+    }
+    // Claims were settled in address order: back to the spec's, primary first.
+    for (name, ips) in &mut assigned {
+        let families: Vec<Family> = match entries.get(name) {
+            Some(Entry::Kept(_, kept)) => kept.cluster_ips.iter().map(|ip| Family::of(*ip)).collect(),
+            Some(entry) => match entry.address() {
+                Some(Address::Families(slots)) => slots.iter().map(|(family, _)| *family).collect(),
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        ips.sort_by_key(|ip| families.iter().position(|f| *f == Family::of(*ip)));
     }
     assigned
 }

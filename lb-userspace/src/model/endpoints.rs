@@ -76,7 +76,7 @@ impl<'a> Index<'a> {
 /// A validated spec with its address, plus its endpoints.
 pub(super) fn realise(
     spec: Spec<'_>,
-    cluster_ip: ClusterIp,
+    cluster_ips: Vec<IpAddr>,
     index: &Index<'_>,
     errors: &mut Vec<ModelError>,
 ) -> Service {
@@ -124,19 +124,22 @@ pub(super) fn realise(
                         }
                     },
                 };
-                add_endpoint(
-                    &mut endpoints,
-                    Endpoint {
-                        addr: pod.addr,
-                        port: number,
-                        ready: spec.publish_not_ready || (pod.ready && !pod.terminating),
-                        serving: pod.ready,
-                        terminating: pod.terminating,
-                        node_name: pod.node_name.map(str::to_owned),
-                        target: Some(pod.name.to_owned()),
-                        hints: Hints::default(),
-                    },
-                );
+                // One endpoint per family, as the slices of each family list it.
+                for addr in &pod.addrs {
+                    add_endpoint(
+                        &mut endpoints,
+                        Endpoint {
+                            addr: *addr,
+                            port: number,
+                            ready: spec.publish_not_ready || (pod.ready && !pod.terminating),
+                            serving: pod.ready,
+                            terminating: pod.terminating,
+                            node_name: pod.node_name.map(str::to_owned),
+                            target: Some(pod.name.to_owned()),
+                            hints: Hints::default(),
+                        },
+                    );
+                }
             }
             for group in &groups {
                 let matching = group.ports.iter().filter(|(name, _, protocol)| {
@@ -172,7 +175,7 @@ pub(super) fn realise(
     Service {
         name: spec.name,
         service_type: spec.service_type,
-        cluster_ip,
+        cluster_ips,
         external_name: spec.external_name,
         external_ips: spec.external_ips,
         source_ranges: spec.source_ranges,

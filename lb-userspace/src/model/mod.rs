@@ -5,7 +5,7 @@
 use std::collections::btree_map::Entry as MapEntry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::source::{Objects, Sourced};
 
 mod allocation;
 mod endpoints;
+mod families;
 mod pods;
 mod reuse;
 mod slices;
@@ -33,6 +34,7 @@ pub use types::*;
 
 use allocation::*;
 use endpoints::*;
+use families::*;
 use pods::*;
 use reuse::*;
 use slices::*;
@@ -44,25 +46,28 @@ pub enum ModelError {
     #[error("{file}: {object}: {field}: {reason}")]
     Invalid { file: PathBuf, object: String, field: String, reason: String },
     #[error("{file}: Service {service}: spec.clusterIP: {ip} is already used by Service {holder}")]
-    ClusterIpTaken { file: PathBuf, service: ServiceName, ip: Ipv4Addr, holder: ServiceName },
+    ClusterIpTaken { file: PathBuf, service: ServiceName, ip: IpAddr, holder: Box<ServiceName> },
     #[error("{file}: Service {service}: spec.clusterIP: {ip} is not in the service CIDR {cidr}")]
-    OutsideServiceCidr { file: PathBuf, service: ServiceName, ip: Ipv4Addr, cidr: Ipv4Cidr },
+    OutsideServiceCidr { file: PathBuf, service: ServiceName, ip: IpAddr, cidr: IpCidr },
     #[error("{file}: Service {service}: spec.clusterIP: empty, and the API server allocates it")]
     NotAllocated { file: PathBuf, service: ServiceName },
     #[error("{file}: Service {service}: no free address left in the service CIDR {cidr}")]
-    CidrExhausted { file: PathBuf, service: ServiceName, cidr: Ipv4Cidr },
+    CidrExhausted { file: PathBuf, service: ServiceName, cidr: IpCidr },
     #[error("Service {service}: nodePort {node_port}/{protocol} is already used by Service {holder}")]
     NodePortTaken { service: ServiceName, node_port: u16, protocol: Protocol, holder: ServiceName },
     #[error("Service {service}: no free node port left in 30000-32767")]
     NodePortsExhausted { service: ServiceName },
-    #[error("{value:?} is not an IPv4 CIDR: {reason}")]
+    #[error("{value:?} is not a CIDR: {reason}")]
     BadCidr { value: String, reason: String },
+    #[error("service CIDR {second}: {family} has one already ({first}); give at most one per family")]
+    SameFamilyCidrs { family: Family, first: IpCidr, second: IpCidr },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelOptions {
-    /// Where services without an explicit `spec.clusterIP` get theirs.
-    pub service_cidr: Ipv4Cidr,
+    /// Where services without an explicit `spec.clusterIPs` get theirs: at
+    /// most one per family, the cluster's primary family first.
+    pub service_cidrs: Vec<IpCidr>,
     pub controllers: Controllers,
 }
 
@@ -84,8 +89,30 @@ pub enum Controllers {
 impl Default for ModelOptions {
     fn default() -> Self {
         // Kubernetes' (kubeadm's) default service CIDR.
-        let service_cidr = Ipv4Cidr { network: Ipv4Addr::new(10, 96, 0, 0), prefix_len: 12 };
-        ModelOptions { service_cidr, controllers: Controllers::default() }
+        let service_cidr = IpCidr { network: IpAddr::V4(Ipv4Addr::new(10, 96, 0, 0)), prefix_len: 12 };
+        ModelOptions { service_cidrs: vec![service_cidr], controllers: Controllers::default() }
+    }
+}
+
+impl ModelOptions {
+    /// `cidrs` as `--service-cidr` gives them: refused when two are of one family.
+    pub fn service_cidrs(cidrs: Vec<IpCidr>) -> Result<Vec<IpCidr>, ModelError> {
+        for (i, second) in cidrs.iter().enumerate() {
+            if let Some(first) = cidrs[..i].iter().find(|c| c.family() == second.family()) {
+                return Err(ModelError::SameFamilyCidrs { family: second.family(), first: *first, second: *second });
+            }
+        }
+        Ok(cidrs)
+    }
+
+    /// The service CIDR of `family`, if one is configured.
+    pub fn service_cidr(&self, family: Family) -> Option<IpCidr> {
+        self.service_cidrs.iter().copied().find(|c| c.family() == family)
+    }
+
+    /// The family of Services that ask for none: the first service CIDR's.
+    pub fn primary_family(&self) -> Family {
+        self.service_cidrs.first().map_or(Family::V4, |c| c.family())
     }
 }
 
@@ -107,7 +134,7 @@ fn service_label<'a>(service: &'a Sourced<core::Service>, label: &str) -> Option
 pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> (DesiredState, Vec<ModelError>) {
     let pods = pods_by_namespace(objects);
     if previous.memo.opts.as_ref() == Some(opts) && previous.memo.same_services_and_pods(objects, &pods) {
-        return rebuild_endpoints(objects, previous, opts.controllers);
+        return rebuild_endpoints(objects, previous, opts);
     }
     let previous = &previous;
     let mut errors = Vec::new();
@@ -135,7 +162,7 @@ pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> 
             entries.insert(name, Entry::Reused(&service.file, realised));
             continue;
         }
-        match validate(service, opts.controllers) {
+        match validate(service, opts) {
             Ok((spec, skipped_ports)) => {
                 errors.extend(skipped_ports);
                 entries.insert(spec.name.clone(), Entry::New(at, spec));
@@ -153,13 +180,13 @@ pub fn build(objects: &Objects, previous: DesiredState, opts: &ModelOptions) -> 
     let services = entries
         .into_iter()
         .map(|(name, entry)| {
-            let cluster_ip = addresses.remove(&name).unwrap_or(ClusterIp::None);
+            let cluster_ips = addresses.remove(&name).unwrap_or_default();
             let realised = match entry {
                 Entry::Kept(_, service) => return (name, service),
                 Entry::Reused(_, realised) => realised,
                 Entry::New(at, spec) => Arc::new(Realised::new(at, spec, &index)),
             };
-            let service = Arc::new(Service { cluster_ip, ..Service::clone(&realised.realised) });
+            let service = Arc::new(Service { cluster_ips, ..Service::clone(&realised.realised) });
             memo.services.insert(name.clone(), realised);
             (name, service)
         })
@@ -193,11 +220,11 @@ impl<'a> Entry<'a> {
         }
     }
 
-    /// The cluster IP its spec asks for; `None` for a kept model.
-    fn address(&self) -> Option<Address> {
+    /// The cluster IPs its spec asks for; `None` for a kept model.
+    fn address(&self) -> Option<&Address> {
         match self {
-            Entry::New(_, spec) => Some(spec.address),
-            Entry::Reused(_, realised) => Some(realised.address),
+            Entry::New(_, spec) => Some(&spec.address),
+            Entry::Reused(_, realised) => Some(&realised.address),
             Entry::Kept(..) => None,
         }
     }

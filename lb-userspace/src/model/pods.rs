@@ -6,7 +6,8 @@ use super::*;
 pub(super) struct PodInfo<'a> {
     pub(super) name: &'a str,
     pub(super) labels: Option<&'a BTreeMap<String, String>>,
-    pub(super) addr: Ipv4Addr,
+    /// `status.podIPs`: at most one per family.
+    pub(super) addrs: Vec<IpAddr>,
     /// The pod's `Ready` condition.
     pub(super) ready: bool,
     pub(super) terminating: bool,
@@ -15,7 +16,7 @@ pub(super) struct PodInfo<'a> {
 }
 
 impl<'a> PodInfo<'a> {
-    /// `None` for a pod that cannot be an endpoint (finished, no IPv4 address yet).
+    /// `None` for a pod that cannot be an endpoint (finished, no address yet).
     pub(super) fn new(pod: &'a Sourced<core::Pod>) -> Result<Option<Self>, ModelError> {
         let meta = &pod.object.metadata;
         let name = meta.name.as_deref().unwrap_or_default();
@@ -24,24 +25,24 @@ impl<'a> PodInfo<'a> {
             debug!(pod = name, phase, "pod has finished: not an endpoint");
             return Ok(None);
         }
+        // `podIP` is `podIPs[0]`; either may be written alone.
         let ips = status
             .and_then(|s| s.pod_ip.as_deref())
             .into_iter()
             .chain(status.and_then(|s| s.pod_ips.as_deref()).unwrap_or_default().iter().map(|ip| ip.ip.as_str()));
-        let mut addr = None;
-        for ip in ips {
-            let parsed = ipv4(ip).map_err(|reason| {
-                invalid(&pod.file, format!("Pod {}", ServiceName::of(meta)), "status.podIP", reason)
+        let mut addrs: Vec<IpAddr> = Vec::with_capacity(2);
+        for text in ips {
+            let parsed = ip(text).map_err(|reason| {
+                invalid(&pod.file, format!("Pod {}", ServiceName::of(meta)), "status.podIPs", reason)
             })?;
-            if parsed.is_some() {
-                addr = parsed;
-                break;
+            if !addrs.iter().any(|a| Family::of(*a) == Family::of(parsed)) {
+                addrs.push(parsed);
             }
         }
-        let Some(addr) = addr else {
-            debug!(pod = name, "pod has no IPv4 address: not an endpoint");
+        if addrs.is_empty() {
+            debug!(pod = name, "pod has no address: not an endpoint");
             return Ok(None);
-        };
+        }
         let ready = status
             .and_then(|s| s.conditions.as_deref())
             .unwrap_or_default()
@@ -51,7 +52,7 @@ impl<'a> PodInfo<'a> {
         Ok(Some(PodInfo {
             name,
             labels: meta.labels.as_ref(),
-            addr,
+            addrs,
             ready,
             terminating: meta.deletion_timestamp.is_some(),
             node_name: spec.and_then(|s| s.node_name.as_deref()),

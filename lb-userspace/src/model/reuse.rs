@@ -64,9 +64,9 @@ impl Realised {
         let inputs = index.inputs(&spec.name);
         let endpoints = inputs.endpoints.map(|e| Arc::clone(&e.object));
         let slices = inputs.slices.iter().map(|s| Arc::clone(&s.object)).collect();
-        let (service, file, address) = (Arc::clone(spec.service), Arc::clone(spec.file), spec.address);
+        let (service, file, address) = (Arc::clone(spec.service), Arc::clone(spec.file), spec.address.clone());
         let mut errors = Vec::new();
-        let realised = Arc::new(realise(spec, ClusterIp::None, index, &mut errors));
+        let realised = Arc::new(realise(spec, Vec::new(), index, &mut errors));
         Realised { at, service, file, endpoints, slices, address, realised, errors }
     }
 
@@ -90,18 +90,18 @@ impl Realised {
 pub(super) fn rebuild_endpoints(
     objects: &Objects,
     previous: DesiredState,
-    controllers: Controllers,
+    opts: &ModelOptions,
 ) -> (DesiredState, Vec<ModelError>) {
     let mut state = previous;
     // Its errors are the pods', which did not change: they are in the memo.
-    let index = Index::new(objects, controllers, &mut Vec::new());
+    let index = Index::new(objects, opts.controllers, &mut Vec::new());
     for (name, realised) in &mut state.memo.services {
         let service = &objects.services[realised.at];
         if realised.made_from(service, &index.inputs(name)) {
             continue;
         }
         // It validated when it was realised, and it is the same object.
-        let Ok((spec, _)) = validate(service, controllers) else { continue };
+        let Ok((spec, _)) = validate(service, opts) else { continue };
         let fresh = Realised::new(realised.at, spec, &index);
         if let Some(service) = state.services.get_mut(name) {
             for (port, fresh) in Arc::make_mut(service).ports.iter_mut().zip(&fresh.realised.ports) {

@@ -10,7 +10,7 @@ pub(super) struct Group {
 }
 
 pub(super) struct Backend {
-    pub(super) addr: Ipv4Addr,
+    pub(super) addr: IpAddr,
     pub(super) ready: bool,
     pub(super) serving: bool,
     pub(super) terminating: bool,
@@ -29,8 +29,8 @@ impl Group {
                 [("addresses", &subset.addresses, true), ("notReadyAddresses", &subset.not_ready_addresses, false)];
             for (list, addresses, ready) in lists {
                 for (a, address) in addresses.iter().flatten().enumerate() {
-                    match ipv4(&address.ip) {
-                        Ok(Some(addr)) => group.backends.push(Backend {
+                    match ip(&address.ip) {
+                        Ok(addr) => group.backends.push(Backend {
                             addr,
                             ready,
                             serving: ready,
@@ -39,7 +39,6 @@ impl Group {
                             target: address.target_ref.as_ref().and_then(|t| t.name.clone()),
                             hints: Hints::default(),
                         }),
-                        Ok(None) => debug!(%object, ip = address.ip, "skipping an IPv6 address"),
                         Err(reason) => errors.push(invalid(
                             &endpoints.file,
                             object.clone(),
@@ -72,26 +71,28 @@ impl Group {
 
     pub(super) fn from_slice(slice: &Sourced<EndpointSlice>, errors: &mut Vec<ModelError>) -> Option<Group> {
         let object = format!("EndpointSlice {}", ServiceName::of(&slice.object.metadata));
-        if slice.object.address_type != "IPv4" {
-            debug!(%object, address_type = slice.object.address_type, "skipping a slice that is not IPv4");
+        // FQDN slices name no address a frontend could use.
+        let Ok(family) = Family::parse(&slice.object.address_type) else {
+            debug!(%object, address_type = slice.object.address_type, "skipping a slice that is neither IPv4 nor IPv6");
             return None;
-        }
+        };
         let mut group = Group::default();
         for (e, endpoint) in slice.object.endpoints.iter().flatten().enumerate() {
             // Consumers use only the first address (the others are reserved).
-            let addr = match endpoint.addresses.first().map(|a| ipv4(a).map(|ip| (a, ip))) {
-                Some(Ok((_, Some(addr)))) => addr,
-                Some(Ok((text, None))) => {
+            let field = format!("endpoints[{e}].addresses[0]");
+            let addr = match endpoint.addresses.first().map(|a| ip(a)) {
+                Some(Ok(addr)) if Family::of(addr) == family => addr,
+                Some(Ok(addr)) => {
                     errors.push(invalid(
                         &slice.file,
                         object.clone(),
-                        format!("endpoints[{e}].addresses[0]"),
-                        format!("{text:?} is not IPv4 in an IPv4 slice"),
+                        field,
+                        format!("{addr} is not {family} like its slice"),
                     ));
                     continue;
                 }
                 Some(Err(reason)) => {
-                    errors.push(invalid(&slice.file, object.clone(), format!("endpoints[{e}].addresses[0]"), reason));
+                    errors.push(invalid(&slice.file, object.clone(), field, reason));
                     continue;
                 }
                 None => {
@@ -147,7 +148,7 @@ impl Group {
 }
 
 /// Adds an endpoint once per (addr, port); a ready copy beats a not-ready one.
-pub(super) fn add_endpoint(endpoints: &mut BTreeMap<(Ipv4Addr, u16), Endpoint>, endpoint: Endpoint) {
+pub(super) fn add_endpoint(endpoints: &mut BTreeMap<(IpAddr, u16), Endpoint>, endpoint: Endpoint) {
     match endpoints.entry((endpoint.addr, endpoint.port)) {
         MapEntry::Vacant(slot) => {
             slot.insert(endpoint);

@@ -66,8 +66,8 @@ fn kubia_selector_endpoints_only_ready_pods_are_active() {
     let kubia = service(&state, "kubia");
     assert_eq!(kubia.service_type, ServiceType::ClusterIp);
     assert!(kubia.programs_datapath());
-    let ClusterIp::Ip(ip) = kubia.cluster_ip else { panic!("no cluster IP") };
-    assert!(ModelOptions::default().service_cidr.contains_host(ip));
+    let [ip] = kubia.cluster_ips[..] else { panic!("not one cluster IP") };
+    assert!(ModelOptions::default().service_cidrs[0].contains_host(ip));
     let port = &kubia.ports[0];
     assert_eq!((port.name.as_str(), port.port, port.protocol), ("", 80, Protocol::Tcp));
     assert_eq!(port.endpoints.len(), 3);
@@ -115,9 +115,10 @@ fn terminating_and_finished_pods() {
     let (state, errors) = build_yaml(&yaml);
     assert!(errors.is_empty(), "{errors:?}");
     let port = &service(&state, "kubia").ports[0];
-    assert_eq!(port.endpoints.len(), 1);
+    assert_eq!(port.endpoints.len(), 2, "the terminating pod and the IPv6 one");
     let ep = &port.endpoints[0];
     assert_eq!((ep.ready, ep.serving, ep.terminating), (false, true, true));
+    assert_eq!(port.endpoints[1].addr, "fd00::1".parse::<IpAddr>().unwrap());
 }
 
 /// The model is rebuilt from objects of which only some changed (the
@@ -293,10 +294,12 @@ subsets:
             ("10.0.0.3".to_owned(), false, true, true),
             ("10.0.0.4".to_owned(), true, true, false),
             ("10.0.0.5".to_owned(), true, true, false),
+            // From the IPv6 slice: its family's frontends take it.
+            ("fd00::1".to_owned(), true, true, false),
         ]
     );
     assert_eq!(port.endpoints[0].target.as_deref(), Some("s-1"));
-    assert_eq!(active(port), ["10.0.0.1:8080", "10.0.0.4:8080", "10.0.0.5:8080"]);
+    assert_eq!(active(port), ["10.0.0.1:8080", "10.0.0.4:8080", "10.0.0.5:8080", "fd00::1:8080"]);
 }
 
 fn named(names: &[&str], extra: &str) -> String {
@@ -310,8 +313,12 @@ fn named(names: &[&str], extra: &str) -> String {
         .collect()
 }
 
-fn ips(state: &DesiredState) -> Vec<(String, ClusterIp)> {
-    state.services.values().map(|s| (s.name.name.clone(), s.cluster_ip)).collect()
+fn ips(state: &DesiredState) -> Vec<(String, Vec<IpAddr>)> {
+    state.services.values().map(|s| (s.name.name.clone(), s.cluster_ips.clone())).collect()
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
 
 #[test]
@@ -325,23 +332,23 @@ fn cluster_ip_allocation_is_deterministic_stable_and_avoids_explicit_ones() {
     assert_eq!(ips(&first), ips(&again));
 
     // An explicit address on the slot kubia would hash to: kubia moves on.
-    let cidr = ModelOptions::default().service_cidr;
+    let cidr = ModelOptions::default().service_cidrs[0];
     let slot = cidr.free_host(&ServiceName::new("default", "kubia"), &BTreeMap::new()).unwrap();
-    assert_eq!(service(&first, "kubia").cluster_ip, ClusterIp::Ip(slot));
+    assert_eq!(service(&first, "kubia").cluster_ips, [slot]);
     let explicit = format!(
         "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: z}}\nspec:\n  clusterIP: {slot}\n  ports: [{{port: 80}}]\n",
         named(&["kubia"], "")
     );
     let (state, _) = build_yaml(&explicit);
-    assert_eq!(service(&state, "z").cluster_ip, ClusterIp::Ip(slot));
-    let ClusterIp::Ip(moved) = service(&state, "kubia").cluster_ip else { panic!() };
+    assert_eq!(service(&state, "z").cluster_ips, [slot]);
+    let (IpAddr::V4(moved), IpAddr::V4(slot)) = (service(&state, "kubia").cluster_ips[0], slot) else { panic!() };
     assert_eq!(u32::from(moved), u32::from(slot) + 1, "probing goes on to the next address");
 
     // History plays no part: a node that saw other addresses before
     // computes what a fresh node does.
     let mut previous = first.clone();
-    Arc::make_mut(previous.services.get_mut(&ServiceName::new("default", "kubia")).unwrap()).cluster_ip =
-        ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 77));
+    Arc::make_mut(previous.services.get_mut(&ServiceName::new("default", "kubia")).unwrap()).cluster_ips =
+        vec![v4(10, 96, 0, 77)];
     let (state, _) = build(&objects_from_yaml(&named(&names, "")), previous, &ModelOptions::default());
     assert_eq!(ips(&state), ips(&first));
 }
@@ -357,8 +364,8 @@ fn aged(name: &str, created: Option<&str>, spec: &str) -> String {
 #[test]
 fn a_newer_service_never_takes_the_allocated_address_of_an_older_one() {
     // Two names hashing to the same address of a small CIDR.
-    let opts = ModelOptions { service_cidr: "10.0.0.0/28".parse().unwrap(), ..ModelOptions::default() };
-    let slot = |name: &str| opts.service_cidr.free_host(&ServiceName::new("default", name), &BTreeMap::new());
+    let opts = ModelOptions { service_cidrs: vec!["10.0.0.0/28".parse().unwrap()], ..ModelOptions::default() };
+    let slot = |name: &str| opts.service_cidrs[0].free_host(&ServiceName::new("default", name), &BTreeMap::new());
     let (young, old) = (1..100)
         .map(|i| format!("s{i}"))
         .find_map(|y| (1..100).map(|i| format!("t{i}")).find(|o| slot(o) == slot(&y)).map(|o| (y, o)))
@@ -371,11 +378,11 @@ fn a_newer_service_never_takes_the_allocated_address_of_an_older_one() {
         aged(&young, Some("2026-06-01T00:00:00Z"), ""),
         aged(&old, Some("2026-01-01T00:00:00Z"), "")
     ));
-    assert_eq!(service(&both, &old).cluster_ip, service(&older_alone, &old).cluster_ip);
-    assert_ne!(service(&both, &young).cluster_ip, service(&both, &old).cluster_ip);
+    assert_eq!(service(&both, &old).cluster_ips, service(&older_alone, &old).cluster_ips);
+    assert_ne!(service(&both, &young).cluster_ips, service(&both, &old).cluster_ips);
     // Without timestamps the name decides, the same way on every node.
     let unaged = build_with(&format!("{}{}", aged(&young, None, ""), aged(&old, None, "")));
-    assert_eq!(service(&unaged, &young).cluster_ip, service(&older_alone, &old).cluster_ip);
+    assert_eq!(service(&unaged, &young).cluster_ips, service(&older_alone, &old).cluster_ips);
 }
 
 #[test]
@@ -386,7 +393,7 @@ fn duplicate_explicit_cluster_ip_the_older_service_keeps_it() {
         messages(&errors),
         ["test.yaml: Service default/b: spec.clusterIP: 10.96.0.10 is already used by Service default/a"]
     );
-    assert_eq!(ips(&state), [("a".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]);
+    assert_eq!(ips(&state), [("a".to_owned(), vec![v4(10, 96, 0, 10)])]);
 
     // The older one keeps it, even when later in name order; the
     // newcomer is refused as the API server would refuse it.
@@ -400,7 +407,7 @@ fn duplicate_explicit_cluster_ip_the_older_service_keeps_it() {
         messages(&errors),
         ["test.yaml: Service default/a: spec.clusterIP: 10.96.0.10 is already used by Service default/b"]
     );
-    assert_eq!(ips(&state), [("b".to_owned(), ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 10)))]);
+    assert_eq!(ips(&state), [("b".to_owned(), vec![v4(10, 96, 0, 10)])]);
 
     let (state, errors) = build_yaml(&named(&["c"], "  clusterIP: 192.168.0.10\n"));
     assert_eq!(
@@ -412,10 +419,10 @@ fn duplicate_explicit_cluster_ip_the_older_service_keeps_it() {
 
 #[test]
 fn exhausted_cidr_is_an_error() {
-    let opts = ModelOptions { service_cidr: "192.168.0.0/30".parse().unwrap(), ..ModelOptions::default() };
+    let opts = ModelOptions { service_cidrs: vec!["192.168.0.0/30".parse().unwrap()], ..ModelOptions::default() };
     let (state, errors) = build(&objects_from_yaml(&named(&["a", "b", "c"], "")), DesiredState::default(), &opts);
     assert_eq!(state.services.len(), 2);
-    let addrs: BTreeSet<_> = state.services.values().map(|s| format!("{:?}", s.cluster_ip)).collect();
+    let addrs: BTreeSet<_> = state.services.values().map(|s| format!("{:?}", s.cluster_ips)).collect();
     assert_eq!(addrs.len(), 2);
     assert_eq!(
         messages(&errors),
@@ -443,7 +450,10 @@ fn validation_errors_name_the_field() {
             "  ports: [{port: 80, protocol: SCTP}]\n",
             "spec.ports[0].protocol: SCTP is not supported: this port is not served, the Service's others are",
         ),
-        ("  clusterIP: fd00::10\n  ports: [{port: 80}]\n", "spec.clusterIP: ipv6 is not supported yet"),
+        (
+            "  clusterIP: fd00::10\n  ports: [{port: 80}]\n",
+            "spec.ipFamilies: IPv6 has no service CIDR here (--service-cidr)",
+        ),
         ("  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n", "spec.clusterIP: \"10.96.0.300\" is not an IP address"),
         ("  ports: [{port: 80, targetPort: 70000}]\n", "spec.ports[0].targetPort: 70000 is not in 1-65535"),
         (
@@ -502,32 +512,43 @@ fn headless_and_external_name_are_listed_but_not_programmed() {
     let (state, errors) = build_yaml(&yaml);
     assert!(errors.is_empty(), "{errors:?}");
     let headless = service(&state, "headless");
-    assert_eq!(headless.cluster_ip, ClusterIp::None);
+    assert!(headless.cluster_ips.is_empty());
     assert!(!headless.programs_datapath());
     assert_eq!(active(&headless.ports[0]), ["10.0.0.1:8080"]);
     let external = service(&state, "external-service");
     assert_eq!(external.service_type, ServiceType::ExternalName);
     assert_eq!(external.external_name.as_deref(), Some("someapi.somecompany.com"));
-    assert_eq!(external.cluster_ip, ClusterIp::None);
+    assert!(external.cluster_ips.is_empty());
     assert!(!external.programs_datapath());
     assert!(service(&state, "kubia").programs_datapath());
 }
 
 #[test]
 fn cidr_parsing() {
-    let cidr: Ipv4Cidr = "10.96.0.0/12".parse().unwrap();
-    assert_eq!(cidr, ModelOptions::default().service_cidr);
+    let cidr: IpCidr = "10.96.0.0/12".parse().unwrap();
+    assert_eq!(cidr, ModelOptions::default().service_cidrs[0]);
     assert_eq!(cidr.to_string(), "10.96.0.0/12");
-    assert!(cidr.contains_host(Ipv4Addr::new(10, 111, 255, 254)));
-    assert!(!cidr.contains_host(Ipv4Addr::new(10, 111, 255, 255)));
-    assert!(!cidr.contains_host(Ipv4Addr::new(10, 96, 0, 0)));
+    assert!(cidr.contains_host(v4(10, 111, 255, 254)));
+    assert!(!cidr.contains_host(v4(10, 111, 255, 255)));
+    assert!(!cidr.contains_host(v4(10, 96, 0, 0)));
     assert_eq!(
-        "10.96.0.1/12".parse::<Ipv4Cidr>().unwrap_err().to_string(),
-        "\"10.96.0.1/12\" is not an IPv4 CIDR: host bits are set"
+        "10.96.0.1/12".parse::<IpCidr>().unwrap_err().to_string(),
+        "\"10.96.0.1/12\" is not a CIDR: host bits are set"
     );
-    assert!("10.96.0.0".parse::<Ipv4Cidr>().is_err());
-    assert!("10.96.0.0/33".parse::<Ipv4Cidr>().is_err());
-    assert!("0.0.0.0/0".parse::<Ipv4Cidr>().is_ok());
+    assert!("10.96.0.0".parse::<IpCidr>().is_err());
+    assert!("10.96.0.0/33".parse::<IpCidr>().is_err());
+    assert!("0.0.0.0/0".parse::<IpCidr>().is_ok());
+    // IPv6: no broadcast, so only the network address is reserved; a /0
+    // counts without overflow.
+    let cidr6: IpCidr = "fd00:10:96::/112".parse().unwrap();
+    assert!(cidr6.contains_host("fd00:10:96::ffff".parse().unwrap()));
+    assert!(!cidr6.contains_host("fd00:10:96::".parse().unwrap()));
+    assert!(!cidr6.contains_host(v4(10, 96, 0, 1)), "never the other family");
+    assert_eq!(cidr6.mask(), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:0".parse::<IpAddr>().unwrap());
+    assert!("fd00::/129".parse::<IpCidr>().is_err());
+    let all: IpCidr = "::/0".parse().unwrap();
+    assert!(all.free_host(&ServiceName::new("default", "x"), &BTreeMap::new()).is_some());
+    assert_eq!(IpCidr::masked("2001:db8::5/64").unwrap().to_string(), "2001:db8::/64");
 }
 
 #[test]
@@ -555,7 +576,7 @@ fn proxy_labels_leave_a_service_to_another_proxy_or_make_it_headless() {
     assert!(state.services.is_empty(), "a service of another proxy is ignored");
     let (state, _) = build_yaml(&format!("{}{pods}", labelled("service.kubernetes.io/headless: ''")));
     let kubia = service(&state, "kubia");
-    assert_eq!(kubia.cluster_ip, ClusterIp::None);
+    assert!(kubia.cluster_ips.is_empty());
     assert!(!kubia.programs_datapath());
 }
 
@@ -641,14 +662,14 @@ fn external_and_load_balancer_ips_are_service_addresses() {
     let (state, errors) = build_yaml(yaml);
     assert_eq!(messages(&errors), Vec::<String>::new());
     let lb = service(&state, "lb");
-    assert_eq!(lb.external_ips, [Ipv4Addr::new(203, 0, 113, 20), Ipv4Addr::new(203, 0, 113, 10)]);
+    assert_eq!(lb.external_ips, [v4(203, 0, 113, 20), v4(203, 0, 113, 10)]);
     assert!(lb.ports[0].node_port.is_some(), "a LoadBalancer is a NodePort too");
     let ranged = yaml.replace("  ports:", "  loadBalancerSourceRanges: [192.0.2.0/24]\n  ports:");
     let (state, _) = build_yaml(&ranged);
     assert_eq!(service(&state, "lb").source_ranges, ["192.0.2.0/24".parse().unwrap()]);
     let (_, errors) = build_yaml(&ranged.replace("192.0.2.0/24", "192.0.2.1/24"));
     assert!(
-        messages(&errors)[0].contains("spec.loadBalancerSourceRanges: \"192.0.2.1/24\" is not an IPv4 CIDR"),
+        messages(&errors)[0].contains("spec.loadBalancerSourceRanges: \"192.0.2.1/24\" is not a CIDR"),
         "{errors:?}"
     );
     let (_, errors) = build_yaml(&yaml.replace("203.0.113.20", "not-an-ip"));
@@ -776,7 +797,7 @@ spec:
         ["test.yaml: Service default/unallocated: spec.clusterIP: empty, and the API server allocates it"]
     );
     let outside = service(&state, "outside");
-    assert_eq!(outside.cluster_ip, ClusterIp::Ip(Ipv4Addr::new(172, 20, 0, 10)), "another ServiceCIDR's address");
+    assert_eq!(outside.cluster_ips, [v4(172, 20, 0, 10)], "another ServiceCIDR's address");
     assert_eq!(outside.ports[0].node_port, None, "no node port is invented");
     assert!(!state.services.contains_key(&ServiceName::new("default", "unallocated")));
 }
@@ -798,7 +819,7 @@ status:
     let (state, errors) = build_yaml(yaml);
     assert!(errors.is_empty(), "{errors:?}");
     let lb = service(&state, "lb");
-    assert_eq!(lb.external_ips, [Ipv4Addr::new(203, 0, 113, 11)]);
+    assert_eq!(lb.external_ips, [v4(203, 0, 113, 11)]);
     assert_eq!(lb.ports.iter().map(|p| p.node_port).collect::<Vec<_>>(), [None, Some(30081)]);
 }
 
@@ -820,10 +841,126 @@ spec:
     let (state, errors) = build_cluster(yaml);
     assert!(errors.is_empty(), "{errors:?}");
     let lb = service(&state, "lb");
-    assert_eq!(lb.cluster_ip, ClusterIp::Ip(Ipv4Addr::new(10, 96, 0, 11)), "the IPv4 address of a dual-stack pair");
+    assert_eq!(lb.cluster_ips, ["fd00::10".parse::<IpAddr>().unwrap(), v4(10, 96, 0, 11)], "a dual-stack pair");
     assert_eq!((lb.ports[0].node_port, lb.health_check_node_port), (Some(40000), Some(40001)), "the server's range");
-    assert_eq!(lb.source_ranges, ["192.168.1.0/24".parse().unwrap()]);
-    // Standalone, the same manifest is refused: nobody checked it.
+    assert_eq!(lb.source_ranges, ["192.168.1.0/24".parse().unwrap(), "fd00::/8".parse().unwrap()]);
+    // Standalone, the same manifest is refused: this agent has no IPv6 service CIDR.
     let (_, errors) = build_yaml(yaml);
-    assert_eq!(messages(&errors), ["test.yaml: Service default/lb: spec.clusterIP: ipv6 is not supported yet"]);
+    assert_eq!(
+        messages(&errors),
+        [
+            "test.yaml: Service default/lb: spec.ipFamilyPolicy: RequireDualStack needs a service CIDR of each family (--service-cidr)"
+        ]
+    );
+}
+
+fn with_cidrs(cidrs: &[&str]) -> ModelOptions {
+    ModelOptions { service_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(), ..ModelOptions::default() }
+}
+
+/// The API server's defaulting: each policy, written or unwritten
+/// clusterIPs, against service CIDRs of both families, IPv4 only, IPv6 only.
+#[test]
+fn ip_family_policies_follow_the_service_cidrs_of_the_agent() {
+    use Family::{V4, V6};
+    const BOTH: &[&str] = &["10.96.0.0/12", "fd00:10:96::/112"];
+    const ONLY4: &[&str] = &["10.96.0.0/12"];
+    const ONLY6: &[&str] = &["fd00:10:96::/112"];
+    /// (service CIDRs, policy, written clusterIP, the families or an error).
+    type Case<'a> = (&'a [&'a str], &'a str, &'a str, Result<&'a [Family], &'a str>);
+    let cases: &[Case] = &[
+        (BOTH, "SingleStack", "", Ok(&[V4])),
+        (BOTH, "PreferDualStack", "", Ok(&[V4, V6])),
+        (BOTH, "RequireDualStack", "", Ok(&[V4, V6])),
+        (BOTH, "SingleStack", "fd00:10:96::5", Ok(&[V6])),
+        (BOTH, "PreferDualStack", "fd00:10:96::5", Ok(&[V6, V4])),
+        (BOTH, "RequireDualStack", "10.96.0.5", Ok(&[V4, V6])),
+        (ONLY4, "SingleStack", "", Ok(&[V4])),
+        (ONLY4, "PreferDualStack", "", Ok(&[V4])),
+        (ONLY4, "RequireDualStack", "", Err("RequireDualStack needs a service CIDR of each family")),
+        (ONLY4, "PreferDualStack", "10.96.0.5", Ok(&[V4])),
+        (ONLY4, "SingleStack", "fd00:10:96::5", Err("spec.ipFamilies: IPv6 has no service CIDR here")),
+        (ONLY6, "SingleStack", "", Ok(&[V6])),
+        (ONLY6, "PreferDualStack", "", Ok(&[V6])),
+        (ONLY6, "RequireDualStack", "", Err("RequireDualStack needs a service CIDR of each family")),
+        (ONLY6, "PreferDualStack", "fd00:10:96::5", Ok(&[V6])),
+        (ONLY6, "SingleStack", "10.96.0.5", Err("spec.ipFamilies: IPv4 has no service CIDR here")),
+    ];
+    for (cidrs, policy, written, want) in cases {
+        let cluster_ip = if written.is_empty() { String::new() } else { format!("  clusterIP: {written}\n") };
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  ipFamilyPolicy: {policy}\n{cluster_ip}  ports: [{{port: 80}}]\n"
+        );
+        let opts = with_cidrs(cidrs);
+        let (state, errors) = build(&objects_from_yaml(&yaml), DesiredState::default(), &opts);
+        let case = format!("{cidrs:?} {policy} {written:?}");
+        match want {
+            Ok(families) => {
+                assert!(errors.is_empty(), "{case}: {errors:?}");
+                let ips = &service(&state, "s").cluster_ips;
+                assert_eq!(ips.iter().map(|ip| Family::of(*ip)).collect::<Vec<_>>(), *families, "{case}");
+                assert!(ips.iter().all(|ip| opts.service_cidr(Family::of(*ip)).unwrap().contains_host(*ip)), "{case}");
+                if !written.is_empty() {
+                    assert_eq!(ips[0].to_string(), *written, "{case}: the written address stays first");
+                }
+            }
+            Err(reason) => {
+                assert!(state.services.is_empty(), "{case}");
+                assert!(messages(&errors)[0].contains(reason), "{case}: {errors:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn family_fields_that_contradict_each_other_are_refused_naming_the_field() {
+    let cases = [
+        ("ipFamilyPolicy: Sometimes", "spec.ipFamilyPolicy: unknown value \"Sometimes\""),
+        ("ipFamilies: [IPv5]", "spec.ipFamilies[0]: unknown family \"IPv5\" (IPv4 or IPv6)"),
+        ("ipFamilies: [IPv4, IPv4]", "spec.ipFamilies[1]: IPv4 is listed twice"),
+        ("ipFamilies: [IPv4, IPv6, IPv4]", "spec.ipFamilies: 3 families given, at most 2"),
+        ("ipFamilyPolicy: SingleStack, ipFamilies: [IPv4, IPv6]", "spec.ipFamilyPolicy: SingleStack takes one family"),
+        (
+            "clusterIPs: [10.96.0.30, 10.96.0.31]",
+            "spec.clusterIPs[1]: 10.96.0.31 is IPv4 like spec.clusterIPs[0]: one address per family",
+        ),
+        ("clusterIP: 10.96.0.32, clusterIPs: [10.96.0.33]", "spec.clusterIP: 10.96.0.32 is not spec.clusterIPs[0]"),
+        (
+            "ipFamilies: [IPv6, IPv4], clusterIPs: [10.96.0.34]",
+            "spec.clusterIPs[0]: 10.96.0.34 is not of spec.ipFamilies[0] (IPv6)",
+        ),
+        ("clusterIPs: ['fd00:99::1']", "spec.clusterIP: fd00:99::1 is not in the service CIDR fd00:10:96::/112"),
+    ];
+    let opts = with_cidrs(&["10.96.0.0/12", "fd00:10:96::/112"]);
+    for (spec, reason) in cases {
+        let yaml =
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec: {{{spec}, ports: [{{port: 80}}]}}\n");
+        let (state, errors) = build(&objects_from_yaml(&yaml), DesiredState::default(), &opts);
+        assert!(state.services.is_empty(), "{spec}");
+        assert_eq!(messages(&errors).len(), 1, "{spec}: {errors:?}");
+        assert!(messages(&errors)[0].contains(reason), "{spec}: {errors:?}");
+    }
+    let two_of_a_family =
+        ModelOptions::service_cidrs(vec!["10.96.0.0/12".parse().unwrap(), "10.0.0.0/16".parse().unwrap()]);
+    assert_eq!(
+        two_of_a_family.unwrap_err().to_string(),
+        "service CIDR 10.0.0.0/16: IPv4 has one already (10.96.0.0/12); give at most one per family"
+    );
+}
+
+#[test]
+fn dual_stack_pods_and_ipv6_slices_give_endpoints_of_both_families() {
+    let yaml = format!(
+        "{}{}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: m-v6\n  labels: {{kubernetes.io/service-name: manual}}\naddressType: IPv6\nports: [{{port: 8080}}]\nendpoints:\n- addresses: ['fd00:244::7']\n- addresses: [10.0.0.9]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: manual}}\nspec: {{ipFamilyPolicy: PreferDualStack, ports: [{{port: 80}}]}}\n",
+        KUBIA.replace("spec:\n", "spec:\n  ipFamilyPolicy: PreferDualStack\n"),
+        pod("kubia-1", "10.0.0.1", true, "{app: kubia}", "")
+            .replace("  podIP: 10.0.0.1\n", "  podIP: 10.0.0.1\n  podIPs: [{ip: 10.0.0.1}, {ip: 'fd00:244::1'}]\n"),
+    );
+    let (state, errors) =
+        build(&objects_from_yaml(&yaml), DesiredState::default(), &with_cidrs(&["10.96.0.0/12", "fd00:10:96::/112"]));
+    assert_eq!(messages(&errors).len(), 1, "{errors:?}");
+    assert!(messages(&errors)[0].contains("endpoints[1].addresses[0]: 10.0.0.9 is not IPv6 like its slice"));
+    assert_eq!(active(&service(&state, "kubia").ports[0]), ["10.0.0.1:8080", "fd00:244::1:8080"]);
+    assert_eq!(active(&service(&state, "manual").ports[0]), ["fd00:244::7:8080"]);
+    assert_eq!(service(&state, "kubia").cluster_ips.len(), 2);
 }

@@ -64,11 +64,49 @@ impl fmt::Display for Protocol {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClusterIp {
-    Ip(Ipv4Addr),
-    /// Headless (`clusterIP: None`), and every ExternalName service.
-    None,
+/// An IP family, as `spec.ipFamilies` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+
+    pub(super) fn parse(text: &str) -> Result<Family, String> {
+        match text {
+            "IPv4" => Ok(Family::V4),
+            "IPv6" => Ok(Family::V6),
+            other => Err(format!("unknown family {other:?} (IPv4 or IPv6)")),
+        }
+    }
+
+    pub(super) fn other(self) -> Family {
+        match self {
+            Family::V4 => Family::V6,
+            Family::V6 => Family::V4,
+        }
+    }
+
+    /// Address length in bits.
+    fn width(self) -> u32 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
 }
 
 /// `spec.sessionAffinity`.
@@ -106,15 +144,18 @@ pub(super) const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86_400;
 pub struct Service {
     pub name: ServiceName,
     pub service_type: ServiceType,
-    pub cluster_ip: ClusterIp,
+    /// `spec.clusterIPs`: one per family, the primary family's first;
+    /// empty for headless and ExternalName Services.
+    pub cluster_ips: Vec<IpAddr>,
     pub external_name: Option<String>,
     /// Addresses outside the cluster network the Service also answers on
     /// (its ports, from outside too): `spec.externalIPs` and, for
     /// LoadBalancer, `status.loadBalancer.ingress[].ip`.
-    pub external_ips: Vec<Ipv4Addr>,
-    /// `loadBalancerSourceRanges`: the only clients its load-balancer and
-    /// external IPs take (empty: everyone).
-    pub source_ranges: Vec<Ipv4Cidr>,
+    pub external_ips: Vec<IpAddr>,
+    /// `loadBalancerSourceRanges`, of both families: the only clients of
+    /// the family its load-balancer and external IPs of that family take
+    /// (none of the family: everyone).
+    pub source_ranges: Vec<IpCidr>,
     /// For traffic from outside (node ports, external IPs).
     pub external_traffic_policy: TrafficPolicy,
     /// For traffic from pods to the cluster IP.
@@ -146,7 +187,7 @@ impl Service {
     /// Headless and ExternalName services are answered by DNS, not by a
     /// virtual IP: they are listed but nothing is programmed for them.
     pub fn programs_datapath(&self) -> bool {
-        self.service_type != ServiceType::ExternalName && matches!(self.cluster_ip, ClusterIp::Ip(_))
+        self.service_type != ServiceType::ExternalName && !self.cluster_ips.is_empty()
     }
 }
 
@@ -209,7 +250,7 @@ impl ServicePort {
 /// publishes not-ready addresses), `serving` passes its readiness probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub ready: bool,
     pub serving: bool,
@@ -290,15 +331,38 @@ impl PartialEq for DesiredState {
 
 impl Eq for DesiredState {}
 
-/// An IPv4 network such as `10.96.0.0/12` (host bits must be zero).
+/// An IP network such as `10.96.0.0/12` or `fd00:10:96::/112`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub(super) network: Ipv4Addr,
+pub struct IpCidr {
+    pub(super) network: IpAddr,
     pub(super) prefix_len: u8,
 }
 
-impl Ipv4Cidr {
-    pub fn network(self) -> Ipv4Addr {
+/// An address as a number, IPv4 in the low 32 bits: one arithmetic for
+/// both families.
+fn bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(ip) => u128::from(u32::from(ip)),
+        IpAddr::V6(ip) => u128::from(ip),
+    }
+}
+
+fn from_bits(family: Family, bits: u128) -> IpAddr {
+    match family {
+        // Below 2^32 by construction: IPv4 networks only hold such numbers.
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(bits as u32)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(bits)),
+    }
+}
+
+/// The netmask of `prefix_len` bits in a `family` address, as a number.
+fn mask_bits(family: Family, prefix_len: u8) -> u128 {
+    let all = u128::MAX >> (128 - family.width());
+    all.checked_shl(family.width() - u32::from(prefix_len)).unwrap_or(0) & all
+}
+
+impl IpCidr {
+    pub fn network(self) -> IpAddr {
         self.network
     }
 
@@ -306,71 +370,93 @@ impl Ipv4Cidr {
         self.prefix_len
     }
 
-    /// Whether `ip` is in the network (any address, network and broadcast too).
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.network)
+    pub fn family(self) -> Family {
+        Family::of(self.network)
     }
 
-    /// The first assignable address and how many there are: all but the
-    /// network and broadcast addresses.
-    pub(super) fn hosts(self) -> (u32, u64) {
-        let size = 1u64 << (32 - u32::from(self.prefix_len));
-        (u32::from(self.network).wrapping_add(1), size.saturating_sub(2))
+    /// The netmask, as an address of the family.
+    pub fn mask(self) -> IpAddr {
+        from_bits(self.family(), mask_bits(self.family(), self.prefix_len))
     }
 
-    pub(super) fn contains_host(self, ip: Ipv4Addr) -> bool {
+    /// Whether `ip` is in the network (any address, network and broadcast
+    /// too); never one of the other family.
+    pub fn contains(self, ip: IpAddr) -> bool {
+        Family::of(ip) == self.family() && bits(ip) & mask_bits(self.family(), self.prefix_len) == bits(self.network)
+    }
+
+    /// The first assignable address and how many there are, as the API
+    /// server assigns them: not the network address, nor IPv4's broadcast
+    /// (IPv6 has none). An IPv6 /0 holds one too many to count: the last
+    /// address is left out.
+    pub(super) fn hosts(self) -> (u128, u128) {
+        let size = 1u128.checked_shl(self.family().width() - u32::from(self.prefix_len)).unwrap_or(u128::MAX);
+        let reserved = if self.family() == Family::V4 { 2 } else { 1 };
+        (bits(self.network).wrapping_add(1), size.saturating_sub(reserved))
+    }
+
+    pub(super) fn contains_host(self, ip: IpAddr) -> bool {
         let (first, count) = self.hosts();
-        u32::from(ip).checked_sub(first).is_some_and(|offset| u64::from(offset) < count)
+        Family::of(ip) == self.family() && bits(ip).checked_sub(first).is_some_and(|offset| offset < count)
     }
 
     /// The first free address from the name's hash on (linear probing), so
     /// every node computes the same address for the same services.
-    pub(super) fn free_host(self, name: &ServiceName, taken: &BTreeMap<Ipv4Addr, ServiceName>) -> Option<Ipv4Addr> {
+    pub(super) fn free_host(self, name: &ServiceName, taken: &BTreeMap<IpAddr, ServiceName>) -> Option<IpAddr> {
         let (first, count) = self.hosts();
         if count == 0 {
             return None;
         }
-        let start = fnv1a(name.to_string().as_bytes()) % count;
-        (0..count)
-            // The offset is below `count` <= 2^32 - 2, so it fits.
-            .map(|i| Ipv4Addr::from(first.wrapping_add(((start + i) % count) as u32)))
-            .find(|ip| !taken.contains_key(ip))
+        let start = u128::from(fnv1a(name.to_string().as_bytes())) % count;
+        (0..count).map(|i| from_bits(self.family(), first + (start + i) % count)).find(|ip| !taken.contains_key(ip))
     }
-}
 
-impl Ipv4Cidr {
     /// Like `parse`, with host bits cleared instead of refused, as the API
-    /// server accepts `loadBalancerSourceRanges` such as 192.168.1.5/24.
+    /// server accepts `loadBalancerSourceRanges` such as 192.168.1.5/24; a
+    /// bare address is its own network.
     pub fn masked(value: &str) -> Result<Self, ModelError> {
-        let (addr, prefix) = value.split_once('/').unwrap_or((value, "32"));
-        let bad = |reason: &str| ModelError::BadCidr { value: value.to_owned(), reason: reason.to_owned() };
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad("the address is not IPv4"))?;
-        let prefix_len: u8 =
-            prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| bad("the prefix length is not 0-32"))?;
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
-        Ok(Ipv4Cidr { network: Ipv4Addr::from(u32::from(addr) & mask), prefix_len })
+        let (addr, prefix) = match value.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (value, None),
+        };
+        let (network, prefix_len) = Self::parts(value, addr, prefix)?;
+        let family = Family::of(network);
+        Ok(IpCidr { network: from_bits(family, bits(network) & mask_bits(family, prefix_len)), prefix_len })
+    }
+
+    /// The address and prefix length of `value`, checked; no prefix: the
+    /// whole address.
+    fn parts(value: &str, addr: &str, prefix: Option<&str>) -> Result<(IpAddr, u8), ModelError> {
+        let bad = |reason: String| ModelError::BadCidr { value: value.to_owned(), reason };
+        let network: IpAddr = addr.parse().map_err(|_| bad("the address is not an IP address".into()))?;
+        let width = Family::of(network).width();
+        let prefix_len = match prefix {
+            None => width as u8,
+            Some(prefix) => prefix
+                .parse()
+                .ok()
+                .filter(|p| u32::from(*p) <= width)
+                .ok_or_else(|| bad(format!("the prefix length is not 0-{width}")))?,
+        };
+        Ok((network, prefix_len))
     }
 }
 
-impl FromStr for Ipv4Cidr {
+impl FromStr for IpCidr {
     type Err = ModelError;
 
     fn from_str(value: &str) -> Result<Self, ModelError> {
         let bad = |reason: &str| ModelError::BadCidr { value: value.to_owned(), reason: reason.to_owned() };
         let (addr, prefix) = value.split_once('/').ok_or_else(|| bad("expected ADDRESS/PREFIX-LENGTH"))?;
-        let network: Ipv4Addr = addr.parse().map_err(|_| bad("the address is not IPv4"))?;
-        let prefix_len: u8 =
-            prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(|| bad("the prefix length is not 0-32"))?;
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
-        if u32::from(network) & !mask != 0 {
+        let (network, prefix_len) = Self::parts(value, addr, Some(prefix))?;
+        if bits(network) & !mask_bits(Family::of(network), prefix_len) != 0 {
             return Err(bad("host bits are set"));
         }
-        Ok(Ipv4Cidr { network, prefix_len })
+        Ok(IpCidr { network, prefix_len })
     }
 }
 
-impl fmt::Display for Ipv4Cidr {
+impl fmt::Display for IpCidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix_len)
     }

@@ -10,8 +10,8 @@ pub(super) struct Spec<'a> {
     pub(super) service_type: ServiceType,
     pub(super) address: Address,
     pub(super) external_name: Option<String>,
-    pub(super) external_ips: Vec<Ipv4Addr>,
-    pub(super) source_ranges: Vec<Ipv4Cidr>,
+    pub(super) external_ips: Vec<IpAddr>,
+    pub(super) source_ranges: Vec<IpCidr>,
     pub(super) external_traffic_policy: TrafficPolicy,
     pub(super) internal_traffic_policy: TrafficPolicy,
     pub(super) health_check_node_port: Option<u16>,
@@ -21,13 +21,6 @@ pub(super) struct Spec<'a> {
     /// Present and non-empty: endpoints come from pods.
     pub(super) selector: Option<&'a BTreeMap<String, String>>,
     pub(super) publish_not_ready: bool,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Address {
-    Explicit(Ipv4Addr),
-    Allocate,
-    None,
 }
 
 pub(super) struct PortSpec {
@@ -53,13 +46,9 @@ pub(super) fn port_number(n: i32) -> Option<u16> {
     u16::try_from(n).ok().filter(|p| *p != 0)
 }
 
-/// An address of a backend: `Ok(None)` for IPv6, which is skipped.
-pub(super) fn ipv4(text: &str) -> Result<Option<Ipv4Addr>, String> {
-    match text.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => Ok(Some(ip)),
-        Ok(IpAddr::V6(_)) => Ok(None),
-        Err(_) => Err(format!("{text:?} is not an IP address")),
-    }
+/// An address of a backend or a Service, of either family.
+pub(super) fn ip(text: &str) -> Result<IpAddr, String> {
+    text.parse().map_err(|_| format!("{text:?} is not an IP address"))
 }
 
 /// The Service's spec, and an error for each port it has but the datapath
@@ -67,16 +56,11 @@ pub(super) fn ipv4(text: &str) -> Result<Option<Ipv4Addr>, String> {
 /// In a cluster (`controllers`) the API server checked the object against
 /// its own settings (node port range, address families): only what the
 /// datapath cannot take is refused.
-/// The IPv4 address among `spec.clusterIPs`, if any.
-fn ipv4_cluster_ip(spec: &core::ServiceSpec) -> Option<Ipv4Addr> {
-    spec.cluster_ips.iter().flatten().find_map(|ip| ip.parse::<Ipv4Addr>().ok())
-}
-
-pub(super) fn validate(
-    service: &Sourced<core::Service>,
-    controllers: Controllers,
-) -> Result<(Spec<'_>, Vec<ModelError>), ModelError> {
-    let cluster = controllers == Controllers::Cluster;
+pub(super) fn validate<'a>(
+    service: &'a Sourced<core::Service>,
+    opts: &ModelOptions,
+) -> Result<(Spec<'a>, Vec<ModelError>), ModelError> {
+    let cluster = opts.controllers == Controllers::Cluster;
     // The node port range of the API server is its own setting.
     let node_port_range = if cluster { 1..=u16::MAX } else { NODE_PORT_RANGE };
     let out_of_range = |n: i32| format!("{n} is not in {}-{}", node_port_range.start(), node_port_range.end());
@@ -100,32 +84,14 @@ pub(super) fn validate(
         _ => None,
     };
     let headless_label = service_label(service, HEADLESS_LABEL).is_some();
-    let address = match (service_type, spec.cluster_ip.as_deref()) {
-        (ServiceType::ExternalName, _) => Address::None,
-        (ServiceType::ClusterIp, _) if headless_label => Address::None,
-        (_, None | Some("")) => Address::Allocate,
-        (ServiceType::ClusterIp, Some("None")) => Address::None,
-        (_, Some("None")) => {
-            return Err(bad("spec.clusterIP", "None (headless) is only allowed for type ClusterIP".into()));
-        }
-        (_, Some(text)) => match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => Address::Explicit(ip),
-            // A dual-stack Service whose first family is IPv6 has its IPv4
-            // address second in clusterIPs.
-            Ok(IpAddr::V6(_)) if let Some(ip) = cluster.then(|| ipv4_cluster_ip(spec)).flatten() => {
-                Address::Explicit(ip)
-            }
-            Ok(IpAddr::V6(_)) => {
-                return Err(bad("spec.clusterIP", "ipv6 is not supported yet".into()));
-            }
-            Err(_) => {
-                return Err(bad("spec.clusterIP", format!("{text:?} is not an IP address")));
-            }
-        },
+    let address = match service_type {
+        ServiceType::ExternalName => Address::None,
+        ServiceType::ClusterIp if headless_label => Address::None,
+        _ => cluster_ips(spec, service_type, opts, &bad)?,
     };
 
     let raw_ports = spec.ports.as_deref().unwrap_or_default();
-    if raw_ports.is_empty() && matches!(address, Address::Explicit(_) | Address::Allocate) {
+    if raw_ports.is_empty() && matches!(address, Address::Families(_)) {
         return Err(bad("spec.ports", "a service with a cluster IP needs at least one port".into()));
     }
     let mut names = BTreeSet::new();
@@ -202,8 +168,8 @@ pub(super) fn validate(
         spec.external_ips.as_deref().unwrap_or_default().iter().map(|ip| ("spec.externalIPs", ip.as_str()));
     let mut all_external_ips = Vec::new();
     for (field, text) in external_ips.chain(load_balancer_ips) {
-        match ipv4(text) {
-            Ok(Some(ip)) if !all_external_ips.contains(&ip) => all_external_ips.push(ip),
+        match ip(text) {
+            Ok(ip) if !all_external_ips.contains(&ip) => all_external_ips.push(ip),
             Ok(_) => {}
             Err(reason) => return Err(bad(field, reason)),
         }
@@ -215,10 +181,8 @@ pub(super) fn validate(
         .unwrap_or_default()
         .iter()
         .filter(|_| service_type == ServiceType::LoadBalancer)
-        // IPv6 ranges are for IPv6 clients, which kube-proxy filters by family.
-        .filter(|text| !text.contains(':'))
         .map(|text| {
-            let parsed = if cluster { Ipv4Cidr::masked(text.trim()) } else { text.trim().parse::<Ipv4Cidr>() };
+            let parsed = if cluster { IpCidr::masked(text.trim()) } else { text.trim().parse::<IpCidr>() };
             parsed.map_err(|e| bad("spec.loadBalancerSourceRanges", e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;

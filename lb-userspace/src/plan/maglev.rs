@@ -8,6 +8,8 @@
 
 use lb_common::{Backend, hash};
 
+use super::family::WireAddr;
+
 /// Table sizes: primes, so that every skip walks all positions. A table
 /// keeps at least 100 entries per backend, which bounds the imbalance at 1%.
 pub const TABLE_SIZES: &[u32] = &[
@@ -62,7 +64,7 @@ pub fn resized(size: u32, backends: usize) -> u32 {
 /// at most 65 535): entry i is the index in `backends` of the backend that
 /// owns position i. Which backend owns a position does not depend on the
 /// order `backends` come in.
-pub fn build(backends: &[Backend], size: u32) -> Vec<u16> {
+pub fn build<A: WireAddr>(backends: &[Backend<A>], size: u32) -> Vec<u16> {
     const EMPTY: u16 = u16::MAX;
     debug_assert!(backends.len() < usize::from(EMPTY), "too many backends for u16 slots");
     if backends.is_empty() || size == 0 {
@@ -71,7 +73,7 @@ pub fn build(backends: &[Backend], size: u32) -> Vec<u16> {
     let m = u64::from(size);
     // Claiming turns go in address order, not in the caller's order.
     let mut order: Vec<usize> = (0..backends.len()).collect();
-    order.sort_by_key(|i| (backends[*i].addr.to_be(), backends[*i].port.to_be()));
+    order.sort_by_key(|i| (backends[*i].addr.ip(), backends[*i].port.to_be()));
     // Each backend's next position in its permutation, and its step.
     let mut walks: Vec<(u64, u64)> = order
         .iter()
@@ -118,9 +120,14 @@ pub fn imbalance(table: &[u16], backends: usize) -> f64 {
 /// The fraction of flows whose backend changes from one table to the other,
 /// over a fixed sample of 100 000 flow hashes (position = hash % M, so the
 /// tables may differ in size). Backends are compared by address and port.
-pub fn disruption(before: &[u16], before_backends: &[Backend], after: &[u16], after_backends: &[Backend]) -> f64 {
+pub fn disruption<A: WireAddr>(
+    before: &[u16],
+    before_backends: &[Backend<A>],
+    after: &[u16],
+    after_backends: &[Backend<A>],
+) -> f64 {
     const SAMPLE: u64 = 100_000;
-    let owner = |table: &[u16], backends: &[Backend], hash: u64| {
+    let owner = |table: &[u16], backends: &[Backend<A>], hash: u64| {
         let backend = backends[usize::from(table[(hash % table.len() as u64) as usize])];
         (backend.addr, backend.port)
     };

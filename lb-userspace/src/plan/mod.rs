@@ -13,16 +13,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    iter,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::Arc,
 };
 
 use lb_common::{
-    BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta,
+    BACKEND_FLAG_REMOTE, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta,
     FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_ADMITTED,
     FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_FLAG_UPPER_SLOTS,
-    FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, FrontendKey, IPPROTO_TCP, IPPROTO_UDP,
+    FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire,
     MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES,
     NodePortKey, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER,
     SVC_TYPE_NODE_PORT, ServiceMeta, VIP_CLUSTER_IP, wire,
@@ -30,11 +29,13 @@ use lb_common::{
 use tracing::warn;
 
 use crate::model::{
-    BackendSelection, ClusterIp, DesiredState, Endpoint, Ipv4Cidr, Protocol, Service, ServiceName, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
+    BackendSelection, DesiredState, Endpoint, Family, IpCidr, Protocol, Service, ServiceName, ServicePort, ServiceType,
+    SessionAffinity, TrafficPolicy,
 };
+pub use family::{AnyBackend, AnyFrontendKey, WireAddr, in_family, rebackend, rekey};
 use regions::Regions;
 
+mod family;
 pub mod maglev;
 mod regions;
 
@@ -43,7 +44,7 @@ mod regions;
 pub enum MapOp {
     PutBackend {
         id: u32,
-        backend: Backend,
+        backend: AnyBackend,
     },
     PutSlot {
         key: BackendSlotKey,
@@ -54,10 +55,10 @@ pub enum MapOp {
         meta: ServiceMeta,
     },
     PutFrontend {
-        key: FrontendKey,
+        key: AnyFrontendKey,
         frontend: Frontend,
     },
-    DeleteFrontend(FrontendKey),
+    DeleteFrontend(AnyFrontendKey),
     DeleteSlot(BackendSlotKey),
     DeleteMeta(u32),
     DeleteBackend(u32),
@@ -67,13 +68,13 @@ pub enum MapOp {
         frontend_id: u32,
         keep: Vec<u32>,
     },
-    /// An address the datapath answers pings for (network byte order), with
-    /// the number of frontends on it.
+    /// An address the datapath answers pings for, with the number of
+    /// frontends on it.
     PutVip {
-        addr: u32,
+        addr: IpAddr,
         frontends: u32,
     },
-    DeleteVip(u32),
+    DeleteVip(IpAddr),
     /// A node port the node's own processes may not bind, with the number
     /// of frontends on it.
     PutNodePort {
@@ -91,17 +92,17 @@ pub enum MapOp {
     /// `FRONTEND_FLAG_SOURCE_RANGES` admits.
     PutSourceRange {
         frontend_id: u32,
-        addr: u32,
+        addr: IpAddr,
         prefix_len: u8,
     },
     DeleteSourceRange {
         frontend_id: u32,
-        addr: u32,
+        addr: IpAddr,
         prefix_len: u8,
     },
     /// Forget the UDP flows to this backend: UDP has no end, so a client
     /// that keeps its socket would keep sending to a removed backend.
-    FlushUdpFlows(Backend),
+    FlushUdpFlows(AnyBackend),
     /// Forget the UDP flows of a frontend that is gone (its frontend_id): a
     /// client that keeps its socket must not reach a deleted Service.
     FlushFrontendUdpFlows(u32),
@@ -111,6 +112,23 @@ pub enum MapOp {
         element: u32,
         table: Vec<u16>,
     },
+}
+
+impl MapOp {
+    /// The address whose family's maps the operation writes; `None` for
+    /// the shared maps, and for an id (backend, frontend) that the other
+    /// family's maps simply do not hold.
+    pub fn addr(&self) -> Option<IpAddr> {
+        match self {
+            MapOp::PutBackend { backend, .. } | MapOp::FlushUdpFlows(backend) => Some(backend.addr),
+            MapOp::PutFrontend { key, .. } | MapOp::DeleteFrontend(key) => Some(key.addr),
+            MapOp::PutVip { addr, .. }
+            | MapOp::DeleteVip(addr)
+            | MapOp::PutSourceRange { addr, .. }
+            | MapOp::DeleteSourceRange { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
 }
 
 /// Where a frontend's Maglev table lies in `LB_MAGLEV`, in entries.
@@ -139,8 +157,8 @@ struct ProgrammedFrontend {
     /// `FRONTEND_FLAG_*`.
     flags: u16,
     /// (address, prefix length) of the admitted client networks.
-    source_ranges: Vec<(u32, u8)>,
-    /// Backend id per entry of the slot set in use.
+    source_ranges: Vec<(IpAddr, u8)>,
+    /// AnyBackend id per entry of the slot set in use.
     slots: Vec<u32>,
     /// Whether that is the upper set (`FRONTEND_FLAG_UPPER_SLOTS`).
     upper: bool,
@@ -165,8 +183,8 @@ impl ProgrammedFrontend {
 struct WantedFrontend {
     affinity_timeout_s: u32,
     flags: u16,
-    source_ranges: Vec<(u32, u8)>,
-    backends: Vec<Backend>,
+    source_ranges: Vec<(IpAddr, u8)>,
+    backends: Vec<AnyBackend>,
     /// Pick backends by Maglev (else at random).
     maglev: bool,
     meta: ServiceMeta,
@@ -186,8 +204,8 @@ struct ListedService {
 pub struct NodeInfo {
     /// As pods' `spec.nodeName` has it: the endpoints a Local policy keeps.
     pub name: String,
-    /// The node devices' addresses, where node ports answer.
-    pub addrs: Vec<Ipv4Addr>,
+    /// The node devices' addresses of both families, where node ports answer.
+    pub addrs: Vec<IpAddr>,
     /// Cluster IPs answer traffic from the node's devices too
     /// (`--cluster-ip-external`); by default only pods reach them.
     pub cluster_ips_external: bool,
@@ -201,28 +219,28 @@ pub struct NodeInfo {
 /// What an earlier agent left in the maps, entry by entry.
 #[derive(Debug, Default)]
 pub struct MapContents {
-    pub frontends: Vec<(FrontendKey, Frontend)>,
+    pub frontends: Vec<(AnyFrontendKey, Frontend)>,
     pub slots: Vec<(BackendSlotKey, u32)>,
-    pub backends: Vec<(u32, Backend)>,
+    pub backends: Vec<(u32, AnyBackend)>,
     pub metas: Vec<(u32, ServiceMeta)>,
-    pub vips: Vec<(u32, u32)>,
+    pub vips: Vec<(IpAddr, u32)>,
     pub node_ports: Vec<(NodePortKey, u32)>,
     pub endpoints: Vec<(EndpointKey, EndpointMeta)>,
     /// (frontend_id, network address, prefix length).
-    pub source_ranges: Vec<(u32, u32, u8)>,
+    pub source_ranges: Vec<(u32, IpAddr, u8)>,
 }
 
 /// What the reconciler believes the maps hold.
 #[derive(Debug)]
 pub struct Programmed {
-    frontends: BTreeMap<FrontendKey, ProgrammedFrontend>,
+    frontends: BTreeMap<AnyFrontendKey, ProgrammedFrontend>,
     /// Keyed by (namespace, name).
     listed: BTreeMap<(String, String), ListedService>,
     /// Service addresses, with how many frontends each has.
-    vips: BTreeMap<u32, u32>,
+    vips: BTreeMap<IpAddr, u32>,
     /// Node ports, with how many frontends each has.
     node_ports: BTreeMap<NodePortKey, u32>,
-    backend_ids: HashMap<Backend, u32>,
+    backend_ids: HashMap<AnyBackend, u32>,
     /// Ids are not reused at once: a packet that read a slot just before it
     /// changed must still find the backend it named.
     next_backend_id: u32,
@@ -234,7 +252,7 @@ pub struct Programmed {
     /// each one's frontend keys: a plan only works on the services that
     /// changed since. Empty after `adopt`, so the first plan compares all.
     /// `None`: refused for want of room, tried again by every plan.
-    planned: BTreeMap<ServiceName, (Option<Arc<Service>>, Vec<FrontendKey>)>,
+    planned: BTreeMap<ServiceName, (Option<Arc<Service>>, Vec<AnyFrontendKey>)>,
     planned_node: Option<NodeInfo>,
     capacity: Capacity,
     /// Services left out (or at their last version) because the maps are
@@ -301,7 +319,7 @@ impl Default for Programmed {
 }
 
 /// The free space of an `LB_MAGLEV` of `elements` around the tables of `frontends`.
-fn maglev_regions(frontends: &BTreeMap<FrontendKey, ProgrammedFrontend>, elements: u32) -> Regions {
+fn maglev_regions(frontends: &BTreeMap<AnyFrontendKey, ProgrammedFrontend>, elements: u32) -> Regions {
     Regions::new(elements, frontends.values().filter_map(|fe| fe.maglev).map(|r| r.span()))
 }
 
@@ -309,7 +327,7 @@ impl Programmed {
     /// Rebuilds the picture from map contents left by an earlier agent.
     pub fn adopt(contents: MapContents) -> Self {
         let MapContents { frontends, slots, backends, metas, vips, node_ports, endpoints, source_ranges } = contents;
-        let mut ranges_of: BTreeMap<u32, Vec<(u32, u8)>> = BTreeMap::new();
+        let mut ranges_of: BTreeMap<u32, Vec<(IpAddr, u8)>> = BTreeMap::new();
         for (frontend_id, addr, prefix_len) in source_ranges {
             ranges_of.entry(frontend_id).or_default().push((addr, prefix_len));
         }
@@ -319,7 +337,7 @@ impl Programmed {
         }
         let slots: HashMap<BackendSlotKey, u32> = slots.into_iter().collect();
         let metas: HashMap<u32, ServiceMeta> = metas.into_iter().collect();
-        let backend_ids: HashMap<Backend, u32> = backends.into_iter().map(|(id, b)| (b, id)).collect();
+        let backend_ids: HashMap<AnyBackend, u32> = backends.into_iter().map(|(id, b)| (b, id)).collect();
         let frontends = frontends
             .into_iter()
             .map(|(key, fe)| {
@@ -354,7 +372,7 @@ impl Programmed {
                 (key, programmed)
             })
             .collect();
-        let frontends: BTreeMap<FrontendKey, ProgrammedFrontend> = frontends;
+        let frontends: BTreeMap<AnyFrontendKey, ProgrammedFrontend> = frontends;
         let maglev_regions = maglev_regions(&frontends, MAX_MAGLEV_ENTRIES / MAGLEV_ENTRIES_PER_ELEMENT);
         let with_frontend: BTreeSet<u32> = frontends.values().map(|fe| fe.frontend_id).collect();
         let listed: BTreeMap<(String, String), ListedService> = metas
@@ -438,7 +456,7 @@ impl Programmed {
         }
         removed.extend(before.map(|(gone, _)| gone.clone()));
         // The frontends the changed and removed services had.
-        let mut had: Vec<FrontendKey> = if everything {
+        let mut had: Vec<AnyFrontendKey> = if everything {
             self.frontends.keys().copied().collect()
         } else {
             let names = changed.iter().map(|s| &s.name).chain(&removed);
@@ -461,12 +479,12 @@ impl Programmed {
         for service in &changed {
             let frontends = wanted_frontends(service, node);
             let mut more = Capacity { frontends: frontends.len(), slots: 0, backends: 0, endpoints: 0 };
-            let mut backends: Vec<Backend> = Vec::new();
+            let mut backends: Vec<AnyBackend> = Vec::new();
             for (key, fe) in &frontends {
                 // The new list, and the old one kept in the other set (at most).
                 more.slots += fe.backends.len() + self.frontends.get(key).map_or(0, |old| old.slots.len());
                 more.endpoints += fe.endpoints.len();
-                let unknown = |b: &&Backend| !self.backend_ids.contains_key(*b) && !new_backends.contains(*b);
+                let unknown = |b: &&AnyBackend| !self.backend_ids.contains_key(*b) && !new_backends.contains(*b);
                 backends.extend(fe.backends.iter().filter(unknown));
             }
             backends.sort_unstable_by_key(|b| (b.addr, b.port, b.flags));
@@ -475,7 +493,7 @@ impl Programmed {
             if let Some(reason) = self.capacity.overflow(&used, &more) {
                 // Keep what it had, if it had anything: it is not wanted
                 // anew, so its frontends stay as they are.
-                let kept: Vec<FrontendKey> =
+                let kept: Vec<AnyFrontendKey> =
                     self.planned.get(&service.name).map(|(_, keys)| keys.clone()).unwrap_or_default();
                 had.retain(|key| !kept.contains(key));
                 for fe in kept.iter().filter_map(|key| self.frontends.get(key)) {
@@ -634,10 +652,10 @@ impl Programmed {
         build_maglev_tables(&mut ops, &tables, &wanted);
 
         // 3. Frontends that are no longer wanted.
-        let gone: Vec<FrontendKey> = had.into_iter().filter(|k| !wanted.contains_key(k)).collect();
+        let gone: Vec<AnyFrontendKey> = had.into_iter().filter(|k| !wanted.contains_key(k)).collect();
         // Another service may have taken a key over (the model refuses such
         // conflicts; this only guards the maps).
-        let claimed: BTreeSet<FrontendKey> = if gone.is_empty() {
+        let claimed: BTreeSet<AnyFrontendKey> = if gone.is_empty() {
             BTreeSet::new()
         } else {
             self.planned.values().flat_map(|(_, keys)| keys.iter().copied()).collect()
@@ -695,7 +713,7 @@ impl Programmed {
         // 5. Service addresses: answered only while a frontend is there;
         // a cluster IP's other ports are rejected. Node ports: not to be
         // bound by the node's processes while a frontend uses them.
-        let mut vips: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut vips: BTreeMap<IpAddr, u32> = BTreeMap::new();
         let mut node_ports: BTreeMap<NodePortKey, u32> = BTreeMap::new();
         for (key, fe) in self.frontends.iter().filter(|(key, _)| key.scope == FRONTEND_SCOPE_ALL) {
             if fe.meta.frontend_kind == FRONTEND_NODE_PORT {
@@ -727,7 +745,7 @@ impl Programmed {
             }
         }
         let unused: Vec<u32> = released.iter().zip(referenced).filter(|(_, r)| !r).map(|(id, _)| *id).collect();
-        let mut unreferenced: Vec<(Backend, u32)> = self
+        let mut unreferenced: Vec<(AnyBackend, u32)> = self
             .backend_ids
             .iter()
             .filter(|(_, id)| unused.binary_search(id).is_ok())
@@ -807,8 +825,8 @@ fn maglev_region(regions: &mut Regions, fe: &WantedFrontend, old_size: u32) -> O
 /// in `ops`, frontend, size) on every core: a cold start builds thousands.
 fn build_maglev_tables(
     ops: &mut [MapOp],
-    tables: &[(usize, FrontendKey, u32)],
-    wanted: &BTreeMap<FrontendKey, WantedFrontend>,
+    tables: &[(usize, AnyFrontendKey, u32)],
+    wanted: &BTreeMap<AnyFrontendKey, WantedFrontend>,
 ) {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let built: Vec<Vec<u16>> = std::thread::scope(|scope| {
@@ -816,7 +834,7 @@ fn build_maglev_tables(
             .chunks(tables.len().div_ceil(threads).max(1))
             .map(|chunk| {
                 scope.spawn(move || {
-                    chunk.iter().map(|(_, key, size)| maglev::build(&wanted[key].backends, *size)).collect::<Vec<_>>()
+                    chunk.iter().map(|(_, key, size)| maglev_table(&wanted[key].backends, *size)).collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -827,6 +845,14 @@ fn build_maglev_tables(
             *slot = table;
         }
     }
+}
+
+/// The Maglev table of `size` entries for the backends of one frontend,
+/// all of its family.
+fn maglev_table(backends: &[AnyBackend], size: u32) -> Vec<u16> {
+    let v4 = || Some(maglev::build(&in_family::<u32>(backends)?, size));
+    let v6 = || Some(maglev::build(&in_family::<Ipv6Wire>(backends)?, size));
+    v4().or_else(v6).unwrap_or_default()
 }
 
 /// The writes that turn the counts `old` into `new`.
@@ -841,10 +867,11 @@ fn count_changes<K: Ord + Copy>(
     changed.chain(gone).collect()
 }
 
-/// The frontends `service` asks for, keyed like the frontend map.
-fn wanted_frontends(service: &Service, node: &NodeInfo) -> BTreeMap<FrontendKey, WantedFrontend> {
+/// The frontends `service` asks for, keyed like the frontend map. Each
+/// address is programmed in its family with that family's endpoints only,
+/// as kube-proxy runs one proxier per family.
+fn wanted_frontends(service: &Service, node: &NodeInfo) -> BTreeMap<AnyFrontendKey, WantedFrontend> {
     let mut wanted = BTreeMap::new();
-    let ClusterIp::Ip(vip) = service.cluster_ip else { return wanted };
     if !service.programs_datapath() {
         return wanted;
     }
@@ -862,65 +889,79 @@ fn wanted_frontends(service: &Service, node: &NodeInfo) -> BTreeMap<FrontendKey,
             SessionAffinity::None => 0,
             SessionAffinity::ClientIp { timeout_seconds } => timeout_seconds,
         };
-        // Cluster IP: for pods, under the internal traffic policy; node
-        // ports and external IPs: from outside, under the external one.
-        let shared = Shared {
-            port,
-            source_ranges: &service.source_ranges,
-            node,
-            meta,
-            affinity_timeout_s,
-            selection: service.backend_selection,
-        };
-        let frontend = |kind, policy| shared.frontend(kind, policy);
-        let key = |addr: Ipv4Addr, port: u16| FrontendKey {
-            addr: wire::addr(addr.octets()),
-            port: wire::port(port),
-            proto,
-            scope: FRONTEND_SCOPE_ALL,
-        };
-        let on_cluster_ip = iter::once((key(vip, port.port), FRONTEND_CLUSTER_IP));
-        let localhost = node.nodeport_localhost.then_some(Ipv4Addr::LOCALHOST);
+        let key =
+            |addr: IpAddr, port: u16| AnyFrontendKey { addr, port: wire::port(port), proto, scope: FRONTEND_SCOPE_ALL };
+        // Only the node's own sockets reach 127.0.0.1, an IPv4 address.
+        let localhost = node.nodeport_localhost.then_some(IpAddr::from(Ipv4Addr::LOCALHOST));
+        let on_cluster_ips = service.cluster_ips.iter().map(|addr| (key(*addr, port.port), FRONTEND_CLUSTER_IP));
+        let cluster_ip_index = |addr: IpAddr| service.cluster_ips.iter().position(|ip| *ip == addr).unwrap_or(0) as u8;
         let on_nodes = port.node_port.into_iter().flat_map(|node_port| {
             node.addrs.iter().copied().chain(localhost).map(move |addr| (key(addr, node_port), FRONTEND_NODE_PORT))
         });
         let on_external_ips = service.external_ips.iter().map(|addr| (key(*addr, port.port), FRONTEND_EXTERNAL_IP));
-        let mut insert = |key, frontend| {
-            if wanted.insert(key, frontend).is_some() {
-                // The model rejects such conflicts; this only guards the maps.
-                warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
-            }
-        };
-        for (key, kind) in on_cluster_ip.chain(on_nodes).chain(on_external_ips) {
-            let policy = if kind == FRONTEND_CLUSTER_IP {
-                service.internal_traffic_policy
-            } else {
-                service.external_traffic_policy
+        let mut by_family: BTreeMap<Family, Vec<(AnyFrontendKey, u8)>> = BTreeMap::new();
+        for (key, kind) in on_cluster_ips.chain(on_nodes).chain(on_external_ips) {
+            by_family.entry(Family::of(key.addr)).or_default().push((key, kind));
+        }
+        for (family, frontends) in by_family {
+            let of_family = ServicePort {
+                endpoints: port.endpoints.iter().filter(|e| Family::of(e.addr) == family).cloned().collect(),
+                ..port.clone()
             };
-            let mut wanted_frontend = frontend(kind, policy);
-            // kube-proxy short-circuits pods to every endpoint of a Local
-            // policy's node ports and external IPs: a twin for them.
-            if kind != FRONTEND_CLUSTER_IP && wanted_frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0 {
-                let mut twin = frontend(kind, TrafficPolicy::Cluster);
-                twin.flags &= !FRONTEND_FLAG_EXTERNAL;
-                wanted_frontend.flags |= FRONTEND_FLAG_POD_TWIN;
-                insert(FrontendKey { scope: FRONTEND_SCOPE_PODS, ..key }, twin);
+            let source_ranges: Vec<IpCidr> =
+                service.source_ranges.iter().copied().filter(|r| r.family() == family).collect();
+            // Cluster IP: for pods, under the internal traffic policy; node
+            // ports and external IPs: from outside, under the external one.
+            let shared = Shared {
+                port: &of_family,
+                source_ranges: &source_ranges,
+                node,
+                meta,
+                affinity_timeout_s,
+                selection: service.backend_selection,
+            };
+            let frontend = |kind, policy| shared.frontend(kind, policy);
+            let mut insert = |key, frontend| {
+                if wanted.insert(key, frontend).is_some() {
+                    // The model rejects such conflicts; this only guards the maps.
+                    warn!(service = %service.name, port = port.port, "frontend claimed twice, keeping the last");
+                }
+            };
+            for (key, kind) in frontends {
+                let policy = if kind == FRONTEND_CLUSTER_IP {
+                    service.internal_traffic_policy
+                } else {
+                    service.external_traffic_policy
+                };
+                let mut wanted_frontend = frontend(kind, policy);
+                if kind == FRONTEND_CLUSTER_IP {
+                    wanted_frontend.meta.cluster_ip_index = cluster_ip_index(key.addr);
+                }
+                // kube-proxy short-circuits pods to every endpoint of a Local
+                // policy's node ports and external IPs: a twin for them.
+                if kind != FRONTEND_CLUSTER_IP && wanted_frontend.flags & FRONTEND_FLAG_NODE_LOCAL != 0 {
+                    let mut twin = frontend(kind, TrafficPolicy::Cluster);
+                    twin.flags &= !FRONTEND_FLAG_EXTERNAL;
+                    wanted_frontend.flags |= FRONTEND_FLAG_POD_TWIN;
+                    insert(AnyFrontendKey { scope: FRONTEND_SCOPE_PODS, ..key }, twin);
+                }
+                // 127.0.0.1 is for the node's own sockets: no packet from a
+                // device may reach a node port there (CVE-2020-8558).
+                if Some(key.addr) == localhost {
+                    wanted_frontend.flags &= !FRONTEND_FLAG_EXTERNAL;
+                }
+                insert(key, wanted_frontend);
             }
-            // 127.0.0.1 is for the node's own sockets: no packet from a
-            // device may reach a node port there (CVE-2020-8558).
-            if key.addr == wire::addr(Ipv4Addr::LOCALHOST.octets()) {
-                wanted_frontend.flags &= !FRONTEND_FLAG_EXTERNAL;
-            }
-            insert(key, wanted_frontend);
         }
     }
     wanted
 }
 
-/// What the frontends of one Service port have in common.
+/// What the frontends of one Service port in one family have in common:
+/// the port with that family's endpoints only, that family's source ranges.
 struct Shared<'a> {
     port: &'a ServicePort,
-    source_ranges: &'a [Ipv4Cidr],
+    source_ranges: &'a [IpCidr],
     node: &'a NodeInfo,
     meta: ServiceMeta,
     affinity_timeout_s: u32,
@@ -946,14 +987,15 @@ impl Shared<'_> {
                 // come back here.
                 let remote = ep.node_name.as_deref() != Some(self.node.name.as_str());
                 let flags = if remote { BACKEND_FLAG_REMOTE } else { 0 };
-                Backend { addr: wire::addr(ep.addr.octets()), port: wire::port(ep.port), flags }
+                AnyBackend { addr: ep.addr, port: wire::port(ep.port), flags }
             })
             .collect();
         let internal_only = kind == FRONTEND_CLUSTER_IP && !self.node.cluster_ips_external;
         let external = if internal_only { 0 } else { FRONTEND_FLAG_EXTERNAL };
-        // Source ranges guard the load-balancer (and external) IPs only.
-        let mut source_ranges: Vec<(u32, u8)> = if kind == FRONTEND_EXTERNAL_IP {
-            self.source_ranges.iter().map(|r| (wire::addr(r.network().octets()), r.prefix_len())).collect()
+        // Source ranges guard the load-balancer (and external) IPs only;
+        // with none of the family, as kube-proxy filters them, everyone.
+        let mut source_ranges: Vec<(IpAddr, u8)> = if kind == FRONTEND_EXTERNAL_IP {
+            self.source_ranges.iter().map(|r| (r.network(), r.prefix_len())).collect()
         } else {
             Vec::new()
         };
@@ -996,7 +1038,11 @@ fn endpoint_metas(port: &ServicePort) -> Vec<EndpointMeta> {
                 .filter(|(set, _)| *set)
                 .fold(0, |bits, (_, bit)| bits | bit);
             let target = ep.target.as_deref().unwrap_or_default();
-            EndpointMeta::new(wire::addr(ep.addr.octets()), wire::port(ep.port), conditions, target)
+            let addr = match ep.addr {
+                IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+                IpAddr::V6(ip) => ip,
+            };
+            EndpointMeta::new(addr.octets(), wire::port(ep.port), conditions, target)
         })
         .collect()
 }
@@ -1015,9 +1061,9 @@ fn listed_services(desired: &DesiredState) -> BTreeMap<(String, String), Service
 }
 
 fn svc_type(service: &Service) -> u8 {
-    match (service.service_type, service.cluster_ip) {
+    match (service.service_type, service.cluster_ips.is_empty()) {
         (ServiceType::ExternalName, _) => SVC_TYPE_EXTERNAL_NAME,
-        (_, ClusterIp::None) => SVC_TYPE_HEADLESS,
+        (_, true) => SVC_TYPE_HEADLESS,
         (ServiceType::ClusterIp, _) => SVC_TYPE_CLUSTER_IP,
         (ServiceType::NodePort, _) => SVC_TYPE_NODE_PORT,
         (ServiceType::LoadBalancer, _) => SVC_TYPE_LOAD_BALANCER,
@@ -1032,7 +1078,7 @@ mod tests {
 
     fn endpoint(last: u8, ready: bool) -> Endpoint {
         Endpoint {
-            addr: Ipv4Addr::new(10, 244, 0, last),
+            addr: IpAddr::from([10, 244, 0, last]),
             port: 8080,
             ready,
             serving: ready,
@@ -1052,7 +1098,7 @@ mod tests {
                 Arc::new(Service {
                     name,
                     service_type: ServiceType::ClusterIp,
-                    cluster_ip: ClusterIp::Ip(Ipv4Addr::from(*vip)),
+                    cluster_ips: if *vip == [0; 4] { Vec::new() } else { vec![IpAddr::from(*vip)] },
                     external_name: None,
                     external_ips: Vec::new(),
                     source_ranges: Vec::new(),
@@ -1080,14 +1126,14 @@ mod tests {
     /// its slots, and that no table is written over one a frontend uses.
     #[derive(Default)]
     struct Maps {
-        frontends: BTreeMap<FrontendKey, Frontend>,
+        frontends: BTreeMap<AnyFrontendKey, Frontend>,
         slots: BTreeMap<BackendSlotKey, u32>,
-        backends: BTreeMap<u32, Backend>,
-        vips: BTreeMap<u32, u32>,
+        backends: BTreeMap<u32, AnyBackend>,
+        vips: BTreeMap<IpAddr, u32>,
         node_ports: BTreeMap<NodePortKey, u32>,
         endpoints: BTreeMap<EndpointKey, EndpointMeta>,
         metas: BTreeMap<u32, ServiceMeta>,
-        source_ranges: BTreeSet<(u32, u32, u8)>,
+        source_ranges: BTreeSet<(u32, IpAddr, u8)>,
         /// Maglev entry index -> slot.
         maglev: BTreeMap<u32, u16>,
     }
@@ -1095,7 +1141,7 @@ mod tests {
     impl Maps {
         fn apply_checked(&mut self, ops: &[MapOp]) {
             for (i, op) in ops.iter().enumerate() {
-                let named_before: BTreeMap<FrontendKey, (Frontend, Vec<Option<u32>>)> =
+                let named_before: BTreeMap<AnyFrontendKey, (Frontend, Vec<Option<u32>>)> =
                     self.frontends.iter().map(|(key, fe)| (*key, (*fe, self.named(fe)))).collect();
                 match op {
                     MapOp::PutBackend { id, backend } => drop(self.backends.insert(*id, *backend)),
@@ -1204,18 +1250,14 @@ mod tests {
             service.service_type = ServiceType::NodePort;
             service.ports[0].node_port = Some(30123);
         }
-        let nodes = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(198, 51, 100, 1)];
+        let nodes = [IpAddr::from([192, 0, 2, 1]), IpAddr::from([198, 51, 100, 1])];
         let mut maps = Maps::default();
         let mut programmed = Programmed::default();
-        let node = |addrs: &[Ipv4Addr]| NodeInfo { name: "node-a".into(), addrs: addrs.to_vec(), ..Default::default() };
+        let node = |addrs: &[IpAddr]| NodeInfo { name: "node-a".into(), addrs: addrs.to_vec(), ..Default::default() };
         maps.apply_checked(&programmed.plan(&desired, &node(&nodes)));
-        let keys: Vec<(Ipv4Addr, u16)> = maps
-            .frontends
-            .keys()
-            .map(|k| (Ipv4Addr::from(wire::addr_octets(k.addr)), wire::port_number(k.port)))
-            .collect();
+        let keys: Vec<(IpAddr, u16)> = maps.frontends.keys().map(|k| (k.addr, wire::port_number(k.port))).collect();
         assert_eq!(keys.len(), 3);
-        assert!(keys.contains(&(Ipv4Addr::from(VIP), 80)));
+        assert!(keys.contains(&(IpAddr::from(VIP), 80)));
         assert!(keys.contains(&(nodes[0], 30123)) && keys.contains(&(nodes[1], 30123)));
         assert!(maps.frontends.values().all(|fe| fe.backend_count == 1));
         assert_eq!(maps.vips.len(), 1, "node addresses are not service addresses");
@@ -1237,7 +1279,7 @@ mod tests {
         }
         let node = NodeInfo {
             name: "node-a".into(),
-            addrs: vec![Ipv4Addr::new(198, 51, 100, 1)],
+            addrs: vec![IpAddr::from([198, 51, 100, 1])],
             nodeport_localhost: true,
             ..Default::default()
         };
@@ -1247,7 +1289,8 @@ mod tests {
         let reserved = NodePortKey { port: wire::port(30123), proto: IPPROTO_TCP, _pad: 0 };
         assert_eq!(maps.node_ports, [(reserved, 2)].into(), "on the node address and on 127.0.0.1");
         let on = |addr: [u8; 4]| {
-            let key = FrontendKey { addr: wire::addr(addr), port: wire::port(30123), proto: IPPROTO_TCP, scope: 0 };
+            let key =
+                AnyFrontendKey { addr: IpAddr::from(addr), port: wire::port(30123), proto: IPPROTO_TCP, scope: 0 };
             maps.frontends[&key].flags & FRONTEND_FLAG_EXTERNAL != 0
         };
         assert!(on([198, 51, 100, 1]), "the node address answers packets from devices");
@@ -1269,15 +1312,19 @@ mod tests {
             for service in desired.services.values_mut().map(Arc::make_mut) {
                 service.service_type = ServiceType::LoadBalancer;
                 service.ports[0].node_port = Some(30081);
-                service.external_ips = vec![Ipv4Addr::new(203, 0, 113, 10)];
+                service.external_ips = vec![IpAddr::from([203, 0, 113, 10])];
                 service.source_ranges = vec![range.parse().unwrap()];
             }
             let node =
-                NodeInfo { name: "node-a".into(), addrs: vec![Ipv4Addr::new(198, 51, 100, 1)], ..Default::default() };
+                NodeInfo { name: "node-a".into(), addrs: vec![IpAddr::from([198, 51, 100, 1])], ..Default::default() };
             let mut maps = Maps::default();
             maps.apply_checked(&Programmed::default().plan(&desired, &node));
-            let key =
-                FrontendKey { addr: wire::addr([203, 0, 113, 10]), port: wire::port(80), proto: IPPROTO_TCP, scope: 0 };
+            let key = AnyFrontendKey {
+                addr: IpAddr::from([203, 0, 113, 10]),
+                port: wire::port(80),
+                proto: IPPROTO_TCP,
+                scope: 0,
+            };
             let flags = maps.frontends[&key].flags;
             assert!(flags & FRONTEND_FLAG_SOURCE_RANGES != 0);
             assert_eq!(flags & FRONTEND_FLAG_NODE_ADMITTED != 0, admitted, "{range}");
@@ -1295,11 +1342,11 @@ mod tests {
         let backends: Vec<_> = ops
             .iter()
             .filter_map(|op| match op {
-                MapOp::PutBackend { backend, .. } => Some(Ipv4Addr::from(wire::addr_octets(backend.addr))),
+                MapOp::PutBackend { backend, .. } => Some(backend.addr),
                 _ => None,
             })
             .collect();
-        assert_eq!(backends, [Ipv4Addr::new(10, 244, 0, 2), Ipv4Addr::new(10, 244, 0, 3)]);
+        assert_eq!(backends, [IpAddr::from([10, 244, 0, 2]), IpAddr::from([10, 244, 0, 3])]);
         let frontend = ops.iter().find_map(|op| match op {
             MapOp::PutFrontend { frontend, .. } => Some(*frontend),
             _ => None,
@@ -1438,14 +1485,14 @@ mod tests {
         let loadbalancer = service(&mut desired, "loadbalancer");
         loadbalancer.service_type = ServiceType::LoadBalancer;
         loadbalancer.ports[0].node_port = Some(30081);
-        loadbalancer.external_ips = vec![Ipv4Addr::new(203, 0, 113, 10)];
+        loadbalancer.external_ips = vec![IpAddr::from([203, 0, 113, 10])];
         loadbalancer.source_ranges = vec!["192.0.2.0/24".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
         loadbalancer.external_traffic_policy = TrafficPolicy::Local;
         service(&mut desired, "random").backend_selection = BackendSelection::Random;
-        service(&mut desired, "headless").cluster_ip = ClusterIp::None;
+        service(&mut desired, "headless").cluster_ips.clear();
         let mut node = NodeInfo {
             name: "node-a".into(),
-            addrs: vec![Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(192, 0, 2, 1)],
+            addrs: vec![IpAddr::from([198, 51, 100, 1]), IpAddr::from([192, 0, 2, 1])],
             nodeport_localhost: true,
             ..NodeInfo::default()
         };
@@ -1469,13 +1516,9 @@ mod tests {
         let outside = endpoint(4, true);
         let endpoints = [here, there, outside];
         let (maps, _) = node_port_on_node_a(&endpoints, TrafficPolicy::Cluster);
-        let remote: BTreeSet<[u8; 4]> = maps
-            .backends
-            .values()
-            .filter(|b| b.flags & BACKEND_FLAG_REMOTE != 0)
-            .map(|b| wire::addr_octets(b.addr))
-            .collect();
-        assert_eq!(remote, [[10, 244, 0, 3], [10, 244, 0, 4]].into());
+        let remote: BTreeSet<IpAddr> =
+            maps.backends.values().filter(|b| b.flags & BACKEND_FLAG_REMOTE != 0).map(|b| b.addr).collect();
+        assert_eq!(remote, [IpAddr::from([10, 244, 0, 3]), IpAddr::from([10, 244, 0, 4])].into());
         // Local policy: the endpoint outside the cluster is not this node's.
         let (maps, node_port) = node_port_on_node_a(&endpoints, TrafficPolicy::Local);
         assert_eq!(maps.frontends[&node_port].backend_count, 1);
@@ -1484,7 +1527,7 @@ mod tests {
     /// The maps node-a (198.51.100.1) programs for one NodePort Service
     /// (30080) with `endpoints` under external traffic `policy`, and the
     /// key of its node port there.
-    fn node_port_on_node_a(endpoints: &[Endpoint], policy: TrafficPolicy) -> (Maps, FrontendKey) {
+    fn node_port_on_node_a(endpoints: &[Endpoint], policy: TrafficPolicy) -> (Maps, AnyFrontendKey) {
         let mut desired = state(&[("web", VIP, endpoints)]);
         for service in desired.services.values_mut().map(Arc::make_mut) {
             service.service_type = ServiceType::NodePort;
@@ -1492,11 +1535,11 @@ mod tests {
             service.external_traffic_policy = policy;
         }
         let node =
-            NodeInfo { name: "node-a".into(), addrs: vec![Ipv4Addr::new(198, 51, 100, 1)], ..Default::default() };
+            NodeInfo { name: "node-a".into(), addrs: vec![IpAddr::from([198, 51, 100, 1])], ..Default::default() };
         let mut maps = Maps::default();
         maps.apply_checked(&Programmed::default().plan(&desired, &node));
-        let key = FrontendKey {
-            addr: wire::addr([198, 51, 100, 1]),
+        let key = AnyFrontendKey {
+            addr: IpAddr::from([198, 51, 100, 1]),
             port: wire::port(30080),
             proto: IPPROTO_TCP,
             scope: FRONTEND_SCOPE_ALL,
@@ -1589,6 +1632,72 @@ mod tests {
         maps.apply_checked(&programmed.plan(&services(&["a", "c", "d"]), &NodeInfo::default()));
         assert_eq!(maps.frontends.len(), 2);
         assert_eq!(programmed.refused().keys().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["d"]);
-        assert!(maps.vips.contains_key(&wire::addr([10, 96, 0, 11])), "c is programmed");
+        assert!(maps.vips.contains_key(&IpAddr::from([10, 96, 0, 11])), "c is programmed");
+    }
+
+    /// A dual-stack LoadBalancer with endpoints of both families on a node
+    /// with an address of each: one frontend per address, each with its
+    /// family's endpoints and source ranges only, node ports on both node
+    /// addresses; a restarted agent adopts it all and writes nothing.
+    #[test]
+    fn a_dual_stack_service_gets_one_frontend_per_family_with_that_familys_endpoints() {
+        let v6 = |text: &str| text.parse::<IpAddr>().unwrap();
+        let mut endpoints = vec![endpoint(2, true), endpoint(3, true)];
+        for addr in ["fd00:244::2", "fd00:244::3", "fd00:244::4"] {
+            endpoints.push(Endpoint { addr: v6(addr), ..endpoint(9, true) });
+        }
+        let mut desired = state(&[("dual", VIP, &endpoints)]);
+        for service in desired.services.values_mut().map(Arc::make_mut) {
+            service.service_type = ServiceType::LoadBalancer;
+            service.cluster_ips = vec![v6("fd00:10:96::a"), IpAddr::from(VIP)];
+            service.ports[0].node_port = Some(30080);
+            service.external_ips = vec![IpAddr::from([203, 0, 113, 10]), v6("2001:db8::10")];
+            service.source_ranges = vec!["192.0.2.0/24".parse().unwrap(), "2001:db8:1::/48".parse().unwrap()];
+        }
+        let node = NodeInfo {
+            name: "node-a".into(),
+            addrs: vec![IpAddr::from([198, 51, 100, 1]), v6("2001:db8:2::1")],
+            nodeport_localhost: true,
+            ..NodeInfo::default()
+        };
+        let mut maps = Maps::default();
+        maps.apply_checked(&Programmed::default().plan(&desired, &node));
+        let backends_of = |addr: IpAddr| -> BTreeSet<IpAddr> {
+            let key = maps.frontends.keys().find(|k| k.addr == addr).unwrap();
+            let fe = maps.frontends[key];
+            (0..u32::from(fe.backend_count)).map(|i| maps.backends[&maps.slots[&fe.slot_key(i)]].addr).collect()
+        };
+        let v4_backends: BTreeSet<IpAddr> = [IpAddr::from([10, 244, 0, 2]), IpAddr::from([10, 244, 0, 3])].into();
+        let v6_backends: BTreeSet<IpAddr> = [v6("fd00:244::2"), v6("fd00:244::3"), v6("fd00:244::4")].into();
+        for addr in [IpAddr::from(VIP), IpAddr::from([203, 0, 113, 10]), IpAddr::from([198, 51, 100, 1])] {
+            assert_eq!(backends_of(addr), v4_backends, "{addr}");
+        }
+        for addr in ["fd00:10:96::a", "2001:db8::10", "2001:db8:2::1"] {
+            assert_eq!(backends_of(v6(addr)), v6_backends, "{addr}");
+        }
+        assert!(maps.frontends.keys().any(|k| k.addr == IpAddr::from([127, 0, 0, 1])), "localhost stays IPv4");
+        assert!(!maps.frontends.keys().any(|k| k.addr == v6("::1")));
+        // Each load-balancer IP takes its family's ranges only.
+        let ranges: BTreeSet<IpAddr> = maps.source_ranges.iter().map(|(_, addr, _)| *addr).collect();
+        assert_eq!(ranges, [IpAddr::from([192, 0, 2, 0]), v6("2001:db8:1::")].into());
+        for (key, fe) in &maps.frontends {
+            let mine: Vec<IpAddr> =
+                maps.source_ranges.iter().filter(|(id, ..)| *id == fe.frontend_id).map(|(_, a, _)| *a).collect();
+            assert!(mine.iter().all(|a| Family::of(*a) == Family::of(key.addr)), "{key:?}: {mine:?}");
+        }
+        // Listed under each cluster IP, with its family's endpoints; the
+        // primary family's cluster IP is index 0.
+        let cluster_metas: Vec<(IpAddr, u8)> = maps
+            .frontends
+            .iter()
+            .filter_map(|(k, fe)| {
+                let meta = maps.metas[&fe.frontend_id];
+                (meta.frontend_kind == FRONTEND_CLUSTER_IP).then_some((k.addr, meta.cluster_ip_index))
+            })
+            .collect();
+        assert_eq!(cluster_metas, [(IpAddr::from(VIP), 1), (v6("fd00:10:96::a"), 0)]);
+        assert_eq!(maps.endpoints.len(), 5);
+        assert_eq!(maps.vips.len(), 4, "both cluster IPs and both external IPs");
+        assert_eq!(maps.adopt().plan(&desired, &node), []);
     }
 }

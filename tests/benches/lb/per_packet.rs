@@ -13,7 +13,7 @@ use lb_ebpf::packet_builder::PacketBuilder;
 use lb_userspace::{
     datapath::loader::TestProgram,
     model::{
-        BackendSelection, ClusterIp, DesiredState, Endpoint, Protocol, Service, ServiceName, ServicePort, ServiceType,
+        BackendSelection, DesiredState, Endpoint, Protocol, Service, ServiceName, ServicePort, ServiceType,
         SessionAffinity, TrafficPolicy,
     },
 };
@@ -35,7 +35,7 @@ fn services(count: u32) -> DesiredState {
     let endpoints = |n: u8, base: [u8; 2]| -> Vec<Endpoint> {
         (0..n)
             .map(|i| Endpoint {
-                addr: Ipv4Addr::new(10, base[0], base[1], 10 + i),
+                addr: Ipv4Addr::new(10, base[0], base[1], 10 + i).into(),
                 port: 8080,
                 ready: true,
                 serving: true,
@@ -51,7 +51,7 @@ fn services(count: u32) -> DesiredState {
     let service = |i: u32, ip: Ipv4Addr, selection, ports| Service {
         name: ServiceName::new("bench", format!("svc-{i}")),
         service_type: ServiceType::ClusterIp,
-        cluster_ip: ClusterIp::Ip(ip),
+        cluster_ips: vec![ip.into()],
         external_name: None,
         external_ips: Vec::new(),
         source_ranges: Vec::new(),
@@ -69,7 +69,7 @@ fn services(count: u32) -> DesiredState {
         let ip = Ipv4Addr::new(10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
         let backend = [246 + (i >> 16) as u8, (i >> 8) as u8];
         let mut eps = endpoints(1, backend);
-        eps[0].addr = Ipv4Addr::new(10, backend[0], backend[1], i as u8);
+        eps[0].addr = Ipv4Addr::new(10, backend[0], backend[1], i as u8).into();
         service(i, ip, BackendSelection::Random, vec![port(80, Protocol::Tcp, eps)])
     });
     DesiredState::new(std::iter::once(first).chain(others))

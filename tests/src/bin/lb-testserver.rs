@@ -69,7 +69,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The peer as the client knows itself: an IPv4 client of a dual-stack
+/// listener is named by its IPv4 address, not the mapped IPv6 one.
 fn greeting(name: &str, peer: SocketAddr) -> String {
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     format!("You've hit {name}\nclient: {peer}\n")
 }
 

@@ -25,8 +25,14 @@ pub struct ScratchDatapath {
 impl ScratchDatapath {
     pub fn load() -> Self {
         let dir = PathBuf::from("/sys/fs/bpf").join(unique_name("f"));
-        let (datapath, maps, _) = Datapath::load(&dir, &LoadOptions::default()).expect("load the datapath");
-        Self { datapath, maps, dir }
+        match Datapath::load(&dir, &LoadOptions::default()) {
+            Ok((datapath, maps, _)) => Self { datapath, maps, dir },
+            Err(e) => {
+                // The maps pinned before the failure would hold their memory.
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("load the datapath: {e:?}")
+            }
+        }
     }
 
     /// The directory its maps are pinned in.

@@ -1,0 +1,207 @@
+//! IPv6 and dual-stack Services end to end: pods with IPv6 addresses (only,
+//! or beside IPv4 ones), lb-agent on their veths, real TCP and UDP.
+
+use std::{
+    collections::BTreeSet,
+    io::ErrorKind,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{AgentProcess, pod_manifest_ips},
+    client::{http_get, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
+    kubia::{TIMEOUT, endpoint_count},
+    require_root,
+    topology::{Node, POD_DEVICE_PATTERN, Pod},
+};
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x0a);
+const SERVICE_CIDR6: &str = "fd00:96::/112";
+
+/// `fd00:44::<last>`: pod addresses.
+fn pod6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x44, 0, 0, 0, 0, 0, last)
+}
+
+/// The kubia Service with its `spec` lines about families and cluster IPs.
+fn kubia_service(families: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n{families}  ports:\n  - name: http\n    port: 80\n    targetPort: http\n  - name: echo\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n  selector:\n    app: kubia\n"
+    )
+}
+
+/// `n` backends serving HTTP on 8080 and UDP on 5353 and a client, each
+/// with an IPv6 address and, when `dual_stack`, an IPv4 one.
+fn pods(node: &Node, n: u16, dual_stack: bool) -> (Vec<Pod>, Pod) {
+    let v4 = |last: u16| dual_stack.then(|| Ipv4Addr::new(10, 244, 0, last as u8));
+    let backends = (0..n)
+        .map(|i| {
+            let mut pod = node.add_pod_with(&format!("kubia-{i}"), v4(2 + i), Some(pod6(2 + i))).unwrap();
+            pod.serve(8080, 5353).unwrap();
+            pod
+        })
+        .collect();
+    let client = node.add_pod_with("client", v4(100), Some(pod6(100))).unwrap();
+    (backends, client)
+}
+
+fn pods_manifest(pods: &[Pod]) -> String {
+    let ips = |p: &Pod| -> Vec<IpAddr> {
+        [p.ipv6.map(IpAddr::from), (!p.ip.is_unspecified()).then_some(p.ip.into())].into_iter().flatten().collect()
+    };
+    pods.iter().map(|p| pod_manifest_ips(&p.name, &ips(p), true)).collect::<Vec<_>>().join("---\n")
+}
+
+/// Which pods served `requests` HTTP requests to `vip`:80 from `client`;
+/// each must have seen the client's own `address` (no SNAT for pods).
+fn http_spread(client: &Pod, vip: IpAddr, requests: usize, address: IpAddr) -> BTreeSet<String> {
+    (0..requests)
+        .map(|_| {
+            let body = http_get(&client.ns, SocketAddr::new(vip, 80), TIMEOUT).unwrap();
+            assert_eq!(seen_ip(&body), address, "{body}");
+            served_by(&body).to_owned()
+        })
+        .collect()
+}
+
+/// The client address a test server's answer names.
+fn seen_ip(answer: &str) -> IpAddr {
+    seen_client(answer).parse::<SocketAddr>().map(|a| a.ip()).unwrap_or_else(|_| panic!("{answer}"))
+}
+
+fn names(pods: &[Pod]) -> BTreeSet<String> {
+    pods.iter().map(|p| p.name.clone()).collect()
+}
+
+#[test]
+fn an_ipv6_only_cluster_ip_spreads_tcp_and_udp_over_its_pods_and_they_see_the_client() {
+    require_root();
+    let node = Node::new().unwrap();
+    let (backends, client) = pods(&node, 3, false);
+    let service = kubia_service(&format!("  ipFamilies: [IPv6]\n  clusterIP: {VIP6}\n"));
+    let manifests = [("kubia.yaml", service.as_str()), ("pods.yaml", &pods_manifest(&backends))];
+    let args = ["--pod-device", POD_DEVICE_PATTERN, "--service-cidr", SERVICE_CIDR6];
+    let agent = AgentProcess::start_with(&node, &manifests, &args).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
+    let services = agent.get("services").unwrap();
+    assert!(services.contains(&VIP6.to_string()), "{services}");
+    let env = agent.get_env("default").unwrap();
+    assert!(env.contains(&format!("KUBIA_SERVICE_HOST={VIP6}")), "{env}");
+    assert!(env.contains(&format!("KUBIA_PORT=tcp://[{VIP6}]:80")), "{env}");
+
+    let client6 = IpAddr::from(client.ipv6.unwrap());
+    assert_eq!(http_spread(&client, VIP6.into(), 40, client6), names(&backends));
+    let mut served = BTreeSet::new();
+    for i in 0..40 {
+        let payload = format!("ping {i}");
+        let (reply, from) =
+            udp_request(&client.ns, SocketAddr::new(VIP6.into(), 53), payload.as_bytes(), TIMEOUT).unwrap();
+        assert_eq!(from, SocketAddr::new(VIP6.into(), 53), "the answer comes from the vip: {reply}");
+        assert!(reply.ends_with(&payload), "{reply}");
+        assert_eq!(seen_ip(&reply), client6, "{reply}");
+        served.insert(served_by(&reply).to_owned());
+    }
+    assert_eq!(served, names(&backends));
+    assert!(agent.counter("TC-POD", "forward_new_flow").unwrap() >= 80, "{}", agent.get("counters").unwrap());
+    assert!(agent.counter("TC-POD", "reply_reverse_nat").unwrap() >= 80, "{}", agent.get("counters").unwrap());
+    let conntrack = agent.get("conntrack").unwrap();
+    assert!(conntrack.contains(&format!("[{VIP6}]:80")), "{conntrack}");
+}
+
+#[test]
+fn a_prefer_dual_stack_service_answers_on_its_ipv4_and_its_ipv6_cluster_ip() {
+    require_root();
+    let node = Node::new().unwrap();
+    let (backends, client) = pods(&node, 2, true);
+    // The IPv6 cluster IP is not written: the agent allocates it.
+    let service = kubia_service("  ipFamilyPolicy: PreferDualStack\n  clusterIP: 10.96.0.10\n");
+    let manifests = [("kubia.yaml", service.as_str()), ("pods.yaml", &pods_manifest(&backends))];
+    let args = ["--pod-device", POD_DEVICE_PATTERN, "--service-cidr", "10.96.0.0/12", "--service-cidr", SERVICE_CIDR6];
+    let agent = AgentProcess::start_with(&node, &manifests, &args).unwrap();
+    // Each port lists both families' endpoints.
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 4).unwrap();
+    let services = agent.get("services").unwrap();
+    let vip6: Ipv6Addr = services
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .find_map(|word| word.parse().ok().filter(|ip: &Ipv6Addr| ip.segments()[..2] == [0xfd00, 0x96]))
+        .unwrap_or_else(|| panic!("no ipv6 cluster ip in {services}"));
+
+    let (client4, client6) = (IpAddr::from(client.ip), IpAddr::from(client.ipv6.unwrap()));
+    assert_eq!(http_spread(&client, Ipv4Addr::new(10, 96, 0, 10).into(), 20, client4), names(&backends));
+    assert_eq!(http_spread(&client, vip6.into(), 20, client6), names(&backends));
+    // As kubelet, the environment names the primary family's cluster IP.
+    let env = agent.get_env("default").unwrap();
+    assert!(env.contains("KUBIA_SERVICE_HOST=10.96.0.10"), "{env}");
+    assert!(!env.contains(&vip6.to_string()), "{env}");
+}
+
+#[test]
+fn an_ipv6_service_without_endpoints_refuses_tcp_and_udp_at_once() {
+    require_root();
+    let node = Node::new().unwrap();
+    let (_, client) = pods(&node, 0, false);
+    let service = kubia_service(&format!("  ipFamilies: [IPv6]\n  clusterIP: {VIP6}\n"));
+    let args = ["--pod-device", POD_DEVICE_PATTERN, "--service-cidr", SERVICE_CIDR6];
+    let agent = AgentProcess::start_with(&node, &[("kubia.yaml", service.as_str())], &args).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains(&VIP6.to_string())).unwrap();
+
+    // A reset and an ICMPv6 port unreachable: refused at once, not timed out.
+    let vip = |port| SocketAddr::new(VIP6.into(), port);
+    let Err((kind, after)) = tcp_connect(&client.ns, vip(80), Duration::from_secs(5)).unwrap() else {
+        panic!("connected to a service without endpoints")
+    };
+    assert_eq!(kind, ErrorKind::ConnectionRefused);
+    assert!(after < Duration::from_secs(1), "refused after {after:?}");
+    let udp = udp_exchange(&client.ns, vip(53), Duration::from_secs(5)).unwrap();
+    assert_eq!(udp.map_err(|e| e.kind()).unwrap_err(), ErrorKind::ConnectionRefused);
+    // A port the Service lacks is refused too (kube-proxy rejects it).
+    let other_port = tcp_connect(&client.ns, vip(81), Duration::from_secs(5)).unwrap();
+    assert_eq!(other_port.map_err(|(kind, _)| kind), Err(ErrorKind::ConnectionRefused));
+    assert_eq!(agent.counter("TC-POD", "reject_no_backend").unwrap(), 2, "{}", agent.get("counters").unwrap());
+    assert_eq!(agent.counter("TC-POD", "reject_no_service_port").unwrap(), 1);
+}
+
+#[test]
+fn an_ipv6_node_port_answers_an_external_client_through_xdp() {
+    require_root();
+    let node = Node::new().unwrap();
+    let (backends, _client) = pods(&node, 2, true);
+    let external =
+        node.add_external_client("uplink", Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 100)).unwrap();
+    let (node6, external6) =
+        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100));
+    node.add_external_ipv6(&external, "uplink", node6, external6).unwrap();
+    let service = kubia_service("  type: NodePort\n  ipFamilyPolicy: PreferDualStack\n  clusterIP: 10.96.0.10\n")
+        .replace("    targetPort: http\n", "    targetPort: http\n    nodePort: 30123\n");
+    // On this node: a backend elsewhere would see this node as the client.
+    let pods = pods_manifest(&backends).replace("spec:\n", &format!("spec:\n  nodeName: {}\n", node.ns.name()));
+    let manifests = [("kubia.yaml", service.as_str()), ("pods.yaml", &pods)];
+    let args = [
+        "--device",
+        "uplink",
+        "--pod-device",
+        POD_DEVICE_PATTERN,
+        "--service-cidr",
+        "10.96.0.0/12",
+        "--service-cidr",
+        SERVICE_CIDR6,
+    ];
+    let agent = AgentProcess::start_with(&node, &manifests, &args).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 4 && s.contains("30123")).unwrap();
+
+    // Through XDP on the uplink: every backend, each seeing the client's
+    // own IPv6 address (policy Cluster, all backends on this node).
+    let served: BTreeSet<String> = (0..20)
+        .map(|_| {
+            let body = http_get(&external, SocketAddr::new(node6.into(), 30123), TIMEOUT).unwrap();
+            assert_eq!(seen_ip(&body), IpAddr::from(external6), "{body}");
+            served_by(&body).to_owned()
+        })
+        .collect();
+    assert_eq!(served, names(&backends));
+    assert!(agent.counter("XDP-NODE", "forward_new_flow").unwrap() >= 20, "{}", agent.get("counters").unwrap());
+    // The IPv4 node port still answers beside it.
+    let body = http_get(&external, SocketAddr::new(Ipv4Addr::new(198, 51, 100, 1).into(), 30123), TIMEOUT).unwrap();
+    assert_eq!(seen_ip(&body), IpAddr::from(Ipv4Addr::new(198, 51, 100, 100)), "{body}");
+}
