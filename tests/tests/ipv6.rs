@@ -103,7 +103,9 @@ fn an_ipv6_only_cluster_ip_spreads_tcp_and_udp_over_its_pods_and_they_see_the_cl
         served.insert(served_by(&reply).to_owned());
     }
     assert_eq!(served, names(&backends));
-    assert!(agent.counter("TC-POD", "forward_new_flow").unwrap() >= 80, "{}", agent.get("counters").unwrap());
+    // Every TCP connection is a new flow; a UDP socket may get the port of
+    // an earlier one, whose flow is still known.
+    assert!(agent.counter("TC-POD", "forward_new_flow").unwrap() >= 40, "{}", agent.get("counters").unwrap());
     assert!(agent.counter("TC-POD", "reply_reverse_nat").unwrap() >= 80, "{}", agent.get("counters").unwrap());
     let conntrack = agent.get("conntrack").unwrap();
     assert!(conntrack.contains(&format!("[{VIP6}]:80")), "{conntrack}");
@@ -204,4 +206,53 @@ fn an_ipv6_node_port_answers_an_external_client_through_xdp() {
     // The IPv4 node port still answers beside it.
     let body = http_get(&external, SocketAddr::new(Ipv4Addr::new(198, 51, 100, 1).into(), 30123), TIMEOUT).unwrap();
     assert_eq!(seen_ip(&body), IpAddr::from(Ipv4Addr::new(198, 51, 100, 100)), "{body}");
+}
+
+/// Backends elsewhere (no node name: on another node): under policy Cluster
+/// the external client's flows leave with this node's IPv6 address as their
+/// source, so that the answers come back through it; under Local nothing
+/// here serves them and they are dropped, as kube-proxy does.
+#[test]
+fn an_ipv6_node_port_stands_in_for_the_client_of_a_remote_backend_and_drops_under_local() {
+    require_root();
+    let node = Node::new().unwrap();
+    let (backends, _client) = pods(&node, 2, false);
+    let external =
+        node.add_external_client("uplink", Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 100)).unwrap();
+    let (node6, external6) =
+        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100));
+    node.add_external_ipv6(&external, "uplink", node6, external6).unwrap();
+    let service = |policy: &str| {
+        kubia_service(&format!(
+            "  type: NodePort\n  externalTrafficPolicy: {policy}\n  ipFamilies: [IPv6]\n  clusterIP: {VIP6}\n"
+        ))
+        .replace("    targetPort: http\n", "    targetPort: http\n    nodePort: 30124\n")
+    };
+    let args = ["--device", "uplink", "--pod-device", POD_DEVICE_PATTERN, "--service-cidr", SERVICE_CIDR6];
+    let pods = pods_manifest(&backends);
+    let agent =
+        AgentProcess::start_with(&node, &[("kubia.yaml", &service("Cluster")), ("pods.yaml", &pods)], &args).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2 && s.contains("30124")).unwrap();
+    let node_port = SocketAddr::new(node6.into(), 30124);
+    let served: BTreeSet<String> = (0..20)
+        .map(|_| {
+            let body = http_get(&external, node_port, TIMEOUT).unwrap();
+            assert_eq!(seen_ip(&body), IpAddr::from(node6), "the backend sees this node: {body}");
+            served_by(&body).to_owned()
+        })
+        .collect();
+    assert_eq!(served, names(&backends));
+
+    // The policy is not in `get services`: the connections tell when the
+    // agent has programmed it.
+    agent.write_manifest("kubia.yaml", &service("Local")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let attempt = tcp_connect(&external, node_port, Duration::from_millis(300)).unwrap();
+        match attempt.map_err(|(kind, _)| kind) {
+            Err(ErrorKind::TimedOut) => break,
+            other => assert!(std::time::Instant::now() < deadline, "still answered under Local: {other:?}"),
+        }
+    }
+    assert!(agent.counter("XDP-NODE", "drop_no_backend").unwrap() > 0, "{}", agent.get("counters").unwrap());
 }
