@@ -10,13 +10,13 @@
 use core::mem::size_of;
 
 use crate::packet::{
-    ETH_P_IP, IPPROTO_ICMP, IPPROTO_ICMPV6, checksum,
+    ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, checksum,
     family::{Family, V4, V6},
     icmp,
     parse::{IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN},
     read, tcp, write,
 };
-use lb_common::IPPROTO_TCP;
+use lb_common::{IPPROTO_TCP, Ipv6Wire};
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 const REPLY_TTL: u8 = 64;
@@ -33,6 +33,19 @@ pub trait Answered: Family {
     const ICMP_ERROR_FRAME_LEN: usize = Self::L4 + Self::ICMP_ERROR_GROWTH + 8;
     /// The quoted bytes (`L4 + 8`: Ethernet, IP and 8 L4 bytes), as a value.
     type Quote: Copy;
+    /// An echo request's headers: Ethernet, IP and ICMP (ICMPv6).
+    const ECHO_HEADERS_LEN: usize = Self::L4 + 8;
+
+    /// The destination an echo request without IP options or extension
+    /// headers asks about; None for anything else.
+    fn echo_request_to(data: usize, data_end: usize) -> Option<Self::Addr>;
+
+    /// Turns an echo request (checked by `echo_request_to`) into its reply;
+    /// false if the frame is too short after all.
+    ///
+    /// # Safety
+    /// The frame must be writable.
+    unsafe fn write_echo_reply(data: usize, data_end: usize) -> bool;
 
     /// The length of the L4 segment the IP header announces.
     ///
@@ -81,12 +94,25 @@ impl Answered for V4 {
         // SAFETY: as the caller promises.
         unsafe { write_unreachable(data, what) }
     }
+
+    #[inline(always)]
+    fn echo_request_to(data: usize, data_end: usize) -> Option<u32> {
+        echo_request_to(data, data_end)
+    }
+
+    #[inline(always)]
+    unsafe fn write_echo_reply(data: usize, data_end: usize) -> bool {
+        // SAFETY: as the caller promises.
+        unsafe { write_echo_reply(data, data_end) }
+    }
 }
 
 /// ICMPv6 types and codes (RFC 4443).
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PORT_UNREACH: u8 = 4;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
 const IPV6_HEADER_LEN: usize = 40;
 const IPV6_ADDR_LEN: usize = 16;
 
@@ -139,10 +165,43 @@ impl Answered for V6 {
             write(icmp + 2, checksum(icmp, usize::from(icmp_len), pseudo));
         }
     }
-}
 
-/// An echo request's headers: Ethernet, IPv4 and ICMP.
-pub const ECHO_HEADERS_LEN: usize = L4_OFFSET + size_of::<Icmpv4Hdr>();
+    #[inline(always)]
+    fn echo_request_to(data: usize, data_end: usize) -> Option<Ipv6Wire> {
+        if data + Self::ECHO_HEADERS_LEN > data_end {
+            return None;
+        }
+        // SAFETY: bounds checked above.
+        unsafe {
+            let is_echo = read::<u16>(data + 12) == ETH_P_IPV6.to_be()
+                && read::<u8>(data + IP_OFFSET) >> 4 == 6
+                && read::<u8>(data + IP_OFFSET + 6) == IPPROTO_ICMPV6
+                && read::<u8>(data + V6::L4) == ICMPV6_ECHO_REQUEST;
+            is_echo.then(|| read(data + V6::DADDR))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn write_echo_reply(data: usize, data_end: usize) -> bool {
+        // Checked again, as for IPv4.
+        if data + Self::ECHO_HEADERS_LEN > data_end {
+            return false;
+        }
+        // SAFETY: offsets inside the headers just checked.
+        unsafe {
+            // The addresses trade places: the pseudo-header's sum stays.
+            swap_words(data + V6::SADDR, data + V6::DADDR, IPV6_ADDR_LEN);
+            write(data + IP_OFFSET + 7, REPLY_TTL);
+            // Type 128 -> 129: the rest of the message is echoed unchanged.
+            let old_type_code: u16 = read(data + V6::L4);
+            write(data + V6::L4, ICMPV6_ECHO_REPLY);
+            let new_type_code: u16 = read(data + V6::L4);
+            let check: u16 = read(data + V6::L4 + 2);
+            write(data + V6::L4 + 2, checksum::update_word(check, old_type_code, new_type_code));
+        }
+        true
+    }
+}
 
 /// The reset answering a TCP segment, or `None` for a reset (never answered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,11 +324,10 @@ unsafe fn write_unreachable(data: usize, what: Unreachable) {
     }
 }
 
-/// Is this an ICMP echo request without IP options? Then its destination is
-/// what a ping asks about.
+/// `Answered::echo_request_to` for IPv4.
 #[inline(always)]
-pub fn echo_request_to(data: usize, data_end: usize) -> Option<u32> {
-    if data + ECHO_HEADERS_LEN > data_end {
+fn echo_request_to(data: usize, data_end: usize) -> Option<u32> {
+    if data + V4::ECHO_HEADERS_LEN > data_end {
         return None;
     }
     // SAFETY: bounds checked above.
@@ -286,16 +344,15 @@ pub fn echo_request_to(data: usize, data_end: usize) -> Option<u32> {
     }
 }
 
-/// Turns an echo request (checked by `echo_request_to`) into its reply;
-/// false if the frame is too short after all.
+/// `Answered::write_echo_reply` for IPv4.
 ///
 /// # Safety
-/// The frame must be writable.
+/// As there.
 #[inline(always)]
-pub unsafe fn write_echo_reply(data: usize, data_end: usize) -> bool {
+unsafe fn write_echo_reply(data: usize, data_end: usize) -> bool {
     // The bounds are checked again here: the verifier has forgotten them
     // across the map lookup between `echo_request_to` and this call.
-    if data + ECHO_HEADERS_LEN > data_end {
+    if data + V4::ECHO_HEADERS_LEN > data_end {
         return false;
     }
     // SAFETY: offsets inside the headers just checked.

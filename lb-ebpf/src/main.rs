@@ -95,6 +95,9 @@ pub fn lb_xdp_node6_new(ctx: XdpContext) -> u32 {
 fn xdp_ipv6(ctx: &XdpContext, part: Part) -> u32 {
     let (action, reason) = match parse_ipv6(ctx.data(), ctx.data_end(), Frame::Linear) {
         Ok(pkt) => xdp_translate(ctx, &pkt, part),
+        // Pings to Service addresses answered, as for IPv4; other ICMPv6
+        // (neighbour discovery among it) passes untouched.
+        Err(Reason::PassNotTcpUdp) => xdp_answer_echo::<V6>(ctx),
         Err(reason) => (xdp_action::XDP_PASS, reason),
     };
     count(Hook::NodeXdp, reason);
@@ -362,7 +365,7 @@ impl Hooks for V6 {
 fn xdp_icmp(ctx: &XdpContext, tables: &MapTables) -> (u32, Reason) {
     match icmp::quoted_flow(ctx.data(), ctx.data_end()) {
         Some(quoted) => (xdp_action::XDP_PASS, translate_icmp_error(ctx.data(), ctx.data_end(), &quoted, tables)),
-        None => xdp_answer_echo(ctx),
+        None => xdp_answer_echo::<V4>(ctx),
     }
 }
 
@@ -502,12 +505,10 @@ fn xdp_trim(ctx: &XdpContext, len: usize, reason: Reason) -> Option<(u32, Reason
 /// Answers pings to Service addresses (kube-proxy and Cilium leave them
 /// unanswered); other ICMP passes untouched.
 #[inline(always)]
-fn xdp_answer_echo(ctx: &XdpContext) -> (u32, Reason) {
-    match answer::echo_request_to(ctx.data(), ctx.data_end()) {
+fn xdp_answer_echo<F: Hooks>(ctx: &XdpContext) -> (u32, Reason) {
+    match F::echo_request_to(ctx.data(), ctx.data_end()) {
         // SAFETY: the context's own, writable frame.
-        Some(daddr)
-            if is_service_address::<V4>(daddr) && unsafe { answer::write_echo_reply(ctx.data(), ctx.data_end()) } =>
-        {
+        Some(daddr) if is_service_address::<F>(daddr) && unsafe { F::write_echo_reply(ctx.data(), ctx.data_end()) } => {
             (xdp_action::XDP_PASS, Reason::EchoReply)
         }
         _ => (xdp_action::XDP_PASS, Reason::PassNotTcpUdp),
@@ -524,7 +525,7 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
     let (action, reason) = match tc_parse(&ctx, parse) {
         Err(Reason::PassNotTcpUdp) => match tc_icmp_error(&ctx, &MapTables::<V4>::tc(&ctx)) {
             Some(reason) => (TC_OK, reason),
-            None => tc_answer_echo(&ctx),
+            None => tc_answer_echo::<V4>(&ctx),
         },
         Err(reason) => (TC_OK, reason),
         Ok(pkt) => tc_pod_translate(&ctx, &pkt, Part::Whole),
@@ -549,6 +550,7 @@ pub fn lb_tc_pod6_new(ctx: TcContext) -> i32 {
 fn tc_pod_ipv6(ctx: &TcContext, part: Part) -> i32 {
     let (action, reason) = match tc_parse(ctx, parse_ipv6) {
         Ok(pkt) => tc_pod_translate(ctx, &pkt, part),
+        Err(Reason::PassNotTcpUdp) => tc_answer_echo::<V6>(ctx),
         Err(reason) => (TC_OK, reason),
     };
     count(Hook::PodTc, reason);
@@ -839,14 +841,14 @@ fn tc_icmp_error(ctx: &TcContext, tables: &MapTables) -> Option<Reason> {
 
 /// Answers pings from pods to Service addresses, as `xdp_answer_echo` does.
 #[inline(always)]
-fn tc_answer_echo(ctx: &TcContext) -> (i32, Reason) {
+fn tc_answer_echo<F: Hooks>(ctx: &TcContext) -> (i32, Reason) {
     const NOT_ECHO: (i32, Reason) = (TC_OK, Reason::PassNotTcpUdp);
-    let Some(data) = tc_linear(ctx, answer::ECHO_HEADERS_LEN) else { return NOT_ECHO };
-    match answer::echo_request_to(data, ctx.data_end()) {
-        Some(daddr) if is_service_address::<V4>(daddr) => {
+    let Some(data) = tc_linear(ctx, F::ECHO_HEADERS_LEN) else { return NOT_ECHO };
+    match F::echo_request_to(data, ctx.data_end()) {
+        Some(daddr) if is_service_address::<F>(daddr) => {
             let (data, data_end) = (ctx.data(), ctx.data_end());
             // SAFETY: the context's own packet, made writable by `tc_linear`.
-            if unsafe { answer::write_echo_reply(data, data_end) } { (TC_OK, Reason::EchoReply) } else { NOT_ECHO }
+            if unsafe { F::write_echo_reply(data, data_end) } { (TC_OK, Reason::EchoReply) } else { NOT_ECHO }
         }
         _ => NOT_ECHO,
     }

@@ -186,25 +186,43 @@ pub fn udp_exchange(ns: &Netns, addr: impl Into<SocketAddr>, timeout: Duration) 
     })
 }
 
-/// Sends one ICMP echo request to `addr` from `ns` (a raw socket: we are
-/// root) and says whether an echo reply from `addr` came back in time.
-pub fn ping(ns: &Netns, addr: Ipv4Addr, timeout: Duration) -> anyhow::Result<bool> {
+/// Sends one ICMP (ICMPv6) echo request to `addr` from `ns` (a raw socket:
+/// we are root) and says whether an echo reply from `addr` came back in time.
+pub fn ping(ns: &Netns, addr: impl Into<IpAddr>, timeout: Duration) -> anyhow::Result<bool> {
+    let addr = addr.into();
     ns.run_in(|| -> anyhow::Result<bool> {
-        // SAFETY: plain socket calls on a descriptor this closure owns.
+        // SAFETY: plain socket calls on a descriptor this closure owns, and
+        // socket addresses of the sizes given.
         unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+            let (family, protocol) = match addr {
+                IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+                IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+            };
+            let fd = libc::socket(family, libc::SOCK_RAW, protocol);
             anyhow::ensure!(fd >= 0, "raw icmp socket: {}", io::Error::last_os_error());
             let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
-            let mut request = [8u8, 0, 0, 0, 0x4c, 0x42, 0, 1, b'l', b'b'];
-            let mut sum: u32 = request.chunks(2).map(|w| u32::from(u16::from_ne_bytes([w[0], w[1]]))).sum();
-            sum = (sum & 0xffff) + (sum >> 16);
-            sum = (sum & 0xffff) + (sum >> 16);
-            request[2..4].copy_from_slice(&(!(sum as u16)).to_ne_bytes());
-            let to = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: 0,
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) },
-                sin_zero: [0; 8],
+            // Echo request, identifier "LB"; the kernel sums ICMPv6 itself.
+            let mut request = [if addr.is_ipv4() { 8u8 } else { 128 }, 0, 0, 0, 0x4c, 0x42, 0, 1, b'l', b'b'];
+            if addr.is_ipv4() {
+                let mut sum: u32 = request.chunks(2).map(|w| u32::from(u16::from_ne_bytes([w[0], w[1]]))).sum();
+                sum = (sum & 0xffff) + (sum >> 16);
+                sum = (sum & 0xffff) + (sum >> 16);
+                request[2..4].copy_from_slice(&(!(sum as u16)).to_ne_bytes());
+            }
+            let mut to: libc::sockaddr_storage = std::mem::zeroed();
+            let to_len = match addr {
+                IpAddr::V4(a) => {
+                    let sin = &mut *(&raw mut to).cast::<libc::sockaddr_in>();
+                    sin.sin_family = libc::AF_INET as u16;
+                    sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) };
+                    size_of::<libc::sockaddr_in>()
+                }
+                IpAddr::V6(a) => {
+                    let sin6 = &mut *(&raw mut to).cast::<libc::sockaddr_in6>();
+                    sin6.sin6_family = libc::AF_INET6 as u16;
+                    sin6.sin6_addr = libc::in6_addr { s6_addr: a.octets() };
+                    size_of::<libc::sockaddr_in6>()
+                }
             };
             let sent = libc::sendto(
                 fd.as_raw_fd(),
@@ -212,7 +230,7 @@ pub fn ping(ns: &Netns, addr: Ipv4Addr, timeout: Duration) -> anyhow::Result<boo
                 request.len(),
                 0,
                 (&raw const to).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
+                to_len as u32,
             );
             anyhow::ensure!(sent >= 0, "send ping: {}", io::Error::last_os_error());
             let deadline = Instant::now() + timeout;
@@ -223,10 +241,30 @@ pub fn ping(ns: &Netns, addr: Ipv4Addr, timeout: Duration) -> anyhow::Result<boo
                     continue;
                 }
                 let mut buf = [0u8; 1500];
-                let len = libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
-                // A raw socket gets the IPv4 header too: an echo reply (type 0)
-                // from `addr` carrying our identifier.
-                if len >= 28 && buf[12..16] == addr.octets() && buf[20] == 0 && buf[24..26] == [0x4c, 0x42] {
+                let mut from: libc::sockaddr_storage = std::mem::zeroed();
+                let mut from_len = size_of::<libc::sockaddr_storage>() as u32;
+                let len = libc::recvfrom(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &mut from_len,
+                );
+                // An echo reply (type 0, ICMPv6 129) from `addr` carrying our
+                // identifier; an IPv4 raw socket gets the IP header too.
+                let (reply, from_addr) = match addr {
+                    IpAddr::V4(_) if len >= 28 => {
+                        (&buf[20..len as usize], IpAddr::from(<[u8; 4]>::try_from(&buf[12..16]).unwrap()))
+                    }
+                    IpAddr::V6(_) if len >= 8 => {
+                        let sin6 = &*(&raw const from).cast::<libc::sockaddr_in6>();
+                        (&buf[..len as usize], IpAddr::from(sin6.sin6_addr.s6_addr))
+                    }
+                    _ => continue,
+                };
+                let echo_reply = if addr.is_ipv4() { 0 } else { 129 };
+                if from_addr == addr && reply[0] == echo_reply && reply[4..6] == [0x4c, 0x42] {
                     return Ok(true);
                 }
             }

@@ -10,7 +10,7 @@ use std::{
 
 use lb_tests::{
     agent::{AgentProcess, pod_manifest_ips},
-    client::{http_get, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
+    client::{http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
     kubia::{TIMEOUT, endpoint_count},
     require_root,
     topology::{Node, POD_DEVICE_PATTERN, Pod},
@@ -109,6 +109,11 @@ fn an_ipv6_only_cluster_ip_spreads_tcp_and_udp_over_its_pods_and_they_see_the_cl
     assert!(agent.counter("TC-POD", "reply_reverse_nat").unwrap() >= 80, "{}", agent.get("counters").unwrap());
     let conntrack = agent.get("conntrack").unwrap();
     assert!(conntrack.contains(&format!("[{VIP6}]:80")), "{conntrack}");
+    // The VIP answers pings; an address of the service CIDR no Service has
+    // does not.
+    assert!(ping(&client.ns, VIP6, TIMEOUT).unwrap(), "no echo reply from {VIP6}");
+    assert!(!ping(&client.ns, Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x0b), Duration::from_millis(300)).unwrap());
+    assert!(agent.counter("TC-POD", "echo_reply").unwrap() >= 1, "{}", agent.get("counters").unwrap());
 }
 
 #[test]
