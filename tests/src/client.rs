@@ -100,8 +100,9 @@ pub fn seen_client(answer: &str) -> &str {
 /// Sends `len` bytes of a pseudo-random stream to a sink (`Pod::serve_sink`)
 /// at `addr` from `ns` in large writes (GSO super-packets from a pod), and
 /// checks that the sink received exactly them; its report.
-pub fn bulk_send(ns: &Netns, addr: SocketAddrV4, len: usize, timeout: Duration) -> anyhow::Result<String> {
-    ns.run_in(|| send_stream(addr.into(), len, timeout))?
+pub fn bulk_send(ns: &Netns, addr: impl Into<SocketAddr>, len: usize, timeout: Duration) -> anyhow::Result<String> {
+    let addr = addr.into();
+    ns.run_in(|| send_stream(addr, len, timeout))?
 }
 
 /// [`bulk_send`] from this thread's namespace.
