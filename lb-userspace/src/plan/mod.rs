@@ -158,7 +158,7 @@ struct ProgrammedFrontend {
     flags: u16,
     /// (address, prefix length) of the admitted client networks.
     source_ranges: Vec<(IpAddr, u8)>,
-    /// AnyBackend id per entry of the slot set in use.
+    /// Backend id per entry of the slot set in use.
     slots: Vec<u32>,
     /// Whether that is the upper set (`FRONTEND_FLAG_UPPER_SLOTS`).
     upper: bool,
