@@ -59,6 +59,10 @@ pub trait Addr: Copy + Default + PartialEq + Eq + core::fmt::Debug {
     /// Do the bits `mask` keeps equal `network`'s?
     fn masked_eq(&self, mask: &Self, network: &Self) -> bool;
     fn is_zero(&self) -> bool;
+    /// An address no packet carries, standing for `id` (its low 24 bits):
+    /// `0.x.y.z` or `::0.x.y.z`.
+    fn unroutable(id: u32) -> Self;
+    fn is_loopback(&self) -> bool;
 }
 
 /// An IPv6 address as the maps hold it: four words in wire order.
@@ -76,6 +80,14 @@ impl Addr for u32 {
     #[inline(always)]
     fn is_zero(&self) -> bool {
         *self == 0
+    }
+    #[inline(always)]
+    fn unroutable(id: u32) -> Self {
+        (id & 0x00ff_ffff).to_be()
+    }
+    #[inline(always)]
+    fn is_loopback(&self) -> bool {
+        self.to_ne_bytes()[0] == 127
     }
 }
 
@@ -96,6 +108,14 @@ impl Addr for Ipv6Wire {
     #[inline(always)]
     fn is_zero(&self) -> bool {
         self[0] | self[1] | self[2] | self[3] == 0
+    }
+    #[inline(always)]
+    fn unroutable(id: u32) -> Self {
+        [0, 0, 0, u32::unroutable(id)]
+    }
+    #[inline(always)]
+    fn is_loopback(&self) -> bool {
+        *self == [0, 0, 0, 1u32.to_be()]
     }
 }
 
@@ -151,6 +171,7 @@ pub mod map_names {
     pub const CT_STATS: &str = "LB_CT_STATS";
     pub const NODE_ADDRS: &str = "LB_NODE_ADDRS";
     pub const SOCKET_REVERSE: &str = "LB_SOCKET_REVERSE";
+    pub const SOCKET_REVERSE6: &str = "LB_SOCKET_REVERSE6";
     pub const NODE_PORTS: &str = "LB_NODE_PORTS";
     /// The IPv6 twins of the maps above whose keys or values hold an address.
     pub const FRONTENDS6: &str = "LB_FRONTENDS6";
@@ -167,17 +188,24 @@ pub mod map_names {
 }
 
 /// The hooks hand IPv6 packets to programs of their own by tail call, and
-/// those hand a new flow on to another: an IPv6 flow's keys and entries
-/// need the room (the verifier allows 512 bytes of stack per call chain).
-/// Each is (program, program array, index).
+/// those hand a new flow, or ICMPv6, on to another: an IPv6 flow's keys and
+/// entries need the room (the verifier allows 512 bytes of stack per call
+/// chain). Each is (program, program array, index).
 pub mod ipv6_programs {
     use super::map_names::{IPV6_TC, IPV6_XDP};
     pub const XDP_NODE: (&str, &str, u32) = ("lb_xdp_node6", IPV6_XDP, 0);
     pub const XDP_NODE_NEW: (&str, &str, u32) = ("lb_xdp_node6_new", IPV6_XDP, 1);
+    pub const XDP_NODE_ICMP: (&str, &str, u32) = ("lb_xdp_node6_icmp", IPV6_XDP, 2);
     pub const TC_POD: (&str, &str, u32) = ("lb_tc_pod6", IPV6_TC, 0);
     pub const TC_POD_NEW: (&str, &str, u32) = ("lb_tc_pod6_new", IPV6_TC, 1);
     pub const TC_EGRESS: (&str, &str, u32) = ("lb_tc_egress6", IPV6_TC, 2);
-    pub const ALL: [(&str, &str, u32); 5] = [XDP_NODE, XDP_NODE_NEW, TC_POD, TC_POD_NEW, TC_EGRESS];
+    pub const TC_POD_ICMP: (&str, &str, u32) = ("lb_tc_pod6_icmp", IPV6_TC, 3);
+    pub const TC_EGRESS_ICMP: (&str, &str, u32) = ("lb_tc_egress6_icmp", IPV6_TC, 4);
+    pub const ALL: [(&str, &str, u32); 8] =
+        [XDP_NODE, XDP_NODE_NEW, XDP_NODE_ICMP, TC_POD, TC_POD_NEW, TC_EGRESS, TC_POD_ICMP, TC_EGRESS_ICMP];
+    /// The arrays' sizes.
+    pub const XDP_SLOTS: u32 = 3;
+    pub const TC_SLOTS: u32 = 5;
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.
@@ -459,32 +487,41 @@ impl<A: Addr> CtEntry<A> {
     }
 }
 
-/// `LB_SOCKET_REVERSE` key: a socket (its cookie) and the backend the
-/// socket hooks sent it to.
+/// `LB_SOCKET_REVERSE` (`LB_SOCKET_REVERSE6`) key: a socket (its cookie)
+/// and the backend the socket hooks sent it to. The cookie is two words
+/// (low first, as a u64 lies in memory here) so that no padding follows an
+/// IPv6 address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SocketPeer {
-    pub cookie: u64,
-    /// IPv4 address, network byte order.
-    pub addr: u32,
-    /// L4 port, network byte order.
+pub struct SocketPeer<A = u32> {
+    pub cookie: [u32; 2],
+    /// Address and L4 port, network byte order.
+    pub addr: A,
     pub port: u16,
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<SocketPeer>() == 16);
+const _: () = assert!(core::mem::size_of::<SocketPeer<Ipv6Wire>>() == 28);
 
-/// `LB_SOCKET_REVERSE` value: the frontend the socket asked for, shown
-/// back by `recvmsg` and `getpeername`.
+impl<A> SocketPeer<A> {
+    #[inline(always)]
+    pub fn new(cookie: u64, addr: A, port: u16) -> Self {
+        Self { cookie: [cookie as u32, (cookie >> 32) as u32], addr, port, _pad: 0 }
+    }
+}
+
+/// `LB_SOCKET_REVERSE` (`LB_SOCKET_REVERSE6`) value: the frontend the
+/// socket asked for, shown back by `recvmsg` and `getpeername`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SocketFrontend {
-    /// IPv4 address, network byte order.
-    pub addr: u32,
-    /// L4 port, network byte order.
+pub struct SocketFrontend<A = u32> {
+    /// Address and L4 port, network byte order.
+    pub addr: A,
     pub port: u16,
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<SocketFrontend>() == 8);
+const _: () = assert!(core::mem::size_of::<SocketFrontend<Ipv6Wire>>() == 20);
 
 /// `LB_NODE_PORTS` key: a node port in use by a Service, which the node's
 /// own processes may not bind.
@@ -740,13 +777,10 @@ pub enum Reason {
     /// An IPv6 packet with extension headers between its header and TCP or
     /// UDP (or an ICMPv6 error quoting one): passed untouched.
     PassExtensionHeaders = 26,
-    /// A socket call to an IPv6 address (not an IPv4-mapped one): the socket
-    /// hooks serve IPv4; the packet path translates it.
-    PassSocketIpv6 = 27,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 27;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIp,
         Reason::PassIpOptions,
@@ -775,7 +809,6 @@ impl Reason {
         Reason::PassToPacketPath,
         Reason::DenyNodePortBind,
         Reason::PassExtensionHeaders,
-        Reason::PassSocketIpv6,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -808,7 +841,6 @@ impl Reason {
             Reason::PassToPacketPath => "pass_to_packet_path",
             Reason::DenyNodePortBind => "deny_node_port_bind",
             Reason::PassExtensionHeaders => "pass_extension_headers",
-            Reason::PassSocketIpv6 => "pass_socket_ipv6",
         }
     }
 }
@@ -984,8 +1016,8 @@ mod pod {
     unsafe impl aya::Pod for EndpointMeta {}
     unsafe impl aya::Pod for CtTimeouts {}
     unsafe impl aya::Pod for ServiceMeta {}
-    unsafe impl aya::Pod for SocketPeer {}
-    unsafe impl aya::Pod for SocketFrontend {}
+    unsafe impl<A: Addr + 'static> aya::Pod for SocketPeer<A> {}
+    unsafe impl<A: Addr + 'static> aya::Pod for SocketFrontend<A> {}
     unsafe impl aya::Pod for NodePortKey {}
 }
 

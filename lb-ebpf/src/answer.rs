@@ -107,12 +107,6 @@ impl Answered for V4 {
     }
 }
 
-/// ICMPv6 types and codes (RFC 4443).
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PORT_UNREACH: u8 = 4;
-const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const ICMPV6_ECHO_REPLY: u8 = 129;
 const IPV6_HEADER_LEN: usize = 40;
 const IPV6_ADDR_LEN: usize = 16;
 
@@ -157,8 +151,8 @@ impl Answered for V6 {
             let pseudo = Self::fill_header(data, IPPROTO_ICMPV6, icmp_len);
             let icmp = data + V6::L4;
             let (kind, code, mtu) = match what {
-                Unreachable::Port => (ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, 0u32),
-                Unreachable::FragNeeded(mtu) => (ICMPV6_PACKET_TOO_BIG, 0, u32::from(mtu)),
+                Unreachable::Port => (icmp::ICMPV6_DEST_UNREACH, icmp::ICMPV6_PORT_UNREACH, 0u32),
+                Unreachable::FragNeeded(mtu) => (icmp::ICMPV6_PACKET_TOO_BIG, 0, u32::from(mtu)),
             };
             let [m0, m1, m2, m3] = mtu.to_be_bytes();
             write(icmp, [kind, code, 0, 0, m0, m1, m2, m3]);
@@ -176,7 +170,7 @@ impl Answered for V6 {
             let is_echo = read::<u16>(data + 12) == ETH_P_IPV6.to_be()
                 && read::<u8>(data + IP_OFFSET) >> 4 == 6
                 && read::<u8>(data + IP_OFFSET + 6) == IPPROTO_ICMPV6
-                && read::<u8>(data + V6::L4) == ICMPV6_ECHO_REQUEST;
+                && read::<u8>(data + V6::L4) == icmp::ICMPV6_ECHO_REQUEST;
             is_echo.then(|| read(data + V6::DADDR))
         }
     }
@@ -194,7 +188,7 @@ impl Answered for V6 {
             write(data + IP_OFFSET + 7, REPLY_TTL);
             // Type 128 -> 129: the rest of the message is echoed unchanged.
             let old_type_code: u16 = read(data + V6::L4);
-            write(data + V6::L4, ICMPV6_ECHO_REPLY);
+            write(data + V6::L4, icmp::ICMPV6_ECHO_REPLY);
             let new_type_code: u16 = read(data + V6::L4);
             let check: u16 = read(data + V6::L4 + 2);
             write(data + V6::L4 + 2, checksum::update_word(check, old_type_code, new_type_code));

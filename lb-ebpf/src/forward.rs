@@ -12,11 +12,11 @@
 
 use crate::packet::{
     checksum,
-    family::V4,
+    family::{Family, V4, V6},
     nat::Side,
     parse::{IP_CHECK, IP_OFFSET, Packet},
 };
-use lb_common::{FIB_CACHE_NS, FastPath};
+use lb_common::{Addr, FIB_CACHE_NS, FastPath};
 
 /// Offset of the IPv4 TTL (followed by the protocol byte: one 16-bit word).
 const IP_TTL: usize = 8;
@@ -24,43 +24,80 @@ const IP_TOT_LEN: usize = 2;
 const IP_TOS: usize = 1;
 const ETH_ALEN: usize = 6;
 
-/// What the FIB is asked: the packet as rewritten.
+/// What the FIB is asked: the packet as rewritten. The fast path asks
+/// about IPv4 only; the MTU check about both families.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FibQuery {
+pub struct FibQuery<A = u32> {
     /// Addresses and ports in network byte order.
-    pub saddr: u32,
-    pub daddr: u32,
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+    /// IPv4's TOS; 0 for IPv6, whose routes take no traffic class.
     pub tos: u8,
-    /// IPv4 total length in host order, for the FIB's MTU check.
+    /// The IP packet's whole length in host order, for the FIB's MTU check.
     pub tot_len: u16,
 }
 
-impl FibQuery {
+/// What the FIB's query reads from a packet in each family.
+pub trait Routed: Family {
+    /// The TTL (hop limit), the TOS and the IP packet's whole length.
+    ///
+    /// # Safety
+    /// `pkt` must come from `parse` over a packet that is still valid.
+    unsafe fn route_fields(pkt: &Packet<Self>) -> (u8, u8, u16);
+}
+
+impl Routed for V4 {
+    #[inline(always)]
+    unsafe fn route_fields(pkt: &Packet) -> (u8, u8, u16) {
+        // SAFETY: inside the IPv4 header `parse` checked.
+        unsafe {
+            let tot_len: u16 = pkt.read(IP_OFFSET + IP_TOT_LEN);
+            (pkt.read(IP_OFFSET + IP_TTL), pkt.read(IP_OFFSET + IP_TOS), u16::from_be(tot_len))
+        }
+    }
+}
+
+impl Routed for V6 {
+    #[inline(always)]
+    unsafe fn route_fields(pkt: &Packet<V6>) -> (u8, u8, u16) {
+        const HEADER_LEN: u16 = (V6::L4 - IP_OFFSET) as u16;
+        // SAFETY: inside the IPv6 header `parse_ipv6` checked.
+        unsafe {
+            let payload_len: u16 = pkt.read(IP_OFFSET + 4);
+            (pkt.read(IP_OFFSET + 7), 0, u16::from_be(payload_len).saturating_add(HEADER_LEN))
+        }
+    }
+}
+
+impl<A: Addr> FibQuery<A> {
+    /// The query for `pkt` as it is, and its TTL (hop limit).
+    ///
     /// # Safety
     /// `pkt` must come from `parse` over a packet that is still valid.
     #[inline(always)]
-    pub unsafe fn of(pkt: &Packet) -> Self {
+    pub unsafe fn of<F: Routed<Addr = A>>(pkt: &Packet<F>) -> (Self, u8) {
         let flow = pkt.flow();
-        // SAFETY: inside the IPv4 header `parse` checked.
-        let (tos, tot_len) = unsafe { (pkt.read::<u8>(IP_OFFSET + IP_TOS), pkt.read::<u16>(IP_OFFSET + IP_TOT_LEN)) };
-        Self {
+        // SAFETY: as the caller promises.
+        let (ttl, tos, tot_len) = unsafe { F::route_fields(pkt) };
+        let query = Self {
             saddr: flow.saddr,
             daddr: flow.daddr,
             sport: flow.sport,
             dport: flow.dport,
             proto: flow.proto,
             tos,
-            tot_len: u16::from_be(tot_len),
-        }
+            tot_len,
+        };
+        (query, ttl)
     }
 
     /// The query for the packet once `side` is rewritten to `to`
     /// (address, port; network byte order).
     #[inline(always)]
-    pub fn rewritten(self, side: Side, to: (u32, u16)) -> Self {
+    pub fn rewritten(self, side: Side, to: (A, u16)) -> Self {
         match side {
             Side::Dst => Self { daddr: to.0, dport: to.1, ..self },
             Side::Src => Self { saddr: to.0, sport: to.1, ..self },
@@ -91,7 +128,7 @@ pub enum FibAnswer {
 
 /// The kernel's forwarding state as the fast path sees it.
 pub trait Fib {
-    fn lookup(&self, ingress_ifindex: u32, query: &FibQuery) -> FibAnswer;
+    fn lookup<A: Addr>(&self, ingress_ifindex: u32, query: &FibQuery<A>) -> FibAnswer;
     /// A next hop the FIB gave for `daddr` (to an enabled device), and when.
     fn cached(&self, daddr: u32) -> Option<(NextHop, u64)>;
     fn cache(&self, daddr: u32, hop: &NextHop, now_ns: u64);
@@ -158,7 +195,7 @@ pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuer
 /// Whether the route of the packet `query` describes has room for it (the
 /// kernel's forwarding checks the TTL first).
 #[inline(always)]
-pub fn fits_route<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> Result<(), TooBig> {
+pub fn fits_route<F: Fib, A: Addr>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery<A>) -> Result<(), TooBig> {
     if ttl <= 1 {
         return Ok(());
     }
@@ -193,14 +230,19 @@ pub fn departure_step<F: Fib, S>(
 
 /// What the FIB is asked about a packet about to be rewritten (`side` to
 /// `to`, the other side to `other`): the packet as it will leave, and its
-/// TTL.
+/// TTL (hop limit).
 ///
 /// # Safety
 /// As for [`FibQuery::of`].
 #[inline(always)]
-pub unsafe fn departure(pkt: &Packet, side: Side, to: (u32, u16), other: Option<(u32, u16)>) -> (FibQuery, u8) {
+pub unsafe fn departure<F: Routed>(
+    pkt: &Packet<F>,
+    side: Side,
+    to: (F::Addr, u16),
+    other: Option<(F::Addr, u16)>,
+) -> (FibQuery<F::Addr>, u8) {
     // SAFETY: as the caller promises.
-    let (query, ttl) = unsafe { (FibQuery::of(pkt), ttl(pkt)) };
+    let (query, ttl) = unsafe { FibQuery::of(pkt) };
     let query = query.rewritten(side, to);
     (other.map_or(query, |other| query.rewritten(side.opposite(), other)), ttl)
 }
@@ -247,16 +289,6 @@ pub fn tc_next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQ
         FibAnswer::NotForwarded => TcStep::Stack(FastPath::StackNotForwarded),
         FibAnswer::TooBig(mtu) => return Err(TooBig(mtu)),
     })
-}
-
-/// The packet's TTL.
-///
-/// # Safety
-/// As for [`FibQuery::of`].
-#[inline(always)]
-pub unsafe fn ttl(pkt: &Packet) -> u8 {
-    // SAFETY: inside the IPv4 header `parse` checked.
-    unsafe { pkt.read(IP_OFFSET + IP_TTL) }
 }
 
 /// Does what the kernel's forwarding would have done to the frame between
@@ -336,7 +368,7 @@ mod tests {
     }
 
     impl Fib for FakeFib {
-        fn lookup(&self, _ingress_ifindex: u32, _query: &FibQuery) -> FibAnswer {
+        fn lookup<A: Addr>(&self, _ingress_ifindex: u32, _query: &FibQuery<A>) -> FibAnswer {
             self.lookups.set(self.lookups.get() + 1);
             self.answer
         }
@@ -445,7 +477,7 @@ mod tests {
         let range = frame.as_mut_ptr() as usize..frame.as_mut_ptr() as usize + frame.len();
         let pkt = parse(range.start, range.end, Frame::Linear).unwrap();
         // SAFETY: `frame` is alive and writable.
-        let (query, ttl_before) = unsafe { (FibQuery::of(&pkt), ttl(&pkt)) };
+        let (query, ttl_before) = unsafe { FibQuery::of(&pkt) };
         assert_eq!((query.proto, query.tot_len as usize), (IPPROTO_TCP, frame.len() - IP_OFFSET));
         // SAFETY: as above.
         assert!(unsafe { write_next_hop(range.start, range.end, &hop(OTHER)) });

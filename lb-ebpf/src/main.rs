@@ -19,7 +19,7 @@ mod maps;
 mod sockets;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     cty::c_long,
     helpers::{
         bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_tail, bpf_xdp_adjust_head,
@@ -34,13 +34,13 @@ use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, Reason, ipv6_pr
 use lb_ebpf::{
     answer::{self, Answered, L4Checksum, Unreachable},
     decide::{self, Verdict, decide},
-    forward::{self, FibQuery, Step, TcStep, TooBig},
+    forward::{self, FibQuery, Routed, Step, TcStep, TooBig},
     packet::{
         self, ETH_P_IPV6, checksum,
         family::{Family, V4, V6},
-        icmp,
+        icmp::{self, Errors},
         nat::{self, Side},
-        parse::{Frame, IP_OFFSET, L4_OFFSET, Packet, TCP_HEADER_LEN, ether_type, parse, parse_ipv6},
+        parse::{Frame, IP_OFFSET, Packet, TCP_HEADER_LEN, ether_type, parse, parse_ipv6},
         tcp,
     },
 };
@@ -71,7 +71,7 @@ pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
         to_ipv6_program(&ctx, &LB_IPV6_XDP, ipv6_programs::XDP_NODE.2);
     }
     let (action, reason) = match parse(ctx.data(), ctx.data_end(), Frame::Linear) {
-        Err(Reason::PassNotTcpUdp) => xdp_icmp(&ctx, &MapTables::<V4>::xdp(&ctx)),
+        Err(Reason::PassNotTcpUdp) => xdp_icmp::<V4>(&ctx),
         Err(reason) => (xdp_action::XDP_PASS, reason),
         Ok(pkt) => xdp_translate(&ctx, &pkt, Part::Whole),
     };
@@ -91,13 +91,24 @@ pub fn lb_xdp_node6_new(ctx: XdpContext) -> u32 {
     xdp_ipv6(&ctx, Part::New)
 }
 
+/// `lb_xdp_node6` for ICMPv6, tail-called by it: errors about translated
+/// packets and pings to Service addresses, as for IPv4; other ICMPv6
+/// (neighbour discovery among it) passes untouched.
+#[xdp]
+pub fn lb_xdp_node6_icmp(ctx: XdpContext) -> u32 {
+    let (action, reason) = xdp_icmp::<V6>(&ctx);
+    count(Hook::NodeXdp, reason);
+    action
+}
+
 #[inline(always)]
 fn xdp_ipv6(ctx: &XdpContext, part: Part) -> u32 {
     let (action, reason) = match parse_ipv6(ctx.data(), ctx.data_end(), Frame::Linear) {
         Ok(pkt) => xdp_translate(ctx, &pkt, part),
-        // Pings to Service addresses answered, as for IPv4; other ICMPv6
-        // (neighbour discovery among it) passes untouched.
-        Err(Reason::PassNotTcpUdp) => xdp_answer_echo::<V6>(ctx),
+        Err(Reason::PassNotTcpUdp) => {
+            to_ipv6_program(ctx, &LB_IPV6_XDP, ipv6_programs::XDP_NODE_ICMP.2);
+            (xdp_action::XDP_PASS, Reason::PassNotTcpUdp)
+        }
         Err(reason) => (xdp_action::XDP_PASS, reason),
     };
     count(Hook::NodeXdp, reason);
@@ -147,9 +158,9 @@ impl Part {
 /// them. Pinned: the kernel empties a program array that no process or pin
 /// holds, and the hooks outlive the agent.
 #[map]
-static LB_IPV6_XDP: ProgramArray = ProgramArray::pinned(2, 0);
+static LB_IPV6_XDP: ProgramArray = ProgramArray::pinned(ipv6_programs::XDP_SLOTS, 0);
 #[map]
-static LB_IPV6_TC: ProgramArray = ProgramArray::pinned(3, 0);
+static LB_IPV6_TC: ProgramArray = ProgramArray::pinned(ipv6_programs::TC_SLOTS, 0);
 
 /// Hands the packet to an IPv6 program (`lb_common::ipv6_programs`: in
 /// `array` at `index`), which does not return here. An IPv6 flow's keys and
@@ -174,10 +185,10 @@ fn xdp_translate<F: Hooks>(ctx: &XdpContext, pkt: &Packet<F>, part: Part) -> (u3
 
 /// What one family does beyond the translation both share: where a
 /// rewritten packet goes, how it is rewritten and answered. IPv4 has the
-/// fast path and the MTU checks; IPv6 hands every rewritten packet to the
-/// kernel's routing, and rewrites and answers in BPF functions of their
-/// own (its addresses take stack room).
-trait Hooks: FamilyMaps + Answered {
+/// fast path; IPv6 hands every rewritten packet to the kernel's routing
+/// once its route's MTU is checked, and rewrites and answers in BPF
+/// functions of their own (its addresses take stack room).
+trait Hooks: FamilyMaps + Answered + Errors + Routed {
     /// Where a packet from outside goes once rewritten (`side` to `to`, the
     /// other side to `other`); Err: it was answered instead (too big).
     fn xdp_departure(
@@ -287,26 +298,41 @@ impl Hooks for V4 {
 }
 
 impl Hooks for V6 {
+    /// No fast path for IPv6: the kernel's routing forwards, after the MTU
+    /// check `forward::departure_step` makes without one.
     #[inline(always)]
     fn xdp_departure(
-        _: &XdpContext,
-        _: &Packet<V6>,
-        _: Side,
-        _: (Ipv6Wire, u16),
-        _: Option<(Ipv6Wire, u16)>,
+        ctx: &XdpContext,
+        pkt: &Packet<V6>,
+        side: Side,
+        to: (Ipv6Wire, u16),
+        other: Option<(Ipv6Wire, u16)>,
     ) -> Result<Option<Step>, (u32, Reason)> {
-        Ok(None)
+        if side == Side::Dst && other.is_none() {
+            return Ok(None);
+        }
+        match route_room(ctx, pkt, side, &to, &other) {
+            0 => Ok(None),
+            mtu => Err(xdp_too_big6(ctx, mtu)),
+        }
     }
 
+    /// As `xdp_departure`.
     #[inline(always)]
     fn tc_departure(
-        _: &TcContext,
-        _: &Packet<V6>,
-        _: Side,
-        _: (Ipv6Wire, u16),
-        _: Option<(Ipv6Wire, u16)>,
+        ctx: &TcContext,
+        pkt: &Packet<V6>,
+        side: Side,
+        to: (Ipv6Wire, u16),
+        other: Option<(Ipv6Wire, u16)>,
     ) -> Result<Option<TcStep>, (i32, Reason)> {
-        Ok(None)
+        if side == Side::Dst && other.is_none() {
+            return Ok(None);
+        }
+        match route_room(ctx, pkt, side, &to, &other) {
+            0 => Ok(None),
+            mtu => Err(tc_too_big6(ctx, mtu)),
+        }
     }
 
     /// BPF functions of their own, as `rewrite` is: an ICMPv6 error quotes
@@ -357,15 +383,18 @@ impl Hooks for V6 {
     }
 }
 
-/// ICMP from outside: errors about translated packets are translated back,
-/// pings to Service addresses answered. A BPF function of its own: inlined,
-/// it changed how the compiler laid out the TCP/UDP path so much that the
-/// 6.1 verifier lost the header bounds there.
+/// ICMP (ICMPv6) from outside: errors about translated packets are
+/// translated back, pings to Service addresses answered. A BPF function of
+/// its own: inlined, it changed how the compiler laid out the TCP/UDP path
+/// so much that the 6.1 verifier lost the header bounds there.
 #[inline(never)]
-fn xdp_icmp(ctx: &XdpContext, tables: &MapTables) -> (u32, Reason) {
-    match icmp::quoted_flow(ctx.data(), ctx.data_end()) {
-        Some(quoted) => (xdp_action::XDP_PASS, translate_icmp_error(ctx.data(), ctx.data_end(), &quoted, tables)),
-        None => xdp_answer_echo::<V4>(ctx),
+fn xdp_icmp<F: Hooks>(ctx: &XdpContext) -> (u32, Reason) {
+    match icmp::quoted_flow::<F>(ctx.data(), ctx.data_end()) {
+        Some(quoted) => {
+            let tables = MapTables::<F>::xdp(ctx);
+            (xdp_action::XDP_PASS, translate_icmp_error::<F>(ctx.data(), ctx.data_end(), &quoted, &tables))
+        }
+        None => xdp_answer_echo::<F>(ctx),
     }
 }
 
@@ -373,15 +402,20 @@ fn xdp_icmp(ctx: &XdpContext, tables: &MapTables) -> (u32, Reason) {
 /// of a translated flow, into one about the packet its sender sent (see
 /// `lb_ebpf::packet::icmp`); other ICMP passes untouched.
 #[inline(always)]
-fn translate_icmp_error(data: usize, data_end: usize, quoted: &CtKey, tables: &MapTables) -> Reason {
+fn translate_icmp_error<F: Hooks>(
+    data: usize,
+    data_end: usize,
+    quoted: &CtKey<F::Addr>,
+    tables: &MapTables<F>,
+) -> Reason {
     match decide::quoted_packet(quoted, tables) {
         // The bounds again: the verifier forgets them across the lookup.
-        Verdict::Rewrite { reason, side, addr, port, other } if data + icmp::ERROR_HEADERS_LEN <= data_end => {
+        Verdict::Rewrite { reason, side, addr, port, other } if data + F::ERROR_HEADERS_LEN <= data_end => {
             // SAFETY: the context's writable frame, which `quoted_flow` accepted.
             unsafe {
-                icmp::rewrite_quoted(data, side, addr, port);
+                icmp::rewrite_quoted::<F>(data, side, addr, port);
                 if let Some((other_addr, other_port)) = other.get() {
-                    icmp::rewrite_quoted(data, side.opposite(), other_addr, other_port);
+                    icmp::rewrite_quoted::<F>(data, side.opposite(), other_addr, other_port);
                 }
             }
             reason
@@ -434,6 +468,92 @@ fn xdp_step(ctx: &XdpContext, departure: &(FibQuery, u8), new_source: bool) -> R
     // the context's own metadata.
     let (fast_path, ingress) = unsafe { (core::ptr::read_volatile(&LB_FAST_PATH) != 0, (*ctx.ctx).ingress_ifindex) };
     forward::departure_step(&KernelFib::of(ctx), ingress, departure, fast_path, new_source, forward::next_step)
+}
+
+/// `forward::fits_route` for a family without a fast path: the route's MTU
+/// when `pkt`, once its rewrite (`side` to `to`, the other side to `other`)
+/// gives it a new source, does not fit it (see `forward::departure_step`);
+/// 0 when it does. A BPF function of its own, like `xdp_step`: the FIB's
+/// query stays out of the caller's frame. It returns a plain number and
+/// takes references: a BPF function has five argument registers, and an
+/// aggregate returned takes one of them.
+#[inline(never)]
+fn route_room<C: Departing, F: Routed>(
+    ctx: &C,
+    pkt: &Packet<F>,
+    side: Side,
+    to: &(F::Addr, u16),
+    other: &Option<(F::Addr, u16)>,
+) -> u16 {
+    let (query, ttl) = ctx.departure(pkt, side, *to, *other);
+    forward::fits_route(&KernelFib::of(ctx), ctx.arrived_on(), ttl, &query).map_or_else(|TooBig(mtu)| mtu, |()| 0)
+}
+
+/// The packet too big an IPv6 packet `route_room` refused gets, in place of
+/// it. BPF functions of their own, as `V6::xdp_reject` is.
+#[inline(never)]
+fn xdp_too_big6(ctx: &XdpContext, mtu: u16) -> (u32, Reason) {
+    xdp_unreachable::<V6>(ctx, Unreachable::FragNeeded(mtu), Reason::FragNeeded)
+        .unwrap_or((xdp_action::XDP_DROP, Reason::DropRewriteFailed))
+}
+
+#[inline(never)]
+fn tc_too_big6(ctx: &TcContext, mtu: u16) -> (i32, Reason) {
+    tc_unreachable::<V6>(ctx, Unreachable::FragNeeded(mtu))
+        .map_or((TC_SHOT, Reason::DropRewriteFailed), |()| (TC_OK, Reason::FragNeeded))
+}
+
+/// What the route check needs of a hook's context.
+trait Departing: aya_ebpf::EbpfContext {
+    /// The device the packet came in on, which the FIB is asked from.
+    fn arrived_on(&self) -> u32;
+    /// What the FIB is asked about `pkt` rewritten, and its TTL.
+    fn departure<F: Routed>(
+        &self,
+        pkt: &Packet<F>,
+        side: Side,
+        to: (F::Addr, u16),
+        other: Option<(F::Addr, u16)>,
+    ) -> (FibQuery<F::Addr>, u8);
+}
+
+impl Departing for XdpContext {
+    #[inline(always)]
+    fn arrived_on(&self) -> u32 {
+        // SAFETY: the context's own metadata.
+        unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn departure<F: Routed>(
+        &self,
+        pkt: &Packet<F>,
+        side: Side,
+        to: (F::Addr, u16),
+        other: Option<(F::Addr, u16)>,
+    ) -> (FibQuery<F::Addr>, u8) {
+        // SAFETY: `pkt` was parsed from this context's packet, untouched since.
+        unsafe { forward::departure(pkt, side, to, other) }
+    }
+}
+
+impl Departing for TcContext {
+    #[inline(always)]
+    fn arrived_on(&self) -> u32 {
+        // SAFETY: the context's own metadata.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn departure<F: Routed>(
+        &self,
+        pkt: &Packet<F>,
+        side: Side,
+        to: (F::Addr, u16),
+        other: Option<(F::Addr, u16)>,
+    ) -> (FibQuery<F::Addr>, u8) {
+        tc_fib_query(self, pkt, side, to, other)
+    }
 }
 
 /// Sends a rewritten packet where `xdp_step` said. A BPF function of its
@@ -523,10 +643,7 @@ pub fn lb_tc_pod(ctx: TcContext) -> i32 {
         to_ipv6_program(&ctx, &LB_IPV6_TC, ipv6_programs::TC_POD.2);
     }
     let (action, reason) = match tc_parse(&ctx, parse) {
-        Err(Reason::PassNotTcpUdp) => match tc_icmp_error(&ctx, &MapTables::<V4>::tc(&ctx)) {
-            Some(reason) => (TC_OK, reason),
-            None => tc_answer_echo::<V4>(&ctx),
-        },
+        Err(Reason::PassNotTcpUdp) => tc_pod_icmp::<V4>(&ctx),
         Err(reason) => (TC_OK, reason),
         Ok(pkt) => tc_pod_translate(&ctx, &pkt, Part::Whole),
     };
@@ -546,11 +663,22 @@ pub fn lb_tc_pod6_new(ctx: TcContext) -> i32 {
     tc_pod_ipv6(&ctx, Part::New)
 }
 
+/// `lb_tc_pod6` for ICMPv6, tail-called by it.
+#[classifier]
+pub fn lb_tc_pod6_icmp(ctx: TcContext) -> i32 {
+    let (action, reason) = tc_pod_icmp::<V6>(&ctx);
+    count(Hook::PodTc, reason);
+    action
+}
+
 #[inline(always)]
 fn tc_pod_ipv6(ctx: &TcContext, part: Part) -> i32 {
     let (action, reason) = match tc_parse(ctx, parse_ipv6) {
         Ok(pkt) => tc_pod_translate(ctx, &pkt, part),
-        Err(Reason::PassNotTcpUdp) => tc_answer_echo::<V6>(ctx),
+        Err(Reason::PassNotTcpUdp) => {
+            to_ipv6_program(ctx, &LB_IPV6_TC, ipv6_programs::TC_POD_ICMP.2);
+            (TC_OK, Reason::PassNotTcpUdp)
+        }
         Err(reason) => (TC_OK, reason),
     };
     count(Hook::PodTc, reason);
@@ -586,9 +714,7 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
         to_ipv6_program(&ctx, &LB_IPV6_TC, ipv6_programs::TC_EGRESS.2);
     }
     let (action, reason) = match tc_parse(&ctx, parse) {
-        Err(Reason::PassNotTcpUdp) => {
-            (TC_OK, tc_icmp_error(&ctx, &MapTables::<V4>::tc(&ctx)).unwrap_or(Reason::PassNotTcpUdp))
-        }
+        Err(Reason::PassNotTcpUdp) => (TC_OK, tc_icmp_error::<V4>(&ctx).unwrap_or(Reason::PassNotTcpUdp)),
         Err(reason) => (TC_OK, reason),
         Ok(pkt) => tc_egress_translate(&ctx, &pkt, Part::Whole),
     };
@@ -601,10 +727,21 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 pub fn lb_tc_egress6(ctx: TcContext) -> i32 {
     let (action, reason) = match tc_parse(&ctx, parse_ipv6) {
         Ok(pkt) => tc_egress_translate(&ctx, &pkt, Part::Known { new_flows: None }),
+        Err(Reason::PassNotTcpUdp) => {
+            to_ipv6_program(&ctx, &LB_IPV6_TC, ipv6_programs::TC_EGRESS_ICMP.2);
+            (TC_OK, Reason::PassNotTcpUdp)
+        }
         Err(reason) => (TC_OK, reason),
     };
     count(Hook::TcEgress, reason);
     action
+}
+
+/// `lb_tc_egress6` for ICMPv6 errors, tail-called by it.
+#[classifier]
+pub fn lb_tc_egress6_icmp(ctx: TcContext) -> i32 {
+    count(Hook::TcEgress, tc_icmp_error::<V6>(&ctx).unwrap_or(Reason::PassNotTcpUdp));
+    TC_OK
 }
 
 #[inline(always)]
@@ -625,13 +762,13 @@ fn tc_egress_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -
 /// What `tc_send` asks the FIB about a pod's packet being rewritten: the
 /// packet as it will leave, and its TTL.
 #[inline(always)]
-fn tc_fib_query(
+fn tc_fib_query<F: Routed>(
     ctx: &TcContext,
-    pkt: &Packet,
+    pkt: &Packet<F>,
     side: Side,
-    to: (u32, u16),
-    other: Option<(u32, u16)>,
-) -> (FibQuery, u8) {
+    to: (F::Addr, u16),
+    other: Option<(F::Addr, u16)>,
+) -> (FibQuery<F::Addr>, u8) {
     // SAFETY: `pkt` is this context's packet, not yet touched by a helper.
     let (mut query, ttl) = unsafe { forward::departure(pkt, side, to, other) };
     // SAFETY: the context's own metadata.
@@ -642,11 +779,11 @@ fn tc_fib_query(
         // the fragmentation-needed error (path-MTU discovery).
         let l4_header = if pkt.proto == IPPROTO_TCP {
             // SAFETY: inside the TCP header `parse` checked.
-            usize::from(unsafe { pkt.read::<u8>(L4_OFFSET + tcp::DOFF) } >> 4) * 4
+            usize::from(unsafe { pkt.read::<u8>(F::L4 + tcp::DOFF) } >> 4) * 4
         } else {
             8
         };
-        query.tot_len = (L4_OFFSET - IP_OFFSET + l4_header) as u16 + gso_size.min(u32::from(u16::MAX) / 2) as u16;
+        query.tot_len = (F::L4 - IP_OFFSET + l4_header) as u16 + gso_size.min(u32::from(u16::MAX) / 2) as u16;
     }
     (query, ttl)
 }
@@ -751,10 +888,18 @@ fn tc_rewrite_side<F: Family>(
     let diff = u64::from(checksum::difference(old.0, new.0));
     ctx.l4_csum_replace(l4_check, 0, diff, u64::from(BPF_F_PSEUDO_HDR) | mangled_0)?;
     ctx.l4_csum_replace(l4_check, u64::from(old.1), u64::from(new.1), mangled_0 | 2)?;
-    if let Some(ip_check) = F::IP_CHECK {
+    // A CHECKSUM_COMPLETE buffer's sum covers the IP header too: the
+    // pseudo-header change above takes the L4 field's change out of it,
+    // which IPv4's header checksum balances; an IPv6 header has none, so
+    // its address bytes are added in as they are stored (6.16's BPF_F_IPV6
+    // would do this, and 6.1 lacks it). Other buffers ignore the flag.
+    let recompute = if let Some(ip_check) = F::IP_CHECK {
         ctx.l3_csum_replace(ip_check, 0, diff, 0)?;
-    }
-    ctx.store(addr_off, &new.0, 0)?;
+        0
+    } else {
+        u64::from(BPF_F_RECOMPUTE_CSUM)
+    };
+    ctx.store(addr_off, &new.0, recompute)?;
     ctx.store(port_off, &new.1, 0)
 }
 
@@ -833,10 +978,20 @@ fn tc_unreachable<F: Answered>(ctx: &TcContext, what: Unreachable) -> Option<()>
 /// no ICMP error quoting a TCP or UDP packet. A BPF function of its own, as
 /// `xdp_icmp` is.
 #[inline(never)]
-fn tc_icmp_error(ctx: &TcContext, tables: &MapTables) -> Option<Reason> {
-    let data = tc_linear(ctx, icmp::ERROR_HEADERS_LEN)?;
-    let quoted = icmp::quoted_flow(data, ctx.data_end())?;
-    Some(translate_icmp_error(ctx.data(), ctx.data_end(), &quoted, tables))
+fn tc_icmp_error<F: Hooks>(ctx: &TcContext) -> Option<Reason> {
+    let data = tc_linear(ctx, F::ERROR_HEADERS_LEN)?;
+    let quoted = icmp::quoted_flow::<F>(data, ctx.data_end())?;
+    Some(translate_icmp_error::<F>(ctx.data(), ctx.data_end(), &quoted, &MapTables::<F>::tc(ctx)))
+}
+
+/// ICMP (ICMPv6) from a pod: errors translated back, pings to Service
+/// addresses answered.
+#[inline(always)]
+fn tc_pod_icmp<F: Hooks>(ctx: &TcContext) -> (i32, Reason) {
+    match tc_icmp_error::<F>(ctx) {
+        Some(reason) => (TC_OK, reason),
+        None => tc_answer_echo::<F>(ctx),
+    }
 }
 
 /// Answers pings from pods to Service addresses, as `xdp_answer_echo` does.

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, DEVICE_POD,
+    Addr, AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, DEVICE_POD,
     DEVICE_TAKES_XDP_FRAMES, EndpointKey, EndpointMeta, FastPath, FibCacheEntry, Frontend, FrontendKey, Hook, Ipv6Wire,
     MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES,
     MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES, MAX_NODE_PORTS,
@@ -116,6 +116,9 @@ static LB_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_NODE_DEVICES, BPF_
 /// `recvmsg` and `getpeername` show it back.
 #[map]
 static LB_SOCKET_REVERSE: LruHashMap<SocketPeer, SocketFrontend> = LruHashMap::pinned(MAX_SOCKET_REVERSE, 0);
+#[map]
+static LB_SOCKET_REVERSE6: LruHashMap<SocketPeer<Ipv6Wire>, SocketFrontend<Ipv6Wire>> =
+    LruHashMap::pinned(MAX_SOCKET_REVERSE, 0);
 
 /// (node port, protocol) -> how many frontends use it: the ports the
 /// node's own processes may not bind.
@@ -165,9 +168,8 @@ pub trait FamilyMaps: Family {
     fn source_ranges() -> &'static LpmTrie<SourceRange<Self::Addr>, u8>;
     fn vips() -> &'static HashMap<Self::Addr, u32>;
     fn node_addrs() -> &'static HashMap<u32, Self::Addr>;
+    fn socket_reverse() -> &'static LruHashMap<SocketPeer<Self::Addr>, SocketFrontend<Self::Addr>>;
     fn service_cidr() -> ServiceCidr<Self::Addr>;
-    /// The device the FIB's route to `daddr` leaves by, 0 if none.
-    fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: Self::Addr) -> u32;
     /// Bits of an address: a source range key's length is 32 + its prefix.
     const ADDR_BITS: u32;
 }
@@ -194,14 +196,13 @@ impl FamilyMaps for V4 {
     fn node_addrs() -> &'static HashMap<u32, u32> {
         &LB_NODE_ADDRS
     }
+    fn socket_reverse() -> &'static LruHashMap<SocketPeer, SocketFrontend> {
+        &LB_SOCKET_REVERSE
+    }
     #[inline(always)]
     fn service_cidr() -> ServiceCidr<u32> {
         // SAFETY: a load-time constant; read volatile so that it is not folded.
         unsafe { core::ptr::read_volatile(&LB_SERVICE_CIDR) }
-    }
-    #[inline(always)]
-    fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: u32) -> u32 {
-        egress_device(ctx, ingress_ifindex, daddr)
     }
     const ADDR_BITS: u32 = 32;
 }
@@ -228,14 +229,13 @@ impl FamilyMaps for V6 {
     fn node_addrs() -> &'static HashMap<u32, Ipv6Wire> {
         &LB_NODE_ADDRS6
     }
+    fn socket_reverse() -> &'static LruHashMap<SocketPeer<Ipv6Wire>, SocketFrontend<Ipv6Wire>> {
+        &LB_SOCKET_REVERSE6
+    }
     #[inline(always)]
     fn service_cidr() -> ServiceCidr<Ipv6Wire> {
         // SAFETY: as for IPv4.
         unsafe { core::ptr::read_volatile(&LB_SERVICE_CIDR6) }
-    }
-    #[inline(always)]
-    fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: Ipv6Wire) -> u32 {
-        egress_device6(ctx, ingress_ifindex, daddr)
     }
     const ADDR_BITS: u32 = 128;
 }
@@ -271,15 +271,15 @@ impl<F> MapTables<F> {
 /// Remembers that socket `cookie`, which asked for `frontend`, was sent to
 /// `backend`. Fails only when the map refuses the write.
 #[inline(always)]
-pub fn remember_socket_peer(peer: &SocketPeer, frontend: &SocketFrontend) -> bool {
-    LB_SOCKET_REVERSE.insert(peer, frontend, 0).is_ok()
+pub fn remember_socket_peer<F: FamilyMaps>(peer: &SocketPeer<F::Addr>, frontend: &SocketFrontend<F::Addr>) -> bool {
+    F::socket_reverse().insert(peer, frontend, 0).is_ok()
 }
 
 /// The frontend a socket asked for, when the socket hooks sent it to `peer`.
 #[inline(always)]
-pub fn socket_frontend(peer: &SocketPeer) -> Option<SocketFrontend> {
+pub fn socket_frontend<F: FamilyMaps>(peer: &SocketPeer<F::Addr>) -> Option<SocketFrontend<F::Addr>> {
     // SAFETY: plain data copied out at once.
-    unsafe { LB_SOCKET_REVERSE.get(peer).copied() }
+    unsafe { F::socket_reverse().get(peer).copied() }
 }
 
 #[inline(always)]
@@ -403,7 +403,7 @@ impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
     fn node_address_toward(&self, daddr: F::Addr) -> Option<F::Addr> {
         // SAFETY: plain data copied out at once.
         let addr = |ifindex: u32| unsafe { F::node_addrs().get(ifindex).copied() };
-        let egress = F::egress_device(self.ctx, self.ingress_ifindex, daddr);
+        let egress = egress_device(self.ctx, self.ingress_ifindex, daddr);
         if egress != 0 { addr(egress) } else { None }.or_else(|| addr(self.ingress_ifindex))
     }
 }
@@ -413,26 +413,10 @@ impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
 /// caller's stack frame, beside the fast path's (the 6.1 verifier caps the
 /// frames of a call chain at 512 bytes together).
 #[inline(never)]
-fn egress_device(ctx: *mut c_void, ingress_ifindex: u32, daddr: u32) -> u32 {
+fn egress_device<A: Addr>(ctx: *mut c_void, ingress_ifindex: u32, daddr: A) -> u32 {
     match KernelFib(ctx).lookup(ingress_ifindex, &FibQuery { daddr, ..FibQuery::default() }) {
         FibAnswer::Forward(NextHop { ifindex, .. }) | FibAnswer::NoNeighbour(ifindex) => ifindex,
         FibAnswer::NotForwarded | FibAnswer::TooBig(_) => 0,
-    }
-}
-
-/// `egress_device` for an IPv6 destination.
-#[inline(never)]
-fn egress_device6(ctx: *mut c_void, ingress_ifindex: u32, daddr: Ipv6Wire) -> u32 {
-    // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET6;
-    params.ifindex = ingress_ifindex;
-    params.__bindgen_anon_4.ipv6_dst = daddr;
-    // SAFETY: the helper reads and writes `params`, whose size it is given.
-    let ret = unsafe { bpf_fib_lookup(ctx, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    match ret as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => params.ifindex,
-        _ => 0,
     }
 }
 
@@ -456,18 +440,22 @@ impl KernelFib {
 
 impl Fib for KernelFib {
     #[inline(always)]
-    fn lookup(&self, ingress_ifindex: u32, query: &FibQuery) -> FibAnswer {
+    fn lookup<A: Addr>(&self, ingress_ifindex: u32, query: &FibQuery<A>) -> FibAnswer {
         // SAFETY: all-zero is a valid value of this plain C struct.
         let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-        params.family = AF_INET;
+        params.family = if core::mem::size_of::<A>() == 4 { AF_INET } else { AF_INET6 };
         params.l4_protocol = query.proto;
         params.sport = query.sport;
         params.dport = query.dport;
         params.__bindgen_anon_1.tot_len = query.tot_len;
         params.ifindex = ingress_ifindex;
         params.__bindgen_anon_2.tos = query.tos;
-        params.__bindgen_anon_3.ipv4_src = query.saddr;
-        params.__bindgen_anon_4.ipv4_dst = query.daddr;
+        // SAFETY: each union holds either family's address at its start
+        // (`ipv4_src` / `ipv6_src`), and an address is plain data.
+        unsafe {
+            core::ptr::addr_of_mut!(params.__bindgen_anon_3).cast::<A>().write_unaligned(query.saddr);
+            core::ptr::addr_of_mut!(params.__bindgen_anon_4).cast::<A>().write_unaligned(query.daddr);
+        }
         // SAFETY: the helper reads and writes `params`, whose size it is given.
         let ret = unsafe { bpf_fib_lookup(self.0, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
         match ret as u32 {

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::packet::checksum::compute;
+use crate::packet::{IPPROTO_ICMPV6, checksum::compute};
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 
 #[derive(Clone, Debug)]
@@ -181,22 +181,35 @@ fn l4_checksum(saddr: IpAddr, daddr: IpAddr, proto: u8, l4: &[u8]) -> u16 {
 
 /// Why a frame's checksums are wrong, if they are: IPv4 header, and TCP or
 /// UDP over the pseudo-header (a UDP checksum of 0 means none and is valid).
-/// An ICMP error of `icmp_type`/`code` from `from` to `to` quoting the IPv4
-/// header and the first 8 L4 bytes of `quoted` (a frame), checksums right.
-pub fn icmp_error(icmp_type: u8, code: u8, from: [u8; 4], to: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+/// An ICMP (or ICMPv6, for IPv6 addresses) error of `icmp_type`/`code`
+/// from `from` to `to` quoting the IP header and the first 8 L4 bytes of
+/// `quoted` (a frame of the same family), checksums right; its MTU field
+/// (IPv4: next-hop MTU, IPv6: the word after the checksum) is 1400.
+pub fn icmp_error(icmp_type: u8, code: u8, from: impl Into<IpAddr>, to: impl Into<IpAddr>, quoted: &[u8]) -> Vec<u8> {
     const IP: usize = 14;
-    const ICMP: usize = IP + 20;
-    let mut frame = PacketBuilder::new(1, from, 0, to, 0).build();
-    frame.truncate(ICMP);
+    let (from, to) = (from.into(), to.into());
+    let (proto, ip_len) = if from.is_ipv4() { (1, 20) } else { (IPPROTO_ICMPV6, 40) };
+    let icmp = IP + ip_len;
+    let mut frame = PacketBuilder::new(proto, from, 0, to, 0).build();
+    frame.truncate(icmp);
+    // 1400 as IPv4's 16-bit next-hop MTU after 16 unused bits, and as
+    // ICMPv6's 32-bit MTU: the same bytes.
     frame.extend_from_slice(&[icmp_type, code, 0, 0, 0, 0, 0x05, 0x78]);
-    frame.extend_from_slice(&quoted[IP..IP + 28]);
-    let tot_len = (frame.len() - IP) as u16;
-    frame[IP + 2..IP + 4].copy_from_slice(&tot_len.to_be_bytes());
-    frame[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
-    let ip_check = compute(&frame[IP..ICMP], 0);
-    frame[IP + 10..IP + 12].copy_from_slice(&ip_check.to_ne_bytes());
-    let icmp_check = compute(&frame[ICMP..], 0);
-    frame[ICMP + 2..ICMP + 4].copy_from_slice(&icmp_check.to_ne_bytes());
+    frame.extend_from_slice(&quoted[IP..IP + ip_len + 8]);
+    let l4_len = frame.len() - icmp;
+    let pseudo = if from.is_ipv4() {
+        let tot_len = (frame.len() - IP) as u16;
+        frame[IP + 2..IP + 4].copy_from_slice(&tot_len.to_be_bytes());
+        frame[IP + 10..IP + 12].copy_from_slice(&[0, 0]);
+        let ip_check = compute(&frame[IP..icmp], 0);
+        frame[IP + 10..IP + 12].copy_from_slice(&ip_check.to_ne_bytes());
+        0
+    } else {
+        frame[IP + 4..IP + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        pseudo_header_sum(from, to, proto, l4_len)
+    };
+    let icmp_check = compute(&frame[icmp..], pseudo);
+    frame[icmp + 2..icmp + 4].copy_from_slice(&icmp_check.to_ne_bytes());
     frame
 }
 
@@ -228,8 +241,8 @@ pub fn checksum_errors(frame: &[u8]) -> Option<String> {
     None
 }
 
-/// `checksum_errors` of an IPv6 frame without extension headers: TCP or
-/// UDP over the pseudo-header (UDP's is mandatory in IPv6).
+/// `checksum_errors` of an IPv6 frame without extension headers: TCP, UDP
+/// or ICMPv6 over the pseudo-header (UDP's is mandatory in IPv6).
 fn ipv6_checksum_errors(frame: &[u8]) -> Option<String> {
     let malformed = || Some("the frame is shorter than its headers say".to_owned());
     let Some(ip) = frame.get(14..54) else { return malformed() };
@@ -237,7 +250,7 @@ fn ipv6_checksum_errors(frame: &[u8]) -> Option<String> {
     let (proto, saddr, daddr) =
         (ip[6], <[u8; 16]>::try_from(&ip[8..24]).unwrap(), <[u8; 16]>::try_from(&ip[24..40]).unwrap());
     let Some(l4) = frame.get(54..54 + payload_len) else { return malformed() };
-    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+    if matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6)
         && compute(l4, pseudo_header_sum(saddr.into(), daddr.into(), proto, l4.len())) != 0
     {
         return Some(format!("l4 checksum (protocol {proto}) is wrong"));

@@ -6,9 +6,10 @@
 //!
 //! The programs run for every socket of the cgroup they are attached to,
 //! whatever its network namespace: they serve the node's own namespace
-//! (`LB_NODE_NETNS`), and the others too with `--socket-lb all`. IPv6
-//! sockets are served where they name an IPv4 address (`::ffff:a.b.c.d`,
-//! as dual-stack programs such as Java's connect to IPv4).
+//! (`LB_NODE_NETNS`), and the others too with `--socket-lb all`. Both
+//! families are served: an IPv6 socket naming an IPv4 address
+//! (`::ffff:a.b.c.d`, as dual-stack programs such as Java's connect to
+//! IPv4) as IPv4, with its answers in the form it asked in.
 
 use aya_ebpf::{
     EbpfContext,
@@ -17,13 +18,13 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use lb_common::{Hook, IPPROTO_TCP, IPPROTO_UDP, NodePortKey, Reason, SocketFrontend, SocketPeer};
+use lb_common::{Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, NodePortKey, Reason, SocketFrontend, SocketPeer};
 use lb_ebpf::{
     decide::{self, SocketCall, Verdict},
-    packet::family::V4,
+    packet::family::{V4, V6},
 };
 
-use crate::maps::{MapTables, count, is_node_port, remember_socket_peer, socket_frontend};
+use crate::maps::{FamilyMaps, MapTables, count, is_node_port, remember_socket_peer, socket_frontend};
 
 /// The cookie of the node's own network namespace (the agent's), set by
 /// the agent at load time.
@@ -71,6 +72,11 @@ pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
     to_frontend(&ctx, Family::V4)
 }
 
+#[cgroup_sock_addr(sendmsg6)]
+pub fn lb_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    to_frontend(&ctx, Family::V6)
+}
+
 /// Where an unconnected UDP socket's datagram came from.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
@@ -96,25 +102,21 @@ pub fn lb_sock_getpeername6(ctx: SockAddrContext) -> i32 {
 /// port (kube-proxy held those ports open for the same reason).
 #[cgroup_sock_addr(bind4)]
 pub fn lb_sock_bind4(ctx: SockAddrContext) -> i32 {
-    keep_node_ports(&ctx, Family::V4)
+    keep_node_ports(&ctx)
 }
 
-/// A dual-stack socket bound to `[::]` or an IPv4-mapped address takes
-/// the IPv4 port too.
+/// Node ports answer on the node's IPv6 addresses too.
 #[cgroup_sock_addr(bind6)]
 pub fn lb_sock_bind6(ctx: SockAddrContext) -> i32 {
-    keep_node_ports(&ctx, Family::V6)
+    keep_node_ports(&ctx)
 }
 
 #[inline(always)]
-fn keep_node_ports(ctx: &SockAddrContext, family: Family) -> i32 {
+fn keep_node_ports(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    // An IPv6 address other than `[::]` or an IPv4-mapped one takes no IPv4 port.
-    let takes_ipv4_port = family == Family::V4 || ipv4_address(sa, family).is_some() || unspecified_v6(sa);
     let reason = match served(ctx) {
         Err(reason) => reason,
         Ok((_, false)) => Reason::PassOtherNamespace,
-        Ok(_) if !takes_ipv4_port => Reason::PassSocketIpv6,
         Ok(_) => {
             // SAFETY: the context's fields, readable by every sock_addr program.
             let (port, proto) = unsafe { ((*sa).user_port as u16, (*sa).protocol as u8) };
@@ -144,25 +146,31 @@ fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
         count(Hook::Socket, Reason::PassNotTcpUdp);
         return PROCEED;
     };
-    let Some(daddr) = ipv4_address(sa, family) else {
-        count(Hook::Socket, Reason::PassSocketIpv6);
-        return PROCEED;
-    };
-    let ptr = ctx.as_ptr();
-    // SAFETY: the context's field, and helpers taking the context.
-    let call = unsafe {
-        SocketCall { daddr, dport: (*sa).user_port as u16, proto, netns, node, cookie: bpf_get_socket_cookie(ptr) }
-    };
-    let verdict = decide::socket(&call, &MapTables::<V4>::socket(ctx));
+    // SAFETY: helpers taking the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the context's field.
+    let dport = unsafe { (*sa).user_port } as u16;
+    match (V4::address(sa, family), V6::address(sa, family)) {
+        (Some(daddr), _) => to_backend::<V4>(ctx, family, &SocketCall { daddr, dport, proto, netns, node, cookie }),
+        (None, Some(daddr)) => to_backend::<V6>(ctx, family, &SocketCall { daddr, dport, proto, netns, node, cookie }),
+        (None, None) => PROCEED,
+    }
+}
+
+/// `to_frontend` for an address of family `F`.
+#[inline(always)]
+fn to_backend<F: SocketAddress>(ctx: &SockAddrContext, family: Family, call: &SocketCall<F::Addr>) -> i32 {
+    let sa = ctx.sock_addr;
+    let verdict = decide::socket(call, &MapTables::<F>::socket(ctx));
     count(Hook::Socket, verdict.reason());
     match verdict {
         Verdict::Rewrite { addr, port, .. } => {
-            let peer = SocketPeer { cookie: call.cookie, addr, port, _pad: 0 };
+            let peer = SocketPeer::new(call.cookie, addr, port);
             let frontend = SocketFrontend { addr: call.daddr, port: call.dport, _pad: 0 };
             // Without its reverse entry the socket would see the backend's
             // address as its peer: better to go on untranslated.
-            if remember_socket_peer(&peer, &frontend) {
-                set_address(sa, family, addr, port);
+            if remember_socket_peer::<F>(&peer, &frontend) {
+                F::set_address(sa, family, addr, port);
             }
             PROCEED
         }
@@ -178,23 +186,30 @@ fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
 #[inline(always)]
 fn from_backend(ctx: &SockAddrContext, family: Family) -> i32 {
     let sa = ctx.sock_addr;
-    let Some(addr) = ipv4_address(sa, family) else {
-        count(Hook::Socket, Reason::PassSocketIpv6);
-        return PROCEED;
-    };
-    // SAFETY: the context's field, and a helper taking the context.
-    let peer = unsafe {
-        SocketPeer { cookie: bpf_get_socket_cookie(ctx.as_ptr()), addr, port: (*sa).user_port as u16, _pad: 0 }
-    };
-    let reason = match socket_frontend(&peer) {
-        Some(frontend) => {
-            set_address(sa, family, frontend.addr, frontend.port);
-            Reason::ReplyReverseNat
-        }
-        None => Reason::PassNoService,
+    let reason = match V4::address(sa, family) {
+        Some(addr) => to_frontend_address::<V4>(ctx, family, addr),
+        None => match V6::address(sa, family) {
+            Some(addr) => to_frontend_address::<V6>(ctx, family, addr),
+            None => Reason::PassNoService,
+        },
     };
     count(Hook::Socket, reason);
     PROCEED
+}
+
+/// `from_backend` for an address of family `F`.
+#[inline(always)]
+fn to_frontend_address<F: SocketAddress>(ctx: &SockAddrContext, family: Family, addr: F::Addr) -> Reason {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context's field, and a helper taking the context.
+    let peer = unsafe { SocketPeer::new(bpf_get_socket_cookie(ctx.as_ptr()), addr, (*sa).user_port as u16) };
+    match socket_frontend::<F>(&peer) {
+        Some(frontend) => {
+            F::set_address(sa, family, frontend.addr, frontend.port);
+            Reason::ReplyReverseNat
+        }
+        None => Reason::PassNoService,
+    }
 }
 
 /// The socket's namespace cookie when the namespace is served, and whether
@@ -216,16 +231,64 @@ fn served(ctx: &SockAddrContext) -> Result<(u64, bool), Reason> {
     }
 }
 
-/// The IPv4 address in the context (network byte order): `user_ip4`, or
-/// an IPv4-mapped `user_ip6` (`::ffff:a.b.c.d`); None for other IPv6.
-#[inline(always)]
-fn ipv4_address(sa: *mut bpf_sock_addr, family: Family) -> Option<u32> {
-    // SAFETY: the context's fields of the program's own family.
-    unsafe {
-        match family {
-            Family::V4 => Some((*sa).user_ip4),
-            Family::V6 => ((*sa).user_ip6[0] == 0 && (*sa).user_ip6[1] == 0 && (*sa).user_ip6[2] == V4_MAPPED)
-                .then(|| (*sa).user_ip6[3]),
+/// How a program's socket address (of the program's `Family`) holds an
+/// address of one family.
+trait SocketAddress: FamilyMaps {
+    /// The address in the context (network byte order) when it is of this
+    /// family: IPv4 in `user_ip4` or as an IPv4-mapped `user_ip6`
+    /// (`::ffff:a.b.c.d`), IPv6 in a `user_ip6` that is not IPv4-mapped.
+    fn address(sa: *mut bpf_sock_addr, family: Family) -> Option<Self::Addr>;
+    /// Writes `addr:port` (network byte order) as the context's address, in
+    /// the form of the program's family. The kernel lets connect, sendmsg,
+    /// recvmsg and getpeername programs write it.
+    fn set_address(sa: *mut bpf_sock_addr, family: Family, addr: Self::Addr, port: u16);
+}
+
+impl SocketAddress for V4 {
+    #[inline(always)]
+    fn address(sa: *mut bpf_sock_addr, family: Family) -> Option<u32> {
+        // SAFETY: the context's fields of the program's own family.
+        unsafe {
+            match family {
+                Family::V4 => Some((*sa).user_ip4),
+                Family::V6 => is_v4_mapped(sa).then(|| (*sa).user_ip6[3]),
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn set_address(sa: *mut bpf_sock_addr, family: Family, addr: u32, port: u16) {
+        // SAFETY: the context's writable fields of the program's own family.
+        unsafe {
+            match family {
+                Family::V4 => (*sa).user_ip4 = addr,
+                Family::V6 => (*sa).user_ip6[3] = addr,
+            }
+            (*sa).user_port = u32::from(port);
+        }
+    }
+}
+
+impl SocketAddress for V6 {
+    #[inline(always)]
+    fn address(sa: *mut bpf_sock_addr, family: Family) -> Option<Ipv6Wire> {
+        // SAFETY: the context's fields of the program's own family; each word
+        // read on its own, as the kernel requires.
+        unsafe {
+            (family == Family::V6 && !is_v4_mapped(sa))
+                .then(|| [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]])
+        }
+    }
+
+    #[inline(always)]
+    fn set_address(sa: *mut bpf_sock_addr, _: Family, addr: Ipv6Wire, port: u16) {
+        // SAFETY: as for IPv4; only IPv6 programs get here.
+        unsafe {
+            (*sa).user_ip6[0] = addr[0];
+            (*sa).user_ip6[1] = addr[1];
+            (*sa).user_ip6[2] = addr[2];
+            (*sa).user_ip6[3] = addr[3];
+            (*sa).user_port = u32::from(port);
         }
     }
 }
@@ -233,26 +296,14 @@ fn ipv4_address(sa: *mut bpf_sock_addr, family: Family) -> Option<u32> {
 /// `::ffff:0:0/96`'s third word, network byte order.
 const V4_MAPPED: u32 = 0x0000_ffffu32.to_be();
 
-/// `[::]`: a bind to every address, IPv4 ones too on a dual-stack socket.
+/// Is the IPv6 address an IPv4-mapped one?
+///
+/// # Safety
+/// Only for IPv6 programs.
 #[inline(always)]
-fn unspecified_v6(sa: *mut bpf_sock_addr) -> bool {
-    // SAFETY: the context's fields; only called for IPv6 programs.
-    unsafe { (*sa).user_ip6[0] | (*sa).user_ip6[1] | (*sa).user_ip6[2] | (*sa).user_ip6[3] == 0 }
-}
-
-/// Writes `addr:port` (network byte order) as the context's address, in
-/// the form of its family. The kernel lets connect, sendmsg, recvmsg and
-/// getpeername programs write it.
-#[inline(always)]
-fn set_address(sa: *mut bpf_sock_addr, family: Family, addr: u32, port: u16) {
-    // SAFETY: the context's writable fields of the program's own family.
-    unsafe {
-        match family {
-            Family::V4 => (*sa).user_ip4 = addr,
-            Family::V6 => (*sa).user_ip6[3] = addr,
-        }
-        (*sa).user_port = u32::from(port);
-    }
+unsafe fn is_v4_mapped(sa: *mut bpf_sock_addr) -> bool {
+    // SAFETY: as the caller promises.
+    unsafe { (*sa).user_ip6[0] == 0 && (*sa).user_ip6[1] == 0 && (*sa).user_ip6[2] == V4_MAPPED }
 }
 
 #[inline(always)]

@@ -2,7 +2,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd},
     time::{Duration, Instant},
 };
@@ -129,10 +129,10 @@ pub fn send_stream(addr: SocketAddr, len: usize, timeout: Duration) -> anyhow::R
 /// Asks a source (`Pod::serve_source`) at `addr` from `ns` for `len` bytes,
 /// which it sends in large writes (GSO super-packets towards the client),
 /// and checks that exactly the stream's first `len` bytes came.
-pub fn bulk_receive(ns: &Netns, addr: SocketAddrV4, len: usize, timeout: Duration) -> anyhow::Result<()> {
+pub fn bulk_receive(ns: &Netns, addr: impl Into<SocketAddr>, len: usize, timeout: Duration) -> anyhow::Result<()> {
+    let addr = addr.into();
     ns.run_in(|| -> anyhow::Result<()> {
-        let mut stream =
-            TcpStream::connect_timeout(&addr.into(), timeout).with_context(|| format!("connect {addr}"))?;
+        let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
         stream.set_read_timeout(Some(timeout))?;
         writeln!(stream, "{len}")?;
         let (mut got, mut buf) = (crate::Digest::default(), vec![0u8; 1 << 16]);

@@ -37,6 +37,7 @@ const EMPTY_VIP6: [u8; 16] = v6([0xfd00, 0x96, 0, 0, 0, 0, 0, 0x0b]);
 const CLIENT6: [u8; 16] = v6([0xfd00, 0x44, 0, 0, 0, 0, 0, 3]);
 const POD6: [u8; 16] = v6([0xfd00, 0x44, 1, 0, 0, 0, 0, 7]);
 const NODE6: [u8; 16] = v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]);
+const ROUTER6: [u8; 16] = v6([0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1]);
 
 const fn v6(groups: [u16; 8]) -> [u8; 16] {
     let mut octets = [0; 16];
@@ -549,6 +550,37 @@ fn fixtures() -> Vec<Fixture> {
             "ipv6: a ping to another address is passed untouched",
             PodTc,
             icmpv6_echo(CLIENT6, POD6, 128),
+            TC_ACT_OK,
+            Reason::PassNotTcpUdp,
+        ),
+        translated(
+            "ipv6: the node's packet too big about a translated request is about the request (tc egress)",
+            TcEgress,
+            icmp_error(2, 0, NODE6, CLIENT6, &tcp(CLIENT6, 40000, POD6, 8080).build()),
+            TC_ACT_OK,
+            icmp_error(2, 0, NODE6, CLIENT6, &tcp(CLIENT6, 40000, VIP6, 80).build()),
+            Reason::IcmpErrorReverseNat,
+        ),
+        translated(
+            "ipv6: a backend's port unreachable about a translated datagram is about the datagram (tc on pods)",
+            PodTc,
+            icmp_error(1, 4, POD6, CLIENT6, &udp(CLIENT6, 5000, POD6, 5353).payload(b"query").build()),
+            TC_ACT_OK,
+            icmp_error(1, 4, POD6, CLIENT6, &udp(CLIENT6, 5000, VIP6, 53).payload(b"query").build()),
+            Reason::IcmpErrorReverseNat,
+        ),
+        translated(
+            "ipv6: a router's time exceeded about a translated node port request is about the request (xdp)",
+            XdpNode,
+            icmp_error(3, 0, ROUTER6, CLIENT6, &tcp(CLIENT6, 40020, POD6, 8080).build()),
+            XDP_PASS,
+            icmp_error(3, 0, ROUTER6, CLIENT6, &tcp(CLIENT6, 40020, NODE6, 30080).build()),
+            Reason::IcmpErrorReverseNat,
+        ),
+        untouched(
+            "ipv6: an icmpv6 error about a flow that is not ours is untouched",
+            TcEgress,
+            icmp_error(2, 0, NODE6, CLIENT6, &tcp(CLIENT6, 40999, POD6, 8080).build()),
             TC_ACT_OK,
             Reason::PassNotTcpUdp,
         ),

@@ -10,7 +10,7 @@ use std::{
 
 use lb_tests::{
     agent::{AgentProcess, pod_manifest_ips},
-    client::{bulk_send, http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
+    client::{bulk_receive, bulk_send, http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
     kubia::{TIMEOUT, endpoint_count},
     require_root,
     topology::{Node, POD_DEVICE_PATTERN, Pod},
@@ -309,4 +309,48 @@ fn ipv6_bulk_uploads_arrive_intact_through_tc_and_xdp_and_after_a_restart() {
     assert_eq!(agent.first_sync_writes(), 0, "{}", agent.log_text());
     uploads("after the restart");
     assert_eq!(agent.counter("TC-POD", "drop_rewrite_failed").unwrap(), 0);
+}
+
+/// Path-MTU discovery through an IPv6 cluster IP, with 1 400-byte routes
+/// to the backend and to the client: without it the 20 KB transfers hang.
+/// The kernel's packet too big for the client's request, about the
+/// rewritten packet, is translated back on its way to the client; the
+/// backend's reply, whose source the rewrite changes, is answered by the
+/// datapath (the kernel's would go to the cluster IP). A backend's port
+/// unreachable for a closed port refuses the client's UDP socket at once.
+#[test]
+fn path_mtu_discovery_works_both_ways_through_an_ipv6_cluster_ip() {
+    require_root();
+    let node = Node::new().unwrap();
+    let mut backend = node.add_pod_with("kubia-0", None, Some(pod6(2))).unwrap();
+    backend.serve_sink(9000).unwrap();
+    backend.serve_source(9001).unwrap();
+    let client = node.add_pod_with("client", None, Some(pod6(100))).unwrap();
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: pmtu\nspec:\n  ipFamilies: [IPv6]\n  clusterIP: {VIP6}\n  ports:\n  - name: sink\n    port: 9000\n  - name: source\n    port: 9001\n  - name: closed\n    port: 54\n    protocol: UDP\n    targetPort: 5400\n  selector:\n    app: kubia\n"
+    );
+    let manifests = [("pmtu.yaml", service.as_str()), ("pods.yaml", &pods_manifest(std::slice::from_ref(&backend)))];
+    let args = ["--pod-device", POD_DEVICE_PATTERN, "--service-cidr", SERVICE_CIDR6];
+    let agent = AgentProcess::start_with(&node, &manifests, &args).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains(&format!("[{}]:9001", pod6(2)))).unwrap();
+    for pod in [&backend, &client] {
+        // Locked: forwarding (and the FIB) use a route's MTU only then.
+        let route = format!("{}/128", pod.ipv6.unwrap());
+        node.ns.exec(&["ip", "-6", "route", "replace", &route, "dev", &pod.host_veth, "mtu", "lock", "1400"]).unwrap();
+    }
+    let counters = || agent.get("counters").unwrap();
+
+    // The reply first: a client that learnt the path's MTU would announce
+    // a smaller MSS, and the backend's segments would fit.
+    bulk_receive(&client.ns, SocketAddr::new(VIP6.into(), 9001), 20 << 10, TIMEOUT * 3).unwrap();
+    assert!(agent.counter("TC-POD", "frag_needed").unwrap() >= 1, "the backend was not answered: {}", counters());
+    // Forgotten, or the backend would announce the smaller MSS in turn.
+    backend.ns.exec(&["ip", "-6", "route", "flush", "cache"]).unwrap();
+    let report = bulk_send(&client.ns, SocketAddr::new(VIP6.into(), 9000), 20 << 10, TIMEOUT * 3).unwrap();
+    assert!(report.contains("received 20480 bytes"), "{report}");
+    assert!(agent.counter("TC-EGRESS", "icmp_error_reverse_nat").unwrap() >= 1, "{}", counters());
+
+    let udp = udp_exchange(&client.ns, SocketAddr::new(VIP6.into(), 54), TIMEOUT).unwrap();
+    assert_eq!(udp.expect_err("an answer from a closed port").kind(), ErrorKind::ConnectionRefused);
+    assert!(agent.counter("TC-POD", "icmp_error_reverse_nat").unwrap() >= 1, "{}", counters());
 }

@@ -3,16 +3,20 @@
 //! socket hooks, which no packet of theirs would otherwise meet. Each test
 //! has a cgroup of its own for the agent's hooks and its client processes.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use lb_tests::{
-    agent::AgentProcess,
+    agent::{AgentProcess, pod_manifest_ips},
     cgroup::{TestCgroup, field},
     client::{http_get, served_by},
-    kubia::{Cluster, TIMEOUT, VIP, cluster, pods_manifest_on},
+    kubia::{Cluster, TIMEOUT, VIP, cluster, endpoint_count, pods_manifest_on},
     netns::Netns,
     require_root,
-    topology::Pod,
+    topology::{Node, Pod},
 };
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -310,4 +314,58 @@ fn source_ranges_admit_the_node_s_sockets_only_with_a_node_address_inside() {
     };
     assert_eq!(field(&refused, "connect"), Some("EPERM"), "{refused}");
     assert!(agent.counter("SOCKET", "drop_source_range").unwrap() >= 1);
+}
+
+/// An IPv6 cluster IP from the node: its processes' sockets are sent to a
+/// backend at connect() (each UDP datagram at sendmsg()), reach every pod
+/// with the node's own IPv6 address as their source, and see the Service
+/// as their peer; no packet is translated.
+#[test]
+fn a_process_on_the_node_reaches_an_ipv6_cluster_ip_and_sees_the_service_as_its_peer() {
+    require_root();
+    let vip6 = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x0a);
+    let node6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+    let node = Node::new().unwrap();
+    let backends: Vec<Pod> = (0..2u16)
+        .map(|i| {
+            let ip = Ipv6Addr::new(0xfd00, 0x44, 0, 0, 0, 0, 0, 2 + i);
+            let mut pod = node.add_pod_with(&format!("kubia-{i}"), None, Some(ip)).unwrap();
+            pod.serve(8080, 5353).unwrap();
+            pod
+        })
+        .collect();
+    // The node's own IPv6 address, which its sockets leave with.
+    let external = node.add_external_client("uplink", NODE_IP, EXTERNAL_CLIENT).unwrap();
+    node.add_external_ipv6(&external, "uplink", node6, Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100)).unwrap();
+    let service = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  ipFamilies: [IPv6]\n  clusterIP: {vip6}\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n  - name: echo\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n  selector:\n    app: kubia\n"
+    );
+    let pods: Vec<String> =
+        backends.iter().map(|p| pod_manifest_ips(&p.name, &[p.ipv6.unwrap().into()], true)).collect();
+    let cgroup = TestCgroup::create().unwrap();
+    let cgroup_path = cgroup.path().to_str().unwrap();
+    let args =
+        ["--device", "uplink", "--pod-device", "h-*", "--cgroup-root", cgroup_path, "--service-cidr", "fd00:96::/112"];
+    let manifests = [("svc.yaml", service.as_str()), ("pods.yaml", &pods.join("---\n"))];
+    let agent = AgentProcess::start_with(&node, &manifests, &args).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+
+    let on_node = |args: &[&str]| cgroup.client(&node.ns, args).unwrap();
+    let (http, dns) = (format!("[{vip6}]:80"), format!("[{vip6}]:53"));
+    let mut served = BTreeSet::new();
+    for _ in 0..20 {
+        let out = on_node(&["http", &http]);
+        assert_eq!(field(&out, "peer"), Some(http.as_str()), "getpeername shows the Service: {out}");
+        assert!(seen_by_server(&out).starts_with(&format!("[{node6}]:")), "{out}");
+        served.insert(server(&out));
+    }
+    assert_eq!(served, backends.iter().map(|p| p.name.clone()).collect(), "connections spread over every backend");
+    let out = on_node(&["udp", &dns]);
+    assert_eq!(field(&out, "from"), Some(dns.as_str()), "recvfrom names the Service: {out}");
+    let out = on_node(&["udp-connected", &dns]);
+    assert_eq!(field(&out, "peer"), Some(dns.as_str()), "{out}");
+
+    assert!(agent.counter("SOCKET", "forward_new_flow").unwrap() >= 22, "{}", agent.get("counters").unwrap());
+    assert!(agent.counter("SOCKET", "reply_reverse_nat").unwrap() >= 21, "{}", agent.get("counters").unwrap());
+    assert_eq!(agent.counter("TC-POD", "forward_new_flow").unwrap(), 0);
 }

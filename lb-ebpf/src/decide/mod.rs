@@ -542,8 +542,8 @@ fn choose_backend<A: Addr, T: Tables<A>>(
 /// A connect() or sendmsg() to `daddr:dport` (network byte order), as the
 /// socket hooks see it.
 #[derive(Clone, Copy, Debug)]
-pub struct SocketCall {
-    pub daddr: u32,
+pub struct SocketCall<A = u32> {
+    pub daddr: A,
     pub dport: u16,
     pub proto: u8,
     /// The socket's network namespace cookie.
@@ -555,15 +555,14 @@ pub struct SocketCall {
     pub cookie: u64,
 }
 
-impl SocketCall {
+impl<A: Addr> SocketCall<A> {
     /// Who the client is for session affinity: the network namespace,
-    /// named by an address of 0.0.0.0/8 that no packet carries (a socket
-    /// has no source address before it connects; all of a namespace's
-    /// sockets would leave with the same one).
+    /// named by an address no packet carries (a socket has no source
+    /// address before it connects; all of a namespace's sockets would leave
+    /// with the same one).
     #[inline(always)]
-    pub fn client(&self) -> u32 {
-        let cookie = self.netns.to_be_bytes();
-        u32::from_ne_bytes([0, cookie[5], cookie[6], cookie[7]])
+    pub fn client(&self) -> A {
+        A::unroutable(self.netns as u32)
     }
 }
 
@@ -572,10 +571,10 @@ impl SocketCall {
 /// packet (twin frontends, source ranges, affinity, Maglev), with no
 /// conntrack entry: the socket itself now names the backend.
 #[inline(always)]
-pub fn socket<T: Tables<u32>>(call: &SocketCall, tables: &T) -> Verdict {
-    // A pod's 127.0.0.1 is its own: only the node's sockets reach node
-    // ports there (`--nodeport-localhost`).
-    if !call.node && call.daddr.to_ne_bytes()[0] == 127 {
+pub fn socket<A: Addr, T: Tables<A>>(call: &SocketCall<A>, tables: &T) -> Verdict<A> {
+    // A pod's loopback address is its own: only the node's sockets reach
+    // node ports there (`--nodeport-localhost`).
+    if !call.node && call.daddr.is_loopback() {
         return Verdict::Pass(Reason::PassNoService);
     }
     let flow = CtKey {
@@ -1429,6 +1428,26 @@ mod tests {
         t.random.set(1);
         let Verdict::Rewrite { addr, other, .. } = decide(&me, TCP_SYN, &t, Hook::PodTc) else { panic!() };
         assert_eq!((addr, other.get()), (v6(0x101), Some((vip, 41000))));
+    }
+
+    #[test]
+    fn an_ipv6_socket_is_sent_to_a_backend_and_a_pod_s_loopback_stays_its_own() {
+        let vip = v6(0x0a);
+        let t = service_of(vip, |i| v6(0x100 + i), 3);
+        let call = |cookie, daddr| SocketCall { daddr, dport: 80, proto: IPPROTO_TCP, netns: 4097, node: true, cookie };
+        let chosen: std::collections::BTreeSet<_> = (0..32)
+            .map(|cookie| match socket(&call(cookie, vip), &t) {
+                Verdict::Rewrite { side: Side::Dst, addr, port: 8080, .. } => addr,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(chosen, (0..3).map(|i| v6(0x100 + i)).collect(), "sockets spread over every backend");
+        assert!(t.conntrack.borrow().is_empty());
+        // Affinity's client: the namespace, as an address no packet carries.
+        assert_eq!(call(0, vip).client(), [0, 0, 0, (4097u32 & 0xff_ffff).to_be()]);
+        let loopback = [0, 0, 0, 1u32.to_be()];
+        let from_pod = SocketCall { node: false, ..call(1, loopback) };
+        assert_eq!(socket(&from_pod, &t), Verdict::Pass(Reason::PassNoService));
     }
 
     #[test]

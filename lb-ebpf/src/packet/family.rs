@@ -19,6 +19,8 @@ pub trait Family: Copy + core::fmt::Debug + PartialEq + 'static {
     const SADDR: usize;
     const DADDR: usize;
     const L4: usize;
+    /// The protocol (IPv6: next header) byte.
+    const PROTO: usize;
     /// IPv4's header checksum covers the addresses; IPv6 has none.
     const IP_CHECK: Option<usize>;
 }
@@ -35,6 +37,7 @@ impl Family for V4 {
     const SADDR: usize = IP_OFFSET + IP_SADDR;
     const DADDR: usize = IP_OFFSET + IP_DADDR;
     const L4: usize = L4_OFFSET;
+    const PROTO: usize = IP_OFFSET + 9;
     const IP_CHECK: Option<usize> = Some(IP_OFFSET + IP_CHECK);
 }
 
@@ -44,5 +47,6 @@ impl Family for V6 {
     const SADDR: usize = IP_OFFSET + 8;
     const DADDR: usize = IP_OFFSET + 24;
     const L4: usize = IP_OFFSET + core::mem::size_of::<Ipv6Hdr>();
+    const PROTO: usize = IP_OFFSET + 6;
     const IP_CHECK: Option<usize> = None;
 }

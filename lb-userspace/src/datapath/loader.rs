@@ -266,13 +266,15 @@ impl Datapath {
             check_pinned_size(bpf_dir, conntrack, options.ct_max, 1, "--ct-max")?;
         }
         check_pinned_size(bpf_dir, map_names::MAGLEV, maglev_elements, MAGLEV_ENTRIES_PER_ELEMENT, "--maglev-entries")?;
-        for (name, entries) in [
-            (map_names::COUNTERS, CountedHook::COUNT * Reason::COUNT),
-            (map_names::FAST_PATH_COUNTERS, FastPath::COUNT),
+        for (name, layout, consequence) in [
+            (map_names::COUNTERS, Layout::Entries(CountedHook::COUNT * Reason::COUNT), COUNT_AGAIN),
+            (map_names::FAST_PATH_COUNTERS, Layout::Entries(FastPath::COUNT), COUNT_AGAIN),
+            (map_names::ENDPOINTS, Layout::ValueSize(size_of::<EndpointMeta>()), "it is written again"),
+            (map_names::IPV6_XDP, Layout::Entries(ipv6_programs::XDP_SLOTS), "it is filled anew"),
+            (map_names::IPV6_TC, Layout::Entries(ipv6_programs::TC_SLOTS), "it is filled anew"),
         ] {
-            drop_resized_counters(bpf_dir, name, entries);
+            drop_pin_of_another_layout(bpf_dir, name, layout, consequence);
         }
-        drop_relaid_listing(bpf_dir, map_names::ENDPOINTS, std::mem::size_of::<EndpointMeta>());
         let log_level = if options.debug_log { aya_log::Level::Debug as u8 } else { 0 };
         let node_netns = if options.socket_lb == SocketLb::Off { 0 } else { sockets::netns_cookie()? };
         let mut ebpf = EbpfLoader::new()
@@ -565,25 +567,29 @@ where
     program.try_into().map_err(|source| LoaderError::Program { name, source })
 }
 
-/// Counters pinned by an agent that counted other hooks or reasons would be
-/// reused as they are (aya does not compare sizes), every index shifted:
-/// they start again instead.
-fn drop_resized_counters(bpf_dir: &Path, name: &str, entries: u32) {
-    let path = bpf_dir.join(name);
-    if aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| info.max_entries() != entries) {
-        info!(map = name, "the pinned counters have another layout: they start again from zero");
-        let _ = fs::remove_file(&path);
-    }
+const COUNT_AGAIN: &str = "they start again from zero";
+
+/// What a pinned map must match to be reused as it is.
+enum Layout {
+    Entries(u32),
+    ValueSize(usize),
 }
 
-/// A listing the datapath never reads (`LB_ENDPOINTS`), pinned by an agent
-/// whose entries had another layout (IPv4-only endpoints were 72 bytes),
-/// would refuse this agent's writes: it starts again, and the first sync
-/// lists every endpoint anew.
-fn drop_relaid_listing(bpf_dir: &Path, name: &str, value_size: usize) {
+/// A map pinned by an agent that laid it out otherwise would be reused as it
+/// is (aya compares no sizes), every index shifted or every write refused:
+/// it starts again instead, with the `consequence` logged. That is so for
+/// counters (of other hooks or reasons), the endpoint listing the datapath
+/// never reads (IPv4-only endpoints were 72 bytes; the first sync lists
+/// every endpoint anew) and the IPv6 program arrays (the hooks this load
+/// attaches use the new ones).
+fn drop_pin_of_another_layout(bpf_dir: &Path, name: &str, layout: Layout, consequence: &str) {
     let path = bpf_dir.join(name);
-    if aya::maps::MapInfo::from_pin(&path).is_ok_and(|info| info.value_size() as usize != value_size) {
-        info!(map = name, "the pinned listing has another layout: it is written again");
+    let differs = |info: aya::maps::MapInfo| match layout {
+        Layout::Entries(entries) => info.max_entries() != entries,
+        Layout::ValueSize(size) => info.value_size() as usize != size,
+    };
+    if aya::maps::MapInfo::from_pin(&path).is_ok_and(differs) {
+        info!(map = name, "the pinned map has another layout: {consequence}");
         let _ = fs::remove_file(&path);
     }
 }

@@ -35,13 +35,14 @@ pub enum SocketLb {
 }
 
 /// The programs and the hook each attaches to (lb-ebpf's `sockets`).
-pub(super) const PROGRAMS: [(&str, &str); 9] = [
+pub(super) const PROGRAMS: [(&str, &str); 10] = [
     ("lb_sock_connect4", "connect4"),
     ("lb_sock_sendmsg4", "sendmsg4"),
     ("lb_sock_recvmsg4", "recvmsg4"),
     ("lb_sock_getpeername4", "getpeername4"),
     ("lb_sock_bind4", "bind4"),
     ("lb_sock_connect6", "connect6"),
+    ("lb_sock_sendmsg6", "sendmsg6"),
     ("lb_sock_recvmsg6", "recvmsg6"),
     ("lb_sock_getpeername6", "getpeername6"),
     ("lb_sock_bind6", "bind6"),
