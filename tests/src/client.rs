@@ -171,6 +171,20 @@ pub fn tcp_connect(
     })
 }
 
+/// Tries TCP connections to `addr` from `ns` until one goes unanswered
+/// (dropped: no reset, no ICMP error), for at most `within`: how a test
+/// sees that a change it made to a Service has reached the datapath.
+pub fn until_unanswered(ns: &Netns, addr: impl Into<SocketAddr>, within: Duration) -> anyhow::Result<()> {
+    let (addr, deadline) = (addr.into(), Instant::now() + within);
+    loop {
+        match tcp_connect(ns, addr, Duration::from_millis(300))? {
+            Err((io::ErrorKind::TimedOut, _)) => return Ok(()),
+            other if Instant::now() > deadline => anyhow::bail!("{addr} still answers ({other:?}) after {within:?}"),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
 /// A datagram to `addr` on a connected UDP socket from `ns`: the reply, or
 /// the error the socket reports (an ICMP port unreachable makes it
 /// `ConnectionRefused`).

@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    agent::pod_manifest,
+    agent::pod_manifest_ips,
     client::{http_get, served_by},
     topology::{Node, Pod},
 };
@@ -57,8 +57,9 @@ pub fn cluster(n: u8) -> Cluster {
     Cluster { node, backends, client }
 }
 
+/// The pods' manifests with all their addresses (IPv4 first).
 pub fn pods_manifest(pods: &[&Pod], ready: impl Fn(&Pod) -> bool) -> String {
-    pods.iter().map(|p| pod_manifest(&p.name, p.ip, ready(p))).collect::<Vec<_>>().join("---\n")
+    pods.iter().map(|p| pod_manifest_ips(&p.name, &p.ips(), ready(p))).collect::<Vec<_>>().join("---\n")
 }
 
 /// Like [`pods_manifest`], the pods placed on node `node` (`spec.nodeName`,

@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::Stdio,
 };
 
@@ -123,14 +123,21 @@ impl Node {
         Ok(())
     }
 
-    /// A route in the node namespace, e.g. another node's pod CIDR via it.
-    pub fn route(&self, cidr: &str, via: Ipv4Addr) -> anyhow::Result<()> {
-        self.ns.exec(&["ip", "route", "add", cidr, "via", &via.to_string()])?;
+    /// A route in the node namespace, e.g. another node's pod CIDR (of
+    /// either family) via it.
+    pub fn route(&self, cidr: &str, via: impl Into<IpAddr>) -> anyhow::Result<()> {
+        self.ns.exec(&["ip", "route", "add", cidr, "via", &via.into().to_string()])?;
         Ok(())
     }
 }
 
 impl Pod {
+    /// Its addresses, IPv4 first: what `status.podIPs` lists.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        let v4 = (!self.ip.is_unspecified()).then_some(IpAddr::V4(self.ip));
+        v4.into_iter().chain(self.ipv6.map(IpAddr::V6)).collect()
+    }
+
     /// Starts `lb-testserver` answering HTTP on `http_port` and UDP on
     /// `udp_port`, and waits until it is listening.
     pub fn serve(&mut self, http_port: u16, udp_port: u16) -> anyhow::Result<()> {
@@ -230,7 +237,16 @@ impl Fabric {
         self.plug(&node.ns, ifname, ip)
     }
 
-    /// An external client on the fabric, routing everything else via `gateway`.
+    /// Gives `ns`'s fabric device `ifname` `ip`/64 too (dual-stack): the
+    /// fabric's IPv6 prefix is on-link for every member, and no route
+    /// leads beyond it (an external client reaches the nodes' addresses
+    /// only, as a real network routes them).
+    pub fn add_ipv6(&self, ns: &Netns, ifname: &str, ip: Ipv6Addr) -> anyhow::Result<()> {
+        ns.exec(&["ip", "-6", "addr", "add", &format!("{ip}/64"), "dev", ifname, "nodad"])?;
+        Ok(())
+    }
+
+    /// An external client on the fabric, routing everything else (IPv4) via `gateway`.
     pub fn add_client(&self, ip: Ipv4Addr, gateway: Ipv4Addr) -> anyhow::Result<Netns> {
         let ns = Netns::create("c")?;
         self.plug(&ns, "eth0", ip)?;

@@ -10,7 +10,10 @@ use std::{
 
 use lb_tests::{
     agent::{AgentProcess, pod_manifest_ips},
-    client::{bulk_receive, bulk_send, http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request},
+    client::{
+        bulk_receive, bulk_send, http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request,
+        until_unanswered,
+    },
     kubia::{TIMEOUT, endpoint_count},
     require_root,
     topology::{Node, POD_DEVICE_PATTERN, Pod},
@@ -18,6 +21,8 @@ use lb_tests::{
 
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x0a);
 const SERVICE_CIDR6: &str = "fd00:96::/112";
+/// A load-balancer ingress IP.
+const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
 
 /// `fd00:44::<last>`: pod addresses.
 fn pod6(last: u16) -> Ipv6Addr {
@@ -251,14 +256,7 @@ fn an_ipv6_node_port_stands_in_for_the_client_of_a_remote_backend_and_drops_unde
     // The policy is not in `get services`: the connections tell when the
     // agent has programmed it.
     agent.write_manifest("kubia.yaml", &service("Local")).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let attempt = tcp_connect(&external, node_port, Duration::from_millis(300)).unwrap();
-        match attempt.map_err(|(kind, _)| kind) {
-            Err(ErrorKind::TimedOut) => break,
-            other => assert!(std::time::Instant::now() < deadline, "still answered under Local: {other:?}"),
-        }
-    }
+    until_unanswered(&external, node_port, Duration::from_secs(5)).unwrap();
     assert!(agent.counter("XDP-NODE", "drop_no_backend").unwrap() > 0, "{}", agent.get("counters").unwrap());
 }
 
@@ -353,4 +351,75 @@ fn path_mtu_discovery_works_both_ways_through_an_ipv6_cluster_ip() {
     let udp = udp_exchange(&client.ns, SocketAddr::new(VIP6.into(), 54), TIMEOUT).unwrap();
     assert_eq!(udp.expect_err("an answer from a closed port").kind(), ErrorKind::ConnectionRefused);
     assert!(agent.counter("TC-POD", "icmp_error_reverse_nat").unwrap() >= 1, "{}", counters());
+}
+
+/// `loadBalancerSourceRanges` with an IPv6 prefix, enforced in XDP: of two
+/// external clients, the one inside it is served (and seen as itself), the
+/// other one's packets are dropped and counted.
+#[test]
+fn ipv6_load_balancer_source_ranges_admit_only_their_clients() {
+    source_ranges_admit_only_their_clients(false);
+}
+
+/// A dual-stack load balancer with a range of each family: each ingress IP
+/// admits only its own family's range.
+#[test]
+fn dual_stack_load_balancer_source_ranges_admit_only_their_clients_on_ipv4_and_ipv6() {
+    source_ranges_admit_only_their_clients(true);
+}
+
+fn source_ranges_admit_only_their_clients(dual_stack: bool) {
+    require_root();
+    let node = Node::new().unwrap();
+    let (backends, _client) = pods(&node, 1, dual_stack);
+    // Each client on a link of its own: the first in 198.51.100.0/24 and
+    // 2001:db8::/64 (the ranges), the second in 198.51.101.0/24 and
+    // 2001:db8:1::/64.
+    let clients = [(0u8, "uplink"), (1, "uplink2")].map(|(i, device)| {
+        let (node4, client4) = (Ipv4Addr::new(198, 51, 100 + i, 1), Ipv4Addr::new(198, 51, 100 + i, 100));
+        let net = u16::from(i);
+        let (node6, client6) =
+            (Ipv6Addr::new(0x2001, 0xdb8, net, 0, 0, 0, 0, 1), Ipv6Addr::new(0x2001, 0xdb8, net, 0, 0, 0, 0, 0x100));
+        let ns = node.add_external_client(device, node4, client4).unwrap();
+        node.add_external_ipv6(&ns, device, node6, client6).unwrap();
+        (ns, [IpAddr::from(client4), client6.into()])
+    });
+    let (lb4, lb6) = (IpAddr::from(Ipv4Addr::new(203, 0, 113, 10)), IpAddr::from(LB6));
+    let (families, ranges, ingress) = if dual_stack {
+        (
+            format!("  ipFamilyPolicy: PreferDualStack\n  clusterIPs: [10.96.0.10, {VIP6}]\n"),
+            "[198.51.100.0/24, '2001:db8::/64']",
+            vec![lb4, lb6],
+        )
+    } else {
+        (format!("  ipFamilies: [IPv6]\n  clusterIP: {VIP6}\n"), "['2001:db8::/64']", vec![lb6])
+    };
+    let ingress_ips: String = ingress.iter().map(|ip| format!("    - ip: {ip}\n")).collect();
+    let service = kubia_service(&format!("  type: LoadBalancer\n  loadBalancerSourceRanges: {ranges}\n{families}"))
+        + &format!("status:\n  loadBalancer:\n    ingress:\n{ingress_ips}");
+    // On this node, so that the backend sees the client itself.
+    let pods = pods_manifest(&backends).replace("spec:\n", &format!("spec:\n  nodeName: {}\n", node.ns.name()));
+    let mut args = vec!["--device", "uplink", "--device", "uplink2", "--pod-device", POD_DEVICE_PATTERN];
+    args.extend(["--service-cidr", "10.96.0.0/12", "--service-cidr", SERVICE_CIDR6]);
+    let agent =
+        AgentProcess::start_with(&node, &[("kubia.yaml", service.as_str()), ("pods.yaml", &pods)], &args).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| ingress.iter().all(|ip| s.contains(&ip.to_string()))).unwrap();
+
+    let [(inside, inside_ips), (outside, _)] = &clients;
+    for lb in ingress {
+        let body = http_get(inside, SocketAddr::new(lb, 80), TIMEOUT).unwrap();
+        assert_eq!(served_by(&body), backends[0].name, "{body}");
+        let inside_ip = inside_ips.iter().find(|ip| ip.is_ipv4() == lb.is_ipv4()).unwrap();
+        assert_eq!(seen_ip(&body), *inside_ip, "{body}");
+
+        let dropped = agent.counter("XDP-NODE", "drop_source_range").unwrap();
+        let attempt = tcp_connect(outside, SocketAddr::new(lb, 80), Duration::from_millis(500)).unwrap();
+        assert_eq!(
+            attempt.map_err(|(kind, _)| kind),
+            Err(ErrorKind::TimedOut),
+            "{lb} answered a client outside the ranges"
+        );
+        let counters = agent.get("counters").unwrap();
+        assert!(agent.counter("XDP-NODE", "drop_source_range").unwrap() > dropped, "{lb}: {counters}");
+    }
 }

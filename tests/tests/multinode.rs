@@ -1,10 +1,12 @@
 //! Two nodes, each running its own lb-agent, pods on both (a pod CIDR per
 //! node, routed over a fabric), and an external client on the fabric: the
-//! seeds' "understanding the peculiarities of external connections".
+//! seeds' "understanding the peculiarities of external connections". The
+//! cluster is dual-stack: nodes, pods and the client have an address of
+//! each family, and kubia's node port answers on both.
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     sync::{
         Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -13,10 +15,12 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{AgentProcess, pod_manifest},
+    agent::AgentProcess,
     cgroup::field,
-    client::{bulk_receive, bulk_send, http_get, seen_client, served_by, udp_request, udp_request_from},
-    kubia::{TIMEOUT, VIP},
+    client::{
+        bulk_receive, bulk_send, http_get, seen_client, served_by, udp_request, udp_request_from, until_unanswered,
+    },
+    kubia::{TIMEOUT, VIP, pods_manifest_on},
     netns::Netns,
     require_root,
     topology::{Fabric, Node, Pod},
@@ -25,6 +29,33 @@ use lb_tests::{
 const NODE_A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const NODE_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 100);
+const NODE_A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const NODE_B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x0a);
+
+/// `fd00:244:<node>::<last>`, in node `node`'s IPv6 pod CIDR.
+const fn pod6(node: u16, last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, node, 0, 0, 0, 0, last)
+}
+
+/// The addresses of one family that a test talks to and expects to see.
+struct Family {
+    node_a: IpAddr,
+    node_b: IpAddr,
+    client: IpAddr,
+}
+
+const IPV4: Family = Family { node_a: IpAddr::V4(NODE_A), node_b: IpAddr::V4(NODE_B), client: IpAddr::V4(CLIENT) };
+const IPV6: Family = Family { node_a: IpAddr::V6(NODE_A6), node_b: IpAddr::V6(NODE_B6), client: IpAddr::V6(CLIENT6) };
+
+impl Family {
+    /// `pod`'s address of this family.
+    fn of(&self, pod: &Pod) -> IpAddr {
+        let ip = pod.ips().into_iter().find(|ip| ip.is_ipv4() == self.node_a.is_ipv4());
+        ip.unwrap_or_else(|| panic!("{} has no address of this family", pod.name))
+    }
+}
 
 /// Everything a test needs alive; dropped in reverse order of use.
 struct Cluster {
@@ -57,16 +88,21 @@ fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
     let nodes = [Node::new().unwrap(), Node::new().unwrap()];
     fabric.join(&nodes[0], "fabric", NODE_A).unwrap();
     fabric.join(&nodes[1], "fabric", NODE_B).unwrap();
+    fabric.add_ipv6(&nodes[0].ns, "fabric", NODE_A6).unwrap();
+    fabric.add_ipv6(&nodes[1].ns, "fabric", NODE_B6).unwrap();
     nodes[0].route("10.244.2.0/24", NODE_B).unwrap();
     nodes[1].route("10.244.1.0/24", NODE_A).unwrap();
-    let mut a = nodes[0].add_pod("kubia-a", Ipv4Addr::new(10, 244, 1, 2)).unwrap();
-    let mut b = nodes[1].add_pod("kubia-b", Ipv4Addr::new(10, 244, 2, 2)).unwrap();
+    nodes[0].route("fd00:244:2::/64", NODE_B6).unwrap();
+    nodes[1].route("fd00:244:1::/64", NODE_A6).unwrap();
+    let mut a = nodes[0].add_pod_with("kubia-a", Some(Ipv4Addr::new(10, 244, 1, 2)), Some(pod6(1, 2))).unwrap();
+    let mut b = nodes[1].add_pod_with("kubia-b", Some(Ipv4Addr::new(10, 244, 2, 2)), Some(pod6(2, 2))).unwrap();
     a.serve(8080, 5353).unwrap();
     b.serve(8080, 5353).unwrap();
     b.serve_sink(9000).unwrap();
     b.serve_source(9001).unwrap();
-    let client_pod = nodes[0].add_pod("client", Ipv4Addr::new(10, 244, 1, 100)).unwrap();
+    let client_pod = nodes[0].add_pod_with("client", Some(Ipv4Addr::new(10, 244, 1, 100)), Some(pod6(1, 100))).unwrap();
     let external = fabric.add_client(CLIENT, NODE_A).unwrap();
+    fabric.add_ipv6(&external, "eth0", CLIENT6).unwrap();
     // Like a real node's NIC (or a tunnel), the uplinks complete checksums
     // in software; so does the external client, as a wire delivers them.
     // Pods keep their default offloads: their TCP and UDP leave them with
@@ -74,7 +110,16 @@ fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
     for (ns, ifname) in nodes.iter().map(|n| (&n.ns, "fabric")).chain([(&external, "eth0")]) {
         ns.send_complete_checksums(ifname).unwrap();
     }
-    let mut args = vec!["--device", "fabric", "--pod-device", "h-*"];
+    let mut args = vec![
+        "--device",
+        "fabric",
+        "--pod-device",
+        "h-*",
+        "--service-cidr",
+        "10.96.0.0/12",
+        "--service-cidr",
+        "fd00:96::/112",
+    ];
     if forwarding == Forwarding::XdpFastPath {
         fabric.accept_xdp_frames().unwrap();
         args.extend(["--xdp-redirect-device", "fabric"]);
@@ -82,12 +127,9 @@ fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
 
     // The same manifests on both nodes, pods placed by spec.nodeName.
     let service = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia-nodeport\nspec:\n  type: NodePort\n{policy}  clusterIP: {VIP}\n  ports:\n  - port: 80\n    targetPort: 8080\n    nodePort: 30123\n  selector:\n    app: kubia\n"
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia-nodeport\nspec:\n  type: NodePort\n{policy}  clusterIPs: [{VIP}, {VIP6}]\n  ports:\n  - port: 80\n    targetPort: 8080\n    nodePort: 30123\n  selector:\n    app: kubia\n"
     );
-    let placed = |pod: &Pod, node: &Node| {
-        pod_manifest(&pod.name, pod.ip, true).replace("spec:\n", &format!("spec:\n  nodeName: {}\n", node.ns.name()))
-    };
-    let pods = [placed(&a, &nodes[0]), placed(&b, &nodes[1])].join("---\n");
+    let pods = pods_placed(&[&a, &b], &nodes, |_| true);
     let remote_only = remote_only_service(&b, &nodes[1]);
     let agents = nodes
         .iter()
@@ -99,11 +141,18 @@ fn cluster_forwarding(policy: &str, forwarding: Forwarding) -> Cluster {
                 ("lb.yaml", LOAD_BALANCER),
             ];
             let agent = AgentProcess::start_with(node, &manifests, &args).unwrap();
-            agent.wait_for_services(TIMEOUT, |s| s.contains("30123") && s.matches(":8080").count() >= 1).unwrap();
+            // kubia-nodeport lists both pods of both families.
+            agent.wait_for_services(TIMEOUT, |s| s.contains("30123") && s.matches(":8080").count() >= 4).unwrap();
             agent
         })
         .collect();
     Cluster { client_pod, external, agents, pods: [a, b], nodes, _fabric: fabric }
+}
+
+/// The pods' manifests, kubia-a on node A and kubia-b on node B.
+fn pods_placed(pods: &[&Pod; 2], nodes: &[Node; 2], ready: impl Fn(&Pod) -> bool) -> String {
+    let on = |i: usize| pods_manifest_on(&[pods[i]], nodes[i].ns.name(), &ready);
+    [on(0), on(1)].join("---\n")
 }
 
 /// `bulk` at BULK_VIP, a NodePort: kubia-b's sink (TCP 9000, node port
@@ -124,12 +173,13 @@ const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const LOAD_BALANCER: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia-lb\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.30\n  externalIPs: [203.0.113.20]\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n  - name: dns\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n  selector:\n    app: kubia\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.10\n";
 
 /// Which pod answered, and which client address it saw.
-fn answers(from: &Netns, to: SocketAddrV4, requests: usize) -> BTreeSet<(String, String)> {
+fn answers(from: &Netns, to: impl Into<SocketAddr>, requests: usize) -> BTreeSet<(String, IpAddr)> {
+    let to = to.into();
     (0..requests)
         .map(|_| {
             let body = http_get(from, to, TIMEOUT).unwrap();
-            let seen = seen_client(&body);
-            (served_by(&body).to_owned(), seen[..seen.rfind(':').unwrap()].to_owned())
+            let seen = seen_client(&body).parse::<SocketAddr>().unwrap_or_else(|_| panic!("{body}"));
+            (served_by(&body).to_owned(), seen.ip())
         })
         .collect()
 }
@@ -138,39 +188,63 @@ fn answers(from: &Netns, to: SocketAddrV4, requests: usize) -> BTreeSet<(String,
 /// on node B, and then the backend sees node A's address, not the client's.
 #[test]
 fn cluster_policy_makes_an_extra_hop_and_hides_the_client_address() {
+    cluster_policy_hides_the_client_behind_the_node_it_reached(&IPV4);
+}
+
+/// The same through the node ports' IPv6 addresses: node A's IPv6 address
+/// stands in for the client towards node B's pod.
+#[test]
+fn ipv6_cluster_policy_makes_an_extra_hop_and_hides_the_client_address() {
+    cluster_policy_hides_the_client_behind_the_node_it_reached(&IPV6);
+}
+
+fn cluster_policy_hides_the_client_behind_the_node_it_reached(f: &Family) {
     require_root();
     let c = cluster("");
-    let via_a = answers(&c.external, SocketAddrV4::new(NODE_A, 30123), 30);
-    let want: BTreeSet<(String, String)> =
-        [("kubia-a".into(), CLIENT.to_string()), ("kubia-b".into(), NODE_A.to_string())].into();
-    assert_eq!(via_a, want, "served on node B, kubia-b sees node A");
-    let via_b = answers(&c.external, SocketAddrV4::new(NODE_B, 30123), 30);
-    let want: BTreeSet<(String, String)> =
-        [("kubia-a".into(), NODE_B.to_string()), ("kubia-b".into(), CLIENT.to_string())].into();
-    assert_eq!(via_b, want);
+    let via_a = answers(&c.external, (f.node_a, 30123), 30);
+    assert_eq!(via_a, [("kubia-a".into(), f.client), ("kubia-b".into(), f.node_a)].into(), "kubia-b sees node A");
+    let via_b = answers(&c.external, (f.node_b, 30123), 30);
+    assert_eq!(via_b, [("kubia-a".into(), f.node_b), ("kubia-b".into(), f.client)].into(), "kubia-a sees node B");
 }
 
 /// With `externalTrafficPolicy: Local` a request never leaves the node it
-/// reached and the backend sees the client. A pod is short-circuited to
-/// every endpoint, as kube-proxy does: the policy is for external clients.
+/// reached and the backend sees the client; at a node without a ready
+/// endpoint it is dropped (as kube-proxy does), not sent to another node. A
+/// pod is short-circuited to every endpoint, as kube-proxy does: the policy
+/// is for external clients.
 #[test]
 fn local_policy_never_leaves_the_node_and_keeps_the_client_address() {
+    local_policy_keeps_the_client_on_the_node_it_reached(&IPV4);
+}
+
+/// The same through the node ports' IPv6 addresses.
+#[test]
+fn ipv6_local_policy_never_leaves_the_node_and_keeps_the_client_address() {
+    local_policy_keeps_the_client_on_the_node_it_reached(&IPV6);
+}
+
+fn local_policy_keeps_the_client_on_the_node_it_reached(f: &Family) {
     require_root();
     let c = cluster("  externalTrafficPolicy: Local\n");
+    assert_eq!(answers(&c.external, (f.node_a, 30123), 20), [("kubia-a".into(), f.client)].into());
+    assert_eq!(answers(&c.external, (f.node_b, 30123), 20), [("kubia-b".into(), f.client)].into());
+    let me = f.of(&c.client_pod);
     assert_eq!(
-        answers(&c.external, SocketAddrV4::new(NODE_A, 30123), 20),
-        [("kubia-a".into(), CLIENT.to_string())].into()
-    );
-    assert_eq!(
-        answers(&c.external, SocketAddrV4::new(NODE_B, 30123), 20),
-        [("kubia-b".into(), CLIENT.to_string())].into()
-    );
-    let me = c.client_pod.ip.to_string();
-    assert_eq!(
-        answers(&c.client_pod.ns, SocketAddrV4::new(NODE_A, 30123), 30),
-        [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into(),
+        answers(&c.client_pod.ns, (f.node_a, 30123), 30),
+        [("kubia-a".into(), me), ("kubia-b".into(), me)].into(),
         "a pod reaches every endpoint of its own node's node port"
     );
+
+    // kubia-a stops being ready: node A has no local endpoint left.
+    let dropped = c.agents[0].counter("XDP-NODE", "drop_no_backend").unwrap();
+    let pods = pods_placed(&[&c.pods[0], &c.pods[1]], &c.nodes, |pod| pod.name != "kubia-a");
+    for agent in &c.agents {
+        agent.write_manifest("pods.yaml", &pods).unwrap();
+    }
+    until_unanswered(&c.external, (f.node_a, 30123), Duration::from_secs(5)).unwrap();
+    let counters = c.agents[0].get("counters").unwrap();
+    assert!(c.agents[0].counter("XDP-NODE", "drop_no_backend").unwrap() > dropped, "{counters}");
+    assert_eq!(answers(&c.external, (f.node_b, 30123), 10), [("kubia-b".into(), f.client)].into());
 }
 
 /// A pod on node A reaches the cluster IP's backends on both nodes, keeping
@@ -181,8 +255,8 @@ fn pods_reach_backends_on_the_other_node_through_the_cluster_ip() {
     require_root();
     let c = cluster("");
     let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
-    let me = c.client_pod.ip.to_string();
-    assert_eq!(got, [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into());
+    let me = IpAddr::V4(c.client_pod.ip);
+    assert_eq!(got, [("kubia-a".into(), me), ("kubia-b".into(), me)].into());
 }
 
 /// The uplinks complete checksums (as a NIC without offload or a tunnel
@@ -207,9 +281,9 @@ fn pods_reach_a_remote_backend_through_the_cluster_ip_when_uplinks_complete_chec
     // Sent from TC out of the uplink, not through the node's routing.
     let node_a = &c.agents[0];
     assert!(node_a.counter("PACKETS", "redirect_neigh").unwrap() > 0, "{}", node_a.get("counters").unwrap());
-    let me = c.client_pod.ip.to_string();
+    let me = IpAddr::V4(c.client_pod.ip);
     let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
-    assert_eq!(got, [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into());
+    assert_eq!(got, [("kubia-a".into(), me), ("kubia-b".into(), me)].into());
 }
 
 /// A process on node A (the agent's socket hooks; the uplinks complete
@@ -367,15 +441,13 @@ fn cluster_policy_forwards_over_the_fabric_from_xdp() {
     let c = cluster_forwarding("", Forwarding::XdpFastPath);
     let node_a = &c.agents[0];
     let via_a = answers(&c.external, SocketAddrV4::new(NODE_A, 30123), 30);
-    let want: BTreeSet<(String, String)> =
-        [("kubia-a".into(), CLIENT.to_string()), ("kubia-b".into(), NODE_A.to_string())].into();
-    assert_eq!(via_a, want);
+    assert_eq!(via_a, [("kubia-a".into(), CLIENT.into()), ("kubia-b".into(), NODE_A.into())].into());
     assert!(node_a.counter("PACKETS", "tx").unwrap() > 0, "{}", node_a.get("counters").unwrap());
     assert!(node_a.counter("PACKETS", "stack_device_not_enabled").unwrap() > 0, "{}", node_a.get("counters").unwrap());
 
-    let me = c.client_pod.ip.to_string();
+    let me = IpAddr::V4(c.client_pod.ip);
     let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
-    assert_eq!(got, [("kubia-a".into(), me.clone()), ("kubia-b".into(), me)].into());
+    assert_eq!(got, [("kubia-a".into(), me), ("kubia-b".into(), me)].into());
     // Pods' traffic is translated on TC, not XDP.
     assert!(node_a.counter("TC-POD", "forward_new_flow").unwrap() > 0, "{}", node_a.get("counters").unwrap());
 }
