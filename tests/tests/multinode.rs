@@ -159,14 +159,22 @@ fn pods_placed(pods: &[&Pod; 2], nodes: &[Node; 2], ready: impl Fn(&Pod) -> bool
 /// 30900), source (TCP 9001, node port 30901) and UDP echo (53 -> 5353), an
 /// endpoint on node B only.
 fn remote_only_service(pod: &Pod, node: &Node) -> String {
+    let slice = |ip: IpAddr| {
+        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: bulk-{family}\n  labels:\n    kubernetes.io/service-name: bulk\naddressType: {family}\nendpoints:\n- addresses: ['{ip}']\n  nodeName: {}\n  conditions: {{ready: true}}\nports:\n- {{name: sink, port: 9000}}\n- {{name: source, port: 9001}}\n- {{name: echo, port: 5353, protocol: UDP}}\n",
+            node.ns.name()
+        )
+    };
     format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: bulk\nspec:\n  type: NodePort\n  clusterIP: {BULK_VIP}\n  ports:\n  - name: sink\n    port: 9000\n    nodePort: 30900\n  - name: source\n    port: 9001\n    nodePort: 30901\n  - name: echo\n    port: 53\n    protocol: UDP\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: bulk\nsubsets:\n- addresses:\n  - ip: {}\n    nodeName: {}\n  ports:\n  - name: sink\n    port: 9000\n  - name: source\n    port: 9001\n  - name: echo\n    port: 5353\n    protocol: UDP\n",
-        pod.ip,
-        node.ns.name()
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: bulk\nspec:\n  type: NodePort\n  ipFamilyPolicy: PreferDualStack\n  clusterIPs: [{BULK_VIP}, {BULK_VIP6}]\n  ports:\n  - name: sink\n    port: 9000\n    nodePort: 30900\n  - name: source\n    port: 9001\n    nodePort: 30901\n  - name: echo\n    port: 53\n    protocol: UDP\n{}{}",
+        slice(IPV4.of(pod)),
+        slice(IPV6.of(pod))
     )
 }
 
 const BULK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const BULK_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x20);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 /// kubia behind a load-balancer IP and an external IP, UDP 53 -> 5353 too.
@@ -409,19 +417,31 @@ fn snat_gives_every_flow_a_port_of_its_own() {
 /// client. 20 KB each way arrive intact.
 #[test]
 fn path_mtu_discovery_works_through_a_node_port_to_the_other_node() {
+    path_mtu_discovery_through_a_node_port_to_the_other_node(&IPV4, &["10.244.2.0/24", "via", &NODE_B.to_string()]);
+}
+
+/// The same over IPv6, answered with ICMPv6 packet too big.
+#[test]
+fn ipv6_path_mtu_discovery_works_through_a_node_port_to_the_other_node() {
+    path_mtu_discovery_through_a_node_port_to_the_other_node(&IPV6, &["fd00:244:2::/64", "via", &NODE_B6.to_string()]);
+}
+
+fn path_mtu_discovery_through_a_node_port_to_the_other_node(f: &Family, route_to_b: &[&str]) {
     require_root();
     let c = cluster("");
     let node_a = &c.nodes[0].ns;
-    node_a.exec(&["ip", "route", "replace", &format!("{CLIENT}/32"), "dev", "fabric", "mtu", "lock", "1400"]).unwrap();
-    let via_b = ["ip", "route", "replace", "10.244.2.0/24", "via", &NODE_B.to_string(), "mtu", "lock", "1400"];
-    node_a.exec(&via_b).unwrap();
+    let (family, host) = if f.client.is_ipv4() { ("-4", "/32") } else { ("-6", "/128") };
+    let to_client = format!("{}{host}", f.client);
+    let mtu = ["mtu", "lock", "1400"];
+    node_a.exec(&[&["ip", family, "route", "replace", &to_client, "dev", "fabric"][..], &mtu].concat()).unwrap();
+    node_a.exec(&[&["ip", family, "route", "replace"][..], route_to_b, &mtu].concat()).unwrap();
 
-    bulk_receive(&c.external, SocketAddrV4::new(NODE_A, 30901), 20 << 10, TIMEOUT * 3).unwrap();
+    bulk_receive(&c.external, (f.node_a, 30901), 20 << 10, TIMEOUT * 3).unwrap();
     let answered = c.agents[0].counter("XDP-NODE", "frag_needed").unwrap();
     assert!(answered >= 1, "the backend's reply was not answered: {}", c.agents[0].get("counters").unwrap());
     // Forgotten, or the backend would announce the smaller MSS in turn.
-    c.pods[1].ns.exec(&["ip", "route", "flush", "cache"]).unwrap();
-    let report = bulk_send(&c.external, SocketAddrV4::new(NODE_A, 30900), 20 << 10, TIMEOUT * 3).unwrap();
+    c.pods[1].ns.exec(&["ip", family, "route", "flush", "cache"]).unwrap();
+    let report = bulk_send(&c.external, (f.node_a, 30900), 20 << 10, TIMEOUT * 3).unwrap();
     assert!(report.contains("received 20480 bytes"), "{report}");
     assert!(
         c.agents[0].counter("XDP-NODE", "frag_needed").unwrap() > answered,
