@@ -55,11 +55,34 @@ pub enum Flows {
     /// `frame` as it is: one flow.
     One,
     /// A new flow (almost) every frame: random source port and low 16 bits
-    /// of the source address. `frame` must be IPv4 without options with
-    /// those address bits 0, IP id 0xffff (the generator writes the address
-    /// bits' complement there, which keeps the header checksum right) and a
-    /// UDP checksum of 0.
+    /// of the source address. `frame` must be UDP with those address bits
+    /// 0, and, in IPv4, without options, with IP id 0xffff (the generator
+    /// writes the address bits' complement there, which keeps the header
+    /// checksum right) and a UDP checksum of 0; in IPv6 (whose UDP checksum
+    /// is mandatory), without extension headers, with source port 0 and at
+    /// least 4 bytes of payload, the first 4 zero: the port's and the
+    /// address bits' complements go there, which keeps the checksum right.
     NewEach,
+}
+
+/// Where [`Flows::NewEach`] writes in a frame: the source port, the low 16
+/// bits of the source address, and the complements that keep the checksums
+/// right (of the port: none in IPv4, whose UDP checksum is 0).
+struct NewFlowFields {
+    port: i16,
+    addr: i16,
+    port_complement: Option<i16>,
+    addr_complement: i16,
+}
+
+impl NewFlowFields {
+    fn of(frame: &[u8]) -> Self {
+        if frame[12..14] == [0x86, 0xdd] {
+            NewFlowFields { port: 54, addr: 36, port_complement: Some(62), addr_complement: 64 }
+        } else {
+            NewFlowFields { port: 34, addr: 28, port_complement: None, addr_complement: 18 }
+        }
+    }
 }
 
 /// Sends `frame` `count` times out of `ifname` in `ns` from XDP (live
@@ -115,18 +138,28 @@ fn frame_writer(frame: &[u8], flows: Flows) -> Vec<u64> {
         let word = i32::from_ne_bytes(frame[off..off + 4].try_into().expect("4 bytes"));
         insn(0x62, 0x02, off as i16, word) // *(u32 *)(r2 + off) = word
     });
-    let vary: &[u64] = match flows {
-        Flows::One => &[],
-        Flows::NewEach => &[
-            insn(0xbf, 0x26, 0, 0),      // r6 = r2 (kept across the call)
-            insn(0x85, 0, 0, 7),         // r0 = bpf_get_prandom_u32()
-            insn(0x6b, 0x06, 34, 0),     // source port = r0
-            insn(0x77, 0x00, 0, 16),     // r0 >>= 16
-            insn(0x6b, 0x06, 28, 0),     // source address, low 16 bits = r0
-            insn(0xa7, 0x00, 0, 0xffff), // r0 ^= 0xffff
-            insn(0x6b, 0x06, 18, 0),     // IP id = r0
-        ],
-    };
+    let mut vary = Vec::new();
+    if flows == Flows::NewEach {
+        let at = NewFlowFields::of(frame);
+        vary.extend([
+            insn(0xbf, 0x26, 0, 0),       // r6 = r2 (kept across the call)
+            insn(0x85, 0, 0, 7),          // r0 = bpf_get_prandom_u32()
+            insn(0x6b, 0x06, at.port, 0), // source port = r0
+        ]);
+        if let Some(complement) = at.port_complement {
+            vary.extend([
+                insn(0xbf, 0x01, 0, 0),          // r1 = r0
+                insn(0xa7, 0x01, 0, 0xffff),     // r1 ^= 0xffff
+                insn(0x6b, 0x16, complement, 0), // port complement = r1
+            ]);
+        }
+        vary.extend([
+            insn(0x77, 0x00, 0, 16),                 // r0 >>= 16
+            insn(0x6b, 0x06, at.addr, 0),            // source address, low 16 bits = r0
+            insn(0xa7, 0x00, 0, 0xffff),             // r0 ^= 0xffff
+            insn(0x6b, 0x06, at.addr_complement, 0), // address complement = r0
+        ]);
+    }
     let skip = (offsets.len() + vary.len() + 2) as i16;
     let mut program = vec![
         insn(0x61, 0x12, 0, 0),                  // r2 = ctx->data

@@ -30,7 +30,7 @@ use crate::{
     Section,
     chart::BarChart,
     median_spread,
-    synthetic::{BACKEND_POD, ENDPOINTS, Protocol, Synthetic, vip},
+    synthetic::{BACKEND_POD, ENDPOINTS, Family, Protocol, Synthetic, vip},
 };
 
 const SERVICES: u32 = 10_000;
@@ -337,7 +337,7 @@ fn agent_figures(runs: &[AgentRun]) -> [Figure; 3] {
 }
 
 pub fn run() -> anyhow::Result<Section> {
-    let synthetic = Synthetic { services: SERVICES, protocol: Protocol::Tcp };
+    let synthetic = Synthetic { services: SERVICES, protocol: Protocol::Tcp, family: Family::V4 };
     let files = synthetic.manifest_files(ENDPOINTS);
     let objects = synthetic.api_objects();
     let slices = objects.iter().filter(|o| o["kind"] == "EndpointSlice").count();

@@ -1,10 +1,11 @@
 //! The Services every benchmark programs, and the rule sets kube-proxy
 //! would write for them: Services without selector at 10.100.0.0 + i, each
-//! with ENDPOINTS endpoints from an Endpoints object.
+//! with ENDPOINTS endpoints from an Endpoints object; in IPv6, at the twins
+//! of those addresses (see [`BenchFamily`]).
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
 };
 
 use lb_tests::{
@@ -12,6 +13,7 @@ use lb_tests::{
     cgroup::TestCgroup,
     topology::{Node, Pod},
 };
+pub use lb_userspace::model::Family;
 use serde_json::json;
 
 use crate::control_plane::timed_load;
@@ -27,10 +29,63 @@ pub fn vip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i)
 }
 
-/// `services` Services on port 80 of `protocol`; the last one is served by BACKEND_POD.
+/// The service CIDR the IPv4 addresses above are in: the agent's default.
+const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 96, 0, 0), 12);
+
+/// The benchmarks number their addresses in IPv4; in IPv6 they use each
+/// one's twin, fd00::<the IPv4 address> (10.100.0.1 is fd00::a64:1), so
+/// that every prefix keeps its place (10.96.0.0/12 is fd00::a60:0/108) and
+/// the two families' runs differ in the family only.
+pub trait BenchFamily: Copy {
+    /// The address standing for `v4` in this family.
+    fn twin(self, v4: Ipv4Addr) -> IpAddr;
+    /// `--service-cidr` for the agent.
+    fn service_cidr(self) -> String;
+    /// A single-stack pod of this family with (the twin of) `v4`.
+    fn add_pod(self, node: &Node, name: &str, v4: Ipv4Addr) -> anyhow::Result<Pod>;
+    /// The legacy iptables command of this family (`iptables-legacy`).
+    fn iptables(self) -> &'static str;
+}
+
+impl BenchFamily for Family {
+    fn twin(self, v4: Ipv4Addr) -> IpAddr {
+        match self {
+            Family::V4 => v4.into(),
+            Family::V6 => {
+                Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0)) | u128::from(v4.to_bits())).into()
+            }
+        }
+    }
+
+    fn service_cidr(self) -> String {
+        let (network, len) = SERVICE_CIDR;
+        match self {
+            Family::V4 => format!("{network}/{len}"),
+            Family::V6 => format!("{}/{}", self.twin(network), len + 96),
+        }
+    }
+
+    fn add_pod(self, node: &Node, name: &str, v4: Ipv4Addr) -> anyhow::Result<Pod> {
+        match self.twin(v4) {
+            IpAddr::V4(ip) => node.add_pod_with(name, Some(ip), None),
+            IpAddr::V6(ip) => node.add_pod_with(name, None, Some(ip)),
+        }
+    }
+
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-legacy",
+            Family::V6 => "ip6tables-legacy",
+        }
+    }
+}
+
+/// `services` Services of `family` on port 80 of `protocol`; the last one
+/// is served by BACKEND_POD.
 pub struct Synthetic {
     pub services: u32,
     pub protocol: Protocol,
+    pub family: Family,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,13 +105,19 @@ impl Protocol {
 }
 
 impl Synthetic {
+    /// Service `i`'s cluster IP.
+    fn vip(&self, i: u32) -> IpAddr {
+        self.family.twin(vip(i))
+    }
+
     /// Endpoint `j` of Service `i`: address and port.
-    fn endpoint(&self, i: u32, j: u32) -> (Ipv4Addr, u16) {
-        if i == self.services - 1 {
+    fn endpoint(&self, i: u32, j: u32) -> SocketAddr {
+        let (ip, port) = if i == self.services - 1 {
             (BACKEND_POD, 8080 + j as u16)
         } else {
             (Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i * ENDPOINTS + j), 8080)
-        }
+        };
+        SocketAddr::new(self.family.twin(ip), port)
     }
 
     /// A Service without selector and its Endpoints object, as JSON items.
@@ -64,8 +125,8 @@ impl Synthetic {
         let name = format!("svc-{i}");
         let subsets: Vec<_> = (0..endpoints)
             .map(|j| {
-                let (ip, port) = self.endpoint(i, j);
-                json!({"addresses": [{"ip": ip.to_string()}], "ports": [{"port": port, "protocol": self.protocol.names().0}]})
+                let endpoint = self.endpoint(i, j);
+                json!({"addresses": [{"ip": endpoint.ip().to_string()}], "ports": [{"port": endpoint.port(), "protocol": self.protocol.names().0}]})
             })
             .collect();
         [
@@ -77,7 +138,7 @@ impl Synthetic {
     /// Service `i`, its cluster IP written (nothing allocates in API mode either).
     fn service(&self, i: u32) -> serde_json::Value {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
-               "spec": {"clusterIP": vip(i).to_string(), "ports": [{"port": 80, "protocol": self.protocol.names().0}]}})
+               "spec": {"clusterIP": self.vip(i).to_string(), "ports": [{"port": 80, "protocol": self.protocol.names().0}]}})
     }
 
     /// Service `i`'s EndpointSlices with its first `endpoints` endpoints.
@@ -89,10 +150,10 @@ impl Synthetic {
     pub fn endpoint_slices(&self, i: u32, endpoints: u32) -> Vec<serde_json::Value> {
         let mut by_port: std::collections::BTreeMap<u16, Vec<serde_json::Value>> = Default::default();
         for j in 0..ENDPOINTS {
-            let (ip, port) = self.endpoint(i, j);
-            let slice = by_port.entry(port).or_default();
+            let endpoint = self.endpoint(i, j);
+            let slice = by_port.entry(endpoint.port()).or_default();
             if j < endpoints {
-                slice.push(json!({"addresses": [ip.to_string()], "conditions": {"ready": true}}));
+                slice.push(json!({"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}));
             }
         }
         by_port
@@ -103,7 +164,7 @@ impl Synthetic {
                        "metadata": {"name": format!("svc-{i}-{k}"), "namespace": "bench",
                                     "labels": {"kubernetes.io/service-name": format!("svc-{i}"),
                                                "endpointslice.kubernetes.io/managed-by": "endpointslicemirroring-controller.k8s.io"}},
-                       "addressType": "IPv4", "endpoints": addresses,
+                       "addressType": self.family.to_string(), "endpoints": addresses,
                        "ports": [{"port": port, "protocol": self.protocol.names().0}]})
             })
             .collect()
@@ -151,10 +212,14 @@ impl Synthetic {
             let n = if i == self.services - 1 { last_endpoints } else { ENDPOINTS };
             let _ = writeln!(chains, ":KUBE-SVC-{i} - [0:0]");
             if !only_last {
-                let _ = writeln!(rules, "-A KUBE-SERVICES -d {}/32 -p {p} -m {p} --dport 80 -j KUBE-SVC-{i}", vip(i));
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-SERVICES -d {} -p {p} -m {p} --dport 80 -j KUBE-SVC-{i}",
+                    host(self.vip(i))
+                );
             }
             for j in 0..n {
-                let (ip, port) = self.endpoint(i, j);
+                let endpoint = self.endpoint(i, j);
                 let _ = writeln!(chains, ":KUBE-SEP-{i}-{j} - [0:0]");
                 let remaining = n - j;
                 if remaining > 1 {
@@ -166,8 +231,8 @@ impl Synthetic {
                 } else {
                     let _ = writeln!(rules, "-A KUBE-SVC-{i} -j KUBE-SEP-{i}-{j}");
                 }
-                let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -s {ip}/32 -j KUBE-MARK-MASQ");
-                let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -p {p} -m {p} -j DNAT --to-destination {ip}:{port}");
+                let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -s {} -j KUBE-MARK-MASQ", host(endpoint.ip()));
+                let _ = writeln!(rules, "-A KUBE-SEP-{i}-{j} -p {p} -m {p} -j DNAT --to-destination {endpoint}");
             }
             if only_last {
                 // kube-proxy's partial sync also deletes the chain that went.
@@ -180,23 +245,33 @@ impl Synthetic {
         format!("*nat\n{chains}{rules}COMMIT\n")
     }
 
+    /// The nftables table family (and address match) and address type of the Services' family.
+    fn nft_names(&self) -> (&'static str, &'static str) {
+        match self.family {
+            Family::V4 => ("ip", "ipv4_addr"),
+            Family::V6 => ("ip6", "ipv6_addr"),
+        }
+    }
+
     /// kube-proxy's nftables rules: a verdict map on daddr . proto . dport,
     /// `numgen random mod n` per Service, a chain per endpoint.
     pub fn nft_rules(&self) -> String {
         let p = self.protocol.names().1;
-        let mut out = String::from("table ip kube-proxy {\n");
+        let (ip, addr_type) = self.nft_names();
+        let mut out = format!("table {ip} kube-proxy {{\n");
         out.push_str("  chain mark-for-masquerade {\n    meta mark set meta mark | 0x4000\n  }\n");
         let mut elements = Vec::new();
         let mut chains = String::new();
         for i in 0..self.services {
-            elements.push(format!("{} . {p} . 80 : goto service-{i}", vip(i)));
+            elements.push(format!("{} . {p} . 80 : goto service-{i}", self.vip(i)));
             let mut vmap = Vec::new();
             for j in 0..ENDPOINTS {
-                let (ip, port) = self.endpoint(i, j);
+                let endpoint = self.endpoint(i, j);
                 vmap.push(format!("{j} : goto endpoint-{i}-{j}"));
                 let _ = writeln!(
                     chains,
-                    "  chain endpoint-{i}-{j} {{\n    ip saddr {ip} jump mark-for-masquerade\n    meta l4proto {p} dnat to {ip}:{port}\n  }}"
+                    "  chain endpoint-{i}-{j} {{\n    {ip} saddr {} jump mark-for-masquerade\n    meta l4proto {p} dnat to {endpoint}\n  }}",
+                    endpoint.ip()
                 );
             }
             let _ = writeln!(
@@ -208,10 +283,10 @@ impl Synthetic {
         out.push_str(&chains);
         let _ = writeln!(
             out,
-            "  map service-ips {{\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {{ {} }}\n  }}",
+            "  map service-ips {{\n    type {addr_type} . inet_proto . inet_service : verdict\n    elements = {{ {} }}\n  }}",
             elements.join(", ")
         );
-        out.push_str("  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n");
+        let _ = writeln!(out, "  chain services {{\n    {ip} daddr . meta l4proto . th dport vmap @service-ips\n  }}");
         out.push_str("  chain nat-prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n");
         out.push_str(
             "  chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n}\n",
@@ -222,14 +297,21 @@ impl Synthetic {
     /// What kube-proxy's nftables mode sends for the last Service losing one endpoint.
     pub fn nft_change(&self) -> String {
         let i = self.services - 1;
+        let (ip, _) = self.nft_names();
         let vmap: Vec<String> = (0..ENDPOINTS - 1).map(|j| format!("{j} : goto endpoint-{i}-{j}")).collect();
         format!(
-            "flush chain ip kube-proxy service-{i}\nadd rule ip kube-proxy service-{i} numgen random mod {} vmap {{ {} }}\ndelete chain ip kube-proxy endpoint-{i}-{}\n",
+            "flush chain {ip} kube-proxy service-{i}\nadd rule {ip} kube-proxy service-{i} numgen random mod {} vmap {{ {} }}\ndelete chain {ip} kube-proxy endpoint-{i}-{}\n",
             ENDPOINTS - 1,
             vmap.join(", "),
             ENDPOINTS - 1
         )
     }
+}
+
+/// `ip` as iptables-save writes a host: with its full prefix length.
+fn host(ip: IpAddr) -> String {
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    format!("{ip}/{len}")
 }
 
 /// What the node runs to implement the Services.
@@ -273,7 +355,8 @@ impl Datapath {
                 let manifests: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
                 // Room for each Service's table of 10 backends (10 007 entries).
                 let entries = (synthetic.services * 10_240).next_power_of_two().to_string();
-                let mut args = vec!["--pod-device", "h-*", "--maglev-entries", &entries];
+                let cidr = synthetic.family.service_cidr();
+                let mut args = vec!["--pod-device", "h-*", "--maglev-entries", &entries, "--service-cidr", &cidr];
                 match cgroup {
                     Some(cgroup) => args.extend(["--cgroup-root", cgroup.path().to_str().expect("a UTF-8 path")]),
                     None => args.extend(["--socket-lb", "off"]),
@@ -286,7 +369,8 @@ impl Datapath {
                 Ok(Some(AgentProcess::start_with(node, &manifests, &args)?))
             }
             Datapath::Iptables => {
-                timed_load(&node.ns, "iptables-legacy-restore", &[], &synthetic.iptables_rules(ENDPOINTS, false))?;
+                let restore = format!("{}-restore", synthetic.family.iptables());
+                timed_load(&node.ns, &restore, &[], &synthetic.iptables_rules(ENDPOINTS, false))?;
                 Ok(None)
             }
             Datapath::Nftables => {
@@ -319,7 +403,7 @@ impl TcpRig {
         services: u32,
         serve: impl FnOnce(&mut Pod, &[u16]) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
-        let synthetic = Synthetic { services, protocol: Protocol::Tcp };
+        let synthetic = Synthetic { services, protocol: Protocol::Tcp, family: Family::V4 };
         let node = Node::new()?;
         let mut backend = node.add_pod("backend", BACKEND_POD)?;
         serve(&mut backend, &(8080..8080 + ENDPOINTS as u16).collect::<Vec<_>>())?;

@@ -1,10 +1,11 @@
-//! Forwarding throughput over veth, pod -> cluster IP -> pod: 64-byte UDP
-//! frames to a Service, of one flow or a new flow each, sent from a client
-//! pod by BPF_PROG_RUN in live-frames mode (XDP_TX out of its eth0; the
-//! node's end runs a pass-through XDP program so that the veth takes them),
-//! forwarded by the node (lb on TC ingress), and counted where they arrive:
-//! a raw-table DROP rule in the backend pod, which sees frames that came by
-//! the veth and by `bpf_redirect_peer` alike.
+//! Forwarding throughput over veth, pod -> cluster IP -> pod, in IPv4 and
+//! in IPv6: UDP frames with 18 bytes of payload (64 bytes on the wire in
+//! IPv4, 84 in IPv6) to a Service, of one flow or a new flow each, sent
+//! from a client pod by BPF_PROG_RUN in live-frames mode (XDP_TX out of
+//! its eth0; the node's end runs a pass-through XDP program so that the
+//! veth takes them), forwarded by the node (lb on TC ingress), and counted
+//! where they arrive: a raw-table DROP rule in the backend pod, which sees
+//! frames that came by the veth and by `bpf_redirect_peer` alike.
 //! The generator and the node's receive processing share a CPU (the veth
 //! peer's NAPI runs where the frames are sent), so each figure is the rate
 //! of generator + node datapath together; the generator's own cost is the
@@ -29,19 +30,20 @@ use crate::{
     Section,
     chart::BarChart,
     median_spread,
-    synthetic::{BACKEND_POD, Datapath, Protocol, Synthetic, vip},
+    synthetic::{BACKEND_POD, BenchFamily, Datapath, Family, Protocol, Synthetic, vip},
 };
 
 /// Frames per run: one flow, new flows (every one of which costs kube-proxy's
-/// datapaths a walk of their rules).
-const FRAMES: u32 = 2_000_000;
-const NEW_FLOW_FRAMES: u32 = 300_000;
+/// datapaths a walk of their rules). A second or more per run even for the
+/// fastest, and few enough that both families fit in a few minutes.
+const FRAMES: u32 = 1_000_000;
+const NEW_FLOW_FRAMES: u32 = 150_000;
 const RUNS: usize = 3;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 100);
 
-/// Frames the backend's DROP rule counted so far.
-fn received(backend: &Netns) -> anyhow::Result<u64> {
-    let out = backend.exec(&["iptables-legacy", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"])?;
+/// Frames the backend's DROP rule (for `family`) counted so far.
+fn received(backend: &Netns, family: Family) -> anyhow::Result<u64> {
+    let out = backend.exec(&[family.iptables(), "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find(|l| l.contains("DROP"))
@@ -49,9 +51,10 @@ fn received(backend: &Netns) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no DROP rule counter in:\n{text}"))
 }
 
-/// A node running one datapath for some Services, with a client pod that
-/// generates frames and a backend pod that counts them.
+/// A node running one datapath for some Services of one family, with a
+/// client pod that generates frames and a backend pod that counts them.
 struct Rig {
+    family: Family,
     backend: lb_tests::topology::Pod,
     client: lb_tests::topology::Pod,
     /// One flow's frame, and the template of new flows' frames.
@@ -64,14 +67,15 @@ struct Rig {
 }
 
 impl Rig {
-    fn new(datapath: Datapath, services: u32) -> anyhow::Result<Self> {
-        let synthetic = Synthetic { services, protocol: Protocol::Udp };
+    fn new(datapath: Datapath, services: u32, family: Family) -> anyhow::Result<Self> {
+        let synthetic = Synthetic { services, protocol: Protocol::Udp, family };
         let node = Node::new()?;
-        let backend = node.add_pod("backend", BACKEND_POD)?;
-        backend.ns.exec(&["iptables-legacy", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"])?;
-        // The node knows the backend's MAC from the start: no ARP in the runs.
+        let backend = family.add_pod(&node, "backend", BACKEND_POD)?;
+        backend.ns.exec(&[family.iptables(), "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"])?;
+        // The node knows the backend's MAC from the start: no ARP (or
+        // neighbour discovery) in the runs.
         let backend_mac = backend.ns.mac("eth0")?;
-        let backend_ip = BACKEND_POD.to_string();
+        let backend_ip = family.twin(BACKEND_POD).to_string();
         node.ns.exec(&[
             "ip",
             "neigh",
@@ -84,7 +88,7 @@ impl Rig {
             "nud",
             "permanent",
         ])?;
-        let client = node.add_pod("client", CLIENT)?;
+        let client = family.add_pod(&node, "client", CLIENT)?;
         let agent = datapath.program(&node, &synthetic, None)?;
         // The generator's frames reach the node only through an XDP program
         // there (a veth takes XDP_TX frames only when its peer runs one).
@@ -94,16 +98,18 @@ impl Rig {
             let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
             bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text}"))
         };
-        // 64 bytes on the wire without the FCS: 14 + 20 + 8 + 18 bytes of payload.
-        let mut frame = PacketBuilder::new(IPPROTO_UDP, CLIENT.octets(), 5000, vip(services - 1).octets(), 80)
-            .payload(&[0; 18])
-            .build();
-        // Clients from all of 10.244.0.0/16 (see `Flows::NewEach`).
-        let mut new_flows = PacketBuilder::new(IPPROTO_UDP, [10, 244, 0, 0], 5000, vip(services - 1).octets(), 80)
-            .payload(&[0; 18])
-            .ip_id(0xffff)
-            .udp_zero_checksum()
-            .build();
+        // 64 bytes on the wire without the FCS in IPv4: 14 + 20 + 8 + 18
+        // bytes of payload; IPv6's header is 20 bytes longer.
+        let to = family.twin(vip(services - 1));
+        let mut frame = PacketBuilder::new(IPPROTO_UDP, family.twin(CLIENT), 5000, to, 80).payload(&[0; 18]).build();
+        // Clients from all of 10.244.0.0/16 (or its twin), from ports
+        // the generator writes (see `Flows::NewEach`).
+        let new_flows =
+            PacketBuilder::new(IPPROTO_UDP, family.twin(Ipv4Addr::new(10, 244, 0, 0)), 0, to, 80).payload(&[0; 18]);
+        let mut new_flows = match family {
+            Family::V4 => new_flows.ip_id(0xffff).udp_zero_checksum().build(),
+            Family::V6 => new_flows.build(),
+        };
         for frame in [&mut frame, &mut new_flows] {
             frame[0..6].copy_from_slice(&mac(&node.ns, "h-client")?);
             frame[6..12].copy_from_slice(&mac(&client.ns, "eth0")?);
@@ -115,7 +121,7 @@ impl Rig {
         // The first frames create the flow (and fill the FIB's caches).
         xdp_const::send_live_frames(&client.ns, "eth0", &frame, 1_000, Flows::One)?;
         std::thread::sleep(Duration::from_millis(100));
-        Ok(Rig { backend, client, frame, new_flows, _pass: pass, _agent: agent, _node: node })
+        Ok(Rig { family, backend, client, frame, new_flows, _pass: pass, _agent: agent, _node: node })
     }
 
     /// Packets per second received at the backend in one run.
@@ -124,39 +130,47 @@ impl Rig {
             Flows::One => (&self.frame, FRAMES),
             Flows::NewEach => (&self.new_flows, NEW_FLOW_FRAMES),
         };
-        let before = received(&self.backend.ns)?;
+        let before = received(&self.backend.ns, self.family)?;
         let start = Instant::now();
         xdp_const::send_live_frames(&self.client.ns, "eth0", frame, count, flows)?;
         // Frames still queued at the node arrive within a moment.
         std::thread::sleep(Duration::from_millis(50));
         let elapsed = start.elapsed();
-        Ok((received(&self.backend.ns)? - before) as f64 / elapsed.as_secs_f64())
+        Ok((received(&self.backend.ns, self.family)? - before) as f64 / elapsed.as_secs_f64())
     }
 }
 
 const DATAPATHS: [Datapath; 4] = [Datapath::Lb, Datapath::LbStack, Datapath::Iptables, Datapath::Nftables];
 
+const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+
+/// Each of DATAPATHS in each of FAMILIES: the table's rows, in order.
+fn setups() -> Vec<(Datapath, Family)> {
+    DATAPATHS.into_iter().flat_map(|datapath| FAMILIES.map(|family| (datapath, family))).collect()
+}
+
 const PATTERNS: [Flows; 2] = [Flows::One, Flows::NewEach];
 
-/// (median, spread) packets per second of each of DATAPATHS with `services`
-/// Services, for each of PATTERNS: every datapath is set up on a node of
-/// its own, then measured in turn, RUNS rounds.
+/// (median, spread) packets per second of each of `setups()` with
+/// `services` Services, for each of PATTERNS: every setup is on a node of
+/// its own, then all are measured in turn, RUNS rounds, so that the
+/// families see the same moments of the machine.
 fn measure(services: u32) -> anyhow::Result<[Vec<(f64, f64)>; 2]> {
-    let rigs = DATAPATHS
-        .iter()
-        .map(|datapath| {
-            eprintln!("  throughput: setting up {} with {services} services", datapath.name());
-            Rig::new(*datapath, services)
+    let rigs = setups()
+        .into_iter()
+        .map(|(datapath, family)| {
+            eprintln!("  throughput: setting up {} {family} with {services} services", datapath.name());
+            Rig::new(datapath, services, family)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut figures = [Vec::new(), Vec::new()];
     for (flows, figures) in PATTERNS.into_iter().zip(&mut figures) {
         let mut rates = vec![Vec::new(); rigs.len()];
         for round in 1..=RUNS {
-            for ((rig, rates), datapath) in rigs.iter().zip(&mut rates).zip(DATAPATHS) {
+            for ((rig, rates), (datapath, family)) in rigs.iter().zip(&mut rates).zip(setups()) {
                 rates.push(rig.rate(flows)?);
                 let pps = rates.last().expect("pushed") / 1e6;
-                eprintln!("    {flows:?}, round {round}/{RUNS}: {} {pps:.3} Mpps", datapath.name());
+                eprintln!("    {flows:?}, round {round}/{RUNS}: {} {family} {pps:.3} Mpps", datapath.name());
             }
         }
         *figures = rates.iter().map(|r| median_spread(r)).collect();
@@ -166,16 +180,18 @@ fn measure(services: u32) -> anyhow::Result<[Vec<(f64, f64)>; 2]> {
 
 pub fn run() -> anyhow::Result<Section> {
     let counts = [1u32, 1_000, 10_000];
-    // figures[pattern][datapath][count]: (median, spread)
-    let mut figures = [vec![Vec::new(); DATAPATHS.len()], vec![Vec::new(); DATAPATHS.len()]];
+    let setups = setups();
+    // figures[pattern][setup][count]: (median, spread)
+    let mut figures = [vec![Vec::new(); setups.len()], vec![Vec::new(); setups.len()]];
     for services in counts {
         for (pattern, measured) in measure(services)?.into_iter().enumerate() {
-            for (datapath, figure) in measured.into_iter().enumerate() {
-                figures[pattern][datapath].push(figure);
+            for (setup, figure) in measured.into_iter().enumerate() {
+                figures[pattern][setup].push(figure);
             }
         }
     }
-    let iptables = DATAPATHS.iter().position(|d| matches!(d, Datapath::Iptables)).expect("a peer");
+    let iptables =
+        |family| setups.iter().position(|&(d, f)| matches!(d, Datapath::Iptables) && f == family).expect("a peer");
     let mut markdown = String::new();
     let mut rows = Vec::new();
     let mut charts = Vec::new();
@@ -184,39 +200,54 @@ pub fn run() -> anyhow::Result<Section> {
             .into_iter()
             .enumerate()
     {
-        let _ = write!(markdown, "{}:\n\n| datapath |", title[..1].to_uppercase() + &title[1..]);
+        let _ = write!(markdown, "{}:\n\n| datapath | family |", title[..1].to_uppercase() + &title[1..]);
         for c in counts {
             let _ = write!(markdown, " {c} services |");
         }
-        let _ = writeln!(markdown, "\n|---|{}", "---|".repeat(counts.len()));
-        let mut series = Vec::new();
-        for (datapath, values) in DATAPATHS.iter().zip(&figures[pattern]) {
-            let _ = write!(markdown, "| {} |", datapath.name());
-            for ((pps, spread), (base, _)) in values.iter().zip(&figures[pattern][iptables]) {
+        let _ = writeln!(markdown, "\n|---|---|{}", "---|".repeat(counts.len()));
+        for (&(datapath, family), values) in setups.iter().zip(&figures[pattern]) {
+            let _ = write!(markdown, "| {} | {family} |", datapath.name());
+            for ((pps, spread), (base, _)) in values.iter().zip(&figures[pattern][iptables(family)]) {
                 let ratio = if *base > 0.0 { pps / base } else { 0.0 };
                 let _ = write!(markdown, " {:.2} Mpps (±{:.2}), {ratio:.1}x |", pps / 1e6, spread / 1e6);
             }
             markdown.push('\n');
             for (services, (pps, spread)) in counts.iter().zip(values) {
-                rows.push(json!({"datapath": datapath.name(), "flows": format!("{flows:?}"), "services": services,
-                                 "pps": pps, "spread_pps": spread}));
+                rows.push(
+                    json!({"datapath": datapath.name(), "family": family.to_string(), "flows": format!("{flows:?}"),
+                                 "services": services, "pps": pps, "spread_pps": spread}),
+                );
             }
-            series.push((datapath.name().to_owned(), values.iter().map(|v| v.0 / 1e6).collect()));
         }
         markdown.push('\n');
-        let groups = counts.iter().map(|c| format!("{c} services")).collect();
-        let title = format!("Forwarding throughput over veth, 64-byte UDP, {title}");
+        // A group of bars per count and family, a series per datapath.
+        let groups = counts.iter().flat_map(|c| FAMILIES.map(|f| format!("{c} services, {f}"))).collect();
+        let series = DATAPATHS
+            .iter()
+            .enumerate()
+            .map(|(d, datapath)| {
+                let values = (0..counts.len())
+                    .flat_map(|c| (0..FAMILIES.len()).map(move |f| (c, d * FAMILIES.len() + f)))
+                    .map(|(c, setup)| figures[pattern][setup][c].0 / 1e6)
+                    .collect();
+                (datapath.name().to_owned(), values)
+            })
+            .collect();
+        let title = format!("Forwarding throughput over veth, UDP, {title}");
         charts.push((suffix, BarChart { title, y_label: "Mpps at the backend".into(), groups, series, log_y: false }));
     }
     let _ = writeln!(
         markdown,
         "Packets per second received at the backend (median of {RUNS} runs of {FRAMES} frames, {NEW_FLOW_FRAMES} \
-         for new flows, ± half the range), and the ratio to iptables. The datapaths run side by side on nodes of \
-         their own and are measured in turn. One flow: established after its first packet. A new flow every \
-         packet: random source ports and addresses in 10.244.0.0/16, so every packet is a conntrack miss and a \
-         Service lookup (a walk of KUBE-SERVICES for iptables). lb translates pod traffic on TC ingress of the \
-         client's veth; the redirect row sends it on with `bpf_redirect_peer` into the backend pod, the stack \
-         row through the kernel's routing (`--pod-forwarding stack`). Depends on the machine."
+         for new flows, ± half the range), and the ratio to iptables (ip6tables for IPv6). Each datapath runs in \
+         each family on a node of its own, single-stack (IPv6: the twins fd00::<IPv4> of the IPv4 addresses), \
+         all side by side and measured in turn. UDP with 18 bytes of payload: 64-byte frames on the wire in \
+         IPv4, 84 in IPv6. One flow: established after its first packet. A new flow every packet: random \
+         source ports and addresses in 10.244.0.0/16 (its twin in IPv6), so every packet is a conntrack miss \
+         and a Service lookup (a walk of KUBE-SERVICES for iptables). lb translates pod traffic on TC ingress \
+         of the client's veth (IPv6 in a program of its own, reached by tail call); the redirect row sends it on \
+         with `bpf_redirect_peer` into the backend pod, the stack row through the kernel's routing \
+         (`--pod-forwarding stack`). Depends on the machine."
     );
-    Ok(Section { title: "Forwarding throughput over veth, 64-byte UDP", markdown, json: json!(rows), charts })
+    Ok(Section { title: "Forwarding throughput over veth, UDP, IPv4 and IPv6", markdown, json: json!(rows), charts })
 }

@@ -23,9 +23,15 @@ pub struct ScratchDatapath {
 }
 
 impl ScratchDatapath {
+    #[allow(dead_code, reason = "the benchmarks load with options")]
     pub fn load() -> Self {
+        Self::load_with(&LoadOptions::default())
+    }
+
+    /// Loaded with `options` (service CIDRs, say).
+    pub fn load_with(options: &LoadOptions) -> Self {
         let dir = PathBuf::from("/sys/fs/bpf").join(unique_name("f"));
-        match Datapath::load(&dir, &LoadOptions::default()) {
+        match Datapath::load(&dir, options) {
             Ok((datapath, maps, _)) => Self { datapath, maps, dir },
             Err(e) => {
                 // The maps pinned before the failure would hold their memory.
