@@ -40,13 +40,23 @@ pub struct FibQuery<A = u32> {
     pub tot_len: u16,
 }
 
-/// What the FIB's query reads from a packet in each family.
+/// What forwarding reads and writes in a packet of each family.
 pub trait Routed: Family {
     /// The TTL (hop limit), the TOS and the IP packet's whole length.
     ///
     /// # Safety
     /// `pkt` must come from `parse` over a packet that is still valid.
     unsafe fn route_fields(pkt: &Packet<Self>) -> (u8, u8, u16);
+
+    /// Decrements the TTL (hop limit) of the frame between `data` and
+    /// `data_end` as forwarding does, IPv4's header checksum updated (it is
+    /// never offloaded); false, writing nothing, when the frame is shorter
+    /// than its IP header (the bounds are checked again because helper calls
+    /// invalidate earlier checks).
+    ///
+    /// # Safety
+    /// `data..data_end` must be the context's writable frame.
+    unsafe fn decrement_ttl(data: usize, data_end: usize) -> bool;
 }
 
 impl Routed for V4 {
@@ -58,7 +68,28 @@ impl Routed for V4 {
             (pkt.read(IP_OFFSET + IP_TTL), pkt.read(IP_OFFSET + IP_TOS), u16::from_be(tot_len))
         }
     }
+
+    #[inline(always)]
+    unsafe fn decrement_ttl(data: usize, data_end: usize) -> bool {
+        if data + IP_OFFSET + IP_CHECK + 2 > data_end {
+            return false;
+        }
+        let pkt = Packet::<V4>::new(data, data_end, 0);
+        // SAFETY: the IPv4 header up to its checksum is inside the frame.
+        unsafe {
+            let old: u16 = pkt.read(IP_OFFSET + IP_TTL);
+            let [ttl, proto] = old.to_ne_bytes();
+            let new = u16::from_ne_bytes([ttl.wrapping_sub(1), proto]);
+            let check: u16 = pkt.read(IP_OFFSET + IP_CHECK);
+            pkt.write(IP_OFFSET + IP_TTL, new);
+            pkt.write(IP_OFFSET + IP_CHECK, checksum::update_word(check, old, new));
+        }
+        true
+    }
 }
+
+/// Offset of the IPv6 hop limit.
+const IPV6_HOP_LIMIT: usize = 7;
 
 impl Routed for V6 {
     #[inline(always)]
@@ -67,8 +98,22 @@ impl Routed for V6 {
         // SAFETY: inside the IPv6 header `parse_ipv6` checked.
         unsafe {
             let payload_len: u16 = pkt.read(IP_OFFSET + 4);
-            (pkt.read(IP_OFFSET + 7), 0, u16::from_be(payload_len).saturating_add(HEADER_LEN))
+            (pkt.read(IP_OFFSET + IPV6_HOP_LIMIT), 0, u16::from_be(payload_len).saturating_add(HEADER_LEN))
         }
+    }
+
+    #[inline(always)]
+    unsafe fn decrement_ttl(data: usize, data_end: usize) -> bool {
+        if data + IP_OFFSET + IPV6_HOP_LIMIT + 1 > data_end {
+            return false;
+        }
+        let pkt = Packet::<V6>::new(data, data_end, 0);
+        // SAFETY: the hop limit is inside the frame.
+        unsafe {
+            let hop_limit: u8 = pkt.read(IP_OFFSET + IPV6_HOP_LIMIT);
+            pkt.write(IP_OFFSET + IPV6_HOP_LIMIT, hop_limit.wrapping_sub(1));
+        }
+        true
     }
 }
 
@@ -279,7 +324,12 @@ pub struct TooBig(pub u16);
 /// with `ttl`, goes next. Asks the FIB every time: its answers are cached
 /// for XDP's devices only.
 #[inline(always)]
-pub fn tc_next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> Result<TcStep, TooBig> {
+pub fn tc_next_step<F: Fib, A: Addr>(
+    fib: &F,
+    ingress_ifindex: u32,
+    ttl: u8,
+    query: &FibQuery<A>,
+) -> Result<TcStep, TooBig> {
     if ttl <= 1 {
         return Ok(TcStep::Stack(FastPath::StackTtlExpired));
     }
@@ -292,48 +342,25 @@ pub fn tc_next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQ
 }
 
 /// Does what the kernel's forwarding would have done to the frame between
-/// `data` and `data_end`: new Ethernet addresses and the TTL decremented,
-/// with the IPv4 checksum updated. Writes nothing and returns false when the
-/// frame is shorter than its headers (the bounds are checked again because
-/// helper calls invalidate earlier checks).
+/// `data` and `data_end`: new Ethernet addresses and the TTL (hop limit)
+/// decremented. Writes nothing and returns false when the frame is shorter
+/// than its headers (the bounds are checked again because helper calls
+/// invalidate earlier checks).
 ///
 /// # Safety
 /// `data..data_end` must be the context's writable frame.
 #[inline(always)]
-pub unsafe fn write_next_hop(data: usize, data_end: usize, hop: &NextHop) -> bool {
-    if data + IP_OFFSET + IP_CHECK + 2 > data_end {
+pub unsafe fn write_next_hop<F: Routed>(data: usize, data_end: usize, hop: &NextHop) -> bool {
+    if data + F::L4 > data_end {
         return false;
     }
-    // SAFETY: the Ethernet header is inside the frame (checked above).
+    // SAFETY: the Ethernet and IP headers are inside the frame (checked above).
     unsafe {
-        let pkt = Packet::<V4>::new(data, data_end, 0);
+        let pkt = Packet::<F>::new(data, data_end, 0);
         pkt.write(0, hop.dmac);
         pkt.write(ETH_ALEN, hop.smac);
-        decrement_ttl(data, data_end)
+        F::decrement_ttl(data, data_end)
     }
-}
-
-/// Decrements the TTL as forwarding does, the IPv4 checksum updated (it is
-/// never offloaded); false, writing nothing, when the frame is too short.
-///
-/// # Safety
-/// As for [`write_next_hop`].
-#[inline(always)]
-pub unsafe fn decrement_ttl(data: usize, data_end: usize) -> bool {
-    if data + IP_OFFSET + IP_CHECK + 2 > data_end {
-        return false;
-    }
-    let pkt = Packet::<V4>::new(data, data_end, 0);
-    // SAFETY: the IPv4 header up to its checksum is inside the frame.
-    unsafe {
-        let old: u16 = pkt.read(IP_OFFSET + IP_TTL);
-        let [ttl, proto] = old.to_ne_bytes();
-        let new = u16::from_ne_bytes([ttl.wrapping_sub(1), proto]);
-        let check: u16 = pkt.read(IP_OFFSET + IP_CHECK);
-        pkt.write(IP_OFFSET + IP_TTL, new);
-        pkt.write(IP_OFFSET + IP_CHECK, checksum::update_word(check, old, new));
-    }
-    true
 }
 
 #[cfg(test)]
@@ -435,7 +462,7 @@ mod tests {
 
     #[test]
     fn tc_sends_into_local_pods_by_peer_and_elsewhere_by_neighbour() {
-        let q = FibQuery::default();
+        let q = FibQuery::<u32>::default();
         let cases = [
             ("a local pod", FibAnswer::Forward(hop(POD_VETH)), 64, TcStep::Peer(hop(POD_VETH))),
             ("the pod it came from (hairpin)", FibAnswer::Forward(hop(POD_VETH)), 64, TcStep::Peer(hop(POD_VETH))),
@@ -480,10 +507,26 @@ mod tests {
         let (query, ttl_before) = unsafe { FibQuery::of(&pkt) };
         assert_eq!((query.proto, query.tot_len as usize), (IPPROTO_TCP, frame.len() - IP_OFFSET));
         // SAFETY: as above.
-        assert!(unsafe { write_next_hop(range.start, range.end, &hop(OTHER)) });
+        assert!(unsafe { write_next_hop::<V4>(range.start, range.end, &hop(OTHER)) });
         assert_eq!(&frame[..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
         assert_eq!(frame[IP_OFFSET + IP_TTL], ttl_before - 1);
         assert_eq!(checksum::compute(&frame[IP_OFFSET..IP_OFFSET + 20], 0), 0, "IPv4 checksum");
+    }
+
+    #[test]
+    fn an_ipv6_next_hop_rewrites_macs_and_the_hop_limit_and_the_query_counts_the_header() {
+        let (client, vip) = ([0xfd00u16, 0, 0, 0, 0, 0, 0, 3], [0xfd00u16, 0x96, 0, 0, 0, 0, 0, 0x0a]);
+        let mut frame = PacketBuilder::new(IPPROTO_TCP, client, 40000, vip, 80).build();
+        let range = frame.as_mut_ptr() as usize..frame.as_mut_ptr() as usize + frame.len();
+        let pkt = crate::packet::parse::parse_ipv6(range.start, range.end, Frame::Linear).unwrap();
+        // SAFETY: `frame` is alive and writable.
+        let (query, hop_limit) = unsafe { FibQuery::of(&pkt) };
+        assert_eq!((query.proto, query.tot_len as usize, hop_limit), (IPPROTO_TCP, frame.len() - IP_OFFSET, 64));
+        // SAFETY: as above.
+        assert!(unsafe { write_next_hop::<V6>(range.start, range.end, &hop(OTHER)) });
+        assert_eq!(&frame[..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+        assert_eq!(frame[IP_OFFSET + IPV6_HOP_LIMIT], 63);
+        assert_eq!(crate::packet_builder::checksum_errors(&frame), None, "no checksum covers the hop limit");
     }
 
     #[test]
@@ -491,7 +534,7 @@ mod tests {
         let mut frame = [0u8; IP_OFFSET + IP_CHECK + 1];
         let start = frame.as_mut_ptr() as usize;
         // SAFETY: `frame` is alive and writable.
-        assert!(!unsafe { write_next_hop(start, start + frame.len(), &hop(OTHER)) });
+        assert!(!unsafe { write_next_hop::<V4>(start, start + frame.len(), &hop(OTHER)) });
         assert_eq!(frame, [0u8; IP_OFFSET + IP_CHECK + 1]);
     }
 }

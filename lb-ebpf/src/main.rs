@@ -184,10 +184,11 @@ fn xdp_translate<F: Hooks>(ctx: &XdpContext, pkt: &Packet<F>, part: Part) -> (u3
 }
 
 /// What one family does beyond the translation both share: where a
-/// rewritten packet goes, how it is rewritten and answered. IPv4 has the
-/// fast path; IPv6 hands every rewritten packet to the kernel's routing
-/// once its route's MTU is checked, and rewrites and answers in BPF
-/// functions of their own (its addresses take stack room).
+/// rewritten packet goes, how it is rewritten and answered. IPv4 asks the
+/// FIB once, before the rewrite, for both the MTU check and the fast path;
+/// IPv6 asks before it only when the source changes (the MTU check), after
+/// it for TC's fast path (XDP has none for IPv6), and rewrites and answers
+/// in BPF functions of their own (its addresses take stack room).
 trait Hooks: FamilyMaps + Answered + Errors + Routed {
     /// Where a packet from outside goes once rewritten (`side` to `to`, the
     /// other side to `other`); Err: it was answered instead (too big).
@@ -217,6 +218,8 @@ trait Hooks: FamilyMaps + Answered + Errors + Routed {
         to: (Self::Addr, u16),
         other: Option<(Self::Addr, u16)>,
     ) -> bool;
+    /// Sends a pod's rewritten packet on (`tc_departure` said where).
+    fn tc_send(ctx: &TcContext, step: Option<TcStep>) -> i32;
     /// `nat::rewrite` of `side` to `to`, and of the other side to `other`.
     ///
     /// # Safety
@@ -277,6 +280,11 @@ impl Hooks for V4 {
     }
 
     #[inline(always)]
+    fn tc_send(ctx: &TcContext, step: Option<TcStep>) -> i32 {
+        tc_send::<V4>(ctx, step)
+    }
+
+    #[inline(always)]
     unsafe fn rewrite(pkt: &Packet, side: Side, to: (u32, u16), other: Option<(u32, u16)>) {
         // SAFETY: as the caller promises.
         unsafe { rewrite_both(pkt, side, to, other) }
@@ -298,8 +306,8 @@ impl Hooks for V4 {
 }
 
 impl Hooks for V6 {
-    /// No fast path for IPv6: the kernel's routing forwards, after the MTU
-    /// check `forward::departure_step` makes without one.
+    /// No XDP fast path for IPv6: the kernel's routing forwards, after the
+    /// MTU check `forward::departure_step` makes without one.
     #[inline(always)]
     fn xdp_departure(
         ctx: &XdpContext,
@@ -317,7 +325,7 @@ impl Hooks for V6 {
         }
     }
 
-    /// As `xdp_departure`.
+    /// The MTU check as in `xdp_departure`; the fast path is `tc_send`'s.
     #[inline(always)]
     fn tc_departure(
         ctx: &TcContext,
@@ -357,6 +365,12 @@ impl Hooks for V6 {
         other: Option<(Ipv6Wire, u16)>,
     ) -> bool {
         tc_rewrite(ctx, pkt, side, to, other).is_ok()
+    }
+
+    /// No step was asked before the rewrite: `tc_forward6` asks after it.
+    #[inline(always)]
+    fn tc_send(ctx: &TcContext, _: Option<TcStep>) -> i32 {
+        tc_forward6(ctx)
     }
 
     /// A BPF function of its own: inlined, an IPv6 rewrite's address words
@@ -568,7 +582,7 @@ fn xdp_send(ctx: &XdpContext, step: &Option<Step>) -> u32 {
         Step::Stack(_) => return xdp_action::XDP_PASS,
     };
     // SAFETY: the context's writable frame; bounds are checked inside.
-    if !unsafe { forward::write_next_hop(ctx.data(), ctx.data_end(), &hop) } {
+    if !unsafe { forward::write_next_hop::<V4>(ctx.data(), ctx.data_end(), &hop) } {
         return xdp_action::XDP_PASS;
     }
     match step {
@@ -696,7 +710,7 @@ fn tc_pod_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -> (
             let other = other.get();
             match F::tc_departure(ctx, pkt, side, (addr, port), other) {
                 Err(answered) => answered,
-                Ok(step) if F::tc_rewrite(ctx, pkt, side, (addr, port), other) => (tc_send(ctx, step), reason),
+                Ok(step) if F::tc_rewrite(ctx, pkt, side, (addr, port), other) => (F::tc_send(ctx, step), reason),
                 Ok(_) => (TC_SHOT, Reason::DropRewriteFailed),
             }
         }
@@ -771,12 +785,18 @@ fn tc_fib_query<F: Routed>(
 ) -> (FibQuery<F::Addr>, u8) {
     // SAFETY: `pkt` is this context's packet, not yet touched by a helper.
     let (mut query, ttl) = unsafe { forward::departure(pkt, side, to, other) };
+    fit_gso_segment(ctx, pkt, &mut query);
+    (query, ttl)
+}
+
+/// A GSO packet leaves in segments: the FIB checks one against the route's
+/// MTU (too big, the kernel's forwarding sends the sender the
+/// fragmentation-needed error, path-MTU discovery).
+#[inline(always)]
+fn fit_gso_segment<F: Routed>(ctx: &TcContext, pkt: &Packet<F>, query: &mut FibQuery<F::Addr>) {
     // SAFETY: the context's own metadata.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if gso_size != 0 {
-        // A GSO packet leaves in segments: the FIB checks one against the
-        // route's MTU. Too big, the kernel's forwarding sends the sender
-        // the fragmentation-needed error (path-MTU discovery).
         let l4_header = if pkt.proto == IPPROTO_TCP {
             // SAFETY: inside the TCP header `parse` checked.
             usize::from(unsafe { pkt.read::<u8>(F::L4 + tcp::DOFF) } >> 4) * 4
@@ -785,7 +805,6 @@ fn tc_fib_query<F: Routed>(
         };
         query.tot_len = (F::L4 - IP_OFFSET + l4_header) as u16 + gso_size.min(u32::from(u16::MAX) / 2) as u16;
     }
-    (query, ttl)
 }
 
 /// Where a pod's packet goes once rewritten (`forward::departure_step`):
@@ -801,23 +820,45 @@ fn tc_step(ctx: &TcContext, departure: &(FibQuery, u8), new_source: bool) -> Res
 /// Sends a rewritten packet where `tc_step` said: the kernel's routing
 /// without the fast path.
 #[inline(always)]
-fn tc_send(ctx: &TcContext, step: Option<TcStep>) -> i32 {
+fn tc_send<F: Routed>(ctx: &TcContext, step: Option<TcStep>) -> i32 {
     let Some(step) = step else { return TC_OK };
     count_fast_path(step.counter());
     let (data, data_end) = (ctx.data(), ctx.data_end());
     match step {
         // SAFETY: the context's packet, made writable by the rewrite; the
         // bounds are checked inside.
-        TcStep::Peer(hop) if unsafe { forward::write_next_hop(data, data_end, &hop) } => {
+        TcStep::Peer(hop) if unsafe { forward::write_next_hop::<F>(data, data_end, &hop) } => {
             // SAFETY: a helper taking plain values.
             unsafe { bpf_redirect_peer(hop.ifindex, 0) as i32 }
         }
         // SAFETY: as above.
-        TcStep::Neigh(ifindex) if unsafe { forward::decrement_ttl(data, data_end) } => {
+        TcStep::Neigh(ifindex) if unsafe { F::decrement_ttl(data, data_end) } => {
             // SAFETY: a null next hop asks the kernel to resolve the FIB's own.
             unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
         }
         _ => TC_OK,
+    }
+}
+
+/// Sends a pod's rewritten IPv6 packet on as `tc_send` does IPv4's, with
+/// `--pod-forwarding redirect`: the FIB is asked about the packet as it
+/// now is (IPv6 asks after the rewrite, in a BPF function of its own, to
+/// keep the query out of the decision's stack frames). A packet too big
+/// for its route goes to the kernel, whose error reaches its sender: only
+/// a rewrite that left the source alone gets here unchecked.
+#[inline(never)]
+fn tc_forward6(ctx: &TcContext) -> i32 {
+    // SAFETY: a load-time constant read volatile so that it is not folded.
+    if unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) } == 0 {
+        return TC_OK;
+    }
+    let Ok(pkt) = tc_parse(ctx, parse_ipv6) else { return TC_OK };
+    // SAFETY: parsed from this context's packet just now.
+    let (mut query, ttl) = unsafe { FibQuery::of(&pkt) };
+    fit_gso_segment(ctx, &pkt, &mut query);
+    match forward::tc_next_step(&KernelFib::of(ctx), ctx.arrived_on(), ttl, &query) {
+        Ok(step) => tc_send::<V6>(ctx, Some(step)),
+        Err(TooBig(_)) => TC_OK,
     }
 }
 

@@ -112,6 +112,8 @@ fn an_ipv6_only_cluster_ip_spreads_tcp_and_udp_over_its_pods_and_they_see_the_cl
     // an earlier one, whose flow is still known.
     assert!(agent.counter("TC-POD", "forward_new_flow").unwrap() >= 40, "{}", agent.get("counters").unwrap());
     assert!(agent.counter("TC-POD", "reply_reverse_nat").unwrap() >= 80, "{}", agent.get("counters").unwrap());
+    // Straight into the pods' namespaces from TC, as IPv4.
+    assert!(agent.counter("PACKETS", "redirect_peer").unwrap() > 0, "{}", agent.get("counters").unwrap());
     let conntrack = agent.get("conntrack").unwrap();
     assert!(conntrack.contains(&format!("[{VIP6}]:80")), "{conntrack}");
     // The VIP answers pings; an address of the service CIDR no Service has

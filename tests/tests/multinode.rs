@@ -257,14 +257,21 @@ fn local_policy_keeps_the_client_on_the_node_it_reached(f: &Family) {
 
 /// A pod on node A reaches the cluster IP's backends on both nodes, keeping
 /// its own address (no SNAT between pods), the replies translated on node
-/// A's fabric device.
+/// A's fabric device; both families, each leaving TC by the fast path
+/// (into the local pod by peer, towards node B by neighbour).
 #[test]
 fn pods_reach_backends_on_the_other_node_through_the_cluster_ip() {
     require_root();
     let c = cluster("");
-    let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
-    let me = IpAddr::V4(c.client_pod.ip);
-    assert_eq!(got, [("kubia-a".into(), me), ("kubia-b".into(), me)].into());
+    for (f, vip) in [(&IPV4, IpAddr::V4(VIP)), (&IPV6, IpAddr::V6(VIP6))] {
+        let sent = |by| c.agents[0].counter("PACKETS", by).unwrap();
+        let (peer, neigh) = (sent("redirect_peer"), sent("redirect_neigh"));
+        let got = answers(&c.client_pod.ns, (vip, 80), 30);
+        let me = f.of(&c.client_pod);
+        assert_eq!(got, [("kubia-a".into(), me), ("kubia-b".into(), me)].into());
+        let counters = c.agents[0].get("counters").unwrap();
+        assert!(sent("redirect_peer") > peer && sent("redirect_neigh") > neigh, "{vip}: {counters}");
+    }
 }
 
 /// The uplinks complete checksums (as a NIC without offload or a tunnel
