@@ -203,9 +203,10 @@ pub mod ipv6_programs {
     pub const TC_EGRESS_ICMP: (&str, &str, u32) = ("lb_tc_egress6_icmp", IPV6_TC, 4);
     pub const ALL: [(&str, &str, u32); 8] =
         [XDP_NODE, XDP_NODE_NEW, XDP_NODE_ICMP, TC_POD, TC_POD_NEW, TC_EGRESS, TC_POD_ICMP, TC_EGRESS_ICMP];
-    /// The arrays' sizes.
-    pub const XDP_SLOTS: u32 = 3;
-    pub const TC_SLOTS: u32 = 5;
+    /// The arrays' sizes, with room to spare: an agent that finds another
+    /// size pinned replaces the array.
+    pub const XDP_SLOTS: u32 = 8;
+    pub const TC_SLOTS: u32 = 8;
 }
 
 /// Capacities of the maps; the agent rejects objects beyond them.

@@ -24,29 +24,31 @@ const IP_TOT_LEN: usize = 2;
 const IP_TOS: usize = 1;
 const ETH_ALEN: usize = 6;
 
-/// What the FIB is asked: the packet as rewritten. The fast path asks
-/// about IPv4 only; the MTU check about both families.
+/// What the FIB is asked: the packet as rewritten.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FibQuery<A = u32> {
     /// Addresses and ports in network byte order.
     pub saddr: A,
     pub daddr: A,
+    /// What routing rules and multipath hashing read besides addresses, as
+    /// the FIB's union takes it: IPv4's TOS in the first byte, IPv6's traffic
+    /// class and flow label (its first header word without the version).
+    pub class: u32,
     pub sport: u16,
     pub dport: u16,
-    pub proto: u8,
-    /// IPv4's TOS; 0 for IPv6, whose routes take no traffic class.
-    pub tos: u8,
     /// The IP packet's whole length in host order, for the FIB's MTU check.
     pub tot_len: u16,
+    pub proto: u8,
 }
 
 /// What forwarding reads and writes in a packet of each family.
 pub trait Routed: Family {
-    /// The TTL (hop limit), the TOS and the IP packet's whole length.
+    /// The TTL (hop limit), the routing class (`FibQuery::class`) and the
+    /// IP packet's whole length.
     ///
     /// # Safety
     /// `pkt` must come from `parse` over a packet that is still valid.
-    unsafe fn route_fields(pkt: &Packet<Self>) -> (u8, u8, u16);
+    unsafe fn route_fields(pkt: &Packet<Self>) -> (u8, u32, u16);
 
     /// Decrements the TTL (hop limit) of the frame between `data` and
     /// `data_end` as forwarding does, IPv4's header checksum updated (it is
@@ -61,11 +63,12 @@ pub trait Routed: Family {
 
 impl Routed for V4 {
     #[inline(always)]
-    unsafe fn route_fields(pkt: &Packet) -> (u8, u8, u16) {
+    unsafe fn route_fields(pkt: &Packet) -> (u8, u32, u16) {
         // SAFETY: inside the IPv4 header `parse` checked.
         unsafe {
             let tot_len: u16 = pkt.read(IP_OFFSET + IP_TOT_LEN);
-            (pkt.read(IP_OFFSET + IP_TTL), pkt.read(IP_OFFSET + IP_TOS), u16::from_be(tot_len))
+            let tos: u8 = pkt.read(IP_OFFSET + IP_TOS);
+            (pkt.read(IP_OFFSET + IP_TTL), u32::from_ne_bytes([tos, 0, 0, 0]), u16::from_be(tot_len))
         }
     }
 
@@ -93,12 +96,15 @@ const IPV6_HOP_LIMIT: usize = 7;
 
 impl Routed for V6 {
     #[inline(always)]
-    unsafe fn route_fields(pkt: &Packet<V6>) -> (u8, u8, u16) {
+    unsafe fn route_fields(pkt: &Packet<V6>) -> (u8, u32, u16) {
         const HEADER_LEN: u16 = (V6::L4 - IP_OFFSET) as u16;
+        const NOT_VERSION: u32 = 0x0fff_ffffu32.to_be();
         // SAFETY: inside the IPv6 header `parse_ipv6` checked.
         unsafe {
+            let first_word: u32 = pkt.read(IP_OFFSET);
             let payload_len: u16 = pkt.read(IP_OFFSET + 4);
-            (pkt.read(IP_OFFSET + IPV6_HOP_LIMIT), 0, u16::from_be(payload_len).saturating_add(HEADER_LEN))
+            let tot_len = u16::from_be(payload_len).saturating_add(HEADER_LEN);
+            (pkt.read(IP_OFFSET + IPV6_HOP_LIMIT), first_word & NOT_VERSION, tot_len)
         }
     }
 
@@ -126,14 +132,14 @@ impl<A: Addr> FibQuery<A> {
     pub unsafe fn of<F: Routed<Addr = A>>(pkt: &Packet<F>) -> (Self, u8) {
         let flow = pkt.flow();
         // SAFETY: as the caller promises.
-        let (ttl, tos, tot_len) = unsafe { F::route_fields(pkt) };
+        let (ttl, class, tot_len) = unsafe { F::route_fields(pkt) };
         let query = Self {
             saddr: flow.saddr,
             daddr: flow.daddr,
             sport: flow.sport,
             dport: flow.dport,
             proto: flow.proto,
-            tos,
+            class,
             tot_len,
         };
         (query, ttl)
@@ -425,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_query_is_rewritten_like_its_packet() {
-        let q = FibQuery { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, tos: 0, tot_len: 60 };
+        let q = FibQuery { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, class: 0, tot_len: 60 };
         assert_eq!(q.rewritten(Side::Dst, (20, 40)), FibQuery { daddr: 20, dport: 40, ..q });
         assert_eq!(q.rewritten(Side::Src, (10, 30)), FibQuery { saddr: 10, sport: 30, ..q });
     }

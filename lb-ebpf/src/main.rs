@@ -241,10 +241,7 @@ impl Hooks for V4 {
     ) -> Result<Option<Step>, (u32, Reason)> {
         // SAFETY: `pkt` was parsed from this context's packet just now.
         let departure = unsafe { forward::departure(pkt, side, to, other) };
-        xdp_step(ctx, &departure, side == Side::Src || other.is_some()).map_err(|TooBig(mtu)| {
-            xdp_unreachable::<V4>(ctx, Unreachable::FragNeeded(mtu), Reason::FragNeeded)
-                .unwrap_or((xdp_action::XDP_DROP, Reason::DropRewriteFailed))
-        })
+        xdp_step(ctx, &departure, changes_source(side, &other)).map_err(|TooBig(mtu)| xdp_too_big::<V4>(ctx, mtu))
     }
 
     #[inline(always)]
@@ -257,11 +254,8 @@ impl Hooks for V4 {
     ) -> Result<Option<TcStep>, (i32, Reason)> {
         // Asked before the rewrite, which it must not follow when the
         // packet is too big.
-        let new_source = side == Side::Src || other.is_some();
-        tc_step(ctx, &tc_fib_query(ctx, pkt, side, to, other), new_source).map_err(|TooBig(mtu)| {
-            tc_unreachable::<V4>(ctx, Unreachable::FragNeeded(mtu))
-                .map_or((TC_SHOT, Reason::DropRewriteFailed), |()| (TC_OK, Reason::FragNeeded))
-        })
+        let departure = tc_fib_query(ctx, pkt, side, to, other);
+        tc_step(ctx, &departure, changes_source(side, &other)).map_err(|TooBig(mtu)| tc_too_big::<V4>(ctx, mtu))
     }
 
     #[inline(always)]
@@ -316,12 +310,12 @@ impl Hooks for V6 {
         to: (Ipv6Wire, u16),
         other: Option<(Ipv6Wire, u16)>,
     ) -> Result<Option<Step>, (u32, Reason)> {
-        if side == Side::Dst && other.is_none() {
+        if !changes_source(side, &other) {
             return Ok(None);
         }
         match route_room(ctx, pkt, side, &to, &other) {
             0 => Ok(None),
-            mtu => Err(xdp_too_big6(ctx, mtu)),
+            mtu => Err(xdp_too_big::<V6>(ctx, mtu)),
         }
     }
 
@@ -334,12 +328,12 @@ impl Hooks for V6 {
         to: (Ipv6Wire, u16),
         other: Option<(Ipv6Wire, u16)>,
     ) -> Result<Option<TcStep>, (i32, Reason)> {
-        if side == Side::Dst && other.is_none() {
+        if !changes_source(side, &other) {
             return Ok(None);
         }
         match route_room(ctx, pkt, side, &to, &other) {
             0 => Ok(None),
-            mtu => Err(tc_too_big6(ctx, mtu)),
+            mtu => Err(tc_too_big::<V6>(ctx, mtu)),
         }
     }
 
@@ -478,10 +472,10 @@ unsafe fn rewrite_both<F: Family>(pkt: &Packet<F>, side: Side, to: (F::Addr, u16
 /// the FIB's query stays out of the caller's frame.
 #[inline(never)]
 fn xdp_step(ctx: &XdpContext, departure: &(FibQuery, u8), new_source: bool) -> Result<Option<Step>, TooBig> {
-    // SAFETY: a load-time constant read volatile so that it is not folded;
-    // the context's own metadata.
-    let (fast_path, ingress) = unsafe { (core::ptr::read_volatile(&LB_FAST_PATH) != 0, (*ctx.ctx).ingress_ifindex) };
-    forward::departure_step(&KernelFib::of(ctx), ingress, departure, fast_path, new_source, forward::next_step)
+    // SAFETY: a load-time constant read volatile so that it is not folded.
+    let fast_path = unsafe { core::ptr::read_volatile(&LB_FAST_PATH) != 0 };
+    let fib = KernelFib::of(ctx);
+    forward::departure_step(&fib, ctx.arrived_on(), departure, fast_path, new_source, forward::next_step)
 }
 
 /// `forward::fits_route` for a family without a fast path: the route's MTU
@@ -499,36 +493,41 @@ fn route_room<C: Departing, F: Routed>(
     to: &(F::Addr, u16),
     other: &Option<(F::Addr, u16)>,
 ) -> u16 {
-    let (query, ttl) = ctx.departure(pkt, side, *to, *other);
+    // SAFETY: `pkt` was parsed from this context's packet, untouched since.
+    let (mut query, ttl) = unsafe { forward::departure(pkt, side, *to, *other) };
+    ctx.fit_segment(pkt, &mut query);
     forward::fits_route(&KernelFib::of(ctx), ctx.arrived_on(), ttl, &query).map_or_else(|TooBig(mtu)| mtu, |()| 0)
 }
 
-/// The packet too big an IPv6 packet `route_room` refused gets, in place of
-/// it. BPF functions of their own, as `V6::xdp_reject` is.
+/// The fragmentation-needed (IPv6: packet too big) a packet too big for its
+/// route gets in place of it, about itself. BPF functions of their own: the
+/// answer's writes stay out of the decision's stack frames.
 #[inline(never)]
-fn xdp_too_big6(ctx: &XdpContext, mtu: u16) -> (u32, Reason) {
-    xdp_unreachable::<V6>(ctx, Unreachable::FragNeeded(mtu), Reason::FragNeeded)
+fn xdp_too_big<F: Answered>(ctx: &XdpContext, mtu: u16) -> (u32, Reason) {
+    xdp_unreachable::<F>(ctx, Unreachable::FragNeeded(mtu), Reason::FragNeeded)
         .unwrap_or((xdp_action::XDP_DROP, Reason::DropRewriteFailed))
 }
 
 #[inline(never)]
-fn tc_too_big6(ctx: &TcContext, mtu: u16) -> (i32, Reason) {
-    tc_unreachable::<V6>(ctx, Unreachable::FragNeeded(mtu))
+fn tc_too_big<F: Answered>(ctx: &TcContext, mtu: u16) -> (i32, Reason) {
+    tc_unreachable::<F>(ctx, Unreachable::FragNeeded(mtu))
         .map_or((TC_SHOT, Reason::DropRewriteFailed), |()| (TC_OK, Reason::FragNeeded))
+}
+
+/// Does a rewrite of `side`, and of the other side to `other`, give the
+/// packet a new source (a reply, SNAT)? The kernel's own errors about it
+/// would then go to that new source, never to its sender.
+#[inline(always)]
+fn changes_source<T>(side: Side, other: &Option<T>) -> bool {
+    side == Side::Src || other.is_some()
 }
 
 /// What the route check needs of a hook's context.
 trait Departing: aya_ebpf::EbpfContext {
     /// The device the packet came in on, which the FIB is asked from.
     fn arrived_on(&self) -> u32;
-    /// What the FIB is asked about `pkt` rewritten, and its TTL.
-    fn departure<F: Routed>(
-        &self,
-        pkt: &Packet<F>,
-        side: Side,
-        to: (F::Addr, u16),
-        other: Option<(F::Addr, u16)>,
-    ) -> (FibQuery<F::Addr>, u8);
+    /// Makes `query` about what leaves: one segment of a GSO packet.
+    fn fit_segment<F: Routed>(&self, pkt: &Packet<F>, query: &mut FibQuery<F::Addr>);
 }
 
 impl Departing for XdpContext {
@@ -538,17 +537,9 @@ impl Departing for XdpContext {
         unsafe { (*self.ctx).ingress_ifindex }
     }
 
+    /// XDP frames are never GSO packets.
     #[inline(always)]
-    fn departure<F: Routed>(
-        &self,
-        pkt: &Packet<F>,
-        side: Side,
-        to: (F::Addr, u16),
-        other: Option<(F::Addr, u16)>,
-    ) -> (FibQuery<F::Addr>, u8) {
-        // SAFETY: `pkt` was parsed from this context's packet, untouched since.
-        unsafe { forward::departure(pkt, side, to, other) }
-    }
+    fn fit_segment<F: Routed>(&self, _: &Packet<F>, _: &mut FibQuery<F::Addr>) {}
 }
 
 impl Departing for TcContext {
@@ -559,14 +550,18 @@ impl Departing for TcContext {
     }
 
     #[inline(always)]
-    fn departure<F: Routed>(
-        &self,
-        pkt: &Packet<F>,
-        side: Side,
-        to: (F::Addr, u16),
-        other: Option<(F::Addr, u16)>,
-    ) -> (FibQuery<F::Addr>, u8) {
-        tc_fib_query(self, pkt, side, to, other)
+    fn fit_segment<F: Routed>(&self, pkt: &Packet<F>, query: &mut FibQuery<F::Addr>) {
+        // SAFETY: the context's own metadata.
+        let gso_size = unsafe { (*self.skb.skb).gso_size };
+        if gso_size != 0 {
+            let l4_header = if pkt.proto == IPPROTO_TCP {
+                // SAFETY: inside the TCP header `parse` checked.
+                usize::from(unsafe { pkt.read::<u8>(F::L4 + tcp::DOFF) } >> 4) * 4
+            } else {
+                8
+            };
+            query.tot_len = (F::L4 - IP_OFFSET + l4_header) as u16 + gso_size.min(u32::from(u16::MAX) / 2) as u16;
+        }
     }
 }
 
@@ -773,8 +768,8 @@ fn tc_egress_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -
     }
 }
 
-/// What `tc_send` asks the FIB about a pod's packet being rewritten: the
-/// packet as it will leave, and its TTL.
+/// What `tc_step` asks the FIB about a pod's packet
+/// being rewritten: the packet as it will leave, and its TTL.
 #[inline(always)]
 fn tc_fib_query<F: Routed>(
     ctx: &TcContext,
@@ -785,26 +780,8 @@ fn tc_fib_query<F: Routed>(
 ) -> (FibQuery<F::Addr>, u8) {
     // SAFETY: `pkt` is this context's packet, not yet touched by a helper.
     let (mut query, ttl) = unsafe { forward::departure(pkt, side, to, other) };
-    fit_gso_segment(ctx, pkt, &mut query);
+    ctx.fit_segment(pkt, &mut query);
     (query, ttl)
-}
-
-/// A GSO packet leaves in segments: the FIB checks one against the route's
-/// MTU (too big, the kernel's forwarding sends the sender the
-/// fragmentation-needed error, path-MTU discovery).
-#[inline(always)]
-fn fit_gso_segment<F: Routed>(ctx: &TcContext, pkt: &Packet<F>, query: &mut FibQuery<F::Addr>) {
-    // SAFETY: the context's own metadata.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if gso_size != 0 {
-        let l4_header = if pkt.proto == IPPROTO_TCP {
-            // SAFETY: inside the TCP header `parse` checked.
-            usize::from(unsafe { pkt.read::<u8>(F::L4 + tcp::DOFF) } >> 4) * 4
-        } else {
-            8
-        };
-        query.tot_len = (F::L4 - IP_OFFSET + l4_header) as u16 + gso_size.min(u32::from(u16::MAX) / 2) as u16;
-    }
 }
 
 /// Where a pod's packet goes once rewritten (`forward::departure_step`):
@@ -813,8 +790,9 @@ fn fit_gso_segment<F: Routed>(ctx: &TcContext, pkt: &Packet<F>, query: &mut FibQ
 #[inline(never)]
 fn tc_step(ctx: &TcContext, departure: &(FibQuery, u8), new_source: bool) -> Result<Option<TcStep>, TooBig> {
     // SAFETY: as in `xdp_step`.
-    let (redirect, ingress) = unsafe { (core::ptr::read_volatile(&LB_TC_REDIRECT) != 0, (*ctx.skb.skb).ifindex) };
-    forward::departure_step(&KernelFib::of(ctx), ingress, departure, redirect, new_source, forward::tc_next_step)
+    let redirect = unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) != 0 };
+    let fib = KernelFib::of(ctx);
+    forward::departure_step(&fib, ctx.arrived_on(), departure, redirect, new_source, forward::tc_next_step)
 }
 
 /// Sends a rewritten packet where `tc_step` said: the kernel's routing
@@ -855,7 +833,7 @@ fn tc_forward6(ctx: &TcContext) -> i32 {
     let Ok(pkt) = tc_parse(ctx, parse_ipv6) else { return TC_OK };
     // SAFETY: parsed from this context's packet just now.
     let (mut query, ttl) = unsafe { FibQuery::of(&pkt) };
-    fit_gso_segment(ctx, &pkt, &mut query);
+    ctx.fit_segment(&pkt, &mut query);
     match forward::tc_next_step(&KernelFib::of(ctx), ctx.arrived_on(), ttl, &query) {
         Ok(step) => tc_send::<V6>(ctx, Some(step)),
         Err(TooBig(_)) => TC_OK,

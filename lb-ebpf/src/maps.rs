@@ -449,7 +449,7 @@ impl Fib for KernelFib {
         params.dport = query.dport;
         params.__bindgen_anon_1.tot_len = query.tot_len;
         params.ifindex = ingress_ifindex;
-        params.__bindgen_anon_2.tos = query.tos;
+        params.__bindgen_anon_2.flowinfo = query.class;
         // SAFETY: each union holds either family's address at its start
         // (`ipv4_src` / `ipv6_src`), and an address is plain data.
         unsafe {

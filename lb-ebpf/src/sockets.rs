@@ -150,10 +150,13 @@ fn to_frontend(ctx: &SockAddrContext, family: Family) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the context's field.
     let dport = unsafe { (*sa).user_port } as u16;
-    match (V4::address(sa, family), V6::address(sa, family)) {
-        (Some(daddr), _) => to_backend::<V4>(ctx, family, &SocketCall { daddr, dport, proto, netns, node, cookie }),
-        (None, Some(daddr)) => to_backend::<V6>(ctx, family, &SocketCall { daddr, dport, proto, netns, node, cookie }),
-        (None, None) => PROCEED,
+    match destination(sa, family) {
+        Destination::V4(daddr) => {
+            to_backend::<V4>(ctx, family, &SocketCall { daddr, dport, proto, netns, node, cookie })
+        }
+        Destination::V6(daddr) => {
+            to_backend::<V6>(ctx, family, &SocketCall { daddr, dport, proto, netns, node, cookie })
+        }
     }
 }
 
@@ -186,12 +189,9 @@ fn to_backend<F: SocketAddress>(ctx: &SockAddrContext, family: Family, call: &So
 #[inline(always)]
 fn from_backend(ctx: &SockAddrContext, family: Family) -> i32 {
     let sa = ctx.sock_addr;
-    let reason = match V4::address(sa, family) {
-        Some(addr) => to_frontend_address::<V4>(ctx, family, addr),
-        None => match V6::address(sa, family) {
-            Some(addr) => to_frontend_address::<V6>(ctx, family, addr),
-            None => Reason::PassNoService,
-        },
+    let reason = match destination(sa, family) {
+        Destination::V4(addr) => to_frontend_address::<V4>(ctx, family, addr),
+        Destination::V6(addr) => to_frontend_address::<V6>(ctx, family, addr),
     };
     count(Hook::Socket, reason);
     PROCEED
@@ -231,13 +231,30 @@ fn served(ctx: &SockAddrContext) -> Result<(u64, bool), Reason> {
     }
 }
 
-/// How a program's socket address (of the program's `Family`) holds an
+/// The address in a program's socket address, by the family it names.
+enum Destination {
+    V4(u32),
+    V6(Ipv6Wire),
+}
+
+/// The context's address (network byte order): IPv4 in `user_ip4` or as an
+/// IPv4-mapped `user_ip6` (`::ffff:a.b.c.d`), IPv6 in any other `user_ip6`.
+#[inline(always)]
+fn destination(sa: *mut bpf_sock_addr, family: Family) -> Destination {
+    // SAFETY: the context's fields of the program's own family; each IPv6
+    // word read on its own, as the kernel requires.
+    unsafe {
+        match family {
+            Family::V4 => Destination::V4((*sa).user_ip4),
+            Family::V6 if is_v4_mapped(sa) => Destination::V4((*sa).user_ip6[3]),
+            Family::V6 => Destination::V6([(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]]),
+        }
+    }
+}
+
+/// How a program's socket address (of the program's `Family`) is given an
 /// address of one family.
 trait SocketAddress: FamilyMaps {
-    /// The address in the context (network byte order) when it is of this
-    /// family: IPv4 in `user_ip4` or as an IPv4-mapped `user_ip6`
-    /// (`::ffff:a.b.c.d`), IPv6 in a `user_ip6` that is not IPv4-mapped.
-    fn address(sa: *mut bpf_sock_addr, family: Family) -> Option<Self::Addr>;
     /// Writes `addr:port` (network byte order) as the context's address, in
     /// the form of the program's family. The kernel lets connect, sendmsg,
     /// recvmsg and getpeername programs write it.
@@ -245,17 +262,6 @@ trait SocketAddress: FamilyMaps {
 }
 
 impl SocketAddress for V4 {
-    #[inline(always)]
-    fn address(sa: *mut bpf_sock_addr, family: Family) -> Option<u32> {
-        // SAFETY: the context's fields of the program's own family.
-        unsafe {
-            match family {
-                Family::V4 => Some((*sa).user_ip4),
-                Family::V6 => is_v4_mapped(sa).then(|| (*sa).user_ip6[3]),
-            }
-        }
-    }
-
     #[inline(always)]
     fn set_address(sa: *mut bpf_sock_addr, family: Family, addr: u32, port: u16) {
         // SAFETY: the context's writable fields of the program's own family.
@@ -270,16 +276,6 @@ impl SocketAddress for V4 {
 }
 
 impl SocketAddress for V6 {
-    #[inline(always)]
-    fn address(sa: *mut bpf_sock_addr, family: Family) -> Option<Ipv6Wire> {
-        // SAFETY: the context's fields of the program's own family; each word
-        // read on its own, as the kernel requires.
-        unsafe {
-            (family == Family::V6 && !is_v4_mapped(sa))
-                .then(|| [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]])
-        }
-    }
-
     #[inline(always)]
     fn set_address(sa: *mut bpf_sock_addr, _: Family, addr: Ipv6Wire, port: u16) {
         // SAFETY: as for IPv4; only IPv6 programs get here.

@@ -817,6 +817,36 @@ fn endpoints_listed_with_another_layout_are_listed_anew() {
     assert_eq!(info.value_size() as usize, size_of::<lb_common::EndpointMeta>());
 }
 
+/// IPv6 program arrays pinned with another size (an older agent's) are
+/// replaced, and the new ones filled: IPv6 is still translated.
+#[test]
+fn ipv6_program_arrays_of_another_size_are_replaced_and_filled() {
+    use lb_userspace::datapath::loader::{Datapath, LoadOptions};
+    require_root();
+    let dp = ScratchDatapath::load();
+    const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
+    for name in [lb_common::map_names::IPV6_XDP, lb_common::map_names::IPV6_TC] {
+        let pin = dp.dir().join(name);
+        std::fs::remove_file(&pin).unwrap();
+        pin_map(&pin, [BPF_MAP_TYPE_PROG_ARRAY, 4, 4, 2]);
+    }
+    let (mut datapath, maps, _) = Datapath::load(dp.dir(), &LoadOptions::default()).unwrap();
+    for (name, slots) in [
+        (lb_common::map_names::IPV6_XDP, lb_common::ipv6_programs::XDP_SLOTS),
+        (lb_common::map_names::IPV6_TC, lb_common::ipv6_programs::TC_SLOTS),
+    ] {
+        let info = aya::maps::MapInfo::from_pin(dp.dir().join(name)).unwrap();
+        assert_eq!(info.max_entries(), slots, "{name}");
+    }
+    // Decided by the IPv6 program (nothing of its own, here), not passed
+    // as not IPv4 for want of it.
+    let count = |reason| maps.counters().unwrap().into_iter().find(|(r, _)| *r == reason).map(|c| c.1[1]).unwrap();
+    let before = count(Reason::PassNoService);
+    let out = datapath.test_run(TestProgram::PodTc, &tcp(CLIENT6, 40100, POD6, 8080).build(), 1).unwrap();
+    assert_eq!(out.return_value, TC_ACT_OK);
+    assert_eq!(count(Reason::PassNoService), before + 1);
+}
+
 /// Pins a map of (type, key size, value size, entries) at `path`, as an
 /// older agent's (raw bpf(2): aya creates maps only from an object).
 fn pin_map(path: &std::path::Path, definition: [u32; 4]) {

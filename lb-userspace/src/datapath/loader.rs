@@ -17,7 +17,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::ProgramArray,
+    maps::{MapData, ProgramArray},
     programs::{
         CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -248,6 +248,11 @@ pub struct Datapath {
     attached: BTreeMap<String, Attachment>,
     /// Where the links are pinned.
     links_dir: PathBuf,
+    /// Maps an earlier agent pinned with another layout, unpinned and held
+    /// open here: a program array that nothing holds is emptied by the
+    /// kernel, and the hooks still attached tail-call the old one until this
+    /// agent's replace them.
+    _superseded: Vec<MapData>,
 }
 
 impl Datapath {
@@ -266,6 +271,7 @@ impl Datapath {
             check_pinned_size(bpf_dir, conntrack, options.ct_max, 1, "--ct-max")?;
         }
         check_pinned_size(bpf_dir, map_names::MAGLEV, maglev_elements, MAGLEV_ENTRIES_PER_ELEMENT, "--maglev-entries")?;
+        let mut superseded = Vec::new();
         for (name, layout, consequence) in [
             (map_names::COUNTERS, Layout::Entries(CountedHook::COUNT * Reason::COUNT), COUNT_AGAIN),
             (map_names::FAST_PATH_COUNTERS, Layout::Entries(FastPath::COUNT), COUNT_AGAIN),
@@ -273,7 +279,7 @@ impl Datapath {
             (map_names::IPV6_XDP, Layout::Entries(ipv6_programs::XDP_SLOTS), "it is filled anew"),
             (map_names::IPV6_TC, Layout::Entries(ipv6_programs::TC_SLOTS), "it is filled anew"),
         ] {
-            drop_pin_of_another_layout(bpf_dir, name, layout, consequence);
+            superseded.extend(drop_pin_of_another_layout(bpf_dir, name, layout, consequence));
         }
         let log_level = if options.debug_log { aya_log::Level::Debug as u8 } else { 0 };
         let node_netns = if options.socket_lb == SocketLb::Off { 0 } else { sockets::netns_cookie()? };
@@ -308,7 +314,11 @@ impl Datapath {
         let links_dir = bpf_dir.join("links");
         fs::create_dir_all(&links_dir)
             .map_err(|e| LoaderError::BpfDir { path: links_dir.clone(), reason: format!("cannot create it: {e}") })?;
-        Ok((Self { ebpf, mode: options.xdp_mode, attached: BTreeMap::new(), links_dir }, maps, logger))
+        Ok((
+            Self { ebpf, mode: options.xdp_mode, attached: BTreeMap::new(), links_dir, _superseded: superseded },
+            maps,
+            logger,
+        ))
     }
 
     /// Attaches the socket hooks to `cgroup`, or with `None` releases the
@@ -581,17 +591,21 @@ enum Layout {
 /// counters (of other hooks or reasons), the endpoint listing the datapath
 /// never reads (IPv4-only endpoints were 72 bytes; the first sync lists
 /// every endpoint anew) and the IPv6 program arrays (the hooks this load
-/// attaches use the new ones).
-fn drop_pin_of_another_layout(bpf_dir: &Path, name: &str, layout: Layout, consequence: &str) {
+/// attaches use the new ones). The old map is returned still open, for the
+/// caller to hold while the old hooks may use it.
+fn drop_pin_of_another_layout(bpf_dir: &Path, name: &str, layout: Layout, consequence: &str) -> Option<MapData> {
     let path = bpf_dir.join(name);
     let differs = |info: aya::maps::MapInfo| match layout {
         Layout::Entries(entries) => info.max_entries() != entries,
         Layout::ValueSize(size) => info.value_size() as usize != size,
     };
-    if aya::maps::MapInfo::from_pin(&path).is_ok_and(differs) {
-        info!(map = name, "the pinned map has another layout: {consequence}");
-        let _ = fs::remove_file(&path);
+    if !aya::maps::MapInfo::from_pin(&path).is_ok_and(differs) {
+        return None;
     }
+    info!(map = name, "the pinned map has another layout: {consequence}");
+    let old = MapData::from_pin(&path).ok();
+    let _ = fs::remove_file(&path);
+    old
 }
 
 /// A map pinned by an earlier agent keeps its size: a different one asked
