@@ -278,7 +278,7 @@ fn pods_reach_backends_on_the_other_node_through_the_cluster_ip() {
 /// does) while the pod sends with offloads: a pod on node A reaches a
 /// backend that only node B has through its cluster IP over UDP and TCP,
 /// and a 50 MB transfer arrives intact (the sink checks every byte; the
-/// receiving kernel checks every segment's checksum).
+/// receiving kernel checks every segment's checksum), in either family.
 #[test]
 fn pods_reach_a_remote_backend_through_the_cluster_ip_when_uplinks_complete_checksums() {
     require_root();
@@ -288,25 +288,31 @@ fn pods_reach_a_remote_backend_through_the_cluster_ip_when_uplinks_complete_chec
     for feature in ["tx-checksumming: on", "tcp-segmentation-offload: on", "generic-segmentation-offload: on"] {
         assert!(offloads.contains(feature), "the pod should keep {feature}:\n{offloads}");
     }
-    let (reply, from) = udp_request(&c.client_pod.ns, SocketAddrV4::new(BULK_VIP, 53), b"ping", TIMEOUT).unwrap();
-    assert_eq!(served_by(&reply), "kubia-b");
-    assert_eq!(from, SocketAddrV4::new(BULK_VIP, 53).into());
-    let report = bulk_send(&c.client_pod.ns, SocketAddrV4::new(BULK_VIP, 9000), 50 << 20, TIMEOUT * 6).unwrap();
-    assert!(report.starts_with("kubia-b received 52428800 bytes"), "{report}");
-    // Sent from TC out of the uplink, not through the node's routing.
     let node_a = &c.agents[0];
-    assert!(node_a.counter("PACKETS", "redirect_neigh").unwrap() > 0, "{}", node_a.get("counters").unwrap());
-    let me = IpAddr::V4(c.client_pod.ip);
-    let got = answers(&c.client_pod.ns, SocketAddrV4::new(VIP, 80), 30);
-    assert_eq!(got, [("kubia-a".into(), me), ("kubia-b".into(), me)].into());
+    for (f, bulk, vip) in [(&IPV4, IpAddr::V4(BULK_VIP), IpAddr::V4(VIP)), (&IPV6, BULK_VIP6.into(), VIP6.into())] {
+        let (reply, from) = udp_request(&c.client_pod.ns, (bulk, 53), b"ping", TIMEOUT).unwrap();
+        assert_eq!(served_by(&reply), "kubia-b");
+        assert_eq!(from, SocketAddr::new(bulk, 53));
+        let neigh = node_a.counter("PACKETS", "redirect_neigh").unwrap();
+        let report = bulk_send(&c.client_pod.ns, (bulk, 9000), 50 << 20, TIMEOUT * 6).unwrap();
+        assert!(report.starts_with("kubia-b received 52428800 bytes"), "{bulk}: {report}");
+        // Sent from TC out of the uplink, not through the node's routing.
+        let counters = node_a.get("counters").unwrap();
+        assert!(node_a.counter("PACKETS", "redirect_neigh").unwrap() > neigh, "{bulk}: {counters}");
+        let me = f.of(&c.client_pod);
+        let got = answers(&c.client_pod.ns, (vip, 80), 30);
+        assert_eq!(got, [("kubia-a".into(), me), ("kubia-b".into(), me)].into());
+    }
 }
 
 /// A process on node A (the agent's socket hooks; the uplinks complete
 /// checksums, the pods keep their offloads) reaches the backend on node B
 /// through the cluster IP with a bulk upload the sink checks byte for byte,
-/// and keeps reaching kubia's backends on both nodes while node A's agent is
-/// killed and restarted with its device addresses and maps in place: no
-/// request fails, and the restarted agent's first pass writes nothing.
+/// and keeps reaching kubia's backends on both nodes, by either family's
+/// cluster IP, while node A's agent is killed and restarted with its
+/// device addresses and maps in place; so does the external client through
+/// node A's IPv6 node port (XDP, SNAT to node B's pod): no request fails,
+/// and the restarted agent's first pass writes nothing.
 #[test]
 fn the_node_s_own_processes_reach_the_other_node_and_keep_doing_so_through_a_restart() {
     require_root();
@@ -317,7 +323,7 @@ fn the_node_s_own_processes_reach_the_other_node_and_keep_doing_so_through_a_res
     assert!(field(&out, "report").is_some_and(|r| r.starts_with("kubia-b received 20971520 bytes")), "{out}");
 
     let cgroup = c.agents[0].cgroup().expect("a cgroup of its own").path().to_owned();
-    let (done, made) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let (done, made, from_outside) = (AtomicBool::new(false), AtomicUsize::new(0), AtomicUsize::new(0));
     let (failures, served) = (Mutex::new(Vec::new()), Mutex::new(BTreeSet::new()));
     // Until `n` more requests have been answered (or failed).
     let requests = |n: usize| {
@@ -328,14 +334,28 @@ fn the_node_s_own_processes_reach_the_other_node_and_keep_doing_so_through_a_res
     };
     let writes = std::thread::scope(|s| {
         s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                match lb_tests::cgroup::client_in(&cgroup, &node_a.ns, &["http", &format!("{VIP}:80")]) {
+            for vip in [format!("{VIP}:80"), format!("[{VIP6}]:80")].iter().cycle() {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                match lb_tests::cgroup::client_in(&cgroup, &node_a.ns, &["http", vip]) {
                     Ok(out) => {
                         served.lock().unwrap().insert(served_by(field(&out, "body").unwrap_or("")).to_owned());
                     }
-                    Err(err) => failures.lock().unwrap().push(err.to_string()),
+                    Err(err) => failures.lock().unwrap().push(format!("{vip}: {err}")),
                 }
                 made.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                match http_get(&c.external, (NODE_A6, 30123), TIMEOUT) {
+                    Ok(body) => {
+                        served.lock().unwrap().insert(served_by(&body).to_owned());
+                    }
+                    Err(err) => failures.lock().unwrap().push(format!("[{NODE_A6}]:30123: {err}")),
+                }
+                from_outside.fetch_add(1, Ordering::Relaxed);
             }
         });
         requests(20);
@@ -348,6 +368,11 @@ fn the_node_s_own_processes_reach_the_other_node_and_keep_doing_so_through_a_res
         c.agents[0].first_sync_writes()
     });
     assert!(failures.lock().unwrap().is_empty(), "{:?}", failures.lock().unwrap());
+    assert!(
+        from_outside.load(Ordering::Relaxed) >= 20,
+        "{} requests from outside",
+        from_outside.load(Ordering::Relaxed)
+    );
     assert_eq!(*served.lock().unwrap(), ["kubia-a".to_owned(), "kubia-b".to_owned()].into());
     assert_eq!(writes, 0, "{}", c.agents[0].log_text());
 }
