@@ -9,12 +9,13 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{AgentProcess, pod_manifest_ips},
+    agent::AgentProcess,
     client::{
         bulk_receive, bulk_send, http_get, ping, seen_client, served_by, tcp_connect, udp_exchange, udp_request,
         until_unanswered,
     },
-    kubia::{TIMEOUT, endpoint_count},
+    kubia::{TIMEOUT, endpoint_count, names, pods_manifest, pods_manifest_on},
+    netns::Netns,
     require_root,
     topology::{Node, POD_DEVICE_PATTERN, Pod},
 };
@@ -27,6 +28,19 @@ const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
 /// `fd00:44::<last>`: pod addresses.
 fn pod6(last: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x44, 0, 0, 0, 0, 0, last)
+}
+
+/// The node's IPv6 address on its uplink, and the external client's there.
+const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const EXTERNAL6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+
+/// An external client on the node's "uplink", with an address of each
+/// family (198.51.100.100, EXTERNAL6) beside the node's (198.51.100.1, NODE6).
+fn external_client(node: &Node) -> Netns {
+    let external =
+        node.add_external_client("uplink", Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 100)).unwrap();
+    node.add_external_ipv6(&external, "uplink", NODE6, EXTERNAL6).unwrap();
+    external
 }
 
 /// The kubia Service with its `spec` lines about families and cluster IPs.
@@ -51,11 +65,9 @@ fn pods(node: &Node, n: u16, dual_stack: bool) -> (Vec<Pod>, Pod) {
     (backends, client)
 }
 
-fn pods_manifest(pods: &[Pod]) -> String {
-    let ips = |p: &Pod| -> Vec<IpAddr> {
-        [p.ipv6.map(IpAddr::from), (!p.ip.is_unspecified()).then_some(p.ip.into())].into_iter().flatten().collect()
-    };
-    pods.iter().map(|p| pod_manifest_ips(&p.name, &ips(p), true)).collect::<Vec<_>>().join("---\n")
+/// The pods as the kubia helpers take them.
+fn refs(pods: &[Pod]) -> Vec<&Pod> {
+    pods.iter().collect()
 }
 
 /// Which pods served `requests` HTTP requests to `vip`:80 from `client`;
@@ -75,17 +87,13 @@ fn seen_ip(answer: &str) -> IpAddr {
     seen_client(answer).parse::<SocketAddr>().map(|a| a.ip()).unwrap_or_else(|_| panic!("{answer}"))
 }
 
-fn names(pods: &[Pod]) -> BTreeSet<String> {
-    pods.iter().map(|p| p.name.clone()).collect()
-}
-
 #[test]
 fn an_ipv6_only_cluster_ip_spreads_tcp_and_udp_over_its_pods_and_they_see_the_client() {
     require_root();
     let node = Node::new().unwrap();
     let (backends, client) = pods(&node, 3, false);
     let service = kubia_service(&format!("  ipFamilies: [IPv6]\n  clusterIP: {VIP6}\n"));
-    let manifests = [("kubia.yaml", service.as_str()), ("pods.yaml", &pods_manifest(&backends))];
+    let manifests = [("kubia.yaml", service.as_str()), ("pods.yaml", &pods_manifest(&refs(&backends), |_| true))];
     let args = ["--pod-device", POD_DEVICE_PATTERN, "--service-cidr", SERVICE_CIDR6];
     let agent = AgentProcess::start_with(&node, &manifests, &args).unwrap();
     agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 3).unwrap();
@@ -96,7 +104,7 @@ fn an_ipv6_only_cluster_ip_spreads_tcp_and_udp_over_its_pods_and_they_see_the_cl
     assert!(env.contains(&format!("KUBIA_PORT=tcp://[{VIP6}]:80")), "{env}");
 
     let client6 = IpAddr::from(client.ipv6.unwrap());
-    assert_eq!(http_spread(&client, VIP6.into(), 40, client6), names(&backends));
+    assert_eq!(http_spread(&client, VIP6.into(), 40, client6), names(&refs(&backends)));
     let mut served = BTreeSet::new();
     for i in 0..40 {
         let payload = format!("ping {i}");
@@ -107,7 +115,7 @@ fn an_ipv6_only_cluster_ip_spreads_tcp_and_udp_over_its_pods_and_they_see_the_cl
         assert_eq!(seen_ip(&reply), client6, "{reply}");
         served.insert(served_by(&reply).to_owned());
     }
-    assert_eq!(served, names(&backends));
+    assert_eq!(served, names(&refs(&backends)));
     // Every TCP connection is a new flow; a UDP socket may get the port of
     // an earlier one, whose flow is still known.
     assert!(agent.counter("TC-POD", "forward_new_flow").unwrap() >= 40, "{}", agent.get("counters").unwrap());
@@ -130,7 +138,7 @@ fn a_prefer_dual_stack_service_answers_on_its_ipv4_and_its_ipv6_cluster_ip() {
     let (backends, client) = pods(&node, 2, true);
     // The IPv6 cluster IP is not written: the agent allocates it.
     let service = kubia_service("  ipFamilyPolicy: PreferDualStack\n  clusterIP: 10.96.0.10\n");
-    let manifests = [("kubia.yaml", service.as_str()), ("pods.yaml", &pods_manifest(&backends))];
+    let manifests = [("kubia.yaml", service.as_str()), ("pods.yaml", &pods_manifest(&refs(&backends), |_| true))];
     let args = ["--pod-device", POD_DEVICE_PATTERN, "--service-cidr", "10.96.0.0/12", "--service-cidr", SERVICE_CIDR6];
     let agent = AgentProcess::start_with(&node, &manifests, &args).unwrap();
     // Each port lists both families' endpoints.
@@ -142,8 +150,8 @@ fn a_prefer_dual_stack_service_answers_on_its_ipv4_and_its_ipv6_cluster_ip() {
         .unwrap_or_else(|| panic!("no ipv6 cluster ip in {services}"));
 
     let (client4, client6) = (IpAddr::from(client.ip), IpAddr::from(client.ipv6.unwrap()));
-    assert_eq!(http_spread(&client, Ipv4Addr::new(10, 96, 0, 10).into(), 20, client4), names(&backends));
-    assert_eq!(http_spread(&client, vip6.into(), 20, client6), names(&backends));
+    assert_eq!(http_spread(&client, Ipv4Addr::new(10, 96, 0, 10).into(), 20, client4), names(&refs(&backends)));
+    assert_eq!(http_spread(&client, vip6.into(), 20, client6), names(&refs(&backends)));
     // As kubelet, the environment names the primary family's cluster IP.
     let env = agent.get_env("default").unwrap();
     assert!(env.contains("KUBIA_SERVICE_HOST=10.96.0.10"), "{env}");
@@ -181,15 +189,11 @@ fn an_ipv6_node_port_answers_an_external_client_through_xdp() {
     require_root();
     let node = Node::new().unwrap();
     let (backends, _client) = pods(&node, 2, true);
-    let external =
-        node.add_external_client("uplink", Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 100)).unwrap();
-    let (node6, external6) =
-        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100));
-    node.add_external_ipv6(&external, "uplink", node6, external6).unwrap();
+    let external = external_client(&node);
     let service = kubia_service("  type: NodePort\n  ipFamilyPolicy: PreferDualStack\n  clusterIP: 10.96.0.10\n")
         .replace("    targetPort: http\n", "    targetPort: http\n    nodePort: 30123\n");
     // On this node: a backend elsewhere would see this node as the client.
-    let pods = pods_manifest(&backends).replace("spec:\n", &format!("spec:\n  nodeName: {}\n", node.ns.name()));
+    let pods = pods_manifest_on(&refs(&backends), node.ns.name(), |_| true);
     let manifests = [("kubia.yaml", service.as_str()), ("pods.yaml", &pods)];
     let args = [
         "--device",
@@ -208,12 +212,12 @@ fn an_ipv6_node_port_answers_an_external_client_through_xdp() {
     // own IPv6 address (policy Cluster, all backends on this node).
     let served: BTreeSet<String> = (0..20)
         .map(|_| {
-            let body = http_get(&external, SocketAddr::new(node6.into(), 30123), TIMEOUT).unwrap();
-            assert_eq!(seen_ip(&body), IpAddr::from(external6), "{body}");
+            let body = http_get(&external, SocketAddr::new(NODE6.into(), 30123), TIMEOUT).unwrap();
+            assert_eq!(seen_ip(&body), IpAddr::from(EXTERNAL6), "{body}");
             served_by(&body).to_owned()
         })
         .collect();
-    assert_eq!(served, names(&backends));
+    assert_eq!(served, names(&refs(&backends)));
     assert!(agent.counter("XDP-NODE", "forward_new_flow").unwrap() >= 20, "{}", agent.get("counters").unwrap());
     // The IPv4 node port still answers beside it.
     let body = http_get(&external, SocketAddr::new(Ipv4Addr::new(198, 51, 100, 1).into(), 30123), TIMEOUT).unwrap();
@@ -229,11 +233,7 @@ fn an_ipv6_node_port_stands_in_for_the_client_of_a_remote_backend_and_drops_unde
     require_root();
     let node = Node::new().unwrap();
     let (backends, _client) = pods(&node, 2, false);
-    let external =
-        node.add_external_client("uplink", Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 100)).unwrap();
-    let (node6, external6) =
-        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100));
-    node.add_external_ipv6(&external, "uplink", node6, external6).unwrap();
+    let external = external_client(&node);
     let service = |policy: &str| {
         kubia_service(&format!(
             "  type: NodePort\n  externalTrafficPolicy: {policy}\n  ipFamilies: [IPv6]\n  clusterIP: {VIP6}\n"
@@ -241,19 +241,19 @@ fn an_ipv6_node_port_stands_in_for_the_client_of_a_remote_backend_and_drops_unde
         .replace("    targetPort: http\n", "    targetPort: http\n    nodePort: 30124\n")
     };
     let args = ["--device", "uplink", "--pod-device", POD_DEVICE_PATTERN, "--service-cidr", SERVICE_CIDR6];
-    let pods = pods_manifest(&backends);
+    let pods = pods_manifest(&refs(&backends), |_| true);
     let agent =
         AgentProcess::start_with(&node, &[("kubia.yaml", &service("Cluster")), ("pods.yaml", &pods)], &args).unwrap();
     agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2 && s.contains("30124")).unwrap();
-    let node_port = SocketAddr::new(node6.into(), 30124);
+    let node_port = SocketAddr::new(NODE6.into(), 30124);
     let served: BTreeSet<String> = (0..20)
         .map(|_| {
             let body = http_get(&external, node_port, TIMEOUT).unwrap();
-            assert_eq!(seen_ip(&body), IpAddr::from(node6), "the backend sees this node: {body}");
+            assert_eq!(seen_ip(&body), IpAddr::from(NODE6), "the backend sees this node: {body}");
             served_by(&body).to_owned()
         })
         .collect();
-    assert_eq!(served, names(&backends));
+    assert_eq!(served, names(&refs(&backends)));
 
     // The policy is not in `get services`: the connections tell when the
     // agent has programmed it.
@@ -278,17 +278,12 @@ fn ipv6_bulk_uploads_arrive_intact_through_tc_and_xdp_and_after_a_restart() {
     let mut backend = node.add_pod_with("sink", None, Some(pod6(2))).unwrap();
     backend.serve_sink(8080).unwrap();
     let client = node.add_pod_with("client", None, Some(pod6(100))).unwrap();
-    let external =
-        node.add_external_client("uplink", Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 100)).unwrap();
-    let (node6, external6) =
-        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100));
-    node.add_external_ipv6(&external, "uplink", node6, external6).unwrap();
+    let external = external_client(&node);
     node.ns.send_complete_checksums("uplink").unwrap();
     external.send_complete_checksums("eth0").unwrap();
     let service = kubia_service(&format!("  type: NodePort\n  ipFamilies: [IPv6]\n  clusterIP: {VIP6}\n"))
         .replace("    targetPort: http\n", "    targetPort: 8080\n    nodePort: 30125\n");
-    let pods = pods_manifest(std::slice::from_ref(&backend))
-        .replace("spec:\n", &format!("spec:\n  nodeName: {}\n", node.ns.name()));
+    let pods = pods_manifest_on(&[&backend], node.ns.name(), |_| true);
     let args = ["--device", "uplink", "--pod-device", POD_DEVICE_PATTERN, "--service-cidr", SERVICE_CIDR6];
     let mut agent =
         AgentProcess::start_with(&node, &[("kubia.yaml", service.as_str()), ("pods.yaml", &pods)], &args).unwrap();
@@ -297,7 +292,7 @@ fn ipv6_bulk_uploads_arrive_intact_through_tc_and_xdp_and_after_a_restart() {
     let uploads = |when: &str| {
         let timeout = Duration::from_secs(30);
         for (from, to) in
-            [(&client.ns, SocketAddr::new(VIP6.into(), 80)), (&external, SocketAddr::new(node6.into(), 30125))]
+            [(&client.ns, SocketAddr::new(VIP6.into(), 80)), (&external, SocketAddr::new(NODE6.into(), 30125))]
         {
             let report = bulk_send(from, to, LEN, timeout).unwrap_or_else(|e| panic!("{when}: upload to {to}: {e:#}"));
             assert!(report.contains(&LEN.to_string()), "{when}: {to}: {report}");
@@ -329,7 +324,7 @@ fn path_mtu_discovery_works_both_ways_through_an_ipv6_cluster_ip() {
     let service = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: pmtu\nspec:\n  ipFamilies: [IPv6]\n  clusterIP: {VIP6}\n  ports:\n  - name: sink\n    port: 9000\n  - name: source\n    port: 9001\n  - name: closed\n    port: 54\n    protocol: UDP\n    targetPort: 5400\n  selector:\n    app: kubia\n"
     );
-    let manifests = [("pmtu.yaml", service.as_str()), ("pods.yaml", &pods_manifest(std::slice::from_ref(&backend)))];
+    let manifests = [("pmtu.yaml", service.as_str()), ("pods.yaml", &pods_manifest(&[&backend], |_| true))];
     let args = ["--pod-device", POD_DEVICE_PATTERN, "--service-cidr", SERVICE_CIDR6];
     let agent = AgentProcess::start_with(&node, &manifests, &args).unwrap();
     agent.wait_for_services(TIMEOUT, |s| s.contains(&format!("[{}]:9001", pod6(2)))).unwrap();
@@ -400,7 +395,7 @@ fn source_ranges_admit_only_their_clients(dual_stack: bool) {
     let service = kubia_service(&format!("  type: LoadBalancer\n  loadBalancerSourceRanges: {ranges}\n{families}"))
         + &format!("status:\n  loadBalancer:\n    ingress:\n{ingress_ips}");
     // On this node, so that the backend sees the client itself.
-    let pods = pods_manifest(&backends).replace("spec:\n", &format!("spec:\n  nodeName: {}\n", node.ns.name()));
+    let pods = pods_manifest_on(&refs(&backends), node.ns.name(), |_| true);
     let mut args = vec!["--device", "uplink", "--device", "uplink2", "--pod-device", POD_DEVICE_PATTERN];
     args.extend(["--service-cidr", "10.96.0.0/12", "--service-cidr", SERVICE_CIDR6]);
     let agent =

@@ -10,10 +10,10 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{AgentProcess, pod_manifest_ips},
+    agent::AgentProcess,
     cgroup::{TestCgroup, field},
     client::{http_get, served_by},
-    kubia::{Cluster, TIMEOUT, VIP, cluster, endpoint_count, pods_manifest_on},
+    kubia::{Cluster, TIMEOUT, VIP, cluster, endpoint_count, pods_manifest, pods_manifest_on},
     netns::Netns,
     require_root,
     topology::{Node, Pod},
@@ -340,13 +340,12 @@ fn a_process_on_the_node_reaches_an_ipv6_cluster_ip_and_sees_the_service_as_its_
     let service = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: kubia\nspec:\n  ipFamilies: [IPv6]\n  clusterIP: {vip6}\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n  - name: echo\n    port: 53\n    protocol: UDP\n    targetPort: 5353\n  selector:\n    app: kubia\n"
     );
-    let pods: Vec<String> =
-        backends.iter().map(|p| pod_manifest_ips(&p.name, &[p.ipv6.unwrap().into()], true)).collect();
+    let pods = pods_manifest(&backends.iter().collect::<Vec<_>>(), |_| true);
     let cgroup = TestCgroup::create().unwrap();
     let cgroup_path = cgroup.path().to_str().unwrap();
     let args =
         ["--device", "uplink", "--pod-device", "h-*", "--cgroup-root", cgroup_path, "--service-cidr", "fd00:96::/112"];
-    let manifests = [("svc.yaml", service.as_str()), ("pods.yaml", &pods.join("---\n"))];
+    let manifests = [("svc.yaml", service.as_str()), ("pods.yaml", &pods)];
     let agent = AgentProcess::start_with(&node, &manifests, &args).unwrap();
     agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
 
