@@ -135,10 +135,13 @@ fn restarting_with_2000_services_and_node_addresses_fails_no_request_and_writes_
         pod_failed.len()
     );
     assert!(outside >= 210 && pod >= 210, "too few requests: {outside} to the node port, {pod} to the cluster IP");
+    // The counters say whether XDP dropped a failed request's packets (and
+    // why) or they came late.
     assert!(
         outside_failed.is_empty(),
-        "{} of {outside} node port requests failed: {outside_failed:?}",
-        outside_failed.len()
+        "{} of {outside} node port requests failed: {outside_failed:?}\n{}",
+        outside_failed.len(),
+        agent.get("counters").unwrap_or_default()
     );
     assert!(pod_failed.is_empty(), "{} of {pod} cluster IP requests failed: {pod_failed:?}", pod_failed.len());
     assert_eq!(writes, [0, 0, 0], "a restarted agent rewrote maps that already held its state");
