@@ -21,6 +21,8 @@ pub struct PacketBuilder {
     udp_zero_checksum: bool,
     tcp_flags: u8,
     ip_id: u16,
+    /// IPv4's TTL or IPv6's hop limit.
+    ttl: u8,
     /// IPv6 only: extension headers (next header values) before L4.
     extension_headers: Vec<u8>,
 }
@@ -42,6 +44,7 @@ impl PacketBuilder {
             udp_zero_checksum: false,
             tcp_flags: 0x02, // SYN
             ip_id: 0x1234,
+            ttl: 64,
             extension_headers: Vec::new(),
         }
     }
@@ -81,6 +84,12 @@ impl PacketBuilder {
         self
     }
 
+    /// The TTL (IPv4) or hop limit (IPv6); 64 unless set.
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
     pub fn tcp_flags(mut self, flags: u8) -> Self {
         self.tcp_flags = flags;
         self
@@ -95,7 +104,7 @@ impl PacketBuilder {
         ip[2..4].copy_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
         ip[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
         ip[6..8].copy_from_slice(&self.frags.to_be_bytes());
-        ip[8] = 64;
+        ip[8] = self.ttl;
         ip[9] = self.proto;
         ip[12..16].copy_from_slice(&saddr.octets());
         ip[16..20].copy_from_slice(&daddr.octets());
@@ -121,7 +130,7 @@ impl PacketBuilder {
         }
         let mut ip = vec![0x60, 0, 0, 0];
         ip.extend_from_slice(&((extensions.len() + l4.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&[chain[0], 64]);
+        ip.extend_from_slice(&[chain[0], self.ttl]);
         ip.extend_from_slice(&saddr.octets());
         ip.extend_from_slice(&daddr.octets());
         let mut frame = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];

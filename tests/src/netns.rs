@@ -114,6 +114,35 @@ impl Netns {
     }
 }
 
+/// The calling thread inside a namespace ([`Netns::enter`]), until dropped.
+pub struct Entered {
+    /// The namespace the thread came from.
+    home: File,
+}
+
+impl Netns {
+    /// Moves the calling thread into this namespace until the guard drops:
+    /// for work that cannot move to another thread (`run_in`).
+    pub fn enter(&self) -> anyhow::Result<Entered> {
+        let home = File::open("/proc/thread-self/ns/net").context("open /proc/thread-self/ns/net")?;
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: setns on a namespace fd we own affects only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns into {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(Entered { home })
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // SAFETY: as in `enter`.
+        let back = unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(back, 0, "setns back: {}", std::io::Error::last_os_error());
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);

@@ -58,6 +58,9 @@ fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
+    // A run of some benchmarks only does not overwrite the day's full
+    // report, nor another partial run's charts.
+    let stem = if wanted.is_empty() { date.clone() } else { format!("{date}-{}", wanted.join("-")) };
     let mut markdown = format!("# Benchmarks, {date}\n\nMachine: {machine}\n");
     let mut json = Map::new();
     json.insert("machine".into(), Value::String(machine));
@@ -67,14 +70,13 @@ fn main() -> anyhow::Result<()> {
         eprintln!("bench {name}: done");
         let _ = write!(markdown, "\n## {}\n\n{}", section.title, section.markdown);
         for (suffix, chart) in &section.charts {
-            let file = format!("{date}-{name}-{suffix}.svg");
+            let file = format!("{stem}-{name}-{suffix}.svg");
             chart.draw(&dir.join(&file))?;
             let _ = write!(markdown, "\n![{}]({file})\n", chart.title);
         }
         json.insert((*name).into(), section.json);
     }
-    // A run of some benchmarks only does not overwrite the day's full report.
-    let stem = if wanted.is_empty() { dir.join(&date) } else { dir.join(format!("{date}-{}", wanted.join("-"))) };
+    let stem = dir.join(stem);
     std::fs::write(stem.with_extension("md"), &markdown)?;
     std::fs::write(stem.with_extension("json"), serde_json::to_string_pretty(&Value::Object(json))? + "\n")?;
     print!("{markdown}");

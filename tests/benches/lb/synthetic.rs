@@ -45,6 +45,10 @@ pub trait BenchFamily: Copy {
     fn add_pod(self, node: &Node, name: &str, v4: Ipv4Addr) -> anyhow::Result<Pod>;
     /// The legacy iptables command of this family (`iptables-legacy`).
     fn iptables(self) -> &'static str;
+    /// `ip`'s family flag.
+    fn flag(self) -> &'static str;
+    /// The prefix length standing for IPv4's `len` in this family.
+    fn prefix_len(self, len: u8) -> u8;
 }
 
 impl BenchFamily for Family {
@@ -76,6 +80,20 @@ impl BenchFamily for Family {
         match self {
             Family::V4 => "iptables-legacy",
             Family::V6 => "ip6tables-legacy",
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+
+    fn prefix_len(self, len: u8) -> u8 {
+        match self {
+            Family::V4 => len,
+            Family::V6 => len + 96,
         }
     }
 }
