@@ -63,12 +63,15 @@ pub trait Addr: Copy + Default + PartialEq + Eq + core::fmt::Debug {
     /// `0.x.y.z` or `::0.x.y.z`.
     fn unroutable(id: u32) -> Self;
     fn is_loopback(&self) -> bool;
+    /// What a conntrack entry of this family keeps of the FIB's answer.
+    type Hop: EntryHop;
 }
 
 /// An IPv6 address as the maps hold it: four words in wire order.
 pub type Ipv6Wire = [u32; 4];
 
 impl Addr for u32 {
+    type Hop = CtHop;
     #[inline(always)]
     fn fold(&self) -> u64 {
         *self as u64
@@ -92,6 +95,9 @@ impl Addr for u32 {
 }
 
 impl Addr for Ipv6Wire {
+    /// IPv6 entries keep none: with a route each, the datapath's IPv6
+    /// functions that write entries exceed the stack the 6.1 verifier allows.
+    type Hop = NoHop;
     #[inline(always)]
     fn fold(&self) -> u64 {
         let high = (self[0] as u64) << 32 | self[1] as u64;
@@ -167,7 +173,6 @@ pub mod map_names {
     pub const DEVICES: &str = "LB_DEVICES";
     pub const FAST_PATH_COUNTERS: &str = "LB_FAST_PATH_COUNTERS";
     pub const MAGLEV: &str = "LB_MAGLEV";
-    pub const FIB_CACHE: &str = "LB_FIB_CACHE";
     pub const CT_STATS: &str = "LB_CT_STATS";
     pub const NODE_ADDRS: &str = "LB_NODE_ADDRS";
     pub const SOCKET_REVERSE: &str = "LB_SOCKET_REVERSE";
@@ -450,7 +455,7 @@ pub const CT_FLAG_REWRITE_OTHER: u8 = 1;
 /// A translation the datapath applies to every packet of a flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry<A = u32> {
+pub struct CtEntry<A: Addr = u32> {
     /// The address written into the packet, wire order: the backend for a
     /// forward entry, the frontend for a reply entry.
     pub nat_addr: A,
@@ -468,17 +473,90 @@ pub struct CtEntry<A = u32> {
     pub other_port: u16,
     /// `CT_STATE_*`, from the packets of this entry's direction.
     pub state: u8,
-    /// Padding as aligned integers (see `CtKey`).
+    /// Padding as an aligned integer (see `CtKey`).
     pub _pad: u8,
-    pub _pad2: u32,
+    /// Where the FIB sends this entry's packets once rewritten, asked when
+    /// the entry is refreshed rather than per packet (IPv4; `Addr::Hop`).
+    pub hop: A::Hop,
     /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC) when the entry was created.
     pub created_ns: u64,
     /// The same clock when a packet last refreshed the entry (at most
     /// [`CT_REFRESH_NS`] behind the last packet).
     pub last_seen_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 56);
 const _: () = assert!(core::mem::size_of::<CtEntry<Ipv6Wire>>() == 64);
+
+/// The FIB's answer about a conntrack entry's packets as rewritten, kept in
+/// the entry: `kind` 0 until the datapath asks (new entries, refreshed ones).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtHop {
+    /// The device the route leaves by (`CT_HOP_FORWARD`, `CT_HOP_NO_NEIGHBOUR`).
+    pub ifindex: u32,
+    /// The next hop's and the device's Ethernet addresses (`CT_HOP_FORWARD`).
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// `CT_HOP_*`: the FIB's answer, and what the device takes.
+    pub kind: u8,
+    pub _pad: u8,
+    /// The route's MTU (`CT_HOP_FORWARD`, `CT_HOP_NO_NEIGHBOUR`), which a
+    /// packet's (or a GSO segment's) IP length must not exceed: the route's
+    /// own, which a device's may exceed.
+    pub mtu: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtHop>() == 20);
+
+/// A conntrack entry's `hop` field, per family (`Addr::Hop`).
+pub trait EntryHop: Copy + Default + PartialEq + Eq + core::fmt::Debug {
+    /// Does this family's entry keep a route?
+    const KEEPS: bool;
+    /// The kept answer, if the family keeps one (`kind` 0: not asked yet).
+    fn kept(&self) -> Option<&CtHop>;
+    fn set(&mut self, hop: &CtHop);
+}
+
+impl EntryHop for CtHop {
+    const KEEPS: bool = true;
+    #[inline(always)]
+    fn kept(&self) -> Option<&CtHop> {
+        Some(self)
+    }
+    #[inline(always)]
+    fn set(&mut self, hop: &CtHop) {
+        *self = *hop;
+    }
+}
+
+/// An entry that keeps no route: padding as an aligned integer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoHop {
+    pub _pad: u32,
+}
+
+impl EntryHop for NoHop {
+    const KEEPS: bool = false;
+    #[inline(always)]
+    fn kept(&self) -> Option<&CtHop> {
+        None
+    }
+    #[inline(always)]
+    fn set(&mut self, _: &CtHop) {}
+}
+
+/// Not asked yet.
+pub const CT_HOP_UNKNOWN: u8 = 0;
+/// A route with a neighbour entry: `ifindex`, `dmac`, `smac`.
+pub const CT_HOP_FORWARD: u8 = 1;
+/// A route out of `ifindex`, its next hop's address not resolved yet.
+pub const CT_HOP_NO_NEIGHBOUR: u8 = 2;
+/// Nothing the datapath forwards (a local address, no route).
+pub const CT_HOP_NOT_FORWARDED: u8 = 3;
+/// The low bits of `kind` hold the answer...
+pub const CT_HOP_ANSWER: u8 = 0x0f;
+/// ...and the high bits `DEVICE_*` flags of `ifindex`, shifted.
+pub const CT_HOP_DEVICE_SHIFT: u32 = 4;
 
 impl<A: Addr> CtEntry<A> {
     /// With `CT_FLAG_REWRITE_OTHER`, the other end's (address, port).
@@ -588,7 +666,7 @@ impl CtTimeouts {
 
     /// Has `entry` (of a flow of protocol `proto`) been idle too long at `now_ns`?
     #[inline(always)]
-    pub fn expired<A>(&self, proto: u8, entry: &CtEntry<A>, now_ns: u64) -> bool {
+    pub fn expired<A: Addr>(&self, proto: u8, entry: &CtEntry<A>, now_ns: u64) -> bool {
         now_ns.saturating_sub(entry.last_seen_ns) > self.timeout_ns(proto, entry.state)
     }
 }
@@ -877,25 +955,6 @@ impl Hook {
         }
     }
 }
-
-/// A FIB answer the XDP fast path reuses for a while, keyed by the
-/// destination address (network byte order): the next hop of a device that
-/// takes XDP frames.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FibCacheEntry {
-    pub ifindex: u32,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
-    /// When the FIB gave it (the datapath's coarse clock).
-    pub checked_ns: u64,
-}
-const _: () = assert!(core::mem::size_of::<FibCacheEntry>() == 24);
-
-/// How long a cached FIB answer is used: route or neighbour changes reach
-/// the fast path within this.
-pub const FIB_CACHE_NS: u64 = 1_000_000_000;
-pub const MAX_FIB_CACHE: u32 = 16_384;
 
 /// How a rewritten packet left the datapath: the index into the fast-path
 /// counters. Every rewritten packet on XDP with `--xdp-redirect-device`,

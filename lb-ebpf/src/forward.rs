@@ -7,6 +7,11 @@
 //! passed to the kernel's routing, which is always correct, with its
 //! Ethernet header untouched.
 //!
+//! A flow's conntrack entries keep the FIB's answer about their packets
+//! ([`KeptRoute`]), asked when an entry is refreshed (at most once a
+//! second) rather than per packet; each packet is still checked against the
+//! device's MTU.
+//!
 //! The FIB and the set of enabled devices sit behind [`Fib`] so that the
 //! choice has host tests.
 
@@ -16,7 +21,10 @@ use crate::packet::{
     nat::Side,
     parse::{IP_CHECK, IP_OFFSET, Packet},
 };
-use lb_common::{Addr, FIB_CACHE_NS, FastPath};
+use lb_common::{
+    Addr, CT_HOP_ANSWER, CT_HOP_DEVICE_SHIFT, CT_HOP_FORWARD, CT_HOP_NO_NEIGHBOUR, CT_HOP_NOT_FORWARDED, CtHop,
+    DEVICE_POD, DEVICE_TAKES_XDP_FRAMES, FastPath,
+};
 
 /// Offset of the IPv4 TTL (followed by the protocol byte: one 16-bit word).
 const IP_TTL: usize = 8;
@@ -180,17 +188,73 @@ pub enum FibAnswer {
 /// The kernel's forwarding state as the fast path sees it.
 pub trait Fib {
     fn lookup<A: Addr>(&self, ingress_ifindex: u32, query: &FibQuery<A>) -> FibAnswer;
-    /// A next hop the FIB gave for `daddr` (to an enabled device), and when.
-    fn cached(&self, daddr: u32) -> Option<(NextHop, u64)>;
-    fn cache(&self, daddr: u32, hop: &NextHop, now_ns: u64);
-    fn now_ns(&self) -> u64;
-    /// Does the receiving side of `ifindex` take frames sent from XDP? (A
-    /// veth drops them unless its peer runs XDP or GRO.)
-    fn takes_xdp_frames(&self, ifindex: u32) -> bool;
-    /// Is `ifindex` the host side of a pod's veth?
-    fn is_pod_device(&self, ifindex: u32) -> bool;
-    /// `ifindex`'s MTU when the frame does not fit it.
-    fn too_big_for(&self, ifindex: u32) -> Option<u16>;
+    /// `ifindex`'s `DEVICE_*` flags: whether its receiving side takes
+    /// frames sent from XDP (a veth drops them unless its peer runs XDP or
+    /// GRO), whether it is the host side of a pod's veth.
+    fn device_flags(&self, ifindex: u32) -> u32;
+    /// The MTU of the route the packet `query` describes takes (the FIB's
+    /// answer for a packet too big for any route).
+    #[inline(always)]
+    fn route_mtu<A: Addr>(&self, ingress_ifindex: u32, query: &FibQuery<A>) -> u16 {
+        match self.lookup(ingress_ifindex, &FibQuery { tot_len: u16::MAX, ..*query }) {
+            FibAnswer::TooBig(mtu) => mtu,
+            _ => u16::MAX,
+        }
+    }
+}
+
+/// The FIB's answer as a conntrack entry keeps it ([`CtHop`]), for one
+/// packet's departure: `asked` when it was not kept and the FIB was asked
+/// for this packet, so that the entry keeps the answer from now on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeptRoute {
+    pub hop: CtHop,
+    pub asked: bool,
+}
+
+impl From<CtHop> for KeptRoute {
+    #[inline(always)]
+    fn from(hop: CtHop) -> Self {
+        Self { hop, asked: false }
+    }
+}
+
+impl KeptRoute {
+    /// The FIB's answer about the packet `query` describes, and its
+    /// device's `DEVICE_*` flags: the kept one (checked against this
+    /// packet's length, which it was not asked with), else the FIB's, kept.
+    #[inline(always)]
+    pub fn answer<F: Fib, A: Addr>(&mut self, fib: &F, ingress_ifindex: u32, query: &FibQuery<A>) -> (FibAnswer, u32) {
+        let hop = &self.hop;
+        let flags = u32::from(hop.kind >> CT_HOP_DEVICE_SHIFT);
+        let answer = match hop.kind & CT_HOP_ANSWER {
+            CT_HOP_FORWARD => FibAnswer::Forward(NextHop { ifindex: hop.ifindex, smac: hop.smac, dmac: hop.dmac }),
+            CT_HOP_NO_NEIGHBOUR => FibAnswer::NoNeighbour(hop.ifindex),
+            CT_HOP_NOT_FORWARDED => return (FibAnswer::NotForwarded, 0),
+            _ => return self.ask(fib, ingress_ifindex, query),
+        };
+        if query.tot_len > hop.mtu { (FibAnswer::TooBig(hop.mtu), flags) } else { (answer, flags) }
+    }
+
+    #[inline(always)]
+    fn ask<F: Fib, A: Addr>(&mut self, fib: &F, ingress_ifindex: u32, query: &FibQuery<A>) -> (FibAnswer, u32) {
+        let answer = fib.lookup(ingress_ifindex, query);
+        let (kind, hop) = match answer {
+            FibAnswer::Forward(hop) => (CT_HOP_FORWARD, hop),
+            FibAnswer::NoNeighbour(ifindex) => (CT_HOP_NO_NEIGHBOUR, NextHop { ifindex, smac: [0; 6], dmac: [0; 6] }),
+            FibAnswer::NotForwarded => (CT_HOP_NOT_FORWARDED, NextHop { ifindex: 0, smac: [0; 6], dmac: [0; 6] }),
+            // About this packet's length only: nothing to keep.
+            FibAnswer::TooBig(_) => return (answer, 0),
+        };
+        let (flags, mtu) = match hop.ifindex {
+            0 => (0, 0),
+            ifindex => (fib.device_flags(ifindex), fib.route_mtu(ingress_ifindex, query)),
+        };
+        let kind = kind | ((flags as u8) << CT_HOP_DEVICE_SHIFT);
+        self.hop = CtHop { ifindex: hop.ifindex, dmac: hop.dmac, smac: hop.smac, kind, _pad: 0, mtu };
+        self.asked = true;
+        (answer, flags)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,46 +276,45 @@ impl Step {
 }
 
 /// Where a rewritten packet that arrived on `ingress_ifindex` with `ttl`
-/// goes next; `TooBig` when its route's MTU is below it.
+/// goes next (by `route`); `TooBig` when its route's MTU is below it.
 #[inline(always)]
-pub fn next_step<F: Fib>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery) -> Result<Step, TooBig> {
+pub fn next_step<F: Fib>(
+    fib: &F,
+    route: &mut KeptRoute,
+    ingress_ifindex: u32,
+    ttl: u8,
+    query: &FibQuery,
+) -> Result<Step, TooBig> {
     if ttl <= 1 {
         return Ok(Step::Stack(FastPath::StackTtlExpired));
     }
-    // A FIB lookup costs several map lookups: its answer is reused for a
-    // while (only answers that lead to an enabled device are kept).
-    let now = fib.now_ns();
-    let hop = match fib.cached(query.daddr) {
-        // A cached answer was not checked against this frame's length.
-        Some((hop, checked)) if now.wrapping_sub(checked) < FIB_CACHE_NS => match fib.too_big_for(hop.ifindex) {
-            Some(mtu) => return Err(TooBig(mtu)),
-            None => hop,
-        },
-        _ => match fib.lookup(ingress_ifindex, query) {
-            FibAnswer::NoNeighbour(_) => return Ok(Step::Stack(FastPath::StackNoNeighbour)),
-            FibAnswer::NotForwarded => return Ok(Step::Stack(FastPath::StackNotForwarded)),
-            FibAnswer::TooBig(mtu) => return Err(TooBig(mtu)),
-            FibAnswer::Forward(hop) if !fib.takes_xdp_frames(hop.ifindex) => {
-                return Ok(Step::Stack(FastPath::StackDeviceNotEnabled));
-            }
-            FibAnswer::Forward(hop) => {
-                fib.cache(query.daddr, &hop, now);
-                hop
-            }
-        },
+    let hop = match route.answer(fib, ingress_ifindex, query) {
+        (FibAnswer::NoNeighbour(_), _) => return Ok(Step::Stack(FastPath::StackNoNeighbour)),
+        (FibAnswer::NotForwarded, _) => return Ok(Step::Stack(FastPath::StackNotForwarded)),
+        (FibAnswer::TooBig(mtu), _) => return Err(TooBig(mtu)),
+        (FibAnswer::Forward(_), flags) if flags & DEVICE_TAKES_XDP_FRAMES == 0 => {
+            return Ok(Step::Stack(FastPath::StackDeviceNotEnabled));
+        }
+        (FibAnswer::Forward(hop), _) => hop,
     };
     Ok(if hop.ifindex == ingress_ifindex { Step::Tx(hop) } else { Step::Redirect(hop) })
 }
 
-/// Whether the route of the packet `query` describes has room for it (the
-/// kernel's forwarding checks the TTL first).
+/// Whether the route of the packet `query` describes (by `route`) has room
+/// for it (the kernel's forwarding checks the TTL first).
 #[inline(always)]
-pub fn fits_route<F: Fib, A: Addr>(fib: &F, ingress_ifindex: u32, ttl: u8, query: &FibQuery<A>) -> Result<(), TooBig> {
+pub fn fits_route<F: Fib, A: Addr>(
+    fib: &F,
+    route: &mut KeptRoute,
+    ingress_ifindex: u32,
+    ttl: u8,
+    query: &FibQuery<A>,
+) -> Result<(), TooBig> {
     if ttl <= 1 {
         return Ok(());
     }
-    match fib.lookup(ingress_ifindex, query) {
-        FibAnswer::TooBig(mtu) => Err(TooBig(mtu)),
+    match route.answer(fib, ingress_ifindex, query) {
+        (FibAnswer::TooBig(mtu), _) => Err(TooBig(mtu)),
         _ => Ok(()),
     }
 }
@@ -264,16 +327,17 @@ pub fn fits_route<F: Fib, A: Addr>(fib: &F, ingress_ifindex: u32, ttl: u8, query
 #[inline(always)]
 pub fn departure_step<F: Fib, S>(
     fib: &F,
+    route: &mut KeptRoute,
     ingress_ifindex: u32,
     (query, ttl): &(FibQuery, u8),
     forwards: bool,
     new_source: bool,
-    next: impl FnOnce(&F, u32, u8, &FibQuery) -> Result<S, TooBig>,
+    next: impl FnOnce(&F, &mut KeptRoute, u32, u8, &FibQuery) -> Result<S, TooBig>,
 ) -> Result<Option<S>, TooBig> {
     if forwards {
-        next(fib, ingress_ifindex, *ttl, query).map(Some)
+        next(fib, route, ingress_ifindex, *ttl, query).map(Some)
     } else if new_source {
-        fits_route(fib, ingress_ifindex, *ttl, query).map(|()| None)
+        fits_route(fib, route, ingress_ifindex, *ttl, query).map(|()| None)
     } else {
         Ok(None)
     }
@@ -327,11 +391,11 @@ impl TcStep {
 pub struct TooBig(pub u16);
 
 /// Where a rewritten socket buffer from a pod, arriving on `ingress_ifindex`
-/// with `ttl`, goes next. Asks the FIB every time: its answers are cached
-/// for XDP's devices only.
+/// with `ttl`, goes next (by `route`).
 #[inline(always)]
 pub fn tc_next_step<F: Fib, A: Addr>(
     fib: &F,
+    route: &mut KeptRoute,
     ingress_ifindex: u32,
     ttl: u8,
     query: &FibQuery<A>,
@@ -339,11 +403,11 @@ pub fn tc_next_step<F: Fib, A: Addr>(
     if ttl <= 1 {
         return Ok(TcStep::Stack(FastPath::StackTtlExpired));
     }
-    Ok(match fib.lookup(ingress_ifindex, query) {
-        FibAnswer::Forward(hop) if fib.is_pod_device(hop.ifindex) => TcStep::Peer(hop),
-        FibAnswer::Forward(NextHop { ifindex, .. }) | FibAnswer::NoNeighbour(ifindex) => TcStep::Neigh(ifindex),
-        FibAnswer::NotForwarded => TcStep::Stack(FastPath::StackNotForwarded),
-        FibAnswer::TooBig(mtu) => return Err(TooBig(mtu)),
+    Ok(match route.answer(fib, ingress_ifindex, query) {
+        (FibAnswer::Forward(hop), flags) if flags & DEVICE_POD != 0 => TcStep::Peer(hop),
+        (FibAnswer::Forward(NextHop { ifindex, .. }) | FibAnswer::NoNeighbour(ifindex), _) => TcStep::Neigh(ifindex),
+        (FibAnswer::NotForwarded, _) => TcStep::Stack(FastPath::StackNotForwarded),
+        (FibAnswer::TooBig(mtu), _) => return Err(TooBig(mtu)),
     })
 }
 
@@ -385,18 +449,14 @@ mod tests {
     struct FakeFib {
         answer: FibAnswer,
         enabled: &'static [u32],
-        /// The largest frame every device takes.
-        mtu: usize,
-        frame_len: usize,
-        cache: std::cell::RefCell<Option<(NextHop, u64)>>,
-        now: u64,
+        /// Every route's MTU.
+        mtu: u16,
         lookups: std::cell::Cell<u32>,
     }
 
     impl FakeFib {
         fn new(answer: FibAnswer, enabled: &'static [u32]) -> Self {
-            let (mtu, frame_len) = (1514, 100);
-            Self { answer, enabled, mtu, frame_len, cache: Default::default(), now: 0, lookups: Default::default() }
+            Self { answer, enabled, mtu: 1500, lookups: Default::default() }
         }
     }
 
@@ -405,23 +465,12 @@ mod tests {
             self.lookups.set(self.lookups.get() + 1);
             self.answer
         }
-        fn cached(&self, _daddr: u32) -> Option<(NextHop, u64)> {
-            *self.cache.borrow()
+        fn device_flags(&self, ifindex: u32) -> u32 {
+            let xdp = if self.enabled.contains(&ifindex) { DEVICE_TAKES_XDP_FRAMES } else { 0 };
+            xdp | if ifindex == POD_VETH { DEVICE_POD } else { 0 }
         }
-        fn cache(&self, _daddr: u32, hop: &NextHop, now_ns: u64) {
-            *self.cache.borrow_mut() = Some((*hop, now_ns));
-        }
-        fn now_ns(&self) -> u64 {
-            self.now
-        }
-        fn takes_xdp_frames(&self, ifindex: u32) -> bool {
-            self.enabled.contains(&ifindex)
-        }
-        fn is_pod_device(&self, ifindex: u32) -> bool {
-            ifindex == POD_VETH
-        }
-        fn too_big_for(&self, _ifindex: u32) -> Option<u16> {
-            (self.frame_len > self.mtu).then_some(self.mtu as u16)
+        fn route_mtu<A: Addr>(&self, _ingress_ifindex: u32, _query: &FibQuery<A>) -> u16 {
+            self.mtu
         }
     }
 
@@ -460,9 +509,11 @@ mod tests {
             ("ttl 1", FibAnswer::Forward(hop(INGRESS)), &[INGRESS][..], 1, Step::Stack(FastPath::StackTtlExpired)),
         ];
         for (what, answer, enabled, ttl, want) in cases {
-            assert_eq!(next_step(&FakeFib::new(answer, enabled), INGRESS, ttl, &q), Ok(want), "{what}");
+            let mut route = KeptRoute::default();
+            assert_eq!(next_step(&FakeFib::new(answer, enabled), &mut route, INGRESS, ttl, &q), Ok(want), "{what}");
         }
-        let too_big = next_step(&FakeFib::new(FibAnswer::TooBig(1400), &[OTHER]), INGRESS, 64, &q);
+        let fib = FakeFib::new(FibAnswer::TooBig(1400), &[OTHER]);
+        let too_big = next_step(&fib, &mut KeptRoute::default(), INGRESS, 64, &q);
         assert_eq!(too_big, Err(TooBig(1400)), "the sender is answered, not the stack");
     }
 
@@ -478,30 +529,43 @@ mod tests {
             ("ttl 1", FibAnswer::Forward(hop(OTHER)), 1, TcStep::Stack(FastPath::StackTtlExpired)),
         ];
         for (what, answer, ttl, want) in cases {
-            assert_eq!(tc_next_step(&FakeFib::new(answer, &[]), INGRESS, ttl, &q), Ok(want), "{what}");
+            let mut route = KeptRoute::default();
+            assert_eq!(tc_next_step(&FakeFib::new(answer, &[]), &mut route, INGRESS, ttl, &q), Ok(want), "{what}");
         }
-        let too_big = tc_next_step(&FakeFib::new(FibAnswer::TooBig(1400), &[]), INGRESS, 64, &q);
+        let fib = FakeFib::new(FibAnswer::TooBig(1400), &[]);
+        let too_big = tc_next_step(&fib, &mut KeptRoute::default(), INGRESS, 64, &q);
         assert_eq!(too_big, Err(TooBig(1400)), "the sender is answered, not the stack");
     }
 
     #[test]
-    fn a_fib_answer_is_reused_for_a_second_and_only_for_enabled_devices() {
-        let q = FibQuery::default();
-        let mut fib = FakeFib::new(FibAnswer::Forward(hop(OTHER)), &[OTHER]);
-        for now in [0, FIB_CACHE_NS / 2, FIB_CACHE_NS - 1] {
-            fib.now = now;
-            assert_eq!(next_step(&fib, INGRESS, 64, &q), Ok(Step::Redirect(hop(OTHER))));
+    fn an_entry_keeps_the_fib_s_answer_and_its_device_and_each_packet_is_checked_against_the_route_s_mtu() {
+        let q = FibQuery { tot_len: 1500, ..FibQuery::default() };
+        let fib = FakeFib { mtu: 1500, ..FakeFib::new(FibAnswer::Forward(hop(POD_VETH)), &[POD_VETH]) };
+        let mut route = KeptRoute::default();
+        assert_eq!(tc_next_step(&fib, &mut route, INGRESS, 64, &q), Ok(TcStep::Peer(hop(POD_VETH))));
+        assert!(route.asked, "asked, to be kept in the entry");
+        assert_eq!((route.hop.ifindex, route.hop.mtu), (POD_VETH, 1500));
+        // The next packets' departures, from the entry's copy.
+        let asked = fib.lookups.get();
+        let mut kept = KeptRoute::from(route.hop);
+        assert_eq!(tc_next_step(&fib, &mut kept, INGRESS, 64, &q), Ok(TcStep::Peer(hop(POD_VETH))));
+        assert_eq!(next_step(&fib, &mut kept, INGRESS, 64, &q), Ok(Step::Redirect(hop(POD_VETH))));
+        assert_eq!((fib.lookups.get(), kept.asked), (asked, false), "the FIB was not asked again");
+        let too_big = FibQuery { tot_len: 1501, ..q };
+        assert_eq!(tc_next_step(&fib, &mut kept, INGRESS, 64, &too_big), Err(TooBig(1500)));
+        assert_eq!(fits_route(&fib, &mut kept, INGRESS, 64, &too_big), Err(TooBig(1500)));
+        // Answers that send nothing out of a device are kept too; a too
+        // big one is about one packet only.
+        for (answer, kept) in
+            [(FibAnswer::NotForwarded, true), (FibAnswer::NoNeighbour(OTHER), true), (FibAnswer::TooBig(1400), false)]
+        {
+            let mut route = KeptRoute::default();
+            let _ = tc_next_step(&FakeFib::new(answer, &[]), &mut route, INGRESS, 64, &q);
+            assert_eq!((route.asked, route.hop.kind & CT_HOP_ANSWER != 0), (kept, kept), "{answer:?}");
         }
-        assert_eq!(fib.lookups.get(), 1);
-        fib.now = FIB_CACHE_NS;
-        assert_eq!(next_step(&fib, INGRESS, 64, &q), Ok(Step::Redirect(hop(OTHER))));
-        assert_eq!(fib.lookups.get(), 2, "asked again after a second");
-        let not_enabled = FakeFib::new(FibAnswer::Forward(hop(OTHER)), &[]);
-        assert_eq!(next_step(&not_enabled, INGRESS, 64, &q), Ok(Step::Stack(FastPath::StackDeviceNotEnabled)));
-        assert!(not_enabled.cache.borrow().is_none());
-        // A cached answer is checked against each frame's length.
-        fib.frame_len = fib.mtu + 1;
-        assert_eq!(next_step(&fib, INGRESS, 64, &q), Err(TooBig(1514)));
+        let mut route = KeptRoute::default();
+        let _ = tc_next_step(&fib, &mut route, INGRESS, 1, &q);
+        assert!(!route.asked, "a packet whose TTL runs out is not routed");
     }
 
     #[test]

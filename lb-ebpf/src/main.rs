@@ -34,7 +34,7 @@ use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, Reason, ipv6_pr
 use lb_ebpf::{
     answer::{self, Answered, L4Checksum, Unreachable},
     decide::{self, Verdict, decide},
-    forward::{self, FibQuery, Routed, Step, TcStep, TooBig},
+    forward::{self, FibQuery, KeptRoute, Routed, Step, TcStep, TooBig},
     packet::{
         self, ETH_P_IPV6, checksum,
         family::{Family, V4, V6},
@@ -177,8 +177,9 @@ fn to_ipv6_program<C: aya_ebpf::EbpfContext>(ctx: &C, array: &ProgramArray, inde
 #[inline(always)]
 fn xdp_translate<F: Hooks>(ctx: &XdpContext, pkt: &Packet<F>, part: Part) -> (u32, Reason) {
     let flow = pkt.flow();
-    let verdict = part.decide(ctx, &flow, pkt.tcp_flags(), &MapTables::<F>::xdp(ctx), Hook::NodeXdp);
-    let result = xdp_apply(ctx, pkt, verdict);
+    let tables = MapTables::<F>::xdp(ctx);
+    let verdict = part.decide(ctx, &flow, pkt.tcp_flags(), &tables, Hook::NodeXdp);
+    let result = xdp_apply(ctx, pkt, verdict, &flow, &tables);
     F::log_verdict(ctx, &flow, result.1);
     result
 }
@@ -191,13 +192,15 @@ fn xdp_translate<F: Hooks>(ctx: &XdpContext, pkt: &Packet<F>, part: Part) -> (u3
 /// in BPF functions of their own (its addresses take stack room).
 trait Hooks: FamilyMaps + Answered + Errors + Routed {
     /// Where a packet from outside goes once rewritten (`side` to `to`, the
-    /// other side to `other`); Err: it was answered instead (too big).
+    /// other side to `other`) by `route`, its entry's; Err: it was answered
+    /// instead (too big).
     fn xdp_departure(
         ctx: &XdpContext,
         pkt: &Packet<Self>,
         side: Side,
         to: (Self::Addr, u16),
         other: Option<(Self::Addr, u16)>,
+        route: &mut KeptRoute,
     ) -> Result<Option<Step>, (u32, Reason)>;
     /// As `xdp_departure`, for a pod's packet.
     fn tc_departure(
@@ -206,6 +209,7 @@ trait Hooks: FamilyMaps + Answered + Errors + Routed {
         side: Side,
         to: (Self::Addr, u16),
         other: Option<(Self::Addr, u16)>,
+        route: &mut KeptRoute,
     ) -> Result<Option<TcStep>, (i32, Reason)>;
     /// `xdp_reject` and `tc_reject`: a refused packet answered.
     fn xdp_reject(ctx: &XdpContext, pkt: &Packet<Self>, reason: Reason) -> (u32, Reason);
@@ -219,7 +223,7 @@ trait Hooks: FamilyMaps + Answered + Errors + Routed {
         other: Option<(Self::Addr, u16)>,
     ) -> bool;
     /// Sends a pod's rewritten packet on (`tc_departure` said where).
-    fn tc_send(ctx: &TcContext, step: Option<TcStep>) -> i32;
+    fn tc_send(ctx: &TcContext, step: Option<TcStep>, route: &mut KeptRoute) -> i32;
     /// `nat::rewrite` of `side` to `to`, and of the other side to `other`.
     ///
     /// # Safety
@@ -238,10 +242,12 @@ impl Hooks for V4 {
         side: Side,
         to: (u32, u16),
         other: Option<(u32, u16)>,
+        route: &mut KeptRoute,
     ) -> Result<Option<Step>, (u32, Reason)> {
         // SAFETY: `pkt` was parsed from this context's packet just now.
         let departure = unsafe { forward::departure(pkt, side, to, other) };
-        xdp_step(ctx, &departure, changes_source(side, &other)).map_err(|TooBig(mtu)| xdp_too_big::<V4>(ctx, mtu))
+        xdp_step(ctx, &departure, changes_source(side, &other), route)
+            .map_err(|TooBig(mtu)| xdp_too_big::<V4>(ctx, mtu))
     }
 
     #[inline(always)]
@@ -251,11 +257,12 @@ impl Hooks for V4 {
         side: Side,
         to: (u32, u16),
         other: Option<(u32, u16)>,
+        route: &mut KeptRoute,
     ) -> Result<Option<TcStep>, (i32, Reason)> {
         // Asked before the rewrite, which it must not follow when the
         // packet is too big.
         let departure = tc_fib_query(ctx, pkt, side, to, other);
-        tc_step(ctx, &departure, changes_source(side, &other)).map_err(|TooBig(mtu)| tc_too_big::<V4>(ctx, mtu))
+        tc_step(ctx, &departure, changes_source(side, &other), route).map_err(|TooBig(mtu)| tc_too_big::<V4>(ctx, mtu))
     }
 
     #[inline(always)]
@@ -274,7 +281,7 @@ impl Hooks for V4 {
     }
 
     #[inline(always)]
-    fn tc_send(ctx: &TcContext, step: Option<TcStep>) -> i32 {
+    fn tc_send(ctx: &TcContext, step: Option<TcStep>, _: &mut KeptRoute) -> i32 {
         tc_send::<V4>(ctx, step)
     }
 
@@ -309,11 +316,9 @@ impl Hooks for V6 {
         side: Side,
         to: (Ipv6Wire, u16),
         other: Option<(Ipv6Wire, u16)>,
+        _: &mut KeptRoute,
     ) -> Result<Option<Step>, (u32, Reason)> {
-        if !changes_source(side, &other) {
-            return Ok(None);
-        }
-        match route_room(ctx, pkt, side, &to, &other) {
+        match ipv6_room(ctx, pkt, side, (to, other)) {
             0 => Ok(None),
             mtu => Err(xdp_too_big::<V6>(ctx, mtu)),
         }
@@ -327,11 +332,9 @@ impl Hooks for V6 {
         side: Side,
         to: (Ipv6Wire, u16),
         other: Option<(Ipv6Wire, u16)>,
+        _: &mut KeptRoute,
     ) -> Result<Option<TcStep>, (i32, Reason)> {
-        if !changes_source(side, &other) {
-            return Ok(None);
-        }
-        match route_room(ctx, pkt, side, &to, &other) {
+        match ipv6_room(ctx, pkt, side, (to, other)) {
             0 => Ok(None),
             mtu => Err(tc_too_big::<V6>(ctx, mtu)),
         }
@@ -363,8 +366,8 @@ impl Hooks for V6 {
 
     /// No step was asked before the rewrite: `tc_forward6` asks after it.
     #[inline(always)]
-    fn tc_send(ctx: &TcContext, _: Option<TcStep>) -> i32 {
-        tc_forward6(ctx)
+    fn tc_send(ctx: &TcContext, _: Option<TcStep>, route: &mut KeptRoute) -> i32 {
+        tc_forward6(ctx, route)
     }
 
     /// A BPF function of its own: inlined, an IPv6 rewrite's address words
@@ -418,7 +421,7 @@ fn translate_icmp_error<F: Hooks>(
 ) -> Reason {
     match decide::quoted_packet(quoted, tables) {
         // The bounds again: the verifier forgets them across the lookup.
-        Verdict::Rewrite { reason, side, addr, port, other } if data + F::ERROR_HEADERS_LEN <= data_end => {
+        Verdict::Rewrite { reason, side, addr, port, other, .. } if data + F::ERROR_HEADERS_LEN <= data_end => {
             // SAFETY: the context's writable frame, which `quoted_flow` accepted.
             unsafe {
                 icmp::rewrite_quoted::<F>(data, side, addr, port);
@@ -433,19 +436,27 @@ fn translate_icmp_error<F: Hooks>(
 }
 
 #[inline(always)]
-fn xdp_apply<F: Hooks>(ctx: &XdpContext, pkt: &Packet<F>, verdict: Verdict<F::Addr>) -> (u32, Reason) {
+fn xdp_apply<F: Hooks>(
+    ctx: &XdpContext,
+    pkt: &Packet<F>,
+    verdict: Verdict<F::Addr>,
+    flow: &CtKey<F::Addr>,
+    tables: &MapTables<F>,
+) -> (u32, Reason) {
     match verdict {
         Verdict::Pass(reason) => (xdp_action::XDP_PASS, reason),
         Verdict::Drop(reason) => (xdp_action::XDP_DROP, reason),
         Verdict::Rewrite { reason, side, addr, port, other } => {
             let other = other.get();
-            let step = match F::xdp_departure(ctx, pkt, side, (addr, port), other) {
+            let Some(route) = maps::route() else { return (xdp_action::XDP_DROP, Reason::DropRewriteFailed) };
+            let step = match F::xdp_departure(ctx, pkt, side, (addr, port), other, route) {
                 Ok(step) => step,
                 Err(answered) => return answered,
             };
             // SAFETY: `pkt` was parsed from this context's packet, which
             // nothing has touched since.
             unsafe { F::rewrite(pkt, side, (addr, port), other) };
+            tables.keep_route(flow, reason, route);
             (xdp_send(ctx, &step), reason)
         }
         Verdict::Reject(reason) => F::xdp_reject(ctx, pkt, reason),
@@ -471,20 +482,37 @@ unsafe fn rewrite_both<F: Family>(pkt: &Packet<F>, side: Side, to: (F::Addr, u16
 /// fast path, out from XDP when that applies. A BPF function of its own:
 /// the FIB's query stays out of the caller's frame.
 #[inline(never)]
-fn xdp_step(ctx: &XdpContext, departure: &(FibQuery, u8), new_source: bool) -> Result<Option<Step>, TooBig> {
+fn xdp_step(
+    ctx: &XdpContext,
+    departure: &(FibQuery, u8),
+    new_source: bool,
+    route: &mut KeptRoute,
+) -> Result<Option<Step>, TooBig> {
     // SAFETY: a load-time constant read volatile so that it is not folded.
     let fast_path = unsafe { core::ptr::read_volatile(&LB_FAST_PATH) != 0 };
     let fib = KernelFib::of(ctx);
-    forward::departure_step(&fib, ctx.arrived_on(), departure, fast_path, new_source, forward::next_step)
+    forward::departure_step(&fib, route, ctx.arrived_on(), departure, fast_path, new_source, forward::next_step)
 }
 
-/// `forward::fits_route` for a family without a fast path: the route's MTU
-/// when `pkt`, once its rewrite (`side` to `to`, the other side to `other`)
-/// gives it a new source, does not fit it (see `forward::departure_step`);
-/// 0 when it does. A BPF function of its own, like `xdp_step`: the FIB's
-/// query stays out of the caller's frame. It returns a plain number and
-/// takes references: a BPF function has five argument registers, and an
-/// aggregate returned takes one of them.
+/// For IPv6, which asks the FIB before the rewrite only for the MTU check
+/// (its entries keep no route, `lb_common::NoHop`): the MTU of the route of
+/// `pkt` once rewritten (`side` to `to`, the other side to `other`) when
+/// that gives it a new source (see `forward::departure_step`) and it does
+/// not fit; else 0.
+#[inline(always)]
+fn ipv6_room<C: Departing>(
+    ctx: &C,
+    pkt: &Packet<V6>,
+    side: Side,
+    (to, other): ((Ipv6Wire, u16), Option<(Ipv6Wire, u16)>),
+) -> u16 {
+    if changes_source(side, &other) { route_room(ctx, pkt, side, &to, &other) } else { 0 }
+}
+
+/// `forward::fits_route` for `ipv6_room`. A BPF function of its own, like
+/// `xdp_step`: the FIB's query stays out of the caller's frame. It returns
+/// a plain number and takes references: a BPF function has five argument
+/// registers, and an aggregate returned takes one of them.
 #[inline(never)]
 fn route_room<C: Departing, F: Routed>(
     ctx: &C,
@@ -496,7 +524,8 @@ fn route_room<C: Departing, F: Routed>(
     // SAFETY: `pkt` was parsed from this context's packet, untouched since.
     let (mut query, ttl) = unsafe { forward::departure(pkt, side, *to, *other) };
     ctx.fit_segment(pkt, &mut query);
-    forward::fits_route(&KernelFib::of(ctx), ctx.arrived_on(), ttl, &query).map_or_else(|TooBig(mtu)| mtu, |()| 0)
+    let (fib, mut unkept) = (KernelFib::of(ctx), KeptRoute::default());
+    forward::fits_route(&fib, &mut unkept, ctx.arrived_on(), ttl, &query).map_or_else(|TooBig(mtu)| mtu, |()| 0)
 }
 
 /// The fragmentation-needed (IPv6: packet too big) a packet too big for its
@@ -698,14 +727,20 @@ fn tc_pod_ipv6(ctx: &TcContext, part: Part) -> i32 {
 #[inline(always)]
 fn tc_pod_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -> (i32, Reason) {
     let flow = pkt.flow();
-    let result = match part.decide(ctx, &flow, pkt.tcp_flags(), &MapTables::<F>::tc(ctx), Hook::PodTc) {
+    let tables = MapTables::<F>::tc(ctx);
+    let result = match part.decide(ctx, &flow, pkt.tcp_flags(), &tables, Hook::PodTc) {
         Verdict::Pass(reason) => (TC_OK, reason),
         Verdict::Drop(reason) => (TC_SHOT, reason),
         Verdict::Rewrite { reason, side, addr, port, other } => {
             let other = other.get();
-            match F::tc_departure(ctx, pkt, side, (addr, port), other) {
+            let Some(route) = maps::route() else { return (TC_SHOT, Reason::DropRewriteFailed) };
+            match F::tc_departure(ctx, pkt, side, (addr, port), other, route) {
                 Err(answered) => answered,
-                Ok(step) if F::tc_rewrite(ctx, pkt, side, (addr, port), other) => (F::tc_send(ctx, step), reason),
+                Ok(step) if F::tc_rewrite(ctx, pkt, side, (addr, port), other) => {
+                    let action = F::tc_send(ctx, step, route);
+                    tables.keep_route(&flow, reason, route);
+                    (action, reason)
+                }
                 Ok(_) => (TC_SHOT, Reason::DropRewriteFailed),
             }
         }
@@ -756,7 +791,7 @@ pub fn lb_tc_egress6_icmp(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn tc_egress_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -> (i32, Reason) {
     match part.decide(ctx, &pkt.flow(), pkt.tcp_flags(), &MapTables::<F>::tc(ctx), Hook::TcEgress) {
-        Verdict::Rewrite { reason, side, addr, port, other } if other.get().is_none() => {
+        Verdict::Rewrite { reason, side, addr, port, other, .. } if other.get().is_none() => {
             if F::tc_rewrite(ctx, pkt, side, (addr, port), None) {
                 (TC_OK, reason)
             } else {
@@ -788,11 +823,16 @@ fn tc_fib_query<F: Routed>(
 /// with `--pod-forwarding redirect`, straight into a local pod or out of
 /// the device the FIB names. A BPF function of its own, like `xdp_step`.
 #[inline(never)]
-fn tc_step(ctx: &TcContext, departure: &(FibQuery, u8), new_source: bool) -> Result<Option<TcStep>, TooBig> {
+fn tc_step(
+    ctx: &TcContext,
+    departure: &(FibQuery, u8),
+    new_source: bool,
+    route: &mut KeptRoute,
+) -> Result<Option<TcStep>, TooBig> {
     // SAFETY: as in `xdp_step`.
     let redirect = unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) != 0 };
     let fib = KernelFib::of(ctx);
-    forward::departure_step(&fib, ctx.arrived_on(), departure, redirect, new_source, forward::tc_next_step)
+    forward::departure_step(&fib, route, ctx.arrived_on(), departure, redirect, new_source, forward::tc_next_step)
 }
 
 /// Sends a rewritten packet where `tc_step` said: the kernel's routing
@@ -819,13 +859,14 @@ fn tc_send<F: Routed>(ctx: &TcContext, step: Option<TcStep>) -> i32 {
 }
 
 /// Sends a pod's rewritten IPv6 packet on as `tc_send` does IPv4's, with
-/// `--pod-forwarding redirect`: the FIB is asked about the packet as it
-/// now is (IPv6 asks after the rewrite, in a BPF function of its own, to
-/// keep the query out of the decision's stack frames). A packet too big
-/// for its route goes to the kernel, whose error reaches its sender: only
-/// a rewrite that left the source alone gets here unchecked.
+/// `--pod-forwarding redirect`, by `route`: the FIB is asked (when the
+/// entry keeps no answer) about the packet as it now is (IPv6 asks after
+/// the rewrite, in a BPF function of its own, to keep the query out of the
+/// decision's stack frames). A packet too big for its route goes to the
+/// kernel, whose error reaches its sender: only a rewrite that left the
+/// source alone gets here unchecked.
 #[inline(never)]
-fn tc_forward6(ctx: &TcContext) -> i32 {
+fn tc_forward6(ctx: &TcContext, route: &mut KeptRoute) -> i32 {
     // SAFETY: a load-time constant read volatile so that it is not folded.
     if unsafe { core::ptr::read_volatile(&LB_TC_REDIRECT) } == 0 {
         return TC_OK;
@@ -834,7 +875,7 @@ fn tc_forward6(ctx: &TcContext) -> i32 {
     // SAFETY: parsed from this context's packet just now.
     let (mut query, ttl) = unsafe { FibQuery::of(&pkt) };
     ctx.fit_segment(&pkt, &mut query);
-    match forward::tc_next_step(&KernelFib::of(ctx), ctx.arrived_on(), ttl, &query) {
+    match forward::tc_next_step(&KernelFib::of(ctx), route, ctx.arrived_on(), ttl, &query) {
         Ok(step) => tc_send::<V6>(ctx, Some(step)),
         Err(TooBig(_)) => TC_OK,
     }

@@ -11,23 +11,22 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup,
     },
     cty::c_void,
-    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 use lb_common::{
-    Addr, AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, DEVICE_POD,
-    DEVICE_TAKES_XDP_FRAMES, EndpointKey, EndpointMeta, FastPath, FibCacheEntry, Frontend, FrontendKey, Hook, Ipv6Wire,
-    MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES,
-    MAX_ENDPOINTS, MAX_FIB_CACHE, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES, MAX_NODE_PORTS,
-    MAX_SOCKET_REVERSE, MAX_SOURCE_RANGES, MaglevElement, NodePortKey, Reason, ServiceCidr, ServiceMeta,
-    SocketFrontend, SocketPeer, SourceRange, ct_stats,
+    Addr, AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtHop, CtKey, CtTimeouts, EndpointKey,
+    EndpointMeta, EntryHop, FastPath, Frontend, FrontendKey, Hook, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY,
+    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES,
+    MAX_NODE_DEVICES, MAX_NODE_PORTS, MAX_SOCKET_REVERSE, MAX_SOURCE_RANGES, MaglevElement, NodePortKey, Reason,
+    ServiceCidr, ServiceMeta, SocketFrontend, SocketPeer, SourceRange, ct_stats,
 };
 use lb_ebpf::{
     decide::{InsertFailed, Shared, Tables},
-    forward::{Fib, FibAnswer, FibQuery, NextHop},
+    forward::{Fib, FibAnswer, FibQuery, KeptRoute, NextHop},
     packet::family::{Family, V4, V6},
 };
 
@@ -76,10 +75,6 @@ static LB_VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREA
 /// to itself (XDP frames, or TC's `bpf_redirect_peer` into a pod).
 #[map]
 static LB_DEVICES: HashMap<u32, u32> = HashMap::pinned(MAX_DEVICES, BPF_F_NO_PREALLOC);
-
-/// Destination address -> the FIB's next hop, reused for FIB_CACHE_NS.
-#[map]
-static LB_FIB_CACHE: LruHashMap<u32, FibCacheEntry> = LruHashMap::pinned(MAX_FIB_CACHE, 0);
 
 /// Per-CPU counts of how rewritten packets left XDP, indexed by FastPath.
 #[map]
@@ -266,6 +261,38 @@ impl<F> MapTables<F> {
     pub fn socket(ctx: &SockAddrContext) -> Self {
         Self { ctx: ctx.as_ptr(), ingress_ifindex: 0, family: PhantomData }
     }
+
+    /// Keeps the FIB's answer about a translated flow's packets in its
+    /// entry (`flow`'s, `reason` the verdict's), when this packet's
+    /// departure (`route`) asked for it.
+    #[inline(always)]
+    pub fn keep_route(&self, flow: &CtKey<F::Addr>, reason: Reason, route: &KeptRoute)
+    where
+        F: FamilyMaps,
+    {
+        let flows_entry =
+            matches!(reason, Reason::ForwardNewFlow | Reason::ForwardEstablished | Reason::ReplyReverseNat);
+        if route.asked && flows_entry {
+            self.conntrack_keep_hop(flow, &route.hop);
+        }
+    }
+}
+
+/// The route of the packet being rewritten on this CPU: what the decision
+/// handed on of its flow's entry (`Tables::entry_route`), completed by its
+/// departure. Per CPU rather than on the stack, where it would count in the
+/// frames of the hooks and of every function it is handed to (the verifier
+/// allows 512 bytes per call chain); a program runs to its end on one CPU,
+/// and none that rewrites runs inside another.
+#[map]
+static LB_ROUTE: PerCpuArray<KeptRoute> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's `LB_ROUTE` slot; None never happens (the map has its one
+/// slot). Each call makes a new reference: hold one at a time.
+#[inline(always)]
+pub fn route() -> Option<&'static mut KeptRoute> {
+    // SAFETY: this CPU's slot, used by one program at a time (see LB_ROUTE).
+    LB_ROUTE.get_ptr_mut(0).map(|route| unsafe { &mut *route })
 }
 
 /// Remembers that socket `cookie`, which asked for `frontend`, was sent to
@@ -332,7 +359,9 @@ impl<F> Shared for MapTables<F> {
 impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
     #[inline(always)]
     fn conntrack_with<R>(&self, key: &CtKey<F::Addr>, read: impl FnOnce(&CtEntry<F::Addr>) -> R) -> Option<R> {
-        // SAFETY: entries are plain data, read at once.
+        // SAFETY: entries are plain data. Other CPUs may write the state,
+        // last-seen time and kept route meanwhile: a torn read of those is
+        // what a copy would risk too, and each is written whole again soon.
         unsafe { F::conntrack().get(key).map(read) }
     }
 
@@ -355,6 +384,30 @@ impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
                 (*entry).state = state;
                 (*entry).last_seen_ns = now_ns;
             }
+        }
+    }
+
+    #[inline(always)]
+    fn entry_route(&self, hop: Option<&CtHop>) {
+        if let Some(route) = route() {
+            route.hop = match hop {
+                Some(hop) => *hop,
+                None => CtHop::default(),
+            };
+            route.asked = false;
+        }
+    }
+
+    #[inline(always)]
+    fn conntrack_keep_hop(&self, key: &CtKey<F::Addr>, hop: &CtHop) {
+        if !<<F::Addr as Addr>::Hop as EntryHop>::KEEPS {
+            return;
+        }
+        if let Some(entry) = F::conntrack().get_ptr_mut(key) {
+            // SAFETY: a live entry; a torn or lost write is asked again at
+            // the next refresh, and a kept answer is only ever a route the
+            // FIB gave for this entry's packets.
+            unsafe { (*entry).hop.set(hop) };
         }
     }
 
@@ -438,11 +491,23 @@ impl KernelFib {
     }
 }
 
+/// The FIB's query and answer, per CPU: on the stack, its 64 bytes would
+/// count in the frames of every caller (the verifier allows 512 bytes per
+/// call chain). A program runs to its end on one CPU, and none that asks
+/// the FIB runs inside another.
+#[map]
+static LB_FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
 impl Fib for KernelFib {
     #[inline(always)]
     fn lookup<A: Addr>(&self, ingress_ifindex: u32, query: &FibQuery<A>) -> FibAnswer {
-        // SAFETY: all-zero is a valid value of this plain C struct.
-        let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        let Some(params) = LB_FIB_PARAMS.get_ptr_mut(0) else { return FibAnswer::NotForwarded };
+        // SAFETY: this CPU's slot (see LB_FIB_PARAMS); all-zero is a valid
+        // value of this plain C struct.
+        let params = unsafe {
+            core::ptr::write_bytes(params, 0, 1);
+            &mut *params
+        };
         params.family = if core::mem::size_of::<A>() == 4 { AF_INET } else { AF_INET6 };
         params.l4_protocol = query.proto;
         params.sport = query.sport;
@@ -457,7 +522,7 @@ impl Fib for KernelFib {
             core::ptr::addr_of_mut!(params.__bindgen_anon_4).cast::<A>().write_unaligned(query.daddr);
         }
         // SAFETY: the helper reads and writes `params`, whose size it is given.
-        let ret = unsafe { bpf_fib_lookup(self.0, &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+        let ret = unsafe { bpf_fib_lookup(self.0, params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
         match ret as u32 {
             BPF_FIB_LKUP_RET_SUCCESS => {
                 FibAnswer::Forward(NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac })
@@ -470,49 +535,10 @@ impl Fib for KernelFib {
     }
 
     #[inline(always)]
-    fn cached(&self, daddr: u32) -> Option<(NextHop, u64)> {
-        // SAFETY: entries are plain data copied out at once.
-        let entry = unsafe { LB_FIB_CACHE.get(daddr) }?;
-        Some((NextHop { ifindex: entry.ifindex, smac: entry.smac, dmac: entry.dmac }, entry.checked_ns))
+    fn device_flags(&self, ifindex: u32) -> u32 {
+        // SAFETY: plain data copied out at once.
+        unsafe { LB_DEVICES.get(ifindex).copied() }.unwrap_or(0)
     }
-
-    #[inline(always)]
-    fn cache(&self, daddr: u32, hop: &NextHop, now_ns: u64) {
-        let entry = FibCacheEntry { ifindex: hop.ifindex, smac: hop.smac, dmac: hop.dmac, checked_ns: now_ns };
-        // A lost write only costs another FIB lookup.
-        let _ = LB_FIB_CACHE.insert(daddr, entry, 0);
-    }
-
-    #[inline(always)]
-    fn now_ns(&self) -> u64 {
-        // SAFETY: as in `MapTables::now_ns`.
-        unsafe { bpf_ktime_get_coarse_ns() }
-    }
-
-    #[inline(always)]
-    fn takes_xdp_frames(&self, ifindex: u32) -> bool {
-        device_flags(ifindex) & DEVICE_TAKES_XDP_FRAMES != 0
-    }
-
-    #[inline(always)]
-    fn is_pod_device(&self, ifindex: u32) -> bool {
-        device_flags(ifindex) & DEVICE_POD != 0
-    }
-
-    #[inline(always)]
-    fn too_big_for(&self, ifindex: u32) -> Option<u16> {
-        // Length 0: the context's own frame; on failure the device's MTU.
-        let mut mtu_len = 0u32;
-        // SAFETY: the helper writes the MTU to `mtu_len`, which lives here.
-        let fits = unsafe { bpf_check_mtu(self.0, ifindex, &mut mtu_len, 0, 0) } == 0;
-        (!fits).then_some(mtu_len as u16)
-    }
-}
-
-#[inline(always)]
-fn device_flags(ifindex: u32) -> u32 {
-    // SAFETY: plain data copied out at once.
-    unsafe { LB_DEVICES.get(ifindex).copied() }.unwrap_or(0)
 }
 
 #[inline(always)]

@@ -798,6 +798,64 @@ fn counters_pinned_with_another_layout_start_again() {
     assert_eq!(info.max_entries(), lb_common::Hook::COUNT * Reason::COUNT);
 }
 
+/// An agent upgraded over the IPv4 conntrack of the layout before entries
+/// kept their route (40 bytes, 4 of them padding where the route now is)
+/// copies its flows: an established flow keeps the backend its entry names
+/// (one the Service no longer has), and its entry asks the FIB anew.
+#[test]
+fn conntrack_of_the_previous_layout_is_copied_and_established_flows_keep_their_backend() {
+    use lb_common::{CT_FORWARD, CT_STATE_ESTABLISHED, map_names};
+    use lb_userspace::datapath::{
+        loader::{Datapath, LoadOptions},
+        maps::monotonic_ns,
+    };
+    require_root();
+    let mut dp = ScratchDatapath::load();
+    program_services(&mut dp);
+    let pin = dp.dir().join(map_names::CONNTRACK);
+    std::fs::remove_file(&pin).unwrap();
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    pin_map(&pin, [BPF_MAP_TYPE_LRU_HASH, 16, 40, lb_common::MAX_CONNTRACK]);
+    let gone = [10, 244, 2, 99];
+    let key = CtKey {
+        saddr: wire::addr(CLIENT),
+        daddr: wire::addr(VIP),
+        sport: wire::port(40000),
+        dport: wire::port(80),
+        proto: IPPROTO_TCP,
+        _pad: 0,
+        _pad2: 0,
+    };
+    let now = monotonic_ns();
+    let entry = CtEntry {
+        nat_addr: wire::addr(gone),
+        nat_port: wire::port(8080),
+        direction: CT_FORWARD,
+        frontend_id: 1,
+        state: CT_STATE_ESTABLISHED,
+        created_ns: now,
+        last_seen_ns: now,
+        ..CtEntry::default()
+    };
+    // SAFETY: both are plain C structs without implicit padding.
+    let (key, entry) =
+        unsafe { (std::mem::transmute::<CtKey, [u8; 16]>(key), std::mem::transmute::<CtEntry, [u8; 56]>(entry)) };
+    let mut previous = [0u8; 40];
+    previous[..20].copy_from_slice(&entry[..20]);
+    previous[24..].copy_from_slice(&entry[40..]);
+    let old = aya::maps::Map::LruHashMap(aya::maps::MapData::from_pin(&pin).unwrap());
+    let mut old: aya::maps::HashMap<_, [u8; 16], [u8; 40]> = aya::maps::HashMap::try_from(old).unwrap();
+    old.insert(key, previous, 0).unwrap();
+
+    let (mut datapath, _, _) = Datapath::load(dp.dir(), &LoadOptions::default()).unwrap();
+    let info = aya::maps::MapInfo::from_pin(&pin).unwrap();
+    assert_eq!(info.value_size() as usize, size_of::<CtEntry>());
+    let ack = tcp(CLIENT, 40000, VIP, 80).tcp_flags(0x10).build();
+    let out = datapath.test_run(TestProgram::PodTc, &ack, 1).unwrap();
+    assert_eq!(out.frame[30..34], gone, "the flow kept the backend its entry named");
+    assert_eq!(checksum_errors(&out.frame), None);
+}
+
 /// The endpoints an older agent listed (IPv4 only, 72-byte entries) are
 /// listed anew: reused, every write of this agent's would be refused.
 #[test]

@@ -83,7 +83,7 @@ pub fn forward_entry<A: Addr>(t: &Translation<A>, frontend_id: u32, state: u8, n
         other_port,
         state,
         _pad: 0,
-        _pad2: 0,
+        hop: Default::default(),
         created_ns: now_ns,
         last_seen_ns: now_ns,
     }
@@ -109,7 +109,7 @@ pub fn reply_entry<A: Addr>(
         other_port: flow.sport,
         state,
         _pad: 0,
-        _pad2: 0,
+        hop: Default::default(),
         created_ns: now_ns,
         last_seen_ns: now_ns,
     }

@@ -225,7 +225,7 @@ pub struct ConntrackFilter {
 }
 
 /// One flow: its forward entry, keyed by the client's packet.
-struct Flow<A> {
+struct Flow<A: lb_common::Addr> {
     key: CtKey<A>,
     entry: CtEntry<A>,
     meta: ServiceMeta,

@@ -11,13 +11,16 @@
 use std::{
     collections::BTreeMap,
     fs, io,
-    os::unix::fs::{MetadataExt as _, PermissionsExt},
+    os::{
+        fd::AsFd as _,
+        unix::fs::{MetadataExt as _, PermissionsExt},
+    },
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, ProgramArray},
+    maps::{HashMap as AyaHashMap, Map, MapData, MapError, ProgramArray},
     programs::{
         CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -32,8 +35,8 @@ use aya::{
 use tracing::{info, warn};
 
 use lb_common::{
-    CtTimeouts, EndpointMeta, FastPath, Hook as CountedHook, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK,
-    MAX_MAGLEV_ENTRIES, Reason, ServiceCidr, ipv6_programs, map_names, wire,
+    CtEntry, CtKey, CtTimeouts, EndpointMeta, FastPath, Hook as CountedHook, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT,
+    MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, Reason, ServiceCidr, ipv6_programs, map_names, wire,
 };
 
 use super::{
@@ -281,6 +284,12 @@ impl Datapath {
         ] {
             superseded.extend(drop_pin_of_another_layout(bpf_dir, name, layout, consequence));
         }
+        let old_conntrack = drop_pin_of_another_layout(
+            bpf_dir,
+            map_names::CONNTRACK,
+            Layout::ValueSize(size_of::<CtEntry>()),
+            "its flows are copied into the new layout",
+        );
         let log_level = if options.debug_log { aya_log::Level::Debug as u8 } else { 0 };
         let node_netns = if options.socket_lb == SocketLb::Off { 0 } else { sockets::netns_cookie()? };
         let mut ebpf = EbpfLoader::new()
@@ -309,6 +318,11 @@ impl Datapath {
                 program::<CgroupSockAddr>(&mut ebpf, name)?.load().map_err(program_err(name))?;
             }
         }
+        if let Some(old) = &old_conntrack {
+            let copied = copy_conntrack_of_the_previous_layout(old, &mut ebpf)?;
+            info!(map = map_names::CONNTRACK, flows = copied, "conntrack entries copied into the new layout");
+        }
+        superseded.extend(old_conntrack);
         let maps = DatapathMaps::take(&mut ebpf)?;
         let logger = if options.debug_log { Some(aya_log::EbpfLogger::init(&mut ebpf)?) } else { None };
         let links_dir = bpf_dir.join("links");
@@ -606,6 +620,43 @@ fn drop_pin_of_another_layout(bpf_dir: &Path, name: &str, layout: Layout, conseq
     let old = MapData::from_pin(&path).ok();
     let _ = fs::remove_file(&path);
     old
+}
+
+/// IPv4 conntrack entries as agents before the kept route laid them out:
+/// the bytes before the route (20) and the timestamps (16) after 4 bytes of
+/// padding, which the route took the place of.
+const PREVIOUS_CT_ENTRY: usize = 40;
+
+/// Copies the entries of `old`, an IPv4 conntrack map of the previous
+/// layout (other layouts are left behind), into the new one, their routes
+/// not asked yet: established flows keep their translation through an
+/// upgrade. Flows the old programs start after the copy, before the new
+/// ones replace them, are picked up again by their next packet. Returns
+/// how many were copied.
+fn copy_conntrack_of_the_previous_layout(old: &MapData, ebpf: &mut Ebpf) -> Result<u64, LoaderError> {
+    const KEY: usize = size_of::<CtKey>();
+    let old_layout = old.info().is_ok_and(|info| info.value_size() as usize == PREVIOUS_CT_ENTRY);
+    if !old_layout {
+        return Ok(0);
+    }
+    let layout = |source| MapsError::Layout { name: map_names::CONNTRACK, source };
+    // A second handle: the first stays held until the new programs replace the old.
+    let handle = old.fd().as_fd().try_clone_to_owned().map_err(|e| layout(MapError::IoError(e)))?;
+    let old = Map::LruHashMap(MapData::from_fd(handle).map_err(layout)?);
+    let old: AyaHashMap<MapData, [u8; KEY], [u8; PREVIOUS_CT_ENTRY]> = AyaHashMap::try_from(old).map_err(layout)?;
+    let map = ebpf.map_mut(map_names::CONNTRACK).ok_or(MapsError::Missing { name: map_names::CONNTRACK })?;
+    let mut new: AyaHashMap<_, [u8; KEY], [u8; size_of::<CtEntry>()]> = AyaHashMap::try_from(map).map_err(layout)?;
+    let mut copied = 0;
+    // Entries the LRU evicts or the old programs delete meanwhile are skipped.
+    for (key, entry) in old.iter().filter_map(Result::ok) {
+        let mut moved = [0u8; size_of::<CtEntry>()];
+        moved[..20].copy_from_slice(&entry[..20]);
+        moved[size_of::<CtEntry>() - 16..].copy_from_slice(&entry[PREVIOUS_CT_ENTRY - 16..]);
+        if new.insert(key, moved, 0).is_ok() {
+            copied += 1;
+        }
+    }
+    Ok(copied)
 }
 
 /// A map pinned by an earlier agent keeps its size: a different one asked
