@@ -288,13 +288,11 @@ impl Agent {
             }
             self.refused = self.programmed.refused().clone();
         }
-        let mut failures = 0;
-        for op in &ops {
-            if let Err(err) = self.maps.apply(op) {
-                failures += 1;
-                error!(?op, "map update failed: {err}");
-            }
+        let failed = self.maps.apply_all(&ops);
+        for (index, err) in &failed {
+            error!(op = ?ops[*index], "map update failed: {err}");
         }
+        let failures = failed.len();
         if failures > 0 {
             // Start the next diff from what the maps really hold.
             match self.maps.programmed() {
