@@ -195,6 +195,10 @@ impl MaglevTables {
     }
 }
 
+// SAFETY: the mapping belongs to the value, which may move to another
+// thread with it (the agent loads the programs on one).
+unsafe impl Send for MaglevMemory {}
+
 impl Drop for MaglevMemory {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once.

@@ -6,6 +6,7 @@
 //! its broken version no longer provides are kept from the previous version
 //! until the file parses again (or is deleted).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry as HashEntry};
 use std::ffi::OsStr;
 use std::fmt;
@@ -386,9 +387,7 @@ fn parse(path: &Path, format: Format, bytes: &[u8], previous: Option<&HashMap<It
                     let key = item_key(raw.get());
                     match previous.and_then(|p| p.get(&key)) {
                         Some(object) => Ok(Some(object.clone())),
-                        None => serde_json::from_str::<Value>(raw.get())
-                            .map_err(|err| (None, err.to_string()))
-                            .and_then(decode),
+                        None => decode_json(raw.get()),
                     }
                     .inspect(|object| {
                         if let Some(object) = object {
@@ -519,6 +518,54 @@ fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
     object.map(Some).map_err(|reason| (Some(id), reason))
 }
 
+/// One JSON item to an object, as [`decode`] makes it of the item's
+/// `Value`: typed straight from the text when it is a well-formed object of
+/// a kind this source uses (no `Value` built first), else through
+/// [`decode`], whose messages name the offending field.
+fn decode_json(text: &str) -> Result<Option<Object>, (Option<ObjectId>, String)> {
+    /// Enough of an item to tell its kind and that it is named.
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "apiVersion", borrow)]
+        api_version: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        metadata: Option<HeadMeta<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct HeadMeta<'a> {
+        #[serde(borrow)]
+        name: Option<Cow<'a, str>>,
+    }
+    let typed_json = || {
+        let head: Head = serde_json::from_str(text).ok()?;
+        let kind = Kind::of(head.api_version.as_deref()?, head.kind.as_deref()?)?;
+        head.metadata?.name.filter(|n| !n.is_empty())?;
+        match kind {
+            Kind::Service => typed_from_json(text).map(Object::Service),
+            Kind::Pod => typed_from_json(text).map(Object::Pod),
+            Kind::Endpoints => typed_from_json(text).map(Object::Endpoints),
+            Kind::EndpointSlice => typed_from_json(text).map(Object::EndpointSlice),
+        }
+    };
+    match typed_json() {
+        Some(object) => Ok(Some(object)),
+        None => serde_json::from_str::<Value>(text).map_err(|err| (None, err.to_string())).and_then(decode),
+    }
+}
+
+/// `text` typed, the namespace defaulted as [`typed`] does; None when it
+/// does not deserialise.
+fn typed_from_json<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(text: &str) -> Option<Arc<T>> {
+    let mut object: T = serde_json::from_str(text).ok()?;
+    let namespace = &mut object.metadata_mut().namespace;
+    if namespace.as_deref().is_none_or(str::is_empty) {
+        *namespace = Some("default".to_owned());
+    }
+    Some(Arc::new(object))
+}
+
 /// Deserialises with the path of the offending field in the error, and
 /// defaults the namespace so nothing downstream has to.
 fn typed<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: Value) -> Result<Arc<T>, String> {
@@ -538,6 +585,10 @@ fn typed<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: Value) -> Resul
 /// ticks, and every [`RESCAN`] in case an event was missed.
 pub struct ManifestSource {
     dir: ManifestDir,
+    /// The first scan, started by [`ManifestSource::open`] on a thread of
+    /// its own: a cold start reads and parses the directory while the
+    /// programs are being loaded.
+    first_scan: Option<thread::JoinHandle<(ManifestDir, ScanReport)>>,
     watch: Option<DirWatch>,
     rescan: tokio::time::Interval,
 }
@@ -546,9 +597,23 @@ pub struct ManifestSource {
 pub const RESCAN: Duration = Duration::from_secs(5);
 
 impl ManifestSource {
+    /// Watches `dir` and starts reading it.
     pub fn open(dir: PathBuf) -> Result<Self, SourceError> {
         let watch = watch(&dir)?;
-        Ok(ManifestSource { dir: ManifestDir::new(dir), watch: Some(watch), rescan: tokio::time::interval(RESCAN) })
+        let mut first = ManifestDir::new(dir.clone());
+        let first_scan = thread::Builder::new()
+            .name("manifest-scan".into())
+            .spawn(move || {
+                let report = first.scan();
+                (first, report)
+            })
+            .ok();
+        Ok(ManifestSource {
+            dir: ManifestDir::new(dir),
+            first_scan,
+            watch: Some(watch),
+            rescan: tokio::time::interval(RESCAN),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -572,9 +637,17 @@ impl ManifestSource {
         }
     }
 
-    /// Rescans, logging every error; whether anything changed.
+    /// Rescans (the first time, takes the first scan's result), logging
+    /// every error; whether anything changed.
     pub fn refresh(&mut self) -> bool {
-        let report = self.dir.scan();
+        let first = self.first_scan.take().and_then(|scan| scan.join().ok());
+        let report = match first {
+            Some((dir, report)) => {
+                self.dir = dir;
+                report
+            }
+            None => self.dir.scan(),
+        };
         for err in &report.errors {
             error!("{err}");
         }
@@ -974,5 +1047,25 @@ mod tests {
         let tmpfile = tmp.write(".new.tmp", &service("n", "80"));
         fs::rename(tmpfile, tmp.0.join("n.yaml")).unwrap();
         assert!(wait(&mut watch, 2000), "no tick for a rename into the directory");
+    }
+
+    #[test]
+    fn a_json_item_decodes_as_its_value_would() {
+        let items = [
+            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"10.96.0.9","ports":[{"port":80,"targetPort":"http"}],"selector":{"app":"a"}}}"#,
+            r#"{"apiVersion":"v1","kind":"Endpoints","metadata":{"name":"a","namespace":"x"},"subsets":[{"addresses":[{"ip":"10.244.0.2"}],"ports":[{"port":8080}]}]}"#,
+            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"app":"a"}},"spec":{"containers":[{"name":"c","ports":[{"name":"http","containerPort":8080}]}]},"status":{"podIP":"10.244.0.3","conditions":[{"type":"Ready","status":"True"}]}}"#,
+            r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"s","labels":{"kubernetes.io/service-name":"a"}},"addressType":"IPv4","endpoints":[{"addresses":["10.244.0.2"],"conditions":{"ready":true}}],"ports":[{"port":8080}]}"#,
+            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"bad"},"spec":{"ports":[{"port":"eighty"}]}}"#,
+            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"twice","name":"again"}}"#,
+            r#"{"apiVersion":"v1","kind":"Service","metadata":{}}"#,
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"}}"#,
+            r#"{"kind":"Service"}"#,
+            r#"[1, 2]"#,
+        ];
+        for text in items {
+            let by_value = serde_json::from_str::<Value>(text).map_err(|err| (None, err.to_string())).and_then(decode);
+            assert_eq!(decode_json(text), by_value, "{text}");
+        }
     }
 }
