@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::Metadata;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -36,6 +36,10 @@ pub const MAX_FILE_SIZE: u64 = 16 << 20;
 
 /// How long the directory must stay quiet before a burst of events becomes one tick.
 const DEBOUNCE_QUIET: Duration = Duration::from_millis(10);
+/// The same after an event that completes a manifest (a file renamed into
+/// place, or closed after writing): most edits end there, so the tick need
+/// not wait long for more.
+const DEBOUNCE_COMPLETE: Duration = Duration::from_millis(1);
 /// A directory that never goes quiet still ticks this often.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
@@ -102,6 +106,9 @@ pub struct ManifestDir {
 }
 
 struct FileState {
+    /// Its path, shared by its objects' [`Sourced`] from scan to scan: the
+    /// model tells an unchanged object by pointer.
+    file: Arc<Path>,
     /// `None` when the file could not even be stat'ed.
     stamp: Option<Stamp>,
     /// What the file provides now: its parsed objects plus, when it has
@@ -200,7 +207,7 @@ impl ManifestDir {
         let mut owners: HashMap<(Kind, &str, &str), &Path> =
             HashMap::with_capacity(self.files.values().map(|f| f.objects.len()).sum());
         for (path, state) in &self.files {
-            let file: Arc<Path> = Arc::from(path.as_path());
+            let file = &state.file;
             for object in &state.objects {
                 match owners.entry(object.key()) {
                     HashEntry::Occupied(first) => duplicates.push(SourceError::Duplicate {
@@ -210,7 +217,7 @@ impl ManifestDir {
                     }),
                     HashEntry::Vacant(owner) => {
                         owner.insert(path);
-                        objects.push(&file, object.clone());
+                        objects.push(file, object.clone());
                     }
                 }
             }
@@ -267,7 +274,7 @@ fn load(path: &Path, format: Format, previous: Option<&FileState>) -> Load {
         Err(_) if previous.is_some_and(|p| p.stamp.is_none()) => return Load::Unchanged,
         Err(err) => {
             let parsed = Parsed { objects: Vec::new(), errors: vec![io_error(path, err)], items: HashMap::new() };
-            return Load::Read(settle(None, parsed, previous));
+            return Load::Read(settle(path, None, parsed, previous));
         }
     };
     let stamp = Stamp::of(&meta);
@@ -278,7 +285,7 @@ fn load(path: &Path, format: Format, previous: Option<&FileState>) -> Load {
         Ok(bytes) => parse(path, format, &bytes, previous.map(|p| &p.items)),
         Err(err) => Parsed { objects: Vec::new(), errors: vec![err], items: HashMap::new() },
     };
-    Load::Read(settle(Some(stamp), parsed, previous))
+    Load::Read(settle(path, Some(stamp), parsed, previous))
 }
 
 fn io_error(path: &Path, err: io::Error) -> SourceError {
@@ -302,7 +309,7 @@ fn read_limited(path: &Path, len: u64) -> Result<Vec<u8>, SourceError> {
 /// A file's new state. A broken (or unreadable) file might have held any
 /// object it no longer provides, so those are kept from its previous version;
 /// a clean file replaces it exactly.
-fn settle(stamp: Option<Stamp>, parsed: Parsed, previous: Option<&FileState>) -> FileState {
+fn settle(path: &Path, stamp: Option<Stamp>, parsed: Parsed, previous: Option<&FileState>) -> FileState {
     let Parsed { mut objects, errors, items } = parsed;
     if let Some(previous) = previous.filter(|_| !errors.is_empty()) {
         let provided: BTreeSet<ObjectId> = objects.iter().map(Object::id).collect();
@@ -310,7 +317,8 @@ fn settle(stamp: Option<Stamp>, parsed: Parsed, previous: Option<&FileState>) ->
         objects.extend(previous.objects.iter().filter(|o| !provided.contains(&o.id())).cloned());
         debug!(kept = objects.len() - before, "keeping objects of the last good version of a broken file");
     }
-    FileState { stamp, objects, errors, items }
+    let file = previous.map_or_else(|| Arc::from(path), |p| Arc::clone(&p.file));
+    FileState { file, stamp, objects, errors, items }
 }
 
 /// A JSON item by its text: (hash, length).
@@ -679,23 +687,31 @@ impl DirWatch {
 /// scan does not trigger the next one.
 pub fn watch(dir: &Path) -> Result<DirWatch, SourceError> {
     let watch_err = |source| SourceError::Watch { dir: dir.to_owned(), source: Arc::new(source) };
-    let (events_tx, events_rx) = std_mpsc::channel::<()>();
+    // Each relevant event, and whether it completes a manifest.
+    let (events_tx, events_rx) = std_mpsc::channel::<bool>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let is_manifest = |path: Option<&PathBuf>| path.and_then(|p| p.file_name()).and_then(manifest_format).is_some();
         let relevant = match event {
             Ok(event) => match event.kind {
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                EventKind::Access(_) => false,
-                _ => true,
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(is_manifest(event.paths.first())),
+                EventKind::Access(_) => None,
+                // A rename's destination is its last path. Only into a
+                // manifest's name: an editor that moves the file away to a
+                // backup writes the new one next.
+                EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+                    Some(is_manifest(event.paths.last()))
+                }
+                _ => Some(false),
             },
             Err(err) => {
                 // A lost event (queue overflow, ...) is a reason to rescan.
                 warn!("manifest directory watcher: {err}");
-                true
+                Some(false)
             }
         };
-        if relevant {
+        if let Some(complete) = relevant {
             // Fails only once the debounce thread is gone, i.e. on shutdown.
-            let _ = events_tx.send(());
+            let _ = events_tx.send(complete);
         }
     })
     .map_err(watch_err)?;
@@ -709,14 +725,15 @@ pub fn watch(dir: &Path) -> Result<DirWatch, SourceError> {
     Ok(DirWatch { _watcher: watcher, ticks })
 }
 
-fn debounce(events: &std_mpsc::Receiver<()>, ticks: &mpsc::Sender<()>) {
-    while events.recv().is_ok() {
+fn debounce(events: &std_mpsc::Receiver<bool>, ticks: &mpsc::Sender<()>) {
+    while let Ok(mut complete) = events.recv() {
         let deadline = Instant::now() + DEBOUNCE_MAX;
         loop {
-            let wait = DEBOUNCE_QUIET.min(deadline.saturating_duration_since(Instant::now()));
+            let quiet = if complete { DEBOUNCE_COMPLETE } else { DEBOUNCE_QUIET };
+            let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
             match events.recv_timeout(wait) {
-                Ok(()) if Instant::now() < deadline => {}
-                Ok(()) | Err(std_mpsc::RecvTimeoutError::Timeout) => break,
+                Ok(last) if Instant::now() < deadline => complete = last,
+                Ok(_) | Err(std_mpsc::RecvTimeoutError::Timeout) => break,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
