@@ -6,7 +6,6 @@
 //! its broken version no longer provides are kept from the previous version
 //! until the file parses again (or is deleted).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry as HashEntry};
 use std::ffi::OsStr;
 use std::fmt;
@@ -395,7 +394,9 @@ fn parse(path: &Path, format: Format, bytes: &[u8], previous: Option<&HashMap<It
                     let key = item_key(raw.get());
                     match previous.and_then(|p| p.get(&key)) {
                         Some(object) => Ok(Some(object.clone())),
-                        None => decode_json(raw.get()),
+                        None => serde_json::from_str::<Value>(raw.get())
+                            .map_err(|err| (None, err.to_string()))
+                            .and_then(decode),
                     }
                     .inspect(|object| {
                         if let Some(object) = object {
@@ -526,53 +527,11 @@ fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
     object.map(Some).map_err(|reason| (Some(id), reason))
 }
 
-/// One JSON item to an object, as [`decode`] makes it of the item's
-/// `Value`: typed straight from the text when it is a well-formed object of
-/// a kind this source uses (no `Value` built first), else through
-/// [`decode`], whose messages name the offending field.
-fn decode_json(text: &str) -> Result<Option<Object>, (Option<ObjectId>, String)> {
-    /// Enough of an item to tell its kind and that it is named.
-    #[derive(Deserialize)]
-    struct Head<'a> {
-        #[serde(rename = "apiVersion", borrow)]
-        api_version: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        kind: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        metadata: Option<HeadMeta<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct HeadMeta<'a> {
-        #[serde(borrow)]
-        name: Option<Cow<'a, str>>,
-    }
-    let typed_json = || {
-        let head: Head = serde_json::from_str(text).ok()?;
-        let kind = Kind::of(head.api_version.as_deref()?, head.kind.as_deref()?)?;
-        head.metadata?.name.filter(|n| !n.is_empty())?;
-        match kind {
-            Kind::Service => typed_from_json(text).map(Object::Service),
-            Kind::Pod => typed_from_json(text).map(Object::Pod),
-            Kind::Endpoints => typed_from_json(text).map(Object::Endpoints),
-            Kind::EndpointSlice => typed_from_json(text).map(Object::EndpointSlice),
-        }
-    };
-    match typed_json() {
-        Some(object) => Ok(Some(object)),
-        None => serde_json::from_str::<Value>(text).map_err(|err| (None, err.to_string())).and_then(decode),
-    }
-}
-
-/// `text` typed, the namespace defaulted as [`typed`] does; None when it
-/// does not deserialise.
-fn typed_from_json<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(text: &str) -> Option<Arc<T>> {
-    let mut object: T = serde_json::from_str(text).ok()?;
-    let namespace = &mut object.metadata_mut().namespace;
-    if namespace.as_deref().is_none_or(str::is_empty) {
-        *namespace = Some("default".to_owned());
-    }
-    Some(Arc::new(object))
-}
+// A JSON item is typed through its `Value`, not straight from its text:
+// JSON does not tell a list's length ahead, so lists typed from text keep
+// room for up to four times their items. Measured on 10 000 Services x 10
+// endpoints: 100 MiB more RSS (45 MiB after shrinking the lists) for 3 ms
+// less per change.
 
 /// Deserialises with the path of the offending field in the error, and
 /// defaults the namespace so nothing downstream has to.
@@ -1064,25 +1023,5 @@ mod tests {
         let tmpfile = tmp.write(".new.tmp", &service("n", "80"));
         fs::rename(tmpfile, tmp.0.join("n.yaml")).unwrap();
         assert!(wait(&mut watch, 2000), "no tick for a rename into the directory");
-    }
-
-    #[test]
-    fn a_json_item_decodes_as_its_value_would() {
-        let items = [
-            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"10.96.0.9","ports":[{"port":80,"targetPort":"http"}],"selector":{"app":"a"}}}"#,
-            r#"{"apiVersion":"v1","kind":"Endpoints","metadata":{"name":"a","namespace":"x"},"subsets":[{"addresses":[{"ip":"10.244.0.2"}],"ports":[{"port":8080}]}]}"#,
-            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"app":"a"}},"spec":{"containers":[{"name":"c","ports":[{"name":"http","containerPort":8080}]}]},"status":{"podIP":"10.244.0.3","conditions":[{"type":"Ready","status":"True"}]}}"#,
-            r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"s","labels":{"kubernetes.io/service-name":"a"}},"addressType":"IPv4","endpoints":[{"addresses":["10.244.0.2"],"conditions":{"ready":true}}],"ports":[{"port":8080}]}"#,
-            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"bad"},"spec":{"ports":[{"port":"eighty"}]}}"#,
-            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"twice","name":"again"}}"#,
-            r#"{"apiVersion":"v1","kind":"Service","metadata":{}}"#,
-            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"}}"#,
-            r#"{"kind":"Service"}"#,
-            r#"[1, 2]"#,
-        ];
-        for text in items {
-            let by_value = serde_json::from_str::<Value>(text).map_err(|err| (None, err.to_string())).and_then(decode);
-            assert_eq!(decode_json(text), by_value, "{text}");
-        }
     }
 }
