@@ -117,18 +117,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         SocketLb::Off => None,
         SocketLb::Host | SocketLb::All => Some(sockets::cgroup_root(config.cgroup_root.as_deref())?),
     };
-    let (datapath, maps, logger) = Datapath::load(&config.bpf_dir, &config.load)?;
-    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
-    let mut logger = logger
-        .map(|l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1))
-        .transpose()?;
-    let programmed = maps.programmed().context("reading the pinned maps")?;
     // Served before the source starts: /livez answers while the API server
     // is being listed, /healthz says 503 until then.
     let sync_health = Arc::new(SyncHealth::new(config.health_timeout));
     if let Some(addr) = config.health_bind {
         health::serve_health(addr, Arc::clone(&sync_health));
     }
+    // Started before the programs are loaded, so that the directory is read
+    // or the API server listed meanwhile; nothing is planned before the
+    // first pass below.
     let source = match &config.source {
         SourceConfig::Manifests(dir) => Source::Manifests(
             ManifestSource::open(dir.clone())
@@ -136,6 +133,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ),
         SourceConfig::Api(api) => Source::Api(ApiSource::start(api, &config.node_name).await?),
     };
+    // On a thread of its own: the API source's watchers run on this one.
+    let (bpf_dir, load) = (config.bpf_dir.clone(), config.load.clone());
+    let (datapath, maps, logger) = tokio::task::spawn_blocking(move || Datapath::load(&bpf_dir, &load))
+        .await
+        .context("loading the programs")??;
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
+    let mut logger = logger
+        .map(|l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1))
+        .transpose()?;
+    let programmed = maps.programmed().context("reading the pinned maps")?;
     let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
     let nodeport_localhost = config.nodeport_localhost;
     let mut agent = Agent {
@@ -288,13 +295,11 @@ impl Agent {
             }
             self.refused = self.programmed.refused().clone();
         }
-        let mut failures = 0;
-        for op in &ops {
-            if let Err(err) = self.maps.apply(op) {
-                failures += 1;
-                error!(?op, "map update failed: {err}");
-            }
+        let failed = self.maps.apply_all(&ops);
+        for (index, err) in &failed {
+            error!(op = ?ops[*index], "map update failed: {err}");
         }
+        let failures = failed.len();
         if failures > 0 {
             // Start the next diff from what the maps really hold.
             match self.maps.programmed() {

@@ -19,7 +19,7 @@ use lb_common::{
     MaglevElement, NodePortKey, Reason, ServiceMeta, SourceRange, ct_stats, map_names,
 };
 
-use crate::plan::{MapContents, MapOp, Programmed, WireAddr, rebackend, rekey};
+use crate::plan::{AnyBackend, MapContents, MapOp, Programmed, WireAddr, fill_maglev_table, rebackend, rekey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -121,24 +121,83 @@ impl MaglevMemory {
         self.len as u32
     }
 
-    /// Writes `table` from element `element` on.
-    pub fn write(&mut self, element: u32, table: &[u16]) -> Result<(), MapError> {
-        let start = element as usize;
-        let count = table.len().div_ceil(MAGLEV_ENTRIES_PER_ELEMENT as usize);
+    /// Builds the Maglev table of `size` entries for `backends` in place,
+    /// from element `element` on.
+    pub fn write(&mut self, element: u32, size: u32, backends: &[AnyBackend]) -> Result<(), MapError> {
+        // SAFETY: `&mut self`: no other write is under way.
+        unsafe { self.tables().write(element, size, backends) }
+    }
+
+    /// A handle that threads build tables through, each into a region of
+    /// its own.
+    pub(super) fn tables(&mut self) -> MaglevTables {
+        MaglevTables { elements: self.elements, len: self.len }
+    }
+}
+
+/// Where tables are built in `LB_MAGLEV`'s mapping, from several threads at
+/// once (each into other elements), while the maps stay borrowed.
+#[derive(Clone, Copy)]
+pub(super) struct MaglevTables {
+    elements: *mut MaglevElement,
+    len: usize,
+}
+
+// SAFETY: a pointer into a shared mapping that lives as long as the
+// `MaglevMemory` it came from; `write`'s contract keeps threads apart.
+unsafe impl Send for MaglevTables {}
+unsafe impl Sync for MaglevTables {}
+
+impl MaglevTables {
+    /// The elements a table of `size` entries from `element` on takes.
+    pub(super) fn span(&self, element: u32, size: u32) -> Result<std::ops::Range<usize>, MapError> {
+        let (start, count) = (element as usize, (size as usize).div_ceil(MAGLEV_ENTRIES_PER_ELEMENT as usize));
         if start + count > self.len {
             return Err(MapError::OutOfBounds { index: element + count as u32, max_entries: self.len as u32 });
         }
-        // SAFETY: inside the mapping (checked above); the datapath only reads
-        // regions that no frontend points at yet, or that are not written.
-        let elements = unsafe { std::slice::from_raw_parts_mut(self.elements.add(start), count) };
-        for (element, chunk) in elements.iter_mut().zip(table.chunks(MAGLEV_ENTRIES_PER_ELEMENT as usize)) {
-            let mut packed = MaglevElement::default();
-            packed[..chunk.len()].copy_from_slice(chunk);
-            *element = packed;
+        Ok(start..start + count)
+    }
+
+    /// Builds the table of `size` entries for `backends` from element
+    /// `element` on; the entries after it in its last element are zeroed.
+    ///
+    /// # Safety
+    /// No other thread writes these elements meanwhile. (The datapath only
+    /// reads regions that no frontend points at yet, or that are not
+    /// written: see `plan::regions`.)
+    pub(super) unsafe fn write(&self, element: u32, size: u32, backends: &[AnyBackend]) -> Result<(), MapError> {
+        let span = self.span(element, size)?;
+        // SAFETY: inside the mapping (checked above), written by this
+        // thread alone (the contract); an element is entries, packed.
+        let entries = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.elements.add(span.start).cast::<u16>(),
+                span.len() * MAGLEV_ENTRIES_PER_ELEMENT as usize,
+            )
+        };
+        let (table, padding) = entries.split_at_mut(size as usize);
+        if fill_maglev_table(backends, table) {
+            padding.fill(0);
         }
         Ok(())
     }
+
+    /// Copies a built table of `size` entries from element `from` to element `to`.
+    ///
+    /// # Safety
+    /// As [`MaglevTables::write`] for `to`; `from` is written by no one meanwhile.
+    pub(super) unsafe fn copy(&self, from: u32, to: u32, size: u32) -> Result<(), MapError> {
+        let (from, to) = (self.span(from, size)?, self.span(to, size)?);
+        // SAFETY: both inside the mapping (checked above), distinct regions
+        // of the same length (the plan's regions never overlap).
+        unsafe { std::ptr::copy_nonoverlapping(self.elements.add(from.start), self.elements.add(to.start), to.len()) };
+        Ok(())
+    }
 }
+
+// SAFETY: the mapping belongs to the value, which may move to another
+// thread with it (the agent loads the programs on one).
+unsafe impl Send for MaglevMemory {}
 
 impl Drop for MaglevMemory {
     fn drop(&mut self) {
@@ -197,7 +256,7 @@ impl DatapathMaps {
             MapOp::DeleteNodePort(key) => self.node_ports.remove(key),
             MapOp::PutEndpoint { key, meta } => self.endpoints.insert(key, meta, 0),
             MapOp::DeleteEndpoint(key) => self.endpoints.remove(key),
-            MapOp::PutMaglevTable { element, table } => self.maglev.write(*element, table),
+            MapOp::PutMaglevTable { element, size, backends } => self.maglev.write(*element, *size, backends),
             // Ids are one space for both families: only one map has it.
             _ => match op.addr() {
                 None => {

@@ -2,6 +2,7 @@
 //! programs (aya), the typed handles on the pinned maps, the node's
 //! interfaces they attach to, and the cgroup the socket hooks attach to.
 
+mod apply;
 pub mod interfaces;
 pub mod loader;
 pub mod maps;

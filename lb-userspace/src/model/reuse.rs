@@ -25,7 +25,11 @@ impl Memo {
         pods: &HashMap<String, Vec<Arc<core::Pod>>>,
     ) -> bool {
         self.sources.len() == objects.services.len()
-            && self.sources.iter().zip(&objects.services).all(|((o, f), s)| Arc::ptr_eq(o, &s.object) && *f == s.file)
+            && self
+                .sources
+                .iter()
+                .zip(&objects.services)
+                .all(|((o, f), s)| Arc::ptr_eq(o, &s.object) && same_file(f, &s.file))
             && self.pods.len() == pods.len()
             && self.pods.keys().all(|ns| self.same_pods(ns, pods))
     }
@@ -73,7 +77,7 @@ impl Realised {
     /// Whether it was made from exactly these objects.
     pub(super) fn made_from(&self, service: &Sourced<core::Service>, inputs: &Inputs<'_>) -> bool {
         Arc::ptr_eq(&self.service, &service.object)
-            && self.file == service.file
+            && same_file(&self.file, &service.file)
             && match (&self.endpoints, inputs.endpoints) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, &b.object),
                 (None, None) => true,
@@ -82,6 +86,12 @@ impl Realised {
             && self.slices.len() == inputs.slices.len()
             && self.slices.iter().zip(inputs.slices).all(|(a, b)| Arc::ptr_eq(a, &b.object))
     }
+}
+
+/// Whether two objects came from the same file: the same `Arc` as a rule
+/// (the manifest source keeps one per file), else the same path.
+fn same_file(a: &Arc<Path>, b: &Arc<Path>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Only Endpoints and EndpointSlices changed since `previous` was built (the

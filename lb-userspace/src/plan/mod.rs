@@ -106,11 +106,14 @@ pub enum MapOp {
     /// Forget the UDP flows of a frontend that is gone (its frontend_id): a
     /// client that keeps its socket must not reach a deleted Service.
     FlushFrontendUdpFlows(u32),
-    /// A Maglev table (one slot per entry) written from element `element`
-    /// of `LB_MAGLEV` on.
+    /// The Maglev table of `size` entries for `backends` (the frontend's
+    /// slots, in order), written from element `element` of `LB_MAGLEV` on.
+    /// Built where it is written ([`MapOp::maglev_table`]), while the other
+    /// writes go on: a cold start builds thousands.
     PutMaglevTable {
         element: u32,
-        table: Vec<u16>,
+        size: u32,
+        backends: Vec<AnyBackend>,
     },
 }
 
@@ -129,6 +132,30 @@ impl MapOp {
             _ => None,
         }
     }
+
+    /// The table a `PutMaglevTable` writes (one slot per entry); empty for
+    /// other operations.
+    pub fn maglev_table(&self) -> Vec<u16> {
+        let MapOp::PutMaglevTable { size, backends, .. } = self else { return Vec::new() };
+        let mut table = vec![0; *size as usize];
+        if !fill_maglev_table(backends, &mut table) {
+            table.clear();
+        }
+        table
+    }
+}
+
+/// Writes the Maglev table of `table.len()` entries for `backends`, all of
+/// one family, into `table`; false (nothing written) when they are not.
+pub fn fill_maglev_table(backends: &[AnyBackend], table: &mut [u16]) -> bool {
+    if let Some(backends) = in_family::<u32>(backends) {
+        maglev::fill(&backends, table);
+    } else if let Some(backends) = in_family::<Ipv6Wire>(backends) {
+        maglev::fill(&backends, table);
+    } else {
+        return false;
+    }
+    true
 }
 
 /// Where a frontend's Maglev table lies in `LB_MAGLEV`, in entries.
@@ -513,8 +540,6 @@ impl Programmed {
         // Backends that lost a slot, which may now be referenced by none.
         let mut released: Vec<u32> = if everything { self.backend_ids.values().copied().collect() } else { Vec::new() };
         let mut ops = Vec::new();
-        // (index in `ops`, frontend, size) of the Maglev tables to build.
-        let mut tables = Vec::new();
         // The last pass's packets are done with the regions it freed.
         self.maglev_regions.release_held();
 
@@ -584,8 +609,8 @@ impl Programmed {
                 let size = old_maglev.map_or(0, |r| r.size);
                 let region = wants_table.then(|| maglev_region(&mut self.maglev_regions, fe, size)).flatten();
                 if let Some(region) = region {
-                    tables.push((ops.len(), *key, region.size));
-                    ops.push(MapOp::PutMaglevTable { element: region.span().0, table: Vec::new() });
+                    let (element, size, backends) = (region.span().0, region.size, fe.backends.clone());
+                    ops.push(MapOp::PutMaglevTable { element, size, backends });
                 }
                 region
             };
@@ -648,8 +673,6 @@ impl Programmed {
             };
             self.frontends.insert(*key, programmed);
         }
-
-        build_maglev_tables(&mut ops, &tables, &wanted);
 
         // 3. Frontends that are no longer wanted.
         let gone: Vec<AnyFrontendKey> = had.into_iter().filter(|k| !wanted.contains_key(k)).collect();
@@ -819,40 +842,6 @@ fn maglev_region(regions: &mut Regions, fe: &WantedFrontend, old_size: u32) -> O
         return None;
     };
     Some(MaglevRegion { offset: element * MAGLEV_ENTRIES_PER_ELEMENT, size })
-}
-
-/// Builds the tables of the `PutMaglevTable` ops listed in `tables` (index
-/// in `ops`, frontend, size) on every core: a cold start builds thousands.
-fn build_maglev_tables(
-    ops: &mut [MapOp],
-    tables: &[(usize, AnyFrontendKey, u32)],
-    wanted: &BTreeMap<AnyFrontendKey, WantedFrontend>,
-) {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let built: Vec<Vec<u16>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = tables
-            .chunks(tables.len().div_ceil(threads).max(1))
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk.iter().map(|(_, key, size)| maglev_table(&wanted[key].backends, *size)).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().expect("a Maglev builder panicked")).collect()
-    });
-    for ((index, ..), table) in tables.iter().zip(built) {
-        if let MapOp::PutMaglevTable { table: slot, .. } = &mut ops[*index] {
-            *slot = table;
-        }
-    }
-}
-
-/// The Maglev table of `size` entries for the backends of one frontend,
-/// all of its family.
-fn maglev_table(backends: &[AnyBackend], size: u32) -> Vec<u16> {
-    let v4 = || Some(maglev::build(&in_family::<u32>(backends)?, size));
-    let v6 = || Some(maglev::build(&in_family::<Ipv6Wire>(backends)?, size));
-    v4().or_else(v6).unwrap_or_default()
 }
 
 /// The writes that turn the counts `old` into `new`.
@@ -1164,7 +1153,8 @@ mod tests {
                     }
                     MapOp::PutMeta { frontend_id, meta } => drop(self.metas.insert(*frontend_id, *meta)),
                     MapOp::DeleteMeta(frontend_id) => drop(self.metas.remove(frontend_id)),
-                    MapOp::PutMaglevTable { element, table } => {
+                    MapOp::PutMaglevTable { element, .. } => {
+                        let table = op.maglev_table();
                         let start = element * MAGLEV_ENTRIES_PER_ELEMENT;
                         let end = start + table.len() as u32;
                         for fe in self.frontends.values().filter(|fe| fe.maglev_size != 0) {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::Metadata;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -35,6 +35,10 @@ pub const MAX_FILE_SIZE: u64 = 16 << 20;
 
 /// How long the directory must stay quiet before a burst of events becomes one tick.
 const DEBOUNCE_QUIET: Duration = Duration::from_millis(10);
+/// The same after an event that completes a manifest (a file renamed into
+/// place, or closed after writing): most edits end there, so the tick need
+/// not wait long for more.
+const DEBOUNCE_COMPLETE: Duration = Duration::from_millis(1);
 /// A directory that never goes quiet still ticks this often.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
@@ -101,6 +105,9 @@ pub struct ManifestDir {
 }
 
 struct FileState {
+    /// Its path, shared by its objects' [`Sourced`] from scan to scan: the
+    /// model tells an unchanged object by pointer.
+    file: Arc<Path>,
     /// `None` when the file could not even be stat'ed.
     stamp: Option<Stamp>,
     /// What the file provides now: its parsed objects plus, when it has
@@ -199,7 +206,7 @@ impl ManifestDir {
         let mut owners: HashMap<(Kind, &str, &str), &Path> =
             HashMap::with_capacity(self.files.values().map(|f| f.objects.len()).sum());
         for (path, state) in &self.files {
-            let file: Arc<Path> = Arc::from(path.as_path());
+            let file = &state.file;
             for object in &state.objects {
                 match owners.entry(object.key()) {
                     HashEntry::Occupied(first) => duplicates.push(SourceError::Duplicate {
@@ -209,7 +216,7 @@ impl ManifestDir {
                     }),
                     HashEntry::Vacant(owner) => {
                         owner.insert(path);
-                        objects.push(&file, object.clone());
+                        objects.push(file, object.clone());
                     }
                 }
             }
@@ -266,7 +273,7 @@ fn load(path: &Path, format: Format, previous: Option<&FileState>) -> Load {
         Err(_) if previous.is_some_and(|p| p.stamp.is_none()) => return Load::Unchanged,
         Err(err) => {
             let parsed = Parsed { objects: Vec::new(), errors: vec![io_error(path, err)], items: HashMap::new() };
-            return Load::Read(settle(None, parsed, previous));
+            return Load::Read(settle(path, None, parsed, previous));
         }
     };
     let stamp = Stamp::of(&meta);
@@ -277,7 +284,7 @@ fn load(path: &Path, format: Format, previous: Option<&FileState>) -> Load {
         Ok(bytes) => parse(path, format, &bytes, previous.map(|p| &p.items)),
         Err(err) => Parsed { objects: Vec::new(), errors: vec![err], items: HashMap::new() },
     };
-    Load::Read(settle(Some(stamp), parsed, previous))
+    Load::Read(settle(path, Some(stamp), parsed, previous))
 }
 
 fn io_error(path: &Path, err: io::Error) -> SourceError {
@@ -301,7 +308,7 @@ fn read_limited(path: &Path, len: u64) -> Result<Vec<u8>, SourceError> {
 /// A file's new state. A broken (or unreadable) file might have held any
 /// object it no longer provides, so those are kept from its previous version;
 /// a clean file replaces it exactly.
-fn settle(stamp: Option<Stamp>, parsed: Parsed, previous: Option<&FileState>) -> FileState {
+fn settle(path: &Path, stamp: Option<Stamp>, parsed: Parsed, previous: Option<&FileState>) -> FileState {
     let Parsed { mut objects, errors, items } = parsed;
     if let Some(previous) = previous.filter(|_| !errors.is_empty()) {
         let provided: BTreeSet<ObjectId> = objects.iter().map(Object::id).collect();
@@ -309,7 +316,8 @@ fn settle(stamp: Option<Stamp>, parsed: Parsed, previous: Option<&FileState>) ->
         objects.extend(previous.objects.iter().filter(|o| !provided.contains(&o.id())).cloned());
         debug!(kept = objects.len() - before, "keeping objects of the last good version of a broken file");
     }
-    FileState { stamp, objects, errors, items }
+    let file = previous.map_or_else(|| Arc::from(path), |p| Arc::clone(&p.file));
+    FileState { file, stamp, objects, errors, items }
 }
 
 /// A JSON item by its text: (hash, length).
@@ -519,6 +527,12 @@ fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
     object.map(Some).map_err(|reason| (Some(id), reason))
 }
 
+// A JSON item is typed through its `Value`, not straight from its text:
+// JSON does not tell a list's length ahead, so lists typed from text keep
+// room for up to four times their items. Measured on 10 000 Services x 10
+// endpoints: 100 MiB more RSS (45 MiB after shrinking the lists) for 3 ms
+// less per change.
+
 /// Deserialises with the path of the offending field in the error, and
 /// defaults the namespace so nothing downstream has to.
 fn typed<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: Value) -> Result<Arc<T>, String> {
@@ -538,6 +552,10 @@ fn typed<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: Value) -> Resul
 /// ticks, and every [`RESCAN`] in case an event was missed.
 pub struct ManifestSource {
     dir: ManifestDir,
+    /// The first scan, started by [`ManifestSource::open`] on a thread of
+    /// its own: a cold start reads and parses the directory while the
+    /// programs are being loaded.
+    first_scan: Option<thread::JoinHandle<(ManifestDir, ScanReport)>>,
     watch: Option<DirWatch>,
     rescan: tokio::time::Interval,
 }
@@ -546,9 +564,23 @@ pub struct ManifestSource {
 pub const RESCAN: Duration = Duration::from_secs(5);
 
 impl ManifestSource {
+    /// Watches `dir` and starts reading it.
     pub fn open(dir: PathBuf) -> Result<Self, SourceError> {
         let watch = watch(&dir)?;
-        Ok(ManifestSource { dir: ManifestDir::new(dir), watch: Some(watch), rescan: tokio::time::interval(RESCAN) })
+        let mut first = ManifestDir::new(dir.clone());
+        let first_scan = thread::Builder::new()
+            .name("manifest-scan".into())
+            .spawn(move || {
+                let report = first.scan();
+                (first, report)
+            })
+            .ok();
+        Ok(ManifestSource {
+            dir: ManifestDir::new(dir),
+            first_scan,
+            watch: Some(watch),
+            rescan: tokio::time::interval(RESCAN),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -572,9 +604,17 @@ impl ManifestSource {
         }
     }
 
-    /// Rescans, logging every error; whether anything changed.
+    /// Rescans (the first time, takes the first scan's result), logging
+    /// every error; whether anything changed.
     pub fn refresh(&mut self) -> bool {
-        let report = self.dir.scan();
+        let first = self.first_scan.take().and_then(|scan| scan.join().ok());
+        let report = match first {
+            Some((dir, report)) => {
+                self.dir = dir;
+                report
+            }
+            None => self.dir.scan(),
+        };
         for err in &report.errors {
             error!("{err}");
         }
@@ -606,23 +646,31 @@ impl DirWatch {
 /// scan does not trigger the next one.
 pub fn watch(dir: &Path) -> Result<DirWatch, SourceError> {
     let watch_err = |source| SourceError::Watch { dir: dir.to_owned(), source: Arc::new(source) };
-    let (events_tx, events_rx) = std_mpsc::channel::<()>();
+    // Each relevant event, and whether it completes a manifest.
+    let (events_tx, events_rx) = std_mpsc::channel::<bool>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let is_manifest = |path: Option<&PathBuf>| path.and_then(|p| p.file_name()).and_then(manifest_format).is_some();
         let relevant = match event {
             Ok(event) => match event.kind {
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                EventKind::Access(_) => false,
-                _ => true,
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(is_manifest(event.paths.first())),
+                EventKind::Access(_) => None,
+                // A rename's destination is its last path. Only into a
+                // manifest's name: an editor that moves the file away to a
+                // backup writes the new one next.
+                EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+                    Some(is_manifest(event.paths.last()))
+                }
+                _ => Some(false),
             },
             Err(err) => {
                 // A lost event (queue overflow, ...) is a reason to rescan.
                 warn!("manifest directory watcher: {err}");
-                true
+                Some(false)
             }
         };
-        if relevant {
+        if let Some(complete) = relevant {
             // Fails only once the debounce thread is gone, i.e. on shutdown.
-            let _ = events_tx.send(());
+            let _ = events_tx.send(complete);
         }
     })
     .map_err(watch_err)?;
@@ -636,14 +684,15 @@ pub fn watch(dir: &Path) -> Result<DirWatch, SourceError> {
     Ok(DirWatch { _watcher: watcher, ticks })
 }
 
-fn debounce(events: &std_mpsc::Receiver<()>, ticks: &mpsc::Sender<()>) {
-    while events.recv().is_ok() {
+fn debounce(events: &std_mpsc::Receiver<bool>, ticks: &mpsc::Sender<()>) {
+    while let Ok(mut complete) = events.recv() {
         let deadline = Instant::now() + DEBOUNCE_MAX;
         loop {
-            let wait = DEBOUNCE_QUIET.min(deadline.saturating_duration_since(Instant::now()));
+            let quiet = if complete { DEBOUNCE_COMPLETE } else { DEBOUNCE_QUIET };
+            let wait = quiet.min(deadline.saturating_duration_since(Instant::now()));
             match events.recv_timeout(wait) {
-                Ok(()) if Instant::now() < deadline => {}
-                Ok(()) | Err(std_mpsc::RecvTimeoutError::Timeout) => break,
+                Ok(last) if Instant::now() < deadline => complete = last,
+                Ok(_) | Err(std_mpsc::RecvTimeoutError::Timeout) => break,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
