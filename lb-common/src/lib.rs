@@ -229,6 +229,10 @@ pub const DEVICE_TAKES_XDP_FRAMES: u32 = 1;
 /// `LB_DEVICES` flags: the host side of a pod's veth (`--pod-device`), into
 /// whose pod TC may send with `bpf_redirect_peer`.
 pub const DEVICE_POD: u32 = 2;
+/// `LB_DEVICES` flags: one of the datapath's ingress hooks runs on the
+/// device (XDP on a node device, TC on a pod veth), which decided every
+/// packet that arrived there: TC egress leaves those alone.
+pub const DEVICE_INGRESS_HOOKED: u32 = 4;
 /// `LB_VIPS` values: how many frontends use the address, with this bit set
 /// when one of them is a cluster IP.
 pub const VIP_CLUSTER_IP: u32 = 1 << 31;
@@ -856,10 +860,13 @@ pub enum Reason {
     /// An IPv6 packet with extension headers between its header and TCP or
     /// UDP (or an ICMPv6 error quoting one): passed untouched.
     PassExtensionHeaders = 26,
+    /// (`TC-EGRESS`) A packet that arrived on a device where an ingress hook
+    /// of the datapath decided it already: passed untouched.
+    PassDecidedOnIngress = 27,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 28;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIp,
         Reason::PassIpOptions,
@@ -888,6 +895,7 @@ impl Reason {
         Reason::PassToPacketPath,
         Reason::DenyNodePortBind,
         Reason::PassExtensionHeaders,
+        Reason::PassDecidedOnIngress,
     ];
 
     /// Stable snake_case name for output and tests.
@@ -920,6 +928,7 @@ impl Reason {
             Reason::PassToPacketPath => "pass_to_packet_path",
             Reason::DenyNodePortBind => "deny_node_port_bind",
             Reason::PassExtensionHeaders => "pass_extension_headers",
+            Reason::PassDecidedOnIngress => "pass_decided_on_ingress",
         }
     }
 }

@@ -30,7 +30,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
-use lb_common::{CtKey, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, Reason, ipv6_programs};
+use lb_common::{CtKey, DEVICE_INGRESS_HOOKED, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, Reason, ipv6_programs};
 use lb_ebpf::{
     answer::{self, Answered, L4Checksum, Unreachable},
     decide::{self, Verdict, decide},
@@ -44,7 +44,7 @@ use lb_ebpf::{
         tcp,
     },
 };
-use maps::{FamilyMaps, KernelFib, MapTables, count, count_fast_path, is_service_address};
+use maps::{FamilyMaps, KernelFib, MapTables, count, count_fast_path, device_flags, is_service_address};
 
 /// Set to 1 by the agent at load time when any device takes XDP frames
 /// (`--xdp-redirect-device`); with 0 the verifier removes the fast path and
@@ -754,6 +754,11 @@ fn tc_pod_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -> (
 /// ingress hook. It starts nothing and answers nothing.
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    // SAFETY: the context's own metadata.
+    if device_flags(unsafe { (*ctx.skb.skb).ingress_ifindex }) & DEVICE_INGRESS_HOOKED != 0 {
+        count(Hook::TcEgress, Reason::PassDecidedOnIngress);
+        return TC_OK;
+    }
     if ether_type(ctx.data(), ctx.data_end()) == Ok(ETH_P_IPV6) {
         to_ipv6_program(&ctx, &LB_IPV6_TC, ipv6_programs::TC_EGRESS.2);
     }

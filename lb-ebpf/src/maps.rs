@@ -536,9 +536,15 @@ impl Fib for KernelFib {
 
     #[inline(always)]
     fn device_flags(&self, ifindex: u32) -> u32 {
-        // SAFETY: plain data copied out at once.
-        unsafe { LB_DEVICES.get(ifindex).copied() }.unwrap_or(0)
+        device_flags(ifindex)
     }
+}
+
+/// `ifindex`'s `DEVICE_*` flags, 0 for a device not listed.
+#[inline(always)]
+pub fn device_flags(ifindex: u32) -> u32 {
+    // SAFETY: plain data copied out at once.
+    unsafe { LB_DEVICES.get(ifindex).copied() }.unwrap_or(0)
 }
 
 #[inline(always)]

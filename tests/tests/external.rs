@@ -53,6 +53,10 @@ fn a_node_port_answers_external_clients_and_pods_on_the_node_address() {
         })
         .collect();
     assert_eq!(from_outside, everyone);
+    // XDP decided those requests; the pod veths' TC egress, which they
+    // crossed next, passed them without deciding again.
+    let decided = agent.counter("TC-EGRESS", "pass_decided_on_ingress").unwrap();
+    assert!(decided >= 30, "{}", agent.get("counters").unwrap());
     let body = http_get(&c.client.ns, SocketAddrV4::new(NODE_IP, 30123), TIMEOUT).unwrap();
     assert!(everyone.contains(served_by(&body)), "pods reach the node port too");
 

@@ -17,7 +17,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use lb_common::{DEVICE_POD, DEVICE_TAKES_XDP_FRAMES, Ipv6Wire};
+use lb_common::{DEVICE_INGRESS_HOOKED, DEVICE_POD, DEVICE_TAKES_XDP_FRAMES, Ipv6Wire};
 
 use super::health::{self, HealthServer, SyncHealth};
 use crate::{
@@ -403,19 +403,19 @@ impl Agent {
         }
     }
 
-    /// Writes which devices the datapath may send to itself when that
-    /// changed (the first time also clears what an earlier agent left): the
-    /// XDP redirect devices, and the attached pod veths (TC's
-    /// `bpf_redirect_peer` targets).
+    /// Writes what the datapath knows of devices when that changed (the
+    /// first time also clears what an earlier agent left): the XDP redirect
+    /// devices, the attached pod veths (TC's `bpf_redirect_peer` targets),
+    /// and every attached device (whose ingress hook decided what arrived
+    /// there, which TC egress then leaves alone).
     fn sync_devices(&mut self) {
         let mut devices: BTreeMap<u32, u32> = match self.config.redirect_devices.present() {
             Ok(present) => present.into_values().map(|i| (i, DEVICE_TAKES_XDP_FRAMES)).collect(),
             Err(err) => return error!("{err}"),
         };
         for (name, ifindex) in self.datapath.attached() {
-            if !self.config.node_devices.matches(name) {
-                *devices.entry(ifindex).or_default() |= DEVICE_POD;
-            }
+            let pod = if self.config.node_devices.matches(name) { 0 } else { DEVICE_POD };
+            *devices.entry(ifindex).or_default() |= DEVICE_INGRESS_HOOKED | pod;
         }
         if self.devices.as_ref() == Some(&devices) {
             return;
