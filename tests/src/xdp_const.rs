@@ -87,22 +87,11 @@ impl NewFlowFields {
 
 /// Sends `frame` `count` times out of `ifname` in `ns` from XDP (live
 /// frames: each is transmitted as if an XDP program had returned XDP_TX on
-/// it), on `cpu` if given, else wherever the calling thread runs. Returns
-/// when all were handed on.
-pub fn send_live_frames(
-    ns: &Netns,
-    ifname: &str,
-    frame: &[u8],
-    count: u32,
-    flows: Flows,
-    cpu: Option<usize>,
-) -> anyhow::Result<()> {
+/// it), on the calling thread's CPU. Returns when all were handed on.
+pub fn send_live_frames(ns: &Netns, ifname: &str, frame: &[u8], count: u32, flows: Flows) -> anyhow::Result<()> {
     let prog = load_program(&frame_writer(frame, flows)).context("loading the frame writer")?;
     let name = CString::new(ifname)?;
     ns.run_in(|| -> io::Result<()> {
-        if let Some(cpu) = cpu {
-            pin_this_thread(cpu)?;
-        }
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
         let ctx: [u32; 6] = [0, frame.len() as u32, 0, ifindex(&name)?, 0, 0];
         let mut attr = [0u32; 32];
@@ -116,22 +105,6 @@ pub fn send_live_frames(
         bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
     })?
     .with_context(|| format!("sending live frames out of {ifname} in {}", ns.name()))
-}
-
-/// Runs the calling thread on `cpu` only.
-fn pin_this_thread(cpu: usize) -> io::Result<()> {
-    // SAFETY: a plain bit set, filled by libc's macros and read by the call.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        set
-    };
-    // SAFETY: pid 0 is the calling thread; `set` lives across the call.
-    match unsafe { libc::sched_setaffinity(0, size_of_val(&set), &set) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
 }
 
 fn ifindex(name: &CString) -> io::Result<u32> {
