@@ -23,7 +23,7 @@ use crate::packet::{
 };
 use lb_common::{
     Addr, CT_HOP_ANSWER, CT_HOP_DEVICE_SHIFT, CT_HOP_FORWARD, CT_HOP_NO_NEIGHBOUR, CT_HOP_NOT_FORWARDED, CtHop,
-    DEVICE_POD, DEVICE_TAKES_XDP_FRAMES, FastPath,
+    DEVICE_POD, DEVICE_TAKES_XDP_FRAMES, EntryHop, FastPath,
 };
 
 /// Offset of the IPv4 TTL (followed by the protocol byte: one 16-bit word).
@@ -204,22 +204,18 @@ pub trait Fib {
 }
 
 /// The FIB's answer as a conntrack entry keeps it ([`CtHop`]), for one
-/// packet's departure. The default keeps nothing (a new flow, a family
-/// whose entries keep no route): the FIB is asked, and only that.
+/// packet's departure: `asked` when it was not kept and the FIB was asked
+/// for this packet, so that the entry keeps the answer from now on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeptRoute {
     pub hop: CtHop,
-    /// The flow's entry keeps the answer: asking learns the route's MTU too.
-    pub keeps: bool,
-    /// Asked for this packet, to be kept in the entry from now on.
     pub asked: bool,
 }
 
 impl From<CtHop> for KeptRoute {
-    /// An entry's route (`kind` 0: to be asked and kept).
     #[inline(always)]
     fn from(hop: CtHop) -> Self {
-        Self { hop, keeps: true, asked: false }
+        Self { hop, asked: false }
     }
 }
 
@@ -250,13 +246,16 @@ impl KeptRoute {
             // About this packet's length only: nothing to keep.
             FibAnswer::TooBig(_) => return (answer, 0),
         };
-        let flags = if hop.ifindex == 0 { 0 } else { fib.device_flags(hop.ifindex) };
-        if self.keeps {
-            let mtu = if hop.ifindex == 0 { 0 } else { fib.route_mtu(ingress_ifindex, query) };
-            let kind = kind | ((flags as u8) << CT_HOP_DEVICE_SHIFT);
-            self.hop = CtHop { ifindex: hop.ifindex, dmac: hop.dmac, smac: hop.smac, kind, _pad: 0, mtu };
-            self.asked = true;
-        }
+        // The route's MTU is a second question, asked only where entries
+        // keep the answer (IPv4; see `Addr::Hop`).
+        let (flags, mtu) = match hop.ifindex {
+            0 => (0, 0),
+            ifindex if <A::Hop as EntryHop>::KEEPS => (fib.device_flags(ifindex), fib.route_mtu(ingress_ifindex, query)),
+            ifindex => (fib.device_flags(ifindex), 0),
+        };
+        let kind = kind | ((flags as u8) << CT_HOP_DEVICE_SHIFT);
+        self.hop = CtHop { ifindex: hop.ifindex, dmac: hop.dmac, smac: hop.smac, kind, _pad: 0, mtu };
+        self.asked = true;
         (answer, flags)
     }
 }
@@ -545,10 +544,7 @@ mod tests {
     fn an_entry_keeps_the_fib_s_answer_and_its_device_and_each_packet_is_checked_against_the_route_s_mtu() {
         let q = FibQuery { tot_len: 1500, ..FibQuery::default() };
         let fib = FakeFib { mtu: 1500, ..FakeFib::new(FibAnswer::Forward(hop(POD_VETH)), &[POD_VETH]) };
-        let mut unkept = KeptRoute::default();
-        assert_eq!(tc_next_step(&fib, &mut unkept, INGRESS, 64, &q), Ok(TcStep::Peer(hop(POD_VETH))));
-        assert!(!unkept.asked && fib.lookups.get() == 1, "a new flow's route: asked, not kept");
-        let mut route = KeptRoute::from(CtHop::default());
+        let mut route = KeptRoute::default();
         assert_eq!(tc_next_step(&fib, &mut route, INGRESS, 64, &q), Ok(TcStep::Peer(hop(POD_VETH))));
         assert!(route.asked, "asked, to be kept in the entry");
         assert_eq!((route.hop.ifindex, route.hop.mtu), (POD_VETH, 1500));
@@ -566,11 +562,11 @@ mod tests {
         for (answer, kept) in
             [(FibAnswer::NotForwarded, true), (FibAnswer::NoNeighbour(OTHER), true), (FibAnswer::TooBig(1400), false)]
         {
-            let mut route = KeptRoute::from(CtHop::default());
+            let mut route = KeptRoute::default();
             let _ = tc_next_step(&FakeFib::new(answer, &[]), &mut route, INGRESS, 64, &q);
             assert_eq!((route.asked, route.hop.kind & CT_HOP_ANSWER != 0), (kept, kept), "{answer:?}");
         }
-        let mut route = KeptRoute::from(CtHop::default());
+        let mut route = KeptRoute::default();
         let _ = tc_next_step(&fib, &mut route, INGRESS, 1, &q);
         assert!(!route.asked, "a packet whose TTL runs out is not routed");
     }

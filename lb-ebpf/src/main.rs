@@ -481,7 +481,7 @@ unsafe fn rewrite_both<F: Family>(pkt: &Packet<F>, side: Side, to: (F::Addr, u16
 /// Where a packet goes once rewritten (`forward::departure_step`): with the
 /// fast path, out from XDP when that applies. A BPF function of its own:
 /// the FIB's query stays out of the caller's frame.
-#[inline(always)]
+#[inline(never)]
 fn xdp_step(
     ctx: &XdpContext,
     departure: &(FibQuery, u8),
@@ -827,7 +827,7 @@ fn tc_fib_query<F: Routed>(
 /// Where a pod's packet goes once rewritten (`forward::departure_step`):
 /// with `--pod-forwarding redirect`, straight into a local pod or out of
 /// the device the FIB names. A BPF function of its own, like `xdp_step`.
-#[inline(always)]
+#[inline(never)]
 fn tc_step(
     ctx: &TcContext,
     departure: &(FibQuery, u8),

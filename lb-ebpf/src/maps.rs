@@ -270,7 +270,8 @@ impl<F> MapTables<F> {
     where
         F: FamilyMaps,
     {
-        let flows_entry = matches!(reason, Reason::ForwardEstablished | Reason::ReplyReverseNat);
+        let flows_entry =
+            matches!(reason, Reason::ForwardNewFlow | Reason::ForwardEstablished | Reason::ReplyReverseNat);
         if route.asked && flows_entry {
             self.conntrack_keep_hop(flow, &route.hop);
         }
@@ -387,13 +388,12 @@ impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
     }
 
     #[inline(always)]
-    fn entry_route(&self, kept: Option<&CtHop>, ask_again: bool) {
+    fn entry_route(&self, hop: Option<&CtHop>) {
         if let Some(route) = route() {
-            route.hop = match kept {
-                Some(hop) if !ask_again => *hop,
-                _ => CtHop::default(),
+            route.hop = match hop {
+                Some(hop) => *hop,
+                None => CtHop::default(),
             };
-            route.keeps = kept.is_some();
             route.asked = false;
         }
     }

@@ -55,13 +55,12 @@ pub trait Tables<A: Addr>: Shared {
     /// still there.
     fn conntrack_keep_hop(&self, key: &CtKey<A>, hop: &CtHop);
     /// Hands the hook what the entry of the flow being rewritten keeps of
-    /// the FIB's answer, for the packet's departure: None for a new flow or
-    /// a family whose entries keep none (ask the FIB, keep nothing); the
-    /// entry's route otherwise, to be asked again (and kept) when
-    /// `ask_again` (a refresh). Called before every rewrite the decision
-    /// gives. Not part of the verdict: the verdict and its copies would
-    /// carry it through stack frames the verifier counts.
-    fn entry_route(&self, kept: Option<&CtHop>, ask_again: bool);
+    /// the FIB's answer, for the packet's departure: None (ask the FIB)
+    /// for a new flow, a refreshed entry, a family whose entries keep none.
+    /// Called before every rewrite the decision gives. Not part of the
+    /// verdict: the verdict and its copies would carry it through stack
+    /// frames the verifier counts.
+    fn entry_route(&self, hop: Option<&CtHop>);
     fn affinity(&self, key: &AffinityKey<A>) -> Option<AffinityEntry>;
     fn affinity_insert(&self, key: &AffinityKey<A>, entry: &AffinityEntry);
     /// Is `client` inside one of `frontend_id`'s source ranges?
@@ -189,7 +188,7 @@ pub fn decide_known<A: Addr, T: Tables<A>>(
 /// `decide` for the first packet of a flow (`decide_known` said None).
 #[inline(always)]
 pub fn decide_new<A: Addr, T: Tables<A>>(flow: &CtKey<A>, tcp_flags: u8, tables: &T, hook: Hook) -> Verdict<A> {
-    tables.entry_route(None, true);
+    tables.entry_route(None);
     let mut chosen = Chosen { tcp_flags, ..Chosen::default() };
     if !new_flow(flow, tables, hook, &mut chosen) {
         return chosen.refusal.into();
@@ -289,7 +288,7 @@ fn established<A: Addr, T: Tables<A>>(
     }
     // A refreshed entry's route is asked again: routes and neighbours
     // change, and reach established flows within the refresh interval.
-    tables.entry_route(entry.hop.kept(), refresh);
+    tables.entry_route(if refresh { None } else { entry.hop.kept() });
     *out = Rewrite { side, addr: entry.nat_addr, port: entry.nat_port, other, restore };
     Some(reason)
 }
@@ -680,8 +679,7 @@ mod tests {
         node_addr: Option<A>,
         inserts_on_taken_keys: Cell<u32>,
         service_cidr: ServiceCidr<A>,
-        /// What `entry_route` handed on last: None, nothing to keep; a
-        /// route with `kind` 0, one to ask and keep.
+        /// What `entry_route` handed on last.
         route: Cell<Option<CtHop>>,
     }
 
@@ -737,8 +735,8 @@ mod tests {
                 entry.hop.set(hop);
             }
         }
-        fn entry_route(&self, kept: Option<&CtHop>, ask_again: bool) {
-            self.route.set(kept.map(|hop| if ask_again { CtHop::default() } else { *hop }));
+        fn entry_route(&self, hop: Option<&CtHop>) {
+            self.route.set(hop.copied());
         }
         fn affinity(&self, key: &AffinityKey<A>) -> Option<AffinityEntry> {
             self.affinity.borrow().get(key).copied()
@@ -1213,25 +1211,20 @@ mod tests {
         t.now.set(SECOND);
         t.route.set(Some(CtHop { kind: 1, ..CtHop::default() }));
         tcp(&t, &f, TCP_SYN);
-        assert_eq!(t.route.get(), None, "a new flow's route: asked, not kept");
+        assert_eq!(t.route.get(), None, "a new flow's route is asked");
         let hop =
             CtHop { ifindex: 7, dmac: [2, 0, 0, 0, 0, 7], smac: [2, 0, 0, 0, 0, 1], kind: 0x21, _pad: 0, mtu: 1500 };
-        // The SYN-ACK's ACK changes the state: a refresh, so the route is asked (and kept).
+        t.conntrack_keep_hop(&f, &hop);
+        // The SYN-ACK's ACK changes the state: a refresh, so the route is asked again.
         tcp(&t, &f, TCP_ACK);
-        assert_eq!(t.route.get(), Some(CtHop::default()));
+        assert_eq!(t.route.get(), None);
         t.conntrack_keep_hop(&f, &hop);
         t.now.set(SECOND + SECOND / 2);
         tcp(&t, &f, TCP_ACK);
         assert_eq!(t.route.get(), Some(hop), "kept between refreshes");
         t.now.set(2 * SECOND + SECOND / 2);
         tcp(&t, &f, TCP_ACK);
-        assert_eq!(t.route.get(), Some(CtHop::default()), "asked again at the refresh a second later");
-        let v6 = service_of([0xfd00, 0, 0, 0x0a], |i| [0xfd00, 0, 1, 10 + i], 1);
-        let f6 = CtKey { saddr: [0xfd00, 0, 2, 3], daddr: [0xfd00, 0, 0, 0x0a], ..CtKey::default() };
-        let f6 = CtKey { sport: 1000, dport: 80, proto: IPPROTO_TCP, ..f6 };
-        decide(&f6, TCP_SYN, &v6, Hook::PodTc);
-        assert!(matches!(decide(&f6, TCP_ACK, &v6, Hook::PodTc), Verdict::Rewrite { .. }));
-        assert_eq!(v6.route.get(), None, "IPv6 entries keep no route");
+        assert_eq!(t.route.get(), None, "asked again at the refresh a second later");
     }
 
     #[test]
