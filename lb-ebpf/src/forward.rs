@@ -250,7 +250,9 @@ impl KeptRoute {
         // keep the answer (IPv4; see `Addr::Hop`).
         let (flags, mtu) = match hop.ifindex {
             0 => (0, 0),
-            ifindex if <A::Hop as EntryHop>::KEEPS => (fib.device_flags(ifindex), fib.route_mtu(ingress_ifindex, query)),
+            ifindex if <A::Hop as EntryHop>::KEEPS => {
+                (fib.device_flags(ifindex), fib.route_mtu(ingress_ifindex, query))
+            }
             ifindex => (fib.device_flags(ifindex), 0),
         };
         let kind = kind | ((flags as u8) << CT_HOP_DEVICE_SHIFT);
