@@ -248,18 +248,21 @@ fn tcp(family: Family, from: (Ipv4Addr, u16), to: (Ipv4Addr, u16), flags: u8) ->
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
+/// Where no Service is.
+const NOWHERE: (Ipv4Addr, u16) = (Ipv4Addr::new(192, 0, 2, 1), 443);
+
+/// The SYN of one-shot flow k from `client` to `to`: a port and a client
+/// address of its own (60 000 ports each).
+fn syn(family: Family, client: Ipv4Addr, to: (Ipv4Addr, u16), k: u32) -> Vec<u8> {
+    let client = Ipv4Addr::from(u32::from(client) + k / 60_000);
+    tcp(family, (client, 1024 + (k % 60_000) as u16), to, SYN)
+}
 
 /// The pod veths' TC program: flows from the client pod.
 fn tc(dp: &mut ScratchDatapath, family: Family) -> anyhow::Result<Hook> {
     let program = TestProgram::PodTc;
     let floor = hot(dp, program, &arp());
-    // Flow k of the one-shot SYNs: a port and a client address of its own (60 000 ports each).
-    let syn = |k: u32| {
-        let [a, b, c, d] = CLIENT.octets();
-        let client = Ipv4Addr::new(a, b, c, d.wrapping_add((k / 60_000) as u8));
-        tcp(family, (client, 1024 + (k % 60_000) as u16), (VIP, 80), SYN)
-    };
-    let new_flow = single(dp, program, syn, floor.0);
+    let new_flow = single(dp, program, |k| syn(family, CLIENT, (VIP, 80), k), floor.0);
     // Flow 0 of the SYNs is open: its ACKs.
     let ack = tcp(family, (CLIENT, 1024), (VIP, 80), ACK);
     let established_once = single(dp, program, |_| ack.clone(), floor.0);
@@ -270,7 +273,7 @@ fn tc(dp: &mut ScratchDatapath, family: Family) -> anyhow::Result<Hook> {
     dp.datapath.test_run(program, &udp, 1)?;
     let udp = hot(dp, program, &udp);
     let reply = hot(dp, program, &tcp(family, (SELF_VIP, 80), (CLIENT, 2000), ACK));
-    let not_a_service = hot(dp, program, &tcp(family, (CLIENT, 40000), (Ipv4Addr::new(192, 0, 2, 1), 443), ACK));
+    let not_a_service = hot(dp, program, &tcp(family, (CLIENT, 40000), NOWHERE, ACK));
     Ok(Hook { new_flow, established_once, established, udp: Some(udp), reply, not_a_service, floor })
 }
 
@@ -280,16 +283,12 @@ fn xdp(dp: &mut ScratchDatapath, family: Family) -> anyhow::Result<Hook> {
     let program = TestProgram::XdpNode;
     let floor = hot(dp, program, &arp());
     let client = Ipv4Addr::new(198, 51, 100, 7);
-    let syn = |k: u32| {
-        let client = Ipv4Addr::from(u32::from(client) + k / 60_000);
-        tcp(family, (client, 1024 + (k % 60_000) as u16), (SELF_EXTERNAL, 80), SYN)
-    };
-    let new_flow = single(dp, program, syn, floor.0);
+    let new_flow = single(dp, program, |k| syn(family, client, (SELF_EXTERNAL, 80), k), floor.0);
     let ack = tcp(family, (client, 1024), (SELF_EXTERNAL, 80), ACK);
     let established_once = single(dp, program, |_| ack.clone(), floor.0);
     let established = hot(dp, program, &ack);
     let reply = hot(dp, program, &tcp(family, (SELF_EXTERNAL, 80), (client, 1024), ACK));
-    let not_a_service = hot(dp, program, &tcp(family, (client, 40000), (Ipv4Addr::new(192, 0, 2, 1), 443), ACK));
+    let not_a_service = hot(dp, program, &tcp(family, (client, 40000), NOWHERE, ACK));
     Ok(Hook { new_flow, established_once, established, udp: None, reply, not_a_service, floor })
 }
 
