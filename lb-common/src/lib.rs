@@ -150,6 +150,15 @@ pub mod hash {
         mix64(addrs ^ mix64(ports ^ SEED))
     }
 
+    /// `x` scaled from `0..2^32` to `0..n` (Lemire's multiply-shift): what
+    /// `x % n` does for a uniform `x`, without the division, which costs a
+    /// BPF program tens of cycles. Hashes are reduced by their upper half
+    /// (`(hash >> 32) as u32`), which the finaliser mixes as well as the lower.
+    #[inline(always)]
+    pub const fn reduce(x: u32, n: u32) -> u32 {
+        ((x as u64 * n as u64) >> 32) as u32
+    }
+
     /// The two hashes of a backend (address and port as the maps hold
     /// them) that place it in a Maglev table: its offset and its skip.
     pub fn backend<A: super::Addr>(addr: A, port: u16) -> (u64, u64) {

@@ -16,7 +16,7 @@ use lb_common::{
     CT_REPLY, CT_STATE_SYN, CtEntry, CtHop, CtKey, CtTimeouts, EntryHop, FRONTEND_FLAG_EXTERNAL,
     FRONTEND_FLAG_NODE_ADMITTED, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES,
     FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, FrontendKey, Hook, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    ServiceCidr, VIP_CLUSTER_IP,
+    ServiceCidr, VIP_CLUSTER_IP, hash::reduce,
 };
 
 /// A conntrack entry could not be written.
@@ -449,7 +449,7 @@ fn record_reply<A: Addr, T: Tables<A>>(
         let entry = conntrack::reply_entry(flow, &t, chosen.frontend_id, state, chosen.now);
         let mut pick = chosen.hash as u32;
         for _ in 0..SNAT_ATTEMPTS {
-            let port = (SNAT_PORT_MIN + (pick % u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16).to_be();
+            let port = (SNAT_PORT_MIN + reduce(pick, u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16).to_be();
             pick = tables.random();
             key.dport = port;
             // Looked up before written: an insert into a full LRU map can
@@ -772,6 +772,11 @@ mod tests {
         CtKey { saddr, daddr, sport, dport, proto: IPPROTO_TCP, _pad: 0, _pad2: 0 }
     }
 
+    /// The random number that picks slot `k` of `n` (`hash::reduce`).
+    fn slot(k: u32, n: u32) -> u32 {
+        (u64::from(k) << 32).div_ceil(u64::from(n)) as u32
+    }
+
     /// One frontend VIP:80 with `n` backends 10.244.0.(10+i):8080.
     fn service(n: u16) -> FakeTables {
         let mut t = service_of(VIP, |i| 0x0af4_0000 + 10 + i, n);
@@ -796,7 +801,7 @@ mod tests {
     #[test]
     fn new_flow_picks_the_random_slot_and_records_both_directions() {
         let t = service(3);
-        t.random.set(7); // 7 % 3 = slot 1
+        t.random.set(slot(1, 3));
         let f = flow(CLIENT, VIP, 40000, 80);
         let v = decide(&f, TCP_ACK, &t, Hook::PodTc);
         let backend = Backend { addr: 0x0af4_000b, port: 8080, flags: 0 };
@@ -838,7 +843,7 @@ mod tests {
         let f = flow(CLIENT, VIP, 40000, 80);
         let Verdict::Rewrite { addr, .. } = decide(&f, TCP_ACK, &t, Hook::PodTc) else { panic!() };
         for r in 0..10 {
-            t.random.set(r);
+            t.random.set(slot(r % 3, 3));
             assert_eq!(
                 decide(&f, TCP_ACK, &t, Hook::PodTc),
                 Verdict::Rewrite {
@@ -883,12 +888,12 @@ mod tests {
         t.frontends.values_mut().for_each(|fe| fe.affinity_timeout_s = 10);
         let s = 1_000_000_000;
         t.now.set(100 * s);
-        t.random.set(1);
+        t.random.set(slot(1, 3));
         let first = backend_of(decide(&flow(CLIENT, VIP, 1000, 80), TCP_ACK, &t, Hook::PodTc));
         // New connections (new source ports) within the timeout stay, and
         // each one renews the affinity.
         for (i, port) in (1001..1010).enumerate() {
-            t.random.set(i as u32 + 2);
+            t.random.set(slot((i as u32 + 2) % 3, 3));
             t.now.set((100 + 9 * (i as u64 + 1)) * s);
             assert_eq!(backend_of(decide(&flow(CLIENT, VIP, port, 80), TCP_ACK, &t, Hook::PodTc)), first);
         }
@@ -896,7 +901,7 @@ mod tests {
         t.now.set(t.now.get() + 11 * s);
         let chosen: std::collections::BTreeSet<u32> = (0..3)
             .map(|r| {
-                t.random.set(r);
+                t.random.set(slot(r, 3));
                 t.affinity.borrow_mut().clear();
                 backend_of(decide(&flow(CLIENT, VIP, 2000 + r as u16, 80), TCP_ACK, &t, Hook::PodTc))
             })
@@ -905,9 +910,9 @@ mod tests {
         // Another client is not affected by this one's affinity.
         t.affinity.borrow_mut().clear();
         t.now.set(500 * s);
-        t.random.set(0);
+        t.random.set(slot(0, 3));
         let a = backend_of(decide(&flow(CLIENT, VIP, 3000, 80), TCP_ACK, &t, Hook::PodTc));
-        t.random.set(1);
+        t.random.set(slot(1, 3));
         let b = backend_of(decide(&flow(CLIENT + 1, VIP, 3000, 80), TCP_ACK, &t, Hook::PodTc));
         assert_ne!(a, b);
     }
@@ -1070,8 +1075,8 @@ mod tests {
         let other_client = flow(CLIENT + 1, VIP, 40000, 80);
         let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1);
         let f2 = other_client;
-        let own = SNAT_PORT_MIN + (lb_common::hash::flow(&f2) as u32 % range) as u16;
-        for taken in [own, SNAT_PORT_MIN + 5] {
+        let own = SNAT_PORT_MIN + reduce(lb_common::hash::flow(&f2) as u32, range) as u16;
+        for taken in [own, SNAT_PORT_MIN + reduce(5, range) as u16] {
             let key = flow(backend.addr, NODE, backend.port, taken.to_be());
             t.conntrack.borrow_mut().insert(key, CtEntry::default());
         }
@@ -1276,7 +1281,7 @@ mod tests {
         t.frontends.get_mut(&key).unwrap().maglev_size = 7;
         for port in 1000..1100 {
             let f = flow(CLIENT, VIP, port, 80);
-            let index = 4 + (lb_common::hash::flow(&f) % 7) as usize;
+            let index = 4 + reduce((lb_common::hash::flow(&f) >> 32) as u32, 7) as usize;
             let want = 0x0af4_0000 + 10 + u32::from(t.maglev[index]);
             t.random.set(port.into()); // ignored with a table
             assert_eq!(backend_of(tcp(&t, &f, TCP_SYN)), want);
@@ -1322,7 +1327,7 @@ mod tests {
         let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1);
         let other = (1..u16::MAX)
             .map(|p| flow(CLIENT + 1, VIP, p, 80))
-            .find(|o| (SNAT_PORT_MIN + (lb_common::hash::flow(o) as u32 % range) as u16).to_be() == port)
+            .find(|o| (SNAT_PORT_MIN + reduce(lb_common::hash::flow(o) as u32, range) as u16).to_be() == port)
             .unwrap();
         let Some((_, other_port)) = other_end(decide(&other, TCP_SYN, &t, Hook::NodeXdp)) else { panic!() };
         assert_ne!(other_port, port);
@@ -1366,9 +1371,9 @@ mod tests {
         let t = service(3);
         let chosen: std::collections::BTreeSet<u32> = (0..32)
             .map(|cookie| {
-                t.random.set(cookie as u32);
+                t.random.set(slot(cookie as u32 % 3, 3));
                 let first = backend_of(socket(&call(cookie), &t));
-                t.random.set(cookie as u32 + 1);
+                t.random.set(slot((cookie as u32 + 1) % 3, 3));
                 assert_eq!(backend_of(socket(&call(cookie), &t)), first, "socket {cookie}");
                 first
             })
@@ -1402,10 +1407,10 @@ mod tests {
     fn a_socket_keeps_the_affinity_of_its_namespace() {
         let mut t = service(3);
         t.frontends.values_mut().for_each(|fe| fe.affinity_timeout_s = 10);
-        t.random.set(1);
+        t.random.set(slot(1, 3));
         let first = backend_of(socket(&call(1), &t));
         for cookie in 2..10 {
-            t.random.set(cookie as u32);
+            t.random.set(slot(cookie as u32 % 3, 3));
             assert_eq!(backend_of(socket(&call(cookie), &t)), first);
         }
         let key = AffinityKey { client: call(1).client(), frontend_id: 1 };
@@ -1449,7 +1454,7 @@ mod tests {
     fn an_ipv6_flow_is_translated_both_ways_and_hairpins_like_ipv4() {
         let vip = v6(0x0a);
         let t = service_of(vip, |i| v6(0x100 + i), 3);
-        t.random.set(4); // slot 1
+        t.random.set(slot(1, 3));
         let client = v6(0x200);
         let f = CtKey { saddr: client, daddr: vip, sport: 40000, dport: 80, proto: IPPROTO_TCP, _pad: 0, _pad2: 0 };
         let forward = Verdict::Rewrite {
@@ -1474,7 +1479,7 @@ mod tests {
         assert_eq!(t.created.get(), 2);
         // The backend itself as the client: it sees the VIP as its peer.
         let me = CtKey { saddr: v6(0x101), sport: 41000, ..f };
-        t.random.set(1);
+        t.random.set(slot(1, 3));
         let Verdict::Rewrite { addr, other, .. } = decide(&me, TCP_SYN, &t, Hook::PodTc) else { panic!() };
         assert_eq!((addr, other.get()), (v6(0x101), Some((vip, 41000))));
     }

@@ -1,7 +1,7 @@
 //! Backend selection for a new flow or socket: session affinity, then the
 //! frontend's Maglev table, then a random (or hashed) slot.
 
-use lb_common::{Addr, AffinityKey, Backend, CtKey, Frontend};
+use lb_common::{Addr, AffinityKey, Backend, CtKey, Frontend, hash::reduce};
 
 use super::Tables;
 
@@ -37,13 +37,14 @@ pub fn backend<A: Addr, T: Tables<A>>(
             return Some((entry.backend_id, backend));
         }
     }
+    let upper = (hash >> 32) as u32;
     let slot = if frontend.maglev_size != 0 {
-        let index = frontend.maglev_offset.wrapping_add((hash % u64::from(frontend.maglev_size)) as u32);
+        let index = frontend.maglev_offset.wrapping_add(reduce(upper, frontend.maglev_size));
         u32::from(tables.maglev_slot(index)?)
     } else if spread == Spread::Hash {
-        (hash % u64::from(frontend.backend_count)) as u32
+        reduce(upper, u32::from(frontend.backend_count))
     } else {
-        tables.random() % u32::from(frontend.backend_count)
+        reduce(tables.random(), u32::from(frontend.backend_count))
     };
     let id = tables.backend_slot(&frontend.slot_key(slot))?;
     Some((id, tables.backend(id)?))
