@@ -19,10 +19,10 @@ mod maps;
 mod sockets;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     cty::c_long,
     helpers::{
-        bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_tail, bpf_xdp_adjust_head,
+        bpf_csum_update, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_tail, bpf_xdp_adjust_head,
         bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
     },
     macros::{classifier, map, xdp},
@@ -904,11 +904,16 @@ fn tc_parse<F: Family>(
     }
 }
 
-/// Like `nat::rewrite`, but through the kernel's checksum helpers: address
-/// changes are marked as pseudo-header changes, so that a CHECKSUM_PARTIAL
-/// packet gets its seed updated and a complete checksum its sum, and a GSO
-/// packet's segments all inherit a right seed. Every old value is read
-/// before the first helper call, which invalidates packet pointers.
+/// Like `nat::rewrite`, for a socket buffer: the addresses, ports and
+/// IPv4's header checksum are written in place, but the L4 checksum only
+/// through the kernel's helper, which alone knows how the buffer holds it
+/// (a CHECKSUM_PARTIAL packet holds the pseudo-header's seed, which the
+/// ports' change must not touch, and the GSO segments inherit it; a
+/// CHECKSUM_COMPLETE buffer's sum must follow). Two helper calls whatever
+/// changes, one for the addresses (pseudo-header) and one for the ports,
+/// each a difference: every call costs a return, which this machine's
+/// return-stack mitigations make dear. Every direct write comes before the
+/// first call, which invalidates packet pointers.
 #[inline(always)]
 fn tc_rewrite<F: Family>(
     ctx: &TcContext,
@@ -917,55 +922,51 @@ fn tc_rewrite<F: Family>(
     to: (F::Addr, u16),
     other: Option<(F::Addr, u16)>,
 ) -> Result<(), c_long> {
-    // SAFETY: offsets inside the headers `parse` checked.
-    let (old, old_other) = unsafe { (read_side(pkt, side), read_side(pkt, side.opposite())) };
+    // SAFETY: offsets inside the headers `parse` checked, in the buffer's
+    // head, which the verifier's prologue for programs that write packets
+    // unclones.
+    let (addrs, ports) = unsafe {
+        let (mut addrs, mut ports) = store_side(pkt, side, to);
+        if let Some(other) = other {
+            let (a, p) = store_side(pkt, side.opposite(), other);
+            (addrs, ports) = (addrs + a, ports + p);
+        }
+        if let Some(ip_check) = F::IP_CHECK {
+            pkt.write(ip_check, checksum::apply(pkt.read(ip_check), addrs));
+        }
+        (addrs, ports)
+    };
+    // A UDP checksum of 0 means none, and stays 0.
+    let mangled_0 = if pkt.proto == IPPROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
     let l4_check = pkt.l4_check_offset();
-    let udp = pkt.proto == IPPROTO_UDP;
-    tc_rewrite_side::<F>(ctx, l4_check, udp, side, old, to)?;
-    if let Some(other) = other {
-        tc_rewrite_side::<F>(ctx, l4_check, udp, side.opposite(), old_other, other)?;
+    ctx.l4_csum_replace(l4_check, 0, u64::from(addrs), u64::from(BPF_F_PSEUDO_HDR) | mangled_0)?;
+    ctx.l4_csum_replace(l4_check, 0, u64::from(ports), mangled_0)?;
+    if F::IP_CHECK.is_none() {
+        // A CHECKSUM_COMPLETE buffer's sum covers the IP header too: the
+        // pseudo-header change above took the L4 field's change out of it,
+        // which IPv4's header checksum balances; an IPv6 header has none,
+        // so its addresses' change is added in. Other buffers refuse it.
+        // SAFETY: a helper on this program's own context.
+        unsafe { bpf_csum_update(ctx.skb.skb, addrs) };
     }
     Ok(())
 }
 
+/// Writes `side` of `pkt` to `addr:port`: the changes it makes to sums over
+/// the address (the pseudo-header) and over the port.
+///
 /// # Safety
-/// `pkt` must come from `parse` over a packet that is still valid.
+/// As for `Packet::write`.
 #[inline(always)]
-unsafe fn read_side<F: Family>(pkt: &Packet<F>, side: Side) -> (F::Addr, u16) {
+unsafe fn store_side<F: Family>(pkt: &Packet<F>, side: Side, (addr, port): (F::Addr, u16)) -> (u32, u32) {
     let (addr_off, port_off) = side.offsets::<F>();
-    unsafe { (pkt.read(addr_off), pkt.read(port_off)) }
-}
-
-#[inline(always)]
-fn tc_rewrite_side<F: Family>(
-    ctx: &TcContext,
-    l4_check: usize,
-    udp: bool,
-    side: Side,
-    old: (F::Addr, u16),
-    new: (F::Addr, u16),
-) -> Result<(), c_long> {
-    let (addr_off, port_off) = side.offsets::<F>();
-    // A UDP checksum of 0 means none, and stays 0.
-    let mangled_0 = if udp { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
-    // The address change as a checksum difference (the helpers' field size
-    // 0), whatever the address's length.
-    let diff = u64::from(checksum::difference(old.0, new.0));
-    ctx.l4_csum_replace(l4_check, 0, diff, u64::from(BPF_F_PSEUDO_HDR) | mangled_0)?;
-    ctx.l4_csum_replace(l4_check, u64::from(old.1), u64::from(new.1), mangled_0 | 2)?;
-    // A CHECKSUM_COMPLETE buffer's sum covers the IP header too: the
-    // pseudo-header change above takes the L4 field's change out of it,
-    // which IPv4's header checksum balances; an IPv6 header has none, so
-    // its address bytes are added in as they are stored (6.16's BPF_F_IPV6
-    // would do this, and 6.1 lacks it). Other buffers ignore the flag.
-    let recompute = if let Some(ip_check) = F::IP_CHECK {
-        ctx.l3_csum_replace(ip_check, 0, diff, 0)?;
-        0
-    } else {
-        u64::from(BPF_F_RECOMPUTE_CSUM)
-    };
-    ctx.store(addr_off, &new.0, recompute)?;
-    ctx.store(port_off, &new.1, 0)
+    // SAFETY: as the caller promises.
+    unsafe {
+        let (old_addr, old_port): (F::Addr, u16) = (pkt.read(addr_off), pkt.read(port_off));
+        pkt.write(addr_off, addr);
+        pkt.write(port_off, port);
+        (checksum::difference(old_addr, addr), checksum::word_difference(old_port, port))
+    }
 }
 
 /// The first `len` bytes of the socket buffer, pulled into its linear part

@@ -503,3 +503,58 @@ fn cluster_policy_forwards_over_the_fabric_from_xdp() {
     // Pods' traffic is translated on TC, not XDP.
     assert!(node_a.counter("TC-POD", "forward_new_flow").unwrap() > 0, "{}", node_a.get("counters").unwrap());
 }
+
+/// An established flow that node A's XDP sends to node B by its kept route
+/// (XDP_TX, the next hop's Ethernet address kept in the conntrack entry)
+/// follows a change of that route: node B's fabric address changes, node A
+/// learns the new one (as a gratuitous ARP would tell it), and the same
+/// flow (same client port, same SNAT port seen by the backend) is answered
+/// again, still from XDP, once its entry is refreshed: a second after the
+/// last refresh (here 1.06-1.09 s after the change). With no refresh it
+/// never is.
+#[test]
+fn an_established_flow_follows_a_changed_next_hop_at_its_next_refresh() {
+    require_root();
+    let c = cluster_forwarding("", Forwarding::XdpFastPath);
+    c.external.exec(&["ip", "route", "replace", &format!("{LB_IP}/32"), "via", &NODE_A.to_string()]).unwrap();
+    // Node A knows node B's address before the flow starts, so that its
+    // entry keeps a next hop (not "no neighbour yet", which the kernel's
+    // routing resolves).
+    let neighbour = |mac: &str| {
+        c.nodes[0].ns.exec(&["ip", "neigh", "replace", &NODE_B.to_string(), "lladdr", mac, "dev", "fabric"]).unwrap()
+    };
+    neighbour(&c.nodes[1].ns.mac("fabric").unwrap());
+    let to = SocketAddrV4::new(LB_IP, 53);
+    let ask = |port: u16, timeout: Duration| udp_request_from(&c.external, port, to, b"hop", timeout);
+    // A flow Maglev sends to node B.
+    let (port, seen) = (42000..42100)
+        .find_map(|port| {
+            let (reply, _) = ask(port, TIMEOUT).unwrap();
+            (served_by(&reply) == "kubia-b").then(|| (port, seen_client(&reply).to_owned()))
+        })
+        .expect("no flow of 100 went to node B");
+    assert!(seen.starts_with(&format!("{NODE_A}:")), "{seen}");
+    // Answered, the flow's entries settle (a state change refreshes them).
+    for _ in 0..3 {
+        let (reply, _) = ask(port, TIMEOUT).unwrap();
+        assert_eq!(seen_client(&reply), seen);
+    }
+
+    let node_a = &c.agents[0];
+    let new_mac = "02:00:00:00:0b:02";
+    c.nodes[1].ns.exec(&["ip", "link", "set", "dev", "fabric", "address", new_mac]).unwrap();
+    neighbour(new_mac);
+    let tx = node_a.counter("PACKETS", "tx").unwrap();
+    let changed = Instant::now();
+    let reply = loop {
+        if let Ok((reply, _)) = ask(port, Duration::from_millis(100)) {
+            break reply;
+        }
+        assert!(changed.elapsed() < Duration::from_secs(3), "the flow is still sent to node B's old address");
+    };
+    let took = changed.elapsed();
+    assert_eq!((served_by(&reply), seen_client(&reply)), ("kubia-b", seen.as_str()), "not the same flow");
+    // The refresh is due within a second; the rest is slack for a busy machine.
+    assert!(took < Duration::from_secs(2), "answered again only after {took:?}");
+    assert!(node_a.counter("PACKETS", "tx").unwrap() > tx, "{}", node_a.get("counters").unwrap());
+}

@@ -1,5 +1,6 @@
-//! Incremental Internet checksum updates (RFC 1624), for XDP where the
-//! kernel's `l3/l4_csum_replace` helpers do not exist.
+//! Incremental Internet checksum updates (RFC 1624): every checksum in
+//! XDP, where the kernel's `l3/l4_csum_replace` helpers do not exist, and
+//! IPv4's header checksum in TC, which needs no helper to call.
 //!
 //! All values are 16-bit words exactly as they sit in the packet, read in
 //! native order: one's-complement sums do not depend on byte order
@@ -70,8 +71,7 @@ fn difference6(old: &[u32; 4], new: &[u32; 4]) -> u32 {
 /// be equal (0) when only the address changed.
 #[inline(always)]
 pub fn update<A: Summed>(check: u16, old_addr: A, new_addr: A, old_word: u16, new_word: u16) -> u16 {
-    let sum = u32::from(!check) + A::difference(&old_addr, &new_addr) + u32::from(!old_word) + u32::from(new_word);
-    !fold(sum)
+    apply(check, A::difference(&old_addr, &new_addr) + word_difference(old_word, new_word))
 }
 
 /// `Summed::difference`, for callers that hold the values.
@@ -80,10 +80,23 @@ pub fn difference<A: Summed>(old: A, new: A) -> u32 {
     A::difference(&old, &new)
 }
 
+/// The checksum after changes that make `difference` to any sum over them
+/// (a `difference`, or several added).
+#[inline(always)]
+pub fn apply(check: u16, difference: u32) -> u16 {
+    !fold(u32::from(!check) + difference)
+}
+
+/// `difference` of one 16-bit word.
+#[inline(always)]
+pub fn word_difference(old: u16, new: u16) -> u32 {
+    u32::from(!old) + u32::from(new)
+}
+
 /// The checksum after one 16-bit word changed from `old` to `new`.
 #[inline(always)]
 pub fn update_word(check: u16, old: u16, new: u16) -> u16 {
-    !fold(u32::from(!check) + u32::from(!old) + u32::from(new))
+    apply(check, word_difference(old, new))
 }
 
 /// The UDP variant: a zero checksum means "none" and stays zero, and a
@@ -151,6 +164,22 @@ mod tests {
             let want = compute(&after, 0);
             assert!(got == want || (got ^ want) == 0xffff && (got == 0 || want == 0), "{got:#x} != {want:#x}");
         }
+    }
+
+    #[test]
+    fn differences_added_together_update_like_one_change_after_another() {
+        // Both ends of a packet (two addresses, two ports) changed at once.
+        let layout = |a: [u8; 4], p: [u8; 2], b: [u8; 4], q: [u8; 2]| [&a[..], &p, &b, &q, b"odd payload"].concat();
+        let old = layout([10, 96, 0, 10], [0, 80], [10, 244, 0, 3], [0xa0, 0x28]);
+        let new = layout([10, 244, 0, 3], [0x1f, 0x90], [255, 255, 255, 255], [0, 0]);
+        let addr = |b: &[u8], at: usize| u32::from_ne_bytes(b[at..at + 4].try_into().unwrap());
+        let word = |b: &[u8], at: usize| u16::from_ne_bytes(b[at..at + 2].try_into().unwrap());
+        let total = difference(addr(&old, 0), addr(&new, 0))
+            + difference(addr(&old, 6), addr(&new, 6))
+            + word_difference(word(&old, 4), word(&new, 4))
+            + word_difference(word(&old, 10), word(&new, 10));
+        let (got, want) = (apply(compute(&old, 0), total), compute(&new, 0));
+        assert!(got == want || (got ^ want) == 0xffff && (got == 0 || want == 0), "{got:#x} != {want:#x}");
     }
 
     #[test]
