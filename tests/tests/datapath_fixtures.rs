@@ -719,6 +719,45 @@ fn an_established_flow_keeps_its_backend_among_many() {
     assert_eq!(chosen.len(), 5, "64 flows should have reached all 5 backends, reached {chosen:?}");
 }
 
+/// The datapath reads its clock from the jiffies, with no helper call per
+/// packet, yet it is the agent's CLOCK_MONOTONIC at tick resolution: flows
+/// opened 100 ms apart carry the times they were opened, give or take two
+/// ticks, as the sweep and session affinity compare them.
+#[test]
+fn conntrack_entries_carry_the_monotonic_time_their_flow_opened() {
+    use lb_userspace::datapath::maps::monotonic_ns;
+    require_root();
+    let mut dp = ScratchDatapath::load();
+    program_services(&mut dp);
+    // Two ticks at 100 Hz, the slowest tick Linux has.
+    const SLACK_NS: u64 = 20_000_000;
+    let mut opened = Vec::new();
+    for sport in [41000, 41001] {
+        if sport != 41000 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let before = monotonic_ns();
+        dp.datapath.test_run(TestProgram::PodTc, &tcp(CLIENT, sport, VIP, 80).build(), 1).unwrap();
+        let after = monotonic_ns();
+        let key = CtKey {
+            saddr: wire::addr(CLIENT),
+            daddr: wire::addr(VIP),
+            sport: wire::port(sport),
+            dport: wire::port(80),
+            proto: IPPROTO_TCP,
+            _pad: 0,
+            _pad2: 0,
+        };
+        let created = dp.maps.v4.conntrack.get(&key, 0).unwrap().created_ns;
+        assert!(
+            before - SLACK_NS <= created && created <= after + SLACK_NS,
+            "flow {sport} opened between {before} and {after} ns, its entry says {created}"
+        );
+        opened.push(created);
+    }
+    assert!(opened[1] - opened[0] >= 100_000_000 - SLACK_NS, "{opened:?}");
+}
+
 /// The sweep removes an entry only if it is expired as it is removed: one
 /// a packet refreshed after the sweep read it stays.
 #[test]
