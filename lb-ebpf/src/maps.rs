@@ -452,8 +452,17 @@ impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
 
     #[inline(always)]
     fn affinity_insert(&self, key: &AffinityKey<F::Addr>, entry: &AffinityEntry) {
-        // Losing an affinity update only costs stickiness, never a packet.
-        let _ = F::affinity().insert(key, entry, 0);
+        // A client's entry is rewritten in place: an LRU insert would take
+        // an element off the free list and put the old one back. A packet
+        // reading it meanwhile may see the backend and time of different
+        // writes, which costs stickiness at worst.
+        if let Some(existing) = F::affinity().get_ptr_mut(key) {
+            // SAFETY: the map's own element, plain data.
+            unsafe { *existing = *entry };
+        } else {
+            // Losing an affinity update only costs stickiness, never a packet.
+            let _ = F::affinity().insert(key, entry, 0);
+        }
     }
 
     #[inline(always)]

@@ -719,6 +719,36 @@ fn an_established_flow_keeps_its_backend_among_many() {
     assert_eq!(chosen.len(), 5, "64 flows should have reached all 5 backends, reached {chosen:?}");
 }
 
+/// `sessionAffinity: ClientIP` with a 1 s timeout on the real maps: each new
+/// connection of a client renews its entry (rewritten in place), so a
+/// client that connects every 0.6 s stays on its backend 1.2 s after its
+/// first connection, for each of 8 clients of a 5-backend Service.
+#[test]
+fn each_new_connection_renews_the_client_s_affinity() {
+    require_root();
+    let mut dp = ScratchDatapath::load();
+    let frontend =
+        FrontendKey { addr: VIP.into(), port: wire::port(80), proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
+    for i in 0..5u32 {
+        let backend = Backend { addr: [10, 244, 2, 10 + i as u8].into(), port: wire::port(8080), flags: 0 };
+        dp.maps.apply(&MapOp::PutBackend { id: 10 + i, backend }).unwrap();
+        dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { frontend_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
+    }
+    let with_affinity = Frontend { frontend_id: 9, backend_count: 5, affinity_timeout_s: 1, ..Default::default() };
+    dp.maps.apply(&MapOp::PutFrontend { key: frontend, frontend: with_affinity }).unwrap();
+    let clients: Vec<[u8; 4]> = (0..8).map(|i| [10, 244, 1, 50 + i]).collect();
+    let mut connect = |client: [u8; 4], sport: u16| {
+        let syn = tcp(client, sport, VIP, 80).build();
+        dp.datapath.test_run(TestProgram::PodTc, &syn, 1).unwrap().frame[30..34].to_vec()
+    };
+    let first: Vec<Vec<u8>> = clients.iter().map(|&c| connect(c, 30000)).collect();
+    for sport in [30001, 30002] {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let now: Vec<Vec<u8>> = clients.iter().map(|&c| connect(c, sport)).collect();
+        assert_eq!(now, first, "connections from port {sport} changed backend");
+    }
+}
+
 /// The datapath reads its clock from the jiffies, with no helper call per
 /// packet, yet it is the agent's CLOCK_MONOTONIC at tick resolution: flows
 /// opened 100 ms apart carry the times they were opened, give or take two
