@@ -51,6 +51,10 @@ pub struct FibQuery<A = u32> {
 
 /// What forwarding reads and writes in a packet of each family.
 pub trait Routed: Family {
+    /// The smallest MTU a link of the family may have (RFC 791, RFC 8200
+    /// §5): a packet no longer fits every route.
+    const MIN_MTU: u16;
+
     /// The TTL (hop limit), the routing class (`FibQuery::class`) and the
     /// IP packet's whole length.
     ///
@@ -70,6 +74,8 @@ pub trait Routed: Family {
 }
 
 impl Routed for V4 {
+    const MIN_MTU: u16 = 68;
+
     #[inline(always)]
     unsafe fn route_fields(pkt: &Packet) -> (u8, u32, u16) {
         // SAFETY: inside the IPv4 header `parse` checked.
@@ -103,6 +109,8 @@ impl Routed for V4 {
 const IPV6_HOP_LIMIT: usize = 7;
 
 impl Routed for V6 {
+    const MIN_MTU: u16 = 1280;
+
     #[inline(always)]
     unsafe fn route_fields(pkt: &Packet<V6>) -> (u8, u32, u16) {
         const HEADER_LEN: u16 = (V6::L4 - IP_OFFSET) as u16;

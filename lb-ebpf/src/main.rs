@@ -524,6 +524,10 @@ fn route_room<C: Departing, F: Routed>(
     // SAFETY: `pkt` was parsed from this context's packet, untouched since.
     let (mut query, ttl) = unsafe { forward::departure(pkt, side, *to, *other) };
     ctx.fit_segment(pkt, &mut query);
+    // Most packets (ACKs, requests) fit every route: the FIB is not asked.
+    if query.tot_len <= F::MIN_MTU {
+        return 0;
+    }
     let (fib, mut unkept) = (KernelFib::of(ctx), KeptRoute::default());
     forward::fits_route(&fib, &mut unkept, ctx.arrived_on(), ttl, &query).map_or_else(|TooBig(mtu)| mtu, |()| 0)
 }
