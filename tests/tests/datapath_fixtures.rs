@@ -688,23 +688,24 @@ fn datapath_fixture_table() {
     assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
 }
 
-#[test]
-fn an_established_flow_keeps_its_backend_among_many() {
-    require_root();
-    let mut dp = ScratchDatapath::load();
-    let frontend =
-        FrontendKey { addr: VIP.into(), port: wire::port(80), proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
+/// VIP:80 over TCP with 5 backends 10.244.2.10-14:8080 (no Maglev table:
+/// random picks), the frontend's other settings as `frontend` has them.
+fn five_backends(dp: &mut ScratchDatapath, frontend: Frontend) {
+    let key = FrontendKey { addr: VIP.into(), port: wire::port(80), proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
     for i in 0..5u32 {
         let backend = Backend { addr: [10, 244, 2, 10 + i as u8].into(), port: wire::port(8080), flags: 0 };
         dp.maps.apply(&MapOp::PutBackend { id: 10 + i, backend }).unwrap();
         dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { frontend_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
     }
-    dp.maps
-        .apply(&MapOp::PutFrontend {
-            key: frontend,
-            frontend: Frontend { frontend_id: 9, backend_count: 5, ..Default::default() },
-        })
-        .unwrap();
+    let frontend = Frontend { frontend_id: 9, backend_count: 5, ..frontend };
+    dp.maps.apply(&MapOp::PutFrontend { key, frontend }).unwrap();
+}
+
+#[test]
+fn an_established_flow_keeps_its_backend_among_many() {
+    require_root();
+    let mut dp = ScratchDatapath::load();
+    five_backends(&mut dp, Frontend::default());
 
     let mut chosen = std::collections::BTreeSet::new();
     for client_port in 30000..30064u16 {
@@ -727,15 +728,7 @@ fn an_established_flow_keeps_its_backend_among_many() {
 fn each_new_connection_renews_the_client_s_affinity() {
     require_root();
     let mut dp = ScratchDatapath::load();
-    let frontend =
-        FrontendKey { addr: VIP.into(), port: wire::port(80), proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
-    for i in 0..5u32 {
-        let backend = Backend { addr: [10, 244, 2, 10 + i as u8].into(), port: wire::port(8080), flags: 0 };
-        dp.maps.apply(&MapOp::PutBackend { id: 10 + i, backend }).unwrap();
-        dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { frontend_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
-    }
-    let with_affinity = Frontend { frontend_id: 9, backend_count: 5, affinity_timeout_s: 1, ..Default::default() };
-    dp.maps.apply(&MapOp::PutFrontend { key: frontend, frontend: with_affinity }).unwrap();
+    five_backends(&mut dp, Frontend { affinity_timeout_s: 1, ..Default::default() });
     let clients: Vec<[u8; 4]> = (0..8).map(|i| [10, 244, 1, 50 + i]).collect();
     let mut connect = |client: [u8; 4], sport: u16| {
         let syn = tcp(client, sport, VIP, 80).build();
