@@ -1,6 +1,7 @@
 //! Linker flags for the eBPF object.
 
 fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
     // bpf-linker asks LLVM to expand only memcpy itself and leave memset and
     // memmove to calls into aya-ebpf's byte-at-a-time loops (BPF functions
     // of their own, one byte per iteration). Expanded as stores instead, a

@@ -428,7 +428,8 @@ const _: () = assert!(core::mem::size_of::<AffinityKey<Ipv6Wire>>() == 20);
 pub struct AffinityEntry {
     pub backend_id: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns()` of the client's last new connection: the
+    /// The datapath's clock (CLOCK_MONOTONIC at tick resolution) at the
+    /// client's last new connection: the
     /// affinity lasts `affinity_timeout_s` from there, as kube-proxy's
     /// `recent` match does.
     pub last_used_ns: u64,
@@ -491,7 +492,8 @@ pub struct CtEntry<A: Addr = u32> {
     /// Where the FIB sends this entry's packets once rewritten, asked when
     /// the entry is refreshed rather than per packet (IPv4; `Addr::Hop`).
     pub hop: A::Hop,
-    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC) when the entry was created.
+    /// The datapath's clock (CLOCK_MONOTONIC at tick resolution, from the
+    /// jiffies) when the entry was created.
     pub created_ns: u64,
     /// The same clock when a packet last refreshed the entry (at most
     /// [`CT_REFRESH_NS`] behind the last packet).

@@ -52,7 +52,7 @@ pub struct FibQuery<A = u32> {
 /// What forwarding reads and writes in a packet of each family.
 pub trait Routed: Family {
     /// The smallest MTU a link of the family may have (RFC 791, RFC 8200
-    /// §5): a packet no longer fits every route.
+    /// §5): a packet no longer than this fits every route.
     const MIN_MTU: u16;
 
     /// The TTL (hop limit), the routing class (`FibQuery::class`) and the

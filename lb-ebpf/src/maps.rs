@@ -368,8 +368,12 @@ static LB_CLOCK_OFFSET: Array<u64> = Array::with_max_entries(1, 0);
 /// (timeouts are seconds), without its helper call on every packet (a call
 /// and its return cost an established packet a sixth): the jiffies, a load
 /// the verifier inlines, in ns, plus the offset between the two clocks, which
-/// the kernel keeps constant by deriving the jiffies from the same clock.
-/// Measured twice at once, the offset is off by a tick at most.
+/// the kernel keeps constant by deriving the jiffies from the same clock
+/// (NO_HZ and high-resolution ticks; a kernel counting periodic interrupts
+/// may lose ticks). The coarse clock is read before the jiffies, which a
+/// tick advances first: the offset is never ahead, at most a tick behind.
+/// Another load measures its own offset, and two CPUs may race to the
+/// first: times may differ by a tick, so they are compared saturating.
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: a load-time constant read volatile so that it is not folded.
@@ -381,11 +385,11 @@ fn now_ns() -> u64 {
     // SAFETY: helpers without arguments, and the array's own element: two
     // CPUs measuring the offset at once write the same one, give or take a tick.
     unsafe {
-        let ticks = bpf_jiffies64().wrapping_mul(tick_ns);
         if *offset == 0 {
-            *offset = bpf_ktime_get_coarse_ns().wrapping_sub(ticks);
+            let coarse = bpf_ktime_get_coarse_ns();
+            *offset = coarse.wrapping_sub(bpf_jiffies64().wrapping_mul(tick_ns));
         }
-        ticks.wrapping_add(*offset)
+        bpf_jiffies64().wrapping_mul(tick_ns).wrapping_add(*offset)
     }
 }
 
@@ -452,16 +456,19 @@ impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
 
     #[inline(always)]
     fn affinity_insert(&self, key: &AffinityKey<F::Addr>, entry: &AffinityEntry) {
-        // A client's entry is rewritten in place: an LRU insert would take
-        // an element off the free list and put the old one back. A packet
-        // reading it meanwhile may see the backend and time of different
-        // writes, which costs stickiness at worst.
-        if let Some(existing) = F::affinity().get_ptr_mut(key) {
-            // SAFETY: the map's own element, plain data.
-            unsafe { *existing = *entry };
-        } else {
+        // A client that keeps its backend has only its time renewed, in
+        // place: an LRU insert would take an element off the free list and
+        // put the old one back. A backend is never written in place: an LRU
+        // element is reused at once when evicted, and a stale pointer would
+        // hand this backend to another client (a time written there only
+        // lengthens that client's stickiness).
+        // SAFETY: the map's own element, plain data; one aligned u64 store.
+        match F::affinity().get_ptr_mut(key) {
+            Some(existing) if unsafe { (*existing).backend_id } == entry.backend_id => unsafe {
+                (*existing).last_used_ns = entry.last_used_ns;
+            },
             // Losing an affinity update only costs stickiness, never a packet.
-            let _ = F::affinity().insert(key, entry, 0);
+            _ => drop(F::affinity().insert(key, entry, 0)),
         }
     }
 

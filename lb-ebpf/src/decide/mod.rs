@@ -268,7 +268,7 @@ fn established<A: Addr, T: Tables<A>>(
         return None;
     }
     let state = conntrack::next_state(flow.proto, entry.state, tcp_flags);
-    let refresh = state != entry.state || now.wrapping_sub(entry.last_seen_ns) >= CT_REFRESH_NS;
+    let refresh = state != entry.state || now.saturating_sub(entry.last_seen_ns) >= CT_REFRESH_NS;
     if refresh {
         tables.conntrack_refresh(flow, state, now);
     }

@@ -31,7 +31,7 @@ pub fn backend<A: Addr, T: Tables<A>>(
         let key = AffinityKey { client: flow.saddr, frontend_id: frontend.frontend_id };
         let timeout_ns = u64::from(frontend.affinity_timeout_s) * 1_000_000_000;
         if let Some(entry) = tables.affinity(&key)
-            && now.wrapping_sub(entry.last_used_ns) < timeout_ns
+            && now.saturating_sub(entry.last_used_ns) < timeout_ns
             && let Some(backend) = tables.backend(entry.backend_id)
         {
             return Some((entry.backend_id, backend));

@@ -24,7 +24,7 @@ pub const TABLE_SIZES: &[u32] = &[
 const ENTRIES_PER_BACKEND_NEW: usize = 1_000;
 /// A table keeps its size while it has at least this many entries per
 /// backend (the backends may double), since a new size moves most flows
-/// (positions are hash % size)...
+/// (positions scale with the size, `hash::reduce`)...
 const ENTRIES_PER_BACKEND_MIN: usize = 500;
 /// ...and at most this many (a service that shrank a lot gives memory back).
 const ENTRIES_PER_BACKEND_MAX: usize = 4_000;
@@ -148,8 +148,8 @@ pub fn imbalance(table: &[u16], backends: usize) -> f64 {
 }
 
 /// The fraction of flows whose backend changes from one table to the other,
-/// over a fixed sample of 100 000 flow hashes (position = hash % M, so the
-/// tables may differ in size). Backends are compared by address and port.
+/// over a fixed sample of 100 000 flow hashes (placed as the datapath places
+/// them, `hash::reduce`, so the tables may differ in size). Backends are compared by address and port.
 pub fn disruption<A: WireAddr>(
     before: &[u16],
     before_backends: &[Backend<A>],
@@ -158,7 +158,7 @@ pub fn disruption<A: WireAddr>(
 ) -> f64 {
     const SAMPLE: u64 = 100_000;
     let owner = |table: &[u16], backends: &[Backend<A>], hash: u64| {
-        let backend = backends[usize::from(table[(hash % table.len() as u64) as usize])];
+        let backend = backends[usize::from(table[hash::reduce((hash >> 32) as u32, table.len() as u32) as usize])];
         (backend.addr, backend.port)
     };
     let moved = (0..SAMPLE)
