@@ -10,7 +10,7 @@
 //! A flow's conntrack entries keep the FIB's answer about their packets
 //! ([`KeptRoute`]), asked when an entry is refreshed (at most once a
 //! second) rather than per packet; each packet is still checked against the
-//! device's MTU.
+//! route's MTU kept with it.
 //!
 //! The FIB and the set of enabled devices sit behind [`Fib`] so that the
 //! choice has host tests.

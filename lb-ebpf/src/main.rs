@@ -36,7 +36,7 @@ use lb_ebpf::{
     decide::{self, Verdict, decide},
     forward::{self, FibQuery, KeptRoute, Routed, Step, TcStep, TooBig},
     packet::{
-        self, ETH_P_IPV6, checksum,
+        self, ETH_P_IPV6,
         family::{Family, V4, V6},
         icmp::{self, Errors},
         nat::{self, Side},
@@ -288,7 +288,7 @@ impl Hooks for V4 {
     #[inline(always)]
     unsafe fn rewrite(pkt: &Packet, side: Side, to: (u32, u16), other: Option<(u32, u16)>) {
         // SAFETY: as the caller promises.
-        unsafe { rewrite_both(pkt, side, to, other) }
+        unsafe { nat::rewrite(pkt, side, to, other) }
     }
 
     #[inline(always)]
@@ -376,7 +376,7 @@ impl Hooks for V6 {
     #[inline(never)]
     unsafe fn rewrite(pkt: &Packet<V6>, side: Side, to: (Ipv6Wire, u16), other: Option<(Ipv6Wire, u16)>) {
         // SAFETY: as the caller promises.
-        unsafe { rewrite_both(pkt, side, to, other) }
+        unsafe { nat::rewrite(pkt, side, to, other) }
     }
 
     /// Without the addresses: with them, the log record's frame and the
@@ -465,19 +465,6 @@ fn xdp_apply<F: Hooks>(
 
 /// Rewrites `side` of `pkt` to `to`, and the other side to `other`.
 ///
-/// # Safety
-/// As for `nat::rewrite`.
-#[inline(always)]
-unsafe fn rewrite_both<F: Family>(pkt: &Packet<F>, side: Side, to: (F::Addr, u16), other: Option<(F::Addr, u16)>) {
-    // SAFETY: as the caller promises.
-    unsafe {
-        nat::rewrite(pkt, side, to.0, to.1);
-        if let Some((addr, port)) = other {
-            nat::rewrite(pkt, side.opposite(), addr, port);
-        }
-    }
-}
-
 /// Where a packet goes once rewritten (`forward::departure_step`): with the
 /// fast path, out from XDP when that applies. A BPF function of its own:
 /// the FIB's query stays out of the caller's frame.
@@ -909,7 +896,7 @@ fn tc_parse<F: Family>(
 }
 
 /// Like `nat::rewrite`, for a socket buffer: the addresses, ports and
-/// IPv4's header checksum are written in place, but the L4 checksum only
+/// IPv4's header checksum are written in place (`nat::store`), but the L4 checksum only
 /// through the kernel's helper, which alone knows how the buffer holds it
 /// (a CHECKSUM_PARTIAL packet holds the pseudo-header's seed, which the
 /// ports' change must not touch, and the GSO segments inherit it; a
@@ -926,20 +913,10 @@ fn tc_rewrite<F: Family>(
     to: (F::Addr, u16),
     other: Option<(F::Addr, u16)>,
 ) -> Result<(), c_long> {
-    // SAFETY: offsets inside the headers `parse` checked, in the buffer's
-    // head, which the verifier's prologue for programs that write packets
-    // unclones.
-    let (addrs, ports) = unsafe {
-        let (mut addrs, mut ports) = store_side(pkt, side, to);
-        if let Some(other) = other {
-            let (a, p) = store_side(pkt, side.opposite(), other);
-            (addrs, ports) = (addrs + a, ports + p);
-        }
-        if let Some(ip_check) = F::IP_CHECK {
-            pkt.write(ip_check, checksum::apply(pkt.read(ip_check), addrs));
-        }
-        (addrs, ports)
-    };
+    // SAFETY: `pkt` was parsed from this context's packet, untouched since;
+    // its headers are in the buffer's head, which the verifier's prologue
+    // for programs that write packets unclones.
+    let (addrs, ports) = unsafe { nat::store(pkt, side, to, other) };
     // A UDP checksum of 0 means none, and stays 0.
     let mangled_0 = if pkt.proto == IPPROTO_UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
     let l4_check = pkt.l4_check_offset();
@@ -954,23 +931,6 @@ fn tc_rewrite<F: Family>(
         unsafe { bpf_csum_update(ctx.skb.skb, addrs) };
     }
     Ok(())
-}
-
-/// Writes `side` of `pkt` to `addr:port`: the changes it makes to sums over
-/// the address (the pseudo-header) and over the port.
-///
-/// # Safety
-/// As for `Packet::write`.
-#[inline(always)]
-unsafe fn store_side<F: Family>(pkt: &Packet<F>, side: Side, (addr, port): (F::Addr, u16)) -> (u32, u32) {
-    let (addr_off, port_off) = side.offsets::<F>();
-    // SAFETY: as the caller promises.
-    unsafe {
-        let (old_addr, old_port): (F::Addr, u16) = (pkt.read(addr_off), pkt.read(port_off));
-        pkt.write(addr_off, addr);
-        pkt.write(port_off, port);
-        (checksum::difference(old_addr, addr), checksum::word_difference(old_port, port))
-    }
 }
 
 /// The first `len` bytes of the socket buffer, pulled into its linear part

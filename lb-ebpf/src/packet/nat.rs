@@ -37,32 +37,69 @@ impl Side {
     }
 }
 
-/// Rewrites `side` of `pkt` to `addr:port` (wire order) and fixes the L4
-/// checksum (whose pseudo-header holds the address) and IPv4's header one.
+/// Rewrites `side` of `pkt` to `to` (address and port, wire order), and the
+/// other side to `other`, and fixes the L4 checksum (whose pseudo-header
+/// holds the addresses) and IPv4's header one, in software (XDP).
 ///
 /// # Safety
 /// `pkt` must come from `parse` over a writable packet that is still valid.
 #[inline(always)]
-pub unsafe fn rewrite<F: Family>(pkt: &Packet<F>, side: Side, addr: F::Addr, port: u16) {
-    let (addr_off, port_off) = side.offsets::<F>();
+pub unsafe fn rewrite<F: Family>(pkt: &Packet<F>, side: Side, to: (F::Addr, u16), other: Option<(F::Addr, u16)>) {
     let l4_check_off = pkt.l4_check_offset();
+    // SAFETY: as the caller promises; the L4 checksum is inside the headers
+    // `parse` bounds-checked.
+    unsafe {
+        let (addrs, ports) = store(pkt, side, to, other);
+        let l4_check: u16 = pkt.read(l4_check_off);
+        let l4_check = if pkt.proto == IPPROTO_UDP {
+            checksum::apply_udp(l4_check, addrs + ports)
+        } else {
+            checksum::apply(l4_check, addrs + ports)
+        };
+        pkt.write(l4_check_off, l4_check);
+    }
+}
+
+/// Writes `side` of `pkt` to `to` and the other side to `other`, IPv4's
+/// header checksum updated; returns the differences the change makes to
+/// any sum over the addresses (the L4 pseudo-header) and over the ports,
+/// for the L4 checksum (`rewrite`'s in software, TC's through the kernel's
+/// helper).
+///
+/// # Safety
+/// As for [`rewrite`].
+#[inline(always)]
+pub unsafe fn store<F: Family>(
+    pkt: &Packet<F>,
+    side: Side,
+    to: (F::Addr, u16),
+    other: Option<(F::Addr, u16)>,
+) -> (u32, u32) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let (mut addrs, mut ports) = store_side(pkt, side, to);
+        if let Some(other) = other {
+            let (a, p) = store_side(pkt, side.opposite(), other);
+            (addrs, ports) = (addrs + a, ports + p);
+        }
+        if let Some(ip_check) = F::IP_CHECK {
+            pkt.write(ip_check, checksum::apply(pkt.read(ip_check), addrs));
+        }
+        (addrs, ports)
+    }
+}
+
+/// # Safety
+/// As for [`rewrite`].
+#[inline(always)]
+unsafe fn store_side<F: Family>(pkt: &Packet<F>, side: Side, (addr, port): (F::Addr, u16)) -> (u32, u32) {
+    let (addr_off, port_off) = side.offsets::<F>();
     // SAFETY: every offset is inside the headers `parse` bounds-checked.
     unsafe {
-        let old_addr: F::Addr = pkt.read(addr_off);
-        let old_port: u16 = pkt.read(port_off);
-        let l4_check: u16 = pkt.read(l4_check_off);
-        let new_l4_check = if pkt.proto == IPPROTO_UDP {
-            checksum::update_udp(l4_check, old_addr, addr, old_port, port)
-        } else {
-            checksum::update(l4_check, old_addr, addr, old_port, port)
-        };
-        if let Some(ip_check_off) = F::IP_CHECK {
-            let ip_check: u16 = pkt.read(ip_check_off);
-            pkt.write(ip_check_off, checksum::update(ip_check, old_addr, addr, 0, 0));
-        }
-        pkt.write(l4_check_off, new_l4_check);
+        let (old_addr, old_port): (F::Addr, u16) = (pkt.read(addr_off), pkt.read(port_off));
         pkt.write(addr_off, addr);
         pkt.write(port_off, port);
+        (checksum::difference(old_addr, addr), checksum::word_difference(old_port, port))
     }
 }
 
@@ -81,7 +118,7 @@ mod tests {
     fn rewritten(mut frame: Vec<u8>, side: Side, addr: [u8; 4], port: u16) -> Vec<u8> {
         let data = frame.as_mut_ptr() as usize;
         let pkt = parse(data, data + frame.len(), Frame::Linear).unwrap();
-        unsafe { rewrite(&pkt, side, u32::from_ne_bytes(addr), port.to_be()) };
+        unsafe { rewrite(&pkt, side, (u32::from_ne_bytes(addr), port.to_be()), None) };
         frame
     }
 
@@ -112,8 +149,8 @@ mod tests {
         let data = frame.as_mut_ptr() as usize;
         let pkt = parse(data, data + frame.len(), Frame::Linear).unwrap();
         unsafe {
-            rewrite(&pkt, Side::Dst, u32::from_ne_bytes(me), 8080u16.to_be());
-            rewrite(&pkt, Side::Src, u32::from_ne_bytes(vip), 41000u16.to_be());
+            let other = Some((u32::from_ne_bytes(vip), 41000u16.to_be()));
+            rewrite(&pkt, Side::Dst, (u32::from_ne_bytes(me), 8080u16.to_be()), other);
         }
         assert_eq!(frame, PacketBuilder::new(IPPROTO_TCP, vip, 41000, me, 8080).build());
     }
@@ -137,7 +174,7 @@ mod tests {
             let mut frame = PacketBuilder::new(proto, client, 41000, vip, 80).payload(b"GET /").build();
             let data = frame.as_mut_ptr() as usize;
             let pkt = parse_ipv6(data, data + frame.len(), Frame::Linear).unwrap();
-            unsafe { rewrite(&pkt, Side::Dst, lb_common::wire::addr6(pod), 8080u16.to_be()) };
+            unsafe { rewrite(&pkt, Side::Dst, (lb_common::wire::addr6(pod), 8080u16.to_be()), None) };
             assert_eq!(frame, PacketBuilder::new(proto, client, 41000, pod, 8080).payload(b"GET /").build(), "{proto}");
             assert_eq!(checksum_errors(&frame), None);
         }

@@ -303,7 +303,7 @@ impl Datapath {
             .override_global(CT_TIMEOUTS_GLOBAL, &options.ct_timeouts, true)
             .override_global(NODE_NETNS_GLOBAL, &node_netns, true)
             .override_global(SOCKET_PODS_GLOBAL, &u8::from(options.socket_lb == SocketLb::All), true)
-            .override_global(TICK_NS_GLOBAL, &tick_ns(), true)
+            .override_global(TICK_NS_GLOBAL, &super::maps::tick_ns(), true)
             .map_max_entries(map_names::CONNTRACK, options.ct_max)
             .map_max_entries(map_names::CONNTRACK6, options.ct_max)
             .map_max_entries(map_names::MAGLEV, maglev_elements)
@@ -549,18 +549,6 @@ fn attach_tc_anew(
     let _ = qdisc_detach_program(ifname, attach_type, name);
     let options = NlOptions { priority: TC_FILTER_PRIORITY, handle: TC_FILTER_HANDLE, ..Default::default() };
     tc.attach_with_options(ifname, attach_type, TcAttachOptions::Netlink(options))
-}
-
-/// The kernel's tick in ns, the resolution of its coarse clock, which the
-/// datapath counts in jiffies; 0 (the datapath then asks the clock's helper)
-/// if the kernel does not say.
-fn tick_ns() -> u64 {
-    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_getres writes the timespec we own.
-    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
-        return 0;
-    }
-    res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64
 }
 
 /// The link pinned at `pin`, unpinned (this agent holds it until it pins

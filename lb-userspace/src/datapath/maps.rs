@@ -574,6 +574,22 @@ pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ns(&ts)
+}
+
+/// The kernel's tick in ns, the resolution of its coarse clock, which the
+/// datapath counts in jiffies; 0 (the datapath then asks the clock's helper)
+/// if the kernel does not say.
+pub fn tick_ns() -> u64 {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_getres writes the timespec we own.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        return 0;
+    }
+    ns(&res)
+}
+
+fn ns(ts: &libc::timespec) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
