@@ -97,15 +97,10 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace, so that std
     /// sockets opened by `f` live there.
     pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> anyhow::Result<R> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = File::open(&path).with_context(|| format!("open {path}"))?;
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    // SAFETY: setns on a namespace fd we own affects only this thread.
-                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        bail!("setns into {path}: {}", std::io::Error::last_os_error());
-                    }
+                    let _inside = self.enter()?;
                     Ok(f())
                 })
                 .join()

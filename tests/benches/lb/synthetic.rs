@@ -63,10 +63,7 @@ impl BenchFamily for Family {
 
     fn service_cidr(self) -> String {
         let (network, len) = SERVICE_CIDR;
-        match self {
-            Family::V4 => format!("{network}/{len}"),
-            Family::V6 => format!("{}/{}", self.twin(network), len + 96),
-        }
+        format!("{}/{}", self.twin(network), self.prefix_len(len))
     }
 
     fn add_pod(self, node: &Node, name: &str, v4: Ipv4Addr) -> anyhow::Result<Pod> {
