@@ -226,6 +226,8 @@ pub mod ipv6_programs {
 /// Capacities of the maps; the agent rejects objects beyond them.
 pub const MAX_FRONTENDS: u32 = 131_072;
 pub const MAX_BACKENDS: u32 = 131_072;
+/// Room for every frontend's backend list twice: a changed list is written
+/// beside the old one, which is reused only in a later pass.
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
@@ -307,31 +309,23 @@ pub const FRONTEND_SCOPE_PODS: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Frontend {
-    /// One id per frontend: keys its backend slots, meta and endpoints.
+    /// One id per frontend: keys its meta, endpoints and source ranges.
     pub frontend_id: u32,
     /// `sessionAffinity: ClientIP` timeout; 0 means no affinity.
     pub affinity_timeout_s: u32,
-    /// Entries `0..backend_count` of the frontend's slot set are valid
-    /// ([`Frontend::slot_key`]); 0 means no endpoint.
+    /// The frontend's backends are entries `slots_offset..+backend_count`
+    /// of `LB_BACKEND_SLOTS` (its slots 0..backend_count); 0 means no endpoint.
     pub backend_count: u16,
     /// `FRONTEND_FLAG_*` bits.
     pub flags: u16,
     /// The frontend's Maglev table: entries `maglev_offset..+maglev_size`
-    /// of `LB_MAGLEV`, each an entry of the slot set. Size 0: backends are
-    /// picked at random.
+    /// of `LB_MAGLEV`, each one of its slots. Size 0: backends are picked
+    /// at random.
     pub maglev_offset: u32,
     pub maglev_size: u32,
+    pub slots_offset: u32,
 }
-const _: () = assert!(core::mem::size_of::<Frontend>() == 20);
-
-impl Frontend {
-    /// The `LB_BACKEND_SLOTS` key of entry `index` of the slot set in use.
-    #[inline(always)]
-    pub fn slot_key(&self, index: u32) -> BackendSlotKey {
-        let base = if self.flags & FRONTEND_FLAG_UPPER_SLOTS != 0 { UPPER_SLOTS } else { 0 };
-        BackendSlotKey { frontend_id: self.frontend_id, slot: base + index }
-    }
-}
+const _: () = assert!(core::mem::size_of::<Frontend>() == 24);
 
 /// Maglev entries (backend slots) per `LB_MAGLEV` element: the array packs
 /// them, as each array element takes at least 8 bytes.
@@ -370,24 +364,9 @@ pub const FRONTEND_FLAG_POD_TWIN: u16 = 8;
 /// the ranges, so the node's own unbound sockets (which leave with a node
 /// address) may use the frontend.
 pub const FRONTEND_FLAG_NODE_ADMITTED: u16 = 32;
-/// The frontend uses its upper slot set (slots from [`UPPER_SLOTS`] on),
-/// else the lower one (from 0). A new backend list is written into the set
-/// the frontend does not use, then one frontend write switches sets: no
-/// write ever changes what a live frontend or Maglev table names.
-pub const FRONTEND_FLAG_UPPER_SLOTS: u16 = 16;
-/// Where the upper slot set begins (`backend_count` is a u16).
-pub const UPPER_SLOTS: u32 = 1 << 16;
-
-/// Slot `slot` of service `frontend_id`; the value is a backend id.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendSlotKey {
-    pub frontend_id: u32,
-    pub slot: u32,
-}
-const _: () = assert!(core::mem::size_of::<BackendSlotKey>() == 8);
-
-/// An endpoint address; keyed by a backend id the agent allocates.
+/// An endpoint address: element `id` of `LB_BACKENDS` for a backend id the
+/// agent allocates (1..MAX_BACKENDS; an id is reused only after a pass in
+/// which no slot names it, so that an element never changes under a packet).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend<A = u32> {
@@ -1090,7 +1069,6 @@ mod pod {
     unsafe impl<A: Addr + 'static> aya::Pod for SourceRange<A> {}
     unsafe impl<A: Addr + 'static> aya::Pod for ServiceCidr<A> {}
     unsafe impl aya::Pod for Frontend {}
-    unsafe impl aya::Pod for BackendSlotKey {}
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EndpointMeta {}

@@ -18,11 +18,11 @@ use aya_ebpf::{
 };
 
 use lb_common::{
-    Addr, AffinityEntry, AffinityKey, Backend, BackendSlotKey, CtEntry, CtHop, CtKey, CtTimeouts, EndpointKey,
-    EndpointMeta, EntryHop, FastPath, Frontend, FrontendKey, Hook, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY,
-    MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES,
-    MAX_NODE_DEVICES, MAX_NODE_PORTS, MAX_SOCKET_REVERSE, MAX_SOURCE_RANGES, MaglevElement, NodePortKey, Reason,
-    ServiceCidr, ServiceMeta, SocketFrontend, SocketPeer, SourceRange, ct_stats,
+    Addr, AffinityEntry, AffinityKey, Backend, CtEntry, CtHop, CtKey, CtTimeouts, EndpointKey, EndpointMeta, EntryHop,
+    FastPath, Frontend, FrontendKey, Hook, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS,
+    MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES,
+    MAX_NODE_PORTS, MAX_SOCKET_REVERSE, MAX_SOURCE_RANGES, MaglevElement, NodePortKey, Reason, ServiceCidr,
+    ServiceMeta, SocketFrontend, SocketPeer, SourceRange, ct_stats,
 };
 use lb_ebpf::{
     decide::{InsertFailed, Shared, Tables},
@@ -42,13 +42,19 @@ const AF_INET6: u8 = 10;
 #[map]
 static LB_FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
 
-/// (frontend_id, slot) -> backend id; slots 0..backend_count are valid.
+// The arrays a new flow reads to pick its backend are looked up without a
+// call (the verifier inlines array lookups). The agent writes them through
+// a memory mapping, only elements no frontend names yet: a packet never
+// reads an element while it changes.
+
+/// Every frontend's backend list (backend ids), each a region of this
+/// array (offset and count in the frontend).
 #[map]
-static LB_BACKEND_SLOTS: HashMap<BackendSlotKey, u32> = HashMap::pinned(MAX_BACKEND_SLOTS, BPF_F_NO_PREALLOC);
+static LB_BACKEND_SLOTS: Array<u32> = Array::pinned(MAX_BACKEND_SLOTS, BPF_F_MMAPABLE);
 
 /// Backend id -> endpoint address and port.
 #[map]
-static LB_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+static LB_BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// 5-tuple -> translation; forward and reply entries of every flow.
 #[map]
@@ -127,7 +133,7 @@ static LB_NODE_PORTS: HashMap<NodePortKey, u32> = HashMap::pinned(MAX_NODE_PORTS
 static LB_FRONTENDS6: HashMap<FrontendKey<Ipv6Wire>, Frontend> = HashMap::pinned(MAX_FRONTENDS, BPF_F_NO_PREALLOC);
 
 #[map]
-static LB_BACKENDS6: HashMap<u32, Backend<Ipv6Wire>> = HashMap::pinned(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+static LB_BACKENDS6: Array<Backend<Ipv6Wire>> = Array::pinned(MAX_BACKENDS, BPF_F_MMAPABLE);
 
 #[map]
 static LB_CONNTRACK6: LruHashMap<CtKey<Ipv6Wire>, CtEntry<Ipv6Wire>> = LruHashMap::pinned(MAX_CONNTRACK, 0);
@@ -157,7 +163,7 @@ static LB_SERVICE_META: HashMap<u32, ServiceMeta> = HashMap::pinned(MAX_FRONTEND
 /// of the decision's `Tables` serves both.
 pub trait FamilyMaps: Family {
     fn frontends() -> &'static HashMap<FrontendKey<Self::Addr>, Frontend>;
-    fn backends() -> &'static HashMap<u32, Backend<Self::Addr>>;
+    fn backends() -> &'static Array<Backend<Self::Addr>>;
     fn conntrack() -> &'static LruHashMap<CtKey<Self::Addr>, CtEntry<Self::Addr>>;
     fn affinity() -> &'static LruHashMap<AffinityKey<Self::Addr>, AffinityEntry>;
     fn source_ranges() -> &'static LpmTrie<SourceRange<Self::Addr>, u8>;
@@ -173,7 +179,7 @@ impl FamilyMaps for V4 {
     fn frontends() -> &'static HashMap<FrontendKey<u32>, Frontend> {
         &LB_FRONTENDS
     }
-    fn backends() -> &'static HashMap<u32, Backend<u32>> {
+    fn backends() -> &'static Array<Backend<u32>> {
         &LB_BACKENDS
     }
     fn conntrack() -> &'static LruHashMap<CtKey<u32>, CtEntry<u32>> {
@@ -206,7 +212,7 @@ impl FamilyMaps for V6 {
     fn frontends() -> &'static HashMap<FrontendKey<Ipv6Wire>, Frontend> {
         &LB_FRONTENDS6
     }
-    fn backends() -> &'static HashMap<u32, Backend<Ipv6Wire>> {
+    fn backends() -> &'static Array<Backend<Ipv6Wire>> {
         &LB_BACKENDS6
     }
     fn conntrack() -> &'static LruHashMap<CtKey<Ipv6Wire>, CtEntry<Ipv6Wire>> {
@@ -331,9 +337,8 @@ impl<F> Shared for MapTables<F> {
     }
 
     #[inline(always)]
-    fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32> {
-        // SAFETY: entries are plain data copied out at once.
-        unsafe { LB_BACKEND_SLOTS.get(key).copied() }
+    fn backend_slot(&self, index: u32) -> Option<u32> {
+        LB_BACKEND_SLOTS.get(index).copied()
     }
 
     #[inline(always)]
@@ -486,8 +491,7 @@ impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
 
     #[inline(always)]
     fn backend(&self, id: u32) -> Option<Backend<F::Addr>> {
-        // SAFETY: as above.
-        unsafe { F::backends().get(id).copied() }
+        F::backends().get(id).copied()
     }
 
     #[inline(always)]

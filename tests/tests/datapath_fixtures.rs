@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    Backend, BackendSlotKey, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_SCOPE_ALL, Frontend,
-    FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Reason, VIP_CLUSTER_IP, wire,
+    Backend, CtEntry, CtKey, CtTimeouts, FRONTEND_FLAG_EXTERNAL, FRONTEND_SCOPE_ALL, Frontend, FrontendKey,
+    IPPROTO_TCP, IPPROTO_UDP, Reason, VIP_CLUSTER_IP, wire,
 };
 use lb_ebpf::{
     answer::{self, Answered, L4Checksum},
@@ -78,15 +78,15 @@ fn program_services(dp: &mut ScratchDatapath) {
     let ops = [
         MapOp::PutBackend { id: 1, backend: backend(POD.into(), 8080) },
         MapOp::PutBackend { id: 2, backend: backend(POD.into(), 5353) },
-        MapOp::PutSlot { key: BackendSlotKey { frontend_id: 1, slot: 0 }, backend_id: 1 },
-        MapOp::PutSlot { key: BackendSlotKey { frontend_id: 2, slot: 0 }, backend_id: 2 },
+        // Frontend n's one backend is slot n - 1 (11 and 12: 2 and 3).
+        MapOp::PutSlots { offset: 0, backend_ids: vec![1, 2] },
         MapOp::PutFrontend {
             key: frontend(VIP.into(), 80, IPPROTO_TCP),
             frontend: Frontend { frontend_id: 1, backend_count: 1, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(VIP.into(), 53, IPPROTO_UDP),
-            frontend: Frontend { frontend_id: 2, backend_count: 1, ..Default::default() },
+            frontend: Frontend { frontend_id: 2, backend_count: 1, slots_offset: 1, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(EMPTY_VIP.into(), 80, IPPROTO_TCP),
@@ -117,15 +117,14 @@ fn program_services(dp: &mut ScratchDatapath) {
         MapOp::PutVip { addr: EMPTY_VIP.into(), frontends: 2 },
         MapOp::PutBackend { id: 11, backend: backend(POD6.into(), 8080) },
         MapOp::PutBackend { id: 12, backend: backend(POD6.into(), 5353) },
-        MapOp::PutSlot { key: BackendSlotKey { frontend_id: 11, slot: 0 }, backend_id: 11 },
-        MapOp::PutSlot { key: BackendSlotKey { frontend_id: 12, slot: 0 }, backend_id: 12 },
+        MapOp::PutSlots { offset: 2, backend_ids: vec![11, 12] },
         MapOp::PutFrontend {
             key: frontend(VIP6.into(), 80, IPPROTO_TCP),
-            frontend: Frontend { frontend_id: 11, backend_count: 1, ..Default::default() },
+            frontend: Frontend { frontend_id: 11, backend_count: 1, slots_offset: 2, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(VIP6.into(), 53, IPPROTO_UDP),
-            frontend: Frontend { frontend_id: 12, backend_count: 1, ..Default::default() },
+            frontend: Frontend { frontend_id: 12, backend_count: 1, slots_offset: 3, ..Default::default() },
         },
         MapOp::PutFrontend {
             key: frontend(EMPTY_VIP6.into(), 80, IPPROTO_TCP),
@@ -136,6 +135,7 @@ fn program_services(dp: &mut ScratchDatapath) {
             frontend: Frontend {
                 frontend_id: 11,
                 backend_count: 1,
+                slots_offset: 2,
                 flags: FRONTEND_FLAG_EXTERNAL,
                 ..Default::default()
             },
@@ -695,8 +695,8 @@ fn five_backends(dp: &mut ScratchDatapath, frontend: Frontend) {
     for i in 0..5u32 {
         let backend = Backend { addr: [10, 244, 2, 10 + i as u8].into(), port: wire::port(8080), flags: 0 };
         dp.maps.apply(&MapOp::PutBackend { id: 10 + i, backend }).unwrap();
-        dp.maps.apply(&MapOp::PutSlot { key: BackendSlotKey { frontend_id: 9, slot: i }, backend_id: 10 + i }).unwrap();
     }
+    dp.maps.apply(&MapOp::PutSlots { offset: 0, backend_ids: (10..15).collect() }).unwrap();
     let frontend = Frontend { frontend_id: 9, backend_count: 5, ..frontend };
     dp.maps.apply(&MapOp::PutFrontend { key, frontend }).unwrap();
 }
@@ -813,14 +813,16 @@ fn the_sweep_keeps_an_entry_refreshed_after_it_was_read_as_expired() {
     assert_eq!(dp.maps.v4.conntrack.get(&key(1001), 0).unwrap().last_seen_ns, fresh.last_seen_ns);
 }
 
-/// The maps the agent updates while packets read them are not
+/// The hash maps the agent updates while packets read them are not
 /// preallocated, so an update never recycles an element a packet is reading.
+/// (The arrays, backends and their lists and Maglev tables, are written
+/// only where no frontend points: the plan's unit tests check that.)
 #[test]
 fn control_maps_free_updated_elements_only_after_readers_are_done() {
     require_root();
     let dp = ScratchDatapath::load();
     const BPF_F_NO_PREALLOC: u32 = 1;
-    for name in ["LB_FRONTENDS", "LB_BACKEND_SLOTS", "LB_BACKENDS", "LB_VIPS", "LB_DEVICES", "LB_NODE_ADDRS"] {
+    for name in ["LB_FRONTENDS", "LB_FRONTENDS6", "LB_VIPS", "LB_VIPS6", "LB_DEVICES", "LB_NODE_ADDRS"] {
         let info = aya::maps::MapInfo::from_pin(dp.dir().join(name)).unwrap();
         assert_ne!(info.map_flags() & BPF_F_NO_PREALLOC, 0, "{name} is preallocated");
     }

@@ -12,11 +12,11 @@ use select::Spread;
 
 use crate::packet::nat::Side;
 use lb_common::{
-    Addr, AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, BackendSlotKey, CT_FORWARD, CT_REFRESH_NS,
-    CT_REPLY, CT_STATE_SYN, CtEntry, CtHop, CtKey, CtTimeouts, EntryHop, FRONTEND_FLAG_EXTERNAL,
-    FRONTEND_FLAG_NODE_ADMITTED, FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES,
-    FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, FrontendKey, Hook, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    ServiceCidr, VIP_CLUSTER_IP, hash::reduce,
+    Addr, AffinityEntry, AffinityKey, BACKEND_FLAG_REMOTE, Backend, CT_FORWARD, CT_REFRESH_NS, CT_REPLY, CT_STATE_SYN,
+    CtEntry, CtHop, CtKey, CtTimeouts, EntryHop, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_ADMITTED,
+    FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_SCOPE_ALL,
+    FRONTEND_SCOPE_PODS, Frontend, FrontendKey, Hook, Reason, SNAT_PORT_MAX, SNAT_PORT_MIN, ServiceCidr,
+    VIP_CLUSTER_IP, hash::reduce,
 };
 
 /// A conntrack entry could not be written.
@@ -28,8 +28,9 @@ pub trait Shared {
     /// Counts `n` entries written for new flows.
     fn conntrack_created(&self, n: u64);
     fn ct_timeouts(&self) -> CtTimeouts;
-    fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32>;
-    /// Entry `index` of the Maglev tables: a backend slot.
+    /// Entry `index` of the frontends' backend lists: a backend id.
+    fn backend_slot(&self, index: u32) -> Option<u32>;
+    /// Entry `index` of the Maglev tables: a slot of the frontend's list.
     fn maglev_slot(&self, index: u32) -> Option<u16>;
     fn random(&self) -> u32;
     fn now_ns(&self) -> u64;
@@ -653,9 +654,7 @@ const SNAT_ATTEMPTS: u32 = 4;
 mod tests {
     use super::*;
     use crate::packet::tcp::{ACK as TCP_ACK, FIN as TCP_FIN, SYN as TCP_SYN};
-    use lb_common::{
-        CT_STATE_ESTABLISHED, CT_STATE_SYN, FRONTEND_FLAG_UPPER_SLOTS, IPPROTO_TCP, IPPROTO_UDP, UPPER_SLOTS,
-    };
+    use lb_common::{CT_STATE_ESTABLISHED, CT_STATE_SYN, IPPROTO_TCP, IPPROTO_UDP};
     use std::{
         cell::{Cell, RefCell},
         collections::HashMap,
@@ -670,7 +669,7 @@ mod tests {
         allowed_clients: Vec<A>,
         now: Cell<u64>,
         frontends: HashMap<FrontendKey<A>, Frontend>,
-        slots: HashMap<BackendSlotKey, u32>,
+        slots: Vec<u32>,
         backends: HashMap<u32, Backend<A>>,
         maglev: Vec<u16>,
         random: Cell<u32>,
@@ -690,8 +689,8 @@ mod tests {
         fn ct_timeouts(&self) -> CtTimeouts {
             CtTimeouts::DEFAULT
         }
-        fn backend_slot(&self, key: &BackendSlotKey) -> Option<u32> {
-            self.slots.get(key).copied()
+        fn backend_slot(&self, index: u32) -> Option<u32> {
+            self.slots.get(index as usize).copied()
         }
         fn maglev_slot(&self, index: u32) -> Option<u16> {
             self.maglev.get(index as usize).copied()
@@ -792,7 +791,7 @@ mod tests {
             Frontend { frontend_id: 1, backend_count: n, ..Default::default() },
         );
         for i in 0..u32::from(n) {
-            t.slots.insert(BackendSlotKey { frontend_id: 1, slot: i }, 100 + i);
+            t.slots.push(100 + i);
             t.backends.insert(100 + i, Backend { addr: backend(i), port: 8080, flags: 0 });
         }
         t
@@ -822,19 +821,17 @@ mod tests {
     }
 
     #[test]
-    fn a_frontend_on_its_upper_slot_set_picks_from_that_set_only() {
+    fn a_frontend_picks_from_its_own_region_of_the_backend_lists_only() {
         let mut t = service(3);
-        // The lower set names other backends, as after a switch.
+        // Entries 0..3 name other backends, as an old list after a switch.
         let key = FrontendKey { addr: VIP, port: 80, proto: IPPROTO_TCP, scope: FRONTEND_SCOPE_ALL };
-        t.frontends.get_mut(&key).unwrap().flags |= FRONTEND_FLAG_UPPER_SLOTS;
-        for i in 0..3 {
-            t.slots.insert(BackendSlotKey { frontend_id: 1, slot: UPPER_SLOTS + i }, 102 - i);
-        }
+        t.frontends.get_mut(&key).unwrap().slots_offset = 3;
+        t.slots.extend([102, 101, 100]);
         t.random.set(0);
         let Verdict::Rewrite { addr, .. } = decide(&flow(CLIENT, VIP, 40000, 80), TCP_ACK, &t, Hook::PodTc) else {
             panic!()
         };
-        assert_eq!(addr, 0x0af4_0000 + 12, "upper entry 0 names backend 102");
+        assert_eq!(addr, 0x0af4_0000 + 12, "entry 3 (the frontend's slot 0) names backend 102");
     }
 
     #[test]

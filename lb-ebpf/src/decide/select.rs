@@ -16,8 +16,8 @@ pub enum Spread {
 
 /// The client's affinity backend while it is fresh, else the slot the
 /// frontend's Maglev table gives the flow, else a slot as `spread` says.
-/// The agent removes affinity entries whose backend left the service, so an
-/// entry that names an existing backend is still valid.
+/// The agent removes affinity entries whose backend left the service before
+/// it reuses the backend's id, so an entry names a backend of the service.
 #[inline(always)]
 pub fn backend<A: Addr, T: Tables<A>>(
     flow: &CtKey<A>,
@@ -46,6 +46,6 @@ pub fn backend<A: Addr, T: Tables<A>>(
     } else {
         reduce(tables.random(), u32::from(frontend.backend_count))
     };
-    let id = tables.backend_slot(&frontend.slot_key(slot))?;
+    let id = tables.backend_slot(frontend.slots_offset.wrapping_add(slot))?;
     Some((id, tables.backend(id)?))
 }

@@ -49,11 +49,11 @@ fn frontends(maps: &DatapathMaps) -> anyhow::Result<Vec<(AnyFrontendKey, Fronten
     Ok([of(&maps.v4)?, of(&maps.v6)?].concat())
 }
 
-/// Backend `id` as `addr:port` (`[addr]:port` for IPv6), from its family's map.
-fn backend(maps: &DatapathMaps, id: u32) -> Option<String> {
-    let v4 = maps.v4.backends.get(&id, 0).map(|b| (b.addr.ip(), b.port));
-    let (addr, port) = v4.or_else(|_| maps.v6.backends.get(&id, 0).map(|b| (b.addr.ip(), b.port))).ok()?;
-    Some(SocketAddr::new(addr, wire::port_number(port)).to_string())
+/// Backend `id` of a frontend on `addr` as `addr:port` (`[addr]:port` for
+/// IPv6), from that family's map.
+fn backend(maps: &DatapathMaps, addr: IpAddr, id: u32) -> Option<String> {
+    let backend = if addr.is_ipv6() { maps.v6.backend(id) } else { maps.v4.backend(id) }.ok()?;
+    Some(SocketAddr::new(backend.addr, wire::port_number(backend.port)).to_string())
 }
 
 /// Services keyed by (namespace, name), from the maps.
@@ -90,9 +90,9 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<BTreeMap<(Stri
         for index in 0..u32::from(frontend.backend_count) {
             let endpoint = maps
                 .backend_slots
-                .get(&frontend.slot_key(index), 0)
+                .get(frontend.slots_offset.saturating_add(index))
                 .ok()
-                .and_then(|id| backend(maps, id))
+                .and_then(|id| backend(maps, key.addr, id))
                 .unwrap_or_else(|| "<missing>".into());
             svc.endpoints.push(endpoint);
         }

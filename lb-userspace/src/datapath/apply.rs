@@ -24,7 +24,7 @@ use aya::{
 };
 
 use super::maps::{DatapathMaps, FamilyMaps, MaglevTables};
-use crate::plan::{AnyBackend, MapOp, WireAddr, rebackend, rekey};
+use crate::plan::{AnyBackend, MapOp, WireAddr, rekey};
 
 /// Elements per `BPF_MAP_UPDATE_BATCH` call: bounds the copies made for it.
 const MAX_BATCH: usize = 4096;
@@ -83,13 +83,6 @@ impl DatapathMaps {
     /// Writes a run of writes to one map (see [`run_length`]) in batches.
     fn put_batch(&mut self, run: &[MapOp]) -> Result<(), MapError> {
         match &run[0] {
-            MapOp::PutSlot { .. } => update_batch(
-                &self.backend_slots,
-                run.iter().filter_map(|op| match op {
-                    MapOp::PutSlot { key, backend_id } => Some((*key, *backend_id)),
-                    _ => None,
-                }),
-            ),
             MapOp::PutMeta { .. } => update_batch(
                 &self.service_meta,
                 run.iter().filter_map(|op| match op {
@@ -121,19 +114,10 @@ impl DatapathMaps {
 }
 
 impl<A: WireAddr + Pod> FamilyMaps<A> {
-    /// Writes a run of backend, frontend or address writes of this family.
+    /// Writes a run of frontend or address writes of this family.
     fn put_batch(&mut self, run: &[MapOp]) -> Result<(), MapError> {
         let wire = |ip: IpAddr| A::from_ip(ip).ok_or(MapError::InvalidName { name: format!("{ip} in a batch") });
         match &run[0] {
-            MapOp::PutBackend { .. } => {
-                let entries = run.iter().filter_map(|op| match op {
-                    MapOp::PutBackend { id, backend } => {
-                        Some(wire(backend.addr).map(|a| (*id, rebackend(*backend, a))))
-                    }
-                    _ => None,
-                });
-                update_batch(&self.backends, entries.collect::<Result<Vec<_>, _>>()?)
-            }
             MapOp::PutFrontend { .. } => {
                 let entries = run.iter().filter_map(|op| match op {
                     MapOp::PutFrontend { key, frontend } => Some(wire(key.addr).map(|a| (rekey(*key, a), *frontend))),
@@ -156,8 +140,6 @@ impl<A: WireAddr + Pod> FamilyMaps<A> {
 /// Which map a write goes to, for the writes that can share a batch.
 fn batch_key(op: &MapOp) -> Option<(u8, bool)> {
     let map = match op {
-        MapOp::PutBackend { .. } => 0,
-        MapOp::PutSlot { .. } => 1,
         MapOp::PutMeta { .. } => 2,
         MapOp::PutFrontend { .. } => 3,
         MapOp::PutEndpoint { .. } => 4,

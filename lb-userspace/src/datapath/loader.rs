@@ -20,7 +20,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as AyaHashMap, Map, MapData, MapError, ProgramArray},
+    maps::{HashMap as AyaHashMap, Map, MapData, MapError, MapType, ProgramArray},
     programs::{
         CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -35,8 +35,8 @@ use aya::{
 use tracing::{info, warn};
 
 use lb_common::{
-    CtEntry, CtKey, CtTimeouts, EndpointMeta, FastPath, Hook as CountedHook, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT,
-    MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, Reason, ServiceCidr, ipv6_programs, map_names, wire,
+    CtEntry, CtKey, CtTimeouts, EndpointMeta, FastPath, Frontend, Hook as CountedHook, Ipv6Wire,
+    MAGLEV_ENTRIES_PER_ELEMENT, MAX_CONNTRACK, MAX_MAGLEV_ENTRIES, Reason, ServiceCidr, ipv6_programs, map_names, wire,
 };
 
 use super::{
@@ -284,6 +284,14 @@ impl Datapath {
             (map_names::IPV6_TC, Layout::Entries(ipv6_programs::TC_SLOTS), "it is filled anew"),
         ] {
             superseded.extend(drop_pin_of_another_layout(bpf_dir, name, layout, consequence));
+        }
+        let id_maps_differ =
+            [(map_names::FRONTENDS, Layout::ValueSize(size_of::<Frontend>())), (map_names::BACKENDS, Layout::Array)]
+                .into_iter()
+                .any(|(name, layout)| has_another_layout(bpf_dir, name, layout));
+        if id_maps_differ {
+            info!("the pinned frontends and backends have another layout: the maps of their ids are written anew");
+            superseded.extend(ID_KEYED_MAPS.iter().filter_map(|name| drop_pin(bpf_dir, name)));
         }
         let old_conntrack = drop_pin_of_another_layout(
             bpf_dir,
@@ -599,7 +607,29 @@ const COUNT_AGAIN: &str = "they start again from zero";
 enum Layout {
     Entries(u32),
     ValueSize(usize),
+    /// A plain array (`BPF_MAP_TYPE_ARRAY`).
+    Array,
 }
+
+/// The maps whose keys or values hold frontend or backend ids, or that the
+/// agent adopts with them. Agents before the backends and their lists were
+/// arrays indexed by id (frontends of 20 bytes) numbered ids otherwise:
+/// these maps start again together, so that no entry names an id the new
+/// agent hands out to something else. Established flows keep their
+/// conntrack entries, which hold addresses.
+const ID_KEYED_MAPS: [&str; 11] = [
+    map_names::FRONTENDS,
+    map_names::FRONTENDS6,
+    map_names::BACKEND_SLOTS,
+    map_names::BACKENDS,
+    map_names::BACKENDS6,
+    map_names::SERVICE_META,
+    map_names::ENDPOINTS,
+    map_names::SOURCE_RANGES,
+    map_names::SOURCE_RANGES6,
+    map_names::AFFINITY,
+    map_names::AFFINITY6,
+];
 
 /// A map pinned by an agent that laid it out otherwise would be reused as it
 /// is (aya compares no sizes), every index shifted or every write refused:
@@ -610,15 +640,26 @@ enum Layout {
 /// attaches use the new ones). The old map is returned still open, for the
 /// caller to hold while the old hooks may use it.
 fn drop_pin_of_another_layout(bpf_dir: &Path, name: &str, layout: Layout, consequence: &str) -> Option<MapData> {
-    let path = bpf_dir.join(name);
-    let differs = |info: aya::maps::MapInfo| match layout {
-        Layout::Entries(entries) => info.max_entries() != entries,
-        Layout::ValueSize(size) => info.value_size() as usize != size,
-    };
-    if !aya::maps::MapInfo::from_pin(&path).is_ok_and(differs) {
+    if !has_another_layout(bpf_dir, name, layout) {
         return None;
     }
     info!(map = name, "the pinned map has another layout: {consequence}");
+    drop_pin(bpf_dir, name)
+}
+
+/// Is `name` pinned in `bpf_dir`, laid out otherwise than `layout`?
+fn has_another_layout(bpf_dir: &Path, name: &str, layout: Layout) -> bool {
+    let differs = |info: aya::maps::MapInfo| match layout {
+        Layout::Entries(entries) => info.max_entries() != entries,
+        Layout::ValueSize(size) => info.value_size() as usize != size,
+        Layout::Array => !matches!(info.map_type(), Ok(MapType::Array)),
+    };
+    aya::maps::MapInfo::from_pin(bpf_dir.join(name)).is_ok_and(differs)
+}
+
+/// Unpins `name`, returning the old map still open (None if it was not pinned).
+fn drop_pin(bpf_dir: &Path, name: &str) -> Option<MapData> {
+    let path = bpf_dir.join(name);
     let old = MapData::from_pin(&path).ok();
     let _ = fs::remove_file(&path);
     old

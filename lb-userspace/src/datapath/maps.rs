@@ -14,9 +14,9 @@ use aya::{
     sys::SyscallError,
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, BackendSlotKey, CT_FORWARD, CtEntry, CtKey, CtTimeouts, EndpointKey,
-    EndpointMeta, FastPath, Frontend, FrontendKey, Hook, IPPROTO_UDP, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT,
-    MaglevElement, NodePortKey, Reason, ServiceMeta, SourceRange, ct_stats, map_names,
+    AffinityEntry, AffinityKey, Backend, CT_FORWARD, CtEntry, CtKey, CtTimeouts, EndpointKey, EndpointMeta, FastPath,
+    Frontend, FrontendKey, Hook, IPPROTO_UDP, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT, MaglevElement, NodePortKey, Reason,
+    ServiceMeta, SourceRange, ct_stats, map_names,
 };
 
 use crate::plan::{AnyBackend, MapContents, MapOp, Programmed, WireAddr, fill_maglev_table, rebackend, rekey};
@@ -29,14 +29,15 @@ pub enum MapsError {
     Pin { path: PathBuf, source: MapError },
     #[error("map {name} has an unexpected type or layout: {source}")]
     Layout { name: &'static str, source: MapError },
-    #[error("cannot map LB_MAGLEV into memory: {reason}")]
-    Mmap { reason: String },
+    #[error("cannot map {name} into memory: {reason}")]
+    Mmap { name: &'static str, reason: String },
 }
 
 pub struct DatapathMaps {
     pub v4: FamilyMaps<u32>,
     pub v6: FamilyMaps<Ipv6Wire>,
-    pub backend_slots: HashMap<MapData, BackendSlotKey, u32>,
+    /// Every frontend's backend list (backend ids), in regions.
+    pub backend_slots: ArrayMemory<u32>,
     pub counters: PerCpuArray<MapData, u64>,
     pub service_meta: HashMap<MapData, u32, ServiceMeta>,
     pub node_ports: HashMap<MapData, NodePortKey, u32>,
@@ -52,7 +53,8 @@ pub struct DatapathMaps {
 /// IPv4, `Ipv6Wire` IPv6): one layout rule, so one code for both.
 pub struct FamilyMaps<A: WireAddr + Pod> {
     pub frontends: HashMap<MapData, FrontendKey<A>, Frontend>,
-    pub backends: HashMap<MapData, u32, Backend<A>>,
+    /// Backend id -> backend.
+    pub backends: ArrayMemory<Backend<A>>,
     pub conntrack: HashMap<MapData, CtKey<A>, CtEntry<A>>,
     pub affinity: HashMap<MapData, AffinityKey<A>, AffinityEntry>,
     pub vips: HashMap<MapData, A, u32>,
@@ -82,28 +84,35 @@ const NAMES_V6: FamilyNames = [
     map_names::NODE_ADDRS6,
 ];
 
-/// `LB_MAGLEV` mapped into this process: tables are written as memory,
-/// not one syscall per element.
-pub struct MaglevMemory {
+/// A `BPF_F_MMAPABLE` array mapped into this process: read and written as
+/// memory, not one syscall per element.
+pub struct ArrayMemory<T> {
     /// Keeps the map (and so the mapping's object) open.
     _map: MapData,
-    elements: *mut MaglevElement,
+    elements: *mut Element<T>,
     len: usize,
 }
 
-impl MaglevMemory {
-    fn new(map: Map) -> Result<Self, MapsError> {
-        let layout = |reason: String| MapsError::Mmap { reason };
+/// An array element as the kernel lays it out: rounded up to 8 bytes.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Element<T>(T);
+
+impl<T: Pod> ArrayMemory<T> {
+    fn new(map: Map, name: &'static str) -> Result<Self, MapsError> {
+        let layout = |reason: String| MapsError::Mmap { name, reason };
         let Map::Array(map) = map else { return Err(layout("not an array".into())) };
         let info = map.info().map_err(|e| layout(e.to_string()))?;
+        if info.value_size() as usize != size_of::<T>() {
+            return Err(layout(format!("values of {} bytes, not {}", info.value_size(), size_of::<T>())));
+        }
         let len = info.max_entries() as usize;
-        let bytes = len * size_of::<MaglevElement>();
         // SAFETY: mapping a BPF_F_MMAPABLE array through its own fd, shared
         // and writable; the kernel checks the size against the map's.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes,
+                len * size_of::<Element<T>>(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 map.fd().as_fd().as_raw_fd(),
@@ -116,9 +125,59 @@ impl MaglevMemory {
         Ok(Self { _map: map, elements: ptr.cast(), len })
     }
 
+    /// The number of elements.
+    pub fn capacity(&self) -> u32 {
+        self.len as u32
+    }
+
+    fn out_of_bounds(&self, index: u32) -> MapError {
+        MapError::OutOfBounds { index, max_entries: self.len as u32 }
+    }
+
+    /// Element `index`, as the datapath reads it.
+    pub fn get(&self, index: u32) -> Result<T, MapError> {
+        if index as usize >= self.len {
+            return Err(self.out_of_bounds(index));
+        }
+        // SAFETY: inside the mapping; plain data, read as a whole.
+        Ok(unsafe { std::ptr::read_volatile(self.elements.add(index as usize)) }.0)
+    }
+
+    /// Writes `values` from element `first` on. Only elements no packet
+    /// reads meanwhile are written (see `plan`): nothing else orders them.
+    pub fn set(&mut self, first: u32, values: &[T]) -> Result<(), MapError> {
+        let end = first as usize + values.len();
+        if end > self.len {
+            return Err(self.out_of_bounds(end as u32));
+        }
+        for (at, value) in (first as usize..).zip(values) {
+            // SAFETY: inside the mapping (checked above), written by this
+            // process alone (`&mut self`).
+            unsafe { std::ptr::write_volatile(self.elements.add(at), Element(*value)) };
+        }
+        Ok(())
+    }
+}
+
+// SAFETY: the mapping belongs to the value, which may move to another
+// thread with it (the agent loads the programs on one).
+unsafe impl<T> Send for ArrayMemory<T> {}
+
+impl<T> Drop for ArrayMemory<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.elements.cast(), self.len * size_of::<Element<T>>()) };
+    }
+}
+
+/// `LB_MAGLEV` mapped into this process: tables are written as memory,
+/// not one syscall per element.
+pub struct MaglevMemory(ArrayMemory<MaglevElement>);
+
+impl MaglevMemory {
     /// The table size in elements: the capacity for all tables.
     pub fn elements(&self) -> u32 {
-        self.len as u32
+        self.0.capacity()
     }
 
     /// Builds the Maglev table of `size` entries for `backends` in place,
@@ -131,7 +190,7 @@ impl MaglevMemory {
     /// A handle that threads build tables through, each into a region of
     /// its own.
     pub(super) fn tables(&mut self) -> MaglevTables {
-        MaglevTables { elements: self.elements, len: self.len }
+        MaglevTables { elements: self.0.elements.cast(), len: self.0.len }
     }
 }
 
@@ -195,17 +254,6 @@ impl MaglevTables {
     }
 }
 
-// SAFETY: the mapping belongs to the value, which may move to another
-// thread with it (the agent loads the programs on one).
-unsafe impl Send for MaglevMemory {}
-
-impl Drop for MaglevMemory {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.elements.cast(), self.len * size_of::<MaglevElement>()) };
-    }
-}
-
 impl DatapathMaps {
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
@@ -224,7 +272,7 @@ impl DatapathMaps {
         Ok(Self {
             v4: FamilyMaps::build(&mut open, NAMES_V4)?,
             v6: FamilyMaps::build(&mut open, NAMES_V6)?,
-            backend_slots: typed(&mut open, map_names::BACKEND_SLOTS)?,
+            backend_slots: ArrayMemory::new(open(map_names::BACKEND_SLOTS)?, map_names::BACKEND_SLOTS)?,
             counters: typed(&mut open, map_names::COUNTERS)?,
             service_meta: typed(&mut open, map_names::SERVICE_META)?,
             node_ports: typed(&mut open, map_names::NODE_PORTS)?,
@@ -232,7 +280,7 @@ impl DatapathMaps {
             devices: typed(&mut open, map_names::DEVICES)?,
             fast_path_counters: typed(&mut open, map_names::FAST_PATH_COUNTERS)?,
             ct_stats: typed(&mut open, map_names::CT_STATS)?,
-            maglev: MaglevMemory::new(open(map_names::MAGLEV)?)?,
+            maglev: MaglevMemory(ArrayMemory::new(open(map_names::MAGLEV)?, map_names::MAGLEV)?),
         })
     }
 }
@@ -248,9 +296,8 @@ impl DatapathMaps {
     /// Writes one reconcile operation. Deleting what is already gone is fine.
     pub fn apply(&mut self, op: &MapOp) -> Result<(), MapError> {
         let result = match op {
-            MapOp::PutSlot { key, backend_id } => self.backend_slots.insert(key, backend_id, 0),
+            MapOp::PutSlots { offset, backend_ids } => self.backend_slots.set(*offset, backend_ids),
             MapOp::PutMeta { frontend_id, meta } => self.service_meta.insert(frontend_id, meta, 0),
-            MapOp::DeleteSlot(key) => self.backend_slots.remove(key),
             MapOp::DeleteMeta(frontend_id) => self.service_meta.remove(frontend_id),
             MapOp::PutNodePort { key, frontends } => self.node_ports.insert(key, frontends, 0),
             MapOp::DeleteNodePort(key) => self.node_ports.remove(key),
@@ -302,7 +349,6 @@ impl DatapathMaps {
     /// What the maps hold now, for the reconciler to diff against.
     pub fn programmed(&self) -> Result<Programmed, MapError> {
         let mut contents = MapContents {
-            slots: self.backend_slots.iter().collect::<Result<_, _>>()?,
             metas: self.service_meta.iter().collect::<Result<_, _>>()?,
             node_ports: self.node_ports.iter().collect::<Result<_, _>>()?,
             endpoints: self.endpoints.iter().collect::<Result<_, _>>()?,
@@ -310,6 +356,20 @@ impl DatapathMaps {
         };
         self.v4.contents(&mut contents)?;
         self.v6.contents(&mut contents)?;
+        // The backend lists the frontends name, and the backends on them.
+        let mut named = BTreeSet::new();
+        for (key, frontend) in &contents.frontends {
+            let first = frontend.slots_offset;
+            for index in first..first.saturating_add(u32::from(frontend.backend_count)) {
+                let id = self.backend_slots.get(index)?;
+                contents.slots.push((index, id));
+                named.insert((key.addr.is_ipv6(), id));
+            }
+        }
+        for (ipv6, id) in named {
+            let backend = if ipv6 { self.v6.backend(id)? } else { self.v4.backend(id)? };
+            contents.backends.push((id, backend));
+        }
         Ok(Programmed::adopt(contents).with_maglev_elements(self.maglev.elements()))
     }
 
@@ -346,7 +406,7 @@ impl<A: WireAddr + Pod> FamilyMaps<A> {
     ) -> Result<Self, MapsError> {
         Ok(Self {
             frontends: typed(open, frontends)?,
-            backends: typed(open, backends)?,
+            backends: ArrayMemory::new(open(backends)?, backends)?,
             conntrack: typed(open, conntrack)?,
             affinity: typed(open, affinity)?,
             vips: typed(open, vips)?,
@@ -361,10 +421,9 @@ impl<A: WireAddr + Pod> FamilyMaps<A> {
         let wire =
             |ip: IpAddr| A::from_ip(ip).ok_or(MapError::InvalidName { name: format!("{ip} in another family's map") });
         let result = match op {
-            MapOp::PutBackend { id, backend } => self.backends.insert(id, rebackend(*backend, wire(backend.addr)?), 0),
+            MapOp::PutBackend { id, backend } => self.backends.set(*id, &[rebackend(*backend, wire(backend.addr)?)]),
             MapOp::PutFrontend { key, frontend } => self.frontends.insert(rekey(*key, wire(key.addr)?), frontend, 0),
             MapOp::DeleteFrontend(key) => self.frontends.remove(&rekey(*key, wire(key.addr)?)),
-            MapOp::DeleteBackend(id) => self.backends.remove(id),
             MapOp::PurgeAffinity { frontend_id, keep } => self.purge_affinity(*frontend_id, keep),
             MapOp::PutVip { addr, frontends } => self.vips.insert(wire(*addr)?, frontends, 0),
             MapOp::DeleteVip(addr) => self.vips.remove(&wire(*addr)?),
@@ -511,10 +570,6 @@ impl<A: WireAddr + Pod> FamilyMaps<A> {
             let (key, frontend) = entry?;
             contents.frontends.push((rekey(key, key.addr.ip()), frontend));
         }
-        for entry in self.backends.iter() {
-            let (id, backend) = entry?;
-            contents.backends.push((id, rebackend(backend, backend.addr.ip())));
-        }
         for entry in self.vips.iter() {
             let (addr, frontends) = entry?;
             contents.vips.push((addr.ip(), frontends));
@@ -525,6 +580,12 @@ impl<A: WireAddr + Pod> FamilyMaps<A> {
             contents.source_ranges.push((u32::from_be(key.data().frontend_id_be), key.data().addr.ip(), prefix_len));
         }
         Ok(())
+    }
+
+    /// Backend `id`, as the datapath reads it.
+    pub fn backend(&self, id: u32) -> Result<AnyBackend, MapError> {
+        let backend = self.backends.get(id)?;
+        Ok(rebackend(backend, backend.addr.ip()))
     }
 
     /// Makes `node_addrs` (ifindex -> address) exactly the node device

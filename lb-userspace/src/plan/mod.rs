@@ -3,13 +3,13 @@
 //! the changes, ordered so that a live frontend never has zero or dangling
 //! backends:
 //! 1. new backends are written before any slot points at them;
-//! 2. a frontend's new backend list is written into the slot set it does
-//!    not use (`FRONTEND_FLAG_UPPER_SLOTS`), then one frontend write switches
-//!    sets: no write ever changes what a live frontend or Maglev table names;
-//! 3. backends are deleted only when no slot references them any more;
-//! 4. a Maglev table is written to a free region before the frontend points
-//!    at it (the frontend's count, table offset and size change in one map
-//!    write), and its old region is reused only in a later pass.
+//! 2. a frontend's new backend list is written into a free region of
+//!    `LB_BACKEND_SLOTS`, and its new Maglev table into one of `LB_MAGLEV`,
+//!    then one frontend write switches to them (count, offsets and size):
+//!    no write ever changes what a live frontend names;
+//! 3. the old regions, and the ids of backends no list names any more, are
+//!    reused only in a later pass: a packet that read the old frontend just
+//!    before the switch still finds what it named.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -18,13 +18,12 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_FLAG_REMOTE, BackendSlotKey, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta,
-    FRONTEND_CLUSTER_IP, FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_ADMITTED,
-    FRONTEND_FLAG_NODE_LOCAL, FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_FLAG_UPPER_SLOTS,
-    FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS, Frontend, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire,
-    MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES,
-    NodePortKey, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER,
-    SVC_TYPE_NODE_PORT, ServiceMeta, VIP_CLUSTER_IP, wire,
+    BACKEND_FLAG_REMOTE, EP_READY, EP_SERVING, EP_TERMINATING, EndpointKey, EndpointMeta, FRONTEND_CLUSTER_IP,
+    FRONTEND_EXTERNAL_IP, FRONTEND_FLAG_EXTERNAL, FRONTEND_FLAG_NODE_ADMITTED, FRONTEND_FLAG_NODE_LOCAL,
+    FRONTEND_FLAG_POD_TWIN, FRONTEND_FLAG_SOURCE_RANGES, FRONTEND_NODE_PORT, FRONTEND_SCOPE_ALL, FRONTEND_SCOPE_PODS,
+    Frontend, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT, MAX_BACKEND_SLOTS, MAX_BACKENDS,
+    MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, NodePortKey, SVC_TYPE_CLUSTER_IP, SVC_TYPE_EXTERNAL_NAME,
+    SVC_TYPE_HEADLESS, SVC_TYPE_LOAD_BALANCER, SVC_TYPE_NODE_PORT, ServiceMeta, VIP_CLUSTER_IP, wire,
 };
 use tracing::warn;
 
@@ -46,9 +45,10 @@ pub enum MapOp {
         id: u32,
         backend: AnyBackend,
     },
-    PutSlot {
-        key: BackendSlotKey,
-        backend_id: u32,
+    /// A frontend's backend list, from entry `offset` of `LB_BACKEND_SLOTS` on.
+    PutSlots {
+        offset: u32,
+        backend_ids: Vec<u32>,
     },
     PutMeta {
         frontend_id: u32,
@@ -59,9 +59,7 @@ pub enum MapOp {
         frontend: Frontend,
     },
     DeleteFrontend(AnyFrontendKey),
-    DeleteSlot(BackendSlotKey),
     DeleteMeta(u32),
-    DeleteBackend(u32),
     /// Forget the session affinity of `frontend_id`'s clients, except to the
     /// backends in `keep`.
     PurgeAffinity {
@@ -185,12 +183,10 @@ struct ProgrammedFrontend {
     flags: u16,
     /// (address, prefix length) of the admitted client networks.
     source_ranges: Vec<(IpAddr, u8)>,
-    /// Backend id per entry of the slot set in use.
+    /// Backend id per slot.
     slots: Vec<u32>,
-    /// Whether that is the upper set (`FRONTEND_FLAG_UPPER_SLOTS`).
-    upper: bool,
-    /// What the other set holds: the list before the last change.
-    spare: Vec<u32>,
+    /// Where they are in `LB_BACKEND_SLOTS` (when there are any).
+    slots_offset: u32,
     maglev: Option<MaglevRegion>,
     meta: ServiceMeta,
     /// Every endpoint, ready or not, by index.
@@ -200,8 +196,7 @@ struct ProgrammedFrontend {
 impl ProgrammedFrontend {
     /// The map entries it takes (backends are shared, counted apart).
     fn usage(&self) -> Capacity {
-        let slots = self.slots.len() + self.spare.len();
-        Capacity { frontends: 1, slots, backends: 0, endpoints: self.endpoints.len() }
+        Capacity { frontends: 1, slots: self.slots.len(), backends: 0, endpoints: self.endpoints.len() }
     }
 }
 
@@ -247,7 +242,9 @@ pub struct NodeInfo {
 #[derive(Debug, Default)]
 pub struct MapContents {
     pub frontends: Vec<(AnyFrontendKey, Frontend)>,
-    pub slots: Vec<(BackendSlotKey, u32)>,
+    /// (index, backend id) of the `LB_BACKEND_SLOTS` entries frontends name.
+    pub slots: Vec<(u32, u32)>,
+    /// The backends those name.
     pub backends: Vec<(u32, AnyBackend)>,
     pub metas: Vec<(u32, ServiceMeta)>,
     pub vips: Vec<(IpAddr, u32)>,
@@ -268,13 +265,14 @@ pub struct Programmed {
     /// Node ports, with how many frontends each has.
     node_ports: BTreeMap<NodePortKey, u32>,
     backend_ids: HashMap<AnyBackend, u32>,
-    /// Ids are not reused at once: a packet that read a slot just before it
-    /// changed must still find the backend it named.
+    /// Ids go round `1..MAX_BACKENDS`, so that one is not reused at once.
     next_backend_id: u32,
     used_backend_ids: HashSet<u32>,
     frontend_ids: FrontendIds,
     /// Free space in `LB_MAGLEV`, in elements.
     maglev_regions: Regions,
+    /// Free space in `LB_BACKEND_SLOTS`, in entries.
+    slot_regions: Regions,
     /// The services (and node) the frontends were last planned for, and
     /// each one's frontend keys: a plan only works on the services that
     /// changed since. Empty after `adopt`, so the first plan compares all.
@@ -302,7 +300,8 @@ impl Default for Capacity {
         Capacity {
             frontends: size(MAX_FRONTENDS),
             slots: size(MAX_BACKEND_SLOTS),
-            backends: size(MAX_BACKENDS),
+            // Id 0 is not used.
+            backends: size(MAX_BACKENDS - 1),
             endpoints: size(MAX_ENDPOINTS),
         }
     }
@@ -350,6 +349,12 @@ fn maglev_regions(frontends: &BTreeMap<AnyFrontendKey, ProgrammedFrontend>, elem
     Regions::new(elements, frontends.values().filter_map(|fe| fe.maglev).map(|r| r.span()))
 }
 
+/// The free space of an `LB_BACKEND_SLOTS` of `entries` around the lists of `frontends`.
+fn slot_regions(frontends: &BTreeMap<AnyFrontendKey, ProgrammedFrontend>, entries: usize) -> Regions {
+    let entries = u32::try_from(entries).unwrap_or(u32::MAX);
+    Regions::new(entries, frontends.values().map(|fe| (fe.slots_offset, fe.slots.len() as u32)))
+}
+
 impl Programmed {
     /// Rebuilds the picture from map contents left by an earlier agent.
     pub fn adopt(contents: MapContents) -> Self {
@@ -362,23 +367,18 @@ impl Programmed {
         for (key, meta) in endpoints {
             endpoints_of.entry(key.frontend_id).or_default().insert(key.index, meta);
         }
-        let slots: HashMap<BackendSlotKey, u32> = slots.into_iter().collect();
+        let slots: HashMap<u32, u32> = slots.into_iter().collect();
         let metas: HashMap<u32, ServiceMeta> = metas.into_iter().collect();
         let backend_ids: HashMap<AnyBackend, u32> = backends.into_iter().map(|(id, b)| (b, id)).collect();
         let frontends = frontends
             .into_iter()
             .map(|(key, fe)| {
-                let upper = fe.flags & FRONTEND_FLAG_UPPER_SLOTS != 0;
-                let slots = &slots;
-                let set = |upper: bool| {
-                    (0..).map_while(move |index| slots.get(&slot_key(fe.frontend_id, upper, index)).copied())
-                };
-                let spare = set(!upper).collect();
-                let slots = set(upper).take(usize::from(fe.backend_count)).collect();
+                let list = fe.slots_offset..fe.slots_offset.saturating_add(u32::from(fe.backend_count));
+                let slots = list.map_while(|index| slots.get(&index).copied()).collect();
                 let meta = metas.get(&fe.frontend_id).copied().unwrap_or_default();
                 let endpoints =
                     endpoints_of.remove(&fe.frontend_id).map(|e| e.into_values().collect()).unwrap_or_default();
-                let (affinity_timeout_s, flags) = (fe.affinity_timeout_s, fe.flags & !FRONTEND_FLAG_UPPER_SLOTS);
+                let (affinity_timeout_s, flags) = (fe.affinity_timeout_s, fe.flags);
                 let mut source_ranges = ranges_of.remove(&fe.frontend_id).unwrap_or_default();
                 source_ranges.sort();
                 let frontend_id = fe.frontend_id;
@@ -390,8 +390,7 @@ impl Programmed {
                     flags,
                     source_ranges,
                     slots,
-                    upper,
-                    spare,
+                    slots_offset: fe.slots_offset,
                     maglev,
                     meta,
                     endpoints,
@@ -401,6 +400,8 @@ impl Programmed {
             .collect();
         let frontends: BTreeMap<AnyFrontendKey, ProgrammedFrontend> = frontends;
         let maglev_regions = maglev_regions(&frontends, MAX_MAGLEV_ENTRIES / MAGLEV_ENTRIES_PER_ELEMENT);
+        let capacity = Capacity::default();
+        let slot_regions = slot_regions(&frontends, capacity.slots);
         let with_frontend: BTreeSet<u32> = frontends.values().map(|fe| fe.frontend_id).collect();
         let listed: BTreeMap<(String, String), ListedService> = metas
             .iter()
@@ -410,7 +411,7 @@ impl Programmed {
                 (key, ListedService { frontend_id: *frontend_id, meta: *meta })
             })
             .collect();
-        let next_backend_id = backend_ids.values().max().map_or(1, |id| id + 1);
+        let next_backend_id = backend_ids.values().max().map_or(1, |id| (id + 1) % MAX_BACKENDS);
         let used_backend_ids = backend_ids.values().copied().collect();
         let used_frontend_ids: BTreeSet<u32> =
             frontends.values().map(|fe| fe.frontend_id).chain(listed.values().map(|l| l.frontend_id)).collect();
@@ -424,9 +425,10 @@ impl Programmed {
             used_backend_ids,
             frontend_ids: FrontendIds::new(&used_frontend_ids),
             maglev_regions,
+            slot_regions,
             planned: BTreeMap::new(),
             planned_node: None,
-            capacity: Capacity::default(),
+            capacity,
             refused: BTreeMap::new(),
         }
     }
@@ -440,6 +442,7 @@ impl Programmed {
 
     /// For maps of another size than the datapath's (tests).
     pub fn with_capacity(mut self, capacity: Capacity) -> Self {
+        self.slot_regions = slot_regions(&self.frontends, capacity.slots);
         self.capacity = capacity;
         self
     }
@@ -503,6 +506,11 @@ impl Programmed {
         self.refused.clear();
         let mut wanted = BTreeMap::new();
         let mut new_backends = HashSet::new();
+        // Where the frontends' changed backend lists go.
+        let mut list_offsets: HashMap<AnyFrontendKey, u32> = HashMap::new();
+        // The last pass's packets are done with the regions it freed.
+        self.maglev_regions.release_held();
+        self.slot_regions.release_held();
         for service in &changed {
             let frontends = wanted_frontends(service, node);
             let mut more = Capacity { frontends: frontends.len(), slots: 0, backends: 0, endpoints: 0 };
@@ -517,7 +525,9 @@ impl Programmed {
             backends.sort_unstable_by_key(|b| (b.addr, b.port, b.flags));
             backends.dedup();
             more.backends = backends.len();
-            if let Some(reason) = self.capacity.overflow(&used, &more) {
+            let refusal =
+                self.capacity.overflow(&used, &more).or_else(|| self.place_lists(&frontends, &mut list_offsets).err());
+            if let Some(reason) = refusal {
                 // Keep what it had, if it had anything: it is not wanted
                 // anew, so its frontends stay as they are.
                 let kept: Vec<AnyFrontendKey> =
@@ -540,8 +550,6 @@ impl Programmed {
         // Backends that lost a slot, which may now be referenced by none.
         let mut released: Vec<u32> = if everything { self.backend_ids.values().copied().collect() } else { Vec::new() };
         let mut ops = Vec::new();
-        // The last pass's packets are done with the regions it freed.
-        self.maglev_regions.release_held();
 
         // 1. Backends first.
         for fe in wanted.values() {
@@ -574,21 +582,20 @@ impl Programmed {
             let frontend_id = old.map_or_else(|| self.frontend_ids.allocate(), |old| old.frontend_id);
             let old_slots = old.map(|old| old.slots.clone()).unwrap_or_default();
             let old_affinity = old.map_or(0, |old| old.affinity_timeout_s);
-            let old_upper = old.is_some_and(|old| old.upper);
-            // A changed list goes into the set not in use, over what it holds.
-            let (upper, spare, holds) = match old {
-                Some(old) if old.slots != slots => (!old.upper, old.slots.clone(), old.spare.as_slice()),
-                Some(old) => (old.upper, old.spare.clone(), old.slots.as_slice()),
-                None => (false, Vec::new(), &[][..]),
-            };
-            for (index, id) in slots.iter().enumerate() {
-                if holds.get(index) != Some(id) {
-                    ops.push(MapOp::PutSlot { key: slot_key(frontend_id, upper, index), backend_id: *id });
+            let old_slots_offset = old.map_or(0, |old| old.slots_offset);
+            // A changed list goes into the region placed for it.
+            let slots_offset = match list_offsets.get(key) {
+                Some(offset) if old.is_none_or(|old| old.slots != slots) => {
+                    ops.push(MapOp::PutSlots { offset: *offset, backend_ids: slots.clone() });
+                    self.slot_regions.free_later(old_slots_offset, old_slots.len() as u32);
+                    *offset
                 }
-            }
-            for index in slots.len()..holds.len() {
-                ops.push(MapOp::DeleteSlot(slot_key(frontend_id, upper, index)));
-            }
+                _ if slots.is_empty() => {
+                    self.slot_regions.free_later(old_slots_offset, old_slots.len() as u32);
+                    0
+                }
+                _ => old_slots_offset,
+            };
             if old.is_none_or(|old| old.meta != fe.meta) {
                 ops.push(MapOp::PutMeta { frontend_id, meta: fe.meta });
             }
@@ -615,7 +622,7 @@ impl Programmed {
                 region
             };
             let old_flags = old.map(|old| old.flags);
-            if old_upper != upper
+            if old_slots_offset != slots_offset
                 || old_slots.len() != slots.len()
                 || old_affinity != fe.affinity_timeout_s
                 || old_flags != Some(fe.flags)
@@ -626,9 +633,10 @@ impl Programmed {
                     frontend_id,
                     affinity_timeout_s: fe.affinity_timeout_s,
                     backend_count: slots.len() as u16,
-                    flags: fe.flags | if upper { FRONTEND_FLAG_UPPER_SLOTS } else { 0 },
+                    flags: fe.flags,
                     maglev_offset,
                     maglev_size,
+                    slots_offset,
                 };
                 ops.push(MapOp::PutFrontend { key: *key, frontend });
             }
@@ -665,8 +673,7 @@ impl Programmed {
                 flags: fe.flags,
                 source_ranges: fe.source_ranges.clone(),
                 slots,
-                upper,
-                spare,
+                slots_offset,
                 maglev,
                 meta: fe.meta,
                 endpoints: fe.endpoints.clone(),
@@ -695,10 +702,7 @@ impl Programmed {
                 let (start, len) = region.span();
                 self.maglev_regions.free_later(start, len);
             }
-            let sets = [(old.upper, &old.slots), (!old.upper, &old.spare)];
-            for (upper, set) in sets {
-                ops.extend((0..set.len()).map(|index| MapOp::DeleteSlot(slot_key(old.frontend_id, upper, index))));
-            }
+            self.slot_regions.free_later(old.slots_offset, old.slots.len() as u32);
             ops.push(MapOp::DeleteMeta(old.frontend_id));
             for index in 0..old.endpoints.len() {
                 ops.push(MapOp::DeleteEndpoint(EndpointKey { frontend_id: old.frontend_id, index: index as u32 }));
@@ -775,32 +779,60 @@ impl Programmed {
             .map(|(b, id)| (*b, *id))
             .collect();
         unreferenced.sort_by_key(|(_, id)| *id);
+        // Their elements stay as they are: nothing names them, and ids are
+        // handed out in a later pass only.
         for (backend, id) in unreferenced {
             self.backend_ids.remove(&backend);
             self.used_backend_ids.remove(&id);
-            ops.push(MapOp::DeleteBackend(id));
         }
         ops
     }
 
+    /// The next free id after the last one handed out (the capacity check
+    /// leaves one free).
     fn allocate_backend_id(&mut self) -> u32 {
         while self.used_backend_ids.contains(&self.next_backend_id) || self.next_backend_id == 0 {
-            self.next_backend_id = self.next_backend_id.wrapping_add(1);
+            self.next_backend_id = (self.next_backend_id + 1) % MAX_BACKENDS;
         }
         let id = self.next_backend_id;
-        self.next_backend_id = self.next_backend_id.wrapping_add(1);
+        self.next_backend_id = (id + 1) % MAX_BACKENDS;
         self.used_backend_ids.insert(id);
         id
     }
+
+    /// Places the backend lists of `frontends` (one service's) that changed
+    /// in free regions of `LB_BACKEND_SLOTS`, into `offsets`; if one does
+    /// not fit, none is placed and the reason is returned.
+    fn place_lists(
+        &mut self,
+        frontends: &BTreeMap<AnyFrontendKey, WantedFrontend>,
+        offsets: &mut HashMap<AnyFrontendKey, u32>,
+    ) -> Result<(), String> {
+        let mut placed = Vec::new();
+        for (key, fe) in frontends {
+            let old = self.frontends.get(key).map_or(&[][..], |old| old.slots.as_slice());
+            let same = old.len() == fe.backends.len()
+                && fe.backends.iter().zip(old).all(|(b, id)| self.backend_ids.get(b) == Some(id));
+            if same || fe.backends.is_empty() {
+                continue;
+            }
+            let len = fe.backends.len() as u32;
+            let Some(offset) = self.slot_regions.allocate(len) else {
+                for (key, offset) in placed {
+                    offsets.remove(&key);
+                    self.slot_regions.give_back(offset, frontends[&key].backends.len() as u32);
+                }
+                let largest = self.slot_regions.largest_free();
+                return Err(format!("the backend slot map has no {len} free entries in a row (at most {largest})"));
+            };
+            offsets.insert(*key, offset);
+            placed.push((*key, offset));
+        }
+        Ok(())
+    }
 }
 
-/// The key of entry `index` of a frontend's lower or upper slot set.
-fn slot_key(frontend_id: u32, upper: bool, index: usize) -> BackendSlotKey {
-    let flags = if upper { FRONTEND_FLAG_UPPER_SLOTS } else { 0 };
-    Frontend { frontend_id, flags, ..Frontend::default() }.slot_key(index as u32)
-}
-
-/// Frontend ids (one per Service port and address kind, keying its slots,
+/// Frontend ids (one per Service port and address kind, keying its
 /// meta and endpoints): the lowest free one is handed out first.
 #[derive(Debug)]
 struct FrontendIds {
@@ -1063,7 +1095,6 @@ fn svc_type(service: &Service) -> u8 {
 mod tests {
     use super::*;
     use crate::model::{Endpoint, ServiceName, ServicePort, SessionAffinity};
-    use lb_common::UPPER_SLOTS;
 
     fn endpoint(last: u8, ready: bool) -> Endpoint {
         Endpoint {
@@ -1112,11 +1143,12 @@ mod tests {
     /// Applies `ops` to a model of the maps, checking after every single
     /// write that no frontend counts a slot that is missing or points at a
     /// missing backend, that its Maglev table is all there and names only
-    /// its slots, and that no table is written over one a frontend uses.
+    /// its slots, and that no write changes the backends a frontend names.
     #[derive(Default)]
     struct Maps {
         frontends: BTreeMap<AnyFrontendKey, Frontend>,
-        slots: BTreeMap<BackendSlotKey, u32>,
+        /// `LB_BACKEND_SLOTS` index -> backend id.
+        slots: BTreeMap<u32, u32>,
         backends: BTreeMap<u32, AnyBackend>,
         vips: BTreeMap<IpAddr, u32>,
         node_ports: BTreeMap<NodePortKey, u32>,
@@ -1130,15 +1162,13 @@ mod tests {
     impl Maps {
         fn apply_checked(&mut self, ops: &[MapOp]) {
             for (i, op) in ops.iter().enumerate() {
-                let named_before: BTreeMap<AnyFrontendKey, (Frontend, Vec<Option<u32>>)> =
+                let named_before: BTreeMap<AnyFrontendKey, (Frontend, Vec<Option<AnyBackend>>)> =
                     self.frontends.iter().map(|(key, fe)| (*key, (*fe, self.named(fe)))).collect();
                 match op {
                     MapOp::PutBackend { id, backend } => drop(self.backends.insert(*id, *backend)),
-                    MapOp::PutSlot { key, backend_id } => drop(self.slots.insert(*key, *backend_id)),
+                    MapOp::PutSlots { offset, backend_ids } => self.slots.extend((*offset..).zip(backend_ids.clone())),
                     MapOp::PutFrontend { key, frontend } => drop(self.frontends.insert(*key, *frontend)),
                     MapOp::DeleteFrontend(key) => drop(self.frontends.remove(key)),
-                    MapOp::DeleteSlot(key) => drop(self.slots.remove(key)),
-                    MapOp::DeleteBackend(id) => drop(self.backends.remove(id)),
                     MapOp::PutVip { addr, frontends } => drop(self.vips.insert(*addr, *frontends)),
                     MapOp::DeleteVip(addr) => drop(self.vips.remove(addr)),
                     MapOp::PutNodePort { key, frontends } => drop(self.node_ports.insert(*key, *frontends)),
@@ -1179,7 +1209,7 @@ mod tests {
                         );
                     }
                     for index in 0..u32::from(fe.backend_count) {
-                        let id = self.slots.get(&fe.slot_key(index));
+                        let id = self.slots.get(&(fe.slots_offset + index));
                         assert!(
                             id.is_some_and(|id| self.backends.contains_key(id)),
                             "after op {i} ({op:?}) slot {index} of svc {} dangles",
@@ -1200,21 +1230,29 @@ mod tests {
             }
         }
 
-        /// The backend id behind each slot of `fe`'s set and each entry of
-        /// its Maglev table.
-        fn named(&self, fe: &Frontend) -> Vec<Option<u32>> {
-            let slot = |index: u32| self.slots.get(&fe.slot_key(index)).copied();
+        /// The backend behind each slot of `fe`'s list and each entry of its
+        /// Maglev table.
+        fn named(&self, fe: &Frontend) -> Vec<Option<AnyBackend>> {
+            let slot = |index: u32| {
+                let id = self.slots.get(&(fe.slots_offset + index));
+                id.and_then(|id| self.backends.get(id)).copied()
+            };
             let table = (fe.maglev_offset..fe.maglev_offset + fe.maglev_size)
                 .map(|entry| self.maglev.get(&entry).and_then(|index| slot(u32::from(*index))));
             (0..u32::from(fe.backend_count)).map(slot).chain(table).collect()
         }
 
-        /// What a new agent reads from these maps.
+        /// What a new agent reads from these maps: the slots and backends
+        /// the frontends name.
         fn adopt(&self) -> Programmed {
+            let named = |fe: &Frontend| fe.slots_offset..fe.slots_offset + u32::from(fe.backend_count);
+            let slots: BTreeMap<u32, u32> =
+                self.frontends.values().flat_map(named).map(|index| (index, self.slots[&index])).collect();
+            let ids: BTreeSet<u32> = slots.values().copied().collect();
             Programmed::adopt(MapContents {
                 frontends: self.frontends.clone().into_iter().collect(),
-                slots: self.slots.clone().into_iter().collect(),
-                backends: self.backends.clone().into_iter().collect(),
+                slots: slots.into_iter().collect(),
+                backends: ids.into_iter().map(|id| (id, self.backends[&id])).collect(),
                 metas: self.metas.clone().into_iter().collect(),
                 vips: self.vips.clone().into_iter().collect(),
                 node_ports: self.node_ports.clone().into_iter().collect(),
@@ -1353,7 +1391,7 @@ mod tests {
     }
 
     #[test]
-    fn scaling_3_2_3_writes_beside_the_live_slots_and_only_the_difference() {
+    fn scaling_3_2_3_writes_each_list_beside_the_live_one_and_reuses_nothing_in_the_same_pass() {
         let three = [endpoint(2, true), endpoint(3, true), endpoint(4, true)];
         let mut maps = Maps::default();
         let mut programmed = Programmed::default();
@@ -1365,46 +1403,74 @@ mod tests {
                 .collect()
         };
 
-        // The middle one goes: the two left are written into the upper set
-        // with their table, one frontend write switches, then the backend
-        // goes. The lower set stays as it was (apply_checked asserts that no
-        // write changes what the live frontend names).
+        // The middle one goes: the two left are written after the live
+        // list (entries 0..3) with their table, then one frontend write
+        // switches (apply_checked asserts that no write changes what the
+        // live frontend names).
         let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &[three[0].clone(), three[2].clone()])]));
         maps.apply_checked(&ops);
-        let upper = |slot| BackendSlotKey { frontend_id: 1, slot: UPPER_SLOTS + slot };
         assert!(
             matches!(
                 datapath_ops(&ops).as_slice(),
                 [
-                    MapOp::PutSlot { key: k0, .. },
-                    MapOp::PutSlot { key: k1, .. },
+                    MapOp::PutSlots { offset: 3, backend_ids },
                     MapOp::PutMaglevTable { .. },
-                    MapOp::PutFrontend { frontend: Frontend { backend_count: 2, flags: FRONTEND_FLAG_UPPER_SLOTS, .. }, .. },
-                    MapOp::DeleteBackend(_),
-                ] if *k0 == upper(0) && *k1 == upper(1)
+                    MapOp::PutFrontend { frontend: Frontend { backend_count: 2, slots_offset: 3, .. }, .. },
+                ] if backend_ids == &[1, 3]
             ),
             "{ops:?}"
         );
 
-        // Back to three: the lower set still holds the old list, so only
-        // the slot of the returning endpoint (a new backend id) is written.
+        // Back to three: the old list's entries are free again, and the
+        // returning endpoint gets a new id (2 was freed a pass ago, but ids
+        // go round).
         let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &three)]));
         maps.apply_checked(&ops);
         assert!(
             matches!(
                 datapath_ops(&ops).as_slice(),
                 [
-                    MapOp::PutBackend { .. },
-                    MapOp::PutSlot { key: BackendSlotKey { slot: 1, .. }, .. },
+                    MapOp::PutBackend { id: 4, .. },
+                    MapOp::PutSlots { offset: 0, backend_ids },
                     MapOp::PutMaglevTable { .. },
-                    MapOp::PutFrontend { frontend: Frontend { backend_count: 3, flags: 0, .. }, .. },
-                ]
+                    MapOp::PutFrontend { frontend: Frontend { backend_count: 3, slots_offset: 0, .. }, .. },
+                ] if backend_ids == &[1, 4, 3]
             ),
             "{ops:?}"
         );
-        assert_eq!(maps.backends.len(), 3);
-        // A restarted agent finds both sets as they are.
+        // A restarted agent finds the lists as they are.
         assert_eq!(maps.adopt().plan_for_test(&state(&[("kubia", VIP, &three)])), []);
+    }
+
+    #[test]
+    fn a_backend_list_with_no_free_run_long_enough_refuses_its_service_and_keeps_the_old_list() {
+        let (a, b, c) = ("a", "b", "c");
+        let eps = |first: u8, n: u8| (first..first + n).map(|i| endpoint(i, true)).collect::<Vec<_>>();
+        let capacity = Capacity { slots: 10, ..Capacity::default() };
+        let mut maps = Maps::default();
+        let mut programmed = Programmed::default().with_capacity(capacity);
+        let three = [(a, [10, 96, 0, 1], eps(2, 3)), (b, [10, 96, 0, 2], eps(12, 3)), (c, [10, 96, 0, 3], eps(22, 3))];
+        let services = |list: &[(&str, [u8; 4], Vec<Endpoint>)]| {
+            let list: Vec<(&str, [u8; 4], &[Endpoint])> = list.iter().map(|(n, v, e)| (*n, *v, e.as_slice())).collect();
+            state(&list)
+        };
+        maps.apply_checked(&programmed.plan_for_test(&services(&three)));
+        // b goes: entries 3..6 are free from the next pass on, beside 9..10.
+        let two = [three[0].clone(), three[2].clone()];
+        maps.apply_checked(&programmed.plan_for_test(&services(&two)));
+        // a wants 4 entries in a row: 7 are free, but in runs of 3 and 1.
+        let grown = [(a, [10, 96, 0, 1], eps(2, 4)), three[2].clone()];
+        let ops = programmed.plan_for_test(&services(&grown));
+        maps.apply_checked(&ops);
+        let refused = programmed.refused();
+        assert_eq!(
+            refused.get(&ServiceName::new("default", a)).map(String::as_str),
+            Some("the backend slot map has no 4 free entries in a row (at most 3)"),
+            "{refused:?}"
+        );
+        assert!(!ops.iter().any(|op| matches!(op, MapOp::PutSlots { .. })), "{ops:?}");
+        let fe = maps.frontends.values().find(|fe| fe.slots_offset == 0).expect("a's list");
+        assert_eq!(fe.backend_count, 3, "a keeps its three");
     }
 
     #[test]
@@ -1417,11 +1483,15 @@ mod tests {
         assert_eq!(maps.backends.len(), 2, "a shared endpoint is one backend");
         maps.apply_checked(&programmed.plan_for_test(&state(&[("a", VIP, &[endpoint(2, true)])])));
         assert_eq!(maps.frontends.len(), 1);
-        assert_eq!(maps.slots.len(), 1);
-        assert_eq!(maps.backends.len(), 1);
+        let named: Vec<Option<AnyBackend>> = maps.frontends.values().flat_map(|fe| maps.named(fe)).collect();
+        assert_eq!(named.iter().filter(|b| b.is_some_and(|b| b.addr == IpAddr::from([10, 244, 0, 5]))).count(), 0);
+        // b's list and its own backend are free, for later passes.
+        assert_eq!(programmed.backend_ids.len(), 1);
+        assert_eq!(programmed.plan_for_test(&state(&[("a", VIP, &[endpoint(2, true)])])), []);
+        assert_eq!(programmed.slot_regions.largest_free(), Capacity::default().slots as u32 - 1);
         assert_eq!(maps.vips.len(), 1);
         maps.apply_checked(&programmed.plan_for_test(&DesiredState::default()));
-        assert!(maps.frontends.is_empty() && maps.slots.is_empty() && maps.backends.is_empty());
+        assert!(maps.frontends.is_empty() && programmed.backend_ids.is_empty());
         assert!(maps.vips.is_empty());
     }
 
@@ -1655,7 +1725,7 @@ mod tests {
         let backends_of = |addr: IpAddr| -> BTreeSet<IpAddr> {
             let key = maps.frontends.keys().find(|k| k.addr == addr).unwrap();
             let fe = maps.frontends[key];
-            (0..u32::from(fe.backend_count)).map(|i| maps.backends[&maps.slots[&fe.slot_key(i)]].addr).collect()
+            (0..u32::from(fe.backend_count)).map(|i| maps.backends[&maps.slots[&(fe.slots_offset + i)]].addr).collect()
         };
         let v4_backends: BTreeSet<IpAddr> = [IpAddr::from([10, 244, 0, 2]), IpAddr::from([10, 244, 0, 3])].into();
         let v6_backends: BTreeSet<IpAddr> = [v6("fd00:244::2"), v6("fd00:244::3"), v6("fd00:244::4")].into();

@@ -1,8 +1,9 @@
-//! Space for the Maglev tables inside the one `LB_MAGLEV` array: first-fit
-//! regions of elements, with freed regions held back until the next
-//! reconcile. A frontend switches to a new table by one map write; a packet
-//! that read the old frontend value just before may still read the old
-//! table, so that region must not be rewritten in the same pass.
+//! Space for the frontends' Maglev tables and backend lists inside the
+//! arrays that hold them all (`LB_MAGLEV`, `LB_BACKEND_SLOTS`): first-fit
+//! regions, with freed regions held back until the next reconcile. A
+//! frontend switches to a new table or list by one map write; a packet that
+//! read the old frontend value just before may still read the old one, so
+//! that region must not be rewritten in the same pass.
 
 use std::collections::BTreeMap;
 
@@ -50,22 +51,27 @@ impl Regions {
         }
     }
 
-    /// Makes the spans freed since the last call allocatable, merging
-    /// neighbours.
+    /// Makes the spans freed since the last call allocatable.
     pub fn release_held(&mut self) {
         for (start, len) in std::mem::take(&mut self.held) {
-            let (mut start, mut len) = (start, len);
-            if let Some((&prev, &prev_len)) = self.free.range(..start).next_back()
-                && prev + prev_len == start
-            {
-                self.free.remove(&prev);
-                (start, len) = (prev, prev_len + len);
-            }
-            if let Some(next_len) = self.free.remove(&(start + len)) {
-                len += next_len;
-            }
-            self.free.insert(start, len);
+            self.give_back(start, len);
         }
+    }
+
+    /// Makes a span allocatable at once, merging it with its neighbours:
+    /// for a span allocated in this pass that nothing names yet.
+    pub fn give_back(&mut self, start: u32, len: u32) {
+        let (mut start, mut len) = (start, len);
+        if let Some((&prev, &prev_len)) = self.free.range(..start).next_back()
+            && prev + prev_len == start
+        {
+            self.free.remove(&prev);
+            (start, len) = (prev, prev_len + len);
+        }
+        if let Some(next_len) = self.free.remove(&(start + len)) {
+            len += next_len;
+        }
+        self.free.insert(start, len);
     }
 
     /// The longest span that can be allocated now.
