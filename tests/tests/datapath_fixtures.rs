@@ -921,6 +921,37 @@ fn conntrack_of_the_previous_layout_is_copied_and_established_flows_keep_their_b
     assert_eq!(checksum_errors(&out.frame), None);
 }
 
+/// An agent upgraded over one whose frontends were 20 bytes and whose
+/// backends were a hash map replaces every map of their ids together: an
+/// affinity that names one of the old agent's ids is gone, and the Services
+/// written anew are translated.
+#[test]
+fn frontends_and_backends_of_the_hash_layout_are_replaced_with_every_map_of_their_ids() {
+    use lb_common::{AffinityEntry, AffinityKey, MAX_BACKENDS, MAX_FRONTENDS, map_names};
+    use lb_userspace::datapath::loader::{Datapath, LoadOptions};
+    require_root();
+    let mut dp = ScratchDatapath::load();
+    let affinity = AffinityKey { client: wire::addr(CLIENT), frontend_id: 1 };
+    dp.maps.v4.affinity.insert(affinity, AffinityEntry { backend_id: 7, _pad: 0, last_used_ns: 1 }, 0).unwrap();
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    for (name, key_size, value_size, entries) in
+        [(map_names::FRONTENDS, 8, 20, MAX_FRONTENDS), (map_names::BACKENDS, 4, 8, MAX_BACKENDS)]
+    {
+        let pin = dp.dir().join(name);
+        std::fs::remove_file(&pin).unwrap();
+        pin_map(&pin, [BPF_MAP_TYPE_HASH, key_size, value_size, entries]);
+    }
+    let (datapath, maps, _) = Datapath::load(dp.dir(), &LoadOptions::default()).unwrap();
+    (dp.datapath, dp.maps) = (datapath, maps);
+    assert!(dp.maps.v4.affinity.get(&affinity, 0).is_err(), "the affinity of an old id is gone");
+    let backends = aya::maps::MapInfo::from_pin(dp.dir().join(map_names::BACKENDS)).unwrap();
+    assert!(matches!(backends.map_type(), Ok(aya::maps::MapType::Array)));
+    program_services(&mut dp);
+    let syn = tcp(CLIENT, 40000, VIP, 80).tcp_flags(0x02).build();
+    let out = dp.datapath.test_run(TestProgram::PodTc, &syn, 1).unwrap();
+    assert_eq!(out.frame[30..34], POD, "the Service written anew is translated");
+}
+
 /// The endpoints an older agent listed (IPv4 only, 72-byte entries) are
 /// listed anew: reused, every write of this agent's would be refused.
 #[test]
