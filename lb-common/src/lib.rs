@@ -226,8 +226,8 @@ pub mod ipv6_programs {
 /// Capacities of the maps; the agent rejects objects beyond them.
 pub const MAX_FRONTENDS: u32 = 131_072;
 pub const MAX_BACKENDS: u32 = 131_072;
-/// Room for every frontend's backend list twice: a changed list is written
-/// beside the old one, which is reused only in a later pass.
+/// Room for the frontends' backend lists, a changed one beside the old one
+/// until the next pass (Services that would not fit are refused).
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 pub const MAX_CONNTRACK: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
@@ -365,8 +365,10 @@ pub const FRONTEND_FLAG_POD_TWIN: u16 = 8;
 /// address) may use the frontend.
 pub const FRONTEND_FLAG_NODE_ADMITTED: u16 = 32;
 /// An endpoint address: element `id` of `LB_BACKENDS` for a backend id the
-/// agent allocates (1..MAX_BACKENDS; an id is reused only after a pass in
-/// which no slot names it, so that an element never changes under a packet).
+/// agent allocates (1..MAX_BACKENDS). An id no list names any more is
+/// cleared (all zero, which the datapath takes for no backend) a pass later,
+/// and reused a pass after that: an element never changes while a list
+/// names it, and a stale session affinity entry finds no backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend<A = u32> {

@@ -491,7 +491,8 @@ impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
 
     #[inline(always)]
     fn backend(&self, id: u32) -> Option<Backend<F::Addr>> {
-        F::backends().get(id).copied()
+        // A cleared element (port 0) is no backend: see `lb_common::Backend`.
+        F::backends().get(id).copied().filter(|backend| backend.port != 0)
     }
 
     #[inline(always)]

@@ -742,6 +742,34 @@ fn each_new_connection_renews_the_client_s_affinity() {
     }
 }
 
+/// A session affinity entry that outlived its backend (a packet wrote it as
+/// the agent purged them, or an agent stopped between the two) names an id
+/// whose element the agent cleared: the client picks anew among the
+/// Service's backends, never a stranger's that took the id.
+#[test]
+fn an_affinity_naming_a_cleared_backend_picks_anew() {
+    use lb_common::{AffinityEntry, AffinityKey};
+    use lb_userspace::datapath::maps::monotonic_ns;
+    require_root();
+    let mut dp = ScratchDatapath::load();
+    five_backends(&mut dp, Frontend { affinity_timeout_s: 60, ..Default::default() });
+    let client = [10, 244, 1, 50];
+    let stranger = Backend { addr: [10, 244, 9, 9].into(), port: wire::port(8080), flags: 0 };
+    dp.maps.apply(&MapOp::PutBackend { id: 99, backend: stranger }).unwrap();
+    let key = AffinityKey { client: wire::addr(client), frontend_id: 9 };
+    let entry = AffinityEntry { backend_id: 99, _pad: 0, last_used_ns: monotonic_ns() };
+    dp.maps.v4.affinity.insert(key, entry, 0).unwrap();
+    let mut connect = |sport: u16| {
+        let syn = tcp(client, sport, VIP, 80).build();
+        dp.datapath.test_run(TestProgram::PodTc, &syn, 1).unwrap().frame[30..34].to_vec()
+    };
+    assert_eq!(connect(30000), [10, 244, 9, 9], "a fresh affinity is followed");
+    dp.maps.v4.affinity.insert(key, entry, 0).unwrap();
+    dp.maps.apply(&MapOp::ClearBackend(99)).unwrap();
+    let picked = connect(30001);
+    assert!(picked[..3] == [10, 244, 2] && (10..15).contains(&picked[3]), "picked {picked:?}");
+}
+
 /// The datapath reads its clock from the jiffies, with no helper call per
 /// packet, yet it is the agent's CLOCK_MONOTONIC at tick resolution: flows
 /// opened 100 ms apart carry the times they were opened, give or take two

@@ -135,7 +135,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     // On a thread of its own: the API source's watchers run on this one.
     let (bpf_dir, load) = (config.bpf_dir.clone(), config.load.clone());
-    let (datapath, maps, logger) = tokio::task::spawn_blocking(move || Datapath::load(&bpf_dir, &load))
+    let (datapath, mut maps, logger) = tokio::task::spawn_blocking(move || Datapath::load(&bpf_dir, &load))
         .await
         .context("loading the programs")??;
     // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
@@ -143,6 +143,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .map(|l| unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1))
         .transpose()?;
     let programmed = maps.programmed().context("reading the pinned maps")?;
+    match maps.clear_unnamed_backends(&programmed) {
+        Ok(0) => {}
+        Ok(cleared) => info!(cleared, "cleared the backends no list names"),
+        Err(err) => error!("clearing the backends no list names failed: {err}"),
+    }
     let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
     let nodeport_localhost = config.nodeport_localhost;
     let mut agent = Agent {

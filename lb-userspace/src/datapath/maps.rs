@@ -304,7 +304,9 @@ impl DatapathMaps {
             MapOp::PutEndpoint { key, meta } => self.endpoints.insert(key, meta, 0),
             MapOp::DeleteEndpoint(key) => self.endpoints.remove(key),
             MapOp::PutMaglevTable { element, size, backends } => self.maglev.write(*element, *size, backends),
-            // Ids are one space for both families: only one map has it.
+            // Backend ids are one space for both families: an operation
+            // without an address (clearing a backend, purging affinity,
+            // flushing a frontend's flows) goes to both.
             _ => match op.addr() {
                 None => {
                     let removed = self.v4.apply(op)? + self.v6.apply(op)?;
@@ -373,6 +375,17 @@ impl DatapathMaps {
         Ok(Programmed::adopt(contents).with_maglev_elements(self.maglev.elements()))
     }
 
+    /// Zeroes the backend elements that no list of `programmed` (what the
+    /// maps hold, just adopted) names, which the datapath then takes for no
+    /// backend: a session affinity entry an earlier agent left naming one
+    /// picks anew, instead of whatever backend takes the id next (see
+    /// `plan`). How many were cleared.
+    pub fn clear_unnamed_backends(&mut self, programmed: &Programmed) -> Result<usize, MapError> {
+        let named: BTreeSet<(bool, u32)> = programmed.backends().map(|(b, id)| (b.addr.is_ipv6(), id)).collect();
+        let v4 = self.v4.clear_backends_except(|id| named.contains(&(false, id)))?;
+        Ok(v4 + self.v6.clear_backends_except(|id| named.contains(&(true, id)))?)
+    }
+
     /// Packets per reason, summed over CPUs, per hook in `Hook::ALL` order.
     pub fn counters(&self) -> Result<Vec<(Reason, [u64; Hook::COUNT as usize])>, MapError> {
         Reason::ALL
@@ -422,6 +435,7 @@ impl<A: WireAddr + Pod> FamilyMaps<A> {
             |ip: IpAddr| A::from_ip(ip).ok_or(MapError::InvalidName { name: format!("{ip} in another family's map") });
         let result = match op {
             MapOp::PutBackend { id, backend } => self.backends.set(*id, &[rebackend(*backend, wire(backend.addr)?)]),
+            MapOp::ClearBackend(id) => self.backends.set(*id, &[Backend::default()]),
             MapOp::PutFrontend { key, frontend } => self.frontends.insert(rekey(*key, wire(key.addr)?), frontend, 0),
             MapOp::DeleteFrontend(key) => self.frontends.remove(&rekey(*key, wire(key.addr)?)),
             MapOp::PurgeAffinity { frontend_id, keep } => self.purge_affinity(*frontend_id, keep),
@@ -580,6 +594,18 @@ impl<A: WireAddr + Pod> FamilyMaps<A> {
             contents.source_ranges.push((u32::from_be(key.data().frontend_id_be), key.data().addr.ip(), prefix_len));
         }
         Ok(())
+    }
+
+    /// Zeroes every backend element not `named` that is not zero yet; how many.
+    fn clear_backends_except(&mut self, named: impl Fn(u32) -> bool) -> Result<usize, MapError> {
+        let mut cleared = 0;
+        for id in 0..self.backends.capacity() {
+            if !named(id) && self.backends.get(id)? != Backend::default() {
+                self.backends.set(id, &[Backend::default()])?;
+                cleared += 1;
+            }
+        }
+        Ok(cleared)
     }
 
     /// Backend `id`, as the datapath reads it.

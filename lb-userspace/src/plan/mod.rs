@@ -45,6 +45,9 @@ pub enum MapOp {
         id: u32,
         backend: AnyBackend,
     },
+    /// Zeroes backend `id`'s element in both families' arrays, which the
+    /// datapath then takes for no backend.
+    ClearBackend(u32),
     /// A frontend's backend list, from entry `offset` of `LB_BACKEND_SLOTS` on.
     PutSlots {
         offset: u32,
@@ -267,7 +270,16 @@ pub struct Programmed {
     backend_ids: HashMap<AnyBackend, u32>,
     /// Ids go round `1..MAX_BACKENDS`, so that one is not reused at once.
     next_backend_id: u32,
+    /// Ids not to hand out: those of `backend_ids`, and the two below.
     used_backend_ids: HashSet<u32>,
+    /// Ids no list names since this pass: cleared by the next one.
+    unnamed_ids: Vec<u32>,
+    /// Ids cleared by this pass: free from the next one. Between, a session
+    /// affinity entry that outlived its backend (written by a packet as the
+    /// agent purged them, or left by an agent that stopped between the two)
+    /// finds the element cleared, and its client picks anew, instead of
+    /// being sent to whatever backend takes the id next.
+    cleared_ids: Vec<u32>,
     frontend_ids: FrontendIds,
     /// Free space in `LB_MAGLEV`, in elements.
     maglev_regions: Regions,
@@ -423,6 +435,8 @@ impl Programmed {
             backend_ids,
             next_backend_id,
             used_backend_ids,
+            unnamed_ids: Vec::new(),
+            cleared_ids: Vec::new(),
             frontend_ids: FrontendIds::new(&used_frontend_ids),
             maglev_regions,
             slot_regions,
@@ -451,6 +465,11 @@ impl Programmed {
     /// because the maps are full; with the reason.
     pub fn refused(&self) -> &BTreeMap<ServiceName, String> {
         &self.refused
+    }
+
+    /// The backends the lists name, with their ids.
+    pub fn backends(&self) -> impl Iterator<Item = (&AnyBackend, u32)> {
+        self.backend_ids.iter().map(|(backend, id)| (backend, *id))
     }
 
     /// What the maps hold now.
@@ -508,16 +527,23 @@ impl Programmed {
         let mut new_backends = HashSet::new();
         // Where the frontends' changed backend lists go.
         let mut list_offsets: HashMap<AnyFrontendKey, u32> = HashMap::new();
-        // The last pass's packets are done with the regions it freed.
+        // The last pass's packets are done with the regions it freed and
+        // the backends it stopped naming.
         self.maglev_regions.release_held();
         self.slot_regions.release_held();
+        for id in std::mem::take(&mut self.cleared_ids) {
+            self.used_backend_ids.remove(&id);
+        }
+        let mut ops: Vec<MapOp> = self.unnamed_ids.iter().map(|id| MapOp::ClearBackend(*id)).collect();
+        self.cleared_ids = std::mem::take(&mut self.unnamed_ids);
         for service in &changed {
             let frontends = wanted_frontends(service, node);
             let mut more = Capacity { frontends: frontends.len(), slots: 0, backends: 0, endpoints: 0 };
             let mut backends: Vec<AnyBackend> = Vec::new();
             for (key, fe) in &frontends {
-                // The new list, and the old one kept in the other set (at most).
-                more.slots += fe.backends.len() + self.frontends.get(key).map_or(0, |old| old.slots.len());
+                // The old list, and a changed one beside it until the next pass.
+                let old = self.frontends.get(key).map_or(0, |old| old.slots.len());
+                more.slots += old + if self.list_unchanged(key, fe) { 0 } else { fe.backends.len() };
                 more.endpoints += fe.endpoints.len();
                 let unknown = |b: &&AnyBackend| !self.backend_ids.contains_key(*b) && !new_backends.contains(*b);
                 backends.extend(fe.backends.iter().filter(unknown));
@@ -529,9 +555,17 @@ impl Programmed {
                 self.capacity.overflow(&used, &more).or_else(|| self.place_lists(&frontends, &mut list_offsets).err());
             if let Some(reason) = refusal {
                 // Keep what it had, if it had anything: it is not wanted
-                // anew, so its frontends stay as they are.
-                let kept: Vec<AnyFrontendKey> =
-                    self.planned.get(&service.name).map(|(_, keys)| keys.clone()).unwrap_or_default();
+                // anew, so its frontends stay as they are. Unplanned yet
+                // (adopted, or a pass over everything): its frontends are
+                // the ones its meta names.
+                let kept: Vec<AnyFrontendKey> = match self.planned.get(&service.name) {
+                    Some((_, keys)) => keys.clone(),
+                    None => {
+                        let (namespace, name) = (&service.name.namespace, &service.name.name);
+                        let its = |fe: &ProgrammedFrontend| fe.meta.namespace() == namespace && fe.meta.name() == name;
+                        self.frontends.iter().filter(|(_, fe)| its(fe)).map(|(key, _)| *key).collect()
+                    }
+                };
                 had.retain(|key| !kept.contains(key));
                 for fe in kept.iter().filter_map(|key| self.frontends.get(key)) {
                     used.add(&fe.usage());
@@ -549,7 +583,6 @@ impl Programmed {
         self.planned_node = Some(node.clone());
         // Backends that lost a slot, which may now be referenced by none.
         let mut released: Vec<u32> = if everything { self.backend_ids.values().copied().collect() } else { Vec::new() };
-        let mut ops = Vec::new();
 
         // 1. Backends first.
         for fe in wanted.values() {
@@ -779,11 +812,11 @@ impl Programmed {
             .map(|(b, id)| (*b, *id))
             .collect();
         unreferenced.sort_by_key(|(_, id)| *id);
-        // Their elements stay as they are: nothing names them, and ids are
-        // handed out in a later pass only.
+        // No list names them now; a packet that read an old list may still
+        // read their elements until the next pass clears them.
         for (backend, id) in unreferenced {
             self.backend_ids.remove(&backend);
-            self.used_backend_ids.remove(&id);
+            self.unnamed_ids.push(id);
         }
         ops
     }
@@ -800,6 +833,12 @@ impl Programmed {
         id
     }
 
+    /// Whether the frontend at `key` has `fe`'s backend list already.
+    fn list_unchanged(&self, key: &AnyFrontendKey, fe: &WantedFrontend) -> bool {
+        let old = self.frontends.get(key).map_or(&[][..], |old| old.slots.as_slice());
+        old.len() == fe.backends.len() && fe.backends.iter().zip(old).all(|(b, id)| self.backend_ids.get(b) == Some(id))
+    }
+
     /// Places the backend lists of `frontends` (one service's) that changed
     /// in free regions of `LB_BACKEND_SLOTS`, into `offsets`; if one does
     /// not fit, none is placed and the reason is returned.
@@ -810,10 +849,7 @@ impl Programmed {
     ) -> Result<(), String> {
         let mut placed = Vec::new();
         for (key, fe) in frontends {
-            let old = self.frontends.get(key).map_or(&[][..], |old| old.slots.as_slice());
-            let same = old.len() == fe.backends.len()
-                && fe.backends.iter().zip(old).all(|(b, id)| self.backend_ids.get(b) == Some(id));
-            if same || fe.backends.is_empty() {
+            if self.list_unchanged(key, fe) || fe.backends.is_empty() {
                 continue;
             }
             let len = fe.backends.len() as u32;
@@ -1166,6 +1202,7 @@ mod tests {
                     self.frontends.iter().map(|(key, fe)| (*key, (*fe, self.named(fe)))).collect();
                 match op {
                     MapOp::PutBackend { id, backend } => drop(self.backends.insert(*id, *backend)),
+                    MapOp::ClearBackend(id) => drop(self.backends.remove(id)),
                     MapOp::PutSlots { offset, backend_ids } => self.slots.extend((*offset..).zip(backend_ids.clone())),
                     MapOp::PutFrontend { key, frontend } => drop(self.frontends.insert(*key, *frontend)),
                     MapOp::DeleteFrontend(key) => drop(self.frontends.remove(key)),
@@ -1421,15 +1458,17 @@ mod tests {
             "{ops:?}"
         );
 
-        // Back to three: the old list's entries are free again, and the
-        // returning endpoint gets a new id (2 was freed a pass ago, but ids
-        // go round).
+        // Back to three: the old list's entries are free again, the
+        // departed backend's element is cleared, and the returning endpoint
+        // gets a new id (2 is not free before the next pass, and ids go
+        // round).
         let ops = programmed.plan_for_test(&state(&[("kubia", VIP, &three)]));
         maps.apply_checked(&ops);
         assert!(
             matches!(
                 datapath_ops(&ops).as_slice(),
                 [
+                    MapOp::ClearBackend(2),
                     MapOp::PutBackend { id: 4, .. },
                     MapOp::PutSlots { offset: 0, backend_ids },
                     MapOp::PutMaglevTable { .. },
@@ -1474,6 +1513,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_over_everything_counts_each_unchanged_list_once_and_refuses_nothing() {
+        let eps = |first: u8| (first..first + 3).map(|i| endpoint(i, true)).collect::<Vec<_>>();
+        let (a, b) = (eps(2), eps(12));
+        let desired = state(&[("a", [10, 96, 0, 1], &a), ("b", [10, 96, 0, 2], &b)]);
+        // Room for both lists once, not twice.
+        let capacity = Capacity { slots: 7, ..Capacity::default() };
+        let mut programmed = Programmed::default().with_capacity(capacity);
+        let mut maps = Maps::default();
+        maps.apply_checked(&programmed.plan_for_test(&desired));
+        assert!(programmed.refused().is_empty(), "{:?}", programmed.refused());
+        // A new node address makes the next pass compare everything.
+        let node = NodeInfo { addrs: vec![IpAddr::from([192, 0, 2, 1])], ..NodeInfo::default() };
+        let ops = programmed.plan(&desired, &node);
+        assert!(programmed.refused().is_empty(), "{:?}", programmed.refused());
+        assert!(!ops.iter().any(|op| matches!(op, MapOp::DeleteFrontend(_) | MapOp::PutSlots { .. })), "{ops:?}");
+        // And after a restart, which plans everything too.
+        let ops = maps.adopt().with_capacity(capacity).plan_for_test(&desired);
+        assert_eq!(ops, []);
+    }
+
+    #[test]
     fn removing_a_service_removes_everything_it_owned_and_nothing_else() {
         let mut maps = Maps::default();
         let mut programmed = Programmed::default();
@@ -1485,10 +1545,15 @@ mod tests {
         assert_eq!(maps.frontends.len(), 1);
         let named: Vec<Option<AnyBackend>> = maps.frontends.values().flat_map(|fe| maps.named(fe)).collect();
         assert_eq!(named.iter().filter(|b| b.is_some_and(|b| b.addr == IpAddr::from([10, 244, 0, 5]))).count(), 0);
-        // b's list and its own backend are free, for later passes.
+        // b's list is free from the next pass on; its own backend (id 2)
+        // is cleared by the next pass and free from the one after.
         assert_eq!(programmed.backend_ids.len(), 1);
-        assert_eq!(programmed.plan_for_test(&state(&[("a", VIP, &[endpoint(2, true)])])), []);
+        let a_only = state(&[("a", VIP, &[endpoint(2, true)])]);
+        assert_eq!(programmed.plan_for_test(&a_only), [MapOp::ClearBackend(2)]);
         assert_eq!(programmed.slot_regions.largest_free(), Capacity::default().slots as u32 - 1);
+        assert!(programmed.used_backend_ids.contains(&2));
+        assert_eq!(programmed.plan_for_test(&a_only), []);
+        assert!(!programmed.used_backend_ids.contains(&2));
         assert_eq!(maps.vips.len(), 1);
         maps.apply_checked(&programmed.plan_for_test(&DesiredState::default()));
         assert!(maps.frontends.is_empty() && programmed.backend_ids.is_empty());
