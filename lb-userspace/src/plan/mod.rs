@@ -1332,6 +1332,29 @@ mod tests {
         assert_eq!(maps.frontends.len(), 2);
     }
 
+    /// A pass over everything (a node change, or the first after a restart)
+    /// that finds a Service no longer fits keeps the frontends it has,
+    /// found by their meta, as any other pass does.
+    #[test]
+    fn a_service_refused_by_a_pass_over_everything_keeps_its_frontends() {
+        let mut desired = state(&[("a", [10, 96, 0, 1], &[endpoint(2, true)]), ("b", VIP, &[endpoint(3, true)])]);
+        let b = Arc::make_mut(desired.services.get_mut(&ServiceName::new("default", "b")).unwrap());
+        b.service_type = ServiceType::NodePort;
+        b.ports[0].node_port = Some(30123);
+        let capacity = Capacity { frontends: 2, ..Capacity::default() };
+        let mut maps = Maps::default();
+        let mut programmed = Programmed::default().with_capacity(capacity);
+        maps.apply_checked(&programmed.plan_for_test(&desired));
+        assert_eq!(maps.frontends.len(), 2);
+        // A node address: b would want a node port frontend more.
+        let node = NodeInfo { addrs: vec![IpAddr::from([192, 0, 2, 1])], ..NodeInfo::default() };
+        for programmed in [&mut programmed, &mut maps.adopt().with_capacity(capacity)] {
+            let ops = programmed.plan(&desired, &node);
+            assert!(programmed.refused().contains_key(&ServiceName::new("default", "b")), "{ops:?}");
+            assert!(!ops.iter().any(|op| matches!(op, MapOp::DeleteFrontend(_))), "{ops:?}");
+        }
+    }
+
     /// Node ports are kept from the node's processes while a frontend
     /// uses them; with `--nodeport-localhost` they answer on 127.0.0.1 too,
     /// for the node's sockets only.
