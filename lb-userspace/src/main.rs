@@ -23,8 +23,18 @@ use lb_userspace::{
 #[derive(Parser)]
 #[command(name = "lb-agent", version, about = "Kubernetes Services in XDP and TC: the per-node agent")]
 struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object a line) for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +166,9 @@ struct RunArgs {
     /// waited this long for a complete one.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     health_timeout: std::time::Duration,
+    /// Where Prometheus metrics answer (`/metrics`, kube-proxy's port); empty for nowhere.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10249", value_parser = parse_bind_address)]
+    metrics_bind_address: BindAddress,
 }
 
 /// An address to listen on, or none (the empty string).
@@ -250,11 +263,15 @@ impl ConntrackFilterArgs {
 /// Errors end the agent with one line on stderr (the causes joined by
 /// colons) and exit status 1.
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match try_main(Cli::parse()) {
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match try_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("lb-agent: {err:#}");
@@ -372,6 +389,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         model: ModelOptions { service_cidrs, controllers },
         health_bind: args.health_bind_address.0,
         health_timeout: args.health_timeout,
+        metrics_bind: args.metrics_bind_address.0,
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
 }

@@ -175,7 +175,7 @@ pub fn serve_health(addr: SocketAddr, health: Arc<SyncHealth>) {
 }
 
 /// A listening socket on `addr`, bound at once (the caller need not be async).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(super) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     TcpListener::from_std(listener)

@@ -19,7 +19,10 @@ use tracing::{error, info, warn};
 
 use lb_common::{DEVICE_INGRESS_HOOKED, DEVICE_POD, DEVICE_TAKES_XDP_FRAMES, Ipv6Wire};
 
-use super::health::{self, HealthServer, SyncHealth};
+use super::{
+    health::{self, HealthServer, SyncHealth},
+    metrics::{self, AgentMetrics, DatapathCollector},
+};
 use crate::{
     datapath::{
         interfaces::InterfacePatterns,
@@ -78,6 +81,8 @@ pub struct AgentConfig {
     pub health_bind: Option<SocketAddr>,
     /// How long a failed pass may wait for a complete one before the agent is stale.
     pub health_timeout: Duration,
+    /// Where `/metrics` answers, if anywhere.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 struct Agent {
@@ -109,6 +114,7 @@ struct Agent {
     refused: BTreeMap<model::ServiceName, String>,
     health: HealthServer,
     sync_health: Arc<SyncHealth>,
+    metrics: Arc<AgentMetrics>,
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -148,6 +154,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Ok(cleared) => info!(cleared, "cleared the backends no list names"),
         Err(err) => error!("clearing the backends no list names failed: {err}"),
     }
+    let mut registry = prometheus_client::registry::Registry::default();
+    let agent_metrics = AgentMetrics::register(&mut registry);
+    if let Some(addr) = config.metrics_bind {
+        // A handle of its own on the maps just pinned, read by the scrapes.
+        match DatapathMaps::open_pinned(&config.bpf_dir) {
+            Ok(maps) => registry.register_collector(Box::new(DatapathCollector::new(maps))),
+            Err(err) => error!("the datapath's counters are left out of /metrics: {err}"),
+        }
+        metrics::serve_metrics(addr, registry);
+    }
     let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
     let nodeport_localhost = config.nodeport_localhost;
     let mut agent = Agent {
@@ -168,6 +184,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         refused: BTreeMap::new(),
         health: HealthServer::default(),
         sync_health,
+        metrics: agent_metrics,
     };
     // Interfaces first: traffic to a frontend must not start while the
     // veths of its backends are still being attached.
@@ -313,11 +330,27 @@ impl Agent {
             }
         }
         self.sync_health.synced(failures == 0);
+        let (services, map_writes, applied) = (self.desired.services.len(), ops.len(), started.elapsed());
         if !ops.is_empty() {
-            let (services, map_writes, applied) = (self.desired.services.len(), ops.len(), started.elapsed());
             info!(services, map_writes, failures, ?planned, ?applied, "datapath updated");
         }
+        self.record_pass(applied, map_writes, failures);
         ops.len()
+    }
+
+    /// What a pass leaves for `/metrics`.
+    fn record_pass(&self, duration: Duration, writes: usize, failures: usize) {
+        self.metrics.pass(duration, writes, failures);
+        self.metrics.model(self.desired.services.len(), self.refused.len(), self.model_errors.len());
+        let (used, capacity) = (self.programmed.usage(), self.programmed.capacity());
+        for (map, used, capacity) in [
+            ("frontends", used.frontends, capacity.frontends),
+            ("backend_slots", used.slots, capacity.slots),
+            ("backends", used.backends, capacity.backends),
+            ("endpoints", used.endpoints, capacity.endpoints),
+        ] {
+            self.metrics.pressure(map, used, capacity);
+        }
     }
 
     /// Reads the addresses of the node's devices: where node ports answer
@@ -400,10 +433,12 @@ impl Agent {
     /// Removes conntrack entries the datapath already ignores as expired.
     fn sweep_conntrack(&mut self) {
         match self.maps.sweep_conntrack(&self.config.load.ct_timeouts) {
-            Ok(sweep) if sweep.removed > 0 => {
-                info!(removed = sweep.removed, live = sweep.live, "conntrack sweep removed expired entries")
+            Ok(sweep) => {
+                self.metrics.conntrack(sweep.live);
+                if sweep.removed > 0 {
+                    info!(removed = sweep.removed, live = sweep.live, "conntrack sweep removed expired entries")
+                }
             }
-            Ok(_) => {}
             Err(err) => error!("conntrack sweep failed: {err}"),
         }
     }

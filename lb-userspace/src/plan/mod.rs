@@ -472,8 +472,13 @@ impl Programmed {
         self.backend_ids.iter().map(|(backend, id)| (backend, *id))
     }
 
+    /// How much the maps may hold.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
     /// What the maps hold now.
-    fn usage(&self) -> Capacity {
+    pub fn usage(&self) -> Capacity {
         let mut used = Capacity { frontends: 0, slots: 0, backends: self.backend_ids.len(), endpoints: 0 };
         for fe in self.frontends.values() {
             used.add(&fe.usage());

@@ -1,0 +1,235 @@
+//! Prometheus metrics: `GET /metrics` on `--metrics-bind-address`
+//! (kube-proxy's port, 10249), encoded by `prometheus-client` in the
+//! OpenMetrics text format. Two kinds:
+//! - what the datapath counted, read from its maps at each scrape
+//!   ([`DatapathCollector`]): packets by hook and reason, rewritten packets
+//!   by the way they left, conntrack entries created and removed;
+//! - what the control loop measured, recorded after each pass
+//!   ([`AgentMetrics`]): its duration under kube-proxy's names, map writes,
+//!   Services refused, objects in error, and how full the maps are
+//!   (Cilium's `bpf_map_pressure`).
+
+use std::{
+    fmt,
+    future::IntoFuture,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError, atomic::AtomicU64},
+    time::{Duration, SystemTime},
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use lb_common::Hook;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::Registry,
+};
+use tracing::{error, info};
+
+use super::health::listen;
+use crate::datapath::maps::DatapathMaps;
+
+/// What the control loop records of its passes; shared with the scrapes.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    sync_duration: Histogram,
+    last_sync: Gauge<f64, AtomicU64>,
+    map_writes: Counter,
+    map_write_failures: Counter,
+    services: Gauge,
+    refused_services: Gauge,
+    model_errors: Gauge,
+    conntrack_entries: Gauge,
+    map_pressure: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
+}
+
+impl AgentMetrics {
+    /// The agent's metrics, registered in `registry`.
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Arc::new(AgentMetrics {
+            // kube-proxy's buckets: 1 ms to 16 s.
+            sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            last_sync: Gauge::default(),
+            map_writes: Counter::default(),
+            map_write_failures: Counter::default(),
+            services: Gauge::default(),
+            refused_services: Gauge::default(),
+            model_errors: Gauge::default(),
+            conntrack_entries: Gauge::default(),
+            map_pressure: Family::default(),
+        });
+        let m = &metrics;
+        registry.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "How long a pass from the model to the maps took (planning and writing)",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "When the last pass that wrote every change completed, in seconds since the epoch",
+            m.last_sync.clone(),
+        );
+        registry.register("lb_map_writes", "Map writes the passes made", m.map_writes.clone());
+        registry.register("lb_map_write_failures", "Map writes that failed", m.map_write_failures.clone());
+        registry.register("lb_services", "Services in the model", m.services.clone());
+        registry.register(
+            "lb_services_refused",
+            "Services not programmed, or kept at their last version, for want of room in the maps",
+            m.refused_services.clone(),
+        );
+        registry.register(
+            "lb_model_errors",
+            "Objects the model rejects now (each logged once with its reason)",
+            m.model_errors.clone(),
+        );
+        registry.register(
+            "lb_conntrack_entries",
+            "Live conntrack entries of both families at the last sweep (two per flow)",
+            m.conntrack_entries.clone(),
+        );
+        registry.register(
+            "lb_bpf_map_pressure",
+            "How full each kind of map is, 0 to 1, as the agent last programmed it",
+            m.map_pressure.clone(),
+        );
+        registry.register("lb_build", "The agent's version", Info::new([("version", env!("CARGO_PKG_VERSION"))]));
+        metrics
+    }
+
+    /// Records a pass through the maps.
+    pub fn pass(&self, duration: Duration, writes: usize, failures: usize) {
+        self.sync_duration.observe(duration.as_secs_f64());
+        self.map_writes.inc_by(writes as u64);
+        self.map_write_failures.inc_by(failures as u64);
+        if failures == 0 {
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            self.last_sync.set(now.as_secs_f64());
+        }
+    }
+
+    /// Records the model's size and troubles after a pass.
+    pub fn model(&self, services: usize, refused: usize, errors: usize) {
+        self.services.set(services as i64);
+        self.refused_services.set(refused as i64);
+        self.model_errors.set(errors as i64);
+    }
+
+    /// Records how full the map kind `map` is.
+    pub fn pressure(&self, map: &'static str, used: usize, capacity: usize) {
+        let pressure = if capacity == 0 { 0.0 } else { used as f64 / capacity as f64 };
+        self.map_pressure.get_or_create(&[("map_name", map)]).set(pressure);
+    }
+
+    /// Records the live conntrack entries a sweep counted.
+    pub fn conntrack(&self, live: u64) {
+        self.conntrack_entries.set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
+}
+
+/// The datapath's counters, read from its maps at each scrape.
+pub struct DatapathCollector {
+    maps: Mutex<DatapathMaps>,
+}
+
+impl DatapathCollector {
+    /// Reads `maps` (a handle of its own on the pinned maps) at each scrape.
+    pub fn new(maps: DatapathMaps) -> Self {
+        DatapathCollector { maps: Mutex::new(maps) }
+    }
+}
+
+impl fmt::Debug for DatapathCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatapathCollector")
+    }
+}
+
+impl Collector for DatapathCollector {
+    /// A map that cannot be read leaves its metrics out of this scrape,
+    /// with the error logged.
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        match maps.counters() {
+            Ok(counters) => {
+                let help = "Packets (and socket calls) the datapath decided, by hook and reason";
+                let mut family = encoder.encode_descriptor("lb_datapath_packets", help, None, MetricType::Counter)?;
+                for (reason, per_hook) in counters {
+                    for (hook, packets) in Hook::ALL.iter().zip(per_hook) {
+                        let labels = [("hook", hook.name()), ("reason", reason.name())];
+                        ConstCounter::new(packets).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            Err(err) => error!("metrics: reading LB_COUNTERS failed: {err}"),
+        }
+        match maps.fast_path_counters() {
+            Ok(counters) => {
+                let help = "Rewritten packets by the way they left the datapath";
+                let mut family =
+                    encoder.encode_descriptor("lb_datapath_sent_packets", help, None, MetricType::Counter)?;
+                for (way, packets) in counters {
+                    ConstCounter::new(packets).encode(family.encode_family(&[("sent_by", way.name())])?)?;
+                }
+            }
+            Err(err) => error!("metrics: reading LB_FAST_PATH_COUNTERS failed: {err}"),
+        }
+        match maps.conntrack_totals() {
+            Ok((created, removed)) => {
+                for (name, help, value) in [
+                    ("lb_conntrack_created", "Conntrack entries the datapath created (two per flow)", created),
+                    ("lb_conntrack_removed", "Conntrack entries agents removed (expired, or flushed)", removed),
+                ] {
+                    ConstCounter::new(value).encode(encoder.encode_descriptor(
+                        name,
+                        help,
+                        None,
+                        MetricType::Counter,
+                    )?)?;
+                }
+            }
+            Err(err) => error!("metrics: reading LB_CT_STATS failed: {err}"),
+        }
+        Ok(())
+    }
+}
+
+/// Serves `registry` on `addr` until the agent ends; a failure to listen
+/// is logged, and the agent goes on without metrics.
+pub fn serve_metrics(addr: SocketAddr, registry: Registry) {
+    match listen(addr) {
+        Ok(listener) => {
+            info!(%addr, "serving /metrics");
+            let router = Router::new().route("/metrics", get(scrape)).with_state(Arc::new(registry));
+            tokio::spawn(axum::serve(listener, router).into_future());
+        }
+        Err(err) => error!("cannot serve /metrics on {addr}: {err}"),
+    }
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
+    // The maps are read with syscalls: off the runtime's threads.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        encode(&mut text, &registry).map(|()| text)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "encoding the metrics failed\n").into_response(),
+    }
+}

@@ -1,0 +1,94 @@
+//! What the agent tells operators: Prometheus metrics on
+//! `--metrics-bind-address` (kube-proxy's 10249), scraped while real traffic
+//! flows (the datapath's counters move by what the packets did, the control
+//! loop's passes are recorded), and logs a collector can parse.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use lb_tests::{
+    agent::AgentProcess,
+    client::{http_get, http_request_path},
+    kubia::{KUBIA_SERVICE, TIMEOUT, VIP, cluster, endpoint_count, pods_manifest},
+    netns::Netns,
+    require_root,
+    topology::POD_DEVICE_PATTERN,
+};
+
+const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249);
+
+/// One scrape of `/metrics` in `ns`: each sample (`name{labels}`) with its value.
+fn scrape(ns: &Netns) -> BTreeMap<String, f64> {
+    let (status, body) = http_request_path(ns, METRICS, "/metrics", TIMEOUT).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF:\n{body}");
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            let (sample, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line:?}"));
+            (sample.to_owned(), value.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        })
+        .collect()
+}
+
+/// `sample`'s value in `scrape`, 0 when it is not there.
+fn value(scrape: &BTreeMap<String, f64>, sample: &str) -> f64 {
+    scrape.get(sample).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_each_new_connection_and_its_conntrack_entries_while_traffic_flows() {
+    require_root();
+    let c = cluster(2);
+    let all: Vec<_> = c.backends.iter().collect();
+    let pods = pods_manifest(&all, |_| true);
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    let before = scrape(&c.node.ns);
+
+    const CONNECTIONS: f64 = 25.0;
+    for _ in 0..CONNECTIONS as usize {
+        http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    }
+    let after = scrape(&c.node.ns);
+    let moved = |sample: &str| value(&after, sample) - value(&before, sample);
+    let new_flows = r#"lb_datapath_packets_total{hook="TC-POD",reason="forward_new_flow"}"#;
+    assert_eq!(moved(new_flows), CONNECTIONS, "one new flow per connection");
+    assert_eq!(moved("lb_conntrack_created_total"), 2.0 * CONNECTIONS, "a forward and a reply entry per flow");
+    let replies = r#"lb_datapath_packets_total{hook="TC-POD",reason="reply_reverse_nat"}"#;
+    assert!(moved(replies) >= 3.0 * CONNECTIONS, "SYN-ACK, response, FIN at least: {}", moved(replies));
+    // The same figures as `get counters`.
+    assert_eq!(value(&after, new_flows), agent.counter("TC-POD", "forward_new_flow").unwrap() as f64);
+
+    // The control loop's passes: at least the first, and what they programmed.
+    assert!(value(&after, "kubeproxy_sync_proxy_rules_duration_seconds_count") >= 1.0);
+    assert!(value(&after, "kubeproxy_sync_proxy_rules_last_timestamp_seconds") > 1.7e9);
+    assert_eq!(value(&after, "lb_services"), 1.0);
+    assert_eq!(value(&after, "lb_map_write_failures_total"), 0.0);
+    // Two pods, each a backend of both ports (HTTP and UDP echo).
+    let backends = value(&after, r#"lb_bpf_map_pressure{map_name="backends"}"#);
+    assert_eq!(backends, 4.0 / f64::from(lb_common::MAX_BACKENDS - 1));
+    assert_eq!(value(&after, r#"lb_build_info{version="0.1.0"}"#), 1.0);
+    assert!(agent.log_text().contains("serving /metrics"), "{}", agent.log_text());
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_with_level_and_message() {
+    require_root();
+    let c = cluster(1);
+    let pods = pods_manifest(&c.backends.iter().collect::<Vec<_>>(), |_| true);
+    let manifests = [("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", pods.as_str())];
+    let args = ["--pod-device", POD_DEVICE_PATTERN, "--log-format", "json"];
+    let agent = AgentProcess::start_with(&c.node, &manifests, &args).unwrap();
+    let log = agent.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON object ({e}): {line:?}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()), "{log}");
+    let started = lines.iter().find(|l| l["fields"]["message"] == "agent started").expect("agent started is logged");
+    assert_eq!(started["fields"]["node"], c.node.ns.name(), "{started}");
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "datapath updated" && l["fields"]["map_writes"].is_u64()));
+}
