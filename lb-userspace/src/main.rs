@@ -49,6 +49,10 @@ enum Command {
         what: GetWhat,
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
         bpf_dir: PathBuf,
+        /// `wide` for more columns, `json` or `yaml` for the same rows to
+        /// script against (the table by default).
+        #[arg(short, long, value_enum)]
+        output: Option<OutputArg>,
         #[command(flatten)]
         filter: ConntrackFilterArgs,
     },
@@ -210,6 +214,13 @@ enum XdpModeArg {
     Skb,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputArg {
+    Wide,
+    Json,
+    Yaml,
+}
+
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum GetWhat {
     Services,
@@ -287,19 +298,24 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run(args) => run(*args),
-        Command::Get { what, bpf_dir, filter } => {
+        Command::Get { what, bpf_dir, output, filter } => {
             if what != GetWhat::Conntrack && !filter.is_empty() {
                 bail!("--service, --client, --backend and --protocol filter `get conntrack` only");
             }
+            let output = match output {
+                None => get::Output::Table,
+                Some(OutputArg::Wide) => get::Output::Wide,
+                Some(OutputArg::Json) => get::Output::Json,
+                Some(OutputArg::Yaml) => get::Output::Yaml,
+            };
             let maps = DatapathMaps::open_pinned(&bpf_dir)?;
             let out = match what {
-                GetWhat::Services => get::format_services(&get::programmed_services(&maps)?),
-                GetWhat::Endpoints => get::format_endpoints(&maps)?,
-                GetWhat::Counters => get::format_counters(
-                    &maps.counters().context("reading counters")?,
-                    &maps.fast_path_counters().context("reading fast path counters")?,
-                ),
-                GetWhat::Conntrack => get::format_conntrack(&maps, &filter.filter(), monotonic_ns())?,
+                GetWhat::Services => get::format_services(get::programmed_services(&maps)?, output)?,
+                GetWhat::Endpoints => get::format_endpoints(get::programmed_endpoints(&maps)?, output)?,
+                GetWhat::Counters => get::format_counters(&get::counters(&maps)?, output)?,
+                GetWhat::Conntrack => {
+                    get::format_conntrack(&get::conntrack(&maps, &filter.filter(), monotonic_ns())?, output)?
+                }
             };
             print!("{out}");
             Ok(())

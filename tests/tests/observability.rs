@@ -92,3 +92,48 @@ fn json_logs_are_one_object_a_line_with_level_and_message() {
     assert_eq!(started["fields"]["node"], c.node.ns.name(), "{started}");
     assert!(lines.iter().any(|l| l["fields"]["message"] == "datapath updated" && l["fields"]["map_writes"].is_u64()));
 }
+
+/// `get … -o json|yaml` give the rows the tables show, to script against.
+#[test]
+fn get_prints_json_and_yaml_that_agree_with_the_tables() {
+    require_root();
+    let c = cluster(2);
+    let all: Vec<_> = c.backends.iter().collect();
+    let pods = pods_manifest(&all, |_| true);
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    for _ in 0..3 {
+        http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    }
+    let json = |what: &str| -> serde_json::Value {
+        let text = agent.get_filtered(what, &["-o", "json"]).unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("get {what} -o json: {e}: {text}"))
+    };
+
+    let services = json("services");
+    assert_eq!(services["kind"], "ServiceList");
+    let kubia = &services["items"][0];
+    assert_eq!((kubia["namespace"].as_str(), kubia["name"].as_str()), (Some("default"), Some("kubia")));
+    assert_eq!(kubia["clusterIPs"], serde_json::json!(["10.96.0.10"]));
+    let endpoints: Vec<&str> = kubia["endpoints"].as_array().unwrap().iter().filter_map(|e| e.as_str()).collect();
+    let table = agent.get("services").unwrap();
+    assert!(table.contains(&endpoints.join(",")), "{table}\n{kubia}");
+    assert_eq!(endpoints.len(), 4, "two pods, two ports: {kubia}");
+    assert_eq!(kubia["backendSelection"], "maglev");
+
+    let counters = json("counters");
+    let new_flows = counters["reasons"].as_array().unwrap().iter().find(|r| r["reason"] == "forward_new_flow").unwrap();
+    assert_eq!(new_flows["packets"]["TC-POD"].as_u64(), Some(agent.counter("TC-POD", "forward_new_flow").unwrap()));
+    assert_eq!(new_flows["packets"]["TC-POD"], 3);
+
+    let conntrack = json("conntrack");
+    let flows = conntrack["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 3, "{conntrack}");
+    assert!(flows.iter().all(|f| f["service"] == "default/kubia:http" && f["client"].as_str().unwrap().starts_with("10.244.0.100:")));
+    assert_eq!(conntrack["entries"], 6);
+
+    let yaml = agent.get_filtered("endpoints", &["-o", "yaml"]).unwrap();
+    let endpoints: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"));
+    assert_eq!(endpoints["items"].as_array().map(Vec::len), Some(4), "{yaml}");
+    assert!(endpoints["items"].as_array().unwrap().iter().all(|e| e["ready"] == true));
+}
