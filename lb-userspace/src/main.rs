@@ -83,7 +83,7 @@ struct RunArgs {
     /// Node devices to attach to: names or wildcards (repeatable).
     #[arg(long = "device", value_name = "PATTERN")]
     devices: Vec<String>,
-    /// Pod veths (host side) to attach to, e.g. 'h-*' (repeatable); ones created later are attached within 200 ms.
+    /// Pod veths (host side) to attach to, e.g. 'h-*' (repeatable); ones created later are attached as the kernel announces them.
     #[arg(long = "pod-device", value_name = "PATTERN")]
     pod_devices: Vec<String>,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]

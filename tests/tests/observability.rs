@@ -137,3 +137,29 @@ fn get_prints_json_and_yaml_that_agree_with_the_tables() {
     assert_eq!(endpoints["items"].as_array().map(Vec::len), Some(4), "{yaml}");
     assert!(endpoints["items"].as_array().unwrap().iter().all(|e| e["ready"] == true));
 }
+
+/// A pod veth is attached when the kernel announces it: a pod whose
+/// interfaces are created and configured (a few ms) and that sends at once
+/// has its very first SYN translated, where a listing every 200 ms would
+/// leave it untranslated most of the time (and the connection waiting a
+/// second for the SYN's retransmission).
+#[test]
+fn a_pod_veth_created_and_used_at_once_is_translated() {
+    require_root();
+    let c = cluster(1);
+    let pods = pods_manifest(&c.backends.iter().collect::<Vec<_>>(), |_| true);
+    let mut agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
+    for i in 0..5u8 {
+        let name = format!("fresh{i}");
+        let created = std::time::Instant::now();
+        let pod = c.node.add_pod(&name, Ipv4Addr::new(10, 244, 0, 110 + i)).unwrap();
+        let configured = created.elapsed();
+        let asked = std::time::Instant::now();
+        http_get(&pod.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+        let answered = asked.elapsed();
+        eprintln!("{name}: veth created and configured in {configured:?}, answered {answered:?} later");
+        assert!(answered < std::time::Duration::from_millis(900), "the first SYN was not translated: {answered:?}");
+        agent.wait_for_log(&format!("attached ifname=\"{}\"", pod.host_veth), TIMEOUT).unwrap();
+    }
+}

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     datapath::{
-        interfaces::InterfacePatterns,
+        interfaces::{InterfacePatterns, LinkEvents},
         loader::{Datapath, InterfaceRole, LoadOptions},
         maps::DatapathMaps,
         sockets::{self, SocketLb},
@@ -42,8 +42,11 @@ use crate::{
 /// The Node label topology hints name zones by.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// How often interfaces are listed: a new pod veth is attached within this.
+/// How often interfaces and addresses are listed without the kernel's
+/// notifications (`LinkEvents`), which drive it otherwise.
 const INTERFACE_POLL: Duration = Duration::from_millis(200);
+/// How often they are listed anyway, with the notifications: a safety net.
+const INTERFACE_RESYNC: Duration = Duration::from_secs(10);
 
 /// Where the objects come from.
 pub enum SourceConfig {
@@ -186,6 +189,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         sync_health,
         metrics: agent_metrics,
     };
+    // Subscribed before the first listing, so that no link appears unseen between.
+    let mut link_events = LinkEvents::open()
+        .map_err(|err| error!("no link notifications ({err}): interfaces are listed every {INTERFACE_POLL:?}"))
+        .ok();
     // Interfaces first: traffic to a frontend must not start while the
     // veths of its backends are still being attached.
     match agent.config.interfaces.present() {
@@ -208,17 +215,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     info!(node = %config.node_name, bpf_dir = %config.bpf_dir.display(), "agent started");
 
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut interface_poll = tokio::time::interval(INTERFACE_POLL);
+    let mut interface_poll =
+        tokio::time::interval(if link_events.is_some() { INTERFACE_RESYNC } else { INTERFACE_POLL });
     let mut ct_sweep = tokio::time::interval(agent.config.ct_sweep_interval);
     loop {
         tokio::select! {
             () = agent.source.changed() => agent.sync_source(),
-            _ = interface_poll.tick() => {
-                drop(agent.sync_interfaces());
-                if agent.sync_node_addresses() && agent.synced {
-                    agent.program();
+            Some(notified) = async { Some(link_events.as_ref()?.changed().await) } => {
+                if let Err(err) = notified {
+                    error!("link notifications failed ({err}): interfaces are listed every {INTERFACE_POLL:?}");
+                    link_events = None;
+                    interface_poll = tokio::time::interval(INTERFACE_POLL);
                 }
+                agent.interfaces_changed();
             }
+            _ = interface_poll.tick() => agent.interfaces_changed(),
             _ = ct_sweep.tick() => agent.sweep_conntrack(),
             Some(guard) = async { Some(logger.as_mut()?.readable_mut().await) } => {
                 let mut guard = guard?;
@@ -350,6 +361,15 @@ impl Agent {
             ("endpoints", used.endpoints, capacity.endpoints),
         ] {
             self.metrics.pressure(map, used, capacity);
+        }
+    }
+
+    /// Attaches to new interfaces, releases gone ones, and reprograms when
+    /// the node's addresses changed.
+    fn interfaces_changed(&mut self) {
+        drop(self.sync_interfaces());
+        if self.sync_node_addresses() && self.synced {
+            self.program();
         }
     }
 

@@ -1,5 +1,6 @@
 //! Which network interfaces the datapath should be attached to: the ones in
-//! this network namespace whose names match `--device`/`--pod-device`.
+//! this network namespace whose names match `--device`/`--pod-device`, and
+//! the kernel's notifications of new ones ([`LinkEvents`]).
 
 use std::{
     collections::BTreeMap,
@@ -103,6 +104,46 @@ fn list() -> io::Result<Vec<(String, u32)>> {
         }
         libc::if_freenameindex(head);
         Ok(out)
+    }
+}
+
+/// rtnetlink's notifications of links and addresses coming and going in
+/// this network namespace: a new pod veth is attached when the kernel
+/// announces it, before the pod can configure its side and send, not at the
+/// next poll.
+pub struct LinkEvents(tokio::io::unix::AsyncFd<netlink_sys::Socket>);
+
+impl LinkEvents {
+    /// Subscribes to link, IPv4 address and IPv6 address notifications.
+    pub fn open() -> io::Result<Self> {
+        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        for group in [libc::RTNLGRP_LINK, libc::RTNLGRP_IPV4_IFADDR, libc::RTNLGRP_IPV6_IFADDR] {
+            socket.add_membership(group)?;
+        }
+        socket.set_non_blocking(true)?;
+        // SAFETY: the AsyncFd owns the socket, so the fd lives as long as it.
+        let events = unsafe { tokio::io::unix::AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) };
+        Ok(LinkEvents(events.map_err(|e| e.into_parts().1)?))
+    }
+
+    /// Waits for notifications and reads every one there is. What they say
+    /// does not matter: the caller lists the interfaces and addresses anew,
+    /// which also covers notifications the kernel dropped (ENOBUFS).
+    pub async fn changed(&self) -> io::Result<()> {
+        let mut guard = self.0.readable().await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match guard.get_inner().recv(&mut &mut buf[..], 0) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
