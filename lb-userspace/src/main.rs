@@ -171,7 +171,7 @@ struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     health_timeout: std::time::Duration,
     /// Where Prometheus metrics answer (`/metrics`, kube-proxy's port); empty for nowhere.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10249", value_parser = parse_bind_address)]
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249", value_parser = parse_bind_address)]
     metrics_bind_address: BindAddress,
 }
 
@@ -282,8 +282,13 @@ fn main() -> std::process::ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    let json = cli.log_format == LogFormat::Json;
     match try_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) if json => {
+            tracing::error!("lb-agent: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("lb-agent: {err:#}");
             std::process::ExitCode::FAILURE

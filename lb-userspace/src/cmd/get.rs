@@ -2,7 +2,7 @@
 //! pinned maps (so it works from any process), printed like kubectl does:
 //! a table, a wider one (`-o wide`), or the same rows as JSON or YAML
 //! (`-o json|yaml`) to script against, `{"kind": .., "items": [..]}` for
-//! listings, field names in camelCase.
+//! the listings of Services and endpoints, field names in camelCase.
 
 use std::{
     collections::BTreeMap,
@@ -93,6 +93,16 @@ fn frontends(maps: &DatapathMaps) -> anyhow::Result<Vec<(AnyFrontendKey, Fronten
     Ok([of(&maps.v4)?, of(&maps.v6)?].concat())
 }
 
+/// The meta of `frontend_id`; `?` for the names of one that has none.
+fn meta_of(maps: &DatapathMaps, frontend_id: u32) -> ServiceMeta {
+    maps.service_meta.get(&frontend_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0))
+}
+
+/// A table cell for what may be absent.
+fn dash(text: &Option<String>) -> String {
+    text.clone().unwrap_or_else(|| "-".into())
+}
+
 /// Backend `id` of a frontend on `addr` as `addr:port` (`[addr]:port` for
 /// IPv6), from that family's map.
 fn backend(maps: &DatapathMaps, addr: IpAddr, id: u32) -> Option<String> {
@@ -110,8 +120,7 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<Vec<Programmed
             // Pods' twins of Local-policy frontends: the same addresses.
             continue;
         }
-        let meta =
-            maps.service_meta.get(&frontend.frontend_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        let meta = meta_of(maps, frontend.frontend_id);
         let (svc, cluster_ips) = services
             .entry((meta.namespace().to_owned(), meta.name().to_owned()))
             .or_insert_with(|| (ProgrammedService::named(&meta), Vec::new()));
@@ -155,14 +164,15 @@ pub fn programmed_services(maps: &DatapathMaps) -> anyhow::Result<Vec<Programmed
     // Services without a frontend have only their meta entry.
     for entry in maps.service_meta.iter() {
         let (_, meta) = entry?;
-        let cluster_ip = match meta.svc_type {
-            SVC_TYPE_HEADLESS => "None",
-            SVC_TYPE_EXTERNAL_NAME => "<none>",
+        // As the API has them: `None` for headless, none for ExternalName.
+        let cluster_ips = match meta.svc_type {
+            SVC_TYPE_HEADLESS => vec![(0, "None".to_owned())],
+            SVC_TYPE_EXTERNAL_NAME => Vec::new(),
             _ => continue,
         };
         let svc =
             ProgrammedService { svc_type: svc_type_name(meta.svc_type).to_owned(), ..ProgrammedService::named(&meta) };
-        services.insert((svc.namespace.clone(), svc.name.clone()), (svc, vec![(0, cluster_ip.into())]));
+        services.insert((svc.namespace.clone(), svc.name.clone()), (svc, cluster_ips));
     }
     Ok(services
         .into_values()
@@ -201,7 +211,7 @@ pub fn format_services(services: Vec<ProgrammedService>, output: Output) -> anyh
             svc.namespace.clone(),
             svc.name.clone(),
             svc.svc_type.clone(),
-            svc.cluster_ips.join(","),
+            joined(&svc.cluster_ips),
             joined(&svc.external_ips),
             joined(&svc.ports),
             joined(&svc.endpoints),
@@ -274,7 +284,7 @@ pub fn programmed_endpoints(maps: &DatapathMaps) -> anyhow::Result<Vec<Programme
     let mut endpoints = Vec::new();
     for entry in maps.endpoints.iter() {
         let (key, ep) = entry?;
-        let meta = maps.service_meta.get(&key.frontend_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        let meta = meta_of(maps, key.frontend_id);
         let some = |text: &str| (!text.is_empty()).then(|| text.to_owned());
         let addr = std::net::Ipv6Addr::from(ep.addr).to_canonical();
         endpoints.push(ProgrammedEndpoint {
@@ -298,7 +308,6 @@ pub fn format_endpoints(endpoints: Vec<ProgrammedEndpoint>, output: Output) -> a
     if let Some(text) = structured(&list, output)? {
         return Ok(text);
     }
-    let dash = |text: &Option<String>| text.clone().unwrap_or_else(|| "-".into());
     let rows: Vec<[String; 8]> = list
         .items
         .iter()
@@ -325,7 +334,7 @@ pub struct Counters {
     /// Packets per verdict reason, by hook (`XDP-NODE`, `TC-POD`, `TC-EGRESS`, `SOCKET`).
     pub reasons: Vec<ReasonCount>,
     /// Rewritten packets by the way they left.
-    pub sent_by: Vec<SentCount>,
+    pub sent: Vec<SentCount>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,7 +363,7 @@ pub fn counters(maps: &DatapathMaps) -> anyhow::Result<Counters> {
                 packets: Hook::ALL.iter().map(|h| h.name().to_owned()).zip(per_hook).collect(),
             })
             .collect(),
-        sent_by: sent_by
+        sent: sent_by
             .into_iter()
             .map(|(way, packets): (FastPath, u64)| SentCount { sent_by: way.name().to_owned(), packets })
             .collect(),
@@ -375,7 +384,7 @@ pub fn format_counters(counters: &Counters, output: Output) -> anyhow::Result<St
             [r.reason.clone(), n(hooks[0]), n(hooks[1]), n(hooks[2]), n(hooks[3])]
         })
         .collect();
-    let sent: Vec<[String; 2]> = counters.sent_by.iter().map(|w| [w.sent_by.clone(), w.packets.to_string()]).collect();
+    let sent: Vec<[String; 2]> = counters.sent.iter().map(|w| [w.sent_by.clone(), w.packets.to_string()]).collect();
     let header = ["REASON", hooks[0], hooks[1], hooks[2], hooks[3]];
     Ok(format!("{}\n{}", table(header, &rows), table(["SENT-BY", "PACKETS"], &sent)))
 }
@@ -456,7 +465,6 @@ pub fn format_conntrack(conntrack: &Conntrack, output: Output) -> anyhow::Result
     if let Some(text) = structured(conntrack, output)? {
         return Ok(text);
     }
-    let dash = |text: &Option<String>| text.clone().unwrap_or_else(|| "-".into());
     let rows: Vec<[String; 9]> = conntrack
         .flows
         .iter()
@@ -502,7 +510,7 @@ fn flows_of<A: WireAddr + Pod>(
         if entry.direction != CT_FORWARD {
             continue;
         }
-        let meta = maps.service_meta.get(&entry.frontend_id, 0).unwrap_or_else(|_| ServiceMeta::new("?", "?", "", 0));
+        let meta = meta_of(maps, entry.frontend_id);
         let flow = Flow { key, entry, meta };
         if !filter.matches(&flow) {
             continue;
@@ -620,7 +628,7 @@ mod tests {
         assert_eq!(back.items, services());
         let counters = Counters {
             reasons: vec![ReasonCount { reason: "forward_new_flow".into(), packets: [("TC-POD".into(), 3)].into() }],
-            sent_by: vec![SentCount { sent_by: "redirect_peer".into(), packets: 9 }],
+            sent: vec![SentCount { sent_by: "redirect_peer".into(), packets: 9 }],
         };
         let json = format_counters(&counters, Output::Json).unwrap();
         assert_eq!(serde_json::from_str::<Counters>(&json).unwrap(), counters);

@@ -24,7 +24,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use lb_common::Hook;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
@@ -40,7 +39,7 @@ use prometheus_client::{
 };
 use tracing::{error, info};
 
-use super::health::listen;
+use super::{get, health::listen};
 use crate::datapath::maps::DatapathMaps;
 
 /// What the control loop records of its passes; shared with the scrapes.
@@ -80,7 +79,7 @@ impl AgentMetrics {
         );
         registry.register(
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "When the last pass that wrote every change completed, in seconds since the epoch",
+            "When the last pass whose every map write succeeded ended, in seconds since the epoch",
             m.last_sync.clone(),
         );
         registry.register("lb_map_writes", "Map writes the passes made", m.map_writes.clone());
@@ -163,29 +162,25 @@ impl Collector for DatapathCollector {
     /// with the error logged.
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
-        match maps.counters() {
+        match get::counters(&maps) {
             Ok(counters) => {
                 let help = "Packets (and socket calls) the datapath decided, by hook and reason";
                 let mut family = encoder.encode_descriptor("lb_datapath_packets", help, None, MetricType::Counter)?;
-                for (reason, per_hook) in counters {
-                    for (hook, packets) in Hook::ALL.iter().zip(per_hook) {
-                        let labels = [("hook", hook.name()), ("reason", reason.name())];
-                        ConstCounter::new(packets).encode(family.encode_family(&labels)?)?;
+                for count in &counters.reasons {
+                    for (hook, packets) in &count.packets {
+                        let labels = [("hook", hook.as_str()), ("reason", count.reason.as_str())];
+                        ConstCounter::new(*packets).encode(family.encode_family(&labels)?)?;
                     }
                 }
-            }
-            Err(err) => error!("metrics: reading LB_COUNTERS failed: {err}"),
-        }
-        match maps.fast_path_counters() {
-            Ok(counters) => {
                 let help = "Rewritten packets by the way they left the datapath";
                 let mut family =
                     encoder.encode_descriptor("lb_datapath_sent_packets", help, None, MetricType::Counter)?;
-                for (way, packets) in counters {
-                    ConstCounter::new(packets).encode(family.encode_family(&[("sent_by", way.name())])?)?;
+                for sent in &counters.sent {
+                    let labels = [("sent_by", sent.sent_by.as_str())];
+                    ConstCounter::new(sent.packets).encode(family.encode_family(&labels)?)?;
                 }
             }
-            Err(err) => error!("metrics: reading LB_FAST_PATH_COUNTERS failed: {err}"),
+            Err(err) => error!("metrics: {err:#}"),
         }
         match maps.conntrack_totals() {
             Ok((created, removed)) => {
