@@ -11,7 +11,7 @@ use std::{
 use lb_tests::{
     agent::AgentProcess,
     client::{http_get, http_request_path},
-    kubia::{KUBIA_SERVICE, TIMEOUT, VIP, cluster, endpoint_count, pods_manifest},
+    kubia::{Cluster, KUBIA_SERVICE, TIMEOUT, VIP, cluster, endpoint_count, pods_manifest},
     netns::Netns,
     require_root,
     topology::POD_DEVICE_PATTERN,
@@ -33,6 +33,17 @@ fn scrape(ns: &Netns) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// A node with `n` kubia pods, and an agent (with `args` more) that programmed them.
+fn kubia(n: u8, args: &[&str]) -> (Cluster, AgentProcess) {
+    let c = cluster(n);
+    let pods = pods_manifest(&c.backends.iter().collect::<Vec<_>>(), |_| true);
+    let manifests = [("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", pods.as_str())];
+    let args = [&["--pod-device", POD_DEVICE_PATTERN][..], args].concat();
+    let agent = AgentProcess::start_with(&c.node, &manifests, &args).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == usize::from(n)).unwrap();
+    (c, agent)
+}
+
 /// `sample`'s value in `scrape`, 0 when it is not there.
 fn value(scrape: &BTreeMap<String, f64>, sample: &str) -> f64 {
     scrape.get(sample).copied().unwrap_or(0.0)
@@ -41,11 +52,7 @@ fn value(scrape: &BTreeMap<String, f64>, sample: &str) -> f64 {
 #[test]
 fn metrics_count_each_new_connection_and_its_conntrack_entries_while_traffic_flows() {
     require_root();
-    let c = cluster(2);
-    let all: Vec<_> = c.backends.iter().collect();
-    let pods = pods_manifest(&all, |_| true);
-    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
-    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    let (c, agent) = kubia(2, &[]);
     let before = scrape(&c.node.ns);
 
     const CONNECTIONS: f64 = 25.0;
@@ -78,11 +85,7 @@ fn metrics_count_each_new_connection_and_its_conntrack_entries_while_traffic_flo
 #[test]
 fn json_logs_are_one_object_a_line_with_level_and_message() {
     require_root();
-    let c = cluster(1);
-    let pods = pods_manifest(&c.backends.iter().collect::<Vec<_>>(), |_| true);
-    let manifests = [("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", pods.as_str())];
-    let args = ["--pod-device", POD_DEVICE_PATTERN, "--log-format", "json"];
-    let agent = AgentProcess::start_with(&c.node, &manifests, &args).unwrap();
+    let (c, agent) = kubia(1, &["--log-format", "json"]);
     let log = agent.log_text();
     let lines: Vec<serde_json::Value> = log
         .lines()
@@ -98,11 +101,7 @@ fn json_logs_are_one_object_a_line_with_level_and_message() {
 #[test]
 fn get_prints_json_and_yaml_that_agree_with_the_tables() {
     require_root();
-    let c = cluster(2);
-    let all: Vec<_> = c.backends.iter().collect();
-    let pods = pods_manifest(&all, |_| true);
-    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
-    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 2).unwrap();
+    let (c, agent) = kubia(2, &[]);
     for _ in 0..3 {
         http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
     }
@@ -149,10 +148,7 @@ fn get_prints_json_and_yaml_that_agree_with_the_tables() {
 #[test]
 fn a_pod_veth_created_and_used_at_once_is_translated() {
     require_root();
-    let c = cluster(1);
-    let pods = pods_manifest(&c.backends.iter().collect::<Vec<_>>(), |_| true);
-    let mut agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA_SERVICE), ("pods.yaml", &pods)]).unwrap();
-    agent.wait_for_services(TIMEOUT, |s| endpoint_count(s) == 1).unwrap();
+    let (c, mut agent) = kubia(1, &[]);
     for i in 0..5u8 {
         let name = format!("fresh{i}");
         let created = std::time::Instant::now();
