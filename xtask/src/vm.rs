@@ -45,6 +45,7 @@ const TEST_TARGETS: &[&str] = &[
     "kube_proxy_flows",
     "socket_lb",
     "ipv6",
+    "observability",
 ];
 /// Emulation is slow: the whole run must end within this.
 const TIME_LIMIT: Duration = Duration::from_secs(40 * 60);
