@@ -456,7 +456,7 @@ pub fn conntrack(maps: &DatapathMaps, filter: &ConntrackFilter, now_ns: u64) -> 
         flows_of(maps, &maps.v4, filter, now_ns, &mut flows)? + flows_of(maps, &maps.v6, filter, now_ns, &mut flows)?;
     flows.sort();
     let (created, removed) = maps.conntrack_totals()?;
-    let evicted = created.saturating_sub(removed).saturating_sub(entries);
+    let evicted = maps.conntrack_evicted(entries)?;
     Ok(Conntrack { flows, entries, created, removed, evicted })
 }
 

@@ -53,6 +53,7 @@ pub struct AgentMetrics {
     refused_services: Gauge,
     model_errors: Gauge,
     conntrack_entries: Gauge,
+    conntrack_evicted: Gauge,
     map_pressure: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
 }
 
@@ -69,6 +70,7 @@ impl AgentMetrics {
             refused_services: Gauge::default(),
             model_errors: Gauge::default(),
             conntrack_entries: Gauge::default(),
+            conntrack_evicted: Gauge::default(),
             map_pressure: Family::default(),
         });
         let m = &metrics;
@@ -99,6 +101,11 @@ impl AgentMetrics {
             "lb_conntrack_entries",
             "Live conntrack entries of both families at the last sweep (two per flow)",
             m.conntrack_entries.clone(),
+        );
+        registry.register(
+            "lb_conntrack_evicted",
+            "Conntrack entries the full LRUs evicted to make room, at the last sweep (created - removed - live)",
+            m.conntrack_evicted.clone(),
         );
         registry.register(
             "lb_bpf_map_pressure",
@@ -133,9 +140,10 @@ impl AgentMetrics {
         self.map_pressure.get_or_create(&[("map_name", map)]).set(pressure);
     }
 
-    /// Records the live conntrack entries a sweep counted.
-    pub fn conntrack(&self, live: u64) {
+    /// Records the live conntrack entries a sweep counted, and the evicted ones.
+    pub fn conntrack(&self, live: u64, evicted: u64) {
         self.conntrack_entries.set(i64::try_from(live).unwrap_or(i64::MAX));
+        self.conntrack_evicted.set(i64::try_from(evicted).unwrap_or(i64::MAX));
     }
 }
 

@@ -454,7 +454,7 @@ impl Agent {
     fn sweep_conntrack(&mut self) {
         match self.maps.sweep_conntrack(&self.config.load.ct_timeouts) {
             Ok(sweep) => {
-                self.metrics.conntrack(sweep.live);
+                self.metrics.conntrack(sweep.live, self.maps.conntrack_evicted(sweep.live).unwrap_or(0));
                 if sweep.removed > 0 {
                     info!(removed = sweep.removed, live = sweep.live, "conntrack sweep removed expired entries")
                 }

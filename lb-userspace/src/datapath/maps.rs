@@ -348,6 +348,13 @@ impl DatapathMaps {
         Ok((sum_per_cpu(&self.ct_stats, ct_stats::CREATED)?, sum_per_cpu(&self.ct_stats, ct_stats::REMOVED)?))
     }
 
+    /// The entries the LRUs evicted to make room, estimated from the totals
+    /// and the `live` entries: created - removed - live.
+    pub fn conntrack_evicted(&self, live: u64) -> Result<u64, MapError> {
+        let (created, removed) = self.conntrack_totals()?;
+        Ok(created.saturating_sub(removed).saturating_sub(live))
+    }
+
     /// What the maps hold now, for the reconciler to diff against.
     pub fn programmed(&self) -> Result<Programmed, MapError> {
         let mut contents = MapContents {
