@@ -1,6 +1,7 @@
 //! Builds well-formed Ethernet/IPv4|IPv6/TCP|UDP frames with correct
 //! checksums, and checks them: the fixtures of the host tests and the
-//! BPF_PROG_TEST_RUN tables share it.
+//! BPF_PROG_TEST_RUN tables share it, and `lb-agent explain` builds the
+//! packet it explains with it.
 
 use std::net::IpAddr;
 

@@ -6,8 +6,9 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     cmd::{
-        env, get,
+        env, explain, get,
         run::{self, AgentConfig, SourceConfig},
+        status,
     },
     datapath::interfaces::InterfacePatterns,
     datapath::{
@@ -16,7 +17,7 @@ use lb_userspace::{
         sockets::SocketLb,
     },
     model::{Controllers, IpCidr, ModelOptions},
-    plan::WireAddr,
+    plan::datapath_cidr,
     source::api::ApiConfig,
 };
 
@@ -56,6 +57,18 @@ enum Command {
         #[command(flatten)]
         filter: ConntrackFilterArgs,
     },
+    /// Say what the datapath would do with one packet, step by step: its own
+    /// decision run over the live maps, which it leaves unchanged.
+    Explain(ExplainArgs),
+    /// Print the agent's state: kernel, source, last sync, map fill, and
+    /// how each interface is attached (asks the agent's /status).
+    Status {
+        /// The agent's --metrics-bind-address.
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        agent: std::net::SocketAddr,
+        #[arg(short, long, value_enum)]
+        output: Option<OutputArg>,
+    },
     /// Print the variables kubelet would inject into a pod of NAMESPACE
     /// for the Services programmed now (KUBIA_SERVICE_HOST=...).
     Env {
@@ -64,6 +77,41 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/bpf/lb")]
         bpf_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The packet's source, ADDR:PORT.
+    #[arg(long)]
+    from: std::net::SocketAddr,
+    /// Its destination, ADDR:PORT.
+    #[arg(long)]
+    to: std::net::SocketAddr,
+    #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
+    proto: ProtoArg,
+    /// TCP flags, comma-separated (syn, ack, fin, rst): `syn` opens a
+    /// connection, `ack` is a packet of one under way.
+    #[arg(long, default_value = "syn", value_parser = explain::parse_tcp_flags)]
+    flags: u8,
+    /// The interface the packet arrives on: a node device (XDP) or a pod's
+    /// veth, host side (TC).
+    #[arg(long)]
+    on: String,
+    #[arg(long, default_value = "/sys/fs/bpf/lb")]
+    bpf_dir: PathBuf,
+    /// The agent's --metrics-bind-address, asked for what the programs were
+    /// loaded with (service CIDR, conntrack timeouts).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    agent: std::net::SocketAddr,
+    /// `json` or `yaml` for the same fields to script against.
+    #[arg(short, long, value_enum)]
+    output: Option<OutputArg>,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum ProtoArg {
+    Tcp,
+    Udp,
 }
 
 #[derive(Parser)]
@@ -307,12 +355,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
             if what != GetWhat::Conntrack && !filter.is_empty() {
                 bail!("--service, --client, --backend and --protocol filter `get conntrack` only");
             }
-            let output = match output {
-                None => get::Output::Table,
-                Some(OutputArg::Wide) => get::Output::Wide,
-                Some(OutputArg::Json) => get::Output::Json,
-                Some(OutputArg::Yaml) => get::Output::Yaml,
-            };
+            let output = output_of(output);
             let maps = DatapathMaps::open_pinned(&bpf_dir)?;
             let out = match what {
                 GetWhat::Services => get::format_services(get::programmed_services(&maps)?, output)?,
@@ -325,6 +368,14 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::Explain(args) => explain(args),
+        Command::Status { agent, output } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let agent = runtime.block_on(status::fetch(agent, STATUS_TIMEOUT))?;
+            let node = status::NodeStatus { kernel: status::kernel_release(), agent };
+            print!("{}", status::format_status(&node, output_of(output))?);
+            Ok(())
+        }
         Command::Env { namespace, bpf_dir } => {
             let maps = DatapathMaps::open_pinned(&bpf_dir)?;
             for (name, value) in env::service_env(&get::env_services(&maps)?, &namespace) {
@@ -333,6 +384,45 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// How long `status` and `explain` wait for the agent's answer.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn output_of(output: Option<OutputArg>) -> get::Output {
+    match output {
+        None => get::Output::Table,
+        Some(OutputArg::Wide) => get::Output::Wide,
+        Some(OutputArg::Json) => get::Output::Json,
+        Some(OutputArg::Yaml) => get::Output::Yaml,
+    }
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
+    let ifindex = InterfacePatterns::new([args.on.as_str()])?
+        .present()?
+        .get(&args.on)
+        .copied()
+        .with_context(|| format!("interface {} does not exist in this network namespace", args.on))?;
+    let (proto, tcp_flags) = match args.proto {
+        ProtoArg::Tcp => (lb_common::IPPROTO_TCP, args.flags),
+        ProtoArg::Udp => (lb_common::IPPROTO_UDP, 0),
+    };
+    let question = explain::Question { from: args.from, to: args.to, proto, tcp_flags, ifindex };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (loaded, unanswered) = match runtime.block_on(status::fetch(args.agent, STATUS_TIMEOUT)) {
+        Ok(agent) => (explain::Loaded::from_settings(&agent.settings)?, None),
+        Err(err) => (explain::Loaded::defaults(), Some(err)),
+    };
+    let maps = DatapathMaps::open_pinned(&args.bpf_dir)?;
+    let mut explanation = explain::explain(&maps, &question, &args.on, &loaded)?;
+    if let Some(err) = unanswered {
+        explanation
+            .notes
+            .push(format!("{err:#}: the agent's default service CIDR and conntrack timeouts were assumed"));
+    }
+    print!("{}", explain::format_explanation(&explanation, output_of(args.output))?);
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -413,12 +503,4 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics_bind: args.metrics_bind_address.0,
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
-}
-
-/// The service CIDR of family `A` as the datapath tests addresses against
-/// it; all zero (none) when the family has none.
-fn datapath_cidr<A: WireAddr>(cidrs: &[IpCidr]) -> lb_common::ServiceCidr<A> {
-    let of_family =
-        |c: &IpCidr| Some(lb_common::ServiceCidr { network: A::from_ip(c.network())?, mask: A::from_ip(c.mask())? });
-    cidrs.iter().find_map(of_family).unwrap_or_default()
 }

@@ -209,6 +209,21 @@ impl AgentProcess {
         Ok(String::from_utf8(crate::netns::checked(&mut cmd)?.stdout)?)
     }
 
+    /// `lb-agent explain ARGS... -o json` against this agent's maps, run in
+    /// `node`'s namespace (where its interfaces and its /status are).
+    pub fn explain(&self, node: &Node, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut cmd = node.ns.command(&self.bin);
+        cmd.args(["explain", "-o", "json", "--bpf-dir"]).arg(&self.bpf_dir).args(args);
+        Ok(serde_json::from_slice(&crate::netns::checked(&mut cmd)?.stdout)?)
+    }
+
+    /// `lb-agent status ARGS...`, run in `node`'s namespace.
+    pub fn status(&self, node: &Node, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = node.ns.command(&self.bin);
+        cmd.arg("status").args(args);
+        Ok(String::from_utf8(crate::netns::checked(&mut cmd)?.stdout)?)
+    }
+
     /// `lb-agent env --namespace NAMESPACE` against this agent's pinned maps.
     pub fn get_env(&self, namespace: &str) -> anyhow::Result<String> {
         let mut cmd = Command::new(&self.bin);

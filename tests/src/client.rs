@@ -2,7 +2,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd},
     time::{Duration, Instant},
 };
@@ -154,6 +154,48 @@ pub fn bulk_receive(ns: &Netns, addr: impl Into<SocketAddr>, len: usize, timeout
             want.value()
         );
         Ok(())
+    })?
+}
+
+/// A TCP connection from `local` to `remote`, made in `ns` by a socket bound
+/// first (as a client that picks its port does): the flow is known before
+/// its first packet.
+pub fn tcp_connect_from(
+    ns: &Netns,
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    timeout: Duration,
+) -> anyhow::Result<TcpStream> {
+    let sockaddr = |addr: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(addr.ip().octets()) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    ns.run_in(|| -> anyhow::Result<TcpStream> {
+        // SAFETY: a new socket, owned by the stream at once; the options and
+        // addresses passed are plain values of the sizes given.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            anyhow::ensure!(fd >= 0, "socket: {}", io::Error::last_os_error());
+            let stream = TcpStream::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            let timeval = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
+            // connect() gives up after the send timeout.
+            let size = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&timeval as *const libc::timeval).cast(), size);
+            let (local_addr, remote_addr) = (sockaddr(local), sockaddr(remote));
+            if libc::bind(fd, (&local_addr as *const libc::sockaddr_in).cast(), len) != 0 {
+                anyhow::bail!("bind {local}: {}", io::Error::last_os_error());
+            }
+            if libc::connect(fd, (&remote_addr as *const libc::sockaddr_in).cast(), len) != 0 {
+                anyhow::bail!("connect {local} -> {remote}: {}", io::Error::last_os_error());
+            }
+            stream.set_read_timeout(Some(timeout))?;
+            Ok(stream)
+        }
     })?
 }
 

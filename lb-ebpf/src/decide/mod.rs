@@ -1,7 +1,8 @@
 //! The per-packet decision, after Cilium's `lb4_local()`: conntrack first
 //! (one lookup serves established flows and replies alike), then the
 //! frontend, then backend selection and the two conntrack entries.
-//! Map access goes through [`Tables`] so that the decision has host tests.
+//! Map access goes through [`Tables`] so that the decision has host tests,
+//! and `lb-agent explain` replays it over the pinned maps.
 
 mod conntrack;
 mod select;

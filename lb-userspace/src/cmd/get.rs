@@ -44,7 +44,7 @@ pub struct List<T> {
 }
 
 /// `value` as JSON or YAML; None for the tables.
-fn structured<T: Serialize>(value: &T, output: Output) -> anyhow::Result<Option<String>> {
+pub(super) fn structured<T: Serialize>(value: &T, output: Output) -> anyhow::Result<Option<String>> {
     Ok(match output {
         Output::Json => Some(serde_json::to_string_pretty(value)? + "\n"),
         Output::Yaml => Some(serde_yaml_ng::to_string(value)?),

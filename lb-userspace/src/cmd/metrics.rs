@@ -18,7 +18,7 @@ use std::{
 };
 
 use axum::{
-    Router,
+    Json, Router,
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -39,7 +39,7 @@ use prometheus_client::{
 };
 use tracing::{error, info};
 
-use super::{get, health::listen};
+use super::{get, health::listen, status::SharedStatus};
 use crate::datapath::maps::DatapathMaps;
 
 /// What the control loop records of its passes; shared with the scrapes.
@@ -210,13 +210,17 @@ impl Collector for DatapathCollector {
     }
 }
 
-/// Serves `registry` on `addr` until the agent ends; a failure to listen
-/// is logged, and the agent goes on without metrics.
-pub fn serve_metrics(addr: SocketAddr, registry: Registry) {
+/// Serves `registry` (`/metrics`) and `status` (`/status`) on `addr` until
+/// the agent ends; a failure to listen is logged, and the agent goes on
+/// without them.
+pub fn serve_metrics(addr: SocketAddr, registry: Registry, status: Arc<SharedStatus>) {
     match listen(addr) {
         Ok(listener) => {
-            info!(%addr, "serving /metrics");
-            let router = Router::new().route("/metrics", get(scrape)).with_state(Arc::new(registry));
+            info!(%addr, "serving /metrics and /status");
+            let router = Router::new()
+                .route("/metrics", get(scrape))
+                .with_state(Arc::new(registry))
+                .route("/status", get(move || async move { Json(status.get()) }));
             tokio::spawn(axum::serve(listener, router).into_future());
         }
         Err(err) => error!("cannot serve /metrics on {addr}: {err}"),

@@ -22,6 +22,9 @@ use lb_common::{DEVICE_INGRESS_HOOKED, DEVICE_POD, DEVICE_TAKES_XDP_FRAMES, Ipv6
 use super::{
     health::{self, HealthServer, SyncHealth},
     metrics::{self, AgentMetrics, DatapathCollector},
+    status::{
+        self, AgentStatus, HookStatus, InterfaceStatus, MapFill, Settings, SharedStatus, SourceStatus, SyncStatus,
+    },
 };
 use crate::{
     datapath::{
@@ -118,6 +121,7 @@ struct Agent {
     health: HealthServer,
     sync_health: Arc<SyncHealth>,
     metrics: Arc<AgentMetrics>,
+    status: Arc<SharedStatus>,
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -159,13 +163,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let mut registry = prometheus_client::registry::Registry::default();
     let agent_metrics = AgentMetrics::register(&mut registry);
+    let agent_status = Arc::new(SharedStatus::new(initial_status(&config)));
     if let Some(addr) = config.metrics_bind {
         // A handle of its own on the maps just pinned, read by the scrapes.
         match DatapathMaps::open_pinned(&config.bpf_dir) {
             Ok(maps) => registry.register_collector(Box::new(DatapathCollector::new(maps))),
             Err(err) => error!("the datapath's counters are left out of /metrics: {err}"),
         }
-        metrics::serve_metrics(addr, registry);
+        metrics::serve_metrics(addr, registry, Arc::clone(&agent_status));
     }
     let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
     let nodeport_localhost = config.nodeport_localhost;
@@ -188,6 +193,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         health: HealthServer::default(),
         sync_health,
         metrics: agent_metrics,
+        status: agent_status,
     };
     // Subscribed before the first listing, so that no link appears unseen between.
     let mut link_events = LinkEvents::open()
@@ -281,6 +287,7 @@ impl Agent {
             info!(?read, ?modelled, ?total, "source synced");
         } else {
             self.synced = true;
+            self.status.update(|status| status.source.synced = true);
             info!(services, map_writes, ?read, ?modelled, ?total, "first sync: the maps match the source");
         }
     }
@@ -349,19 +356,29 @@ impl Agent {
         ops.len()
     }
 
-    /// What a pass leaves for `/metrics`.
+    /// What a pass leaves for `/metrics` and `/status`.
     fn record_pass(&self, duration: Duration, writes: usize, failures: usize) {
+        let (services, refused, errors) = (self.desired.services.len(), self.refused.len(), self.model_errors.len());
         self.metrics.pass(duration, writes, failures);
-        self.metrics.model(self.desired.services.len(), self.refused.len(), self.model_errors.len());
+        self.metrics.model(services, refused, errors);
         let (used, capacity) = (self.programmed.usage(), self.programmed.capacity());
-        for (map, used, capacity) in [
+        let fill = [
             ("frontends", used.frontends, capacity.frontends),
             ("backend_slots", used.slots, capacity.slots),
             ("backends", used.backends, capacity.backends),
             ("endpoints", used.endpoints, capacity.endpoints),
-        ] {
+        ];
+        for (map, used, capacity) in fill {
             self.metrics.pressure(map, used, capacity);
         }
+        self.status.update(|status| {
+            let at = status::rfc3339(std::time::SystemTime::now());
+            let duration_seconds = duration.as_secs_f64();
+            status.last_sync = Some(SyncStatus { at, duration_seconds, map_writes: writes, failures });
+            (status.source.services, status.source.refused_services, status.source.object_errors) =
+                (services, refused, errors);
+            status.maps = fill.map(|(map, used, capacity)| MapFill { map: map.to_owned(), used, capacity }).into();
+        });
     }
 
     /// Attaches to new interfaces, releases gone ones, and reprograms when
@@ -447,6 +464,25 @@ impl Agent {
             }
         }
         self.sync_devices();
+        let interfaces = self
+            .datapath
+            .attachments()
+            .into_iter()
+            .map(|(name, ifindex, role, hooks)| InterfaceStatus {
+                name,
+                ifindex,
+                role: if role == InterfaceRole::Node { "node" } else { "pod" }.to_owned(),
+                hooks: hooks
+                    .into_iter()
+                    .map(|h| HookStatus {
+                        hook: h.hook.to_owned(),
+                        attached_as: h.how.to_owned(),
+                        program_id: h.program_id,
+                    })
+                    .collect(),
+            })
+            .collect();
+        self.status.update(|status| status.interfaces = interfaces);
         failed
     }
 
@@ -455,6 +491,7 @@ impl Agent {
         match self.maps.sweep_conntrack(&self.config.load.ct_timeouts) {
             Ok(sweep) => {
                 self.metrics.conntrack(sweep.live, self.maps.conntrack_evicted(sweep.live).unwrap_or(0));
+                self.status.update(|status| status.conntrack_entries = sweep.live);
                 if sweep.removed > 0 {
                     info!(removed = sweep.removed, live = sweep.live, "conntrack sweep removed expired entries")
                 }
@@ -484,6 +521,30 @@ impl Agent {
             Ok(()) => self.devices = Some(devices),
             Err(err) => error!("cannot update the datapath's devices: {err}"),
         }
+    }
+}
+
+/// The status an agent of `config` starts with.
+fn initial_status(config: &AgentConfig) -> AgentStatus {
+    let (kind, location) = match &config.source {
+        SourceConfig::Manifests(dir) => ("manifests", dir.display().to_string()),
+        SourceConfig::Api(ApiConfig::File(file)) => ("api", format!("kubeconfig {}", file.display())),
+        SourceConfig::Api(ApiConfig::InCluster) => ("api", "in-cluster".to_owned()),
+    };
+    let load = &config.load;
+    AgentStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        node: config.node_name.clone(),
+        started: status::rfc3339(std::time::SystemTime::now()),
+        source: SourceStatus { kind: kind.to_owned(), location, ..SourceStatus::default() },
+        settings: Settings {
+            service_cidrs: config.model.service_cidrs.iter().map(ToString::to_string).collect(),
+            ct_timeout_seconds: load.ct_timeouts.into(),
+            xdp_mode: format!("{:?}", load.xdp_mode).to_lowercase(),
+            pod_forwarding: if load.tc_redirect { "redirect" } else { "stack" }.to_owned(),
+            socket_lb: format!("{:?}", load.socket_lb).to_lowercase(),
+        },
+        ..AgentStatus::default()
     }
 }
 

@@ -186,7 +186,21 @@ pub enum InterfaceRole {
 
 struct Attachment {
     ifindex: u32,
+    role: InterfaceRole,
     links: Vec<Link>,
+    /// How each hook's link came to be, for `lb-agent status`.
+    how: Vec<(Hook, &'static str)>,
+}
+
+/// One attached hook as `lb-agent status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedHook {
+    /// `xdp`, `tc ingress` or `tc egress`.
+    pub hook: &'static str,
+    /// `xdp native`, `xdp generic`, `tcx`, `tc filter`, or `taken over` (an
+    /// earlier agent's link, given this agent's program).
+    pub how: &'static str,
+    pub program_id: u32,
 }
 
 /// An attached program: pinned (XDP, and TC where the kernel has TCX, 6.6),
@@ -217,6 +231,22 @@ enum Hook {
 }
 
 impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::TcIngress => "tc ingress",
+            Hook::TcEgress => "tc egress",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Xdp => XDP_NODE_PROGRAM,
+            Hook::TcIngress => TC_POD_PROGRAM,
+            Hook::TcEgress => TC_EGRESS_PROGRAM,
+        }
+    }
+
     /// The hooks an interface of `role` gets.
     fn of(role: InterfaceRole) -> &'static [Hook] {
         match role {
@@ -363,21 +393,47 @@ impl Datapath {
         self.attached.iter().map(|(name, a)| (name.as_str(), a.ifindex))
     }
 
+    /// Each attached interface with its ifindex, role and hooks.
+    pub fn attachments(&self) -> Vec<(String, u32, InterfaceRole, Vec<AttachedHook>)> {
+        let program_id = |hook: Hook| {
+            let program = self.ebpf.program(hook.program())?;
+            program.info().ok().map(|info| info.id())
+        };
+        self.attached
+            .iter()
+            .map(|(name, a)| {
+                let hooks = a
+                    .how
+                    .iter()
+                    .map(|&(hook, how)| AttachedHook {
+                        hook: hook.name(),
+                        how,
+                        program_id: program_id(hook).unwrap_or(0),
+                    })
+                    .collect();
+                (name.clone(), a.ifindex, a.role, hooks)
+            })
+            .collect()
+    }
+
     /// Attaches the programs of `role` to `ifname` (XDP on a node device,
     /// TC ingress on a pod veth, TC egress on both). Links an earlier agent
     /// left pinned for this interface get this agent's programs in place,
     /// atomically; its links on hooks this role does not use are released.
     pub fn attach(&mut self, ifname: &str, ifindex: u32, role: InterfaceRole) -> Result<(), LoaderError> {
         let hooks = Hook::of(role);
-        let mut links = Vec::new();
+        let (mut links, mut how) = (Vec::new(), Vec::new());
         for &hook in hooks {
             let pin = self.link_pin(ifname, ifindex, hook.pin_suffix());
             let attached = match hook.tc() {
-                None => self.attach_xdp(ifname, &pin).map(Link::Pinned),
+                None => self.attach_xdp(ifname, &pin).map(|(link, how)| (Link::Pinned(link), how)),
                 Some((name, attach_type)) => self.attach_tc(ifname, &pin, name, attach_type),
             };
             match attached {
-                Ok(link) => links.push(link),
+                Ok((link, way)) => {
+                    links.push(link);
+                    how.push((hook, way));
+                }
                 Err(err) => {
                     links.into_iter().for_each(Link::release);
                     return Err(err);
@@ -390,12 +446,13 @@ impl Datapath {
                 drop(link);
             }
         }
-        self.attached.insert(ifname.to_owned(), Attachment { ifindex, links });
+        self.attached.insert(ifname.to_owned(), Attachment { ifindex, role, links, how });
         info!(ifname, ifindex, ?role, "attached");
         Ok(())
     }
 
-    fn attach_xdp(&mut self, ifname: &str, pin: &Path) -> Result<PinnedLink, LoaderError> {
+    /// The pinned link, and how it was attached.
+    fn attach_xdp(&mut self, ifname: &str, pin: &Path) -> Result<(PinnedLink, &'static str), LoaderError> {
         let attach_err = |what| {
             let ifname = ifname.to_owned();
             move |source| LoaderError::Attach { ifname, what, source }
@@ -407,18 +464,22 @@ impl Datapath {
                 .inspect_err(|err| warn!(ifname, error = %err, "cannot take over the pinned xdp link, attaching anew"))
                 .ok()
         });
-        let id = match (adopted, mode) {
+        const NATIVE: &str = "xdp native";
+        const GENERIC: &str = "xdp generic";
+        let (id, how) = match (adopted, mode) {
             (Some(id), _) => {
                 info!(ifname, "took over the pinned xdp link");
-                id
+                (id, "taken over")
             }
-            (None, XdpAttachMode::Native) => xdp.attach(ifname, XdpMode::Driver).map_err(attach_err("xdp (native)"))?,
-            (None, XdpAttachMode::Skb) => xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?,
+            (None, XdpAttachMode::Native) => {
+                (xdp.attach(ifname, XdpMode::Driver).map_err(attach_err("xdp (native)"))?, NATIVE)
+            }
+            (None, XdpAttachMode::Skb) => (xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?, GENERIC),
             (None, XdpAttachMode::Auto) => match xdp.attach(ifname, XdpMode::Driver) {
-                Ok(id) => id,
+                Ok(id) => (id, NATIVE),
                 Err(err) => {
                     warn!(ifname, error = %err, "native xdp unavailable, using generic (skb) mode");
-                    xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?
+                    (xdp.attach(ifname, XdpMode::Skb).map_err(attach_err("xdp (skb)"))?, GENERIC)
                 }
             },
         };
@@ -426,7 +487,7 @@ impl Datapath {
         // Dropping the link on an error detaches it.
         let fd = FdLink::try_from(link)
             .map_err(|e| pin_err(ifname, "xdp", pin, format!("not a bpf_link (kernel before 5.9?): {e}")))?;
-        fd.pin(pin).map_err(|e| pin_err(ifname, "xdp", pin, e.to_string()))
+        Ok((fd.pin(pin).map_err(|e| pin_err(ifname, "xdp", pin, e.to_string()))?, how))
     }
 
     fn attach_tc(
@@ -435,7 +496,7 @@ impl Datapath {
         pin: &Path,
         name: &'static str,
         attach_type: TcAttachType,
-    ) -> Result<Link, LoaderError> {
+    ) -> Result<(Link, &'static str), LoaderError> {
         let what = if attach_type == TcAttachType::Ingress { "tc ingress" } else { "tc egress" };
         let attach_err = |source| LoaderError::Attach { ifname: ifname.to_owned(), what, source };
         let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?;
@@ -446,19 +507,20 @@ impl Datapath {
                 )
                 .ok()
         });
-        let id = match adopted {
+        let (id, taken_over) = match adopted {
             Some(id) => {
                 info!(ifname, "took over the pinned {what} link");
-                id
+                (id, true)
             }
-            None => attach_tc_anew(tc, ifname, name, attach_type).map_err(attach_err)?,
+            None => (attach_tc_anew(tc, ifname, name, attach_type).map_err(attach_err)?, false),
         };
         let link = tc.take_link(id).map_err(attach_err)?;
         if <&FdLink>::try_from(&link).is_err() {
-            return Ok(Link::Netlink(link));
+            return Ok((Link::Netlink(link), "tc filter"));
         }
         let fd = FdLink::try_from(link).map_err(|e| pin_err(ifname, what, pin, e.to_string()))?;
-        Ok(Link::Pinned(fd.pin(pin).map_err(|e| pin_err(ifname, what, pin, e.to_string()))?))
+        let how = if taken_over { "taken over" } else { "tcx" };
+        Ok((Link::Pinned(fd.pin(pin).map_err(|e| pin_err(ifname, what, pin, e.to_string()))?), how))
     }
 
     /// bpffs refuses names with a dot (VLAN devices have one): the name is

@@ -180,6 +180,13 @@ impl MaglevMemory {
         self.0.capacity()
     }
 
+    /// Entry `index` of all tables together (a slot of a frontend's list),
+    /// as the datapath reads it.
+    pub fn entry(&self, index: u32) -> Result<u16, MapError> {
+        let element = self.0.get(index / MAGLEV_ENTRIES_PER_ELEMENT)?;
+        Ok(element[(index % MAGLEV_ENTRIES_PER_ELEMENT) as usize])
+    }
+
     /// Builds the Maglev table of `size` entries for `backends` in place,
     /// from element `element` on.
     pub fn write(&mut self, element: u32, size: u32, backends: &[AnyBackend]) -> Result<(), MapError> {

@@ -59,3 +59,12 @@ pub fn rebackend<A, B>(backend: Backend<A>, addr: B) -> Backend<B> {
 pub fn in_family<A: WireAddr>(backends: &[AnyBackend]) -> Option<Vec<Backend<A>>> {
     backends.iter().map(|b| Some(rebackend(*b, A::from_ip(b.addr)?))).collect()
 }
+
+/// The service CIDR of family `A` as the datapath tests addresses against
+/// it; all zero (none) when the family has none.
+pub fn datapath_cidr<A: WireAddr>(cidrs: &[crate::model::IpCidr]) -> lb_common::ServiceCidr<A> {
+    let of_family = |c: &crate::model::IpCidr| {
+        Some(lb_common::ServiceCidr { network: A::from_ip(c.network())?, mask: A::from_ip(c.mask())? })
+    };
+    cidrs.iter().find_map(of_family).unwrap_or_default()
+}

@@ -31,7 +31,7 @@ use crate::model::{
     BackendSelection, DesiredState, Endpoint, Family, IpCidr, Protocol, Service, ServiceName, ServicePort, ServiceType,
     SessionAffinity, TrafficPolicy,
 };
-pub use family::{AnyBackend, AnyFrontendKey, WireAddr, in_family, rebackend, rekey};
+pub use family::{AnyBackend, AnyFrontendKey, WireAddr, datapath_cidr, in_family, rebackend, rekey};
 use regions::Regions;
 
 mod family;

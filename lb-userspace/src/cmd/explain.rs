@@ -1,0 +1,481 @@
+//! `lb-agent explain`: what the datapath would do with one packet, step by
+//! step. The packet is built, parsed and decided by the programs' own code
+//! (`lb_ebpf`), over the live pinned maps (`datapath::replay`), and the
+//! rewrite is applied to it; nothing is written to the maps.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, bail};
+use aya::Pod;
+use lb_common::{
+    CT_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CtTimeouts, DEVICE_INGRESS_HOOKED, DEVICE_POD,
+    FRONTEND_SCOPE_PODS, Hook, IPPROTO_TCP, IPPROTO_UDP, Reason, ServiceMeta,
+};
+use lb_ebpf::{
+    decide::{Verdict, decide},
+    packet::{
+        family::{Family, V4, V6},
+        nat::{self, Side},
+        parse::{Frame, Packet, parse, parse_ipv6},
+        tcp,
+    },
+    packet_builder::{PacketBuilder, checksum_errors},
+};
+use serde::{Deserialize, Serialize};
+
+use super::get::Output;
+use crate::{
+    datapath::{
+        maps::{DatapathMaps, FamilyMaps},
+        replay::{Flow, FlowEntry, LoadedSettings, Replay, Step},
+    },
+    plan::WireAddr,
+};
+
+/// The packet to explain.
+#[derive(Clone, Copy, Debug)]
+pub struct Question {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// TCP's flags byte (`tcp::SYN`...); 0 for UDP.
+    pub tcp_flags: u8,
+    /// The interface it arrives on.
+    pub ifindex: u32,
+}
+
+/// What the programs were loaded with that no map holds: from the agent's
+/// `/status`, or its defaults when it does not answer.
+pub struct Loaded {
+    pub ct_timeouts: CtTimeouts,
+    pub service_cidrs: Vec<crate::model::IpCidr>,
+}
+
+/// What `explain` prints.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    /// `TCP 10.244.0.100:40000 -> 10.96.0.10:80 [SYN]`.
+    pub packet: String,
+    pub interface: String,
+    /// The counters' hook name (`XDP-NODE`, `TC-POD`).
+    pub hook: String,
+    /// Each lookup with its answer, and each write left out, in order.
+    pub steps: Vec<String>,
+    /// `hit`, `miss`, or none when the packet was not looked up.
+    pub conntrack: Option<String>,
+    /// `namespace/name:port` of the frontend that decided, if any.
+    pub service: Option<String>,
+    /// The backend the packet goes to (a new or established flow).
+    pub backend: Option<String>,
+    /// That backend's pod, when the endpoint names one.
+    pub backend_pod: Option<String>,
+    /// `rewrite`, `pass`, `drop` or `reject`.
+    pub verdict: String,
+    /// The verdict's reason: the counter it bumps.
+    pub reason: String,
+    /// The counter as `/metrics` names it.
+    pub counter: String,
+    /// The packet once rewritten, with its checksums checked.
+    pub rewritten: Option<String>,
+    pub checksums: Option<String>,
+    /// Map writes the real packet would make that were left out.
+    pub writes_left_out: usize,
+    pub notes: Vec<String>,
+}
+
+/// Explains `question` against `maps`.
+pub fn explain(
+    maps: &DatapathMaps,
+    question: &Question,
+    interface: &str,
+    loaded: &Loaded,
+) -> anyhow::Result<Explanation> {
+    let flags = maps.devices.get(&question.ifindex, 0).unwrap_or(0);
+    if flags & DEVICE_INGRESS_HOOKED == 0 {
+        bail!(
+            "interface {interface} (ifindex {}) has no program of the agent pinned here: it attaches to --device and --pod-device interfaces only",
+            question.ifindex
+        );
+    }
+    let hook = if flags & DEVICE_POD != 0 { Hook::PodTc } else { Hook::NodeXdp };
+    let (from, to) = (question.from, question.to);
+    if from.is_ipv4() != to.is_ipv4() {
+        bail!("--from {from} and --to {to} are of two families");
+    }
+    let mut frame = PacketBuilder::new(question.proto, from.ip(), from.port(), to.ip(), to.port())
+        .tcp_flags(question.tcp_flags)
+        .build();
+    let mut explanation = Explanation {
+        packet: describe(&Flow { from, to, proto: question.proto }, question.tcp_flags),
+        interface: format!("{interface} (ifindex {})", question.ifindex),
+        hook: hook.name().to_owned(),
+        ..Explanation::default()
+    };
+    let cidrs = &loaded.service_cidrs;
+    let (data, end) = (frame.as_mut_ptr() as usize, frame.as_mut_ptr() as usize + frame.len());
+    if from.is_ipv4() {
+        let settings =
+            LoadedSettings { ct_timeouts: loaded.ct_timeouts, service_cidr: crate::plan::datapath_cidr(cidrs) };
+        let parsed = parse(data, end, Frame::Linear);
+        decide_family::<V4>(maps, &maps.v4, settings, parsed, hook, question.ifindex, &mut explanation);
+    } else {
+        let settings =
+            LoadedSettings { ct_timeouts: loaded.ct_timeouts, service_cidr: crate::plan::datapath_cidr(cidrs) };
+        let parsed = parse_ipv6(data, end, Frame::Linear);
+        decide_family::<V6>(maps, &maps.v6, settings, parsed, hook, question.ifindex, &mut explanation);
+    }
+    if explanation.verdict == "rewrite" {
+        let flow = reparse(&frame).context("the rewritten packet does not parse")?;
+        explanation.rewritten = Some(describe(&flow, question.tcp_flags));
+        explanation.checksums = Some(checksum_errors(&frame).unwrap_or_else(|| "valid".into()));
+    }
+    explanation.counter =
+        format!("lb_datapath_packets_total{{hook=\"{}\",reason=\"{}\"}}", explanation.hook, explanation.reason);
+    Ok(explanation)
+}
+
+/// The decision for a packet of family `F` (parsed as `parsed` out of the
+/// frame, which is rewritten in place), into `out`.
+fn decide_family<F: Family>(
+    maps: &DatapathMaps,
+    family: &FamilyMaps<F::Addr>,
+    settings: LoadedSettings<F::Addr>,
+    parsed: Result<Packet<F>, Reason>,
+    hook: Hook,
+    ifindex: u32,
+    out: &mut Explanation,
+) where
+    F::Addr: WireAddr + Pod,
+{
+    let pkt = match parsed {
+        Ok(pkt) => pkt,
+        Err(reason) => {
+            out.steps.push(format!("parse: {}: passed untouched", reason.name()));
+            (out.verdict, out.reason) = ("pass".into(), reason.name().into());
+            return;
+        }
+    };
+    let flow = pkt.flow();
+    out.steps.push("parse: TCP/UDP over IP, no options or fragments: decided".into());
+    let replay = Replay::new(maps, family, settings, ifindex);
+    let verdict = decide(&flow, pkt.tcp_flags(), &replay, hook);
+    let steps = replay.into_steps();
+    let names = Names { maps };
+    let mut frontend_id = None;
+    for step in &steps {
+        match step {
+            Step::Conntrack { found, .. } if out.conntrack.is_none() => {
+                out.conntrack = Some(if found.is_some() { "hit" } else { "miss" }.into());
+                if let Some(entry) = found {
+                    frontend_id = Some(entry.frontend_id);
+                }
+            }
+            Step::Frontend { found: Some(frontend), .. } => frontend_id = Some(frontend.frontend_id),
+            Step::WouldWriteConntrack { .. } | Step::WouldRefreshConntrack { .. } | Step::WouldWriteAffinity { .. } => {
+                out.writes_left_out += 1
+            }
+            _ => {}
+        }
+        out.steps.push(names.step(step));
+    }
+    out.service = frontend_id.map(|id| names.service(id));
+    out.reason = verdict.reason().name().to_owned();
+    match verdict {
+        Verdict::Pass(_) => out.verdict = "pass".into(),
+        Verdict::Drop(_) => out.verdict = "drop".into(),
+        Verdict::Reject(_) => {
+            out.verdict = "reject".into();
+            let answer = if flow.proto == IPPROTO_TCP { "a TCP reset" } else { "an ICMP port unreachable" };
+            out.notes.push(format!("the datapath answers the client with {answer}"));
+        }
+        Verdict::Rewrite { side, addr, port, other, .. } => {
+            out.verdict = "rewrite".into();
+            let to = SocketAddr::new(addr.ip(), lb_common::wire::port_number(port));
+            if side == Side::Dst {
+                out.backend = Some(to.to_string());
+                out.backend_pod = frontend_id.and_then(|id| names.pod(id, to));
+            }
+            // SAFETY: `pkt` was parsed from the frame just now, which
+            // nothing has touched since and which is writable.
+            unsafe { nat::rewrite(&pkt, side, (addr, port), other.get()) };
+            out.notes
+                .push("where it goes next is the kernel FIB's answer for the rewritten packet (not asked here)".into());
+        }
+    }
+    if steps.iter().any(|s| matches!(s, Step::Random(_))) {
+        out.notes.push("a random number took part: the real packet draws its own".into());
+    }
+}
+
+/// Names for the ids the maps hold.
+struct Names<'m> {
+    maps: &'m DatapathMaps,
+}
+
+impl Names<'_> {
+    /// The Service port `frontend_id` serves (see `service_port`).
+    fn service(&self, frontend_id: u32) -> String {
+        match self.maps.service_meta.get(&frontend_id, 0) {
+            Ok(meta) => service_port(&meta),
+            Err(_) => format!("frontend {frontend_id} (no Service names it)"),
+        }
+    }
+
+    /// The pod behind `backend` among `frontend_id`'s endpoints.
+    fn pod(&self, frontend_id: u32, backend: SocketAddr) -> Option<String> {
+        self.maps.endpoints.iter().flatten().find_map(|(key, ep)| {
+            let addr = std::net::Ipv6Addr::from(ep.addr).to_canonical();
+            let at = SocketAddr::new(addr, lb_common::wire::port_number(ep.port));
+            (key.frontend_id == frontend_id && at == backend && !ep.target().is_empty()).then(|| ep.target().to_owned())
+        })
+    }
+
+    fn step(&self, step: &Step) -> String {
+        match step {
+            Step::Conntrack { key, found: None } => format!("conntrack {}: miss", describe(key, 0)),
+            Step::Conntrack { key, found: Some(entry) } => {
+                format!("conntrack {}: hit, {}", describe(key, 0), self.entry(entry))
+            }
+            Step::Frontend { addr, proto, scope, found } => {
+                let scope = if *scope == FRONTEND_SCOPE_PODS { " (pods' twin)" } else { "" };
+                let what = match found {
+                    None => "none".to_owned(),
+                    Some(fe) => {
+                        let selection = match fe.maglev_size {
+                            0 => "picked at random".to_owned(),
+                            size => format!("Maglev table of {size} entries"),
+                        };
+                        let affinity = match fe.affinity_timeout_s {
+                            0 => String::new(),
+                            s => format!(", session affinity {s}s"),
+                        };
+                        format!(
+                            "{} (frontend {}), {} backends, {selection}{affinity}",
+                            self.service(fe.frontend_id),
+                            fe.frontend_id,
+                            fe.backend_count
+                        )
+                    }
+                };
+                format!("frontend {addr}/{}{scope}: {what}", protocol(*proto))
+            }
+            Step::SourceRange { frontend_id, client, allowed } => format!(
+                "loadBalancerSourceRanges of {}: {client} {}",
+                self.service(*frontend_id),
+                if *allowed { "is inside one" } else { "is in none: dropped" }
+            ),
+            Step::Affinity { client, frontend_id, found } => match found {
+                None => format!("session affinity of {client} to {}: none", self.service(*frontend_id)),
+                Some(a) => format!(
+                    "session affinity of {client} to {}: backend {}, last used {:.0}s ago",
+                    self.service(*frontend_id),
+                    a.backend_id,
+                    crate::datapath::maps::monotonic_ns().saturating_sub(a.last_used_ns) as f64 / 1e9
+                ),
+            },
+            Step::MaglevEntry { index, slot } => format!("Maglev entry {index}: slot {}", some(slot)),
+            Step::ListEntry { index, backend_id } => {
+                format!("backend list entry {index}: backend {}", some(backend_id))
+            }
+            Step::Backend { id, found } => match found {
+                Some(addr) => format!("backend {id}: {addr}"),
+                None => format!("backend {id}: none (cleared)"),
+            },
+            Step::ServiceAddress { addr, flags } => match flags {
+                Some(_) => format!("service address {addr}: a Service's"),
+                None => format!("service address {addr}: no Service's"),
+            },
+            Step::NodeAddress { toward, found } => format!("this node's address toward {toward}: {}", some(found)),
+            Step::Random(value) => format!("random number {value}"),
+            Step::WouldWriteConntrack { key, entry, only_if_new, refused } => {
+                let unless = if *only_if_new { " unless its key is taken" } else { "" };
+                let refused = if *refused { ": the key is taken" } else { "" };
+                format!("would write conntrack {}{unless}: {}{refused}", describe(key, 0), self.entry(entry))
+            }
+            Step::WouldRefreshConntrack { key, state } => {
+                format!("would refresh conntrack {}: {}", describe(key, 0), state_name(*state))
+            }
+            Step::WouldWriteAffinity { client, frontend_id, backend_id } => format!(
+                "would remember backend {backend_id} for {client} (session affinity to {})",
+                self.service(*frontend_id)
+            ),
+        }
+    }
+
+    fn entry(&self, entry: &FlowEntry) -> String {
+        let (direction, side) =
+            if entry.direction == CT_FORWARD { ("forward", "destination") } else { ("reply", "source") };
+        let other = match entry.other {
+            Some(other) => format!(", other end -> {other}"),
+            None => String::new(),
+        };
+        format!(
+            "{direction} entry of {}: {side} -> {}{other}, {}, idle {:.0}s",
+            self.service(entry.frontend_id),
+            entry.nat,
+            state_name(entry.state),
+            entry.idle_ns as f64 / 1e9
+        )
+    }
+}
+
+/// `namespace/name:port`, or `namespace/name` for a Service's only, unnamed port.
+fn service_port(meta: &ServiceMeta) -> String {
+    match meta.port_name() {
+        "" => format!("{}/{}", meta.namespace(), meta.name()),
+        port => format!("{}/{}:{port}", meta.namespace(), meta.name()),
+    }
+}
+
+fn some<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string)
+}
+
+fn state_name(state: u8) -> &'static str {
+    match state {
+        CT_STATE_SYN => "opening",
+        CT_STATE_ESTABLISHED => "established",
+        CT_STATE_CLOSING => "closing",
+        _ => "?",
+    }
+}
+
+fn protocol(proto: u8) -> &'static str {
+    match proto {
+        IPPROTO_TCP => "TCP",
+        IPPROTO_UDP => "UDP",
+        _ => "?",
+    }
+}
+
+/// `TCP a -> b [SYN,ACK]` (no flags for 0).
+fn describe(flow: &Flow, tcp_flags: u8) -> String {
+    let names: Vec<&str> = [(tcp::SYN, "SYN"), (tcp::ACK, "ACK"), (tcp::FIN, "FIN"), (tcp::RST, "RST")]
+        .into_iter()
+        .filter(|(bit, _)| tcp_flags & bit != 0)
+        .map(|(_, name)| name)
+        .collect();
+    let flags = if names.is_empty() { String::new() } else { format!(" [{}]", names.join(",")) };
+    format!("{} {} -> {}{flags}", protocol(flow.proto), flow.from, flow.to)
+}
+
+/// The 5-tuple of a frame.
+fn reparse(frame: &[u8]) -> Option<Flow> {
+    let (data, end) = (frame.as_ptr() as usize, frame.as_ptr() as usize + frame.len());
+    fn of<F: Family>(pkt: Packet<F>) -> Flow
+    where
+        F::Addr: WireAddr,
+    {
+        Flow::of(&pkt.flow())
+    }
+    match frame.get(12..14)? {
+        [0x86, 0xdd] => parse_ipv6(data, end, Frame::Linear).ok().map(of),
+        _ => parse(data, end, Frame::Linear).ok().map(of),
+    }
+}
+
+/// TCP flags from `syn,ack`-style text.
+pub fn parse_tcp_flags(text: &str) -> Result<u8, String> {
+    text.split(',').filter(|f| !f.is_empty()).try_fold(0, |flags, name| {
+        let bit = match name.trim().to_ascii_lowercase().as_str() {
+            "syn" => tcp::SYN,
+            "ack" => tcp::ACK,
+            "fin" => tcp::FIN,
+            "rst" => tcp::RST,
+            other => return Err(format!("unknown TCP flag {other:?} (syn, ack, fin, rst)")),
+        };
+        Ok(flags | bit)
+    })
+}
+
+/// The text `explain` prints.
+pub fn format_explanation(e: &Explanation, output: Output) -> anyhow::Result<String> {
+    if let Some(text) = super::get::structured(e, output)? {
+        return Ok(text);
+    }
+    let mut out = format!("packet:    {}\narrives:   on {}, decided by {}\n", e.packet, e.interface, e.hook);
+    for (n, step) in e.steps.iter().enumerate() {
+        out += &format!("{:>3}. {step}\n", n + 1);
+    }
+    let service = e.service.as_deref().map(|s| format!(" for {s}")).unwrap_or_default();
+    out += &format!("verdict:   {} ({}){service}\n", e.verdict, e.reason);
+    if let Some(backend) = &e.backend {
+        let pod = e.backend_pod.as_deref().map(|p| format!(" (pod {p})")).unwrap_or_default();
+        out += &format!("backend:   {backend}{pod}\n");
+    }
+    out += &format!("counter:   {} +1\n", e.counter);
+    if let (Some(rewritten), Some(checksums)) = (&e.rewritten, &e.checksums) {
+        out += &format!("rewritten: {rewritten}, checksums {checksums}\n");
+    }
+    if e.writes_left_out > 0 {
+        out += &format!("left out:  {} map writes the real packet would make\n", e.writes_left_out);
+    }
+    for note in &e.notes {
+        out += &format!("note:      {note}\n");
+    }
+    Ok(out)
+}
+
+impl Loaded {
+    /// The settings an agent's status gives.
+    pub fn from_settings(settings: &super::status::Settings) -> anyhow::Result<Self> {
+        let service_cidrs = settings
+            .service_cidrs
+            .iter()
+            .map(|text| text.parse().map_err(|e| anyhow::anyhow!("the agent's service CIDR {text}: {e}")))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Loaded { ct_timeouts: settings.ct_timeout_seconds.into(), service_cidrs })
+    }
+
+    /// The agent's defaults (`--service-cidr 10.96.0.0/12`, Cilium's timeouts).
+    pub fn defaults() -> Self {
+        Loaded { ct_timeouts: CtTimeouts::DEFAULT, service_cidrs: vec!["10.96.0.0/12".parse().expect("a CIDR")] }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_flags_are_named_as_tcpdump_spells_them() {
+        assert_eq!(parse_tcp_flags("syn,ack"), Ok(tcp::SYN | tcp::ACK));
+        assert_eq!(parse_tcp_flags("FIN"), Ok(tcp::FIN));
+        assert!(parse_tcp_flags("syn,urg").unwrap_err().contains("\"urg\""));
+    }
+
+    #[test]
+    fn the_text_says_the_verdict_the_backend_its_pod_and_the_counter() {
+        let e = Explanation {
+            packet: "TCP 10.244.0.100:40000 -> 10.96.0.10:80 [SYN]".into(),
+            interface: "h-client (ifindex 5)".into(),
+            hook: "TC-POD".into(),
+            steps: vec!["conntrack TCP 10.244.0.100:40000 -> 10.96.0.10:80: miss".into()],
+            conntrack: Some("miss".into()),
+            service: Some("default/kubia:http".into()),
+            backend: Some("10.244.0.3:8080".into()),
+            backend_pod: Some("kubia-1".into()),
+            verdict: "rewrite".into(),
+            reason: "forward_new_flow".into(),
+            counter: "lb_datapath_packets_total{hook=\"TC-POD\",reason=\"forward_new_flow\"}".into(),
+            rewritten: Some("TCP 10.244.0.100:40000 -> 10.244.0.3:8080 [SYN]".into()),
+            checksums: Some("valid".into()),
+            writes_left_out: 2,
+            notes: Vec::new(),
+        };
+        let text = format_explanation(&e, Output::Table).unwrap();
+        for line in [
+            "  1. conntrack TCP 10.244.0.100:40000 -> 10.96.0.10:80: miss",
+            "verdict:   rewrite (forward_new_flow) for default/kubia:http",
+            "backend:   10.244.0.3:8080 (pod kubia-1)",
+            "rewritten: TCP 10.244.0.100:40000 -> 10.244.0.3:8080 [SYN], checksums valid",
+            "left out:  2 map writes the real packet would make",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+        }
+        let json: Explanation = serde_json::from_str(&format_explanation(&e, Output::Json).unwrap()).unwrap();
+        assert_eq!(json, e);
+    }
+}
