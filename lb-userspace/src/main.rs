@@ -370,10 +370,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Explain(args) => explain(args),
         Command::Status { agent, output } => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let agent = runtime.block_on(status::fetch(agent, STATUS_TIMEOUT))?;
-            let node = status::NodeStatus { kernel: status::kernel_release(), agent };
-            print!("{}", status::format_status(&node, output_of(output))?);
+            print!("{}", status::format_status(&status::node_status(agent)?, output_of(output))?);
             Ok(())
         }
         Command::Env { namespace, bpf_dir } => {
@@ -385,9 +382,6 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
-
-/// How long `status` and `explain` wait for the agent's answer.
-const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn output_of(output: Option<OutputArg>) -> get::Output {
     match output {
@@ -409,18 +403,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         ProtoArg::Udp => (lb_common::IPPROTO_UDP, 0),
     };
     let question = explain::Question { from: args.from, to: args.to, proto, tcp_flags, ifindex };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (loaded, unanswered) = match runtime.block_on(status::fetch(args.agent, STATUS_TIMEOUT)) {
-        Ok(agent) => (explain::Loaded::from_settings(&agent.settings)?, None),
-        Err(err) => (explain::Loaded::defaults(), Some(err)),
-    };
-    let maps = DatapathMaps::open_pinned(&args.bpf_dir)?;
-    let mut explanation = explain::explain(&maps, &question, &args.on, &loaded)?;
-    if let Some(err) = unanswered {
-        explanation
-            .notes
-            .push(format!("{err:#}: the agent's default service CIDR and conntrack timeouts were assumed"));
-    }
+    let explanation = explain::explain_live(&question, &args.on, &args.bpf_dir, args.agent)?;
     print!("{}", explain::format_explanation(&explanation, output_of(args.output))?);
     Ok(())
 }

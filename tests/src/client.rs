@@ -181,11 +181,20 @@ pub fn tcp_connect_from(
             anyhow::ensure!(fd >= 0, "socket: {}", io::Error::last_os_error());
             let stream = TcpStream::from_raw_fd(fd);
             let one: libc::c_int = 1;
-            let timeval = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
-            // connect() gives up after the send timeout.
-            let size = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&timeval as *const libc::timeval).cast(), size);
+            let timeval = libc::timeval {
+                tv_sec: timeout.as_secs() as libc::time_t,
+                tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+            };
+            let options = [
+                (libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>()),
+                // connect() gives up after the send timeout.
+                (libc::SO_SNDTIMEO, (&timeval as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>()),
+            ];
+            for (option, value, size) in options {
+                if libc::setsockopt(fd, libc::SOL_SOCKET, option, value, size as libc::socklen_t) != 0 {
+                    anyhow::bail!("setsockopt {option}: {}", io::Error::last_os_error());
+                }
+            }
             let (local_addr, remote_addr) = (sockaddr(local), sockaddr(remote));
             if libc::bind(fd, (&local_addr as *const libc::sockaddr_in).cast(), len) != 0 {
                 anyhow::bail!("bind {local}: {}", io::Error::last_os_error());

@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, bail};
-use aya::Pod;
+use aya::{Pod, maps::MapError};
 use lb_common::{
     CT_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CtTimeouts, DEVICE_INGRESS_HOOKED, DEVICE_POD,
-    FRONTEND_SCOPE_PODS, Hook, IPPROTO_TCP, IPPROTO_UDP, Reason, ServiceMeta,
+    FRONTEND_SCOPE_PODS, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, Reason, ServiceCidr, ServiceMeta,
 };
 use lb_ebpf::{
     decide::{Verdict, decide},
@@ -26,10 +26,12 @@ use serde::{Deserialize, Serialize};
 use super::get::Output;
 use crate::{
     datapath::{
+        loader::LoadOptions,
         maps::{DatapathMaps, FamilyMaps},
         replay::{Flow, FlowEntry, LoadedSettings, Replay, Step},
     },
-    plan::WireAddr,
+    model::IpCidr,
+    plan::{WireAddr, datapath_cidr},
 };
 
 /// The packet to explain.
@@ -49,7 +51,8 @@ pub struct Question {
 /// `/status`, or its defaults when it does not answer.
 pub struct Loaded {
     pub ct_timeouts: CtTimeouts,
-    pub service_cidrs: Vec<crate::model::IpCidr>,
+    pub service_cidr: ServiceCidr,
+    pub service_cidr6: ServiceCidr<Ipv6Wire>,
 }
 
 /// What `explain` prints.
@@ -85,6 +88,28 @@ pub struct Explanation {
     pub notes: Vec<String>,
 }
 
+/// `lb-agent explain`: `question` against the maps pinned under `bpf_dir`,
+/// with the settings of the agent serving metrics on `agent`.
+pub fn explain_live(
+    question: &Question,
+    interface: &str,
+    bpf_dir: &std::path::Path,
+    agent: SocketAddr,
+) -> anyhow::Result<Explanation> {
+    let (loaded, unanswered) = match super::status::fetch(agent) {
+        Ok(status) => (Loaded::from_settings(&status.settings)?, None),
+        Err(err) => (Loaded::defaults(), Some(err)),
+    };
+    let maps = DatapathMaps::open_pinned(bpf_dir)?;
+    let mut explanation = explain(&maps, question, interface, &loaded)?;
+    if let Some(err) = unanswered {
+        explanation
+            .notes
+            .push(format!("{err:#}: the agent's default service CIDR and conntrack timeouts were assumed"));
+    }
+    Ok(explanation)
+}
+
 /// Explains `question` against `maps`.
 pub fn explain(
     maps: &DatapathMaps,
@@ -92,7 +117,11 @@ pub fn explain(
     interface: &str,
     loaded: &Loaded,
 ) -> anyhow::Result<Explanation> {
-    let flags = maps.devices.get(&question.ifindex, 0).unwrap_or(0);
+    let flags = match maps.devices.get(&question.ifindex, 0) {
+        Ok(flags) => flags,
+        Err(MapError::KeyNotFound) => 0,
+        Err(err) => return Err(err).context("reading the devices map"),
+    };
     if flags & DEVICE_INGRESS_HOOKED == 0 {
         bail!(
             "interface {interface} (ifindex {}) has no program of the agent pinned here: it attaches to --device and --pod-device interfaces only",
@@ -113,18 +142,16 @@ pub fn explain(
         hook: hook.name().to_owned(),
         ..Explanation::default()
     };
-    let cidrs = &loaded.service_cidrs;
     let (data, end) = (frame.as_mut_ptr() as usize, frame.as_mut_ptr() as usize + frame.len());
+    let timeouts = loaded.ct_timeouts;
     if from.is_ipv4() {
-        let settings =
-            LoadedSettings { ct_timeouts: loaded.ct_timeouts, service_cidr: crate::plan::datapath_cidr(cidrs) };
+        let settings = LoadedSettings { ct_timeouts: timeouts, service_cidr: loaded.service_cidr };
         let parsed = parse(data, end, Frame::Linear);
-        decide_family::<V4>(maps, &maps.v4, settings, parsed, hook, question.ifindex, &mut explanation);
+        decide_family::<V4>(maps, &maps.v4, settings, parsed, hook, question.ifindex, &mut explanation)?;
     } else {
-        let settings =
-            LoadedSettings { ct_timeouts: loaded.ct_timeouts, service_cidr: crate::plan::datapath_cidr(cidrs) };
+        let settings = LoadedSettings { ct_timeouts: timeouts, service_cidr: loaded.service_cidr6 };
         let parsed = parse_ipv6(data, end, Frame::Linear);
-        decide_family::<V6>(maps, &maps.v6, settings, parsed, hook, question.ifindex, &mut explanation);
+        decide_family::<V6>(maps, &maps.v6, settings, parsed, hook, question.ifindex, &mut explanation)?;
     }
     if explanation.verdict == "rewrite" {
         let flow = reparse(&frame).context("the rewritten packet does not parse")?;
@@ -146,7 +173,8 @@ fn decide_family<F: Family>(
     hook: Hook,
     ifindex: u32,
     out: &mut Explanation,
-) where
+) -> anyhow::Result<()>
+where
     F::Addr: WireAddr + Pod,
 {
     let pkt = match parsed {
@@ -154,23 +182,36 @@ fn decide_family<F: Family>(
         Err(reason) => {
             out.steps.push(format!("parse: {}: passed untouched", reason.name()));
             (out.verdict, out.reason) = ("pass".into(), reason.name().into());
-            return;
+            return Ok(());
         }
     };
     let flow = pkt.flow();
     out.steps.push("parse: TCP/UDP over IP, no options or fragments: decided".into());
     let replay = Replay::new(maps, family, settings, ifindex);
     let verdict = decide(&flow, pkt.tcp_flags(), &replay, hook);
-    let steps = replay.into_steps();
+    let steps = replay.into_steps()?;
     let names = Names { maps };
+    // The flow's entry counts when the verdict is the entry's; otherwise it
+    // was expired, or a SYN reopened a closed connection's ports.
+    let by_entry = matches!(verdict.reason(), Reason::ForwardEstablished | Reason::ReplyReverseNat);
     let mut frontend_id = None;
     for step in &steps {
+        let mut aside = None;
         match step {
             Step::Conntrack { found, .. } if out.conntrack.is_none() => {
-                out.conntrack = Some(if found.is_some() { "hit" } else { "miss" }.into());
-                if let Some(entry) = found {
-                    frontend_id = Some(entry.frontend_id);
-                }
+                let result = match found {
+                    None => "miss",
+                    Some(entry) if by_entry => {
+                        frontend_id = Some(entry.frontend_id);
+                        "hit"
+                    }
+                    Some(_) => {
+                        aside =
+                            Some("the entry does not count: expired, or a SYN opening a new connection on its ports");
+                        "ignored"
+                    }
+                };
+                out.conntrack = Some(result.into());
             }
             Step::Frontend { found: Some(frontend), .. } => frontend_id = Some(frontend.frontend_id),
             Step::WouldWriteConntrack { .. } | Step::WouldRefreshConntrack { .. } | Step::WouldWriteAffinity { .. } => {
@@ -179,6 +220,7 @@ fn decide_family<F: Family>(
             _ => {}
         }
         out.steps.push(names.step(step));
+        out.steps.extend(aside.map(str::to_owned));
     }
     out.service = frontend_id.map(|id| names.service(id));
     out.reason = verdict.reason().name().to_owned();
@@ -204,9 +246,15 @@ fn decide_family<F: Family>(
                 .push("where it goes next is the kernel FIB's answer for the rewritten packet (not asked here)".into());
         }
     }
-    if steps.iter().any(|s| matches!(s, Step::Random(_))) {
+    // A random number decides when a frontend without a Maglev table picks
+    // (the list entry follows it) or a SNAT port is tried again (another
+    // lookup follows); the SNAT loop also draws one it may never use.
+    let random_decided =
+        steps.windows(2).any(|w| matches!(w, [Step::Random(_), Step::ListEntry { .. } | Step::Conntrack { .. }]));
+    if random_decided {
         out.notes.push("a random number took part: the real packet draws its own".into());
     }
+    Ok(())
 }
 
 /// Names for the ids the maps hold.
@@ -289,10 +337,9 @@ impl Names<'_> {
             },
             Step::NodeAddress { toward, found } => format!("this node's address toward {toward}: {}", some(found)),
             Step::Random(value) => format!("random number {value}"),
-            Step::WouldWriteConntrack { key, entry, only_if_new, refused } => {
+            Step::WouldWriteConntrack { key, entry, only_if_new } => {
                 let unless = if *only_if_new { " unless its key is taken" } else { "" };
-                let refused = if *refused { ": the key is taken" } else { "" };
-                format!("would write conntrack {}{unless}: {}{refused}", describe(key, 0), self.entry(entry))
+                format!("would write conntrack {}{unless}: {}", describe(key, 0), self.entry(entry))
             }
             Step::WouldRefreshConntrack { key, state } => {
                 format!("would refresh conntrack {}: {}", describe(key, 0), state_name(*state))
@@ -421,17 +468,22 @@ pub fn format_explanation(e: &Explanation, output: Output) -> anyhow::Result<Str
 impl Loaded {
     /// The settings an agent's status gives.
     pub fn from_settings(settings: &super::status::Settings) -> anyhow::Result<Self> {
-        let service_cidrs = settings
+        let cidrs = settings
             .service_cidrs
             .iter()
             .map(|text| text.parse().map_err(|e| anyhow::anyhow!("the agent's service CIDR {text}: {e}")))
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Loaded { ct_timeouts: settings.ct_timeout_seconds.into(), service_cidrs })
+            .collect::<anyhow::Result<Vec<IpCidr>>>()?;
+        Ok(Loaded {
+            ct_timeouts: settings.ct_timeout_seconds.into(),
+            service_cidr: datapath_cidr(&cidrs),
+            service_cidr6: datapath_cidr(&cidrs),
+        })
     }
 
-    /// The agent's defaults (`--service-cidr 10.96.0.0/12`, Cilium's timeouts).
+    /// The agent's defaults.
     pub fn defaults() -> Self {
-        Loaded { ct_timeouts: CtTimeouts::DEFAULT, service_cidrs: vec!["10.96.0.0/12".parse().expect("a CIDR")] }
+        let load = LoadOptions::default();
+        Loaded { ct_timeouts: load.ct_timeouts, service_cidr: load.service_cidr, service_cidr6: load.service_cidr6 }
     }
 }
 

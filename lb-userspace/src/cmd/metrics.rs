@@ -46,6 +46,7 @@ use crate::datapath::maps::DatapathMaps;
 #[derive(Debug)]
 pub struct AgentMetrics {
     sync_duration: Histogram,
+    programming_latency: Histogram,
     last_sync: Gauge<f64, AtomicU64>,
     map_writes: Counter,
     map_write_failures: Counter,
@@ -63,6 +64,7 @@ impl AgentMetrics {
         let metrics = Arc::new(AgentMetrics {
             // kube-proxy's buckets: 1 ms to 16 s.
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            programming_latency: Histogram::new(programming_latency_buckets()),
             last_sync: Gauge::default(),
             map_writes: Counter::default(),
             map_write_failures: Counter::default(),
@@ -78,6 +80,11 @@ impl AgentMetrics {
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "How long a pass from the model to the maps took (planning and writing)",
             m.sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "From the change that made an EndpointSlice's controller write it (its last-change-trigger-time) to the pass that programmed it",
+            m.programming_latency.clone(),
         );
         registry.register(
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
@@ -127,6 +134,11 @@ impl AgentMetrics {
         }
     }
 
+    /// Records how long after its trigger a change reached the maps.
+    pub fn programmed_change(&self, latency: Duration) {
+        self.programming_latency.observe(latency.as_secs_f64());
+    }
+
     /// Records the model's size and troubles after a pass.
     pub fn model(&self, services: usize, refused: usize, errors: usize) {
         self.services.set(services as i64);
@@ -145,6 +157,13 @@ impl AgentMetrics {
         self.conntrack_entries.set(i64::try_from(live).unwrap_or(i64::MAX));
         self.conntrack_evicted.set(i64::try_from(evicted).unwrap_or(i64::MAX));
     }
+}
+
+/// kube-proxy's buckets for the network programming latency: 0.25 s and
+/// 0.5 s, every second to 59 s, every 5 s to 115 s, every 30 s to 300 s.
+fn programming_latency_buckets() -> impl Iterator<Item = f64> {
+    let steps = |first: f64, step: f64, count: u32| (0..count).map(move |i| first + step * f64::from(i));
+    steps(0.25, 0.25, 2).chain(steps(1.0, 1.0, 59)).chain(steps(60.0, 5.0, 12)).chain(steps(120.0, 30.0, 7))
 }
 
 /// The datapath's counters, read from its maps at each scrape.

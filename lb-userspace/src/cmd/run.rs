@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -122,6 +122,12 @@ struct Agent {
     sync_health: Arc<SyncHealth>,
     metrics: Arc<AgentMetrics>,
     status: Arc<SharedStatus>,
+    /// When the agent started: changes triggered before are not measured
+    /// (as kube-proxy's tracker ignores them).
+    started: SystemTime,
+    /// The EndpointSlices' change trigger times the maps were last
+    /// programmed with, by namespace and name.
+    programmed_triggers: BTreeMap<(String, String), SystemTime>,
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -194,6 +200,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         sync_health,
         metrics: agent_metrics,
         status: agent_status,
+        started: SystemTime::now(),
+        programmed_triggers: BTreeMap::new(),
     };
     // Subscribed before the first listing, so that no link appears unseen between.
     let mut link_events = LinkEvents::open()
@@ -287,7 +295,6 @@ impl Agent {
             info!(?read, ?modelled, ?total, "source synced");
         } else {
             self.synced = true;
-            self.status.update(|status| status.source.synced = true);
             info!(services, map_writes, ?read, ?modelled, ?total, "first sync: the maps match the source");
         }
     }
@@ -353,7 +360,24 @@ impl Agent {
             info!(services, map_writes, failures, ?planned, ?applied, "datapath updated");
         }
         self.record_pass(applied, map_writes, failures);
+        if failures == 0 {
+            self.record_programmed_changes();
+        }
         ops.len()
+    }
+
+    /// Observes, for each EndpointSlice whose change trigger time is new
+    /// since the last complete pass (and after the agent started), how
+    /// long ago that change was: kube-proxy's network programming latency.
+    fn record_programmed_changes(&mut self) {
+        let triggers = model::change_trigger_times(self.source.objects());
+        let now = SystemTime::now();
+        for (slice, &time) in &triggers {
+            if time >= self.started && self.programmed_triggers.get(slice) != Some(&time) {
+                self.metrics.programmed_change(now.duration_since(time).unwrap_or_default());
+            }
+        }
+        self.programmed_triggers = triggers;
     }
 
     /// What a pass leaves for `/metrics` and `/status`.
@@ -372,9 +396,12 @@ impl Agent {
             self.metrics.pressure(map, used, capacity);
         }
         self.status.update(|status| {
-            let at = status::rfc3339(std::time::SystemTime::now());
-            let duration_seconds = duration.as_secs_f64();
-            status.last_sync = Some(SyncStatus { at, duration_seconds, map_writes: writes, failures });
+            status.source.synced = true;
+            if writes > 0 {
+                let at = status::rfc3339(SystemTime::now());
+                let duration_seconds = duration.as_secs_f64();
+                status.last_sync = Some(SyncStatus { at, duration_seconds, map_writes: writes, failures });
+            }
             (status.source.services, status.source.refused_services, status.source.object_errors) =
                 (services, refused, errors);
             status.maps = fill.map(|(map, used, capacity)| MapFill { map: map.to_owned(), used, capacity }).into();
@@ -535,7 +562,7 @@ fn initial_status(config: &AgentConfig) -> AgentStatus {
     AgentStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         node: config.node_name.clone(),
-        started: status::rfc3339(std::time::SystemTime::now()),
+        started: status::rfc3339(SystemTime::now()),
         source: SourceStatus { kind: kind.to_owned(), location, ..SourceStatus::default() },
         settings: Settings {
             service_cidrs: config.model.service_cidrs.iter().map(ToString::to_string).collect(),

@@ -25,7 +25,7 @@ pub struct AgentStatus {
     /// When the agent started (RFC 3339).
     pub started: String,
     pub source: SourceStatus,
-    /// The last pass that wrote the maps, none before the first.
+    /// The last pass that wrote the maps (or failed to), none before the first.
     pub last_sync: Option<SyncStatus>,
     /// The interfaces the programs are attached to, by name.
     pub interfaces: Vec<InterfaceStatus>,
@@ -157,8 +157,21 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
+/// How long `status` and `explain` wait for the agent's answer.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `lb-agent status`: the kernel, and the status of the agent serving
+/// metrics on `agent`.
+pub fn node_status(agent: SocketAddr) -> anyhow::Result<NodeStatus> {
+    Ok(NodeStatus { kernel: kernel_release(), agent: fetch(agent)? })
+}
+
 /// Asks the agent serving metrics on `addr` for its status.
-pub async fn fetch(addr: SocketAddr, timeout: Duration) -> anyhow::Result<AgentStatus> {
+pub fn fetch(addr: SocketAddr) -> anyhow::Result<AgentStatus> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(ask(addr, TIMEOUT))
+}
+
+async fn ask(addr: SocketAddr, timeout: Duration) -> anyhow::Result<AgentStatus> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     let uri: hyper::Uri = format!("http://{addr}/status").parse()?;
     let asked = async {
@@ -168,12 +181,13 @@ pub async fn fetch(addr: SocketAddr, timeout: Duration) -> anyhow::Result<AgentS
         anyhow::ensure!(status.is_success(), "answered {status}: {}", String::from_utf8_lossy(&body).trim());
         Ok(serde_json::from_slice::<AgentStatus>(&body)?)
     };
-    tokio::time::timeout(timeout, asked)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
-        .with_context(|| {
-            format!("asking the agent at http://{addr}/status (is it running with --metrics-bind-address {addr}?)")
-        })
+    let answer = match tokio::time::timeout(timeout, asked).await {
+        Ok(answer) => answer,
+        Err(_) => Err(anyhow::anyhow!("no answer within {timeout:?}")),
+    };
+    answer.with_context(|| {
+        format!("asking the agent at http://{addr}/status (is it running with --metrics-bind-address {addr}?)")
+    })
 }
 
 /// This kernel's release, as `uname -r` prints it.

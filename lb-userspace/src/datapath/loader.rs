@@ -427,7 +427,7 @@ impl Datapath {
             let pin = self.link_pin(ifname, ifindex, hook.pin_suffix());
             let attached = match hook.tc() {
                 None => self.attach_xdp(ifname, &pin).map(|(link, how)| (Link::Pinned(link), how)),
-                Some((name, attach_type)) => self.attach_tc(ifname, &pin, name, attach_type),
+                Some((name, attach_type)) => self.attach_tc(ifname, &pin, name, attach_type, hook.name()),
             };
             match attached {
                 Ok((link, way)) => {
@@ -496,8 +496,8 @@ impl Datapath {
         pin: &Path,
         name: &'static str,
         attach_type: TcAttachType,
+        what: &'static str,
     ) -> Result<(Link, &'static str), LoaderError> {
-        let what = if attach_type == TcAttachType::Ingress { "tc ingress" } else { "tc egress" };
         let attach_err = |source| LoaderError::Attach { ifname: ifname.to_owned(), what, source };
         let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?;
         let adopted = adopt_link(pin).and_then(|fd| SchedClassifierLink::try_from(fd).ok()).and_then(|link| {

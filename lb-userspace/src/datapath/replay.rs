@@ -118,12 +118,12 @@ pub enum Step {
         found: Option<IpAddr>,
     },
     Random(u32),
-    /// A conntrack entry written (`only_if_new`: unless the key is taken).
+    /// A conntrack entry written (`only_if_new`: unless the key is taken,
+    /// which the lookup just before found it was not).
     WouldWriteConntrack {
         key: Flow,
         entry: FlowEntry,
         only_if_new: bool,
-        refused: bool,
     },
     WouldRefreshConntrack {
         key: Flow,
@@ -143,6 +143,13 @@ pub struct LoadedSettings<A> {
     pub service_cidr: ServiceCidr<A>,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("reading {map} failed: {source}")]
+pub struct ReplayError {
+    map: &'static str,
+    source: MapError,
+}
+
 /// The decision's tables over the pinned maps of family `A`, for a packet
 /// that arrived on `ingress_ifindex`.
 pub struct Replay<'m, A: WireAddr + Pod> {
@@ -153,6 +160,11 @@ pub struct Replay<'m, A: WireAddr + Pod> {
     /// The decision's clock: one reading for the whole decision.
     now_ns: u64,
     steps: RefCell<Vec<Step>>,
+    /// The conntrack refreshes the decision made (key, state): what it
+    /// reads again of those entries must see them, as in the datapath.
+    refreshed: RefCell<Vec<(CtKey<A>, u8)>>,
+    /// The first lookup that failed other than for a missing key.
+    error: RefCell<Option<ReplayError>>,
 }
 
 impl<'m, A: WireAddr + Pod> Replay<'m, A> {
@@ -162,22 +174,43 @@ impl<'m, A: WireAddr + Pod> Replay<'m, A> {
         settings: LoadedSettings<A>,
         ingress_ifindex: u32,
     ) -> Self {
-        Replay { maps, family, settings, ingress_ifindex, now_ns: monotonic_ns(), steps: RefCell::default() }
+        Replay {
+            maps,
+            family,
+            settings,
+            ingress_ifindex,
+            now_ns: monotonic_ns(),
+            steps: RefCell::default(),
+            refreshed: RefCell::default(),
+            error: RefCell::default(),
+        }
     }
 
-    /// What the decision did, in order.
-    pub fn into_steps(self) -> Vec<Step> {
-        self.steps.into_inner()
+    /// What the decision did, in order; an error if a map could not be
+    /// read (the decision then went on as if the key were missing).
+    pub fn into_steps(self) -> Result<Vec<Step>, ReplayError> {
+        match self.error.into_inner() {
+            Some(err) => Err(err),
+            None => Ok(self.steps.into_inner()),
+        }
     }
 
     fn record(&self, step: Step) {
         self.steps.borrow_mut().push(step);
     }
-}
 
-/// A lookup's value; a missing key (or one that cannot be read) is none.
-fn found<V>(result: Result<V, MapError>) -> Option<V> {
-    result.ok()
+    /// A hash lookup's value: none for a missing key, as in the datapath;
+    /// any other failure is kept for `into_steps`.
+    fn found<V>(&self, map: &'static str, result: Result<V, MapError>) -> Option<V> {
+        match result {
+            Ok(value) => Some(value),
+            Err(MapError::KeyNotFound) => None,
+            Err(source) => {
+                self.error.borrow_mut().get_or_insert(ReplayError { map, source });
+                None
+            }
+        }
+    }
 }
 
 impl<A: WireAddr + Pod> Shared for Replay<'_, A> {
@@ -188,13 +221,14 @@ impl<A: WireAddr + Pod> Shared for Replay<'_, A> {
     }
 
     fn backend_slot(&self, index: u32) -> Option<u32> {
-        let backend_id = found(self.maps.backend_slots.get(index));
+        // Past an array's end is no element, as the datapath's lookup has it.
+        let backend_id = self.maps.backend_slots.get(index).ok();
         self.record(Step::ListEntry { index, backend_id });
         backend_id
     }
 
     fn maglev_slot(&self, index: u32) -> Option<u16> {
-        let slot = found(self.maps.maglev.entry(index));
+        let slot = self.maps.maglev.entry(index).ok();
         self.record(Step::MaglevEntry { index, slot });
         slot
     }
@@ -215,25 +249,28 @@ impl<A: WireAddr + Pod> Shared for Replay<'_, A> {
 
 impl<A: WireAddr + Pod> Tables<A> for Replay<'_, A> {
     fn conntrack_with<R>(&self, key: &CtKey<A>, read: impl FnOnce(&CtEntry<A>) -> R) -> Option<R> {
-        let entry = found(self.family.conntrack.get(key, 0));
+        let mut entry = self.found("conntrack", self.family.conntrack.get(key, 0));
+        if let (Some(entry), Some((_, state))) = (&mut entry, self.refreshed.borrow().iter().find(|(k, _)| k == key)) {
+            (entry.state, entry.last_seen_ns) = (*state, self.now_ns);
+        }
         self.record(Step::Conntrack { key: Flow::of(key), found: entry.map(|e| FlowEntry::of(&e, self.now_ns)) });
         entry.as_ref().map(read)
     }
 
     fn conntrack_insert(&self, key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertFailed> {
         let (key, entry) = (Flow::of(key), FlowEntry::of(entry, self.now_ns));
-        self.record(Step::WouldWriteConntrack { key, entry, only_if_new: false, refused: false });
+        self.record(Step::WouldWriteConntrack { key, entry, only_if_new: false });
         Ok(())
     }
 
     fn conntrack_insert_new(&self, key: &CtKey<A>, entry: &CtEntry<A>) -> Result<(), InsertFailed> {
-        let refused = self.family.conntrack.get(key, 0).is_ok();
         let (key, entry) = (Flow::of(key), FlowEntry::of(entry, self.now_ns));
-        self.record(Step::WouldWriteConntrack { key, entry, only_if_new: true, refused });
-        if refused { Err(InsertFailed) } else { Ok(()) }
+        self.record(Step::WouldWriteConntrack { key, entry, only_if_new: true });
+        Ok(())
     }
 
     fn conntrack_refresh(&self, key: &CtKey<A>, state: u8, _now_ns: u64) {
+        self.refreshed.borrow_mut().push((*key, state));
         self.record(Step::WouldRefreshConntrack { key: Flow::of(key), state });
     }
 
@@ -242,7 +279,7 @@ impl<A: WireAddr + Pod> Tables<A> for Replay<'_, A> {
     fn entry_route(&self, _hop: Option<&CtHop>) {}
 
     fn affinity(&self, key: &AffinityKey<A>) -> Option<AffinityEntry> {
-        let entry = found(self.family.affinity.get(key, 0));
+        let entry = self.found("affinity", self.family.affinity.get(key, 0));
         self.record(Step::Affinity { client: key.client.ip(), frontend_id: key.frontend_id, found: entry });
         entry
     }
@@ -255,13 +292,13 @@ impl<A: WireAddr + Pod> Tables<A> for Replay<'_, A> {
     fn source_allowed(&self, frontend_id: u32, client: A) -> bool {
         let bits = 32 + 8 * size_of::<A>() as u32;
         let key = Key::new(bits, SourceRange { frontend_id_be: frontend_id.to_be(), addr: client });
-        let allowed = self.family.source_ranges.get(&key, 0).is_ok();
+        let allowed = self.found("source ranges", self.family.source_ranges.get(&key, 0)).is_some();
         self.record(Step::SourceRange { frontend_id, client: client.ip(), allowed });
         allowed
     }
 
     fn frontend(&self, key: &FrontendKey<A>) -> Option<Frontend> {
-        let frontend = found(self.family.frontends.get(key, 0));
+        let frontend = self.found("frontends", self.family.frontends.get(key, 0));
         let addr = SocketAddr::new(key.addr.ip(), wire::port_number(key.port));
         self.record(Step::Frontend { addr, proto: key.proto, scope: key.scope, found: frontend });
         frontend
@@ -269,21 +306,21 @@ impl<A: WireAddr + Pod> Tables<A> for Replay<'_, A> {
 
     fn backend(&self, id: u32) -> Option<Backend<A>> {
         // A cleared element (port 0) is no backend, as in the datapath.
-        let backend = found(self.family.backends.get(id)).filter(|b| b.port != 0);
+        let backend = self.family.backends.get(id).ok().filter(|b| b.port != 0);
         let socket = backend.map(|b| SocketAddr::new(b.addr.ip(), wire::port_number(b.port)));
         self.record(Step::Backend { id, found: socket });
         backend
     }
 
     fn node_address_toward(&self, daddr: A) -> Option<A> {
-        let by_device = |ifindex: u32| found(self.family.node_addrs.get(&ifindex, 0));
+        let by_device = |ifindex: u32| self.found("node addresses", self.family.node_addrs.get(&ifindex, 0));
         let addr = egress_ifindex(daddr.ip()).and_then(by_device).or_else(|| by_device(self.ingress_ifindex));
         self.record(Step::NodeAddress { toward: daddr.ip(), found: addr.map(WireAddr::ip) });
         addr
     }
 
     fn service_address(&self, addr: A) -> Option<u32> {
-        let flags = found(self.family.vips.get(&addr, 0));
+        let flags = self.found("service addresses", self.family.vips.get(&addr, 0));
         self.record(Step::ServiceAddress { addr: addr.ip(), flags });
         flags
     }

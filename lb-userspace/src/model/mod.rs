@@ -25,6 +25,7 @@ mod families;
 mod pods;
 mod reuse;
 mod slices;
+pub use slices::{LAST_CHANGE_TRIGGER_TIME, change_trigger_times};
 #[cfg(test)]
 mod tests;
 mod types;

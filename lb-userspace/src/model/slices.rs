@@ -160,3 +160,52 @@ pub(super) fn add_endpoint(endpoints: &mut BTreeMap<(IpAddr, u16), Endpoint>, en
         }
     }
 }
+
+/// The EndpointSlice annotation the endpoints controllers set to the time of
+/// the change (a pod's, a Service's) that made them write the slice last.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Each EndpointSlice's last change trigger time, by namespace and name;
+/// slices without one (or with one that does not parse) are left out.
+pub fn change_trigger_times(objects: &Objects) -> BTreeMap<(String, String), std::time::SystemTime> {
+    objects
+        .endpoint_slices
+        .iter()
+        .filter_map(|slice| {
+            let meta = &slice.object.metadata;
+            let text = meta.annotations.as_ref()?.get(LAST_CHANGE_TRIGGER_TIME)?;
+            let time = humantime::parse_rfc3339_weak(text).ok()?;
+            Some(((meta.namespace.clone()?, meta.name.clone()?), time))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod trigger_tests {
+    use super::*;
+
+    fn slice(name: &str, trigger: Option<&str>) -> Sourced<EndpointSlice> {
+        let annotations = trigger.map(|t| serde_json::json!({ LAST_CHANGE_TRIGGER_TIME: t }));
+        let object = serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+            "addressType": "IPv4",
+            "endpoints": [],
+        });
+        Sourced { file: Arc::from(Path::new("slices.yaml")), object: Arc::new(serde_json::from_value(object).unwrap()) }
+    }
+
+    #[test]
+    fn trigger_times_are_read_to_the_nanosecond_and_the_unreadable_left_out() {
+        let objects = Objects {
+            endpoint_slices: vec![
+                slice("a", Some("2026-11-30T16:00:00.123456789Z")),
+                slice("b", None),
+                slice("c", Some("yesterday")),
+            ],
+            ..Objects::default()
+        };
+        let times = change_trigger_times(&objects);
+        let a = std::time::UNIX_EPOCH + std::time::Duration::new(1_796_054_400, 123_456_789);
+        assert_eq!(times, [(("default".to_owned(), "a".to_owned()), a)].into());
+    }
+}
