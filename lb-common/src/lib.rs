@@ -183,6 +183,7 @@ pub mod map_names {
     pub const FAST_PATH_COUNTERS: &str = "LB_FAST_PATH_COUNTERS";
     pub const MAGLEV: &str = "LB_MAGLEV";
     pub const CT_STATS: &str = "LB_CT_STATS";
+    pub const SERVICE_TRAFFIC: &str = "LB_SERVICE_TRAFFIC";
     pub const NODE_ADDRS: &str = "LB_NODE_ADDRS";
     pub const SOCKET_REVERSE: &str = "LB_SOCKET_REVERSE";
     pub const SOCKET_REVERSE6: &str = "LB_SOCKET_REVERSE6";
@@ -416,6 +417,18 @@ pub struct AffinityEntry {
     pub last_used_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<AffinityEntry>() == 16);
+
+/// `LB_SERVICE_TRAFFIC`'s value, per CPU, indexed by frontend id: the
+/// packets the datapath translated for the frontend (both directions), and
+/// their bytes as the hook saw them (the Ethernet header included; a GSO
+/// packet is one packet of all its bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceTraffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<ServiceTraffic>() == 16);
 
 /// Conntrack key: the 5-tuple exactly as the packet carries it.
 #[repr(C)]
@@ -1072,6 +1085,7 @@ mod pod {
     unsafe impl<A: Addr + 'static> aya::Pod for ServiceCidr<A> {}
     unsafe impl aya::Pod for Frontend {}
     unsafe impl aya::Pod for AffinityEntry {}
+    unsafe impl aya::Pod for ServiceTraffic {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EndpointMeta {}
     unsafe impl aya::Pod for CtTimeouts {}

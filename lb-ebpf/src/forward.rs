@@ -213,17 +213,20 @@ pub trait Fib {
 
 /// The FIB's answer as a conntrack entry keeps it ([`CtHop`]), for one
 /// packet's departure: `asked` when it was not kept and the FIB was asked
-/// for this packet, so that the entry keeps the answer from now on.
+/// for this packet, so that the entry keeps the answer from now on. With
+/// it, the frontend the decision translated the packet for, whose traffic
+/// the packet counts in once it is rewritten.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KeptRoute {
     pub hop: CtHop,
     pub asked: bool,
+    pub frontend_id: u32,
 }
 
 impl From<CtHop> for KeptRoute {
     #[inline(always)]
     fn from(hop: CtHop) -> Self {
-        Self { hop, asked: false }
+        Self { hop, asked: false, frontend_id: 0 }
     }
 }
 

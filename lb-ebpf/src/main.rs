@@ -456,7 +456,7 @@ fn xdp_apply<F: Hooks>(
             // SAFETY: `pkt` was parsed from this context's packet, which
             // nothing has touched since.
             unsafe { F::rewrite(pkt, side, (addr, port), other) };
-            tables.keep_route(flow, reason, route);
+            tables.rewritten(flow, reason, route, (ctx.data_end() - ctx.data()) as u32);
             (xdp_send(ctx, &step), reason)
         }
         Verdict::Reject(reason) => F::xdp_reject(ctx, pkt, reason),
@@ -729,7 +729,8 @@ fn tc_pod_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -> (
                 Err(answered) => answered,
                 Ok(step) if F::tc_rewrite(ctx, pkt, side, (addr, port), other) => {
                     let action = F::tc_send(ctx, step, route);
-                    tables.keep_route(&flow, reason, route);
+                    // SAFETY: the context's own metadata.
+                    tables.rewritten(&flow, reason, route, unsafe { (*ctx.skb.skb).len });
                     (action, reason)
                 }
                 Ok(_) => (TC_SHOT, Reason::DropRewriteFailed),
@@ -789,6 +790,10 @@ fn tc_egress_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -
     match part.decide(ctx, &pkt.flow(), pkt.tcp_flags(), &MapTables::<F>::tc(ctx), Hook::TcEgress) {
         Verdict::Rewrite { reason, side, addr, port, other, .. } if other.get().is_none() => {
             if F::tc_rewrite(ctx, pkt, side, (addr, port), None) {
+                if let Some(route) = maps::route() {
+                    // SAFETY: the context's own metadata.
+                    maps::count_service_traffic(route.frontend_id, unsafe { (*ctx.skb.skb).len });
+                }
                 (TC_OK, reason)
             } else {
                 (TC_SHOT, Reason::DropRewriteFailed)

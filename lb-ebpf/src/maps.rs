@@ -22,7 +22,7 @@ use lb_common::{
     FastPath, Frontend, FrontendKey, Hook, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT, MAX_AFFINITY, MAX_BACKEND_SLOTS,
     MAX_BACKENDS, MAX_CONNTRACK, MAX_DEVICES, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_MAGLEV_ENTRIES, MAX_NODE_DEVICES,
     MAX_NODE_PORTS, MAX_SOCKET_REVERSE, MAX_SOURCE_RANGES, MaglevElement, NodePortKey, Reason, ServiceCidr,
-    ServiceMeta, SocketFrontend, SocketPeer, SourceRange, ct_stats,
+    ServiceMeta, ServiceTraffic, SocketFrontend, SocketPeer, SourceRange, ct_stats,
 };
 use lb_ebpf::{
     decide::{InsertFailed, Shared, Tables},
@@ -95,6 +95,11 @@ static LB_MAGLEV: Array<MaglevElement> = Array::pinned(MAX_MAGLEV_ENTRIES / MAGL
 /// Per-CPU conntrack statistics, indexed by `lb_common::ct_stats`.
 #[map]
 static LB_CT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(ct_stats::COUNT, 0);
+
+/// Packets and bytes per frontend id, per CPU (`ServiceTraffic`): one
+/// add on a CPU's own element per translated packet.
+#[map]
+static LB_SERVICE_TRAFFIC: PerCpuArray<ServiceTraffic> = PerCpuArray::pinned(MAX_FRONTENDS, 0);
 
 /// The service CIDR, set by the agent at load time (`--service-cidr`).
 #[unsafe(no_mangle)]
@@ -268,11 +273,12 @@ impl<F> MapTables<F> {
         Self { ctx: ctx.as_ptr(), ingress_ifindex: 0, family: PhantomData }
     }
 
-    /// Keeps the FIB's answer about a translated flow's packets in its
-    /// entry (`flow`'s, `reason` the verdict's), when this packet's
-    /// departure (`route`) asked for it.
+    /// After a packet of `len` bytes was rewritten: keeps the FIB's answer
+    /// about its flow's packets in its entry (`flow`'s, `reason` the
+    /// verdict's) when this packet's departure (`route`) asked for it, and
+    /// counts the packet in its frontend's traffic.
     #[inline(always)]
-    pub fn keep_route(&self, flow: &CtKey<F::Addr>, reason: Reason, route: &KeptRoute)
+    pub fn rewritten(&self, flow: &CtKey<F::Addr>, reason: Reason, route: &KeptRoute, len: u32)
     where
         F: FamilyMaps,
     {
@@ -281,6 +287,7 @@ impl<F> MapTables<F> {
         if route.asked && flows_entry {
             self.conntrack_keep_hop(flow, &route.hop);
         }
+        count_service_traffic(route.frontend_id, len);
     }
 }
 
@@ -327,6 +334,16 @@ impl<F> Shared for MapTables<F> {
         if let Some(counter) = LB_CT_STATS.get_ptr_mut(ct_stats::CREATED) {
             // SAFETY: a per-CPU slot; nothing else on this CPU runs concurrently.
             unsafe { *counter += n };
+        }
+    }
+
+    /// Noted for the hook, which counts the packet once rewritten
+    /// (`MapTables::rewritten`): the packet's length there would cost the
+    /// frames between a stack slot, which IPv6 on 6.1 cannot spare.
+    #[inline(always)]
+    fn count_service(&self, frontend_id: u32) {
+        if let Some(route) = route() {
+            route.frontend_id = frontend_id;
         }
     }
 
@@ -524,6 +541,20 @@ fn egress_device<A: Addr>(ctx: *mut c_void, ingress_ifindex: u32, daddr: A) -> u
     match KernelFib(ctx).lookup(ingress_ifindex, &FibQuery { daddr, ..FibQuery::default() }) {
         FibAnswer::Forward(NextHop { ifindex, .. }) | FibAnswer::NoNeighbour(ifindex) => ifindex,
         FibAnswer::NotForwarded | FibAnswer::TooBig(_) => 0,
+    }
+}
+
+/// Counts a rewritten packet of `len` bytes in `frontend_id`'s traffic. A
+/// BPF function of its own: its key's stack slot stays out of the hooks'
+/// frames.
+#[inline(never)]
+pub fn count_service_traffic(frontend_id: u32, len: u32) {
+    if let Some(traffic) = LB_SERVICE_TRAFFIC.get_ptr_mut(frontend_id) {
+        // SAFETY: a per-CPU slot; nothing else on this CPU runs concurrently.
+        unsafe {
+            (*traffic).packets += 1;
+            (*traffic).bytes += u64::from(len);
+        }
     }
 }
 

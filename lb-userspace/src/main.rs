@@ -82,16 +82,23 @@ enum Command {
 #[derive(clap::Args)]
 struct ExplainArgs {
     /// The packet's source, ADDR:PORT.
-    #[arg(long)]
-    from: std::net::SocketAddr,
+    #[arg(long, required_unless_present = "pcap", requires = "to")]
+    from: Option<std::net::SocketAddr>,
     /// Its destination, ADDR:PORT.
-    #[arg(long)]
-    to: std::net::SocketAddr,
-    #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
+    #[arg(long, requires = "from", conflicts_with = "pcap")]
+    to: Option<std::net::SocketAddr>,
+    /// A capture to take the packet from instead (pcap or pcapng of
+    /// Ethernet frames, as `tcpdump -i IFACE -w FILE` writes).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Which frame of the capture, from 1.
+    #[arg(long, default_value_t = 1, requires = "pcap")]
+    frame: usize,
+    #[arg(long, value_enum, default_value_t = ProtoArg::Tcp, conflicts_with = "pcap")]
     proto: ProtoArg,
     /// TCP flags, comma-separated (syn, ack, fin, rst): `syn` opens a
     /// connection, `ack` is a packet of one under way.
-    #[arg(long, default_value = "syn", value_parser = explain::parse_tcp_flags)]
+    #[arg(long, default_value = "syn", value_parser = explain::parse_tcp_flags, conflicts_with = "pcap")]
     flags: u8,
     /// The interface the packet arrives on: a node device (XDP) or a pod's
     /// veth, host side (TC).
@@ -402,7 +409,11 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         ProtoArg::Tcp => (lb_common::IPPROTO_TCP, args.flags),
         ProtoArg::Udp => (lb_common::IPPROTO_UDP, 0),
     };
-    let question = explain::Question { from: args.from, to: args.to, proto, tcp_flags, ifindex };
+    let question = match (&args.pcap, args.from, args.to) {
+        (Some(path), _, _) => explain::Question::captured(path, args.frame, ifindex)?,
+        (None, Some(from), Some(to)) => explain::Question::built(from, to, proto, tcp_flags, ifindex)?,
+        _ => bail!("give --from and --to, or --pcap"),
+    };
     let explanation = explain::explain_live(&question, &args.on, &args.bpf_dir, args.agent)?;
     print!("{}", explain::format_explanation(&explanation, output_of(args.output))?);
     Ok(())

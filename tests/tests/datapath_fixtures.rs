@@ -664,9 +664,15 @@ fn datapath_fixture_table() {
         let count = |dp: &ScratchDatapath| {
             dp.maps.counters().unwrap().into_iter().find(|(r, _)| *r == fx.reason).map(|c| c.1).unwrap()
         };
-        let before = count(&dp);
+        // Packets and bytes of every frontend the fixtures program.
+        let traffic = |dp: &ScratchDatapath| {
+            (0..32)
+                .map(|id| dp.maps.service_traffic(id).unwrap())
+                .fold((0, 0), |(p, b), t| (p + t.packets, b + t.bytes))
+        };
+        let (before, traffic_before) = (count(&dp), traffic(&dp));
         let out = dp.datapath.test_run(fx.program, &fx.input, 1).unwrap();
-        let after = count(&dp);
+        let (after, traffic_after) = (count(&dp), traffic(&dp));
         let expected = fx.output.as_ref().unwrap_or(&fx.input);
         if out.return_value != fx.verdict {
             failures.push(format!("{}: verdict {} != {}", fx.what, out.return_value, fx.verdict));
@@ -683,6 +689,13 @@ fn datapath_fixture_table() {
         let i = index(fx.program);
         if after[i] != before[i] + 1 {
             failures.push(format!("{}: counter {} went {} -> {}", fx.what, fx.reason.name(), before[i], after[i]));
+        }
+        // A translated packet counts in its frontend's traffic with all its bytes.
+        let flows = matches!(fx.reason, Reason::ForwardNewFlow | Reason::ForwardEstablished | Reason::ReplyReverseNat);
+        let counted = if flows { (1, fx.input.len() as u64) } else { (0, 0) };
+        let moved = (traffic_after.0 - traffic_before.0, traffic_after.1 - traffic_before.1);
+        if moved != counted {
+            failures.push(format!("{}: service traffic moved {moved:?}, not {counted:?}", fx.what));
         }
     }
     assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));

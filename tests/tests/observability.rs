@@ -164,6 +164,33 @@ fn a_pod_veth_created_and_used_at_once_is_translated() {
     assert!(!agent.log_text().contains("no link notifications"), "{}", agent.log_text());
 }
 
+/// Packets and bytes per Service port: ten UDP exchanges on one flow are
+/// twenty packets of `kubia`'s `echo` port (each request and each answer,
+/// counted where TC translates it) and none of its `http` port.
+#[test]
+fn metrics_count_the_packets_and_bytes_of_each_service_port() {
+    require_root();
+    let (c, _agent) = kubia(1, &[]);
+    let sample = |metric: &str, port: &str| {
+        format!(r#"lb_service_{metric}_total{{namespace="default",service="kubia",port="{port}"}}"#)
+    };
+    let before = scrape(&c.node.ns);
+    assert_eq!(value(&before, &sample("packets", "echo")), 0.0, "{before:?}");
+    for _ in 0..10 {
+        lb_tests::client::udp_request_from(&c.client.ns, 40500, SocketAddrV4::new(VIP, 53), b"ping", TIMEOUT).unwrap();
+    }
+    let after = scrape(&c.node.ns);
+    assert_eq!(value(&after, &sample("packets", "echo")), 20.0, "{after:?}");
+    // Each request is 46 bytes with its Ethernet header; an answer at least 42.
+    let bytes = value(&after, &sample("bytes", "echo"));
+    assert!(bytes >= 10.0 * 46.0 + 10.0 * 42.0, "{bytes} bytes");
+    assert_eq!(value(&after, &sample("packets", "http")), value(&before, &sample("packets", "http")));
+
+    http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    let http = value(&scrape(&c.node.ns), &sample("packets", "http"));
+    assert!(http >= 6.0, "a connection's handshake, request, answer and close: {http} packets");
+}
+
 /// A conntrack too small for its flows evicts the least recent ones; the
 /// sweep's metrics say how many live and how many were evicted. (A
 /// connection may lose its own entries to that and be reset, as on 6.1
@@ -207,6 +234,13 @@ fn field<'a>(explanation: &'a serde_json::Value, name: &str) -> &'a str {
     explanation[name].as_str().unwrap_or("")
 }
 
+/// A pcap file (little-endian, Ethernet) holding `frame`.
+fn pcap(frame: &[u8]) -> Vec<u8> {
+    let len = frame.len() as u32;
+    let words = [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65_535, 1, 0, 0, len, len];
+    words.iter().flat_map(|w| w.to_le_bytes()).chain(frame.iter().copied()).collect()
+}
+
 /// The verdict, its reason and the conntrack lookup's result.
 fn decided(explanation: &serde_json::Value) -> (&str, &str, &str) {
     (field(explanation, "verdict"), field(explanation, "reason"), field(explanation, "conntrack"))
@@ -236,6 +270,14 @@ fn explain_names_the_backend_a_new_connection_then_gets_and_the_way_back_of_its_
     assert_eq!(field(&new, "rewritten"), format!("TCP {client} -> {}:8080 [SYN]", backend.ip), "{new:#}");
     assert_eq!(field(&new, "checksums"), "valid", "{new:#}");
     assert_eq!(field(&new, "counter"), r#"lb_datapath_packets_total{hook="TC-POD",reason="forward_new_flow"}"#);
+    // The same SYN from a capture (as `tcpdump -w` writes it) is decided alike.
+    let frame = lb_ebpf::packet_builder::PacketBuilder::new(6, *client.ip(), client.port(), VIP, 80).build();
+    let capture = std::env::temp_dir().join(format!("lb-explain-{}.pcap", std::process::id()));
+    std::fs::write(&capture, pcap(&frame)).unwrap();
+    let capture_arg = capture.to_str().unwrap();
+    let captured = agent.explain(&c.node, &["--pcap", capture_arg, "--on", &c.client.host_veth]).unwrap();
+    std::fs::remove_file(&capture).unwrap();
+    assert_eq!((field(&captured, "packet"), field(&captured, "backendPod")), (field(&new, "packet"), pod.as_str()));
     // Two conntrack entries left out, and nothing written or counted.
     assert!(new["writesLeftOut"].as_u64().unwrap() >= 2, "{new:#}");
     assert_eq!(agent.get("conntrack").unwrap(), conntrack_before);
@@ -367,8 +409,8 @@ fn network_programming_latency_is_observed_once_per_endpoint_slice_change() {
     const COUNT: &str = "kubeproxy_network_programming_duration_seconds_count";
     assert_eq!(value(&scrape(&c.node.ns), COUNT), 0.0, "a change from before the agent started was observed");
 
-    let now = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"]).output().unwrap().stdout;
-    agent.write_manifest("slice.yaml", &slice("192.0.2.11", String::from_utf8_lossy(&now).trim())).unwrap();
+    let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    agent.write_manifest("slice.yaml", &slice("192.0.2.11", &now)).unwrap();
     agent.wait_for_services(TIMEOUT, |s| s.contains("192.0.2.11:5432")).unwrap();
     let deadline = std::time::Instant::now() + TIMEOUT;
     let metrics = loop {
@@ -391,4 +433,31 @@ fn network_programming_latency_is_observed_once_per_endpoint_slice_change() {
     agent.write_manifest("db.yaml", &service.replace("5432\n", "5432\n    name: pg\n")).unwrap();
     agent.wait_for_services(TIMEOUT, |s| s.contains("pg:5432")).unwrap();
     assert_eq!(value(&scrape(&c.node.ns), COUNT), 1.0);
+}
+
+/// Objects the model refuses are named in `lb_object_errors` while they
+/// are wrong, and leave it once mended.
+#[test]
+fn metrics_name_each_object_in_error_while_it_is_wrong() {
+    require_root();
+    let (c, agent) = kubia(1, &[]);
+    const BAD: &str = r#"lb_object_errors{object="Service default/bad"}"#;
+    let until = |present: bool| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let metrics = scrape(&c.node.ns);
+            if metrics.contains_key(BAD) == present {
+                return metrics;
+            }
+            assert!(std::time::Instant::now() < deadline, "{BAD} present: {}\n{metrics:?}", !present);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let bad = "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n  - port: 70000\n";
+    agent.write_manifest("bad.yaml", bad).unwrap();
+    let metrics = until(true);
+    assert_eq!((metrics[BAD], value(&metrics, "lb_model_errors")), (1.0, 1.0), "{metrics:?}");
+    agent.write_manifest("bad.yaml", &bad.replace("70000", "80")).unwrap();
+    let metrics = until(false);
+    assert_eq!(value(&metrics, "lb_model_errors"), 0.0, "{metrics:?}");
 }

@@ -28,6 +28,8 @@ pub struct InsertFailed;
 pub trait Shared {
     /// Counts `n` entries written for new flows.
     fn conntrack_created(&self, n: u64);
+    /// Counts the packet being decided as translated for `frontend_id`.
+    fn count_service(&self, frontend_id: u32);
     fn ct_timeouts(&self) -> CtTimeouts;
     /// Entry `index` of the frontends' backend lists: a backend id.
     fn backend_slot(&self, index: u32) -> Option<u32>;
@@ -291,6 +293,7 @@ fn established<A: Addr, T: Tables<A>>(
     // A refreshed entry's route is asked again: routes and neighbours
     // change, and reach established flows within the refresh interval.
     tables.entry_route(if refresh { None } else { entry.hop.kept() });
+    tables.count_service(entry.frontend_id);
     *out = Rewrite { side, addr: entry.nat_addr, port: entry.nat_port, other, restore };
     Some(reason)
 }
@@ -498,6 +501,8 @@ fn record_forward<A: Addr, T: Tables<A>>(
         return Reason::DropConntrackFull;
     }
     tables.conntrack_created(2);
+    // Here rather than in `decide_new`, whose frame IPv6 fills on 6.1.
+    tables.count_service(chosen.frontend_id);
     Reason::ForwardNewFlow
 }
 
@@ -675,6 +680,8 @@ mod tests {
         maglev: Vec<u16>,
         random: Cell<u32>,
         created: Cell<u64>,
+        /// Packets counted per frontend id.
+        service_packets: RefCell<HashMap<u32, u64>>,
         /// This node's address towards any backend.
         node_addr: Option<A>,
         inserts_on_taken_keys: Cell<u32>,
@@ -686,6 +693,9 @@ mod tests {
     impl<A: Addr> Shared for FakeTables<A> {
         fn conntrack_created(&self, n: u64) {
             self.created.set(self.created.get() + n);
+        }
+        fn count_service(&self, frontend_id: u32) {
+            *self.service_packets.borrow_mut().entry(frontend_id).or_default() += 1;
         }
         fn ct_timeouts(&self) -> CtTimeouts {
             CtTimeouts::DEFAULT
@@ -1155,6 +1165,33 @@ mod tests {
             decide(&flow(CLIENT, VIP, 1, 80), TCP_ACK, &full, Hook::PodTc),
             Verdict::Drop(Reason::DropConntrackFull)
         );
+    }
+
+    /// Every packet of a flow the datapath translates counts for its
+    /// frontend, both ways and on every hook; a refused one counts nothing.
+    #[test]
+    fn each_translated_packet_counts_for_its_frontend_and_a_refused_one_not() {
+        let t = service(1);
+        let request = flow(CLIENT, VIP, 40000, 80);
+        let Verdict::Rewrite { addr: backend, port: backend_port, .. } = decide(&request, TCP_SYN, &t, Hook::PodTc)
+        else {
+            panic!()
+        };
+        assert!(matches!(decide(&request, TCP_ACK, &t, Hook::PodTc), Verdict::Rewrite { .. }));
+        let reply = flow(backend, CLIENT, backend_port, 40000);
+        assert!(matches!(decide(&reply, TCP_ACK, &t, Hook::PodTc), Verdict::Rewrite { .. }));
+        assert!(matches!(decide(&reply, TCP_ACK, &t, Hook::TcEgress), Verdict::Rewrite { .. }));
+        assert_eq!(*t.service_packets.borrow(), [(1, 4)].into());
+
+        assert_eq!(
+            decide(&flow(CLIENT, VIP, 1, 81), TCP_SYN, &t, Hook::PodTc),
+            Verdict::Reject(Reason::RejectNoServicePort)
+        );
+        assert_eq!(
+            decide(&flow(CLIENT, VIP, 1, 80), TCP_SYN, &service(0), Hook::PodTc),
+            Verdict::Reject(Reason::RejectNoBackend)
+        );
+        assert_eq!(*t.service_packets.borrow(), [(1, 4)].into());
     }
 
     const SECOND: u64 = 1_000_000_000;

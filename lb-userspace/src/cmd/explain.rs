@@ -3,7 +3,7 @@
 //! (`lb_ebpf`), over the live pinned maps (`datapath::replay`), and the
 //! rewrite is applied to it; nothing is written to the maps.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::Path};
 
 use anyhow::{Context as _, bail};
 use aya::{Pod, maps::MapError};
@@ -21,6 +21,7 @@ use lb_ebpf::{
     },
     packet_builder::{PacketBuilder, checksum_errors},
 };
+use pcap_parser::{Block, Linktype, PcapCapture, PcapNGCapture};
 use serde::{Deserialize, Serialize};
 
 use super::get::Output;
@@ -34,17 +35,70 @@ use crate::{
     plan::{WireAddr, datapath_cidr},
 };
 
-/// The packet to explain.
-#[derive(Clone, Copy, Debug)]
+/// The packet to explain: an Ethernet frame arriving on `ifindex`.
+#[derive(Clone, Debug)]
 pub struct Question {
-    pub from: SocketAddr,
-    pub to: SocketAddr,
-    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
-    pub proto: u8,
-    /// TCP's flags byte (`tcp::SYN`...); 0 for UDP.
-    pub tcp_flags: u8,
-    /// The interface it arrives on.
+    pub frame: Vec<u8>,
     pub ifindex: u32,
+}
+
+impl Question {
+    /// A packet from `from` to `to` of `proto` (`IPPROTO_TCP` or
+    /// `IPPROTO_UDP`; `tcp_flags` for TCP), with valid checksums.
+    pub fn built(from: SocketAddr, to: SocketAddr, proto: u8, tcp_flags: u8, ifindex: u32) -> anyhow::Result<Self> {
+        if from.is_ipv4() != to.is_ipv4() {
+            bail!("--from {from} and --to {to} are of two families");
+        }
+        let frame = PacketBuilder::new(proto, from.ip(), from.port(), to.ip(), to.port()).tcp_flags(tcp_flags).build();
+        Ok(Question { frame, ifindex })
+    }
+
+    /// Frame `number` (from 1) of the capture in `path` (pcap or pcapng, of
+    /// Ethernet frames: `tcpdump -i IFACE -w FILE`).
+    pub fn captured(path: &Path, number: usize, ifindex: u32) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let frames = captured_frames(&bytes).with_context(|| format!("{}", path.display()))?;
+        let count = frames.len();
+        let (linktype, frame) = frames
+            .into_iter()
+            .nth(number.saturating_sub(1))
+            .with_context(|| format!("{} holds {count} frames, none numbered {number}", path.display()))?;
+        if linktype != Linktype::ETHERNET {
+            bail!(
+                "{}: frame {number} is of link type {linktype}, not Ethernet (capture on the interface itself, `tcpdump -i IFACE`, not on `any`)",
+                path.display()
+            );
+        }
+        Ok(Question { frame: frame.to_vec(), ifindex })
+    }
+}
+
+/// Every packet of a pcap or pcapng capture with its link type.
+fn captured_frames(bytes: &[u8]) -> anyhow::Result<Vec<(Linktype, &[u8])>> {
+    if let Ok(capture) = PcapCapture::from_file(bytes) {
+        return Ok(capture.blocks.iter().map(|b| (capture.header.network, b.data)).collect());
+    }
+    let capture =
+        PcapNGCapture::from_file(bytes).map_err(|_| anyhow::anyhow!("neither a pcap nor a pcapng capture"))?;
+    let mut frames = Vec::new();
+    for section in &capture.sections {
+        // Packets name their interface by its place among the section's descriptions.
+        let mut interfaces = Vec::new();
+        for block in &section.blocks {
+            match block {
+                Block::InterfaceDescription(idb) => interfaces.push(idb.linktype),
+                Block::EnhancedPacket(epb) => {
+                    let linktype = interfaces.get(epb.if_id as usize).copied().unwrap_or(Linktype::NULL);
+                    frames.push((linktype, &epb.data[..(epb.caplen as usize).min(epb.data.len())]));
+                }
+                Block::SimplePacket(spb) => {
+                    frames.push((interfaces.first().copied().unwrap_or(Linktype::NULL), spb.data));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(frames)
 }
 
 /// What the programs were loaded with that no map holds: from the agent's
@@ -93,7 +147,7 @@ pub struct Explanation {
 pub fn explain_live(
     question: &Question,
     interface: &str,
-    bpf_dir: &std::path::Path,
+    bpf_dir: &Path,
     agent: SocketAddr,
 ) -> anyhow::Result<Explanation> {
     let (loaded, unanswered) = match super::status::fetch(agent) {
@@ -129,22 +183,16 @@ pub fn explain(
         );
     }
     let hook = if flags & DEVICE_POD != 0 { Hook::PodTc } else { Hook::NodeXdp };
-    let (from, to) = (question.from, question.to);
-    if from.is_ipv4() != to.is_ipv4() {
-        bail!("--from {from} and --to {to} are of two families");
-    }
-    let mut frame = PacketBuilder::new(question.proto, from.ip(), from.port(), to.ip(), to.port())
-        .tcp_flags(question.tcp_flags)
-        .build();
+    let mut frame = question.frame.clone();
     let mut explanation = Explanation {
-        packet: describe(&Flow { from, to, proto: question.proto }, question.tcp_flags),
+        packet: format!("a frame of {} bytes", frame.len()),
         interface: format!("{interface} (ifindex {})", question.ifindex),
         hook: hook.name().to_owned(),
         ..Explanation::default()
     };
     let (data, end) = (frame.as_mut_ptr() as usize, frame.as_mut_ptr() as usize + frame.len());
     let timeouts = loaded.ct_timeouts;
-    if from.is_ipv4() {
+    if frame.get(12..14) != Some(&[0x86, 0xdd]) {
         let settings = LoadedSettings { ct_timeouts: timeouts, service_cidr: loaded.service_cidr };
         let parsed = parse(data, end, Frame::Linear);
         decide_family::<V4>(maps, &maps.v4, settings, parsed, hook, question.ifindex, &mut explanation)?;
@@ -154,8 +202,8 @@ pub fn explain(
         decide_family::<V6>(maps, &maps.v6, settings, parsed, hook, question.ifindex, &mut explanation)?;
     }
     if explanation.verdict == "rewrite" {
-        let flow = reparse(&frame).context("the rewritten packet does not parse")?;
-        explanation.rewritten = Some(describe(&flow, question.tcp_flags));
+        let (flow, tcp_flags) = reparse(&frame).context("the rewritten packet does not parse")?;
+        explanation.rewritten = Some(describe(&flow, tcp_flags));
         explanation.checksums = Some(checksum_errors(&frame).unwrap_or_else(|| "valid".into()));
     }
     explanation.counter =
@@ -180,12 +228,16 @@ where
     let pkt = match parsed {
         Ok(pkt) => pkt,
         Err(reason) => {
-            out.steps.push(format!("parse: {}: passed untouched", reason.name()));
+            out.steps.push(match reason {
+                Reason::PassNotTcpUdp => "parse: not TCP or UDP: ICMP is decided apart (echo requests to a Service address answered, errors about translated packets translated back), not explained here".into(),
+                _ => format!("parse: {}: passed untouched", reason.name()),
+            });
             (out.verdict, out.reason) = ("pass".into(), reason.name().into());
             return Ok(());
         }
     };
     let flow = pkt.flow();
+    out.packet = describe(&Flow::of(&flow), pkt.tcp_flags());
     out.steps.push("parse: TCP/UDP over IP, no options or fragments: decided".into());
     let replay = Replay::new(maps, family, settings, ifindex);
     let verdict = decide(&flow, pkt.tcp_flags(), &replay, hook);
@@ -408,14 +460,14 @@ fn describe(flow: &Flow, tcp_flags: u8) -> String {
     format!("{} {} -> {}{flags}", protocol(flow.proto), flow.from, flow.to)
 }
 
-/// The 5-tuple of a frame.
-fn reparse(frame: &[u8]) -> Option<Flow> {
+/// The 5-tuple of a frame, and its TCP flags.
+fn reparse(frame: &[u8]) -> Option<(Flow, u8)> {
     let (data, end) = (frame.as_ptr() as usize, frame.as_ptr() as usize + frame.len());
-    fn of<F: Family>(pkt: Packet<F>) -> Flow
+    fn of<F: Family>(pkt: Packet<F>) -> (Flow, u8)
     where
         F::Addr: WireAddr,
     {
-        Flow::of(&pkt.flow())
+        (Flow::of(&pkt.flow()), pkt.tcp_flags())
     }
     match frame.get(12..14)? {
         [0x86, 0xdd] => parse_ipv6(data, end, Frame::Linear).ok().map(of),
@@ -490,6 +542,44 @@ impl Loaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A legacy pcap file (little-endian, microseconds) of `frames` of link type `linktype`.
+    fn pcap(linktype: u32, frames: &[&[u8]]) -> Vec<u8> {
+        let mut file = Vec::new();
+        for word in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65_535, linktype] {
+            file.extend(word.to_le_bytes());
+        }
+        for frame in frames {
+            for word in [1u32, 0, frame.len() as u32, frame.len() as u32] {
+                file.extend(word.to_le_bytes());
+            }
+            file.extend(*frame);
+        }
+        file
+    }
+
+    #[test]
+    fn a_capture_gives_its_numbered_frame_and_refuses_frames_without_ethernet() {
+        let dir = std::env::temp_dir().join(format!("lb-explain-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (first, second) = ([1u8; 60], [2u8; 64]);
+        let ethernet = dir.join("ethernet.pcap");
+        std::fs::write(&ethernet, pcap(1, &[&first, &second])).unwrap();
+        assert_eq!(Question::captured(&ethernet, 2, 7).unwrap().frame, second);
+        assert_eq!(Question::captured(&ethernet, 1, 7).unwrap().frame, first);
+        let err = Question::captured(&ethernet, 3, 7).unwrap_err().to_string();
+        assert!(err.contains("holds 2 frames, none numbered 3"), "{err}");
+        // `tcpdump -i any` writes Linux cooked frames (link type 113).
+        let cooked = dir.join("cooked.pcap");
+        std::fs::write(&cooked, pcap(113, &[&first])).unwrap();
+        let err = format!("{:#}", Question::captured(&cooked, 1, 7).unwrap_err());
+        assert!(err.contains("not Ethernet") && err.contains("cooked.pcap"), "{err}");
+        let text = dir.join("text.pcap");
+        std::fs::write(&text, "not a capture").unwrap();
+        let err = format!("{:#}", Question::captured(&text, 1, 7).unwrap_err());
+        assert!(err.contains("neither a pcap nor a pcapng capture"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn tcp_flags_are_named_as_tcpdump_spells_them() {

@@ -2,14 +2,16 @@
 //! (kube-proxy's port, 10249), encoded by `prometheus-client` in the
 //! OpenMetrics text format. Two kinds:
 //! - what the datapath counted, read from its maps at each scrape
-//!   ([`DatapathCollector`]): packets by hook and reason, rewritten packets
-//!   by the way they left, conntrack entries created and removed;
+//!   ([`DatapathCollector`]): packets by hook and reason, packets and bytes
+//!   per Service port, rewritten packets by the way they left, conntrack
+//!   entries created and removed;
 //! - what the control loop measured, recorded after each pass
 //!   ([`AgentMetrics`]): its duration under kube-proxy's names, map writes,
 //!   Services refused, objects in error, and how full the maps are
 //!   (Cilium's `bpf_map_pressure`).
 
 use std::{
+    collections::BTreeMap,
     fmt,
     future::IntoFuture,
     net::SocketAddr,
@@ -40,6 +42,9 @@ use prometheus_client::{
 use tracing::{error, info};
 
 use super::{get, health::listen, status::SharedStatus};
+use aya::maps::MapError;
+use lb_common::{SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceTraffic};
+
 use crate::datapath::maps::DatapathMaps;
 
 /// What the control loop records of its passes; shared with the scrapes.
@@ -53,6 +58,7 @@ pub struct AgentMetrics {
     services: Gauge,
     refused_services: Gauge,
     model_errors: Gauge,
+    object_errors: Family<[(&'static str, String); 1], Gauge>,
     conntrack_entries: Gauge,
     conntrack_evicted: Gauge,
     map_pressure: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
@@ -71,6 +77,7 @@ impl AgentMetrics {
             services: Gauge::default(),
             refused_services: Gauge::default(),
             model_errors: Gauge::default(),
+            object_errors: Family::default(),
             conntrack_entries: Gauge::default(),
             conntrack_evicted: Gauge::default(),
             map_pressure: Family::default(),
@@ -105,6 +112,11 @@ impl AgentMetrics {
             m.model_errors.clone(),
         );
         registry.register(
+            "lb_object_errors",
+            "Errors the model finds in each object now, by object (`Kind namespace/name`)",
+            m.object_errors.clone(),
+        );
+        registry.register(
             "lb_conntrack_entries",
             "Live conntrack entries of both families at the last sweep (two per flow)",
             m.conntrack_entries.clone(),
@@ -131,6 +143,15 @@ impl AgentMetrics {
         if failures == 0 {
             let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
             self.last_sync.set(now.as_secs_f64());
+        }
+    }
+
+    /// Records the objects in error now, an object once per error; the
+    /// objects no longer in error leave the family.
+    pub fn object_errors(&self, objects: impl Iterator<Item = String>) {
+        self.object_errors.clear();
+        for object in objects {
+            self.object_errors.get_or_create(&[("object", object)]).inc();
         }
     }
 
@@ -225,8 +246,50 @@ impl Collector for DatapathCollector {
             }
             Err(err) => error!("metrics: reading LB_CT_STATS failed: {err}"),
         }
+        match service_traffic(&maps) {
+            Ok(traffic) => {
+                for (name, help, value) in [
+                    (
+                        "lb_service_packets",
+                        "Packets the datapath translated for a Service port, both directions, every frontend of the port",
+                        (|t: &ServiceTraffic| t.packets) as fn(&ServiceTraffic) -> u64,
+                    ),
+                    ("lb_service_bytes", "The bytes of those packets, as the hooks saw them", |t| t.bytes),
+                ] {
+                    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                    for ((namespace, service, port), t) in &traffic {
+                        let labels = [("namespace", namespace.as_str()), ("service", service), ("port", port)];
+                        ConstCounter::new(value(t)).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            Err(err) => error!("metrics: reading LB_SERVICE_TRAFFIC failed: {err}"),
+        }
         Ok(())
     }
+}
+
+/// Packets and bytes by Service port (namespace, name, port name), summed
+/// over the port's frontends (cluster IPs, node ports, external and
+/// load-balancer addresses).
+fn service_traffic(maps: &DatapathMaps) -> Result<BTreeMap<(String, String, String), ServiceTraffic>, MapError> {
+    let mut traffic: BTreeMap<_, ServiceTraffic> = BTreeMap::new();
+    for entry in maps.service_meta.iter() {
+        let (frontend_id, meta) = entry?;
+        if matches!(meta.svc_type, SVC_TYPE_HEADLESS | SVC_TYPE_EXTERNAL_NAME) {
+            continue;
+        }
+        let counted = match maps.service_traffic(frontend_id) {
+            Ok(counted) => counted,
+            // Ids past the array are not counted.
+            Err(MapError::OutOfBounds { .. }) => ServiceTraffic::default(),
+            Err(err) => return Err(err),
+        };
+        let key = (meta.namespace().to_owned(), meta.name().to_owned(), meta.port_name().to_owned());
+        let sum = traffic.entry(key).or_default();
+        (sum.packets, sum.bytes) = (sum.packets + counted.packets, sum.bytes + counted.bytes);
+    }
+    Ok(traffic)
 }
 
 /// Serves `registry` (`/metrics`) and `status` (`/status`) on `addr` until

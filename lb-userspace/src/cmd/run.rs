@@ -319,6 +319,7 @@ impl Agent {
         let (desired, errors) = model::build(self.source.objects(), previous, &self.config.model);
         // Each error once while it lasts: with the API source a pass
         // follows every change anywhere in the cluster.
+        self.metrics.object_errors(errors.iter().filter_map(model::ModelError::object));
         let errors: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
         for err in errors.difference(&self.model_errors) {
             error!("{err}");

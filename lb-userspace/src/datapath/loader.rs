@@ -679,7 +679,7 @@ enum Layout {
 /// these maps start again together, so that no entry names an id the new
 /// agent hands out to something else. Established flows keep their
 /// conntrack entries, which hold addresses.
-const ID_KEYED_MAPS: [&str; 11] = [
+const ID_KEYED_MAPS: [&str; 12] = [
     map_names::FRONTENDS,
     map_names::FRONTENDS6,
     map_names::BACKEND_SLOTS,
@@ -691,6 +691,7 @@ const ID_KEYED_MAPS: [&str; 11] = [
     map_names::SOURCE_RANGES6,
     map_names::AFFINITY,
     map_names::AFFINITY6,
+    map_names::SERVICE_TRAFFIC,
 ];
 
 /// A map pinned by an agent that laid it out otherwise would be reused as it

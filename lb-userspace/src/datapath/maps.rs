@@ -10,13 +10,13 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
     sys::SyscallError,
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CT_FORWARD, CtEntry, CtKey, CtTimeouts, EndpointKey, EndpointMeta, FastPath,
     Frontend, FrontendKey, Hook, IPPROTO_UDP, Ipv6Wire, MAGLEV_ENTRIES_PER_ELEMENT, MaglevElement, NodePortKey, Reason,
-    ServiceMeta, SourceRange, ct_stats, map_names,
+    ServiceMeta, ServiceTraffic, SourceRange, ct_stats, map_names,
 };
 
 use crate::plan::{AnyBackend, MapContents, MapOp, Programmed, WireAddr, fill_maglev_table, rebackend, rekey};
@@ -46,6 +46,8 @@ pub struct DatapathMaps {
     pub devices: HashMap<MapData, u32, u32>,
     pub fast_path_counters: PerCpuArray<MapData, u64>,
     pub ct_stats: PerCpuArray<MapData, u64>,
+    /// Packets and bytes per frontend id, per CPU.
+    pub service_traffic: PerCpuArray<MapData, ServiceTraffic>,
     pub maglev: MaglevMemory,
 }
 
@@ -287,6 +289,7 @@ impl DatapathMaps {
             devices: typed(&mut open, map_names::DEVICES)?,
             fast_path_counters: typed(&mut open, map_names::FAST_PATH_COUNTERS)?,
             ct_stats: typed(&mut open, map_names::CT_STATS)?,
+            service_traffic: typed(&mut open, map_names::SERVICE_TRAFFIC)?,
             maglev: MaglevMemory(ArrayMemory::new(open(map_names::MAGLEV)?, map_names::MAGLEV)?),
         })
     }
@@ -305,7 +308,11 @@ impl DatapathMaps {
         let result = match op {
             MapOp::PutSlots { offset, backend_ids } => self.backend_slots.set(*offset, backend_ids),
             MapOp::PutMeta { frontend_id, meta } => self.service_meta.insert(frontend_id, meta, 0),
-            MapOp::DeleteMeta(frontend_id) => self.service_meta.remove(frontend_id),
+            // A freed id's traffic is not the next Service port's.
+            MapOp::DeleteMeta(frontend_id) => {
+                let removed = self.service_meta.remove(frontend_id);
+                self.clear_service_traffic(*frontend_id).and(removed)
+            }
             MapOp::PutNodePort { key, frontends } => self.node_ports.insert(key, frontends, 0),
             MapOp::DeleteNodePort(key) => self.node_ports.remove(key),
             MapOp::PutEndpoint { key, meta } => self.endpoints.insert(key, meta, 0),
@@ -348,6 +355,27 @@ impl DatapathMaps {
             self.ct_stats.set(ct_stats::REMOVED, values.try_into()?, 0)?;
         }
         Ok(())
+    }
+
+    /// `frontend_id`'s packets and bytes, summed over CPUs.
+    pub fn service_traffic(&self, frontend_id: u32) -> Result<ServiceTraffic, MapError> {
+        let sum = |a: ServiceTraffic, b: &ServiceTraffic| ServiceTraffic {
+            packets: a.packets + b.packets,
+            bytes: a.bytes + b.bytes,
+        };
+        Ok(self.service_traffic.get(&frontend_id, 0)?.iter().fold(ServiceTraffic::default(), sum))
+    }
+
+    /// Zeroes `frontend_id`'s packets and bytes on every CPU (ids past the
+    /// array are never counted).
+    fn clear_service_traffic(&mut self, frontend_id: u32) -> Result<(), MapError> {
+        if frontend_id >= self.service_traffic.len() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(call, io_error)| SyscallError { call, io_error })?;
+        let zeros = PerCpuValues::try_from(vec![ServiceTraffic::default(); cpus])
+            .map_err(|io_error| SyscallError { call: "nr_cpus", io_error })?;
+        self.service_traffic.set(frontend_id, zeros, 0)
     }
 
     /// (entries created by the datapath, entries removed by agents).

@@ -216,6 +216,8 @@ impl<'m, A: WireAddr + Pod> Replay<'m, A> {
 impl<A: WireAddr + Pod> Shared for Replay<'_, A> {
     fn conntrack_created(&self, _n: u64) {}
 
+    fn count_service(&self, _frontend_id: u32) {}
+
     fn ct_timeouts(&self) -> CtTimeouts {
         self.settings.ct_timeouts
     }

@@ -64,6 +64,23 @@ pub enum ModelError {
     SameFamilyCidrs { family: Family, first: IpCidr, second: IpCidr },
 }
 
+impl ModelError {
+    /// The object in error, as `Kind namespace/name`; None for an error of
+    /// the agent's own options.
+    pub fn object(&self) -> Option<String> {
+        match self {
+            ModelError::Invalid { object, .. } => Some(object.clone()),
+            ModelError::ClusterIpTaken { service, .. }
+            | ModelError::OutsideServiceCidr { service, .. }
+            | ModelError::NotAllocated { service, .. }
+            | ModelError::CidrExhausted { service, .. }
+            | ModelError::NodePortTaken { service, .. }
+            | ModelError::NodePortsExhausted { service } => Some(format!("Service {service}")),
+            ModelError::BadCidr { .. } | ModelError::SameFamilyCidrs { .. } => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelOptions {
     /// Where services without an explicit `spec.clusterIPs` get theirs: at
