@@ -96,10 +96,10 @@ static LB_MAGLEV: Array<MaglevElement> = Array::pinned(MAX_MAGLEV_ENTRIES / MAGL
 #[map]
 static LB_CT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(ct_stats::COUNT, 0);
 
-/// Packets and bytes per frontend id, per CPU (`ServiceTraffic`): one
-/// add on a CPU's own element per translated packet.
+/// Packets and bytes per frontend id (1 to `MAX_FRONTENDS`), per CPU
+/// (`ServiceTraffic`): one add on a CPU's own element per translated packet.
 #[map]
-static LB_SERVICE_TRAFFIC: PerCpuArray<ServiceTraffic> = PerCpuArray::pinned(MAX_FRONTENDS, 0);
+static LB_SERVICE_TRAFFIC: PerCpuArray<ServiceTraffic> = PerCpuArray::pinned(MAX_FRONTENDS + 1, 0);
 
 /// The service CIDR, set by the agent at load time (`--service-cidr`).
 #[unsafe(no_mangle)]
@@ -454,6 +454,8 @@ impl<F: FamilyMaps> Tables<F::Addr> for MapTables<F> {
                 None => CtHop::default(),
             };
             route.asked = false;
+            // Id 0 is no frontend's: a rewrite that named none counts nowhere.
+            route.frontend_id = 0;
         }
     }
 

@@ -92,8 +92,8 @@ struct ExplainArgs {
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
     /// Which frame of the capture, from 1.
-    #[arg(long, default_value_t = 1, requires = "pcap")]
-    frame: usize,
+    #[arg(long, default_value_t = 1, requires = "pcap", value_parser = clap::value_parser!(u64).range(1..))]
+    frame: u64,
     #[arg(long, value_enum, default_value_t = ProtoArg::Tcp, conflicts_with = "pcap")]
     proto: ProtoArg,
     /// TCP flags, comma-separated (syn, ack, fin, rst): `syn` opens a
@@ -410,7 +410,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         ProtoArg::Udp => (lb_common::IPPROTO_UDP, 0),
     };
     let question = match (&args.pcap, args.from, args.to) {
-        (Some(path), _, _) => explain::Question::captured(path, args.frame, ifindex)?,
+        (Some(path), _, _) => explain::Question::captured(path, args.frame as usize, ifindex)?,
         (None, Some(from), Some(to)) => explain::Question::built(from, to, proto, tcp_flags, ifindex)?,
         _ => bail!("give --from and --to, or --pcap"),
     };

@@ -699,6 +699,8 @@ fn datapath_fixture_table() {
         }
     }
     assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
+    // Every translated packet named its frontend: none counted under id 0.
+    assert_eq!(dp.maps.service_traffic(0).unwrap(), lb_common::ServiceTraffic::default());
 }
 
 /// VIP:80 over TCP with 5 backends 10.244.2.10-14:8080 (no Maglev table:

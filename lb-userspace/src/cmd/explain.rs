@@ -75,24 +75,44 @@ impl Question {
 
 /// Every packet of a pcap or pcapng capture with its link type.
 fn captured_frames(bytes: &[u8]) -> anyhow::Result<Vec<(Linktype, &[u8])>> {
-    if let Ok(capture) = PcapCapture::from_file(bytes) {
-        return Ok(capture.blocks.iter().map(|b| (capture.header.network, b.data)).collect());
+    match bytes.get(..4) {
+        // Legacy pcap in this host's order, microseconds or nanoseconds.
+        Some([0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1]) => {
+            let capture = PcapCapture::from_file(bytes).map_err(|e| anyhow::anyhow!("not a readable pcap: {e:?}"))?;
+            return Ok(capture.blocks.iter().map(|b| (capture.header.network, b.data)).collect());
+        }
+        Some([0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d]) => {
+            bail!("a big-endian pcap: write it again in this host's order (editcap -F pcapng)")
+        }
+        _ => {}
     }
     let capture =
-        PcapNGCapture::from_file(bytes).map_err(|_| anyhow::anyhow!("neither a pcap nor a pcapng capture"))?;
+        PcapNGCapture::from_file(bytes).map_err(|e| anyhow::anyhow!("neither a pcap nor a pcapng capture ({e:?})"))?;
     let mut frames = Vec::new();
     for section in &capture.sections {
-        // Packets name their interface by its place among the section's descriptions.
-        let mut interfaces = Vec::new();
+        // Packets name their interface by its place among the section's
+        // descriptions; a simple packet block, the first's.
+        let mut interfaces: Vec<(Linktype, u32)> = Vec::new();
+        let interface = |interfaces: &[(Linktype, u32)], id: u32| {
+            interfaces
+                .get(id as usize)
+                .copied()
+                .with_context(|| format!("a packet names interface {id}, which the capture does not describe"))
+        };
         for block in &section.blocks {
             match block {
-                Block::InterfaceDescription(idb) => interfaces.push(idb.linktype),
+                Block::InterfaceDescription(idb) => interfaces.push((idb.linktype, idb.snaplen)),
                 Block::EnhancedPacket(epb) => {
-                    let linktype = interfaces.get(epb.if_id as usize).copied().unwrap_or(Linktype::NULL);
+                    let (linktype, _) = interface(&interfaces, epb.if_id)?;
                     frames.push((linktype, &epb.data[..(epb.caplen as usize).min(epb.data.len())]));
                 }
                 Block::SimplePacket(spb) => {
-                    frames.push((interfaces.first().copied().unwrap_or(Linktype::NULL), spb.data));
+                    let (linktype, snaplen) = interface(&interfaces, 0)?;
+                    let len = match snaplen {
+                        0 => spb.origlen,
+                        snaplen => spb.origlen.min(snaplen),
+                    };
+                    frames.push((linktype, &spb.data[..(len as usize).min(spb.data.len())]));
                 }
                 _ => {}
             }
@@ -191,14 +211,17 @@ pub fn explain(
         ..Explanation::default()
     };
     let (data, end) = (frame.as_mut_ptr() as usize, frame.as_mut_ptr() as usize + frame.len());
+    // As each program parses: TC's socket buffer may hold more than its
+    // linear part (a GSO packet).
+    let how = if hook == Hook::PodTc { Frame::Skb { len: frame.len() as u32 } } else { Frame::Linear };
     let timeouts = loaded.ct_timeouts;
     if frame.get(12..14) != Some(&[0x86, 0xdd]) {
         let settings = LoadedSettings { ct_timeouts: timeouts, service_cidr: loaded.service_cidr };
-        let parsed = parse(data, end, Frame::Linear);
+        let parsed = parse(data, end, how);
         decide_family::<V4>(maps, &maps.v4, settings, parsed, hook, question.ifindex, &mut explanation)?;
     } else {
         let settings = LoadedSettings { ct_timeouts: timeouts, service_cidr: loaded.service_cidr6 };
-        let parsed = parse_ipv6(data, end, Frame::Linear);
+        let parsed = parse_ipv6(data, end, how);
         decide_family::<V6>(maps, &maps.v6, settings, parsed, hook, question.ifindex, &mut explanation)?;
     }
     if explanation.verdict == "rewrite" {
@@ -574,6 +597,10 @@ mod tests {
         std::fs::write(&cooked, pcap(113, &[&first])).unwrap();
         let err = format!("{:#}", Question::captured(&cooked, 1, 7).unwrap_err());
         assert!(err.contains("not Ethernet") && err.contains("cooked.pcap"), "{err}");
+        let big_endian = dir.join("big.pcap");
+        std::fs::write(&big_endian, [0xa1, 0xb2, 0xc3, 0xd4, 0, 2, 0, 4]).unwrap();
+        let err = format!("{:#}", Question::captured(&big_endian, 1, 7).unwrap_err());
+        assert!(err.contains("big-endian"), "{err}");
         let text = dir.join("text.pcap");
         std::fs::write(&text, "not a capture").unwrap();
         let err = format!("{:#}", Question::captured(&text, 1, 7).unwrap_err());

@@ -77,7 +77,7 @@ pub struct ProgrammedService {
     pub backend_selection: Option<String>,
 }
 
-fn protocol_name(proto: u8) -> &'static str {
+pub(super) fn protocol_name(proto: u8) -> &'static str {
     match proto {
         IPPROTO_TCP => "TCP",
         IPPROTO_UDP => "UDP",
@@ -86,7 +86,7 @@ fn protocol_name(proto: u8) -> &'static str {
 }
 
 /// The frontends of both families.
-fn frontends(maps: &DatapathMaps) -> anyhow::Result<Vec<(AnyFrontendKey, Frontend)>> {
+pub(super) fn frontends(maps: &DatapathMaps) -> anyhow::Result<Vec<(AnyFrontendKey, Frontend)>> {
     fn of<A: WireAddr + Pod>(family: &FamilyMaps<A>) -> anyhow::Result<Vec<(AnyFrontendKey, Frontend)>> {
         family.frontends.iter().map(|entry| Ok(entry.map(|(key, fe)| (rekey(key, key.addr.ip()), fe))?)).collect()
     }

@@ -43,7 +43,7 @@ use tracing::{error, info};
 
 use super::{get, health::listen, status::SharedStatus};
 use aya::maps::MapError;
-use lb_common::{SVC_TYPE_EXTERNAL_NAME, SVC_TYPE_HEADLESS, ServiceTraffic};
+use lb_common::{FRONTEND_SCOPE_PODS, ServiceTraffic};
 
 use crate::datapath::maps::DatapathMaps;
 
@@ -52,6 +52,7 @@ use crate::datapath::maps::DatapathMaps;
 pub struct AgentMetrics {
     sync_duration: Histogram,
     programming_latency: Histogram,
+    attach_latency: Histogram,
     last_sync: Gauge<f64, AtomicU64>,
     map_writes: Counter,
     map_write_failures: Counter,
@@ -59,6 +60,8 @@ pub struct AgentMetrics {
     refused_services: Gauge,
     model_errors: Gauge,
     object_errors: Family<[(&'static str, String); 1], Gauge>,
+    /// The objects `object_errors` has a series for.
+    objects_in_error: Mutex<Vec<String>>,
     conntrack_entries: Gauge,
     conntrack_evicted: Gauge,
     map_pressure: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
@@ -71,6 +74,8 @@ impl AgentMetrics {
             // kube-proxy's buckets: 1 ms to 16 s.
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             programming_latency: Histogram::new(programming_latency_buckets()),
+            // 0.25 ms to 4 s.
+            attach_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 15)),
             last_sync: Gauge::default(),
             map_writes: Counter::default(),
             map_write_failures: Counter::default(),
@@ -78,6 +83,7 @@ impl AgentMetrics {
             refused_services: Gauge::default(),
             model_errors: Gauge::default(),
             object_errors: Family::default(),
+            objects_in_error: Mutex::default(),
             conntrack_entries: Gauge::default(),
             conntrack_evicted: Gauge::default(),
             map_pressure: Family::default(),
@@ -92,6 +98,11 @@ impl AgentMetrics {
             "kubeproxy_network_programming_duration_seconds",
             "From the change that made an EndpointSlice's controller write it (its last-change-trigger-time) to the pass that programmed it",
             m.programming_latency.clone(),
+        );
+        registry.register(
+            "lb_interface_attach_duration_seconds",
+            "From reading the kernel's notification of a new interface to the programs attached to it",
+            m.attach_latency.clone(),
         );
         registry.register(
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
@@ -146,13 +157,22 @@ impl AgentMetrics {
         }
     }
 
-    /// Records the objects in error now, an object once per error; the
-    /// objects no longer in error leave the family.
-    pub fn object_errors(&self, objects: impl Iterator<Item = String>) {
-        self.object_errors.clear();
-        for object in objects {
-            self.object_errors.get_or_create(&[("object", object)]).inc();
+    /// Records the errors of each object in error now; the objects no
+    /// longer in error leave the family (the others' series stay).
+    pub fn object_errors(&self, errors: &BTreeMap<String, i64>) {
+        let mut listed = self.objects_in_error.lock().unwrap_or_else(PoisonError::into_inner);
+        for mended in listed.iter().filter(|object| !errors.contains_key(*object)) {
+            self.object_errors.remove(&[("object", mended.clone())]);
         }
+        for (object, count) in errors {
+            self.object_errors.get_or_create(&[("object", object.clone())]).set(*count);
+        }
+        *listed = errors.keys().cloned().collect();
+    }
+
+    /// Records how long after its link notification an interface was attached.
+    pub fn attached(&self, latency: Duration) {
+        self.attach_latency.observe(latency.as_secs_f64());
     }
 
     /// Records how long after its trigger a change reached the maps.
@@ -251,44 +271,51 @@ impl Collector for DatapathCollector {
                 for (name, help, value) in [
                     (
                         "lb_service_packets",
-                        "Packets the datapath translated for a Service port, both directions, every frontend of the port",
+                        "TCP and UDP packets the datapath translated for a frontend of a Service port, both directions",
                         (|t: &ServiceTraffic| t.packets) as fn(&ServiceTraffic) -> u64,
                     ),
                     ("lb_service_bytes", "The bytes of those packets, as the hooks saw them", |t| t.bytes),
                 ] {
                     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-                    for ((namespace, service, port), t) in &traffic {
-                        let labels = [("namespace", namespace.as_str()), ("service", service), ("port", port)];
-                        ConstCounter::new(value(t)).encode(family.encode_family(&labels)?)?;
+                    for (labels, t) in &traffic {
+                        ConstCounter::new(value(t)).encode(family.encode_family(labels)?)?;
                     }
                 }
             }
-            Err(err) => error!("metrics: reading LB_SERVICE_TRAFFIC failed: {err}"),
+            Err(err) => error!("metrics: reading LB_SERVICE_TRAFFIC failed: {err:#}"),
         }
         Ok(())
     }
 }
 
-/// Packets and bytes by Service port (namespace, name, port name), summed
-/// over the port's frontends (cluster IPs, node ports, external and
-/// load-balancer addresses).
-fn service_traffic(maps: &DatapathMaps) -> Result<BTreeMap<(String, String, String), ServiceTraffic>, MapError> {
-    let mut traffic: BTreeMap<_, ServiceTraffic> = BTreeMap::new();
-    for entry in maps.service_meta.iter() {
-        let (frontend_id, meta) = entry?;
-        if matches!(meta.svc_type, SVC_TYPE_HEADLESS | SVC_TYPE_EXTERNAL_NAME) {
-            continue;
-        }
-        let counted = match maps.service_traffic(frontend_id) {
+/// A frontend's labels: its Service port's namespace, name and port name, and its own.
+type FrontendLabels = [(&'static str, String); 4];
+
+/// Packets and bytes of each frontend, by its Service port's labels and
+/// its own (`ADDR:PORT/PROTO`, ` pods` for a Local policy's twin for
+/// pods). One series per frontend: a sum over a port's frontends would go
+/// back when one of them goes (and its id's counts with it).
+fn service_traffic(maps: &DatapathMaps) -> anyhow::Result<Vec<(FrontendLabels, ServiceTraffic)>> {
+    let mut traffic = Vec::new();
+    for (key, frontend) in get::frontends(maps)? {
+        let Ok(meta) = maps.service_meta.get(&frontend.frontend_id, 0) else { continue };
+        let counted = match maps.service_traffic(frontend.frontend_id) {
             Ok(counted) => counted,
             // Ids past the array are not counted.
             Err(MapError::OutOfBounds { .. }) => ServiceTraffic::default(),
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
         };
-        let key = (meta.namespace().to_owned(), meta.name().to_owned(), meta.port_name().to_owned());
-        let sum = traffic.entry(key).or_default();
-        (sum.packets, sum.bytes) = (sum.packets + counted.packets, sum.bytes + counted.bytes);
+        let twin = if key.scope == FRONTEND_SCOPE_PODS { " pods" } else { "" };
+        let address = SocketAddr::new(key.addr, lb_common::wire::port_number(key.port));
+        let labels = [
+            ("namespace", meta.namespace().to_owned()),
+            ("service", meta.name().to_owned()),
+            ("port", meta.port_name().to_owned()),
+            ("frontend", format!("{address}/{}{twin}", get::protocol_name(key.proto))),
+        ];
+        traffic.push((labels, counted));
     }
+    traffic.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(traffic)
 }
 

@@ -103,6 +103,8 @@ struct Agent {
     cluster_service_cidrs: Vec<String>,
     /// The model's errors of the last pass, as logged.
     model_errors: BTreeSet<String>,
+    /// How many of them each object has (`Kind namespace/name`).
+    object_errors: BTreeMap<String, i64>,
     /// Whether the API's missing Node for this node was reported.
     missing_node: bool,
     desired: DesiredState,
@@ -188,6 +190,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         synced: false,
         cluster_service_cidrs: Vec::new(),
         model_errors: BTreeSet::new(),
+        object_errors: BTreeMap::new(),
         missing_node: false,
         desired: DesiredState::default(),
         config,
@@ -215,7 +218,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     // A node device that cannot take the programs at start is a
     // configuration error (pods come and go, and are retried when new).
-    let failed = agent.sync_interfaces();
+    let failed = agent.sync_interfaces(None);
     if let Some((_, err)) = failed.iter().find(|(name, _)| agent.config.node_devices.matches(name)) {
         anyhow::bail!("{err}");
     }
@@ -236,14 +239,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::select! {
             () = agent.source.changed() => agent.sync_source(),
             Some(notified) = async { Some(link_events.as_ref()?.changed().await) } => {
+                let notified_at = Instant::now();
                 if let Err(err) = notified {
                     error!("link notifications failed ({err}): interfaces are listed every {INTERFACE_POLL:?}");
                     link_events = None;
                     interface_poll = tokio::time::interval(INTERFACE_POLL);
                 }
-                agent.interfaces_changed();
+                agent.interfaces_changed(Some(notified_at));
             }
-            _ = interface_poll.tick() => agent.interfaces_changed(),
+            _ = interface_poll.tick() => agent.interfaces_changed(None),
             _ = ct_sweep.tick() => agent.sweep_conntrack(),
             Some(guard) = async { Some(logger.as_mut()?.readable_mut().await) } => {
                 let mut guard = guard?;
@@ -319,7 +323,10 @@ impl Agent {
         let (desired, errors) = model::build(self.source.objects(), previous, &self.config.model);
         // Each error once while it lasts: with the API source a pass
         // follows every change anywhere in the cluster.
-        self.metrics.object_errors(errors.iter().filter_map(model::ModelError::object));
+        self.object_errors.clear();
+        for object in errors.iter().filter_map(model::ModelError::object) {
+            *self.object_errors.entry(object).or_default() += 1;
+        }
         let errors: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
         for err in errors.difference(&self.model_errors) {
             error!("{err}");
@@ -386,6 +393,7 @@ impl Agent {
         let (services, refused, errors) = (self.desired.services.len(), self.refused.len(), self.model_errors.len());
         self.metrics.pass(duration, writes, failures);
         self.metrics.model(services, refused, errors);
+        self.metrics.object_errors(&self.object_errors);
         let (used, capacity) = (self.programmed.usage(), self.programmed.capacity());
         let fill = [
             ("frontends", used.frontends, capacity.frontends),
@@ -411,8 +419,9 @@ impl Agent {
 
     /// Attaches to new interfaces, releases gone ones, and reprograms when
     /// the node's addresses changed.
-    fn interfaces_changed(&mut self) {
-        drop(self.sync_interfaces());
+    /// `notified`: when the kernel's notification that prompted this was read.
+    fn interfaces_changed(&mut self, notified: Option<Instant>) {
+        drop(self.sync_interfaces(notified));
         if self.sync_node_addresses() && self.synced {
             self.program();
         }
@@ -459,7 +468,9 @@ impl Agent {
 
     /// Attaches to new interfaces and detaches from vanished ones; the
     /// ones that failed to attach just now, with the error.
-    fn sync_interfaces(&mut self) -> Vec<(String, String)> {
+    /// `notified`: when the link notification that prompted this was read,
+    /// from which each attachment's latency is measured.
+    fn sync_interfaces(&mut self, notified: Option<Instant>) -> Vec<(String, String)> {
         let present = match self.config.interfaces.present() {
             Ok(present) => present,
             Err(err) => {
@@ -485,10 +496,17 @@ impl Agent {
             }
             let role = if self.config.node_devices.matches(&name) { InterfaceRole::Node } else { InterfaceRole::Pod };
             accept_local_sources(&name);
-            if let Err(err) = self.datapath.attach(&name, ifindex, role) {
-                warn!("{err}");
-                failed.push((name.clone(), err.to_string()));
-                self.failed.insert(name, ifindex);
+            match self.datapath.attach(&name, ifindex, role) {
+                Ok(()) => {
+                    if let Some(notified) = notified {
+                        self.metrics.attached(notified.elapsed());
+                    }
+                }
+                Err(err) => {
+                    warn!("{err}");
+                    failed.push((name.clone(), err.to_string()));
+                    self.failed.insert(name, ifindex);
+                }
             }
         }
         self.sync_devices();

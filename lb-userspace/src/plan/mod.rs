@@ -874,11 +874,12 @@ impl Programmed {
 }
 
 /// Frontend ids (one per Service port and address kind, keying its
-/// meta and endpoints): the lowest free one is handed out first.
+/// meta, endpoints and traffic counters), 1 to `MAX_FRONTENDS`.
 #[derive(Debug)]
 struct FrontendIds {
-    /// Free ids below `last`; every id above it is free.
-    free: BTreeSet<u32>,
+    /// Freed ids, the longest free first.
+    free: std::collections::VecDeque<u32>,
+    /// The highest id handed out; the ones above it were never used.
     last: u32,
 }
 
@@ -888,15 +889,35 @@ impl FrontendIds {
         Self { free: (1..last).filter(|id| !used.contains(id)).collect(), last }
     }
 
+    /// A never used id while there are any up to `MAX_FRONTENDS`, else the
+    /// one freed longest ago: an id is taken again as late as can be, so
+    /// that what still names it when it is freed (the TCP flows of a
+    /// deleted Service, which keep their conntrack entries and count in its
+    /// traffic) has ended by then.
     fn allocate(&mut self) -> u32 {
-        self.free.pop_first().unwrap_or_else(|| {
+        if self.last < MAX_FRONTENDS || self.free.is_empty() {
             self.last += 1;
-            self.last
-        })
+            return self.last;
+        }
+        self.free.pop_front().expect("checked above")
     }
 
     fn release(&mut self, id: u32) {
-        self.free.insert(id);
+        self.free.push_back(id);
+    }
+}
+
+#[cfg(test)]
+mod frontend_id_tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_frontend_id_is_taken_again_only_when_no_unused_one_is_left_and_the_oldest_first() {
+        let mut ids = FrontendIds::new(&[1, 2, 4].into());
+        ids.release(2);
+        assert_eq!(ids.allocate(), 5, "3 (free since adoption) and 2 wait behind never used ids");
+        ids.last = MAX_FRONTENDS;
+        assert_eq!((ids.allocate(), ids.allocate(), ids.allocate()), (3, 2, MAX_FRONTENDS + 1));
     }
 }
 
