@@ -93,6 +93,33 @@ impl Node {
         Ok(Pod { name: name.to_owned(), ip, ipv6, ns, host_veth, servers: Vec::new() })
     }
 
+    /// A pod as `add_pod` makes one (IPv4), created and configured by one
+    /// shell running three `ip` commands, the host veth's MAC chosen
+    /// beforehand: ready a few milliseconds after its veth appears, as a CNI
+    /// plugin leaves a pod.
+    pub fn add_pod_at_once(&self, name: &str, ip: Ipv4Addr) -> anyhow::Result<Pod> {
+        let ns = Netns::create("p")?;
+        let host_veth = format!("h-{name}");
+        let [_, _, c, d] = ip.octets();
+        let mac = format!("02:1b:00:00:{c:02x}:{d:02x}");
+        let (node, pod) = (self.ns.name(), ns.name());
+        let script = format!(
+            "ip link add {host_veth} address {mac} netns {node} type veth peer name eth0 netns {pod} && \
+             ip -n {pod} -b - <<EOF && ip -n {node} -b - <<EOF2\n\
+             link set eth0 up\n\
+             addr add {ip}/32 dev eth0\n\
+             route add {GATEWAY} dev eth0 scope link\n\
+             route add default via {GATEWAY} dev eth0\n\
+             neigh replace {GATEWAY} lladdr {mac} dev eth0 nud permanent\n\
+             EOF\n\
+             link set {host_veth} up\n\
+             route add {ip}/32 dev {host_veth}\n\
+             EOF2\n"
+        );
+        crate::netns::checked(std::process::Command::new("sh").arg("-c").arg(&script))?;
+        Ok(Pod { name: name.to_owned(), ip, ipv6: None, ns, host_veth, servers: Vec::new() })
+    }
+
     /// An external client on a link to the node: the node's device
     /// `ifname` gets `node_ip`/24, the client `client_ip`/24 on the same
     /// link and a default route through the node.

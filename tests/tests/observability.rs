@@ -200,6 +200,31 @@ fn metrics_count_the_packets_and_bytes_of_each_service_port() {
     assert!(http >= 6.0, "a connection's handshake, request, answer and close: {http} packets");
 }
 
+/// A pod veth created, configured and used within milliseconds (one shell
+/// of three `ip` commands, then a connect at once) has its very first SYN
+/// translated: answered well before the SYN's retransmission a second later.
+#[test]
+fn a_pod_veth_used_milliseconds_after_it_appears_is_translated() {
+    require_root();
+    let (c, _agent) = kubia(1, &[]);
+    for i in 0..3u8 {
+        let created = std::time::Instant::now();
+        let pod = c.node.add_pod_at_once(&format!("quick{i}"), Ipv4Addr::new(10, 244, 0, 120 + i)).unwrap();
+        let (used, answered) = pod
+            .ns
+            .run_in(|| {
+                let used = created.elapsed();
+                let asked = std::time::Instant::now();
+                let answer = lb_tests::client::http_exchange(SocketAddrV4::new(VIP, 80).into(), "/", TIMEOUT);
+                (used, answer.map(|_| asked.elapsed()))
+            })
+            .unwrap();
+        let answered = answered.unwrap();
+        eprintln!("quick{i}: first request sent {used:?} after its veth was created, answered {answered:?} later");
+        assert!(answered < std::time::Duration::from_millis(900), "the first SYN was not translated: {answered:?}");
+    }
+}
+
 /// A conntrack too small for its flows evicts the least recent ones; the
 /// sweep's metrics say how many live and how many were evicted. (A
 /// connection may lose its own entries to that and be reset, as on 6.1
