@@ -93,8 +93,8 @@ impl Node {
         Ok(Pod { name: name.to_owned(), ip, ipv6, ns, host_veth, servers: Vec::new() })
     }
 
-    /// A pod as `add_pod` makes one (IPv4), created and configured by one
-    /// shell running three `ip` commands, the host veth's MAC chosen
+    /// A pod as `add_pod` makes one (IPv4), created and configured by three
+    /// `ip` commands (two of them batches), the host veth's MAC chosen
     /// beforehand: ready a few milliseconds after its veth appears, as a CNI
     /// plugin leaves a pod.
     pub fn add_pod_at_once(&self, name: &str, ip: Ipv4Addr) -> anyhow::Result<Pod> {
@@ -103,20 +103,16 @@ impl Node {
         let [_, _, c, d] = ip.octets();
         let mac = format!("02:1b:00:00:{c:02x}:{d:02x}");
         let (node, pod) = (self.ns.name(), ns.name());
-        let script = format!(
-            "ip link add {host_veth} address {mac} netns {node} type veth peer name eth0 netns {pod} && \
-             ip -n {pod} -b - <<EOF && ip -n {node} -b - <<EOF2\n\
-             link set eth0 up\n\
-             addr add {ip}/32 dev eth0\n\
-             route add {GATEWAY} dev eth0 scope link\n\
-             route add default via {GATEWAY} dev eth0\n\
-             neigh replace {GATEWAY} lladdr {mac} dev eth0 nud permanent\n\
-             EOF\n\
-             link set {host_veth} up\n\
-             route add {ip}/32 dev {host_veth}\n\
-             EOF2\n"
+        crate::netns::ip(&[
+            "link", "add", &host_veth, "address", &mac, "netns", node, "type", "veth", "peer", "name", "eth0", "netns",
+            pod,
+        ])?;
+        let pod_side = format!(
+            "link set eth0 up\naddr add {ip}/32 dev eth0\nroute add {GATEWAY} dev eth0 scope link\n\
+             route add default via {GATEWAY} dev eth0\nneigh replace {GATEWAY} lladdr {mac} dev eth0 nud permanent\n"
         );
-        crate::netns::checked(std::process::Command::new("sh").arg("-c").arg(&script))?;
+        ip_batch(pod, &pod_side)?;
+        ip_batch(node, &format!("link set {host_veth} up\nroute add {ip}/32 dev {host_veth}\n"))?;
         Ok(Pod { name: name.to_owned(), ip, ipv6: None, ns, host_veth, servers: Vec::new() })
     }
 
@@ -280,4 +276,21 @@ impl Fabric {
         ns.exec(&["ip", "route", "add", "default", "via", &gateway.to_string()])?;
         Ok(ns)
     }
+}
+
+/// `ip -n NS -batch -` with `commands`, one a line: one process for all.
+fn ip_batch(ns: &str, commands: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().expect("piped").write_all(commands.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("ip -n {ns} -batch failed: {}\n{commands}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
