@@ -199,12 +199,11 @@ fn killing_and_restarting_the_agent_fails_no_request_and_keeps_connections() {
             std::thread::sleep(Duration::from_millis(300));
             assert_eq!(chat.say(&format!("no agent {round}")), owner, "the connection moved without an agent");
             agent.restart(&c.node).unwrap();
-            // With TCX (6.6) the TC links are pinned and taken over; before,
-            // they are netlink filters, replaced.
-            let pinned = std::fs::read_dir(agent.bpf_dir.join("links")).unwrap().count() > 0;
-            if pinned && !agent.log_text().contains("took over the pinned tc ingress link") {
+            // Pod veths' TC programs are netlink filters, which the new
+            // agent takes over in place.
+            if !agent.log_text().contains("replaced the tc filter an earlier agent left") {
                 done.store(true, Ordering::Relaxed);
-                panic!("pinned links were not taken over:\n{}", agent.log_text());
+                panic!("the filters were not taken over:\n{}", agent.log_text());
             }
             agent.wait_for_services(TIMEOUT, |s| kubia::endpoint_count(s) == c.backends.len()).unwrap();
             assert_eq!(chat.say(&format!("agent {round}")), owner, "the connection moved after a restart");
@@ -218,14 +217,31 @@ fn killing_and_restarting_the_agent_fails_no_request_and_keeps_connections() {
     assert!(failures.is_empty(), "{} of {requests} requests failed: {failures:?}", failures.len());
     let client = c.client.ip.to_string();
     assert!(!flows(&agent, &["--client", &client]).is_empty(), "the client's flows are gone from conntrack");
-    // Before TCX (6.6) TC programs are netlink filters: the kills must not
-    // have left one each (with TCX, `tc` lists none).
+    // The pod veths' TC programs are netlink filters: the kills must not
+    // have left one each.
     for (direction, program) in [("egress", "lb_tc_egress"), ("ingress", "lb_tc_pod")] {
         let out = c.node.ns.exec(&["tc", "filter", "show", "dev", &c.backends[0].host_veth, direction]).unwrap();
         let listed = String::from_utf8_lossy(&out.stdout);
         let filters = listed.lines().filter(|l| l.contains(program)).count();
-        assert!(filters <= 1, "{filters} {program} filters after three restarts:\n{listed}");
+        assert_eq!(filters, 1, "{program} filters after three restarts:\n{listed}");
     }
+}
+
+/// A stopped agent (SIGTERM) leaves its programs translating, the pod
+/// veths' netlink filters included, and the next agent takes them over in
+/// place.
+#[test]
+fn a_stopped_agent_leaves_the_service_answering_and_the_next_takes_over() {
+    require_root();
+    let mut c = kubia::cluster(1);
+    let mut agent = start(&mut c, &[]);
+    agent.stop().unwrap();
+    assert!(agent.log_text().contains("the programs stay attached"), "{}", agent.log_text());
+    let answer = http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
+    assert_eq!(lb_tests::client::served_by(&answer), c.backends[0].name, "no agent: {answer}");
+    agent.restart(&c.node).unwrap();
+    assert!(agent.log_text().contains("replaced the tc filter an earlier agent left"), "{}", agent.log_text());
+    http_get(&c.client.ns, SocketAddrV4::new(VIP, 80), TIMEOUT).unwrap();
 }
 
 /// With --detach-on-exit, a stopped agent leaves nothing attached: the VIP

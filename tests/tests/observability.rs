@@ -206,7 +206,8 @@ fn metrics_count_the_packets_and_bytes_of_each_service_port() {
 #[test]
 fn a_pod_veth_used_milliseconds_after_it_appears_is_translated() {
     require_root();
-    let (c, _agent) = kubia(1, &[]);
+    let (c, agent) = kubia(1, &[]);
+    let mut pods = Vec::new();
     for i in 0..3u8 {
         let created = std::time::Instant::now();
         let pod = c.node.add_pod_at_once(&format!("quick{i}"), Ipv4Addr::new(10, 244, 0, 120 + i)).unwrap();
@@ -220,8 +221,19 @@ fn a_pod_veth_used_milliseconds_after_it_appears_is_translated() {
             })
             .unwrap();
         let answered = answered.unwrap();
-        eprintln!("quick{i}: first request sent {used:?} after its veth was created, answered {answered:?} later");
+        eprintln!("quick{i}: first request sent {used:?} after the pod's creation began, answered {answered:?} later");
         assert!(answered < std::time::Duration::from_millis(900), "the first SYN was not translated: {answered:?}");
+        pods.push(pod);
+    }
+    // Filters, which the kernel makes in a few ms (a TCX link took tens).
+    let status: serde_json::Value = serde_json::from_str(&agent.status(&c.node, &["-o", "json"]).unwrap()).unwrap();
+    for pod in &pods {
+        let veth =
+            status["agent"]["interfaces"].as_array().unwrap().iter().find(|i| i["name"] == pod.host_veth.as_str());
+        let hooks = veth.unwrap_or_else(|| panic!("{} is not attached: {status:#}", pod.host_veth))["hooks"]
+            .as_array()
+            .unwrap();
+        assert!(hooks.iter().all(|h| h["attachedAs"] == "tc filter"), "{hooks:?}");
     }
 }
 

@@ -263,7 +263,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         agent.datapath.detach_all();
     } else {
         info!("stopping: the programs stay attached and keep forwarding (--detach-on-exit detaches)");
-        agent.datapath.leave_attached();
     }
     Ok(())
 }

@@ -206,20 +206,22 @@ pub struct AttachedHook {
 }
 
 /// An attached program: pinned (XDP, and TC on node devices where the
-/// kernel has TCX, 6.6), else a netlink TC filter, which a stopping agent
-/// leaves in place (`Datapath::leave_attached`) for the next to take over.
+/// kernel has TCX, 6.6), else a netlink TC filter. Neither goes when this
+/// value is dropped, however the agent ends (a stop, an error, a panic):
+/// the next agent takes them over. Only `release` detaches.
 enum Link {
     Pinned(PinnedLink),
-    Netlink(SchedClassifierLink),
+    /// aya detaches a filter when its link is dropped.
+    Netlink(std::mem::ManuallyDrop<SchedClassifierLink>),
 }
 
 impl Link {
     /// Detaches: a pinned link is unpinned and closed, which detaches it
-    /// when nothing else holds it.
+    /// when nothing else holds it; a filter is deleted.
     fn release(self) {
         match self {
             Link::Pinned(link) => drop(link.unpin()),
-            Link::Netlink(link) => drop(link),
+            Link::Netlink(link) => drop(std::mem::ManuallyDrop::into_inner(link)),
         }
     }
 }
@@ -438,10 +440,9 @@ impl Datapath {
                     links.push(link);
                     how.push((hook, way));
                 }
-                Err(err) => {
-                    links.into_iter().for_each(Link::release);
-                    return Err(err);
-                }
+                // What this call attached or took over stays: it translates
+                // with the same maps, and a link taken over was working.
+                Err(err) => return Err(err),
             }
         }
         for hook in [Hook::Xdp, Hook::TcIngress, Hook::TcEgress].into_iter().filter(|h| !hooks.contains(h)) {
@@ -519,7 +520,7 @@ impl Datapath {
         };
         let link = tc.take_link(id).map_err(attach_err)?;
         if <&FdLink>::try_from(&link).is_err() {
-            return Ok((Link::Netlink(link), "tc filter"));
+            return Ok((Link::Netlink(std::mem::ManuallyDrop::new(link)), "tc filter"));
         }
         let fd = FdLink::try_from(link).map_err(|e| pin_err(ifname, what, pin, e.to_string()))?;
         let how = if taken_over { "taken over" } else { "tcx" };
@@ -558,18 +559,6 @@ impl Datapath {
     }
 
     /// Detaches from every interface and from the cgroup.
-    /// Leaves every program attached when the agent stops: pinned links
-    /// stay by their pins, netlink filters by not being detached.
-    pub fn leave_attached(&mut self) {
-        for attachment in std::mem::take(&mut self.attached).into_values() {
-            for link in attachment.links {
-                if let Link::Netlink(link) = link {
-                    std::mem::forget(link);
-                }
-            }
-        }
-    }
-
     pub fn detach_all(&mut self) {
         let names: Vec<String> = self.attached.keys().cloned().collect();
         for name in names {
@@ -605,7 +594,7 @@ impl Datapath {
     }
 }
 
-/// Where this agent's netlink TC filters sit (before TCX): always the same
+/// Where this agent's netlink TC filters sit: always the same
 /// priority and handle, so that a new agent replaces a killed one's filter
 /// in place, atomically, as `bpf_link_update` does for links.
 const TC_FILTER_PRIORITY: u16 = 1;
@@ -619,7 +608,8 @@ const TC_FILTER_HANDLE: TcHandle = TcHandle::new(0, 1);
 /// removed before a new one is made. Pod veths get filters on every
 /// kernel: a pod may send as soon as its veth is configured, and the
 /// kernel makes a filter in under 3 ms where a TCX link took 7 to 60 ms
-/// (6.18, 2 cores).
+/// (6.18, 2 cores) and held the rtnl lock meanwhile. A kernel with TCX but
+/// without `cls_bpf` gets a TCX link all the same.
 fn attach_tc_anew(
     tc: &mut SchedClassifier,
     ifname: &str,
@@ -627,7 +617,8 @@ fn attach_tc_anew(
     attach_type: TcAttachType,
     filter: bool,
 ) -> Result<SchedClassifierLinkId, ProgramError> {
-    if !filter && KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if tcx && !filter {
         return tc.attach(ifname, attach_type);
     }
     let ours = SchedClassifierLink::attached(ifname, attach_type, TC_FILTER_PRIORITY, TC_FILTER_HANDLE, None);
@@ -638,7 +629,13 @@ fn attach_tc_anew(
     let _ = qdisc_add_clsact(ifname);
     let _ = qdisc_detach_program(ifname, attach_type, name);
     let options = NlOptions { priority: TC_FILTER_PRIORITY, handle: TC_FILTER_HANDLE, ..Default::default() };
-    tc.attach_with_options(ifname, attach_type, TcAttachOptions::Netlink(options))
+    match tc.attach_with_options(ifname, attach_type, TcAttachOptions::Netlink(options)) {
+        Err(err) if tcx => {
+            warn!(ifname, ?attach_type, error = %err, "no tc filter here, attaching a TCX link");
+            tc.attach(ifname, attach_type)
+        }
+        attached => attached,
+    }
 }
 
 /// The link pinned at `pin`, unpinned (this agent holds it until it pins
