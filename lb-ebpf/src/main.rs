@@ -792,7 +792,7 @@ fn tc_egress_translate<F: Hooks>(ctx: &TcContext, pkt: &Packet<F>, part: Part) -
             if F::tc_rewrite(ctx, pkt, side, (addr, port), None) {
                 if let Some(route) = maps::route() {
                     // SAFETY: the context's own metadata.
-                    maps::count_service_traffic(route.frontend_id, unsafe { (*ctx.skb.skb).len });
+                    maps::count_service_traffic(route, unsafe { (*ctx.skb.skb).len });
                 }
                 (TC_OK, reason)
             } else {

@@ -11,7 +11,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup,
     },
     cty::c_void,
-    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_map_lookup_elem},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::{SockAddrContext, TcContext, XdpContext},
@@ -287,7 +287,7 @@ impl<F> MapTables<F> {
         if route.asked && flows_entry {
             self.conntrack_keep_hop(flow, &route.hop);
         }
-        count_service_traffic(route.frontend_id, len);
+        count_service_traffic(route, len);
     }
 }
 
@@ -546,13 +546,25 @@ fn egress_device<A: Addr>(ctx: *mut c_void, ingress_ifindex: u32, daddr: A) -> u
     }
 }
 
-/// Counts a rewritten packet of `len` bytes in `frontend_id`'s traffic. A
-/// BPF function of its own: its key's stack slot stays out of the hooks'
-/// frames.
-#[inline(never)]
-pub fn count_service_traffic(frontend_id: u32, len: u32) {
-    if let Some(traffic) = LB_SERVICE_TRAFFIC.get_ptr_mut(frontend_id) {
-        // SAFETY: a per-CPU slot; nothing else on this CPU runs concurrently.
+/// Counts a rewritten packet of `len` bytes in the traffic of the frontend
+/// `route` names (`Tables::count_service` left its id there). The lookup's
+/// key is that id where it lies, in the scratch slot: copied to the stack,
+/// it would take a slot the hooks' frames cannot spare, and a function of
+/// its own to hold it would cost a call per packet.
+#[inline(always)]
+pub fn count_service_traffic(route: &KeptRoute, len: u32) {
+    // SAFETY: `LB_SERVICE_TRAFFIC` is its map definition (aya's map types
+    // are transparent over it); the helper reads the 4-byte key from map
+    // memory and returns this CPU's element or null.
+    let traffic = unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::addr_of!(LB_SERVICE_TRAFFIC).cast_mut().cast(),
+            core::ptr::addr_of!(route.frontend_id).cast(),
+        )
+    }
+    .cast::<ServiceTraffic>();
+    if !traffic.is_null() {
+        // SAFETY: a per-CPU element; nothing else on this CPU runs concurrently.
         unsafe {
             (*traffic).packets += 1;
             (*traffic).bytes += u64::from(len);
