@@ -28,7 +28,8 @@ pub struct InsertFailed;
 pub trait Shared {
     /// Counts `n` entries written for new flows.
     fn conntrack_created(&self, n: u64);
-    /// Counts the packet being decided as translated for `frontend_id`.
+    /// The packet being decided is translated for `frontend_id`: it counts
+    /// in that frontend's traffic once rewritten.
     fn count_service(&self, frontend_id: u32);
     fn ct_timeouts(&self) -> CtTimeouts;
     /// Entry `index` of the frontends' backend lists: a backend id.
@@ -501,7 +502,7 @@ fn record_forward<A: Addr, T: Tables<A>>(
         return Reason::DropConntrackFull;
     }
     tables.conntrack_created(2);
-    // Here rather than in `decide_new`, whose frame IPv6 fills on 6.1.
+    // Beside the entries: the first packet of the flow is translated.
     tables.count_service(chosen.frontend_id);
     Reason::ForwardNewFlow
 }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use aya::{Pod, maps::MapError};
 use lb_common::{
     CT_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_SYN, CtTimeouts, DEVICE_INGRESS_HOOKED, DEVICE_POD,
-    FRONTEND_SCOPE_PODS, Hook, IPPROTO_TCP, IPPROTO_UDP, Ipv6Wire, Reason, ServiceCidr, ServiceMeta,
+    FRONTEND_SCOPE_PODS, Hook, IPPROTO_TCP, Ipv6Wire, Reason, ServiceCidr, ServiceMeta,
 };
 use lb_ebpf::{
     decide::{Verdict, decide},
@@ -349,8 +349,7 @@ impl Names<'_> {
     /// The pod behind `backend` among `frontend_id`'s endpoints.
     fn pod(&self, frontend_id: u32, backend: SocketAddr) -> Option<String> {
         self.maps.endpoints.iter().flatten().find_map(|(key, ep)| {
-            let addr = std::net::Ipv6Addr::from(ep.addr).to_canonical();
-            let at = SocketAddr::new(addr, lb_common::wire::port_number(ep.port));
+            let at = super::get::endpoint_address(&ep);
             (key.frontend_id == frontend_id && at == backend && !ep.target().is_empty()).then(|| ep.target().to_owned())
         })
     }
@@ -382,7 +381,7 @@ impl Names<'_> {
                         )
                     }
                 };
-                format!("frontend {addr}/{}{scope}: {what}", protocol(*proto))
+                format!("frontend {addr}/{}{scope}: {what}", super::get::protocol_name(*proto))
             }
             Step::SourceRange { frontend_id, client, allowed } => format!(
                 "loadBalancerSourceRanges of {}: {client} {}",
@@ -464,14 +463,6 @@ fn state_name(state: u8) -> &'static str {
     }
 }
 
-fn protocol(proto: u8) -> &'static str {
-    match proto {
-        IPPROTO_TCP => "TCP",
-        IPPROTO_UDP => "UDP",
-        _ => "?",
-    }
-}
-
 /// `TCP a -> b [SYN,ACK]` (no flags for 0).
 fn describe(flow: &Flow, tcp_flags: u8) -> String {
     let names: Vec<&str> = [(tcp::SYN, "SYN"), (tcp::ACK, "ACK"), (tcp::FIN, "FIN"), (tcp::RST, "RST")]
@@ -480,7 +471,7 @@ fn describe(flow: &Flow, tcp_flags: u8) -> String {
         .map(|(_, name)| name)
         .collect();
     let flags = if names.is_empty() { String::new() } else { format!(" [{}]", names.join(",")) };
-    format!("{} {} -> {}{flags}", protocol(flow.proto), flow.from, flow.to)
+    format!("{} {} -> {}{flags}", super::get::protocol_name(flow.proto), flow.from, flow.to)
 }
 
 /// The 5-tuple of a frame, and its TCP flags.

@@ -286,12 +286,11 @@ pub fn programmed_endpoints(maps: &DatapathMaps) -> anyhow::Result<Vec<Programme
         let (key, ep) = entry?;
         let meta = meta_of(maps, key.frontend_id);
         let some = |text: &str| (!text.is_empty()).then(|| text.to_owned());
-        let addr = std::net::Ipv6Addr::from(ep.addr).to_canonical();
         endpoints.push(ProgrammedEndpoint {
             namespace: meta.namespace().to_owned(),
             name: meta.name().to_owned(),
             port: some(meta.port_name()),
-            endpoint: SocketAddr::new(addr, wire::port_number(ep.port)).to_string(),
+            endpoint: endpoint_address(&ep).to_string(),
             ready: ep.conditions & EP_READY != 0,
             serving: ep.conditions & EP_SERVING != 0,
             terminating: ep.conditions & EP_TERMINATING != 0,
@@ -300,6 +299,12 @@ pub fn programmed_endpoints(maps: &DatapathMaps) -> anyhow::Result<Vec<Programme
     }
     endpoints.sort();
     Ok(endpoints)
+}
+
+/// Where an endpoint listing entry points: its address (IPv4 ones are
+/// held as IPv4-mapped IPv6) and port.
+pub(super) fn endpoint_address(ep: &lb_common::EndpointMeta) -> SocketAddr {
+    SocketAddr::new(std::net::Ipv6Addr::from(ep.addr).to_canonical(), wire::port_number(ep.port))
 }
 
 /// `get endpoints`.
