@@ -16,6 +16,7 @@ use lb_userspace::{
         maps::{DatapathMaps, monotonic_ns},
         sockets::SocketLb,
     },
+    dns::DnsOptions,
     model::{Controllers, IpCidr, ModelOptions},
     plan::datapath_cidr,
     source::api::ApiConfig,
@@ -228,6 +229,28 @@ struct RunArgs {
     /// Where Prometheus metrics answer (`/metrics`, kube-proxy's port); empty for nowhere.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249", value_parser = parse_bind_address)]
     metrics_bind_address: BindAddress,
+    /// Answer DNS on this address (UDP and TCP), e.g. 169.254.20.10:53 on
+    /// the node's loopback: the cluster domain's names from the same model
+    /// the datapath is programmed from. Off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns_address: Option<std::net::SocketAddr>,
+    /// The domain the DNS responder is authoritative for.
+    #[arg(long, default_value = "cluster.local", requires = "dns_address")]
+    cluster_domain: String,
+    /// Where questions outside the cluster domain go (ADDR or ADDR:PORT);
+    /// without it they are answered REFUSED.
+    #[arg(long, value_name = "ADDR[:PORT]", requires = "dns_address", value_parser = parse_upstream)]
+    dns_upstream: Option<std::net::SocketAddr>,
+    /// How long resolvers may cache an answer, negative ones too.
+    #[arg(long, default_value = "5s", requires = "dns_address", value_parser = parse_seconds)]
+    dns_ttl: u32,
+}
+
+/// A DNS server's address; port 53 when none is given.
+fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
+    text.parse()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("{text:?} is neither an IP address nor ADDR:PORT"))
 }
 
 /// An address to listen on, or none (the empty string).
@@ -330,9 +353,12 @@ impl ConntrackFilterArgs {
 /// colons) and exit status 1.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr);
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // hickory-server logs every DNS question at info: only when asked by name.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("hickory")) {
+        filter = filter.add_directive("hickory_server=warn".parse().expect("a valid directive"));
+    }
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -491,10 +517,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         node_devices: InterfacePatterns::new(args.devices.iter().map(String::as_str))?,
         redirect_devices: InterfacePatterns::new(args.redirect_devices.iter().map(String::as_str))?,
         bpf_dir: args.bpf_dir,
-        model: ModelOptions { service_cidrs, controllers },
+        model: ModelOptions { service_cidrs: service_cidrs.clone(), controllers },
         health_bind: args.health_bind_address.0,
         health_timeout: args.health_timeout,
         metrics_bind: args.metrics_bind_address.0,
+        dns: args.dns_address.map(|address| DnsOptions {
+            address,
+            cluster_domain: args.cluster_domain,
+            upstream: args.dns_upstream,
+            ttl: args.dns_ttl,
+            service_cidrs: service_cidrs.clone(),
+        }),
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
 }

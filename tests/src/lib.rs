@@ -6,6 +6,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod cgroup;
 pub mod client;
+pub mod dns;
 pub mod kmock;
 pub mod kubia;
 pub mod netns;
@@ -29,6 +30,24 @@ pub fn workspace_binary(env_var: &str, name: &str) -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(name));
     anyhow::ensure!(path.is_file(), "{} not found: build it with `cargo xtask build` or set {env_var}", path.display());
     Ok(path)
+}
+
+/// A scratch directory under the system's temporary one, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// `hint` starts its name (see [`netns::unique_name`]).
+    pub fn new(hint: &str) -> Self {
+        let dir = std::env::temp_dir().join(netns::unique_name(hint));
+        std::fs::create_dir_all(&dir).expect("a scratch directory under the temporary one");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The pseudo-random bytes bulk transfers carry (xorshift64): the

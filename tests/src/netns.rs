@@ -64,6 +64,22 @@ impl Netns {
         cmd
     }
 
+    /// Gives the namespace its own /etc/resolv.conf, as a pod's: seen by
+    /// commands from [`Netns::command_with_etc`].
+    pub fn set_resolv_conf(&self, text: &str) -> anyhow::Result<()> {
+        let dir = std::path::Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::write(dir.join("resolv.conf"), text).with_context(|| format!("write {}/resolv.conf", dir.display()))
+    }
+
+    /// A command in this namespace that sees its /etc/netns files over
+    /// /etc (`ip netns exec`, which also remounts /sys: for clients only).
+    pub fn command_with_etc(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
     pub fn exec(&self, argv: &[&str]) -> anyhow::Result<Output> {
         checked(self.command(argv[0]).args(&argv[1..]))
     }
@@ -140,6 +156,7 @@ impl Drop for Entered {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(&self.name));
         let _ = ip(&["netns", "del", &self.name]);
     }
 }

@@ -4,12 +4,12 @@
 //! datapath, and the API server's troubles never disturb it.
 
 use std::{
-    path::PathBuf,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
+    TempDir,
     agent::AgentProcess,
     apiserver::ApiServer,
     client::http_get,
@@ -98,27 +98,11 @@ fn api_cluster_with_node(with_node: bool) -> ApiCluster {
     api.apply(kubia_service()).unwrap();
     let all: Vec<&Pod> = c.backends.iter().collect();
     api.apply(kubia_slice(&all, &node)).unwrap();
-    let dir = TempDir::new();
+    let dir = TempDir::new("kube");
     let kubeconfig = dir.0.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
     let agent = AgentProcess::start_api(&c.node, &kubeconfig, &["--pod-device", "h-*"]).unwrap();
     ApiCluster { agent, api, c, _dir: dir }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(lb_tests::netns::unique_name("kube"));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -258,7 +242,7 @@ fn kubia_created_in_kmocks_emulator_serves_every_pod() {
     kmock.create(&kubia_service()).unwrap();
     let all: Vec<&Pod> = c.backends.iter().collect();
     kmock.create(&kubia_slice(&all, &node)).unwrap();
-    let dir = TempDir::new();
+    let dir = TempDir::new("kube");
     let kubeconfig = dir.0.join("kubeconfig");
     kmock.write_kubeconfig(&kubeconfig).unwrap();
     let agent = AgentProcess::start_api(&c.node, &kubeconfig, &["--pod-device", "h-*"]).unwrap();

@@ -1,14 +1,16 @@
 //! `cargo xtask demo`: the kubia example of the seeds, through the eBPF
 //! datapath. One node namespace, three kubia pods running lb-testserver, a
-//! client pod, the seeds' Service and Pod manifests, the agent, ten
-//! requests to the Service's cluster IP from the client pod and three from
-//! the node itself (the socket hooks). Everything it creates is removed
+//! client pod, the seeds' Service and Pod manifests, the agent with its DNS
+//! responder, ten requests to `http://kubia` from the client pod (its
+//! resolv.conf points at the agent, with the cluster's search path) and
+//! three to the cluster IP from the node itself (the socket hooks). Everything it creates is removed
 //! when it ends, also on Ctrl-C or failure (the harness types clean up on
 //! drop, and Ctrl-C is turned into an early return).
 
 use std::{
     net::Ipv4Addr,
     path::Path,
+    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -16,7 +18,8 @@ use std::{
 use anyhow::{Context, bail};
 use lb_tests::{
     agent::{AgentProcess, pod_manifest},
-    netns::Netns,
+    dns::pod_resolv_conf,
+    netns::checked,
     topology::{Node, POD_DEVICE_PATTERN},
 };
 
@@ -37,6 +40,8 @@ spec:
 
 /// The node's address (on its loopback: the demo node has no uplink).
 const NODE_IP: &str = "192.0.2.1";
+/// Where the agent answers DNS: NodeLocal DNSCache's address, on the node's loopback.
+const DNS_IP: &str = "169.254.20.10";
 const PODS: [(&str, [u8; 4]); 3] =
     [("kubia-7nogl", [10, 244, 1, 2]), ("kubia-dmdck", [10, 244, 1, 3]), ("kubia-gzwli", [10, 244, 1, 4])];
 
@@ -90,7 +95,10 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     println!("  pod {:<12} {}", "client", client.ip);
     // The node's own address, which its sockets leave with.
     node.ns.exec(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"])?;
-    println!("  node address {NODE_IP}");
+    node.ns.exec(&["ip", "addr", "add", &format!("{DNS_IP}/32"), "dev", "lo"])?;
+    println!("  node address {NODE_IP}, DNS on {DNS_IP}");
+    client.ns.set_resolv_conf(&pod_resolv_conf(DNS_IP))?;
+    println!("  client's /etc/resolv.conf:\n{}", indent(&indent(&pod_resolv_conf(DNS_IP))));
     check_interrupted()?;
 
     step("writing the seeds' kubia Service and Pod manifests, starting lb-agent");
@@ -99,7 +107,7 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     let agent = AgentProcess::start_on_root_cgroup(
         &node,
         &[("kubia-svc.yaml", KUBIA_SERVICE), ("kubia-pods.yaml", &pod_manifests.join("---\n"))],
-        &["--pod-device", POD_DEVICE_PATTERN],
+        &["--pod-device", POD_DEVICE_PATTERN, "--dns-address", &format!("{DNS_IP}:53")],
     )?;
     println!("{}", indent(KUBIA_SERVICE));
     agent.wait_for_services(Duration::from_secs(5), |s| s.matches(":8080").count() == 3)?;
@@ -115,19 +123,26 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         .to_owned();
     check_interrupted()?;
 
-    let curl = |ns: &Netns, times: usize| -> anyhow::Result<()> {
+    step("dig kubia.default.svc.cluster.local from the client pod (the agent's DNS responder)");
+    let out =
+        client.ns.exec(&["dig", &format!("@{DNS_IP}"), "+noall", "+answer", "kubia.default.svc.cluster.local"])?;
+    println!("{}", indent(String::from_utf8_lossy(&out.stdout).trim()));
+
+    // The pod's commands see its resolv.conf; the node's use the cluster IP.
+    let curl = |mut command: Command, url: &str, times: usize| -> anyhow::Result<()> {
+        command.args(["-s", "-m", "2", url]);
         for _ in 0..times {
             check_interrupted()?;
-            let out = ns.exec(&["curl", "-s", "-m", "2", &format!("http://{vip}/")])?;
+            let out = checked(&mut command)?;
             let text = String::from_utf8_lossy(&out.stdout).replace('\n', "   ");
-            println!("  $ curl http://{vip}/   ->   {}", text.trim());
+            println!("  $ curl {url}   ->   {}", text.trim());
         }
         Ok(())
     };
-    step(&format!("curl http://{vip} from the client pod, ten times"));
-    curl(&client.ns, 10)?;
+    step("curl http://kubia from the client pod, ten times (the name found through its search path)");
+    curl(client.ns.command_with_etc("curl"), "http://kubia/", 10)?;
     step(&format!("curl http://{vip} from the node itself, three times (socket hooks: no packet rewritten)"));
-    curl(&node.ns, 3)?;
+    curl(node.ns.command("curl"), &format!("http://{vip}/"), 3)?;
 
     step("lb-agent get counters (packets per verdict; SOCKET: calls of the node's sockets)");
     let counters = agent.get("counters")?;

@@ -22,6 +22,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // The kube-proxy peers of `cargo xtask bench`.
     ("iptables-restore", "iptables"),
     ("nft", "nftables"),
+    // The DNS tests' client, and the DNS benchmark's peer (without the
+    // `dnsmasq` package's system service).
+    ("dig", "dnsutils"),
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 /// The version of kmock (PyPI), the Kubernetes API emulator that

@@ -65,6 +65,7 @@ pub struct AgentMetrics {
     conntrack_entries: Gauge,
     conntrack_evicted: Gauge,
     map_pressure: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
+    dns_responses: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl AgentMetrics {
@@ -87,6 +88,7 @@ impl AgentMetrics {
             conntrack_entries: Gauge::default(),
             conntrack_evicted: Gauge::default(),
             map_pressure: Family::default(),
+            dns_responses: Family::default(),
         });
         let m = &metrics;
         registry.register(
@@ -142,6 +144,11 @@ impl AgentMetrics {
             "How full each kind of map is, 0 to 1, as the agent last programmed it",
             m.map_pressure.clone(),
         );
+        registry.register(
+            "lb_dns_responses",
+            "Answers of the DNS responder by kind: answer, nodata, nxdomain, forwarded, refused, servfail, formerr, notimp, badvers",
+            m.dns_responses.clone(),
+        );
         registry.register("lb_build", "The agent's version", Info::new([("version", env!("CARGO_PKG_VERSION"))]));
         metrics
     }
@@ -191,6 +198,11 @@ impl AgentMetrics {
     pub fn pressure(&self, map: &'static str, used: usize, capacity: usize) {
         let pressure = if capacity == 0 { 0.0 } else { used as f64 / capacity as f64 };
         self.map_pressure.get_or_create(&[("map_name", map)]).set(pressure);
+    }
+
+    /// Counts one answer of the DNS responder.
+    pub fn dns_response(&self, kind: &'static str) {
+        self.dns_responses.get_or_create(&[("kind", kind)]).inc();
     }
 
     /// Records the live conntrack entries a sweep counted, and the evicted ones.

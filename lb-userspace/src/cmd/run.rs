@@ -33,6 +33,7 @@ use crate::{
         maps::DatapathMaps,
         sockets::{self, SocketLb},
     },
+    dns::{DnsOptions, DnsServer},
     model::{self, DesiredState, ModelOptions},
     plan::{NodeInfo, Programmed, WireAddr},
     source::{
@@ -89,6 +90,8 @@ pub struct AgentConfig {
     pub health_timeout: Duration,
     /// Where `/metrics` answers, if anywhere.
     pub metrics_bind: Option<SocketAddr>,
+    /// The DNS responder, if on.
+    pub dns: Option<DnsOptions>,
 }
 
 struct Agent {
@@ -130,6 +133,7 @@ struct Agent {
     /// The EndpointSlices' change trigger times the maps were last
     /// programmed with, by namespace and name.
     programmed_triggers: BTreeMap<(String, String), SystemTime>,
+    dns: Option<DnsServer>,
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -152,7 +156,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             ManifestSource::open(dir.clone())
                 .with_context(|| format!("watching manifest directory {}", dir.display()))?,
         ),
-        SourceConfig::Api(api) => Source::Api(ApiSource::start(api, &config.node_name).await?),
+        SourceConfig::Api(api) => Source::Api(ApiSource::start(api, &config.node_name, config.dns.is_some()).await?),
     };
     // On a thread of its own: the API source's watchers run on this one.
     let (bpf_dir, load) = (config.bpf_dir.clone(), config.load.clone());
@@ -180,6 +184,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
         metrics::serve_metrics(addr, registry, Arc::clone(&agent_status));
     }
+    // Listening from the start; it answers from the first complete model on.
+    let dns = config.dns.as_ref().map(|opts| DnsServer::start(opts, Arc::clone(&agent_metrics))).transpose()?;
     let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
     let nodeport_localhost = config.nodeport_localhost;
     let mut agent = Agent {
@@ -205,6 +211,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         status: agent_status,
         started: SystemTime::now(),
         programmed_triggers: BTreeMap::new(),
+        dns,
     };
     // Subscribed before the first listing, so that no link appears unseen between.
     let mut link_events = LinkEvents::open()
@@ -294,6 +301,10 @@ impl Agent {
         self.build_model();
         let modelled = started.elapsed();
         let map_writes = self.program();
+        // After the maps: DNS never names an address before it is programmed.
+        if let Some(dns) = &self.dns {
+            dns.publish(&self.desired);
+        }
         let (services, total) = (self.desired.services.len(), started.elapsed());
         if self.synced {
             info!(?read, ?modelled, ?total, "source synced");
@@ -589,6 +600,11 @@ fn initial_status(config: &AgentConfig) -> AgentStatus {
             xdp_mode: format!("{:?}", load.xdp_mode).to_lowercase(),
             pod_forwarding: if load.tc_redirect { "redirect" } else { "stack" }.to_owned(),
             socket_lb: format!("{:?}", load.socket_lb).to_lowercase(),
+            dns: config.dns.as_ref().map(|dns| status::DnsSettings {
+                address: dns.address.to_string(),
+                cluster_domain: dns.cluster_domain.clone(),
+                upstream: dns.upstream.map(|u| u.to_string()),
+            }),
         },
         ..AgentStatus::default()
     }

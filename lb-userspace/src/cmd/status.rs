@@ -100,6 +100,18 @@ pub struct Settings {
     pub xdp_mode: String,
     pub pod_forwarding: String,
     pub socket_lb: String,
+    /// The DNS responder: where it listens, for which domain, where other
+    /// names go; None when off.
+    #[serde(default)]
+    pub dns: Option<DnsSettings>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsSettings {
+    pub address: String,
+    pub cluster_domain: String,
+    pub upstream: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +257,15 @@ pub fn format_status(status: &NodeStatus, output: Output) -> anyhow::Result<Stri
         t.tcp_closing,
         t.udp
     );
+    out += &match &s.dns {
+        Some(dns) => format!(
+            "dns:       {} for {}, other names {}\n",
+            dns.address,
+            dns.cluster_domain,
+            dns.upstream.as_deref().map_or("refused".to_owned(), |u| format!("to {u}"))
+        ),
+        None => "dns:       off\n".to_owned(),
+    };
     out += &format!("\nconntrack: {} live entries at the last sweep\n", agent.conntrack_entries);
     out += "\nMAP             USED  CAPACITY  FILL\n";
     for map in &agent.maps {

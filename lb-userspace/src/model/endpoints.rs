@@ -136,6 +136,7 @@ pub(super) fn realise(
                             terminating: pod.terminating,
                             node_name: pod.node_name.map(str::to_owned),
                             target: Some(pod.name.to_owned()),
+                            hostname: pod.hostname_under(&spec.name.name).map(str::to_owned),
                             hints: Hints::default(),
                         },
                     );
@@ -157,6 +158,7 @@ pub(super) fn realise(
                                 terminating: b.terminating,
                                 node_name: b.node_name.clone(),
                                 target: b.target.clone(),
+                                hostname: b.hostname.clone(),
                                 hints: b.hints.clone(),
                             },
                         );

@@ -13,6 +13,9 @@ pub(super) struct PodInfo<'a> {
     pub(super) terminating: bool,
     pub(super) node_name: Option<&'a str>,
     pub(super) containers: &'a [core::Container],
+    /// `spec.hostname` and `spec.subdomain`.
+    hostname: Option<&'a str>,
+    subdomain: Option<&'a str>,
 }
 
 impl<'a> PodInfo<'a> {
@@ -57,11 +60,19 @@ impl<'a> PodInfo<'a> {
             terminating: meta.deletion_timestamp.is_some(),
             node_name: spec.and_then(|s| s.node_name.as_deref()),
             containers: spec.map(|s| s.containers.as_slice()).unwrap_or_default(),
+            hostname: spec.and_then(|s| s.hostname.as_deref()),
+            subdomain: spec.and_then(|s| s.subdomain.as_deref()),
         }))
     }
 
     pub(super) fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
         selector.iter().all(|(k, v)| self.labels.and_then(|l| l.get(k)) == Some(v))
+    }
+
+    /// The pod's hostname in the DNS of `service`, as the endpoints
+    /// controller gives it: only when its subdomain is that Service.
+    pub(super) fn hostname_under(&self, service: &str) -> Option<&'a str> {
+        self.hostname.filter(|_| self.subdomain == Some(service))
     }
 
     /// The number a container port name stands for in this pod.

@@ -16,6 +16,7 @@ pub(super) struct Backend {
     pub(super) terminating: bool,
     pub(super) node_name: Option<String>,
     pub(super) target: Option<String>,
+    pub(super) hostname: Option<String>,
     pub(super) hints: Hints,
 }
 
@@ -37,6 +38,7 @@ impl Group {
                             terminating: false,
                             node_name: address.node_name.clone(),
                             target: address.target_ref.as_ref().and_then(|t| t.name.clone()),
+                            hostname: address.hostname.clone(),
                             hints: Hints::default(),
                         }),
                         Err(reason) => errors.push(invalid(
@@ -114,6 +116,7 @@ impl Group {
                 terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
                 node_name: endpoint.node_name.clone(),
                 target: endpoint.target_ref.as_ref().and_then(|t| t.name.clone()),
+                hostname: endpoint.hostname.clone(),
                 hints: Hints {
                     zones: endpoint
                         .hints

@@ -258,6 +258,9 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     /// The pod's name, when the endpoint is a pod.
     pub target: Option<String>,
+    /// Its DNS name under a headless Service: the pod's `spec.hostname`
+    /// when its `spec.subdomain` is the Service, or the slice's `hostname`.
+    pub hostname: Option<String>,
     pub hints: Hints,
 }
 

@@ -1167,6 +1167,7 @@ mod tests {
             terminating: false,
             node_name: None,
             target: None,
+            hostname: None,
             hints: Default::default(),
         }
     }

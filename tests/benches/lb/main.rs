@@ -8,6 +8,7 @@ mod chart;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod control_plane;
+mod dns;
 mod maglev;
 mod per_packet;
 mod synthetic;
@@ -36,6 +37,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("bulk", bulk::run),
     ("control_plane", control_plane::run),
     ("maglev", maglev::run),
+    ("dns", dns::run),
 ];
 
 /// The median of `values` and half their range.

@@ -73,6 +73,7 @@ fn endpoint(family: Family, addr: Ipv4Addr, port: u16, node: Option<&str>) -> En
         terminating: false,
         node_name: node.map(str::to_owned),
         target: None,
+        hostname: None,
         hints: Default::default(),
     }
 }
