@@ -402,3 +402,36 @@ fn a_headless_service_from_the_api_server_is_named_by_its_endpoint_slices() {
     let (answer, _) = dig_until(&client.ns, &name, TIMEOUT, |d| d.status == "NXDOMAIN");
     assert_eq!(answer.status, "NXDOMAIN");
 }
+
+#[test]
+fn until_the_api_server_is_listed_the_cluster_domain_fails_instead_of_being_denied() {
+    require_root();
+    let node = Node::new().unwrap();
+    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
+    let api = ApiServer::start_in(&node.ns).unwrap();
+    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.ns.name()}})).unwrap();
+    let dir = TempDir::new("dns");
+    let kubeconfig = dir.0.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    api.stop();
+    node.ns.exec(&["ip", "addr", "add", &format!("{DNS_IP}/32"), "dev", "lo"]).unwrap();
+    let dns = dns_addr().to_string();
+    let args = ["--pod-device", POD_DEVICE_PATTERN, "--dns-address", &dns];
+    let mut agent = AgentProcess::start_api_until(&node, &kubeconfig, &args, "DNS responder listening").unwrap();
+    // Nothing listed yet: SERVFAIL, which a resolver does not cache as a
+    // missing name (a restarted agent's first moments).
+    let name = ["kubia.default.svc.cluster.local", "A"];
+    assert_eq!(dig(&client.ns, dns_addr(), &name).unwrap().status, "SERVFAIL");
+    // Listed: the Service is answered, a missing one denied.
+    api.apply(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "kubia", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [{"port": 80, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    api.restart().unwrap();
+    agent.wait_for_log("first sync", Duration::from_secs(30)).unwrap();
+    assert_eq!(dig(&client.ns, dns_addr(), &name).unwrap().data(), ["10.96.0.10"]);
+    assert_eq!(dig(&client.ns, dns_addr(), &["nosuch.default.svc.cluster.local"]).unwrap().status, "NXDOMAIN");
+}

@@ -146,7 +146,7 @@ impl AgentMetrics {
         );
         registry.register(
             "lb_dns_responses",
-            "Answers of the DNS responder by kind: answer, nodata, nxdomain, forwarded, refused, servfail, formerr, notimp, badvers",
+            "Answers of the DNS responder by kind: answer, nodata, nxdomain, notsynced, forwarded, refused, servfail, formerr, notimp, badvers",
             m.dns_responses.clone(),
         );
         registry.register("lb_build", "The agent's version", Info::new([("version", env!("CARGO_PKG_VERSION"))]));

@@ -84,7 +84,7 @@ impl DnsServer {
         let nameserver = Some(opts.address.ip()).filter(|ip| !ip.is_unspecified());
         let zone_opts =
             Arc::new(ZoneOptions { domain, ttl: opts.ttl, service_cidrs: opts.service_cidrs.clone(), nameserver });
-        let (zone, current) = watch::channel(Arc::new(Zone::empty(Arc::clone(&zone_opts))));
+        let (zone, current) = watch::channel(Arc::new(Zone::not_synced(Arc::clone(&zone_opts))));
         let listen = |what, ty| {
             listener(opts.address, ty).map_err(|source| DnsError::Listen { address: opts.address, what, source })
         };
@@ -205,6 +205,10 @@ impl Responder {
             Answer::NxDomain => {
                 metadata.response_code = ResponseCode::NXDomain;
                 ("nxdomain", response.send_response(builder().build(metadata, [], [], &soa, [])).await)
+            }
+            Answer::NotSynced => {
+                let failed = builder().error_msg(&request.metadata, ResponseCode::ServFail);
+                ("notsynced", response.send_response(failed).await)
             }
             Answer::Elsewhere => return self.forward(request, builder(), response).await,
         };

@@ -33,6 +33,9 @@ pub enum Answer {
     /// Neither the cluster domain nor a reverse name of ours: forwarded
     /// upstream, or refused.
     Elsewhere,
+    /// Ours, but the agent has no complete model yet (it has just started):
+    /// SERVFAIL, which resolvers retry, where NXDOMAIN would be cached.
+    NotSynced,
 }
 
 /// Settings that do not come from the model.
@@ -51,6 +54,8 @@ pub struct ZoneOptions {
 
 pub struct Zone {
     opts: Arc<ZoneOptions>,
+    /// Built from a complete model; the empty zone before the first is not.
+    synced: bool,
     /// The SOA's serial: the zone's build time, in seconds.
     serial: u32,
     services: BTreeMap<ServiceName, Arc<Service>>,
@@ -75,12 +80,12 @@ impl Zone {
                 }
             }
         }
-        Zone { opts, serial, services: services.clone(), reverse }
+        Zone { opts, synced: true, serial, services: services.clone(), reverse }
     }
 
-    /// An empty zone: the cluster domain exists, no Service does yet.
-    pub fn empty(opts: Arc<ZoneOptions>) -> Self {
-        Zone::new(&BTreeMap::new(), opts, 0)
+    /// The zone before the first complete model: it answers nothing of its own.
+    pub fn not_synced(opts: Arc<ZoneOptions>) -> Self {
+        Zone { synced: false, ..Zone::new(&BTreeMap::new(), opts, 0) }
     }
 
     pub fn domain(&self) -> &Name {
@@ -101,11 +106,18 @@ impl Zone {
     /// Whether `name` is in the cluster domain or a reverse zone this zone
     /// answers for (so the answer is authoritative).
     pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Answer {
-        let domain = LowerName::new(&self.opts.domain);
-        if domain.zone_of(name) {
-            let relative = usize::from(name.num_labels() - domain.num_labels());
+        let answer = self.answer(name, qtype);
+        if self.synced || answer == Answer::Elsewhere { answer } else { Answer::NotSynced }
+    }
+
+    fn answer(&self, name: &LowerName, qtype: RecordType) -> Answer {
+        let domain = &self.opts.domain;
+        if LowerName::new(domain).zone_of(name) {
+            let name_labels = Name::from(name.clone());
+            // Counted by iterating: num_labels() leaves a leading `*` out.
+            let relative = name_labels.iter().count() - domain.iter().count();
             // Right to left below the domain: `svc`, namespace, Service, ...
-            let labels: Vec<String> = Name::from(name.clone())
+            let labels: Vec<String> = name_labels
                 .iter()
                 .take(relative)
                 .rev()
@@ -492,6 +504,20 @@ spec:
             assert_eq!(ask(&zone, name, qtype), [format!("{name} 5 CNAME someapi.somecompany.com.")]);
         }
         assert_eq!(ask(&zone, &format!("_http._tcp.{name}"), RecordType::SRV), ["NxDomain"]);
+    }
+
+    #[test]
+    fn before_the_first_model_its_own_names_are_not_denied_but_failed() {
+        let opts = Arc::new(ZoneOptions {
+            domain: Name::from_ascii("cluster.local.").unwrap(),
+            ttl: 5,
+            service_cidrs: ModelOptions::default().service_cidrs,
+            nameserver: None,
+        });
+        let zone = Zone::not_synced(opts);
+        assert_eq!(ask(&zone, "kubia.default.svc.cluster.local.", RecordType::A), ["NotSynced"]);
+        assert_eq!(ask(&zone, "10.0.96.10.in-addr.arpa.", RecordType::PTR), ["NotSynced"]);
+        assert_eq!(ask(&zone, "example.com.", RecordType::A), ["Elsewhere"]);
     }
 
     #[test]
