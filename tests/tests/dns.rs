@@ -49,6 +49,23 @@ spec:
     app: kubia
 ";
 
+/// A dual-stack Service with a named UDP port (no selector: only its
+/// names matter here).
+const DUAL_STACK: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: kubia-dual
+spec:
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIPs: [10.96.0.20, fd00:10:96::20]
+  ports:
+  - name: dns
+    port: 53
+    protocol: UDP
+";
+
 /// The seeds' ExternalName Service.
 const EXTERNAL: &str = "\
 apiVersion: v1
@@ -119,12 +136,23 @@ fn dig_finds_every_record_the_dns_specification_names() {
             ("kubia.yaml", KUBIA),
             ("headless.yaml", KUBIA_HEADLESS),
             ("external.yaml", EXTERNAL),
+            ("dual.yaml", DUAL_STACK),
             ("pods.yaml", &pods(&ips)),
         ],
-        &[],
+        &["--service-cidr", "10.96.0.0/12", "--service-cidr", "fd00:10:96::/112"],
     );
     let ns = &c.client.ns;
     let ask = |query: &[&str]| dig(ns, dns_addr(), query).unwrap();
+
+    // Dual stack: A and AAAA, SRV of a named UDP port, PTR in ip6.arpa.
+    let dual = "kubia-dual.default.svc.cluster.local";
+    assert_eq!(ask(&[dual, "A"]).data(), ["10.96.0.20"]);
+    assert_eq!(ask(&[dual, "AAAA"]).answer, [format!("{dual}. 5 IN AAAA fd00:10:96::20")]);
+    assert_eq!(ask(&[&format!("_dns._udp.{dual}"), "SRV"]).data(), [format!("0 100 53 {dual}.")]);
+    assert_eq!(ask(&["-x", "fd00:10:96::20"]).data(), [format!("{dual}.")]);
+    let unknown = ask(&["-x", "fd00:10:96::99"]);
+    assert_eq!(unknown.status, "NXDOMAIN");
+    assert!(unknown.authority[0].starts_with("ip6.arpa. 5 IN SOA "), "{unknown:?}");
 
     // A ClusterIP Service: its address, authoritative, with the TTL.
     let a = ask(&["kubia.default.svc.cluster.local", "A"]);
@@ -236,6 +264,14 @@ fn headless_answers_follow_readiness_and_a_deleted_service_is_nxdomain_within_a_
         dig(ns, dns_addr(), &["10-244-0-3.kubia-headless.default.svc.cluster.local"]).unwrap().status,
         "NXDOMAIN"
     );
+    let srv = dig(ns, dns_addr(), &["_http._tcp.kubia-headless.default.svc.cluster.local", "SRV"]).unwrap();
+    assert_eq!(
+        srv.data(),
+        [
+            "0 50 8080 10-244-0-4.kubia-headless.default.svc.cluster.local.",
+            "0 50 8080 web-0.kubia-headless.default.svc.cluster.local."
+        ]
+    );
 
     // publishNotReadyAddresses: the unready pod is named again.
     let publishing = KUBIA_HEADLESS.replace("clusterIP: None\n", "clusterIP: None\n  publishNotReadyAddresses: true\n");
@@ -243,7 +279,7 @@ fn headless_answers_follow_readiness_and_a_deleted_service_is_nxdomain_within_a_
     let (answer, _) = dig_until(ns, &name, TIMEOUT, |d| d.answer.len() == 3);
     assert_eq!(answer.data(), ["10.244.0.2", "10.244.0.3", "10.244.0.4"]);
 
-    // No pod ready and none published: NODATA, the name still exists.
+    // No pod ready and none published: the specification's NXDOMAIN.
     agent.write_manifest("headless.yaml", KUBIA_HEADLESS).unwrap();
     agent
         .write_manifest(
@@ -251,10 +287,13 @@ fn headless_answers_follow_readiness_and_a_deleted_service_is_nxdomain_within_a_
             &pods(&[(names[0], ip(0), false), (names[1], ip(1), false), (names[2], ip(2), false)]),
         )
         .unwrap();
-    let (answer, _) = dig_until(ns, &name, TIMEOUT, |d| d.answer.is_empty());
-    assert_eq!(answer.status, "NOERROR");
+    let (answer, _) = dig_until(ns, &name, TIMEOUT, |d| d.status == "NXDOMAIN");
+    assert_eq!(answer.status, "NXDOMAIN");
 
     // Deleted: NXDOMAIN within a second of the manifest's removal.
+    agent.write_manifest("pods.yaml", &all_ready).unwrap();
+    let (answer, _) = dig_until(ns, &name, TIMEOUT, |d| d.answer.len() == 3);
+    assert_eq!(answer.status, "NOERROR");
     agent.remove_manifest("headless.yaml").unwrap();
     let (answer, took) = dig_until(ns, &name, TIMEOUT, |d| d.status == "NXDOMAIN");
     assert_eq!(answer.status, "NXDOMAIN");
@@ -299,7 +338,8 @@ fn names_outside_the_cluster_domain_are_answered_by_the_upstream_server() {
     let node = Node::new().unwrap();
     let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
     let (dnsmasq, _dir) = upstream(&node, "192.0.2.50 api.example.test\n");
-    let agent = start_agent(&node, &[("external.yaml", EXTERNAL)], &["--dns-upstream", "127.0.0.1:5300"]);
+    let external = EXTERNAL.replace("someapi.somecompany.com", "api.example.test");
+    let agent = start_agent(&node, &[("external.yaml", &external)], &["--dns-upstream", "127.0.0.1:5300"]);
     let ns = &client.ns;
     let (answer, _) = dig_until(ns, &["api.example.test", "A"], TIMEOUT, |d| d.status == "NOERROR");
     assert_eq!(answer.answer, ["api.example.test. 0 IN A 192.0.2.50"], "{answer:?}");
@@ -309,11 +349,24 @@ fn names_outside_the_cluster_domain_are_answered_by_the_upstream_server() {
     let before = responses(&node);
     assert_eq!(dig(ns, dns_addr(), &["nosuch.example.test"]).unwrap().status, direct.status);
     assert_eq!(dig(ns, dns_addr(), &["+tcp", "api.example.test"]).unwrap().data(), ["192.0.2.50"]);
-    // The cluster domain is never forwarded.
-    assert_eq!(dig(ns, dns_addr(), &["external-service.default.svc.cluster.local"]).unwrap().answer.len(), 1);
+    // The cluster domain is never forwarded; an ExternalName's address is
+    // asked upstream and given with its alias.
+    let alias = dig(ns, dns_addr(), &["external-service.default.svc.cluster.local"]).unwrap();
+    assert_eq!(
+        alias.answer,
+        [
+            "external-service.default.svc.cluster.local. 5 IN CNAME api.example.test.",
+            "api.example.test. 0 IN A 192.0.2.50"
+        ]
+    );
+    assert!(alias.flags.contains(&"aa".to_owned()), "{alias:?}");
     let after = responses(&node);
     let added = |kind: &str| after.get(kind).unwrap_or(&0) - before.get(kind).unwrap_or(&0);
     assert_eq!((added("forwarded"), added("answer")), (2, 1), "{after:?}");
+    // The pod's libc resolver, through the search path, gets the address.
+    client.ns.set_resolv_conf(&pod_resolv_conf(DNS_IP)).unwrap();
+    let out = checked(client.ns.command_with_etc("getent").args(["ahostsv4", "external-service"])).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("192.0.2.50 "), "{out:?}");
     let status = agent.status(&node, &[]).unwrap();
     assert!(
         status.contains("dns:       169.254.20.10:53 for cluster.local, other names to 127.0.0.1:5300"),
@@ -399,8 +452,9 @@ fn a_headless_service_from_the_api_server_is_named_by_its_endpoint_slices() {
     let (answer, _) = dig_until(&client.ns, &name, TIMEOUT, |d| d.answer.len() == 1);
     assert_eq!(answer.data(), ["10.244.0.2"]);
     api.delete("Service", "default", "kubia-headless").unwrap();
-    let (answer, _) = dig_until(&client.ns, &name, TIMEOUT, |d| d.status == "NXDOMAIN");
+    let (answer, took) = dig_until(&client.ns, &name, TIMEOUT, |d| d.status == "NXDOMAIN");
     assert_eq!(answer.status, "NXDOMAIN");
+    assert!(took < Duration::from_secs(1), "NXDOMAIN only after {took:?}");
 }
 
 #[test]

@@ -158,3 +158,31 @@ fn a_device_without_native_xdp_is_refused_in_native_mode() {
     assert_refused(&mut cmd, "interface br0: xdp (native)");
     let _ = std::fs::remove_dir_all(bpf_dir);
 }
+
+/// A DNS responder that cannot serve stops the agent with one line naming
+/// the flag, before any map is pinned.
+#[test]
+fn dns_flags_that_cannot_serve_are_named_before_the_maps_are_touched() {
+    require_root();
+    let (node, manifests) = (Node::new().unwrap(), Manifests::new());
+    let bpf_dir = format!("/sys/fs/bpf/{}", unique_name("e"));
+    let taken = node.ns.run_in(|| std::net::UdpSocket::bind("127.0.0.1:5353").unwrap()).unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--dns-address", "0.0.0.0:53"],
+            "--dns-address 0.0.0.0:53: give one of the node's addresses, not a wildcard",
+        ),
+        (&["--dns-address", "127.0.0.1:5353"], "--dns-address 127.0.0.1:5353: udp: Address already in use"),
+        (&["--dns-address", "127.0.0.1:53", "--cluster-domain", "a..b"], "--cluster-domain \"a..b\""),
+        (
+            &["--dns-address", "127.0.0.1:53", "--dns-upstream", "127.0.0.1:53"],
+            "--dns-upstream 127.0.0.1:53: the responder's own address would forward to itself",
+        ),
+    ];
+    for (dns, needle) in cases {
+        let args = [&["--pod-device", "h-*", "--bpf-dir", &bpf_dir][..], dns].concat();
+        assert_refused(&mut run_in_node(&node, &manifests, &args), needle);
+        assert!(!std::path::Path::new(&bpf_dir).exists(), "{needle}: the maps were pinned");
+    }
+    drop(taken);
+}

@@ -158,6 +158,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ),
         SourceConfig::Api(api) => Source::Api(ApiSource::start(api, &config.node_name, config.dns.is_some()).await?),
     };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let agent_metrics = AgentMetrics::register(&mut registry);
+    // Before the maps are touched, so that a bad DNS flag or a taken port
+    // stops nothing but this start; it answers from the first complete model on.
+    let dns = config.dns.as_ref().map(|opts| DnsServer::start(opts, Arc::clone(&agent_metrics))).transpose()?;
     // On a thread of its own: the API source's watchers run on this one.
     let (bpf_dir, load) = (config.bpf_dir.clone(), config.load.clone());
     let (datapath, mut maps, logger) = tokio::task::spawn_blocking(move || Datapath::load(&bpf_dir, &load))
@@ -173,8 +178,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Ok(cleared) => info!(cleared, "cleared the backends no list names"),
         Err(err) => error!("clearing the backends no list names failed: {err}"),
     }
-    let mut registry = prometheus_client::registry::Registry::default();
-    let agent_metrics = AgentMetrics::register(&mut registry);
     let agent_status = Arc::new(SharedStatus::new(initial_status(&config)));
     if let Some(addr) = config.metrics_bind {
         // A handle of its own on the maps just pinned, read by the scrapes.
@@ -184,8 +187,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
         metrics::serve_metrics(addr, registry, Arc::clone(&agent_status));
     }
-    // Listening from the start; it answers from the first complete model on.
-    let dns = config.dns.as_ref().map(|opts| DnsServer::start(opts, Arc::clone(&agent_metrics))).transpose()?;
     let (node_name, cluster_ips_external) = (config.node_name.clone(), config.cluster_ips_external);
     let nodeport_localhost = config.nodeport_localhost;
     let mut agent = Agent {

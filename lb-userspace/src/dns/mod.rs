@@ -16,8 +16,8 @@ use std::{
 };
 
 use hickory_proto::{
-    op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode},
-    rr::{DNSClass, Name},
+    op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode},
+    rr::{DNSClass, Name, RData, Record, RecordType, rdata::CNAME},
 };
 use hickory_server::{
     Server,
@@ -30,7 +30,7 @@ use thiserror::Error;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
-    sync::watch,
+    sync::{Semaphore, watch},
 };
 use tracing::{info, warn};
 
@@ -40,8 +40,11 @@ use crate::{
 };
 use zone::{Answer, Zone, ZoneOptions};
 
-/// How long a forwarded question waits for the upstream server.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a forwarded question waits for each of its two tries.
+const UPSTREAM_TRY: Duration = Duration::from_secs(1);
+/// Forwarded questions waiting at once; beyond, SERVFAIL at once, so that a
+/// silent upstream cannot exhaust the agent's file descriptors.
+const MAX_FORWARDS: usize = 256;
 /// How long a TCP client may stay idle between questions.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -49,10 +52,16 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum DnsError {
     #[error("--cluster-domain {domain:?}: {reason}")]
     Domain { domain: String, reason: String },
-    #[error("--dns-address {address}: {what}: {source}")]
+    #[error("--dns-address {address}: {what}")]
     Listen { address: SocketAddr, what: &'static str, source: std::io::Error },
     #[error("the DNS responder's thread: {0}")]
     Runtime(std::io::Error),
+    #[error(
+        "--dns-address {0}: give one of the node's addresses, not a wildcard (UDP answers would leave from whatever address the route to the client has)"
+    )]
+    Wildcard(SocketAddr),
+    #[error("--dns-upstream {0}: the responder's own address would forward to itself")]
+    UpstreamIsSelf(SocketAddr),
 }
 
 #[derive(Clone, Debug)]
@@ -81,7 +90,13 @@ impl DnsServer {
             return Err(domain_error("the root cannot be the cluster domain".into()));
         }
         domain.set_fqdn(true);
-        let nameserver = Some(opts.address.ip()).filter(|ip| !ip.is_unspecified());
+        if opts.address.ip().is_unspecified() {
+            return Err(DnsError::Wildcard(opts.address));
+        }
+        if opts.upstream == Some(opts.address) {
+            return Err(DnsError::UpstreamIsSelf(opts.address));
+        }
+        let nameserver = Some(opts.address.ip());
         let zone_opts =
             Arc::new(ZoneOptions { domain, ttl: opts.ttl, service_cidrs: opts.service_cidrs.clone(), nameserver });
         let (zone, current) = watch::channel(Arc::new(Zone::not_synced(Arc::clone(&zone_opts))));
@@ -89,8 +104,13 @@ impl DnsServer {
             listener(opts.address, ty).map_err(|source| DnsError::Listen { address: opts.address, what, source })
         };
         let (udp, tcp) = (listen("udp", Type::DGRAM)?, listen("tcp", Type::STREAM)?);
-        let responder =
-            Responder { zone: current, upstream: opts.upstream, upstream_failing: AtomicBool::new(false), metrics };
+        let responder = Responder {
+            zone: current,
+            upstream: opts.upstream,
+            forwards: Semaphore::new(MAX_FORWARDS),
+            upstream_failing: AtomicBool::new(false),
+            metrics,
+        };
         // A thread and runtime of its own: the control loop's passes, which
         // take a while at thousands of Services, never delay an answer.
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DnsError::Runtime)?;
@@ -143,6 +163,8 @@ fn listener(address: SocketAddr, ty: Type) -> std::io::Result<Socket> {
 struct Responder {
     zone: watch::Receiver<Arc<Zone>>,
     upstream: Option<SocketAddr>,
+    /// Bounds the forwarded questions in flight.
+    forwards: Semaphore,
     /// Whether the last forwarded question failed: said once per outage.
     upstream_failing: AtomicBool,
     metrics: Arc<AgentMetrics>,
@@ -187,18 +209,24 @@ impl Responder {
         let Ok(info) = request.request_info() else {
             return ("formerr", response.send_response(error(ResponseCode::FormErr)).await.ok());
         };
-        let query = info.query;
+        let (name, qtype) = (info.query.original().name(), info.query.query_type());
         let zone = Arc::clone(&self.zone.borrow());
-        let answer = match query.query_class() {
-            DNSClass::IN | DNSClass::ANY => zone.lookup(query.name(), query.query_type()),
+        let mut answer = match info.query.query_class() {
+            DNSClass::IN | DNSClass::ANY => zone.lookup(name, qtype),
             _ => Answer::Elsewhere,
         };
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
-        let soa = [zone.soa()];
-        let (outcome, sent) = match &answer {
+        let soa = [zone.soa_for(name)];
+        let (outcome, sent) = match &mut answer {
             Answer::Records { answers, additionals } => {
-                let message = builder().build(metadata, answers, [], [], additionals);
+                // An ExternalName outside the domain: the upstream server's
+                // records of its target too, as CoreDNS adds them (a stub
+                // resolver such as glibc's does not chase the alias).
+                if let Some(target) = external_target(answers, qtype, zone.domain()) {
+                    answers.extend(self.resolve_elsewhere(target, qtype, request.protocol()).await);
+                }
+                let message = builder().build(metadata, answers.iter(), [], [], additionals.iter());
                 ("answer", response.send_response(message).await)
             }
             Answer::NoData => ("nodata", response.send_response(builder().build(metadata, [], [], &soa, [])).await),
@@ -228,69 +256,141 @@ impl Responder {
             let refused = builder.error_msg(&request.metadata, ResponseCode::Refused);
             return ("refused", response.send_response(refused).await.ok());
         };
-        match ask_upstream(upstream, request).await {
-            Ok(answer) => {
-                if self.upstream_failing.swap(false, Ordering::Relaxed) {
-                    info!(%upstream, "--dns-upstream answers again");
-                }
+        let Ok(_permit) = self.forwards.try_acquire() else {
+            let busy = builder.error_msg(&request.metadata, ResponseCode::ServFail);
+            return ("servfail", response.send_response(busy).await.ok());
+        };
+        let asked = request.queries.queries().first().map(|q| q.original().clone());
+        let tcp = request.protocol() != Protocol::Udp;
+        match self.note(upstream, ask_upstream(upstream, tcp, request.as_slice(), asked.as_ref()).await) {
+            Some(answer) => {
                 let mut metadata = Metadata::response_from_request(&request.metadata);
                 metadata.response_code = answer.metadata.response_code;
                 metadata.recursion_available = answer.metadata.recursion_available;
+                metadata.authentic_data = answer.metadata.authentic_data;
                 metadata.truncation = answer.metadata.truncation;
                 let message = builder.build(metadata, &answer.answers, &answer.authorities, [], &answer.additionals);
                 ("forwarded", response.send_response(message).await.ok())
             }
-            Err(err) => {
-                if !self.upstream_failing.swap(true, Ordering::Relaxed) {
-                    warn!(%upstream, "--dns-upstream: {err} (answering SERVFAIL until it answers again)");
-                }
+            None => {
                 let failed = builder.error_msg(&request.metadata, ResponseCode::ServFail);
                 ("servfail", response.send_response(failed).await.ok())
             }
         }
     }
+
+    /// The upstream server's records for `name` (its aliases and
+    /// addresses); none without an upstream server or an answer.
+    async fn resolve_elsewhere(&self, name: Name, qtype: RecordType, protocol: Protocol) -> Vec<Record> {
+        let (Some(upstream), Ok(_permit)) = (self.upstream, self.forwards.try_acquire()) else { return Vec::new() };
+        let mut message = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        let query = Query::query(name, qtype);
+        message.add_query(query.clone());
+        let Ok(bytes) = message.to_vec() else { return Vec::new() };
+        let answer = ask_upstream(upstream, protocol != Protocol::Udp, &bytes, Some(&query)).await;
+        self.note(upstream, answer).map(|a| a.answers).unwrap_or_default()
+    }
+
+    /// The answer, if any; an outage of the upstream server said once.
+    fn note(&self, upstream: SocketAddr, answer: Result<Message, String>) -> Option<Message> {
+        match answer {
+            Ok(answer) => {
+                if self.upstream_failing.swap(false, Ordering::Relaxed) {
+                    info!(%upstream, "--dns-upstream answers again");
+                }
+                Some(answer)
+            }
+            Err(err) => {
+                if !self.upstream_failing.swap(true, Ordering::Relaxed) {
+                    warn!(%upstream, "--dns-upstream: {err} (answering SERVFAIL until it answers again)");
+                }
+                None
+            }
+        }
+    }
 }
 
-/// The upstream server's answer to the request, asked as the client asked
-/// (UDP or TCP), its id and question checked.
-async fn ask_upstream(upstream: SocketAddr, request: &Request) -> Result<Message, String> {
-    let question = request.as_slice();
-    let exchange = async {
-        let bytes = if request.protocol() == Protocol::Udp {
-            let local: SocketAddr = match upstream.ip() {
-                IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-                IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-            };
-            let socket = UdpSocket::bind(local).await?;
-            socket.connect(upstream).await?;
-            socket.send(question).await?;
-            let mut buffer = vec![0; 65535];
-            loop {
-                let len = socket.recv(&mut buffer).await?;
-                // Anything but the answer to this id is a stray datagram.
-                if len >= 2 && buffer[..2] == question[..2] {
-                    buffer.truncate(len);
-                    break buffer;
-                }
-            }
-        } else {
-            let mut stream = TcpStream::connect(upstream).await?;
-            let len = u16::try_from(question.len()).map_err(std::io::Error::other)?;
-            stream.write_all(&[&len.to_be_bytes()[..], question].concat()).await?;
-            let len = usize::from(stream.read_u16().await?);
-            let mut buffer = vec![0; len];
-            stream.read_exact(&mut buffer).await?;
-            buffer
+/// The target of an answer that ends in an alias out of the cluster domain,
+/// when an address was asked.
+fn external_target(answers: &[Record], qtype: RecordType, domain: &Name) -> Option<Name> {
+    if !matches!(qtype, RecordType::A | RecordType::AAAA) {
+        return None;
+    }
+    match answers.last().map(|r| &r.data) {
+        Some(RData::CNAME(CNAME(target))) if !domain.zone_of(target) => Some(target.clone()),
+        _ => None,
+    }
+}
+
+/// A query id for the agent's own questions (the clients' ids are kept
+/// on the questions it relays): from the clock's nanoseconds, enough for
+/// one question on a fresh socket of an ephemeral port.
+fn rand_id() -> u16 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u16)
+}
+
+/// The upstream server's answer to `question` (encoded, `asked` its
+/// question), over TCP or UDP (tried twice), its id and question checked.
+async fn ask_upstream(
+    upstream: SocketAddr,
+    tcp: bool,
+    question: &[u8],
+    asked: Option<&Query>,
+) -> Result<Message, String> {
+    // A lost datagram is asked again; a TCP connection loses nothing.
+    let (tries, each) = if tcp { (1, UPSTREAM_TRY * 2) } else { (2, UPSTREAM_TRY) };
+    let mut bytes = Err("no answer".to_owned());
+    for _ in 0..tries {
+        bytes = match tokio::time::timeout(each, exchange(upstream, tcp, question)).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", UPSTREAM_TRY * 2)),
         };
-        Ok::<_, std::io::Error>(bytes)
+        if bytes.is_ok() {
+            break;
+        }
+    }
+    let answer = Message::from_vec(&bytes?).map_err(|e| format!("its answer does not parse: {e}"))?;
+    let same_question = match (asked, answer.queries.first()) {
+        (Some(asked), Some(answered)) => asked.name() == answered.name() && asked.query_type() == answered.query_type(),
+        (None, _) => true,
+        (Some(_), None) => false,
     };
-    let bytes = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("no answer within {UPSTREAM_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
-    let answer = Message::from_vec(&bytes).map_err(|e| format!("its answer does not parse: {e}"))?;
-    if answer.metadata.id != request.metadata.id || answer.metadata.message_type != MessageType::Response {
+    if answer.metadata.id != u16::from_be_bytes([question[0], question[1]])
+        || answer.metadata.message_type != MessageType::Response
+        || !same_question
+    {
         return Err("it answered another question".into());
     }
     Ok(answer)
+}
+
+/// One question and its answer's bytes: on a fresh UDP socket (a datagram
+/// of another id is stray and skipped), or a TCP connection of its own.
+async fn exchange(upstream: SocketAddr, tcp: bool, question: &[u8]) -> std::io::Result<Vec<u8>> {
+    if tcp {
+        let mut stream = TcpStream::connect(upstream).await?;
+        let len = u16::try_from(question.len()).map_err(std::io::Error::other)?;
+        stream.write_all(&[&len.to_be_bytes()[..], question].concat()).await?;
+        let len = usize::from(stream.read_u16().await?);
+        let mut buffer = vec![0; len];
+        stream.read_exact(&mut buffer).await?;
+        return Ok(buffer);
+    }
+    let local: SocketAddr = match upstream.ip() {
+        IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(upstream).await?;
+    socket.send(question).await?;
+    let mut buffer = vec![0; 65535];
+    loop {
+        let len = socket.recv(&mut buffer).await?;
+        if len >= 12 && buffer[..2] == question[..2] {
+            buffer.truncate(len);
+            return Ok(buffer);
+        }
+    }
 }

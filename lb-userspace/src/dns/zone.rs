@@ -11,7 +11,7 @@ use std::{
 };
 
 use hickory_proto::rr::{
-    LowerName, Name, RData, Record, RecordType,
+    Name, RData, Record, RecordType,
     rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT},
 };
 
@@ -103,34 +103,59 @@ impl Zone {
         Record::from_rdata(domain.clone(), self.opts.ttl, RData::SOA(soa))
     }
 
-    /// Whether `name` is in the cluster domain or a reverse zone this zone
-    /// answers for (so the answer is authoritative).
-    pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Answer {
-        let answer = self.answer(name, qtype);
-        if self.synced || answer == Answer::Elsewhere { answer } else { Answer::NotSynced }
+    /// The answer to `name` (records are owned by it as asked, case kept),
+    /// an alias within the domain followed to its records.
+    pub fn lookup(&self, name: &Name, qtype: RecordType) -> Answer {
+        let mut answer = self.answer(name, qtype);
+        if !self.synced && answer != Answer::Elsewhere {
+            return Answer::NotSynced;
+        }
+        // An ExternalName naming another name of the domain: its records
+        // too, as a resolver asking for an address expects (a bounded chain).
+        let mut target = cname_target(&answer, qtype);
+        for _ in 0..8 {
+            let Some(next) = target.filter(|t| self.opts.domain.zone_of(t)) else { break };
+            let more = self.answer(&next, qtype);
+            target = cname_target(&more, qtype);
+            if let (Answer::Records { answers, additionals }, Answer::Records { answers: a, additionals: d }) =
+                (&mut answer, more)
+            {
+                answers.extend(a);
+                additionals.extend(d);
+            }
+        }
+        answer
     }
 
-    fn answer(&self, name: &LowerName, qtype: RecordType) -> Answer {
+    /// The SOA a negative answer for `name` carries: the reverse zone's for
+    /// reverse names, else the cluster domain's.
+    pub fn soa_for(&self, name: &Name) -> Record {
+        let mut soa = self.soa();
+        for reverse in ["in-addr.arpa.", "ip6.arpa."] {
+            let zone = Name::from_ascii(reverse).expect("a valid name");
+            if zone.zone_of(name) {
+                soa.name = zone;
+            }
+        }
+        soa
+    }
+
+    fn answer(&self, name: &Name, qtype: RecordType) -> Answer {
         let domain = &self.opts.domain;
-        if LowerName::new(domain).zone_of(name) {
-            let name_labels = Name::from(name.clone());
+        if domain.zone_of(name) {
             // Counted by iterating: num_labels() leaves a leading `*` out.
-            let relative = name_labels.iter().count() - domain.iter().count();
+            let relative = name.iter().count() - domain.iter().count();
             // Right to left below the domain: `svc`, namespace, Service, ...
-            let labels: Vec<String> = name_labels
-                .iter()
-                .take(relative)
-                .rev()
-                .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
-                .collect();
+            let labels: Vec<String> =
+                name.iter().take(relative).rev().map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
             let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
             return self.in_domain(name, &labels, qtype);
         }
         self.reverse_lookup(name, qtype)
     }
 
-    fn in_domain(&self, name: &LowerName, labels: &[&str], qtype: RecordType) -> Answer {
-        let owner = Name::from(name.clone());
+    fn in_domain(&self, owner: &Name, labels: &[&str], qtype: RecordType) -> Answer {
+        let owner = owner.clone();
         let domain = &self.opts.domain;
         match labels {
             [] => {
@@ -186,6 +211,11 @@ impl Zone {
             };
         }
         let headless = is_headless(service);
+        // The specification: a headless Service without ready endpoints
+        // does not exist, nor do the names below it.
+        if headless && ready_hosts(service).next().is_none() {
+            return Answer::NxDomain;
+        }
         match rest {
             [] => {
                 let addresses: Vec<IpAddr> = if headless {
@@ -239,8 +269,7 @@ impl Zone {
         }
     }
 
-    fn reverse_lookup(&self, name: &LowerName, qtype: RecordType) -> Answer {
-        let owner = Name::from(name.clone());
+    fn reverse_lookup(&self, owner: &Name, qtype: RecordType) -> Answer {
         let Ok(net) = owner.parse_arpa_name() else { return Answer::Elsewhere };
         if net.prefix_len() != net.max_prefix_len() {
             return Answer::Elsewhere;
@@ -265,10 +294,22 @@ impl Zone {
     }
 }
 
-/// `<service>.<namespace>.svc.<domain>`; None for a name that is no DNS
-/// label (only possible for manifests the API server would refuse).
+/// `<service>.<namespace>.svc.<domain>`; None for a name too long for DNS
+/// (only possible for manifests the API server would refuse).
 pub fn service_name(domain: &Name, service: &ServiceName) -> Option<Name> {
     Name::from_ascii(format!("{}.{}.svc", service.name, service.namespace)).ok()?.append_name(domain).ok()
+}
+
+/// Where an alias answer points, when an address (or anything but the
+/// alias itself) was asked.
+fn cname_target(answer: &Answer, qtype: RecordType) -> Option<Name> {
+    match answer {
+        Answer::Records { answers, .. } if qtype != RecordType::CNAME => match answers.last().map(|r| &r.data) {
+            Some(RData::CNAME(CNAME(target))) => Some(target.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn nameserver_name(domain: &Name) -> Name {
@@ -391,7 +432,7 @@ spec:
     /// The answer's records as `name TTL TYPE data` lines, answers then
     /// (after `+`) additionals; or the kind of empty answer.
     fn ask(zone: &Zone, name: &str, qtype: RecordType) -> Vec<String> {
-        let name = LowerName::new(&Name::from_ascii(name).unwrap());
+        let name = Name::from_ascii(name).unwrap();
         let line = |r: &Record| format!("{} {} {} {}", r.name, r.ttl, r.record_type(), r.data);
         match zone.lookup(&name, qtype) {
             Answer::Records { answers, additionals } => {
@@ -504,6 +545,43 @@ spec:
             assert_eq!(ask(&zone, name, qtype), [format!("{name} 5 CNAME someapi.somecompany.com.")]);
         }
         assert_eq!(ask(&zone, &format!("_http._tcp.{name}"), RecordType::SRV), ["NxDomain"]);
+    }
+
+    #[test]
+    fn an_external_name_within_the_domain_brings_its_target_s_records() {
+        let yaml = SERVICES.replace("someapi.somecompany.com", "kubia.default.svc.cluster.local");
+        let zone = zone(&yaml);
+        let name = "external-service.other.svc.cluster.local.";
+        assert_eq!(
+            ask(&zone, name, RecordType::A),
+            [
+                format!("{name} 5 CNAME kubia.default.svc.cluster.local."),
+                "kubia.default.svc.cluster.local. 5 A 10.96.0.10".to_owned()
+            ]
+        );
+        assert_eq!(ask(&zone, name, RecordType::CNAME).len(), 1, "the alias alone when the alias is asked");
+    }
+
+    #[test]
+    fn answers_keep_the_case_asked_and_negative_ones_name_their_zone_s_soa() {
+        let zone = kubia();
+        assert_eq!(
+            ask(&zone, "Kubia.DEFAULT.svc.cluster.local.", RecordType::A),
+            ["Kubia.DEFAULT.svc.cluster.local. 5 A 10.96.0.10"]
+        );
+        let soa = |name: &str| zone.soa_for(&Name::from_ascii(name).unwrap()).name.to_string();
+        assert_eq!(soa("11.0.96.10.in-addr.arpa."), "in-addr.arpa.");
+        assert_eq!(soa("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa."), "ip6.arpa.");
+        assert_eq!(soa("nosuch.default.svc.cluster.local."), "cluster.local.");
+    }
+
+    #[test]
+    fn a_headless_service_without_ready_endpoints_does_not_exist() {
+        let zone = zone(&format!("{SERVICES}{}", pod("c", "10.244.1.4", false, "")));
+        let base = "kubia-headless.default.svc.cluster.local.";
+        assert_eq!(ask(&zone, base, RecordType::A), ["NxDomain"]);
+        assert_eq!(ask(&zone, &format!("_http._tcp.{base}"), RecordType::SRV), ["NxDomain"]);
+        assert_eq!(ask(&zone, "default.svc.cluster.local.", RecordType::A), ["NoData"], "its namespace still does");
     }
 
     #[test]

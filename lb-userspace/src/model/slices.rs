@@ -169,13 +169,18 @@ pub(super) fn add_endpoint(endpoints: &mut BTreeMap<(IpAddr, u16), Endpoint>, en
 pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// Each EndpointSlice's last change trigger time, by namespace and name;
-/// slices without one (or with one that does not parse) are left out.
+/// slices without one (or with one that does not parse), and headless
+/// Services' slices, are left out.
 pub fn change_trigger_times(objects: &Objects) -> BTreeMap<(String, String), std::time::SystemTime> {
     objects
         .endpoint_slices
         .iter()
         .filter_map(|slice| {
             let meta = &slice.object.metadata;
+            // A headless Service's slices (watched for DNS) program no map.
+            if meta.labels.as_ref().is_some_and(|l| l.contains_key(HEADLESS_LABEL)) {
+                return None;
+            }
             let text = meta.annotations.as_ref()?.get(LAST_CHANGE_TRIGGER_TIME)?;
             let time = humantime::parse_rfc3339_weak(text).ok()?;
             Some(((meta.namespace.clone()?, meta.name.clone()?), time))

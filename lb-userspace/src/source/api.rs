@@ -36,7 +36,7 @@ use super::{Objects, Sourced};
 /// kube-proxy's selector: Services and slices another proxy owns, and
 /// headless ones, are none of this agent's business.
 const PROXY_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
-/// The same, headless ones included: their slices are what DNS names.
+/// The same, headless ones included: DNS names them and their endpoints.
 const PROXY_SELECTOR_WITH_HEADLESS: &str = "!service.kubernetes.io/service-proxy-name";
 
 #[derive(Debug, Error)]
@@ -73,20 +73,17 @@ pub struct ApiSource {
 }
 
 impl ApiSource {
-    /// Starts the watchers; `headless`: with headless Services' slices
-    /// (for DNS). Returns at once: the server may be unreachable, in which
-    /// case the watchers retry with backoff and say so.
+    /// Starts the watchers; `headless`: headless Services and their slices
+    /// too (for DNS). Returns at once: the server may be unreachable, in
+    /// which case the watchers retry with backoff and say so.
     pub async fn start(config: &ApiConfig, node_name: &str, headless: bool) -> Result<Self, ApiError> {
         let client = client(config).await?;
         let (changed, changes) = watch::channel(0u64);
+        let selector = if headless { PROXY_SELECTOR_WITH_HEADLESS } else { PROXY_SELECTOR };
         let services =
-            reflect(Api::<Service>::all(client.clone()), watcher::Config::default().labels(PROXY_SELECTOR), &changed);
-        let slice_selector = if headless { PROXY_SELECTOR_WITH_HEADLESS } else { PROXY_SELECTOR };
-        let slices = reflect(
-            Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default().labels(slice_selector),
-            &changed,
-        );
+            reflect(Api::<Service>::all(client.clone()), watcher::Config::default().labels(selector), &changed);
+        let slices =
+            reflect(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default().labels(selector), &changed);
         let node_field = format!("metadata.name={node_name}");
         let node = reflect(Api::<Node>::all(client.clone()), watcher::Config::default().fields(&node_field), &changed);
         // Kubernetes 1.33 and later; on older servers its watcher reports
