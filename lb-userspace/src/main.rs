@@ -229,22 +229,29 @@ struct RunArgs {
     /// Where Prometheus metrics answer (`/metrics`, kube-proxy's port); empty for nowhere.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249", value_parser = parse_bind_address)]
     metrics_bind_address: BindAddress,
-    /// Answer DNS on this address (UDP and TCP), e.g. 169.254.20.10:53 on
-    /// the node's loopback: the cluster domain's names from the same model
-    /// the datapath is programmed from. Off unless given.
-    #[arg(long, value_name = "ADDR:PORT")]
-    dns_address: Option<std::net::SocketAddr>,
+    /// Answer DNS on this address (UDP and TCP): the cluster domain's names
+    /// from the same model the datapath is programmed from. Standalone
+    /// (--manifests) it is 169.254.20.10:53 (NodeLocal DNSCache's address,
+    /// answering once the node has it, e.g. on its loopback) unless given;
+    /// with the API server, off unless given (CoreDNS's job there). The
+    /// empty string turns it off.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_bind_address)]
+    dns_address: Option<BindAddress>,
     /// The domain the DNS responder is authoritative for.
-    #[arg(long, default_value = "cluster.local", requires = "dns_address")]
+    #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
     /// Where questions outside the cluster domain go (ADDR or ADDR:PORT);
     /// without it they are answered REFUSED.
-    #[arg(long, value_name = "ADDR[:PORT]", requires = "dns_address", value_parser = parse_upstream)]
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
     dns_upstream: Option<std::net::SocketAddr>,
     /// How long resolvers may cache an answer, negative ones too.
-    #[arg(long, default_value = "5s", requires = "dns_address", value_parser = parse_seconds)]
+    #[arg(long, default_value = "5s", value_parser = parse_seconds)]
     dns_ttl: u32,
 }
+
+/// Where the standalone agent answers DNS unless told: NodeLocal DNSCache's
+/// address, which the seeds' pods can be given as their nameserver.
+const DEFAULT_DNS_ADDRESS: ([u8; 4], u16) = ([169, 254, 20, 10], 53);
 
 /// A DNS server's address; port 53 when none is given.
 fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
@@ -479,6 +486,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|text| text.parse::<IpCidr>().map_err(|e| anyhow::anyhow!("--service-cidr {text}: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let service_cidrs = ModelOptions::service_cidrs(service_cidrs).context("--service-cidr")?;
+    let dns_address = match (args.dns_address, &source) {
+        (Some(BindAddress(given)), _) => given,
+        (None, SourceConfig::Manifests(_)) => Some(DEFAULT_DNS_ADDRESS.into()),
+        (None, SourceConfig::Api(_)) => None,
+    };
     let config = AgentConfig {
         source,
         load: LoadOptions {
@@ -521,7 +533,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         health_bind: args.health_bind_address.0,
         health_timeout: args.health_timeout,
         metrics_bind: args.metrics_bind_address.0,
-        dns: args.dns_address.map(|address| DnsOptions {
+        dns: dns_address.map(|address| DnsOptions {
             address,
             cluster_domain: args.cluster_domain,
             upstream: args.dns_upstream,

@@ -219,7 +219,9 @@ fn curl_http_kubia_from_a_pod_resolves_through_its_search_path() {
     require_root();
     let c = cluster(2);
     let ips: Vec<(&str, Ipv4Addr, bool)> = c.backends.iter().map(|p| (p.name.as_str(), p.ip, true)).collect();
-    let agent = start_agent(&c.node, &[("kubia.yaml", KUBIA), ("pods.yaml", &pods(&ips))], &[]);
+    // Standalone, the agent answers on 169.254.20.10:53 unless told otherwise.
+    c.node.ns.exec(&["ip", "addr", "add", &format!("{DNS_IP}/32"), "dev", "lo"]).unwrap();
+    let agent = AgentProcess::start(&c.node, &[("kubia.yaml", KUBIA), ("pods.yaml", &pods(&ips))]).unwrap();
     c.client.ns.set_resolv_conf(&pod_resolv_conf(DNS_IP)).unwrap();
     let backends: Vec<&str> = c.backends.iter().map(|p| p.name.as_str()).collect();
     // The seeds' short and longer forms, each through the pod's libc resolver.
