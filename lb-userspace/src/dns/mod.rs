@@ -217,7 +217,7 @@ impl Responder {
         };
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
-        let soa = [zone.soa_for(name)];
+        let soa = || [zone.soa_for(name)];
         let (outcome, sent) = match &mut answer {
             Answer::Records { answers, additionals } => {
                 // An ExternalName outside the domain: the upstream server's
@@ -229,10 +229,10 @@ impl Responder {
                 let message = builder().build(metadata, answers.iter(), [], [], additionals.iter());
                 ("answer", response.send_response(message).await)
             }
-            Answer::NoData => ("nodata", response.send_response(builder().build(metadata, [], [], &soa, [])).await),
+            Answer::NoData => ("nodata", response.send_response(builder().build(metadata, [], [], &soa(), [])).await),
             Answer::NxDomain => {
                 metadata.response_code = ResponseCode::NXDomain;
-                ("nxdomain", response.send_response(builder().build(metadata, [], [], &soa, [])).await)
+                ("nxdomain", response.send_response(builder().build(metadata, [], [], &soa(), [])).await)
             }
             Answer::NotSynced => {
                 let failed = builder().error_msg(&request.metadata, ResponseCode::ServFail);

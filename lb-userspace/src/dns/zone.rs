@@ -56,11 +56,13 @@ pub struct Zone {
     opts: Arc<ZoneOptions>,
     /// Built from a complete model; the empty zone before the first is not.
     synced: bool,
-    /// The SOA's serial: the zone's build time, in seconds.
-    serial: u32,
     services: BTreeMap<ServiceName, Arc<Service>>,
     /// PTR targets by address: Service IPs and headless Services' endpoints.
     reverse: HashMap<IpAddr, Vec<Name>>,
+    /// The apex's SOA, and the reverse zones that carry it too (renamed):
+    /// made once per model, not per question.
+    soa: Record,
+    reverse_zones: [Name; 2],
 }
 
 impl Zone {
@@ -80,7 +82,15 @@ impl Zone {
                 }
             }
         }
-        Zone { opts, synced: true, serial, services: services.clone(), reverse }
+        let domain = &opts.domain;
+        let ns = nameserver_name(domain);
+        let mailbox = Name::from_ascii("hostmaster").and_then(|h| h.append_name(domain)).unwrap_or_else(|_| ns.clone());
+        // Refresh, retry and expire matter only to secondaries, which this
+        // zone has none of; the values are CoreDNS's.
+        let soa = SOA::new(ns, mailbox, serial, 7200, 1800, 86400, opts.ttl);
+        let soa = Record::from_rdata(domain.clone(), opts.ttl, RData::SOA(soa));
+        let reverse_zones = ["in-addr.arpa.", "ip6.arpa."].map(|z| Name::from_ascii(z).expect("a valid name"));
+        Zone { opts, synced: true, services: services.clone(), reverse, soa, reverse_zones }
     }
 
     /// The zone before the first complete model: it answers nothing of its own.
@@ -94,13 +104,7 @@ impl Zone {
 
     /// The SOA record negative answers carry in their authority section.
     pub fn soa(&self) -> Record {
-        let domain = &self.opts.domain;
-        let ns = nameserver_name(domain);
-        let mailbox = Name::from_ascii("hostmaster").and_then(|h| h.append_name(domain)).unwrap_or_else(|_| ns.clone());
-        // Refresh, retry and expire matter only to secondaries, which this
-        // zone has none of; the values are CoreDNS's.
-        let soa = SOA::new(ns, mailbox, self.serial, 7200, 1800, 86400, self.opts.ttl);
-        Record::from_rdata(domain.clone(), self.opts.ttl, RData::SOA(soa))
+        self.soa.clone()
     }
 
     /// The answer to `name` (records are owned by it as asked, case kept),
@@ -131,11 +135,8 @@ impl Zone {
     /// reverse names, else the cluster domain's.
     pub fn soa_for(&self, name: &Name) -> Record {
         let mut soa = self.soa();
-        for reverse in ["in-addr.arpa.", "ip6.arpa."] {
-            let zone = Name::from_ascii(reverse).expect("a valid name");
-            if zone.zone_of(name) {
-                soa.name = zone;
-            }
+        if let Some(zone) = self.reverse_zones.iter().find(|zone| zone.zone_of(name)) {
+            soa.name = zone.clone();
         }
         soa
     }
@@ -196,7 +197,8 @@ impl Zone {
     /// `rest`: the labels below `<service>.<namespace>.svc`, right to left.
     fn service(&self, service: &Service, owner: Name, rest: &[&str], qtype: RecordType) -> Answer {
         let ttl = self.opts.ttl;
-        let Some(base) = service_name(&self.opts.domain, &service.name) else { return Answer::NxDomain };
+        // `<service>.<namespace>.svc.<domain>` as asked: the owner without `rest`.
+        let base = owner.trim_to(owner.iter().count() - rest.len());
         if service.service_type == ServiceType::ExternalName {
             let target = service.external_name.as_deref().and_then(|n| Name::from_ascii(n).ok());
             return match (rest, target) {
