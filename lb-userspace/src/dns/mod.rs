@@ -96,7 +96,7 @@ impl DnsServer {
         if opts.upstream == Some(opts.address) {
             return Err(DnsError::UpstreamIsSelf(opts.address));
         }
-        let nameserver = Some(opts.address.ip());
+        let nameserver = opts.address.ip();
         let zone_opts =
             Arc::new(ZoneOptions { domain, ttl: opts.ttl, service_cidrs: opts.service_cidrs.clone(), nameserver });
         let (zone, current) = watch::channel(Arc::new(Zone::not_synced(Arc::clone(&zone_opts))));

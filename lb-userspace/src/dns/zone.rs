@@ -47,9 +47,8 @@ pub struct ZoneOptions {
     pub ttl: u32,
     /// Reverse names of addresses in these and unknown are NXDOMAIN.
     pub service_cidrs: Vec<IpCidr>,
-    /// The responder's own address, for `ns.dns.<zone>`; none when it
-    /// listens on a wildcard address.
-    pub nameserver: Option<IpAddr>,
+    /// The responder's own address, for `ns.dns.<zone>`.
+    pub nameserver: IpAddr,
 }
 
 pub struct Zone {
@@ -66,7 +65,7 @@ pub struct Zone {
 }
 
 impl Zone {
-    /// The zone of `services` (the model's, shared, not copied).
+    /// The zone of `services` (the model's map of shared Services).
     pub fn new(services: &BTreeMap<ServiceName, Arc<Service>>, opts: Arc<ZoneOptions>, serial: u32) -> Self {
         let mut reverse: HashMap<IpAddr, Vec<Name>> = HashMap::new();
         for service in services.values() {
@@ -292,7 +291,7 @@ impl Zone {
 
     fn nameserver_records(&self) -> Vec<Record> {
         let name = nameserver_name(&self.opts.domain);
-        address_records(&name, self.opts.nameserver.as_slice(), self.opts.ttl)
+        address_records(&name, &[self.opts.nameserver], self.opts.ttl)
     }
 }
 
@@ -419,7 +418,7 @@ spec:
             domain: Name::from_ascii("cluster.local.").unwrap(),
             ttl: 5,
             service_cidrs: ModelOptions::default().service_cidrs,
-            nameserver: Some("169.254.20.10".parse().unwrap()),
+            nameserver: "169.254.20.10".parse().unwrap(),
         };
         Zone::new(&desired.services, Arc::new(opts), 1)
     }
@@ -592,7 +591,7 @@ spec:
             domain: Name::from_ascii("cluster.local.").unwrap(),
             ttl: 5,
             service_cidrs: ModelOptions::default().service_cidrs,
-            nameserver: None,
+            nameserver: "169.254.20.10".parse().unwrap(),
         });
         let zone = Zone::not_synced(opts);
         assert_eq!(ask(&zone, "kubia.default.svc.cluster.local.", RecordType::A), ["NotSynced"]);
