@@ -16,7 +16,7 @@ use lb_tests::{
     kubia::{TIMEOUT, cluster},
     netns::{ChildGuard, checked},
     require_root,
-    topology::{Node, POD_DEVICE_PATTERN},
+    topology::{Node, POD_DEVICE_PATTERN, Pod},
 };
 
 const KUBIA: &str = "\
@@ -83,13 +83,33 @@ fn dns_addr() -> SocketAddr {
     (DNS_IP.parse::<std::net::IpAddr>().unwrap(), 53).into()
 }
 
+/// Gives the node 169.254.20.10 on its loopback; the agent's arguments
+/// for its pod veths and its responder there, then `more`.
+fn dns_args<'a>(node: &Node, dns: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    node.ns.exec(&["ip", "addr", "add", &format!("{DNS_IP}/32"), "dev", "lo"]).unwrap();
+    [&["--pod-device", POD_DEVICE_PATTERN, "--dns-address", dns][..], more].concat()
+}
+
 /// The agent with its DNS responder on the node's 169.254.20.10:53.
 fn start_agent(node: &Node, manifests: &[(&str, &str)], more: &[&str]) -> AgentProcess {
-    node.ns.exec(&["ip", "addr", "add", &format!("{DNS_IP}/32"), "dev", "lo"]).unwrap();
     let dns = dns_addr().to_string();
-    let mut args = vec!["--pod-device", POD_DEVICE_PATTERN, "--dns-address", &dns];
-    args.extend_from_slice(more);
-    AgentProcess::start_with(node, manifests, &args).unwrap()
+    AgentProcess::start_with(node, manifests, &dns_args(node, &dns, more)).unwrap()
+}
+
+/// A node with a client pod (10.244.0.100).
+fn node_with_client() -> (Node, Pod) {
+    let node = Node::new().unwrap();
+    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
+    (node, client)
+}
+
+/// An API server double in `node` holding its Node, and a kubeconfig for it.
+fn api_server(node: &Node) -> (ApiServer, TempDir) {
+    let api = ApiServer::start_in(&node.ns).unwrap();
+    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.ns.name()}})).unwrap();
+    let dir = TempDir::new("dns");
+    api.write_kubeconfig(dir.0.join("kubeconfig")).unwrap();
+    (api, dir)
 }
 
 /// The pods' manifests, `kubia-0` with hostname `web-0` in subdomain
@@ -306,8 +326,7 @@ fn headless_answers_follow_readiness_and_a_deleted_service_is_nxdomain_within_a_
 #[test]
 fn a_headless_answer_too_big_for_udp_is_truncated_and_complete_over_tcp() {
     require_root();
-    let node = Node::new().unwrap();
-    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
+    let (node, client) = node_with_client();
     // 60 endpoints of a Service without selector: 60 A records, ~1 KB.
     let endpoints: String = (0..60).map(|i| format!("- addresses: [10.244.2.{}]\n", i + 1)).collect();
     let slice = format!(
@@ -337,8 +356,7 @@ fn upstream(node: &Node, hosts: &str) -> (ChildGuard, TempDir) {
 #[test]
 fn names_outside_the_cluster_domain_are_answered_by_the_upstream_server() {
     require_root();
-    let node = Node::new().unwrap();
-    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
+    let (node, client) = node_with_client();
     let (dnsmasq, _dir) = upstream(&node, "192.0.2.50 api.example.test\n");
     let external = EXTERNAL.replace("someapi.somecompany.com", "api.example.test");
     let agent = start_agent(&node, &[("external.yaml", &external)], &["--dns-upstream", "127.0.0.1:5300"]);
@@ -422,10 +440,8 @@ fn headless_slice(endpoints: &[(&str, &str, bool)]) -> Value {
 #[test]
 fn a_headless_service_from_the_api_server_is_named_by_its_endpoint_slices() {
     require_root();
-    let node = Node::new().unwrap();
-    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
-    let api = ApiServer::start_in(&node.ns).unwrap();
-    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.ns.name()}})).unwrap();
+    let (node, client) = node_with_client();
+    let (api, dir) = api_server(&node);
     api.apply(json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -434,14 +450,8 @@ fn a_headless_service_from_the_api_server_is_named_by_its_endpoint_slices() {
     }))
     .unwrap();
     api.apply(headless_slice(&[("10.244.0.2", "kubia-0", true), ("10.244.0.3", "kubia-1", true)])).unwrap();
-    let dir = TempDir::new("dns");
-    let kubeconfig = dir.0.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
-    node.ns.exec(&["ip", "addr", "add", &format!("{DNS_IP}/32"), "dev", "lo"]).unwrap();
     let dns = dns_addr().to_string();
-    let _agent =
-        AgentProcess::start_api(&node, &kubeconfig, &["--pod-device", POD_DEVICE_PATTERN, "--dns-address", &dns])
-            .unwrap();
+    let _agent = AgentProcess::start_api(&node, &dir.0.join("kubeconfig"), &dns_args(&node, &dns, &[])).unwrap();
     let name = ["kubia-headless.default.svc.cluster.local", "A"];
     let (answer, _) = dig_until(&client.ns, &name, TIMEOUT, |d| d.answer.len() == 2);
     assert_eq!(answer.data(), ["10.244.0.2", "10.244.0.3"]);
@@ -462,18 +472,13 @@ fn a_headless_service_from_the_api_server_is_named_by_its_endpoint_slices() {
 #[test]
 fn until_the_api_server_is_listed_the_cluster_domain_fails_instead_of_being_denied() {
     require_root();
-    let node = Node::new().unwrap();
-    let client = node.add_pod("client", Ipv4Addr::new(10, 244, 0, 100)).unwrap();
-    let api = ApiServer::start_in(&node.ns).unwrap();
-    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.ns.name()}})).unwrap();
-    let dir = TempDir::new("dns");
-    let kubeconfig = dir.0.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).unwrap();
+    let (node, client) = node_with_client();
+    let (api, dir) = api_server(&node);
     api.stop();
-    node.ns.exec(&["ip", "addr", "add", &format!("{DNS_IP}/32"), "dev", "lo"]).unwrap();
     let dns = dns_addr().to_string();
-    let args = ["--pod-device", POD_DEVICE_PATTERN, "--dns-address", &dns];
-    let mut agent = AgentProcess::start_api_until(&node, &kubeconfig, &args, "DNS responder listening").unwrap();
+    let args = dns_args(&node, &dns, &[]);
+    let mut agent =
+        AgentProcess::start_api_until(&node, &dir.0.join("kubeconfig"), &args, "DNS responder listening").unwrap();
     // Nothing listed yet: SERVFAIL, which a resolver does not cache as a
     // missing name (a restarted agent's first moments).
     let name = ["kubia.default.svc.cluster.local", "A"];
