@@ -322,9 +322,11 @@ fn is_headless(service: &Service) -> bool {
     service.service_type != ServiceType::ExternalName && service.cluster_ips.is_empty()
 }
 
-/// The ready endpoints of every port, one per address, sorted by address.
+/// The ready endpoints of every port (or of none, for a headless Service
+/// without ports), one per address, sorted by address.
 fn ready_hosts(service: &Service) -> impl Iterator<Item = &Endpoint> {
-    let mut ready: Vec<&Endpoint> = service.ports.iter().flat_map(|p| &p.endpoints).filter(|e| e.ready).collect();
+    let endpoints = service.ports.iter().flat_map(|p| &p.endpoints).chain(&service.portless_endpoints);
+    let mut ready: Vec<&Endpoint> = endpoints.filter(|e| e.ready).collect();
     ready.sort_by_key(|e| e.addr);
     ready.dedup_by_key(|e| e.addr);
     ready.into_iter()
@@ -525,6 +527,24 @@ spec:
         assert_eq!(
             ask(&zone, "2.1.244.10.in-addr.arpa.", RecordType::PTR),
             [format!("2.1.244.10.in-addr.arpa. 5 PTR web-0.{base}")]
+        );
+    }
+
+    #[test]
+    fn a_headless_service_without_ports_names_its_pods_and_its_slices_endpoints() {
+        let portless = "---\napiVersion: v1\nkind: Service\nmetadata: {name: bare}\nspec:\n  clusterIP: None\n  selector: {app: kubia}\n";
+        let bare = zone(&format!("{SERVICES}{portless}{}", pod("b", "10.244.1.3", true, "")));
+        assert_eq!(
+            ask(&bare, "bare.default.svc.cluster.local.", RecordType::A),
+            ["bare.default.svc.cluster.local. 5 A 10.244.1.3"]
+        );
+        assert_eq!(ask(&bare, "10-244-1-3.bare.default.svc.cluster.local.", RecordType::A).len(), 1);
+        let slice = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: manual-1\n  labels: {kubernetes.io/service-name: manual}\naddressType: IPv4\nendpoints: [{addresses: [10.244.9.9], hostname: db-0}]\n";
+        let manual = "---\napiVersion: v1\nkind: Service\nmetadata: {name: manual}\nspec:\n  clusterIP: None\n";
+        let manual = zone(&format!("{SERVICES}{manual}{slice}"));
+        assert_eq!(
+            ask(&manual, "db-0.manual.default.svc.cluster.local.", RecordType::A),
+            ["db-0.manual.default.svc.cluster.local. 5 A 10.244.9.9"]
         );
     }
 

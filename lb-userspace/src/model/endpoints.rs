@@ -108,6 +108,8 @@ pub(super) fn realise(
         _ => Vec::new(),
     };
     let single_port = spec.ports.len() == 1;
+    // A headless Service may have no ports; DNS still names its endpoints.
+    let portless = spec.ports.is_empty() && cluster_ips.is_empty() && !external;
     let ports = spec
         .ports
         .into_iter()
@@ -126,20 +128,7 @@ pub(super) fn realise(
                 };
                 // One endpoint per family, as the slices of each family list it.
                 for addr in &pod.addrs {
-                    add_endpoint(
-                        &mut endpoints,
-                        Endpoint {
-                            addr: *addr,
-                            port: number,
-                            ready: spec.publish_not_ready || (pod.ready && !pod.terminating),
-                            serving: pod.ready,
-                            terminating: pod.terminating,
-                            node_name: pod.node_name.map(str::to_owned),
-                            target: Some(pod.name.to_owned()),
-                            hostname: pod.hostname_under(&spec.name.name).map(str::to_owned),
-                            hints: Hints::default(),
-                        },
-                    );
+                    add_endpoint(&mut endpoints, pod.endpoint(*addr, number, &spec.name.name, spec.publish_not_ready));
                 }
             }
             for group in &groups {
@@ -148,20 +137,7 @@ pub(super) fn realise(
                 });
                 for (_, number, _) in matching {
                     for b in &group.backends {
-                        add_endpoint(
-                            &mut endpoints,
-                            Endpoint {
-                                addr: b.addr,
-                                port: *number,
-                                ready: spec.publish_not_ready || b.ready,
-                                serving: b.serving,
-                                terminating: b.terminating,
-                                node_name: b.node_name.clone(),
-                                target: b.target.clone(),
-                                hostname: b.hostname.clone(),
-                                hints: b.hints.clone(),
-                            },
-                        );
+                        add_endpoint(&mut endpoints, b.endpoint(*number, spec.publish_not_ready));
                     }
                 }
             }
@@ -174,6 +150,17 @@ pub(super) fn realise(
             }
         })
         .collect();
+    let mut portless_endpoints = BTreeMap::new();
+    if portless {
+        for pod in &pods {
+            for addr in &pod.addrs {
+                add_endpoint(&mut portless_endpoints, pod.endpoint(*addr, 0, &spec.name.name, spec.publish_not_ready));
+            }
+        }
+        for b in groups.iter().flat_map(|g| &g.backends) {
+            add_endpoint(&mut portless_endpoints, b.endpoint(0, spec.publish_not_ready));
+        }
+    }
     Service {
         name: spec.name,
         service_type: spec.service_type,
@@ -187,5 +174,6 @@ pub(super) fn realise(
         session_affinity: spec.session_affinity,
         backend_selection: spec.backend_selection,
         ports,
+        portless_endpoints: portless_endpoints.into_values().collect(),
     }
 }

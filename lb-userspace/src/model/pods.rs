@@ -69,10 +69,21 @@ impl<'a> PodInfo<'a> {
         selector.iter().all(|(k, v)| self.labels.and_then(|l| l.get(k)) == Some(v))
     }
 
-    /// The pod's hostname in the DNS of `service`, as the endpoints
-    /// controller gives it: only when its subdomain is that Service.
-    pub(super) fn hostname_under(&self, service: &str) -> Option<&'a str> {
-        self.hostname.filter(|_| self.subdomain == Some(service))
+    /// The pod as an endpoint of `service` at `addr`:`port`, as the
+    /// endpoints controller makes it (its hostname only when its subdomain
+    /// is that Service).
+    pub(super) fn endpoint(&self, addr: IpAddr, port: u16, service: &str, publish_not_ready: bool) -> Endpoint {
+        Endpoint {
+            addr,
+            port,
+            ready: publish_not_ready || (self.ready && !self.terminating),
+            serving: self.ready,
+            terminating: self.terminating,
+            node_name: self.node_name.map(str::to_owned),
+            target: Some(self.name.to_owned()),
+            hostname: self.hostname.filter(|_| self.subdomain == Some(service)).map(str::to_owned),
+            hints: Hints::default(),
+        }
     }
 
     /// The number a container port name stands for in this pod.

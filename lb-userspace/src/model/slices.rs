@@ -20,6 +20,23 @@ pub(super) struct Backend {
     pub(super) hints: Hints,
 }
 
+impl Backend {
+    /// The backend as an endpoint at `port`.
+    pub(super) fn endpoint(&self, port: u16, publish_not_ready: bool) -> Endpoint {
+        Endpoint {
+            addr: self.addr,
+            port,
+            ready: publish_not_ready || self.ready,
+            serving: self.serving,
+            terminating: self.terminating,
+            node_name: self.node_name.clone(),
+            target: self.target.clone(),
+            hostname: self.hostname.clone(),
+            hints: self.hints.clone(),
+        }
+    }
+}
+
 impl Group {
     pub(super) fn from_endpoints(endpoints: &Sourced<core::Endpoints>, errors: &mut Vec<ModelError>) -> Vec<Group> {
         let object = format!("Endpoints {}", ServiceName::of(&endpoints.object.metadata));

@@ -166,6 +166,9 @@ pub struct Service {
     pub session_affinity: SessionAffinity,
     pub backend_selection: BackendSelection,
     pub ports: Vec<ServicePort>,
+    /// A headless Service without ports: its endpoints (port 0), which
+    /// only DNS names; empty for every other Service.
+    pub portless_endpoints: Vec<Endpoint>,
 }
 
 /// How a new flow's backend is chosen (annotation [`BACKEND_SELECTION_ANNOTATION`]).

@@ -1190,6 +1190,7 @@ mod tests {
                     health_check_node_port: None,
                     session_affinity: SessionAffinity::None,
                     backend_selection: BackendSelection::Maglev,
+                    portless_endpoints: Vec::new(),
                     ports: vec![ServicePort {
                         name: String::new(),
                         port: 80,

@@ -92,6 +92,7 @@ fn service(family: Family, i: u32, ip: Ipv4Addr, selection: BackendSelection, po
         session_affinity: SessionAffinity::None,
         backend_selection: selection,
         ports,
+        portless_endpoints: Vec::new(),
     }
 }
 
