@@ -7,6 +7,7 @@
 pub mod cmd;
 pub mod datapath;
 pub mod dns;
+pub mod ingress;
 pub mod model;
 pub mod plan;
 pub mod source;

@@ -1,0 +1,219 @@
+//! Which backend an HTTP request goes to, as the Ingress API defines it
+//! (`networking.k8s.io/v1`): rules by host (exact, or `*.` matching one
+//! label) and path (`Exact`; `Prefix`, element by element;
+//! `ImplementationSpecific` as `Prefix`), the longest path first and
+//! `Exact` before `Prefix` at equal length; a host's rules from every
+//! Ingress merged; the `defaultBackend` when nothing matches.
+
+use std::collections::BTreeMap;
+
+/// How a rule's path matches a request's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathType {
+    Exact,
+    Prefix,
+}
+
+/// Where matching requests go: a Service's port, by number or name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub namespace: String,
+    pub service: String,
+    pub port: BackendPort,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendPort {
+    Number(u16),
+    Name(String),
+}
+
+/// One path of a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathRule {
+    /// As written, starting with `/`.
+    pub path: String,
+    pub path_type: PathType,
+    pub backend: Backend,
+}
+
+impl PathRule {
+    /// Whether `request` (a URL path, without the query) matches.
+    pub fn matches(&self, request: &str) -> bool {
+        match self.path_type {
+            PathType::Exact => request == self.path,
+            PathType::Prefix => {
+                let mut asked = elements(request);
+                elements(&self.path).all(|element| asked.next() == Some(element))
+            }
+        }
+    }
+}
+
+/// A path's elements between slashes; empty ones (a trailing or doubled
+/// slash) do not count, so `/foo/` is `/foo` and `/` has none.
+fn elements(path: &str) -> impl Iterator<Item = &str> + Clone {
+    path.split('/').filter(|e| !e.is_empty())
+}
+
+impl PathRule {
+    fn elements(&self) -> Vec<&str> {
+        elements(&self.path).collect()
+    }
+}
+
+/// The rules of every Ingress of the class, by host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    /// Exact hosts, lowercase.
+    exact: BTreeMap<String, Vec<PathRule>>,
+    /// `*.example.com` as `example.com`: one label before it.
+    wildcard: BTreeMap<String, Vec<PathRule>>,
+    /// Rules without a host: any host no other rule names.
+    any_host: Vec<PathRule>,
+    default_backend: Option<Backend>,
+}
+
+impl RouteTable {
+    /// Adds a rule's paths for `host` (None: every host), after the ones
+    /// already there (earlier Ingresses win ties).
+    pub fn add(&mut self, host: Option<&str>, paths: Vec<PathRule>) {
+        let list = match host.map(str::to_ascii_lowercase) {
+            None => &mut self.any_host,
+            Some(host) => match host.strip_prefix("*.") {
+                Some(parent) => self.wildcard.entry(parent.to_owned()).or_default(),
+                None => self.exact.entry(host).or_default(),
+            },
+        };
+        list.extend(paths);
+    }
+
+    /// The default backend, unless one was set already (the first Ingress's).
+    pub fn set_default(&mut self, backend: Backend) {
+        self.default_backend.get_or_insert(backend);
+    }
+
+    /// The backend for a request to `host` (a `Host` header: a port after
+    /// it is ignored) and `path`; None: 404.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Backend> {
+        let host = strip_port(host).to_ascii_lowercase();
+        let rules = self
+            .exact
+            .get(&host)
+            .or_else(|| host.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)))
+            .unwrap_or(&self.any_host);
+        best(rules, path).or(self.default_backend.as_ref())
+    }
+}
+
+/// A `Host` header without its port (`[v6]:port` keeps the brackets' inside).
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The matching rule with the longest path; at equal length `Exact`
+/// before `Prefix`; then the first.
+fn best<'r>(rules: &'r [PathRule], path: &str) -> Option<&'r Backend> {
+    let rank = |r: &PathRule| (r.elements().iter().map(|e| e.len() + 1).sum::<usize>(), r.path_type == PathType::Exact);
+    let mut chosen: Option<&PathRule> = None;
+    for rule in rules.iter().filter(|r| r.matches(path)) {
+        if chosen.is_none_or(|c| rank(rule) > rank(c)) {
+            chosen = Some(rule);
+        }
+    }
+    chosen.map(|r| &r.backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(service: &str) -> Backend {
+        Backend { namespace: "default".into(), service: service.into(), port: BackendPort::Number(80) }
+    }
+
+    fn rule(path: &str, path_type: PathType, service: &str) -> PathRule {
+        PathRule { path: path.into(), path_type, backend: to(service) }
+    }
+
+    fn served(table: &RouteTable, host: &str, path: &str) -> Option<String> {
+        table.route(host, path).map(|b| b.service.clone())
+    }
+
+    /// The Kubernetes documentation's table of path matches.
+    #[test]
+    fn paths_match_as_the_ingress_documentation_lists_them() {
+        use PathType::{Exact, Prefix};
+        let cases: [(PathType, &str, &str, bool); 16] = [
+            (Prefix, "/", "/", true),
+            (Prefix, "/", "/anything/at/all", true),
+            (Exact, "/foo", "/foo", true),
+            (Exact, "/foo", "/bar", false),
+            (Exact, "/foo", "/foo/", false),
+            (Exact, "/foo/", "/foo", false),
+            (Prefix, "/foo", "/foo", true),
+            (Prefix, "/foo", "/foo/", true),
+            (Prefix, "/foo/", "/foo", true),
+            (Prefix, "/foo/", "/foo/", true),
+            (Prefix, "/aaa/bb", "/aaa/bbb", false),
+            (Prefix, "/aaa/bbb", "/aaa/bbb", true),
+            (Prefix, "/aaa/bbb/", "/aaa/bbb", true),
+            (Prefix, "/aaa/bbb", "/aaa/bbb/", true),
+            (Prefix, "/aaa/bbb", "/aaa/bbb/ccc", true),
+            (Prefix, "/aaa/bbb", "/aaa/bbbxyz", false),
+        ];
+        for (path_type, path, request, expected) in cases {
+            assert_eq!(rule(path, path_type, "s").matches(request), expected, "{path_type:?} {path} vs {request}");
+        }
+    }
+
+    #[test]
+    fn the_longest_path_wins_and_exact_before_prefix_at_equal_length() {
+        let mut table = RouteTable::default();
+        table.add(
+            Some("kubia.example.com"),
+            vec![
+                rule("/", PathType::Prefix, "root"),
+                rule("/foo", PathType::Prefix, "foo"),
+                rule("/foo", PathType::Exact, "foo-exact"),
+                rule("/foo/bar", PathType::Prefix, "bar"),
+            ],
+        );
+        assert_eq!(served(&table, "kubia.example.com", "/foo").as_deref(), Some("foo-exact"));
+        assert_eq!(served(&table, "kubia.example.com", "/foo/"), Some("foo".into()));
+        assert_eq!(served(&table, "kubia.example.com", "/foo/bar/baz"), Some("bar".into()));
+        assert_eq!(served(&table, "kubia.example.com", "/other"), Some("root".into()));
+    }
+
+    #[test]
+    fn hosts_match_exactly_then_by_one_label_wildcard_then_rules_without_host() {
+        let mut table = RouteTable::default();
+        table.add(Some("foo.example.com"), vec![rule("/", PathType::Prefix, "foo")]);
+        table.add(Some("*.example.com"), vec![rule("/", PathType::Prefix, "wild")]);
+        table.add(None, vec![rule("/any", PathType::Prefix, "any")]);
+        assert_eq!(served(&table, "FOO.example.com:8080", "/x"), Some("foo".into()), "case and port ignored");
+        assert_eq!(served(&table, "bar.example.com", "/x"), Some("wild".into()));
+        assert_eq!(served(&table, "a.bar.example.com", "/any"), Some("any".into()), "a wildcard covers one label");
+        assert_eq!(served(&table, "example.com", "/any"), Some("any".into()));
+        assert_eq!(served(&table, "example.com", "/x"), None, "404 without a default backend");
+        // A host's own rules are all it gets: no fall-through to other hosts'.
+        assert_eq!(served(&table, "foo.example.com", "/any"), Some("foo".into()));
+        table.set_default(to("default"));
+        table.set_default(to("second"));
+        assert_eq!(served(&table, "example.com", "/x"), Some("default".into()), "the first default backend");
+    }
+
+    #[test]
+    fn host_headers_lose_their_port_only() {
+        assert_eq!(strip_port("kubia.example.com:80"), "kubia.example.com");
+        assert_eq!(strip_port("kubia.example.com"), "kubia.example.com");
+        assert_eq!(strip_port("[fd00::1]:443"), "fd00::1");
+        assert_eq!(strip_port("10.0.0.1:8080"), "10.0.0.1");
+    }
+}
