@@ -2,3 +2,4 @@
 //! by the same model. Work in progress (issue 21): the routing rules.
 
 pub mod routes;
+pub mod table;

@@ -523,6 +523,9 @@ fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
         Kind::Pod => typed(value).map(Object::Pod),
         Kind::Endpoints => typed(value).map(Object::Endpoints),
         Kind::EndpointSlice => typed(value).map(Object::EndpointSlice),
+        Kind::Ingress => typed(value).map(Object::Ingress),
+        Kind::IngressClass => typed(value).map(Object::IngressClass),
+        Kind::Secret => typed(value).map(Object::Secret),
     };
     object.map(Some).map_err(|reason| (Some(id), reason))
 }

@@ -7,8 +7,9 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::{Metadata, Resource};
 
 pub mod api;
@@ -73,13 +74,24 @@ pub enum Kind {
     Pod,
     Endpoints,
     EndpointSlice,
+    Ingress,
+    IngressClass,
+    Secret,
 }
 
 impl Kind {
     pub(super) fn of(api_version: &str, kind: &str) -> Option<Kind> {
-        [Kind::Service, Kind::Pod, Kind::Endpoints, Kind::EndpointSlice]
-            .into_iter()
-            .find(|k| k.type_meta() == (api_version, kind))
+        [
+            Kind::Service,
+            Kind::Pod,
+            Kind::Endpoints,
+            Kind::EndpointSlice,
+            Kind::Ingress,
+            Kind::IngressClass,
+            Kind::Secret,
+        ]
+        .into_iter()
+        .find(|k| k.type_meta() == (api_version, kind))
     }
 
     /// `(apiVersion, kind)` as written in manifests.
@@ -89,6 +101,9 @@ impl Kind {
             Kind::Pod => (Pod::API_VERSION, Pod::KIND),
             Kind::Endpoints => (Endpoints::API_VERSION, Endpoints::KIND),
             Kind::EndpointSlice => (EndpointSlice::API_VERSION, EndpointSlice::KIND),
+            Kind::Ingress => (Ingress::API_VERSION, Ingress::KIND),
+            Kind::IngressClass => (IngressClass::API_VERSION, IngressClass::KIND),
+            Kind::Secret => (Secret::API_VERSION, Secret::KIND),
         }
     }
 }
@@ -124,6 +139,10 @@ pub struct Objects {
     pub pods: Vec<Sourced<Pod>>,
     pub endpoints: Vec<Sourced<Endpoints>>,
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
+    pub ingresses: Vec<Sourced<Ingress>>,
+    pub ingress_classes: Vec<Sourced<IngressClass>>,
+    /// Only `kubernetes.io/tls` ones matter (Ingress TLS).
+    pub secrets: Vec<Sourced<Secret>>,
 }
 
 impl Objects {
@@ -134,6 +153,9 @@ impl Objects {
             Object::Pod(object) => self.pods.push(Sourced { file, object }),
             Object::Endpoints(object) => self.endpoints.push(Sourced { file, object }),
             Object::EndpointSlice(object) => self.endpoint_slices.push(Sourced { file, object }),
+            Object::Ingress(object) => self.ingresses.push(Sourced { file, object }),
+            Object::IngressClass(object) => self.ingress_classes.push(Sourced { file, object }),
+            Object::Secret(object) => self.secrets.push(Sourced { file, object }),
         }
     }
 }
@@ -144,6 +166,9 @@ pub(super) enum Object {
     Pod(Arc<Pod>),
     Endpoints(Arc<Endpoints>),
     EndpointSlice(Arc<EndpointSlice>),
+    Ingress(Arc<Ingress>),
+    IngressClass(Arc<IngressClass>),
+    Secret(Arc<Secret>),
 }
 
 impl Object {
@@ -159,6 +184,9 @@ impl Object {
             Object::Pod(o) => (Kind::Pod, o.metadata()),
             Object::Endpoints(o) => (Kind::Endpoints, o.metadata()),
             Object::EndpointSlice(o) => (Kind::EndpointSlice, o.metadata()),
+            Object::Ingress(o) => (Kind::Ingress, o.metadata()),
+            Object::IngressClass(o) => (Kind::IngressClass, o.metadata()),
+            Object::Secret(o) => (Kind::Secret, o.metadata()),
         };
         (kind, meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
     }
