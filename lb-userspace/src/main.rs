@@ -17,6 +17,7 @@ use lb_userspace::{
         sockets::SocketLb,
     },
     dns::DnsOptions,
+    ingress::proxy::IngressOptions,
     model::{Controllers, IpCidr, ModelOptions},
     plan::datapath_cidr,
     source::api::ApiConfig,
@@ -247,6 +248,14 @@ struct RunArgs {
     /// How long resolvers may cache an answer, negative ones too.
     #[arg(long, default_value = "5s", value_parser = parse_seconds)]
     dns_ttl: u32,
+    /// Serve the Ingresses of --ingress-class as an HTTP proxy here (off
+    /// unless given).
+    #[arg(long, value_name = "ADDR:PORT")]
+    ingress_bind: Option<std::net::SocketAddr>,
+    /// The IngressClass whose Ingresses are ours (and those without a
+    /// class, when this one is marked the default).
+    #[arg(long, default_value = "lb")]
+    ingress_class: String,
 }
 
 /// Where the standalone agent answers DNS unless told: NodeLocal DNSCache's
@@ -540,6 +549,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ttl: args.dns_ttl,
             service_cidrs: service_cidrs.clone(),
         }),
+        ingress: args.ingress_bind.map(|bind| IngressOptions { bind, class: args.ingress_class }),
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
 }

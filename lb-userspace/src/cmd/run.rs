@@ -34,6 +34,7 @@ use crate::{
         sockets::{self, SocketLb},
     },
     dns::{DnsOptions, DnsServer},
+    ingress::proxy::{IngressOptions, IngressProxy},
     model::{self, DesiredState, ModelOptions},
     plan::{NodeInfo, Programmed, WireAddr},
     source::{
@@ -92,6 +93,8 @@ pub struct AgentConfig {
     pub metrics_bind: Option<SocketAddr>,
     /// The DNS responder, if on.
     pub dns: Option<DnsOptions>,
+    /// The Ingress proxy, if on.
+    pub ingress: Option<IngressOptions>,
 }
 
 struct Agent {
@@ -134,6 +137,9 @@ struct Agent {
     /// programmed with, by namespace and name.
     programmed_triggers: BTreeMap<(String, String), SystemTime>,
     dns: Option<DnsServer>,
+    ingress: Option<IngressProxy>,
+    /// The invalid Ingresses' errors, as last logged.
+    ingress_errors: BTreeSet<String>,
 }
 
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
@@ -163,6 +169,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // Before the maps are touched, so that a bad DNS flag or a taken port
     // stops nothing but this start; it answers from the first complete model on.
     let dns = config.dns.as_ref().map(|opts| DnsServer::start(opts, Arc::clone(&agent_metrics))).transpose()?;
+    let ingress = config.ingress.as_ref().map(IngressProxy::start).transpose()?;
     // On a thread of its own: the API source's watchers run on this one.
     let (bpf_dir, load) = (config.bpf_dir.clone(), config.load.clone());
     let (datapath, mut maps, logger) = tokio::task::spawn_blocking(move || Datapath::load(&bpf_dir, &load))
@@ -213,6 +220,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         started: SystemTime::now(),
         programmed_triggers: BTreeMap::new(),
         dns,
+        ingress,
+        ingress_errors: BTreeSet::new(),
     };
     // Subscribed before the first listing, so that no link appears unseen between.
     let mut link_events = LinkEvents::open()
@@ -305,6 +314,14 @@ impl Agent {
         // After the maps: DNS never names an address before it is programmed.
         if let Some(dns) = &self.dns {
             dns.publish(&self.desired);
+        }
+        if let Some(ingress) = &self.ingress {
+            let errors: BTreeSet<String> =
+                ingress.publish(self.source.objects(), &self.desired).iter().map(ToString::to_string).collect();
+            for err in errors.difference(&self.ingress_errors) {
+                error!("{err}");
+            }
+            self.ingress_errors = errors;
         }
         let (services, total) = (self.desired.services.len(), started.elapsed());
         if self.synced {

@@ -15,14 +15,14 @@ pub enum PathType {
 }
 
 /// Where matching requests go: a Service's port, by number or name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Backend {
     pub namespace: String,
     pub service: String,
     pub port: BackendPort,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum BackendPort {
     Number(u16),
     Name(String),
@@ -91,6 +91,12 @@ impl RouteTable {
     /// The default backend, unless one was set already (the first Ingress's).
     pub fn set_default(&mut self, backend: Backend) {
         self.default_backend.get_or_insert(backend);
+    }
+
+    /// Every backend a rule or the default names.
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        let rules = self.exact.values().chain(self.wildcard.values()).flatten().chain(&self.any_host);
+        rules.map(|r| &r.backend).chain(&self.default_backend)
     }
 
     /// The backend for a request to `host` (a `Host` header: a port after

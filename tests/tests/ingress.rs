@@ -1,0 +1,142 @@
+//! The agent's Ingress proxy (`--ingress-bind`) as the seeds use it: curl
+//! from a pod with `--resolve` to the node's address, routed by host and
+//! path to the Services' pods.
+
+use std::net::Ipv4Addr;
+
+use lb_tests::{
+    agent::{AgentProcess, pod_manifest},
+    kubia::{TIMEOUT, cluster},
+    netns::Netns,
+    require_root,
+    topology::POD_DEVICE_PATTERN,
+};
+
+/// The node's address the proxy listens on (on its loopback).
+const NODE_IP: &str = "192.0.2.1";
+
+const SERVICES: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: kubia}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: kubia}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: foo}
+spec:
+  clusterIP: 10.96.0.11
+  selector: {app: foo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+";
+
+/// The seeds' Ingresses: kubia.example.com to kubia; /kubia and /foo on
+/// one host to two Services; foo.example.com to foo.
+const INGRESSES: &str = "\
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata:
+  name: lb
+  annotations: {ingressclass.kubernetes.io/is-default-class: 'true'}
+spec: {controller: lb.dev/ingress}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: kubia}
+spec:
+  rules:
+  - host: kubia.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: kubia, port: {number: 80}}}}
+  - host: paths.example.com
+    http:
+      paths:
+      - {path: /kubia, pathType: Prefix, backend: {service: {name: kubia, port: {name: http}}}}
+      - {path: /foo, pathType: Prefix, backend: {service: {name: foo, port: {number: 80}}}}
+  - host: foo.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: foo, port: {number: 80}}}}
+";
+
+/// `curl` from `ns` to `url`, `host` resolved to the node: status and body.
+fn curl(ns: &Netns, host: &str, url: &str) -> (String, String) {
+    let resolve = format!("{host}:80:{NODE_IP}");
+    let out = ns
+        .command("curl")
+        .args(["-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", "--resolve", &resolve, url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (status.to_owned(), body.to_owned())
+}
+
+fn served_by(body: &str) -> String {
+    body.lines().next().and_then(|l| l.strip_prefix("You've hit ")).unwrap_or_default().to_owned()
+}
+
+#[test]
+fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
+    require_root();
+    let c = cluster(3);
+    c.node.ns.exec(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]).unwrap();
+    // kubia-0 and kubia-1 are kubia's, kubia-2 is foo's.
+    let pods = |kubia_1_ready: bool| {
+        [
+            pod_manifest("kubia-0", Ipv4Addr::new(10, 244, 0, 2), true),
+            pod_manifest("kubia-1", Ipv4Addr::new(10, 244, 0, 3), kubia_1_ready),
+            pod_manifest("kubia-2", Ipv4Addr::new(10, 244, 0, 4), true).replace("app: kubia", "app: foo"),
+        ]
+        .join("---\n")
+    };
+    let bind = format!("{NODE_IP}:80");
+    let agent = AgentProcess::start_with(
+        &c.node,
+        &[("services.yaml", SERVICES), ("pods.yaml", &pods(true)), ("ingresses.yaml", INGRESSES)],
+        &["--pod-device", POD_DEVICE_PATTERN, "--ingress-bind", &bind],
+    )
+    .unwrap();
+    let ns = &c.client.ns;
+    let mut kubia = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (status, body) = curl(ns, "kubia.example.com", "http://kubia.example.com/");
+        assert_eq!(status, "200", "{body}");
+        kubia.insert(served_by(&body));
+    }
+    assert_eq!(kubia, ["kubia-0".to_owned(), "kubia-1".to_owned()].into(), "round robin over kubia's pods");
+    assert_eq!(served_by(&curl(ns, "paths.example.com", "http://paths.example.com/foo/x").1), "kubia-2");
+    assert!(served_by(&curl(ns, "paths.example.com", "http://paths.example.com/kubia").1).starts_with("kubia-"));
+    assert_eq!(served_by(&curl(ns, "foo.example.com", "http://foo.example.com/").1), "kubia-2");
+    let (status, body) = curl(ns, "paths.example.com", "http://paths.example.com/other");
+    assert_eq!((status.as_str(), body.trim()), ("404", "no Ingress rule for paths.example.com/other"));
+
+    // kubia-1 turns unready: the proxy leaves it.
+    agent.write_manifest("pods.yaml", &pods(false)).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while agent.get("services").unwrap().matches("10.244.0.3:8080").count() > 0 && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for _ in 0..6 {
+        assert_eq!(served_by(&curl(ns, "kubia.example.com", "http://kubia.example.com/").1), "kubia-0");
+    }
+    // foo without ready pods: 503 with the reason.
+    agent
+        .write_manifest(
+            "pods.yaml",
+            &pods(false).replace("kubia-2\n  labels:\n    app: foo", "kubia-2\n  labels:\n    app: gone"),
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut last = curl(ns, "foo.example.com", "http://foo.example.com/");
+    while last.0 != "503" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        last = curl(ns, "foo.example.com", "http://foo.example.com/");
+    }
+    assert_eq!((last.0.as_str(), last.1.trim()), ("503", "Service default/foo port 80 has no ready endpoint"));
+}
