@@ -109,11 +109,38 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
         kubia.insert(served_by(&body));
     }
     assert_eq!(kubia, ["kubia-0".to_owned(), "kubia-1".to_owned()].into(), "round robin over kubia's pods");
+    // The backend sees the proxy's X-Forwarded-* headers naming the client.
+    let (_, body) = curl(ns, "kubia.example.com", "http://kubia.example.com/");
+    for header in ["x-forwarded-for: 10.244.0.100", "x-forwarded-proto: http", "x-forwarded-host: kubia.example.com"] {
+        assert!(body.lines().any(|l| l == header), "{header} missing in:\n{body}");
+    }
     assert_eq!(served_by(&curl(ns, "paths.example.com", "http://paths.example.com/foo/x").1), "kubia-2");
     assert!(served_by(&curl(ns, "paths.example.com", "http://paths.example.com/kubia").1).starts_with("kubia-"));
     assert_eq!(served_by(&curl(ns, "foo.example.com", "http://foo.example.com/").1), "kubia-2");
     let (status, body) = curl(ns, "paths.example.com", "http://paths.example.com/other");
     assert_eq!((status.as_str(), body.trim()), ("404", "no Ingress rule for paths.example.com/other"));
+
+    // The Ingress edited live: kubia.example.com now goes to foo.
+    agent
+        .write_manifest(
+            "ingresses.yaml",
+            &INGRESSES.replacen(
+                "service: {name: kubia, port: {number: 80}}",
+                "service: {name: foo, port: {number: 80}}",
+                1,
+            ),
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while served_by(&curl(ns, "kubia.example.com", "http://kubia.example.com/").1) != "kubia-2" {
+        assert!(std::time::Instant::now() < deadline, "the edited Ingress did not take effect");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    agent.write_manifest("ingresses.yaml", INGRESSES).unwrap();
+    while served_by(&curl(ns, "kubia.example.com", "http://kubia.example.com/").1) == "kubia-2" {
+        assert!(std::time::Instant::now() < deadline + TIMEOUT, "the restored Ingress did not take effect");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 
     // kubia-1 turns unready: the proxy leaves it.
     agent.write_manifest("pods.yaml", &pods(false)).unwrap();

@@ -87,12 +87,17 @@ fn serve_http(name: &'static str, listener: TcpListener) {
 fn answer_http(name: &str, mut stream: TcpStream) -> std::io::Result<()> {
     let peer = stream.peer_addr()?;
     let mut reader = BufReader::new(stream.try_clone()?);
-    // Read the request head; the body, if any, is ignored.
-    let mut line = String::new();
+    // Read the request head; the body, if any, is ignored. A proxy's
+    // X-Forwarded-* headers are echoed after the greeting.
+    let (mut line, mut forwarded) = (String::new(), String::new());
     while reader.read_line(&mut line)? > 2 {
+        if line.to_ascii_lowercase().starts_with("x-forwarded-") {
+            forwarded.push_str(&line.trim_end().to_ascii_lowercase());
+            forwarded.push('\n');
+        }
         line.clear();
     }
-    let body = greeting(name, peer);
+    let body = greeting(name, peer) + &forwarded;
     // One write, one segment.
     let response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
