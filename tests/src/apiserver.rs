@@ -56,12 +56,14 @@ struct Kind {
     namespaced: bool,
 }
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 7] = [
     Kind { kind: "Service", api_version: "v1", plural: "services", namespaced: true },
     Kind { kind: "EndpointSlice", api_version: "discovery.k8s.io/v1", plural: "endpointslices", namespaced: true },
     Kind { kind: "Node", api_version: "v1", plural: "nodes", namespaced: false },
     Kind { kind: "ServiceCIDR", api_version: "networking.k8s.io/v1", plural: "servicecidrs", namespaced: false },
     Kind { kind: "Pod", api_version: "v1", plural: "pods", namespaced: true },
+    Kind { kind: "Ingress", api_version: "networking.k8s.io/v1", plural: "ingresses", namespaced: true },
+    Kind { kind: "IngressClass", api_version: "networking.k8s.io/v1", plural: "ingressclasses", namespaced: false },
 ];
 
 /// An object's place within its kind: (namespace, name), namespace empty

@@ -159,10 +159,10 @@ fn a_device_without_native_xdp_is_refused_in_native_mode() {
     let _ = std::fs::remove_dir_all(bpf_dir);
 }
 
-/// A DNS responder that cannot serve stops the agent with one line naming
-/// the flag, before any map is pinned.
+/// A DNS responder or Ingress proxy that cannot serve stops the agent with
+/// one line naming the flag, before any map is pinned.
 #[test]
-fn dns_flags_that_cannot_serve_are_named_before_the_maps_are_touched() {
+fn dns_and_ingress_flags_that_cannot_serve_are_named_before_the_maps_are_touched() {
     require_root();
     let (node, manifests) = (Node::new().unwrap(), Manifests::new());
     let bpf_dir = format!("/sys/fs/bpf/{}", unique_name("e"));
@@ -179,10 +179,13 @@ fn dns_flags_that_cannot_serve_are_named_before_the_maps_are_touched() {
             "--dns-upstream 127.0.0.1:53: the responder's own address would forward to itself",
         ),
     ];
-    for (dns, needle) in cases {
+    let taken_tcp = node.ns.run_in(|| std::net::TcpListener::bind("127.0.0.1:8081").unwrap()).unwrap();
+    let ingress: [(&[&str], &str); 1] =
+        [(&["--ingress-bind", "127.0.0.1:8081"], "--ingress-bind 127.0.0.1:8081: Address already in use")];
+    for (dns, needle) in cases.into_iter().chain(ingress) {
         let args = [&["--pod-device", "h-*", "--bpf-dir", &bpf_dir][..], dns].concat();
         assert_refused(&mut run_in_node(&node, &manifests, &args), needle);
         assert!(!std::path::Path::new(&bpf_dir).exists(), "{needle}: the maps were pinned");
     }
-    drop(taken);
+    drop((taken, taken_tcp));
 }

@@ -4,8 +4,12 @@
 
 use std::net::Ipv4Addr;
 
+use serde_json::json;
+
 use lb_tests::{
+    TempDir,
     agent::{AgentProcess, pod_manifest},
+    apiserver::ApiServer,
     kubia::{TIMEOUT, cluster},
     netns::Netns,
     require_root,
@@ -166,4 +170,49 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
         last = curl(ns, "foo.example.com", "http://foo.example.com/");
     }
     assert_eq!((last.0.as_str(), last.1.trim()), ("503", "Service default/foo port 80 has no ready endpoint"));
+}
+
+#[test]
+fn an_ingress_from_the_api_server_routes_to_its_service_s_endpoint_slice() {
+    require_root();
+    let c = cluster(1);
+    c.node.ns.exec(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]).unwrap();
+    let api = ApiServer::start_in(&c.node.ns).unwrap();
+    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": c.node.ns.name()}})).unwrap();
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubia", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    api.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubia-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubia"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.0.2"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    }))
+    .unwrap();
+    api.apply(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "kubia", "namespace": "default"},
+        "spec": {"ingressClassName": "lb", "rules": [{"host": "kubia.example.com", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "kubia", "port": {"number": 80}}}}
+        ]}}]}
+    }))
+    .unwrap();
+    let dir = TempDir::new("ing");
+    let kubeconfig = dir.0.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let bind = format!("{NODE_IP}:80");
+    let _agent =
+        AgentProcess::start_api(&c.node, &kubeconfig, &["--pod-device", POD_DEVICE_PATTERN, "--ingress-bind", &bind])
+            .unwrap();
+    let (status, body) = curl(&c.client.ns, "kubia.example.com", "http://kubia.example.com/");
+    assert_eq!((status.as_str(), served_by(&body).as_str()), ("200", "kubia-0"), "{body}");
+    // The Ingress deleted: 404.
+    api.delete("Ingress", "default", "kubia").unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while curl(&c.client.ns, "kubia.example.com", "http://kubia.example.com/").0 != "404" {
+        assert!(std::time::Instant::now() < deadline, "the deleted Ingress still routes");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }

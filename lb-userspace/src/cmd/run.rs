@@ -39,7 +39,7 @@ use crate::{
     plan::{NodeInfo, Programmed, WireAddr},
     source::{
         Source,
-        api::{ApiConfig, ApiSource},
+        api::{ApiConfig, ApiSource, Watches},
         manifests::ManifestSource,
     },
 };
@@ -162,7 +162,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             ManifestSource::open(dir.clone())
                 .with_context(|| format!("watching manifest directory {}", dir.display()))?,
         ),
-        SourceConfig::Api(api) => Source::Api(ApiSource::start(api, &config.node_name, config.dns.is_some()).await?),
+        SourceConfig::Api(api) => {
+            let watches = Watches { headless: config.dns.is_some(), ingresses: config.ingress.is_some() };
+            Source::Api(ApiSource::start(api, &config.node_name, watches).await?)
+        }
     };
     let mut registry = prometheus_client::registry::Registry::default();
     let agent_metrics = AgentMetrics::register(&mut registry);

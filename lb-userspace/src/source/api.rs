@@ -19,7 +19,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
-    networking::v1::ServiceCIDR,
+    networking::v1::{Ingress, IngressClass, ServiceCIDR},
 };
 use kube::{
     Api, Client, Resource,
@@ -49,6 +49,15 @@ pub enum ApiError {
     Client(String),
 }
 
+/// What is watched beyond Services, EndpointSlices and the Node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Watches {
+    /// Headless Services and their slices (for DNS).
+    pub headless: bool,
+    /// Ingresses and IngressClasses (for the Ingress proxy).
+    pub ingresses: bool,
+}
+
 /// Where the API server is and how to talk to it.
 pub enum ApiConfig {
     /// A kubeconfig file (`--kubeconfig`).
@@ -64,6 +73,8 @@ pub struct ApiSource {
     slices: Store<EndpointSlice>,
     node: Store<Node>,
     service_cidrs: Store<ServiceCIDR>,
+    /// Ingresses and IngressClasses, watched for the Ingress proxy only.
+    ingresses: Option<(Store<Ingress>, Store<IngressClass>)>,
     changes: watch::Receiver<u64>,
     /// The change count [`ApiSource::refresh`] last took objects at.
     refreshed_at: Option<u64>,
@@ -73,13 +84,12 @@ pub struct ApiSource {
 }
 
 impl ApiSource {
-    /// Starts the watchers; `headless`: headless Services and their slices
-    /// too (for DNS). Returns at once: the server may be unreachable, in
-    /// which case the watchers retry with backoff and say so.
-    pub async fn start(config: &ApiConfig, node_name: &str, headless: bool) -> Result<Self, ApiError> {
+    /// Starts the watchers. Returns at once: the server may be unreachable,
+    /// in which case the watchers retry with backoff and say so.
+    pub async fn start(config: &ApiConfig, node_name: &str, watches: Watches) -> Result<Self, ApiError> {
         let client = client(config).await?;
         let (changed, changes) = watch::channel(0u64);
-        let selector = if headless { PROXY_SELECTOR_WITH_HEADLESS } else { PROXY_SELECTOR };
+        let selector = if watches.headless { PROXY_SELECTOR_WITH_HEADLESS } else { PROXY_SELECTOR };
         let services =
             reflect(Api::<Service>::all(client.clone()), watcher::Config::default().labels(selector), &changed);
         let slices =
@@ -88,10 +98,14 @@ impl ApiSource {
         let node = reflect(Api::<Node>::all(client.clone()), watcher::Config::default().fields(&node_field), &changed);
         // Kubernetes 1.33 and later; on older servers its watcher reports
         // the missing API once and retries quietly.
-        let service_cidrs = reflect(Api::<ServiceCIDR>::all(client), watcher::Config::default(), &changed);
+        let service_cidrs = reflect(Api::<ServiceCIDR>::all(client.clone()), watcher::Config::default(), &changed);
+        let ingresses = watches.ingresses.then(|| {
+            let ingresses = reflect(Api::<Ingress>::all(client.clone()), watcher::Config::default(), &changed);
+            (ingresses, reflect(Api::<IngressClass>::all(client), watcher::Config::default(), &changed))
+        });
         let origin: Arc<Path> = Arc::from(Path::new("kubernetes-api"));
         let objects = Objects::default();
-        Ok(ApiSource { services, slices, node, service_cidrs, changes, refreshed_at: None, origin, objects })
+        Ok(ApiSource { services, slices, node, service_cidrs, ingresses, changes, refreshed_at: None, origin, objects })
     }
 
     /// Waits until every store has had its first full list: planning before
@@ -99,11 +113,14 @@ impl ApiSource {
     /// ServiceCIDRs only inform: a server without them must not hold up
     /// the first sync.
     async fn wait_until_listed(&self) {
-        let ready = [
+        let mut ready = vec![
             self.services.wait_until_ready().await.is_ok(),
             self.slices.wait_until_ready().await.is_ok(),
             self.node.wait_until_ready().await.is_ok(),
         ];
+        if let Some((ingresses, classes)) = &self.ingresses {
+            ready.extend([ingresses.wait_until_ready().await.is_ok(), classes.wait_until_ready().await.is_ok()]);
+        }
         if !ready.iter().all(|r| *r) {
             // A watcher task ended before its first list: planning from what
             // the stores hold would delete what is not in them.
@@ -133,9 +150,17 @@ impl ApiSource {
             return false;
         }
         self.refreshed_at = Some(count);
+        let (ingresses, ingress_classes) = match &self.ingresses {
+            Some((ingresses, classes)) => {
+                (sourced(&self.origin, ingresses.state()), sourced(&self.origin, classes.state()))
+            }
+            None => Default::default(),
+        };
         self.objects = Objects {
             services: sourced(&self.origin, self.services.state()),
             endpoint_slices: sourced(&self.origin, self.slices.state()),
+            ingresses,
+            ingress_classes,
             ..Objects::default()
         };
         true
