@@ -113,8 +113,15 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
         kubia.insert(served_by(&body));
     }
     assert_eq!(kubia, ["kubia-0".to_owned(), "kubia-1".to_owned()].into(), "round robin over kubia's pods");
-    // The backend sees the proxy's X-Forwarded-* headers naming the client.
-    let (_, body) = curl(ns, "kubia.example.com", "http://kubia.example.com/");
+    // The backend sees the proxy's X-Forwarded-* headers naming the client,
+    // whatever X-Forwarded-For the client sent.
+    let resolve = format!("kubia.example.com:80:{NODE_IP}");
+    let out = ns
+        .command("curl")
+        .args(["-s", "-m", "3", "-H", "X-Forwarded-For: 6.6.6.6", "--resolve", &resolve, "http://kubia.example.com/"])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
     for header in ["x-forwarded-for: 10.244.0.100", "x-forwarded-proto: http", "x-forwarded-host: kubia.example.com"] {
         assert!(body.lines().any(|l| l == header), "{header} missing in:\n{body}");
     }

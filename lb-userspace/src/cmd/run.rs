@@ -163,7 +163,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 .with_context(|| format!("watching manifest directory {}", dir.display()))?,
         ),
         SourceConfig::Api(api) => {
-            let watches = Watches { headless: config.dns.is_some(), ingresses: config.ingress.is_some() };
+            // Headless Services: DNS names them, and an Ingress may route to one.
+            let ingresses = config.ingress.is_some();
+            let watches = Watches { headless: config.dns.is_some() || ingresses, ingresses };
             Source::Api(ApiSource::start(api, &config.node_name, watches).await?)
         }
     };

@@ -1,6 +1,7 @@
 //! The HTTP proxy (`--ingress-bind`): each request routed by the table of
 //! the Ingresses of our class to one of its Service port's ready endpoints
-//! (round robin), over a keep-alive pool, with `X-Forwarded-For/-Proto/-Host`;
+//! (round robin), over a keep-alive pool, with `X-Forwarded-For/-Proto/-Host`
+//! (the client's own `X-Forwarded-For` replaced);
 //! 404 without a rule, 503 without a ready endpoint, 502 when the backend
 //! fails, 504 when it is too slow. hyper serves and forwards; this module
 //! routes.
@@ -26,7 +27,7 @@ use hyper::{
 };
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use thiserror::Error;
 use tokio::sync::watch;
@@ -43,6 +44,10 @@ use crate::{
 
 /// How long a backend may take to answer a request's headers.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting to a backend may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pooled connection to a backend may stay idle.
+const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// The headers a proxy must not pass on (RFC 9110 7.6.1).
 const HOP_BY_HOP: [&str; 7] =
@@ -127,12 +132,22 @@ async fn serve(listener: std::net::TcpListener, routes: watch::Receiver<Arc<Rout
         Ok(listener) => listener,
         Err(err) => return warn!("the ingress proxy cannot serve: {err}"),
     };
-    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_keepalive(Some(POOL_IDLE));
+    // The pool's idle timeout needs its timer: without, idle connections to
+    // pods long gone would stay.
+    let client = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .build(connector);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
-                debug!("ingress accept: {err}");
+                // Out of descriptors, say: wait rather than spin.
+                warn!("ingress accept: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -142,7 +157,10 @@ async fn serve(listener: std::net::TcpListener, routes: watch::Receiver<Arc<Rout
                 let (routes, client) = (Arc::clone(&routes.borrow()), client.clone());
                 async move { Ok::<_, std::convert::Infallible>(proxy(request, peer, &routes, &client).await) }
             });
-            if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            // The timer turns on hyper's header read timeout (30 s): a client
+            // trickling its request head cannot hold a connection forever.
+            let server = http1::Builder::new().timer(TokioTimer::new()).serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = server.await {
                 debug!(%peer, "ingress connection: {err}");
             }
         });
@@ -181,7 +199,10 @@ async fn proxy(
     *request.uri_mut() = uri;
     forwarded_headers(request.headers_mut(), peer, &host);
     match tokio::time::timeout(BACKEND_TIMEOUT, client.request(request)).await {
-        Ok(Ok(response)) => response.map(BodyExt::boxed),
+        Ok(Ok(mut response)) => {
+            drop_hop_by_hop(response.headers_mut());
+            response.map(BodyExt::boxed)
+        }
         Ok(Err(err)) => answer(StatusCode::BAD_GATEWAY, format!("backend {endpoint}: {err}")),
         Err(_) => {
             answer(StatusCode::GATEWAY_TIMEOUT, format!("backend {endpoint}: no answer within {BACKEND_TIMEOUT:?}"))
@@ -196,25 +217,29 @@ fn port(backend: &Backend) -> String {
     }
 }
 
-/// Drops the hop-by-hop headers and adds the `X-Forwarded-*` ones (the
-/// client's address appended to a list it may carry already).
-fn forwarded_headers(headers: &mut hyper::HeaderMap, peer: SocketAddr, host: &str) {
+/// Drops the hop-by-hop headers, and those `Connection` names but for the
+/// ones a message cannot do without (`Host`, `Content-Length`).
+fn drop_hop_by_hop(headers: &mut hyper::HeaderMap) {
     let listed: Vec<String> = headers
         .get_all("connection")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|h| h.trim().to_ascii_lowercase()))
+        .filter(|h| h != "host" && h != "content-length")
         .collect();
     for name in HOP_BY_HOP.iter().map(|h| h.to_string()).chain(listed) {
         headers.remove(name.as_str());
     }
-    let client = peer.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client,
-    };
+}
+
+/// Drops the hop-by-hop headers and sets the `X-Forwarded-*` ones. The
+/// client's own `X-Forwarded-For` is replaced, not trusted (as
+/// ingress-nginx does by default): the backend sees who connected.
+fn forwarded_headers(headers: &mut hyper::HeaderMap, peer: SocketAddr, host: &str) {
+    drop_hop_by_hop(headers);
+    let client = peer.ip().to_canonical().to_string();
     for (name, value) in
-        [("x-forwarded-for", forwarded_for.as_str()), ("x-forwarded-proto", "http"), ("x-forwarded-host", host)]
+        [("x-forwarded-for", client.as_str()), ("x-forwarded-proto", "http"), ("x-forwarded-host", host)]
     {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);

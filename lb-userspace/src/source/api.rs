@@ -110,17 +110,14 @@ impl ApiSource {
 
     /// Waits until every store has had its first full list: planning before
     /// would delete what the maps hold for Services not listed yet.
-    /// ServiceCIDRs only inform: a server without them must not hold up
-    /// the first sync.
+    /// ServiceCIDRs only inform, and Ingresses feed only the proxy: a server
+    /// without them (or RBAC without them) must not hold up the first sync.
     async fn wait_until_listed(&self) {
-        let mut ready = vec![
+        let ready = [
             self.services.wait_until_ready().await.is_ok(),
             self.slices.wait_until_ready().await.is_ok(),
             self.node.wait_until_ready().await.is_ok(),
         ];
-        if let Some((ingresses, classes)) = &self.ingresses {
-            ready.extend([ingresses.wait_until_ready().await.is_ok(), classes.wait_until_ready().await.is_ok()]);
-        }
         if !ready.iter().all(|r| *r) {
             // A watcher task ended before its first list: planning from what
             // the stores hold would delete what is not in them.
