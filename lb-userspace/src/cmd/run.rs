@@ -38,7 +38,7 @@ use crate::{
     model::{self, DesiredState, ModelOptions},
     plan::{NodeInfo, Programmed, WireAddr},
     source::{
-        Source,
+        Kind, Source,
         api::{ApiConfig, ApiSource, Watches},
         manifests::ManifestSource,
     },
@@ -159,7 +159,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // first pass below.
     let source = match &config.source {
         SourceConfig::Manifests(dir) => Source::Manifests(
-            ManifestSource::open(dir.clone())
+            ManifestSource::open(dir.clone(), if config.ingress.is_some() { Kind::ALL } else { Kind::MODEL })
                 .with_context(|| format!("watching manifest directory {}", dir.display()))?,
         ),
         SourceConfig::Api(api) => {

@@ -99,6 +99,8 @@ pub struct ScanReport {
 /// A directory of manifests, and what was last read from each file.
 pub struct ManifestDir {
     dir: PathBuf,
+    /// The kinds read; the others are ignored like unknown ones.
+    kinds: &'static [Kind],
     files: BTreeMap<PathBuf, FileState>,
     objects: Objects,
     duplicates: Vec<SourceError>,
@@ -146,8 +148,13 @@ enum Format {
 }
 
 impl ManifestDir {
+    /// The model's kinds in `dir`.
     pub fn new(dir: PathBuf) -> Self {
-        ManifestDir { dir, files: BTreeMap::new(), objects: Objects::default(), duplicates: Vec::new() }
+        Self::with_kinds(dir, Kind::MODEL)
+    }
+
+    pub fn with_kinds(dir: PathBuf, kinds: &'static [Kind]) -> Self {
+        ManifestDir { dir, kinds, files: BTreeMap::new(), objects: Objects::default(), duplicates: Vec::new() }
     }
 
     /// Brings the objects up to date with the directory, re-reading only the
@@ -167,12 +174,12 @@ impl ManifestDir {
         // Parsing is the slow part of a cold start: files are read on every core.
         let listing: Vec<(PathBuf, Format)> = listing.into_iter().collect();
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let files = &self.files;
+        let (files, kinds) = (&self.files, self.kinds);
         let loads: Vec<Load> = std::thread::scope(|scope| {
             let workers: Vec<_> = listing
                 .chunks(listing.len().div_ceil(threads).max(1))
                 .map(|chunk| {
-                    scope.spawn(move || chunk.iter().map(|(p, f)| load(p, *f, files.get(p))).collect::<Vec<_>>())
+                    scope.spawn(move || chunk.iter().map(|(p, f)| load(p, *f, files.get(p), kinds)).collect::<Vec<_>>())
                 })
                 .collect();
             workers.into_iter().flat_map(|w| w.join().expect("a manifest loader panicked")).collect()
@@ -262,7 +269,7 @@ enum Load {
     Read(FileState),
 }
 
-fn load(path: &Path, format: Format, previous: Option<&FileState>) -> Load {
+fn load(path: &Path, format: Format, previous: Option<&FileState>, kinds: &[Kind]) -> Load {
     // Stat before reading: a write that lands after the stat changes the
     // stamp again, so the next scan re-reads the file.
     let meta = match fs::metadata(path) {
@@ -281,7 +288,7 @@ fn load(path: &Path, format: Format, previous: Option<&FileState>) -> Load {
         return Load::Unchanged;
     }
     let parsed = match read_limited(path, meta.len()) {
-        Ok(bytes) => parse(path, format, &bytes, previous.map(|p| &p.items)),
+        Ok(bytes) => parse(path, format, &bytes, previous.map(|p| &p.items), kinds),
         Err(err) => Parsed { objects: Vec::new(), errors: vec![err], items: HashMap::new() },
     };
     Load::Read(settle(path, Some(stamp), parsed, previous))
@@ -355,7 +362,13 @@ enum Item<'a> {
 
 /// Every recognised object of a file, and every problem met on the way.
 /// `previous` holds the decoded JSON items of the file's last version.
-fn parse(path: &Path, format: Format, bytes: &[u8], previous: Option<&HashMap<ItemKey, Object>>) -> Parsed {
+fn parse(
+    path: &Path,
+    format: Format,
+    bytes: &[u8],
+    previous: Option<&HashMap<ItemKey, Object>>,
+    kinds: &[Kind],
+) -> Parsed {
     let mut errors = Vec::new();
     let documents: Vec<Vec<(Option<usize>, Item)>> = match format {
         Format::Json => match serde_json::from_slice::<&RawValue>(bytes) {
@@ -389,14 +402,14 @@ fn parse(path: &Path, format: Format, bytes: &[u8], previous: Option<&HashMap<It
                 reason,
             };
             let decoded = match content {
-                Item::Yaml(value) => decode(value),
+                Item::Yaml(value) => decode(value, kinds),
                 Item::Json(raw) => {
                     let key = item_key(raw.get());
                     match previous.and_then(|p| p.get(&key)) {
                         Some(object) => Ok(Some(object.clone())),
                         None => serde_json::from_str::<Value>(raw.get())
                             .map_err(|err| (None, err.to_string()))
-                            .and_then(decode),
+                            .and_then(|value| decode(value, kinds)),
                     }
                     .inspect(|object| {
                         if let Some(object) = object {
@@ -500,14 +513,14 @@ fn yaml_documents(path: &Path, text: &str, errors: &mut Vec<SourceError>) -> Vec
 
 /// One document to an object: `Ok(None)` for kinds this source ignores, and
 /// on error the object's identity when it could be read.
-fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
+fn decode(value: Value, kinds: &[Kind]) -> Result<Option<Object>, (Option<ObjectId>, String)> {
     let Value::Object(map) = &value else {
         return Err((None, "not a mapping".into()));
     };
     let field = |name: &str| map.get(name).and_then(Value::as_str);
     let api_version = field("apiVersion").ok_or((None, "apiVersion is missing".to_owned()))?;
     let kind_name = field("kind").ok_or((None, "kind is missing".to_owned()))?;
-    let Some(kind) = Kind::of(api_version, kind_name) else {
+    let Some(kind) = Kind::of(api_version, kind_name).filter(|k| kinds.contains(k)) else {
         debug!(api_version, kind = kind_name, "ignoring an object of a kind this source does not use");
         return Ok(None);
     };
@@ -525,7 +538,6 @@ fn decode(value: Value) -> Result<Option<Object>, (Option<ObjectId>, String)> {
         Kind::EndpointSlice => typed(value).map(Object::EndpointSlice),
         Kind::Ingress => typed(value).map(Object::Ingress),
         Kind::IngressClass => typed(value).map(Object::IngressClass),
-        Kind::Secret => typed(value).map(Object::Secret),
     };
     object.map(Some).map_err(|reason| (Some(id), reason))
 }
@@ -567,10 +579,10 @@ pub struct ManifestSource {
 pub const RESCAN: Duration = Duration::from_secs(5);
 
 impl ManifestSource {
-    /// Watches `dir` and starts reading it.
-    pub fn open(dir: PathBuf) -> Result<Self, SourceError> {
+    /// Watches `dir` and starts reading the objects of `kinds` in it.
+    pub fn open(dir: PathBuf, kinds: &'static [Kind]) -> Result<Self, SourceError> {
         let watch = watch(&dir)?;
-        let mut first = ManifestDir::new(dir.clone());
+        let mut first = ManifestDir::with_kinds(dir.clone(), kinds);
         let first_scan = thread::Builder::new()
             .name("manifest-scan".into())
             .spawn(move || {
@@ -579,7 +591,7 @@ impl ManifestSource {
             })
             .ok();
         Ok(ManifestSource {
-            dir: ManifestDir::new(dir),
+            dir: ManifestDir::with_kinds(dir, kinds),
             first_scan,
             watch: Some(watch),
             rescan: tokio::time::interval(RESCAN),
@@ -710,7 +722,7 @@ fn debounce(events: &std_mpsc::Receiver<bool>, ticks: &mpsc::Sender<()>) {
 #[cfg(test)]
 pub(crate) fn objects_from_yaml(text: &str) -> Objects {
     let file: Arc<Path> = Arc::from(Path::new("test.yaml"));
-    let parsed = parse(&file, Format::Yaml, text.as_bytes(), None);
+    let parsed = parse(&file, Format::Yaml, text.as_bytes(), None, Kind::ALL);
     assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
     let mut objects = Objects::default();
     for object in parsed.objects {

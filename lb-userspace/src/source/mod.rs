@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::{Metadata, Resource};
@@ -76,22 +76,17 @@ pub enum Kind {
     EndpointSlice,
     Ingress,
     IngressClass,
-    Secret,
 }
 
 impl Kind {
+    /// What the model is built from.
+    pub const MODEL: &[Kind] = &[Kind::Service, Kind::Pod, Kind::Endpoints, Kind::EndpointSlice];
+    /// The model's and the Ingress proxy's.
+    pub const ALL: &[Kind] =
+        &[Kind::Service, Kind::Pod, Kind::Endpoints, Kind::EndpointSlice, Kind::Ingress, Kind::IngressClass];
+
     pub(super) fn of(api_version: &str, kind: &str) -> Option<Kind> {
-        [
-            Kind::Service,
-            Kind::Pod,
-            Kind::Endpoints,
-            Kind::EndpointSlice,
-            Kind::Ingress,
-            Kind::IngressClass,
-            Kind::Secret,
-        ]
-        .into_iter()
-        .find(|k| k.type_meta() == (api_version, kind))
+        Kind::ALL.iter().copied().find(|k| k.type_meta() == (api_version, kind))
     }
 
     /// `(apiVersion, kind)` as written in manifests.
@@ -103,7 +98,6 @@ impl Kind {
             Kind::EndpointSlice => (EndpointSlice::API_VERSION, EndpointSlice::KIND),
             Kind::Ingress => (Ingress::API_VERSION, Ingress::KIND),
             Kind::IngressClass => (IngressClass::API_VERSION, IngressClass::KIND),
-            Kind::Secret => (Secret::API_VERSION, Secret::KIND),
         }
     }
 }
@@ -141,8 +135,6 @@ pub struct Objects {
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
     pub ingresses: Vec<Sourced<Ingress>>,
     pub ingress_classes: Vec<Sourced<IngressClass>>,
-    /// Only `kubernetes.io/tls` ones matter (Ingress TLS).
-    pub secrets: Vec<Sourced<Secret>>,
 }
 
 impl Objects {
@@ -155,7 +147,6 @@ impl Objects {
             Object::EndpointSlice(object) => self.endpoint_slices.push(Sourced { file, object }),
             Object::Ingress(object) => self.ingresses.push(Sourced { file, object }),
             Object::IngressClass(object) => self.ingress_classes.push(Sourced { file, object }),
-            Object::Secret(object) => self.secrets.push(Sourced { file, object }),
         }
     }
 }
@@ -168,7 +159,6 @@ pub(super) enum Object {
     EndpointSlice(Arc<EndpointSlice>),
     Ingress(Arc<Ingress>),
     IngressClass(Arc<IngressClass>),
-    Secret(Arc<Secret>),
 }
 
 impl Object {
@@ -186,7 +176,6 @@ impl Object {
             Object::EndpointSlice(o) => (Kind::EndpointSlice, o.metadata()),
             Object::Ingress(o) => (Kind::Ingress, o.metadata()),
             Object::IngressClass(o) => (Kind::IngressClass, o.metadata()),
-            Object::Secret(o) => (Kind::Secret, o.metadata()),
         };
         (kind, meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
     }
