@@ -103,11 +103,13 @@ fn cluster_role_only_lists_and_watches_what_the_agent_reads() {
         ("discovery.k8s.io", "endpointslices"),
         ("", "nodes"),
         ("networking.k8s.io", "servicecidrs"),
+        ("networking.k8s.io", "ingresses"),
+        ("networking.k8s.io", "ingressclasses"),
     ]
     .into_iter()
     .flat_map(|(group, resource)| ["list", "watch"].map(|verb| (group, resource, verb)))
     .collect();
-    assert_eq!(granted, wanted, "exactly list and watch on the four resources, nothing else");
+    assert_eq!(granted, wanted, "exactly list and watch on the six resources, nothing else");
     assert!(m.cluster_role.aggregation_rule.is_none(), "an aggregated role would take in other roles' rules");
 }
 

@@ -107,10 +107,13 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
     .unwrap();
     let ns = &c.client.ns;
     let mut kubia = std::collections::BTreeSet::new();
+    // Interleaved with another backend's requests: each backend keeps its
+    // own turn (one shared turn would give kubia the same pod every time).
     for _ in 0..6 {
         let (status, body) = curl(ns, "kubia.example.com", "http://kubia.example.com/");
         assert_eq!(status, "200", "{body}");
         kubia.insert(served_by(&body));
+        assert_eq!(served_by(&curl(ns, "foo.example.com", "http://foo.example.com/").1), "kubia-2");
     }
     assert_eq!(kubia, ["kubia-0".to_owned(), "kubia-1".to_owned()].into(), "round robin over kubia's pods");
     // The backend sees the proxy's X-Forwarded-* headers naming the client,
@@ -199,6 +202,7 @@ fn an_ingress_from_the_api_server_routes_to_its_service_s_endpoint_slice() {
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
     }))
     .unwrap();
+    api.apply(json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "lb"}, "spec": {"controller": "lb.dev/ingress"}})).unwrap();
     api.apply(json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "kubia", "namespace": "default"},
         "spec": {"ingressClassName": "lb", "rules": [{"host": "kubia.example.com", "http": {"paths": [

@@ -72,15 +72,16 @@ pub struct IngressOptions {
 pub struct IngressProxy {
     routes: watch::Sender<Arc<Routes>>,
     class: String,
+    /// Each backend's round-robin position, kept from table to table.
+    turns: std::sync::Mutex<HashMap<Backend, Arc<AtomicUsize>>>,
 }
 
-/// The table and, for every backend it names, the ready endpoints.
+/// The table and, for every backend it names, the ready endpoints and
+/// whose turn is next.
 #[derive(Default)]
 struct Routes {
     table: RouteTable,
-    endpoints: HashMap<Backend, Vec<SocketAddr>>,
-    /// Round robin over any backend's endpoints.
-    next: AtomicUsize,
+    endpoints: HashMap<Backend, (Vec<SocketAddr>, Arc<AtomicUsize>)>,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -99,15 +100,20 @@ impl IngressProxy {
             .spawn(move || runtime.block_on(serve(listener, current)))
             .map_err(ProxyError::Runtime)?;
         info!(address = %opts.bind, class = opts.class, "ingress proxy listening");
-        Ok(IngressProxy { routes, class: opts.class.clone() })
+        Ok(IngressProxy { routes, class: opts.class.clone(), turns: Default::default() })
     }
 
     /// Routes by `objects`' Ingresses to `desired`'s endpoints from now on;
     /// the invalid Ingresses' errors.
     pub fn publish(&self, objects: &Objects, desired: &DesiredState) -> Vec<IngressError> {
         let (table, errors) = table::build(objects, &self.class);
-        let endpoints = table.backends().map(|b| (b.clone(), ready_endpoints(desired, b))).collect();
-        self.routes.send_replace(Arc::new(Routes { table, endpoints, next: AtomicUsize::new(0) }));
+        let mut turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        turns.retain(|backend, _| table.backends().any(|b| b == backend));
+        let endpoints = table
+            .backends()
+            .map(|b| (b.clone(), (ready_endpoints(desired, b), Arc::clone(turns.entry(b.clone()).or_default()))))
+            .collect();
+        self.routes.send_replace(Arc::new(Routes { table, endpoints }));
         errors
     }
 }
@@ -185,13 +191,12 @@ async fn proxy(
     let Some(backend) = routes.table.route(&host, &path) else {
         return answer(StatusCode::NOT_FOUND, format!("no Ingress rule for {host}{path}"));
     };
-    let endpoints = routes.endpoints.get(backend).map(Vec::as_slice).unwrap_or_default();
-    if endpoints.is_empty() {
+    let Some((endpoints, turn)) = routes.endpoints.get(backend).filter(|(e, _)| !e.is_empty()) else {
         let reason =
             format!("Service {}/{} port {} has no ready endpoint", backend.namespace, backend.service, port(backend));
         return answer(StatusCode::SERVICE_UNAVAILABLE, reason);
-    }
-    let endpoint = endpoints[routes.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
+    };
+    let endpoint = endpoints[turn.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
     let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let Ok(uri) = format!("http://{endpoint}{path_and_query}").parse() else {
         return answer(StatusCode::BAD_REQUEST, format!("cannot forward {path_and_query:?}"));

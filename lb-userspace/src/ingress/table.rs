@@ -11,6 +11,8 @@ use thiserror::Error;
 use super::routes::{Backend, BackendPort, PathRule, PathType, RouteTable};
 use crate::source::{Objects, Sourced};
 
+/// The `spec.controller` of the IngressClasses this agent serves.
+pub const CONTROLLER: &str = "lb.dev/ingress";
 /// The annotation that marks an IngressClass the cluster's default.
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 /// The annotation older Ingresses name their class with.
@@ -29,9 +31,13 @@ pub struct IngressError {
 /// The table of every valid Ingress of `class` (an IngressClass name), in
 /// creation order (then namespace/name), and the errors of the invalid ones.
 pub fn build(objects: &Objects, class: &str) -> (RouteTable, Vec<IngressError>) {
-    let default_class = objects.ingress_classes.iter().any(|c| is_default(&c.object, class));
+    // Our class exists, is this controller's, and may be the default.
+    let ours_class = objects.ingress_classes.iter().map(|c| &*c.object).find(|c| {
+        c.metadata.name.as_deref() == Some(class)
+            && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
+    });
     let mut ours: Vec<&Sourced<Ingress>> =
-        objects.ingresses.iter().filter(|i| belongs(&i.object, class, default_class)).collect();
+        objects.ingresses.iter().filter(|i| belongs(&i.object, class, ours_class)).collect();
     ours.sort_by(|a, b| {
         let key = |i: &Ingress| {
             (i.metadata.creation_timestamp.clone().map(|t| t.0), i.metadata.namespace.clone(), i.metadata.name.clone())
@@ -56,19 +62,21 @@ pub fn build(objects: &Objects, class: &str) -> (RouteTable, Vec<IngressError>) 
     (table, errors)
 }
 
-fn is_default(class: &IngressClass, name: &str) -> bool {
-    class.metadata.name.as_deref() == Some(name)
-        && class.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).map(String::as_str)
-            == Some("true")
+fn is_default(class: &IngressClass) -> bool {
+    class.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).map(String::as_str)
+        == Some("true")
 }
 
-fn belongs(ingress: &Ingress, class: &str, default_class: bool) -> bool {
+/// Whether `ingress` is ours: it names our class (which must exist, with
+/// our controller, as ingress-nginx requires), or names it by the legacy
+/// annotation (no IngressClass needed), or names none and ours is the default.
+fn belongs(ingress: &Ingress, class: &str, ours: Option<&IngressClass>) -> bool {
     let named = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
     let legacy = ingress.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION));
     match (named, legacy) {
-        (Some(named), _) => named == class,
+        (Some(named), _) => named == class && ours.is_some(),
         (None, Some(legacy)) => legacy == class,
-        (None, None) => default_class,
+        (None, None) => ours.is_some_and(is_default),
     }
 }
 
@@ -232,6 +240,14 @@ spec:
         );
         let (table, _) = build(&objects_from_yaml(&legacy), "lb");
         assert!(served(&table, "kubia.example.com", "/").is_some(), "the legacy annotation");
+    }
+
+    #[test]
+    fn a_class_that_does_not_exist_or_is_another_controller_s_serves_nothing_by_name() {
+        let other = SEEDS.replace("controller: lb.dev/ingress", "controller: k8s.io/ingress-nginx");
+        let (table, _) = build(&objects_from_yaml(&other), "lb");
+        assert_eq!(served(&table, "foo.example.com", "/"), None, "named class of another controller");
+        assert_eq!(served(&table, "kubia.example.com", "/"), None, "its default is not ours either");
     }
 
     #[test]
