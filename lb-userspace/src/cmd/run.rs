@@ -321,12 +321,8 @@ impl Agent {
             dns.publish(&self.desired);
         }
         if let Some(ingress) = &self.ingress {
-            let errors: BTreeSet<String> =
-                ingress.publish(self.source.objects(), &self.desired).iter().map(ToString::to_string).collect();
-            for err in errors.difference(&self.ingress_errors) {
-                error!("{err}");
-            }
-            self.ingress_errors = errors;
+            let errors = ingress.publish(self.source.objects(), &self.desired);
+            log_new_errors(&mut self.ingress_errors, &errors);
         }
         let (services, total) = (self.desired.services.len(), started.elapsed());
         if self.synced {
@@ -361,11 +357,7 @@ impl Agent {
         for object in errors.iter().filter_map(model::ModelError::object) {
             *self.object_errors.entry(object).or_default() += 1;
         }
-        let errors: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
-        for err in errors.difference(&self.model_errors) {
-            error!("{err}");
-        }
-        self.model_errors = errors;
+        log_new_errors(&mut self.model_errors, &errors);
         self.desired = desired;
     }
 
@@ -631,6 +623,16 @@ fn initial_status(config: &AgentConfig) -> AgentStatus {
         },
         ..AgentStatus::default()
     }
+}
+
+/// Logs the errors not in `logged` (the last pass's), and keeps them there:
+/// each error once while it lasts.
+fn log_new_errors(logged: &mut BTreeSet<String>, errors: &[model::ModelError]) {
+    let errors: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
+    for err in errors.difference(logged) {
+        error!("{err}");
+    }
+    *logged = errors;
 }
 
 /// Packets the datapath hands to the kernel may carry the node's own

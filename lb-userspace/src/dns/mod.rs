@@ -17,7 +17,7 @@ use std::{
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode},
-    rr::{DNSClass, Name, RData, Record, RecordType, rdata::CNAME},
+    rr::{DNSClass, Name, Record, RecordType},
 };
 use hickory_server::{
     Server,
@@ -38,7 +38,7 @@ use crate::{
     cmd::metrics::AgentMetrics,
     model::{DesiredState, IpCidr},
 };
-use zone::{Answer, Zone, ZoneOptions};
+use zone::{Answer, Zone, ZoneOptions, cname_target};
 
 /// How long a forwarded question waits for each of its two tries.
 const UPSTREAM_TRY: Duration = Duration::from_secs(1);
@@ -223,7 +223,9 @@ impl Responder {
                 // An ExternalName outside the domain: the upstream server's
                 // records of its target too, as CoreDNS adds them (a stub
                 // resolver such as glibc's does not chase the alias).
-                if let Some(target) = external_target(answers, qtype, zone.domain()) {
+                let address = matches!(qtype, RecordType::A | RecordType::AAAA);
+                let outside = cname_target(answers, qtype).filter(|t| address && !zone.domain().zone_of(t)).cloned();
+                if let Some(target) = outside {
                     answers.extend(self.resolve_elsewhere(target, qtype, request.protocol()).await);
                 }
                 let message = builder().build(metadata, answers.iter(), [], [], additionals.iter());
@@ -283,7 +285,8 @@ impl Responder {
     /// addresses); none without an upstream server or an answer.
     async fn resolve_elsewhere(&self, name: Name, qtype: RecordType, protocol: Protocol) -> Vec<Record> {
         let (Some(upstream), Ok(_permit)) = (self.upstream, self.forwards.try_acquire()) else { return Vec::new() };
-        let mut message = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+        // A random id of its own (the clients' ids stay on what is relayed).
+        let mut message = Message::query();
         message.metadata.recursion_desired = true;
         let query = Query::query(name, qtype);
         message.add_query(query.clone());
@@ -309,25 +312,6 @@ impl Responder {
             }
         }
     }
-}
-
-/// The target of an answer that ends in an alias out of the cluster domain,
-/// when an address was asked.
-fn external_target(answers: &[Record], qtype: RecordType, domain: &Name) -> Option<Name> {
-    if !matches!(qtype, RecordType::A | RecordType::AAAA) {
-        return None;
-    }
-    match answers.last().map(|r| &r.data) {
-        Some(RData::CNAME(CNAME(target))) if !domain.zone_of(target) => Some(target.clone()),
-        _ => None,
-    }
-}
-
-/// A query id for the agent's own questions (the clients' ids are kept
-/// on the questions it relays): from the clock's nanoseconds, enough for
-/// one question on a fresh socket of an ephemeral port.
-fn rand_id() -> u16 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u16)
 }
 
 /// The upstream server's answer to `question` (encoded, `asked` its

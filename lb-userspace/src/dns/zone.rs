@@ -115,11 +115,15 @@ impl Zone {
         }
         // An ExternalName naming another name of the domain: its records
         // too, as a resolver asking for an address expects (a bounded chain).
-        let mut target = cname_target(&answer, qtype);
+        let target_of = |answer: &Answer| match answer {
+            Answer::Records { answers, .. } => cname_target(answers, qtype).cloned(),
+            _ => None,
+        };
+        let mut target = target_of(&answer);
         for _ in 0..8 {
             let Some(next) = target.filter(|t| self.opts.domain.zone_of(t)) else { break };
             let more = self.answer(&next, qtype);
-            target = cname_target(&more, qtype);
+            target = target_of(&more);
             if let (Answer::Records { answers, additionals }, Answer::Records { answers: a, additionals: d }) =
                 (&mut answer, more)
             {
@@ -301,14 +305,11 @@ pub fn service_name(domain: &Name, service: &ServiceName) -> Option<Name> {
     Name::from_ascii(format!("{}.{}.svc", service.name, service.namespace)).ok()?.append_name(domain).ok()
 }
 
-/// Where an alias answer points, when an address (or anything but the
-/// alias itself) was asked.
-fn cname_target(answer: &Answer, qtype: RecordType) -> Option<Name> {
-    match answer {
-        Answer::Records { answers, .. } if qtype != RecordType::CNAME => match answers.last().map(|r| &r.data) {
-            Some(RData::CNAME(CNAME(target))) => Some(target.clone()),
-            _ => None,
-        },
+/// Where an answer that ends in an alias points, when anything but the
+/// alias itself was asked.
+pub fn cname_target(answers: &[Record], qtype: RecordType) -> Option<&Name> {
+    match answers.last().map(|r| &r.data) {
+        Some(RData::CNAME(CNAME(target))) if qtype != RecordType::CNAME => Some(target),
         _ => None,
     }
 }

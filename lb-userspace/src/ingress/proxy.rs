@@ -35,10 +35,10 @@ use tracing::{debug, info, warn};
 
 use super::{
     routes::{Backend, BackendPort, RouteTable},
-    table::{self, IngressError},
+    table,
 };
 use crate::{
-    model::{DesiredState, Protocol, ServiceName},
+    model::{DesiredState, ModelError, Protocol, ServiceName},
     source::Objects,
 };
 
@@ -105,7 +105,7 @@ impl IngressProxy {
 
     /// Routes by `objects`' Ingresses to `desired`'s endpoints from now on;
     /// the invalid Ingresses' errors.
-    pub fn publish(&self, objects: &Objects, desired: &DesiredState) -> Vec<IngressError> {
+    pub fn publish(&self, objects: &Objects, desired: &DesiredState) -> Vec<ModelError> {
         let (table, errors) = table::build(objects, &self.class);
         let mut turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         turns.retain(|backend, _| table.backends().any(|b| b == backend));

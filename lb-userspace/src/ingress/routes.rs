@@ -56,12 +56,6 @@ fn elements(path: &str) -> impl Iterator<Item = &str> + Clone {
     path.split('/').filter(|e| !e.is_empty())
 }
 
-impl PathRule {
-    fn elements(&self) -> Vec<&str> {
-        elements(&self.path).collect()
-    }
-}
-
 /// The rules of every Ingress of the class, by host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteTable {
@@ -126,7 +120,8 @@ fn strip_port(host: &str) -> &str {
 /// The matching rule with the longest path; at equal length `Exact`
 /// before `Prefix`; then the first.
 fn best<'r>(rules: &'r [PathRule], path: &str) -> Option<&'r Backend> {
-    let rank = |r: &PathRule| (r.elements().iter().map(|e| e.len() + 1).sum::<usize>(), r.path_type == PathType::Exact);
+    // The path's length without empty elements, so `/foo/` ranks as `/foo`.
+    let rank = |r: &PathRule| (elements(&r.path).map(|e| e.len() + 1).sum::<usize>(), r.path_type == PathType::Exact);
     let mut chosen: Option<&PathRule> = None;
     for rule in rules.iter().filter(|r| r.matches(path)) {
         if chosen.is_none_or(|c| rank(rule) > rank(c)) {

@@ -6,10 +6,12 @@
 
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass, IngressServiceBackend};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use thiserror::Error;
 
 use super::routes::{Backend, BackendPort, PathRule, PathType, RouteTable};
-use crate::source::{Objects, Sourced};
+use crate::{
+    model::ModelError,
+    source::{Objects, Sourced},
+};
 
 /// The `spec.controller` of the IngressClasses this agent serves.
 pub const CONTROLLER: &str = "lb.dev/ingress";
@@ -18,19 +20,9 @@ const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-cl
 /// The annotation older Ingresses name their class with.
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
-#[error("{file}: Ingress {namespace}/{name}: {field}: {reason}")]
-pub struct IngressError {
-    pub file: String,
-    pub namespace: String,
-    pub name: String,
-    pub field: String,
-    pub reason: String,
-}
-
 /// The table of every valid Ingress of `class` (an IngressClass name), in
 /// creation order (then namespace/name), and the errors of the invalid ones.
-pub fn build(objects: &Objects, class: &str) -> (RouteTable, Vec<IngressError>) {
+pub fn build(objects: &Objects, class: &str) -> (RouteTable, Vec<ModelError>) {
     // Our class exists, is this controller's, and may be the default.
     let ours_class = objects.ingress_classes.iter().map(|c| &*c.object).find(|c| {
         c.metadata.name.as_deref() == Some(class)
@@ -86,13 +78,13 @@ struct Rules {
     default_backend: Option<Backend>,
 }
 
-fn rules(ingress: &Sourced<Ingress>) -> Result<Rules, IngressError> {
+fn rules(ingress: &Sourced<Ingress>) -> Result<Rules, ModelError> {
     let meta: &ObjectMeta = &ingress.object.metadata;
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
-    let bad = |field: String, reason: String| IngressError {
-        file: ingress.file.display().to_string(),
-        namespace: namespace.clone(),
-        name: meta.name.clone().unwrap_or_default(),
+    let object = format!("Ingress {namespace}/{}", meta.name.as_deref().unwrap_or_default());
+    let bad = |field: String, reason: String| ModelError::Invalid {
+        file: ingress.file.to_path_buf(),
+        object: object.clone(),
         field,
         reason,
     };
