@@ -18,7 +18,7 @@ use lb_userspace::{
     },
     dns::DnsOptions,
     ingress::proxy::IngressOptions,
-    model::{Controllers, IpCidr, ModelOptions},
+    model::{Controllers, IpCidr, ModelOptions, ServiceName},
     plan::datapath_cidr,
     source::api::ApiConfig,
 };
@@ -58,6 +58,9 @@ enum Command {
         output: Option<OutputArg>,
         #[command(flatten)]
         filter: ConntrackFilterArgs,
+        /// The agent's --metrics-bind-address, asked by `get ingresses`.
+        #[arg(long, default_value = "127.0.0.1:10249")]
+        agent: std::net::SocketAddr,
     },
     /// Say what the datapath would do with one packet, step by step: its own
     /// decision run over the live maps, which it leaves unchanged.
@@ -252,10 +255,19 @@ struct RunArgs {
     /// unless given).
     #[arg(long, value_name = "ADDR:PORT")]
     ingress_bind: Option<std::net::SocketAddr>,
+    /// Serve them as an HTTPS proxy here, with the certificates of their
+    /// `spec.tls` Secrets (off unless given).
+    #[arg(long, value_name = "ADDR:PORT")]
+    ingress_tls_bind: Option<std::net::SocketAddr>,
     /// The IngressClass whose Ingresses are ours (and those without a
     /// class, when this one is marked the default).
     #[arg(long, default_value = "lb")]
     ingress_class: String,
+    /// The Service (NAMESPACE/NAME) that exposes the Ingress proxy: its
+    /// load-balancer and external IPs are written to the served Ingresses'
+    /// `status.loadBalancer` (with the API server).
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_service_name)]
+    ingress_publish_service: Option<ServiceName>,
 }
 
 /// Where the standalone agent answers DNS unless told: NodeLocal DNSCache's
@@ -267,6 +279,16 @@ fn parse_upstream(text: &str) -> Result<std::net::SocketAddr, String> {
     text.parse()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
         .map_err(|_| format!("{text:?} is neither an IP address nor ADDR:PORT"))
+}
+
+/// `NAMESPACE/NAME`.
+fn parse_service_name(text: &str) -> Result<ServiceName, String> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(ServiceName::new(namespace, name))
+        }
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+    }
 }
 
 /// An address to listen on, or none (the empty string).
@@ -323,6 +345,10 @@ enum GetWhat {
     Counters,
     /// Every flow (client, frontend, backend, state, age), with the filters below.
     Conntrack,
+    /// The Ingresses the proxy serves, with their address (asks the
+    /// agent's /status at --agent).
+    #[value(alias = "ingress")]
+    Ingresses,
 }
 
 /// Filters of `get conntrack`.
@@ -400,19 +426,20 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run(args) => run(*args),
-        Command::Get { what, bpf_dir, output, filter } => {
+        Command::Get { what, bpf_dir, output, filter, agent } => {
             if what != GetWhat::Conntrack && !filter.is_empty() {
                 bail!("--service, --client, --backend and --protocol filter `get conntrack` only");
             }
             let output = output_of(output);
-            let maps = DatapathMaps::open_pinned(&bpf_dir)?;
+            let maps = || DatapathMaps::open_pinned(&bpf_dir);
             let out = match what {
-                GetWhat::Services => get::format_services(get::programmed_services(&maps)?, output)?,
-                GetWhat::Endpoints => get::format_endpoints(get::programmed_endpoints(&maps)?, output)?,
-                GetWhat::Counters => get::format_counters(&get::counters(&maps)?, output)?,
+                GetWhat::Services => get::format_services(get::programmed_services(&maps()?)?, output)?,
+                GetWhat::Endpoints => get::format_endpoints(get::programmed_endpoints(&maps()?)?, output)?,
+                GetWhat::Counters => get::format_counters(&get::counters(&maps()?)?, output)?,
                 GetWhat::Conntrack => {
-                    get::format_conntrack(&get::conntrack(&maps, &filter.filter(), monotonic_ns())?, output)?
+                    get::format_conntrack(&get::conntrack(&maps()?, &filter.filter(), monotonic_ns())?, output)?
                 }
+                GetWhat::Ingresses => get::format_ingresses(status::fetch(agent)?.ingresses, output)?,
             };
             print!("{out}");
             Ok(())
@@ -549,7 +576,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ttl: args.dns_ttl,
             service_cidrs: service_cidrs.clone(),
         }),
-        ingress: args.ingress_bind.map(|bind| IngressOptions { bind, class: args.ingress_class }),
+        ingress: (args.ingress_bind.is_some() || args.ingress_tls_bind.is_some()).then_some(IngressOptions {
+            http: args.ingress_bind,
+            https: args.ingress_tls_bind,
+            class: args.ingress_class,
+            publish_service: args.ingress_publish_service,
+        }),
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))
 }

@@ -217,6 +217,14 @@ impl AgentProcess {
         Ok(serde_json::from_slice(&crate::netns::checked(&mut cmd)?.stdout)?)
     }
 
+    /// `lb-agent get ingresses ARGS...`, run in `node`'s namespace (it asks
+    /// the agent's /status there).
+    pub fn get_ingresses(&self, node: &Node, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = node.ns.command(&self.bin);
+        cmd.args(["get", "ingresses"]).args(args);
+        Ok(String::from_utf8(crate::netns::checked(&mut cmd)?.stdout)?)
+    }
+
     /// `lb-agent status ARGS...`, run in `node`'s namespace.
     pub fn status(&self, node: &Node, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = node.ns.command(&self.bin);

@@ -56,7 +56,7 @@ struct Kind {
     namespaced: bool,
 }
 
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 8] = [
     Kind { kind: "Service", api_version: "v1", plural: "services", namespaced: true },
     Kind { kind: "EndpointSlice", api_version: "discovery.k8s.io/v1", plural: "endpointslices", namespaced: true },
     Kind { kind: "Node", api_version: "v1", plural: "nodes", namespaced: false },
@@ -64,6 +64,7 @@ const KINDS: [Kind; 7] = [
     Kind { kind: "Pod", api_version: "v1", plural: "pods", namespaced: true },
     Kind { kind: "Ingress", api_version: "networking.k8s.io/v1", plural: "ingresses", namespaced: true },
     Kind { kind: "IngressClass", api_version: "networking.k8s.io/v1", plural: "ingressclasses", namespaced: false },
+    Kind { kind: "Secret", api_version: "v1", plural: "secrets", namespaced: true },
 ];
 
 /// An object's place within its kind: (namespace, name), namespace empty
@@ -137,38 +138,7 @@ impl ApiServer {
     /// object with an identical one changes nothing, as an update that is
     /// a no-op does nothing in Kubernetes.
     pub fn apply(&self, object: Value) -> anyhow::Result<Value> {
-        let (kind, key) = identify(&object)?;
-        let mut object = object;
-        let meta = object.get_mut("metadata").and_then(Value::as_object_mut).context("metadata is not an object")?;
-        if KINDS[kind].namespaced {
-            meta.insert("namespace".into(), key.0.clone().into());
-        }
-        let mut store = self.shared.lock();
-        let prev = store.objects[kind].get(&key).cloned();
-        if let Some(prev) = &prev {
-            // A replacement keeps the identity the server gave the object.
-            for field in ["uid", "creationTimestamp"] {
-                if let Some(value) = prev["metadata"].get(field) {
-                    meta.entry(field).or_insert_with(|| value.clone());
-                }
-            }
-            meta.insert("resourceVersion".into(), prev["metadata"]["resourceVersion"].clone());
-            if object == **prev {
-                return Ok(object);
-            }
-        } else {
-            store.next_uid += 1;
-            let uid = format!("6c620000-0000-4000-8000-{:012x}", store.next_uid);
-            meta.entry("uid").or_insert(uid.into());
-            meta.entry("creationTimestamp").or_insert_with(|| rfc3339(SystemTime::now()).into());
-        }
-        store.rv += 1;
-        let rv = store.rv;
-        set_resource_version(&mut object, rv);
-        let object = Arc::new(object);
-        store.objects[kind].insert(key, object.clone());
-        store.record(Change { kind, rv, prev, cur: Some(object.clone()) });
-        Ok(Value::clone(&object))
+        apply_to(&self.shared, object)
     }
 
     /// Deletes the object; watches see DELETED with its last state at a new
@@ -545,7 +515,8 @@ impl Selector {
                 return Err(Failure::bad_request(format!("invalid field selector term {term:?}")));
             };
             let field = field.trim();
-            if field != "metadata.name" && field != "metadata.namespace" {
+            // `type` is the Secrets' own field label.
+            if !["metadata.name", "metadata.namespace", "type"].contains(&field) {
                 return Err(Failure::bad_request(format!("field label not supported: {field}")));
             }
             selector.fields.push((field.to_owned(), equal, value.trim().to_owned()));
@@ -569,8 +540,8 @@ impl Selector {
         });
         labels_match
             && self.fields.iter().all(|(field, equal, value)| {
-                let path = if field == "metadata.name" { "/metadata/name" } else { "/metadata/namespace" };
-                (object.pointer(path).and_then(Value::as_str).unwrap_or("") == value) == *equal
+                let path = format!("/{}", field.replace('.', "/"));
+                (object.pointer(&path).and_then(Value::as_str).unwrap_or("") == value) == *equal
             })
     }
 
@@ -690,8 +661,91 @@ impl IntoResponse for Failure {
     }
 }
 
+/// [`ApiServer::apply`]: creates or replaces the object.
+fn apply_to(shared: &Shared, object: Value) -> anyhow::Result<Value> {
+    let (kind, key) = identify(&object)?;
+    let mut object = object;
+    let meta = object.get_mut("metadata").and_then(Value::as_object_mut).context("metadata is not an object")?;
+    if KINDS[kind].namespaced {
+        meta.insert("namespace".into(), key.0.clone().into());
+    }
+    let mut store = shared.lock();
+    let prev = store.objects[kind].get(&key).cloned();
+    if let Some(prev) = &prev {
+        // A replacement keeps the identity the server gave the object.
+        for field in ["uid", "creationTimestamp"] {
+            if let Some(value) = prev["metadata"].get(field) {
+                meta.entry(field).or_insert_with(|| value.clone());
+            }
+        }
+        meta.insert("resourceVersion".into(), prev["metadata"]["resourceVersion"].clone());
+        if object == **prev {
+            return Ok(object);
+        }
+    } else {
+        store.next_uid += 1;
+        let uid = format!("6c620000-0000-4000-8000-{:012x}", store.next_uid);
+        meta.entry("uid").or_insert(uid.into());
+        meta.entry("creationTimestamp").or_insert_with(|| rfc3339(SystemTime::now()).into());
+    }
+    store.rv += 1;
+    let rv = store.rv;
+    set_resource_version(&mut object, rv);
+    let object = Arc::new(object);
+    store.objects[kind].insert(key, object.clone());
+    store.record(Change { kind, rv, prev, cur: Some(object.clone()) });
+    Ok(Value::clone(&object))
+}
+
+/// A merge patch (RFC 7386) of an object's `status` subresource, as the
+/// agent writes Ingresses' load-balancer addresses.
+fn patch_status(shared: &Shared, segments: &[&str], patch: &[u8]) -> Result<Response, Failure> {
+    let (group_version, rest) = match segments {
+        ["api", "v1", rest @ ..] => ("v1".to_owned(), rest),
+        ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest),
+        _ => return Err(Failure::no_resource()),
+    };
+    let ["namespaces", namespace, plural, name, "status"] = *rest else {
+        return Err(Failure::no_resource());
+    };
+    let kind = KINDS
+        .iter()
+        .position(|k| k.api_version == group_version && k.plural == plural)
+        .ok_or_else(Failure::no_resource)?;
+    let key = (namespace.to_owned(), name.to_owned());
+    let mut object = shared.lock().objects[kind]
+        .get(&key)
+        .map(|o| Value::clone(o))
+        .ok_or_else(|| Failure::not_found(format!("{plural} {name:?} not found")))?;
+    let patch: Value =
+        serde_json::from_slice(patch).map_err(|e| Failure::bad_request(format!("invalid patch: {e}")))?;
+    let status = patch.get("status").cloned().unwrap_or(Value::Null);
+    merge(object.as_object_mut().expect("objects are JSON objects").entry("status").or_insert(Value::Null), &status);
+    let stored = apply_to(shared, object).map_err(|e| Failure::bad_request(e.to_string()))?;
+    Ok(Json(stored).into_response())
+}
+
+/// RFC 7386: objects merge key by key, null deletes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("made an object above");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
 /// Every request: recorded, delayed as the test asks, then routed.
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> Response {
+async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, body: Bytes) -> Response {
     let delay = {
         let mut store = shared.lock();
         let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
@@ -701,8 +755,12 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) -> 
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    if method == Method::PATCH {
+        let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+        return patch_status(&shared, &segments, &body).unwrap_or_else(IntoResponse::into_response);
+    }
     if method != Method::GET {
-        let message = format!("the api server double serves only GET, not {method}");
+        let message = format!("the api server double serves only GET and PATCH of status, not {method}");
         return Failure { code: StatusCode::METHOD_NOT_ALLOWED, reason: "MethodNotAllowed", message }.into_response();
     }
     let query = match Query::<HashMap<String, String>>::try_from_uri(&uri) {

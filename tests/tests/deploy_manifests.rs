@@ -105,11 +105,12 @@ fn cluster_role_only_lists_and_watches_what_the_agent_reads() {
         ("networking.k8s.io", "servicecidrs"),
         ("networking.k8s.io", "ingresses"),
         ("networking.k8s.io", "ingressclasses"),
+        ("", "secrets"),
     ]
     .into_iter()
     .flat_map(|(group, resource)| ["list", "watch"].map(|verb| (group, resource, verb)))
     .collect();
-    assert_eq!(granted, wanted, "exactly list and watch on the six resources, nothing else");
+    assert_eq!(granted, wanted, "exactly list and watch on the seven resources, nothing else");
     assert!(m.cluster_role.aggregation_rule.is_none(), "an aggregated role would take in other roles' rules");
 }
 

@@ -182,6 +182,144 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
     assert_eq!((last.0.as_str(), last.1.trim()), ("503", "Service default/foo port 80 has no ready endpoint"));
 }
 
+/// A self-signed certificate for `host` and its key, as PEM, from openssl.
+fn certificate(dir: &std::path::Path, host: &str) -> (String, String) {
+    let (crt, key) = (dir.join(format!("{host}.crt")), dir.join(format!("{host}.key")));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", &format!("/CN={host}"), "-addext", &format!("subjectAltName=DNS:{host}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (cargo xtask setup installs it)");
+    assert!(status.success(), "openssl req for {host}");
+    (std::fs::read_to_string(crt).unwrap(), std::fs::read_to_string(key).unwrap())
+}
+
+/// A `kubernetes.io/tls` Secret as `kubectl create secret tls` writes it
+/// (`data`, base64).
+fn tls_secret(name: &str, (crt, key): &(String, String)) -> String {
+    use base64::Engine as _;
+    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(crt),
+        b64(key)
+    )
+}
+
+/// `curl` over HTTPS with `cacert` trusted: HTTP version, status and body
+/// (or curl's error).
+fn curl_tls(ns: &Netns, host: &str, cacert: &std::path::Path, extra: &[&str]) -> (String, String, String) {
+    let resolve = format!("{host}:443:{NODE_IP}");
+    let out = ns
+        .command("curl")
+        .args(["-sS", "-m", "3", "-o", "-", "-w", "\n%{http_version} %{http_code}", "--resolve", &resolve])
+        .arg("--cacert")
+        .arg(cacert)
+        .args(extra)
+        .arg(format!("https://{host}/"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    let (version, status) = last.split_once(' ').unwrap_or_default();
+    let body = if out.status.success() { body.to_owned() } else { String::from_utf8_lossy(&out.stderr).into_owned() };
+    (version.to_owned(), status.to_owned(), body)
+}
+
+#[test]
+fn https_picks_each_host_s_certificate_by_sni_and_speaks_http2() {
+    require_root();
+    let c = cluster(2);
+    c.node.ns.exec(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]).unwrap();
+    let dir = TempDir::new("ing-tls");
+    let (kubia_cert, foo_cert) = (certificate(&dir.0, "kubia.example.com"), certificate(&dir.0, "foo.example.com"));
+    let secrets = [tls_secret("kubia-tls", &kubia_cert), tls_secret("foo-tls", &foo_cert)].join("---\n");
+    // kubia and foo each with their own certificate; a third Ingress names a
+    // Secret that does not exist, which must not disturb the others.
+    let ingresses = format!(
+        "{INGRESSES}  tls:\n  - {{hosts: [kubia.example.com], secretName: kubia-tls}}\n  - {{hosts: [foo.example.com], secretName: foo-tls}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: broken}}\nspec:\n  tls: [{{hosts: [bar.example.com], secretName: nosuch}}]\n  \
+         rules: [{{host: bar.example.com, http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: foo, port: {{number: 80}}}}}}}}]}}}}]\n"
+    );
+    let pods = [
+        pod_manifest("kubia-0", Ipv4Addr::new(10, 244, 0, 2), true),
+        pod_manifest("kubia-1", Ipv4Addr::new(10, 244, 0, 3), true).replace("app: kubia", "app: foo"),
+    ]
+    .join("---\n");
+    // foo's second port goes where no pod listens: 502.
+    let services = SERVICES.replace(
+        "selector: {app: foo}\n  ports: [{name: http, port: 80, targetPort: 8080}]",
+        "selector: {app: foo}\n  ports: [{name: http, port: 80, targetPort: 8080}, {name: closed, port: 81, targetPort: 9}]",
+    );
+    assert_ne!(services, SERVICES);
+    let ingresses = ingresses.replace(
+        "      - {path: /foo, pathType: Prefix,",
+        "      - {path: /closed, pathType: Prefix, backend: {service: {name: foo, port: {name: closed}}}}\n      - {path: /foo, pathType: Prefix,",
+    );
+    let (http, https) = (format!("{NODE_IP}:80"), format!("{NODE_IP}:443"));
+    let mut agent = AgentProcess::start_with(
+        &c.node,
+        &[
+            ("services.yaml", &services),
+            ("pods.yaml", &pods),
+            ("ingresses.yaml", &ingresses),
+            ("secrets.yaml", &secrets),
+        ],
+        &["--pod-device", POD_DEVICE_PATTERN, "--ingress-bind", &http, "--ingress-tls-bind", &https],
+    )
+    .unwrap();
+    let ns = &c.client.ns;
+    // Each host gets its own certificate: curl trusts only that one.
+    let kubia_ca = dir.0.join("kubia.example.com.crt");
+    let (version, status, body) = curl_tls(ns, "kubia.example.com", &kubia_ca, &[]);
+    assert_eq!((version.as_str(), status.as_str(), served_by(&body).as_str()), ("2", "200", "kubia-0"), "{body}");
+    assert!(body.lines().any(|l| l == "x-forwarded-proto: https"), "{body}");
+    assert!(body.lines().any(|l| l == "x-forwarded-host: kubia.example.com"), "{body}");
+    let foo_ca = dir.0.join("foo.example.com.crt");
+    let (version, status, body) = curl_tls(ns, "foo.example.com", &foo_ca, &["--http1.1"]);
+    assert_eq!((version.as_str(), status.as_str(), served_by(&body).as_str()), ("1.1", "200", "kubia-1"), "{body}");
+    let (_, _, error) = curl_tls(ns, "foo.example.com", &kubia_ca, &[]);
+    assert!(error.contains("certificate"), "foo.example.com must not be served kubia's certificate: {error}");
+    // No certificate for bar.example.com (its Secret is missing): the
+    // handshake fails, and the log names the Ingress and the Secret.
+    let (_, status, _) = curl_tls(ns, "bar.example.com", &kubia_ca, &["-k"]);
+    assert_eq!(status, "000", "bar.example.com has no certificate");
+    agent
+        .wait_for_log("Ingress default/broken: spec.tls[0].secretName: Secret default/nosuch does not exist", TIMEOUT)
+        .unwrap();
+
+    // HTTP/2 without TLS, by prior knowledge (h2c).
+    let resolve = format!("kubia.example.com:80:{NODE_IP}");
+    let out = ns
+        .command("curl")
+        .args(["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "--http2-prior-knowledge"])
+        .args(["--resolve", &resolve, "http://kubia.example.com/"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+
+    // A WebSocket-style upgrade is joined through to the pod, both ways.
+    let client = lb_tests::workspace_binary("LB_TESTCLIENT_BIN", "lb-testclient").unwrap();
+    let out = c.client.ns.command(&client).args(["upgrade", &http, "kubia.example.com"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "status: 101\necho: kubia-0: hello\necho: kubia-0: again\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The backend refuses: 502 with the reason.
+    let (status, body) = curl(ns, "paths.example.com", "http://paths.example.com/closed");
+    assert_eq!(status, "502", "{body}");
+    assert!(body.starts_with("backend 10.244.0.3:9: "), "{body}");
+}
+
 #[test]
 fn an_ingress_from_the_api_server_routes_to_its_service_s_endpoint_slice() {
     require_root();
@@ -213,12 +351,39 @@ fn an_ingress_from_the_api_server_routes_to_its_service_s_endpoint_slice() {
     let dir = TempDir::new("ing");
     let kubeconfig = dir.0.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
+    // The proxy's own LoadBalancer Service, as the seeds expose an
+    // ingress controller: its address is the Ingresses' address.
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb-ingress", "namespace": "kube-system"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"],
+                 "ports": [{"name": "http", "port": 80, "targetPort": 80, "nodePort": 30080, "protocol": "TCP"}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}
+    }))
+    .unwrap();
     let bind = format!("{NODE_IP}:80");
-    let _agent =
-        AgentProcess::start_api(&c.node, &kubeconfig, &["--pod-device", POD_DEVICE_PATTERN, "--ingress-bind", &bind])
-            .unwrap();
+    let flags = ["--pod-device", POD_DEVICE_PATTERN, "--ingress-bind", &bind];
+    let agent = AgentProcess::start_api(
+        &c.node,
+        &kubeconfig,
+        &[&flags[..], &["--ingress-publish-service", "kube-system/lb-ingress"]].concat(),
+    )
+    .unwrap();
     let (status, body) = curl(&c.client.ns, "kubia.example.com", "http://kubia.example.com/");
     assert_eq!((status.as_str(), served_by(&body).as_str()), ("200", "kubia-0"), "{body}");
+    // The published Service's address is written to the Ingress's status,
+    // once, and `get ingresses` lists it as kubectl would.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let address =
+        || api.get("Ingress", "default", "kubia").and_then(|i| i.pointer("/status/loadBalancer/ingress").cloned());
+    while address() != Some(json!([{"ip": "203.0.113.10"}])) {
+        assert!(std::time::Instant::now() < deadline, "status not written: {:?}", address());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let listed = agent.get_ingresses(&c.node, &[]).unwrap();
+    let rows: Vec<Vec<&str>> = listed.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["NAMESPACE", "NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS"], "{listed}");
+    assert_eq!(rows[1], ["default", "kubia", "lb", "kubia.example.com", "203.0.113.10", "80"], "{listed}");
+
     // The Ingress deleted: 404.
     api.delete("Ingress", "default", "kubia").unwrap();
     let deadline = std::time::Instant::now() + TIMEOUT;
@@ -226,4 +391,63 @@ fn an_ingress_from_the_api_server_routes_to_its_service_s_endpoint_slice() {
         assert!(std::time::Instant::now() < deadline, "the deleted Ingress still routes");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // Passes ran after the write (the status change itself, the deletion):
+    // none wrote it again.
+    let patches = api.requests().iter().filter(|(method, _)| method == "PATCH").count();
+    assert_eq!(patches, 1, "the status is written once, not at every pass");
+    assert_eq!(agent.get_ingresses(&c.node, &[]).unwrap().lines().count(), 1, "only the header is left");
+}
+
+#[test]
+fn ingresses_edited_under_keep_alive_load_fail_no_request_and_keep_the_connection() {
+    require_root();
+    let c = cluster(3);
+    c.node.ns.exec(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]).unwrap();
+    let pods = [
+        pod_manifest("kubia-0", Ipv4Addr::new(10, 244, 0, 2), true),
+        pod_manifest("kubia-2", Ipv4Addr::new(10, 244, 0, 4), true).replace("app: kubia", "app: foo"),
+    ]
+    .join("---\n");
+    let bind = format!("{NODE_IP}:80");
+    let agent = AgentProcess::start_with(
+        &c.node,
+        &[("services.yaml", SERVICES), ("pods.yaml", &pods), ("ingresses.yaml", INGRESSES)],
+        &["--pod-device", POD_DEVICE_PATTERN, "--ingress-bind", &bind],
+    )
+    .unwrap();
+    assert_eq!(curl(&c.client.ns, "kubia.example.com", "http://kubia.example.com/").0, "200");
+    // One curl, one keep-alive connection, 3000 requests in a row (into a
+    // file: a pipe would fill while the edits run).
+    let resolve = format!("kubia.example.com:80:{NODE_IP}");
+    let dir = TempDir::new("ing-load");
+    let output = dir.0.join("curl.out");
+    let mut load = c
+        .client
+        .ns
+        .command("curl")
+        .args(["-s", "-m", "60", "-w", "status %{http_code} %{num_connects}\n", "--resolve", &resolve])
+        .arg("http://kubia.example.com/[1-3000]")
+        .stdout(std::fs::File::create(&output).unwrap())
+        .spawn()
+        .unwrap();
+    // Meanwhile kubia.example.com is switched between kubia and foo, and
+    // other rules come and go.
+    let switched = INGRESSES
+        .replacen("service: {name: kubia, port: {number: 80}}", "service: {name: foo, port: {number: 80}}", 1)
+        .replace("host: paths.example.com", "host: other.example.com");
+    let mut edits = 0;
+    while load.try_wait().unwrap().is_none() {
+        agent.write_manifest("ingresses.yaml", if edits % 2 == 0 { &switched } else { INGRESSES }).unwrap();
+        edits += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(load.wait().unwrap().success());
+    let text = std::fs::read_to_string(&output).unwrap();
+    let statuses: Vec<&str> = text.lines().filter(|l| l.starts_with("status ")).collect();
+    assert_eq!(statuses.len(), 3000, "every request answered");
+    assert!(statuses.iter().all(|s| s.starts_with("status 200 ")), "a request failed during the edits");
+    let connects: u32 = statuses.iter().map(|s| s.rsplit(' ').next().unwrap().parse::<u32>().unwrap()).sum();
+    assert_eq!(connects, 1, "the client's connection was never dropped");
+    let served: std::collections::BTreeSet<&str> = text.lines().filter_map(|l| l.strip_prefix("You've hit ")).collect();
+    assert_eq!(served, ["kubia-0", "kubia-2"].into(), "edits took effect on the open connection ({edits} edits)");
 }

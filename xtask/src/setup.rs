@@ -26,6 +26,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // `dnsmasq` package's system service).
     ("dig", "dnsutils"),
     ("dnsmasq", "dnsmasq-base"),
+    // The Ingress tests' certificates.
+    ("openssl", "openssl"),
 ];
 
 /// The version of kmock (PyPI), the Kubernetes API emulator that

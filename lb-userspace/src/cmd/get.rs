@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::maps::{DatapathMaps, FamilyMaps},
+    ingress::table::ServedIngress,
     plan::{AnyFrontendKey, WireAddr, rekey},
 };
 
@@ -392,6 +393,29 @@ pub fn format_counters(counters: &Counters, output: Output) -> anyhow::Result<St
     let sent: Vec<[String; 2]> = counters.sent.iter().map(|w| [w.sent_by.clone(), w.packets.to_string()]).collect();
     let header = ["REASON", hooks[0], hooks[1], hooks[2], hooks[3]];
     Ok(format!("{}\n{}", table(header, &rows), table(["SENT-BY", "PACKETS"], &sent)))
+}
+
+/// `get ingresses`, as `kubectl get ingress` prints them (with the
+/// namespace first); the JSON and YAML give every field.
+pub fn format_ingresses(ingresses: Vec<ServedIngress>, output: Output) -> anyhow::Result<String> {
+    let joined = |items: Vec<String>| items.join(",");
+    let rows: Vec<[String; 6]> = ingresses
+        .iter()
+        .map(|i| {
+            [
+                i.namespace.clone(),
+                i.name.clone(),
+                i.class.clone().unwrap_or_else(|| "<none>".into()),
+                joined(i.hosts.clone()),
+                joined(i.address.iter().map(ToString::to_string).collect()),
+                i.ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            ]
+        })
+        .collect();
+    if let Some(text) = structured(&List { kind: "IngressList".into(), items: ingresses }, output)? {
+        return Ok(text);
+    }
+    Ok(table(["NAMESPACE", "NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS"], &rows))
 }
 
 /// Which flows `get conntrack` lists; every given filter must match.

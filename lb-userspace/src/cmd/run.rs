@@ -158,14 +158,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // or the API server listed meanwhile; nothing is planned before the
     // first pass below.
     let source = match &config.source {
-        SourceConfig::Manifests(dir) => Source::Manifests(
-            ManifestSource::open(dir.clone(), if config.ingress.is_some() { Kind::ALL } else { Kind::MODEL })
-                .with_context(|| format!("watching manifest directory {}", dir.display()))?,
-        ),
+        SourceConfig::Manifests(dir) => {
+            let kinds = match &config.ingress {
+                None => Kind::MODEL,
+                Some(ingress) if ingress.https.is_none() => Kind::INGRESS,
+                Some(_) => Kind::ALL,
+            };
+            Source::Manifests(
+                ManifestSource::open(dir.clone(), kinds)
+                    .with_context(|| format!("watching manifest directory {}", dir.display()))?,
+            )
+        }
         SourceConfig::Api(api) => {
             // Headless Services: DNS names them, and an Ingress may route to one.
             let ingresses = config.ingress.is_some();
-            let watches = Watches { headless: config.dns.is_some() || ingresses, ingresses };
+            let tls_secrets = config.ingress.as_ref().is_some_and(|i| i.https.is_some());
+            let watches = Watches { headless: config.dns.is_some() || ingresses, ingresses, tls_secrets };
             Source::Api(ApiSource::start(api, &config.node_name, watches).await?)
         }
     };
@@ -321,8 +329,17 @@ impl Agent {
             dns.publish(&self.desired);
         }
         if let Some(ingress) = &self.ingress {
-            let errors = ingress.publish(self.source.objects(), &self.desired);
+            let (served, errors) = ingress.publish(self.source.objects(), &self.desired);
             log_new_errors(&mut self.ingress_errors, &errors);
+            // Only with a published Service: every agent of the cluster
+            // then writes the same address, where their own would race.
+            let publishes = self.config.ingress.as_ref().is_some_and(|i| i.publish_service.is_some());
+            if let (Source::Api(api), true) = (&self.source, publishes) {
+                for s in served.iter().filter(|s| s.address != s.reported) {
+                    api.report_ingress_address(&s.namespace, &s.name, &s.address);
+                }
+            }
+            self.status.update(|status| status.ingresses = served);
         }
         let (services, total) = (self.desired.services.len(), started.elapsed());
         if self.synced {

@@ -15,6 +15,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::{Deserialize, Serialize};
 
 use super::get::Output;
+use crate::ingress::table::ServedIngress;
 
 /// What `lb-agent status` shows of a running agent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,9 @@ pub struct AgentStatus {
     pub conntrack_entries: u64,
     /// What the programs were loaded with.
     pub settings: Settings,
+    /// The Ingresses the proxy serves (`lb-agent get ingresses`).
+    #[serde(default)]
+    pub ingresses: Vec<ServedIngress>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,10 +4,16 @@
 //! marked default), each checked; an invalid one is left out with one line
 //! naming it, and disturbs no other.
 
+use std::{net::IpAddr, sync::Arc};
+
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass, IngressServiceBackend};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
 
-use super::routes::{Backend, BackendPort, PathRule, PathType, RouteTable};
+use super::{
+    routes::{Backend, BackendPort, PathRule, PathType, RouteTable},
+    tls::TlsRef,
+};
 use crate::{
     model::ModelError,
     source::{Objects, Sourced},
@@ -20,9 +26,40 @@ const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-cl
 /// The annotation older Ingresses name their class with.
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
+/// What the valid Ingresses of our class ask for.
+#[derive(Debug, Default)]
+pub struct IngressTable {
+    pub routes: RouteTable,
+    /// Their `spec.tls` entries, oldest Ingress first.
+    pub tls: Vec<TlsRef>,
+    /// Each of them, as `lb-agent get ingresses` lists it.
+    pub served: Vec<ServedIngress>,
+}
+
+/// An Ingress this agent serves: a row of `lb-agent get ingresses` (as
+/// `kubectl get ingress` prints it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedIngress {
+    pub namespace: String,
+    pub name: String,
+    /// As the Ingress names it (none: ours is the default class).
+    pub class: Option<String>,
+    /// Its rules' hosts, `*` for a rule without one.
+    pub hosts: Vec<String>,
+    /// Whether it has `spec.tls` entries (served on --ingress-tls-bind).
+    pub tls: bool,
+    /// The ports it is served on: HTTP's, and HTTPS's when it has `tls`.
+    pub ports: Vec<u16>,
+    /// Where it is reachable, as its `status.loadBalancer` should say.
+    pub address: Vec<IpAddr>,
+    /// What its `status.loadBalancer.ingress` says now.
+    pub reported: Vec<IpAddr>,
+}
+
 /// The table of every valid Ingress of `class` (an IngressClass name), in
 /// creation order (then namespace/name), and the errors of the invalid ones.
-pub fn build(objects: &Objects, class: &str) -> (RouteTable, Vec<ModelError>) {
+pub fn build(objects: &Objects, class: &str) -> (IngressTable, Vec<ModelError>) {
     // Our class exists, is this controller's, and may be the default.
     let ours_class = objects.ingress_classes.iter().map(|c| &*c.object).find(|c| {
         c.metadata.name.as_deref() == Some(class)
@@ -36,22 +73,45 @@ pub fn build(objects: &Objects, class: &str) -> (RouteTable, Vec<ModelError>) {
         };
         key(&a.object).cmp(&key(&b.object))
     });
-    let mut table = RouteTable::default();
+    let mut table = IngressTable::default();
     let mut errors = Vec::new();
     for ingress in ours {
         match rules(ingress) {
             Ok(rules) => {
                 for (host, paths) in rules.hosts {
-                    table.add(host.as_deref(), paths);
+                    table.routes.add(host.as_deref(), paths);
                 }
                 if let Some(backend) = rules.default_backend {
-                    table.set_default(backend);
+                    table.routes.set_default(backend);
                 }
+                table.served.push(served(&ingress.object, !rules.tls.is_empty()));
+                table.tls.extend(rules.tls);
             }
             Err(err) => errors.push(err),
         }
     }
     (table, errors)
+}
+
+fn served(ingress: &Ingress, tls: bool) -> ServedIngress {
+    let spec = ingress.spec.as_ref();
+    let legacy = ingress.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION));
+    let reported = ingress.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+    ServedIngress {
+        namespace: ingress.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        name: ingress.metadata.name.clone().unwrap_or_default(),
+        class: spec.and_then(|s| s.ingress_class_name.clone()).or_else(|| legacy.cloned()),
+        hosts: spec
+            .and_then(|s| s.rules.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "*".into()))
+            .collect(),
+        tls,
+        ports: Vec::new(),
+        address: Vec::new(),
+        reported: reported.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect(),
+    }
 }
 
 fn is_default(class: &IngressClass) -> bool {
@@ -72,10 +132,12 @@ fn belongs(ingress: &Ingress, class: &str, ours: Option<&IngressClass>) -> bool 
     }
 }
 
-/// One Ingress's rules: paths by host (None: any host), its default backend.
+/// One Ingress's rules: paths by host (None: any host), its default
+/// backend, its certificates.
 struct Rules {
     hosts: Vec<(Option<String>, Vec<PathRule>)>,
     default_backend: Option<Backend>,
+    tls: Vec<TlsRef>,
 }
 
 fn rules(ingress: &Sourced<Ingress>) -> Result<Rules, ModelError> {
@@ -125,7 +187,25 @@ fn rules(ingress: &Sourced<Ingress>) -> Result<Rules, ModelError> {
     if hosts.is_empty() && default_backend.is_none() {
         return Err(bad("spec".into(), "has neither rules nor a defaultBackend".into()));
     }
-    Ok(Rules { hosts, default_backend })
+    let mut tls = Vec::new();
+    for (t, entry) in spec.tls.iter().flatten().enumerate() {
+        let field = format!("spec.tls[{t}]");
+        let secret = entry.secret_name.clone().filter(|s| !s.is_empty());
+        let secret = secret.ok_or_else(|| bad(format!("{field}.secretName"), "is missing".into()))?;
+        let hosts = entry.hosts.clone().unwrap_or_default();
+        for (h, host) in hosts.iter().enumerate() {
+            check_host(host).map_err(|reason| bad(format!("{field}.hosts[{h}]"), reason))?;
+        }
+        tls.push(TlsRef {
+            file: Arc::clone(&ingress.file),
+            ingress: object.clone(),
+            field,
+            namespace: namespace.clone(),
+            secret,
+            hosts,
+        });
+    }
+    Ok(Rules { hosts, default_backend, tls })
 }
 
 /// A host as the API server accepts it: DNS labels, `*.` only in front.
@@ -203,8 +283,8 @@ spec:
       - {path: /, pathType: Prefix, backend: {service: {name: foo, port: {number: 80}}}}
 ";
 
-    fn served(table: &RouteTable, host: &str, path: &str) -> Option<(String, BackendPort)> {
-        table.route(host, path).map(|b| (b.service.clone(), b.port.clone()))
+    fn served(table: &IngressTable, host: &str, path: &str) -> Option<(String, BackendPort)> {
+        table.routes.route(host, path).map(|b| (b.service.clone(), b.port.clone()))
     }
 
     #[test]

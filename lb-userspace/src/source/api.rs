@@ -11,18 +11,21 @@
 //! EndpointSlice and Node stores have had their first full list.
 
 use std::{
+    collections::HashMap,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass, ServiceCIDR},
 };
 use kube::{
     Api, Client, Resource,
+    api::{Patch, PatchParams},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
 };
@@ -56,6 +59,18 @@ pub struct Watches {
     pub headless: bool,
     /// Ingresses and IngressClasses (for the Ingress proxy).
     pub ingresses: bool,
+    /// `kubernetes.io/tls` Secrets (for the Ingress proxy's HTTPS).
+    pub tls_secrets: bool,
+}
+
+/// The addresses written to Ingresses' status, by (namespace, name).
+type Reported = HashMap<(String, String), Vec<IpAddr>>;
+
+/// What the Ingress proxy reads.
+struct IngressStores {
+    ingresses: Store<Ingress>,
+    classes: Store<IngressClass>,
+    secrets: Option<Store<Secret>>,
 }
 
 /// Where the API server is and how to talk to it.
@@ -73,14 +88,17 @@ pub struct ApiSource {
     slices: Store<EndpointSlice>,
     node: Store<Node>,
     service_cidrs: Store<ServiceCIDR>,
-    /// Ingresses and IngressClasses, watched for the Ingress proxy only.
-    ingresses: Option<(Store<Ingress>, Store<IngressClass>)>,
+    /// Watched for the Ingress proxy only.
+    ingresses: Option<IngressStores>,
     changes: watch::Receiver<u64>,
     /// The change count [`ApiSource::refresh`] last took objects at.
     refreshed_at: Option<u64>,
     /// Every object came through the API; the model's messages name it.
     origin: Arc<Path>,
     objects: Objects,
+    client: Client,
+    /// The Ingress addresses written (or being written), by namespace/name.
+    reported: Arc<std::sync::Mutex<Reported>>,
 }
 
 impl ApiSource {
@@ -99,13 +117,30 @@ impl ApiSource {
         // Kubernetes 1.33 and later; on older servers its watcher reports
         // the missing API once and retries quietly.
         let service_cidrs = reflect(Api::<ServiceCIDR>::all(client.clone()), watcher::Config::default(), &changed);
-        let ingresses = watches.ingresses.then(|| {
-            let ingresses = reflect(Api::<Ingress>::all(client.clone()), watcher::Config::default(), &changed);
-            (ingresses, reflect(Api::<IngressClass>::all(client), watcher::Config::default(), &changed))
+        let ingresses = watches.ingresses.then(|| IngressStores {
+            ingresses: reflect(Api::<Ingress>::all(client.clone()), watcher::Config::default(), &changed),
+            classes: reflect(Api::<IngressClass>::all(client.clone()), watcher::Config::default(), &changed),
+            // Only the TLS ones: the agent has no business with the others.
+            secrets: watches.tls_secrets.then(|| {
+                let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
+                reflect(Api::<Secret>::all(client.clone()), tls, &changed)
+            }),
         });
         let origin: Arc<Path> = Arc::from(Path::new("kubernetes-api"));
         let objects = Objects::default();
-        Ok(ApiSource { services, slices, node, service_cidrs, ingresses, changes, refreshed_at: None, origin, objects })
+        Ok(ApiSource {
+            services,
+            slices,
+            node,
+            service_cidrs,
+            ingresses,
+            changes,
+            refreshed_at: None,
+            origin,
+            objects,
+            client,
+            reported: Default::default(),
+        })
     }
 
     /// Waits until every store has had its first full list: planning before
@@ -147,24 +182,51 @@ impl ApiSource {
             return false;
         }
         self.refreshed_at = Some(count);
-        let (ingresses, ingress_classes) = match &self.ingresses {
-            Some((ingresses, classes)) => {
-                (sourced(&self.origin, ingresses.state()), sourced(&self.origin, classes.state()))
-            }
-            None => Default::default(),
-        };
-        self.objects = Objects {
+        let mut objects = Objects {
             services: sourced(&self.origin, self.services.state()),
             endpoint_slices: sourced(&self.origin, self.slices.state()),
-            ingresses,
-            ingress_classes,
             ..Objects::default()
         };
+        if let Some(stores) = &self.ingresses {
+            objects.ingresses = sourced(&self.origin, stores.ingresses.state());
+            objects.ingress_classes = sourced(&self.origin, stores.classes.state());
+            if let Some(secrets) = &stores.secrets {
+                objects.secrets = sourced(&self.origin, secrets.state());
+            }
+        }
+        self.objects = objects;
         true
     }
 
     pub fn objects(&self) -> &Objects {
         &self.objects
+    }
+
+    /// Writes `address` to the Ingress's `status.loadBalancer`, unless it
+    /// was written already; a failure is logged and tried again at the
+    /// next call.
+    pub fn report_ingress_address(&self, namespace: &str, name: &str, address: &[IpAddr]) {
+        let key = (namespace.to_owned(), name.to_owned());
+        {
+            let mut reported = self.reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if reported.get(&key).is_some_and(|r| r == address) {
+                return;
+            }
+            reported.insert(key.clone(), address.to_vec());
+        }
+        let api = Api::<Ingress>::namespaced(self.client.clone(), namespace);
+        let ips: Vec<_> = address.iter().map(|ip| serde_json::json!({ "ip": ip.to_string() })).collect();
+        let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": ips } } });
+        let reported = Arc::clone(&self.reported);
+        tokio::spawn(async move {
+            match api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => info!(ingress = format!("{}/{}", key.0, key.1), ?ips, "ingress status written"),
+                Err(err) => {
+                    warn!("writing the status of Ingress {}/{}: {err}", key.0, key.1);
+                    reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+                }
+            }
+        });
     }
 
     /// The cluster's service CIDRs (`spec.cidrs` of every ServiceCIDR),

@@ -538,6 +538,7 @@ fn decode(value: Value, kinds: &[Kind]) -> Result<Option<Object>, (Option<Object
         Kind::EndpointSlice => typed(value).map(Object::EndpointSlice),
         Kind::Ingress => typed(value).map(Object::Ingress),
         Kind::IngressClass => typed(value).map(Object::IngressClass),
+        Kind::Secret => typed(value).map(Object::Secret),
     };
     object.map(Some).map_err(|reason| (Some(id), reason))
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::{Metadata, Resource};
@@ -76,14 +76,26 @@ pub enum Kind {
     EndpointSlice,
     Ingress,
     IngressClass,
+    /// `kubernetes.io/tls` Secrets, for the Ingress proxy's certificates.
+    Secret,
 }
 
 impl Kind {
     /// What the model is built from.
     pub const MODEL: &[Kind] = &[Kind::Service, Kind::Pod, Kind::Endpoints, Kind::EndpointSlice];
-    /// The model's and the Ingress proxy's.
-    pub const ALL: &[Kind] =
+    /// The model's and the Ingress proxy's, for HTTP.
+    pub const INGRESS: &[Kind] =
         &[Kind::Service, Kind::Pod, Kind::Endpoints, Kind::EndpointSlice, Kind::Ingress, Kind::IngressClass];
+    /// All of them: the Ingress proxy's certificates too.
+    pub const ALL: &[Kind] = &[
+        Kind::Service,
+        Kind::Pod,
+        Kind::Endpoints,
+        Kind::EndpointSlice,
+        Kind::Ingress,
+        Kind::IngressClass,
+        Kind::Secret,
+    ];
 
     pub(super) fn of(api_version: &str, kind: &str) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.type_meta() == (api_version, kind))
@@ -98,6 +110,7 @@ impl Kind {
             Kind::EndpointSlice => (EndpointSlice::API_VERSION, EndpointSlice::KIND),
             Kind::Ingress => (Ingress::API_VERSION, Ingress::KIND),
             Kind::IngressClass => (IngressClass::API_VERSION, IngressClass::KIND),
+            Kind::Secret => (Secret::API_VERSION, Secret::KIND),
         }
     }
 }
@@ -135,6 +148,7 @@ pub struct Objects {
     pub endpoint_slices: Vec<Sourced<EndpointSlice>>,
     pub ingresses: Vec<Sourced<Ingress>>,
     pub ingress_classes: Vec<Sourced<IngressClass>>,
+    pub secrets: Vec<Sourced<Secret>>,
 }
 
 impl Objects {
@@ -147,6 +161,7 @@ impl Objects {
             Object::EndpointSlice(object) => self.endpoint_slices.push(Sourced { file, object }),
             Object::Ingress(object) => self.ingresses.push(Sourced { file, object }),
             Object::IngressClass(object) => self.ingress_classes.push(Sourced { file, object }),
+            Object::Secret(object) => self.secrets.push(Sourced { file, object }),
         }
     }
 }
@@ -159,6 +174,7 @@ pub(super) enum Object {
     EndpointSlice(Arc<EndpointSlice>),
     Ingress(Arc<Ingress>),
     IngressClass(Arc<IngressClass>),
+    Secret(Arc<Secret>),
 }
 
 impl Object {
@@ -176,6 +192,7 @@ impl Object {
             Object::EndpointSlice(o) => (Kind::EndpointSlice, o.metadata()),
             Object::Ingress(o) => (Kind::Ingress, o.metadata()),
             Object::IngressClass(o) => (Kind::IngressClass, o.metadata()),
+            Object::Secret(o) => (Kind::Secret, o.metadata()),
         };
         (kind, meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
     }

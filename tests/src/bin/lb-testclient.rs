@@ -18,6 +18,9 @@
 //!   latency percentiles `p50_us: U`, `p99_us: U`.
 //! - `bulk ADDR SECONDS`: one connection writing 256 KiB at a time to a
 //!   discard server for that long; `gbps: G` as the server counted.
+//! - `upgrade ADDR HOST`: GET /chat for HOST with `Upgrade: websocket`;
+//!   `status: CODE`, then on the switched connection two lines sent and
+//!   their echoes as `echo: ...` (lb-testserver's upgrade echo).
 //! - `send ADDR BYTES`: BYTES of `lb_tests::BulkStream` to a sink, which
 //!   must report exactly them (`lb_tests::client::send_stream`); `report: R`.
 
@@ -61,6 +64,7 @@ fn main() -> anyhow::Result<()> {
             println!("bind: {}", outcome(result));
             Ok(())
         }
+        "upgrade" => upgrade(addr()?, arg(2)?),
         "send" => {
             let len: usize = arg(2)?.parse().context("bytes")?;
             println!("report: {}", lb_tests::client::send_stream(addr()?, len, Duration::from_secs(30))?);
@@ -92,6 +96,30 @@ fn http(addr: SocketAddr) -> anyhow::Result<()> {
     let answer = http_exchange(addr, "/", TIMEOUT)?;
     answer.body.lines().for_each(|line| println!("body: {line}"));
     println!("peer: {}", answer.peer);
+    Ok(())
+}
+
+fn upgrade(addr: SocketAddr, host: &str) -> anyhow::Result<()> {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut writer = stream.try_clone()?;
+    write!(writer, "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")?;
+    let mut reader = io::BufReader::new(stream);
+    let mut line = String::new();
+    io::BufRead::read_line(&mut reader, &mut line)?;
+    println!("status: {}", line.split_whitespace().nth(1).unwrap_or_default());
+    while line.trim_end() != "" {
+        line.clear();
+        if io::BufRead::read_line(&mut reader, &mut line)? == 0 {
+            bail!("the connection closed in the response head");
+        }
+    }
+    for text in ["hello", "again"] {
+        writeln!(writer, "{text}")?;
+        line.clear();
+        io::BufRead::read_line(&mut reader, &mut line)?;
+        println!("echo: {}", line.trim_end());
+    }
     Ok(())
 }
 

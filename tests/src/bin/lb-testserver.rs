@@ -5,7 +5,8 @@
 //! `lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]... [--tcp-echo ADDR:PORT]...`
 //! prints `ready` once every socket is bound. `--tcp-echo` keeps a
 //! connection open and answers each line with `NAME: line`, for tests of
-//! long-lived flows. `--sink` reads a connection to its end and answers
+//! long-lived flows; an HTTP request with `Upgrade: P` is answered `101`
+//! and the connection becomes the same echo. `--sink` reads a connection to its end and answers
 //! `NAME received N bytes, digest D` (see `lb_tests::Digest`), so that a
 //! bulk transfer proves every byte arrived intact; `--discard` answers
 //! `NAME received N bytes` only, for throughput benchmarks. `--source`
@@ -89,13 +90,22 @@ fn answer_http(name: &str, mut stream: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     // Read the request head; the body, if any, is ignored. A proxy's
     // X-Forwarded-* headers are echoed after the greeting.
-    let (mut line, mut forwarded) = (String::new(), String::new());
+    let (mut line, mut forwarded, mut upgrade) = (String::new(), String::new(), None);
     while reader.read_line(&mut line)? > 2 {
-        if line.to_ascii_lowercase().starts_with("x-forwarded-") {
-            forwarded.push_str(&line.trim_end().to_ascii_lowercase());
+        let lower = line.trim_end().to_ascii_lowercase();
+        if lower.starts_with("x-forwarded-") {
+            forwarded.push_str(&lower);
             forwarded.push('\n');
         }
+        if let Some(protocol) = lower.strip_prefix("upgrade:") {
+            upgrade = Some(protocol.trim().to_owned());
+        }
         line.clear();
+    }
+    if let Some(protocol) = upgrade {
+        // Switched: from here on a line echo, as --tcp-echo.
+        write!(stream, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n")?;
+        return echo_lines(name, reader, stream);
     }
     let body = greeting(name, peer) + &forwarded;
     // One write, one segment.
@@ -160,13 +170,16 @@ fn serve_sink(name: &'static str, listener: TcpListener, digest: bool) {
 fn serve_tcp_echo(name: &'static str, listener: TcpListener) {
     for stream in listener.incoming().flatten() {
         thread::spawn(move || {
-            let Ok(mut writer) = stream.try_clone() else { return };
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { return };
-                if writeln!(writer, "{name}: {line}").is_err() {
-                    return;
-                }
-            }
+            let Ok(writer) = stream.try_clone() else { return };
+            let _ = echo_lines(name, BufReader::new(stream), writer);
         });
     }
+}
+
+/// Answers each line with `NAME: line` until the peer closes.
+fn echo_lines(name: &str, reader: impl BufRead, mut writer: TcpStream) -> std::io::Result<()> {
+    for line in reader.lines() {
+        writeln!(writer, "{name}: {}", line?)?;
+    }
+    Ok(())
 }
