@@ -67,9 +67,18 @@ impl Netns {
     /// Gives the namespace its own /etc/resolv.conf, as a pod's: seen by
     /// commands from [`Netns::command_with_etc`].
     pub fn set_resolv_conf(&self, text: &str) -> anyhow::Result<()> {
+        self.set_etc_file("resolv.conf", text)
+    }
+
+    /// Gives the namespace its own /etc/hosts, likewise.
+    pub fn set_hosts(&self, text: &str) -> anyhow::Result<()> {
+        self.set_etc_file("hosts", text)
+    }
+
+    fn set_etc_file(&self, file: &str, text: &str) -> anyhow::Result<()> {
         let dir = std::path::Path::new("/etc/netns").join(&self.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        std::fs::write(dir.join("resolv.conf"), text).with_context(|| format!("write {}/resolv.conf", dir.display()))
+        std::fs::write(dir.join(file), text).with_context(|| format!("write {}/{file}", dir.display()))
     }
 
     /// A command in this namespace that sees its /etc/netns files over

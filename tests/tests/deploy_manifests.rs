@@ -82,7 +82,7 @@ fn agent_container(ds: &DaemonSet) -> &Container {
 }
 
 #[test]
-fn cluster_role_only_lists_and_watches_what_the_agent_reads() {
+fn cluster_role_only_lists_and_watches_what_the_agent_reads_and_patches_ingress_status() {
     let m = manifest();
     let mut granted = BTreeSet::new();
     for rule in m.cluster_role.rules.as_deref().unwrap_or_default() {
@@ -109,8 +109,9 @@ fn cluster_role_only_lists_and_watches_what_the_agent_reads() {
     ]
     .into_iter()
     .flat_map(|(group, resource)| ["list", "watch"].map(|verb| (group, resource, verb)))
+    .chain([("networking.k8s.io", "ingresses/status", "patch")])
     .collect();
-    assert_eq!(granted, wanted, "exactly list and watch on the seven resources, nothing else");
+    assert_eq!(granted, wanted, "list and watch on the seven resources, the Ingresses' status patched, nothing else");
     assert!(m.cluster_role.aggregation_rule.is_none(), "an aggregated role would take in other roles' rules");
 }
 

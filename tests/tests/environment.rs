@@ -180,8 +180,13 @@ fn dns_and_ingress_flags_that_cannot_serve_are_named_before_the_maps_are_touched
         ),
     ];
     let taken_tcp = node.ns.run_in(|| std::net::TcpListener::bind("127.0.0.1:8081").unwrap()).unwrap();
-    let ingress: [(&[&str], &str); 1] =
-        [(&["--ingress-bind", "127.0.0.1:8081"], "--ingress-bind 127.0.0.1:8081: Address already in use")];
+    let ingress: [(&[&str], &str); 2] = [
+        (&["--ingress-bind", "127.0.0.1:8081"], "--ingress-bind 127.0.0.1:8081: Address already in use"),
+        (
+            &["--ingress-bind", "127.0.0.1:8082", "--ingress-tls-bind", "127.0.0.1:8081"],
+            "--ingress-tls-bind 127.0.0.1:8081: Address already in use",
+        ),
+    ];
     for (dns, needle) in cases.into_iter().chain(ingress) {
         let args = [&["--pod-device", "h-*", "--bpf-dir", &bpf_dir][..], dns].concat();
         assert_refused(&mut run_in_node(&node, &manifests, &args), needle);

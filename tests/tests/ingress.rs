@@ -134,6 +134,31 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
     let (status, body) = curl(ns, "paths.example.com", "http://paths.example.com/other");
     assert_eq!((status.as_str(), body.trim()), ("404", "no Ingress rule for paths.example.com/other"));
 
+    // The proxy fronted by a Service of its own (selectorless, its
+    // endpoint the node's address), as the seeds expose their ingress
+    // controller: the datapath carries the request to the proxy.
+    let fronted = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: lb-ingress}}\nspec:\n  clusterIP: 10.96.0.20\n  \
+         ports: [{{name: http, port: 80}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: lb-ingress}}\n\
+         subsets: [{{addresses: [{{ip: {NODE_IP}}}], ports: [{{name: http, port: 80}}]}}]\n"
+    );
+    agent.write_manifest("lb-ingress.yaml", &fronted).unwrap();
+    let resolve = "kubia.example.com:80:10.96.0.20";
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let body = loop {
+        let out = ns
+            .command("curl")
+            .args(["-s", "-m", "1", "--resolve", resolve, "http://kubia.example.com/"])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if served_by(&body).starts_with("kubia-") || std::time::Instant::now() > deadline {
+            break body;
+        }
+    };
+    assert!(served_by(&body).starts_with("kubia-"), "through the proxy's own Service: {body:?}");
+    assert!(body.lines().any(|l| l == "x-forwarded-for: 10.244.0.100"), "the proxy saw the pod: {body}");
+
     // The Ingress edited live: kubia.example.com now goes to foo.
     agent
         .write_manifest(

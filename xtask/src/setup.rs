@@ -26,8 +26,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // `dnsmasq` package's system service).
     ("dig", "dnsutils"),
     ("dnsmasq", "dnsmasq-base"),
-    // The Ingress tests' certificates.
+    // The Ingress tests' certificates, the Ingress benchmark's peer (and
+    // its backends) and load.
     ("openssl", "openssl"),
+    ("nginx", "nginx-light"),
+    ("wrk", "wrk"),
 ];
 
 /// The version of kmock (PyPI), the Kubernetes API emulator that
@@ -172,6 +175,8 @@ fn install(missing: &[&str]) -> anyhow::Result<()> {
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            // No package's service (nginx's) is started on the machine.
+            .env("RUNLEVEL", "1"),
     )
 }

@@ -3,7 +3,8 @@
 //! label) and path (`Exact`; `Prefix`, element by element;
 //! `ImplementationSpecific` as `Prefix`), the longest path first and
 //! `Exact` before `Prefix` at equal length; a host's rules from every
-//! Ingress merged; the `defaultBackend` when nothing matches.
+//! Ingress merged; when nothing matches, the `defaultBackend` of the
+//! host's Ingress, else of an Ingress without rules.
 
 use std::collections::BTreeMap;
 
@@ -60,26 +61,41 @@ fn elements(path: &str) -> impl Iterator<Item = &str> + Clone {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteTable {
     /// Exact hosts, lowercase.
-    exact: BTreeMap<String, Vec<PathRule>>,
+    exact: BTreeMap<String, HostRules>,
     /// `*.example.com` as `example.com`: one label before it.
-    wildcard: BTreeMap<String, Vec<PathRule>>,
+    wildcard: BTreeMap<String, HostRules>,
     /// Rules without a host: any host no other rule names.
-    any_host: Vec<PathRule>,
+    any_host: HostRules,
+    /// The first Ingress without rules' `defaultBackend`: what no host's
+    /// rules take.
     default_backend: Option<Backend>,
+}
+
+/// One host's paths, and where the rest of its requests go: the
+/// `defaultBackend` of the first Ingress with a rule for it that has one
+/// (as ingress-nginx serves it, for that Ingress's hosts).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct HostRules {
+    paths: Vec<PathRule>,
+    default: Option<Backend>,
 }
 
 impl RouteTable {
     /// Adds a rule's paths for `host` (None: every host), after the ones
-    /// already there (earlier Ingresses win ties).
-    pub fn add(&mut self, host: Option<&str>, paths: Vec<PathRule>) {
-        let list = match host.map(str::to_ascii_lowercase) {
+    /// already there (earlier Ingresses win ties), and its Ingress's
+    /// `defaultBackend` for the host's other paths unless one is set.
+    pub fn add(&mut self, host: Option<&str>, paths: Vec<PathRule>, default: Option<&Backend>) {
+        let rules = match host.map(str::to_ascii_lowercase) {
             None => &mut self.any_host,
             Some(host) => match host.strip_prefix("*.") {
                 Some(parent) => self.wildcard.entry(parent.to_owned()).or_default(),
                 None => self.exact.entry(host).or_default(),
             },
         };
-        list.extend(paths);
+        rules.paths.extend(paths);
+        if rules.default.is_none() {
+            rules.default = default.cloned();
+        }
     }
 
     /// The default backend, unless one was set already (the first Ingress's).
@@ -87,10 +103,10 @@ impl RouteTable {
         self.default_backend.get_or_insert(backend);
     }
 
-    /// Every backend a rule or the default names.
+    /// Every backend a rule or a default names.
     pub fn backends(&self) -> impl Iterator<Item = &Backend> {
-        let rules = self.exact.values().chain(self.wildcard.values()).flatten().chain(&self.any_host);
-        rules.map(|r| &r.backend).chain(&self.default_backend)
+        let hosts = self.exact.values().chain(self.wildcard.values()).chain([&self.any_host]);
+        hosts.flat_map(|h| h.paths.iter().map(|r| &r.backend).chain(&h.default)).chain(&self.default_backend)
     }
 
     /// The backend for a request to `host` (a `Host` header: a port after
@@ -102,7 +118,7 @@ impl RouteTable {
             .get(&host)
             .or_else(|| host.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)))
             .unwrap_or(&self.any_host);
-        best(rules, path).or(self.default_backend.as_ref())
+        best(&rules.paths, path).or(rules.default.as_ref()).or(self.default_backend.as_ref())
     }
 }
 
@@ -185,6 +201,7 @@ mod tests {
                 rule("/foo", PathType::Exact, "foo-exact"),
                 rule("/foo/bar", PathType::Prefix, "bar"),
             ],
+            None,
         );
         assert_eq!(served(&table, "kubia.example.com", "/foo").as_deref(), Some("foo-exact"));
         assert_eq!(served(&table, "kubia.example.com", "/foo/"), Some("foo".into()));
@@ -195,9 +212,9 @@ mod tests {
     #[test]
     fn hosts_match_exactly_then_by_one_label_wildcard_then_rules_without_host() {
         let mut table = RouteTable::default();
-        table.add(Some("foo.example.com"), vec![rule("/", PathType::Prefix, "foo")]);
-        table.add(Some("*.example.com"), vec![rule("/", PathType::Prefix, "wild")]);
-        table.add(None, vec![rule("/any", PathType::Prefix, "any")]);
+        table.add(Some("foo.example.com"), vec![rule("/", PathType::Prefix, "foo")], None);
+        table.add(Some("*.example.com"), vec![rule("/", PathType::Prefix, "wild")], None);
+        table.add(None, vec![rule("/any", PathType::Prefix, "any")], None);
         assert_eq!(served(&table, "FOO.example.com:8080", "/x"), Some("foo".into()), "case and port ignored");
         assert_eq!(served(&table, "bar.example.com", "/x"), Some("wild".into()));
         assert_eq!(served(&table, "a.bar.example.com", "/any"), Some("any".into()), "a wildcard covers one label");
@@ -208,6 +225,17 @@ mod tests {
         table.set_default(to("default"));
         table.set_default(to("second"));
         assert_eq!(served(&table, "example.com", "/x"), Some("default".into()), "the first default backend");
+    }
+
+    #[test]
+    fn a_host_s_other_paths_go_to_its_ingress_s_default_backend() {
+        let mut table = RouteTable::default();
+        table.add(Some("kubia.example.com"), vec![rule("/api", PathType::Prefix, "api")], Some(&to("kubia-default")));
+        table.add(Some("kubia.example.com"), vec![rule("/web", PathType::Prefix, "web")], Some(&to("later")));
+        table.set_default(to("global"));
+        assert_eq!(served(&table, "kubia.example.com", "/web/x"), Some("web".into()), "a later Ingress's path");
+        assert_eq!(served(&table, "kubia.example.com", "/other"), Some("kubia-default".into()), "the first one's");
+        assert_eq!(served(&table, "foo.example.com", "/other"), Some("global".into()));
     }
 
     #[test]

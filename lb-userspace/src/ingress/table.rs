@@ -78,11 +78,13 @@ pub fn build(objects: &Objects, class: &str) -> (IngressTable, Vec<ModelError>) 
     for ingress in ours {
         match rules(ingress) {
             Ok(rules) => {
-                for (host, paths) in rules.hosts {
-                    table.routes.add(host.as_deref(), paths);
+                // With rules, the defaultBackend takes their hosts' other
+                // paths; without, every host's (as ingress-nginx does).
+                for (host, paths) in &rules.hosts {
+                    table.routes.add(host.as_deref(), paths.clone(), rules.default_backend.as_ref());
                 }
-                if let Some(backend) = rules.default_backend {
-                    table.routes.set_default(backend);
+                if let (Some(backend), true) = (&rules.default_backend, rules.hosts.is_empty()) {
+                    table.routes.set_default(backend.clone());
                 }
                 table.served.push(served(&ingress.object, !rules.tls.is_empty()));
                 table.tls.extend(rules.tls);
@@ -338,12 +340,20 @@ spec:
     }
 
     #[test]
-    fn a_default_backend_takes_what_no_rule_matches() {
+    fn a_default_backend_takes_its_hosts_other_paths_or_without_rules_every_host_s() {
         let with_default = SEEDS.replace(
             "  ingressClassName: lb\n",
             "  ingressClassName: lb\n  defaultBackend: {service: {name: fallback, port: {number: 8080}}}\n",
         );
         let (table, _) = build(&objects_from_yaml(&with_default), "lb");
-        assert_eq!(served(&table, "nowhere.example.com", "/"), Some(("fallback".into(), BackendPort::Number(8080))));
+        let fallback = Some(("fallback".into(), BackendPort::Number(8080)));
+        assert_eq!(served(&table, "paths.example.com", "/other"), fallback);
+        assert_eq!(served(&table, "nowhere.example.com", "/"), None, "not other Ingresses' hosts");
+        let catch_all = format!(
+            "{SEEDS}---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: all}}\nspec:\n  ingressClassName: lb\n  defaultBackend: {{service: {{name: fallback, port: {{number: 8080}}}}}}\n"
+        );
+        let (table, _) = build(&objects_from_yaml(&catch_all), "lb");
+        assert_eq!(served(&table, "nowhere.example.com", "/"), fallback);
+        assert_eq!(served(&table, "paths.example.com", "/other"), fallback);
     }
 }

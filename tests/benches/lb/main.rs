@@ -9,6 +9,7 @@ mod chart;
 mod common;
 mod control_plane;
 mod dns;
+mod ingress;
 mod maglev;
 mod per_packet;
 mod synthetic;
@@ -38,6 +39,7 @@ const BENCHES: &[(&str, Bench)] = &[
     ("control_plane", control_plane::run),
     ("maglev", maglev::run),
     ("dns", dns::run),
+    ("ingress", ingress::run),
 ];
 
 /// The median of `values` and half their range.
