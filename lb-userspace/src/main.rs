@@ -268,6 +268,10 @@ struct RunArgs {
     /// `status.loadBalancer` (with the API server).
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_service_name)]
     ingress_publish_service: Option<ServiceName>,
+    /// How long a backend may take to answer a proxied request's headers
+    /// before the client gets 504 (nginx's proxy_read_timeout).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    ingress_backend_timeout: std::time::Duration,
 }
 
 /// Where the standalone agent answers DNS unless told: NodeLocal DNSCache's
@@ -513,6 +517,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.ct_sweep_interval.is_zero() {
         bail!("--ct-sweep-interval must be longer than 0s");
     }
+    if args.ingress_backend_timeout.is_zero() {
+        bail!("--ingress-backend-timeout must be longer than 0s");
+    }
     if args.health_timeout.is_zero() {
         bail!("--health-timeout must be longer than 0s");
     }
@@ -581,6 +588,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             https: args.ingress_tls_bind,
             class: args.ingress_class,
             publish_service: args.ingress_publish_service,
+            backend_timeout: args.ingress_backend_timeout,
         }),
     };
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run::run(config))

@@ -259,8 +259,10 @@ fn curl_tls(ns: &Netns, host: &str, cacert: &std::path::Path, extra: &[&str]) ->
 #[test]
 fn https_picks_each_host_s_certificate_by_sni_and_speaks_http2() {
     require_root();
-    let c = cluster(2);
+    let mut c = cluster(2);
     c.node.ns.exec(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]).unwrap();
+    // kubia-1 also reads requests on 9000 and never answers them: 504.
+    c.backends[1].serve_sink(9000).unwrap();
     let dir = TempDir::new("ing-tls");
     let (kubia_cert, foo_cert) = (certificate(&dir.0, "kubia.example.com"), certificate(&dir.0, "foo.example.com"));
     let secrets = [tls_secret("kubia-tls", &kubia_cert), tls_secret("foo-tls", &foo_cert)].join("---\n");
@@ -276,15 +278,19 @@ fn https_picks_each_host_s_certificate_by_sni_and_speaks_http2() {
         pod_manifest("kubia-1", Ipv4Addr::new(10, 244, 0, 3), true).replace("app: kubia", "app: foo"),
     ]
     .join("---\n");
-    // foo's second port goes where no pod listens: 502.
+    // foo's second port goes where no pod listens (502), its third where
+    // nothing answers (504).
     let services = SERVICES.replace(
         "selector: {app: foo}\n  ports: [{name: http, port: 80, targetPort: 8080}]",
-        "selector: {app: foo}\n  ports: [{name: http, port: 80, targetPort: 8080}, {name: closed, port: 81, targetPort: 9}]",
+        "selector: {app: foo}\n  ports: [{name: http, port: 80, targetPort: 8080}, {name: closed, port: 81, targetPort: 9}, \
+         {name: silent, port: 82, targetPort: 9000}]",
     );
     assert_ne!(services, SERVICES);
     let ingresses = ingresses.replace(
         "      - {path: /foo, pathType: Prefix,",
-        "      - {path: /closed, pathType: Prefix, backend: {service: {name: foo, port: {name: closed}}}}\n      - {path: /foo, pathType: Prefix,",
+        "      - {path: /closed, pathType: Prefix, backend: {service: {name: foo, port: {name: closed}}}}\n\
+         \x20     - {path: /silent, pathType: Prefix, backend: {service: {name: foo, port: {name: silent}}}}\n\
+         \x20     - {path: /foo, pathType: Prefix,",
     );
     let (http, https) = (format!("{NODE_IP}:80"), format!("{NODE_IP}:443"));
     let mut agent = AgentProcess::start_with(
@@ -295,7 +301,16 @@ fn https_picks_each_host_s_certificate_by_sni_and_speaks_http2() {
             ("ingresses.yaml", &ingresses),
             ("secrets.yaml", &secrets),
         ],
-        &["--pod-device", POD_DEVICE_PATTERN, "--ingress-bind", &http, "--ingress-tls-bind", &https],
+        &[
+            "--pod-device",
+            POD_DEVICE_PATTERN,
+            "--ingress-bind",
+            &http,
+            "--ingress-tls-bind",
+            &https,
+            "--ingress-backend-timeout",
+            "1s",
+        ],
     )
     .unwrap();
     let ns = &c.client.ns;
@@ -317,6 +332,14 @@ fn https_picks_each_host_s_certificate_by_sni_and_speaks_http2() {
     agent
         .wait_for_log("Ingress default/broken: spec.tls[0].secretName: Secret default/nosuch does not exist", TIMEOUT)
         .unwrap();
+
+    let status = agent.status(&c.node, &[]).unwrap();
+    let line = "ingress:   class lb, http 192.0.2.1:80, https 192.0.2.1:443, 2 Ingresses served";
+    assert!(status.contains(line), "{status}");
+    let listed = agent.get_ingresses(&c.node, &[]).unwrap();
+    let broken: Vec<&str> =
+        listed.lines().find(|l| l.contains(" broken ")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+    assert_eq!(broken, ["default", "broken", "<none>", "bar.example.com", "192.0.2.1", "80,", "443"], "{listed}");
 
     // HTTP/2 without TLS, by prior knowledge (h2c).
     let resolve = format!("kubia.example.com:80:{NODE_IP}");
@@ -343,6 +366,9 @@ fn https_picks_each_host_s_certificate_by_sni_and_speaks_http2() {
     let (status, body) = curl(ns, "paths.example.com", "http://paths.example.com/closed");
     assert_eq!(status, "502", "{body}");
     assert!(body.starts_with("backend 10.244.0.3:9: "), "{body}");
+    // The backend takes longer than --ingress-backend-timeout: 504.
+    let (status, body) = curl(ns, "paths.example.com", "http://paths.example.com/silent");
+    assert_eq!((status.as_str(), body.trim()), ("504", "backend 10.244.0.3:9000: no answer within 1s"));
 }
 
 #[test]

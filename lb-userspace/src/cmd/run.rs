@@ -637,6 +637,11 @@ fn initial_status(config: &AgentConfig) -> AgentStatus {
                 cluster_domain: dns.cluster_domain.clone(),
                 upstream: dns.upstream.map(|u| u.to_string()),
             }),
+            ingress: config.ingress.as_ref().map(|ingress| status::IngressSettings {
+                http: ingress.http.map(|a| a.to_string()),
+                https: ingress.https.map(|a| a.to_string()),
+                class: ingress.class.clone(),
+            }),
         },
         ..AgentStatus::default()
     }

@@ -108,6 +108,17 @@ pub struct Settings {
     /// names go; None when off.
     #[serde(default)]
     pub dns: Option<DnsSettings>,
+    /// The Ingress proxy: where it listens, for which class; None when off.
+    #[serde(default)]
+    pub ingress: Option<IngressSettings>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSettings {
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub class: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +280,16 @@ pub fn format_status(status: &NodeStatus, output: Output) -> anyhow::Result<Stri
             dns.upstream.as_deref().map_or("refused".to_owned(), |u| format!("to {u}"))
         ),
         None => "dns:       off\n".to_owned(),
+    };
+    out += &match &s.ingress {
+        Some(ingress) => format!(
+            "ingress:   class {}, http {}, https {}, {} Ingresses served\n",
+            ingress.class,
+            ingress.http.as_deref().unwrap_or("off"),
+            ingress.https.as_deref().unwrap_or("off"),
+            agent.ingresses.len()
+        ),
+        None => "ingress:   off\n".to_owned(),
     };
     out += &format!("\nconntrack: {} live entries at the last sweep\n", agent.conntrack_entries);
     out += "\nMAP             USED  CAPACITY  FILL\n";

@@ -50,8 +50,6 @@ use crate::{
     source::Objects,
 };
 
-/// How long a backend may take to answer a request's headers.
-const BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connecting to a backend may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to complete the TLS handshake.
@@ -84,6 +82,9 @@ pub struct IngressOptions {
     /// The Service that exposes the proxy (`--ingress-publish-service`),
     /// whose load-balancer and external IPs are the Ingresses' address.
     pub publish_service: Option<ServiceName>,
+    /// How long a backend may take to answer a request's headers
+    /// (`--ingress-backend-timeout`), then 504.
+    pub backend_timeout: Duration,
 }
 
 /// The running proxy; [`IngressProxy::publish`] hands it each new model.
@@ -142,7 +143,10 @@ impl IngressProxy {
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ProxyError::Runtime)?;
         std::thread::Builder::new()
             .name("ingress".into())
-            .spawn(move || runtime.block_on(serve(listeners, current)))
+            .spawn({
+                let timeout = opts.backend_timeout;
+                move || runtime.block_on(serve(listeners, current, timeout))
+            })
             .map_err(ProxyError::Runtime)?;
         info!(http = ?opts.http, https = ?opts.https, class = opts.class, "ingress proxy listening");
         Ok(IngressProxy {
@@ -219,7 +223,7 @@ fn ready_endpoints(desired: &DesiredState, backend: &Backend) -> Vec<SocketAddr>
     port.map(|p| p.active_endpoints().map(|e| SocketAddr::new(e.addr, e.port)).collect()).unwrap_or_default()
 }
 
-async fn serve(listeners: Vec<Listener>, routes: watch::Receiver<Arc<Routes>>) {
+async fn serve(listeners: Vec<Listener>, routes: watch::Receiver<Arc<Routes>>, timeout: Duration) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_keepalive(Some(POOL_IDLE));
@@ -231,12 +235,17 @@ async fn serve(listeners: Vec<Listener>, routes: watch::Receiver<Arc<Routes>>) {
         .build(connector);
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
-        accepting.spawn(accept(listener, routes.clone(), client.clone()));
+        accepting.spawn(accept(listener, routes.clone(), client.clone(), timeout));
     }
     while accepting.join_next().await.is_some() {}
 }
 
-async fn accept(listener: Listener, routes: watch::Receiver<Arc<Routes>>, client: Client<HttpConnector, Incoming>) {
+async fn accept(
+    listener: Listener,
+    routes: watch::Receiver<Arc<Routes>>,
+    client: Client<HttpConnector, Incoming>,
+    timeout: Duration,
+) {
     let socket = match tokio::net::TcpListener::from_std(listener.socket) {
         Ok(socket) => socket,
         Err(err) => return warn!("the ingress proxy cannot serve: {err}"),
@@ -256,7 +265,7 @@ async fn accept(listener: Listener, routes: watch::Receiver<Arc<Routes>>, client
             let scheme = if tls.is_some() { "https" } else { "http" };
             let service = service_fn(move |request| {
                 let (routes, client) = (Arc::clone(&routes.borrow()), client.clone());
-                async move { Ok::<_, Infallible>(proxy(request, peer, scheme, &routes, &client).await) }
+                async move { Ok::<_, Infallible>(proxy(request, peer, scheme, &routes, &client, timeout).await) }
             });
             // HTTP/1.1 or HTTP/2 as the client speaks (ALPN, or h2c's
             // preface). The timer turns on hyper's header read timeout
@@ -287,6 +296,7 @@ async fn proxy(
     scheme: &str,
     routes: &Routes,
     client: &Client<HttpConnector, Incoming>,
+    timeout: Duration,
 ) -> Response<Body> {
     if request.headers().get_all(HOST).iter().nth(1).is_some() {
         return answer(StatusCode::BAD_REQUEST, "more than one Host header".into());
@@ -322,11 +332,11 @@ async fn proxy(
     if let Some(protocol) = &upgrade {
         set_upgrade(request.headers_mut(), protocol);
     }
-    let mut response = match tokio::time::timeout(BACKEND_TIMEOUT, client.request(request)).await {
+    let mut response = match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => response,
         Ok(Err(err)) => return answer(StatusCode::BAD_GATEWAY, format!("backend {endpoint}: {err}")),
         Err(_) => {
-            let reason = format!("backend {endpoint}: no answer within {BACKEND_TIMEOUT:?}");
+            let reason = format!("backend {endpoint}: no answer within {}", humantime::format_duration(timeout));
             return answer(StatusCode::GATEWAY_TIMEOUT, reason);
         }
     };
