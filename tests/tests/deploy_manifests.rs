@@ -1,6 +1,6 @@
 //! deploy/lb-agent.yaml as the API server reads it: every document parsed
 //! into its k8s-openapi type with no field left over, and the properties a
-//! cluster depends on: RBAC that only lists and watches the four resources
+//! cluster depends on: RBAC that only lists and watches the resources
 //! the agent uses, a DaemonSet in the host network that pins into the
 //! host's bpffs, runs on every node, is not privileged but has exactly the
 //! capabilities the datapath needs, and whose flags and probes agree on
@@ -61,6 +61,54 @@ fn manifest() -> Manifest {
     }
 }
 
+/// Every rule of `role` as (group, resource, verb).
+fn grants(role: &ClusterRole) -> BTreeSet<(String, String, String)> {
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.as_deref().unwrap_or_default() {
+        assert!(rule.non_resource_urls.is_none() && rule.resource_names.is_none());
+        for group in rule.api_groups.as_deref().expect("a rule without apiGroups") {
+            for resource in rule.resources.as_deref().expect("a rule without resources") {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// deploy/lb-agent-ingress.yaml, the opt-in role for the Ingress proxy's
+/// HTTPS and status: Secrets listed and watched, Ingress status patched,
+/// nothing else, bound to the agent's account.
+#[test]
+fn the_ingress_role_adds_only_secrets_and_ingress_status_for_the_agent_s_account() {
+    let mut role = None;
+    let mut binding = None;
+    for document in serde_yaml_ng::Deserializer::from_str(include_str!("../../deploy/lb-agent-ingress.yaml")) {
+        let value = Value::deserialize(document).expect("deploy/lb-agent-ingress.yaml is not valid YAML");
+        match value["kind"].as_str() {
+            Some("ClusterRole") => assert!(role.replace(typed::<ClusterRole>(&value)).is_none()),
+            Some("ClusterRoleBinding") => assert!(binding.replace(typed::<ClusterRoleBinding>(&value)).is_none()),
+            other => panic!("unexpected {other:?} in deploy/lb-agent-ingress.yaml"),
+        }
+    }
+    let (role, binding) = (role.expect("a ClusterRole"), binding.expect("a ClusterRoleBinding"));
+    let owned = |g: &str, r: &str, v: &str| (g.to_owned(), r.to_owned(), v.to_owned());
+    let wanted = [owned("", "secrets", "list"), owned("", "secrets", "watch")]
+        .into_iter()
+        .chain([owned("networking.k8s.io", "ingresses/status", "patch")])
+        .collect();
+    assert_eq!(grants(&role), wanted);
+    assert_eq!(Some(binding.role_ref.name.as_str()), role.metadata.name.as_deref());
+    let agent = manifest().service_account;
+    let subjects = binding.subjects.expect("subjects");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+        (agent.metadata.name.as_deref().unwrap(), agent.metadata.namespace.as_deref())
+    );
+}
+
 /// `value` as a `T`, which must serialize back to the same JSON: anything
 /// lost on the way is a field `T` does not have.
 fn typed<T: DeserializeOwned + Serialize>(value: &Value) -> T {
@@ -82,7 +130,7 @@ fn agent_container(ds: &DaemonSet) -> &Container {
 }
 
 #[test]
-fn cluster_role_only_lists_and_watches_what_the_agent_reads_and_patches_ingress_status() {
+fn cluster_role_only_lists_and_watches_what_the_agent_reads() {
     let m = manifest();
     let mut granted = BTreeSet::new();
     for rule in m.cluster_role.rules.as_deref().unwrap_or_default() {
@@ -105,13 +153,11 @@ fn cluster_role_only_lists_and_watches_what_the_agent_reads_and_patches_ingress_
         ("networking.k8s.io", "servicecidrs"),
         ("networking.k8s.io", "ingresses"),
         ("networking.k8s.io", "ingressclasses"),
-        ("", "secrets"),
     ]
     .into_iter()
     .flat_map(|(group, resource)| ["list", "watch"].map(|verb| (group, resource, verb)))
-    .chain([("networking.k8s.io", "ingresses/status", "patch")])
     .collect();
-    assert_eq!(granted, wanted, "list and watch on the seven resources, the Ingresses' status patched, nothing else");
+    assert_eq!(granted, wanted, "exactly list and watch on the six resources, nothing else");
     assert!(m.cluster_role.aggregation_rule.is_none(), "an aggregated role would take in other roles' rules");
 }
 

@@ -335,8 +335,9 @@ impl Agent {
             // then writes the same address, where their own would race.
             let publishes = self.config.ingress.as_ref().is_some_and(|i| i.publish_service.is_some());
             if let (Source::Api(api), true) = (&self.source, publishes) {
+                api.forget_ingress_reports(&served.iter().map(|s| (s.namespace.as_str(), s.name.as_str())).collect());
                 for s in served.iter().filter(|s| s.address != s.reported) {
-                    api.report_ingress_address(&s.namespace, &s.name, &s.address);
+                    api.report_ingress_address(&s.namespace, &s.name, s.resource_version.as_deref(), &s.address);
                 }
             }
             self.status.update(|status| status.ingresses = served);

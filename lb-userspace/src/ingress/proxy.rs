@@ -3,8 +3,8 @@
 //! preface) from clients. Each request is routed by the table of the
 //! Ingresses of our class to one of its Service port's ready endpoints
 //! (round robin), in HTTP/1.1 over a keep-alive pool, with
-//! `X-Forwarded-For/-Proto/-Host` (the client's own `X-Forwarded-For`
-//! replaced); upgrades (WebSocket) are joined through. 404 without a rule,
+//! `X-Forwarded-*` and `X-Real-IP` (what the client sent of them
+//! replaced); WebSocket upgrades are joined through. 404 without a rule,
 //! 503 without a ready endpoint, 502 when the backend fails, 504 when it is
 //! too slow. hyper serves and forwards, rustls terminates TLS; this module
 //! routes.
@@ -23,16 +23,16 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{
-    HeaderMap, Request, Response, StatusCode, Version,
+    HeaderMap, Method, Request, Response, StatusCode, Version,
     body::Incoming,
-    header::{CONNECTION, HOST, HeaderName, HeaderValue, UPGRADE},
+    header::{CONNECTION, CONTENT_TYPE, COOKIE, HOST, HeaderName, HeaderValue, UPGRADE, X_CONTENT_TYPE_OPTIONS},
+    server::conn::{http1, http2},
     service::service_fn,
     upgrade::OnUpgrade,
 };
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
 };
 use rustls::{ServerConfig, crypto::CryptoProvider, server::ResolvesServerCert};
 use thiserror::Error;
@@ -54,12 +54,18 @@ use crate::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's head (or its first
+/// bytes), hyper's default.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle HTTP/2 client is pinged, and how long its answer
+/// may take before the connection is closed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a pooled connection to a backend may stay idle.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// The headers a proxy must not pass on (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"];
 
 #[derive(Debug, Error)]
 pub enum ProxyError {
@@ -145,7 +151,7 @@ impl IngressProxy {
             .name("ingress".into())
             .spawn({
                 let timeout = opts.backend_timeout;
-                move || runtime.block_on(serve(listeners, current, timeout))
+                move || runtime.block_on(serve_listeners(listeners, current, timeout))
             })
             .map_err(ProxyError::Runtime)?;
         info!(http = ?opts.http, https = ?opts.https, class = opts.class, "ingress proxy listening");
@@ -223,7 +229,7 @@ fn ready_endpoints(desired: &DesiredState, backend: &Backend) -> Vec<SocketAddr>
     port.map(|p| p.active_endpoints().map(|e| SocketAddr::new(e.addr, e.port)).collect()).unwrap_or_default()
 }
 
-async fn serve(listeners: Vec<Listener>, routes: watch::Receiver<Arc<Routes>>, timeout: Duration) {
+async fn serve_listeners(listeners: Vec<Listener>, routes: watch::Receiver<Arc<Routes>>, timeout: Duration) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_keepalive(Some(POOL_IDLE));
@@ -250,6 +256,8 @@ async fn accept(
         Ok(socket) => socket,
         Err(err) => return warn!("the ingress proxy cannot serve: {err}"),
     };
+    let port = socket.local_addr().map_or(0, |a| a.port());
+    let scheme = if listener.tls.is_some() { "https" } else { "http" };
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -260,24 +268,22 @@ async fn accept(
                 continue;
             }
         };
+        let connection = Connection { peer, scheme, port, backend_timeout: timeout };
         let (routes, client, tls) = (routes.clone(), client.clone(), listener.tls.clone());
         tokio::spawn(async move {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let service = service_fn(move |request| {
-                let (routes, client) = (Arc::clone(&routes.borrow()), client.clone());
-                async move { Ok::<_, Infallible>(proxy(request, peer, scheme, &routes, &client, timeout).await) }
-            });
-            // HTTP/1.1 or HTTP/2 as the client speaks (ALPN, or h2c's
-            // preface). The timer turns on hyper's header read timeout
-            // (30 s): a client trickling its request head cannot hold a
-            // connection forever.
-            let mut server = auto::Builder::new(TokioExecutor::new());
-            server.http1().timer(TokioTimer::new());
-            server.http2().timer(TokioTimer::new());
+            // HTTP/2 as TLS's ALPN agreed, or in clear text as the client's
+            // first bytes say (h2c with prior knowledge); else HTTP/1.1.
             let served = match tls {
-                None => server.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                None => match tokio::time::timeout(HEAD_TIMEOUT, starts_with_h2_preface(&stream)).await {
+                    Ok(Ok(h2)) => serve_connection(TokioIo::new(stream), h2, connection, routes, client).await,
+                    Ok(Err(err)) => return debug!(%peer, "ingress connection: {err}"),
+                    Err(_) => return debug!(%peer, "ingress connection: nothing sent in {HEAD_TIMEOUT:?}"),
+                },
                 Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => server.serve_connection_with_upgrades(TokioIo::new(stream), service).await,
+                    Ok(Ok(stream)) => {
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve_connection(TokioIo::new(stream), h2, connection, routes, client).await
+                    }
                     Ok(Err(err)) => return debug!(%peer, "ingress TLS handshake: {err}"),
                     Err(_) => return debug!(%peer, "ingress TLS handshake: no progress in {HANDSHAKE_TIMEOUT:?}"),
                 },
@@ -289,23 +295,90 @@ async fn accept(
     }
 }
 
+/// Where a request came from and in on.
+#[derive(Clone, Copy)]
+struct Connection {
+    peer: SocketAddr,
+    scheme: &'static str,
+    /// The listener's port, for `X-Forwarded-Port`.
+    port: u16,
+    backend_timeout: Duration,
+}
+
+/// Whether a clear-text client opens with HTTP/2's connection preface.
+async fn starts_with_h2_preface(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 || first[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of a preface: peek would return the same bytes at once.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Serves one connection's requests in HTTP/2 or HTTP/1.1. Each has its
+/// timer: HTTP/1.1's head read timeout (30 s, also between requests), so
+/// a client trickling its request head cannot hold a connection forever;
+/// HTTP/2's pings, so a vanished client's connection is closed.
+async fn serve_connection<I>(
+    io: I,
+    h2: bool,
+    connection: Connection,
+    routes: watch::Receiver<Arc<Routes>>,
+    client: Client<HttpConnector, Incoming>,
+) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let (routes, client) = (Arc::clone(&routes.borrow()), client.clone());
+        async move { Ok::<_, Infallible>(proxy(request, connection, &routes, &client).await) }
+    });
+    if h2 {
+        http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .serve_connection(io, service)
+            .await
+    } else {
+        http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEAD_TIMEOUT)
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+    }
+}
+
 /// One request, routed and forwarded; the backend's answer or ours.
 async fn proxy(
     mut request: Request<Incoming>,
-    peer: SocketAddr,
-    scheme: &str,
+    connection: Connection,
     routes: &Routes,
     client: &Client<HttpConnector, Incoming>,
-    timeout: Duration,
 ) -> Response<Body> {
-    if request.headers().get_all(HOST).iter().nth(1).is_some() {
+    if request.method() == Method::CONNECT {
+        return answer(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied".into());
+    }
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let (host_header, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
         return answer(StatusCode::BAD_REQUEST, "more than one Host header".into());
     }
     // The request target's authority wins over Host (RFC 9112 3.2.2); in
-    // HTTP/2 it is the only one.
-    let host = match request.uri().authority() {
-        Some(authority) => authority.as_str().to_owned(),
-        None => request.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned(),
+    // HTTP/2 it is the only one. HTTP/1.1 requires one of them.
+    let host = match (request.uri().authority(), host_header.map(HeaderValue::to_str)) {
+        (Some(authority), _) => authority.as_str().to_owned(),
+        (None, Some(Ok(host))) if !host.is_empty() => host.to_owned(),
+        _ if request.version() < Version::HTTP_11 => String::new(),
+        _ => return answer(StatusCode::BAD_REQUEST, "no valid Host header".into()),
     };
     let path = request.uri().path().to_owned();
     let Some(backend) = routes.table.route(&host, &path) else {
@@ -313,7 +386,7 @@ async fn proxy(
     };
     let Some((endpoints, turn)) = routes.endpoints.get(backend).filter(|(e, _)| !e.is_empty()) else {
         let reason =
-            format!("Service {}/{} port {} has no ready endpoint", backend.namespace, backend.service, port(backend));
+            format!("Service {}/{} port {} has no ready endpoint", backend.namespace, backend.service, backend.port);
         return answer(StatusCode::SERVICE_UNAVAILABLE, reason);
     };
     let endpoint = endpoints[turn.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
@@ -321,23 +394,35 @@ async fn proxy(
     let Ok(uri) = format!("http://{endpoint}{path_and_query}").parse() else {
         return answer(StatusCode::BAD_REQUEST, format!("cannot forward {path_and_query:?}"));
     };
-    // An HTTP/1.1 upgrade (WebSocket) is passed on, and once the backend
-    // agrees both connections are joined.
-    let upgrade = (request.version() == Version::HTTP_11).then(|| upgrade_protocol(request.headers())).flatten();
+    // A WebSocket upgrade (HTTP/1.1) is passed on, and once the backend
+    // agrees both connections are joined. Other upgrades (h2c, a way to
+    // smuggle requests past the proxy) are dropped with the hop-by-hop
+    // headers.
+    let upgrade = (request.version() == Version::HTTP_11).then(|| websocket_upgrade(request.headers())).flatten();
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     *request.uri_mut() = uri;
-    // Backends are spoken to in HTTP/1.1, whatever the client spoke.
+    // Backends are spoken to in HTTP/1.1, whatever the client spoke; an
+    // HTTP/2 client's cookie fields become one header (RFC 9113 8.2.3).
+    if request.version() == Version::HTTP_2 {
+        join_cookies(request.headers_mut());
+    }
     *request.version_mut() = Version::HTTP_11;
-    forwarded_headers(request.headers_mut(), peer, scheme, &host);
+    forwarded_headers(request.headers_mut(), connection, &host);
     if let Some(protocol) = &upgrade {
         set_upgrade(request.headers_mut(), protocol);
     }
-    let mut response = match tokio::time::timeout(timeout, client.request(request)).await {
+    let peer = connection.peer;
+    let mut response = match tokio::time::timeout(connection.backend_timeout, client.request(request)).await {
         Ok(Ok(response)) => response,
-        Ok(Err(err)) => return answer(StatusCode::BAD_GATEWAY, format!("backend {endpoint}: {err}")),
+        Ok(Err(err)) => {
+            // The details are the operator's, not the client's.
+            warn!(%peer, host, path, %endpoint, "ingress backend failed: {err}");
+            return answer(StatusCode::BAD_GATEWAY, "the backend failed".into());
+        }
         Err(_) => {
-            let reason = format!("backend {endpoint}: no answer within {}", humantime::format_duration(timeout));
-            return answer(StatusCode::GATEWAY_TIMEOUT, reason);
+            let waited = humantime::format_duration(connection.backend_timeout);
+            warn!(%peer, host, path, %endpoint, "ingress backend did not answer within {waited}");
+            return answer(StatusCode::GATEWAY_TIMEOUT, format!("the backend did not answer within {waited}"));
         }
     };
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -345,7 +430,8 @@ async fn proxy(
     drop_hop_by_hop(response.headers_mut());
     if switched {
         let (Some(client_side), Some(protocol)) = (client_side, protocol) else {
-            return answer(StatusCode::BAD_GATEWAY, format!("backend {endpoint}: switched protocols unasked"));
+            warn!(%peer, host, path, %endpoint, "ingress backend switched protocols unasked");
+            return answer(StatusCode::BAD_GATEWAY, "the backend failed".into());
         };
         tokio::spawn(tunnel(client_side, hyper::upgrade::on(&mut response)));
         set_upgrade(response.headers_mut(), &protocol);
@@ -353,20 +439,37 @@ async fn proxy(
     response.map(BodyExt::boxed)
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection:
-/// upgrade` and `Upgrade: PROTOCOL`).
-fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
+/// The tokens of the `Connection` headers, lowercase.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")));
-    headers.get(UPGRADE).filter(|_| asks).cloned()
+        .flat_map(|v| v.split(',').map(|token| token.trim().to_ascii_lowercase()))
+}
+
+/// `Upgrade: websocket` when the request asks to switch to it (with
+/// `Connection: upgrade`).
+fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = connection_tokens(headers).any(|token| token == "upgrade");
+    headers.get(UPGRADE).filter(|protocol| asks && protocol.as_bytes().eq_ignore_ascii_case(b"websocket")).cloned()
 }
 
 fn set_upgrade(headers: &mut HeaderMap, protocol: &HeaderValue) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(UPGRADE, protocol.clone());
+}
+
+/// HTTP/2's separate `cookie` fields as HTTP/1.1's one, `; `-joined.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<u8> =
+        headers.get_all(COOKIE).iter().map(HeaderValue::as_bytes).collect::<Vec<_>>().join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
+    }
 }
 
 /// Copies both ways between the upgraded client and backend connections
@@ -382,50 +485,46 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade) {
     }
 }
 
-fn port(backend: &Backend) -> String {
-    match &backend.port {
-        BackendPort::Number(n) => n.to_string(),
-        BackendPort::Name(name) => name.clone(),
-    }
-}
-
 /// Drops the hop-by-hop headers, and those `Connection` names but for the
 /// ones a message cannot do without (`Host`, `Content-Length`).
 fn drop_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<String> = headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|h| h.trim().to_ascii_lowercase()))
-        .filter(|h| h != "host" && h != "content-length")
-        .collect();
+    let listed: Vec<String> = connection_tokens(headers).filter(|h| h != "host" && h != "content-length").collect();
     for name in HOP_BY_HOP.iter().map(|h| h.to_string()).chain(listed) {
         headers.remove(name.as_str());
     }
 }
 
 /// Drops the hop-by-hop headers and sets `Host` (HTTP/2 has none) and the
-/// `X-Forwarded-*` ones. The
-/// client's own `X-Forwarded-For` is replaced, not trusted (as
-/// ingress-nginx does by default): the backend sees who connected.
-fn forwarded_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &str, host: &str) {
+/// forwarding headers ingress-nginx sets. What the client sent of them
+/// (or of `Forwarded`) is replaced or dropped, not trusted: the backend
+/// sees who connected, and how.
+fn forwarded_headers(headers: &mut HeaderMap, connection: Connection, host: &str) {
     drop_hop_by_hop(headers);
-    let client = peer.ip().to_canonical().to_string();
+    headers.remove("forwarded");
+    let client = connection.peer.ip().to_canonical().to_string();
+    let port = connection.port.to_string();
     for (name, value) in [
         ("host", host),
         ("x-forwarded-for", client.as_str()),
-        ("x-forwarded-proto", scheme),
+        ("x-real-ip", client.as_str()),
+        ("x-forwarded-proto", connection.scheme),
         ("x-forwarded-host", host),
+        ("x-forwarded-port", port.as_str()),
     ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
+        match HeaderValue::from_str(value) {
+            Ok(value) => headers.insert(HeaderName::from_static(name), value),
+            Err(_) => headers.remove(name),
+        };
     }
 }
 
+/// Our own answer: the reason as plain text, never sniffed as anything else.
 fn answer(status: StatusCode, reason: String) -> Response<Body> {
     let body = Full::new(Bytes::from(format!("{reason}\n"))).map_err(|never| match never {}).boxed();
     let mut response = Response::new(body);
     *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }

@@ -29,6 +29,15 @@ pub enum BackendPort {
     Name(String),
 }
 
+impl std::fmt::Display for BackendPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendPort::Number(n) => write!(f, "{n}"),
+            BackendPort::Name(name) => f.write_str(name),
+        }
+    }
+}
+
 /// One path of a rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathRule {

@@ -55,6 +55,9 @@ pub struct ServedIngress {
     pub address: Vec<IpAddr>,
     /// What its `status.loadBalancer.ingress` says now.
     pub reported: Vec<IpAddr>,
+    /// The version of the object `reported` was read from.
+    #[serde(skip)]
+    pub resource_version: Option<String>,
 }
 
 /// The table of every valid Ingress of `class` (an IngressClass name), in
@@ -113,6 +116,7 @@ fn served(ingress: &Ingress, tls: bool) -> ServedIngress {
         ports: Vec::new(),
         address: Vec::new(),
         reported: reported.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect(),
+        resource_version: ingress.metadata.resource_version.clone(),
     }
 }
 

@@ -63,8 +63,9 @@ pub struct Watches {
     pub tls_secrets: bool,
 }
 
-/// The addresses written to Ingresses' status, by (namespace, name).
-type Reported = HashMap<(String, String), Vec<IpAddr>>;
+/// The address written to each Ingress's status (by namespace, name),
+/// and the version of the object it was written over.
+type Reported = HashMap<(String, String), (Option<String>, Vec<IpAddr>)>;
 
 /// What the Ingress proxy reads.
 struct IngressStores {
@@ -202,17 +203,32 @@ impl ApiSource {
         &self.objects
     }
 
+    /// Forgets what was written to Ingresses not in `served` (deleted, or
+    /// no longer ours): one recreated under the same name is written again.
+    pub fn forget_ingress_reports(&self, served: &std::collections::HashSet<(&str, &str)>) {
+        let mut reported = self.reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        reported.retain(|(namespace, name), _| served.contains(&(namespace.as_str(), name.as_str())));
+    }
+
     /// Writes `address` to the Ingress's `status.loadBalancer`, unless it
-    /// was written already; a failure is logged and tried again at the
+    /// was written over this version of the object already (the store has
+    /// not seen the write yet); a failure is logged and tried again at the
     /// next call.
-    pub fn report_ingress_address(&self, namespace: &str, name: &str, address: &[IpAddr]) {
+    pub fn report_ingress_address(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: Option<&str>,
+        address: &[IpAddr],
+    ) {
         let key = (namespace.to_owned(), name.to_owned());
+        let written = (resource_version.map(str::to_owned), address.to_vec());
         {
             let mut reported = self.reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if reported.get(&key).is_some_and(|r| r == address) {
+            if reported.get(&key) == Some(&written) {
                 return;
             }
-            reported.insert(key.clone(), address.to_vec());
+            reported.insert(key.clone(), written);
         }
         let api = Api::<Ingress>::namespaced(self.client.clone(), namespace);
         let ips: Vec<_> = address.iter().map(|ip| serde_json::json!({ "ip": ip.to_string() })).collect();

@@ -18,9 +18,10 @@
 //!   latency percentiles `p50_us: U`, `p99_us: U`.
 //! - `bulk ADDR SECONDS`: one connection writing 256 KiB at a time to a
 //!   discard server for that long; `gbps: G` as the server counted.
-//! - `upgrade ADDR HOST`: GET /chat for HOST with `Upgrade: websocket`;
-//!   `status: CODE`, then on the switched connection two lines sent and
-//!   their echoes as `echo: ...` (lb-testserver's upgrade echo).
+//! - `upgrade ADDR HOST PROTOCOL`: GET /chat for HOST with `Connection:
+//!   upgrade` and `Upgrade: PROTOCOL`; `status: CODE` and the answer's
+//!   `connection:` and `upgrade:` headers, then, if switched, two lines
+//!   sent and their echoes as `echo: ...` (lb-testserver's upgrade echo).
 //! - `send ADDR BYTES`: BYTES of `lb_tests::BulkStream` to a sink, which
 //!   must report exactly them (`lb_tests::client::send_stream`); `report: R`.
 
@@ -64,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             println!("bind: {}", outcome(result));
             Ok(())
         }
-        "upgrade" => upgrade(addr()?, arg(2)?),
+        "upgrade" => upgrade(addr()?, arg(2)?, arg(3)?),
         "send" => {
             let len: usize = arg(2)?.parse().context("bytes")?;
             println!("report: {}", lb_tests::client::send_stream(addr()?, len, Duration::from_secs(30))?);
@@ -99,20 +100,28 @@ fn http(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn upgrade(addr: SocketAddr, host: &str) -> anyhow::Result<()> {
+fn upgrade(addr: SocketAddr, host: &str, protocol: &str) -> anyhow::Result<()> {
     let stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     let mut writer = stream.try_clone()?;
-    write!(writer, "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")?;
+    write!(writer, "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n")?;
     let mut reader = io::BufReader::new(stream);
     let mut line = String::new();
     io::BufRead::read_line(&mut reader, &mut line)?;
-    println!("status: {}", line.split_whitespace().nth(1).unwrap_or_default());
+    let status = line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    println!("status: {status}");
     while line.trim_end() != "" {
         line.clear();
         if io::BufRead::read_line(&mut reader, &mut line)? == 0 {
             bail!("the connection closed in the response head");
         }
+        let lower = line.trim_end().to_ascii_lowercase();
+        if lower.starts_with("connection:") || lower.starts_with("upgrade:") {
+            println!("{lower}");
+        }
+    }
+    if status != "101" {
+        return Ok(());
     }
     for text in ["hello", "again"] {
         writeln!(writer, "{text}")?;

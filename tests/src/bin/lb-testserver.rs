@@ -5,8 +5,8 @@
 //! `lb-testserver --name NAME [--http ADDR:PORT]... [--udp ADDR:PORT]... [--tcp-echo ADDR:PORT]...`
 //! prints `ready` once every socket is bound. `--tcp-echo` keeps a
 //! connection open and answers each line with `NAME: line`, for tests of
-//! long-lived flows; an HTTP request with `Upgrade: P` is answered `101`
-//! and the connection becomes the same echo. `--sink` reads a connection to its end and answers
+//! long-lived flows; an HTTP request with `Connection: upgrade` and
+//! `Upgrade: P` is answered `101` and the connection becomes the same echo. `--sink` reads a connection to its end and answers
 //! `NAME received N bytes, digest D` (see `lb_tests::Digest`), so that a
 //! bulk transfer proves every byte arrived intact; `--discard` answers
 //! `NAME received N bytes` only, for throughput benchmarks. `--source`
@@ -89,20 +89,21 @@ fn answer_http(name: &str, mut stream: TcpStream) -> std::io::Result<()> {
     let peer = stream.peer_addr()?;
     let mut reader = BufReader::new(stream.try_clone()?);
     // Read the request head; the body, if any, is ignored. A proxy's
-    // X-Forwarded-* headers are echoed after the greeting.
-    let (mut line, mut forwarded, mut upgrade) = (String::new(), String::new(), None);
+    // X-Forwarded-* and X-Real-IP headers are echoed after the greeting.
+    let (mut line, mut forwarded, mut upgrade, mut asks) = (String::new(), String::new(), None, false);
     while reader.read_line(&mut line)? > 2 {
         let lower = line.trim_end().to_ascii_lowercase();
-        if lower.starts_with("x-forwarded-") {
+        if lower.starts_with("x-forwarded-") || lower.starts_with("x-real-ip:") {
             forwarded.push_str(&lower);
             forwarded.push('\n');
         }
         if let Some(protocol) = lower.strip_prefix("upgrade:") {
             upgrade = Some(protocol.trim().to_owned());
         }
+        asks |= lower.strip_prefix("connection:").is_some_and(|c| c.split(',').any(|t| t.trim() == "upgrade"));
         line.clear();
     }
-    if let Some(protocol) = upgrade {
+    if let Some(protocol) = upgrade.filter(|_| asks) {
         // Switched: from here on a line echo, as --tcp-echo.
         write!(stream, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n")?;
         return echo_lines(name, reader, stream);
