@@ -745,7 +745,13 @@ fn merge(target: &mut Value, patch: &Value) {
 }
 
 /// Every request: recorded, delayed as the test asks, then routed.
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let delay = {
         let mut store = shared.lock();
         let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
@@ -756,6 +762,13 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, bod
         tokio::time::sleep(delay).await;
     }
     if method == Method::PATCH {
+        let merge = headers.get(header::CONTENT_TYPE).is_some_and(|t| t == "application/merge-patch+json");
+        if !merge {
+            let message =
+                format!("the api server double takes only merge patches, not {:?}", headers.get(header::CONTENT_TYPE));
+            return Failure { code: StatusCode::UNSUPPORTED_MEDIA_TYPE, reason: "UnsupportedMediaType", message }
+                .into_response();
+        }
         let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
         return patch_status(&shared, &segments, &body).unwrap_or_else(IntoResponse::into_response);
     }

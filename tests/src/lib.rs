@@ -10,6 +10,7 @@ pub mod dns;
 pub mod kmock;
 pub mod kubia;
 pub mod netns;
+pub mod tls;
 pub mod topology;
 pub mod xdp_const;
 

@@ -213,20 +213,9 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
     assert_eq!((last.0.as_str(), last.1.trim()), ("503", "Service default/foo port 80 has no ready endpoint"));
 }
 
-/// A self-signed certificate for `host` and its key, as PEM, from openssl.
+/// A self-signed certificate for `host` and its key, as PEM.
 fn certificate(dir: &std::path::Path, host: &str) -> (String, String) {
-    let (crt, key) = (dir.join(format!("{host}.crt")), dir.join(format!("{host}.key")));
-    let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", &format!("/CN={host}"), "-addext", &format!("subjectAltName=DNS:{host}")])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl (cargo xtask setup installs it)");
-    assert!(status.success(), "openssl req for {host}");
+    let (crt, key) = lb_tests::tls::self_signed(dir, host).unwrap();
     (std::fs::read_to_string(crt).unwrap(), std::fs::read_to_string(key).unwrap())
 }
 

@@ -96,7 +96,6 @@ pub struct IngressOptions {
 /// The running proxy; [`IngressProxy::publish`] hands it each new model.
 pub struct IngressProxy {
     routes: watch::Sender<Arc<Routes>>,
-    class: String,
     /// Each backend's round-robin position, kept from table to table.
     turns: Mutex<HashMap<Backend, Arc<AtomicUsize>>>,
     /// The HTTPS listener's certificates, and the Secrets they came from.
@@ -155,20 +154,13 @@ impl IngressProxy {
             })
             .map_err(ProxyError::Runtime)?;
         info!(http = ?opts.http, https = ?opts.https, class = opts.class, "ingress proxy listening");
-        Ok(IngressProxy {
-            routes,
-            class: opts.class.clone(),
-            turns: Default::default(),
-            certificates,
-            provider,
-            opts: opts.clone(),
-        })
+        Ok(IngressProxy { routes, turns: Default::default(), certificates, provider, opts: opts.clone() })
     }
 
     /// Routes by `objects`' Ingresses to `desired`'s endpoints from now on;
     /// the Ingresses served, with their address, and the invalid ones' errors.
     pub fn publish(&self, objects: &Objects, desired: &DesiredState) -> (Vec<ServedIngress>, Vec<ModelError>) {
-        let (mut table, mut errors) = table::build(objects, &self.class);
+        let (mut table, mut errors) = table::build(objects, &self.opts.class);
         let address = self.address(desired);
         for served in &mut table.served {
             served.address.clone_from(&address);

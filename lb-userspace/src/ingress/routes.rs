@@ -69,10 +69,7 @@ fn elements(path: &str) -> impl Iterator<Item = &str> + Clone {
 /// The rules of every Ingress of the class, by host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteTable {
-    /// Exact hosts, lowercase.
-    exact: BTreeMap<String, HostRules>,
-    /// `*.example.com` as `example.com`: one label before it.
-    wildcard: BTreeMap<String, HostRules>,
+    hosts: HostMap<HostRules>,
     /// Rules without a host: any host no other rule names.
     any_host: HostRules,
     /// The first Ingress without rules' `defaultBackend`: what no host's
@@ -94,12 +91,9 @@ impl RouteTable {
     /// already there (earlier Ingresses win ties), and its Ingress's
     /// `defaultBackend` for the host's other paths unless one is set.
     pub fn add(&mut self, host: Option<&str>, paths: Vec<PathRule>, default: Option<&Backend>) {
-        let rules = match host.map(str::to_ascii_lowercase) {
+        let rules = match host {
             None => &mut self.any_host,
-            Some(host) => match host.strip_prefix("*.") {
-                Some(parent) => self.wildcard.entry(parent.to_owned()).or_default(),
-                None => self.exact.entry(host).or_default(),
-            },
+            Some(host) => self.hosts.entry(host),
         };
         rules.paths.extend(paths);
         if rules.default.is_none() {
@@ -114,20 +108,56 @@ impl RouteTable {
 
     /// Every backend a rule or a default names.
     pub fn backends(&self) -> impl Iterator<Item = &Backend> {
-        let hosts = self.exact.values().chain(self.wildcard.values()).chain([&self.any_host]);
+        let hosts = self.hosts.values().chain([&self.any_host]);
         hosts.flat_map(|h| h.paths.iter().map(|r| &r.backend).chain(&h.default)).chain(&self.default_backend)
     }
 
     /// The backend for a request to `host` (a `Host` header: a port after
     /// it is ignored) and `path`; None: 404.
     pub fn route(&self, host: &str, path: &str) -> Option<&Backend> {
-        let host = strip_port(host).to_ascii_lowercase();
-        let rules = self
-            .exact
-            .get(&host)
-            .or_else(|| host.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)))
-            .unwrap_or(&self.any_host);
+        let rules = self.hosts.get(strip_port(host)).unwrap_or(&self.any_host);
         best(&rules.paths, path).or(rules.default.as_ref()).or(self.default_backend.as_ref())
+    }
+}
+
+/// Values by host name, exact or `*.` (one label), names caseless: the
+/// rules' hosts, and the certificates' names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostMap<T> {
+    /// Exact hosts, lowercase.
+    exact: BTreeMap<String, T>,
+    /// `*.example.com` as `example.com`: one label before it.
+    wildcard: BTreeMap<String, T>,
+}
+
+impl<T> Default for HostMap<T> {
+    fn default() -> Self {
+        HostMap { exact: BTreeMap::new(), wildcard: BTreeMap::new() }
+    }
+}
+
+impl<T> HostMap<T> {
+    /// The value for `host` as written (`*.` for a wildcard), made if new.
+    pub fn entry(&mut self, host: &str) -> &mut T
+    where
+        T: Default,
+    {
+        let host = host.to_ascii_lowercase();
+        match host.strip_prefix("*.") {
+            Some(parent) => self.wildcard.entry(parent.to_owned()).or_default(),
+            None => self.exact.entry(host).or_default(),
+        }
+    }
+
+    /// The value for a request's `name`: its exact host, else the wildcard
+    /// over it.
+    pub fn get(&self, name: &str) -> Option<&T> {
+        let name = name.to_ascii_lowercase();
+        self.exact.get(&name).or_else(|| name.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &T> {
+        self.exact.values().chain(self.wildcard.values())
     }
 }
 

@@ -19,6 +19,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
+use super::routes::HostMap;
 use crate::{model::ModelError, source::Sourced};
 
 /// The Secret type the certificates come from.
@@ -41,9 +42,8 @@ pub struct TlsRef {
 /// The certificate for each server name.
 #[derive(Debug, Default)]
 pub struct Certificates {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// `*.example.com` under `example.com`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// None until an entry names the host (the first one's wins).
+    by_host: HostMap<Option<Arc<CertifiedKey>>>,
     /// The first entry's without hosts.
     fallback: Option<Arc<CertifiedKey>>,
 }
@@ -51,9 +51,7 @@ pub struct Certificates {
 impl Certificates {
     /// The certificate for `name` (from SNI; None without).
     fn for_name(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let name = name.map(str::to_ascii_lowercase);
-        let wildcard = || name.as_deref()?.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent));
-        name.as_deref().and_then(|n| self.exact.get(n)).or_else(wildcard).or(self.fallback.as_ref()).cloned()
+        name.and_then(|n| self.by_host.get(n)).cloned().flatten().or_else(|| self.fallback.clone())
     }
 }
 
@@ -116,12 +114,7 @@ pub fn build(
             continue;
         }
         for host in &tls.hosts {
-            let host = host.to_ascii_lowercase();
-            let table = match host.strip_prefix("*.") {
-                Some(parent) => certificates.wildcard.entry(parent.to_owned()),
-                None => certificates.exact.entry(host),
-            };
-            table.or_insert_with(|| Arc::clone(&certified));
+            certificates.by_host.entry(host).get_or_insert_with(|| Arc::clone(&certified));
         }
     }
     *cache = fresh;

@@ -63,13 +63,13 @@ fn backend(dir: &Path, pod: &Pod) -> anyhow::Result<ChildGuard> {
 
 /// The peer: nginx proxying the route as ingress-nginx configures it
 /// (HTTP/1.1 keep-alive upstream, X-Forwarded-*), HTTP and HTTPS.
-fn nginx_proxy(ns: &Netns, dir: &Path) -> anyhow::Result<ChildGuard> {
+fn nginx_proxy(ns: &Netns, dir: &Path, crt: &Path, key: &Path) -> anyhow::Result<ChildGuard> {
     let servers: String = BACKENDS.iter().map(|ip| format!("server {ip}:8080; ")).collect();
-    let d = dir.display();
+    let (crt, key) = (crt.display(), key.display());
     let http = format!(
         "  upstream kubia {{ {servers}keepalive 64; }}\n\
          server {{\n    listen {NGINX_IP}:80;\n    listen {NGINX_IP}:443 ssl http2;\n    server_name {HOST};\n\
-         ssl_certificate {d}/tls.crt;\n    ssl_certificate_key {d}/tls.key;\n    keepalive_requests 1000000;\n\
+         ssl_certificate {crt};\n    ssl_certificate_key {key};\n    keepalive_requests 1000000;\n\
          location / {{\n      proxy_pass http://kubia;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
          proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n\
          proxy_set_header X-Forwarded-Proto $scheme;\n      proxy_set_header X-Forwarded-Host $host;\n    }}\n  }}"
@@ -140,20 +140,11 @@ fn rig() -> anyhow::Result<Rig> {
     for ip in [AGENT_IP, NGINX_IP] {
         node.ns.exec(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
     }
-    let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", &format!("/CN={HOST}"), "-addext", &format!("subjectAltName=DNS:{HOST}")])
-        .arg("-keyout")
-        .arg(dir.0.join("tls.key"))
-        .arg("-out")
-        .arg(dir.0.join("tls.crt"))
-        .stderr(std::process::Stdio::null())
-        .status()?;
-    anyhow::ensure!(status.success(), "openssl req failed");
+    let (crt, key) = lb_tests::tls::self_signed(&dir.0, HOST)?;
     let mut servers = backends.iter().map(|pod| backend(&dir.0, pod)).collect::<anyhow::Result<Vec<_>>>()?;
-    servers.push(nginx_proxy(&node.ns, &dir.0)?);
-    let pem = |file: &str| -> anyhow::Result<String> {
-        let text = std::fs::read_to_string(dir.0.join(file))?;
+    servers.push(nginx_proxy(&node.ns, &dir.0, &crt, &key)?);
+    let pem = |file: &Path| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(file)?;
         Ok(text.lines().map(|l| format!("    {l}\n")).collect())
     };
     let manifests = format!(
@@ -165,8 +156,8 @@ fn rig() -> anyhow::Result<Rig> {
          - {{path: /, pathType: Prefix, backend: {{service: {{name: kubia, port: {{number: 80}}}}}}}}\n",
         pod_manifest("kubia-0", BACKENDS[0], true),
         pod_manifest("kubia-1", BACKENDS[1], true),
-        pem("tls.crt")?,
-        pem("tls.key")?,
+        pem(&crt)?,
+        pem(&key)?,
     );
     let (http, https) = (format!("{AGENT_IP}:80"), format!("{AGENT_IP}:443"));
     let agent = AgentProcess::start_with(
