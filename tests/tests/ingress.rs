@@ -121,7 +121,8 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
     let resolve = format!("kubia.example.com:80:{NODE_IP}");
     let out = ns
         .command("curl")
-        .args(["-s", "-m", "3", "-H", "X-Forwarded-For: 6.6.6.6", "--resolve", &resolve, "http://kubia.example.com/"])
+        .args(["-s", "-m", "3", "-H", "X-Forwarded-For: 6.6.6.6", "-H", "X-Forwarded-Ssl: on"])
+        .args(["--resolve", &resolve, "http://kubia.example.com/"])
         .output()
         .unwrap();
     let body = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -134,6 +135,7 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
     ] {
         assert!(body.lines().any(|l| l == header), "{header} missing in:\n{body}");
     }
+    assert!(!body.contains("6.6.6.6") && !body.contains("x-forwarded-ssl"), "a client's claim passed:\n{body}");
     assert_eq!(served_by(&curl(ns, "paths.example.com", "http://paths.example.com/foo/x").1), "kubia-2");
     assert!(served_by(&curl(ns, "paths.example.com", "http://paths.example.com/kubia").1).starts_with("kubia-"));
     assert_eq!(served_by(&curl(ns, "foo.example.com", "http://foo.example.com/").1), "kubia-2");

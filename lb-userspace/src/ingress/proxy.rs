@@ -41,6 +41,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::{
+    opening,
     routes::{Backend, BackendPort, RouteTable},
     table::{self, ServedIngress},
     tls::{self, Resolver, SecretCache},
@@ -263,19 +264,21 @@ async fn accept(
         let connection = Connection { peer, scheme, port, backend_timeout: timeout };
         let (routes, client, tls) = (routes.clone(), client.clone(), listener.tls.clone());
         tokio::spawn(async move {
-            // HTTP/2 as TLS's ALPN agreed, or in clear text as the client's
-            // first bytes say (h2c with prior knowledge); else HTTP/1.1.
+            // HTTP/2 when the client opens with its preface (after ALPN
+            // agreed on h2, or in clear text: h2c with prior knowledge),
+            // else HTTP/1.1; a client that sends nothing is dropped.
             let served = match tls {
-                None => match tokio::time::timeout(HEAD_TIMEOUT, starts_with_h2_preface(&stream)).await {
-                    Ok(Ok(h2)) => serve_connection(TokioIo::new(stream), h2, connection, routes, client).await,
-                    Ok(Err(err)) => return debug!(%peer, "ingress connection: {err}"),
-                    Err(_) => return debug!(%peer, "ingress connection: nothing sent in {HEAD_TIMEOUT:?}"),
+                None => match opening::open(stream, HEAD_TIMEOUT).await {
+                    Ok((h2, stream)) => serve_connection(TokioIo::new(stream), h2, connection, routes, client).await,
+                    Err(err) => return debug!(%peer, "ingress connection: {err}"),
                 },
                 Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serve_connection(TokioIo::new(stream), h2, connection, routes, client).await
-                    }
+                    Ok(Ok(stream)) => match opening::open(stream, HEAD_TIMEOUT).await {
+                        Ok((h2, stream)) => {
+                            serve_connection(TokioIo::new(stream), h2, connection, routes, client).await
+                        }
+                        Err(err) => return debug!(%peer, "ingress connection: {err}"),
+                    },
                     Ok(Err(err)) => return debug!(%peer, "ingress TLS handshake: {err}"),
                     Err(_) => return debug!(%peer, "ingress TLS handshake: no progress in {HANDSHAKE_TIMEOUT:?}"),
                 },
@@ -295,23 +298,6 @@ struct Connection {
     /// The listener's port, for `X-Forwarded-Port`.
     port: u16,
     backend_timeout: Duration,
-}
-
-/// Whether a clear-text client opens with HTTP/2's connection preface.
-async fn starts_with_h2_preface(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut first = [0u8; PREFACE.len()];
-    loop {
-        let n = stream.peek(&mut first).await?;
-        if n == 0 || first[..n] != PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == PREFACE.len() {
-            return Ok(true);
-        }
-        // Part of a preface: peek would return the same bytes at once.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Serves one connection's requests in HTTP/2 or HTTP/1.1. Each has its
@@ -367,7 +353,11 @@ async fn proxy(
     // The request target's authority wins over Host (RFC 9112 3.2.2); in
     // HTTP/2 it is the only one. HTTP/1.1 requires one of them.
     let host = match (request.uri().authority(), host_header.map(HeaderValue::to_str)) {
-        (Some(authority), _) => authority.as_str().to_owned(),
+        // Without any user info the target may carry.
+        (Some(authority), _) => match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_owned(),
+        },
         (None, Some(Ok(host))) if !host.is_empty() => host.to_owned(),
         _ if request.version() < Version::HTTP_11 => String::new(),
         _ => return answer(StatusCode::BAD_REQUEST, "no valid Host header".into()),
@@ -492,7 +482,22 @@ fn drop_hop_by_hop(headers: &mut HeaderMap) {
 /// sees who connected, and how.
 fn forwarded_headers(headers: &mut HeaderMap, connection: Connection, host: &str) {
     drop_hop_by_hop(headers);
-    headers.remove("forwarded");
+    // Every forwarding header a framework might trust (X-Forwarded-Ssl,
+    // X-Scheme, X-Original-Forwarded-For, ...), not only ours.
+    let claimed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name == "forwarded"
+                || name == "x-scheme"
+                || name.starts_with("x-forwarded-")
+                || name.starts_with("x-original-")
+        })
+        .cloned()
+        .collect();
+    for name in claimed {
+        headers.remove(name);
+    }
     let client = connection.peer.ip().to_canonical().to_string();
     let port = connection.port.to_string();
     for (name, value) in [
@@ -503,9 +508,10 @@ fn forwarded_headers(headers: &mut HeaderMap, connection: Connection, host: &str
         ("x-forwarded-host", host),
         ("x-forwarded-port", port.as_str()),
     ] {
+        // An HTTP/1.0 request may have no host: then none is claimed.
         match HeaderValue::from_str(value) {
-            Ok(value) => headers.insert(HeaderName::from_static(name), value),
-            Err(_) => headers.remove(name),
+            Ok(value) if !value.is_empty() || name == "host" => headers.insert(HeaderName::from_static(name), value),
+            _ => headers.remove(name),
         };
     }
 }

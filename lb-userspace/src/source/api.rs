@@ -228,7 +228,7 @@ impl ApiSource {
             if reported.get(&key) == Some(&written) {
                 return;
             }
-            reported.insert(key.clone(), written);
+            reported.insert(key.clone(), written.clone());
         }
         let api = Api::<Ingress>::namespaced(self.client.clone(), namespace);
         let ips: Vec<_> = address.iter().map(|ip| serde_json::json!({ "ip": ip.to_string() })).collect();
@@ -239,7 +239,11 @@ impl ApiSource {
                 Ok(_) => info!(ingress = format!("{}/{}", key.0, key.1), ?ips, "ingress status written"),
                 Err(err) => {
                     warn!("writing the status of Ingress {}/{}: {err}", key.0, key.1);
-                    reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+                    // Unless a later call wrote something else meanwhile.
+                    let mut reported = reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if reported.get(&key) == Some(&written) {
+                        reported.remove(&key);
+                    }
                 }
             }
         });
