@@ -654,8 +654,11 @@ fn no_frontend<A: Addr, T: Tables<A>>(flow: &CtKey<A>, tables: &T, hook: Hook) -
     }
 }
 
-/// How many random SNAT ports a new flow tries before it is dropped.
-const SNAT_ATTEMPTS: u32 = 4;
+/// How many SNAT ports (its own, then random ones) a new flow tries before
+/// it is dropped. With 4, a backend whose recent flows held a tenth of the
+/// range refused about one new flow in 10 000 (seen in the restart test);
+/// with 32, as Cilium retries, even a half-full range refuses one in 4e9.
+const SNAT_ATTEMPTS: u32 = 32;
 
 #[cfg(test)]
 mod tests {
@@ -680,6 +683,8 @@ mod tests {
         backends: HashMap<u32, Backend<A>>,
         maglev: Vec<u16>,
         random: Cell<u32>,
+        /// Returned by `random` before `random`, last first.
+        randoms: RefCell<Vec<u32>>,
         created: Cell<u64>,
         /// Packets counted per frontend id.
         service_packets: RefCell<HashMap<u32, u64>>,
@@ -708,7 +713,7 @@ mod tests {
             self.maglev.get(index as usize).copied()
         }
         fn random(&self) -> u32 {
-            self.random.get()
+            self.randoms.borrow_mut().pop().unwrap_or(self.random.get())
         }
         fn now_ns(&self) -> u64 {
             self.now.get()
@@ -1091,6 +1096,17 @@ mod tests {
         }
         assert_eq!(decide(&other_client, TCP_ACK, &t, Hook::NodeXdp), Verdict::Drop(Reason::DropSnatExhausted));
         assert_eq!(t.inserts_on_taken_keys.get(), 0, "a taken SNAT port must be looked up, not inserted into");
+        // Every attempt but the last finds its port taken: the last one's is the flow's.
+        let picks: Vec<u32> = (1..SNAT_ATTEMPTS).map(|i| i << 27).collect();
+        let (last, earlier) = picks.split_last().unwrap();
+        for &pick in earlier {
+            let key = flow(backend.addr, NODE, backend.port, (SNAT_PORT_MIN + reduce(pick, range) as u16).to_be());
+            t.conntrack.borrow_mut().insert(key, CtEntry::default());
+        }
+        *t.randoms.borrow_mut() = picks.iter().rev().copied().collect();
+        let Some((_, port)) = other_end(decide(&other_client, TCP_ACK, &t, Hook::NodeXdp)) else { panic!() };
+        assert_eq!(u16::from_be(port), SNAT_PORT_MIN + reduce(*last, range) as u16);
+        assert_eq!(t.inserts_on_taken_keys.get(), 0);
         // From a pod veth, or under a Local policy, there is no SNAT.
         assert!(matches!(
             decide(&flow(CLIENT, VIP, 40001, 80), TCP_ACK, &t, Hook::PodTc),
