@@ -141,6 +141,33 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
     assert_eq!(served_by(&curl(ns, "foo.example.com", "http://foo.example.com/").1), "kubia-2");
     let (status, body) = curl(ns, "paths.example.com", "http://paths.example.com/other");
     assert_eq!((status.as_str(), body.trim()), ("404", "no Ingress rule for paths.example.com/other"));
+    // HTTP/1.1 without a Host is refused, not routed by a default, and a
+    // client taking the proxy for a forward proxy gets no tunnel.
+    let out = ns
+        .command("curl")
+        .args(["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host:"])
+        .arg(format!("http://{NODE_IP}/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
+    let out = ns
+        .command("curl")
+        .args([
+            "-s",
+            "-m",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            "-p",
+            "-x",
+            &format!("http://{NODE_IP}:80"),
+        ])
+        .arg("http://kubia.example.com/")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "405", "CONNECT must not open a tunnel");
 
     // The proxy fronted by a Service of its own (selectorless, its
     // endpoint the node's address), as the seeds expose their ingress
@@ -320,6 +347,10 @@ fn https_picks_each_host_s_certificate_by_sni_and_speaks_http2() {
     let foo_ca = dir.0.join("foo.example.com.crt");
     let (version, status, body) = curl_tls(ns, "foo.example.com", &foo_ca, &["--http1.1"]);
     assert_eq!((version.as_str(), status.as_str(), served_by(&body).as_str()), ("1.1", "200", "kubia-1"), "{body}");
+    // An HTTP/2 client's cookie fields reach the HTTP/1.1 pod as one header.
+    let (version, _, body) = curl_tls(ns, "kubia.example.com", &kubia_ca, &["-H", "Cookie: a=1", "-H", "Cookie: b=2"]);
+    assert_eq!(version, "2");
+    assert_eq!(body.lines().filter(|l| l.starts_with("cookie:")).collect::<Vec<_>>(), ["cookie: a=1; b=2"], "{body}");
     let (_, _, error) = curl_tls(ns, "foo.example.com", &kubia_ca, &[]);
     assert!(error.contains("certificate"), "foo.example.com must not be served kubia's certificate: {error}");
     // No certificate for bar.example.com (its Secret is missing): the

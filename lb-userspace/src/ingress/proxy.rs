@@ -226,6 +226,9 @@ async fn serve_listeners(listeners: Vec<Listener>, routes: watch::Receiver<Arc<R
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_keepalive(Some(POOL_IDLE));
+    // Requests and answers are written whole: Nagle would only hold back
+    // the tail of one that spans several segments (or TLS records).
+    connector.set_nodelay(true);
     // The pool's idle timeout needs its timer: without, idle connections to
     // pods long gone would stay.
     let client = Client::builder(TokioExecutor::new())
@@ -261,6 +264,9 @@ async fn accept(
                 continue;
             }
         };
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!(%peer, "ingress connection: TCP_NODELAY: {err}");
+        }
         let connection = Connection { peer, scheme, port, backend_timeout: timeout };
         let (routes, client, tls) = (routes.clone(), client.clone(), listener.tls.clone());
         tokio::spawn(async move {

@@ -89,11 +89,12 @@ fn answer_http(name: &str, mut stream: TcpStream) -> std::io::Result<()> {
     let peer = stream.peer_addr()?;
     let mut reader = BufReader::new(stream.try_clone()?);
     // Read the request head; the body, if any, is ignored. A proxy's
-    // X-Forwarded-* and X-Real-IP headers are echoed after the greeting.
+    // X-Forwarded-* and X-Real-IP headers, and the cookies, are echoed
+    // after the greeting.
     let (mut line, mut forwarded, mut upgrade, mut asks) = (String::new(), String::new(), None, false);
     while reader.read_line(&mut line)? > 2 {
         let lower = line.trim_end().to_ascii_lowercase();
-        if lower.starts_with("x-forwarded-") || lower.starts_with("x-real-ip:") {
+        if lower.starts_with("x-forwarded-") || lower.starts_with("x-real-ip:") || lower.starts_with("cookie:") {
             forwarded.push_str(&lower);
             forwarded.push('\n');
         }
