@@ -69,10 +69,16 @@ spec:
 
 /// `curl` from `ns` to `url`, `host` resolved to the node: status and body.
 fn curl(ns: &Netns, host: &str, url: &str) -> (String, String) {
-    let resolve = format!("{host}:80:{NODE_IP}");
+    curl_resolved(ns, &format!("{host}:80:{NODE_IP}"), url, &[])
+}
+
+/// `curl` from `ns` to `url` with `--resolve resolve` and `extra`: status
+/// and body.
+fn curl_resolved(ns: &Netns, resolve: &str, url: &str, extra: &[&str]) -> (String, String) {
     let out = ns
         .command("curl")
-        .args(["-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", "--resolve", &resolve, url])
+        .args(["-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", "--resolve", resolve, url])
+        .args(extra)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -404,6 +410,72 @@ fn https_picks_each_host_s_certificate_by_sni_and_speaks_http2() {
     // The backend takes longer than --ingress-backend-timeout: 504.
     let (status, body) = curl(ns, "paths.example.com", "http://paths.example.com/silent");
     assert_eq!((status.as_str(), body.trim()), ("504", "the backend did not answer within 1s"));
+}
+
+/// The README's set-up: the proxy fronted by a LoadBalancer Service of its
+/// own whose endpoint is the node's address. An external client reaches
+/// kubia's pods through the load-balancer IP and the node port, over HTTP
+/// and HTTPS, and the proxy sees the client itself.
+#[test]
+fn an_external_client_reaches_the_proxy_through_its_own_load_balancer_service() {
+    require_root();
+    let c = cluster(2);
+    let (uplink_ip, external_ip, lb_ip) = ("198.51.100.1", "198.51.100.100", "203.0.113.10");
+    let external =
+        c.node.add_external_client("uplink", uplink_ip.parse().unwrap(), external_ip.parse().unwrap()).unwrap();
+    c.node.ns.send_complete_checksums("uplink").unwrap();
+    let dir = TempDir::new("ing-lb");
+    let secret = tls_secret("kubia-tls", &certificate(&dir.0, "kubia.example.com"));
+    let ca = dir.0.join("kubia.example.com.crt");
+    let ingresses = format!("{INGRESSES}  tls: [{{hosts: [kubia.example.com], secretName: kubia-tls}}]\n");
+    let fronted = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: lb-ingress}}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.20\n  \
+         ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080}}\n  \
+         - {{name: https, port: 443, targetPort: 8443, nodePort: 30443}}\n\
+         status: {{loadBalancer: {{ingress: [{{ip: {lb_ip}}}]}}}}\n---\n\
+         apiVersion: v1\nkind: Endpoints\nmetadata: {{name: lb-ingress}}\n\
+         subsets: [{{addresses: [{{ip: {uplink_ip}}}], ports: [{{name: http, port: 8080}}, {{name: https, port: 8443}}]}}]\n"
+    );
+    let pods = [
+        pod_manifest("kubia-0", Ipv4Addr::new(10, 244, 0, 2), true),
+        pod_manifest("kubia-1", Ipv4Addr::new(10, 244, 0, 3), true),
+    ]
+    .join("---\n");
+    let agent = AgentProcess::start_with(
+        &c.node,
+        &[
+            ("services.yaml", &format!("{SERVICES}---\n{fronted}")),
+            ("pods.yaml", &pods),
+            ("ingresses.yaml", &ingresses),
+            ("secrets.yaml", &secret),
+        ],
+        &[
+            "--device",
+            "uplink",
+            "--pod-device",
+            POD_DEVICE_PATTERN,
+            "--ingress-bind",
+            "0.0.0.0:8080",
+            "--ingress-tls-bind",
+            "0.0.0.0:8443",
+        ],
+    )
+    .unwrap();
+    let ca = ca.to_str().unwrap();
+    for (address, http, https) in [(lb_ip, 80, 443), (uplink_ip, 30080, 30443)] {
+        for (scheme, port) in [("http", http), ("https", https)] {
+            let resolve = format!("kubia.example.com:{port}:{address}");
+            let url = format!("{scheme}://kubia.example.com:{port}/");
+            let (status, body) = curl_resolved(&external, &resolve, &url, &["--cacert", ca]);
+            assert_eq!(status, "200", "{url} via {address}: {body}\n{}", agent.get("counters").unwrap_or_default());
+            assert!(served_by(&body).starts_with("kubia-"), "{body}");
+            assert!(
+                body.lines().any(|l| l == format!("x-forwarded-for: {external_ip}")),
+                "{url} via {address}: {body}"
+            );
+            assert!(body.lines().any(|l| l == format!("x-forwarded-proto: {scheme}")), "{body}");
+        }
+    }
 }
 
 #[test]

@@ -1067,8 +1067,12 @@ impl Shared<'_> {
                 // Another node's endpoint, or one outside the cluster (no
                 // node name, as for traffic policies): external clients sent
                 // there are replaced by this node (SNAT), so that replies
-                // come back here.
-                let remote = ep.node_name.as_deref() != Some(self.node.name.as_str());
+                // come back here. One at this node's own address (a server
+                // on the host, the agent's Ingress proxy) is here whatever
+                // its name says: the kernel delivers to it, and its replies
+                // to a SNAT port would never leave the node to be translated.
+                let remote =
+                    ep.node_name.as_deref() != Some(self.node.name.as_str()) && !self.node.addrs.contains(&ep.addr);
                 let flags = if remote { BACKEND_FLAG_REMOTE } else { 0 };
                 AnyBackend { addr: ep.addr, port: wire::port(ep.port), flags }
             })
@@ -1682,15 +1686,18 @@ mod tests {
     }
 
     /// An endpoint without a node name is outside the cluster: remote for
-    /// SNAT as it is for traffic policies, like another node's.
+    /// SNAT as it is for traffic policies, like another node's, unless it
+    /// is at this node's own address.
     #[test]
-    fn an_endpoint_without_a_node_name_is_remote_everywhere() {
+    fn an_endpoint_is_remote_unless_on_this_node_by_name_or_address() {
         let mut here = endpoint(2, true);
         here.node_name = Some("node-a".into());
         let mut there = endpoint(3, true);
         there.node_name = Some("node-b".into());
         let outside = endpoint(4, true);
-        let endpoints = [here, there, outside];
+        let mut on_the_host = endpoint(5, true);
+        on_the_host.addr = IpAddr::from([198, 51, 100, 1]);
+        let endpoints = [here, there, outside, on_the_host];
         let (maps, _) = node_port_on_node_a(&endpoints, TrafficPolicy::Cluster);
         let remote: BTreeSet<IpAddr> =
             maps.backends.values().filter(|b| b.flags & BACKEND_FLAG_REMOTE != 0).map(|b| b.addr).collect();
