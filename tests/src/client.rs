@@ -32,6 +32,22 @@ pub fn http_request_path(
     ns.run_in(|| http_exchange(addr, path, timeout).map(|answer| (answer.status, answer.body)))?
 }
 
+/// One scrape of the agent's `/metrics` (`--metrics-bind-address`'s
+/// default, 127.0.0.1:10249) in `ns`: each sample (`name{labels}`) with its
+/// value.
+pub fn scrape_metrics(ns: &Netns, timeout: Duration) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let (status, body) = http_request_path(ns, ([127, 0, 0, 1], 10249), "/metrics", timeout)?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+    anyhow::ensure!(body.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF:\n{body}");
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            let (sample, value) = line.rsplit_once(' ').with_context(|| format!("not a sample: {line:?}"))?;
+            Ok((sample.to_owned(), value.parse().with_context(|| format!("{line:?}"))?))
+        })
+        .collect()
+}
+
 /// What an HTTP request got back, and the peer the socket named.
 pub struct HttpAnswer {
     pub status: u16,

@@ -403,14 +403,12 @@ fn names_outside_the_cluster_domain_are_answered_by_the_upstream_server() {
 
 /// `lb_dns_responses_total` by kind, from the agent's /metrics.
 fn responses(node: &Node) -> std::collections::BTreeMap<String, u64> {
-    let (code, body) =
-        lb_tests::client::http_request_path(&node.ns, ([127, 0, 0, 1], 10249), "/metrics", TIMEOUT).unwrap();
-    assert_eq!(code, 200, "{body}");
-    body.lines()
-        .filter_map(|l| l.strip_prefix("lb_dns_responses_total{kind=\""))
-        .filter_map(|l| {
-            let (kind, value) = l.split_once("\"} ")?;
-            Some((kind.to_owned(), value.parse().ok()?))
+    lb_tests::client::scrape_metrics(&node.ns, TIMEOUT)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(sample, value)| {
+            let kind = sample.strip_prefix("lb_dns_responses_total{kind=\"")?.strip_suffix("\"}")?;
+            Some((kind.to_owned(), value as u64))
         })
         .collect()
 }

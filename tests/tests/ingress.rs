@@ -246,6 +246,19 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
         last = curl(ns, "foo.example.com", "http://foo.example.com/");
     }
     assert_eq!((last.0.as_str(), last.1.trim()), ("503", "Service default/foo port 80 has no ready endpoint"));
+
+    // Every answer is counted by the Service port it was routed to and its
+    // status code; those no rule routed have empty labels.
+    let metrics = lb_tests::client::scrape_metrics(&c.node.ns, TIMEOUT).unwrap();
+    let requests = |labels: &str| metrics.get(&format!("lb_ingress_requests_total{{{labels}}}")).copied();
+    let unrouted = |code: u16| requests(&format!("namespace=\"\",service=\"\",port=\"\",code=\"{code}\""));
+    assert_eq!((unrouted(404), unrouted(400), unrouted(405)), (Some(1.0), Some(1.0), Some(1.0)), "{metrics:#?}");
+    let kubia = r#"namespace="default",service="kubia",port="80""#;
+    let served = requests(&format!("{kubia},code=\"200\"")).unwrap_or_default();
+    assert!(served >= 6.0, "{metrics:#?}");
+    assert!(requests(r#"namespace="default",service="foo",port="80",code="503""#) >= Some(1.0), "{metrics:#?}");
+    let timed = metrics.get(&format!("lb_ingress_request_duration_seconds_count{{{kubia}}}"));
+    assert_eq!(timed, Some(&served), "kubia's only answers were 200s, each timed");
 }
 
 /// A self-signed certificate for `host` and its key, as PEM.

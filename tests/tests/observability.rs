@@ -10,27 +10,16 @@ use std::{
 
 use lb_tests::{
     agent::AgentProcess,
-    client::{http_get, http_request_path},
+    client::{http_get, scrape_metrics},
     kubia::{Cluster, KUBIA_SERVICE, TIMEOUT, VIP, cluster, endpoint_count, pods_manifest},
     netns::Netns,
     require_root,
     topology::POD_DEVICE_PATTERN,
 };
 
-const METRICS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249);
-
 /// One scrape of `/metrics` in `ns`: each sample (`name{labels}`) with its value.
 fn scrape(ns: &Netns) -> BTreeMap<String, f64> {
-    let (status, body) = http_request_path(ns, METRICS, "/metrics", TIMEOUT).unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert!(body.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF:\n{body}");
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .map(|line| {
-            let (sample, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line:?}"));
-            (sample.to_owned(), value.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")))
-        })
-        .collect()
+    scrape_metrics(ns, TIMEOUT).unwrap()
 }
 
 /// A node with `n` kubia pods, and an agent (with `args` more) that programmed them.

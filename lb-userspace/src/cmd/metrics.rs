@@ -8,7 +8,9 @@
 //! - what the control loop measured, recorded after each pass
 //!   ([`AgentMetrics`]): its duration under kube-proxy's names, map writes,
 //!   Services refused, objects in error, and how full the maps are
-//!   (Cilium's `bpf_map_pressure`).
+//!   (Cilium's `bpf_map_pressure`);
+//! - what the DNS responder and the Ingress proxy answered, recorded as
+//!   they answer.
 
 use std::{
     collections::BTreeMap,
@@ -66,6 +68,16 @@ pub struct AgentMetrics {
     conntrack_evicted: Gauge,
     map_pressure: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
     dns_responses: Family<[(&'static str, &'static str); 1], Counter>,
+    ingress_requests: Family<[(&'static str, String); 4], Counter>,
+    ingress_durations: Family<ServicePortLabels, Histogram, fn() -> Histogram>,
+}
+
+/// namespace, service and port.
+type ServicePortLabels = [(&'static str, String); 3];
+
+/// The Ingress proxy's latency buckets: 0.5 ms to 8 s.
+fn ingress_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_5, 2.0, 15))
 }
 
 impl AgentMetrics {
@@ -89,6 +101,8 @@ impl AgentMetrics {
             conntrack_evicted: Gauge::default(),
             map_pressure: Family::default(),
             dns_responses: Family::default(),
+            ingress_requests: Family::default(),
+            ingress_durations: Family::new_with_constructor(ingress_duration_histogram),
         });
         let m = &metrics;
         registry.register(
@@ -149,6 +163,16 @@ impl AgentMetrics {
             "Answers of the DNS responder by kind: answer, nodata, nxdomain, notsynced, forwarded, refused, servfail, formerr, notimp, badvers",
             m.dns_responses.clone(),
         );
+        registry.register(
+            "lb_ingress_requests",
+            "Requests the Ingress proxy answered, by the Service port routed to (all empty when no rule routed it) and status code",
+            m.ingress_requests.clone(),
+        );
+        registry.register(
+            "lb_ingress_request_duration_seconds",
+            "From a request's head read to its response's head sent on, by the Service port routed to",
+            m.ingress_durations.clone(),
+        );
         registry.register("lb_build", "The agent's version", Info::new([("version", env!("CARGO_PKG_VERSION"))]));
         metrics
     }
@@ -203,6 +227,17 @@ impl AgentMetrics {
     /// Counts one answer of the DNS responder.
     pub fn dns_response(&self, kind: &'static str) {
         self.dns_responses.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// Records one request of the Ingress proxy: the Service port
+    /// (namespace, name, port) it was routed to, if any, its status code,
+    /// and how long until the response's head.
+    pub fn ingress_request(&self, routed: Option<[String; 3]>, code: u16, duration: Duration) {
+        let [namespace, service, port] = routed.unwrap_or_default();
+        let labels = [("namespace", namespace), ("service", service), ("port", port)];
+        self.ingress_durations.get_or_create(&labels).observe(duration.as_secs_f64());
+        let [namespace, service, port] = labels;
+        self.ingress_requests.get_or_create(&[namespace, service, port, ("code", code.to_string())]).inc();
     }
 
     /// Records the live conntrack entries a sweep counted, and the evicted ones.

@@ -182,7 +182,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // Before the maps are touched, so that a bad DNS flag or a taken port
     // stops nothing but this start; it answers from the first complete model on.
     let dns = config.dns.as_ref().map(|opts| DnsServer::start(opts, Arc::clone(&agent_metrics))).transpose()?;
-    let ingress = config.ingress.as_ref().map(IngressProxy::start).transpose()?;
+    let ingress =
+        config.ingress.as_ref().map(|opts| IngressProxy::start(opts, Arc::clone(&agent_metrics))).transpose()?;
     // On a thread of its own: the API source's watchers run on this one.
     let (bpf_dir, load) = (config.bpf_dir.clone(), config.load.clone());
     let (datapath, mut maps, logger) = tokio::task::spawn_blocking(move || Datapath::load(&bpf_dir, &load))

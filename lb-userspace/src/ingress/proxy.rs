@@ -6,8 +6,9 @@
 //! `X-Forwarded-*` and `X-Real-IP` (what the client sent of them
 //! replaced); WebSocket upgrades are joined through. 404 without a rule,
 //! 503 without a ready endpoint, 502 when the backend fails, 504 when it is
-//! too slow. hyper serves and forwards, rustls terminates TLS; this module
-//! routes.
+//! too slow. Each answer is counted in the agent's metrics by Service port
+//! and status code. hyper serves and forwards, rustls terminates TLS; this
+//! module routes.
 
 use std::{
     collections::HashMap,
@@ -17,7 +18,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -47,6 +48,7 @@ use super::{
     tls::{self, Resolver, SecretCache},
 };
 use crate::{
+    cmd::metrics::AgentMetrics,
     model::{DesiredState, ModelError, Protocol, ServiceName},
     source::Objects,
 };
@@ -123,7 +125,7 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 impl IngressProxy {
     /// Listens at once; requests get 404 until the first model.
-    pub fn start(opts: &IngressOptions) -> Result<Self, ProxyError> {
+    pub fn start(opts: &IngressOptions, metrics: Arc<AgentMetrics>) -> Result<Self, ProxyError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut listeners = Vec::new();
         if let Some(address) = opts.http {
@@ -151,7 +153,7 @@ impl IngressProxy {
             .name("ingress".into())
             .spawn({
                 let timeout = opts.backend_timeout;
-                move || runtime.block_on(serve_listeners(listeners, current, timeout))
+                move || runtime.block_on(serve_listeners(listeners, current, timeout, metrics))
             })
             .map_err(ProxyError::Runtime)?;
         info!(http = ?opts.http, https = ?opts.https, class = opts.class, "ingress proxy listening");
@@ -222,7 +224,12 @@ fn ready_endpoints(desired: &DesiredState, backend: &Backend) -> Vec<SocketAddr>
     port.map(|p| p.active_endpoints().map(|e| SocketAddr::new(e.addr, e.port)).collect()).unwrap_or_default()
 }
 
-async fn serve_listeners(listeners: Vec<Listener>, routes: watch::Receiver<Arc<Routes>>, timeout: Duration) {
+async fn serve_listeners(
+    listeners: Vec<Listener>,
+    routes: watch::Receiver<Arc<Routes>>,
+    timeout: Duration,
+    metrics: Arc<AgentMetrics>,
+) {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     connector.set_keepalive(Some(POOL_IDLE));
@@ -235,19 +242,24 @@ async fn serve_listeners(listeners: Vec<Listener>, routes: watch::Receiver<Arc<R
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE)
         .build(connector);
+    let forwarder = Forwarder { routes, client, metrics };
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
-        accepting.spawn(accept(listener, routes.clone(), client.clone(), timeout));
+        accepting.spawn(accept(listener, forwarder.clone(), timeout));
     }
     while accepting.join_next().await.is_some() {}
 }
 
-async fn accept(
-    listener: Listener,
+/// What every connection's requests are routed by, forwarded with and
+/// counted in.
+#[derive(Clone)]
+struct Forwarder {
     routes: watch::Receiver<Arc<Routes>>,
     client: Client<HttpConnector, Incoming>,
-    timeout: Duration,
-) {
+    metrics: Arc<AgentMetrics>,
+}
+
+async fn accept(listener: Listener, forwarder: Forwarder, timeout: Duration) {
     let socket = match tokio::net::TcpListener::from_std(listener.socket) {
         Ok(socket) => socket,
         Err(err) => return warn!("the ingress proxy cannot serve: {err}"),
@@ -268,21 +280,19 @@ async fn accept(
             debug!(%peer, "ingress connection: TCP_NODELAY: {err}");
         }
         let connection = Connection { peer, scheme, port, backend_timeout: timeout };
-        let (routes, client, tls) = (routes.clone(), client.clone(), listener.tls.clone());
+        let (forwarder, tls) = (forwarder.clone(), listener.tls.clone());
         tokio::spawn(async move {
             // HTTP/2 when the client opens with its preface (after ALPN
             // agreed on h2, or in clear text: h2c with prior knowledge),
             // else HTTP/1.1; a client that sends nothing is dropped.
             let served = match tls {
                 None => match opening::open(stream, HEAD_TIMEOUT).await {
-                    Ok((h2, stream)) => serve_connection(TokioIo::new(stream), h2, connection, routes, client).await,
+                    Ok((h2, stream)) => serve_connection(TokioIo::new(stream), h2, connection, forwarder).await,
                     Err(err) => return debug!(%peer, "ingress connection: {err}"),
                 },
                 Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                     Ok(Ok(stream)) => match opening::open(stream, HEAD_TIMEOUT).await {
-                        Ok((h2, stream)) => {
-                            serve_connection(TokioIo::new(stream), h2, connection, routes, client).await
-                        }
+                        Ok((h2, stream)) => serve_connection(TokioIo::new(stream), h2, connection, forwarder).await,
                         Err(err) => return debug!(%peer, "ingress connection: {err}"),
                     },
                     Ok(Err(err)) => return debug!(%peer, "ingress TLS handshake: {err}"),
@@ -310,19 +320,20 @@ struct Connection {
 /// timer: HTTP/1.1's head read timeout (30 s, also between requests), so
 /// a client trickling its request head cannot hold a connection forever;
 /// HTTP/2's pings, so a vanished client's connection is closed.
-async fn serve_connection<I>(
-    io: I,
-    h2: bool,
-    connection: Connection,
-    routes: watch::Receiver<Arc<Routes>>,
-    client: Client<HttpConnector, Incoming>,
-) -> hyper::Result<()>
+async fn serve_connection<I>(io: I, h2: bool, connection: Connection, forwarder: Forwarder) -> hyper::Result<()>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| {
-        let (routes, client) = (Arc::clone(&routes.borrow()), client.clone());
-        async move { Ok::<_, Infallible>(proxy(request, connection, &routes, &client).await) }
+        let (routes, client, metrics) =
+            (Arc::clone(&forwarder.routes.borrow()), forwarder.client.clone(), Arc::clone(&forwarder.metrics));
+        async move {
+            let started = Instant::now();
+            let (response, backend) = proxy(request, connection, &routes, &client).await;
+            let routed = backend.map(|b| [b.namespace.clone(), b.service.clone(), b.port.to_string()]);
+            metrics.ingress_request(routed, response.status().as_u16(), started.elapsed());
+            Ok::<_, Infallible>(response)
+        }
     });
     if h2 {
         http2::Builder::new(TokioExecutor::new())
@@ -341,20 +352,21 @@ where
     }
 }
 
-/// One request, routed and forwarded; the backend's answer or ours.
-async fn proxy(
-    mut request: Request<Incoming>,
+/// One request, routed and forwarded: the backend's answer or ours, and
+/// the Service port it was routed to.
+async fn proxy<'r>(
+    request: Request<Incoming>,
     connection: Connection,
-    routes: &Routes,
+    routes: &'r Routes,
     client: &Client<HttpConnector, Incoming>,
-) -> Response<Body> {
+) -> (Response<Body>, Option<&'r Backend>) {
     if request.method() == Method::CONNECT {
-        return answer(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied".into());
+        return (answer(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied".into()), None);
     }
     let mut hosts = request.headers().get_all(HOST).iter();
     let (host_header, second) = (hosts.next(), hosts.next());
     if second.is_some() {
-        return answer(StatusCode::BAD_REQUEST, "more than one Host header".into());
+        return (answer(StatusCode::BAD_REQUEST, "more than one Host header".into()), None);
     }
     // The request target's authority wins over Host (RFC 9112 3.2.2); in
     // HTTP/2 it is the only one. HTTP/1.1 requires one of them.
@@ -366,12 +378,25 @@ async fn proxy(
         },
         (None, Some(Ok(host))) if !host.is_empty() => host.to_owned(),
         _ if request.version() < Version::HTTP_11 => String::new(),
-        _ => return answer(StatusCode::BAD_REQUEST, "no valid Host header".into()),
+        _ => return (answer(StatusCode::BAD_REQUEST, "no valid Host header".into()), None),
     };
     let path = request.uri().path().to_owned();
     let Some(backend) = routes.table.route(&host, &path) else {
-        return answer(StatusCode::NOT_FOUND, format!("no Ingress rule for {host}{path}"));
+        return (answer(StatusCode::NOT_FOUND, format!("no Ingress rule for {host}{path}")), None);
     };
+    (forward(request, connection, routes, backend, (&host, &path), client).await, Some(backend))
+}
+
+/// `request` for `host` and `path` forwarded to one of `backend`'s ready
+/// endpoints: the endpoint's answer, or ours.
+async fn forward(
+    mut request: Request<Incoming>,
+    connection: Connection,
+    routes: &Routes,
+    backend: &Backend,
+    (host, path): (&str, &str),
+    client: &Client<HttpConnector, Incoming>,
+) -> Response<Body> {
     let Some((endpoints, turn)) = routes.endpoints.get(backend).filter(|(e, _)| !e.is_empty()) else {
         let reason =
             format!("Service {}/{} port {} has no ready endpoint", backend.namespace, backend.service, backend.port);
@@ -395,7 +420,7 @@ async fn proxy(
         join_cookies(request.headers_mut());
     }
     *request.version_mut() = Version::HTTP_11;
-    forwarded_headers(request.headers_mut(), connection, &host);
+    forwarded_headers(request.headers_mut(), connection, host);
     if let Some(protocol) = &upgrade {
         set_upgrade(request.headers_mut(), protocol);
     }
