@@ -149,13 +149,9 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
     assert_eq!((status.as_str(), body.trim()), ("404", "no Ingress rule for paths.example.com/other"));
     // HTTP/1.1 without a Host is refused, not routed by a default, and a
     // client taking the proxy for a forward proxy gets no tunnel.
-    let out = ns
-        .command("curl")
-        .args(["-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host:"])
-        .arg(format!("http://{NODE_IP}/"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
+    let resolve = format!("kubia.example.com:80:{NODE_IP}");
+    let (status, _) = curl_resolved(ns, &resolve, "http://kubia.example.com/", &["-H", "Host:"]);
+    assert_eq!(status, "400");
     let out = ns
         .command("curl")
         .args([
@@ -441,14 +437,18 @@ fn an_external_client_reaches_the_proxy_through_its_own_load_balancer_service() 
     let secret = tls_secret("kubia-tls", &certificate(&dir.0, "kubia.example.com"));
     let ca = dir.0.join("kubia.example.com.crt");
     let ingresses = format!("{INGRESSES}  tls: [{{hosts: [kubia.example.com], secretName: kubia-tls}}]\n");
-    let fronted = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: lb-ingress}}\nspec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.20\n  \
-         ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080}}\n  \
-         - {{name: https, port: 443, targetPort: 8443, nodePort: 30443}}\n\
-         status: {{loadBalancer: {{ingress: [{{ip: {lb_ip}}}]}}}}\n---\n\
-         apiVersion: v1\nkind: Endpoints\nmetadata: {{name: lb-ingress}}\n\
-         subsets: [{{addresses: [{{ip: {uplink_ip}}}], ports: [{{name: http, port: 8080}}, {{name: https, port: 8443}}]}}]\n"
-    );
+    // First without node names: this node's endpoint is local by its address.
+    let fronted = |policy: &str, addresses: &str| {
+        format!(
+            "{SERVICES}---\napiVersion: v1\nkind: Service\nmetadata: {{name: lb-ingress}}\nspec:\n  type: LoadBalancer\n  \
+             clusterIP: 10.96.0.20\n  externalTrafficPolicy: {policy}\n  \
+             ports:\n  - {{name: http, port: 80, targetPort: 8080, nodePort: 30080}}\n  \
+             - {{name: https, port: 443, targetPort: 8443, nodePort: 30443}}\n\
+             status: {{loadBalancer: {{ingress: [{{ip: {lb_ip}}}]}}}}\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {{name: lb-ingress}}\n\
+             subsets: [{{addresses: [{addresses}], ports: [{{name: http, port: 8080}}, {{name: https, port: 8443}}]}}]\n"
+        )
+    };
     let pods = [
         pod_manifest("kubia-0", Ipv4Addr::new(10, 244, 0, 2), true),
         pod_manifest("kubia-1", Ipv4Addr::new(10, 244, 0, 3), true),
@@ -457,7 +457,7 @@ fn an_external_client_reaches_the_proxy_through_its_own_load_balancer_service() 
     let agent = AgentProcess::start_with(
         &c.node,
         &[
-            ("services.yaml", &format!("{SERVICES}---\n{fronted}")),
+            ("services.yaml", &fronted("Cluster", &format!("{{ip: {uplink_ip}}}"))),
             ("pods.yaml", &pods),
             ("ingresses.yaml", &ingresses),
             ("secrets.yaml", &secret),
@@ -475,19 +475,31 @@ fn an_external_client_reaches_the_proxy_through_its_own_load_balancer_service() 
     )
     .unwrap();
     let ca = ca.to_str().unwrap();
-    for (address, http, https) in [(lb_ip, 80, 443), (uplink_ip, 30080, 30443)] {
-        for (scheme, port) in [("http", http), ("https", https)] {
-            let resolve = format!("kubia.example.com:{port}:{address}");
-            let url = format!("{scheme}://kubia.example.com:{port}/");
-            let (status, body) = curl_resolved(&external, &resolve, &url, &["--cacert", ca]);
-            assert_eq!(status, "200", "{url} via {address}: {body}\n{}", agent.get("counters").unwrap_or_default());
-            assert!(served_by(&body).starts_with("kubia-"), "{body}");
-            assert!(
-                body.lines().any(|l| l == format!("x-forwarded-for: {external_ip}")),
-                "{url} via {address}: {body}"
-            );
-            assert!(body.lines().any(|l| l == format!("x-forwarded-proto: {scheme}")), "{body}");
+    let reach_kubia = || {
+        for (address, http, https) in [(lb_ip, 80, 443), (uplink_ip, 30080, 30443)] {
+            for (scheme, port) in [("http", http), ("https", https)] {
+                let resolve = format!("kubia.example.com:{port}:{address}");
+                let url = format!("{scheme}://kubia.example.com:{port}/");
+                let (status, body) = curl_resolved(&external, &resolve, &url, &["--cacert", ca]);
+                let counters = agent.get("counters").unwrap_or_default();
+                assert_eq!(status, "200", "{url} via {address}: {body}\n{counters}");
+                assert!(served_by(&body).starts_with("kubia-"), "{body}");
+                let seen = format!("x-forwarded-for: {external_ip}");
+                assert!(body.lines().any(|l| l == seen), "{url} via {address}: {body}");
+                assert!(body.lines().any(|l| l == format!("x-forwarded-proto: {scheme}")), "{body}");
+            }
         }
+    };
+    reach_kubia();
+    // Then as the README has it: each node's address with its name, under
+    // a Local policy. The other node's proxy (unreachable here) is never
+    // chosen, as a Cluster policy would half the time.
+    let node = c.node.ns.name();
+    let addresses = format!("{{ip: {uplink_ip}, nodeName: {node}}}, {{ip: 10.0.0.99, nodeName: node-b}}");
+    agent.write_manifest("services.yaml", &fronted("Local", &addresses)).unwrap();
+    agent.wait_for_services(TIMEOUT, |s| s.contains("10.0.0.99:8080")).unwrap();
+    for _ in 0..3 {
+        reach_kubia();
     }
 }
 
@@ -512,13 +524,13 @@ fn an_ingress_from_the_api_server_routes_to_its_service_s_endpoint_slice() {
     }))
     .unwrap();
     api.apply(json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "lb"}, "spec": {"controller": "lb.dev/ingress"}})).unwrap();
-    api.apply(json!({
+    let ingress = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "kubia", "namespace": "default"},
         "spec": {"ingressClassName": "lb", "rules": [{"host": "kubia.example.com", "http": {"paths": [
             {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "kubia", "port": {"number": 80}}}}
         ]}}]}
-    }))
-    .unwrap();
+    });
+    api.apply(ingress.clone()).unwrap();
     let dir = TempDir::new("ing");
     let kubeconfig = dir.0.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
@@ -543,13 +555,16 @@ fn an_ingress_from_the_api_server_routes_to_its_service_s_endpoint_slice() {
     assert_eq!((status.as_str(), served_by(&body).as_str()), ("200", "kubia-0"), "{body}");
     // The published Service's address is written to the Ingress's status,
     // once, and `get ingresses` lists it as kubectl would.
-    let deadline = std::time::Instant::now() + TIMEOUT;
     let address =
         || api.get("Ingress", "default", "kubia").and_then(|i| i.pointer("/status/loadBalancer/ingress").cloned());
-    while address() != Some(json!([{"ip": "203.0.113.10"}])) {
-        assert!(std::time::Instant::now() < deadline, "status not written: {:?}", address());
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let until_written = || {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while address() != Some(json!([{"ip": "203.0.113.10"}])) {
+            assert!(std::time::Instant::now() < deadline, "status not written: {:?}", address());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    until_written();
     let listed = agent.get_ingresses(&c.node, &[]).unwrap();
     let rows: Vec<Vec<&str>> = listed.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows[0], ["NAMESPACE", "NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS"], "{listed}");
@@ -564,9 +579,13 @@ fn an_ingress_from_the_api_server_routes_to_its_service_s_endpoint_slice() {
     }
     // Passes ran after the write (the status change itself, the deletion):
     // none wrote it again.
-    let patches = api.requests().iter().filter(|(method, _)| method == "PATCH").count();
-    assert_eq!(patches, 1, "the status is written once, not at every pass");
+    let patches = || api.requests().iter().filter(|(method, _)| method == "PATCH").count();
+    assert_eq!(patches(), 1, "the status is written once, not at every pass");
     assert_eq!(agent.get_ingresses(&c.node, &[]).unwrap().lines().count(), 1, "only the header is left");
+    // Created again, without a status: it is written again, once.
+    api.apply(ingress).unwrap();
+    until_written();
+    assert_eq!(patches(), 2);
 }
 
 #[test]

@@ -456,7 +456,6 @@ fn record_reply<A: Addr, T: Tables<A>>(
         let mut pick = chosen.hash as u32;
         for _ in 0..SNAT_ATTEMPTS {
             let port = (SNAT_PORT_MIN + reduce(pick, u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN + 1)) as u16).to_be();
-            pick = tables.random();
             key.dport = port;
             // Looked up before written: an insert into a full LRU map can
             // evict a live flow's entry even when it then fails on the key.
@@ -474,6 +473,7 @@ fn record_reply<A: Addr, T: Tables<A>>(
                 *other = Some((node_addr, port)).into();
                 return Reason::ForwardNewFlow;
             }
+            pick = tables.random();
         }
         return Reason::DropSnatExhausted;
     }
@@ -683,7 +683,7 @@ mod tests {
         backends: HashMap<u32, Backend<A>>,
         maglev: Vec<u16>,
         random: Cell<u32>,
-        /// Returned by `random` before `random`, last first.
+        /// What `random` returns, last first, before the `random` field's value.
         randoms: RefCell<Vec<u32>>,
         created: Cell<u64>,
         /// Packets counted per frontend id.
@@ -1096,16 +1096,28 @@ mod tests {
         }
         assert_eq!(decide(&other_client, TCP_ACK, &t, Hook::NodeXdp), Verdict::Drop(Reason::DropSnatExhausted));
         assert_eq!(t.inserts_on_taken_keys.get(), 0, "a taken SNAT port must be looked up, not inserted into");
-        // Every attempt but the last finds its port taken: the last one's is the flow's.
-        let picks: Vec<u32> = (1..SNAT_ATTEMPTS).map(|i| i << 27).collect();
-        let (last, earlier) = picks.split_last().unwrap();
-        for &pick in earlier {
-            let key = flow(backend.addr, NODE, backend.port, (SNAT_PORT_MIN + reduce(pick, range) as u16).to_be());
-            t.conntrack.borrow_mut().insert(key, CtEntry::default());
-        }
-        *t.randoms.borrow_mut() = picks.iter().rev().copied().collect();
-        let Some((_, port)) = other_end(decide(&other_client, TCP_ACK, &t, Hook::NodeXdp)) else { panic!() };
-        assert_eq!(u16::from_be(port), SNAT_PORT_MIN + reduce(*last, range) as u16);
+        // Exactly SNAT_ATTEMPTS tries: the flow's own port and the random
+        // ones before `free` taken, `free`'s port is the last try's.
+        let picks: Vec<u32> = (1..=SNAT_ATTEMPTS).map(|i| i * 0x0700_0000).collect();
+        let snat_port = |pick: u32| SNAT_PORT_MIN + reduce(pick, range) as u16;
+        let key = |pick: u32| flow(backend.addr, NODE, backend.port, snat_port(pick).to_be());
+        let take = |pick: u32| {
+            t.conntrack.borrow_mut().insert(key(pick), CtEntry::default());
+        };
+        let ports: std::collections::HashSet<u16> = picks.iter().map(|&pick| snat_port(pick)).collect();
+        assert_eq!(ports.len(), picks.len());
+        assert!(picks.iter().all(|&pick| !t.conntrack.borrow().contains_key(&key(pick))), "each pick's port is free");
+        let tries = |free: usize| {
+            // The first draw picks the backend, as `random` did above.
+            *t.randoms.borrow_mut() = picks.iter().rev().copied().chain([t.random.get()]).collect();
+            picks[..free].iter().for_each(|&pick| take(pick));
+            decide(&other_client, TCP_ACK, &t, Hook::NodeXdp)
+        };
+        // One try more would find the last pick's port free.
+        assert_eq!(tries(SNAT_ATTEMPTS as usize - 1), Verdict::Drop(Reason::DropSnatExhausted));
+        t.conntrack.borrow_mut().retain(|key, _| key.dport != snat_port(picks[SNAT_ATTEMPTS as usize - 2]).to_be());
+        let Some((_, port)) = other_end(tries(SNAT_ATTEMPTS as usize - 2)) else { panic!("the last try is free") };
+        assert_eq!(u16::from_be(port), snat_port(picks[SNAT_ATTEMPTS as usize - 2]));
         assert_eq!(t.inserts_on_taken_keys.get(), 0);
         // From a pod veth, or under a Local policy, there is no SNAT.
         assert!(matches!(

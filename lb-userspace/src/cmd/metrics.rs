@@ -72,8 +72,16 @@ pub struct AgentMetrics {
     ingress_durations: Family<ServicePortLabels, Histogram, fn() -> Histogram>,
 }
 
-/// namespace, service and port.
-type ServicePortLabels = [(&'static str, String); 3];
+/// A Service port's labels: namespace, service and port.
+pub type ServicePortLabels = [(&'static str, String); 3];
+
+pub fn service_port_labels(namespace: &str, service: &str, port: String) -> ServicePortLabels {
+    [("namespace", namespace.to_owned()), ("service", service.to_owned()), ("port", port)]
+}
+
+/// The labels of an Ingress proxy's answer no rule routed.
+pub static UNROUTED: ServicePortLabels =
+    [("namespace", String::new()), ("service", String::new()), ("port", String::new())];
 
 /// The Ingress proxy's latency buckets: 0.5 ms to 8 s.
 fn ingress_duration_histogram() -> Histogram {
@@ -165,12 +173,12 @@ impl AgentMetrics {
         );
         registry.register(
             "lb_ingress_requests",
-            "Requests the Ingress proxy answered, by the Service port routed to (all empty when no rule routed it) and status code",
+            "Requests the Ingress proxy's handler answered, by the Service port routed to (all empty when no rule routed it) and status code",
             m.ingress_requests.clone(),
         );
         registry.register(
             "lb_ingress_request_duration_seconds",
-            "From a request's head read to its response's head sent on, by the Service port routed to",
+            "From a request's head read to its response's head (the backend's or the proxy's) handed to the connection, by the Service port routed to",
             m.ingress_durations.clone(),
         );
         registry.register("lb_build", "The agent's version", Info::new([("version", env!("CARGO_PKG_VERSION"))]));
@@ -229,14 +237,12 @@ impl AgentMetrics {
         self.dns_responses.get_or_create(&[("kind", kind)]).inc();
     }
 
-    /// Records one request of the Ingress proxy: the Service port
-    /// (namespace, name, port) it was routed to, if any, its status code,
-    /// and how long until the response's head.
-    pub fn ingress_request(&self, routed: Option<[String; 3]>, code: u16, duration: Duration) {
-        let [namespace, service, port] = routed.unwrap_or_default();
-        let labels = [("namespace", namespace), ("service", service), ("port", port)];
-        self.ingress_durations.get_or_create(&labels).observe(duration.as_secs_f64());
-        let [namespace, service, port] = labels;
+    /// Records one answer of the Ingress proxy: under the labels of the
+    /// Service port it was routed to (or [`UNROUTED`]), its status code and
+    /// how long until the response's head.
+    pub fn ingress_request(&self, labels: &ServicePortLabels, code: u16, duration: Duration) {
+        self.ingress_durations.get_or_create(labels).observe(duration.as_secs_f64());
+        let [namespace, service, port] = labels.clone();
         self.ingress_requests.get_or_create(&[namespace, service, port, ("code", code.to_string())]).inc();
     }
 

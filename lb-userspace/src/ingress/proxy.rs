@@ -6,8 +6,9 @@
 //! `X-Forwarded-*` and `X-Real-IP` (what the client sent of them
 //! replaced); WebSocket upgrades are joined through. 404 without a rule,
 //! 503 without a ready endpoint, 502 when the backend fails, 504 when it is
-//! too slow. Each answer is counted in the agent's metrics by Service port
-//! and status code. hyper serves and forwards, rustls terminates TLS; this
+//! too slow. Each request the handler answers is counted in the agent's
+//! metrics by Service port and status code (hyper refuses malformed heads
+//! before that). hyper serves and forwards, rustls terminates TLS; this
 //! module routes.
 
 use std::{
@@ -48,7 +49,7 @@ use super::{
     tls::{self, Resolver, SecretCache},
 };
 use crate::{
-    cmd::metrics::AgentMetrics,
+    cmd::metrics::{AgentMetrics, ServicePortLabels, UNROUTED, service_port_labels},
     model::{DesiredState, ModelError, Protocol, ServiceName},
     source::Objects,
 };
@@ -107,12 +108,19 @@ pub struct IngressProxy {
     opts: IngressOptions,
 }
 
-/// The table and, for every backend it names, the ready endpoints and
-/// whose turn is next.
+/// The table and where each backend it names sends requests.
 #[derive(Default)]
 struct Routes {
     table: RouteTable,
-    endpoints: HashMap<Backend, (Vec<SocketAddr>, Arc<AtomicUsize>)>,
+    upstreams: HashMap<Backend, Upstream>,
+}
+
+/// A backend's ready endpoints, whose turn is next, and the labels its
+/// requests are counted under.
+struct Upstream {
+    endpoints: Vec<SocketAddr>,
+    turn: Arc<AtomicUsize>,
+    labels: ServicePortLabels,
 }
 
 /// A listener and what it serves: HTTP, or HTTPS with this TLS acceptor.
@@ -178,12 +186,12 @@ impl IngressProxy {
         }
         let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
         turns.retain(|backend, _| table.routes.backends().any(|b| b == backend));
-        let endpoints = table
+        let upstreams = table
             .routes
             .backends()
-            .map(|b| (b.clone(), (ready_endpoints(desired, b), Arc::clone(turns.entry(b.clone()).or_default()))))
+            .map(|b| (b.clone(), upstream(desired, b, Arc::clone(turns.entry(b.clone()).or_default()))))
             .collect();
-        self.routes.send_replace(Arc::new(Routes { table: table.routes, endpoints }));
+        self.routes.send_replace(Arc::new(Routes { table: table.routes, upstreams }));
         (table.served, errors)
     }
 
@@ -209,19 +217,24 @@ fn listen(flag: &'static str, address: SocketAddr) -> Result<std::net::TcpListen
     Ok(socket)
 }
 
-/// The ready endpoints of the Service port `backend` names (TCP).
-fn ready_endpoints(desired: &DesiredState, backend: &Backend) -> Vec<SocketAddr> {
-    let Some(service) = desired.services.get(&ServiceName::new(&backend.namespace, &backend.service)) else {
-        return Vec::new();
-    };
-    let port = service.ports.iter().find(|p| {
-        p.protocol == Protocol::Tcp
-            && match &backend.port {
-                BackendPort::Number(n) => p.port == *n,
-                BackendPort::Name(name) => &p.name == name,
-            }
+/// The ready endpoints of the Service port `backend` names (TCP), and its
+/// labels: by the port's number, however the Ingress names it (as written
+/// when the Service has no such port).
+fn upstream(desired: &DesiredState, backend: &Backend, turn: Arc<AtomicUsize>) -> Upstream {
+    let service = desired.services.get(&ServiceName::new(&backend.namespace, &backend.service));
+    let port = service.and_then(|service| {
+        service.ports.iter().find(|p| {
+            p.protocol == Protocol::Tcp
+                && match &backend.port {
+                    BackendPort::Number(n) => p.port == *n,
+                    BackendPort::Name(name) => &p.name == name,
+                }
+        })
     });
-    port.map(|p| p.active_endpoints().map(|e| SocketAddr::new(e.addr, e.port)).collect()).unwrap_or_default()
+    let endpoints =
+        port.map(|p| p.active_endpoints().map(|e| SocketAddr::new(e.addr, e.port)).collect()).unwrap_or_default();
+    let number = port.map_or_else(|| backend.port.to_string(), |p| p.port.to_string());
+    Upstream { endpoints, turn, labels: service_port_labels(&backend.namespace, &backend.service, number) }
 }
 
 async fn serve_listeners(
@@ -329,9 +342,9 @@ where
             (Arc::clone(&forwarder.routes.borrow()), forwarder.client.clone(), Arc::clone(&forwarder.metrics));
         async move {
             let started = Instant::now();
-            let (response, backend) = proxy(request, connection, &routes, &client).await;
-            let routed = backend.map(|b| [b.namespace.clone(), b.service.clone(), b.port.to_string()]);
-            metrics.ingress_request(routed, response.status().as_u16(), started.elapsed());
+            let (response, upstream) = proxy(request, connection, &routes, &client).await;
+            let labels = upstream.map_or(&UNROUTED, |u| &u.labels);
+            metrics.ingress_request(labels, response.status().as_u16(), started.elapsed());
             Ok::<_, Infallible>(response)
         }
     });
@@ -353,13 +366,13 @@ where
 }
 
 /// One request, routed and forwarded: the backend's answer or ours, and
-/// the Service port it was routed to.
+/// where it was routed to.
 async fn proxy<'r>(
     request: Request<Incoming>,
     connection: Connection,
     routes: &'r Routes,
     client: &Client<HttpConnector, Incoming>,
-) -> (Response<Body>, Option<&'r Backend>) {
+) -> (Response<Body>, Option<&'r Upstream>) {
     if request.method() == Method::CONNECT {
         return (answer(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied".into()), None);
     }
@@ -384,7 +397,8 @@ async fn proxy<'r>(
     let Some(backend) = routes.table.route(&host, &path) else {
         return (answer(StatusCode::NOT_FOUND, format!("no Ingress rule for {host}{path}")), None);
     };
-    (forward(request, connection, routes, backend, (&host, &path), client).await, Some(backend))
+    let upstream = routes.upstreams.get(backend);
+    (forward(request, connection, backend, upstream, (&host, &path), client).await, upstream)
 }
 
 /// `request` for `host` and `path` forwarded to one of `backend`'s ready
@@ -392,12 +406,12 @@ async fn proxy<'r>(
 async fn forward(
     mut request: Request<Incoming>,
     connection: Connection,
-    routes: &Routes,
     backend: &Backend,
+    upstream: Option<&Upstream>,
     (host, path): (&str, &str),
     client: &Client<HttpConnector, Incoming>,
 ) -> Response<Body> {
-    let Some((endpoints, turn)) = routes.endpoints.get(backend).filter(|(e, _)| !e.is_empty()) else {
+    let Some(Upstream { endpoints, turn, .. }) = upstream.filter(|u| !u.endpoints.is_empty()) else {
         let reason =
             format!("Service {}/{} port {} has no ready endpoint", backend.namespace, backend.service, backend.port);
         return answer(StatusCode::SERVICE_UNAVAILABLE, reason);

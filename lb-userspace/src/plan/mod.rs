@@ -1067,10 +1067,11 @@ impl Shared<'_> {
                 // Another node's endpoint, or one outside the cluster (no
                 // node name, as for traffic policies): external clients sent
                 // there are replaced by this node (SNAT), so that replies
-                // come back here. One at this node's own address (a server
-                // on the host, the agent's Ingress proxy) is here whatever
-                // its name says: the kernel delivers to it, and its replies
-                // to a SNAT port would never leave the node to be translated.
+                // come back here. One at an address of this node's devices
+                // (a server on the host, the agent's Ingress proxy) is here
+                // whatever its name says: the kernel delivers to it, and its
+                // replies to a SNAT port would never leave the node to be
+                // translated.
                 let remote =
                     ep.node_name.as_deref() != Some(self.node.name.as_str()) && !self.node.addrs.contains(&ep.addr);
                 let flags = if remote { BACKEND_FLAG_REMOTE } else { 0 };
