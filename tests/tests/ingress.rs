@@ -69,21 +69,24 @@ spec:
 
 /// `curl` from `ns` to `url`, `host` resolved to the node: status and body.
 fn curl(ns: &Netns, host: &str, url: &str) -> (String, String) {
-    curl_resolved(ns, &format!("{host}:80:{NODE_IP}"), url, &[])
+    let (_, status, body) = curl_resolved(ns, &format!("{host}:80:{NODE_IP}"), url, &[]);
+    (status, body)
 }
 
-/// `curl` from `ns` to `url` with `--resolve resolve` and `extra`: status
-/// and body.
-fn curl_resolved(ns: &Netns, resolve: &str, url: &str, extra: &[&str]) -> (String, String) {
+/// `curl` from `ns` to `url` with `--resolve resolve` and `extra`: HTTP
+/// version, status and body (or curl's error).
+fn curl_resolved(ns: &Netns, resolve: &str, url: &str, extra: &[&str]) -> (String, String, String) {
     let out = ns
         .command("curl")
-        .args(["-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", "--resolve", resolve, url])
+        .args(["-sS", "-m", "3", "-o", "-", "-w", "\n%{http_version} %{http_code}", "--resolve", resolve, url])
         .args(extra)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    (status.to_owned(), body.to_owned())
+    let (body, last) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    let (version, status) = last.split_once(' ').unwrap_or_default();
+    let body = if out.status.success() { body.to_owned() } else { String::from_utf8_lossy(&out.stderr).into_owned() };
+    (version.to_owned(), status.to_owned(), body)
 }
 
 fn served_by(body: &str) -> String {
@@ -150,7 +153,7 @@ fn the_seeds_ingresses_route_by_host_and_path_to_ready_pods() {
     // HTTP/1.1 without a Host is refused, not routed by a default, and a
     // client taking the proxy for a forward proxy gets no tunnel.
     let resolve = format!("kubia.example.com:80:{NODE_IP}");
-    let (status, _) = curl_resolved(ns, &resolve, "http://kubia.example.com/", &["-H", "Host:"]);
+    let (_, status, _) = curl_resolved(ns, &resolve, "http://kubia.example.com/", &["-H", "Host:"]);
     assert_eq!(status, "400");
     let out = ns
         .command("curl")
@@ -278,21 +281,9 @@ fn tls_secret(name: &str, (crt, key): &(String, String)) -> String {
 /// `curl` over HTTPS with `cacert` trusted: HTTP version, status and body
 /// (or curl's error).
 fn curl_tls(ns: &Netns, host: &str, cacert: &std::path::Path, extra: &[&str]) -> (String, String, String) {
-    let resolve = format!("{host}:443:{NODE_IP}");
-    let out = ns
-        .command("curl")
-        .args(["-sS", "-m", "3", "-o", "-", "-w", "\n%{http_version} %{http_code}", "--resolve", &resolve])
-        .arg("--cacert")
-        .arg(cacert)
-        .args(extra)
-        .arg(format!("https://{host}/"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, last) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    let (version, status) = last.split_once(' ').unwrap_or_default();
-    let body = if out.status.success() { body.to_owned() } else { String::from_utf8_lossy(&out.stderr).into_owned() };
-    (version.to_owned(), status.to_owned(), body)
+    let cacert = cacert.to_str().unwrap();
+    let url = format!("https://{host}/");
+    curl_resolved(ns, &format!("{host}:443:{NODE_IP}"), &url, &[&["--cacert", cacert], extra].concat())
 }
 
 #[test]
@@ -480,7 +471,7 @@ fn an_external_client_reaches_the_proxy_through_its_own_load_balancer_service() 
             for (scheme, port) in [("http", http), ("https", https)] {
                 let resolve = format!("kubia.example.com:{port}:{address}");
                 let url = format!("{scheme}://kubia.example.com:{port}/");
-                let (status, body) = curl_resolved(&external, &resolve, &url, &["--cacert", ca]);
+                let (_, status, body) = curl_resolved(&external, &resolve, &url, &["--cacert", ca]);
                 let counters = agent.get("counters").unwrap_or_default();
                 assert_eq!(status, "200", "{url} via {address}: {body}\n{counters}");
                 assert!(served_by(&body).starts_with("kubia-"), "{body}");

@@ -17,7 +17,7 @@ use std::{
     fmt,
     future::IntoFuture,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError, atomic::AtomicU64},
+    sync::{Arc, LazyLock, Mutex, PoisonError, atomic::AtomicU64},
     time::{Duration, SystemTime},
 };
 
@@ -68,20 +68,23 @@ pub struct AgentMetrics {
     conntrack_evicted: Gauge,
     map_pressure: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
     dns_responses: Family<[(&'static str, &'static str); 1], Counter>,
-    ingress_requests: Family<[(&'static str, String); 4], Counter>,
+    ingress_requests: Family<(ServicePortLabels, CodeLabel), Counter>,
     ingress_durations: Family<ServicePortLabels, Histogram, fn() -> Histogram>,
 }
 
-/// A Service port's labels: namespace, service and port.
-pub type ServicePortLabels = [(&'static str, String); 3];
+/// A Service port's labels: namespace, service and port. Shared strings,
+/// so that counting a request under them allocates nothing.
+pub type ServicePortLabels = [(&'static str, Arc<str>); 3];
 
-pub fn service_port_labels(namespace: &str, service: &str, port: String) -> ServicePortLabels {
-    [("namespace", namespace.to_owned()), ("service", service.to_owned()), ("port", port)]
+pub fn service_port_labels(namespace: &str, service: &str, port: &str) -> ServicePortLabels {
+    [("namespace", namespace.into()), ("service", service.into()), ("port", port.into())]
 }
 
+/// An HTTP status code's label.
+type CodeLabel = [(&'static str, u16); 1];
+
 /// The labels of an Ingress proxy's answer no rule routed.
-pub static UNROUTED: ServicePortLabels =
-    [("namespace", String::new()), ("service", String::new()), ("port", String::new())];
+pub static UNROUTED: LazyLock<ServicePortLabels> = LazyLock::new(|| service_port_labels("", "", ""));
 
 /// The Ingress proxy's latency buckets: 0.5 ms to 8 s.
 fn ingress_duration_histogram() -> Histogram {
@@ -242,8 +245,7 @@ impl AgentMetrics {
     /// how long until the response's head.
     pub fn ingress_request(&self, labels: &ServicePortLabels, code: u16, duration: Duration) {
         self.ingress_durations.get_or_create(labels).observe(duration.as_secs_f64());
-        let [namespace, service, port] = labels.clone();
-        self.ingress_requests.get_or_create(&[namespace, service, port, ("code", code.to_string())]).inc();
+        self.ingress_requests.get_or_create(&(labels.clone(), [("code", code)])).inc();
     }
 
     /// Records the live conntrack entries a sweep counted, and the evicted ones.

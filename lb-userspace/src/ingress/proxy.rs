@@ -234,7 +234,7 @@ fn upstream(desired: &DesiredState, backend: &Backend, turn: Arc<AtomicUsize>) -
     let endpoints =
         port.map(|p| p.active_endpoints().map(|e| SocketAddr::new(e.addr, e.port)).collect()).unwrap_or_default();
     let number = port.map_or_else(|| backend.port.to_string(), |p| p.port.to_string());
-    Upstream { endpoints, turn, labels: service_port_labels(&backend.namespace, &backend.service, number) }
+    Upstream { endpoints, turn, labels: service_port_labels(&backend.namespace, &backend.service, &number) }
 }
 
 async fn serve_listeners(
@@ -343,7 +343,7 @@ where
         async move {
             let started = Instant::now();
             let (response, upstream) = proxy(request, connection, &routes, &client).await;
-            let labels = upstream.map_or(&UNROUTED, |u| &u.labels);
+            let labels = upstream.map_or(&*UNROUTED, |u| &u.labels);
             metrics.ingress_request(labels, response.status().as_u16(), started.elapsed());
             Ok::<_, Infallible>(response)
         }
